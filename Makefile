@@ -1,0 +1,38 @@
+# Backbone: the two quick-start commands are `make demo` and `make test`.
+SHELL := /bin/bash
+export BACKBONE_TOOLS_DIR ?= $(HOME)/.cache/backbone
+
+.PHONY: help setup build up down status test demo fmt lint
+
+help:
+	@echo "make demo    run sample events through the backbone on the embedded stack"
+	@echo "make test    formatting, lints and every test, against a private stack"
+	@echo "make setup   install what this machine lacks (idempotent)"
+	@echo "make up | down | status   the embedded dev stack on 127.0.0.1"
+
+setup:
+	@scripts/setup.sh
+
+build: setup
+	cargo build --workspace --bins
+
+up: setup
+	@scripts/stack.sh up
+
+down:
+	@scripts/stack.sh down
+
+status:
+	@scripts/stack.sh status
+
+test: setup
+	@scripts/test.sh $(TEST_ARGS)
+
+demo: build
+	@scripts/demo.sh
+
+fmt:
+	cargo fmt --all
+
+lint:
+	cargo clippy --workspace --all-targets -- -D warnings

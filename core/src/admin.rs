@@ -1,0 +1,173 @@
+//! Topic administration: the topics a component needs are declared and created at start-up,
+//! so a fresh cluster works without a separate provisioning step.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::kafka::KafkaSettings;
+
+/// A topic a component relies on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSpec {
+    /// Topic name.
+    pub name: String,
+    /// Partition count used when the topic has to be created.
+    pub partitions: i32,
+}
+
+impl TopicSpec {
+    /// A topic with `partitions` partitions.
+    pub fn new(name: impl Into<String>, partitions: i32) -> Self {
+        Self {
+            name: name.into(),
+            partitions,
+        }
+    }
+}
+
+/// Why topics could not be made ready.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// The broker refused or failed a request.
+    #[error("topic `{topic}`: {source}")]
+    Kafka {
+        /// The topic concerned.
+        topic: String,
+        /// The client's error.
+        source: KafkaError,
+    },
+    /// The broker could not be reached or did not answer in time.
+    #[error("broker at {servers} did not answer a metadata request within {timeout:?}: {source}")]
+    Unreachable {
+        /// The bootstrap servers tried.
+        servers: String,
+        /// How long we waited.
+        timeout: Duration,
+        /// The last error.
+        source: KafkaError,
+    },
+    /// A topic was created but did not appear in metadata in time.
+    #[error("topic `{topic}` did not appear in metadata within {timeout:?}")]
+    NotVisible {
+        /// The topic concerned.
+        topic: String,
+        /// How long we waited.
+        timeout: Duration,
+    },
+}
+
+/// Creates the topics that do not exist yet and waits until all are visible in metadata.
+/// Topics that already exist are left as they are.
+pub async fn ensure_topics(
+    settings: &KafkaSettings,
+    topics: &[TopicSpec],
+    timeout: Duration,
+) -> Result<(), AdminError> {
+    let admin: AdminClient<DefaultClientContext> =
+        settings
+            .admin_config()
+            .create()
+            .map_err(|source| AdminError::Unreachable {
+                servers: settings.bootstrap_servers.clone(),
+                timeout,
+                source,
+            })?;
+    let new_topics: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(timeout));
+    let results = admin
+        .create_topics(new_topics.iter(), &options)
+        .await
+        .map_err(|source| AdminError::Unreachable {
+            servers: settings.bootstrap_servers.clone(),
+            timeout,
+            source,
+        })?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(AdminError::Kafka {
+                    topic,
+                    source: KafkaError::AdminOp(code),
+                })
+            }
+        }
+    }
+    let names: Vec<String> = topics.iter().map(|t| t.name.clone()).collect();
+    let settings = settings.clone();
+    tokio::task::spawn_blocking(move || wait_visible(&settings, &names, timeout))
+        .await
+        .unwrap_or_else(|join| {
+            Err(AdminError::NotVisible {
+                topic: format!("(metadata task failed: {join})"),
+                timeout,
+            })
+        })
+}
+
+/// Partition count of `topic`, or `None` when the broker does not know it.
+pub fn partition_count(
+    settings: &KafkaSettings,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Option<usize>, AdminError> {
+    let consumer = metadata_client(settings, timeout)?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|source| AdminError::Unreachable {
+            servers: settings.bootstrap_servers.clone(),
+            timeout,
+            source,
+        })?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+        .map(|t| t.partitions().len()))
+}
+
+fn metadata_client(
+    settings: &KafkaSettings,
+    timeout: Duration,
+) -> Result<BaseConsumer, AdminError> {
+    settings
+        .admin_config()
+        .create()
+        .map_err(|source| AdminError::Unreachable {
+            servers: settings.bootstrap_servers.clone(),
+            timeout,
+            source,
+        })
+}
+
+fn wait_visible(
+    settings: &KafkaSettings,
+    topics: &[String],
+    timeout: Duration,
+) -> Result<(), AdminError> {
+    let deadline = Instant::now() + timeout;
+    for topic in topics {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if partition_count(settings, topic, left.max(Duration::from_millis(100)))?.is_some() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(AdminError::NotVisible {
+                    topic: topic.clone(),
+                    timeout,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(())
+}

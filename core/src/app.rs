@@ -1,0 +1,104 @@
+//! The entry point every processor binary shares: flags, config, logs, signals, then [`run`].
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, FromArgMatches, Parser};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use crate::config::{self, ConfigError, Validate};
+use crate::kafka::KafkaSettings;
+use crate::processor::Processor;
+use crate::runner::{run, RuntimeSettings};
+use crate::telemetry::{self, LogFormat};
+
+/// The config file of a processor: the shared `[kafka]` and `[runtime]` sections and the
+/// processor's own `[processor]` section. Every key has a default that suits the local stack.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessorConfig<T> {
+    /// Broker connection.
+    #[serde(default)]
+    pub kafka: KafkaSettings,
+    /// Loop behaviour.
+    #[serde(default)]
+    pub runtime: RuntimeSettings,
+    /// The processor's own settings.
+    #[serde(default)]
+    pub processor: T,
+}
+
+impl<T: Validate> Validate for ProcessorConfig<T> {
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.kafka.validate()?;
+        self.runtime.validate()?;
+        self.processor.validate()
+    }
+}
+
+/// A processor that can be deployed as its own binary.
+pub trait App: Processor + Sized {
+    /// Deploy name, shown in `--help`.
+    const NAME: &'static str;
+    /// One line on what the processor does.
+    const ABOUT: &'static str;
+    /// The processor's `[processor]` config section.
+    type Settings: DeserializeOwned + Default + Validate;
+
+    /// Builds the processor from validated settings.
+    fn build(settings: Self::Settings) -> Self;
+}
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// TOML config file; every key may also be set as BACKBONE__<SECTION>__<KEY>.
+    #[arg(long, env = "BACKBONE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log line format: text or json.
+    #[arg(long, default_value = "text")]
+    log_format: LogFormat,
+    /// Load and validate the config, print it, and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+/// Parses flags, loads config, runs the processor until SIGINT or SIGTERM, and maps the
+/// outcome to an exit code. A processor's `main` is a call to this.
+pub async fn serve<A: App>() -> ExitCode
+where
+    A::Settings: std::fmt::Debug,
+{
+    let command = Args::command().name(A::NAME).about(A::ABOUT);
+    let args = match Args::from_arg_matches(&command.get_matches()) {
+        Ok(args) => args,
+        Err(err) => err.exit(),
+    };
+    let config: ProcessorConfig<A::Settings> = match config::load(args.config.as_deref()) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("{}: {err}", A::NAME);
+            return ExitCode::from(2);
+        }
+    };
+    if args.check_config {
+        println!("{config:#?}");
+        return ExitCode::SUCCESS;
+    }
+    telemetry::init(args.log_format);
+    let processor = A::build(config.processor);
+    match run(
+        processor,
+        &config.kafka,
+        &config.runtime,
+        crate::shutdown::signal(),
+    )
+    .await
+    {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(processor = A::NAME, error = %err, "processor stopped on error");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! Dead letters: an input that cannot be processed is republished, key, value and headers
+//! intact, to `<topic>.dlq` with headers saying what failed, where, when and by whom.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::processor::{Header, InputRecord, OutputRecord};
+
+/// Suffix of a topic's dead-letter topic.
+pub const DLQ_SUFFIX: &str = ".dlq";
+
+/// Header names written on every dead letter.
+pub mod headers {
+    /// Machine-readable reason, e.g. `contract_violation`.
+    pub const REASON: &str = "backbone.dlq.reason";
+    /// `permanent` (transient failures are retried, never dead-lettered).
+    pub const ERROR_CLASS: &str = "backbone.dlq.error_class";
+    /// Human-readable detail.
+    pub const DETAIL: &str = "backbone.dlq.detail";
+    /// Processor that gave up on the record.
+    pub const PROCESSOR: &str = "backbone.dlq.processor";
+    /// Version of that processor.
+    pub const PROCESSOR_VERSION: &str = "backbone.dlq.processor_version";
+    /// How many times processing was attempted.
+    pub const ATTEMPTS: &str = "backbone.dlq.attempts";
+    /// When the record was dead-lettered (RFC 3339, UTC).
+    pub const FAILED_AT: &str = "backbone.dlq.failed_at";
+    /// Topic the record was consumed from.
+    pub const ORIGIN_TOPIC: &str = "backbone.origin.topic";
+    /// Partition it was consumed from.
+    pub const ORIGIN_PARTITION: &str = "backbone.origin.partition";
+    /// Its offset there.
+    pub const ORIGIN_OFFSET: &str = "backbone.origin.offset";
+    /// Its timestamp there, milliseconds since the epoch.
+    pub const ORIGIN_TIMESTAMP: &str = "backbone.origin.timestamp";
+}
+
+/// The dead-letter topic of `topic`.
+pub fn dlq_topic(topic: &str) -> String {
+    format!("{topic}{DLQ_SUFFIX}")
+}
+
+/// Everything needed to dead-letter one input.
+#[derive(Debug, Clone)]
+pub struct DeadLetter<'a> {
+    /// The input that failed.
+    pub input: &'a InputRecord<'a>,
+    /// Reason from a fixed set.
+    pub reason: &'a str,
+    /// Human-readable detail.
+    pub detail: &'a str,
+    /// Processor name.
+    pub processor: &'a str,
+    /// Processor version.
+    pub processor_version: &'a str,
+    /// Attempts made.
+    pub attempts: u32,
+}
+
+impl DeadLetter<'_> {
+    /// The record to publish to the input topic's DLQ.
+    pub fn to_record(&self, now: SystemTime) -> OutputRecord {
+        let input = self.input;
+        let mut headers: Vec<Header> = input.headers.to_vec();
+        let mut add =
+            |name: &str, value: String| headers.push((name.to_owned(), value.into_bytes()));
+        add(headers::REASON, self.reason.to_owned());
+        add(headers::ERROR_CLASS, "permanent".to_owned());
+        add(headers::DETAIL, self.detail.to_owned());
+        add(headers::PROCESSOR, self.processor.to_owned());
+        add(
+            headers::PROCESSOR_VERSION,
+            self.processor_version.to_owned(),
+        );
+        add(headers::ATTEMPTS, self.attempts.to_string());
+        add(headers::FAILED_AT, rfc3339(now));
+        add(headers::ORIGIN_TOPIC, input.topic.to_owned());
+        add(headers::ORIGIN_PARTITION, input.partition.to_string());
+        add(headers::ORIGIN_OFFSET, input.offset.to_string());
+        if let Some(ts) = input.timestamp_ms {
+            add(headers::ORIGIN_TIMESTAMP, ts.to_string());
+        }
+        OutputRecord {
+            topic: dlq_topic(input.topic),
+            key: input.key.map(<[u8]>::to_vec),
+            value: input.value.map(<[u8]>::to_vec).unwrap_or_default(),
+            headers,
+        }
+    }
+}
+
+/// Formats `time` as RFC 3339 UTC with millisecond precision, without a date library.
+pub fn rfc3339(time: SystemTime) -> String {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil-from-days (proleptic Gregorian), after Howard Hinnant's published algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3_600,
+        rem % 3_600 / 60,
+        rem % 60,
+        since.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn rfc3339_matches_known_instants() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let t = UNIX_EPOCH + Duration::from_millis(1_709_210_096_789);
+        assert_eq!(rfc3339(t), "2024-02-29T12:34:56.789Z");
+    }
+
+    #[test]
+    fn dead_letter_keeps_payload_and_says_where_it_came_from() {
+        let original = vec![("traceparent".to_owned(), b"00-abc".to_vec())];
+        let input = InputRecord {
+            topic: "usage.events",
+            partition: 2,
+            offset: 41,
+            timestamp_ms: Some(1_000),
+            key: Some(b"k"),
+            value: Some(b"{bad"),
+            headers: &original,
+        };
+        let letter = DeadLetter {
+            input: &input,
+            reason: "malformed_json",
+            detail: "expected value at line 1",
+            processor: "usage-validator",
+            processor_version: "0.1.0",
+            attempts: 1,
+        };
+        let record = letter.to_record(UNIX_EPOCH);
+        assert_eq!(record.topic, "usage.events.dlq");
+        assert_eq!(record.key.as_deref(), Some(&b"k"[..]));
+        assert_eq!(record.value, b"{bad");
+        let get = |name: &str| {
+            record
+                .headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| String::from_utf8(v.clone()).unwrap())
+        };
+        assert_eq!(get("traceparent").as_deref(), Some("00-abc"));
+        assert_eq!(get(headers::REASON).as_deref(), Some("malformed_json"));
+        assert_eq!(get(headers::ORIGIN_PARTITION).as_deref(), Some("2"));
+        assert_eq!(get(headers::ORIGIN_OFFSET).as_deref(), Some("41"));
+        assert_eq!(get(headers::ORIGIN_TIMESTAMP).as_deref(), Some("1000"));
+        assert_eq!(get(headers::PROCESSOR).as_deref(), Some("usage-validator"));
+    }
+}

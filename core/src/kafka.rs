@@ -1,0 +1,229 @@
+//! Kafka client settings shared by every binary, and the one place that turns them into
+//! librdkafka configurations.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use serde::Deserialize;
+
+use crate::config::{ConfigError, Validate};
+
+/// The `[kafka]` config section.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSettings {
+    /// Comma-separated `host:port` list.
+    #[serde(default = "default_bootstrap_servers")]
+    pub bootstrap_servers: String,
+    /// Consumer group session timeout. Short by default: the brokers we test on make a new
+    /// group's first join wait about half of it.
+    #[serde(default = "default_session_timeout", with = "humantime_serde")]
+    pub session_timeout: Duration,
+    /// How often stored offsets are committed.
+    #[serde(default = "default_commit_interval", with = "humantime_serde")]
+    pub commit_interval: Duration,
+    /// Extra librdkafka properties (security settings, tuning), passed through unchanged.
+    /// Values whose key mentions a password or secret are never printed.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+fn default_bootstrap_servers() -> String {
+    "127.0.0.1:9092".to_owned()
+}
+
+fn default_session_timeout() -> Duration {
+    Duration::from_secs(6)
+}
+
+fn default_commit_interval() -> Duration {
+    Duration::from_secs(1)
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        Self {
+            bootstrap_servers: default_bootstrap_servers(),
+            session_timeout: default_session_timeout(),
+            commit_interval: default_commit_interval(),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+impl KafkaSettings {
+    /// Settings pointing at `bootstrap_servers`, everything else default.
+    pub fn for_servers(bootstrap_servers: impl Into<String>) -> Self {
+        Self {
+            bootstrap_servers: bootstrap_servers.into(),
+            ..Self::default()
+        }
+    }
+
+    fn base(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.bootstrap_servers);
+        // Our brokers are IPv4-only; never let a resolver hand librdkafka an IPv6 address.
+        config.set("broker.address.family", "v4");
+        for (key, value) in &self.properties {
+            config.set(key, value);
+        }
+        config
+    }
+
+    /// A consumer in `group_id` that never stores offsets on its own: the runtime stores an
+    /// offset only once the input's outputs are acknowledged, and librdkafka commits what is
+    /// stored on its interval, on partition revocation and on close.
+    pub fn consumer_config(&self, group_id: &str) -> ClientConfig {
+        let mut config = self.base();
+        config
+            .set("group.id", group_id)
+            .set("enable.auto.commit", "true")
+            .set("enable.auto.offset.store", "false")
+            .set(
+                "auto.commit.interval.ms",
+                self.commit_interval.as_millis().to_string(),
+            )
+            .set("auto.offset.reset", "earliest")
+            .set(
+                "session.timeout.ms",
+                self.session_timeout.as_millis().to_string(),
+            )
+            .set(
+                "heartbeat.interval.ms",
+                (self.session_timeout.as_millis() / 3).max(100).to_string(),
+            )
+            .set("isolation.level", "read_committed");
+        config
+    }
+
+    /// An idempotent producer: no duplicates or reordering from its own retries.
+    pub fn producer_config(&self) -> ClientConfig {
+        let mut config = self.base();
+        config
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("compression.type", "lz4");
+        config
+    }
+
+    /// A client for admin and metadata requests.
+    pub fn admin_config(&self) -> ClientConfig {
+        self.base()
+    }
+}
+
+impl Validate for KafkaSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            key: format!("kafka.{key}"),
+            message,
+        };
+        if self.bootstrap_servers.trim().is_empty() {
+            return Err(invalid("bootstrap_servers", "must not be empty".into()));
+        }
+        for server in self.bootstrap_servers.split(',') {
+            let (host, port) = server.trim().rsplit_once(':').ok_or_else(|| {
+                invalid(
+                    "bootstrap_servers",
+                    format!("expected host:port, got \"{server}\""),
+                )
+            })?;
+            if host.is_empty() || port.parse::<u16>().is_err() {
+                return Err(invalid(
+                    "bootstrap_servers",
+                    format!("expected host:port, got \"{server}\""),
+                ));
+            }
+        }
+        if self.session_timeout < Duration::from_secs(1) {
+            return Err(invalid(
+                "session_timeout",
+                format!("must be at least 1s, got {:?}", self.session_timeout),
+            ));
+        }
+        if self.commit_interval.is_zero() {
+            return Err(invalid("commit_interval", "must be more than 0s".into()));
+        }
+        Ok(())
+    }
+}
+
+fn is_secret(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["password", "secret", "token", "key"]
+        .iter()
+        .any(|word| key.contains(word))
+}
+
+impl fmt::Debug for KafkaSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let properties: BTreeMap<&str, &str> = self
+            .properties
+            .iter()
+            .map(|(k, v)| {
+                let shown = if is_secret(k) {
+                    "<redacted>"
+                } else {
+                    v.as_str()
+                };
+                (k.as_str(), shown)
+            })
+            .collect();
+        f.debug_struct("KafkaSettings")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("session_timeout", &self.session_timeout)
+            .field("commit_interval", &self.commit_interval)
+            .field("properties", &properties)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let mut settings = KafkaSettings::default();
+        settings
+            .properties
+            .insert("sasl.password".into(), "hunter2".into());
+        settings
+            .properties
+            .insert("ssl.key.password".into(), "swordfish".into());
+        settings
+            .properties
+            .insert("security.protocol".into(), "SASL_SSL".into());
+        let shown = format!("{settings:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("swordfish"),
+            "{shown}"
+        );
+        assert!(shown.contains("SASL_SSL"), "{shown}");
+    }
+
+    #[test]
+    fn malformed_bootstrap_servers_are_refused() {
+        let settings = KafkaSettings::for_servers("127.0.0.1");
+        let err = settings.validate().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "config key `kafka.bootstrap_servers`: expected host:port, got \"127.0.0.1\""
+        );
+        assert!(KafkaSettings::for_servers("127.0.0.1:9092,127.0.0.1:9093")
+            .validate()
+            .is_ok());
+    }
+
+    #[test]
+    fn consumer_never_stores_offsets_by_itself() {
+        let config = KafkaSettings::default().consumer_config("g");
+        assert_eq!(config.get("enable.auto.offset.store"), Some("false"));
+        assert_eq!(config.get("group.id"), Some("g"));
+        assert_eq!(config.get("session.timeout.ms"), Some("6000"));
+    }
+}

@@ -1,0 +1,26 @@
+//! The shared runtime every Backbone processor stands on.
+//!
+//! A processor implements [`Processor`]: one decoded input record in, output records or a
+//! classified error out. The runtime owns everything around it, identically for every
+//! processor: typed config with environment overrides, Kafka client settings, the consume →
+//! process → produce loop, dead letters, retries of transient errors and graceful shutdown.
+//!
+//! Delivery contract (at-least-once, made effectively-once downstream): an input's offset is
+//! stored for commit only after every output it produced, or its dead letter, has been
+//! acknowledged by the broker. A crash therefore redelivers inputs, never skips them; processors
+//! derive output ids from content so that a redelivery reproduces identical outputs.
+
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod dead_letter;
+pub mod kafka;
+pub mod processor;
+pub mod runner;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use config::ConfigError;
+pub use kafka::KafkaSettings;
+pub use processor::{Header, InputRecord, OutputRecord, ProcessError, Processor};
+pub use runner::{run, RunSummary, RuntimeError, RuntimeSettings};

@@ -1,0 +1,88 @@
+//! The one trait a processor implements, and the records it sees and returns.
+
+/// A Kafka header: name and raw value.
+pub type Header = (String, Vec<u8>);
+
+/// One input record as the processor sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct InputRecord<'a> {
+    /// Source topic.
+    pub topic: &'a str,
+    /// Source partition.
+    pub partition: i32,
+    /// Offset within the partition.
+    pub offset: i64,
+    /// Record timestamp in milliseconds since the epoch, when the broker gave one.
+    pub timestamp_ms: Option<i64>,
+    /// Record key.
+    pub key: Option<&'a [u8]>,
+    /// Record value; `None` for a tombstone.
+    pub value: Option<&'a [u8]>,
+    /// Record headers in order.
+    pub headers: &'a [Header],
+}
+
+impl InputRecord<'_> {
+    /// The first header called `name`.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
+    }
+}
+
+/// A record for the runtime to produce.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputRecord {
+    /// Destination topic.
+    pub topic: String,
+    /// Record key (decides the partition).
+    pub key: Option<Vec<u8>>,
+    /// Record value.
+    pub value: Vec<u8>,
+    /// Headers to attach.
+    pub headers: Vec<Header>,
+}
+
+/// Why a record could not be processed, classified by what the runtime should do about it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProcessError {
+    /// Might succeed later (a dependency is briefly unavailable): retried with backoff.
+    #[error("transient: {0}")]
+    Transient(String),
+    /// Will never succeed for this input: sent to the dead-letter topic, then processing goes on.
+    #[error("{reason}: {detail}")]
+    Permanent {
+        /// Machine-readable reason from a small fixed set (it becomes a metric label).
+        reason: &'static str,
+        /// Human-readable explanation naming what is wrong.
+        detail: String,
+    },
+}
+
+impl ProcessError {
+    /// A permanent failure with `reason` and `detail`.
+    pub fn permanent(reason: &'static str, detail: impl Into<String>) -> Self {
+        Self::Permanent {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Domain logic of one processor. `process` must be deterministic: the same input gives the
+/// same outputs, so that a redelivered input reproduces identical records.
+pub trait Processor: Send {
+    /// Deploy name of the processor, used as consumer group, in dead letters and in logs.
+    fn name(&self) -> &str;
+
+    /// Topics this processor consumes.
+    fn input_topics(&self) -> Vec<String>;
+
+    /// Topics this processor may write to; the runtime makes sure they exist at start-up.
+    fn output_topics(&self) -> Vec<String>;
+
+    /// Turns one input record into output records, or says why it cannot.
+    fn process(&mut self, record: &InputRecord<'_>) -> Result<Vec<OutputRecord>, ProcessError>;
+}

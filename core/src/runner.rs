@@ -1,0 +1,372 @@
+//! The consume → process → produce loop shared by every processor.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::time::{Duration, SystemTime};
+
+use futures::future::try_join_all;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Headers, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::Message;
+use serde::Deserialize;
+use tokio::sync::watch;
+
+use crate::admin::{self, AdminError, TopicSpec};
+use crate::config::{ConfigError, Validate};
+use crate::dead_letter::{dlq_topic, DeadLetter};
+use crate::kafka::KafkaSettings;
+use crate::processor::{Header, InputRecord, OutputRecord, ProcessError, Processor};
+
+/// The `[runtime]` config section: how the loop runs, the same for every processor.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeSettings {
+    /// Consumer group; the processor's name when absent.
+    pub group_id: Option<String>,
+    /// Partitions of output and dead-letter topics this processor has to create.
+    pub topic_partitions: i32,
+    /// First wait before retrying a transient failure; doubled per attempt, with jitter.
+    #[serde(with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    /// Longest wait between retries of a transient failure.
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// How long a produced record may wait for the broker's acknowledgement.
+    #[serde(with = "humantime_serde")]
+    pub produce_timeout: Duration,
+}
+
+fn default_partitions() -> i32 {
+    3
+}
+
+fn default_initial_backoff() -> Duration {
+    Duration::from_millis(100)
+}
+
+fn default_max_backoff() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_produce_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl Default for RuntimeSettings {
+    fn default() -> Self {
+        Self {
+            group_id: None,
+            topic_partitions: default_partitions(),
+            initial_backoff: default_initial_backoff(),
+            max_backoff: default_max_backoff(),
+            produce_timeout: default_produce_timeout(),
+        }
+    }
+}
+
+impl Validate for RuntimeSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: &str| ConfigError::Invalid {
+            key: format!("runtime.{key}"),
+            message: message.to_owned(),
+        };
+        if self.topic_partitions < 1 {
+            return Err(invalid("topic_partitions", "must be at least 1"));
+        }
+        if self.initial_backoff.is_zero() || self.max_backoff < self.initial_backoff {
+            return Err(invalid(
+                "max_backoff",
+                "must be at least initial_backoff, and initial_backoff more than 0s",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What a run did, for the caller's summary and for tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunSummary {
+    /// Inputs consumed and resolved (processed or dead-lettered).
+    pub consumed: u64,
+    /// Output records produced and acknowledged.
+    pub produced: u64,
+    /// Inputs sent to a dead-letter topic.
+    pub dead_lettered: u64,
+    /// Transient failures that were retried.
+    pub retries: u64,
+}
+
+/// Why the loop stopped before being asked to.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// A Kafka client could not be created or subscribed.
+    #[error("kafka client: {0}")]
+    Client(#[source] KafkaError),
+    /// Topics could not be made ready at start-up.
+    #[error(transparent)]
+    Topics(#[from] AdminError),
+    /// The broker did not acknowledge an output; the input was not committed and will be
+    /// redelivered after a restart.
+    #[error("producing to `{topic}` failed: {source}")]
+    Produce {
+        /// The output's topic.
+        topic: String,
+        /// The client's error.
+        source: KafkaError,
+    },
+    /// The consumer hit an error librdkafka cannot recover from.
+    #[error("consumer failed fatally: {0}")]
+    Fatal(#[source] KafkaError),
+}
+
+/// Runs `processor` until `shutdown` completes, then commits what was processed and returns.
+pub async fn run<P, S>(
+    mut processor: P,
+    kafka: &KafkaSettings,
+    settings: &RuntimeSettings,
+    shutdown: S,
+) -> Result<RunSummary, RuntimeError>
+where
+    P: Processor,
+    S: Future<Output = ()> + Send + 'static,
+{
+    let (stop_tx, stop) = watch::channel(false);
+    let stopper = tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+
+    let result = run_loop(&mut processor, kafka, settings, stop).await;
+    stopper.abort();
+    result
+}
+
+async fn run_loop<P: Processor>(
+    processor: &mut P,
+    kafka: &KafkaSettings,
+    settings: &RuntimeSettings,
+    mut stop: watch::Receiver<bool>,
+) -> Result<RunSummary, RuntimeError> {
+    let name = processor.name().to_owned();
+    let version = env!("CARGO_PKG_VERSION");
+    ensure_topics(processor, kafka, settings).await?;
+
+    let group = settings.group_id.clone().unwrap_or_else(|| name.clone());
+    let consumer: StreamConsumer = kafka
+        .consumer_config(&group)
+        .create()
+        .map_err(RuntimeError::Client)?;
+    let inputs = processor.input_topics();
+    let topics: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics).map_err(RuntimeError::Client)?;
+    let producer: FutureProducer = kafka
+        .producer_config()
+        .create()
+        .map_err(RuntimeError::Client)?;
+    tracing::info!(processor = %name, group = %group, topics = ?topics, "processor started");
+
+    let mut summary = RunSummary::default();
+    loop {
+        let message = tokio::select! {
+            biased;
+            _ = stop.wait_for(|stopped| *stopped) => break,
+            message = consumer.recv() => message,
+        };
+        let message = match message {
+            Ok(message) => message,
+            Err(err) if is_fatal(&err) => return Err(RuntimeError::Fatal(err)),
+            Err(err) => {
+                tracing::warn!(processor = %name, error = %err, "consumer error, continuing");
+                continue;
+            }
+        };
+        let headers = owned_headers(&message);
+        let input = InputRecord {
+            topic: message.topic(),
+            partition: message.partition(),
+            offset: message.offset(),
+            timestamp_ms: message.timestamp().to_millis(),
+            key: message.key(),
+            value: message.payload(),
+            headers: &headers,
+        };
+
+        let mut attempts = 0u32;
+        let outcome = loop {
+            attempts += 1;
+            match processor.process(&input) {
+                Err(ProcessError::Transient(detail)) => {
+                    summary.retries += 1;
+                    let wait = backoff(settings, attempts);
+                    tracing::warn!(processor = %name, topic = input.topic, partition = input.partition,
+                        offset = input.offset, attempts, ?wait, %detail, "transient failure, retrying");
+                    tokio::select! {
+                        biased;
+                        _ = stop.wait_for(|stopped| *stopped) => {
+                            // Not resolved: leave its offset unstored so it is redelivered.
+                            finish(&consumer, &name);
+                            return Ok(summary);
+                        }
+                        _ = tokio::time::sleep(wait) => continue,
+                    }
+                }
+                other => break other,
+            }
+        };
+
+        match outcome {
+            Ok(outputs) => {
+                let count = outputs.len() as u64;
+                produce_all(&producer, outputs, settings.produce_timeout).await?;
+                summary.produced += count;
+            }
+            Err(ProcessError::Permanent { reason, detail }) => {
+                let letter = DeadLetter {
+                    input: &input,
+                    reason,
+                    detail: &detail,
+                    processor: &name,
+                    processor_version: version,
+                    attempts,
+                };
+                tracing::debug!(processor = %name, topic = input.topic, partition = input.partition,
+                    offset = input.offset, reason, "dead-lettering record");
+                produce_all(
+                    &producer,
+                    vec![letter.to_record(SystemTime::now())],
+                    settings.produce_timeout,
+                )
+                .await?;
+                summary.dead_lettered += 1;
+            }
+            Err(ProcessError::Transient(_)) => unreachable!("transient failures are retried above"),
+        }
+        // Resolved: only now may its offset be committed.
+        consumer
+            .store_offset(input.topic, input.partition, input.offset)
+            .map_err(RuntimeError::Client)?;
+        summary.consumed += 1;
+    }
+    finish(&consumer, &name);
+    tracing::info!(processor = %name, ?summary, "processor stopped");
+    Ok(summary)
+}
+
+async fn ensure_topics<P: Processor>(
+    processor: &P,
+    kafka: &KafkaSettings,
+    settings: &RuntimeSettings,
+) -> Result<(), AdminError> {
+    let names: BTreeSet<String> = processor
+        .output_topics()
+        .into_iter()
+        .chain(processor.input_topics().iter().map(|t| dlq_topic(t)))
+        .collect();
+    let specs: Vec<TopicSpec> = names
+        .into_iter()
+        .map(|name| TopicSpec::new(name, settings.topic_partitions))
+        .collect();
+    admin::ensure_topics(kafka, &specs, Duration::from_secs(30)).await
+}
+
+async fn produce_all(
+    producer: &FutureProducer,
+    records: Vec<OutputRecord>,
+    timeout: Duration,
+) -> Result<(), RuntimeError> {
+    let sends = records.iter().map(|record| {
+        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+        for (name, value) in &record.headers {
+            headers = headers.insert(rdkafka::message::Header {
+                key: name,
+                value: Some(value),
+            });
+        }
+        let mut future = FutureRecord::to(&record.topic)
+            .payload(&record.value)
+            .headers(headers);
+        if let Some(key) = &record.key {
+            future = future.key(key);
+        }
+        async move {
+            producer
+                .send(future, timeout)
+                .await
+                .map_err(|(source, _)| RuntimeError::Produce {
+                    topic: record.topic.clone(),
+                    source,
+                })
+        }
+    });
+    try_join_all(sends).await.map(|_| ())
+}
+
+fn owned_headers(message: &BorrowedMessage<'_>) -> Vec<Header> {
+    message
+        .headers()
+        .map(|headers| {
+            headers
+                .iter()
+                .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Commits stored offsets before leaving the group, so the next owner starts after them.
+fn finish(consumer: &StreamConsumer, name: &str) {
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) => {}
+        // Nothing stored since the last automatic commit.
+        Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+        Err(err) => {
+            tracing::warn!(processor = %name, error = %err, "final commit failed; uncommitted inputs will be redelivered")
+        }
+    }
+    consumer.unsubscribe();
+}
+
+fn is_fatal(err: &KafkaError) -> bool {
+    err.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal)
+}
+
+/// Exponential backoff with full jitter, capped at `max_backoff`.
+fn backoff(settings: &RuntimeSettings, attempts: u32) -> Duration {
+    let exp = settings
+        .initial_backoff
+        .saturating_mul(1u32 << attempts.saturating_sub(1).min(16));
+    let cap = exp.min(settings.max_backoff);
+    cap.mul_f64(0.5 + fastrand::f64() / 2.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_stays_capped() {
+        let settings = RuntimeSettings::default();
+        for attempts in 1..40 {
+            let wait = backoff(&settings, attempts);
+            assert!(wait <= settings.max_backoff, "{wait:?}");
+            assert!(wait >= settings.initial_backoff / 2, "{wait:?}");
+        }
+        assert!(backoff(&settings, 30) >= settings.max_backoff / 2);
+    }
+
+    #[test]
+    fn backoff_below_initial_is_refused() {
+        let settings = RuntimeSettings {
+            max_backoff: Duration::from_millis(1),
+            ..RuntimeSettings::default()
+        };
+        assert!(settings
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .starts_with("config key `runtime.max_backoff`"));
+    }
+}

@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# The embedded dev stack: local processes on 127.0.0.1, no containers.
+#   stack.sh up | down | status
+# Settings (environment):
+#   BACKBONE_STACK_DIR   state, logs and pid files (default: <repo>/.backbone/stack)
+#   BACKBONE_KAFKA_PORT  broker port (default: 9092)
+#   BACKBONE_TOOLS_DIR   where setup installed the tools (default: ~/.cache/backbone)
+set -euo pipefail
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+STACK_DIR=${BACKBONE_STACK_DIR:-$REPO/.backbone/stack}
+KAFKA_PORT=${BACKBONE_KAFKA_PORT:-9092}
+TOOLS_DIR=${BACKBONE_TOOLS_DIR:-$HOME/.cache/backbone}
+NISSHI=$TOOLS_DIR/bin/nisshi
+
+RUN_DIR=$STACK_DIR/run
+LOG_DIR=$STACK_DIR/logs
+DATA_DIR=$STACK_DIR/data
+
+say() { echo "stack: $*"; }
+
+pid_of() {
+  local file=$RUN_DIR/$1.pid
+  [ -f "$file" ] || return 1
+  local pid
+  pid=$(cat "$file")
+  kill -0 "$pid" 2>/dev/null || return 1
+  echo "$pid"
+}
+
+port_in_use() {
+  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+start_broker() {
+  local pid
+  if pid=$(pid_of broker); then
+    say "broker already running (pid $pid) on 127.0.0.1:$KAFKA_PORT"
+    return
+  fi
+  if [ ! -x "$NISSHI" ]; then
+    say "nisshi not found at $NISSHI; run 'make setup' first" >&2
+    exit 1
+  fi
+  if port_in_use "$KAFKA_PORT"; then
+    say "port 127.0.0.1:$KAFKA_PORT is taken by another process; set BACKBONE_KAFKA_PORT" >&2
+    exit 1
+  fi
+  mkdir -p "$RUN_DIR" "$LOG_DIR" "$DATA_DIR"
+  local listener=tcp://127.0.0.1:$KAFKA_PORT
+  # setsid: the broker must not receive the terminal's Ctrl-C meant for a test run;
+  # `stack.sh down` stops it.
+  setsid "$NISSHI" broker \
+    --listener-url "$listener" \
+    --advertised-listener-url "$listener" \
+    --storage-engine "sqlite://$DATA_DIR/broker.db" \
+    >>"$LOG_DIR/broker.log" 2>&1 </dev/null &
+  echo $! >"$RUN_DIR/broker.pid"
+  if ! "$REPO/scripts/kafka-ready" "127.0.0.1:$KAFKA_PORT" 60; then
+    say "broker failed to start; last lines of $LOG_DIR/broker.log:" >&2
+    tail -n 20 "$LOG_DIR/broker.log" >&2 || true
+    stop_service broker
+    exit 1
+  fi
+  say "broker up on 127.0.0.1:$KAFKA_PORT (sqlite://$DATA_DIR/broker.db), log $LOG_DIR/broker.log"
+}
+
+stop_service() {
+  local name=$1 pid
+  if ! pid=$(pid_of "$name"); then
+    rm -f "$RUN_DIR/$name.pid"
+    return
+  fi
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 1 100); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    say "$name (pid $pid) ignored SIGTERM for 10s; killing it"
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f "$RUN_DIR/$name.pid"
+  say "$name stopped"
+}
+
+status() {
+  local pid
+  if pid=$(pid_of broker); then
+    say "broker   running  pid $pid  127.0.0.1:$KAFKA_PORT  log $LOG_DIR/broker.log"
+  else
+    say "broker   stopped  (would listen on 127.0.0.1:$KAFKA_PORT)"
+  fi
+}
+
+case "${1:-}" in
+  up) start_broker ;;
+  down) stop_service broker ;;
+  status) status ;;
+  *)
+    echo "usage: $0 up|down|status" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,274 @@
+//! Topics, producing and consuming for tests.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use backbone_core::admin::{ensure_topics, TopicSpec};
+use backbone_core::KafkaSettings;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+use crate::TestkitError;
+
+/// Environment variable naming the shared test broker.
+pub const BOOTSTRAP_ENV: &str = "BACKBONE_TEST_BOOTSTRAP";
+
+/// Client settings for the shared test broker: `BACKBONE_TEST_BOOTSTRAP`, else
+/// `127.0.0.1:9092`, with a short session timeout so consumer groups join fast.
+pub fn shared_settings() -> KafkaSettings {
+    let servers = std::env::var(BOOTSTRAP_ENV).unwrap_or_else(|_| "127.0.0.1:9092".to_owned());
+    let mut settings = KafkaSettings::for_servers(servers);
+    settings.session_timeout = Duration::from_secs(6);
+    settings.commit_interval = Duration::from_millis(200);
+    settings
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn unique_suffix() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    format!(
+        "{}-{}-{}",
+        std::process::id(),
+        nanos % 1_000_000_000_000,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A topic name no other test (in this run or an earlier one) uses.
+pub fn unique_topic(prefix: &str) -> String {
+    format!("test.{prefix}.{}", unique_suffix())
+}
+
+/// A consumer group name no other test uses.
+pub fn unique_group(prefix: &str) -> String {
+    format!("test-{prefix}-{}", unique_suffix())
+}
+
+/// Creates `topic` with `partitions` partitions and waits until metadata shows it.
+pub async fn create_topic(
+    settings: &KafkaSettings,
+    topic: &str,
+    partitions: i32,
+) -> Result<(), TestkitError> {
+    ensure_topics(
+        settings,
+        &[TopicSpec::new(topic, partitions)],
+        Duration::from_secs(30),
+    )
+    .await?;
+    Ok(())
+}
+
+/// A record to produce.
+#[derive(Debug, Clone, Default)]
+pub struct TestRecord {
+    /// Key.
+    pub key: Option<Vec<u8>>,
+    /// Value.
+    pub value: Vec<u8>,
+    /// Headers.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Partition; chosen by key hash when `None`.
+    pub partition: Option<i32>,
+}
+
+impl TestRecord {
+    /// A keyed record without headers.
+    pub fn new(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Self {
+        Self {
+            key: Some(key.into()),
+            value: value.into(),
+            ..Self::default()
+        }
+    }
+}
+
+/// Produces `records` to `topic` in order and waits for every acknowledgement.
+pub async fn produce(
+    settings: &KafkaSettings,
+    topic: &str,
+    records: &[TestRecord],
+) -> Result<(), TestkitError> {
+    let producer: FutureProducer = settings.producer_config().create()?;
+    for record in records {
+        let mut headers = OwnedHeaders::new();
+        for (name, value) in &record.headers {
+            headers = headers.insert(Header {
+                key: name,
+                value: Some(value),
+            });
+        }
+        let mut future = FutureRecord::to(topic)
+            .payload(&record.value)
+            .headers(headers);
+        if let Some(key) = &record.key {
+            future = future.key(key);
+        }
+        if let Some(partition) = record.partition {
+            future = future.partition(partition);
+        }
+        producer
+            .send(future, Duration::from_secs(30))
+            .await
+            .map_err(|(err, _)| err)?;
+    }
+    Ok(())
+}
+
+/// A record read back from a topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumedRecord {
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Key.
+    pub key: Option<Vec<u8>>,
+    /// Value.
+    pub value: Option<Vec<u8>>,
+    /// Headers.
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl ConsumedRecord {
+    /// The first header called `name`, as text.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    }
+}
+
+/// Reads `topic` from the beginning of every partition (no consumer group) until at least
+/// `count` records arrived, or fails at `timeout`. Committed records only.
+pub async fn consume_until(
+    settings: &KafkaSettings,
+    topic: &str,
+    count: usize,
+    timeout: Duration,
+) -> Result<Vec<ConsumedRecord>, TestkitError> {
+    let what = format!("{count} records on `{topic}`");
+    consume_while(settings, topic, timeout, what, move |records| {
+        records.len() >= count
+    })
+    .await
+}
+
+/// Reads `topic` from the beginning of every partition until `done` holds for the records
+/// read so far, or fails at `timeout` saying `what` was awaited.
+pub async fn consume_while<F>(
+    settings: &KafkaSettings,
+    topic: &str,
+    timeout: Duration,
+    what: String,
+    done: F,
+) -> Result<Vec<ConsumedRecord>, TestkitError>
+where
+    F: Fn(&[ConsumedRecord]) -> bool + Send + 'static,
+{
+    let settings = settings.clone();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || consume_blocking(&settings, &topic, timeout, &what, done))
+        .await
+        .map_err(|join| TestkitError::Process {
+            program: "consumer thread".into(),
+            message: join.to_string(),
+        })?
+}
+
+fn consume_blocking<F>(
+    settings: &KafkaSettings,
+    topic: &str,
+    timeout: Duration,
+    what: &str,
+    done: F,
+) -> Result<Vec<ConsumedRecord>, TestkitError>
+where
+    F: Fn(&[ConsumedRecord]) -> bool,
+{
+    let deadline = Instant::now() + timeout;
+    let mut config = settings.admin_config();
+    config
+        .set("group.id", unique_group("reader"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed");
+    let consumer: BaseConsumer = config.create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut assignment = TopicPartitionList::new();
+    for partition in metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions())
+    {
+        assignment.add_partition_offset(topic, partition.id(), Offset::Beginning)?;
+    }
+    consumer.assign(&assignment)?;
+    let mut records = Vec::new();
+    while !done(&records) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(TestkitError::Timeout {
+                what: format!("{what} (read {})", records.len()),
+                waited: timeout,
+            });
+        }
+        match consumer.poll(left.min(Duration::from_millis(200))) {
+            Some(Ok(message)) => records.push(ConsumedRecord {
+                partition: message.partition(),
+                offset: message.offset(),
+                key: message.key().map(<[u8]>::to_vec),
+                value: message.payload().map(<[u8]>::to_vec),
+                headers: message
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            }),
+            Some(Err(err)) => return Err(err.into()),
+            None => {}
+        }
+    }
+    Ok(records)
+}
+
+/// Committed offsets of `group` on every partition of `topic` (`None` where nothing is
+/// committed).
+pub fn committed_offsets(
+    settings: &KafkaSettings,
+    group: &str,
+    topic: &str,
+) -> Result<Vec<(i32, Option<i64>)>, TestkitError> {
+    let mut config = settings.admin_config();
+    config.set("group.id", group);
+    let consumer: BaseConsumer = config.create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut list = TopicPartitionList::new();
+    for partition in metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions())
+    {
+        list.add_partition(topic, partition.id());
+    }
+    let committed = consumer.committed_offsets(list, Duration::from_secs(10))?;
+    Ok(committed
+        .elements()
+        .iter()
+        .map(|e| match e.offset() {
+            Offset::Offset(o) => (e.partition(), Some(o)),
+            _ => (e.partition(), None),
+        })
+        .collect())
+}

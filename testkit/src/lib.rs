@@ -1,0 +1,44 @@
+//! Test support for Backbone's integration tests, used as a dev-dependency only.
+//!
+//! Tests run against real processes: the shared broker that `make test` starts (its address
+//! in `BACKBONE_TEST_BOOTSTRAP`), or a throwaway transaction-capable broker from
+//! [`TxnBroker::start`]. Each test gets its own topics ([`unique_topic`]), so tests never see
+//! each other's records. Every wait has a deadline; nothing sleeps to synchronise.
+
+mod broker;
+mod kafka;
+mod process;
+
+pub use broker::TxnBroker;
+pub use kafka::{
+    committed_offsets, consume_until, consume_while, create_topic, produce, shared_settings,
+    unique_group, unique_topic, ConsumedRecord, TestRecord,
+};
+pub use process::ChildProcess;
+
+/// Why a test helper failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TestkitError {
+    /// A Kafka request failed.
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// Topics could not be created.
+    #[error(transparent)]
+    Admin(#[from] backbone_core::admin::AdminError),
+    /// A condition was not met before its deadline.
+    #[error("timed out after {waited:?}: {what}")]
+    Timeout {
+        /// What was awaited.
+        what: String,
+        /// How long.
+        waited: std::time::Duration,
+    },
+    /// A process could not be started or stopped.
+    #[error("process `{program}`: {message}")]
+    Process {
+        /// The program.
+        program: String,
+        /// What went wrong.
+        message: String,
+    },
+}
