@@ -49,20 +49,29 @@ start_broker() {
   mkdir -p "$RUN_DIR" "$LOG_DIR" "$DATA_DIR"
   local listener=tcp://127.0.0.1:$KAFKA_PORT
   # setsid: the broker must not receive the terminal's Ctrl-C meant for a test run;
-  # `stack.sh down` stops it.
-  setsid "$NISSHI" broker \
+  # `stack.sh down` stops it. Nisshi reads a sqlite:// path relative to its working directory.
+  (cd "$DATA_DIR" && exec setsid "$NISSHI" broker \
     --listener-url "$listener" \
     --advertised-listener-url "$listener" \
-    --storage-engine "sqlite://$DATA_DIR/broker.db" \
-    >>"$LOG_DIR/broker.log" 2>&1 </dev/null &
+    --storage-engine "sqlite://broker.db" \
+    >>"$LOG_DIR/broker.log" 2>&1 </dev/null) &
   echo $! >"$RUN_DIR/broker.pid"
-  if ! "$REPO/scripts/kafka-ready" "127.0.0.1:$KAFKA_PORT" 60; then
-    say "broker failed to start; last lines of $LOG_DIR/broker.log:" >&2
-    tail -n 20 "$LOG_DIR/broker.log" >&2 || true
-    stop_service broker
-    exit 1
-  fi
+  await_ready broker "127.0.0.1:$KAFKA_PORT" 60
   say "broker up on 127.0.0.1:$KAFKA_PORT (sqlite://$DATA_DIR/broker.db), log $LOG_DIR/broker.log"
+}
+
+# Waits until the service answers a metadata request; fails early if its process dies.
+await_ready() {
+  local name=$1 address=$2 timeout=$3 started=$SECONDS
+  while ! "$REPO/scripts/kafka-ready" "$address" 1 >/dev/null 2>&1; do
+    if ! pid_of "$name" >/dev/null || (( SECONDS - started >= timeout )); then
+      say "$name failed to start within ${timeout}s; last lines of $LOG_DIR/$name.log:" >&2
+      tail -n 20 "$LOG_DIR/$name.log" >&2 || true
+      stop_service "$name"
+      exit 1
+    fi
+  done
+  "$REPO/scripts/kafka-ready" "$address" 5
 }
 
 stop_service() {

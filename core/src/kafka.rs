@@ -70,6 +70,10 @@ impl KafkaSettings {
         for (key, value) in &self.properties {
             config.set(key, value);
         }
+        // librdkafka's `debug` contexts only reach the log when its log level lets them through.
+        if self.properties.contains_key("debug") {
+            config.set_log_level(rdkafka::config::RDKafkaLogLevel::Debug);
+        }
         config
     }
 

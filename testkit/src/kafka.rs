@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use backbone_core::admin::{ensure_topics, TopicSpec};
+use backbone_core::admin::{ensure_topics, partition_count, TopicSpec};
 use backbone_core::KafkaSettings;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
@@ -200,15 +200,23 @@ where
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed");
     let consumer: BaseConsumer = config.create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    // The topic may not exist yet (a processor under test creates its outputs at start-up).
+    let partitions = loop {
+        match partition_count(settings, topic, Duration::from_secs(5))? {
+            Some(count) => break count,
+            None if Instant::now() >= deadline => {
+                return Err(TestkitError::Timeout {
+                    what: format!("{what}: topic `{topic}` never appeared"),
+                    waited: timeout,
+                })
+            }
+            None => std::thread::sleep(Duration::from_millis(100)),
+        }
+    };
     let mut assignment = TopicPartitionList::new();
-    for partition in metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic)
-        .flat_map(|t| t.partitions())
-    {
-        assignment.add_partition_offset(topic, partition.id(), Offset::Beginning)?;
+    for partition in 0..partitions {
+        let partition = i32::try_from(partition).unwrap_or(i32::MAX);
+        assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
     }
     consumer.assign(&assignment)?;
     let mut records = Vec::new();
