@@ -124,18 +124,20 @@ async fn main() -> Result<()> {
     let elapsed = started.elapsed();
     println!();
     println!("summary");
-    println!("  events published        {:>8}", args.events);
-    println!("  forwarded to {OUTPUT:<11}{:>8}", forwarded.len());
-    println!("  dead-lettered to {DLQ:<7}{:>8}", dead.len());
-    for (reason, count) in &reasons {
-        println!("    {reason:<22}{count:>8}");
-    }
-    println!(
-        "  unaccounted             {:>8}",
-        args.events.saturating_sub(forwarded.len() + dead.len())
+    let line = |label: &str, value: String| println!("  {label:<36}{value:>10}");
+    line("events published", args.events.to_string());
+    line(
+        &format!("forwarded to {OUTPUT}"),
+        forwarded.len().to_string(),
     );
-    println!("  wall time               {:>7.1}s", elapsed.as_secs_f64());
-    println!("  processor log           {}", log.display());
+    line(&format!("dead-lettered to {DLQ}"), dead.len().to_string());
+    for (reason, count) in &reasons {
+        line(&format!("  {reason}"), count.to_string());
+    }
+    let unaccounted = args.events.saturating_sub(forwarded.len() + dead.len());
+    line("unaccounted", unaccounted.to_string());
+    line("wall time", format!("{:.1}s", elapsed.as_secs_f64()));
+    println!("  processor log: {}", log.display());
 
     let expected_reasons: BTreeMap<String, usize> = expectation
         .broken
