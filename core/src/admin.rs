@@ -18,15 +18,24 @@ pub struct TopicSpec {
     pub name: String,
     /// Partition count used when the topic has to be created.
     pub partitions: i32,
+    /// Topic configs (`cleanup.policy`, `retention.ms`, ...) set when it has to be created.
+    pub config: Vec<(String, String)>,
 }
 
 impl TopicSpec {
-    /// A topic with `partitions` partitions.
+    /// A topic with `partitions` partitions and the broker's default configs.
     pub fn new(name: impl Into<String>, partitions: i32) -> Self {
         Self {
             name: name.into(),
             partitions,
+            config: Vec::new(),
         }
+    }
+
+    /// The same topic with config `key` set to `value`.
+    pub fn with_config(mut self, key: &str, value: &str) -> Self {
+        self.config.push((key.to_owned(), value.to_owned()));
+        self
     }
 }
 
@@ -79,7 +88,12 @@ pub async fn ensure_topics(
             })?;
     let new_topics: Vec<NewTopic<'_>> = topics
         .iter()
-        .map(|t| NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(1)))
+        .map(|t| {
+            t.config.iter().fold(
+                NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(1)),
+                |topic, (key, value)| topic.set(key, value),
+            )
+        })
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(timeout));
     let results = admin
