@@ -1,6 +1,7 @@
 //! Starts registry instances in-process on 127.0.0.1:0 against the shared test broker.
 
-#![allow(dead_code)]
+// Test support: panicking on a broken test setup is the right failure.
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::time::Duration;
 
