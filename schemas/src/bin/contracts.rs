@@ -1,0 +1,3 @@
+//! `contracts`: lint, check, register and apply Backbone's event contracts.
+
+fn main() {}

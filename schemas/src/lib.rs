@@ -1,0 +1,17 @@
+//! Backbone's governed event contracts.
+//!
+//! `contracts/` holds one Avro record per `.avsc` file (the source of truth); `manifest.toml`
+//! maps each topic to its contract, subject, owner and data rules. This crate embeds both,
+//! bundles files into the self-contained schemas the registry stores, and frames records in
+//! the Confluent wire format with a caching registry client. The `contracts` binary lints,
+//! checks, registers and applies them.
+
+pub mod contracts;
+pub mod manifest;
+pub mod wire;
+
+include!(concat!(env!("OUT_DIR"), "/embedded.rs"));
+
+pub use contracts::{ContractError, ContractSet};
+pub use manifest::{Manifest, TopicContract};
+pub use wire::{WireCodec, WireError};

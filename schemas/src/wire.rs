@@ -1,0 +1,316 @@
+//! The Confluent wire format: magic byte 0, a 4-byte big-endian schema id, then the Avro
+//! body. The codec resolves ids through the registry once and caches them, so there is no
+//! registry round trip per record.
+
+use std::collections::HashMap;
+use std::io::Cursor;
+use std::sync::{Arc, RwLock};
+
+use apache_avro::reader::datum::GenericDatumReader;
+use apache_avro::types::Value;
+use apache_avro::writer::datum::GenericDatumWriter;
+use apache_avro::Schema;
+use schema_registry_converter::async_impl::schema_registry::{
+    get_schema_by_id, post_schema, SrSettings,
+};
+use schema_registry_converter::schema_registry_common::{SchemaType, SuppliedSchema};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// The first byte of every framed record.
+pub const MAGIC_BYTE: u8 = 0;
+
+/// Why a record could not be framed, encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// Shorter than the 5-byte header.
+    #[error("record of {len} bytes is too short for the 5-byte wire-format header")]
+    TooShort {
+        /// Its length.
+        len: usize,
+    },
+    /// The first byte is not 0.
+    #[error("wrong magic byte {found:#04x}: not Confluent wire format")]
+    WrongMagicByte {
+        /// The byte found.
+        found: u8,
+    },
+    /// The registry has no schema with this id.
+    #[error("schema id {id} is unknown to the registry")]
+    UnknownSchemaId {
+        /// The id.
+        id: u32,
+    },
+    /// The registry could not be asked (transient).
+    #[error("schema registry: {message}")]
+    Registry {
+        /// What failed.
+        message: String,
+        /// Whether trying again may help.
+        retriable: bool,
+    },
+    /// The body does not decode with the writer schema.
+    #[error("body does not decode with schema id {id}: {message}")]
+    Body {
+        /// Writer schema id.
+        id: u32,
+        /// Why.
+        message: String,
+    },
+    /// The decoded value does not fit the Rust type, or a value does not fit its schema.
+    #[error("value does not match the contract: {message}")]
+    Contract {
+        /// Why.
+        message: String,
+    },
+}
+
+impl WireError {
+    /// Whether the same record may decode later (registry unreachable), as opposed to never.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Self::Registry {
+                retriable: true,
+                ..
+            }
+        )
+    }
+}
+
+/// Splits a framed record into schema id and Avro body.
+pub fn split_frame(bytes: &[u8]) -> Result<(u32, &[u8]), WireError> {
+    match bytes {
+        [MAGIC_BYTE, a, b, c, d, body @ ..] => Ok((u32::from_be_bytes([*a, *b, *c, *d]), body)),
+        [found, _, _, _, _, ..] => Err(WireError::WrongMagicByte { found: *found }),
+        short => Err(WireError::TooShort { len: short.len() }),
+    }
+}
+
+/// Frames an Avro body with its schema id.
+pub fn frame(id: u32, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 5);
+    out.push(MAGIC_BYTE);
+    out.extend_from_slice(&id.to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// Decodes an Avro body written with `writer`, requiring that every byte is used.
+pub fn decode_body(id: u32, writer: &Schema, body: &[u8]) -> Result<Value, WireError> {
+    let mut cursor = Cursor::new(body);
+    let body_error = |e: apache_avro::Error| WireError::Body {
+        id,
+        message: e.to_string(),
+    };
+    let value = GenericDatumReader::builder(writer)
+        .build()
+        .map_err(body_error)?
+        .read_value(&mut cursor)
+        .map_err(body_error)?;
+    let used = usize::try_from(cursor.position()).unwrap_or(usize::MAX);
+    if used != body.len() {
+        return Err(WireError::Body {
+            id,
+            message: format!(
+                "{} trailing bytes after the record",
+                body.len().saturating_sub(used)
+            ),
+        });
+    }
+    Ok(value)
+}
+
+/// Encodes an Avro value with `schema` (no framing).
+pub fn encode_body(schema: &Schema, value: Value) -> Result<Vec<u8>, WireError> {
+    GenericDatumWriter::builder(schema)
+        .build()
+        .and_then(|writer| writer.write_value_to_vec(value))
+        .map_err(|e| WireError::Contract {
+            message: e.to_string(),
+        })
+}
+
+/// Encodes and decodes framed records, resolving schema ids through a registry.
+#[derive(Clone)]
+pub struct WireCodec {
+    settings: Arc<SrSettings>,
+    by_id: Arc<RwLock<HashMap<u32, Arc<Schema>>>>,
+    by_subject: Arc<RwLock<HashMap<(String, String), u32>>>,
+}
+
+impl std::fmt::Debug for WireCodec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WireCodec").finish_non_exhaustive()
+    }
+}
+
+impl WireCodec {
+    /// A codec using the registry at `url`.
+    pub fn new(url: &str) -> Self {
+        Self {
+            settings: Arc::new(SrSettings::new(url.trim_end_matches('/').to_owned())),
+            by_id: Arc::default(),
+            by_subject: Arc::default(),
+        }
+    }
+
+    /// The writer schema of `id`, from the cache or, once, from the registry.
+    pub async fn schema(&self, id: u32) -> Result<Arc<Schema>, WireError> {
+        if let Some(schema) = self.by_id.read().ok().and_then(|c| c.get(&id).cloned()) {
+            return Ok(schema);
+        }
+        let registered = get_schema_by_id(id, &self.settings).await.map_err(|e| {
+            if e.error.contains("40403") || e.cause.as_deref().is_some_and(|c| c.contains("40403"))
+            {
+                WireError::UnknownSchemaId { id }
+            } else {
+                WireError::Registry {
+                    message: e.to_string(),
+                    retriable: e.retriable || !e.error.contains("404"),
+                }
+            }
+        })?;
+        let schema = Schema::parse_str(&registered.schema).map_err(|e| WireError::Registry {
+            message: format!("schema {id} from the registry is not valid Avro: {e}"),
+            retriable: false,
+        })?;
+        let schema = Arc::new(schema);
+        if let Ok(mut cache) = self.by_id.write() {
+            cache.insert(id, Arc::clone(&schema));
+        }
+        Ok(schema)
+    }
+
+    /// The id of `schema` under `subject`, registering it once if needed.
+    pub async fn register(&self, subject: &str, schema: &Schema) -> Result<u32, WireError> {
+        let text = schema.canonical_form();
+        let key = (subject.to_owned(), text);
+        if let Some(id) = self
+            .by_subject
+            .read()
+            .ok()
+            .and_then(|c| c.get(&key).copied())
+        {
+            return Ok(id);
+        }
+        let json = serde_json::to_string(schema).map_err(|e| WireError::Contract {
+            message: e.to_string(),
+        })?;
+        let supplied = SuppliedSchema::new(None, SchemaType::Avro, json);
+        let registered = post_schema(&self.settings, subject.to_owned(), supplied)
+            .await
+            .map_err(|e| WireError::Registry {
+                message: format!("registering under `{subject}`: {e}"),
+                retriable: e.retriable,
+            })?;
+        if let Ok(mut cache) = self.by_subject.write() {
+            cache.insert(key, registered.id);
+        }
+        if let Ok(mut cache) = self.by_id.write() {
+            cache.insert(registered.id, Arc::new(schema.clone()));
+        }
+        Ok(registered.id)
+    }
+
+    /// Decodes a framed record to its schema id and Avro value.
+    pub async fn decode(&self, bytes: &[u8]) -> Result<(u32, Value), WireError> {
+        let (id, body) = split_frame(bytes)?;
+        let writer = self.schema(id).await?;
+        Ok((id, decode_body(id, &writer, body)?))
+    }
+
+    /// Decodes a framed record into `T`, resolving the writer schema against `reader`.
+    pub async fn decode_as<T: DeserializeOwned>(
+        &self,
+        bytes: &[u8],
+        reader: &Schema,
+    ) -> Result<T, WireError> {
+        let (id, body) = split_frame(bytes)?;
+        let writer = self.schema(id).await?;
+        let value = decode_body(id, &writer, body)?;
+        let resolved = value.resolve(reader).map_err(|e| WireError::Contract {
+            message: format!("schema id {id} does not resolve to the reader contract: {e}"),
+        })?;
+        apache_avro::from_value(&resolved).map_err(|e| WireError::Contract {
+            message: e.to_string(),
+        })
+    }
+
+    /// Encodes `value` with `schema`, registered under `subject`, as a framed record.
+    pub async fn encode<T: Serialize>(
+        &self,
+        subject: &str,
+        schema: &Schema,
+        value: &T,
+    ) -> Result<Vec<u8>, WireError> {
+        let id = self.register(subject, schema).await?;
+        let avro = apache_avro::to_value(value).map_err(|e| WireError::Contract {
+            message: e.to_string(),
+        })?;
+        let avro = avro.resolve(schema).map_err(|e| WireError::Contract {
+            message: e.to_string(),
+        })?;
+        let body = encode_body(schema, avro)?;
+        Ok(frame(id, &body))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_bad_headers_are_typed() {
+        let framed = frame(258, b"body");
+        assert_eq!(&framed[..5], &[0, 0, 0, 1, 2]);
+        assert_eq!(split_frame(&framed).unwrap(), (258, &b"body"[..]));
+        assert!(matches!(
+            split_frame(&[1, 0, 0, 0, 1]),
+            Err(WireError::WrongMagicByte { found: 1 })
+        ));
+        assert!(matches!(
+            split_frame(&[0, 0, 0]),
+            Err(WireError::TooShort { len: 3 })
+        ));
+        assert!(matches!(
+            split_frame(&[]),
+            Err(WireError::TooShort { len: 0 })
+        ));
+        assert_eq!(split_frame(&[0, 0, 0, 0, 9]).unwrap(), (9, &[][..]));
+    }
+
+    #[test]
+    fn truncated_and_trailing_bodies_are_rejected() {
+        let schema = Schema::parse_str(
+            r#"{"type":"record","name":"R","fields":[{"name":"s","type":"string"},{"name":"n","type":"long"}]}"#,
+        )
+        .unwrap();
+        let value = Value::Record(vec![
+            ("s".into(), Value::String("hello".into())),
+            ("n".into(), Value::Long(42)),
+        ]);
+        let body = encode_body(&schema, value.clone()).unwrap();
+        assert_eq!(decode_body(1, &schema, &body).unwrap(), value);
+        for cut in 0..body.len() {
+            assert!(
+                matches!(
+                    decode_body(1, &schema, &body[..cut]),
+                    Err(WireError::Body { .. })
+                ),
+                "cut at {cut}"
+            );
+        }
+        let mut long = body.clone();
+        long.push(0);
+        assert!(matches!(
+            decode_body(1, &schema, &long),
+            Err(WireError::Body { .. })
+        ));
+        // A string length far beyond the body is an error, not an allocation.
+        assert!(matches!(
+            decode_body(1, &schema, &[0xfe, 0xff, 0xff, 0xff, 0x0f]),
+            Err(WireError::Body { .. })
+        ));
+    }
+}
