@@ -16,7 +16,7 @@ setup:
 build: setup
 	cargo build --workspace --bins
 
-up: setup
+up: build
 	@scripts/stack.sh up
 
 down:

@@ -8,7 +8,7 @@ cd "$REPO"
 PORT=${BACKBONE_KAFKA_PORT:-9092}
 TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
 
-if "$REPO/scripts/stack.sh" status | grep -q "broker   running"; then
+if "$REPO/scripts/stack.sh" status | grep -q "registry running"; then
   echo "demo: using the running stack"
 else
   trap '"$REPO/scripts/stack.sh" down' EXIT

@@ -4,14 +4,17 @@
 # Settings (environment):
 #   BACKBONE_STACK_DIR   state, logs and pid files (default: <repo>/.backbone/stack)
 #   BACKBONE_KAFKA_PORT  broker port (default: 9092)
+#   BACKBONE_REGISTRY_PORT  schema registry port (default: 8081)
 #   BACKBONE_TOOLS_DIR   where setup installed the tools (default: ~/.cache/backbone)
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 STACK_DIR=${BACKBONE_STACK_DIR:-$REPO/.backbone/stack}
 KAFKA_PORT=${BACKBONE_KAFKA_PORT:-9092}
+REGISTRY_PORT=${BACKBONE_REGISTRY_PORT:-8081}
 TOOLS_DIR=${BACKBONE_TOOLS_DIR:-$HOME/.cache/backbone}
 NISSHI=$TOOLS_DIR/bin/nisshi
+BIN_DIR=${CARGO_TARGET_DIR:-$REPO/target}/debug
 
 RUN_DIR=$STACK_DIR/run
 LOG_DIR=$STACK_DIR/logs
@@ -60,18 +63,48 @@ start_broker() {
   say "broker up on 127.0.0.1:$KAFKA_PORT (sqlite://$DATA_DIR/broker.db), log $LOG_DIR/broker.log"
 }
 
-# Waits until the service answers a metadata request; fails early if its process dies.
+start_registry() {
+  local pid
+  if pid=$(pid_of registry); then
+    say "registry already running (pid $pid) on http://127.0.0.1:$REGISTRY_PORT"
+    return
+  fi
+  if [ ! -x "$BIN_DIR/schema-registry" ]; then
+    say "schema-registry not built at $BIN_DIR; run 'make build' first" >&2
+    exit 1
+  fi
+  if port_in_use "$REGISTRY_PORT"; then
+    say "port 127.0.0.1:$REGISTRY_PORT is taken by another process; set BACKBONE_REGISTRY_PORT" >&2
+    exit 1
+  fi
+  BACKBONE__KAFKA__BOOTSTRAP_SERVERS=127.0.0.1:$KAFKA_PORT \
+  BACKBONE__REGISTRY__LISTEN=127.0.0.1:$REGISTRY_PORT \
+    setsid "$BIN_DIR/schema-registry" >>"$LOG_DIR/registry.log" 2>&1 </dev/null &
+  echo $! >"$RUN_DIR/registry.pid"
+  await_ready registry "http://127.0.0.1:$REGISTRY_PORT/health" 60
+  say "registry up on http://127.0.0.1:$REGISTRY_PORT (topic _schemas), log $LOG_DIR/registry.log"
+}
+
+# Waits until the service answers (Kafka metadata, or HTTP for URLs); fails early if its
+# process dies.
+answers() {
+  case "$1" in
+    http://*) curl -fsS -o /dev/null --max-time 1 "$1" ;;
+    *) "$REPO/scripts/kafka-ready" "$1" 1 >/dev/null 2>&1 ;;
+  esac
+}
+
 await_ready() {
   local name=$1 address=$2 timeout=$3 started=$SECONDS
-  while ! "$REPO/scripts/kafka-ready" "$address" 1 >/dev/null 2>&1; do
+  while ! answers "$address"; do
     if ! pid_of "$name" >/dev/null || (( SECONDS - started >= timeout )); then
       say "$name failed to start within ${timeout}s; last lines of $LOG_DIR/$name.log:" >&2
       tail -n 20 "$LOG_DIR/$name.log" >&2 || true
       stop_service "$name"
       exit 1
     fi
+    sleep 0.1
   done
-  "$REPO/scripts/kafka-ready" "$address" 5
 }
 
 stop_service() {
@@ -100,11 +133,22 @@ status() {
   else
     say "broker   stopped  (would listen on 127.0.0.1:$KAFKA_PORT)"
   fi
+  if pid=$(pid_of registry); then
+    say "registry running  pid $pid  http://127.0.0.1:$REGISTRY_PORT  log $LOG_DIR/registry.log"
+  else
+    say "registry stopped  (would listen on http://127.0.0.1:$REGISTRY_PORT)"
+  fi
 }
 
 case "${1:-}" in
-  up) start_broker ;;
-  down) stop_service broker ;;
+  up)
+    start_broker
+    start_registry
+    ;;
+  down)
+    stop_service registry
+    stop_service broker
+    ;;
   status) status ;;
   *)
     echo "usage: $0 up|down|status" >&2
