@@ -22,5 +22,5 @@ pub mod telemetry;
 
 pub use config::ConfigError;
 pub use kafka::KafkaSettings;
-pub use processor::{Header, InputRecord, OutputRecord, ProcessError, Processor};
+pub use processor::{Header, InputRecord, OutputRecord, Prefetch, ProcessError, Processor};
 pub use runner::{run, RunSummary, RuntimeError, RuntimeSettings};

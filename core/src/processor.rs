@@ -1,5 +1,9 @@
 //! The one trait a processor implements, and the records it sees and returns.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
 /// A Kafka header: name and raw value.
 pub type Header = (String, Vec<u8>);
 
@@ -71,6 +75,18 @@ impl ProcessError {
     }
 }
 
+/// Asynchronous preparation the runtime awaits before each [`Processor::process`] call, such
+/// as resolving a record's schema id into a local cache. It keeps `process` synchronous and
+/// free of network I/O.
+pub trait Prefetch: Send + Sync {
+    /// Prepares for `value`. Errors are classified like processing errors: transient ones are
+    /// retried with backoff, permanent ones dead-letter the record.
+    fn prefetch<'a>(
+        &'a self,
+        value: Option<&'a [u8]>,
+    ) -> Pin<Box<dyn Future<Output = Result<(), ProcessError>> + Send + 'a>>;
+}
+
 /// Domain logic of one processor. `process` must be deterministic: the same input gives the
 /// same outputs, so that a redelivered input reproduces identical records.
 pub trait Processor: Send {
@@ -82,6 +98,11 @@ pub trait Processor: Send {
 
     /// Topics this processor may write to; the runtime makes sure they exist at start-up.
     fn output_topics(&self) -> Vec<String>;
+
+    /// What the runtime awaits before each `process` call; nothing by default.
+    fn prefetch(&self) -> Option<Arc<dyn Prefetch>> {
+        None
+    }
 
     /// Turns one input record into output records, or says why it cannot.
     fn process(&mut self, record: &InputRecord<'_>) -> Result<Vec<OutputRecord>, ProcessError>;

@@ -168,6 +168,7 @@ async fn run_loop<P: Processor>(
         .map_err(RuntimeError::Client)?;
     tracing::info!(processor = %name, group = %group, topics = ?topics, "processor started");
 
+    let prefetch = processor.prefetch();
     let mut summary = RunSummary::default();
     loop {
         let message = tokio::select! {
@@ -197,7 +198,11 @@ async fn run_loop<P: Processor>(
         let mut attempts = 0u32;
         let outcome = loop {
             attempts += 1;
-            match processor.process(&input) {
+            let prepared = match &prefetch {
+                Some(prefetch) => prefetch.prefetch(input.value).await,
+                None => Ok(()),
+            };
+            match prepared.and_then(|()| processor.process(&input)) {
                 Err(ProcessError::Transient(detail)) => {
                     summary.retries += 1;
                     let wait = backoff(settings, attempts);

@@ -3,13 +3,16 @@
 //! registry round trip per record.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io::Cursor;
+use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 
 use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::types::Value;
 use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::Schema;
+use backbone_core::{Prefetch, ProcessError};
 use schema_registry_converter::async_impl::schema_registry::{
     get_schema_by_id, post_schema, SrSettings,
 };
@@ -75,6 +78,49 @@ impl WireError {
                 ..
             }
         )
+    }
+}
+
+impl WireError {
+    /// The dead-letter reason for this error, from a fixed set.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::TooShort { .. } => "truncated_record",
+            Self::WrongMagicByte { .. } => "wrong_magic_byte",
+            Self::UnknownSchemaId { .. } => "unknown_schema_id",
+            Self::Registry { .. } => "registry_unavailable",
+            Self::Body { .. } => "undecodable_body",
+            Self::Contract { .. } => "contract_violation",
+        }
+    }
+
+    /// As a processing error: transient when the registry may answer later, else permanent
+    /// with [`WireError::reason`].
+    pub fn into_process_error(self) -> ProcessError {
+        if self.is_transient() {
+            ProcessError::Transient(self.to_string())
+        } else {
+            ProcessError::permanent(self.reason(), self.to_string())
+        }
+    }
+}
+
+/// The runtime resolves each record's schema id before `process`, so processors can decode
+/// synchronously from the cache. Records that are not wire format are left to the processor.
+impl Prefetch for WireCodec {
+    fn prefetch<'a>(
+        &'a self,
+        value: Option<&'a [u8]>,
+    ) -> Pin<Box<dyn Future<Output = Result<(), ProcessError>> + Send + 'a>> {
+        Box::pin(async move {
+            let Some(Ok((id, _))) = value.map(split_frame) else {
+                return Ok(());
+            };
+            self.schema(id)
+                .await
+                .map(|_| ())
+                .map_err(WireError::into_process_error)
+        })
     }
 }
 
@@ -211,6 +257,33 @@ impl WireCodec {
             cache.insert(registered.id, Arc::new(schema.clone()));
         }
         Ok(registered.id)
+    }
+
+    /// The writer schema of `id` if it is cached already; never asks the registry.
+    pub fn cached_schema(&self, id: u32) -> Option<Arc<Schema>> {
+        self.by_id.read().ok().and_then(|c| c.get(&id).cloned())
+    }
+
+    /// Like [`WireCodec::decode_as`], from the cache only: for synchronous processors whose
+    /// runtime resolved the id beforehand (see the `Prefetch` impl). An id not cached yet is a
+    /// transient error.
+    pub fn decode_cached_as<T: DeserializeOwned>(
+        &self,
+        bytes: &[u8],
+        reader: &Schema,
+    ) -> Result<T, WireError> {
+        let (id, body) = split_frame(bytes)?;
+        let writer = self.cached_schema(id).ok_or_else(|| WireError::Registry {
+            message: format!("schema id {id} has not been resolved yet"),
+            retriable: true,
+        })?;
+        let value = decode_body(id, &writer, body)?;
+        let resolved = value.resolve(reader).map_err(|e| WireError::Contract {
+            message: format!("schema id {id} does not resolve to the reader contract: {e}"),
+        })?;
+        apache_avro::from_value(&resolved).map_err(|e| WireError::Contract {
+            message: e.to_string(),
+        })
     }
 
     /// Decodes a framed record to its schema id and Avro value.
