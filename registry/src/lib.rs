@@ -22,6 +22,8 @@ use backbone_core::config::{ConfigError, Validate};
 use backbone_core::KafkaSettings;
 use serde::Deserialize;
 use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 pub use service::Registry;
 
@@ -108,10 +110,79 @@ pub async fn serve(
         config.registry.timeout,
     )
     .await?;
+    serve_opened(registry, &config.registry.topic, listener, shutdown).await
+}
+
+async fn serve_opened(
+    registry: Registry,
+    topic: &str,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RegistryError> {
     let address = listener.local_addr()?;
-    tracing::info!(%address, topic = %config.registry.topic, "schema registry serving");
+    tracing::info!(%address, topic, "schema registry serving");
     axum::serve(listener, http::router(Arc::new(registry)))
         .with_graceful_shutdown(shutdown)
         .await?;
     Ok(())
+}
+
+/// A registry running inside this process (tests, tools), stopped by [`LocalRegistry::stop`]
+/// or when dropped.
+pub struct LocalRegistry {
+    url: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), RegistryError>>>,
+}
+
+impl LocalRegistry {
+    /// Replays the topic, binds `config.registry.listen` (port 0 picks a free port) and
+    /// serves in the background; returns once it answers.
+    pub async fn start(config: &RegistryConfig) -> Result<Self, RegistryError> {
+        let registry = Registry::open(
+            &config.kafka,
+            &config.registry.topic,
+            config.registry.timeout,
+        )
+        .await?;
+        let listener = TcpListener::bind(config.registry.listen).await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let topic = config.registry.topic.clone();
+        let task = tokio::spawn(async move {
+            serve_opened(registry, &topic, listener, async {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        Ok(Self {
+            url,
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+
+    /// Base URL, like `http://127.0.0.1:40123`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Stops serving and waits until it has.
+    pub async fn stop(mut self) -> Result<(), RegistryError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.task.take() {
+            Some(task) => task.await.unwrap_or(Ok(())),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for LocalRegistry {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
 }

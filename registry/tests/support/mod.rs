@@ -5,61 +5,43 @@
 
 use std::time::Duration;
 
-use backbone_registry::{RegistryConfig, RegistrySettings};
+use backbone_registry::{LocalRegistry, RegistryConfig, RegistrySettings};
 use backbone_testkit::shared_settings;
 use reqwest::{Client, Response};
 use serde_json::Value;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 pub const MEDIA_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 
 pub struct TestRegistry {
     pub url: String,
     pub client: Client,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
+    local: Option<LocalRegistry>,
 }
 
 impl TestRegistry {
-    /// A registry over `topic` (give each test its own).
+    /// A registry over `topic` (give each test its own) on a free 127.0.0.1 port.
     pub async fn start(topic: &str) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
         let config = RegistryConfig {
             kafka: shared_settings(),
             registry: RegistrySettings {
+                listen: "127.0.0.1:0".parse().unwrap(),
                 topic: topic.to_owned(),
                 timeout: Duration::from_secs(20),
-                ..RegistrySettings::default()
             },
         };
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            backbone_registry::serve(&config, listener, async {
-                let _ = stopped.await;
-            })
+        let local = LocalRegistry::start(&config)
             .await
-            .expect("registry runs");
-        });
-        let registry = Self {
-            url,
+            .expect("registry starts");
+        Self {
+            url: local.url().to_owned(),
             client: Client::new(),
-            stop: Some(stop),
-            task: Some(task),
-        };
-        // The listener is bound already: this waits until the topic is replayed and served.
-        let health = registry.get("/health").await;
-        assert_eq!(health.status(), 200);
-        registry
+            local: Some(local),
+        }
     }
 
     pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.await.unwrap();
+        if let Some(local) = self.local.take() {
+            local.stop().await.expect("registry stops cleanly");
         }
     }
 
@@ -110,14 +92,6 @@ impl TestRegistry {
         let (status, body) = read(response).await;
         assert_eq!(status, 200, "register {subject}: {body}");
         body["id"].as_u64().unwrap()
-    }
-}
-
-impl Drop for TestRegistry {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
     }
 }
 
