@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::io::Cursor;
+use std::io::Read;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 
@@ -142,29 +142,54 @@ pub fn frame(id: u32, body: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Decodes an Avro body written with `writer`, requiring that every byte is used.
+/// Decodes an Avro body written with `writer`, requiring that every byte is used and that
+/// the decoder never ran out of bytes.
 pub fn decode_body(id: u32, writer: &Schema, body: &[u8]) -> Result<Value, WireError> {
-    let mut cursor = Cursor::new(body);
-    let body_error = |e: apache_avro::Error| WireError::Body {
-        id,
-        message: e.to_string(),
+    let body_error = |message: String| WireError::Body { id, message };
+    let mut reader = BodyReader {
+        body,
+        position: 0,
+        ran_out: false,
     };
     let value = GenericDatumReader::builder(writer)
         .build()
-        .map_err(body_error)?
-        .read_value(&mut cursor)
-        .map_err(body_error)?;
-    let used = usize::try_from(cursor.position()).unwrap_or(usize::MAX);
-    if used != body.len() {
-        return Err(WireError::Body {
-            id,
-            message: format!(
-                "{} trailing bytes after the record",
-                body.len().saturating_sub(used)
-            ),
-        });
+        .and_then(|datum| datum.read_value(&mut reader))
+        .map_err(|e| body_error(e.to_string()))?;
+    // apache-avro reads a union index at the end of the input as branch 0 instead of failing,
+    // so a body cut just before a trailing union would pass unnoticed without this check.
+    if reader.ran_out {
+        return Err(body_error(
+            "body ends in the middle of the record".to_owned(),
+        ));
+    }
+    if reader.position != body.len() {
+        return Err(body_error(format!(
+            "{} trailing bytes after the record",
+            body.len() - reader.position
+        )));
     }
     Ok(value)
+}
+
+/// Reads a body and remembers whether the decoder asked for more than there was.
+struct BodyReader<'a> {
+    body: &'a [u8],
+    position: usize,
+    ran_out: bool,
+}
+
+impl Read for BodyReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let rest = self.body.get(self.position..).unwrap_or_default();
+        if rest.is_empty() && !buf.is_empty() {
+            self.ran_out = true;
+            return Ok(0);
+        }
+        let n = rest.len().min(buf.len());
+        buf[..n].copy_from_slice(&rest[..n]);
+        self.position += n;
+        Ok(n)
+    }
 }
 
 /// Encodes an Avro value with `schema` (no framing).
