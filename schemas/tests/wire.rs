@@ -24,14 +24,14 @@ fn reading_schema() -> Schema {
             {"name":"value","type":"long"},
             {"name":"note","type":["null","string"],"default":null}]}"#,
     )
-    .unwrap()
+    .expect("valid test schema")
 }
 
 async fn registry() -> LocalRegistry {
     LocalRegistry::start(&RegistryConfig {
         kafka: shared_settings(),
         registry: RegistrySettings {
-            listen: "127.0.0.1:0".parse().unwrap(),
+            listen: "127.0.0.1:0".parse().expect("address"),
             topic: unique_topic("schemas"),
             timeout: Duration::from_secs(20),
         },
