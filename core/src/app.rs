@@ -24,6 +24,9 @@ pub struct ProcessorConfig<T> {
     /// Loop behaviour.
     #[serde(default)]
     pub runtime: RuntimeSettings,
+    /// Where the contracts' schemas are registered.
+    #[serde(default)]
+    pub schema_registry: SchemaRegistrySettings,
     /// The processor's own settings.
     #[serde(default)]
     pub processor: T,
@@ -33,7 +36,36 @@ impl<T: Validate> Validate for ProcessorConfig<T> {
     fn validate(&self) -> Result<(), ConfigError> {
         self.kafka.validate()?;
         self.runtime.validate()?;
+        self.schema_registry.validate()?;
         self.processor.validate()
+    }
+}
+
+/// The `[schema_registry]` config section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchemaRegistrySettings {
+    /// Base URL of a Confluent-compatible schema registry.
+    pub url: String,
+}
+
+impl Default for SchemaRegistrySettings {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:8081".to_owned(),
+        }
+    }
+}
+
+impl Validate for SchemaRegistrySettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
+            return Err(ConfigError::Invalid {
+                key: "schema_registry.url".to_owned(),
+                message: format!("expected an http:// or https:// URL, got \"{}\"", self.url),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -46,8 +78,8 @@ pub trait App: Processor + Sized {
     /// The processor's `[processor]` config section.
     type Settings: DeserializeOwned + Default + Validate;
 
-    /// Builds the processor from validated settings.
-    fn build(settings: Self::Settings) -> Self;
+    /// Builds the processor from its validated settings and the shared registry settings.
+    fn build(settings: Self::Settings, registry: &SchemaRegistrySettings) -> Self;
 }
 
 #[derive(Debug, Parser)]
@@ -86,7 +118,7 @@ where
         return ExitCode::SUCCESS;
     }
     telemetry::init(args.log_format);
-    let processor = A::build(config.processor);
+    let processor = A::build(config.processor, &config.schema_registry);
     match run(
         processor,
         &config.kafka,

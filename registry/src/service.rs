@@ -82,10 +82,13 @@ fn parse_schema(text: &str, schema_type: Option<&str>) -> Result<Candidate, ApiE
     let json: serde_json::Value = serde_json::from_str(text)
         .map_err(|e| ApiError::invalid_schema(&format!("not JSON: {e}")))?;
     let parsed = Schema::parse(&json).map_err(|e| ApiError::invalid_schema(&e.to_string()))?;
-    Ok(Candidate {
-        canonical: json.to_string(),
-        parsed,
-    })
+    // Identity is the parsed schema written back out with every name fully qualified and keys
+    // sorted, so the same schema spelled differently (whitespace, key order, a namespace left
+    // to be inherited) gets the same id, as Confluent's registry does.
+    let canonical = serde_json::to_value(&parsed)
+        .map(|normalised| normalised.to_string())
+        .unwrap_or_else(|_| json.to_string());
+    Ok(Candidate { canonical, parsed })
 }
 
 impl Registry {

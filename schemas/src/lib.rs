@@ -6,8 +6,11 @@
 //! the Confluent wire format with a caching registry client. The `contracts` binary lints,
 //! checks, registers and applies them.
 
+pub mod cli;
 pub mod contracts;
+pub mod lint;
 pub mod manifest;
+pub mod types;
 pub mod wire;
 
 include!(concat!(env!("OUT_DIR"), "/embedded.rs"));

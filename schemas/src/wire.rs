@@ -13,6 +13,9 @@ use apache_avro::types::Value;
 use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::Schema;
 use backbone_core::{Prefetch, ProcessError};
+
+use crate::contracts::ContractSet;
+use crate::types::Contract;
 use schema_registry_converter::async_impl::schema_registry::{
     get_schema_by_id, post_schema, SrSettings,
 };
@@ -171,6 +174,39 @@ pub fn decode_body(id: u32, writer: &Schema, body: &[u8]) -> Result<Value, WireE
     Ok(value)
 }
 
+/// Sign-extends every decimal to 16 bytes. Avro writers send the shortest two's complement
+/// form, but apache-avro's schema resolution refuses decimal bytes shorter than the reader's
+/// precision could need; 16 bytes hold any precision up to 38 and leave the value unchanged.
+pub fn widen_decimals(value: Value) -> Value {
+    match value {
+        Value::Decimal(decimal) => {
+            let bytes: Vec<u8> = Vec::try_from(&decimal).unwrap_or_default();
+            if bytes.is_empty() || bytes.len() >= 16 {
+                return Value::Decimal(decimal);
+            }
+            let fill = if bytes[0] & 0x80 == 0 { 0x00 } else { 0xff };
+            let mut wide = vec![fill; 16 - bytes.len()];
+            wide.extend_from_slice(&bytes);
+            Value::Decimal(wide.into())
+        }
+        Value::Union(index, inner) => Value::Union(index, Box::new(widen_decimals(*inner))),
+        Value::Record(fields) => Value::Record(
+            fields
+                .into_iter()
+                .map(|(name, v)| (name, widen_decimals(v)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.into_iter().map(widen_decimals).collect()),
+        Value::Map(entries) => Value::Map(
+            entries
+                .into_iter()
+                .map(|(k, v)| (k, widen_decimals(v)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
 /// Reads a body and remembers whether the decoder asked for more than there was.
 struct BodyReader<'a> {
     body: &'a [u8],
@@ -255,8 +291,22 @@ impl WireCodec {
 
     /// The id of `schema` under `subject`, registering it once if needed.
     pub async fn register(&self, subject: &str, schema: &Schema) -> Result<u32, WireError> {
-        let text = schema.canonical_form();
-        let key = (subject.to_owned(), text);
+        let json = serde_json::to_string(schema).map_err(|e| WireError::Contract {
+            message: e.to_string(),
+        })?;
+        self.register_text(subject, &json, schema).await
+    }
+
+    /// The id of the schema `text` (which parses to `schema`) under `subject`, registering it
+    /// once if needed. Registering a contract's bundled text gives the same id as
+    /// `contracts register`.
+    pub async fn register_text(
+        &self,
+        subject: &str,
+        text: &str,
+        schema: &Schema,
+    ) -> Result<u32, WireError> {
+        let key = (subject.to_owned(), text.to_owned());
         if let Some(id) = self
             .by_subject
             .read()
@@ -265,10 +315,7 @@ impl WireCodec {
         {
             return Ok(id);
         }
-        let json = serde_json::to_string(schema).map_err(|e| WireError::Contract {
-            message: e.to_string(),
-        })?;
-        let supplied = SuppliedSchema::new(None, SchemaType::Avro, json);
+        let supplied = SuppliedSchema::new(None, SchemaType::Avro, text.to_owned());
         let registered = post_schema(&self.settings, subject.to_owned(), supplied)
             .await
             .map_err(|e| WireError::Registry {
@@ -282,6 +329,29 @@ impl WireCodec {
             cache.insert(registered.id, Arc::new(schema.clone()));
         }
         Ok(registered.id)
+    }
+
+    /// Encodes a contract value as a framed record, its bundled contract registered under
+    /// `subject` (the same schema text `contracts register` uses).
+    pub async fn encode_contract<T: Contract>(
+        &self,
+        subject: &str,
+        value: &T,
+    ) -> Result<Vec<u8>, WireError> {
+        let text = ContractSet::embedded()
+            .and_then(|set| set.bundled(T::FULL_NAME))
+            .map_err(|e| WireError::Contract {
+                message: e.to_string(),
+            })?
+            .to_string();
+        let schema = T::schema();
+        let id = self.register_text(subject, &text, schema).await?;
+        let avro = apache_avro::to_value(value)
+            .and_then(|v| v.resolve(schema))
+            .map_err(|e| WireError::Contract {
+                message: e.to_string(),
+            })?;
+        Ok(frame(id, &encode_body(schema, avro)?))
     }
 
     /// The writer schema of `id` if it is cached already; never asks the registry.
@@ -302,7 +372,7 @@ impl WireCodec {
             message: format!("schema id {id} has not been resolved yet"),
             retriable: true,
         })?;
-        let value = decode_body(id, &writer, body)?;
+        let value = widen_decimals(decode_body(id, &writer, body)?);
         let resolved = value.resolve(reader).map_err(|e| WireError::Contract {
             message: format!("schema id {id} does not resolve to the reader contract: {e}"),
         })?;
@@ -326,7 +396,7 @@ impl WireCodec {
     ) -> Result<T, WireError> {
         let (id, body) = split_frame(bytes)?;
         let writer = self.schema(id).await?;
-        let value = decode_body(id, &writer, body)?;
+        let value = widen_decimals(decode_body(id, &writer, body)?);
         let resolved = value.resolve(reader).map_err(|e| WireError::Contract {
             message: format!("schema id {id} does not resolve to the reader contract: {e}"),
         })?;
@@ -376,6 +446,38 @@ mod tests {
             Err(WireError::TooShort { len: 0 })
         ));
         assert_eq!(split_frame(&[0, 0, 0, 0, 9]).unwrap(), (9, &[][..]));
+    }
+
+    #[test]
+    fn short_decimals_from_other_writers_resolve() {
+        let schema = Schema::parse_str(
+            r#"{"type":"record","name":"P","fields":[{"name":"price","type":{"type":"bytes","logicalType":"decimal","precision":18,"scale":4}}]}"#,
+        )
+        .unwrap();
+        // 1234.5600 at scale 4 in its shortest form, as other Avro writers send it.
+        let short = Value::Record(vec![(
+            "price".into(),
+            Value::Decimal(vec![0x00, 0xbc, 0x61, 0x00].into()),
+        )]);
+        assert!(
+            short.clone().resolve(&schema).is_err(),
+            "apache-avro still refuses short decimals"
+        );
+        let widened = widen_decimals(short).resolve(&schema).unwrap();
+        let Value::Record(fields) = widened else {
+            panic!("record")
+        };
+        let Value::Decimal(price) = &fields[0].1 else {
+            panic!("decimal")
+        };
+        let bytes: Vec<u8> = Vec::try_from(price).unwrap();
+        assert_eq!(bytes.len(), 16);
+        assert_eq!(&bytes[12..], &[0x00, 0xbc, 0x61, 0x00]);
+        let negative = widen_decimals(Value::Decimal(vec![0xff, 0x38].into()));
+        let Value::Decimal(n) = negative else {
+            panic!("decimal")
+        };
+        assert_eq!(Vec::<u8>::try_from(&n).unwrap()[..14], [0xff; 14]);
     }
 
     #[test]

@@ -1,13 +1,22 @@
-//! Checks raw JSON usage events against the usage contract before anything downstream sees
-//! them: required fields present, quantity a non-negative decimal, timestamp well formed.
-//! Valid events are forwarded unchanged in meaning (re-serialised canonically, so a
-//! redelivered input yields byte-identical output); invalid ones go to the dead-letter topic
-//! with the reason.
+//! Checks usage events against the usage contract before anything downstream sees them.
+//!
+//! Input records are `backbone.usage.UsageEvent` in the Confluent wire format. The runtime
+//! resolves each record's schema id through the registry before [`Processor::process`] runs
+//! (see [`WireCodec`]'s `Prefetch`), so checking is synchronous: the record must decode with a
+//! registered schema into the contract, carry its identity fields and a non-negative quantity.
+//! A valid record is forwarded byte for byte (same schema id, so a redelivered input yields an
+//! identical output) with its idempotency key in a header; anything else is dead-lettered with
+//! the reason (`wrong_magic_byte`, `unknown_schema_id`, `undecodable_body`,
+//! `contract_violation`, `invalid_quantity`, ...).
 
-use backbone_core::app::App;
+use std::sync::Arc;
+
+use backbone_core::app::{App, SchemaRegistrySettings};
 use backbone_core::config::{ConfigError, Validate};
-use backbone_core::{Header, InputRecord, OutputRecord, ProcessError, Processor};
-use serde::{Deserialize, Serialize};
+use backbone_core::{Header, InputRecord, OutputRecord, Prefetch, ProcessError, Processor};
+use backbone_schemas::types::{Contract, UsageEvent};
+use backbone_schemas::WireCodec;
+use serde::Deserialize;
 
 /// Header carrying the idempotency key `(tenant_id, source, event_id)` as `tenant/source/id`.
 pub const IDEMPOTENCY_KEY_HEADER: &str = "backbone.idempotency.key";
@@ -54,46 +63,37 @@ impl Validate for ValidatorSettings {
     }
 }
 
-/// A usage event as producers publish it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UsageEvent {
-    /// Tenant the usage belongs to.
-    pub tenant_id: String,
-    /// Producer-assigned id, unique per tenant and source.
-    pub event_id: String,
-    /// Producing system.
-    pub source: String,
-    /// Customer account that used something.
-    pub customer_id: String,
-    /// What was measured, e.g. `api_calls`.
-    pub meter: String,
-    /// How much, as a decimal string.
-    pub quantity: String,
-    /// When it happened, RFC 3339.
-    pub occurred_at: String,
-}
-
-impl UsageEvent {
-    /// `tenant/source/event_id`, the idempotency key downstream stages dedup on.
-    pub fn idempotency_key(&self) -> String {
-        format!("{}/{}/{}", self.tenant_id, self.source, self.event_id)
-    }
+/// `tenant/source/event_id`, the idempotency key downstream stages dedup on.
+pub fn idempotency_key(event: &UsageEvent) -> String {
+    let m = &event.metadata;
+    format!("{}/{}/{}", m.tenant_id, m.source, m.event_id)
 }
 
 /// The processor.
 #[derive(Debug, Clone)]
 pub struct UsageValidator {
     settings: ValidatorSettings,
+    codec: Arc<WireCodec>,
+}
+
+impl UsageValidator {
+    /// A validator decoding through `codec`.
+    pub fn new(settings: ValidatorSettings, codec: WireCodec) -> Self {
+        Self {
+            settings,
+            codec: Arc::new(codec),
+        }
+    }
 }
 
 impl App for UsageValidator {
     const NAME: &'static str = "usage-validator";
     const ABOUT: &'static str =
-        "Checks raw usage events against the usage contract; forwards valid ones, dead-letters the rest";
+        "Checks usage events against the usage contract; forwards valid ones, dead-letters the rest";
     type Settings = ValidatorSettings;
 
-    fn build(settings: ValidatorSettings) -> Self {
-        Self { settings }
+    fn build(settings: ValidatorSettings, registry: &SchemaRegistrySettings) -> Self {
+        Self::new(settings, WireCodec::new(&registry.url))
     }
 }
 
@@ -110,39 +110,43 @@ impl Processor for UsageValidator {
         vec![self.settings.output_topic.clone()]
     }
 
+    fn prefetch(&self) -> Option<Arc<dyn Prefetch>> {
+        Some(self.codec.clone())
+    }
+
     fn process(&mut self, record: &InputRecord<'_>) -> Result<Vec<OutputRecord>, ProcessError> {
-        let event = validate(record.value)?;
+        let value = record
+            .value
+            .ok_or_else(|| ProcessError::permanent("missing_value", "record has no value"))?;
+        let event: UsageEvent = self
+            .codec
+            .decode_cached_as(value, UsageEvent::schema())
+            .map_err(|e| e.into_process_error())?;
+        check(&event)?;
         let mut headers: Vec<Header> = record.headers.to_vec();
         headers.retain(|(name, _)| name != IDEMPOTENCY_KEY_HEADER);
         headers.push((
             IDEMPOTENCY_KEY_HEADER.to_owned(),
-            event.idempotency_key().into_bytes(),
+            idempotency_key(&event).into_bytes(),
         ));
-        let value = serde_json::to_vec(&event)
-            .map_err(|err| ProcessError::permanent("contract_violation", err.to_string()))?;
         Ok(vec![OutputRecord {
             topic: self.settings.output_topic.clone(),
-            key: Some(format!("{}:{}", event.tenant_id, event.customer_id).into_bytes()),
-            value,
+            key: Some(format!("{}:{}", event.metadata.tenant_id, event.customer_id).into_bytes()),
+            value: value.to_vec(),
             headers,
         }])
     }
 }
 
-/// Parses and checks one record value.
-pub fn validate(value: Option<&[u8]>) -> Result<UsageEvent, ProcessError> {
-    let bytes =
-        value.ok_or_else(|| ProcessError::permanent("missing_value", "record has no value"))?;
-    let json: serde_json::Value = serde_json::from_slice(bytes)
-        .map_err(|err| ProcessError::permanent("malformed_json", err.to_string()))?;
-    let event: UsageEvent = serde_json::from_value(json)
-        .map_err(|err| ProcessError::permanent("contract_violation", err.to_string()))?;
+/// The business rules a decoded usage event must meet.
+pub fn check(event: &UsageEvent) -> Result<(), ProcessError> {
+    let m = &event.metadata;
     for (field, value) in [
-        ("tenant_id", &event.tenant_id),
-        ("event_id", &event.event_id),
-        ("source", &event.source),
+        ("metadata.tenant_id", &m.tenant_id),
+        ("metadata.event_id", &m.event_id),
+        ("metadata.source", &m.source),
         ("customer_id", &event.customer_id),
-        ("meter", &event.meter),
+        ("meter_id", &event.meter_id),
     ] {
         if value.trim().is_empty() {
             return Err(ProcessError::permanent(
@@ -151,160 +155,118 @@ pub fn validate(value: Option<&[u8]>) -> Result<UsageEvent, ProcessError> {
             ));
         }
     }
-    if !is_non_negative_decimal(&event.quantity) {
+    if event.quantity.unscaled() < 0 {
         return Err(ProcessError::permanent(
             "invalid_quantity",
             format!(
-                "field `quantity`: expected a non-negative decimal like \"12.5\", got {:?}",
+                "field `quantity`: must not be negative, got {}",
                 event.quantity
             ),
         ));
     }
-    if !looks_like_rfc3339(&event.occurred_at) {
+    if m.occurred_at <= 0 {
         return Err(ProcessError::permanent(
             "contract_violation",
             format!(
-                "field `occurred_at`: expected an RFC 3339 time like \"2026-11-27T03:00:00Z\", got {:?}",
-                event.occurred_at
+                "field `metadata.occurred_at`: expected microseconds since the epoch, got {}",
+                m.occurred_at
             ),
         ));
     }
-    Ok(event)
-}
-
-/// Digits, optionally a point and more digits; at most 38 significant digits (Avro decimal
-/// precision used by the contracts).
-fn is_non_negative_decimal(text: &str) -> bool {
-    let (whole, fraction) = text.split_once('.').unwrap_or((text, "0"));
-    let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    all_digits(whole) && all_digits(fraction) && whole.len() + fraction.len() <= 38
-}
-
-/// `YYYY-MM-DDTHH:MM:SS` followed by optional fraction and a zone (`Z` or `±HH:MM`).
-fn looks_like_rfc3339(text: &str) -> bool {
-    let bytes = text.as_bytes();
-    let Some((head, rest)) = bytes.split_at_checked(19) else {
-        return false;
-    };
-    let shape_ok = head.iter().enumerate().all(|(i, b)| match i {
-        4 | 7 => *b == b'-',
-        10 => *b == b'T' || *b == b't',
-        13 | 16 => *b == b':',
-        _ => b.is_ascii_digit(),
-    });
-    let rest = match rest {
-        [b'.', tail @ ..] => {
-            let digits = tail.iter().take_while(|b| b.is_ascii_digit()).count();
-            if digits == 0 {
-                return false;
-            }
-            &tail[digits..]
-        }
-        other => other,
-    };
-    let zone_ok = matches!(rest, [b'Z'] | [b'z'])
-        || matches!(rest, [b'+' | b'-', h1, h2, b':', m1, m2]
-            if [h1, h2, m1, m2].iter().all(|b| b.is_ascii_digit()));
-    shape_ok && zone_ok
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use backbone_schemas::types::{EventMetadata, TraceContext};
 
-    fn good() -> serde_json::Value {
-        serde_json::json!({
-            "tenant_id": "acme", "event_id": "e-1", "source": "api-gateway",
-            "customer_id": "c-9", "meter": "api_calls", "quantity": "12.5",
-            "occurred_at": "2026-11-27T03:00:00.123Z"
-        })
+    fn event() -> UsageEvent {
+        UsageEvent {
+            metadata: EventMetadata {
+                tenant_id: "acme".into(),
+                event_id: "e-1".into(),
+                source: "api-gateway".into(),
+                r#type: "usage.recorded".into(),
+                occurred_at: 1_790_000_000_000_000,
+                produced_at: 1_790_000_000_100_000,
+                trace: TraceContext {
+                    traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+                    tracestate: None,
+                },
+                schema_version: None,
+            },
+            customer_id: "c-9".into(),
+            subscription_id: None,
+            meter_id: "api_calls".into(),
+            quantity: "12.5".parse().unwrap(),
+            unit: "call".into(),
+            dimensions: None,
+            unique_value: None,
+        }
     }
 
-    fn reason_of(value: &serde_json::Value) -> &'static str {
-        let bytes = serde_json::to_vec(value).unwrap();
-        match validate(Some(&bytes)) {
+    fn reason(event: &UsageEvent) -> &'static str {
+        match check(event) {
             Err(ProcessError::Permanent { reason, .. }) => reason,
             other => panic!("expected a permanent error, got {other:?}"),
         }
     }
 
-    fn input<'a>(value: &'a [u8], headers: &'a [Header]) -> InputRecord<'a> {
-        InputRecord {
+    #[test]
+    fn valid_event_passes_and_has_its_key() {
+        assert_eq!(check(&event()), Ok(()));
+        assert_eq!(idempotency_key(&event()), "acme/api-gateway/e-1");
+    }
+
+    #[test]
+    fn each_broken_rule_gets_its_reason() {
+        let mut negative = event();
+        negative.quantity = "-0.000000001".parse().unwrap();
+        assert_eq!(reason(&negative), "invalid_quantity");
+        let mut empty = event();
+        empty.metadata.tenant_id = " ".into();
+        assert_eq!(reason(&empty), "contract_violation");
+        let mut no_meter = event();
+        no_meter.meter_id.clear();
+        assert_eq!(reason(&no_meter), "contract_violation");
+        let mut epoch = event();
+        epoch.metadata.occurred_at = 0;
+        assert_eq!(reason(&epoch), "contract_violation");
+    }
+
+    #[test]
+    fn undecodable_records_are_dead_lettered_with_the_wire_reason() {
+        let settings = ValidatorSettings::default();
+        let mut processor = UsageValidator::new(settings, WireCodec::new("http://127.0.0.1:9"));
+        let input = |value: &'static [u8]| InputRecord {
             topic: "usage.events",
             partition: 0,
-            offset: 7,
+            offset: 1,
             timestamp_ms: None,
             key: None,
             value: Some(value),
-            headers,
-        }
-    }
-
-    #[test]
-    fn valid_event_is_forwarded_with_its_idempotency_key() {
-        let mut processor = UsageValidator::build(ValidatorSettings::default());
-        let bytes = serde_json::to_vec(&good()).unwrap();
-        let headers = vec![("traceparent".to_owned(), b"00-1".to_vec())];
-        let out = processor.process(&input(&bytes, &headers)).unwrap();
-        assert_eq!(out.len(), 1);
-        assert_eq!(out[0].topic, "usage.validated");
-        assert_eq!(out[0].key.as_deref(), Some(&b"acme:c-9"[..]));
-        assert!(out[0]
-            .headers
-            .contains(&("traceparent".to_owned(), b"00-1".to_vec())));
-        assert!(out[0].headers.contains(&(
-            IDEMPOTENCY_KEY_HEADER.to_owned(),
-            b"acme/api-gateway/e-1".to_vec()
-        )));
-        // Deterministic: the same input gives byte-identical output.
-        assert_eq!(out, processor.process(&input(&bytes, &headers)).unwrap());
-    }
-
-    #[test]
-    fn each_kind_of_bad_input_gets_its_reason() {
+            headers: &[],
+        };
+        let wrong = processor.process(&input(b"{\"json\": true}"));
         assert!(matches!(
-            validate(None),
+            wrong,
             Err(ProcessError::Permanent {
-                reason: "missing_value",
+                reason: "wrong_magic_byte",
                 ..
             })
         ));
+        let short = processor.process(&input(&[0, 0]));
         assert!(matches!(
-            validate(Some(b"{not json")),
+            short,
             Err(ProcessError::Permanent {
-                reason: "malformed_json",
+                reason: "truncated_record",
                 ..
             })
         ));
-        let mut missing = good();
-        missing.as_object_mut().unwrap().remove("meter");
-        assert_eq!(reason_of(&missing), "contract_violation");
-        for quantity in ["-1", "abc", "", "1.", ".5", "1e3"] {
-            let mut bad = good();
-            bad["quantity"] = quantity.into();
-            assert_eq!(reason_of(&bad), "invalid_quantity", "{quantity}");
-        }
-        let mut empty = good();
-        empty["tenant_id"] = " ".into();
-        assert_eq!(reason_of(&empty), "contract_violation");
-        for time in [
-            "yesterday",
-            "2026-11-27 03:00:00Z",
-            "2026-11-27T03:00:00",
-            "2026-11-27T03:00:00+0100",
-        ] {
-            let mut bad = good();
-            bad["occurred_at"] = time.into();
-            assert_eq!(reason_of(&bad), "contract_violation", "{time}");
-        }
-    }
-
-    #[test]
-    fn accepted_shapes() {
-        assert!(is_non_negative_decimal("0"));
-        assert!(is_non_negative_decimal("12.50"));
-        assert!(looks_like_rfc3339("2026-11-27T03:00:00+01:00"));
-        assert!(looks_like_rfc3339("2026-11-27T03:00:00.5Z"));
+        // An id the runtime has not resolved yet is retried, never dead-lettered.
+        let unresolved = processor.process(&input(&[0, 0, 0, 0, 7, 2]));
+        assert!(matches!(unresolved, Err(ProcessError::Transient(_))));
     }
 
     #[test]

@@ -1,11 +1,16 @@
-//! The usage-validator binary against the real broker: every input ends up forwarded or
-//! dead-lettered, a graceful stop commits everything, and a crash redelivers, never skips.
+//! The usage-validator binary against the real broker and registry: every input ends up
+//! forwarded or dead-lettered, a graceful stop commits everything, and a crash redelivers,
+//! never skips.
 
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
 use backbone_core::KafkaSettings;
+use backbone_registry::{LocalRegistry, RegistryConfig, RegistrySettings};
+use backbone_schemas::types::{EventMetadata, TraceContext, UsageEvent};
+use backbone_schemas::wire::{frame, split_frame};
+use backbone_schemas::WireCodec;
 use backbone_testkit::{
     committed_offsets, consume_until, consume_while, create_topic, produce, shared_settings,
     unique_group, unique_topic, ChildProcess, ConsumedRecord, TestRecord,
@@ -18,15 +23,39 @@ struct Topics {
     input: String,
     output: String,
     group: String,
+    registry: LocalRegistry,
+    codec: WireCodec,
 }
 
 impl Topics {
-    fn new() -> Self {
+    async fn new() -> Self {
+        let registry = LocalRegistry::start(&RegistryConfig {
+            kafka: shared_settings(),
+            registry: RegistrySettings {
+                listen: "127.0.0.1:0".parse().expect("address"),
+                topic: unique_topic("schemas"),
+                timeout: Duration::from_secs(20),
+            },
+        })
+        .await
+        .expect("registry starts");
+        let codec = WireCodec::new(registry.url());
         Self {
             input: unique_topic("usage.events"),
             output: unique_topic("usage.validated"),
             group: unique_group("usage-validator"),
+            registry,
+            codec,
         }
+    }
+
+    async fn event(&self, i: usize) -> TestRecord {
+        let bytes = self
+            .codec
+            .encode_contract(&format!("{}-value", self.input), &usage_event(i))
+            .await
+            .expect("encode");
+        TestRecord::new(format!("c-{}", i % 7), bytes)
     }
 
     fn spawn(&self, settings: &KafkaSettings) -> ChildProcess {
@@ -44,6 +73,7 @@ impl Topics {
                 ("BACKBONE__RUNTIME__GROUP_ID", &self.group),
                 ("BACKBONE__PROCESSOR__INPUT_TOPIC", &self.input),
                 ("BACKBONE__PROCESSOR__OUTPUT_TOPIC", &self.output),
+                ("BACKBONE__SCHEMA_REGISTRY__URL", self.registry.url()),
             ],
             Some(&log),
         )
@@ -59,30 +89,56 @@ impl Topics {
     }
 }
 
-fn event(i: usize) -> TestRecord {
-    let value = format!(
-        r#"{{"tenant_id":"acme","event_id":"e-{i}","source":"api","customer_id":"c-{}","meter":"api_calls","quantity":"{}.5","occurred_at":"2026-11-27T03:00:00Z"}}"#,
-        i % 7,
-        i % 10
-    );
-    TestRecord::new(format!("c-{}", i % 7), value)
+fn usage_event(i: usize) -> UsageEvent {
+    UsageEvent {
+        metadata: EventMetadata {
+            tenant_id: "acme".into(),
+            event_id: format!("e-{i}"),
+            source: "api".into(),
+            r#type: "usage.recorded".into(),
+            occurred_at: 1_790_000_000_000_000 + i as i64,
+            produced_at: 1_790_000_000_000_000 + i as i64,
+            trace: TraceContext {
+                traceparent: format!("00-{:032x}-{:016x}-01", i + 1, i + 1),
+                tracestate: None,
+            },
+            schema_version: None,
+        },
+        customer_id: format!("c-{}", i % 7),
+        subscription_id: None,
+        meter_id: "api_calls".into(),
+        quantity: format!("{}.5", i % 10).parse().expect("quantity"),
+        unit: "call".into(),
+        dimensions: None,
+        unique_value: None,
+    }
 }
 
 #[tokio::test]
 async fn every_input_is_forwarded_or_dead_lettered_and_committed() {
     let settings = shared_settings();
-    let topics = Topics::new();
+    let topics = Topics::new().await;
     create_topic(&settings, &topics.input, 3)
         .await
         .expect("input topic");
 
-    let mut records: Vec<TestRecord> = (0..40).map(event).collect();
-    records.push(TestRecord::new("c-1", "{not json"));
-    records.push(TestRecord::new(
-        "c-1",
-        r#"{"tenant_id":"acme","event_id":"x","source":"api","customer_id":"c-1","meter":"m","quantity":"-3","occurred_at":"2026-11-27T03:00:00Z"}"#,
-    ));
-    records.push(TestRecord::new("c-2", r#"{"tenant_id":"acme"}"#));
+    let mut records = Vec::new();
+    for i in 0..40 {
+        records.push(topics.event(i).await);
+    }
+    let good = records[0].value.clone();
+    let (id, body) = split_frame(&good).expect("framed");
+    let mut negative = usage_event(99);
+    negative.quantity = "-3".parse().expect("quantity");
+    let negative = topics
+        .codec
+        .encode_contract(&format!("{}-value", topics.input), &negative)
+        .await
+        .expect("encode");
+    records.push(TestRecord::new("c-1", "{not avro"));
+    records.push(TestRecord::new("c-1", negative));
+    records.push(TestRecord::new("c-2", frame(id + 500, body)));
+    records.push(TestRecord::new("c-2", frame(id, &body[..body.len() - 2])));
     produce(&settings, &topics.input, &records)
         .await
         .expect("produce");
@@ -91,7 +147,7 @@ async fn every_input_is_forwarded_or_dead_lettered_and_committed() {
     let forwarded = consume_until(&settings, &topics.output, 40, DEADLINE)
         .await
         .expect("forwarded events");
-    let dead = consume_until(&settings, &format!("{}.dlq", topics.input), 3, DEADLINE)
+    let dead = consume_until(&settings, &format!("{}.dlq", topics.input), 4, DEADLINE)
         .await
         .expect("dead letters");
 
@@ -112,7 +168,12 @@ async fn every_input_is_forwarded_or_dead_lettered_and_committed() {
     reasons.sort();
     assert_eq!(
         reasons,
-        ["contract_violation", "invalid_quantity", "malformed_json"]
+        [
+            "invalid_quantity",
+            "undecodable_body",
+            "unknown_schema_id",
+            "wrong_magic_byte"
+        ]
     );
     for letter in &dead {
         assert_eq!(
@@ -125,21 +186,25 @@ async fn every_input_is_forwarded_or_dead_lettered_and_committed() {
             Some("usage-validator")
         );
     }
-    let bad_json = dead
+    let bad = dead
         .iter()
-        .find(|r| r.header("backbone.dlq.reason").as_deref() == Some("malformed_json"))
-        .expect("malformed record dead-lettered");
+        .find(|r| r.header("backbone.dlq.reason").as_deref() == Some("wrong_magic_byte"))
+        .expect("non-Avro record dead-lettered");
     assert_eq!(
-        bad_json.value.as_deref(),
-        Some(&b"{not json"[..]),
+        bad.value.as_deref(),
+        Some(&b"{not avro"[..]),
         "payload kept as it was"
     );
+    // Valid records are forwarded byte for byte.
+    assert!(forwarded
+        .iter()
+        .any(|r| r.value.as_deref() == Some(good.as_slice())));
 
     let status = processor.stop(DEADLINE).expect("graceful stop");
     assert!(status.success(), "exit status {status:?}");
     assert_eq!(
         topics.committed_total(&settings),
-        43,
+        44,
         "every input committed on stop"
     );
 }
@@ -147,12 +212,15 @@ async fn every_input_is_forwarded_or_dead_lettered_and_committed() {
 #[tokio::test]
 async fn crash_redelivers_and_never_skips() {
     let settings = shared_settings();
-    let topics = Topics::new();
+    let topics = Topics::new().await;
     create_topic(&settings, &topics.input, 2)
         .await
         .expect("input topic");
     let total = 400;
-    let records: Vec<TestRecord> = (0..total).map(event).collect();
+    let mut records = Vec::new();
+    for i in 0..total {
+        records.push(topics.event(i).await);
+    }
     produce(&settings, &topics.input, &records)
         .await
         .expect("produce");
