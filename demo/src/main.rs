@@ -29,13 +29,24 @@ const DLQ: &str = "usage.events.dlq";
 const PARTITIONS: i32 = 3;
 
 #[derive(Debug, Parser)]
-#[command(name = "demo", about = "Runs sample usage events through the backbone and summarises")]
+#[command(
+    name = "demo",
+    about = "Runs sample usage events through the backbone and summarises"
+)]
 struct Args {
     /// Broker to use.
-    #[arg(long, env = "BACKBONE__KAFKA__BOOTSTRAP_SERVERS", default_value = "127.0.0.1:9092")]
+    #[arg(
+        long,
+        env = "BACKBONE__KAFKA__BOOTSTRAP_SERVERS",
+        default_value = "127.0.0.1:9092"
+    )]
     bootstrap_servers: String,
     /// Schema registry to use.
-    #[arg(long, env = "BACKBONE__SCHEMA_REGISTRY__URL", default_value = "http://127.0.0.1:8081")]
+    #[arg(
+        long,
+        env = "BACKBONE__SCHEMA_REGISTRY__URL",
+        default_value = "http://127.0.0.1:8081"
+    )]
     registry_url: String,
     /// How many events to publish.
     #[arg(long, default_value_t = 1000)]
@@ -108,7 +119,13 @@ async fn main() -> Result<()> {
     );
 
     let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
-    let forwarded = read_new(&settings, OUTPUT, &output_start, expectation.valid_keys.len(), deadline)?;
+    let forwarded = read_new(
+        &settings,
+        OUTPUT,
+        &output_start,
+        expectation.valid_keys.len(),
+        deadline,
+    )?;
     let dead = read_new(&settings, DLQ, &dlq_start, broken_total, deadline)?;
     stop_processor(&mut processor)?;
 
@@ -138,7 +155,10 @@ async fn main() -> Result<()> {
     println!("summary");
     let line = |label: &str, value: String| println!("  {label:<36}{value:>14}");
     line("events published", args.events.to_string());
-    line(&format!("forwarded to {OUTPUT}"), forwarded.len().to_string());
+    line(
+        &format!("forwarded to {OUTPUT}"),
+        forwarded.len().to_string(),
+    );
     line(
         "  total quantity forwarded",
         Quantity::from_unscaled(forwarded_quantity)
@@ -207,14 +227,21 @@ fn spawn_processor(args: &Args, log: &Path) -> Result<Child> {
     let binary = sibling("usage-validator")?;
     let file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let child = Command::new(&binary)
-        .env("BACKBONE__KAFKA__BOOTSTRAP_SERVERS", &args.bootstrap_servers)
+        .env(
+            "BACKBONE__KAFKA__BOOTSTRAP_SERVERS",
+            &args.bootstrap_servers,
+        )
         .env("BACKBONE__SCHEMA_REGISTRY__URL", &args.registry_url)
         .stdin(Stdio::null())
         .stdout(file.try_clone()?)
         .stderr(file)
         .spawn()
         .with_context(|| format!("starting {}", binary.display()))?;
-    println!("started usage-validator (pid {}), log {}", child.id(), log.display());
+    println!(
+        "started usage-validator (pid {}), log {}",
+        child.id(),
+        log.display()
+    );
     Ok(child)
 }
 
@@ -263,7 +290,9 @@ async fn publish(
         )
     });
     for result in futures::future::join_all(sends).await {
-        result.map_err(|(err, _)| err).context("publishing an event")?;
+        result
+            .map_err(|(err, _)| err)
+            .context("publishing an event")?;
     }
     Ok(expectation)
 }
@@ -295,9 +324,18 @@ fn sample_event(i: usize, run_id: &str) -> UsageEvent {
             },
             schema_version: Some(1),
         },
-        customer_id: if i % 71 == 70 { String::new() } else { format!("cust-{:03}", i % 25) },
+        customer_id: if i % 71 == 70 {
+            String::new()
+        } else {
+            format!("cust-{:03}", i % 25)
+        },
         subscription_id: Some(format!("sub-{:03}", i % 25)),
-        meter_id: if i % 3 == 0 { "storage_gb_hours" } else { "api_calls" }.to_owned(),
+        meter_id: if i % 3 == 0 {
+            "storage_gb_hours"
+        } else {
+            "api_calls"
+        }
+        .to_owned(),
         quantity,
         unit: "unit".to_owned(),
         dimensions: None,
