@@ -18,15 +18,13 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use apache_avro::Schema;
-use backbone_registry::{RegistryConfig, RegistrySettings};
+use backbone_registry::{LocalRegistry, RegistryConfig};
 use backbone_schemas::wire::split_frame;
 use backbone_schemas::{ContractSet, WireCodec};
 use backbone_testkit::{shared_settings, unique_topic};
 use serde::de::{self, DeserializeOwned, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{json, Value as Json};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 const SCRIPT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -562,58 +560,21 @@ impl Drop for Scratch {
 /// Our registry on 127.0.0.1:0 over its own topic on the shared test broker.
 struct TestRegistry {
     url: String,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
+    local: LocalRegistry,
 }
 
 impl TestRegistry {
     async fn start(topic: &str) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        let local = LocalRegistry::start(&RegistryConfig::ephemeral(shared_settings(), topic))
             .await
-            .expect("bind 127.0.0.1:0");
-        let url = format!("http://{}", listener.local_addr().expect("local address"));
-        let config = RegistryConfig {
-            kafka: shared_settings(),
-            registry: RegistrySettings {
-                topic: topic.to_owned(),
-                timeout: Duration::from_secs(20),
-                ..RegistrySettings::default()
-            },
-        };
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            backbone_registry::serve(&config, listener, async {
-                let _ = stopped.await;
-            })
-            .await
-            .expect("registry runs");
-        });
-        // The listener is bound already: this waits until the topic is replayed and served.
-        let health = reqwest::get(format!("{url}/health"))
-            .await
-            .expect("registry answers");
-        assert_eq!(health.status(), 200, "registry health");
+            .expect("registry starts");
         Self {
-            url,
-            stop: Some(stop),
-            task: Some(task),
+            url: local.url().to_owned(),
+            local,
         }
     }
 
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.await.expect("registry task ends");
-        }
-    }
-}
-
-impl Drop for TestRegistry {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+    async fn stop(self) {
+        self.local.stop().await.expect("registry stops");
     }
 }

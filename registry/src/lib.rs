@@ -80,6 +80,21 @@ pub struct RegistryConfig {
     pub registry: RegistrySettings,
 }
 
+impl RegistryConfig {
+    /// A registry for tests and tools: `topic` on the broker of `kafka`, on a free
+    /// 127.0.0.1 port.
+    pub fn ephemeral(kafka: KafkaSettings, topic: &str) -> Self {
+        Self {
+            kafka,
+            registry: RegistrySettings {
+                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                topic: topic.to_owned(),
+                timeout: Duration::from_secs(20),
+            },
+        }
+    }
+}
+
 impl Validate for RegistryConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         self.kafka.validate()?;

@@ -85,26 +85,7 @@ impl ContractSet {
 
     /// Reads every `.avsc` file under `dir`.
     pub fn load_dir(dir: &Path) -> Result<Self, ContractError> {
-        let mut paths = Vec::new();
-        walk(dir, &mut paths).map_err(|e| ContractError::Read {
-            path: dir.display().to_string(),
-            message: e.to_string(),
-        })?;
-        paths.sort();
-        let mut texts = Vec::new();
-        for path in paths {
-            let relative = path
-                .strip_prefix(dir)
-                .unwrap_or(&path)
-                .to_string_lossy()
-                .replace('\\', "/");
-            let text = std::fs::read_to_string(&path).map_err(|e| ContractError::Read {
-                path: relative.clone(),
-                message: e.to_string(),
-            })?;
-            texts.push((relative, text));
-        }
-        Self::from_texts(texts)
+        Self::from_texts(read_texts(dir)?)
     }
 
     /// Builds the set from (path, text) pairs.
@@ -259,6 +240,30 @@ fn is_primitive(name: &str) -> bool {
         name,
         "null" | "boolean" | "int" | "long" | "float" | "double" | "bytes" | "string"
     )
+}
+
+/// Every `.avsc` file under `dir`, sorted, as (path relative to `dir` with `/` separators,
+/// text).
+pub fn read_texts(dir: &Path) -> Result<Vec<(String, String)>, ContractError> {
+    let read_error = |path: &Path, e: std::io::Error| ContractError::Read {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let mut paths = Vec::new();
+    walk(dir, &mut paths).map_err(|e| read_error(dir, e))?;
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(&path).map_err(|e| read_error(&path, e))?;
+            let relative = path
+                .strip_prefix(dir)
+                .unwrap_or(&path)
+                .to_string_lossy()
+                .replace('\\', "/");
+            Ok((relative, text))
+        })
+        .collect()
 }
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {

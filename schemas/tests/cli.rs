@@ -454,71 +454,31 @@ fn check_against_a_git_ref_applies_the_manifest_mode() {
     );
 }
 
-/// An in-process registry over its own topic on the shared test broker (the pattern of
-/// registry/tests/support/mod.rs).
+/// An in-process registry over its own topic on the shared test broker.
 mod registry {
-    use std::time::Duration;
-
-    use backbone_registry::{RegistryConfig, RegistrySettings};
+    use backbone_registry::{LocalRegistry, RegistryConfig};
     use backbone_testkit::{shared_settings, unique_topic};
-    use tokio::sync::oneshot;
-    use tokio::task::JoinHandle;
 
     pub struct TestRegistry {
         pub url: String,
-        stop: Option<oneshot::Sender<()>>,
-        task: Option<JoinHandle<()>>,
+        local: LocalRegistry,
     }
 
     impl TestRegistry {
         pub async fn start() -> Self {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            let config =
+                RegistryConfig::ephemeral(shared_settings(), &unique_topic("contracts-schemas"));
+            let local = LocalRegistry::start(&config)
                 .await
-                .expect("bind registry listener");
-            let url = format!("http://{}", listener.local_addr().expect("local addr"));
-            let config = RegistryConfig {
-                kafka: shared_settings(),
-                registry: RegistrySettings {
-                    topic: unique_topic("contracts-schemas"),
-                    timeout: Duration::from_secs(20),
-                    ..RegistrySettings::default()
-                },
-            };
-            let (stop, stopped) = oneshot::channel::<()>();
-            let task = tokio::spawn(async move {
-                backbone_registry::serve(&config, listener, async {
-                    let _ = stopped.await;
-                })
-                .await
-                .expect("registry runs");
-            });
-            // The listener is bound already: this waits until the topic is replayed and served.
-            let health = reqwest::get(format!("{url}/health"))
-                .await
-                .expect("registry answers");
-            assert_eq!(health.status(), 200);
+                .expect("registry starts");
             Self {
-                url,
-                stop: Some(stop),
-                task: Some(task),
+                url: local.url().to_owned(),
+                local,
             }
         }
 
-        pub async fn stop(mut self) {
-            if let Some(stop) = self.stop.take() {
-                let _ = stop.send(());
-            }
-            if let Some(task) = self.task.take() {
-                task.await.expect("registry task");
-            }
-        }
-    }
-
-    impl Drop for TestRegistry {
-        fn drop(&mut self) {
-            if let Some(stop) = self.stop.take() {
-                let _ = stop.send(());
-            }
+        pub async fn stop(self) {
+            self.local.stop().await.expect("registry stops");
         }
     }
 }

@@ -1,11 +1,9 @@
 //! The wire codec against a real registry: ids resolve once, round trips are exact, and every
 //! kind of bad record gets its typed error.
 
-use std::time::Duration;
-
 use apache_avro::types::Value;
 use apache_avro::Schema;
-use backbone_registry::{LocalRegistry, RegistryConfig, RegistrySettings};
+use backbone_registry::{LocalRegistry, RegistryConfig};
 use backbone_schemas::wire::{frame, split_frame, WireCodec, WireError};
 use backbone_testkit::{shared_settings, unique_topic};
 use serde::{Deserialize, Serialize};
@@ -28,14 +26,10 @@ fn reading_schema() -> Schema {
 }
 
 async fn registry() -> LocalRegistry {
-    LocalRegistry::start(&RegistryConfig {
-        kafka: shared_settings(),
-        registry: RegistrySettings {
-            listen: "127.0.0.1:0".parse().expect("address"),
-            topic: unique_topic("schemas"),
-            timeout: Duration::from_secs(20),
-        },
-    })
+    LocalRegistry::start(&RegistryConfig::ephemeral(
+        shared_settings(),
+        &unique_topic("schemas"),
+    ))
     .await
     .expect("registry starts")
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use backbone_core::KafkaSettings;
-use backbone_registry::{LocalRegistry, RegistryConfig, RegistrySettings};
+use backbone_registry::{LocalRegistry, RegistryConfig};
 use backbone_schemas::types::{EventMetadata, TraceContext, UsageEvent};
 use backbone_schemas::wire::{frame, split_frame};
 use backbone_schemas::WireCodec;
@@ -29,14 +29,10 @@ struct Topics {
 
 impl Topics {
     async fn new() -> Self {
-        let registry = LocalRegistry::start(&RegistryConfig {
-            kafka: shared_settings(),
-            registry: RegistrySettings {
-                listen: "127.0.0.1:0".parse().expect("address"),
-                topic: unique_topic("schemas"),
-                timeout: Duration::from_secs(20),
-            },
-        })
+        let registry = LocalRegistry::start(&RegistryConfig::ephemeral(
+            shared_settings(),
+            &unique_topic("schemas"),
+        ))
         .await
         .expect("registry starts");
         let codec = WireCodec::new(registry.url());

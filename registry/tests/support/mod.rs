@@ -3,9 +3,7 @@
 // Test support: panicking on a broken test setup is the right failure.
 #![allow(dead_code, clippy::unwrap_used)]
 
-use std::time::Duration;
-
-use backbone_registry::{LocalRegistry, RegistryConfig, RegistrySettings};
+use backbone_registry::{LocalRegistry, RegistryConfig};
 use backbone_testkit::shared_settings;
 use reqwest::{Client, Response};
 use serde_json::Value;
@@ -21,14 +19,7 @@ pub struct TestRegistry {
 impl TestRegistry {
     /// A registry over `topic` (give each test its own) on a free 127.0.0.1 port.
     pub async fn start(topic: &str) -> Self {
-        let config = RegistryConfig {
-            kafka: shared_settings(),
-            registry: RegistrySettings {
-                listen: "127.0.0.1:0".parse().unwrap(),
-                topic: topic.to_owned(),
-                timeout: Duration::from_secs(20),
-            },
-        };
+        let config = RegistryConfig::ephemeral(shared_settings(), topic);
         let local = LocalRegistry::start(&config)
             .await
             .expect("registry starts");

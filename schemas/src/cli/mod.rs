@@ -161,36 +161,13 @@ fn resolve(given: Option<&Path>, default: &str) -> Result<Option<PathBuf>, CliEr
 
 /// Every `.avsc` file under `dir`, as (path relative to `dir` with `/` separators, text).
 pub fn read_contract_dir(dir: &Path) -> Result<Vec<(String, String)>, CliError> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-        for entry in std::fs::read_dir(dir)? {
-            let path = entry?.path();
-            if path.is_dir() {
-                walk(&path, out)?;
-            } else if path.extension().is_some_and(|e| e == "avsc") {
-                out.push(path);
-            }
-        }
-        Ok(())
-    }
-    let read_error = |path: &Path, e: std::io::Error| CliError::Read {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    };
-    let mut paths = Vec::new();
-    walk(dir, &mut paths).map_err(|e| read_error(dir, e))?;
-    paths.sort();
-    paths
-        .into_iter()
-        .map(|path| {
-            let text = std::fs::read_to_string(&path).map_err(|e| read_error(&path, e))?;
-            let relative = path
-                .strip_prefix(dir)
-                .unwrap_or(&path)
-                .to_string_lossy()
-                .replace('\\', "/");
-            Ok((relative, text))
-        })
-        .collect()
+    crate::contracts::read_texts(dir).map_err(|e| match e {
+        ContractError::Read { path, message } => CliError::Read { path, message },
+        other => CliError::Read {
+            path: dir.display().to_string(),
+            message: other.to_string(),
+        },
+    })
 }
 
 /// A contract set that does not load, as a violation of the file concerned.
