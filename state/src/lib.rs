@@ -1,0 +1,1 @@
+//! Partition-local RocksDB state for processors.
