@@ -2,15 +2,20 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{CommandFactory, FromArgMatches, Parser};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 
 use crate::config::{self, ConfigError, Validate};
+use crate::endpoint::{self, ObservabilitySettings};
 use crate::kafka::KafkaSettings;
+use crate::metrics::RuntimeMetrics;
 use crate::processor::Processor;
-use crate::runner::{run, RuntimeSettings};
+use crate::runner::{run_with, RuntimeSettings};
 use crate::telemetry::{self, LogFormat};
 
 /// The config file of a processor: the shared `[kafka]` and `[runtime]` sections and the
@@ -27,6 +32,9 @@ pub struct ProcessorConfig<T> {
     /// Where the contracts' schemas are registered.
     #[serde(default)]
     pub schema_registry: SchemaRegistrySettings,
+    /// Metrics, health and readiness endpoint.
+    #[serde(default)]
+    pub observability: ObservabilitySettings,
     /// The processor's own settings.
     #[serde(default)]
     pub processor: T,
@@ -37,6 +45,7 @@ impl<T: Validate> Validate for ProcessorConfig<T> {
         self.kafka.validate()?;
         self.runtime.validate()?;
         self.schema_registry.validate()?;
+        self.observability.validate()?;
         self.processor.validate()
     }
 }
@@ -90,9 +99,9 @@ struct Args {
     /// Log line format: text or json.
     #[arg(long, default_value = "text")]
     log_format: LogFormat,
-    /// Load and validate the config, print it, and exit.
-    #[arg(long)]
-    check_config: bool,
+    /// Load and validate the config, print the effective config (secrets hidden), and exit.
+    #[arg(long, alias = "check-config")]
+    print_config: bool,
 }
 
 /// Parses flags, loads config, runs the processor until SIGINT or SIGTERM, and maps the
@@ -113,20 +122,52 @@ where
             return ExitCode::from(2);
         }
     };
-    if args.check_config {
+    if args.print_config {
         println!("{config:#?}");
         return ExitCode::SUCCESS;
     }
     telemetry::init(args.log_format);
+    let registry = prometheus::Registry::new();
+    let metrics = match RuntimeMetrics::new(&registry, A::NAME) {
+        Ok(metrics) => Arc::new(metrics),
+        Err(err) => {
+            eprintln!("{}: metrics: {err}", A::NAME);
+            return ExitCode::FAILURE;
+        }
+    };
+    let listener = match TcpListener::bind(config.observability.listen).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            eprintln!(
+                "{}: config key `observability.listen`: cannot listen on {}: {err}",
+                A::NAME,
+                config.observability.listen
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let (endpoint_stop, endpoint_stopped) = oneshot::channel::<()>();
+    let endpoint = tokio::spawn(endpoint::serve(
+        listener,
+        registry,
+        metrics.readiness(),
+        async {
+            let _ = endpoint_stopped.await;
+        },
+    ));
     let processor = A::build(config.processor, &config.schema_registry);
-    match run(
+    let result = run_with(
         processor,
         &config.kafka,
         &config.runtime,
+        &config.observability,
+        metrics,
         crate::shutdown::signal(),
     )
-    .await
-    {
+    .await;
+    let _ = endpoint_stop.send(());
+    let _ = endpoint.await;
+    match result {
         Ok(_) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(processor = A::NAME, error = %err, "processor stopped on error");

@@ -1,5 +1,9 @@
 //! Dead letters: an input that cannot be processed is republished, key, value and headers
-//! intact, to `<topic>.dlq` with headers saying what failed, where, when and by whom.
+//! byte for byte, to `<topic>.dlq` with headers saying what failed, where, when and by whom.
+//!
+//! Two header sets are written: ours (`backbone.dlq.*`, `backbone.origin.*`; see
+//! `docs/dead-letters.md`) and Kafka Connect's `__connect.errors.*` context headers, so tools
+//! built for Connect dead-letter queues can read ours.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -12,10 +16,12 @@ pub const DLQ_SUFFIX: &str = ".dlq";
 pub mod headers {
     /// Machine-readable reason, e.g. `contract_violation`.
     pub const REASON: &str = "backbone.dlq.reason";
-    /// `permanent` (transient failures are retried, never dead-lettered).
+    /// `permanent`, or `transient` when retries ran out.
     pub const ERROR_CLASS: &str = "backbone.dlq.error_class";
-    /// Human-readable detail.
-    pub const DETAIL: &str = "backbone.dlq.detail";
+    /// Human-readable message.
+    pub const MESSAGE: &str = "backbone.dlq.message";
+    /// When processing first failed (RFC 3339, UTC).
+    pub const FIRST_FAILED_AT: &str = "backbone.dlq.first_failed_at";
     /// Processor that gave up on the record.
     pub const PROCESSOR: &str = "backbone.dlq.processor";
     /// Version of that processor.
@@ -32,6 +38,28 @@ pub mod headers {
     pub const ORIGIN_OFFSET: &str = "backbone.origin.offset";
     /// Its timestamp there, milliseconds since the epoch.
     pub const ORIGIN_TIMESTAMP: &str = "backbone.origin.timestamp";
+
+    /// Kafka Connect's dead-letter context headers, written alongside ours.
+    pub mod connect {
+        /// Original topic.
+        pub const TOPIC: &str = "__connect.errors.topic";
+        /// Original partition.
+        pub const PARTITION: &str = "__connect.errors.partition";
+        /// Original offset.
+        pub const OFFSET: &str = "__connect.errors.offset";
+        /// Connect's connector name: our processor name.
+        pub const CONNECTOR_NAME: &str = "__connect.errors.connector.name";
+        /// Connect's task id: our input partition.
+        pub const TASK_ID: &str = "__connect.errors.task.id";
+        /// Connect's failing stage: ours is always the processor.
+        pub const STAGE: &str = "__connect.errors.stage";
+        /// Connect's failing class: our processor and version.
+        pub const CLASS_NAME: &str = "__connect.errors.class.name";
+        /// Connect's exception class: our error class and reason.
+        pub const EXCEPTION_CLASS_NAME: &str = "__connect.errors.exception.class.name";
+        /// Connect's exception message: our message.
+        pub const EXCEPTION_MESSAGE: &str = "__connect.errors.exception.message";
+    }
 }
 
 /// The dead-letter topic of `topic`.
@@ -44,16 +72,20 @@ pub fn dlq_topic(topic: &str) -> String {
 pub struct DeadLetter<'a> {
     /// The input that failed.
     pub input: &'a InputRecord<'a>,
+    /// `permanent`, or `transient` when retries ran out.
+    pub error_class: &'a str,
     /// Reason from a fixed set.
     pub reason: &'a str,
-    /// Human-readable detail.
-    pub detail: &'a str,
+    /// Human-readable message.
+    pub message: &'a str,
     /// Processor name.
     pub processor: &'a str,
     /// Processor version.
     pub processor_version: &'a str,
     /// Attempts made.
     pub attempts: u32,
+    /// When the first attempt failed.
+    pub first_failed_at: SystemTime,
 }
 
 impl DeadLetter<'_> {
@@ -64,14 +96,15 @@ impl DeadLetter<'_> {
         let mut add =
             |name: &str, value: String| headers.push((name.to_owned(), value.into_bytes()));
         add(headers::REASON, self.reason.to_owned());
-        add(headers::ERROR_CLASS, "permanent".to_owned());
-        add(headers::DETAIL, self.detail.to_owned());
+        add(headers::ERROR_CLASS, self.error_class.to_owned());
+        add(headers::MESSAGE, self.message.to_owned());
         add(headers::PROCESSOR, self.processor.to_owned());
         add(
             headers::PROCESSOR_VERSION,
             self.processor_version.to_owned(),
         );
         add(headers::ATTEMPTS, self.attempts.to_string());
+        add(headers::FIRST_FAILED_AT, rfc3339(self.first_failed_at));
         add(headers::FAILED_AT, rfc3339(now));
         add(headers::ORIGIN_TOPIC, input.topic.to_owned());
         add(headers::ORIGIN_PARTITION, input.partition.to_string());
@@ -79,6 +112,21 @@ impl DeadLetter<'_> {
         if let Some(ts) = input.timestamp_ms {
             add(headers::ORIGIN_TIMESTAMP, ts.to_string());
         }
+        add(headers::connect::TOPIC, input.topic.to_owned());
+        add(headers::connect::PARTITION, input.partition.to_string());
+        add(headers::connect::OFFSET, input.offset.to_string());
+        add(headers::connect::CONNECTOR_NAME, self.processor.to_owned());
+        add(headers::connect::TASK_ID, input.partition.to_string());
+        add(headers::connect::STAGE, "PROCESSOR".to_owned());
+        add(
+            headers::connect::CLASS_NAME,
+            format!("{}/{}", self.processor, self.processor_version),
+        );
+        add(
+            headers::connect::EXCEPTION_CLASS_NAME,
+            format!("backbone.{}.{}", self.error_class, self.reason),
+        );
+        add(headers::connect::EXCEPTION_MESSAGE, self.message.to_owned());
         OutputRecord {
             topic: dlq_topic(input.topic),
             key: input.key.map(<[u8]>::to_vec),
@@ -139,11 +187,13 @@ mod tests {
         };
         let letter = DeadLetter {
             input: &input,
+            error_class: "permanent",
             reason: "malformed_json",
-            detail: "expected value at line 1",
+            message: "expected value at line 1",
             processor: "usage-validator",
             processor_version: "0.1.0",
             attempts: 1,
+            first_failed_at: UNIX_EPOCH,
         };
         let record = letter.to_record(UNIX_EPOCH);
         assert_eq!(record.topic, "usage.events.dlq");
@@ -162,5 +212,22 @@ mod tests {
         assert_eq!(get(headers::ORIGIN_OFFSET).as_deref(), Some("41"));
         assert_eq!(get(headers::ORIGIN_TIMESTAMP).as_deref(), Some("1000"));
         assert_eq!(get(headers::PROCESSOR).as_deref(), Some("usage-validator"));
+        assert_eq!(
+            get(headers::MESSAGE).as_deref(),
+            Some("expected value at line 1")
+        );
+        assert_eq!(
+            get(headers::FIRST_FAILED_AT).as_deref(),
+            Some("1970-01-01T00:00:00.000Z")
+        );
+        assert_eq!(
+            get(headers::connect::TOPIC).as_deref(),
+            Some("usage.events")
+        );
+        assert_eq!(get(headers::connect::OFFSET).as_deref(), Some("41"));
+        assert_eq!(
+            get(headers::connect::EXCEPTION_CLASS_NAME).as_deref(),
+            Some("backbone.permanent.malformed_json")
+        );
     }
 }

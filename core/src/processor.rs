@@ -52,7 +52,12 @@ pub struct OutputRecord {
 /// Why a record could not be processed, classified by what the runtime should do about it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProcessError {
-    /// Might succeed later (a dependency is briefly unavailable): retried with backoff.
+    /// A dependency is down (schema registry, broker): the partition is paused and the record
+    /// retried with backoff for as long as it takes. Never dead-lettered: the record is fine.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// This record failed in a way that may pass on a later attempt: retried with backoff up
+    /// to `runtime.max_attempts`, then dead-lettered as `retries_exhausted`.
     #[error("transient: {0}")]
     Transient(String),
     /// Will never succeed for this input: sent to the dead-letter topic, then processing goes on.
@@ -63,6 +68,15 @@ pub enum ProcessError {
         /// Human-readable explanation naming what is wrong.
         detail: String,
     },
+    /// The processor cannot work at all (credentials refused, misconfiguration): it stops with
+    /// this message and raises its alert metric. Never dead-lettered, nothing committed.
+    #[error("fatal ({kind}): {detail}")]
+    Fatal {
+        /// What kind of failure, from a small fixed set (`authorization`, `configuration`).
+        kind: &'static str,
+        /// What to fix.
+        detail: String,
+    },
 }
 
 impl ProcessError {
@@ -71,6 +85,16 @@ impl ProcessError {
         Self::Permanent {
             reason,
             detail: detail.into(),
+        }
+    }
+
+    /// The error class written on dead letters and logs.
+    pub fn class(&self) -> &'static str {
+        match self {
+            Self::Unavailable(_) => "unavailable",
+            Self::Transient(_) => "transient",
+            Self::Permanent { .. } => "permanent",
+            Self::Fatal { .. } => "fatal",
         }
     }
 }

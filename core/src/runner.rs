@@ -1,8 +1,9 @@
 //! The consume → process → produce loop shared by every processor.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use futures::future::try_join_all;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -10,14 +11,16 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::Message;
+use rdkafka::{Message, TopicPartitionList};
 use serde::Deserialize;
 use tokio::sync::watch;
 
 use crate::admin::{self, AdminError, TopicSpec};
 use crate::config::{ConfigError, Validate};
 use crate::dead_letter::{dlq_topic, DeadLetter};
+use crate::endpoint::ObservabilitySettings;
 use crate::kafka::KafkaSettings;
+use crate::metrics::{event_age, fatal_kind, MeteredContext, RuntimeMetrics};
 use crate::processor::{Header, InputRecord, OutputRecord, ProcessError, Processor};
 
 /// The `[runtime]` config section: how the loop runs, the same for every processor.
@@ -37,6 +40,9 @@ pub struct RuntimeSettings {
     /// How long a produced record may wait for the broker's acknowledgement.
     #[serde(with = "humantime_serde")]
     pub produce_timeout: Duration,
+    /// Attempts at a record failing transiently before it is dead-lettered as
+    /// `retries_exhausted`. Outages (registry, broker) are retried without limit.
+    pub max_attempts: u32,
 }
 
 fn default_partitions() -> i32 {
@@ -63,6 +69,7 @@ impl Default for RuntimeSettings {
             initial_backoff: default_initial_backoff(),
             max_backoff: default_max_backoff(),
             produce_timeout: default_produce_timeout(),
+            max_attempts: 5,
         }
     }
 }
@@ -73,6 +80,9 @@ impl Validate for RuntimeSettings {
             key: format!("runtime.{key}"),
             message: message.to_owned(),
         };
+        if self.max_attempts < 1 {
+            return Err(invalid("max_attempts", "must be at least 1"));
+        }
         if self.topic_partitions < 1 {
             return Err(invalid("topic_partitions", "must be at least 1"));
         }
@@ -120,13 +130,70 @@ pub enum RuntimeError {
     /// The consumer hit an error librdkafka cannot recover from.
     #[error("consumer failed fatally: {0}")]
     Fatal(#[source] KafkaError),
+    /// The broker refused our credentials or permissions; nothing was dead-lettered or
+    /// committed past the last processed record.
+    #[error("the broker refused access, fix credentials or ACLs and restart: {0}")]
+    Refused(#[source] KafkaError),
+    /// The processor reported it cannot work at all.
+    #[error("processor stopped ({kind}): {detail}")]
+    Stopped {
+        /// Failure kind from a fixed set.
+        kind: &'static str,
+        /// What to fix.
+        detail: String,
+    },
+    /// The metrics could not be registered.
+    #[error("metrics: {0}")]
+    Metrics(String),
+}
+
+impl RuntimeError {
+    /// The `kind` label of the alert metric for this stop.
+    pub fn fatal_kind(&self) -> &'static str {
+        match self {
+            Self::Refused(_) => fatal_kind::AUTH,
+            Self::Stopped { kind, .. } if *kind == "authorization" => fatal_kind::AUTH,
+            Self::Stopped { .. } | Self::Metrics(_) => fatal_kind::CONFIG,
+            Self::Client(_) | Self::Topics(_) | Self::Produce { .. } | Self::Fatal(_) => {
+                fatal_kind::KAFKA
+            }
+        }
+    }
 }
 
 /// Runs `processor` until `shutdown` completes, then commits what was processed and returns.
+/// Metrics go to a registry of its own; binaries use [`run_with`] to export them.
 pub async fn run<P, S>(
+    processor: P,
+    kafka: &KafkaSettings,
+    settings: &RuntimeSettings,
+    shutdown: S,
+) -> Result<RunSummary, RuntimeError>
+where
+    P: Processor,
+    S: Future<Output = ()> + Send + 'static,
+{
+    let metrics = RuntimeMetrics::new(&prometheus::Registry::new(), processor.name())
+        .map_err(|e| RuntimeError::Metrics(e.to_string()))?;
+    let observability = ObservabilitySettings::default();
+    run_with(
+        processor,
+        kafka,
+        settings,
+        &observability,
+        Arc::new(metrics),
+        shutdown,
+    )
+    .await
+}
+
+/// Like [`run`], recording into `metrics` (which an endpoint may be serving).
+pub async fn run_with<P, S>(
     mut processor: P,
     kafka: &KafkaSettings,
     settings: &RuntimeSettings,
+    observability: &ObservabilitySettings,
+    metrics: Arc<RuntimeMetrics>,
     shutdown: S,
 ) -> Result<RunSummary, RuntimeError>
 where
@@ -139,8 +206,19 @@ where
         let _ = stop_tx.send(true);
     });
 
-    let result = run_loop(&mut processor, kafka, settings, stop).await;
+    let result = run_loop(
+        &mut processor,
+        kafka,
+        settings,
+        observability,
+        &metrics,
+        stop,
+    )
+    .await;
     stopper.abort();
+    if let Err(err) = &result {
+        metrics.record_fatal(err.fatal_kind());
+    }
     result
 }
 
@@ -148,6 +226,8 @@ async fn run_loop<P: Processor>(
     processor: &mut P,
     kafka: &KafkaSettings,
     settings: &RuntimeSettings,
+    observability: &ObservabilitySettings,
+    metrics: &Arc<RuntimeMetrics>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<RunSummary, RuntimeError> {
     let name = processor.name().to_owned();
@@ -155,13 +235,17 @@ async fn run_loop<P: Processor>(
     ensure_topics(processor, kafka, settings).await?;
 
     let group = settings.group_id.clone().unwrap_or_else(|| name.clone());
-    let consumer: StreamConsumer = kafka
-        .consumer_config(&group)
-        .create()
+    let mut consumer_config = kafka.consumer_config(&group);
+    observability.enable_statistics(&mut consumer_config);
+    let consumer: StreamConsumer<MeteredContext> = consumer_config
+        .create_with_context(MeteredContext::new(Arc::clone(metrics)))
         .map_err(RuntimeError::Client)?;
     let inputs = processor.input_topics();
     let topics: Vec<&str> = inputs.iter().map(String::as_str).collect();
     consumer.subscribe(&topics).map_err(RuntimeError::Client)?;
+    metrics.register_topics(&inputs, &processor.output_topics());
+    // Stateless processors have nothing to restore: ready once subscribed.
+    metrics.readiness().set_ready(true);
     let producer: FutureProducer = kafka
         .producer_config()
         .create()
@@ -179,6 +263,7 @@ async fn run_loop<P: Processor>(
         let message = match message {
             Ok(message) => message,
             Err(err) if is_fatal(&err) => return Err(RuntimeError::Fatal(err)),
+            Err(err) if is_refused(&err) => return Err(RuntimeError::Refused(err)),
             Err(err) => {
                 tracing::warn!(processor = %name, error = %err, "consumer error, continuing");
                 continue;
@@ -196,63 +281,116 @@ async fn run_loop<P: Processor>(
         };
 
         let mut attempts = 0u32;
+        let mut first_failed_at = None;
+        let mut paused = false;
         let outcome = loop {
             attempts += 1;
             let prepared = match &prefetch {
                 Some(prefetch) => prefetch.prefetch(input.value).await,
                 None => Ok(()),
             };
-            match prepared.and_then(|()| processor.process(&input)) {
-                Err(ProcessError::Transient(detail)) => {
-                    summary.retries += 1;
-                    let wait = backoff(settings, attempts);
-                    tracing::warn!(processor = %name, topic = input.topic, partition = input.partition,
-                        offset = input.offset, attempts, ?wait, %detail, "transient failure, retrying");
-                    tokio::select! {
-                        biased;
-                        _ = stop.wait_for(|stopped| *stopped) => {
-                            // Not resolved: leave its offset unstored so it is redelivered.
-                            finish(&consumer, &name);
-                            return Ok(summary);
-                        }
-                        _ = tokio::time::sleep(wait) => continue,
-                    }
+            let started = Instant::now();
+            let result = prepared.and_then(|()| processor.process(&input));
+            metrics.observe_processing(started.elapsed());
+            if result.is_err() && first_failed_at.is_none() {
+                first_failed_at = Some(SystemTime::now());
+            }
+            let detail = match &result {
+                Err(ProcessError::Unavailable(detail)) => detail.clone(),
+                Err(ProcessError::Transient(detail)) if attempts < settings.max_attempts => {
+                    detail.clone()
                 }
-                other => break other,
+                _ => break result,
+            };
+            summary.retries += 1;
+            metrics.record_retry(input.topic);
+            if !paused {
+                // Stop fetching this partition while its record waits; the loop sleeps
+                // instead of spinning.
+                pause(&consumer, input.topic, input.partition, true);
+                paused = true;
+            }
+            let wait = backoff(settings, attempts);
+            tracing::warn!(processor = %name, topic = input.topic, partition = input.partition,
+                offset = input.offset, attempts, ?wait, %detail, "retrying");
+            tokio::select! {
+                biased;
+                _ = stop.wait_for(|stopped| *stopped) => {
+                    // Not resolved: leave its offset unstored so it is redelivered.
+                    finish(&consumer, &name);
+                    return Ok(summary);
+                }
+                _ = tokio::time::sleep(wait) => {}
             }
         };
+        if paused {
+            pause(&consumer, input.topic, input.partition, false);
+        }
 
+        let failed_at = first_failed_at.unwrap_or_else(SystemTime::now);
+        let letter = |error_class, reason, message: &str| {
+            DeadLetter {
+                input: &input,
+                error_class,
+                reason,
+                message,
+                processor: &name,
+                processor_version: version,
+                attempts,
+                first_failed_at: failed_at,
+            }
+            .to_record(SystemTime::now())
+        };
         match outcome {
             Ok(outputs) => {
+                let mut per_topic: BTreeMap<String, u64> = BTreeMap::new();
+                for output in &outputs {
+                    *per_topic.entry(output.topic.clone()).or_default() += 1;
+                }
                 let count = outputs.len() as u64;
                 produce_all(&producer, outputs, settings.produce_timeout).await?;
                 summary.produced += count;
+                let age = input
+                    .timestamp_ms
+                    .and_then(|ms| event_age(ms, SystemTime::now()));
+                for (topic, n) in &per_topic {
+                    metrics.record_produced(topic, *n);
+                    if let Some(age) = age {
+                        metrics.observe_end_to_end(topic, age);
+                    }
+                }
             }
             Err(ProcessError::Permanent { reason, detail }) => {
-                let letter = DeadLetter {
-                    input: &input,
-                    reason,
-                    detail: &detail,
-                    processor: &name,
-                    processor_version: version,
-                    attempts,
-                };
                 tracing::debug!(processor = %name, topic = input.topic, partition = input.partition,
                     offset = input.offset, reason, "dead-lettering record");
-                produce_all(
-                    &producer,
-                    vec![letter.to_record(SystemTime::now())],
-                    settings.produce_timeout,
-                )
-                .await?;
+                let record = letter("permanent", reason, &detail);
+                produce_all(&producer, vec![record], settings.produce_timeout).await?;
+                metrics.record_dead_letter(input.topic, reason);
                 summary.dead_lettered += 1;
             }
-            Err(ProcessError::Transient(_)) => unreachable!("transient failures are retried above"),
+            Err(ProcessError::Transient(detail)) => {
+                tracing::warn!(processor = %name, topic = input.topic, partition = input.partition,
+                    offset = input.offset, attempts, "retries exhausted, dead-lettering record");
+                let record = letter("transient", "retries_exhausted", &detail);
+                produce_all(&producer, vec![record], settings.produce_timeout).await?;
+                metrics.record_dead_letter(input.topic, "retries_exhausted");
+                summary.dead_lettered += 1;
+            }
+            Err(ProcessError::Fatal { kind, detail }) => {
+                // Nothing past the last resolved record is committed: after the fix and a
+                // restart this record is processed again.
+                finish(&consumer, &name);
+                return Err(RuntimeError::Stopped { kind, detail });
+            }
+            Err(ProcessError::Unavailable(_)) => {
+                unreachable!("outages are retried above until they pass or shutdown")
+            }
         }
         // Resolved: only now may its offset be committed.
         consumer
             .store_offset(input.topic, input.partition, input.offset)
             .map_err(RuntimeError::Client)?;
+        metrics.record_consumed(input.topic, input.partition);
         summary.consumed += 1;
     }
     finish(&consumer, &name);
@@ -322,7 +460,7 @@ fn owned_headers(message: &BorrowedMessage<'_>) -> Vec<Header> {
 }
 
 /// Commits stored offsets before leaving the group, so the next owner starts after them.
-fn finish(consumer: &StreamConsumer, name: &str) {
+fn finish(consumer: &StreamConsumer<MeteredContext>, name: &str) {
     match consumer.commit_consumer_state(CommitMode::Sync) {
         Ok(()) => {}
         // Nothing stored since the last automatic commit.
@@ -336,6 +474,35 @@ fn finish(consumer: &StreamConsumer, name: &str) {
 
 fn is_fatal(err: &KafkaError) -> bool {
     err.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal)
+}
+
+/// Authorization and authentication failures: retrying cannot help, and dead-lettering would
+/// empty the topic into the DLQ, so the processor stops.
+fn is_refused(err: &KafkaError) -> bool {
+    matches!(
+        err.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::GroupAuthorizationFailed
+                | RDKafkaErrorCode::ClusterAuthorizationFailed
+                | RDKafkaErrorCode::SaslAuthenticationFailed
+                | RDKafkaErrorCode::Authentication
+        )
+    )
+}
+
+/// Pauses (or resumes) fetching one partition.
+fn pause(consumer: &StreamConsumer<MeteredContext>, topic: &str, partition: i32, paused: bool) {
+    let mut list = TopicPartitionList::new();
+    list.add_partition(topic, partition);
+    let result = if paused {
+        consumer.pause(&list)
+    } else {
+        consumer.resume(&list)
+    };
+    if let Err(err) = result {
+        tracing::warn!(topic, partition, paused, error = %err, "could not change the partition's fetch state");
+    }
 }
 
 /// Exponential backoff with full jitter, capped at `max_backoff`.

@@ -97,11 +97,11 @@ impl WireError {
         }
     }
 
-    /// As a processing error: transient when the registry may answer later, else permanent
-    /// with [`WireError::reason`].
+    /// As a processing error: the registry being unreachable is an outage (retried until it
+    /// answers, never dead-lettered); anything else is permanent with [`WireError::reason`].
     pub fn into_process_error(self) -> ProcessError {
         if self.is_transient() {
-            ProcessError::Transient(self.to_string())
+            ProcessError::Unavailable(self.to_string())
         } else {
             ProcessError::permanent(self.reason(), self.to_string())
         }

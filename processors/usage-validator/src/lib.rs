@@ -266,7 +266,7 @@ mod tests {
         ));
         // An id the runtime has not resolved yet is retried, never dead-lettered.
         let unresolved = processor.process(&input(&[0, 0, 0, 0, 7, 2]));
-        assert!(matches!(unresolved, Err(ProcessError::Transient(_))));
+        assert!(matches!(unresolved, Err(ProcessError::Unavailable(_))));
     }
 
     #[test]

@@ -70,6 +70,7 @@ impl Topics {
                 ("BACKBONE__PROCESSOR__INPUT_TOPIC", &self.input),
                 ("BACKBONE__PROCESSOR__OUTPUT_TOPIC", &self.output),
                 ("BACKBONE__SCHEMA_REGISTRY__URL", self.registry.url()),
+                ("BACKBONE__OBSERVABILITY__LISTEN", "127.0.0.1:0"),
             ],
             Some(&log),
         )

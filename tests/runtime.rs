@@ -1,0 +1,234 @@
+//! The shared runtime's error policy on the real broker, with a test processor: permanent
+//! failures are dead-lettered with the full header set and processing goes on, transient
+//! ones are retried up to the limit and then dead-lettered, outages are retried without
+//! limit, and a fatal error stops the processor without committing the record.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backbone_core::dead_letter::headers;
+use backbone_core::{
+    run, InputRecord, OutputRecord, ProcessError, Processor, RuntimeError, RuntimeSettings,
+};
+use backbone_testkit::{
+    committed_offsets, consume_until, create_topic, produce, shared_settings, unique_group,
+    unique_topic, TestRecord,
+};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Behaves according to each record's value: `ok`, `poison`, `flaky:N` (fails transiently
+/// N times), `stuck` (always transient), `outage:N` (dependency down N times), `fatal`.
+struct Scripted {
+    input: String,
+    output: String,
+    failures: Arc<Mutex<HashMap<i64, u32>>>,
+}
+
+impl Processor for Scripted {
+    fn name(&self) -> &str {
+        "scripted-test"
+    }
+
+    fn input_topics(&self) -> Vec<String> {
+        vec![self.input.clone()]
+    }
+
+    fn output_topics(&self) -> Vec<String> {
+        vec![self.output.clone()]
+    }
+
+    fn process(&mut self, record: &InputRecord<'_>) -> Result<Vec<OutputRecord>, ProcessError> {
+        let value = String::from_utf8_lossy(record.value.unwrap_or_default()).into_owned();
+        let mut failures = self.failures.lock().expect("lock");
+        let failed = failures.entry(record.offset).or_default();
+        let (kind, n) = value.split_once(':').unwrap_or((value.as_str(), "0"));
+        let n: u32 = n.parse().unwrap_or(0);
+        let fail = match kind {
+            "poison" => Some(ProcessError::permanent(
+                "contract_violation",
+                "poison record",
+            )),
+            "flaky" if *failed < n => Some(ProcessError::Transient(format!("flaky {failed}"))),
+            "stuck" => Some(ProcessError::Transient("never works".into())),
+            "outage" if *failed < n => Some(ProcessError::Unavailable("registry down".into())),
+            "fatal" => Some(ProcessError::Fatal {
+                kind: "authorization",
+                detail: "credentials refused".into(),
+            }),
+            _ => None,
+        };
+        if let Some(error) = fail {
+            *failed += 1;
+            return Err(error);
+        }
+        Ok(vec![OutputRecord {
+            topic: self.output.clone(),
+            key: record.key.map(<[u8]>::to_vec),
+            value: record.value.unwrap_or_default().to_vec(),
+            headers: Vec::new(),
+        }])
+    }
+}
+
+fn settings(group: &str) -> RuntimeSettings {
+    RuntimeSettings {
+        group_id: Some(group.to_owned()),
+        initial_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(50),
+        max_attempts: 3,
+        topic_partitions: 1,
+        ..RuntimeSettings::default()
+    }
+}
+
+#[tokio::test]
+async fn each_error_class_gets_its_policy() {
+    let kafka = shared_settings();
+    let input = unique_topic("scripted.in");
+    let output = unique_topic("scripted.out");
+    let group = unique_group("scripted");
+    create_topic(&kafka, &input, 1).await.expect("input topic");
+    let values = ["ok", "poison", "flaky:2", "stuck", "outage:4", "ok"];
+    let records: Vec<TestRecord> = values.iter().map(|v| TestRecord::new("k", *v)).collect();
+    produce(&kafka, &input, &records).await.expect("produce");
+
+    let failures = Arc::new(Mutex::new(HashMap::new()));
+    let processor = Scripted {
+        input: input.clone(),
+        output: output.clone(),
+        failures: Arc::clone(&failures),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let runtime = settings(&group);
+    let kafka_for_run = kafka.clone();
+    let task = tokio::spawn(async move {
+        run(processor, &kafka_for_run, &runtime, async {
+            let _ = stop_rx.await;
+        })
+        .await
+    });
+
+    // ok, flaky (succeeds on its third attempt), outage (after four), ok.
+    let out = consume_until(&kafka, &output, 4, DEADLINE)
+        .await
+        .expect("outputs");
+    let got: Vec<String> = out
+        .iter()
+        .map(|r| String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned())
+        .collect();
+    assert_eq!(got, ["ok", "flaky:2", "outage:4", "ok"]);
+    let dead = consume_until(&kafka, &format!("{input}.dlq"), 2, DEADLINE)
+        .await
+        .expect("dead letters");
+    let _ = stop_tx.send(());
+    let summary = task.await.expect("task").expect("run ends cleanly");
+    assert_eq!(summary.consumed, 6);
+    assert_eq!(summary.dead_lettered, 2);
+
+    let poison = &dead[0];
+    assert_eq!(
+        poison.value.as_deref(),
+        Some(&b"poison"[..]),
+        "payload byte for byte"
+    );
+    assert_eq!(poison.key.as_deref(), Some(&b"k"[..]));
+    for name in [
+        headers::REASON,
+        headers::ERROR_CLASS,
+        headers::MESSAGE,
+        headers::PROCESSOR,
+        headers::PROCESSOR_VERSION,
+        headers::ATTEMPTS,
+        headers::FIRST_FAILED_AT,
+        headers::FAILED_AT,
+        headers::ORIGIN_TOPIC,
+        headers::ORIGIN_PARTITION,
+        headers::ORIGIN_OFFSET,
+        headers::ORIGIN_TIMESTAMP,
+        headers::connect::TOPIC,
+        headers::connect::PARTITION,
+        headers::connect::OFFSET,
+        headers::connect::EXCEPTION_CLASS_NAME,
+        headers::connect::EXCEPTION_MESSAGE,
+    ] {
+        assert!(
+            poison.header(name).is_some_and(|v| !v.is_empty()),
+            "header {name} on {poison:?}"
+        );
+    }
+    assert_eq!(
+        poison.header(headers::ERROR_CLASS).as_deref(),
+        Some("permanent")
+    );
+    assert_eq!(poison.header(headers::ATTEMPTS).as_deref(), Some("1"));
+    assert_eq!(poison.header(headers::ORIGIN_OFFSET).as_deref(), Some("1"));
+
+    let stuck = &dead[1];
+    assert_eq!(stuck.value.as_deref(), Some(&b"stuck"[..]));
+    assert_eq!(
+        stuck.header(headers::REASON).as_deref(),
+        Some("retries_exhausted")
+    );
+    assert_eq!(
+        stuck.header(headers::ERROR_CLASS).as_deref(),
+        Some("transient")
+    );
+    assert_eq!(stuck.header(headers::ATTEMPTS).as_deref(), Some("3"));
+    // The outage was retried past max_attempts and never dead-lettered.
+    assert_eq!(failures.lock().expect("lock").get(&4).copied(), Some(4));
+
+    let committed = committed_offsets(&kafka, &group, &input).expect("committed");
+    assert_eq!(committed, vec![(0, Some(6))]);
+}
+
+#[tokio::test]
+async fn fatal_error_stops_without_committing_the_record() {
+    let kafka = shared_settings();
+    let input = unique_topic("fatal.in");
+    let output = unique_topic("fatal.out");
+    let group = unique_group("fatal");
+    create_topic(&kafka, &input, 1).await.expect("input topic");
+    let records: Vec<TestRecord> = ["ok", "fatal", "ok"]
+        .iter()
+        .map(|v| TestRecord::new("k", *v))
+        .collect();
+    produce(&kafka, &input, &records).await.expect("produce");
+
+    let processor = Scripted {
+        input: input.clone(),
+        output,
+        failures: Arc::default(),
+    };
+    let result = tokio::time::timeout(
+        DEADLINE,
+        run(processor, &kafka, &settings(&group), std::future::pending()),
+    )
+    .await
+    .expect("the processor stops by itself");
+    match result {
+        Err(RuntimeError::Stopped { kind, detail }) => {
+            assert_eq!(kind, "authorization");
+            assert_eq!(detail, "credentials refused");
+        }
+        other => panic!("expected a stop, got {other:?}"),
+    }
+    let committed = committed_offsets(&kafka, &group, &input).expect("committed");
+    assert_eq!(
+        committed,
+        vec![(0, Some(1))],
+        "only the record before the fatal one"
+    );
+    let dlq_exists = backbone_core::admin::partition_count(
+        &kafka,
+        &format!("{input}.dlq"),
+        Duration::from_secs(5),
+    )
+    .expect("metadata");
+    if dlq_exists.is_some() {
+        let nothing =
+            consume_until(&kafka, &format!("{input}.dlq"), 1, Duration::from_secs(2)).await;
+        assert!(nothing.is_err(), "a fatal error is never dead-lettered");
+    }
+}
