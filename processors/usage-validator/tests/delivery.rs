@@ -55,6 +55,10 @@ impl Topics {
     }
 
     fn spawn(&self, settings: &KafkaSettings) -> ChildProcess {
+        self.spawn_listening(settings, "127.0.0.1:0")
+    }
+
+    fn spawn_listening(&self, settings: &KafkaSettings, listen: &str) -> ChildProcess {
         let log = std::env::temp_dir().join(format!("{}.log", self.group));
         ChildProcess::spawn(
             Path::new(BINARY),
@@ -70,7 +74,8 @@ impl Topics {
                 ("BACKBONE__PROCESSOR__INPUT_TOPIC", &self.input),
                 ("BACKBONE__PROCESSOR__OUTPUT_TOPIC", &self.output),
                 ("BACKBONE__SCHEMA_REGISTRY__URL", self.registry.url()),
-                ("BACKBONE__OBSERVABILITY__LISTEN", "127.0.0.1:0"),
+                ("BACKBONE__OBSERVABILITY__LISTEN", listen),
+                ("BACKBONE__OBSERVABILITY__STATISTICS_INTERVAL", "200ms"),
             ],
             Some(&log),
         )
@@ -257,4 +262,82 @@ fn idempotency_keys(records: &[ConsumedRecord]) -> BTreeSet<String> {
         .iter()
         .filter_map(|r| r.header("backbone.idempotency.key"))
         .collect()
+}
+
+/// Polls `url` until it answers 200 or `DEADLINE` passes; returns the body.
+async fn await_ok(url: &str) -> String {
+    let started = std::time::Instant::now();
+    loop {
+        if let Ok(response) = reqwest::get(url).await {
+            if response.status() == 200 {
+                return response.text().await.expect("body");
+            }
+        }
+        assert!(started.elapsed() < DEADLINE, "{url} never answered 200");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn exports_every_required_metric() {
+    let settings = shared_settings();
+    let topics = Topics::new().await;
+    create_topic(&settings, &topics.input, 1)
+        .await
+        .expect("input topic");
+    let mut records = Vec::new();
+    for i in 0..10 {
+        records.push(topics.event(i).await);
+    }
+    records.push(TestRecord::new("c-1", "{not avro"));
+    produce(&settings, &topics.input, &records)
+        .await
+        .expect("produce");
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut processor = topics.spawn_listening(&settings, &format!("127.0.0.1:{port}"));
+    await_ok(&format!("{base}/health")).await;
+    await_ok(&format!("{base}/ready")).await;
+    consume_until(&settings, &topics.output, 10, DEADLINE)
+        .await
+        .expect("forwarded events");
+
+    // Scrape until the counters show every input and librdkafka's statistics gave the lag.
+    let started = std::time::Instant::now();
+    let text = loop {
+        let text = await_ok(&format!("{base}/metrics")).await;
+        let consumed = format!(
+            "backbone_consumer_records_total{{partition=\"0\",processor=\"usage-validator\",topic=\"{}\"}} 11",
+            topics.input
+        );
+        if text.contains(&consumed) && text.contains("backbone_consumer_lag_records{") {
+            break text;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "metrics never caught up:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        backbone_core::metrics::missing_required_metrics(&text),
+        Vec::<&str>::new()
+    );
+    assert!(text.contains(&format!(
+        "backbone_dlq_records_total{{processor=\"usage-validator\",reason=\"wrong_magic_byte\",topic=\"{}\"}} 1",
+        topics.input
+    )), "{text}");
+    assert!(
+        text.contains(&format!(
+            "backbone_producer_records_total{{processor=\"usage-validator\",topic=\"{}\"}} 10",
+            topics.output
+        )),
+        "{text}"
+    );
+    let status = processor.stop(DEADLINE).expect("graceful stop");
+    assert!(status.success(), "exit status {status:?}");
 }
