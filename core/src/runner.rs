@@ -280,6 +280,17 @@ async fn run_loop<P: Processor>(
             headers: &headers,
         };
 
+        let span = tracing::debug_span!(
+            "record",
+            topic = input.topic,
+            partition = input.partition,
+            offset = input.offset,
+            traceparent = input
+                .header(TRACEPARENT)
+                .map(String::from_utf8_lossy)
+                .as_deref()
+                .unwrap_or("")
+        );
         let mut attempts = 0u32;
         let mut first_failed_at = None;
         let mut paused = false;
@@ -290,7 +301,7 @@ async fn run_loop<P: Processor>(
                 None => Ok(()),
             };
             let started = Instant::now();
-            let result = prepared.and_then(|()| processor.process(&input));
+            let result = prepared.and_then(|()| span.in_scope(|| processor.process(&input)));
             metrics.observe_processing(started.elapsed());
             if result.is_err() && first_failed_at.is_none() {
                 first_failed_at = Some(SystemTime::now());
@@ -342,7 +353,10 @@ async fn run_loop<P: Processor>(
             .to_record(SystemTime::now())
         };
         match outcome {
-            Ok(outputs) => {
+            Ok(mut outputs) => {
+                if let Some(trace) = input.header(TRACEPARENT) {
+                    carry_trace(&mut outputs, trace);
+                }
                 let mut per_topic: BTreeMap<String, u64> = BTreeMap::new();
                 for output in &outputs {
                     *per_topic.entry(output.topic.clone()).or_default() += 1;
@@ -459,6 +473,21 @@ fn owned_headers(message: &BorrowedMessage<'_>) -> Vec<Header> {
         .unwrap_or_default()
 }
 
+/// The W3C trace-context header.
+pub const TRACEPARENT: &str = "traceparent";
+
+/// Gives outputs without a `traceparent` the input's, so a trace follows the event through
+/// every stage.
+fn carry_trace(outputs: &mut [OutputRecord], trace: &[u8]) {
+    for output in outputs {
+        if !output.headers.iter().any(|(name, _)| name == TRACEPARENT) {
+            output
+                .headers
+                .push((TRACEPARENT.to_owned(), trace.to_vec()));
+        }
+    }
+}
+
 /// Commits stored offsets before leaving the group, so the next owner starts after them.
 fn finish(consumer: &StreamConsumer<MeteredContext>, name: &str) {
     match consumer.commit_consumer_state(CommitMode::Sync) {
@@ -517,6 +546,24 @@ fn backoff(settings: &RuntimeSettings, attempts: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outputs_inherit_the_trace_unless_they_carry_their_own() {
+        let record = |headers: Vec<Header>| OutputRecord {
+            topic: "t".into(),
+            key: None,
+            value: Vec::new(),
+            headers,
+        };
+        let own = (TRACEPARENT.to_owned(), b"00-own".to_vec());
+        let mut outputs = vec![record(Vec::new()), record(vec![own.clone()])];
+        carry_trace(&mut outputs, b"00-input");
+        assert_eq!(
+            outputs[0].headers,
+            vec![(TRACEPARENT.to_owned(), b"00-input".to_vec())]
+        );
+        assert_eq!(outputs[1].headers, vec![own]);
+    }
 
     #[test]
     fn backoff_grows_and_stays_capped() {
