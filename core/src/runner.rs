@@ -2,14 +2,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use futures::future::try_join_all;
+use futures::stream::{FuturesOrdered, StreamExt};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message, TopicPartitionList};
 use serde::Deserialize;
@@ -254,11 +255,22 @@ async fn run_loop<P: Processor>(
 
     let prefetch = processor.prefetch();
     let mut summary = RunSummary::default();
+    let ledger = Ledger {
+        consumer: &consumer,
+        metrics,
+    };
+    // Outputs of resolved inputs on their way to the broker, oldest first. Offsets are
+    // stored strictly in this order, so a crash never skips an input whose outputs were lost.
+    let mut in_flight: InFlight = FuturesOrdered::new();
     loop {
         let message = tokio::select! {
             biased;
-            _ = stop.wait_for(|stopped| *stopped) => break,
-            message = consumer.recv() => message,
+            _ = stopped(&mut stop) => break,
+            Some(settled) = in_flight.next(), if !in_flight.is_empty() => {
+                ledger.record(settled?, &mut summary)?;
+                continue;
+            }
+            message = consumer.recv(), if in_flight.len() < MAX_IN_FLIGHT => message,
         };
         let message = match message {
             Ok(message) => message,
@@ -326,8 +338,9 @@ async fn run_loop<P: Processor>(
                 offset = input.offset, attempts, ?wait, %detail, "retrying");
             tokio::select! {
                 biased;
-                _ = stop.wait_for(|stopped| *stopped) => {
+                _ = stopped(&mut stop) => {
                     // Not resolved: leave its offset unstored so it is redelivered.
+                    ledger.drain(&mut in_flight, &mut summary).await?;
                     finish(&consumer, &name);
                     return Ok(summary);
                 }
@@ -352,61 +365,53 @@ async fn run_loop<P: Processor>(
             }
             .to_record(SystemTime::now())
         };
-        match outcome {
+        let mut pending = Pending {
+            topic: input.topic.to_owned(),
+            partition: input.partition,
+            offset: input.offset,
+            deliveries: Vec::new(),
+            dead_letter: None,
+            age: input
+                .timestamp_ms
+                .and_then(|ms| event_age(ms, SystemTime::now())),
+        };
+        let records = match outcome {
             Ok(mut outputs) => {
                 if let Some(trace) = input.header(TRACEPARENT) {
                     carry_trace(&mut outputs, trace);
                 }
-                let mut per_topic: BTreeMap<String, u64> = BTreeMap::new();
-                for output in &outputs {
-                    *per_topic.entry(output.topic.clone()).or_default() += 1;
-                }
-                let count = outputs.len() as u64;
-                produce_all(&producer, outputs, settings.produce_timeout).await?;
-                summary.produced += count;
-                let age = input
-                    .timestamp_ms
-                    .and_then(|ms| event_age(ms, SystemTime::now()));
-                for (topic, n) in &per_topic {
-                    metrics.record_produced(topic, *n);
-                    if let Some(age) = age {
-                        metrics.observe_end_to_end(topic, age);
-                    }
-                }
+                outputs
             }
             Err(ProcessError::Permanent { reason, detail }) => {
                 tracing::debug!(processor = %name, topic = input.topic, partition = input.partition,
                     offset = input.offset, reason, "dead-lettering record");
-                let record = letter("permanent", reason, &detail);
-                produce_all(&producer, vec![record], settings.produce_timeout).await?;
-                metrics.record_dead_letter(input.topic, reason);
-                summary.dead_lettered += 1;
+                pending.dead_letter = Some(reason);
+                vec![letter("permanent", reason, &detail)]
             }
             Err(ProcessError::Transient(detail)) => {
                 tracing::warn!(processor = %name, topic = input.topic, partition = input.partition,
                     offset = input.offset, attempts, "retries exhausted, dead-lettering record");
-                let record = letter("transient", "retries_exhausted", &detail);
-                produce_all(&producer, vec![record], settings.produce_timeout).await?;
-                metrics.record_dead_letter(input.topic, "retries_exhausted");
-                summary.dead_lettered += 1;
+                pending.dead_letter = Some("retries_exhausted");
+                vec![letter("transient", "retries_exhausted", &detail)]
             }
             Err(ProcessError::Fatal { kind, detail }) => {
                 // Nothing past the last resolved record is committed: after the fix and a
                 // restart this record is processed again.
+                ledger.drain(&mut in_flight, &mut summary).await?;
                 finish(&consumer, &name);
                 return Err(RuntimeError::Stopped { kind, detail });
             }
             Err(ProcessError::Unavailable(_)) => {
                 unreachable!("outages are retried above until they pass or shutdown")
             }
+        };
+        for record in &records {
+            let delivery = enqueue(&producer, record, settings.produce_timeout).await?;
+            pending.deliveries.push((record.topic.clone(), delivery));
         }
-        // Resolved: only now may its offset be committed.
-        consumer
-            .store_offset(input.topic, input.partition, input.offset)
-            .map_err(RuntimeError::Client)?;
-        metrics.record_consumed(input.topic, input.partition);
-        summary.consumed += 1;
+        in_flight.push_back(Box::pin(pending.settle()));
     }
+    ledger.drain(&mut in_flight, &mut summary).await?;
     finish(&consumer, &name);
     tracing::info!(processor = %name, ?summary, "processor stopped");
     Ok(summary)
@@ -429,38 +434,6 @@ async fn ensure_topics<P: Processor>(
     admin::ensure_topics(kafka, &specs, Duration::from_secs(30)).await
 }
 
-async fn produce_all(
-    producer: &FutureProducer,
-    records: Vec<OutputRecord>,
-    timeout: Duration,
-) -> Result<(), RuntimeError> {
-    let sends = records.iter().map(|record| {
-        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
-        for (name, value) in &record.headers {
-            headers = headers.insert(rdkafka::message::Header {
-                key: name,
-                value: Some(value),
-            });
-        }
-        let mut future = FutureRecord::to(&record.topic)
-            .payload(&record.value)
-            .headers(headers);
-        if let Some(key) = &record.key {
-            future = future.key(key);
-        }
-        async move {
-            producer
-                .send(future, timeout)
-                .await
-                .map_err(|(source, _)| RuntimeError::Produce {
-                    topic: record.topic.clone(),
-                    source,
-                })
-        }
-    });
-    try_join_all(sends).await.map(|_| ())
-}
-
 fn owned_headers(message: &BorrowedMessage<'_>) -> Vec<Header> {
     message
         .headers()
@@ -471,6 +444,149 @@ fn owned_headers(message: &BorrowedMessage<'_>) -> Vec<Header> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Completes once shutdown was asked for. Returns `()` rather than the watch's read guard,
+/// which must not live across the awaits of the handler that stops the loop.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopped| *stopped).await;
+}
+
+/// Most inputs whose outputs may be awaiting the broker's acknowledgement at once.
+const MAX_IN_FLIGHT: usize = 10_000;
+
+type InFlight = FuturesOrdered<Pin<Box<dyn Future<Output = Result<Settled, RuntimeError>> + Send>>>;
+
+/// A resolved input whose output records (or dead letter) were handed to the producer.
+struct Pending {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    deliveries: Vec<(String, DeliveryFuture)>,
+    dead_letter: Option<&'static str>,
+    age: Option<Duration>,
+}
+
+/// A resolved input whose records the broker acknowledged.
+struct Settled {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    produced: BTreeMap<String, u64>,
+    dead_letter: Option<&'static str>,
+    age: Option<Duration>,
+}
+
+impl Pending {
+    async fn settle(self) -> Result<Settled, RuntimeError> {
+        let mut produced: BTreeMap<String, u64> = BTreeMap::new();
+        for (topic, delivery) in self.deliveries {
+            match delivery.await {
+                Ok(Ok(_)) => *produced.entry(topic).or_default() += 1,
+                Ok(Err((source, _))) => return Err(RuntimeError::Produce { topic, source }),
+                Err(_) => {
+                    return Err(RuntimeError::Produce {
+                        topic,
+                        source: KafkaError::Canceled,
+                    })
+                }
+            }
+        }
+        Ok(Settled {
+            topic: self.topic,
+            partition: self.partition,
+            offset: self.offset,
+            produced,
+            dead_letter: self.dead_letter,
+            age: self.age,
+        })
+    }
+}
+
+/// Stores offsets of settled inputs and counts them.
+struct Ledger<'a> {
+    consumer: &'a StreamConsumer<MeteredContext>,
+    metrics: &'a RuntimeMetrics,
+}
+
+impl Ledger<'_> {
+    /// Settled: only now may the input's offset be committed.
+    fn record(&self, settled: Settled, summary: &mut RunSummary) -> Result<(), RuntimeError> {
+        self.consumer
+            .store_offset(&settled.topic, settled.partition, settled.offset)
+            .map_err(RuntimeError::Client)?;
+        self.metrics
+            .record_consumed(&settled.topic, settled.partition);
+        summary.consumed += 1;
+        match settled.dead_letter {
+            Some(reason) => {
+                self.metrics.record_dead_letter(&settled.topic, reason);
+                summary.dead_lettered += 1;
+            }
+            None => {
+                for (topic, n) in &settled.produced {
+                    self.metrics.record_produced(topic, *n);
+                    summary.produced += n;
+                    if let Some(age) = settled.age {
+                        self.metrics.observe_end_to_end(topic, age);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for everything in flight and records it.
+    async fn drain(
+        &self,
+        in_flight: &mut InFlight,
+        summary: &mut RunSummary,
+    ) -> Result<(), RuntimeError> {
+        while let Some(settled) = in_flight.next().await {
+            self.record(settled?, summary)?;
+        }
+        Ok(())
+    }
+}
+
+/// Hands `record` to the producer; its delivery is awaited later, in order.
+async fn enqueue(
+    producer: &FutureProducer,
+    record: &OutputRecord,
+    timeout: Duration,
+) -> Result<DeliveryFuture, RuntimeError> {
+    let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+    for (name, value) in &record.headers {
+        headers = headers.insert(rdkafka::message::Header {
+            key: name,
+            value: Some(value),
+        });
+    }
+    let mut future = FutureRecord::to(&record.topic)
+        .payload(&record.value)
+        .headers(headers);
+    if let Some(key) = &record.key {
+        future = future.key(key);
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        match producer.send_result(future) {
+            Ok(delivery) => return Ok(delivery),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned))
+                if Instant::now() < deadline =>
+            {
+                // librdkafka's queue is full: give its sender thread a moment to drain it.
+                future = returned;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err((source, _)) => {
+                return Err(RuntimeError::Produce {
+                    topic: record.topic.clone(),
+                    source,
+                })
+            }
+        }
+    }
 }
 
 /// The W3C trace-context header.

@@ -96,6 +96,9 @@ pub async fn produce(
     records: &[TestRecord],
 ) -> Result<(), TestkitError> {
     let producer: FutureProducer = settings.producer_config().create()?;
+    // Every record is handed to the producer before any acknowledgement is awaited; the
+    // idempotent producer keeps them in order per partition.
+    let mut deliveries = Vec::with_capacity(records.len());
     for record in records {
         let mut headers = OwnedHeaders::new();
         for (name, value) in &record.headers {
@@ -113,9 +116,12 @@ pub async fn produce(
         if let Some(partition) = record.partition {
             future = future.partition(partition);
         }
-        producer
-            .send(future, Duration::from_secs(30))
+        deliveries.push(producer.send_result(future).map_err(|(err, _)| err)?);
+    }
+    for delivery in deliveries {
+        delivery
             .await
+            .map_err(|_| rdkafka::error::KafkaError::Canceled)?
             .map_err(|(err, _)| err)?;
     }
     Ok(())

@@ -218,7 +218,7 @@ async fn crash_redelivers_and_never_skips() {
     create_topic(&settings, &topics.input, 2)
         .await
         .expect("input topic");
-    let total = 400;
+    let total = 3000;
     let mut records = Vec::new();
     for i in 0..total {
         records.push(topics.event(i).await);
@@ -252,6 +252,16 @@ async fn crash_redelivers_and_never_skips() {
         "no event lost across the crash"
     );
 
+    // The outputs may all predate the crash; the second instance still has to work through
+    // the uncommitted inputs. Wait until it has committed every one.
+    let started = std::time::Instant::now();
+    while topics.committed_total(&settings) < total as i64 {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "second instance never committed all {total} inputs"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let status = second.stop(DEADLINE).expect("graceful stop");
     assert!(status.success(), "exit status {status:?}");
     assert_eq!(topics.committed_total(&settings), total as i64);
