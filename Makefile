@@ -2,11 +2,12 @@
 SHELL := /bin/bash
 export BACKBONE_TOOLS_DIR ?= $(HOME)/.cache/backbone
 
-.PHONY: help setup build up down status test demo fmt lint
+.PHONY: help setup build up down status test demo bench fmt lint
 
 help:
 	@echo "make demo    run sample events through the backbone on the embedded stack"
 	@echo "make test    formatting, lints and every test, against a private stack"
+	@echo "make bench   benchmarks against a private stack, as ratios to a baseline"
 	@echo "make setup   install what this machine lacks (idempotent)"
 	@echo "make up | down | status   the embedded dev stack on 127.0.0.1"
 
@@ -30,6 +31,9 @@ test: setup
 
 demo: build
 	@scripts/demo.sh
+
+bench: setup
+	@scripts/bench.sh
 
 fmt:
 	cargo fmt --all
