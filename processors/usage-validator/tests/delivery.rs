@@ -351,3 +351,51 @@ async fn exports_every_required_metric() {
     let status = processor.stop(DEADLINE).expect("graceful stop");
     assert!(status.success(), "exit status {status:?}");
 }
+
+#[tokio::test]
+async fn sigterm_mid_stream_loses_and_repeats_nothing() {
+    let settings = shared_settings();
+    let topics = Topics::new().await;
+    create_topic(&settings, &topics.input, 2)
+        .await
+        .expect("input topic");
+    let total = 3000;
+    let mut records = Vec::new();
+    for i in 0..total {
+        records.push(topics.event(i).await);
+    }
+    produce(&settings, &topics.input, &records)
+        .await
+        .expect("produce");
+
+    let mut first = topics.spawn(&settings);
+    consume_until(&settings, &topics.output, 1, DEADLINE)
+        .await
+        .expect("first instance makes progress");
+    let status = first.stop(DEADLINE).expect("exits within the deadline");
+    assert!(status.success(), "exit status {status:?}");
+    let committed = topics.committed_total(&settings);
+
+    let mut second = topics.spawn(&settings);
+    let started = std::time::Instant::now();
+    while topics.committed_total(&settings) < total as i64 {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "second instance never committed all {total} inputs"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = second.stop(DEADLINE).expect("graceful stop");
+    assert!(status.success(), "exit status {status:?}");
+
+    // A graceful stop drains what is in flight and commits it: nothing is produced twice.
+    let forwarded = consume_until(&settings, &topics.output, total, DEADLINE)
+        .await
+        .expect("every event forwarded");
+    assert_eq!(
+        forwarded.len(),
+        total,
+        "first instance had committed {committed}"
+    );
+    assert_eq!(idempotency_keys(&forwarded).len(), total);
+}
