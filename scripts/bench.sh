@@ -8,8 +8,7 @@ export BACKBONE_STACK_DIR=$REPO/.backbone/bench-stack
 export BACKBONE_KAFKA_PORT=${BACKBONE_BENCH_KAFKA_PORT:-19592}
 export BACKBONE_REGISTRY_PORT=${BACKBONE_BENCH_REGISTRY_PORT:-18581}
 export BACKBONE_BENCH_BOOTSTRAP=127.0.0.1:$BACKBONE_KAFKA_PORT
-"$REPO/scripts/stack.sh" down >/dev/null
-rm -rf "$BACKBONE_STACK_DIR/data"
+"$REPO/scripts/stack.sh" reset >/dev/null
 trap '"$REPO/scripts/stack.sh" down' EXIT
 cargo build --workspace --bins --quiet
 "$REPO/scripts/stack.sh" up

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The embedded dev stack: local processes on 127.0.0.1, no containers.
-#   stack.sh up | down | status
+#   stack.sh up | down | status | reset   (reset: stop and delete the broker's data)
 # Settings (environment):
 #   BACKBONE_STACK_DIR   state, logs and pid files (default: <repo>/.backbone/stack)
 #   BACKBONE_KAFKA_PORT  broker port (default: 9092)
@@ -150,8 +150,13 @@ case "${1:-}" in
     stop_service broker
     ;;
   status) status ;;
+  reset)
+    stop_service registry
+    stop_service broker
+    rm -rf "$DATA_DIR"
+    ;;
   *)
-    echo "usage: $0 up|down|status" >&2
+    echo "usage: $0 up|down|status|reset" >&2
     exit 2
     ;;
 esac

@@ -18,8 +18,7 @@ export BACKBONE_KAFKA_PORT=${BACKBONE_TEST_KAFKA_PORT:-19092}
 export BACKBONE_REGISTRY_PORT=${BACKBONE_TEST_REGISTRY_PORT:-18081}
 export BACKBONE_TEST_BOOTSTRAP=127.0.0.1:$BACKBONE_KAFKA_PORT
 export BACKBONE_TEST_REGISTRY_URL=http://127.0.0.1:$BACKBONE_REGISTRY_PORT
-"$REPO/scripts/stack.sh" down >/dev/null
-rm -rf "$BACKBONE_STACK_DIR/data"
+"$REPO/scripts/stack.sh" reset >/dev/null
 trap '"$REPO/scripts/stack.sh" down' EXIT
 cargo build --workspace --bins --quiet
 "$REPO/scripts/stack.sh" up

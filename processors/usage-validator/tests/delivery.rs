@@ -54,6 +54,29 @@ impl Topics {
         TestRecord::new(format!("c-{}", i % 7), bytes)
     }
 
+    /// Publishes `total` valid events to the input topic.
+    async fn publish(&self, settings: &KafkaSettings, total: usize) {
+        let mut records = Vec::with_capacity(total);
+        for i in 0..total {
+            records.push(self.event(i).await);
+        }
+        produce(settings, &self.input, &records)
+            .await
+            .expect("produce");
+    }
+
+    /// Waits until the group has committed `total` inputs.
+    async fn await_committed(&self, settings: &KafkaSettings, total: usize) {
+        let started = std::time::Instant::now();
+        while self.committed_total(settings) < total as i64 {
+            assert!(
+                started.elapsed() < DEADLINE,
+                "the group never committed all {total} inputs"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     fn spawn(&self, settings: &KafkaSettings) -> ChildProcess {
         self.spawn_listening(settings, "127.0.0.1:0")
     }
@@ -219,13 +242,7 @@ async fn crash_redelivers_and_never_skips() {
         .await
         .expect("input topic");
     let total = 3000;
-    let mut records = Vec::new();
-    for i in 0..total {
-        records.push(topics.event(i).await);
-    }
-    produce(&settings, &topics.input, &records)
-        .await
-        .expect("produce");
+    topics.publish(&settings, total).await;
 
     let mut first = topics.spawn(&settings);
     consume_until(&settings, &topics.output, 50, DEADLINE)
@@ -253,15 +270,8 @@ async fn crash_redelivers_and_never_skips() {
     );
 
     // The outputs may all predate the crash; the second instance still has to work through
-    // the uncommitted inputs. Wait until it has committed every one.
-    let started = std::time::Instant::now();
-    while topics.committed_total(&settings) < total as i64 {
-        assert!(
-            started.elapsed() < DEADLINE,
-            "second instance never committed all {total} inputs"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // the uncommitted inputs.
+    topics.await_committed(&settings, total).await;
     let status = second.stop(DEADLINE).expect("graceful stop");
     assert!(status.success(), "exit status {status:?}");
     assert_eq!(topics.committed_total(&settings), total as i64);
@@ -360,13 +370,7 @@ async fn sigterm_mid_stream_loses_and_repeats_nothing() {
         .await
         .expect("input topic");
     let total = 3000;
-    let mut records = Vec::new();
-    for i in 0..total {
-        records.push(topics.event(i).await);
-    }
-    produce(&settings, &topics.input, &records)
-        .await
-        .expect("produce");
+    topics.publish(&settings, total).await;
 
     let mut first = topics.spawn(&settings);
     consume_until(&settings, &topics.output, 1, DEADLINE)
@@ -377,14 +381,7 @@ async fn sigterm_mid_stream_loses_and_repeats_nothing() {
     let committed = topics.committed_total(&settings);
 
     let mut second = topics.spawn(&settings);
-    let started = std::time::Instant::now();
-    while topics.committed_total(&settings) < total as i64 {
-        assert!(
-            started.elapsed() < DEADLINE,
-            "second instance never committed all {total} inputs"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    topics.await_committed(&settings, total).await;
     let status = second.stop(DEADLINE).expect("graceful stop");
     assert!(status.success(), "exit status {status:?}");
 
@@ -408,13 +405,7 @@ async fn a_second_instance_joining_and_leaving_loses_nothing() {
         .await
         .expect("input topic");
     let total = 3000;
-    let mut records = Vec::new();
-    for i in 0..total {
-        records.push(topics.event(i).await);
-    }
-    produce(&settings, &topics.input, &records)
-        .await
-        .expect("produce");
+    topics.publish(&settings, total).await;
 
     let mut first = topics.spawn(&settings);
     consume_until(&settings, &topics.output, 1, DEADLINE)
@@ -424,20 +415,18 @@ async fn a_second_instance_joining_and_leaving_loses_nothing() {
     let mut second = topics.spawn(&settings);
     let before = topics.committed_total(&settings);
     let started = std::time::Instant::now();
-    while topics.committed_total(&settings) == before && started.elapsed() < DEADLINE {
+    // Wait for progress while both are members (or for the end, if the first was quicker).
+    while topics.committed_total(&settings) == before && before < total as i64 {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "no progress with two instances"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let status = second.stop(DEADLINE).expect("second instance leaves");
     assert!(status.success(), "exit status {status:?}");
 
-    let started = std::time::Instant::now();
-    while topics.committed_total(&settings) < total as i64 {
-        assert!(
-            started.elapsed() < DEADLINE,
-            "the group never committed all {total} inputs"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    topics.await_committed(&settings, total).await;
     let status = first.stop(DEADLINE).expect("graceful stop");
     assert!(status.success(), "exit status {status:?}");
 
