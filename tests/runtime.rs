@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use backbone_core::dead_letter::headers;
 use backbone_core::{
-    run, InputRecord, OutputRecord, ProcessError, Processor, RuntimeError, RuntimeSettings,
+    run, InputRecord, OutputRecord, ProcessError, Processor, RuntimeError, RuntimeSettings, State,
 };
 use backbone_testkit::{
     committed_offsets, consume_until, create_topic, produce, shared_settings, unique_group,
@@ -39,7 +39,11 @@ impl Processor for Scripted {
         vec![self.output.clone()]
     }
 
-    fn process(&mut self, record: &InputRecord<'_>) -> Result<Vec<OutputRecord>, ProcessError> {
+    fn process(
+        &mut self,
+        record: &InputRecord<'_>,
+        _state: &mut State<'_>,
+    ) -> Result<Vec<OutputRecord>, ProcessError> {
         let value = String::from_utf8_lossy(record.value.unwrap_or_default()).into_owned();
         let mut failures = self.failures.lock().expect("lock");
         let failed = failures.entry(record.offset).or_default();

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use backbone_core::admin::{ensure_topics, TopicSpec};
 use backbone_core::{run, InputRecord, KafkaSettings, OutputRecord, ProcessError, Processor};
-use backbone_core::{RunSummary, RuntimeSettings};
+use backbone_core::{RunSummary, RuntimeSettings, State};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -38,7 +38,11 @@ impl Processor for Forward {
         vec![self.output.clone()]
     }
 
-    fn process(&mut self, record: &InputRecord<'_>) -> Result<Vec<OutputRecord>, ProcessError> {
+    fn process(
+        &mut self,
+        record: &InputRecord<'_>,
+        _state: &mut State<'_>,
+    ) -> Result<Vec<OutputRecord>, ProcessError> {
         Ok(vec![OutputRecord {
             topic: self.output.clone(),
             key: record.key.map(<[u8]>::to_vec),

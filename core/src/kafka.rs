@@ -103,6 +103,34 @@ impl KafkaSettings {
         config
     }
 
+    /// A consumer that reads changelogs by explicit assignment to rebuild partition state: it
+    /// commits nothing and sees only committed transactions.
+    pub fn restore_consumer_config(&self, processor: &str) -> ClientConfig {
+        let mut config = self.base();
+        config
+            .set("group.id", format!("{processor}.restore"))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_committed");
+        config
+    }
+
+    /// A transactional producer with `transactional_id`: outputs, changelog writes and input
+    /// offsets commit together, and a newer instance with the same id fences this one.
+    pub fn transactional_producer_config(
+        &self,
+        transactional_id: &str,
+        transaction_timeout: std::time::Duration,
+    ) -> ClientConfig {
+        let mut config = self.producer_config();
+        config.set("transactional.id", transactional_id).set(
+            "transaction.timeout.ms",
+            transaction_timeout.as_millis().to_string(),
+        );
+        config
+    }
+
     /// An idempotent producer: no duplicates or reordering from its own retries.
     pub fn producer_config(&self) -> ClientConfig {
         let mut config = self.base();

@@ -4,6 +4,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use crate::state::{State, StateSpec};
+
 /// A Kafka header: name and raw value.
 pub type Header = (String, Vec<u8>);
 
@@ -123,11 +125,22 @@ pub trait Processor: Send {
     /// Topics this processor may write to; the runtime makes sure they exist at start-up.
     fn output_topics(&self) -> Vec<String>;
 
+    /// The state kept per partition (stores, dedup); none by default. The runtime restores it
+    /// from its changelogs before a partition's first record.
+    fn state(&self) -> StateSpec {
+        StateSpec::stateless()
+    }
+
     /// What the runtime awaits before each `process` call; nothing by default.
     fn prefetch(&self) -> Option<Arc<dyn Prefetch>> {
         None
     }
 
-    /// Turns one input record into output records, or says why it cannot.
-    fn process(&mut self, record: &InputRecord<'_>) -> Result<Vec<OutputRecord>, ProcessError>;
+    /// Turns one input record and its partition's state into output records, or says why it
+    /// cannot. State writes take effect only when it returns `Ok`.
+    fn process(
+        &mut self,
+        record: &InputRecord<'_>,
+        state: &mut State<'_>,
+    ) -> Result<Vec<OutputRecord>, ProcessError>;
 }

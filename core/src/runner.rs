@@ -2,15 +2,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use backbone_state::changelog_topic;
 use futures::stream::{FuturesOrdered, StreamExt};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Headers, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message, TopicPartitionList};
 use serde::Deserialize;
@@ -19,10 +19,58 @@ use tokio::sync::watch;
 use crate::admin::{self, AdminError, TopicSpec};
 use crate::config::{ConfigError, Validate};
 use crate::dead_letter::{dlq_topic, DeadLetter};
+use crate::delivery::{
+    enqueue, enqueue_changelog, lock, InFlight, Ledger, Outcome, Pending, RuntimeContext,
+    Transaction, MAX_IN_FLIGHT,
+};
 use crate::endpoint::ObservabilitySettings;
 use crate::kafka::KafkaSettings;
 use crate::metrics::{event_age, fatal_kind, MeteredContext, RuntimeMetrics};
 use crate::processor::{Header, InputRecord, OutputRecord, ProcessError, Processor};
+use crate::state::{Assignment, StateFailure, StateSettings, StateSpec, Tasks};
+
+/// How a processor's outputs, state and input offsets become durable together.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Delivery {
+    /// At-least-once with content-derived output ids: outputs are acknowledged before state and
+    /// offsets commit, and the next stage drops what a redelivery reproduces. Works on every
+    /// broker.
+    #[default]
+    EffectivelyOnce,
+    /// Outputs, changelog writes and input offsets commit in one Kafka transaction. Needs a
+    /// broker with transactions.
+    ExactlyOnce,
+}
+
+/// The `[runtime.transaction]` config section, used under exactly-once delivery.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransactionSettings {
+    /// Stable id of this instance (one per instance, kept across restarts): a restart with the
+    /// same id aborts what the previous run left open and fences it if it still runs.
+    pub transactional_id: Option<String>,
+    /// Longest a transaction stays open before it commits.
+    #[serde(with = "humantime_serde")]
+    pub commit_interval: Duration,
+    /// Most inputs in one transaction.
+    pub max_records: usize,
+    /// How long the broker keeps a transaction open without news before aborting it, and how
+    /// long commit and abort calls may take.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for TransactionSettings {
+    fn default() -> Self {
+        Self {
+            transactional_id: None,
+            commit_interval: Duration::from_millis(100),
+            max_records: 1000,
+            timeout: Duration::from_secs(60),
+        }
+    }
+}
 
 /// The `[runtime]` config section: how the loop runs, the same for every processor.
 #[derive(Debug, Clone, Deserialize)]
@@ -44,6 +92,12 @@ pub struct RuntimeSettings {
     /// Attempts at a record failing transiently before it is dead-lettered as
     /// `retries_exhausted`. Outages (registry, broker) are retried without limit.
     pub max_attempts: u32,
+    /// Effectively-once (default) or exactly-once.
+    pub delivery: Delivery,
+    /// Transactions under exactly-once delivery.
+    pub transaction: TransactionSettings,
+    /// Where and how partition state is kept.
+    pub state: StateSettings,
 }
 
 fn default_partitions() -> i32 {
@@ -71,6 +125,9 @@ impl Default for RuntimeSettings {
             max_backoff: default_max_backoff(),
             produce_timeout: default_produce_timeout(),
             max_attempts: 5,
+            delivery: Delivery::default(),
+            transaction: TransactionSettings::default(),
+            state: StateSettings::default(),
         }
     }
 }
@@ -93,7 +150,30 @@ impl Validate for RuntimeSettings {
                 "must be at least initial_backoff, and initial_backoff more than 0s",
             ));
         }
-        Ok(())
+        let transaction = &self.transaction;
+        if self.delivery == Delivery::ExactlyOnce
+            && transaction
+                .transactional_id
+                .as_deref()
+                .is_none_or(|id| id.trim().is_empty())
+        {
+            return Err(invalid(
+                "transaction.transactional_id",
+                "required when runtime.delivery = \"exactly-once\": give each instance its own id and keep it across restarts",
+            ));
+        }
+        if transaction.max_records < 1 {
+            return Err(invalid("transaction.max_records", "must be at least 1"));
+        }
+        if transaction.commit_interval.is_zero()
+            || transaction.timeout <= transaction.commit_interval
+        {
+            return Err(invalid(
+                "transaction.timeout",
+                "must be longer than transaction.commit_interval, which must be more than 0s",
+            ));
+        }
+        self.state.validate()
     }
 }
 
@@ -108,6 +188,8 @@ pub struct RunSummary {
     pub dead_lettered: u64,
     /// Transient failures that were retried.
     pub retries: u64,
+    /// Inputs dropped as duplicates (counted in `consumed` too).
+    pub duplicates: u64,
 }
 
 /// Why the loop stopped before being asked to.
@@ -146,6 +228,24 @@ pub enum RuntimeError {
     /// The metrics could not be registered.
     #[error("metrics: {0}")]
     Metrics(String),
+    /// A partition's state could not be opened or restored from its changelog.
+    #[error("partition state: {0}")]
+    State(#[from] StateFailure),
+    /// The input topics do not fit the processor (missing, or not co-partitioned).
+    #[error("{0}")]
+    Inputs(String),
+    /// The broker refuses transactions (our durable broker does, by design).
+    #[error(
+        "the broker refuses transactions; use runtime.delivery = \"effectively-once\" with it: {0}"
+    )]
+    TransactionsRefused(#[source] KafkaError),
+    /// A newer instance with the same transactional id took over; this one must stop.
+    #[error("fenced by a newer instance with the same runtime.transaction.transactional_id: {0}")]
+    Fenced(#[source] KafkaError),
+    /// A transaction failed; it was aborted and nothing of it is committed. The restart
+    /// rebuilds state from the changelog and processes its inputs again.
+    #[error("transaction failed and was aborted: {0}")]
+    Transaction(#[source] KafkaError),
 }
 
 impl RuntimeError {
@@ -154,10 +254,16 @@ impl RuntimeError {
         match self {
             Self::Refused(_) => fatal_kind::AUTH,
             Self::Stopped { kind, .. } if *kind == "authorization" => fatal_kind::AUTH,
-            Self::Stopped { .. } | Self::Metrics(_) => fatal_kind::CONFIG,
-            Self::Client(_) | Self::Topics(_) | Self::Produce { .. } | Self::Fatal(_) => {
-                fatal_kind::KAFKA
+            Self::TransactionsRefused(_) => fatal_kind::AUTH,
+            Self::Stopped { .. } | Self::Metrics(_) | Self::Inputs(_) | Self::State(_) => {
+                fatal_kind::CONFIG
             }
+            Self::Client(_)
+            | Self::Topics(_)
+            | Self::Produce { .. }
+            | Self::Fatal(_)
+            | Self::Fenced(_)
+            | Self::Transaction(_) => fatal_kind::KAFKA,
         }
     }
 }
@@ -233,36 +339,72 @@ async fn run_loop<P: Processor>(
 ) -> Result<RunSummary, RuntimeError> {
     let name = processor.name().to_owned();
     let version = env!("CARGO_PKG_VERSION");
-    ensure_topics(processor, kafka, settings).await?;
+    let spec = processor.state();
+    ensure_topics(processor, &spec, kafka, settings).await?;
+    let exactly_once = settings.delivery == Delivery::ExactlyOnce;
 
     let group = settings.group_id.clone().unwrap_or_else(|| name.clone());
+    let producer = create_producer(kafka, settings)?;
+    let transaction = exactly_once.then(|| Arc::new(Mutex::new(Transaction::default())));
+    let assignment = Arc::new(Assignment::new(&name, &spec));
+    let context = RuntimeContext {
+        metered: MeteredContext::new(Arc::clone(metrics)),
+        assignment: Arc::clone(&assignment),
+        producer: producer.clone(),
+        transaction: transaction.clone(),
+        timeout: settings.produce_timeout,
+    };
     let mut consumer_config = kafka.consumer_config(&group);
     observability.enable_statistics(&mut consumer_config);
-    let consumer: StreamConsumer<MeteredContext> = consumer_config
-        .create_with_context(MeteredContext::new(Arc::clone(metrics)))
+    if exactly_once {
+        // Input offsets commit inside the transaction, never on their own.
+        consumer_config.set("enable.auto.commit", "false");
+    }
+    if !spec.is_stateless() {
+        // Partition n of every input topic must land on the instance holding partition n's state.
+        consumer_config.set("partition.assignment.strategy", "range");
+    }
+    let consumer: StreamConsumer<RuntimeContext> = consumer_config
+        .create_with_context(context)
         .map_err(RuntimeError::Client)?;
     let inputs = processor.input_topics();
     let topics: Vec<&str> = inputs.iter().map(String::as_str).collect();
     consumer.subscribe(&topics).map_err(RuntimeError::Client)?;
     metrics.register_topics(&inputs, &processor.output_topics());
-    // Stateless processors have nothing to restore: ready once subscribed.
+    // Ready once subscribed; a partition's restore flips it off until it is done.
     metrics.readiness().set_ready(true);
-    let producer: FutureProducer = kafka
-        .producer_config()
-        .create()
-        .map_err(RuntimeError::Client)?;
-    tracing::info!(processor = %name, group = %group, topics = ?topics, "processor started");
+    tracing::info!(processor = %name, group = %group, topics = ?topics, delivery = ?settings.delivery,
+        stores = ?spec.all_stores(), "processor started");
 
+    let mut tasks = Tasks::new(
+        &name,
+        spec,
+        &settings.state,
+        kafka,
+        Arc::clone(&assignment),
+        Arc::clone(metrics),
+    );
     let prefetch = processor.prefetch();
     let mut summary = RunSummary::default();
     let ledger = Ledger {
         consumer: &consumer,
         metrics,
+        store_offsets: !exactly_once,
+    };
+    let mut stage = Stage {
+        consumer: &consumer,
+        producer: &producer,
+        transaction: transaction.as_deref(),
+        settings,
+        ledger: &ledger,
     };
     // Outputs of resolved inputs on their way to the broker, oldest first. Offsets are
     // stored strictly in this order, so a crash never skips an input whose outputs were lost.
     let mut in_flight: InFlight = FuturesOrdered::new();
     loop {
+        let commit_at = stage
+            .transaction
+            .and_then(|t| lock(t).due(settings.transaction.commit_interval));
         let message = tokio::select! {
             biased;
             _ = stopped(&mut stop) => break,
@@ -270,8 +412,14 @@ async fn run_loop<P: Processor>(
                 ledger.record(settled?, &mut summary)?;
                 continue;
             }
+            _ = sleep_until(commit_at), if commit_at.is_some() => {
+                stage.commit(&mut summary)?;
+                continue;
+            }
             message = consumer.recv(), if in_flight.len() < MAX_IN_FLIGHT => message,
         };
+        // The consumer may have run a rebalance callback inside `recv`.
+        stage.after_rebalance(&mut summary)?;
         let message = match message {
             Ok(message) => message,
             Err(err) if is_fatal(&err) => return Err(RuntimeError::Fatal(err)),
@@ -306,24 +454,27 @@ async fn run_loop<P: Processor>(
         let mut attempts = 0u32;
         let mut first_failed_at = None;
         let mut paused = false;
-        let outcome = loop {
+        let processed = loop {
             attempts += 1;
             let prepared = match &prefetch {
                 Some(prefetch) => prefetch.prefetch(input.value).await,
                 None => Ok(()),
             };
+            let ownership = tasks.task(input.partition).await?;
             let started = Instant::now();
-            let result = prepared.and_then(|()| span.in_scope(|| processor.process(&input)));
+            let processed = ownership.process(&name, input.partition, |state| {
+                prepared.and_then(|()| span.in_scope(|| processor.process(&input, state)))
+            });
             metrics.observe_processing(started.elapsed());
-            if result.is_err() && first_failed_at.is_none() {
+            if processed.result.is_err() && first_failed_at.is_none() {
                 first_failed_at = Some(SystemTime::now());
             }
-            let detail = match &result {
+            let detail = match &processed.result {
                 Err(ProcessError::Unavailable(detail)) => detail.clone(),
                 Err(ProcessError::Transient(detail)) if attempts < settings.max_attempts => {
                     detail.clone()
                 }
-                _ => break result,
+                _ => break processed,
             };
             summary.retries += 1;
             metrics.record_retry(input.topic);
@@ -340,8 +491,7 @@ async fn run_loop<P: Processor>(
                 biased;
                 _ = stopped(&mut stop) => {
                     // Not resolved: leave its offset unstored so it is redelivered.
-                    ledger.drain(&mut in_flight, &mut summary).await?;
-                    finish(&consumer, &name);
+                    stage.finish(&mut in_flight, &mut summary).await?;
                     return Ok(summary);
                 }
                 _ = tokio::time::sleep(wait) => {}
@@ -365,17 +515,18 @@ async fn run_loop<P: Processor>(
             }
             .to_record(SystemTime::now())
         };
-        let mut pending = Pending {
+        let mut outcome = Outcome {
             topic: input.topic.to_owned(),
             partition: input.partition,
             offset: input.offset,
-            deliveries: Vec::new(),
+            produced: BTreeMap::new(),
             dead_letter: None,
+            duplicate: processed.duplicate,
             age: input
                 .timestamp_ms
                 .and_then(|ms| event_age(ms, SystemTime::now())),
         };
-        let records = match outcome {
+        let records = match processed.result {
             Ok(mut outputs) => {
                 if let Some(trace) = input.header(TRACEPARENT) {
                     carry_trace(&mut outputs, trace);
@@ -385,53 +536,237 @@ async fn run_loop<P: Processor>(
             Err(ProcessError::Permanent { reason, detail }) => {
                 tracing::debug!(processor = %name, topic = input.topic, partition = input.partition,
                     offset = input.offset, reason, "dead-lettering record");
-                pending.dead_letter = Some(reason);
+                outcome.dead_letter = Some(reason);
                 vec![letter("permanent", reason, &detail)]
             }
             Err(ProcessError::Transient(detail)) => {
                 tracing::warn!(processor = %name, topic = input.topic, partition = input.partition,
                     offset = input.offset, attempts, "retries exhausted, dead-lettering record");
-                pending.dead_letter = Some("retries_exhausted");
+                outcome.dead_letter = Some("retries_exhausted");
                 vec![letter("transient", "retries_exhausted", &detail)]
             }
             Err(ProcessError::Fatal { kind, detail }) => {
                 // Nothing past the last resolved record is committed: after the fix and a
                 // restart this record is processed again.
-                ledger.drain(&mut in_flight, &mut summary).await?;
-                finish(&consumer, &name);
+                stage.finish(&mut in_flight, &mut summary).await?;
                 return Err(RuntimeError::Stopped { kind, detail });
             }
             Err(ProcessError::Unavailable(_)) => {
                 unreachable!("outages are retried above until they pass or shutdown")
             }
         };
-        for record in &records {
-            let delivery = enqueue(&producer, record, settings.produce_timeout).await?;
-            pending.deliveries.push((record.topic.clone(), delivery));
+        let ownership = tasks.task(input.partition).await?;
+        match stage.transaction {
+            Some(transaction) => {
+                lock(transaction)
+                    .begin(&producer)
+                    .map_err(transaction_error)?;
+                for record in &records {
+                    enqueue(&producer, record, settings.produce_timeout).await?;
+                    *outcome.produced.entry(record.topic.clone()).or_default() += 1;
+                }
+                for write in &processed.changelog {
+                    enqueue_changelog(&producer, write, settings.produce_timeout).await?;
+                }
+                let full = {
+                    let mut transaction = lock(transaction);
+                    transaction.add(outcome);
+                    transaction.len() >= settings.transaction.max_records
+                };
+                if full {
+                    stage.commit(&mut summary)?;
+                }
+            }
+            None => {
+                let mut deliveries = Vec::with_capacity(records.len());
+                for record in &records {
+                    let delivery = enqueue(&producer, record, settings.produce_timeout).await?;
+                    deliveries.push((record.topic.clone(), delivery));
+                }
+                let pending = Pending {
+                    outcome,
+                    deliveries,
+                    changelog: processed.changelog,
+                    producer: producer.clone(),
+                    timeout: settings.produce_timeout,
+                    guard: ownership.track(),
+                    ownership,
+                };
+                in_flight.push_back(Box::pin(pending.settle()));
+            }
         }
-        in_flight.push_back(Box::pin(pending.settle()));
     }
-    ledger.drain(&mut in_flight, &mut summary).await?;
-    finish(&consumer, &name);
+    stage.finish(&mut in_flight, &mut summary).await?;
     tracing::info!(processor = %name, ?summary, "processor stopped");
     Ok(summary)
 }
 
-async fn ensure_topics<P: Processor>(
-    processor: &P,
+/// What the loop needs to commit: the clients, the open transaction and the ledger.
+struct Stage<'a> {
+    consumer: &'a StreamConsumer<RuntimeContext>,
+    producer: &'a FutureProducer,
+    transaction: Option<&'a Mutex<Transaction>>,
+    settings: &'a RuntimeSettings,
+    ledger: &'a Ledger<'a, RuntimeContext>,
+}
+
+impl Stage<'_> {
+    /// Commits the open transaction, if any, and counts its inputs.
+    fn commit(&mut self, summary: &mut RunSummary) -> Result<(), RuntimeError> {
+        let Some(transaction) = self.transaction else {
+            return Ok(());
+        };
+        let committed = lock(transaction).commit(
+            self.producer,
+            self.consumer.group_metadata(),
+            self.settings.transaction.timeout,
+        );
+        match committed {
+            Ok(outcomes) => {
+                self.ledger.record_committed(outcomes, summary);
+                Ok(())
+            }
+            Err(err) => {
+                self.ledger.metrics.record_transaction(false);
+                Err(transaction_error(err))
+            }
+        }
+    }
+
+    /// Picks up what a rebalance callback committed or failed to commit.
+    fn after_rebalance(&mut self, summary: &mut RunSummary) -> Result<(), RuntimeError> {
+        if let Some(transaction) = self.transaction {
+            let (committed, failure) = {
+                let mut transaction = lock(transaction);
+                (transaction.take_committed(), transaction.take_failure())
+            };
+            if let Some(err) = failure {
+                self.ledger.metrics.record_transaction(false);
+                return Err(transaction_error(err));
+            }
+            self.ledger.record_committed(committed, summary);
+        }
+        Ok(())
+    }
+
+    /// Settles and commits everything, closes the partitions' state and leaves the group.
+    async fn finish(
+        &mut self,
+        in_flight: &mut InFlight,
+        summary: &mut RunSummary,
+    ) -> Result<(), RuntimeError> {
+        self.ledger.drain(in_flight, summary).await?;
+        self.commit(summary)?;
+        if self.transaction.is_none() {
+            match self.consumer.commit_consumer_state(CommitMode::Sync) {
+                Ok(()) => {}
+                // Nothing stored since the last automatic commit.
+                Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+                Err(err) => {
+                    tracing::warn!(error = %err, "final commit failed; uncommitted inputs will be redelivered")
+                }
+            }
+        }
+        self.consumer.context().assignment.close_all(self.consumer);
+        self.consumer.unsubscribe();
+        Ok(())
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at.into()).await;
+    }
+}
+
+fn create_producer(
     kafka: &KafkaSettings,
     settings: &RuntimeSettings,
-) -> Result<(), AdminError> {
+) -> Result<FutureProducer, RuntimeError> {
+    let Delivery::ExactlyOnce = settings.delivery else {
+        return kafka
+            .producer_config()
+            .create()
+            .map_err(RuntimeError::Client);
+    };
+    let id = settings
+        .transaction
+        .transactional_id
+        .as_deref()
+        .unwrap_or_default();
+    let producer: FutureProducer = kafka
+        .transactional_producer_config(id, settings.transaction.timeout)
+        .create()
+        .map_err(RuntimeError::Client)?;
+    // Fences any older instance with the same id and aborts what it left open.
+    producer
+        .init_transactions(settings.transaction.timeout)
+        .map_err(|err| match err.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::TransactionalIdAuthorizationFailed) => {
+                RuntimeError::TransactionsRefused(err)
+            }
+            _ => transaction_error(err),
+        })?;
+    Ok(producer)
+}
+
+fn transaction_error(err: KafkaError) -> RuntimeError {
+    match err.rdkafka_error_code() {
+        Some(
+            RDKafkaErrorCode::ProducerFenced
+            | RDKafkaErrorCode::InvalidProducerEpoch
+            | RDKafkaErrorCode::Fenced,
+        ) => RuntimeError::Fenced(err),
+        _ => RuntimeError::Transaction(err),
+    }
+}
+
+async fn ensure_topics<P: Processor>(
+    processor: &P,
+    spec: &StateSpec,
+    kafka: &KafkaSettings,
+    settings: &RuntimeSettings,
+) -> Result<(), RuntimeError> {
     let names: BTreeSet<String> = processor
         .output_topics()
         .into_iter()
         .chain(processor.input_topics().iter().map(|t| dlq_topic(t)))
         .collect();
-    let specs: Vec<TopicSpec> = names
+    let mut specs: Vec<TopicSpec> = names
         .into_iter()
         .map(|name| TopicSpec::new(name, settings.topic_partitions))
         .collect();
-    admin::ensure_topics(kafka, &specs, Duration::from_secs(30)).await
+    if !spec.is_stateless() {
+        let partitions = input_partitions(&processor.input_topics(), kafka)?;
+        for store in spec.all_stores() {
+            specs.push(
+                TopicSpec::new(changelog_topic(processor.name(), &store), partitions)
+                    .with_config("cleanup.policy", "compact"),
+            );
+        }
+    }
+    admin::ensure_topics(kafka, &specs, Duration::from_secs(30)).await?;
+    Ok(())
+}
+
+/// The partition count all inputs of a stateful processor share: state of partition n covers
+/// partition n of every input, so they must be co-partitioned.
+fn input_partitions(inputs: &[String], kafka: &KafkaSettings) -> Result<i32, RuntimeError> {
+    let mut counts = BTreeMap::new();
+    for topic in inputs {
+        let count = admin::partition_count(kafka, topic, Duration::from_secs(10))?.ok_or_else(
+            || RuntimeError::Inputs(format!("input topic `{topic}` does not exist; a stateful processor sizes its changelogs from its inputs")),
+        )?;
+        counts.insert(topic.clone(), count);
+    }
+    let distinct: BTreeSet<usize> = counts.values().copied().collect();
+    match distinct.len() {
+        1 => Ok(i32::try_from(counts.values().copied().next().unwrap_or(1)).unwrap_or(i32::MAX)),
+        0 => Err(RuntimeError::Inputs("a stateful processor needs at least one input topic".to_owned())),
+        _ => Err(RuntimeError::Inputs(format!(
+            "input topics of a stateful processor must have the same partition count, found {counts:?}"
+        ))),
+    }
 }
 
 fn owned_headers(message: &BorrowedMessage<'_>) -> Vec<Header> {
@@ -452,143 +787,6 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stopped| *stopped).await;
 }
 
-/// Most inputs whose outputs may be awaiting the broker's acknowledgement at once.
-const MAX_IN_FLIGHT: usize = 10_000;
-
-type InFlight = FuturesOrdered<Pin<Box<dyn Future<Output = Result<Settled, RuntimeError>> + Send>>>;
-
-/// A resolved input whose output records (or dead letter) were handed to the producer.
-struct Pending {
-    topic: String,
-    partition: i32,
-    offset: i64,
-    deliveries: Vec<(String, DeliveryFuture)>,
-    dead_letter: Option<&'static str>,
-    age: Option<Duration>,
-}
-
-/// A resolved input whose records the broker acknowledged.
-struct Settled {
-    topic: String,
-    partition: i32,
-    offset: i64,
-    produced: BTreeMap<String, u64>,
-    dead_letter: Option<&'static str>,
-    age: Option<Duration>,
-}
-
-impl Pending {
-    async fn settle(self) -> Result<Settled, RuntimeError> {
-        let mut produced: BTreeMap<String, u64> = BTreeMap::new();
-        for (topic, delivery) in self.deliveries {
-            match delivery.await {
-                Ok(Ok(_)) => *produced.entry(topic).or_default() += 1,
-                Ok(Err((source, _))) => return Err(RuntimeError::Produce { topic, source }),
-                Err(_) => {
-                    return Err(RuntimeError::Produce {
-                        topic,
-                        source: KafkaError::Canceled,
-                    })
-                }
-            }
-        }
-        Ok(Settled {
-            topic: self.topic,
-            partition: self.partition,
-            offset: self.offset,
-            produced,
-            dead_letter: self.dead_letter,
-            age: self.age,
-        })
-    }
-}
-
-/// Stores offsets of settled inputs and counts them.
-struct Ledger<'a> {
-    consumer: &'a StreamConsumer<MeteredContext>,
-    metrics: &'a RuntimeMetrics,
-}
-
-impl Ledger<'_> {
-    /// Settled: only now may the input's offset be committed.
-    fn record(&self, settled: Settled, summary: &mut RunSummary) -> Result<(), RuntimeError> {
-        self.consumer
-            .store_offset(&settled.topic, settled.partition, settled.offset)
-            .map_err(RuntimeError::Client)?;
-        self.metrics
-            .record_consumed(&settled.topic, settled.partition);
-        summary.consumed += 1;
-        match settled.dead_letter {
-            Some(reason) => {
-                self.metrics.record_dead_letter(&settled.topic, reason);
-                summary.dead_lettered += 1;
-            }
-            None => {
-                for (topic, n) in &settled.produced {
-                    self.metrics.record_produced(topic, *n);
-                    summary.produced += n;
-                    if let Some(age) = settled.age {
-                        self.metrics.observe_end_to_end(topic, age);
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Waits for everything in flight and records it.
-    async fn drain(
-        &self,
-        in_flight: &mut InFlight,
-        summary: &mut RunSummary,
-    ) -> Result<(), RuntimeError> {
-        while let Some(settled) = in_flight.next().await {
-            self.record(settled?, summary)?;
-        }
-        Ok(())
-    }
-}
-
-/// Hands `record` to the producer; its delivery is awaited later, in order.
-async fn enqueue(
-    producer: &FutureProducer,
-    record: &OutputRecord,
-    timeout: Duration,
-) -> Result<DeliveryFuture, RuntimeError> {
-    let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
-    for (name, value) in &record.headers {
-        headers = headers.insert(rdkafka::message::Header {
-            key: name,
-            value: Some(value),
-        });
-    }
-    let mut future = FutureRecord::to(&record.topic)
-        .payload(&record.value)
-        .headers(headers);
-    if let Some(key) = &record.key {
-        future = future.key(key);
-    }
-    let deadline = Instant::now() + timeout;
-    loop {
-        match producer.send_result(future) {
-            Ok(delivery) => return Ok(delivery),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned))
-                if Instant::now() < deadline =>
-            {
-                // librdkafka's queue is full: give its sender thread a moment to drain it.
-                future = returned;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            Err((source, _)) => {
-                return Err(RuntimeError::Produce {
-                    topic: record.topic.clone(),
-                    source,
-                })
-            }
-        }
-    }
-}
-
 /// The W3C trace-context header.
 pub const TRACEPARENT: &str = "traceparent";
 
@@ -602,19 +800,6 @@ fn carry_trace(outputs: &mut [OutputRecord], trace: &[u8]) {
                 .push((TRACEPARENT.to_owned(), trace.to_vec()));
         }
     }
-}
-
-/// Commits stored offsets before leaving the group, so the next owner starts after them.
-fn finish(consumer: &StreamConsumer<MeteredContext>, name: &str) {
-    match consumer.commit_consumer_state(CommitMode::Sync) {
-        Ok(()) => {}
-        // Nothing stored since the last automatic commit.
-        Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-        Err(err) => {
-            tracing::warn!(processor = %name, error = %err, "final commit failed; uncommitted inputs will be redelivered")
-        }
-    }
-    consumer.unsubscribe();
 }
 
 fn is_fatal(err: &KafkaError) -> bool {
@@ -637,7 +822,7 @@ fn is_refused(err: &KafkaError) -> bool {
 }
 
 /// Pauses (or resumes) fetching one partition.
-fn pause(consumer: &StreamConsumer<MeteredContext>, topic: &str, partition: i32, paused: bool) {
+fn pause(consumer: &StreamConsumer<RuntimeContext>, topic: &str, partition: i32, paused: bool) {
     let mut list = TopicPartitionList::new();
     list.add_partition(topic, partition);
     let result = if paused {

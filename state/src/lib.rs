@@ -1,7 +1,7 @@
 //! Partition-local RocksDB state for processors, kept recoverable from Kafka changelogs.
 //!
 //! Its one job: hold a processor's state for one input partition in RocksDB (one database per
-//! processor, input topic and partition, one column family per store) so that it can always be rebuilt
+//! processor and partition number, one column family per store) so that it can always be rebuilt
 //! from the store's compacted changelog topic `<processor>.<store>.changelog`. It knows nothing of
 //! Kafka: the runtime produces and reads the changelog records; this crate says which, and applies them.
 //!

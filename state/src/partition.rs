@@ -1,4 +1,4 @@
-//! One RocksDB database per (processor, input topic, partition), its checkpoint and its clean marker.
+//! One RocksDB database per (processor, partition number), its checkpoint and its clean marker.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -23,18 +23,20 @@ const CHECKPOINT_FILE: &str = "CHECKPOINT";
 const CHECKPOINT_TMP: &str = "CHECKPOINT.tmp";
 const CHECKPOINT_HEADER: &str = "backbone-state checkpoint v1";
 
-/// The directory of one partition's state: `<state_dir>/<processor>/<topic>-<partition>`.
+/// The directory of one partition's state: `<state_dir>/<processor>/partition-<n>`.
 ///
-/// Refuses names that could escape `state_dir` or collide (empty, `.`, `..`, path separators,
-/// characters Kafka does not allow in topic names).
+/// State belongs to a partition number, not to one input topic: a processor reading several
+/// co-partitioned topics (usage and the accounts it is joined with) keeps partition `n` of all of
+/// them in one database, restored from partition `n` of each store's changelog.
+///
+/// Refuses processor names that could escape `state_dir` or collide (empty, `.`, `..`, path
+/// separators, characters Kafka does not allow in topic names), and negative partitions.
 pub fn partition_dir(
     state_dir: &Path,
     processor: &str,
-    topic: &str,
     partition: i32,
 ) -> Result<PathBuf, StateError> {
     check_path_component("processor", processor)?;
-    check_path_component("topic", topic)?;
     if partition < 0 {
         return Err(StateError::InvalidPathComponent {
             what: "partition",
@@ -44,7 +46,7 @@ pub fn partition_dir(
     }
     Ok(state_dir
         .join(processor)
-        .join(format!("{topic}-{partition}")))
+        .join(format!("partition-{partition}")))
 }
 
 /// The changelog topic of a store: `<processor>.<store>.changelog` (compacted, one partition per

@@ -13,7 +13,10 @@ use std::sync::Arc;
 
 use backbone_core::app::{App, SchemaRegistrySettings};
 use backbone_core::config::{ConfigError, Validate};
-use backbone_core::{Header, InputRecord, OutputRecord, Prefetch, ProcessError, Processor};
+use backbone_core::{
+    Header, IdempotencyKey, InputRecord, OutputRecord, Prefetch, ProcessError, Processor, State,
+    StateSpec,
+};
 use backbone_schemas::types::{Contract, UsageEvent};
 use backbone_schemas::WireCodec;
 use serde::Deserialize;
@@ -29,6 +32,9 @@ pub struct ValidatorSettings {
     pub input_topic: String,
     /// Topic of validated usage events.
     pub output_topic: String,
+    /// Drop events whose idempotency key was seen before (within `runtime.state.dedup_ttl`),
+    /// counting them in `backbone_dedup_duplicates_total`.
+    pub dedup: bool,
 }
 
 impl Default for ValidatorSettings {
@@ -36,6 +42,7 @@ impl Default for ValidatorSettings {
         Self {
             input_topic: "usage.events".to_owned(),
             output_topic: "usage.validated".to_owned(),
+            dedup: true,
         }
     }
 }
@@ -110,11 +117,23 @@ impl Processor for UsageValidator {
         vec![self.settings.output_topic.clone()]
     }
 
+    fn state(&self) -> StateSpec {
+        if self.settings.dedup {
+            StateSpec::stateless().with_dedup()
+        } else {
+            StateSpec::stateless()
+        }
+    }
+
     fn prefetch(&self) -> Option<Arc<dyn Prefetch>> {
         Some(self.codec.clone())
     }
 
-    fn process(&mut self, record: &InputRecord<'_>) -> Result<Vec<OutputRecord>, ProcessError> {
+    fn process(
+        &mut self,
+        record: &InputRecord<'_>,
+        state: &mut State<'_>,
+    ) -> Result<Vec<OutputRecord>, ProcessError> {
         let value = record
             .value
             .ok_or_else(|| ProcessError::permanent("missing_value", "record has no value"))?;
@@ -123,6 +142,15 @@ impl Processor for UsageValidator {
             .decode_cached_as(value, UsageEvent::schema())
             .map_err(|e| e.into_process_error())?;
         check(&event)?;
+        let m = &event.metadata;
+        let key = IdempotencyKey {
+            tenant_id: &m.tenant_id,
+            source: &m.source,
+            event_id: &m.event_id,
+        };
+        if self.settings.dedup && !state.first_seen(&key)? {
+            return Ok(Vec::new());
+        }
         let mut headers: Vec<Header> = record.headers.to_vec();
         headers.retain(|(name, _)| name != IDEMPOTENCY_KEY_HEADER);
         headers.push((
@@ -248,7 +276,7 @@ mod tests {
             value: Some(value),
             headers: &[],
         };
-        let wrong = processor.process(&input(b"{\"json\": true}"));
+        let wrong = processor.process(&input(b"{\"json\": true}"), &mut State::stateless());
         assert!(matches!(
             wrong,
             Err(ProcessError::Permanent {
@@ -256,7 +284,7 @@ mod tests {
                 ..
             })
         ));
-        let short = processor.process(&input(&[0, 0]));
+        let short = processor.process(&input(&[0, 0]), &mut State::stateless());
         assert!(matches!(
             short,
             Err(ProcessError::Permanent {
@@ -265,7 +293,7 @@ mod tests {
             })
         ));
         // An id the runtime has not resolved yet is retried, never dead-lettered.
-        let unresolved = processor.process(&input(&[0, 0, 0, 0, 7, 2]));
+        let unresolved = processor.process(&input(&[0, 0, 0, 0, 7, 2]), &mut State::stateless());
         assert!(matches!(unresolved, Err(ProcessError::Unavailable(_))));
     }
 

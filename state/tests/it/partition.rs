@@ -277,19 +277,19 @@ fn unknown_stores_and_bad_names_are_errors() {
 fn partition_dirs_and_changelog_topics_follow_the_naming_rules() {
     let root = Path::new("/var/lib/backbone");
     assert_eq!(
-        partition_dir(root, "usage-rater", "usage.events", 3).unwrap(),
-        root.join("usage-rater").join("usage.events-3")
+        partition_dir(root, "usage-rater", 3).unwrap(),
+        root.join("usage-rater").join("partition-3")
     );
-    for (processor, topic) in [("..", "t"), ("p", "a/b"), ("", "t"), ("p", ".")] {
+    for processor in ["..", "a/b", "", "."] {
         assert!(
             matches!(
-                partition_dir(root, processor, topic, 0),
+                partition_dir(root, processor, 0),
                 Err(StateError::InvalidPathComponent { .. })
             ),
-            "{processor:?} {topic:?}"
+            "{processor:?}"
         );
     }
-    assert!(partition_dir(root, "p", "t", -1).is_err());
+    assert!(partition_dir(root, "p", -1).is_err());
     assert_eq!(
         changelog_topic("usage-rater", "dedup"),
         "usage-rater.dedup.changelog"

@@ -1,0 +1,417 @@
+//! How resolved inputs become committed: acknowledged outputs, then changelog writes, then the
+//! input offset (effectively-once), or all of them in one Kafka transaction (exactly-once); and
+//! what happens to work in flight when the group takes partitions away.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use futures::stream::{FuturesOrdered, StreamExt};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, ConsumerGroupMetadata, Rebalance,
+    StreamConsumer,
+};
+use rdkafka::error::KafkaError;
+use rdkafka::message::OwnedHeaders;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use crate::metrics::{MeteredContext, RuntimeMetrics};
+use crate::processor::OutputRecord;
+use crate::runner::{RunSummary, RuntimeError};
+use crate::state::{Assignment, ChangelogWrite, InFlightGuard, Ownership};
+
+/// Most inputs whose outputs may be awaiting the broker's acknowledgement at once.
+pub(crate) const MAX_IN_FLIGHT: usize = 10_000;
+
+/// Resolved inputs on their way to the broker, oldest first.
+pub(crate) type InFlight =
+    FuturesOrdered<Pin<Box<dyn Future<Output = Result<Settled, RuntimeError>> + Send>>>;
+
+/// What one resolved input produced, for the metrics and the summary.
+#[derive(Debug)]
+pub(crate) struct Outcome {
+    pub(crate) topic: String,
+    pub(crate) partition: i32,
+    pub(crate) offset: i64,
+    pub(crate) produced: BTreeMap<String, u64>,
+    pub(crate) dead_letter: Option<&'static str>,
+    pub(crate) duplicate: bool,
+    pub(crate) age: Option<Duration>,
+}
+
+/// A resolved input whose records were handed to the producer (effectively-once).
+pub(crate) struct Pending {
+    pub(crate) outcome: Outcome,
+    pub(crate) deliveries: Vec<(String, DeliveryFuture)>,
+    pub(crate) changelog: Vec<ChangelogWrite>,
+    pub(crate) producer: FutureProducer,
+    pub(crate) timeout: Duration,
+    pub(crate) ownership: Arc<Ownership>,
+    pub(crate) guard: InFlightGuard,
+}
+
+/// A resolved input whose records the broker acknowledged.
+pub(crate) struct Settled {
+    outcome: Outcome,
+    ownership: Option<Arc<Ownership>>,
+}
+
+impl Pending {
+    /// Waits for the outputs, then produces the changelog writes and waits for them: a crash
+    /// in between leaves the input uncommitted and its state unrecorded, so the redelivery
+    /// produces both again. A partition revoked meanwhile gets no changelog write from here:
+    /// its new owner may already be writing.
+    pub(crate) async fn settle(self) -> Result<Settled, RuntimeError> {
+        let Pending {
+            mut outcome,
+            deliveries,
+            changelog,
+            producer,
+            timeout,
+            ownership,
+            guard,
+        } = self;
+        for (topic, delivery) in deliveries {
+            acknowledged(topic.clone(), delivery).await?;
+            *outcome.produced.entry(topic).or_default() += 1;
+        }
+        if !changelog.is_empty() {
+            if ownership.is_revoked() {
+                ownership.diverge();
+            } else {
+                let mut writes = Vec::with_capacity(changelog.len());
+                for write in &changelog {
+                    writes.push((
+                        write.topic.clone(),
+                        enqueue_changelog(&producer, write, timeout).await?,
+                    ));
+                }
+                for (topic, delivery) in writes {
+                    acknowledged(topic, delivery).await?;
+                }
+            }
+        }
+        drop(guard);
+        Ok(Settled {
+            outcome,
+            ownership: Some(ownership),
+        })
+    }
+}
+
+async fn acknowledged(topic: String, delivery: DeliveryFuture) -> Result<(), RuntimeError> {
+    match delivery.await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((source, _))) => Err(RuntimeError::Produce { topic, source }),
+        Err(_) => Err(RuntimeError::Produce {
+            topic,
+            source: KafkaError::Canceled,
+        }),
+    }
+}
+
+/// Stores offsets of settled inputs (effectively-once) and counts them.
+pub(crate) struct Ledger<'a, C: ConsumerContext + 'static> {
+    pub(crate) consumer: &'a StreamConsumer<C>,
+    pub(crate) metrics: &'a RuntimeMetrics,
+    /// False under exactly-once, where offsets travel in the transaction.
+    pub(crate) store_offsets: bool,
+}
+
+impl<C: ConsumerContext + 'static> Ledger<'_, C> {
+    /// Settled: only now may the input's offset be committed.
+    pub(crate) fn record(
+        &self,
+        settled: Settled,
+        summary: &mut RunSummary,
+    ) -> Result<(), RuntimeError> {
+        let outcome = settled.outcome;
+        if settled.ownership.is_some_and(|o| o.is_revoked()) {
+            // Its new owner processes it again.
+            return Ok(());
+        }
+        if self.store_offsets {
+            self.consumer
+                .store_offset(&outcome.topic, outcome.partition, outcome.offset)
+                .map_err(RuntimeError::Client)?;
+        }
+        self.count(outcome, summary);
+        Ok(())
+    }
+
+    fn count(&self, outcome: Outcome, summary: &mut RunSummary) {
+        self.metrics
+            .record_consumed(&outcome.topic, outcome.partition);
+        summary.consumed += 1;
+        if outcome.duplicate {
+            self.metrics.record_duplicate(&outcome.topic);
+            summary.duplicates += 1;
+        }
+        match outcome.dead_letter {
+            Some(reason) => {
+                self.metrics.record_dead_letter(&outcome.topic, reason);
+                summary.dead_lettered += 1;
+            }
+            None => {
+                for (topic, n) in &outcome.produced {
+                    self.metrics.record_produced(topic, *n);
+                    summary.produced += n;
+                    if let Some(age) = outcome.age {
+                        self.metrics.observe_end_to_end(topic, age);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for everything in flight and records it.
+    pub(crate) async fn drain(
+        &self,
+        in_flight: &mut InFlight,
+        summary: &mut RunSummary,
+    ) -> Result<(), RuntimeError> {
+        while let Some(settled) = in_flight.next().await {
+            self.record(settled?, summary)?;
+        }
+        Ok(())
+    }
+
+    /// Counts the inputs of a committed transaction.
+    pub(crate) fn record_committed(&self, committed: Vec<Outcome>, summary: &mut RunSummary) {
+        if !committed.is_empty() {
+            self.metrics.record_transaction(true);
+        }
+        for outcome in committed {
+            self.count(outcome, summary);
+        }
+    }
+}
+
+/// Hands `record` to the producer; its delivery is awaited later, in order.
+pub(crate) async fn enqueue(
+    producer: &FutureProducer,
+    record: &OutputRecord,
+    timeout: Duration,
+) -> Result<DeliveryFuture, RuntimeError> {
+    let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+    for (name, value) in &record.headers {
+        headers = headers.insert(rdkafka::message::Header {
+            key: name,
+            value: Some(value),
+        });
+    }
+    let mut future = FutureRecord::<[u8], [u8]>::to(&record.topic)
+        .payload(record.value.as_slice())
+        .headers(headers);
+    if let Some(key) = record.key.as_deref() {
+        future = future.key(key);
+    }
+    send(producer, future, &record.topic, timeout).await
+}
+
+/// Hands a changelog write to the producer, to the changelog partition of its input partition.
+pub(crate) async fn enqueue_changelog(
+    producer: &FutureProducer,
+    write: &ChangelogWrite,
+    timeout: Duration,
+) -> Result<DeliveryFuture, RuntimeError> {
+    let mut future = FutureRecord::<[u8], [u8]>::to(&write.topic)
+        .partition(write.partition)
+        .key(write.key.as_slice());
+    if let Some(value) = write.value.as_deref() {
+        future = future.payload(value);
+    }
+    send(producer, future, &write.topic, timeout).await
+}
+
+async fn send(
+    producer: &FutureProducer,
+    mut future: FutureRecord<'_, [u8], [u8]>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<DeliveryFuture, RuntimeError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match producer.send_result(future) {
+            Ok(delivery) => return Ok(delivery),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned))
+                if Instant::now() < deadline =>
+            {
+                // librdkafka's queue is full: give its sender thread a moment to drain it.
+                future = returned;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err((source, _)) => {
+                return Err(RuntimeError::Produce {
+                    topic: topic.to_owned(),
+                    source,
+                })
+            }
+        }
+    }
+}
+
+/// The open transaction of an exactly-once processor: what it holds and when it must commit.
+#[derive(Debug, Default)]
+pub(crate) struct Transaction {
+    open: bool,
+    started: Option<Instant>,
+    /// Next offset to consume, per input partition.
+    offsets: BTreeMap<(String, i32), i64>,
+    outcomes: Vec<Outcome>,
+    /// Committed by the rebalance callback, not yet counted by the loop.
+    committed: Vec<Outcome>,
+    /// A commit in the rebalance callback failed: the loop stops with it.
+    failure: Option<KafkaError>,
+}
+
+impl Transaction {
+    /// Begins a transaction unless one is open.
+    pub(crate) fn begin(&mut self, producer: &FutureProducer) -> Result<(), KafkaError> {
+        if !self.open {
+            producer.begin_transaction()?;
+            self.open = true;
+            self.started = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    /// Adds a resolved input: its offset commits with the transaction.
+    pub(crate) fn add(&mut self, outcome: Outcome) {
+        self.offsets.insert(
+            (outcome.topic.clone(), outcome.partition),
+            outcome.offset + 1,
+        );
+        self.outcomes.push(outcome);
+    }
+
+    /// Inputs in the open transaction.
+    pub(crate) fn len(&self) -> usize {
+        self.outcomes.len()
+    }
+
+    /// When the open transaction must commit at the latest.
+    pub(crate) fn due(&self, interval: Duration) -> Option<Instant> {
+        self.started.filter(|_| self.open).map(|at| at + interval)
+    }
+
+    /// Commits the open transaction with the input offsets; returns its inputs for counting.
+    /// On failure the transaction is aborted where librdkafka allows it.
+    pub(crate) fn commit(
+        &mut self,
+        producer: &FutureProducer,
+        group: Option<ConsumerGroupMetadata>,
+        timeout: Duration,
+    ) -> Result<Vec<Outcome>, KafkaError> {
+        if !self.open {
+            return Ok(Vec::new());
+        }
+        let result = self.send_offsets_and_commit(producer, group, timeout);
+        self.open = false;
+        self.started = None;
+        self.offsets.clear();
+        let outcomes = std::mem::take(&mut self.outcomes);
+        match result {
+            Ok(()) => Ok(outcomes),
+            Err(err) => {
+                if let KafkaError::Transaction(rd) = &err {
+                    if rd.txn_requires_abort() {
+                        if let Err(abort) = producer.abort_transaction(timeout) {
+                            tracing::warn!(error = %abort, "aborting the failed transaction failed");
+                        }
+                    }
+                }
+                Err(err)
+            }
+        }
+    }
+
+    fn send_offsets_and_commit(
+        &self,
+        producer: &FutureProducer,
+        group: Option<ConsumerGroupMetadata>,
+        timeout: Duration,
+    ) -> Result<(), KafkaError> {
+        let group = group.ok_or(KafkaError::Canceled)?;
+        let mut offsets = TopicPartitionList::new();
+        for ((topic, partition), next) in &self.offsets {
+            offsets.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
+        }
+        producer.send_offsets_to_transaction(&offsets, &group, timeout)?;
+        producer.commit_transaction(timeout)
+    }
+
+    /// Inputs committed by the rebalance callback since the last call.
+    pub(crate) fn take_committed(&mut self) -> Vec<Outcome> {
+        std::mem::take(&mut self.committed)
+    }
+
+    /// The rebalance callback's commit failure, if any.
+    pub(crate) fn take_failure(&mut self) -> Option<KafkaError> {
+        self.failure.take()
+    }
+}
+
+/// Locks `transaction`, surviving a panic elsewhere (the data stays consistent: every change
+/// is a single assignment).
+pub(crate) fn lock(transaction: &Mutex<Transaction>) -> MutexGuard<'_, Transaction> {
+    transaction.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The consumer context of the runtime: lag metrics from statistics, and the hand-over of
+/// revoked partitions. librdkafka calls the rebalance callback from inside the consumer's poll,
+/// on the loop's own task, so nothing the loop does runs concurrently with it.
+pub(crate) struct RuntimeContext {
+    pub(crate) metered: MeteredContext,
+    pub(crate) assignment: Arc<Assignment>,
+    pub(crate) producer: FutureProducer,
+    pub(crate) transaction: Option<Arc<Mutex<Transaction>>>,
+    pub(crate) timeout: Duration,
+}
+
+impl ClientContext for RuntimeContext {
+    fn stats_raw(&self, statistics: &[u8]) {
+        self.metered.stats_raw(statistics);
+    }
+}
+
+impl ConsumerContext for RuntimeContext {
+    /// Before partitions leave: exactly-once commits the open transaction (outputs, changelog
+    /// and offsets); effectively-once waits for what the producer holds and commits stored
+    /// offsets. Inputs still unsettled are not committed; the next owner processes them again.
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(list) = rebalance else {
+            return;
+        };
+        match &self.transaction {
+            Some(transaction) => {
+                let mut transaction = lock(transaction);
+                match transaction.commit(&self.producer, consumer.group_metadata(), self.timeout) {
+                    Ok(outcomes) => transaction.committed.extend(outcomes),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "committing the transaction on revocation failed");
+                        self.assignment.diverge_all();
+                        transaction.failure = Some(err);
+                    }
+                }
+            }
+            None => {
+                if let Err(err) = self.producer.flush(self.timeout) {
+                    tracing::warn!(error = %err, "flushing the producer on revocation failed");
+                }
+                match consumer.commit_consumer_state(CommitMode::Sync) {
+                    Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+                    Err(err) => {
+                        tracing::warn!(error = %err, "committing offsets on revocation failed; those inputs will be processed again")
+                    }
+                }
+            }
+        }
+        self.assignment
+            .revoke(list.elements().iter().map(|e| e.partition()), consumer);
+    }
+}
