@@ -340,13 +340,15 @@ async fn run_loop<P: Processor>(
     let name = processor.name().to_owned();
     let version = env!("CARGO_PKG_VERSION");
     let spec = processor.state();
-    ensure_topics(processor, &spec, kafka, settings).await?;
+    // The group is the deployment's identity: state directories and changelogs are named for
+    // it, so two deployments of one processor never share state.
+    let group = settings.group_id.clone().unwrap_or_else(|| name.clone());
+    ensure_topics(processor, &group, &spec, kafka, settings).await?;
     let exactly_once = settings.delivery == Delivery::ExactlyOnce;
 
-    let group = settings.group_id.clone().unwrap_or_else(|| name.clone());
     let producer = create_producer(kafka, settings)?;
     let transaction = exactly_once.then(|| Arc::new(Mutex::new(Transaction::default())));
-    let assignment = Arc::new(Assignment::new(&name, &spec));
+    let assignment = Arc::new(Assignment::new(&group, &spec));
     let context = RuntimeContext {
         metered: MeteredContext::new(Arc::clone(metrics)),
         assignment: Arc::clone(&assignment),
@@ -377,7 +379,7 @@ async fn run_loop<P: Processor>(
         stores = ?spec.all_stores(), "processor started");
 
     let mut tasks = Tasks::new(
-        &name,
+        &group,
         spec,
         &settings.state,
         kafka,
@@ -462,7 +464,7 @@ async fn run_loop<P: Processor>(
             };
             let ownership = tasks.task(input.partition).await?;
             let started = Instant::now();
-            let processed = ownership.process(&name, input.partition, |state| {
+            let processed = ownership.process(&group, input.partition, |state| {
                 prepared.and_then(|()| span.in_scope(|| processor.process(&input, state)))
             });
             metrics.observe_processing(started.elapsed());
@@ -723,6 +725,7 @@ fn transaction_error(err: KafkaError) -> RuntimeError {
 
 async fn ensure_topics<P: Processor>(
     processor: &P,
+    group: &str,
     spec: &StateSpec,
     kafka: &KafkaSettings,
     settings: &RuntimeSettings,
@@ -740,7 +743,7 @@ async fn ensure_topics<P: Processor>(
         let partitions = input_partitions(&processor.input_topics(), kafka)?;
         for store in spec.all_stores() {
             specs.push(
-                TopicSpec::new(changelog_topic(processor.name(), &store), partitions)
+                TopicSpec::new(changelog_topic(group, &store), partitions)
                     .with_config("cleanup.policy", "compact"),
             );
         }

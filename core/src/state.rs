@@ -42,7 +42,7 @@ const SWEEP_LIMIT: usize = 256;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StateSettings {
-    /// Where partition state lives: `<dir>/<processor>/partition-<n>`.
+    /// Where partition state lives: `<dir>/<group>/partition-<n>`, for the consumer group (the processor name unless `runtime.group_id` says otherwise).
     pub dir: PathBuf,
     /// How long an input's idempotency key is remembered; longer than any accepted lateness.
     #[serde(with = "humantime_serde")]
@@ -82,7 +82,7 @@ impl Validate for StateSettings {
 }
 
 /// The state a processor keeps per partition: named stores, each backed by a compacted
-/// changelog topic `<processor>.<store>.changelog`, and optionally input dedup.
+/// changelog topic `<group>.<store>.changelog`, and optionally input dedup.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StateSpec {
     stores: Vec<String>,

@@ -99,10 +99,20 @@ impl Topics {
                 ("BACKBONE__SCHEMA_REGISTRY__URL", self.registry.url()),
                 ("BACKBONE__OBSERVABILITY__LISTEN", listen),
                 ("BACKBONE__OBSERVABILITY__STATISTICS_INTERVAL", "200ms"),
+                ("BACKBONE__RUNTIME__STATE__DIR", &self.state_dir()),
             ],
             Some(&log),
         )
         .expect("start usage-validator")
+    }
+
+    /// This test's state directory, shared by its instances as on one host.
+    fn state_dir(&self) -> String {
+        std::env::temp_dir()
+            .join("backbone-state")
+            .join(&self.group)
+            .to_string_lossy()
+            .into_owned()
     }
 
     fn committed_total(&self, settings: &KafkaSettings) -> i64 {
