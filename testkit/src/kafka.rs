@@ -256,6 +256,25 @@ where
     Ok(records)
 }
 
+/// How many offsets `topic` holds: the sum of its partitions' high watermarks. On a broker
+/// without transactions in play, the number of records ever written.
+pub fn end_offsets_total(settings: &KafkaSettings, topic: &str) -> Result<i64, TestkitError> {
+    let consumer: BaseConsumer = settings.admin_config().create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut total = 0;
+    for partition in metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions())
+    {
+        let (_, high) =
+            consumer.fetch_watermarks(topic, partition.id(), Duration::from_secs(10))?;
+        total += high;
+    }
+    Ok(total)
+}
+
 /// Committed offsets of `group` on every partition of `topic` (`None` where nothing is
 /// committed).
 pub fn committed_offsets(

@@ -11,8 +11,8 @@ mod process;
 
 pub use broker::TxnBroker;
 pub use kafka::{
-    committed_offsets, consume_until, consume_while, create_topic, produce, shared_settings,
-    unique_group, unique_topic, ConsumedRecord, TestRecord,
+    committed_offsets, consume_until, consume_while, create_topic, end_offsets_total, produce,
+    shared_settings, unique_group, unique_topic, ConsumedRecord, TestRecord,
 };
 pub use process::ChildProcess;
 

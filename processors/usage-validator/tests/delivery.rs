@@ -12,8 +12,8 @@ use backbone_schemas::types::{EventMetadata, TraceContext, UsageEvent};
 use backbone_schemas::wire::{frame, split_frame};
 use backbone_schemas::WireCodec;
 use backbone_testkit::{
-    committed_offsets, consume_until, consume_while, create_topic, produce, shared_settings,
-    unique_group, unique_topic, ChildProcess, ConsumedRecord, TestRecord,
+    committed_offsets, consume_until, consume_while, create_topic, end_offsets_total, produce,
+    shared_settings, unique_group, unique_topic, ChildProcess, ConsumedRecord, TestRecord,
 };
 
 const BINARY: &str = env!("CARGO_BIN_EXE_usage-validator");
@@ -452,5 +452,78 @@ async fn a_second_instance_joining_and_leaving_loses_nothing() {
     .await
     .expect("every event forwarded");
     let expected: BTreeSet<String> = (0..total).map(|i| format!("acme/api/e-{i}")).collect();
+    assert_eq!(idempotency_keys(&forwarded), expected);
+}
+
+/// The sum of `name`'s samples in a Prometheus exposition whose labels mention `topic`.
+fn metric_total(text: &str, name: &str, topic: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(topic))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// Waits until `/metrics` on `port` counts `expected` duplicates of `topic`.
+async fn await_duplicates(port: u16, topic: &str, expected: u64) {
+    let started = std::time::Instant::now();
+    loop {
+        let text = await_ok(&format!("http://127.0.0.1:{port}/metrics")).await;
+        let counted = metric_total(&text, "backbone_dedup_duplicates_total", topic);
+        if counted == expected {
+            return;
+        }
+        assert!(
+            started.elapsed() < DEADLINE && counted < expected,
+            "duplicates counted {counted}, expected {expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+#[tokio::test]
+async fn duplicates_are_dropped_after_a_restart_and_after_losing_local_state() {
+    let settings = shared_settings();
+    let topics = Topics::new().await;
+    create_topic(&settings, &topics.input, 2)
+        .await
+        .expect("input topic");
+    let unique = 200;
+    let forwarded_total = || end_offsets_total(&settings, &topics.output).expect("output end");
+
+    // Each round publishes the same events again; only the first may get through.
+    let rounds: [(&str, fn(&Path)); 3] = [
+        ("first sighting", |_| {}),
+        ("after a clean restart (local state and checkpoint)", |_| {}),
+        (
+            "after the local state was lost (full restore from the changelog)",
+            |dir| std::fs::remove_dir_all(dir).expect("remove local state"),
+        ),
+    ];
+    for (round, (what, before)) in rounds.into_iter().enumerate() {
+        before(Path::new(&topics.state_dir()));
+        topics.publish(&settings, unique).await;
+        let port = free_port();
+        let mut processor = topics.spawn_listening(&settings, &format!("127.0.0.1:{port}"));
+        topics
+            .await_committed(&settings, unique * (round + 1))
+            .await;
+        let duplicates = if round == 0 { 0 } else { unique as u64 };
+        await_duplicates(port, &topics.input, duplicates).await;
+        let status = processor.stop(DEADLINE).expect("graceful stop");
+        assert!(status.success(), "{what}: exit status {status:?}");
+        // Outputs are acknowledged before inputs commit: everything forwarded is on the topic.
+        assert_eq!(forwarded_total(), unique as i64, "{what}");
+    }
+    let forwarded = consume_until(&settings, &topics.output, unique, DEADLINE)
+        .await
+        .expect("forwarded events");
+    let expected: BTreeSet<String> = (0..unique).map(|i| format!("acme/api/e-{i}")).collect();
     assert_eq!(idempotency_keys(&forwarded), expected);
 }
