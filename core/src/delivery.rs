@@ -319,7 +319,8 @@ impl Transaction {
             Ok(()) => Ok(outcomes),
             Err(err) => {
                 if let KafkaError::Transaction(rd) = &err {
-                    if rd.txn_requires_abort() {
+                    // A fatal error (fenced) leaves nothing to abort: the broker already did.
+                    if rd.txn_requires_abort() && !rd.is_fatal() {
                         if let Err(abort) = producer.abort_transaction(timeout) {
                             tracing::warn!(error = %abort, "aborting the failed transaction failed");
                         }

@@ -8,6 +8,7 @@
 mod broker;
 mod kafka;
 mod process;
+mod tally;
 
 pub use broker::TxnBroker;
 pub use kafka::{
@@ -15,6 +16,7 @@ pub use kafka::{
     shared_settings, unique_group, unique_topic, ConsumedRecord, TestRecord,
 };
 pub use process::ChildProcess;
+pub use tally::{tally_counts, Tally, TOTALS};
 
 /// Why a test helper failed.
 #[derive(Debug, thiserror::Error)]
