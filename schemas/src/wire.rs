@@ -238,6 +238,17 @@ pub fn encode_body(schema: &Schema, value: Value) -> Result<Vec<u8>, WireError> 
         })
 }
 
+/// Encodes `value` with its contract's schema, registered as `id`, as a framed record.
+pub fn encode_framed<T: Contract>(id: u32, value: &T) -> Result<Vec<u8>, WireError> {
+    let schema = T::schema();
+    let avro = apache_avro::to_value(value)
+        .and_then(|v| v.resolve(schema))
+        .map_err(|e| WireError::Contract {
+            message: e.to_string(),
+        })?;
+    Ok(frame(id, &encode_body(schema, avro)?))
+}
+
 /// Encodes and decodes framed records, resolving schema ids through a registry.
 #[derive(Clone)]
 pub struct WireCodec {
@@ -344,14 +355,16 @@ impl WireCodec {
                 message: e.to_string(),
             })?
             .to_string();
-        let schema = T::schema();
-        let id = self.register_text(subject, &text, schema).await?;
-        let avro = apache_avro::to_value(value)
-            .and_then(|v| v.resolve(schema))
-            .map_err(|e| WireError::Contract {
-                message: e.to_string(),
-            })?;
-        Ok(frame(id, &encode_body(schema, avro)?))
+        let id = self.register_text(subject, &text, T::schema()).await?;
+        encode_framed(id, value)
+    }
+
+    /// Caches `schema` as the writer schema of `id` without asking the registry: for tools and
+    /// benchmarks that know the schema already.
+    pub fn preload(&self, id: u32, schema: Schema) {
+        if let Ok(mut cache) = self.by_id.write() {
+            cache.insert(id, Arc::new(schema));
+        }
     }
 
     /// The writer schema of `id` if it is cached already; never asks the registry.

@@ -498,7 +498,8 @@ async fn duplicates_are_dropped_after_a_restart_and_after_losing_local_state() {
     let forwarded_total = || end_offsets_total(&settings, &topics.output).expect("output end");
 
     // Each round publishes the same events again; only the first may get through.
-    let rounds: [(&str, fn(&Path)); 3] = [
+    type Round = (&'static str, fn(&Path));
+    let rounds: [Round; 3] = [
         ("first sighting", |_| {}),
         ("after a clean restart (local state and checkpoint)", |_| {}),
         (
