@@ -17,4 +17,5 @@ fi
 
 "$TARGET_DIR/debug/demo" \
   --bootstrap-servers "127.0.0.1:$PORT" \
-  --log-dir "${BACKBONE_STACK_DIR:-$REPO/.backbone/stack}/logs"
+  --log-dir "${BACKBONE_STACK_DIR:-$REPO/.backbone/stack}/logs" \
+  --state-dir "${BACKBONE_STACK_DIR:-$REPO/.backbone/stack}/data/state"

@@ -518,44 +518,51 @@ impl Tasks {
 
     async fn restore(&self, partition: i32) -> Result<PartitionState, StateFailure> {
         let dir = partition_dir(&self.settings.dir, &self.processor, partition)?;
-        let stores: Vec<&str> = self.stores.iter().map(String::as_str).collect();
-        let (state, restore) = PartitionState::open(&dir, &stores)?;
-        match &restore {
-            Restore::Full(cause) => {
-                tracing::info!(processor = %self.processor, partition, ?cause, "restoring partition state from the beginning of its changelogs")
-            }
-            Restore::From(checkpoint) => {
-                tracing::info!(processor = %self.processor, partition, offsets = ?checkpoint.offsets(), "restoring partition state from its checkpoint")
-            }
-        }
-        let plan: Vec<(String, String, Offset)> = self
-            .stores
+        let stores = self.stores.clone();
+        let topics: Vec<String> = stores
             .iter()
-            .map(|store| {
-                let from = match &restore {
-                    Restore::From(checkpoint) => checkpoint.next_offset(store),
-                    Restore::Full(_) => None,
-                };
-                (
-                    store.clone(),
-                    changelog_topic(&self.processor, store),
-                    from.map_or(Offset::Beginning, Offset::Offset),
-                )
-            })
+            .map(|store| changelog_topic(&self.processor, store))
             .collect();
+        let processor = self.processor.clone();
         let config = self.kafka.restore_consumer_config(&self.processor);
         let timeout = self.settings.restore_timeout;
         let metrics = Arc::clone(&self.metrics);
         tokio::task::spawn_blocking(move || {
             let consumer: BaseConsumer = config.create().map_err(StateFailure::Kafka)?;
-            let mut state = state;
+            let names: Vec<&str> = stores.iter().map(String::as_str).collect();
+            let (mut state, mut restore) = PartitionState::open(&dir, &names)?;
+            if let Restore::From(checkpoint) = &restore {
+                if let Some(topic) = checkpoint_ahead(&consumer, checkpoint, &stores, &topics, partition, timeout)? {
+                    // The changelog is shorter than the state says it has read: the topic was
+                    // deleted and recreated (a reset stack, another cluster). Start over from it.
+                    tracing::warn!(%processor, partition, %topic, "checkpoint beyond the changelog's end, discarding local state");
+                    drop(state);
+                    std::fs::remove_dir_all(&dir).map_err(|source| {
+                        StateFailure::Restore(format!("removing stale state `{}`: {source}", dir.display()))
+                    })?;
+                    (state, restore) = PartitionState::open(&dir, &names)?;
+                }
+            }
+            match &restore {
+                Restore::Full(cause) => {
+                    tracing::info!(%processor, partition, ?cause, "restoring partition state from the beginning of its changelogs")
+                }
+                Restore::From(checkpoint) => {
+                    tracing::info!(%processor, partition, offsets = ?checkpoint.offsets(), "restoring partition state from its checkpoint")
+                }
+            }
             let mut ends = BTreeMap::new();
-            for (store, topic, from) in plan {
+            for (store, topic) in stores.iter().zip(&topics) {
+                let from = match &restore {
+                    Restore::From(checkpoint) => checkpoint.next_offset(store),
+                    Restore::Full(_) => None,
+                };
+                let from = from.map_or(Offset::Beginning, Offset::Offset);
                 let started = Instant::now();
                 let end =
-                    replay_changelog(&consumer, &state, &store, &topic, partition, from, timeout)?;
-                metrics.observe_restore(&store, started.elapsed());
-                ends.insert(store, end);
+                    replay_changelog(&consumer, &state, store, topic, partition, from, timeout)?;
+                metrics.observe_restore(store, started.elapsed());
+                ends.insert(store.clone(), end);
             }
             state.write_checkpoint(&ends)?;
             Ok(state)
@@ -563,6 +570,31 @@ impl Tasks {
         .await
         .map_err(|e| StateFailure::Restore(format!("restore task failed: {e}")))?
     }
+}
+
+/// The first changelog whose checkpointed offset lies beyond its end, if any.
+fn checkpoint_ahead(
+    consumer: &BaseConsumer,
+    checkpoint: &backbone_state::Checkpoint,
+    stores: &[String],
+    topics: &[String],
+    partition: i32,
+    timeout: Duration,
+) -> Result<Option<String>, StateFailure> {
+    for (store, topic) in stores.iter().zip(topics) {
+        let Some(next) = checkpoint.next_offset(store) else {
+            continue;
+        };
+        let (_, high) = consumer
+            .fetch_watermarks(topic, partition, timeout)
+            .map_err(|e| {
+                StateFailure::Restore(format!("reading the end of `{topic}` [{partition}]: {e}"))
+            })?;
+        if next > high {
+            return Ok(Some(topic.clone()));
+        }
+    }
+    Ok(None)
 }
 
 /// A partition's state could not be opened or restored.

@@ -8,11 +8,14 @@
 //! # Write path
 //!
 //! `process` reads and writes through a [`StateView`]; writes are only staged in [`StagedWrites`].
-//! The runtime produces [`StagedWrites::changelog_records`] with the batch's outputs (in the same
-//! transaction as outputs and offsets under exactly-once), and only once that commit succeeded calls
-//! [`StagedWrites::apply`] (one atomic RocksDB batch) and then [`PartitionState::write_checkpoint`]
-//! with the changelog offsets (next offset to read) that the state now reflects. If the commit fails,
-//! [`StagedWrites::clear`] and process the batch again.
+//! [`StagedWrites::changelog_records`] are what the runtime must produce to the changelogs, and
+//! [`StagedWrites::apply`] writes the batch to RocksDB in one atomic batch. The two may happen in
+//! either order: the local state is a cache of the changelog and is trusted only after a
+//! [`PartitionState::close`], so a caller that applies first must never close a state whose
+//! changelog records were not all committed (it drops it instead, and the next open discards it).
+//! Backbone's runtime applies at once, so that the next record sees the writes, and closes cleanly
+//! only when nothing is in flight. [`PartitionState::write_checkpoint`] records the changelog
+//! offsets (next offset to read) that the state reflects.
 //!
 //! # Restore protocol
 //!
