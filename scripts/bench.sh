@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Benchmarks that need a broker, against a private stack started fresh and stopped after.
+# The benchmarks: in-memory hot paths first, then those that need a broker, against a private
+# stack started fresh and stopped after.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -8,6 +9,8 @@ export BACKBONE_STACK_DIR=$REPO/.backbone/bench-stack
 export BACKBONE_KAFKA_PORT=${BACKBONE_BENCH_KAFKA_PORT:-19592}
 export BACKBONE_REGISTRY_PORT=${BACKBONE_BENCH_REGISTRY_PORT:-18581}
 export BACKBONE_BENCH_BOOTSTRAP=127.0.0.1:$BACKBONE_KAFKA_PORT
+cargo bench -p backbone-state --bench dedup
+cargo bench -p backbone-usage-validator --bench record
 "$REPO/scripts/stack.sh" reset >/dev/null
 trap '"$REPO/scripts/stack.sh" down' EXIT
 cargo build --workspace --bins --quiet

@@ -658,6 +658,7 @@ impl Stage<'_> {
         summary: &mut RunSummary,
     ) -> Result<(), RuntimeError> {
         self.ledger.drain(in_flight, summary).await?;
+        self.after_rebalance(summary)?;
         self.commit(summary)?;
         if self.transaction.is_none() {
             match self.consumer.commit_consumer_state(CommitMode::Sync) {
