@@ -6,13 +6,11 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use backbone_core::runner::TransactionSettings;
-use backbone_core::{run, Delivery, KafkaSettings, RunSummary, RuntimeError, RuntimeSettings};
+use backbone_core::{Delivery, KafkaSettings, RuntimeError, RuntimeSettings};
 use backbone_testkit::{
     committed_offsets, consume_until, create_topic, produce, tally_counts, unique_group,
-    unique_topic, Tally, TestRecord, TxnBroker,
+    unique_topic, RunningProcessor, Tally, TestRecord, TxnBroker,
 };
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -83,35 +81,6 @@ fn with_duplicates(
     records
 }
 
-struct Running {
-    stop: oneshot::Sender<()>,
-    handle: JoinHandle<Result<RunSummary, RuntimeError>>,
-}
-
-fn start(tally: &Tally, kafka: &KafkaSettings, settings: RuntimeSettings) -> Running {
-    let (stop, stopped) = oneshot::channel::<()>();
-    let tally = tally.clone();
-    let kafka = kafka.clone();
-    let handle = tokio::spawn(async move {
-        run(tally, &kafka, &settings, async move {
-            let _ = stopped.await;
-        })
-        .await
-    });
-    Running { stop, handle }
-}
-
-impl Running {
-    async fn stop(self) -> RunSummary {
-        let _ = self.stop.send(());
-        tokio::time::timeout(DEADLINE, self.handle)
-            .await
-            .expect("stops in time")
-            .expect("task")
-            .expect("run succeeds")
-    }
-}
-
 async fn await_committed(kafka: &KafkaSettings, group: &str, topic: &str, total: i64) {
     let started = Instant::now();
     loop {
@@ -166,9 +135,13 @@ async fn outputs_state_and_offsets_commit_together_and_state_survives_losing_the
     produce(&kafka, &tally.input, &with_duplicates(20, 3, 0, 0))
         .await
         .expect("produce");
-    let running = start(&tally, &kafka, exactly_once(&group, "tally-0", dir.clone()));
+    let running = RunningProcessor::start(
+        tally.clone(),
+        &kafka,
+        exactly_once(&group, "tally-0", dir.clone()),
+    );
     await_committed(&kafka, &group, &tally.input, 80).await;
-    let summary = running.stop().await;
+    let summary = running.stop(DEADLINE).await;
     assert_eq!(
         (summary.consumed, summary.produced, summary.duplicates),
         (80, 60, 20)
@@ -181,9 +154,10 @@ async fn outputs_state_and_offsets_commit_together_and_state_survives_losing_the
     produce(&kafka, &tally.input, &with_duplicates(6, 1, 60, 40))
         .await
         .expect("produce");
-    let running = start(&tally, &kafka, exactly_once(&group, "tally-0", dir));
+    let running =
+        RunningProcessor::start(tally.clone(), &kafka, exactly_once(&group, "tally-0", dir));
     await_committed(&kafka, &group, &tally.input, 104).await;
-    let summary = running.stop().await;
+    let summary = running.stop(DEADLINE).await;
     assert_eq!(
         (summary.consumed, summary.produced, summary.duplicates),
         (24, 6, 18)
@@ -208,8 +182,8 @@ async fn a_newer_instance_with_the_same_transactional_id_fences_the_older() {
         .expect("produce");
     let older_group = unique_group("tally-older");
     // A short transaction timeout: the fenced instance gives up on its transaction sooner.
-    let older = start(
-        &tally,
+    let older = RunningProcessor::start(
+        tally.clone(),
         &kafka,
         exactly_once_with_timeout(
             &older_group,
@@ -223,8 +197,8 @@ async fn a_newer_instance_with_the_same_transactional_id_fences_the_older() {
     // Another group, so that the newer instance does not take the older one's partition: the
     // older keeps receiving records, and its next transaction must be refused.
     let newer_group = unique_group("tally-newer");
-    let newer = start(
-        &tally,
+    let newer = RunningProcessor::start(
+        tally.clone(),
         &kafka,
         exactly_once(&newer_group, "tally-shared", state_dir(&newer_group)),
     );
@@ -232,10 +206,7 @@ async fn a_newer_instance_with_the_same_transactional_id_fences_the_older() {
     produce(&kafka, &tally.input, &events(10, 5))
         .await
         .expect("produce");
-    let fenced = tokio::time::timeout(DEADLINE, older.handle)
-        .await
-        .expect("the older instance stops on its own")
-        .expect("task");
+    let fenced = older.finished(DEADLINE).await;
     assert!(
         matches!(fenced, Err(RuntimeError::Fenced(_))),
         "expected a fenced stop, got {fenced:?}"
@@ -246,6 +217,6 @@ async fn a_newer_instance_with_the_same_transactional_id_fences_the_older() {
         "the fenced instance committed nothing more"
     );
     await_committed(&kafka, &newer_group, &tally.input, 15).await;
-    let summary = newer.stop().await;
+    let summary = newer.stop(DEADLINE).await;
     assert_eq!((summary.consumed, summary.produced), (15, 15));
 }

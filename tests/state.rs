@@ -6,49 +6,22 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use backbone_core::{run, KafkaSettings, RunSummary, RuntimeError, RuntimeSettings};
+use backbone_core::{KafkaSettings, RuntimeSettings};
 use backbone_testkit::{
     committed_offsets, consume_while, create_topic, produce, shared_settings, unique_group,
-    unique_topic, ConsumedRecord, Tally, TestRecord,
+    unique_topic, ConsumedRecord, RunningProcessor, Tally, TestRecord,
 };
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 const DEADLINE: Duration = Duration::from_secs(90);
 
-struct Running {
-    stop: oneshot::Sender<()>,
-    handle: JoinHandle<Result<RunSummary, RuntimeError>>,
-}
-
-fn start(tally: &Tally, kafka: &KafkaSettings, group: &str, dir: PathBuf) -> Running {
-    let (stop, stopped) = oneshot::channel::<()>();
+fn settings(group: &str, dir: PathBuf) -> RuntimeSettings {
     let mut settings = RuntimeSettings {
         group_id: Some(group.to_owned()),
         topic_partitions: 4,
         ..RuntimeSettings::default()
     };
     settings.state.dir = dir;
-    let tally = tally.clone();
-    let kafka = kafka.clone();
-    let handle = tokio::spawn(async move {
-        run(tally, &kafka, &settings, async move {
-            let _ = stopped.await;
-        })
-        .await
-    });
-    Running { stop, handle }
-}
-
-impl Running {
-    async fn stop(self) -> RunSummary {
-        let _ = self.stop.send(());
-        tokio::time::timeout(DEADLINE, self.handle)
-            .await
-            .expect("stops in time")
-            .expect("task")
-            .expect("run succeeds")
-    }
+    settings
 }
 
 fn committed_total(kafka: &KafkaSettings, group: &str, topic: &str) -> i64 {
@@ -130,23 +103,23 @@ async fn counts_stay_exact_while_partitions_move_between_instances() {
     produce(&kafka, &tally.input, &batch(0))
         .await
         .expect("produce");
-    let first = start(&tally, &kafka, &group, dir("first"));
+    let first = RunningProcessor::start(tally.clone(), &kafka, settings(&group, dir("first")));
     await_committed(&kafka, &group, &tally.input, 100).await;
 
     // A second instance joins mid-stream and takes half of the partitions.
-    let second = start(&tally, &kafka, &group, dir("second"));
+    let second = RunningProcessor::start(tally.clone(), &kafka, settings(&group, dir("second")));
     produce(&kafka, &tally.input, &batch(500))
         .await
         .expect("produce");
     await_committed(&kafka, &group, &tally.input, per_batch + 100).await;
 
     // The first leaves; its partitions and their state move to the second.
-    let first_summary = first.stop().await;
+    let first_summary = first.stop(DEADLINE).await;
     produce(&kafka, &tally.input, &batch(1000))
         .await
         .expect("produce");
     await_committed(&kafka, &group, &tally.input, 3 * per_batch).await;
-    let second_summary = second.stop().await;
+    let second_summary = second.stop(DEADLINE).await;
     assert!(
         first_summary.consumed > 0 && second_summary.consumed > 0,
         "both instances worked: {first_summary:?} {second_summary:?}"

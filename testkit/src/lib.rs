@@ -8,6 +8,7 @@
 mod broker;
 mod kafka;
 mod process;
+mod running;
 mod tally;
 
 pub use broker::TxnBroker;
@@ -16,6 +17,7 @@ pub use kafka::{
     shared_settings, unique_group, unique_topic, ConsumedRecord, TestRecord,
 };
 pub use process::ChildProcess;
+pub use running::RunningProcessor;
 pub use tally::{tally_counts, Tally, TOTALS};
 
 /// Why a test helper failed.
