@@ -1,8 +1,11 @@
 //! A small stateful processor for runtime tests: it counts events per account.
 
+use backbone_core::app::{App, SchemaRegistrySettings};
+use backbone_core::config::{ConfigError, Validate};
 use backbone_core::{
     IdempotencyKey, InputRecord, OutputRecord, ProcessError, Processor, State, StateSpec,
 };
+use serde::Deserialize;
 
 /// The store holding each account's running count.
 pub const TOTALS: &str = "totals";
@@ -20,9 +23,50 @@ pub struct Tally {
     pub output: String,
 }
 
+/// The `[processor]` section of the `tally` test binary.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TallySettings {
+    /// Input topic.
+    pub input_topic: String,
+    /// Output topic.
+    pub output_topic: String,
+}
+
+impl Validate for TallySettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (key, value) in [
+            ("input_topic", &self.input_topic),
+            ("output_topic", &self.output_topic),
+        ] {
+            if value.is_empty() {
+                return Err(ConfigError::Invalid {
+                    key: format!("processor.{key}"),
+                    message: "must be set".to_owned(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl App for Tally {
+    const NAME: &'static str = "tally-test";
+    const ABOUT: &'static str =
+        "Counts events per account (a stateful processor for runtime tests)";
+    type Settings = TallySettings;
+
+    fn build(settings: TallySettings, _registry: &SchemaRegistrySettings) -> Self {
+        Self {
+            input: settings.input_topic,
+            output: settings.output_topic,
+        }
+    }
+}
+
 impl Processor for Tally {
     fn name(&self) -> &str {
-        "tally-test"
+        Self::NAME
     }
 
     fn input_topics(&self) -> Vec<String> {
