@@ -240,13 +240,17 @@ pub fn encode_body(schema: &Schema, value: Value) -> Result<Vec<u8>, WireError> 
 
 /// Encodes `value` with its contract's schema, registered as `id`, as a framed record.
 pub fn encode_framed<T: Contract>(id: u32, value: &T) -> Result<Vec<u8>, WireError> {
-    let schema = T::schema();
-    let avro = apache_avro::to_value(value)
-        .and_then(|v| v.resolve(schema))
+    // Serialized straight into Avro by the schema, without an intermediate `Value`.
+    let mut out = Vec::with_capacity(256);
+    out.push(MAGIC_BYTE);
+    out.extend_from_slice(&id.to_be_bytes());
+    GenericDatumWriter::builder(T::schema())
+        .build()
+        .and_then(|writer| writer.write_ser(&mut out, value))
         .map_err(|e| WireError::Contract {
             message: e.to_string(),
         })?;
-    Ok(frame(id, &encode_body(schema, avro)?))
+    Ok(out)
 }
 
 /// Encodes and decodes framed records, resolving schema ids through a registry.
@@ -255,6 +259,8 @@ pub struct WireCodec {
     settings: Arc<SrSettings>,
     by_id: Arc<RwLock<HashMap<u32, Arc<Schema>>>>,
     by_subject: Arc<RwLock<HashMap<(String, String), u32>>>,
+    /// (schema id, reader schema address) to whether they are the same schema.
+    same: Arc<RwLock<HashMap<(u32, usize), bool>>>,
 }
 
 impl std::fmt::Debug for WireCodec {
@@ -270,6 +276,7 @@ impl WireCodec {
             settings: Arc::new(SrSettings::new(url.trim_end_matches('/').to_owned())),
             by_id: Arc::default(),
             by_subject: Arc::default(),
+            same: Arc::default(),
         }
     }
 
@@ -385,13 +392,44 @@ impl WireCodec {
             message: format!("schema id {id} has not been resolved yet"),
             retriable: true,
         })?;
-        let value = widen_decimals(decode_body(id, &writer, body)?);
-        let resolved = value.resolve(reader).map_err(|e| WireError::Contract {
-            message: format!("schema id {id} does not resolve to the reader contract: {e}"),
-        })?;
-        apache_avro::from_value(&resolved).map_err(|e| WireError::Contract {
+        self.read_as(id, &writer, body, reader)
+    }
+
+    /// Decodes `body`, written with schema `id` (`writer`), into `T` through `reader`.
+    fn read_as<T: DeserializeOwned>(
+        &self,
+        id: u32,
+        writer: &Schema,
+        body: &[u8],
+        reader: &Schema,
+    ) -> Result<T, WireError> {
+        let value = widen_decimals(decode_body(id, writer, body)?);
+        // A value written with the reader's own schema already has its shape: resolving it
+        // again would only cost time.
+        let value = if self.is_reader_schema(id, writer, reader) {
+            value
+        } else {
+            value.resolve(reader).map_err(|e| WireError::Contract {
+                message: format!("schema id {id} does not resolve to the reader contract: {e}"),
+            })?
+        };
+        apache_avro::from_value(&value).map_err(|e| WireError::Contract {
             message: e.to_string(),
         })
+    }
+
+    /// Whether schema `id` (`writer`) is the same schema as `reader`, compared once per pair
+    /// by canonical form.
+    fn is_reader_schema(&self, id: u32, writer: &Schema, reader: &Schema) -> bool {
+        let pair = (id, std::ptr::from_ref(reader) as usize);
+        if let Some(same) = self.same.read().ok().and_then(|c| c.get(&pair).copied()) {
+            return same;
+        }
+        let same = writer.canonical_form() == reader.canonical_form();
+        if let Ok(mut cache) = self.same.write() {
+            cache.insert(pair, same);
+        }
+        same
     }
 
     /// Decodes a framed record to its schema id and Avro value.
@@ -409,13 +447,7 @@ impl WireCodec {
     ) -> Result<T, WireError> {
         let (id, body) = split_frame(bytes)?;
         let writer = self.schema(id).await?;
-        let value = widen_decimals(decode_body(id, &writer, body)?);
-        let resolved = value.resolve(reader).map_err(|e| WireError::Contract {
-            message: format!("schema id {id} does not resolve to the reader contract: {e}"),
-        })?;
-        apache_avro::from_value(&resolved).map_err(|e| WireError::Contract {
-            message: e.to_string(),
-        })
+        self.read_as(id, &writer, body, reader)
     }
 
     /// Encodes `value` with `schema`, registered under `subject`, as a framed record.
@@ -440,6 +472,51 @@ impl WireCodec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn usage_event(quantity: &str, optional: bool) -> crate::types::UsageEvent {
+        use crate::types::{EventMetadata, TraceContext, UsageEvent};
+        UsageEvent {
+            metadata: EventMetadata {
+                tenant_id: "acme".into(),
+                event_id: "e-1".into(),
+                source: "api-gateway".into(),
+                r#type: "usage.recorded".into(),
+                occurred_at: 1_790_000_000_000_000,
+                produced_at: 1_790_000_000_100_000,
+                trace: TraceContext {
+                    traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+                    tracestate: optional.then(|| "vendor=1".into()),
+                },
+                schema_version: optional.then_some(3),
+            },
+            customer_id: "c-9".into(),
+            subscription_id: optional.then(|| "sub-1".into()),
+            meter_id: "api_calls".into(),
+            quantity: quantity.parse().expect("quantity"),
+            unit: "call".into(),
+            dimensions: optional.then(|| [("region".to_owned(), "eu".to_owned())].into()),
+            unique_value: optional.then(|| "user-7".into()),
+        }
+    }
+
+    #[test]
+    fn direct_encoding_matches_the_value_path_byte_for_byte() {
+        use crate::types::{Contract, UsageEvent};
+        for (quantity, optional) in [("12.5", true), ("-0.000001", false), ("0", true)] {
+            let event = usage_event(quantity, optional);
+            let via_value = frame(
+                7,
+                &encode_body(UsageEvent::schema(), event.to_avro().expect("to avro"))
+                    .expect("body"),
+            );
+            let direct = encode_framed(7, &event).expect("direct");
+            assert_eq!(direct, via_value, "{quantity} {optional}");
+            let (id, body) = split_frame(&direct).expect("frame");
+            let decoded = decode_body(id, UsageEvent::schema(), body).expect("decode");
+            let back = UsageEvent::from_avro(&widen_decimals(decoded)).expect("from avro");
+            assert_eq!(back, event);
+        }
+    }
 
     #[test]
     fn frames_round_trip_and_bad_headers_are_typed() {
