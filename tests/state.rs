@@ -1,16 +1,20 @@
 //! Partition state under effectively-once delivery on the durable broker: a stateful processor
 //! keeps exact per-account counts while partitions move between two instances, because each
 //! partition's state follows it through its changelog, and across repeated kill -9, because an
-//! unclean stop discards local state and rebuilds it from the changelogs.
+//! unclean stop discards local state and rebuilds it from the changelogs. Global tables hold all
+//! of a reference topic on every instance and follow its updates.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use backbone_core::{KafkaSettings, RuntimeSettings};
+use backbone_core::{
+    InputRecord, KafkaSettings, OutputRecord, ProcessError, Processor, RuntimeSettings, State,
+    StateSpec,
+};
 use backbone_testkit::{
-    committed_offsets, consume_while, create_topic, produce, shared_settings, unique_group,
-    unique_topic, ChildProcess, ConsumedRecord, RunningProcessor, Tally, TestRecord,
+    committed_offsets, consume_until, consume_while, create_topic, produce, shared_settings,
+    unique_group, unique_topic, ChildProcess, ConsumedRecord, RunningProcessor, Tally, TestRecord,
 };
 
 const DEADLINE: Duration = Duration::from_secs(90);
@@ -231,4 +235,146 @@ async fn repeated_kill_9_leaves_the_counts_of_a_run_without_kills() {
     assert!(status.success(), "exit status {status:?}");
     assert_eq!(committed_total(&kafka, &group, &tally.input), total as i64);
     check_counts(&kafka, &tally.output, events).await;
+}
+
+/// Looks each input's key up in a global table of reference data and emits the value found;
+/// an unknown key is dead-lettered.
+struct Lookup {
+    input: String,
+    output: String,
+    reference: String,
+}
+
+impl Processor for Lookup {
+    fn name(&self) -> &str {
+        "lookup-test"
+    }
+
+    fn input_topics(&self) -> Vec<String> {
+        vec![self.input.clone()]
+    }
+
+    fn output_topics(&self) -> Vec<String> {
+        vec![self.output.clone()]
+    }
+
+    fn state(&self) -> StateSpec {
+        StateSpec::stateless().global("reference", &self.reference)
+    }
+
+    fn process(
+        &mut self,
+        record: &InputRecord<'_>,
+        state: &mut State<'_>,
+    ) -> Result<Vec<OutputRecord>, ProcessError> {
+        let key = record.key.unwrap_or_default();
+        let value = state.global("reference", key)?.ok_or_else(|| {
+            ProcessError::permanent("unknown_key", String::from_utf8_lossy(key).into_owned())
+        })?;
+        Ok(vec![OutputRecord {
+            topic: self.output.clone(),
+            key: Some(key.to_vec()),
+            value,
+            headers: Vec::new(),
+        }])
+    }
+}
+
+#[tokio::test]
+async fn global_tables_hold_all_reference_data_and_follow_its_updates() {
+    let kafka = shared_settings();
+    let lookup = Lookup {
+        input: unique_topic("lookup.in"),
+        output: unique_topic("lookup.out"),
+        reference: unique_topic("lookup.reference"),
+    };
+    let group = unique_group("lookup");
+    create_topic(&kafka, &lookup.reference, 3)
+        .await
+        .expect("reference topic");
+    create_topic(&kafka, &lookup.input, 2)
+        .await
+        .expect("input topic");
+    // Every key in some partition of the reference topic; k-0 twice, the later value wins.
+    let mut reference = vec![TestRecord::new("k-0", "stale")];
+    reference.extend((0..20).map(|i| TestRecord::new(format!("k-{i}"), format!("v-{i}"))));
+    produce(&kafka, &lookup.reference, &reference)
+        .await
+        .expect("reference data");
+    let mut inputs: Vec<TestRecord> = (0..20)
+        .map(|i| TestRecord::new(format!("k-{i}"), "lookup"))
+        .collect();
+    inputs.push(TestRecord::new("k-unknown", "lookup"));
+    produce(&kafka, &lookup.input, &inputs)
+        .await
+        .expect("inputs");
+
+    let mut settings = RuntimeSettings {
+        group_id: Some(group.clone()),
+        topic_partitions: 2,
+        ..RuntimeSettings::default()
+    };
+    settings.state.dir = std::env::temp_dir().join("backbone-state").join(&group);
+    let output = lookup.output.clone();
+    let dlq = format!("{}.dlq", lookup.input);
+    let reference_topic = lookup.reference.clone();
+    let input_topic = lookup.input.clone();
+    let running = RunningProcessor::start(lookup, &kafka, settings);
+
+    let found = consume_until(&kafka, &output, 20, DEADLINE)
+        .await
+        .expect("outputs");
+    let pairs: BTreeSet<(String, String)> = found
+        .iter()
+        .map(|r| {
+            (
+                String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()).into_owned(),
+                String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned(),
+            )
+        })
+        .collect();
+    let expected: BTreeSet<(String, String)> = (0..20)
+        .map(|i| (format!("k-{i}"), format!("v-{i}")))
+        .collect();
+    assert_eq!(pairs, expected);
+    let dead = consume_until(&kafka, &dlq, 1, DEADLINE).await.expect("dlq");
+    assert_eq!(
+        dead[0].header("backbone.dlq.reason").as_deref(),
+        Some("unknown_key")
+    );
+
+    // An update to the reference data reaches lookups while the processor runs.
+    produce(
+        &kafka,
+        &reference_topic,
+        &[TestRecord::new("k-3", "v-3-updated")],
+    )
+    .await
+    .expect("update");
+    let started = Instant::now();
+    loop {
+        produce(&kafka, &input_topic, &[TestRecord::new("k-3", "lookup")])
+            .await
+            .expect("input");
+        let seen = consume_while(
+            &kafka,
+            &output,
+            Duration::from_secs(2),
+            "the updated value".to_owned(),
+            |records| {
+                records
+                    .iter()
+                    .any(|r| r.value.as_deref() == Some(b"v-3-updated"))
+            },
+        )
+        .await;
+        if seen.is_ok() {
+            break;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the update never reached the global table"
+        );
+    }
+    running.stop(DEADLINE).await;
 }

@@ -16,6 +16,7 @@ pub mod config;
 pub mod dead_letter;
 mod delivery;
 pub mod endpoint;
+mod global;
 pub mod kafka;
 pub mod metrics;
 pub mod processor;
@@ -25,6 +26,7 @@ pub mod state;
 pub mod telemetry;
 
 pub use config::ConfigError;
+pub use global::GlobalTable;
 pub use kafka::KafkaSettings;
 pub use processor::{Header, InputRecord, OutputRecord, Prefetch, ProcessError, Processor};
 pub use runner::{run, run_with, Delivery, RunSummary, RuntimeError, RuntimeSettings};

@@ -24,6 +24,7 @@ use crate::delivery::{
     Transaction, MAX_IN_FLIGHT,
 };
 use crate::endpoint::ObservabilitySettings;
+use crate::global::GlobalTables;
 use crate::kafka::KafkaSettings;
 use crate::metrics::{event_age, fatal_kind, MeteredContext, RuntimeMetrics};
 use crate::processor::{Header, InputRecord, OutputRecord, ProcessError, Processor};
@@ -345,6 +346,7 @@ async fn run_loop<P: Processor>(
     let group = settings.group_id.clone().unwrap_or_else(|| name.clone());
     ensure_topics(processor, &group, &spec, kafka, settings).await?;
     let exactly_once = settings.delivery == Delivery::ExactlyOnce;
+    let globals = load_globals(&spec, &group, kafka, settings, metrics).await?;
 
     let producer = create_producer(kafka, settings)?;
     let transaction = exactly_once.then(|| Arc::new(Mutex::new(Transaction::default())));
@@ -464,7 +466,8 @@ async fn run_loop<P: Processor>(
             };
             let ownership = tasks.task(input.partition).await?;
             let started = Instant::now();
-            let processed = ownership.process(&group, input.partition, |state| {
+            let tables = globals.as_ref().map(GlobalTables::state);
+            let processed = ownership.process(&group, input.partition, tables, |state| {
                 prepared.and_then(|()| span.in_scope(|| processor.process(&input, state)))
             });
             metrics.observe_processing(started.elapsed());
@@ -674,6 +677,31 @@ impl Stage<'_> {
         self.consumer.unsubscribe();
         Ok(())
     }
+}
+
+/// Loads the processor's global tables before it joins its group; not ready until then.
+async fn load_globals(
+    spec: &StateSpec,
+    group: &str,
+    kafka: &KafkaSettings,
+    settings: &RuntimeSettings,
+    metrics: &RuntimeMetrics,
+) -> Result<Option<GlobalTables>, RuntimeError> {
+    if spec.globals().is_empty() {
+        return Ok(None);
+    }
+    metrics.readiness().set_ready(false);
+    let dir = settings.state.dir.join(group).join("global");
+    let tables = spec.globals().to_vec();
+    let kafka = kafka.clone();
+    let group = group.to_owned();
+    let timeout = settings.state.restore_timeout;
+    let globals = tokio::task::spawn_blocking(move || {
+        GlobalTables::start(&dir, &tables, &kafka, &group, timeout)
+    })
+    .await
+    .map_err(|e| StateFailure::Restore(format!("loading global tables: {e}")))??;
+    Ok(Some(globals))
 }
 
 async fn sleep_until(at: Option<Instant>) {

@@ -26,6 +26,7 @@ use serde::Deserialize;
 pub use backbone_state::{IdempotencyKey, DEFAULT_TTL};
 
 use crate::config::{ConfigError, Validate};
+use crate::global::GlobalTable;
 use crate::kafka::KafkaSettings;
 use crate::metrics::RuntimeMetrics;
 use crate::processor::ProcessError;
@@ -87,6 +88,7 @@ impl Validate for StateSettings {
 pub struct StateSpec {
     stores: Vec<String>,
     dedup: bool,
+    globals: Vec<GlobalTable>,
 }
 
 impl StateSpec {
@@ -108,7 +110,22 @@ impl StateSpec {
         self
     }
 
-    /// Every store, the dedup store included.
+    /// Adds a global table `name`, built from the whole compacted `topic` on every instance
+    /// and read with [`State::global`]: reference data that is not partitioned like the input.
+    pub fn global(mut self, name: &str, topic: &str) -> Self {
+        self.globals.push(GlobalTable {
+            name: name.to_owned(),
+            topic: topic.to_owned(),
+        });
+        self
+    }
+
+    /// The global tables.
+    pub fn globals(&self) -> &[GlobalTable] {
+        &self.globals
+    }
+
+    /// Every partition store, the dedup store included.
     pub fn all_stores(&self) -> Vec<String> {
         let mut all = self.stores.clone();
         if self.dedup {
@@ -117,7 +134,7 @@ impl StateSpec {
         all
     }
 
-    /// Whether there is anything to keep.
+    /// Whether there is no partition state to keep (global tables aside).
     pub fn is_stateless(&self) -> bool {
         self.stores.is_empty() && !self.dedup
     }
@@ -129,6 +146,7 @@ impl StateSpec {
 pub struct State<'a> {
     view: Option<StateView<'a>>,
     dedup: Option<&'a IdempotencyStore>,
+    globals: Option<&'a PartitionState>,
     duplicate: bool,
 }
 
@@ -138,6 +156,7 @@ impl<'a> State<'a> {
         State {
             view: None,
             dedup: None,
+            globals: None,
             duplicate: false,
         }
     }
@@ -147,8 +166,26 @@ impl<'a> State<'a> {
         Self {
             view: Some(view),
             dedup,
+            globals: None,
             duplicate: false,
         }
+    }
+
+    /// The same state with lookups in `globals`.
+    pub fn with_globals(mut self, globals: Option<&'a PartitionState>) -> Self {
+        self.globals = globals;
+        self
+    }
+
+    /// The value of `key` in the global table `table`, as of now.
+    pub fn global(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, ProcessError> {
+        let globals = self.globals.ok_or_else(|| ProcessError::Fatal {
+            kind: "configuration",
+            detail: format!(
+                "global table `{table}` used by a processor whose StateSpec declares none"
+            ),
+        })?;
+        globals.get(table, key).map_err(state_failure)
     }
 
     /// The value of `key` in `store`.
@@ -273,12 +310,13 @@ impl Ownership {
         &self,
         processor: &str,
         partition: i32,
+        globals: Option<&PartitionState>,
         process: impl FnOnce(&mut State<'_>) -> Result<T, ProcessError>,
     ) -> Processed<T> {
         let mut guard = self.lock_state();
         let Some(open) = guard.as_mut() else {
             return Processed {
-                result: process(&mut State::stateless()),
+                result: process(&mut State::stateless().with_globals(globals)),
                 changelog: Vec::new(),
                 duplicate: false,
             };
@@ -293,7 +331,7 @@ impl Ownership {
                 swept = dedup.sweep_expired(&mut view, now_micros(), SWEEP_LIMIT);
             }
         }
-        let mut state_view = State::new(view, open.dedup.as_ref());
+        let mut state_view = State::new(view, open.dedup.as_ref()).with_globals(globals);
         let result = match swept {
             Ok(_) => process(&mut state_view),
             Err(err) => Err(state_failure(err)),
