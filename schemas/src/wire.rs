@@ -116,6 +116,24 @@ impl Prefetch for WireCodec {
         value: Option<&'a [u8]>,
     ) -> Pin<Box<dyn Future<Output = Result<(), ProcessError>> + Send + 'a>> {
         Box::pin(async move {
+            // Ids that a synchronous decode missed (a record read from state, say) first.
+            let wanted: Vec<u32> = self
+                .wanted
+                .lock()
+                .map(|mut w| w.drain().collect())
+                .unwrap_or_default();
+            for id in wanted {
+                match self.schema(id).await {
+                    Ok(_) => {}
+                    Err(err) if err.is_transient() => return Err(err.into_process_error()),
+                    // Not this input's fault: the decode that wanted it fails permanently.
+                    Err(_) => {
+                        if let Ok(mut missing) = self.missing.lock() {
+                            missing.insert(id);
+                        }
+                    }
+                }
+            }
             let Some(Ok((id, _))) = value.map(split_frame) else {
                 return Ok(());
             };
@@ -261,6 +279,10 @@ pub struct WireCodec {
     by_subject: Arc<RwLock<HashMap<(String, String), u32>>>,
     /// (schema id, reader schema address) to whether they are the same schema.
     same: Arc<RwLock<HashMap<(u32, usize), bool>>>,
+    /// Ids a cache-only decode missed, for the next prefetch to resolve.
+    wanted: Arc<std::sync::Mutex<std::collections::HashSet<u32>>>,
+    /// Wanted ids the registry does not know.
+    missing: Arc<std::sync::Mutex<std::collections::HashSet<u32>>>,
 }
 
 impl std::fmt::Debug for WireCodec {
@@ -277,6 +299,8 @@ impl WireCodec {
             by_id: Arc::default(),
             by_subject: Arc::default(),
             same: Arc::default(),
+            wanted: Arc::default(),
+            missing: Arc::default(),
         }
     }
 
@@ -356,14 +380,20 @@ impl WireCodec {
         subject: &str,
         value: &T,
     ) -> Result<Vec<u8>, WireError> {
+        let id = self.contract_id::<T>(subject).await?;
+        encode_framed(id, value)
+    }
+
+    /// The id of `T`'s bundled contract under `subject`, registering it once if needed; later
+    /// calls answer from the cache.
+    pub async fn contract_id<T: Contract>(&self, subject: &str) -> Result<u32, WireError> {
         let text = ContractSet::embedded()
             .and_then(|set| set.bundled(T::FULL_NAME))
             .map_err(|e| WireError::Contract {
                 message: e.to_string(),
             })?
             .to_string();
-        let id = self.register_text(subject, &text, T::schema()).await?;
-        encode_framed(id, value)
+        self.register_text(subject, &text, T::schema()).await
     }
 
     /// Caches `schema` as the writer schema of `id` without asking the registry: for tools and
@@ -380,18 +410,28 @@ impl WireCodec {
     }
 
     /// Like [`WireCodec::decode_as`], from the cache only: for synchronous processors whose
-    /// runtime resolved the id beforehand (see the `Prefetch` impl). An id not cached yet is a
-    /// transient error.
+    /// runtime resolved the id beforehand (see the `Prefetch` impl). An id not cached yet is an
+    /// outage the runtime retries; the id is remembered, so the next prefetch resolves it even
+    /// when the bytes came from state rather than from the input.
     pub fn decode_cached_as<T: DeserializeOwned>(
         &self,
         bytes: &[u8],
         reader: &Schema,
     ) -> Result<T, WireError> {
         let (id, body) = split_frame(bytes)?;
-        let writer = self.cached_schema(id).ok_or_else(|| WireError::Registry {
-            message: format!("schema id {id} has not been resolved yet"),
-            retriable: true,
-        })?;
+        let Some(writer) = self.cached_schema(id) else {
+            if self.missing.lock().is_ok_and(|m| m.contains(&id)) {
+                return Err(WireError::UnknownSchemaId { id });
+            }
+            // The runtime's next prefetch resolves it; the record is retried after that.
+            if let Ok(mut wanted) = self.wanted.lock() {
+                wanted.insert(id);
+            }
+            return Err(WireError::Registry {
+                message: format!("schema id {id} has not been resolved yet"),
+                retriable: true,
+            });
+        };
         self.read_as(id, &writer, body, reader)
     }
 
