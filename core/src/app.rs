@@ -127,6 +127,8 @@ where
         return ExitCode::SUCCESS;
     }
     telemetry::init(args.log_format);
+    // Installed before anything slow, so that a SIGTERM during start-up stops gracefully.
+    let stop = crate::shutdown::signal();
     let registry = prometheus::Registry::new();
     let metrics = match RuntimeMetrics::new(&registry, A::NAME) {
         Ok(metrics) => Arc::new(metrics),
@@ -162,7 +164,7 @@ where
         &config.runtime,
         &config.observability,
         metrics,
-        crate::shutdown::signal(),
+        stop,
     )
     .await;
     let _ = endpoint_stop.send(());
