@@ -7,8 +7,7 @@ use std::future::Future;
 /// too, never the signal's default of killing the process.
 pub fn signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let terminate =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     async move {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]

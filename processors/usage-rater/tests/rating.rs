@@ -1,0 +1,304 @@
+//! The usage-rater on the real broker and registry: split usage adds up to the published
+//! graduated price per subscription, duplicates are dropped, and late, unknown-plan and
+//! unpriced-meter events land in the DLQ under their reasons.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use backbone_core::RuntimeSettings;
+use backbone_rating::days_from_civil;
+use backbone_registry::{LocalRegistry, RegistryConfig};
+use backbone_schemas::types::{
+    Amount, ChargeModel, Contract, EnrichedUsage, EventMetadata, MeterAggregation, PriceTier,
+    RateCard, RateCharge, RatedUsage, RatingKind, TraceContext, UsageEvent,
+};
+use backbone_schemas::WireCodec;
+use backbone_testkit::{
+    consume_until, create_topic, produce, shared_settings, unique_group, unique_topic,
+    RunningProcessor, TestRecord,
+};
+use backbone_usage_rater::{RaterSettings, UsageRater};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+const HOUR: i64 = 3_600_000_000;
+
+fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .expect("clock")
+}
+
+fn metadata(event_id: &str, occurred_at: i64) -> EventMetadata {
+    EventMetadata {
+        tenant_id: "acme".into(),
+        event_id: event_id.into(),
+        source: "api".into(),
+        r#type: "backbone.usage.recorded".into(),
+        occurred_at,
+        produced_at: occurred_at,
+        trace: TraceContext {
+            traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+            tracestate: None,
+        },
+        schema_version: None,
+    }
+}
+
+/// Stripe's Typographic tiers, graduated: 1-5 at 7, 6-10 at 6.50, then 6
+/// (<https://docs.stripe.com/subscriptions/pricing-models/tiered-pricing>).
+fn rate_card() -> RateCard {
+    let tier = |up_to: Option<&str>, price: &str| PriceTier {
+        up_to: up_to.map(|u| u.parse().expect("bound")),
+        unit_price: price.parse().expect("price"),
+        flat_fee: None,
+    };
+    RateCard {
+        metadata: metadata("card-pro-1", now_micros()),
+        plan_id: "pro".into(),
+        version: 1,
+        name: "Pro".into(),
+        currency: "USD".into(),
+        effective_from: 0,
+        effective_to: None,
+        charges: vec![RateCharge {
+            charge_id: "fonts".into(),
+            name: "Fonts".into(),
+            meter_id: "fonts".into(),
+            aggregation: MeterAggregation::Sum,
+            charge_model: ChargeModel::Graduated,
+            flat_amount: None,
+            unit_price: None,
+            package_size: None,
+            percentage: None,
+            free_units: None,
+            minimum_spend: None,
+            maximum_spend: None,
+            tiers: vec![
+                tier(Some("5"), "7"),
+                tier(Some("10"), "6.5"),
+                tier(None, "6"),
+            ],
+            group_by: Vec::new(),
+        }],
+    }
+}
+
+fn enriched(
+    subscription: &str,
+    plan: &str,
+    meter: &str,
+    event_id: &str,
+    quantity: &str,
+    occurred_at: i64,
+) -> EnrichedUsage {
+    let usage = UsageEvent {
+        metadata: metadata(event_id, occurred_at),
+        customer_id: format!("cust-{subscription}"),
+        subscription_id: Some(subscription.into()),
+        meter_id: meter.into(),
+        quantity: quantity.parse().expect("quantity"),
+        unit: "font".into(),
+        dimensions: None,
+        unique_value: None,
+    };
+    EnrichedUsage {
+        metadata: EventMetadata {
+            source: "enricher".into(),
+            ..metadata(event_id, occurred_at)
+        },
+        usage,
+        subscription_id: subscription.into(),
+        plan_id: plan.into(),
+        rate_card_version: 1,
+        legal_entity_id: "acme-us".into(),
+        currency: "USD".into(),
+        billing_period_start: days_from_civil(2026, 11, 1),
+        billing_period_end: days_from_civil(2026, 12, 1),
+    }
+}
+
+#[tokio::test]
+async fn split_usage_adds_up_to_the_price_of_the_total_and_bad_events_are_dead_lettered() {
+    let kafka = shared_settings();
+    let registry = LocalRegistry::start(&RegistryConfig::ephemeral(
+        kafka.clone(),
+        &unique_topic("schemas"),
+    ))
+    .await
+    .expect("registry");
+    let codec = WireCodec::new(registry.url());
+    let settings = RaterSettings {
+        input_topic: unique_topic("usage.enriched"),
+        rate_cards_topic: unique_topic("master.rate-cards"),
+        output_topic: unique_topic("usage.rated"),
+        aggregates_topic: unique_topic("usage.window-aggregates"),
+        ..RaterSettings::default()
+    };
+    create_topic(&kafka, &settings.input_topic, 2)
+        .await
+        .expect("input topic");
+    create_topic(&kafka, &settings.rate_cards_topic, 1)
+        .await
+        .expect("rate card topic");
+    let card = codec
+        .encode_contract(
+            &format!("{}-value", settings.rate_cards_topic),
+            &rate_card(),
+        )
+        .await
+        .expect("encode card");
+    produce(
+        &kafka,
+        &settings.rate_cards_topic,
+        &[TestRecord::new("acme:pro", card)],
+    )
+    .await
+    .expect("rate card");
+
+    let now = now_micros();
+    let subject = format!("{}-value", settings.input_topic);
+    let mut events = Vec::new();
+    // sub-1: 15 fonts in five events, one of them sent twice: 35 + 32.50 + 30 = 97.50.
+    for (i, quantity) in ["2", "3", "1", "4", "5"].into_iter().enumerate() {
+        events.push(enriched(
+            "sub-1",
+            "pro",
+            "fonts",
+            &format!("s1-{i}"),
+            quantity,
+            now - HOUR,
+        ));
+    }
+    events.push(enriched("sub-1", "pro", "fonts", "s1-3", "4", now - HOUR));
+    // sub-2: 6 fonts in three events, the last one earlier in time: 35 + 6.50 = 41.50.
+    for (i, (quantity, at)) in [("1", now - HOUR), ("2", now - HOUR), ("3", now - 2 * HOUR)]
+        .into_iter()
+        .enumerate()
+    {
+        events.push(enriched(
+            "sub-2",
+            "pro",
+            "fonts",
+            &format!("s2-{i}"),
+            quantity,
+            at,
+        ));
+    }
+    // Dead letters: 40 days late, a plan without a rate card, a meter the plan does not price.
+    events.push(enriched(
+        "sub-3",
+        "pro",
+        "fonts",
+        "late",
+        "1",
+        now - 40 * 24 * HOUR,
+    ));
+    events.push(enriched(
+        "sub-3",
+        "basic",
+        "fonts",
+        "no-card",
+        "1",
+        now - HOUR,
+    ));
+    events.push(enriched(
+        "sub-3",
+        "pro",
+        "storage",
+        "no-charge",
+        "1",
+        now - HOUR,
+    ));
+    let mut records = Vec::new();
+    for event in &events {
+        let bytes = codec
+            .encode_contract(&subject, event)
+            .await
+            .expect("encode");
+        records.push(TestRecord::new(
+            format!("acme:{}", event.subscription_id),
+            bytes,
+        ));
+    }
+    produce(&kafka, &settings.input_topic, &records)
+        .await
+        .expect("events");
+
+    let group = unique_group("usage-rater");
+    let mut runtime = RuntimeSettings {
+        group_id: Some(group.clone()),
+        topic_partitions: 2,
+        max_attempts: 2,
+        initial_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(50),
+        ..RuntimeSettings::default()
+    };
+    runtime.state.dir = std::env::temp_dir().join("backbone-state").join(&group);
+    let output = settings.output_topic.clone();
+    let dlq = format!("{}.dlq", settings.input_topic);
+    let aggregates = settings.aggregates_topic.clone();
+    let rater = RunningProcessor::start(UsageRater::new(settings, codec.clone()), &kafka, runtime);
+
+    let rated = consume_until(&kafka, &output, 8, DEADLINE)
+        .await
+        .expect("rated lines");
+    let dead = consume_until(&kafka, &dlq, 3, DEADLINE)
+        .await
+        .expect("dead letters");
+    let windows = consume_until(&kafka, &aggregates, 8, DEADLINE)
+        .await
+        .expect("window aggregates");
+    let summary = rater.stop(DEADLINE).await;
+    assert_eq!(summary.duplicates, 1);
+
+    let mut lines: BTreeMap<String, Vec<RatedUsage>> = BTreeMap::new();
+    for record in &rated {
+        let line: RatedUsage = codec
+            .decode_as(
+                record.value.as_deref().expect("value"),
+                RatedUsage::schema(),
+            )
+            .await
+            .expect("decode");
+        lines
+            .entry(line.subscription_id.clone())
+            .or_default()
+            .push(line);
+    }
+    assert_eq!(rated.len(), 8, "one line per distinct event");
+    let total = |subscription: &str| -> Amount {
+        lines[subscription].iter().fold(Amount::ZERO, |sum, l| {
+            sum.checked_add(l.delta_amount).expect("sum")
+        })
+    };
+    assert_eq!(total("sub-1"), "97.5".parse().expect("amount"));
+    assert_eq!(total("sub-2"), "41.5".parse().expect("amount"));
+    for (subscription, lines) in &lines {
+        let revisions: BTreeSet<i64> = lines.iter().map(|l| l.revision).collect();
+        let expected: BTreeSet<i64> = (1..=lines.len() as i64).collect();
+        assert_eq!(revisions, expected, "{subscription}: revisions");
+        let ids: BTreeSet<&str> = lines.iter().map(|l| l.rating_id.as_str()).collect();
+        assert_eq!(
+            ids.len(),
+            lines.len(),
+            "{subscription}: distinct rating ids"
+        );
+    }
+    assert!(
+        lines["sub-2"]
+            .iter()
+            .any(|l| l.kind == RatingKind::Restatement),
+        "the earlier-in-time event restates"
+    );
+
+    let reasons: BTreeSet<String> = dead
+        .iter()
+        .filter_map(|r| r.header("backbone.dlq.reason"))
+        .collect();
+    let expected: BTreeSet<String> = ["too_late", "retries_exhausted", "unknown_meter"]
+        .map(str::to_owned)
+        .into();
+    assert_eq!(reasons, expected);
+    assert!(windows.len() >= 8);
+}
