@@ -10,6 +10,7 @@ pub mod cli;
 pub mod contracts;
 pub mod lint;
 pub mod manifest;
+pub mod outputs;
 pub mod types;
 pub mod wire;
 
@@ -17,4 +18,5 @@ include!(concat!(env!("OUT_DIR"), "/embedded.rs"));
 
 pub use contracts::{ContractError, ContractSet};
 pub use manifest::{Manifest, TopicContract};
+pub use outputs::OutputContracts;
 pub use wire::{WireCodec, WireError};

@@ -21,7 +21,7 @@
 //!   dead-lettered as `retries_exhausted`; a card that cannot price the event
 //!   (`rating_error`), a currency mismatch or a meter no charge prices are permanent.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use backbone_core::app::{App, SchemaRegistrySettings};
@@ -35,7 +35,7 @@ use backbone_schemas::types::{
     UsageWindowAggregate,
 };
 use backbone_schemas::wire::encode_framed;
-use backbone_schemas::WireCodec;
+use backbone_schemas::{OutputContracts, WireCodec};
 use serde::{Deserialize, Serialize};
 
 /// The global table of rate cards.
@@ -109,72 +109,37 @@ impl Validate for RaterSettings {
     }
 }
 
-/// Registry ids of the two output contracts, known after the first prefetch.
-#[derive(Debug, Clone, Copy)]
-struct OutputIds {
-    rated: u32,
-    aggregate: u32,
-}
-
 /// The processor.
 #[derive(Debug, Clone)]
 pub struct UsageRater {
     settings: RaterSettings,
-    prefetch: Arc<RaterPrefetch>,
+    outputs: Arc<OutputContracts>,
 }
 
 impl UsageRater {
     /// A rater decoding and encoding through `codec`.
     pub fn new(settings: RaterSettings, codec: WireCodec) -> Self {
-        let prefetch = Arc::new(RaterPrefetch {
+        let outputs = Arc::new(OutputContracts::new(
             codec,
-            ids: OnceLock::new(),
-            rated_subject: format!("{}-value", settings.output_topic),
-            aggregate_subject: format!("{}-value", settings.aggregates_topic),
-        });
-        Self { settings, prefetch }
+            vec![
+                (subject(&settings.output_topic), RatedUsage::FULL_NAME),
+                (
+                    subject(&settings.aggregates_topic),
+                    UsageWindowAggregate::FULL_NAME,
+                ),
+            ],
+        ));
+        Self { settings, outputs }
     }
 
     fn codec(&self) -> &WireCodec {
-        &self.prefetch.codec
+        self.outputs.codec()
     }
 }
 
-/// Resolves the input's schema (and any a decode from state missed) and registers the output
-/// contracts once, so that `process` stays synchronous.
-#[derive(Debug)]
-struct RaterPrefetch {
-    codec: WireCodec,
-    ids: OnceLock<OutputIds>,
-    rated_subject: String,
-    aggregate_subject: String,
-}
-
-impl Prefetch for RaterPrefetch {
-    fn prefetch<'a>(
-        &'a self,
-        value: Option<&'a [u8]>,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ProcessError>> + Send + 'a>>
-    {
-        Box::pin(async move {
-            self.codec.prefetch(value).await?;
-            if self.ids.get().is_none() {
-                let unavailable = |e: backbone_schemas::WireError| e.into_process_error();
-                let rated = self
-                    .codec
-                    .contract_id::<RatedUsage>(&self.rated_subject)
-                    .await
-                    .map_err(unavailable)?;
-                let aggregate = self
-                    .codec
-                    .contract_id::<UsageWindowAggregate>(&self.aggregate_subject)
-                    .await
-                    .map_err(unavailable)?;
-                let _ = self.ids.set(OutputIds { rated, aggregate });
-            }
-            Ok(())
-        })
-    }
+/// The value subject of `topic` under the topic-name strategy.
+fn subject(topic: &str) -> String {
+    format!("{topic}-value")
 }
 
 impl App for UsageRater {
@@ -215,7 +180,7 @@ impl Processor for UsageRater {
     }
 
     fn prefetch(&self) -> Option<Arc<dyn Prefetch>> {
-        Some(self.prefetch.clone())
+        Some(self.outputs.clone())
     }
 
     fn process(
@@ -230,9 +195,8 @@ impl Processor for UsageRater {
             .codec()
             .decode_cached_as(value, EnrichedUsage::schema())
             .map_err(|e| e.into_process_error())?;
-        let ids = *self.prefetch.ids.get().ok_or_else(|| {
-            ProcessError::Unavailable("output contracts not registered yet".to_owned())
-        })?;
+        let rated_id = self.outputs.id(&subject(&self.settings.output_topic))?;
+        let aggregate_id = self.outputs.id(&subject(&self.settings.aggregates_topic))?;
         let usage = &enriched.usage;
         let m = &usage.metadata;
         let input_key = format!("{}/{}/{}", m.tenant_id, m.source, m.event_id);
@@ -271,7 +235,7 @@ impl Processor for UsageRater {
             outputs.push(OutputRecord {
                 topic: self.settings.output_topic.clone(),
                 key: key.clone(),
-                value: encode(ids.rated, &line)?,
+                value: encode(rated_id, &line)?,
                 headers: Vec::new(),
             });
         }
@@ -279,7 +243,7 @@ impl Processor for UsageRater {
         outputs.push(OutputRecord {
             topic: self.settings.aggregates_topic.clone(),
             key,
-            value: encode(ids.aggregate, &window)?,
+            value: encode(aggregate_id, &window)?,
             headers: Vec::new(),
         });
         Ok(outputs)
