@@ -200,6 +200,37 @@ impl<'a> State<'a> {
             .map_err(state_failure)
     }
 
+    /// The value of `key` in `store`, read as JSON (what [`put_json`](Self::put_json) wrote).
+    pub fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        store: &str,
+        key: &[u8],
+    ) -> Result<Option<T>, ProcessError> {
+        self.get(store, key)?
+            .map(|bytes| {
+                serde_json::from_slice(&bytes).map_err(|e| ProcessError::Fatal {
+                    kind: "state",
+                    detail: format!("store `{store}` holds an unreadable value: {e}"),
+                })
+            })
+            .transpose()
+    }
+
+    /// Sets `key` in `store` to `value` as JSON: readable in a dump, and new optional fields
+    /// read old values.
+    pub fn put_json<T: serde::Serialize>(
+        &mut self,
+        store: &str,
+        key: &[u8],
+        value: &T,
+    ) -> Result<(), ProcessError> {
+        let bytes = serde_json::to_vec(value).map_err(|e| ProcessError::Fatal {
+            kind: "state",
+            detail: format!("encoding a value for store `{store}`: {e}"),
+        })?;
+        self.put(store, key, &bytes)
+    }
+
     /// Deletes `key` from `store`.
     pub fn delete(&mut self, store: &str, key: &[u8]) -> Result<(), ProcessError> {
         self.view_mut(store)?

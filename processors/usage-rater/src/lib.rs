@@ -314,11 +314,11 @@ impl UsageRater {
         subscription: &str,
         period: (i32, i32),
     ) -> Result<(i32, i32), ProcessError> {
-        let stored: Option<(i32, i32)> = read_json(state, PERIODS, subscription.as_bytes())?;
+        let stored: Option<(i32, i32)> = state.get_json(PERIODS, subscription.as_bytes())?;
         match stored {
             Some(open) if open.0 >= period.0 => Ok(open),
             _ => {
-                write_json(state, PERIODS, subscription.as_bytes(), &period)?;
+                state.put_json(PERIODS, subscription.as_bytes(), &period)?;
                 Ok(period)
             }
         }
@@ -344,7 +344,7 @@ impl UsageRater {
             &group_key,
             &enriched.billing_period_start.to_string(),
         ]);
-        let before: Accumulator = read_json(state, ACCUMULATORS, &acc_key)?.unwrap_or_default();
+        let before: Accumulator = state.get_json(ACCUMULATORS, &acc_key)?.unwrap_or_default();
         let new_unique_value = match &usage.unique_value {
             Some(value) => {
                 let key = [acc_key.as_slice(), b"\0", value.as_bytes()].concat();
@@ -366,7 +366,7 @@ impl UsageRater {
         after.revision += 1;
         let delta = rate(charge, &before, &after)
             .map_err(|e| ProcessError::permanent("rating_error", e.to_string()))?;
-        write_json(state, ACCUMULATORS, &acc_key, &after)?;
+        state.put_json(ACCUMULATORS, &acc_key, &after)?;
 
         let late = before
             .latest
@@ -452,14 +452,14 @@ impl UsageRater {
             &usage.meter_id,
             &start.to_string(),
         ]);
-        let mut figures: WindowFigures = read_json(state, WINDOWS, &key)?.unwrap_or_default();
+        let mut figures: WindowFigures = state.get_json(WINDOWS, &key)?.unwrap_or_default();
         let quantity = usage.quantity.unscaled();
         figures.events += 1;
         figures.sum = figures.sum.saturating_add(quantity);
         figures.min = Some(figures.min.map_or(quantity, |v| v.min(quantity)));
         figures.max = Some(figures.max.map_or(quantity, |v| v.max(quantity)));
         figures.revision += 1;
-        write_json(state, WINDOWS, &key, &figures)?;
+        state.put_json(WINDOWS, &key, &figures)?;
         let quantity = |unscaled: i128| {
             Quantity::from_unscaled(unscaled)
                 .map_err(|e| ProcessError::permanent("rating_error", e.to_string()))
@@ -537,35 +537,6 @@ fn join(parts: &[&str]) -> Vec<u8> {
 
 fn encode<T: Contract>(id: u32, value: &T) -> Result<Vec<u8>, ProcessError> {
     encode_framed(id, value).map_err(|e| ProcessError::permanent("rating_error", e.to_string()))
-}
-
-fn read_json<T: serde::de::DeserializeOwned>(
-    state: &State<'_>,
-    store: &str,
-    key: &[u8],
-) -> Result<Option<T>, ProcessError> {
-    state
-        .get(store, key)?
-        .map(|bytes| {
-            serde_json::from_slice(&bytes).map_err(|e| ProcessError::Fatal {
-                kind: "state",
-                detail: format!("store `{store}` holds an unreadable value: {e}"),
-            })
-        })
-        .transpose()
-}
-
-fn write_json<T: Serialize>(
-    state: &mut State<'_>,
-    store: &str,
-    key: &[u8],
-    value: &T,
-) -> Result<(), ProcessError> {
-    let bytes = serde_json::to_vec(value).map_err(|e| ProcessError::Fatal {
-        kind: "state",
-        detail: format!("encoding a value for store `{store}`: {e}"),
-    })?;
-    state.put(store, key, &bytes)
 }
 
 fn wall_clock_micros() -> i64 {

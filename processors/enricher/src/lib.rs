@@ -1,0 +1,522 @@
+//! Joins usage with the master data it is billed under: customer account, subscription and the
+//! plan's rate card, stamping the billing period that holds the event.
+//!
+//! Inputs: validated usage and the customer accounts, both keyed `<tenant>:<customer>` and
+//! co-partitioned, so an account lives in the partition state of the usage it enriches.
+//! Subscriptions and rate cards are global tables (keyed by subscription and plan).
+//!
+//! Park and release: a usage event whose account or subscription is not known yet is parked in
+//! partition state, behind any earlier parked event of the same customer (order is kept). Parked
+//! events are tried again when the customer's account arrives and when the customer's next usage
+//! arrives; one still parked `processor.park_timeout` after it was parked, judged by the record
+//! times of the partition's later records, goes to the DLQ as `unknown_account` or
+//! `unknown_subscription`, byte for byte as it came in.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use backbone_core::app::{App, SchemaRegistrySettings};
+use backbone_core::config::{ConfigError, Validate};
+use backbone_core::dead_letter::DeadLetter;
+use backbone_core::{
+    InputRecord, OutputRecord, Prefetch, ProcessError, Processor, State, StateSpec,
+};
+use backbone_rating::PeriodPlan;
+use backbone_schemas::types::{
+    AccountStatus, Contract, CustomerAccount, EnrichedUsage, EventMetadata, RateCard, Subscription,
+    UsageEvent,
+};
+use backbone_schemas::wire::encode_framed;
+use backbone_schemas::{OutputContracts, WireCodec};
+use serde::{Deserialize, Serialize};
+
+const ACCOUNTS: &str = "accounts";
+const PARKED: &str = "parked";
+/// One key listing the customers with parked events, so expiry need not scan.
+const PARKED_INDEX: &str = "parked_index";
+const INDEX_KEY: &[u8] = b"customers";
+const SUBSCRIPTIONS: &str = "subscriptions";
+const RATE_CARDS: &str = "rate_cards";
+const DAY_MICROS: i64 = 86_400_000_000;
+
+/// The `[processor]` config section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnricherSettings {
+    /// Validated usage, keyed `<tenant>:<customer>`.
+    pub usage_topic: String,
+    /// Customer accounts, keyed `<tenant>:<customer>`, co-partitioned with the usage.
+    pub accounts_topic: String,
+    /// Subscriptions, keyed `<tenant>:<subscription>`.
+    pub subscriptions_topic: String,
+    /// Rate cards, keyed `<tenant>:<plan>`.
+    pub rate_cards_topic: String,
+    /// Where enriched usage goes, keyed `<tenant>:<subscription>`.
+    pub output_topic: String,
+    /// How long an event may wait for its master data before it is dead-lettered.
+    #[serde(with = "humantime_serde")]
+    pub park_timeout: Duration,
+}
+
+impl Default for EnricherSettings {
+    fn default() -> Self {
+        Self {
+            usage_topic: "usage.validated".to_owned(),
+            accounts_topic: "master.customer-accounts".to_owned(),
+            subscriptions_topic: "master.subscriptions".to_owned(),
+            rate_cards_topic: "master.rate-cards".to_owned(),
+            output_topic: "usage.enriched".to_owned(),
+            park_timeout: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl Validate for EnricherSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (key, value) in [
+            ("usage_topic", &self.usage_topic),
+            ("accounts_topic", &self.accounts_topic),
+            ("subscriptions_topic", &self.subscriptions_topic),
+            ("rate_cards_topic", &self.rate_cards_topic),
+            ("output_topic", &self.output_topic),
+        ] {
+            if value.trim().is_empty() {
+                return Err(ConfigError::Invalid {
+                    key: format!("processor.{key}"),
+                    message: "must not be empty".to_owned(),
+                });
+            }
+        }
+        if self.usage_topic == self.accounts_topic {
+            return Err(ConfigError::Invalid {
+                key: "processor.accounts_topic".to_owned(),
+                message: "must differ from processor.usage_topic".to_owned(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The processor.
+#[derive(Debug, Clone)]
+pub struct Enricher {
+    settings: EnricherSettings,
+    outputs: Arc<OutputContracts>,
+}
+
+impl Enricher {
+    /// An enricher decoding and encoding through `codec`.
+    pub fn new(settings: EnricherSettings, codec: WireCodec) -> Self {
+        let outputs = Arc::new(OutputContracts::new(
+            codec,
+            vec![(subject(&settings.output_topic), EnrichedUsage::FULL_NAME)],
+        ));
+        Self { settings, outputs }
+    }
+
+    fn codec(&self) -> &WireCodec {
+        self.outputs.codec()
+    }
+}
+
+/// The value subject of `topic` under the topic-name strategy.
+fn subject(topic: &str) -> String {
+    format!("{topic}-value")
+}
+
+impl App for Enricher {
+    const NAME: &'static str = "enricher";
+    const ABOUT: &'static str =
+        "Joins usage with accounts, subscriptions and rate cards; parks events whose master data is on its way";
+    type Settings = EnricherSettings;
+
+    fn build(settings: EnricherSettings, registry: &SchemaRegistrySettings) -> Self {
+        Self::new(settings, WireCodec::new(&registry.url))
+    }
+}
+
+/// A usage event waiting for its master data, with everything its dead letter would need.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Parked {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    timestamp_ms: Option<i64>,
+    key: Option<Vec<u8>>,
+    value: Vec<u8>,
+    headers: Vec<(String, Vec<u8>)>,
+    reason: String,
+    detail: String,
+    parked_at_ms: i64,
+}
+
+/// What enriching one event gave.
+enum Joined {
+    Enriched(OutputRecord),
+    Waiting {
+        reason: &'static str,
+        detail: String,
+    },
+}
+
+impl Processor for Enricher {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+
+    fn input_topics(&self) -> Vec<String> {
+        vec![
+            self.settings.usage_topic.clone(),
+            self.settings.accounts_topic.clone(),
+        ]
+    }
+
+    fn output_topics(&self) -> Vec<String> {
+        vec![self.settings.output_topic.clone()]
+    }
+
+    fn state(&self) -> StateSpec {
+        StateSpec::stateless()
+            .store(ACCOUNTS)
+            .store(PARKED)
+            .store(PARKED_INDEX)
+            .global(SUBSCRIPTIONS, &self.settings.subscriptions_topic)
+            .global(RATE_CARDS, &self.settings.rate_cards_topic)
+    }
+
+    fn prefetch(&self) -> Option<Arc<dyn Prefetch>> {
+        Some(self.outputs.clone())
+    }
+
+    fn process(
+        &mut self,
+        record: &InputRecord<'_>,
+        state: &mut State<'_>,
+    ) -> Result<Vec<OutputRecord>, ProcessError> {
+        let now_ms = record.timestamp_ms.unwrap_or_else(wall_clock_ms);
+        let mut outputs = if record.topic == self.settings.accounts_topic {
+            self.account(record, state, now_ms)?
+        } else {
+            self.usage(record, state, now_ms)?
+        };
+        outputs.extend(self.expire(state, now_ms)?);
+        Ok(outputs)
+    }
+}
+
+impl Enricher {
+    /// Stores (or, for a tombstone, deletes) an account, then releases its customer's events.
+    fn account(
+        &self,
+        record: &InputRecord<'_>,
+        state: &mut State<'_>,
+        now_ms: i64,
+    ) -> Result<Vec<OutputRecord>, ProcessError> {
+        let key = record
+            .key
+            .ok_or_else(|| ProcessError::permanent("missing_key", "an account needs its key"))?;
+        match record.value {
+            Some(value) => {
+                self.codec()
+                    .decode_cached_as::<CustomerAccount>(value, CustomerAccount::schema())
+                    .map_err(|e| e.into_process_error())?;
+                state.put(ACCOUNTS, key, value)?;
+            }
+            None => state.delete(ACCOUNTS, key)?,
+        }
+        self.release(state, key, now_ms)
+    }
+
+    /// Enriches a usage event, or parks it behind its customer's parked events.
+    fn usage(
+        &self,
+        record: &InputRecord<'_>,
+        state: &mut State<'_>,
+        now_ms: i64,
+    ) -> Result<Vec<OutputRecord>, ProcessError> {
+        let value = record
+            .value
+            .ok_or_else(|| ProcessError::permanent("missing_value", "record has no value"))?;
+        let usage: UsageEvent = self
+            .codec()
+            .decode_cached_as(value, UsageEvent::schema())
+            .map_err(|e| e.into_process_error())?;
+        let customer = customer_key(&usage);
+        let mut parked = parked_of(state, &customer)?;
+        let event = Parked {
+            topic: record.topic.to_owned(),
+            partition: record.partition,
+            offset: record.offset,
+            timestamp_ms: record.timestamp_ms,
+            key: record.key.map(<[u8]>::to_vec),
+            value: value.to_vec(),
+            headers: record.headers.to_vec(),
+            reason: String::new(),
+            detail: String::new(),
+            parked_at_ms: now_ms,
+        };
+        if parked.is_empty() {
+            match self.join(state, &usage)? {
+                Joined::Enriched(output) => return Ok(vec![output]),
+                Joined::Waiting { reason, detail } => {
+                    parked.push(Parked {
+                        reason: reason.to_owned(),
+                        detail,
+                        ..event
+                    });
+                    save_parked(state, &customer, &parked)?;
+                    return Ok(Vec::new());
+                }
+            }
+        }
+        // Earlier events of the customer wait: this one queues behind them, then all are tried.
+        parked.push(event);
+        save_parked(state, &customer, &parked)?;
+        self.release(state, customer.as_bytes(), now_ms)
+    }
+
+    /// Tries the customer's parked events in order; stops at the first that still waits.
+    fn release(
+        &self,
+        state: &mut State<'_>,
+        customer: &[u8],
+        now_ms: i64,
+    ) -> Result<Vec<OutputRecord>, ProcessError> {
+        let customer = String::from_utf8_lossy(customer).into_owned();
+        let parked = parked_of(state, &customer)?;
+        let mut outputs = Vec::new();
+        let mut waiting = Vec::new();
+        for mut event in parked {
+            if !waiting.is_empty() {
+                waiting.push(event);
+                continue;
+            }
+            let usage: UsageEvent = self
+                .codec()
+                .decode_cached_as(&event.value, UsageEvent::schema())
+                .map_err(|e| e.into_process_error())?;
+            match self.join(state, &usage) {
+                Ok(Joined::Enriched(output)) => outputs.push(output),
+                Ok(Joined::Waiting { reason, detail }) => {
+                    event.reason = reason.to_owned();
+                    event.detail = detail;
+                    waiting.push(event);
+                }
+                Err(ProcessError::Permanent { reason, detail }) => {
+                    outputs.push(dead_letter(&event, reason, &detail, now_ms));
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        save_parked(state, &customer, &waiting)?;
+        Ok(outputs)
+    }
+
+    /// Dead-letters parked events that waited longer than the park timeout.
+    fn expire(
+        &self,
+        state: &mut State<'_>,
+        now_ms: i64,
+    ) -> Result<Vec<OutputRecord>, ProcessError> {
+        let customers: Vec<String> = state.get_json(PARKED_INDEX, INDEX_KEY)?.unwrap_or_default();
+        let timeout = i64::try_from(self.settings.park_timeout.as_millis()).unwrap_or(i64::MAX);
+        let mut outputs = Vec::new();
+        for customer in customers {
+            let parked = parked_of(state, &customer)?;
+            let (expired, waiting): (Vec<Parked>, Vec<Parked>) = parked
+                .into_iter()
+                .partition(|p| p.parked_at_ms.saturating_add(timeout) <= now_ms);
+            if expired.is_empty() {
+                continue;
+            }
+            for event in &expired {
+                let detail = format!(
+                    "{}; waited {} ms, longer than processor.park_timeout",
+                    event.detail,
+                    now_ms - event.parked_at_ms
+                );
+                outputs.push(dead_letter(
+                    event,
+                    reason_of(&event.reason),
+                    &detail,
+                    now_ms,
+                ));
+            }
+            save_parked(state, &customer, &waiting)?;
+        }
+        Ok(outputs)
+    }
+
+    /// The event joined with its master data, or what it waits for.
+    fn join(&self, state: &State<'_>, usage: &UsageEvent) -> Result<Joined, ProcessError> {
+        let m = &usage.metadata;
+        let customer = customer_key(usage);
+        let Some(account) = state.get(ACCOUNTS, customer.as_bytes())? else {
+            return Ok(Joined::Waiting {
+                reason: "unknown_account",
+                detail: format!("no account `{customer}`"),
+            });
+        };
+        let account: CustomerAccount = self
+            .codec()
+            .decode_cached_as(&account, CustomerAccount::schema())
+            .map_err(|e| e.into_process_error())?;
+        if account.status == AccountStatus::Closed {
+            return Err(ProcessError::permanent(
+                "account_closed",
+                format!("account `{customer}` is closed"),
+            ));
+        }
+        let Some(subscription_id) = usage.subscription_id.as_deref() else {
+            return Err(ProcessError::permanent(
+                "unknown_subscription",
+                "the event names no subscription",
+            ));
+        };
+        let key = format!("{}:{subscription_id}", m.tenant_id);
+        let Some(subscription) = state.global(SUBSCRIPTIONS, key.as_bytes())? else {
+            return Ok(Joined::Waiting {
+                reason: "unknown_subscription",
+                detail: format!("no subscription `{key}`"),
+            });
+        };
+        let subscription: Subscription = self
+            .codec()
+            .decode_cached_as(&subscription, Subscription::schema())
+            .map_err(|e| e.into_process_error())?;
+        if subscription.customer_id != usage.customer_id {
+            return Err(ProcessError::permanent(
+                "subscription_mismatch",
+                format!(
+                    "subscription `{key}` belongs to `{}`, not `{}`",
+                    subscription.customer_id, usage.customer_id
+                ),
+            ));
+        }
+        let plan = PeriodPlan::new(
+            subscription.current_period_start,
+            subscription.billing_anchor_day,
+            subscription.billing_interval,
+        )
+        .map_err(|e| {
+            ProcessError::permanent("contract_violation", format!("subscription `{key}`: {e}"))
+        })?;
+        let day = i32::try_from(m.occurred_at.div_euclid(DAY_MICROS)).map_err(|_| {
+            ProcessError::permanent("contract_violation", "occurred_at is out of range")
+        })?;
+        let period = plan.period_of(day);
+        let card_key = format!("{}:{}", m.tenant_id, subscription.plan_id);
+        let rate_card_version = match state.global(RATE_CARDS, card_key.as_bytes())? {
+            Some(card) => {
+                self.codec()
+                    .decode_cached_as::<RateCard>(&card, RateCard::schema())
+                    .map_err(|e| e.into_process_error())?
+                    .version
+            }
+            // The rater waits for the card; the version is what it finds then.
+            None => 0,
+        };
+        let enriched = EnrichedUsage {
+            metadata: EventMetadata {
+                tenant_id: m.tenant_id.clone(),
+                event_id: format!("{}/{}/{}", m.tenant_id, m.source, m.event_id),
+                source: Self::NAME.to_owned(),
+                r#type: "backbone.usage.enriched".to_owned(),
+                occurred_at: m.occurred_at,
+                // From the input, so a redelivery reproduces the same bytes.
+                produced_at: m.produced_at,
+                trace: m.trace.clone(),
+                schema_version: None,
+            },
+            subscription_id: subscription_id.to_owned(),
+            plan_id: subscription.plan_id.clone(),
+            rate_card_version,
+            legal_entity_id: subscription.legal_entity_id.clone(),
+            currency: subscription.currency.clone(),
+            billing_period_start: period.start,
+            billing_period_end: period.end,
+            usage: usage.clone(),
+        };
+        let id = self.outputs.id(&subject(&self.settings.output_topic))?;
+        let value = encode_framed(id, &enriched)
+            .map_err(|e| ProcessError::permanent("contract_violation", e.to_string()))?;
+        Ok(Joined::Enriched(OutputRecord {
+            topic: self.settings.output_topic.clone(),
+            key: Some(key.into_bytes()),
+            value,
+            headers: Vec::new(),
+        }))
+    }
+}
+
+fn customer_key(usage: &UsageEvent) -> String {
+    format!("{}:{}", usage.metadata.tenant_id, usage.customer_id)
+}
+
+fn reason_of(reason: &str) -> &'static str {
+    match reason {
+        "unknown_subscription" => "unknown_subscription",
+        _ => "unknown_account",
+    }
+}
+
+/// The dead letter of a parked event, as the runtime would have written it for the input.
+fn dead_letter(event: &Parked, reason: &str, detail: &str, now_ms: i64) -> OutputRecord {
+    let input = InputRecord {
+        topic: &event.topic,
+        partition: event.partition,
+        offset: event.offset,
+        timestamp_ms: event.timestamp_ms,
+        key: event.key.as_deref(),
+        value: Some(&event.value),
+        headers: &event.headers,
+    };
+    let at = |ms: i64| UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    DeadLetter {
+        input: &input,
+        error_class: "permanent",
+        reason,
+        message: detail,
+        processor: Enricher::NAME,
+        processor_version: env!("CARGO_PKG_VERSION"),
+        attempts: 1,
+        first_failed_at: at(event.parked_at_ms),
+    }
+    .to_record(at(now_ms))
+}
+
+fn parked_of(state: &State<'_>, customer: &str) -> Result<Vec<Parked>, ProcessError> {
+    Ok(state
+        .get_json(PARKED, customer.as_bytes())?
+        .unwrap_or_default())
+}
+
+/// Stores a customer's parked events (none deletes them) and keeps the index in step.
+fn save_parked(
+    state: &mut State<'_>,
+    customer: &str,
+    parked: &[Parked],
+) -> Result<(), ProcessError> {
+    let mut index: Vec<String> = state.get_json(PARKED_INDEX, INDEX_KEY)?.unwrap_or_default();
+    let listed = index.iter().position(|c| c == customer);
+    if parked.is_empty() {
+        state.delete(PARKED, customer.as_bytes())?;
+        if let Some(at) = listed {
+            index.remove(at);
+            state.put_json(PARKED_INDEX, INDEX_KEY, &index)?;
+        }
+    } else {
+        state.put_json(PARKED, customer.as_bytes(), &parked)?;
+        if listed.is_none() {
+            index.push(customer.to_owned());
+            state.put_json(PARKED_INDEX, INDEX_KEY, &index)?;
+        }
+    }
+    Ok(())
+}
+
+fn wall_clock_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
