@@ -1,7 +1,8 @@
 //! Usage through the enricher, the usage-rater and the fanout on the real broker and registry:
 //! every billing charge exists once, the charges of a subscription add up to the price of its
 //! total usage, a duplicate and a late account change nothing, and analytics gets a row per
-//! rated line and per window revision.
+//! rated line and per window revision. Then loadgen's workload through all four stages, the
+//! validator included, against loadgen's own expectations.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -9,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use backbone_core::{KafkaSettings, RuntimeSettings};
 use backbone_enricher::{Enricher, EnricherSettings};
 use backbone_fanout::{Fanout, FanoutSettings, Routes};
+use backbone_loadgen::{LoadSpec, Payload, Workload};
 use backbone_rating::{days_from_civil, price};
 use backbone_registry::{LocalRegistry, RegistryConfig};
 use backbone_schemas::types::{
@@ -18,10 +20,11 @@ use backbone_schemas::types::{
 };
 use backbone_schemas::WireCodec;
 use backbone_testkit::{
-    consume_until, create_topic, produce, shared_settings, unique_group, unique_topic,
-    RunningProcessor, TestRecord,
+    consume_until, consume_while, create_topic, produce, shared_settings, unique_group,
+    unique_topic, RunningProcessor, TestRecord,
 };
 use backbone_usage_rater::{RaterSettings, UsageRater};
+use backbone_usage_validator::{UsageValidator, ValidatorSettings};
 
 const DEADLINE: Duration = Duration::from_secs(90);
 
@@ -364,4 +367,281 @@ async fn every_charge_once_and_totals_equal_the_price_of_the_usage() {
     }
     assert_eq!(kinds.get("rated"), Some(&distinct_events));
     assert_eq!(kinds.get("window"), Some(&distinct_events));
+}
+
+/// Publishes `records` (key, contract value) to `topic` through the registry.
+async fn publish_keyed<T: Contract>(
+    kafka: &KafkaSettings,
+    codec: &WireCodec,
+    topic: &str,
+    records: Vec<(String, &T)>,
+) {
+    let mut encoded = Vec::with_capacity(records.len());
+    for (key, value) in records {
+        let bytes = codec
+            .encode_contract(&format!("{topic}-value"), value)
+            .await
+            .expect("encode");
+        encoded.push(TestRecord::new(key, bytes));
+    }
+    produce(kafka, topic, &encoded).await.expect("produce");
+}
+
+/// Dead-letter reasons on `topic` once at least `count` letters arrived.
+async fn reasons(kafka: &KafkaSettings, topic: &str, count: usize) -> BTreeMap<String, usize> {
+    let mut reasons = BTreeMap::new();
+    if count == 0 {
+        return reasons;
+    }
+    for letter in consume_until(kafka, topic, count, DEADLINE)
+        .await
+        .expect("dead letters")
+    {
+        let reason = letter.header("backbone.dlq.reason").unwrap_or_default();
+        *reasons.entry(reason).or_default() += 1;
+    }
+    reasons
+}
+
+#[tokio::test]
+async fn loadgen_expectations_hold_through_every_stage() {
+    let kafka = shared_settings();
+    let registry = LocalRegistry::start(&RegistryConfig::ephemeral(
+        kafka.clone(),
+        &unique_topic("schemas"),
+    ))
+    .await
+    .expect("registry");
+    let codec = WireCodec::new(registry.url());
+    let workload = Workload::generate(&LoadSpec {
+        seed: 11,
+        tenant: "acme".to_owned(),
+        customers: 30,
+        plans: 2,
+        events: 1_500,
+        duplicate_share: 0.03,
+        late_share: 0.05,
+        out_of_window_share: 0.01,
+        poison_share: 0.03,
+        now_micros: now_micros(),
+    });
+    let raw = unique_topic("usage.events");
+    let t = Topics {
+        usage: unique_topic("usage.validated"),
+        accounts: unique_topic("master.customer-accounts"),
+        subscriptions: unique_topic("master.subscriptions"),
+        rate_cards: unique_topic("master.rate-cards"),
+        enriched: unique_topic("usage.enriched"),
+        rated: unique_topic("usage.rated"),
+        windows: unique_topic("usage.window-aggregates"),
+        billing: unique_topic("billing.charges"),
+        analytics: unique_topic("analytics.facts"),
+    };
+    for topic in [
+        &raw,
+        &t.usage,
+        &t.accounts,
+        &t.enriched,
+        &t.rated,
+        &t.windows,
+    ] {
+        create_topic(&kafka, topic, 3).await.expect("topic");
+    }
+    for topic in [&t.subscriptions, &t.rate_cards] {
+        create_topic(&kafka, topic, 1).await.expect("topic");
+    }
+    publish_keyed(
+        &kafka,
+        &codec,
+        &t.rate_cards,
+        workload
+            .rate_cards
+            .iter()
+            .map(|c| (format!("acme:{}", c.plan_id), c))
+            .collect(),
+    )
+    .await;
+    publish_keyed(
+        &kafka,
+        &codec,
+        &t.subscriptions,
+        workload
+            .subscriptions
+            .iter()
+            .map(|s| (format!("acme:{}", s.subscription_id), s))
+            .collect(),
+    )
+    .await;
+    publish_keyed(
+        &kafka,
+        &codec,
+        &t.accounts,
+        workload
+            .accounts
+            .iter()
+            .map(|a| (format!("acme:{}", a.customer_id), a))
+            .collect(),
+    )
+    .await;
+    let mut usage = Vec::with_capacity(workload.usage.len());
+    for record in &workload.usage {
+        let value = match &record.payload {
+            Payload::Event(event) => codec
+                .encode_contract(&format!("{raw}-value"), event.as_ref())
+                .await
+                .expect("encode"),
+            Payload::Raw(bytes) => bytes.clone(),
+        };
+        usage.push(TestRecord::new(record.key.clone(), value));
+    }
+    produce(&kafka, &raw, &usage).await.expect("usage");
+
+    let validator = RunningProcessor::start(
+        UsageValidator::new(
+            ValidatorSettings {
+                input_topic: raw.clone(),
+                output_topic: t.usage.clone(),
+                dedup: true,
+            },
+            codec.clone(),
+        ),
+        &kafka,
+        runtime("usage-validator"),
+    );
+    let park_timeout = Duration::from_secs(3);
+    let enricher = RunningProcessor::start(
+        Enricher::new(
+            EnricherSettings {
+                usage_topic: t.usage.clone(),
+                accounts_topic: t.accounts.clone(),
+                subscriptions_topic: t.subscriptions.clone(),
+                rate_cards_topic: t.rate_cards.clone(),
+                output_topic: t.enriched.clone(),
+                park_timeout,
+            },
+            codec.clone(),
+        ),
+        &kafka,
+        runtime("enricher"),
+    );
+    let rater = RunningProcessor::start(
+        UsageRater::new(
+            RaterSettings {
+                input_topic: t.enriched.clone(),
+                rate_cards_topic: t.rate_cards.clone(),
+                output_topic: t.rated.clone(),
+                aggregates_topic: t.windows.clone(),
+                ..RaterSettings::default()
+            },
+            codec.clone(),
+        ),
+        &kafka,
+        runtime("usage-rater"),
+    );
+    let fanout = RunningProcessor::start(
+        Fanout::new(
+            FanoutSettings {
+                rated_topic: t.rated.clone(),
+                aggregates_topic: t.windows.clone(),
+                routes: Routes {
+                    billing: t.billing.clone(),
+                    analytics: String::new(),
+                },
+            },
+            codec.clone(),
+        ),
+        &kafka,
+        runtime("fanout"),
+    );
+
+    let expected = &workload.expected;
+    let billing = consume_until(&kafka, &t.billing, expected.billed_events, DEADLINE)
+        .await
+        .expect("billing charges");
+
+    // Events of customers without an account wait out the park timeout; account updates on
+    // every partition move the enricher's time past it.
+    let ghosts = expected
+        .dead_letters
+        .get("unknown_account")
+        .copied()
+        .unwrap_or(0);
+    let tick = codec
+        .encode_contract(&format!("{}-value", t.accounts), &workload.accounts[0])
+        .await
+        .expect("encode");
+    let enricher_dlq = format!("{}.dlq", t.usage);
+    let started = std::time::Instant::now();
+    loop {
+        let ticks: Vec<TestRecord> = (0..3)
+            .map(|partition| TestRecord {
+                partition: Some(partition),
+                ..TestRecord::new("acme:tick", tick.clone())
+            })
+            .collect();
+        produce(&kafka, &t.accounts, &ticks).await.expect("ticks");
+        let expired = consume_while(
+            &kafka,
+            &enricher_dlq,
+            park_timeout,
+            format!("{ghosts} expired parked events"),
+            move |records| records.len() >= ghosts,
+        )
+        .await;
+        if expired.is_ok() {
+            break;
+        }
+        assert!(started.elapsed() < DEADLINE, "parked events never expired");
+    }
+
+    let mut dead = reasons(
+        &kafka,
+        &format!("{raw}.dlq"),
+        ["wrong_magic_byte", "unknown_schema_id", "invalid_quantity"]
+            .iter()
+            .filter_map(|r| expected.dead_letters.get(*r))
+            .sum(),
+    )
+    .await;
+    dead.extend(reasons(&kafka, &enricher_dlq, ghosts).await);
+    let late = expected.dead_letters.get("too_late").copied().unwrap_or(0);
+    dead.extend(reasons(&kafka, &format!("{}.dlq", t.enriched), late).await);
+    assert_eq!(
+        &dead, &expected.dead_letters,
+        "every poison record under its reason"
+    );
+
+    let validated = validator.stop(DEADLINE).await;
+    for running in [fanout, rater, enricher] {
+        running.stop(DEADLINE).await;
+    }
+    assert_eq!(validated.duplicates as usize, expected.duplicates);
+
+    let mut billed: BTreeMap<String, i128> = BTreeMap::new();
+    let mut ids = BTreeSet::new();
+    for record in &billing {
+        let charge: BillingCharge = codec
+            .decode_as(
+                record.value.as_deref().expect("value"),
+                BillingCharge::schema(),
+            )
+            .await
+            .expect("decode charge");
+        assert!(
+            ids.insert(charge.rating_id.clone()),
+            "charge {} twice",
+            charge.rating_id
+        );
+        *billed.entry(charge.subscription_id).or_default() += charge.amount.unscaled();
+    }
+    assert_eq!(ids.len(), expected.billed_events);
+    for (subscription, want) in &expected.subscriptions {
+        let amount = billed.get(subscription).copied().unwrap_or(0);
+        let want: i128 = want
+            .amount
+            .parse::<backbone_schemas::types::Amount>()
+            .expect("amount")
+            .unscaled();
+        assert_eq!(amount, want, "{subscription}");
+    }
 }

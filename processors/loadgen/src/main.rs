@@ -1,0 +1,229 @@
+//! `loadgen`: publishes a deterministic workload (see the library crate) through the real
+//! serializer and registry, and writes the results the pipeline must produce as JSON.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use backbone_core::KafkaSettings;
+use backbone_loadgen::{LoadSpec, Payload, Workload};
+use backbone_schemas::types::Contract;
+use backbone_schemas::WireCodec;
+use clap::Parser;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "loadgen",
+    about = "Publishes deterministic usage load with master data and writes the expected results"
+)]
+struct Args {
+    /// Broker to publish to.
+    #[arg(
+        long,
+        env = "BACKBONE__KAFKA__BOOTSTRAP_SERVERS",
+        default_value = "127.0.0.1:9092"
+    )]
+    bootstrap_servers: String,
+    /// Schema registry to register the contracts with.
+    #[arg(
+        long,
+        env = "BACKBONE__SCHEMA_REGISTRY__URL",
+        default_value = "http://127.0.0.1:8081"
+    )]
+    registry_url: String,
+    /// Seed: the same seed publishes the same records.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Tenant of every record.
+    #[arg(long, default_value = "acme")]
+    tenant: String,
+    /// Customers (an account and a subscription each).
+    #[arg(long, default_value_t = 100)]
+    customers: usize,
+    /// Plans (a rate card each).
+    #[arg(long, default_value_t = 3)]
+    plans: usize,
+    /// Usage records to publish, duplicates and poison included.
+    #[arg(long, default_value_t = 10_000)]
+    events: usize,
+    /// Usage records per second; 0 publishes as fast as the broker takes them.
+    #[arg(long, default_value_t = 0)]
+    rate: u32,
+    /// Share of records that repeat an earlier event (0 to 1).
+    #[arg(long, default_value_t = 0.02)]
+    duplicates: f64,
+    /// Share of events a few hours late.
+    #[arg(long, default_value_t = 0.05)]
+    late: f64,
+    /// Share of events outside the lateness window.
+    #[arg(long, default_value_t = 0.005)]
+    out_of_window: f64,
+    /// Share of poison records.
+    #[arg(long, default_value_t = 0.01)]
+    poison: f64,
+    /// Where to write the expected results (JSON).
+    #[arg(long, default_value = "expected.json")]
+    expected: PathBuf,
+    /// Raw usage topic.
+    #[arg(long, default_value = "usage.events")]
+    usage_topic: String,
+    /// Customer accounts topic.
+    #[arg(long, default_value = "master.customer-accounts")]
+    accounts_topic: String,
+    /// Subscriptions topic.
+    #[arg(long, default_value = "master.subscriptions")]
+    subscriptions_topic: String,
+    /// Rate cards topic.
+    #[arg(long, default_value = "master.rate-cards")]
+    rate_cards_topic: String,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    match run(Args::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("loadgen: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<()> {
+    for (name, share) in [
+        ("--duplicates", args.duplicates),
+        ("--late", args.late),
+        ("--out-of-window", args.out_of_window),
+        ("--poison", args.poison),
+    ] {
+        if !(0.0..=1.0).contains(&share) {
+            bail!("{name} {share}: expected a share between 0 and 1");
+        }
+    }
+    let now_micros = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .context("system clock before 1970")?
+        .as_micros();
+    let spec = LoadSpec {
+        seed: args.seed,
+        tenant: args.tenant.clone(),
+        customers: args.customers,
+        plans: args.plans,
+        events: args.events,
+        duplicate_share: args.duplicates,
+        late_share: args.late,
+        out_of_window_share: args.out_of_window,
+        poison_share: args.poison,
+        now_micros: i64::try_from(now_micros).context("clock out of range")?,
+    };
+    let workload = Workload::generate(&spec);
+    let kafka = KafkaSettings::for_servers(&args.bootstrap_servers);
+    let producer: FutureProducer = kafka
+        .producer_config()
+        .create()
+        .context("creating the producer")?;
+    let codec = WireCodec::new(&args.registry_url);
+    let tenant = &args.tenant;
+
+    let cards: Vec<(String, _)> = workload
+        .rate_cards
+        .iter()
+        .map(|c| (format!("{tenant}:{}", c.plan_id), c))
+        .collect();
+    publish_all(&producer, &codec, &args.rate_cards_topic, &cards).await?;
+    let subscriptions: Vec<(String, _)> = workload
+        .subscriptions
+        .iter()
+        .map(|s| (format!("{tenant}:{}", s.subscription_id), s))
+        .collect();
+    publish_all(&producer, &codec, &args.subscriptions_topic, &subscriptions).await?;
+    let accounts: Vec<(String, _)> = workload
+        .accounts
+        .iter()
+        .map(|a| (format!("{tenant}:{}", a.customer_id), a))
+        .collect();
+    publish_all(&producer, &codec, &args.accounts_topic, &accounts).await?;
+
+    let subject = format!("{}-value", args.usage_topic);
+    let started = Instant::now();
+    let mut pending = Vec::new();
+    for (n, record) in workload.usage.iter().enumerate() {
+        if args.rate > 0 {
+            let due = started + Duration::from_secs_f64(n as f64 / f64::from(args.rate));
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let value = match &record.payload {
+            Payload::Event(event) => codec
+                .encode_contract(&subject, event.as_ref())
+                .await
+                .with_context(|| format!("encoding usage record {n}"))?,
+            Payload::Raw(bytes) => bytes.clone(),
+        };
+        let delivery = producer
+            .send_result(
+                FutureRecord::to(&args.usage_topic)
+                    .key(&record.key)
+                    .payload(&value),
+            )
+            .map_err(|(err, _)| err)
+            .with_context(|| format!("publishing to {}", args.usage_topic))?;
+        pending.push(delivery);
+        if pending.len() >= 1_000 {
+            settle(&mut pending, &args.usage_topic).await?;
+        }
+    }
+    settle(&mut pending, &args.usage_topic).await?;
+    let elapsed = started.elapsed();
+
+    let json = serde_json::to_string_pretty(&workload.expected)
+        .context("encoding the expected results")?;
+    std::fs::write(&args.expected, json)
+        .with_context(|| format!("writing {}", args.expected.display()))?;
+    println!(
+        "loadgen: {} usage records to {} in {:.1}s ({:.0}/s); {} customers, {} plans; expected results in {}",
+        workload.usage.len(),
+        args.usage_topic,
+        elapsed.as_secs_f64(),
+        workload.usage.len() as f64 / elapsed.as_secs_f64().max(1e-9),
+        workload.accounts.len(),
+        workload.rate_cards.len(),
+        args.expected.display()
+    );
+    Ok(())
+}
+
+async fn settle(pending: &mut Vec<DeliveryFuture>, topic: &str) -> Result<()> {
+    for delivery in pending.drain(..) {
+        delivery
+            .await
+            .context("the producer went away")?
+            .map_err(|(err, _)| err)
+            .with_context(|| format!("publishing to {topic}"))?;
+    }
+    Ok(())
+}
+
+async fn publish_all<T: Contract>(
+    producer: &FutureProducer,
+    codec: &WireCodec,
+    topic: &str,
+    records: &[(String, &T)],
+) -> Result<()> {
+    let subject = format!("{topic}-value");
+    for (key, value) in records {
+        let bytes = codec
+            .encode_contract(&subject, *value)
+            .await
+            .with_context(|| format!("encoding a record for {topic}"))?;
+        producer
+            .send(
+                FutureRecord::to(topic).key(key).payload(&bytes),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(err, _)| err)
+            .with_context(|| format!("publishing to {topic}"))?;
+    }
+    Ok(())
+}
