@@ -1,18 +1,20 @@
-//! `demo`: registers the contracts, publishes a batch of sample usage events in the Confluent
-//! wire format (some deliberately broken) to the embedded stack, runs the pipeline's
-//! processors as separate processes, reads and decodes what comes out, checks that every input
-//! is accounted for, and prints a summary.
+//! `demo`: registers the contracts, starts the usage pipeline's processors (validator, enricher,
+//! usage-rater, fanout) as separate processes on the embedded stack, publishes a loadgen
+//! workload (master data, then usage with duplicates, late events and poison) through the real
+//! serializer, waits for every expected billing charge and dead letter, and prints per stage what
+//! went in, what came out, what was dropped as a duplicate and what was dead-lettered, and the
+//! billed totals against loadgen's expectation.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use backbone_core::admin::{ensure_topics, partition_count, TopicSpec};
 use backbone_core::KafkaSettings;
-use backbone_schemas::types::{Contract, EventMetadata, Quantity, TraceContext, UsageEvent};
-use backbone_schemas::wire::{frame, split_frame};
+use backbone_loadgen::{LoadSpec, Payload, Workload};
+use backbone_schemas::types::{Amount, BillingCharge, Contract};
 use backbone_schemas::WireCodec;
 use clap::Parser;
 use nix::sys::signal::{kill, Signal};
@@ -22,16 +24,24 @@ use rdkafka::message::Headers;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
-const INPUT: &str = "usage.events";
-const SUBJECT: &str = "usage.events-value";
-const OUTPUT: &str = "usage.validated";
-const DLQ: &str = "usage.events.dlq";
+const USAGE: &str = "usage.events";
+const VALIDATED: &str = "usage.validated";
+const ACCOUNTS: &str = "master.customer-accounts";
+const SUBSCRIPTIONS: &str = "master.subscriptions";
+const RATE_CARDS: &str = "master.rate-cards";
+const ENRICHED: &str = "usage.enriched";
+const RATED: &str = "usage.rated";
+const WINDOWS: &str = "usage.window-aggregates";
+const BILLING: &str = "billing.charges";
+const ANALYTICS: &str = "analytics.facts";
 const PARTITIONS: i32 = 3;
+/// How long the demo's enricher lets an event wait for its account.
+const PARK_TIMEOUT: &str = "3s";
 
 #[derive(Debug, Parser)]
 #[command(
     name = "demo",
-    about = "Runs sample usage events through the backbone and summarises"
+    about = "Runs a loadgen workload through the usage pipeline and summarises every stage"
 )]
 struct Args {
     /// Broker to use.
@@ -48,9 +58,12 @@ struct Args {
         default_value = "http://127.0.0.1:8081"
     )]
     registry_url: String,
-    /// How many events to publish.
-    #[arg(long, default_value_t = 1000)]
+    /// Usage records to publish, duplicates and poison included.
+    #[arg(long, default_value_t = 2000)]
     events: usize,
+    /// Customers in the workload.
+    #[arg(long, default_value_t = 40)]
+    customers: usize,
     /// Directory for the processors' logs.
     #[arg(long, default_value = ".backbone/logs")]
     log_dir: PathBuf,
@@ -58,24 +71,14 @@ struct Args {
     #[arg(long, default_value = ".backbone/state")]
     state_dir: PathBuf,
     /// How long to wait for the pipeline to finish, in seconds.
-    #[arg(long, default_value_t = 120)]
+    #[arg(long, default_value_t = 180)]
     timeout_secs: u64,
 }
 
-/// What the demo publishes, and what should come out for it.
-#[derive(Debug, Default)]
-struct Expectation {
-    valid_keys: BTreeSet<String>,
-    valid_quantity: i128,
-    broken: BTreeMap<&'static str, usize>,
-    /// Valid events published a second time, as a producer retry would.
-    duplicates: usize,
-}
-
-/// One record read back.
-struct Seen {
-    headers: BTreeMap<String, String>,
-    value: Vec<u8>,
+/// One processor of the pipeline, run as its own process.
+struct Stage {
+    name: &'static str,
+    child: Child,
 }
 
 #[tokio::main]
@@ -87,126 +90,318 @@ async fn main() -> Result<()> {
         "backbone demo: broker {}, schema registry {}",
         args.bootstrap_servers, args.registry_url
     );
-
     register_contracts(&args.registry_url)?;
-    ensure_topics(
-        &settings,
-        &[
-            TopicSpec::new(INPUT, PARTITIONS),
-            TopicSpec::new(OUTPUT, PARTITIONS),
-            TopicSpec::new(DLQ, PARTITIONS),
-        ],
-        Duration::from_secs(30),
-    )
-    .await
-    .context("preparing topics")?;
+    let dlq = |topic: &str| format!("{topic}.dlq");
+    let topics: Vec<String> = [
+        USAGE,
+        VALIDATED,
+        ACCOUNTS,
+        SUBSCRIPTIONS,
+        RATE_CARDS,
+        ENRICHED,
+        RATED,
+        WINDOWS,
+        BILLING,
+        ANALYTICS,
+    ]
+    .iter()
+    .flat_map(|t| [(*t).to_owned(), dlq(t)])
+    .collect();
+    let specs: Vec<TopicSpec> = topics
+        .iter()
+        .map(|t| TopicSpec::new(t.clone(), PARTITIONS))
+        .collect();
+    ensure_topics(&settings, &specs, Duration::from_secs(30))
+        .await
+        .context("preparing topics")?;
     // Earlier demo runs left records behind on the durable broker: count only what is new.
-    let output_start = end_offsets(&settings, OUTPUT)?;
-    let dlq_start = end_offsets(&settings, DLQ)?;
+    let mut start = BTreeMap::new();
+    for topic in &topics {
+        start.insert(topic.clone(), end_offsets(&settings, topic)?);
+    }
 
     std::fs::create_dir_all(&args.log_dir)
         .with_context(|| format!("creating log directory {}", args.log_dir.display()))?;
-    let log = args.log_dir.join("usage-validator.log");
-    let mut processor = spawn_processor(&args, &log)?;
+    let mut stages = Vec::new();
+    for (name, extra) in [
+        ("usage-validator", vec![]),
+        (
+            "enricher",
+            vec![("BACKBONE__PROCESSOR__PARK_TIMEOUT", PARK_TIMEOUT)],
+        ),
+        ("usage-rater", vec![]),
+        ("fanout", vec![]),
+    ] {
+        stages.push(spawn(&args, name, &extra)?);
+    }
 
-    let codec = WireCodec::new(&args.registry_url);
-    let run_id = SystemTime::now()
+    // A tenant of its own per run: earlier runs' period-to-date totals stay out of this one.
+    let run = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis()
-        .to_string();
-    let expectation = publish(&settings, &codec, args.events, &run_id).await?;
-    let broken_total: usize = expectation.broken.values().sum();
-    let published = args.events + expectation.duplicates;
+        .context("system clock before 1970")?;
+    let workload = Workload::generate(&LoadSpec {
+        seed: u64::try_from(run.as_millis()).unwrap_or(0),
+        tenant: format!("demo-{}", run.as_millis()),
+        customers: args.customers,
+        plans: 3,
+        events: args.events,
+        duplicate_share: 0.02,
+        late_share: 0.05,
+        out_of_window_share: 0.005,
+        poison_share: 0.01,
+        now_micros: i64::try_from(run.as_micros()).unwrap_or(i64::MAX),
+    });
+    let expected = &workload.expected;
+    let codec = WireCodec::new(&args.registry_url);
+    let producer: FutureProducer = settings
+        .producer_config()
+        .create()
+        .context("creating producer")?;
+    publish(&producer, &codec, &workload).await?;
     println!(
-        "published {published} usage events to {INPUT} in the Confluent wire format ({} valid, {} of them twice, {broken_total} deliberately broken)",
-        expectation.valid_keys.len(),
-        expectation.duplicates,
+        "loadgen published {} usage records for {} customers on {} plans ({} duplicates, {} poison or out of window)",
+        expected.records,
+        workload.accounts.len(),
+        workload.rate_cards.len(),
+        expected.duplicates,
+        expected.dead_letters.values().sum::<usize>()
     );
 
     let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
-    let forwarded = read_new(
+    let charges = read_new(
         &settings,
-        OUTPUT,
-        &output_start,
-        expectation.valid_keys.len(),
+        BILLING,
+        &start[BILLING],
+        expected.billed_events,
         deadline,
     )?;
-    let dead = read_new(&settings, DLQ, &dlq_start, broken_total, deadline)?;
-    stop_processor(&mut processor)?;
-    // Once the processor stopped, everything it will ever forward is on the topic.
-    let forwarded_total = grown(&output_start, &end_offsets(&settings, OUTPUT)?);
-    let dropped = published.saturating_sub(forwarded_total + dead.len());
+    // Events of customers without an account wait out the park timeout; account updates on
+    // every partition move the enricher's time past it.
+    let ghosts = expected
+        .dead_letters
+        .get("unknown_account")
+        .copied()
+        .unwrap_or(0);
+    let tick = codec
+        .encode_contract(&format!("{ACCOUNTS}-value"), &workload.accounts[0])
+        .await?;
+    let tick_key = format!(
+        "{}:{}",
+        workload.accounts[0].metadata.tenant_id, workload.accounts[0].customer_id
+    );
+    while grown(
+        &start[&dlq(VALIDATED)],
+        &end_offsets(&settings, &dlq(VALIDATED))?,
+    ) < ghosts
+    {
+        if Instant::now() >= deadline {
+            bail!("events without an account never left the enricher's parking");
+        }
+        for partition in 0..PARTITIONS {
+            producer
+                .send(
+                    FutureRecord::to(ACCOUNTS)
+                        .key(&tick_key)
+                        .payload(&tick)
+                        .partition(partition),
+                    Duration::from_secs(30),
+                )
+                .await
+                .map_err(|(err, _)| err)
+                .context("publishing an account update")?;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let mut reasons: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
+    for (topic, expect) in [
+        (
+            dlq(USAGE),
+            ["wrong_magic_byte", "unknown_schema_id", "invalid_quantity"].as_slice(),
+        ),
+        (dlq(VALIDATED), ["unknown_account"].as_slice()),
+        (dlq(ENRICHED), ["too_late"].as_slice()),
+    ] {
+        let count = expect
+            .iter()
+            .filter_map(|r| expected.dead_letters.get(*r))
+            .sum();
+        for letter in read_new(&settings, &topic, &start[&topic], count, deadline)? {
+            let reason = letter
+                .headers
+                .get("backbone.dlq.reason")
+                .cloned()
+                .unwrap_or_default();
+            *reasons
+                .entry(topic.clone())
+                .or_default()
+                .entry(reason)
+                .or_default() += 1;
+        }
+    }
+    for stage in stages.iter_mut().rev() {
+        stop(stage)?;
+    }
 
-    // Decode what came out, through the registry, exactly as a downstream consumer would.
-    let mut forwarded_keys = BTreeSet::new();
-    let mut forwarded_quantity: i128 = 0;
-    for record in &forwarded {
-        let event: UsageEvent = codec
-            .decode_as(&record.value, UsageEvent::schema())
+    let mut billed: BTreeMap<String, i128> = BTreeMap::new();
+    for charge in &charges {
+        let charge: BillingCharge = codec
+            .decode_as(&charge.value, BillingCharge::schema())
             .await
-            .context("decoding a forwarded event")?;
-        forwarded_quantity += event.quantity.unscaled();
-        forwarded_keys.insert(backbone_usage_key(&event));
+            .context("decoding a billing charge")?;
+        *billed.entry(charge.subscription_id).or_default() += charge.amount.unscaled();
     }
-    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
-    for record in &dead {
-        let reason = record
-            .headers
-            .get("backbone.dlq.reason")
-            .cloned()
-            .unwrap_or_else(|| "(none)".to_owned());
-        *reasons.entry(reason).or_default() += 1;
+    let mut expected_total = 0i128;
+    let mut mismatched = Vec::new();
+    for (subscription, want) in &expected.subscriptions {
+        let want: Amount = want.amount.parse().context("expected amount")?;
+        expected_total += want.unscaled();
+        if billed.get(subscription).copied().unwrap_or(0) != want.unscaled() {
+            mismatched.push(subscription.clone());
+        }
     }
+    let billed_total: i128 = billed.values().sum();
 
-    let elapsed = started.elapsed();
+    let count = |topic: &str| -> Result<usize> {
+        Ok(grown(&start[topic], &end_offsets(&settings, topic)?))
+    };
+    let validated = count(VALIDATED)?;
+    let enriched = count(ENRICHED)?;
+    let rated = count(RATED)?;
+    let windows = count(WINDOWS)?;
+    let dead = |topic: &str| {
+        reasons
+            .get(&dlq(topic))
+            .map_or(0, |r| r.values().sum::<usize>())
+    };
+    let duplicates = expected.records.saturating_sub(validated + dead(USAGE));
     println!();
     println!("summary");
-    let line = |label: &str, value: String| println!("  {label:<36}{value:>14}");
-    line("events published", published.to_string());
+    let line = |label: &str, value: String| println!("  {label:<56}{value:>14}");
+    line("usage-validator: records in", expected.records.to_string());
+    line(&format!("  out to {VALIDATED}"), validated.to_string());
+    line("  dropped as duplicates", duplicates.to_string());
+    line("enricher: records in", validated.to_string());
+    line(&format!("  out to {ENRICHED}"), enriched.to_string());
+    line("usage-rater: records in", enriched.to_string());
+    line(&format!("  rated lines to {RATED}"), rated.to_string());
     line(
-        &format!("forwarded to {OUTPUT}"),
-        forwarded_total.to_string(),
+        &format!("  window revisions to {WINDOWS}"),
+        windows.to_string(),
+    );
+    line("fanout: records in", (rated + windows).to_string());
+    line(
+        &format!("  charges to {BILLING}"),
+        count(BILLING)?.to_string(),
     );
     line(
-        "  total quantity forwarded",
-        Quantity::from_unscaled(forwarded_quantity)
-            .map(|q| q.to_string())
-            .unwrap_or_else(|_| "overflow".to_owned()),
+        &format!("  facts to {ANALYTICS}"),
+        count(ANALYTICS)?.to_string(),
     );
-    line(&format!("dead-lettered to {DLQ}"), dead.len().to_string());
-    for (reason, count) in &reasons {
-        line(&format!("  {reason}"), count.to_string());
+    for (topic, by_reason) in &reasons {
+        for (reason, n) in by_reason {
+            line(
+                &format!("dead-lettered to {topic}: {reason}"),
+                n.to_string(),
+            );
+        }
     }
-    line("dropped as duplicates", dropped.to_string());
-    line("wall time", format!("{:.1}s", elapsed.as_secs_f64()));
-    println!("  processor log: {}", log.display());
+    let money = |unscaled: i128| {
+        Amount::from_unscaled(unscaled).map_or_else(|_| "overflow".to_owned(), |a| a.to_string())
+    };
+    line("billed total (EUR)", money(billed_total));
+    line("loadgen's expected total (EUR)", money(expected_total));
+    line(
+        "wall time",
+        format!("{:.1}s", started.elapsed().as_secs_f64()),
+    );
+    println!("  processor logs: {}", args.log_dir.display());
 
-    let expected_reasons: BTreeMap<String, usize> = expectation
-        .broken
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), *v))
+    let expected_reasons: BTreeMap<String, usize> = reasons
+        .values()
+        .flat_map(|r| r.iter().map(|(k, v)| (k.clone(), *v)))
         .collect();
-    if forwarded_keys != expectation.valid_keys
-        || forwarded_total != expectation.valid_keys.len()
-        || forwarded_quantity != expectation.valid_quantity
-        || reasons != expected_reasons
-        || dropped != expectation.duplicates
+    if duplicates != expected.duplicates
+        || charges.len() != expected.billed_events
+        || billed_total != expected_total
+        || !mismatched.is_empty()
+        || expected_reasons != expected.dead_letters
     {
         bail!(
-            "pipeline output does not match: expected {} distinct events forwarded once each (quantity {}), {expected_reasons:?} dead-lettered and {} duplicates dropped",
-            expectation.valid_keys.len(),
-            expectation.valid_quantity,
-            expectation.duplicates
+            "the pipeline's output does not match loadgen's expectation: {} charges for {} events, {} duplicates for {}, dead letters {expected_reasons:?} for {:?}, subscriptions billed differently: {mismatched:?}",
+            charges.len(),
+            expected.billed_events,
+            duplicates,
+            expected.duplicates,
+            expected.dead_letters
         );
     }
-    println!("\nevery event accounted for, duplicates dropped, quantities intact: OK");
+    println!("\nevery record accounted for, every charge once, totals as expected: OK");
     Ok(())
 }
 
-fn backbone_usage_key(event: &UsageEvent) -> String {
-    let m = &event.metadata;
-    format!("{}/{}/{}", m.tenant_id, m.source, m.event_id)
+/// Publishes the workload: master data first, then the usage.
+async fn publish(producer: &FutureProducer, codec: &WireCodec, workload: &Workload) -> Result<()> {
+    for card in &workload.rate_cards {
+        let key = format!("{}:{}", card.metadata.tenant_id, card.plan_id);
+        send(producer, codec, RATE_CARDS, &key, card).await?;
+    }
+    for subscription in &workload.subscriptions {
+        let key = format!(
+            "{}:{}",
+            subscription.metadata.tenant_id, subscription.subscription_id
+        );
+        send(producer, codec, SUBSCRIPTIONS, &key, subscription).await?;
+    }
+    for account in &workload.accounts {
+        let key = format!("{}:{}", account.metadata.tenant_id, account.customer_id);
+        send(producer, codec, ACCOUNTS, &key, account).await?;
+    }
+    let mut deliveries = Vec::with_capacity(workload.usage.len());
+    for record in &workload.usage {
+        let value = match &record.payload {
+            Payload::Event(event) => codec
+                .encode_contract(&format!("{USAGE}-value"), event.as_ref())
+                .await
+                .context("encoding a usage event")?,
+            Payload::Raw(bytes) => bytes.clone(),
+        };
+        deliveries.push(
+            producer
+                .send_result(FutureRecord::to(USAGE).key(&record.key).payload(&value))
+                .map_err(|(err, _)| err)
+                .context("publishing usage")?,
+        );
+    }
+    for delivery in deliveries {
+        delivery
+            .await
+            .context("the producer went away")?
+            .map_err(|(err, _)| err)
+            .context("publishing usage")?;
+    }
+    Ok(())
+}
+
+async fn send<T: Contract>(
+    producer: &FutureProducer,
+    codec: &WireCodec,
+    topic: &str,
+    key: &str,
+    value: &T,
+) -> Result<()> {
+    let bytes = codec
+        .encode_contract(&format!("{topic}-value"), value)
+        .await
+        .with_context(|| format!("encoding a record for {topic}"))?;
+    producer
+        .send(
+            FutureRecord::to(topic).key(key).payload(&bytes),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(err, _)| err)
+        .with_context(|| format!("publishing to {topic}"))?;
+    Ok(())
 }
 
 /// A binary built next to this one.
@@ -226,6 +421,7 @@ fn register_contracts(registry_url: &str) -> Result<()> {
     println!("registering the contracts from schemas/manifest.toml:");
     let status = Command::new(sibling("contracts")?)
         .args(["register", "--registry-url", registry_url])
+        .stdout(Stdio::null())
         .status()
         .context("running `contracts register`")?;
     if !status.success() {
@@ -234,150 +430,51 @@ fn register_contracts(registry_url: &str) -> Result<()> {
     Ok(())
 }
 
-fn spawn_processor(args: &Args, log: &Path) -> Result<Child> {
-    let binary = sibling("usage-validator")?;
-    let file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-    let child = Command::new(&binary)
+fn spawn(args: &Args, name: &'static str, extra: &[(&str, &str)]) -> Result<Stage> {
+    let binary = sibling(name)?;
+    let log = args.log_dir.join(format!("{name}.log"));
+    let file =
+        std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+    let mut command = Command::new(&binary);
+    command
         .env(
             "BACKBONE__KAFKA__BOOTSTRAP_SERVERS",
             &args.bootstrap_servers,
         )
         .env("BACKBONE__SCHEMA_REGISTRY__URL", &args.registry_url)
         .env("BACKBONE__RUNTIME__STATE__DIR", &args.state_dir)
+        // Four processes on one host: each endpoint on a port of its own.
+        .env("BACKBONE__OBSERVABILITY__LISTEN", "127.0.0.1:0")
         .stdin(Stdio::null())
         .stdout(file.try_clone()?)
-        .stderr(file)
+        .stderr(file);
+    for (key, value) in extra {
+        command.env(key, value);
+    }
+    let child = command
         .spawn()
         .with_context(|| format!("starting {}", binary.display()))?;
-    println!(
-        "started usage-validator (pid {}), log {}",
-        child.id(),
-        log.display()
-    );
-    Ok(child)
+    println!("started {name} (pid {}), log {}", child.id(), log.display());
+    Ok(Stage { name, child })
 }
 
-fn stop_processor(child: &mut Child) -> Result<()> {
-    let pid = Pid::from_raw(i32::try_from(child.id()).context("pid out of range")?);
-    kill(pid, Signal::SIGTERM).context("stopping usage-validator")?;
-    let status = child.wait().context("waiting for usage-validator")?;
+fn stop(stage: &mut Stage) -> Result<()> {
+    let pid = Pid::from_raw(i32::try_from(stage.child.id()).context("pid out of range")?);
+    kill(pid, Signal::SIGTERM).with_context(|| format!("stopping {}", stage.name))?;
+    let status = stage
+        .child
+        .wait()
+        .with_context(|| format!("waiting for {}", stage.name))?;
     if !status.success() {
-        bail!("usage-validator exited with {status}");
+        bail!("{} exited with {status}; see its log", stage.name);
     }
     Ok(())
 }
 
-async fn publish(
-    settings: &KafkaSettings,
-    codec: &WireCodec,
-    count: usize,
-    run_id: &str,
-) -> Result<Expectation> {
-    let producer: FutureProducer = settings
-        .producer_config()
-        .create()
-        .context("creating producer")?;
-    let mut expectation = Expectation::default();
-    let mut records = Vec::with_capacity(count);
-    for i in 0..count {
-        let event = sample_event(i, run_id);
-        let bytes = codec
-            .encode_contract(SUBJECT, &event)
-            .await
-            .context("encoding a usage event")?;
-        let (bytes, broken) = break_some(i, bytes);
-        match broken {
-            Some(reason) => *expectation.broken.entry(reason).or_default() += 1,
-            None => {
-                expectation.valid_quantity += event.quantity.unscaled();
-                expectation.valid_keys.insert(backbone_usage_key(&event));
-            }
-        }
-        // Every 40th valid event goes out twice, as after a producer's retry.
-        if broken.is_none() && i % 40 == 0 {
-            records.push((event.customer_id.clone(), bytes.clone()));
-            expectation.duplicates += 1;
-        }
-        records.push((event.customer_id.clone(), bytes));
-    }
-    let sends = records.iter().map(|(key, value)| {
-        producer.send(
-            FutureRecord::to(INPUT).key(key).payload(value),
-            Duration::from_secs(30),
-        )
-    });
-    for result in futures::future::join_all(sends).await {
-        result
-            .map_err(|(err, _)| err)
-            .context("publishing an event")?;
-    }
-    Ok(expectation)
-}
-
-/// The `i`-th sample event; every 59th has a negative quantity and every 71st no customer,
-/// which the validator must catch after decoding.
-fn sample_event(i: usize, run_id: &str) -> UsageEvent {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_micros();
-    let now = i64::try_from(now).unwrap_or(i64::MAX);
-    let unscaled = i128::try_from(i % 97 * 1_000_000_000 + i % 10 * 100_000_000).unwrap_or(0);
-    let mut quantity = Quantity::from_unscaled(unscaled).unwrap_or(Quantity::ZERO);
-    if i % 59 == 58 {
-        quantity = Quantity::from_unscaled(-unscaled - 1).unwrap_or(Quantity::ZERO);
-    }
-    UsageEvent {
-        metadata: EventMetadata {
-            tenant_id: "acme".to_owned(),
-            event_id: format!("demo-{run_id}-{i}"),
-            source: "api-gateway".to_owned(),
-            r#type: "usage.recorded".to_owned(),
-            occurred_at: now - 60_000_000,
-            produced_at: now,
-            trace: TraceContext {
-                traceparent: format!("00-{:032x}-{:016x}-01", i + 1, i + 1),
-                tracestate: None,
-            },
-            schema_version: Some(1),
-        },
-        customer_id: if i % 71 == 70 {
-            String::new()
-        } else {
-            format!("cust-{:03}", i % 25)
-        },
-        subscription_id: Some(format!("sub-{:03}", i % 25)),
-        meter_id: if i % 3 == 0 {
-            "storage_gb_hours"
-        } else {
-            "api_calls"
-        }
-        .to_owned(),
-        quantity,
-        unit: "unit".to_owned(),
-        dimensions: None,
-        unique_value: None,
-    }
-}
-
-/// Breaks some encoded records the way real producers do, and says how the validator must
-/// classify each.
-fn break_some(i: usize, bytes: Vec<u8>) -> (Vec<u8>, Option<&'static str>) {
-    let Ok((id, body)) = split_frame(&bytes) else {
-        return (bytes, Some("wrong_magic_byte"));
-    };
-    match i {
-        i if i % 101 == 100 => (
-            br#"{"tenant_id": "acme", "note": "json instead of avro"}"#.to_vec(),
-            Some("wrong_magic_byte"),
-        ),
-        i if i % 131 == 130 => (frame(id + 100_000, body), Some("unknown_schema_id")),
-        i if i % 83 == 82 => (frame(id, &body[..body.len() / 2]), Some("undecodable_body")),
-        // Checked in the validator's order: identity fields before quantity.
-        i if i % 71 == 70 => (bytes, Some("contract_violation")),
-        i if i % 59 == 58 => (bytes, Some("invalid_quantity")),
-        _ => (bytes, None),
-    }
+/// One record read back.
+struct Seen {
+    headers: BTreeMap<String, String>,
+    value: Vec<u8>,
 }
 
 /// Records written between two sets of end offsets.

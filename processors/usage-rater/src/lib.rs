@@ -225,7 +225,8 @@ impl Processor for UsageRater {
         }
 
         let period = (enriched.billing_period_start, enriched.billing_period_end);
-        let open = self.open_period(state, &enriched.subscription_id, period)?;
+        let subscription_key = join(&[&m.tenant_id, &enriched.subscription_id]);
+        let open = self.open_period(state, &subscription_key, period)?;
         let closed = open.0 > period.0;
         let key = Some(format!("{}:{}", m.tenant_id, enriched.subscription_id).into_bytes());
         let mut outputs = Vec::with_capacity(charges.len() + 1);
@@ -307,18 +308,19 @@ impl UsageRater {
         Ok(card)
     }
 
-    /// The latest period rated for the subscription, now including `period`.
+    /// The latest period rated for the subscription (`subscription_key`: tenant and id), now
+    /// including `period`.
     fn open_period(
         &self,
         state: &mut State<'_>,
-        subscription: &str,
+        subscription_key: &[u8],
         period: (i32, i32),
     ) -> Result<(i32, i32), ProcessError> {
-        let stored: Option<(i32, i32)> = state.get_json(PERIODS, subscription.as_bytes())?;
+        let stored: Option<(i32, i32)> = state.get_json(PERIODS, subscription_key)?;
         match stored {
             Some(open) if open.0 >= period.0 => Ok(open),
             _ => {
-                state.put_json(PERIODS, subscription.as_bytes(), &period)?;
+                state.put_json(PERIODS, subscription_key, &period)?;
                 Ok(period)
             }
         }
@@ -338,7 +340,9 @@ impl UsageRater {
         let usage = &enriched.usage;
         let m = &usage.metadata;
         let group_key = group_key(charge, usage.dimensions.as_ref());
+        // Ids are unique within a tenant only: every key starts with the tenant.
         let acc_key = join(&[
+            &m.tenant_id,
             &enriched.subscription_id,
             &charge.charge_id,
             &group_key,
@@ -448,6 +452,7 @@ impl UsageRater {
         let m = &usage.metadata;
         let start = m.occurred_at.div_euclid(HOUR_MICROS) * HOUR_MICROS;
         let key = join(&[
+            &m.tenant_id,
             &enriched.subscription_id,
             &usage.meter_id,
             &start.to_string(),

@@ -148,13 +148,17 @@ async fn split_usage_adds_up_to_the_price_of_the_total_and_bad_events_are_dead_l
         )
         .await
         .expect("encode card");
+    // Another tenant's plan and subscription carry the same ids.
     produce(
         &kafka,
         &settings.rate_cards_topic,
-        &[TestRecord::new("acme:pro", card)],
+        &[
+            TestRecord::new("acme:pro", card.clone()),
+            TestRecord::new("globex:pro", card),
+        ],
     )
     .await
-    .expect("rate card");
+    .expect("rate cards");
 
     let now = now_micros();
     let subject = format!("{}-value", settings.input_topic);
@@ -210,16 +214,34 @@ async fn split_usage_adds_up_to_the_price_of_the_total_and_bad_events_are_dead_l
         "1",
         now - HOUR,
     ));
+    // globex's sub-1: 8 fonts in two events, rated apart from acme's sub-1: 35 + 19.50.
+    for (i, quantity) in ["4", "4"].into_iter().enumerate() {
+        let mut event = enriched(
+            "sub-1",
+            "pro",
+            "fonts",
+            &format!("g-{i}"),
+            quantity,
+            now - HOUR,
+        );
+        event.metadata.tenant_id = "globex".into();
+        event.usage.metadata.tenant_id = "globex".into();
+        events.push(event);
+    }
     let mut records = Vec::new();
     for event in &events {
         let bytes = codec
             .encode_contract(&subject, event)
             .await
             .expect("encode");
-        records.push(TestRecord::new(
-            format!("acme:{}", event.subscription_id),
-            bytes,
-        ));
+        // One partition for all: both tenants' sub-1 share a partition's state.
+        records.push(TestRecord {
+            partition: Some(0),
+            ..TestRecord::new(
+                format!("{}:{}", event.metadata.tenant_id, event.subscription_id),
+                bytes,
+            )
+        });
     }
     produce(&kafka, &settings.input_topic, &records)
         .await
@@ -240,13 +262,13 @@ async fn split_usage_adds_up_to_the_price_of_the_total_and_bad_events_are_dead_l
     let aggregates = settings.aggregates_topic.clone();
     let rater = RunningProcessor::start(UsageRater::new(settings, codec.clone()), &kafka, runtime);
 
-    let rated = consume_until(&kafka, &output, 8, DEADLINE)
+    let rated = consume_until(&kafka, &output, 10, DEADLINE)
         .await
         .expect("rated lines");
     let dead = consume_until(&kafka, &dlq, 3, DEADLINE)
         .await
         .expect("dead letters");
-    let windows = consume_until(&kafka, &aggregates, 8, DEADLINE)
+    let windows = consume_until(&kafka, &aggregates, 10, DEADLINE)
         .await
         .expect("window aggregates");
     let summary = rater.stop(DEADLINE).await;
@@ -261,19 +283,21 @@ async fn split_usage_adds_up_to_the_price_of_the_total_and_bad_events_are_dead_l
             )
             .await
             .expect("decode");
+        let tenant = line.metadata.tenant_id.clone();
         lines
-            .entry(line.subscription_id.clone())
+            .entry(format!("{tenant}/{}", line.subscription_id))
             .or_default()
             .push(line);
     }
-    assert_eq!(rated.len(), 8, "one line per distinct event");
+    assert_eq!(rated.len(), 10, "one line per distinct event");
     let total = |subscription: &str| -> Amount {
         lines[subscription].iter().fold(Amount::ZERO, |sum, l| {
             sum.checked_add(l.delta_amount).expect("sum")
         })
     };
-    assert_eq!(total("sub-1"), "97.5".parse().expect("amount"));
-    assert_eq!(total("sub-2"), "41.5".parse().expect("amount"));
+    assert_eq!(total("acme/sub-1"), "97.5".parse().expect("amount"));
+    assert_eq!(total("acme/sub-2"), "41.5".parse().expect("amount"));
+    assert_eq!(total("globex/sub-1"), "54.5".parse().expect("amount"));
     for (subscription, lines) in &lines {
         let revisions: BTreeSet<i64> = lines.iter().map(|l| l.revision).collect();
         let expected: BTreeSet<i64> = (1..=lines.len() as i64).collect();
@@ -286,7 +310,7 @@ async fn split_usage_adds_up_to_the_price_of_the_total_and_bad_events_are_dead_l
         );
     }
     assert!(
-        lines["sub-2"]
+        lines["acme/sub-2"]
             .iter()
             .any(|l| l.kind == RatingKind::Restatement),
         "the earlier-in-time event restates"
@@ -300,5 +324,5 @@ async fn split_usage_adds_up_to_the_price_of_the_total_and_bad_events_are_dead_l
         .map(str::to_owned)
         .into();
     assert_eq!(reasons, expected);
-    assert!(windows.len() >= 8);
+    assert!(windows.len() >= 10);
 }
