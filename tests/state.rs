@@ -190,7 +190,6 @@ fn spawn_tally(kafka: &KafkaSettings, tally: &Tally, group: &str, dir: &Path) ->
 }
 
 #[tokio::test]
-#[ignore = "known gap (docs/runtime.md): one input's changelog writes to several stores are not atomic under effectively-once, so a kill -9 between them can count an event twice"]
 async fn repeated_kill_9_leaves_the_counts_of_a_run_without_kills() {
     let kafka = shared_settings();
     let tally = Tally {

@@ -18,6 +18,7 @@ use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::oneshot;
 
 use crate::metrics::{MeteredContext, RuntimeMetrics};
 use crate::processor::OutputRecord;
@@ -52,6 +53,10 @@ pub(crate) struct Pending {
     pub(crate) timeout: Duration,
     pub(crate) ownership: Arc<Ownership>,
     pub(crate) guard: InFlightGuard,
+    /// Completes once the previous input's changelog writes were enqueued.
+    pub(crate) turn: Option<oneshot::Receiver<()>>,
+    /// Completed once this input's changelog writes are enqueued.
+    pub(crate) next_turn: oneshot::Sender<()>,
 }
 
 /// A resolved input whose records the broker acknowledged.
@@ -63,8 +68,10 @@ pub(crate) struct Settled {
 impl Pending {
     /// Waits for the outputs, then produces the changelog writes and waits for them: a crash
     /// in between leaves the input uncommitted and its state unrecorded, so the redelivery
-    /// produces both again. A partition revoked meanwhile gets no changelog write from here:
-    /// its new owner may already be writing.
+    /// produces both again. Changelog writes are enqueued in consumption order (each input
+    /// waits for the previous one's turn), so that a partition's changelog holds its inputs'
+    /// writes in the order the state saw them. A partition revoked meanwhile gets no changelog
+    /// write from here: its new owner may already be writing.
     pub(crate) async fn settle(self) -> Result<Settled, RuntimeError> {
         let Pending {
             mut outcome,
@@ -74,26 +81,33 @@ impl Pending {
             timeout,
             ownership,
             guard,
+            turn,
+            next_turn,
         } = self;
         for (topic, delivery) in deliveries {
             acknowledged(topic.clone(), delivery).await?;
             *outcome.produced.entry(topic).or_default() += 1;
         }
+        if let Some(turn) = turn {
+            // An error on the earlier input stops the run; waiting longer would not help.
+            let _ = turn.await;
+        }
+        let mut writes = Vec::with_capacity(changelog.len());
         if !changelog.is_empty() {
             if ownership.is_revoked() {
                 ownership.diverge();
             } else {
-                let mut writes = Vec::with_capacity(changelog.len());
                 for write in &changelog {
                     writes.push((
                         write.topic.clone(),
                         enqueue_changelog(&producer, write, timeout).await?,
                     ));
                 }
-                for (topic, delivery) in writes {
-                    acknowledged(topic, delivery).await?;
-                }
             }
+        }
+        let _ = next_turn.send(());
+        for (topic, delivery) in writes {
+            acknowledged(topic, delivery).await?;
         }
         drop(guard);
         Ok(Settled {

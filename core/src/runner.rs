@@ -14,7 +14,7 @@ use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message, TopicPartitionList};
 use serde::Deserialize;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use crate::admin::{self, AdminError, TopicSpec};
 use crate::config::{ConfigError, Validate};
@@ -405,6 +405,8 @@ async fn run_loop<P: Processor>(
     // Outputs of resolved inputs on their way to the broker, oldest first. Offsets are
     // stored strictly in this order, so a crash never skips an input whose outputs were lost.
     let mut in_flight: InFlight = FuturesOrdered::new();
+    // The turn of the latest input to enqueue its changelog writes; see `Pending::settle`.
+    let mut last_turn: Option<oneshot::Receiver<()>> = None;
     loop {
         let commit_at = stage
             .transaction
@@ -588,6 +590,7 @@ async fn run_loop<P: Processor>(
                     let delivery = enqueue(&producer, record, settings.produce_timeout).await?;
                     deliveries.push((record.topic.clone(), delivery));
                 }
+                let (next_turn, turn) = oneshot::channel();
                 let pending = Pending {
                     outcome,
                     deliveries,
@@ -596,6 +599,8 @@ async fn run_loop<P: Processor>(
                     timeout: settings.produce_timeout,
                     guard: ownership.track(),
                     ownership,
+                    turn: last_turn.replace(turn),
+                    next_turn,
                 };
                 in_flight.push_back(Box::pin(pending.settle()));
             }
@@ -770,12 +775,10 @@ async fn ensure_topics<P: Processor>(
         .collect();
     if !spec.is_stateless() {
         let partitions = input_partitions(&processor.input_topics(), kafka)?;
-        for store in spec.all_stores() {
-            specs.push(
-                TopicSpec::new(changelog_topic(group, &store), partitions)
-                    .with_config("cleanup.policy", "compact"),
-            );
-        }
+        specs.push(
+            TopicSpec::new(changelog_topic(group), partitions)
+                .with_config("cleanup.policy", "compact"),
+        );
     }
     admin::ensure_topics(kafka, &specs, Duration::from_secs(30)).await?;
     Ok(())

@@ -369,15 +369,25 @@ impl Ownership {
         };
         let duplicate = state_view.is_duplicate();
         let outcome = result.and_then(|value| {
-            let changelog = staged
+            let topic = changelog_topic(processor);
+            let mut changelog = staged
                 .changelog_records()
                 .map(|record| ChangelogWrite {
-                    topic: changelog_topic(processor, record.store),
+                    topic: topic.clone(),
                     partition,
-                    key: record.key.to_vec(),
+                    key: changelog_key(record.store, record.key),
                     value: record.value.map(<[u8]>::to_vec),
                 })
                 .collect::<Vec<_>>();
+            if !changelog.is_empty() {
+                // The input's writes count only once this marker follows them.
+                changelog.push(ChangelogWrite {
+                    topic,
+                    partition,
+                    key: COMMIT_MARKER.to_vec(),
+                    value: Some(Vec::new()),
+                });
+            }
             staged
                 .apply(&open.state)
                 .map_err(state_failure)
@@ -492,26 +502,35 @@ impl Assignment {
                 "partition state dropped: some local writes did not reach the changelog; its next owner restores it");
             return;
         }
-        let mut ends = BTreeMap::new();
-        for store in &self.stores {
-            let topic = changelog_topic(&self.processor, store);
-            match consumer.fetch_watermarks(&topic, partition, Duration::from_secs(10)) {
-                Ok((_, high)) => {
-                    ends.insert(store.clone(), high);
-                }
-                Err(err) => {
-                    tracing::warn!(processor = %self.processor, partition, %topic, error = %err,
-                        "changelog end unknown, partition state dropped");
-                    return;
-                }
+        let topic = changelog_topic(&self.processor);
+        let high = match consumer.fetch_watermarks(&topic, partition, Duration::from_secs(10)) {
+            Ok((_, high)) => high,
+            Err(err) => {
+                tracing::warn!(processor = %self.processor, partition, %topic, error = %err,
+                    "changelog end unknown, partition state dropped");
+                return;
             }
-        }
+        };
+        // Every store reflects the one changelog up to its end.
+        let ends: BTreeMap<String, i64> = self.stores.iter().map(|s| (s.clone(), high)).collect();
         let mut state = open.state;
         if let Err(err) = state.write_checkpoint(&ends).and_then(|()| state.close()) {
             tracing::warn!(processor = %self.processor, partition, error = %err,
                 "closing partition state failed; it will be restored from the changelog");
         }
     }
+}
+
+/// Key of the record that commits the writes before it; no store key starts with a NUL byte.
+const COMMIT_MARKER: &[u8] = b"\0commit";
+
+/// A store's key in the shared changelog: the store name, a NUL byte, the key.
+fn changelog_key(store: &str, key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(store.len() + 1 + key.len());
+    out.extend_from_slice(store.as_bytes());
+    out.push(0);
+    out.extend_from_slice(key);
+    out
 }
 
 /// One state change to produce to a changelog partition.
@@ -588,10 +607,7 @@ impl Tasks {
     async fn restore(&self, partition: i32) -> Result<PartitionState, StateFailure> {
         let dir = partition_dir(&self.settings.dir, &self.processor, partition)?;
         let stores = self.stores.clone();
-        let topics: Vec<String> = stores
-            .iter()
-            .map(|store| changelog_topic(&self.processor, store))
-            .collect();
+        let topic = changelog_topic(&self.processor);
         let processor = self.processor.clone();
         let config = self.kafka.restore_consumer_config(&self.processor);
         let timeout = self.settings.restore_timeout;
@@ -600,8 +616,13 @@ impl Tasks {
             let consumer: BaseConsumer = config.create().map_err(StateFailure::Kafka)?;
             let names: Vec<&str> = stores.iter().map(String::as_str).collect();
             let (mut state, mut restore) = PartitionState::open(&dir, &names)?;
+            let (_, high) = consumer
+                .fetch_watermarks(&topic, partition, timeout)
+                .map_err(|e| {
+                    StateFailure::Restore(format!("reading the end of `{topic}` [{partition}]: {e}"))
+                })?;
             if let Restore::From(checkpoint) = &restore {
-                if let Some(topic) = checkpoint_ahead(&consumer, checkpoint, &stores, &topics, partition, timeout)? {
+                if resume_offset(checkpoint, &stores).is_some_and(|next| next > high) {
                     // The changelog is shorter than the state says it has read: the topic was
                     // deleted and recreated (a reset stack, another cluster). Start over from it.
                     tracing::warn!(%processor, partition, %topic, "checkpoint beyond the changelog's end, discarding local state");
@@ -612,27 +633,27 @@ impl Tasks {
                     (state, restore) = PartitionState::open(&dir, &names)?;
                 }
             }
-            match &restore {
+            let from = match &restore {
                 Restore::Full(cause) => {
-                    tracing::info!(%processor, partition, ?cause, "restoring partition state from the beginning of its changelogs")
+                    tracing::info!(%processor, partition, ?cause, "restoring partition state from the beginning of its changelog");
+                    None
                 }
                 Restore::From(checkpoint) => {
-                    tracing::info!(%processor, partition, offsets = ?checkpoint.offsets(), "restoring partition state from its checkpoint")
+                    tracing::info!(%processor, partition, offsets = ?checkpoint.offsets(), "restoring partition state from its checkpoint");
+                    resume_offset(checkpoint, &stores)
                 }
-            }
-            let mut ends = BTreeMap::new();
-            for (store, topic) in stores.iter().zip(&topics) {
-                let from = match &restore {
-                    Restore::From(checkpoint) => checkpoint.next_offset(store),
-                    Restore::Full(_) => None,
-                };
-                let from = from.map_or(Offset::Beginning, Offset::Offset);
-                let started = Instant::now();
-                let end =
-                    replay_changelog(&consumer, &state, store, topic, partition, from, timeout)?;
-                metrics.observe_restore(store, started.elapsed());
-                ends.insert(store.clone(), end);
-            }
+            };
+            let started = Instant::now();
+            let end = replay_changelog(
+                &consumer,
+                &state,
+                &topic,
+                partition,
+                from.map_or(Offset::Beginning, Offset::Offset),
+                timeout,
+            )?;
+            metrics.observe_restore("changelog", started.elapsed());
+            let ends: BTreeMap<String, i64> = stores.iter().map(|s| (s.clone(), end)).collect();
             state.write_checkpoint(&ends)?;
             Ok(state)
         })
@@ -641,29 +662,15 @@ impl Tasks {
     }
 }
 
-/// The first changelog whose checkpointed offset lies beyond its end, if any.
-fn checkpoint_ahead(
-    consumer: &BaseConsumer,
-    checkpoint: &backbone_state::Checkpoint,
-    stores: &[String],
-    topics: &[String],
-    partition: i32,
-    timeout: Duration,
-) -> Result<Option<String>, StateFailure> {
-    for (store, topic) in stores.iter().zip(topics) {
-        let Some(next) = checkpoint.next_offset(store) else {
-            continue;
-        };
-        let (_, high) = consumer
-            .fetch_watermarks(topic, partition, timeout)
-            .map_err(|e| {
-                StateFailure::Restore(format!("reading the end of `{topic}` [{partition}]: {e}"))
-            })?;
-        if next > high {
-            return Ok(Some(topic.clone()));
-        }
-    }
-    Ok(None)
+/// Where to resume the changelog for a checkpoint: the smallest offset any store names, or
+/// from the beginning when a store is not named (it was added since).
+fn resume_offset(checkpoint: &backbone_state::Checkpoint, stores: &[String]) -> Option<i64> {
+    stores
+        .iter()
+        .map(|store| checkpoint.next_offset(store))
+        .collect::<Option<Vec<i64>>>()?
+        .into_iter()
+        .min()
 }
 
 /// A partition's state could not be opened or restored.
@@ -680,11 +687,12 @@ pub enum StateFailure {
     Restore(String),
 }
 
-/// Reads `topic`'s partition from `from` to its end into `store`; returns the next offset.
+/// Reads `topic`'s partition from `from` to its end and applies every input's writes that a
+/// commit marker follows; writes after the last marker (an input cut short by a crash) are left
+/// out. Returns the next offset.
 fn replay_changelog(
     consumer: &BaseConsumer,
     state: &PartitionState,
-    store: &str,
     topic: &str,
     partition: i32,
     from: Offset,
@@ -707,6 +715,21 @@ fn replay_changelog(
     list.add_partition_offset(topic, partition, Offset::Offset(start))
         .map_err(StateFailure::Kafka)?;
     consumer.assign(&list).map_err(StateFailure::Kafka)?;
+    let mut pending: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+    let mut apply = |key: &[u8], value: Option<&[u8]>| -> Result<(), StateFailure> {
+        if key == COMMIT_MARKER {
+            for (key, value) in pending.drain(..) {
+                let at = key.iter().position(|b| *b == 0).unwrap_or(0);
+                let store = std::str::from_utf8(&key[..at]).map_err(|_| {
+                    StateFailure::Restore(format!("`{topic}` holds a key without a store"))
+                })?;
+                state.restore(store, &key[at + 1..], value.as_deref())?;
+            }
+        } else {
+            pending.push((key.to_vec(), value.map(<[u8]>::to_vec)));
+        }
+        Ok(())
+    };
     let mut next = start;
     let mut replayed = 0u64;
     while next < high {
@@ -717,7 +740,7 @@ fn replay_changelog(
         }
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(message)) => {
-                state.restore(store, message.key().unwrap_or_default(), message.payload())?;
+                apply(message.key().unwrap_or_default(), message.payload())?;
                 next = message.offset() + 1;
                 replayed += 1;
             }
@@ -742,7 +765,7 @@ fn replay_changelog(
     // Some brokers under-report the end as the first offset of the last batch: take the rest of
     // a batch the client already fetched.
     while let Some(Ok(message)) = consumer.poll(Duration::ZERO) {
-        state.restore(store, message.key().unwrap_or_default(), message.payload())?;
+        apply(message.key().unwrap_or_default(), message.payload())?;
         next = message.offset() + 1;
         replayed += 1;
     }

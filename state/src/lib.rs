@@ -2,7 +2,7 @@
 //!
 //! Its one job: hold a processor's state for one input partition in RocksDB (one database per
 //! processor and partition number, one column family per store) so that it can always be rebuilt
-//! from the store's compacted changelog topic `<processor>.<store>.changelog`. It knows nothing of
+//! from the processor's compacted changelog topic `<processor>.changelog`. It knows nothing of
 //! Kafka: the runtime produces and reads the changelog records; this crate says which, and applies them.
 //!
 //! # Write path
@@ -24,10 +24,11 @@
 //!    committed changelog, so it is discarded and `open` answers [`Restore::Full`]; otherwise it answers
 //!    [`Restore::From`] the checkpoint written by `close`, and removes the `CLEAN` marker so that a
 //!    crash from here on is detected.
-//! 2. The runtime reads each store's changelog partition (read-committed) from the checkpointed
-//!    offset, or from the beginning for `Full` and for stores the checkpoint does not name, up to its
-//!    end, feeding every record to [`PartitionState::restore`] (a tombstone deletes). Replaying from
-//!    an earlier offset than needed is harmless: records are applied in order and the last one wins.
+//! 2. The runtime reads the changelog partition (read-committed) from the checkpointed offset, or
+//!    from the beginning for `Full` and when a store is not in the checkpoint, up to its end, feeding
+//!    each committed write of each store to [`PartitionState::restore`] (a tombstone deletes).
+//!    Replaying from an earlier offset than needed is harmless: records are applied in order and
+//!    the last one wins.
 //! 3. It writes a checkpoint with the end offsets, then starts processing.
 //! 4. On revoke or shutdown, after the last commit and apply, [`PartitionState::close`] flushes the
 //!    stores, syncs the checkpoint and then writes the `CLEAN` marker.

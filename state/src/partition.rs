@@ -49,10 +49,12 @@ pub fn partition_dir(
         .join(format!("partition-{partition}")))
 }
 
-/// The changelog topic of a store: `<processor>.<store>.changelog` (compacted, one partition per
-/// input partition, the same partition number).
-pub fn changelog_topic(processor: &str, store: &str) -> String {
-    format!("{processor}.{store}.changelog")
+/// The changelog topic of a processor's stores: `<processor>.changelog` (compacted, one partition
+/// per input partition, the same partition number). Every store writes to it, each record's key
+/// prefixed with its store, so that one input's writes to several stores sit in one partition,
+/// in order, and can be applied all or none.
+pub fn changelog_topic(processor: &str) -> String {
+    format!("{processor}.changelog")
 }
 
 fn check_path_component(what: &'static str, name: &str) -> Result<(), StateError> {

@@ -290,8 +290,5 @@ fn partition_dirs_and_changelog_topics_follow_the_naming_rules() {
         );
     }
     assert!(partition_dir(root, "p", -1).is_err());
-    assert_eq!(
-        changelog_topic("usage-rater", "dedup"),
-        "usage-rater.dedup.changelog"
-    );
+    assert_eq!(changelog_topic("usage-rater"), "usage-rater.changelog");
 }
