@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use backbone_core::{KafkaSettings, RuntimeSettings};
 use backbone_enricher::{Enricher, EnricherSettings};
 use backbone_fanout::{Fanout, FanoutSettings, Routes};
-use backbone_loadgen::{LoadSpec, Payload, Workload};
+use backbone_loadgen::{Destinations, LoadSpec, Workload};
 use backbone_rating::{days_from_civil, price};
 use backbone_registry::{LocalRegistry, RegistryConfig};
 use backbone_schemas::types::{
@@ -369,24 +369,6 @@ async fn every_charge_once_and_totals_equal_the_price_of_the_usage() {
     assert_eq!(kinds.get("window"), Some(&distinct_events));
 }
 
-/// Publishes `records` (key, contract value) to `topic` through the registry.
-async fn publish_keyed<T: Contract>(
-    kafka: &KafkaSettings,
-    codec: &WireCodec,
-    topic: &str,
-    records: Vec<(String, &T)>,
-) {
-    let mut encoded = Vec::with_capacity(records.len());
-    for (key, value) in records {
-        let bytes = codec
-            .encode_contract(&format!("{topic}-value"), value)
-            .await
-            .expect("encode");
-        encoded.push(TestRecord::new(key, bytes));
-    }
-    produce(kafka, topic, &encoded).await.expect("produce");
-}
-
 /// Dead-letter reasons on `topic` once at least `count` letters arrived.
 async fn reasons(kafka: &KafkaSettings, topic: &str, count: usize) -> BTreeMap<String, usize> {
     let mut reasons = BTreeMap::new();
@@ -450,51 +432,22 @@ async fn loadgen_expectations_hold_through_every_stage() {
     for topic in [&t.subscriptions, &t.rate_cards] {
         create_topic(&kafka, topic, 1).await.expect("topic");
     }
-    publish_keyed(
-        &kafka,
-        &codec,
-        &t.rate_cards,
-        workload
-            .rate_cards
-            .iter()
-            .map(|c| (format!("acme:{}", c.plan_id), c))
-            .collect(),
-    )
-    .await;
-    publish_keyed(
-        &kafka,
-        &codec,
-        &t.subscriptions,
-        workload
-            .subscriptions
-            .iter()
-            .map(|s| (format!("acme:{}", s.subscription_id), s))
-            .collect(),
-    )
-    .await;
-    publish_keyed(
-        &kafka,
-        &codec,
-        &t.accounts,
-        workload
-            .accounts
-            .iter()
-            .map(|a| (format!("acme:{}", a.customer_id), a))
-            .collect(),
-    )
-    .await;
-    let mut usage = Vec::with_capacity(workload.usage.len());
-    for record in &workload.usage {
-        let value = match &record.payload {
-            Payload::Event(event) => codec
-                .encode_contract(&format!("{raw}-value"), event.as_ref())
-                .await
-                .expect("encode"),
-            Payload::Raw(bytes) => bytes.clone(),
-        };
-        usage.push(TestRecord::new(record.key.clone(), value));
-    }
-    produce(&kafka, &raw, &usage).await.expect("usage");
+    let producer: rdkafka::producer::FutureProducer =
+        kafka.producer_config().create().expect("producer");
+    workload
+        .publish(
+            &producer,
+            &codec,
+            Destinations {
+                usage: &raw,
+                accounts: &t.accounts,
+                subscriptions: &t.subscriptions,
+                rate_cards: &t.rate_cards,
+            },
+            0,
+        )
+        .await
+        .expect("workload");
 
     let validator = RunningProcessor::start(
         UsageValidator::new(

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use backbone_core::admin::{ensure_topics, partition_count, TopicSpec};
 use backbone_core::KafkaSettings;
-use backbone_loadgen::{LoadSpec, Payload, Workload};
+use backbone_loadgen::{Destinations, LoadSpec, Workload};
 use backbone_schemas::types::{Amount, BillingCharge, Contract};
 use backbone_schemas::WireCodec;
 use clap::Parser;
@@ -157,7 +157,19 @@ async fn main() -> Result<()> {
         .producer_config()
         .create()
         .context("creating producer")?;
-    publish(&producer, &codec, &workload).await?;
+    workload
+        .publish(
+            &producer,
+            &codec,
+            Destinations {
+                usage: USAGE,
+                accounts: ACCOUNTS,
+                subscriptions: SUBSCRIPTIONS,
+                rate_cards: RATE_CARDS,
+            },
+            0,
+        )
+        .await?;
     println!(
         "loadgen published {} usage records for {} customers on {} plans ({} duplicates, {} poison or out of window)",
         expected.records,
@@ -336,71 +348,6 @@ async fn main() -> Result<()> {
         );
     }
     println!("\nevery record accounted for, every charge once, totals as expected: OK");
-    Ok(())
-}
-
-/// Publishes the workload: master data first, then the usage.
-async fn publish(producer: &FutureProducer, codec: &WireCodec, workload: &Workload) -> Result<()> {
-    for card in &workload.rate_cards {
-        let key = format!("{}:{}", card.metadata.tenant_id, card.plan_id);
-        send(producer, codec, RATE_CARDS, &key, card).await?;
-    }
-    for subscription in &workload.subscriptions {
-        let key = format!(
-            "{}:{}",
-            subscription.metadata.tenant_id, subscription.subscription_id
-        );
-        send(producer, codec, SUBSCRIPTIONS, &key, subscription).await?;
-    }
-    for account in &workload.accounts {
-        let key = format!("{}:{}", account.metadata.tenant_id, account.customer_id);
-        send(producer, codec, ACCOUNTS, &key, account).await?;
-    }
-    let mut deliveries = Vec::with_capacity(workload.usage.len());
-    for record in &workload.usage {
-        let value = match &record.payload {
-            Payload::Event(event) => codec
-                .encode_contract(&format!("{USAGE}-value"), event.as_ref())
-                .await
-                .context("encoding a usage event")?,
-            Payload::Raw(bytes) => bytes.clone(),
-        };
-        deliveries.push(
-            producer
-                .send_result(FutureRecord::to(USAGE).key(&record.key).payload(&value))
-                .map_err(|(err, _)| err)
-                .context("publishing usage")?,
-        );
-    }
-    for delivery in deliveries {
-        delivery
-            .await
-            .context("the producer went away")?
-            .map_err(|(err, _)| err)
-            .context("publishing usage")?;
-    }
-    Ok(())
-}
-
-async fn send<T: Contract>(
-    producer: &FutureProducer,
-    codec: &WireCodec,
-    topic: &str,
-    key: &str,
-    value: &T,
-) -> Result<()> {
-    let bytes = codec
-        .encode_contract(&format!("{topic}-value"), value)
-        .await
-        .with_context(|| format!("encoding a record for {topic}"))?;
-    producer
-        .send(
-            FutureRecord::to(topic).key(key).payload(&bytes),
-            Duration::from_secs(30),
-        )
-        .await
-        .map_err(|(err, _)| err)
-        .with_context(|| format!("publishing to {topic}"))?;
     Ok(())
 }
 

@@ -12,11 +12,14 @@
 use std::collections::BTreeMap;
 
 use backbone_rating::{price, PeriodPlan};
+use backbone_schemas::types::Contract;
 use backbone_schemas::types::{
     AccountStatus, Amount, BillingInterval, ChargeModel, CustomerAccount, EventMetadata,
     MeterAggregation, PriceTier, Quantity, RateCard, RateCharge, Subscription, SubscriptionStatus,
     TraceContext, UnitPrice, UsageEvent,
 };
+use backbone_schemas::WireCodec;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use serde::Serialize;
 
 const DAY_MICROS: i64 = 86_400_000_000;
@@ -369,6 +372,137 @@ impl Workload {
             expected,
         }
     }
+}
+
+/// Topics a workload is published to.
+#[derive(Debug, Clone, Copy)]
+pub struct Destinations<'a> {
+    /// Raw usage.
+    pub usage: &'a str,
+    /// Customer accounts.
+    pub accounts: &'a str,
+    /// Subscriptions.
+    pub subscriptions: &'a str,
+    /// Rate cards.
+    pub rate_cards: &'a str,
+}
+
+/// Why publishing a workload failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// A record could not be encoded or its contract registered.
+    #[error("encoding a record for `{topic}`: {source}")]
+    Encode {
+        /// The topic.
+        topic: String,
+        /// The codec's error.
+        source: backbone_schemas::WireError,
+    },
+    /// The broker did not take a record.
+    #[error("publishing to `{topic}`: {source}")]
+    Kafka {
+        /// The topic.
+        topic: String,
+        /// The client's error.
+        source: rdkafka::error::KafkaError,
+    },
+}
+
+impl Workload {
+    /// Publishes the workload through `codec` and the registry: master data first (rate cards,
+    /// subscriptions, accounts, keyed `<tenant>:<id>`), then the usage records in order, at most
+    /// `rate` per second (0: as fast as the broker takes them).
+    pub async fn publish(
+        &self,
+        producer: &FutureProducer,
+        codec: &WireCodec,
+        to: Destinations<'_>,
+        rate: u32,
+    ) -> Result<(), PublishError> {
+        for card in &self.rate_cards {
+            let key = format!("{}:{}", card.metadata.tenant_id, card.plan_id);
+            send(producer, codec, to.rate_cards, &key, card).await?;
+        }
+        for subscription in &self.subscriptions {
+            let key = format!(
+                "{}:{}",
+                subscription.metadata.tenant_id, subscription.subscription_id
+            );
+            send(producer, codec, to.subscriptions, &key, subscription).await?;
+        }
+        for account in &self.accounts {
+            let key = format!("{}:{}", account.metadata.tenant_id, account.customer_id);
+            send(producer, codec, to.accounts, &key, account).await?;
+        }
+        let kafka = |source| PublishError::Kafka {
+            topic: to.usage.to_owned(),
+            source,
+        };
+        let subject = format!("{}-value", to.usage);
+        let started = std::time::Instant::now();
+        let mut pending = Vec::with_capacity(1_000);
+        for (n, record) in self.usage.iter().enumerate() {
+            if rate > 0 {
+                let due = started + std::time::Duration::from_secs_f64(n as f64 / f64::from(rate));
+                tokio::time::sleep_until(due.into()).await;
+            }
+            let value = match &record.payload {
+                Payload::Event(event) => codec
+                    .encode_contract(&subject, event.as_ref())
+                    .await
+                    .map_err(|source| PublishError::Encode {
+                        topic: to.usage.to_owned(),
+                        source,
+                    })?,
+                Payload::Raw(bytes) => bytes.clone(),
+            };
+            let delivery = producer
+                .send_result(FutureRecord::to(to.usage).key(&record.key).payload(&value))
+                .map_err(|(err, _)| kafka(err))?;
+            pending.push(delivery);
+            if pending.len() >= 1_000 {
+                settle(&mut pending).await.map_err(kafka)?;
+            }
+        }
+        settle(&mut pending).await.map_err(kafka)
+    }
+}
+
+async fn settle(pending: &mut Vec<DeliveryFuture>) -> Result<(), rdkafka::error::KafkaError> {
+    for delivery in pending.drain(..) {
+        delivery
+            .await
+            .map_err(|_| rdkafka::error::KafkaError::Canceled)?
+            .map_err(|(err, _)| err)?;
+    }
+    Ok(())
+}
+
+async fn send<T: Contract>(
+    producer: &FutureProducer,
+    codec: &WireCodec,
+    topic: &str,
+    key: &str,
+    value: &T,
+) -> Result<(), PublishError> {
+    let bytes = codec
+        .encode_contract(&format!("{topic}-value"), value)
+        .await
+        .map_err(|source| PublishError::Encode {
+            topic: topic.to_owned(),
+            source,
+        })?;
+    producer
+        .send(
+            FutureRecord::to(topic).key(key).payload(&bytes),
+            std::time::Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(source, _)| PublishError::Kafka {
+            topic: topic.to_owned(),
+            source,
+        })?;
+    Ok(())
 }
 
 #[cfg(test)]

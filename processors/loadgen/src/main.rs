@@ -2,15 +2,14 @@
 //! serializer and registry, and writes the results the pipeline must produce as JSON.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use backbone_core::KafkaSettings;
-use backbone_loadgen::{LoadSpec, Payload, Workload};
-use backbone_schemas::types::Contract;
+use backbone_loadgen::{Destinations, LoadSpec, Workload};
 use backbone_schemas::WireCodec;
 use clap::Parser;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -124,56 +123,21 @@ async fn run(args: Args) -> Result<()> {
         .create()
         .context("creating the producer")?;
     let codec = WireCodec::new(&args.registry_url);
-    let tenant = &args.tenant;
 
-    let cards: Vec<(String, _)> = workload
-        .rate_cards
-        .iter()
-        .map(|c| (format!("{tenant}:{}", c.plan_id), c))
-        .collect();
-    publish_all(&producer, &codec, &args.rate_cards_topic, &cards).await?;
-    let subscriptions: Vec<(String, _)> = workload
-        .subscriptions
-        .iter()
-        .map(|s| (format!("{tenant}:{}", s.subscription_id), s))
-        .collect();
-    publish_all(&producer, &codec, &args.subscriptions_topic, &subscriptions).await?;
-    let accounts: Vec<(String, _)> = workload
-        .accounts
-        .iter()
-        .map(|a| (format!("{tenant}:{}", a.customer_id), a))
-        .collect();
-    publish_all(&producer, &codec, &args.accounts_topic, &accounts).await?;
-
-    let subject = format!("{}-value", args.usage_topic);
     let started = Instant::now();
-    let mut pending = Vec::new();
-    for (n, record) in workload.usage.iter().enumerate() {
-        if args.rate > 0 {
-            let due = started + Duration::from_secs_f64(n as f64 / f64::from(args.rate));
-            tokio::time::sleep_until(due.into()).await;
-        }
-        let value = match &record.payload {
-            Payload::Event(event) => codec
-                .encode_contract(&subject, event.as_ref())
-                .await
-                .with_context(|| format!("encoding usage record {n}"))?,
-            Payload::Raw(bytes) => bytes.clone(),
-        };
-        let delivery = producer
-            .send_result(
-                FutureRecord::to(&args.usage_topic)
-                    .key(&record.key)
-                    .payload(&value),
-            )
-            .map_err(|(err, _)| err)
-            .with_context(|| format!("publishing to {}", args.usage_topic))?;
-        pending.push(delivery);
-        if pending.len() >= 1_000 {
-            settle(&mut pending, &args.usage_topic).await?;
-        }
-    }
-    settle(&mut pending, &args.usage_topic).await?;
+    workload
+        .publish(
+            &producer,
+            &codec,
+            Destinations {
+                usage: &args.usage_topic,
+                accounts: &args.accounts_topic,
+                subscriptions: &args.subscriptions_topic,
+                rate_cards: &args.rate_cards_topic,
+            },
+            args.rate,
+        )
+        .await?;
     let elapsed = started.elapsed();
 
     let json = serde_json::to_string_pretty(&workload.expected)
@@ -190,40 +154,5 @@ async fn run(args: Args) -> Result<()> {
         workload.rate_cards.len(),
         args.expected.display()
     );
-    Ok(())
-}
-
-async fn settle(pending: &mut Vec<DeliveryFuture>, topic: &str) -> Result<()> {
-    for delivery in pending.drain(..) {
-        delivery
-            .await
-            .context("the producer went away")?
-            .map_err(|(err, _)| err)
-            .with_context(|| format!("publishing to {topic}"))?;
-    }
-    Ok(())
-}
-
-async fn publish_all<T: Contract>(
-    producer: &FutureProducer,
-    codec: &WireCodec,
-    topic: &str,
-    records: &[(String, &T)],
-) -> Result<()> {
-    let subject = format!("{topic}-value");
-    for (key, value) in records {
-        let bytes = codec
-            .encode_contract(&subject, *value)
-            .await
-            .with_context(|| format!("encoding a record for {topic}"))?;
-        producer
-            .send(
-                FutureRecord::to(topic).key(key).payload(&bytes),
-                Duration::from_secs(30),
-            )
-            .await
-            .map_err(|(err, _)| err)
-            .with_context(|| format!("publishing to {topic}"))?;
-    }
     Ok(())
 }
