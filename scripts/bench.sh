@@ -16,3 +16,4 @@ trap '"$REPO/scripts/stack.sh" down' EXIT
 cargo build --workspace --bins --quiet
 "$REPO/scripts/stack.sh" up
 cargo bench -p backbone-core --bench passthrough
+cargo bench -p backbone-e2e --bench stages

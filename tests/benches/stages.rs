@@ -1,0 +1,308 @@
+//! Throughput of each usage-pipeline stage on a pre-filled input, beside the runtime's
+//! pass-through on the same broker in the same run.
+//!
+//! Needs a broker: `make bench` starts the embedded stack and runs this; by hand,
+//! `BACKBONE_BENCH_BOOTSTRAP=127.0.0.1:9092 cargo bench -p backbone-e2e --bench stages`.
+//! A loadgen workload without duplicates or poison is published once; then, one after the other,
+//! a forwarding processor (the baseline), the validator, the enricher, the usage-rater and the
+//! fanout each consume their whole input. Each stage's time runs from its group's first committed
+//! progress to its last input committed (start-up, group join and restore excluded), polled
+//! every 20 ms on the same clock for every stage.
+
+use std::time::{Duration, Instant};
+
+use backbone_core::admin::{ensure_topics, TopicSpec};
+use backbone_core::{
+    InputRecord, KafkaSettings, OutputRecord, ProcessError, Processor, RuntimeSettings, State,
+};
+use backbone_enricher::{Enricher, EnricherSettings};
+use backbone_fanout::{Fanout, FanoutSettings, Routes};
+use backbone_loadgen::{Destinations, LoadSpec, Workload};
+use backbone_registry::{LocalRegistry, RegistryConfig};
+use backbone_schemas::WireCodec;
+use backbone_testkit::{committed_offsets, end_offsets_total, RunningProcessor};
+use backbone_usage_rater::{RaterSettings, UsageRater};
+use backbone_usage_validator::{UsageValidator, ValidatorSettings};
+use rdkafka::producer::FutureProducer;
+
+const EVENTS: usize = 20_000;
+const PARTITIONS: i32 = 3;
+const DEADLINE: Duration = Duration::from_secs(300);
+
+/// Forwards each record unchanged: the runtime's pass-through, the baseline.
+struct Forward {
+    input: String,
+    output: String,
+}
+
+impl Processor for Forward {
+    fn name(&self) -> &str {
+        "bench-forward"
+    }
+
+    fn input_topics(&self) -> Vec<String> {
+        vec![self.input.clone()]
+    }
+
+    fn output_topics(&self) -> Vec<String> {
+        vec![self.output.clone()]
+    }
+
+    fn process(
+        &mut self,
+        record: &InputRecord<'_>,
+        _state: &mut State<'_>,
+    ) -> Result<Vec<OutputRecord>, ProcessError> {
+        Ok(vec![OutputRecord {
+            topic: self.output.clone(),
+            key: record.key.map(<[u8]>::to_vec),
+            value: record.value.unwrap_or_default().to_vec(),
+            headers: Vec::new(),
+        }])
+    }
+}
+
+fn settings(group: &str, run: &str) -> RuntimeSettings {
+    let mut settings = RuntimeSettings {
+        group_id: Some(group.to_owned()),
+        topic_partitions: PARTITIONS,
+        ..RuntimeSettings::default()
+    };
+    settings.state.dir = std::env::temp_dir().join(format!("backbone-bench-{run}"));
+    settings
+}
+
+/// How a stage's progress is read.
+#[derive(Clone, Copy)]
+enum Progress {
+    /// Inputs of the topic its group committed.
+    Committed,
+    /// Records on its output topic: for the enricher, which commits a parked input before the
+    /// account that releases it has been read.
+    Produced,
+}
+
+/// Runs `processor` until `total` records of `topic` are done (see [`Progress`]); returns the
+/// time from the first progress to the last.
+async fn measure<P: Processor + Sync + 'static>(
+    kafka: &KafkaSettings,
+    processor: P,
+    group: &str,
+    run: &str,
+    (topic, progress): (&str, Progress),
+    total: usize,
+) -> Duration {
+    let running = RunningProcessor::start(processor, kafka, settings(group, run));
+    let deadline = Instant::now() + DEADLINE;
+    let mut started = None;
+    let elapsed = loop {
+        let done: i64 = match progress {
+            Progress::Committed => committed_offsets(kafka, group, topic)
+                .map(|o| o.iter().map(|(_, c)| c.unwrap_or(0)).sum())
+                .unwrap_or(0),
+            Progress::Produced => end_offsets_total(kafka, topic).unwrap_or(0),
+        };
+        if done > 0 {
+            started.get_or_insert_with(Instant::now);
+        }
+        if done >= total as i64 {
+            break started.map(|s| s.elapsed()).unwrap_or_default();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{group} committed {done} of {total}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    running.stop(DEADLINE).await;
+    elapsed
+}
+
+#[tokio::main]
+async fn main() {
+    let bootstrap =
+        std::env::var("BACKBONE_BENCH_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".to_owned());
+    let mut kafka = KafkaSettings::for_servers(bootstrap);
+    kafka.commit_interval = Duration::from_millis(100);
+    kafka.session_timeout = Duration::from_secs(6);
+    let run = std::process::id().to_string();
+    let topic = |name: &str| format!("bench.{name}.{run}");
+    let names = [
+        "usage.events",
+        "usage.copied",
+        "usage.validated",
+        "master.customer-accounts",
+        "master.subscriptions",
+        "master.rate-cards",
+        "usage.enriched",
+        "usage.rated",
+        "usage.window-aggregates",
+        "billing.charges",
+        "analytics.facts",
+    ];
+    let specs: Vec<TopicSpec> = names
+        .iter()
+        .map(|n| TopicSpec::new(topic(n), PARTITIONS))
+        .collect();
+    ensure_topics(&kafka, &specs, Duration::from_secs(30))
+        .await
+        .expect("topics");
+    let registry =
+        LocalRegistry::start(&RegistryConfig::ephemeral(kafka.clone(), &topic("schemas")))
+            .await
+            .expect("registry");
+    let codec = WireCodec::new(registry.url());
+    let workload = Workload::generate(&LoadSpec {
+        seed: 1,
+        tenant: format!("bench-{run}"),
+        customers: 200,
+        plans: 3,
+        events: EVENTS,
+        duplicate_share: 0.0,
+        late_share: 0.0,
+        out_of_window_share: 0.0,
+        poison_share: 0.0,
+        now_micros: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .expect("clock"),
+    });
+    let producer: FutureProducer = kafka.producer_config().create().expect("producer");
+    let (usage, accounts, subscriptions, rate_cards) = (
+        topic("usage.events"),
+        topic("master.customer-accounts"),
+        topic("master.subscriptions"),
+        topic("master.rate-cards"),
+    );
+    workload
+        .publish(
+            &producer,
+            &codec,
+            Destinations {
+                usage: &usage,
+                accounts: &accounts,
+                subscriptions: &subscriptions,
+                rate_cards: &rate_cards,
+            },
+            0,
+        )
+        .await
+        .expect("workload");
+
+    let mut results = Vec::new();
+    let baseline = Forward {
+        input: usage.clone(),
+        output: topic("usage.copied"),
+    };
+    results.push((
+        "pass-through (baseline)",
+        measure(
+            &kafka,
+            baseline,
+            &format!("fwd-{run}"),
+            &run,
+            (&usage, Progress::Committed),
+            EVENTS,
+        )
+        .await,
+    ));
+    let validator = UsageValidator::new(
+        ValidatorSettings {
+            input_topic: usage.clone(),
+            output_topic: topic("usage.validated"),
+            dedup: true,
+        },
+        codec.clone(),
+    );
+    results.push((
+        "usage-validator",
+        measure(
+            &kafka,
+            validator,
+            &format!("val-{run}"),
+            &run,
+            (&usage, Progress::Committed),
+            EVENTS,
+        )
+        .await,
+    ));
+    let enricher = Enricher::new(
+        EnricherSettings {
+            usage_topic: topic("usage.validated"),
+            accounts_topic: accounts.clone(),
+            subscriptions_topic: subscriptions.clone(),
+            rate_cards_topic: rate_cards.clone(),
+            output_topic: topic("usage.enriched"),
+            ..EnricherSettings::default()
+        },
+        codec.clone(),
+    );
+    results.push((
+        "enricher",
+        measure(
+            &kafka,
+            enricher,
+            &format!("enr-{run}"),
+            &run,
+            (&topic("usage.enriched"), Progress::Produced),
+            EVENTS,
+        )
+        .await,
+    ));
+    let rater = UsageRater::new(
+        RaterSettings {
+            input_topic: topic("usage.enriched"),
+            rate_cards_topic: rate_cards.clone(),
+            output_topic: topic("usage.rated"),
+            aggregates_topic: topic("usage.window-aggregates"),
+            ..RaterSettings::default()
+        },
+        codec.clone(),
+    );
+    results.push((
+        "usage-rater",
+        measure(
+            &kafka,
+            rater,
+            &format!("rat-{run}"),
+            &run,
+            (&topic("usage.enriched"), Progress::Committed),
+            EVENTS,
+        )
+        .await,
+    ));
+    let fanout = Fanout::new(
+        FanoutSettings {
+            rated_topic: topic("usage.rated"),
+            aggregates_topic: topic("usage.window-aggregates"),
+            routes: Routes {
+                billing: topic("billing.charges"),
+                analytics: topic("analytics.facts"),
+            },
+        },
+        codec.clone(),
+    );
+    results.push((
+        "fanout (rated lines)",
+        measure(
+            &kafka,
+            fanout,
+            &format!("fan-{run}"),
+            &run,
+            (&topic("usage.rated"), Progress::Committed),
+            EVENTS,
+        )
+        .await,
+    ));
+
+    let rate = |d: Duration| EVENTS as f64 / d.as_secs_f64().max(1e-9);
+    let base = rate(results[0].1);
+    println!("\nstages: {EVENTS} usage events, {PARTITIONS} partitions, one stage at a time");
+    for (stage, elapsed) in &results {
+        println!(
+            "  {stage:<26}{:>10.0} records/s  ({:.2}x pass-through)",
+            rate(*elapsed),
+            rate(*elapsed) / base
+        );
+    }
+}
