@@ -16,13 +16,14 @@ use crate::{ContractSet, WireCodec, WireError};
 #[derive(Debug)]
 pub struct OutputContracts {
     codec: WireCodec,
-    /// (subject, contract full name) in the order given.
+    /// (topic, contract full name) in the order given; each registers under `<topic>-value`.
     outputs: Vec<(String, &'static str)>,
     ids: OnceLock<Vec<u32>>,
 }
 
 impl OutputContracts {
-    /// Outputs of `codec`'s processor: each subject with the full name of its contract.
+    /// Outputs of `codec`'s processor: each topic with the full name of its contract, registered
+    /// under the topic-name strategy's value subject.
     pub fn new(codec: WireCodec, outputs: Vec<(String, &'static str)>) -> Self {
         Self {
             codec,
@@ -36,18 +37,18 @@ impl OutputContracts {
         &self.codec
     }
 
-    /// The id registered for `subject`; an outage until the first prefetch registered it.
-    pub fn id(&self, subject: &str) -> Result<u32, ProcessError> {
+    /// The id registered for `topic`'s values; an outage until the first prefetch registered it.
+    pub fn id(&self, topic: &str) -> Result<u32, ProcessError> {
         let ids = self.ids.get().ok_or_else(|| {
             ProcessError::Unavailable("output contracts not registered yet".to_owned())
         })?;
         self.outputs
             .iter()
-            .position(|(s, _)| s == subject)
+            .position(|(t, _)| t == topic)
             .and_then(|at| ids.get(at).copied())
             .ok_or_else(|| ProcessError::Fatal {
                 kind: "configuration",
-                detail: format!("subject `{subject}` is not among the processor's outputs"),
+                detail: format!("topic `{topic}` is not among the processor's outputs"),
             })
     }
 
@@ -56,7 +57,8 @@ impl OutputContracts {
             message: e.to_string(),
         })?;
         let mut ids = Vec::with_capacity(self.outputs.len());
-        for (subject, full_name) in &self.outputs {
+        for (topic, full_name) in &self.outputs {
+            let subject = format!("{topic}-value");
             let text = set
                 .bundled(full_name)
                 .map_err(|e| WireError::Contract {
@@ -66,7 +68,7 @@ impl OutputContracts {
             let schema = embedded_schema(full_name).ok_or_else(|| WireError::Contract {
                 message: format!("`{full_name}` is not an embedded contract"),
             })?;
-            ids.push(self.codec.register_text(subject, &text, schema).await?);
+            ids.push(self.codec.register_text(&subject, &text, schema).await?);
         }
         Ok(ids)
     }

@@ -109,7 +109,7 @@ impl Enricher {
     pub fn new(settings: EnricherSettings, codec: WireCodec) -> Self {
         let outputs = Arc::new(OutputContracts::new(
             codec,
-            vec![(subject(&settings.output_topic), EnrichedUsage::FULL_NAME)],
+            vec![(settings.output_topic.clone(), EnrichedUsage::FULL_NAME)],
         ));
         Self { settings, outputs }
     }
@@ -117,11 +117,6 @@ impl Enricher {
     fn codec(&self) -> &WireCodec {
         self.outputs.codec()
     }
-}
-
-/// The value subject of `topic` under the topic-name strategy.
-fn subject(topic: &str) -> String {
-    format!("{topic}-value")
 }
 
 impl App for Enricher {
@@ -437,7 +432,7 @@ impl Enricher {
             billing_period_end: period.end,
             usage: usage.clone(),
         };
-        let id = self.outputs.id(&subject(&self.settings.output_topic))?;
+        let id = self.outputs.id(&self.settings.output_topic)?;
         let value = encode_framed(id, &enriched)
             .map_err(|e| ProcessError::permanent("contract_violation", e.to_string()))?;
         Ok(Joined::Enriched(OutputRecord {

@@ -103,13 +103,10 @@ impl Fanout {
     pub fn new(settings: FanoutSettings, codec: WireCodec) -> Self {
         let mut contracts = Vec::new();
         if !settings.routes.billing.is_empty() {
-            contracts.push((subject(&settings.routes.billing), BillingCharge::FULL_NAME));
+            contracts.push((settings.routes.billing.clone(), BillingCharge::FULL_NAME));
         }
         if !settings.routes.analytics.is_empty() {
-            contracts.push((
-                subject(&settings.routes.analytics),
-                AnalyticsFact::FULL_NAME,
-            ));
+            contracts.push((settings.routes.analytics.clone(), AnalyticsFact::FULL_NAME));
         }
         Self {
             settings,
@@ -123,7 +120,7 @@ impl Fanout {
         key: String,
         value: &T,
     ) -> Result<OutputRecord, ProcessError> {
-        let id = self.outputs.id(&subject(topic))?;
+        let id = self.outputs.id(topic)?;
         Ok(OutputRecord {
             topic: topic.to_owned(),
             key: Some(key.into_bytes()),
@@ -159,11 +156,6 @@ impl Fanout {
         let key = format!("{}:{}", window.metadata.tenant_id, fact.fact_id);
         Ok(vec![self.output(&routes.analytics, key, &fact)?])
     }
-}
-
-/// The value subject of `topic` under the topic-name strategy.
-fn subject(topic: &str) -> String {
-    format!("{topic}-value")
 }
 
 impl App for Fanout {

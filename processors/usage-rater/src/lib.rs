@@ -122,9 +122,9 @@ impl UsageRater {
         let outputs = Arc::new(OutputContracts::new(
             codec,
             vec![
-                (subject(&settings.output_topic), RatedUsage::FULL_NAME),
+                (settings.output_topic.clone(), RatedUsage::FULL_NAME),
                 (
-                    subject(&settings.aggregates_topic),
+                    settings.aggregates_topic.clone(),
                     UsageWindowAggregate::FULL_NAME,
                 ),
             ],
@@ -135,11 +135,6 @@ impl UsageRater {
     fn codec(&self) -> &WireCodec {
         self.outputs.codec()
     }
-}
-
-/// The value subject of `topic` under the topic-name strategy.
-fn subject(topic: &str) -> String {
-    format!("{topic}-value")
 }
 
 impl App for UsageRater {
@@ -195,8 +190,8 @@ impl Processor for UsageRater {
             .codec()
             .decode_cached_as(value, EnrichedUsage::schema())
             .map_err(|e| e.into_process_error())?;
-        let rated_id = self.outputs.id(&subject(&self.settings.output_topic))?;
-        let aggregate_id = self.outputs.id(&subject(&self.settings.aggregates_topic))?;
+        let rated_id = self.outputs.id(&self.settings.output_topic)?;
+        let aggregate_id = self.outputs.id(&self.settings.aggregates_topic)?;
         let usage = &enriched.usage;
         let m = &usage.metadata;
         let input_key = format!("{}/{}/{}", m.tenant_id, m.source, m.event_id);
