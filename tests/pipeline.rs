@@ -1,11 +1,15 @@
 //! Usage through the enricher, the usage-rater and the fanout on the real broker and registry:
 //! every billing charge exists once, the charges of a subscription add up to the price of its
 //! total usage, a duplicate and a late account change nothing, and analytics gets a row per
-//! rated line and per window revision. Then loadgen's workload through all four stages, the
+//! rated line and per window revision, the ERP gets a balanced posting per non-zero line that
+//! moves exactly the billed amount, and the CRM's latest snapshot per customer holds what was
+//! billed. Then loadgen's workload through all four stages, the
 //! validator included, against loadgen's own expectations.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::de::DeserializeOwned;
 
 use backbone_core::{KafkaSettings, RuntimeSettings};
 use backbone_enricher::{Enricher, EnricherSettings};
@@ -14,14 +18,15 @@ use backbone_loadgen::{Destinations, LoadSpec, Workload};
 use backbone_rating::{days_from_civil, price};
 use backbone_registry::{LocalRegistry, RegistryConfig};
 use backbone_schemas::types::{
-    AccountStatus, AnalyticsFact, BillingCharge, BillingInterval, ChargeModel, Contract,
-    CustomerAccount, EventMetadata, FactType, MeterAggregation, PriceTier, Quantity, RateCard,
-    RateCharge, Subscription, SubscriptionStatus, TraceContext, UsageEvent,
+    AccountHealthSnapshot, AccountStatus, AnalyticsFact, BillingCharge, BillingInterval,
+    ChargeModel, Contract, CustomerAccount, EventMetadata, FactType, GlMapping, LedgerPosting,
+    MeterAggregation, PriceTier, Quantity, RateCard, RateCharge, Subscription, SubscriptionStatus,
+    TraceContext, UsageEvent,
 };
 use backbone_schemas::WireCodec;
 use backbone_testkit::{
     consume_until, consume_while, create_topic, produce, shared_settings, unique_group,
-    unique_topic, RunningProcessor, TestRecord,
+    unique_topic, ConsumedRecord, RunningProcessor, TestRecord,
 };
 use backbone_usage_rater::{RaterSettings, UsageRater};
 use backbone_usage_validator::{UsageValidator, ValidatorSettings};
@@ -136,11 +141,226 @@ struct Topics {
     accounts: String,
     subscriptions: String,
     rate_cards: String,
+    gl_mappings: String,
     enriched: String,
     rated: String,
     windows: String,
     billing: String,
     analytics: String,
+    crm: String,
+    erp: String,
+    by_customer: String,
+}
+
+impl Topics {
+    /// Fresh topics, created: inputs co-partitioned in 3, master data read whole in 1.
+    async fn create(kafka: &KafkaSettings) -> Topics {
+        let t = Topics {
+            usage: unique_topic("usage.validated"),
+            accounts: unique_topic("master.customer-accounts"),
+            subscriptions: unique_topic("master.subscriptions"),
+            rate_cards: unique_topic("master.rate-cards"),
+            gl_mappings: unique_topic("master.gl-mappings"),
+            enriched: unique_topic("usage.enriched"),
+            rated: unique_topic("usage.rated"),
+            windows: unique_topic("usage.window-aggregates"),
+            billing: unique_topic("billing.charges"),
+            analytics: unique_topic("analytics.facts"),
+            crm: unique_topic("crm.account-health"),
+            erp: unique_topic("erp.postings"),
+            by_customer: unique_topic("usage.rated-by-customer"),
+        };
+        for topic in [&t.usage, &t.accounts, &t.enriched, &t.rated, &t.windows] {
+            create_topic(kafka, topic, 3).await.expect("topic");
+        }
+        for topic in [&t.subscriptions, &t.rate_cards, &t.gl_mappings] {
+            create_topic(kafka, topic, 1).await.expect("topic");
+        }
+        t
+    }
+}
+
+/// Enricher, usage-rater and fanout (every route on), running in-process.
+struct Stages {
+    enricher: RunningProcessor,
+    rater: RunningProcessor,
+    fanout: RunningProcessor,
+}
+
+impl Stages {
+    fn start(t: &Topics, kafka: &KafkaSettings, codec: &WireCodec, park_timeout: Duration) -> Self {
+        let enricher = RunningProcessor::start(
+            Enricher::new(
+                EnricherSettings {
+                    usage_topic: t.usage.clone(),
+                    accounts_topic: t.accounts.clone(),
+                    subscriptions_topic: t.subscriptions.clone(),
+                    rate_cards_topic: t.rate_cards.clone(),
+                    output_topic: t.enriched.clone(),
+                    park_timeout,
+                },
+                codec.clone(),
+            ),
+            kafka,
+            runtime("enricher"),
+        );
+        let rater = RunningProcessor::start(
+            UsageRater::new(
+                RaterSettings {
+                    input_topic: t.enriched.clone(),
+                    rate_cards_topic: t.rate_cards.clone(),
+                    output_topic: t.rated.clone(),
+                    aggregates_topic: t.windows.clone(),
+                    ..RaterSettings::default()
+                },
+                codec.clone(),
+            ),
+            kafka,
+            runtime("usage-rater"),
+        );
+        let fanout = RunningProcessor::start(
+            Fanout::new(
+                FanoutSettings {
+                    rated_topic: t.rated.clone(),
+                    aggregates_topic: t.windows.clone(),
+                    gl_mappings_topic: t.gl_mappings.clone(),
+                    by_customer_topic: t.by_customer.clone(),
+                    routes: Routes {
+                        billing: t.billing.clone(),
+                        analytics: t.analytics.clone(),
+                        crm: t.crm.clone(),
+                        erp: t.erp.clone(),
+                    },
+                },
+                codec.clone(),
+            ),
+            kafka,
+            runtime("fanout"),
+        );
+        Stages {
+            enricher,
+            rater,
+            fanout,
+        }
+    }
+
+    async fn stop(self) {
+        for running in [self.fanout, self.rater, self.enricher] {
+            running.stop(DEADLINE).await;
+        }
+    }
+}
+
+async fn decode_all<T: Contract + DeserializeOwned>(
+    codec: &WireCodec,
+    records: &[ConsumedRecord],
+) -> Vec<T> {
+    let mut decoded = Vec::with_capacity(records.len());
+    for record in records {
+        let value = record.value.as_deref().expect("value");
+        decoded.push(codec.decode_as(value, T::schema()).await.expect("decode"));
+    }
+    decoded
+}
+
+/// Charges once each by `rating_id`, summed per subscription.
+fn billed_per_subscription(charges: &[BillingCharge]) -> BTreeMap<String, i128> {
+    let mut billed: BTreeMap<String, i128> = BTreeMap::new();
+    let mut ids = BTreeSet::new();
+    for charge in charges {
+        assert!(
+            ids.insert(charge.rating_id.clone()),
+            "charge {} twice",
+            charge.rating_id
+        );
+        *billed.entry(charge.subscription_id.clone()).or_default() += charge.amount.unscaled();
+    }
+    billed
+}
+
+/// Reads ERP postings until there is one per non-zero charge, checks that each balances and
+/// none repeats, and sums the receivable movement per `<legal entity>/<currency>`.
+async fn ledger(
+    kafka: &KafkaSettings,
+    codec: &WireCodec,
+    topic: &str,
+    charges: &[BillingCharge],
+) -> BTreeMap<String, i128> {
+    let non_zero = charges.iter().filter(|c| c.amount.unscaled() != 0).count();
+    let records = consume_until(kafka, topic, non_zero, DEADLINE)
+        .await
+        .expect("ERP postings");
+    let postings: Vec<LedgerPosting> = decode_all(codec, &records).await;
+    assert_eq!(
+        postings.len(),
+        non_zero,
+        "one posting per non-zero rated line"
+    );
+    let mut ids = BTreeSet::new();
+    let mut net: BTreeMap<String, i128> = BTreeMap::new();
+    for posting in &postings {
+        assert!(
+            ids.insert(posting.rating_id.clone()),
+            "{} posted twice",
+            posting.rating_id
+        );
+        let debits: i128 = posting.lines.iter().map(|l| l.debit.unscaled()).sum();
+        let credits: i128 = posting.lines.iter().map(|l| l.credit.unscaled()).sum();
+        assert_eq!(debits, credits, "posting {} balances", posting.rating_id);
+        assert_eq!(debits, posting.amount.unscaled().abs());
+        let key = format!("{}/{}", posting.legal_entity_id, posting.currency);
+        *net.entry(key).or_default() += posting.amount.unscaled();
+    }
+    net
+}
+
+/// Reads `count` CRM snapshots, checks their ids are distinct, and keeps the latest per
+/// customer: its current and previous period amounts together.
+async fn latest_spend(
+    kafka: &KafkaSettings,
+    codec: &WireCodec,
+    topic: &str,
+    count: usize,
+) -> BTreeMap<String, i128> {
+    let records = consume_until(kafka, topic, count, DEADLINE)
+        .await
+        .expect("CRM snapshots");
+    let snapshots: Vec<AccountHealthSnapshot> = decode_all(codec, &records).await;
+    assert_eq!(snapshots.len(), count, "one snapshot per rated line");
+    let ids: BTreeSet<&str> = snapshots.iter().map(|s| s.snapshot_id.as_str()).collect();
+    assert_eq!(ids.len(), count, "snapshot ids repeat");
+    let mut latest: BTreeMap<String, &AccountHealthSnapshot> = BTreeMap::new();
+    for snapshot in &snapshots {
+        let entry = latest
+            .entry(snapshot.customer_id.clone())
+            .or_insert(snapshot);
+        if snapshot.as_of > entry.as_of {
+            *entry = snapshot;
+        }
+    }
+    latest
+        .into_iter()
+        .map(|(customer, s)| {
+            let previous = s.previous_period_amount.map_or(0, |a| a.unscaled());
+            (customer, s.period_to_date_amount.unscaled() + previous)
+        })
+        .collect()
+}
+
+fn gl_mapping(entity: &str) -> GlMapping {
+    GlMapping {
+        metadata: metadata(&format!("gl-{entity}"), now_micros()),
+        mapping_id: format!("gl-{entity}"),
+        legal_entity_id: entity.into(),
+        product_id: None,
+        charge_id: None,
+        revenue_account: "4000".into(),
+        receivable_account: "1210".into(),
+        deferred_revenue_account: "2400".into(),
+        tax_account: "3800".into(),
+        effective_from: 0,
+        effective_to: None,
+    }
 }
 
 async fn publish<T: Contract>(
@@ -181,23 +401,14 @@ async fn every_charge_once_and_totals_equal_the_price_of_the_usage() {
     .await
     .expect("registry");
     let codec = WireCodec::new(registry.url());
-    let t = Topics {
-        usage: unique_topic("usage.validated"),
-        accounts: unique_topic("master.customer-accounts"),
-        subscriptions: unique_topic("master.subscriptions"),
-        rate_cards: unique_topic("master.rate-cards"),
-        enriched: unique_topic("usage.enriched"),
-        rated: unique_topic("usage.rated"),
-        windows: unique_topic("usage.window-aggregates"),
-        billing: unique_topic("billing.charges"),
-        analytics: unique_topic("analytics.facts"),
-    };
-    for topic in [&t.usage, &t.accounts, &t.enriched, &t.rated, &t.windows] {
-        create_topic(&kafka, topic, 3).await.expect("topic");
-    }
-    for topic in [&t.subscriptions, &t.rate_cards] {
-        create_topic(&kafka, topic, 1).await.expect("topic");
-    }
+    let t = Topics::create(&kafka).await;
+    publish(
+        &kafka,
+        &codec,
+        &t.gl_mappings,
+        &[("acme:gl-acme-de".to_owned(), gl_mapping("acme-de"))],
+    )
+    .await;
 
     let customers = ["c-1", "c-2", "c-3"];
     let card = RateCard {
@@ -249,50 +460,7 @@ async fn every_charge_once_and_totals_equal_the_price_of_the_usage() {
     }
     publish(&kafka, &codec, &t.usage, &events).await;
 
-    let enricher = RunningProcessor::start(
-        Enricher::new(
-            EnricherSettings {
-                usage_topic: t.usage.clone(),
-                accounts_topic: t.accounts.clone(),
-                subscriptions_topic: t.subscriptions.clone(),
-                rate_cards_topic: t.rate_cards.clone(),
-                output_topic: t.enriched.clone(),
-                ..EnricherSettings::default()
-            },
-            codec.clone(),
-        ),
-        &kafka,
-        runtime("enricher"),
-    );
-    let rater = RunningProcessor::start(
-        UsageRater::new(
-            RaterSettings {
-                input_topic: t.enriched.clone(),
-                rate_cards_topic: t.rate_cards.clone(),
-                output_topic: t.rated.clone(),
-                aggregates_topic: t.windows.clone(),
-                ..RaterSettings::default()
-            },
-            codec.clone(),
-        ),
-        &kafka,
-        runtime("usage-rater"),
-    );
-    let fanout = RunningProcessor::start(
-        Fanout::new(
-            FanoutSettings {
-                rated_topic: t.rated.clone(),
-                aggregates_topic: t.windows.clone(),
-                routes: Routes {
-                    billing: t.billing.clone(),
-                    analytics: t.analytics.clone(),
-                },
-            },
-            codec.clone(),
-        ),
-        &kafka,
-        runtime("fanout"),
-    );
+    let stages = Stages::start(&t, &kafka, &codec, EnricherSettings::default().park_timeout);
 
     // c-3's account arrives once the pipeline runs.
     publish(
@@ -311,32 +479,29 @@ async fn every_charge_once_and_totals_equal_the_price_of_the_usage() {
     let analytics = consume_until(&kafka, &t.analytics, 2 * distinct_events, DEADLINE)
         .await
         .expect("analytics facts");
-    for running in [fanout, rater, enricher] {
-        running.stop(DEADLINE).await;
-    }
-
-    let mut billed: BTreeMap<String, i128> = BTreeMap::new();
-    let mut ids = BTreeSet::new();
-    for record in &billing {
-        let charge: BillingCharge = codec
-            .decode_as(
-                record.value.as_deref().expect("value"),
-                BillingCharge::schema(),
-            )
-            .await
-            .expect("decode charge");
-        assert!(
-            ids.insert(charge.rating_id.clone()),
-            "charge {} twice",
-            charge.rating_id
-        );
-        *billed.entry(charge.subscription_id).or_default() += charge.amount.unscaled();
-    }
+    let charges: Vec<BillingCharge> = decode_all(&codec, &billing).await;
+    let billed = billed_per_subscription(&charges);
     assert_eq!(
         billing.len(),
         distinct_events,
         "one charge per distinct event"
     );
+    let net = ledger(&kafka, &codec, &t.erp, &charges).await;
+    let spend = latest_spend(&kafka, &codec, &t.crm, distinct_events).await;
+    stages.stop().await;
+    assert_eq!(
+        net,
+        BTreeMap::from([("acme-de/EUR".to_owned(), billed.values().sum::<i128>())]),
+        "the ledger moves exactly what was billed"
+    );
+    for (customer, amount) in &spend {
+        assert_eq!(
+            Some(amount),
+            billed.get(&format!("sub-{customer}")),
+            "{customer}: the CRM's latest snapshot holds what was billed"
+        );
+    }
+    assert_eq!(spend.len(), customers.len());
     for (subscription, total) in &totals {
         let expected = price(
             &api_calls(),
@@ -408,30 +573,8 @@ async fn loadgen_expectations_hold_through_every_stage() {
         now_micros: now_micros(),
     });
     let raw = unique_topic("usage.events");
-    let t = Topics {
-        usage: unique_topic("usage.validated"),
-        accounts: unique_topic("master.customer-accounts"),
-        subscriptions: unique_topic("master.subscriptions"),
-        rate_cards: unique_topic("master.rate-cards"),
-        enriched: unique_topic("usage.enriched"),
-        rated: unique_topic("usage.rated"),
-        windows: unique_topic("usage.window-aggregates"),
-        billing: unique_topic("billing.charges"),
-        analytics: unique_topic("analytics.facts"),
-    };
-    for topic in [
-        &raw,
-        &t.usage,
-        &t.accounts,
-        &t.enriched,
-        &t.rated,
-        &t.windows,
-    ] {
-        create_topic(&kafka, topic, 3).await.expect("topic");
-    }
-    for topic in [&t.subscriptions, &t.rate_cards] {
-        create_topic(&kafka, topic, 1).await.expect("topic");
-    }
+    create_topic(&kafka, &raw, 3).await.expect("topic");
+    let t = Topics::create(&kafka).await;
     let producer: rdkafka::producer::FutureProducer =
         kafka.producer_config().create().expect("producer");
     workload
@@ -443,6 +586,7 @@ async fn loadgen_expectations_hold_through_every_stage() {
                 accounts: &t.accounts,
                 subscriptions: &t.subscriptions,
                 rate_cards: &t.rate_cards,
+                gl_mappings: &t.gl_mappings,
             },
             0,
         )
@@ -462,50 +606,7 @@ async fn loadgen_expectations_hold_through_every_stage() {
         runtime("usage-validator"),
     );
     let park_timeout = Duration::from_secs(3);
-    let enricher = RunningProcessor::start(
-        Enricher::new(
-            EnricherSettings {
-                usage_topic: t.usage.clone(),
-                accounts_topic: t.accounts.clone(),
-                subscriptions_topic: t.subscriptions.clone(),
-                rate_cards_topic: t.rate_cards.clone(),
-                output_topic: t.enriched.clone(),
-                park_timeout,
-            },
-            codec.clone(),
-        ),
-        &kafka,
-        runtime("enricher"),
-    );
-    let rater = RunningProcessor::start(
-        UsageRater::new(
-            RaterSettings {
-                input_topic: t.enriched.clone(),
-                rate_cards_topic: t.rate_cards.clone(),
-                output_topic: t.rated.clone(),
-                aggregates_topic: t.windows.clone(),
-                ..RaterSettings::default()
-            },
-            codec.clone(),
-        ),
-        &kafka,
-        runtime("usage-rater"),
-    );
-    let fanout = RunningProcessor::start(
-        Fanout::new(
-            FanoutSettings {
-                rated_topic: t.rated.clone(),
-                aggregates_topic: t.windows.clone(),
-                routes: Routes {
-                    billing: t.billing.clone(),
-                    analytics: String::new(),
-                },
-            },
-            codec.clone(),
-        ),
-        &kafka,
-        runtime("fanout"),
-    );
+    let stages = Stages::start(&t, &kafka, &codec, park_timeout);
 
     let expected = &workload.expected;
     let billing = consume_until(&kafka, &t.billing, expected.billed_events, DEADLINE)
@@ -564,37 +665,38 @@ async fn loadgen_expectations_hold_through_every_stage() {
         "every poison record under its reason"
     );
 
+    let charges: Vec<BillingCharge> = decode_all(&codec, &billing).await;
+    let billed = billed_per_subscription(&charges);
+    let net = ledger(&kafka, &codec, &t.erp, &charges).await;
+    let spend = latest_spend(&kafka, &codec, &t.crm, expected.billed_events).await;
     let validated = validator.stop(DEADLINE).await;
-    for running in [fanout, rater, enricher] {
-        running.stop(DEADLINE).await;
-    }
+    stages.stop().await;
     assert_eq!(validated.duplicates as usize, expected.duplicates);
 
-    let mut billed: BTreeMap<String, i128> = BTreeMap::new();
-    let mut ids = BTreeSet::new();
-    for record in &billing {
-        let charge: BillingCharge = codec
-            .decode_as(
-                record.value.as_deref().expect("value"),
-                BillingCharge::schema(),
-            )
-            .await
-            .expect("decode charge");
-        assert!(
-            ids.insert(charge.rating_id.clone()),
-            "charge {} twice",
-            charge.rating_id
-        );
-        *billed.entry(charge.subscription_id).or_default() += charge.amount.unscaled();
-    }
-    assert_eq!(ids.len(), expected.billed_events);
-    for (subscription, want) in &expected.subscriptions {
-        let amount = billed.get(subscription).copied().unwrap_or(0);
-        let want: i128 = want
-            .amount
-            .parse::<backbone_schemas::types::Amount>()
+    assert_eq!(charges.len(), expected.billed_events);
+    let amount = |text: &str| -> i128 {
+        text.parse::<backbone_schemas::types::Amount>()
             .expect("amount")
-            .unscaled();
-        assert_eq!(amount, want, "{subscription}");
+            .unscaled()
+    };
+    for (subscription, want) in &expected.subscriptions {
+        let want = amount(&want.amount);
+        assert_eq!(
+            billed.get(subscription).copied().unwrap_or(0),
+            want,
+            "{subscription}"
+        );
+        let customer = subscription.trim_start_matches("sub-");
+        assert_eq!(
+            spend.get(customer).copied().unwrap_or(0),
+            want,
+            "CRM of {customer}"
+        );
     }
+    let want: BTreeMap<String, i128> = expected
+        .ledger
+        .iter()
+        .map(|(key, total)| (key.clone(), amount(total)))
+        .collect();
+    assert_eq!(net, want, "the ledger against loadgen's expectation");
 }

@@ -122,7 +122,9 @@ pub trait Processor: Send {
     /// Topics this processor consumes.
     fn input_topics(&self) -> Vec<String>;
 
-    /// Topics this processor may write to; the runtime makes sure they exist at start-up.
+    /// Topics this processor may write to; the runtime makes sure they exist at start-up. One
+    /// that is also an input is a repartition topic, created co-partitioned with the other
+    /// inputs so that a stateful processor can re-key records to the key its state needs.
     fn output_topics(&self) -> Vec<String>;
 
     /// The state kept per partition (stores, dedup); none by default. The runtime restores it

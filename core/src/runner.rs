@@ -764,23 +764,47 @@ async fn ensure_topics<P: Processor>(
     kafka: &KafkaSettings,
     settings: &RuntimeSettings,
 ) -> Result<(), RuntimeError> {
-    let names: BTreeSet<String> = processor
-        .output_topics()
-        .into_iter()
-        .chain(processor.input_topics().iter().map(|t| dlq_topic(t)))
+    let inputs = processor.input_topics();
+    let outputs: BTreeSet<String> = processor.output_topics().into_iter().collect();
+    // An output the processor also reads is a repartition topic: records re-keyed so that
+    // state keyed differently from the inputs is whole on one partition. It is created with
+    // the other inputs' partition count, as the changelog is.
+    let (repartition, sources): (Vec<String>, Vec<String>) =
+        inputs.iter().cloned().partition(|t| outputs.contains(t));
+    let partitions = if spec.is_stateless() {
+        None
+    } else {
+        Some(input_partitions(&sources, kafka)?)
+    };
+    let mut specs: Vec<TopicSpec> = outputs
+        .iter()
+        .map(|name| {
+            let count = partitions
+                .filter(|_| repartition.contains(name))
+                .unwrap_or(settings.topic_partitions);
+            TopicSpec::new(name.clone(), count)
+        })
         .collect();
-    let mut specs: Vec<TopicSpec> = names
-        .into_iter()
-        .map(|name| TopicSpec::new(name, settings.topic_partitions))
+    let dlqs: BTreeSet<String> = inputs
+        .iter()
+        .map(|t| dlq_topic(t))
+        .filter(|t| !outputs.contains(t))
         .collect();
-    if !spec.is_stateless() {
-        let partitions = input_partitions(&processor.input_topics(), kafka)?;
+    specs.extend(
+        dlqs.into_iter()
+            .map(|name| TopicSpec::new(name, settings.topic_partitions)),
+    );
+    if let Some(partitions) = partitions {
         specs.push(
             TopicSpec::new(changelog_topic(group), partitions)
                 .with_config("cleanup.policy", "compact"),
         );
     }
     admin::ensure_topics(kafka, &specs, Duration::from_secs(30)).await?;
+    if partitions.is_some() && !repartition.is_empty() {
+        // A repartition topic left by an earlier deployment may be sized differently.
+        input_partitions(&inputs, kafka)?;
+    }
     Ok(())
 }
 

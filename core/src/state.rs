@@ -140,6 +140,13 @@ impl StateSpec {
     }
 }
 
+fn no_globals(table: &str) -> ProcessError {
+    ProcessError::Fatal {
+        kind: "configuration",
+        detail: format!("global table `{table}` used by a processor whose StateSpec declares none"),
+    }
+}
+
 /// A processor's window on its partition's state while it processes one record. Reads see the
 /// record's own writes; writes take effect only if the record is processed successfully.
 #[derive(Debug)]
@@ -179,13 +186,21 @@ impl<'a> State<'a> {
 
     /// The value of `key` in the global table `table`, as of now.
     pub fn global(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, ProcessError> {
-        let globals = self.globals.ok_or_else(|| ProcessError::Fatal {
-            kind: "configuration",
-            detail: format!(
-                "global table `{table}` used by a processor whose StateSpec declares none"
-            ),
-        })?;
+        let globals = self.globals.ok_or_else(|| no_globals(table))?;
         globals.get(table, key).map_err(state_failure)
+    }
+
+    /// Every entry of the global table `table` whose key starts with `prefix`, in key order:
+    /// for reference data looked up by something other than its key.
+    pub fn global_prefix(
+        &self,
+        table: &str,
+        prefix: &[u8],
+    ) -> Result<Vec<backbone_state::Entry>, ProcessError> {
+        self.globals
+            .ok_or_else(|| no_globals(table))?
+            .entries_with_prefix(table, prefix)
+            .map_err(state_failure)
     }
 
     /// The value of `key` in `store`.

@@ -3,7 +3,7 @@
 //! workload (master data, then usage with duplicates, late events and poison) through the real
 //! serializer, waits for every expected billing charge and dead letter, and prints per stage what
 //! went in, what came out, what was dropped as a duplicate and what was dead-lettered, and the
-//! billed totals against loadgen's expectation.
+//! billed totals, the ERP postings and the CRM's latest snapshots against loadgen's expectation.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -14,7 +14,9 @@ use anyhow::{bail, Context, Result};
 use backbone_core::admin::{ensure_topics, partition_count, TopicSpec};
 use backbone_core::KafkaSettings;
 use backbone_loadgen::{Destinations, LoadSpec, Workload};
-use backbone_schemas::types::{Amount, BillingCharge, Contract};
+use backbone_schemas::types::{
+    AccountHealthSnapshot, Amount, BillingCharge, Contract, LedgerPosting,
+};
 use backbone_schemas::WireCodec;
 use clap::Parser;
 use nix::sys::signal::{kill, Signal};
@@ -29,11 +31,15 @@ const VALIDATED: &str = "usage.validated";
 const ACCOUNTS: &str = "master.customer-accounts";
 const SUBSCRIPTIONS: &str = "master.subscriptions";
 const RATE_CARDS: &str = "master.rate-cards";
+const GL_MAPPINGS: &str = "master.gl-mappings";
 const ENRICHED: &str = "usage.enriched";
 const RATED: &str = "usage.rated";
 const WINDOWS: &str = "usage.window-aggregates";
 const BILLING: &str = "billing.charges";
 const ANALYTICS: &str = "analytics.facts";
+const CRM: &str = "crm.account-health";
+const ERP: &str = "erp.postings";
+const BY_CUSTOMER: &str = "usage.rated-by-customer";
 const PARTITIONS: i32 = 3;
 /// How long the demo's enricher lets an event wait for its account.
 const PARK_TIMEOUT: &str = "3s";
@@ -98,11 +104,15 @@ async fn main() -> Result<()> {
         ACCOUNTS,
         SUBSCRIPTIONS,
         RATE_CARDS,
+        GL_MAPPINGS,
         ENRICHED,
         RATED,
         WINDOWS,
         BILLING,
         ANALYTICS,
+        CRM,
+        ERP,
+        BY_CUSTOMER,
     ]
     .iter()
     .flat_map(|t| [(*t).to_owned(), dlq(t)])
@@ -166,6 +176,7 @@ async fn main() -> Result<()> {
                 accounts: ACCOUNTS,
                 subscriptions: SUBSCRIPTIONS,
                 rate_cards: RATE_CARDS,
+                gl_mappings: GL_MAPPINGS,
             },
             0,
         )
@@ -250,18 +261,58 @@ async fn main() -> Result<()> {
                 .or_default() += 1;
         }
     }
+    let charges: Vec<BillingCharge> = decode_all(&codec, &charges).await?;
+    let non_zero = charges.iter().filter(|c| c.amount.unscaled() != 0).count();
+    let postings = read_new(&settings, ERP, &start[ERP], non_zero, deadline)?;
+    let postings: Vec<LedgerPosting> = decode_all(&codec, &postings).await?;
+    let snapshots = read_new(
+        &settings,
+        CRM,
+        &start[CRM],
+        expected.billed_events,
+        deadline,
+    )?;
+    let snapshots: Vec<AccountHealthSnapshot> = decode_all(&codec, &snapshots).await?;
     for stage in stages.iter_mut().rev() {
         stop(stage)?;
     }
 
     let mut billed: BTreeMap<String, i128> = BTreeMap::new();
     for charge in &charges {
-        let charge: BillingCharge = codec
-            .decode_as(&charge.value, BillingCharge::schema())
-            .await
-            .context("decoding a billing charge")?;
-        *billed.entry(charge.subscription_id).or_default() += charge.amount.unscaled();
+        *billed.entry(charge.subscription_id.clone()).or_default() += charge.amount.unscaled();
     }
+    let mut ledger: BTreeMap<String, i128> = BTreeMap::new();
+    let mut unbalanced = 0;
+    for posting in &postings {
+        let debits: i128 = posting.lines.iter().map(|l| l.debit.unscaled()).sum();
+        let credits: i128 = posting.lines.iter().map(|l| l.credit.unscaled()).sum();
+        if debits != credits {
+            unbalanced += 1;
+        }
+        let key = format!("{}/{}", posting.legal_entity_id, posting.currency);
+        *ledger.entry(key).or_default() += posting.amount.unscaled();
+    }
+    let mut expected_ledger = BTreeMap::new();
+    for (key, total) in &expected.ledger {
+        let total: Amount = total.parse().context("expected ledger total")?;
+        expected_ledger.insert(key.clone(), total.unscaled());
+    }
+    // The CRM's view: each customer's latest snapshot, current and previous period together.
+    let mut latest: BTreeMap<&str, &AccountHealthSnapshot> = BTreeMap::new();
+    for snapshot in &snapshots {
+        let entry = latest.entry(&snapshot.customer_id).or_insert(snapshot);
+        if snapshot.as_of > entry.as_of {
+            *entry = snapshot;
+        }
+    }
+    let crm_agrees = latest
+        .iter()
+        .filter(|(customer, s)| {
+            let spend = s.period_to_date_amount.unscaled()
+                + s.previous_period_amount.map_or(0, |a| a.unscaled());
+            billed.get(&format!("sub-{customer}")) == Some(&spend)
+        })
+        .count();
     let mut expected_total = 0i128;
     let mut mismatched = Vec::new();
     for (subscription, want) in &expected.subscriptions {
@@ -309,6 +360,11 @@ async fn main() -> Result<()> {
         &format!("  facts to {ANALYTICS}"),
         count(ANALYTICS)?.to_string(),
     );
+    line(&format!("  postings to {ERP}"), postings.len().to_string());
+    line(
+        &format!("  snapshots to {CRM}"),
+        snapshots.len().to_string(),
+    );
     for (topic, by_reason) in &reasons {
         for (reason, n) in by_reason {
             line(
@@ -322,6 +378,13 @@ async fn main() -> Result<()> {
     };
     line("billed total (EUR)", money(billed_total));
     line("loadgen's expected total (EUR)", money(expected_total));
+    for (key, net) in &ledger {
+        line(&format!("ERP receivables posted ({key})"), money(*net));
+    }
+    line(
+        "CRM customers whose latest snapshot equals their bill",
+        format!("{crm_agrees} of {}", expected.subscriptions.len()),
+    );
     line(
         "wall time",
         format!("{:.1}s", started.elapsed().as_secs_f64()),
@@ -337,9 +400,12 @@ async fn main() -> Result<()> {
         || billed_total != expected_total
         || !mismatched.is_empty()
         || expected_reasons != expected.dead_letters
+        || ledger != expected_ledger
+        || unbalanced > 0
+        || crm_agrees != expected.subscriptions.len()
     {
         bail!(
-            "the pipeline's output does not match loadgen's expectation: {} charges for {} events, {} duplicates for {}, dead letters {expected_reasons:?} for {:?}, subscriptions billed differently: {mismatched:?}",
+            "the pipeline's output does not match loadgen's expectation: {} charges for {} events, {} duplicates for {}, dead letters {expected_reasons:?} for {:?}, subscriptions billed differently: {mismatched:?}, ledger {ledger:?} for {expected_ledger:?} ({unbalanced} unbalanced), CRM agrees for {crm_agrees} customers",
             charges.len(),
             expected.billed_events,
             duplicates,
@@ -347,8 +413,23 @@ async fn main() -> Result<()> {
             expected.dead_letters
         );
     }
-    println!("\nevery record accounted for, every charge once, totals as expected: OK");
+    println!("\nevery record accounted for, every charge once, totals as expected in billing, ERP and CRM: OK");
     Ok(())
+}
+
+async fn decode_all<T: Contract + serde::de::DeserializeOwned>(
+    codec: &WireCodec,
+    records: &[Seen],
+) -> Result<Vec<T>> {
+    let mut decoded = Vec::with_capacity(records.len());
+    for record in records {
+        let value = codec
+            .decode_as(&record.value, T::schema())
+            .await
+            .with_context(|| format!("decoding a {}", T::FULL_NAME))?;
+        decoded.push(value);
+    }
+    Ok(decoded)
 }
 
 /// A binary built next to this one.

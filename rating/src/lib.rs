@@ -20,7 +20,7 @@ mod period;
 mod price;
 
 pub use error::RatingError;
-pub use line::{rate, Delta, RatingKey};
+pub use line::{content_id, rate, Delta, RatingKey};
 pub use meter::{Accumulator, MeterEvent};
 pub use period::{civil_from_days, days_from_civil, BillingPeriod, PeriodError, PeriodPlan};
 pub use price::price;

@@ -71,27 +71,36 @@ pub struct RatingKey<'a> {
 }
 
 impl RatingKey<'_> {
-    /// `rtg-` and the first 32 hex digits of SHA-256 over the length-prefixed fields.
+    /// `rtg-` and the [`content_id`] of the fields.
     pub fn rating_id(&self) -> String {
-        let mut hasher = Sha256::new();
         let period = self.period_start.to_string();
-        for field in [
-            self.tenant_id,
-            self.subscription_id,
-            self.charge_id,
-            self.group_key,
-            period.as_str(),
-            self.input,
-        ] {
-            hasher.update((field.len() as u64).to_be_bytes());
-            hasher.update(field.as_bytes());
-        }
-        let digest = hasher.finalize();
-        let mut id = String::with_capacity(36);
-        id.push_str("rtg-");
-        for byte in &digest[..16] {
-            id.push_str(&format!("{byte:02x}"));
-        }
-        id
+        content_id(
+            "rtg-",
+            &[
+                self.tenant_id,
+                self.subscription_id,
+                self.charge_id,
+                self.group_key,
+                period.as_str(),
+                self.input,
+            ],
+        )
     }
+}
+
+/// `prefix` and the first 32 hex digits of SHA-256 over the length-prefixed `fields`: an id that
+/// the same content always reproduces, so a replay yields the ids downstream already knows.
+pub fn content_id(prefix: &str, fields: &[&str]) -> String {
+    let mut hasher = Sha256::new();
+    for field in fields {
+        hasher.update((field.len() as u64).to_be_bytes());
+        hasher.update(field.as_bytes());
+    }
+    let digest = hasher.finalize();
+    let mut id = String::with_capacity(prefix.len() + 32);
+    id.push_str(prefix);
+    for byte in &digest[..16] {
+        id.push_str(&format!("{byte:02x}"));
+    }
+    id
 }

@@ -50,6 +50,6 @@ mod staged;
 pub use error::StateError;
 pub use idempotency::{IdempotencyKey, IdempotencyStore, Seen, DEFAULT_TTL};
 pub use partition::{
-    changelog_topic, partition_dir, Checkpoint, FullRestoreCause, PartitionState, Restore,
+    changelog_topic, partition_dir, Checkpoint, Entry, FullRestoreCause, PartitionState, Restore,
 };
 pub use staged::{ChangelogRecord, StagedValue, StagedWrites, StateView};

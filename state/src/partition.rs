@@ -13,7 +13,7 @@ use rocksdb::{
 use crate::StateError;
 
 /// A key and its value, as read by a scan.
-pub(crate) type Entry = (Vec<u8>, Vec<u8>);
+pub type Entry = (Vec<u8>, Vec<u8>);
 
 /// RocksDB's own column family, which always exists; a store may not be called that.
 const DEFAULT_COLUMN_FAMILY: &str = "default";
@@ -319,6 +319,28 @@ impl PartitionState {
         self.db
             .get_cf(cf, key)
             .map_err(rocks_error("reading", &self.db_dir))
+    }
+
+    /// Every committed entry of `store` whose key starts with `prefix`, in key order.
+    pub fn entries_with_prefix(
+        &self,
+        store: &str,
+        prefix: &[u8],
+    ) -> Result<Vec<Entry>, StateError> {
+        let cf = self.column_family(store)?;
+        let mut iter = self.db.raw_iterator_cf(cf);
+        iter.seek(prefix);
+        let mut entries = Vec::new();
+        while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
+            if !key.starts_with(prefix) {
+                break;
+            }
+            entries.push((key.to_vec(), value.to_vec()));
+            iter.next();
+        }
+        iter.status()
+            .map_err(rocks_error("scanning", &self.db_dir))?;
+        Ok(entries)
     }
 
     /// Applies one changelog record during replay: a value is a put, `None` (a tombstone) a delete.

@@ -168,11 +168,12 @@ async fn main() {
             .expect("clock"),
     });
     let producer: FutureProducer = kafka.producer_config().create().expect("producer");
-    let (usage, accounts, subscriptions, rate_cards) = (
+    let (usage, accounts, subscriptions, rate_cards, gl_mappings) = (
         topic("usage.events"),
         topic("master.customer-accounts"),
         topic("master.subscriptions"),
         topic("master.rate-cards"),
+        topic("master.gl-mappings"),
     );
     workload
         .publish(
@@ -183,6 +184,7 @@ async fn main() {
                 accounts: &accounts,
                 subscriptions: &subscriptions,
                 rate_cards: &rate_cards,
+                gl_mappings: &gl_mappings,
             },
             0,
         )
@@ -275,21 +277,26 @@ async fn main() {
         FanoutSettings {
             rated_topic: topic("usage.rated"),
             aggregates_topic: topic("usage.window-aggregates"),
+            gl_mappings_topic: gl_mappings.clone(),
+            by_customer_topic: topic("usage.rated-by-customer"),
             routes: Routes {
                 billing: topic("billing.charges"),
                 analytics: topic("analytics.facts"),
+                crm: topic("crm.account-health"),
+                erp: topic("erp.postings"),
             },
         },
         codec.clone(),
     );
+    // Each rated line comes back on the repartition topic for the CRM route, last of all.
     results.push((
-        "fanout (rated lines)",
+        "fanout (four routes)",
         measure(
             &kafka,
             fanout,
             &format!("fan-{run}"),
             &run,
-            (&topic("usage.rated"), Progress::Committed),
+            (&topic("usage.rated-by-customer"), Progress::Committed),
             EVENTS,
         )
         .await,

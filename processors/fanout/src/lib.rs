@@ -7,25 +7,45 @@
 //! - `RatedUsage` and `UsageWindowAggregate` → `AnalyticsFact` (analytics route): one flattened
 //!   row per rated line (`fact-<rating_id>`) and per window (`aggregate_id`, its revision as the
 //!   source revision, so the newest figures win on upsert).
+//! - `RatedUsage` → `LedgerPosting` (ERP route): receivable against revenue for the line's legal
+//!   entity, accounts from the GL mapping master data (a global table); see [`ledger`].
+//! - `RatedUsage` → `AccountHealthSnapshot` (CRM route): rated lines arrive keyed by
+//!   subscription, a customer's health needs all of its subscriptions, so each line is first
+//!   re-keyed by customer onto a repartition topic the fanout reads back; per customer, partition
+//!   state keeps the running figures; see [`health`].
 //!
-//! The mapping is a pure function of the input record: a redelivery reproduces identical
-//! outputs, which the sinks' idempotency keys absorb. A route set to an empty string is off.
+//! Every mapping is a function of the input record and, for the CRM route, of the state that
+//! earlier inputs built: a redelivery reproduces identical outputs, which the sinks' idempotency
+//! keys absorb, and a redelivered line on the repartition topic is dropped by dedup on its
+//! `rating_id`. A route set to an empty string is off.
+
+pub mod health;
+pub mod ledger;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use backbone_core::app::{App, SchemaRegistrySettings};
 use backbone_core::config::{ConfigError, Validate};
-use backbone_core::{InputRecord, OutputRecord, Prefetch, ProcessError, Processor, State};
+use backbone_core::{
+    IdempotencyKey, InputRecord, OutputRecord, Prefetch, ProcessError, Processor, State, StateSpec,
+};
 use backbone_schemas::types::{
-    AnalyticsFact, BillingCharge, BillingChargeType, Contract, EventMetadata, FactType, RatedUsage,
-    RatingKind, UsageWindowAggregate,
+    AccountHealthSnapshot, AnalyticsFact, BillingCharge, BillingChargeType, Contract,
+    EventMetadata, FactType, GlMapping, LedgerPosting, RatedUsage, RatingKind,
+    UsageWindowAggregate,
 };
 use backbone_schemas::wire::encode_framed;
 use backbone_schemas::{OutputContracts, WireCodec};
 use serde::Deserialize;
 
+use crate::health::AccountActivity;
+
 const DAY_MICROS: i64 = 86_400_000_000;
+/// Partition store of the CRM route: [`AccountActivity`] per `<tenant>:<customer>`.
+const ACCOUNTS: &str = "accounts";
+/// Global table of the ERP route: GL mappings keyed `<tenant>:<mapping_id>`.
+const GL_MAPPINGS: &str = "gl_mappings";
 
 /// Destination topics; an empty name turns the route off.
 #[derive(Debug, Clone, Deserialize)]
@@ -35,6 +55,10 @@ pub struct Routes {
     pub billing: String,
     /// `AnalyticsFact`s for the warehouse.
     pub analytics: String,
+    /// `AccountHealthSnapshot`s for the CRM.
+    pub crm: String,
+    /// `LedgerPosting`s for the ERP sink.
+    pub erp: String,
 }
 
 impl Default for Routes {
@@ -42,7 +66,15 @@ impl Default for Routes {
         Self {
             billing: "billing.charges".to_owned(),
             analytics: "analytics.facts".to_owned(),
+            crm: "crm.account-health".to_owned(),
+            erp: "erp.postings".to_owned(),
         }
+    }
+}
+
+impl Routes {
+    fn all(&self) -> [&String; 4] {
+        [&self.billing, &self.analytics, &self.crm, &self.erp]
     }
 }
 
@@ -54,6 +86,10 @@ pub struct FanoutSettings {
     pub rated_topic: String,
     /// Hourly usage windows.
     pub aggregates_topic: String,
+    /// GL mappings (compacted master data), read by the ERP route.
+    pub gl_mappings_topic: String,
+    /// Repartition topic of the CRM route: rated lines re-keyed by customer.
+    pub by_customer_topic: String,
     /// Where each destination's records go (`[processor.routes]`).
     pub routes: Routes,
 }
@@ -63,6 +99,8 @@ impl Default for FanoutSettings {
         Self {
             rated_topic: "usage.rated".to_owned(),
             aggregates_topic: "usage.window-aggregates".to_owned(),
+            gl_mappings_topic: "master.gl-mappings".to_owned(),
+            by_customer_topic: "usage.rated-by-customer".to_owned(),
             routes: Routes::default(),
         }
     }
@@ -70,21 +108,28 @@ impl Default for FanoutSettings {
 
 impl Validate for FanoutSettings {
     fn validate(&self) -> Result<(), ConfigError> {
-        for (key, value) in [
+        let mut required = vec![
             ("rated_topic", &self.rated_topic),
             ("aggregates_topic", &self.aggregates_topic),
-        ] {
+        ];
+        if !self.routes.erp.is_empty() {
+            required.push(("gl_mappings_topic", &self.gl_mappings_topic));
+        }
+        if !self.routes.crm.is_empty() {
+            required.push(("by_customer_topic", &self.by_customer_topic));
+        }
+        for (key, value) in required {
             if value.trim().is_empty() {
                 return Err(ConfigError::Invalid {
                     key: format!("processor.{key}"),
-                    message: "must not be empty".to_owned(),
+                    message: "must not be empty while the route that reads it is on".to_owned(),
                 });
             }
         }
-        if self.routes.billing.is_empty() && self.routes.analytics.is_empty() {
+        if self.routes.all().iter().all(|r| r.is_empty()) {
             return Err(ConfigError::Invalid {
                 key: "processor.routes".to_owned(),
-                message: "every route is off; set billing or analytics".to_owned(),
+                message: "every route is off; set billing, analytics, crm or erp".to_owned(),
             });
         }
         Ok(())
@@ -101,16 +146,20 @@ pub struct Fanout {
 impl Fanout {
     /// A fanout decoding and encoding through `codec`.
     pub fn new(settings: FanoutSettings, codec: WireCodec) -> Self {
-        let mut contracts = Vec::new();
-        if !settings.routes.billing.is_empty() {
-            contracts.push((settings.routes.billing.clone(), BillingCharge::FULL_NAME));
-        }
-        if !settings.routes.analytics.is_empty() {
-            contracts.push((settings.routes.analytics.clone(), AnalyticsFact::FULL_NAME));
-        }
+        let routes = &settings.routes;
+        let contracts = [
+            (&routes.billing, BillingCharge::FULL_NAME),
+            (&routes.analytics, AnalyticsFact::FULL_NAME),
+            (&routes.crm, AccountHealthSnapshot::FULL_NAME),
+            (&routes.erp, LedgerPosting::FULL_NAME),
+        ]
+        .into_iter()
+        .filter(|(topic, _)| !topic.is_empty())
+        .map(|(topic, name)| (topic.clone(), name))
+        .collect();
         Self {
-            settings,
             outputs: Arc::new(OutputContracts::new(codec, contracts)),
+            settings,
         }
     }
 
@@ -130,10 +179,15 @@ impl Fanout {
         })
     }
 
-    fn rated(&self, line: &RatedUsage) -> Result<Vec<OutputRecord>, ProcessError> {
+    fn rated(
+        &self,
+        line: &RatedUsage,
+        value: &[u8],
+        state: &State<'_>,
+    ) -> Result<Vec<OutputRecord>, ProcessError> {
         let routes = &self.settings.routes;
         let tenant = &line.metadata.tenant_id;
-        let mut outputs = Vec::with_capacity(2);
+        let mut outputs = Vec::with_capacity(4);
         if !routes.billing.is_empty() {
             let charge = billing_charge(line);
             let key = format!("{tenant}:{}", line.subscription_id);
@@ -144,7 +198,81 @@ impl Fanout {
             let key = format!("{tenant}:{}", fact.fact_id);
             outputs.push(self.output(&routes.analytics, key, &fact)?);
         }
+        if !routes.erp.is_empty() {
+            let mappings = self.gl_mappings(tenant, state)?;
+            let day = day_of(line.metadata.occurred_at);
+            let mapping =
+                ledger::select_mapping(&mappings, &line.legal_entity_id, &line.charge_id, day)
+                    .ok_or_else(|| {
+                        ProcessError::permanent(
+                            "unknown_gl_mapping",
+                            format!(
+                                "no GL mapping of tenant `{tenant}` covers legal entity `{}`, charge `{}` on day {day}",
+                                line.legal_entity_id, line.charge_id
+                            ),
+                        )
+                    })?;
+            if let Some(posting) = ledger::posting(line, mapping)? {
+                let key = format!("{tenant}:{}", line.legal_entity_id);
+                outputs.push(self.output(&routes.erp, key, &posting)?);
+            }
+        }
+        if !routes.crm.is_empty() {
+            // The same bytes, keyed by customer: the CRM route reads them back whole per customer.
+            outputs.push(OutputRecord {
+                topic: self.settings.by_customer_topic.clone(),
+                key: Some(format!("{tenant}:{}", line.customer_id).into_bytes()),
+                value: value.to_vec(),
+                headers: Vec::new(),
+            });
+        }
         Ok(outputs)
+    }
+
+    /// The tenant's GL mappings, decoded.
+    fn gl_mappings(&self, tenant: &str, state: &State<'_>) -> Result<Vec<GlMapping>, ProcessError> {
+        let codec = self.outputs.codec();
+        state
+            .global_prefix(GL_MAPPINGS, format!("{tenant}:").as_bytes())?
+            .iter()
+            .map(|(key, value)| {
+                codec
+                    .decode_cached_as(value, GlMapping::schema())
+                    .map_err(|e| match e.into_process_error() {
+                        ProcessError::Permanent { detail, .. } => ProcessError::permanent(
+                            "invalid_gl_mapping",
+                            format!("GL mapping `{}`: {detail}", String::from_utf8_lossy(key)),
+                        ),
+                        other => other,
+                    })
+            })
+            .collect()
+    }
+
+    fn account_health(
+        &self,
+        line: &RatedUsage,
+        state: &mut State<'_>,
+    ) -> Result<Vec<OutputRecord>, ProcessError> {
+        let m = &line.metadata;
+        if !state.first_seen(&IdempotencyKey {
+            tenant_id: &m.tenant_id,
+            source: &m.source,
+            event_id: &line.rating_id,
+        })? {
+            return Ok(Vec::new());
+        }
+        let key = format!("{}:{}", m.tenant_id, line.customer_id);
+        let mut activity: AccountActivity = state
+            .get_json(ACCOUNTS, key.as_bytes())?
+            .unwrap_or_default();
+        let snapshot = activity.apply(line);
+        state.put_json(ACCOUNTS, key.as_bytes(), &activity)?;
+        Ok(vec![self.output(
+            &self.settings.routes.crm,
+            key,
+            &snapshot,
+        )?])
     }
 
     fn window(&self, window: &UsageWindowAggregate) -> Result<Vec<OutputRecord>, ProcessError> {
@@ -161,7 +289,7 @@ impl Fanout {
 impl App for Fanout {
     const NAME: &'static str = "fanout";
     const ABOUT: &'static str =
-        "Maps rated usage and usage windows to billing charges and analytics facts";
+        "Maps rated usage and usage windows to billing charges, CRM snapshots, analytics facts and ERP postings";
     type Settings = FanoutSettings;
 
     fn build(settings: FanoutSettings, registry: &SchemaRegistrySettings) -> Self {
@@ -175,19 +303,40 @@ impl Processor for Fanout {
     }
 
     fn input_topics(&self) -> Vec<String> {
-        vec![
+        let mut topics = vec![
             self.settings.rated_topic.clone(),
             self.settings.aggregates_topic.clone(),
-        ]
+        ];
+        if !self.settings.routes.crm.is_empty() {
+            topics.push(self.settings.by_customer_topic.clone());
+        }
+        topics
     }
 
     fn output_topics(&self) -> Vec<String> {
-        let routes = &self.settings.routes;
-        [&routes.billing, &routes.analytics]
+        let mut topics: Vec<String> = self
+            .settings
+            .routes
+            .all()
             .into_iter()
             .filter(|t| !t.is_empty())
             .cloned()
-            .collect()
+            .collect();
+        if !self.settings.routes.crm.is_empty() {
+            topics.push(self.settings.by_customer_topic.clone());
+        }
+        topics
+    }
+
+    fn state(&self) -> StateSpec {
+        let mut spec = StateSpec::stateless();
+        if !self.settings.routes.crm.is_empty() {
+            spec = spec.store(ACCOUNTS).with_dedup();
+        }
+        if !self.settings.routes.erp.is_empty() {
+            spec = spec.global(GL_MAPPINGS, &self.settings.gl_mappings_topic);
+        }
+        spec
     }
 
     fn prefetch(&self) -> Option<Arc<dyn Prefetch>> {
@@ -197,27 +346,35 @@ impl Processor for Fanout {
     fn process(
         &mut self,
         record: &InputRecord<'_>,
-        _state: &mut State<'_>,
+        state: &mut State<'_>,
     ) -> Result<Vec<OutputRecord>, ProcessError> {
         let value = record
             .value
             .ok_or_else(|| ProcessError::permanent("missing_value", "record has no value"))?;
         let codec = self.outputs.codec();
-        if record.topic == self.settings.rated_topic {
-            let line: RatedUsage = codec
-                .decode_cached_as(value, RatedUsage::schema())
-                .map_err(|e| e.into_process_error())?;
-            self.rated(&line)
-        } else {
+        if record.topic == self.settings.aggregates_topic {
             let window: UsageWindowAggregate = codec
                 .decode_cached_as(value, UsageWindowAggregate::schema())
                 .map_err(|e| e.into_process_error())?;
-            self.window(&window)
+            return self.window(&window);
+        }
+        let line: RatedUsage = codec
+            .decode_cached_as(value, RatedUsage::schema())
+            .map_err(|e| e.into_process_error())?;
+        if record.topic == self.settings.by_customer_topic {
+            self.account_health(&line, state)
+        } else {
+            self.rated(&line, value, state)
         }
     }
 }
 
-fn envelope(source: &EventMetadata, event_id: &str, kind: &str, occurred_at: i64) -> EventMetadata {
+pub(crate) fn envelope(
+    source: &EventMetadata,
+    event_id: &str,
+    kind: &str,
+    occurred_at: i64,
+) -> EventMetadata {
     EventMetadata {
         tenant_id: source.tenant_id.clone(),
         event_id: event_id.to_owned(),
@@ -338,6 +495,114 @@ pub fn window_fact(window: &UsageWindowAggregate) -> AnalyticsFact {
 }
 
 /// Day number (UTC) of a time in microseconds.
-fn day_of(micros: i64) -> i32 {
+pub(crate) fn day_of(micros: i64) -> i32 {
     i32::try_from(micros.div_euclid(DAY_MICROS)).unwrap_or(i32::MAX)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use backbone_schemas::types::{Amount, Quantity, TraceContext};
+
+    use super::*;
+
+    /// 2026-11-27 00:00 UTC, in days and microseconds.
+    pub(crate) const DAY: i32 = 20_784;
+    pub(crate) const MIDNIGHT: i64 = DAY as i64 * DAY_MICROS;
+
+    /// A rated line of `subscription` (customer `cust-1`) adding `delta` at `occurred_at`, in the
+    /// period starting `period_start`.
+    pub(crate) fn line(
+        subscription: &str,
+        delta: &str,
+        occurred_at: i64,
+        period_start: i32,
+    ) -> RatedUsage {
+        let rating_id = format!("rtg-{subscription}-{occurred_at}-{delta}");
+        RatedUsage {
+            metadata: EventMetadata {
+                tenant_id: "acme".into(),
+                event_id: rating_id.clone(),
+                source: "usage-rater".into(),
+                r#type: "backbone.usage.rated".into(),
+                occurred_at,
+                produced_at: occurred_at,
+                trace: TraceContext {
+                    traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+                    tracestate: None,
+                },
+                schema_version: None,
+            },
+            rating_id,
+            revision: 1,
+            kind: RatingKind::Normal,
+            customer_id: "cust-1".into(),
+            subscription_id: subscription.into(),
+            plan_id: "plan-0".into(),
+            rate_card_version: 1,
+            charge_id: "api-calls".into(),
+            meter_id: "api_calls".into(),
+            group_key: String::new(),
+            legal_entity_id: "le-eu".into(),
+            period_start,
+            period_end: period_start + 30,
+            quantity_before: Quantity::ZERO,
+            quantity_after: "10".parse().expect("quantity"),
+            amount_before: Amount::ZERO,
+            amount_after: delta.parse().expect("amount"),
+            delta_amount: delta.parse().expect("amount"),
+            currency: "EUR".into(),
+            source_event_count: 1,
+            source_event_ids: Vec::new(),
+            adjusted_period_start: None,
+            adjusted_period_end: None,
+        }
+    }
+
+    #[test]
+    fn default_routes_need_the_gl_topic_and_the_repartition_topic() {
+        let mut settings = FanoutSettings::default();
+        assert!(settings.validate().is_ok());
+        settings.gl_mappings_topic = String::new();
+        let err = settings
+            .validate()
+            .expect_err("empty GL topic with the ERP route on");
+        assert!(
+            err.to_string().contains("processor.gl_mappings_topic"),
+            "{err}"
+        );
+        settings.routes.erp = String::new();
+        assert!(settings.validate().is_ok());
+        settings.by_customer_topic = " ".into();
+        let err = settings
+            .validate()
+            .expect_err("blank repartition topic with CRM on");
+        assert!(
+            err.to_string().contains("processor.by_customer_topic"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_crm_route_reads_back_its_repartition_topic_and_keeps_state() {
+        let fanout = Fanout::new(
+            FanoutSettings::default(),
+            WireCodec::new("http://127.0.0.1:9"),
+        );
+        assert!(fanout
+            .input_topics()
+            .contains(&"usage.rated-by-customer".to_owned()));
+        assert!(fanout
+            .output_topics()
+            .contains(&"usage.rated-by-customer".to_owned()));
+        assert!(!fanout.state().is_stateless());
+        let mut settings = FanoutSettings::default();
+        settings.routes.crm = String::new();
+        let fanout = Fanout::new(settings, WireCodec::new("http://127.0.0.1:9"));
+        assert_eq!(fanout.input_topics().len(), 2);
+        assert!(
+            fanout.state().is_stateless(),
+            "billing, analytics and ERP need no partition state"
+        );
+        assert_eq!(fanout.state().globals().len(), 1);
+    }
 }

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use backbone_rating::{price, PeriodPlan};
 use backbone_schemas::types::Contract;
 use backbone_schemas::types::{
-    AccountStatus, Amount, BillingInterval, ChargeModel, CustomerAccount, EventMetadata,
+    AccountStatus, Amount, BillingInterval, ChargeModel, CustomerAccount, EventMetadata, GlMapping,
     MeterAggregation, PriceTier, Quantity, RateCard, RateCharge, Subscription, SubscriptionStatus,
     TraceContext, UnitPrice, UsageEvent,
 };
@@ -30,6 +30,8 @@ const UNIT: i128 = 1_000_000_000;
 pub const METER: &str = "api_calls";
 /// The charge of every generated plan.
 pub const CHARGE: &str = "api-calls";
+/// The legal entity billing every customer.
+pub const LEGAL_ENTITY: &str = "le-eu";
 
 /// What to generate.
 #[derive(Debug, Clone)]
@@ -87,6 +89,9 @@ pub struct Expected {
     pub subscriptions: BTreeMap<String, Billed>,
     /// Per dead-letter reason: how many records must end up there.
     pub dead_letters: BTreeMap<String, usize>,
+    /// Per `<legal entity>/<currency>`: the net amount posted to receivables, which is every
+    /// billed amount of the entity's subscriptions in that currency.
+    pub ledger: BTreeMap<String, String>,
 }
 
 /// The billing expectation of one subscription.
@@ -107,6 +112,8 @@ pub struct Workload {
     pub subscriptions: Vec<Subscription>,
     /// Rate cards, one per plan.
     pub rate_cards: Vec<RateCard>,
+    /// GL mappings, the default of the one legal entity.
+    pub gl_mappings: Vec<GlMapping>,
     /// Usage records in publishing order.
     pub usage: Vec<UsageRecord>,
     /// What the pipeline must make of them.
@@ -193,7 +200,7 @@ impl Workload {
                 name: format!("Customer {c}"),
                 status: AccountStatus::Active,
                 currency: "EUR".to_owned(),
-                legal_entity_id: "le-eu".to_owned(),
+                legal_entity_id: LEGAL_ENTITY.to_owned(),
                 country_code: "DE".to_owned(),
                 billing_contact_name: None,
                 billing_email: None,
@@ -218,7 +225,7 @@ impl Workload {
                 plan_id: format!("plan-{}", i % plans),
                 status: SubscriptionStatus::Active,
                 currency: "EUR".to_owned(),
-                legal_entity_id: "le-eu".to_owned(),
+                legal_entity_id: LEGAL_ENTITY.to_owned(),
                 billing_interval: BillingInterval::Monthly,
                 billing_anchor_day: 1,
                 current_period_start: today,
@@ -229,6 +236,19 @@ impl Workload {
             })
             .collect();
 
+        let gl_mappings = vec![GlMapping {
+            metadata: metadata(tenant, "erp", format!("gl-{LEGAL_ENTITY}"), spec.now_micros),
+            mapping_id: format!("gl-{LEGAL_ENTITY}-default"),
+            legal_entity_id: LEGAL_ENTITY.to_owned(),
+            product_id: None,
+            charge_id: None,
+            revenue_account: "4000".to_owned(),
+            receivable_account: "1210".to_owned(),
+            deferred_revenue_account: "2400".to_owned(),
+            tax_account: "3800".to_owned(),
+            effective_from: 0,
+            effective_to: None,
+        }];
         let mut expected = Expected {
             records: spec.events,
             ..Expected::default()
@@ -351,6 +371,13 @@ impl Workload {
             total.0 += quantity;
             total.1 += amount.unscaled();
         }
+        let net: i128 = totals.values().map(|(_, amount)| amount).sum();
+        expected.ledger.insert(
+            format!("{LEGAL_ENTITY}/EUR"),
+            Amount::from_unscaled(net)
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+        );
         for (customer, (quantity, amount)) in totals {
             expected.subscriptions.insert(
                 format!("sub-{}", customers[customer]),
@@ -368,6 +395,7 @@ impl Workload {
             accounts,
             subscriptions,
             rate_cards,
+            gl_mappings,
             usage,
             expected,
         }
@@ -385,6 +413,8 @@ pub struct Destinations<'a> {
     pub subscriptions: &'a str,
     /// Rate cards.
     pub rate_cards: &'a str,
+    /// GL mappings.
+    pub gl_mappings: &'a str,
 }
 
 /// Why publishing a workload failed.
@@ -410,7 +440,7 @@ pub enum PublishError {
 
 impl Workload {
     /// Publishes the workload through `codec` and the registry: master data first (rate cards,
-    /// subscriptions, accounts, keyed `<tenant>:<id>`), then the usage records in order, at most
+    /// GL mappings, subscriptions, accounts, keyed `<tenant>:<id>`), then the usage records in order, at most
     /// `rate` per second (0: as fast as the broker takes them).
     pub async fn publish(
         &self,
@@ -422,6 +452,10 @@ impl Workload {
         for card in &self.rate_cards {
             let key = format!("{}:{}", card.metadata.tenant_id, card.plan_id);
             send(producer, codec, to.rate_cards, &key, card).await?;
+        }
+        for mapping in &self.gl_mappings {
+            let key = format!("{}:{}", mapping.metadata.tenant_id, mapping.mapping_id);
+            send(producer, codec, to.gl_mappings, &key, mapping).await?;
         }
         for subscription in &self.subscriptions {
             let key = format!(

@@ -76,6 +76,9 @@ struct Args {
     /// Rate cards topic.
     #[arg(long, default_value = "master.rate-cards")]
     rate_cards_topic: String,
+    /// GL mappings topic.
+    #[arg(long, default_value = "master.gl-mappings")]
+    gl_mappings_topic: String,
 }
 
 #[tokio::main]
@@ -134,6 +137,7 @@ async fn run(args: Args) -> Result<()> {
                 accounts: &args.accounts_topic,
                 subscriptions: &args.subscriptions_topic,
                 rate_cards: &args.rate_cards_topic,
+                gl_mappings: &args.gl_mappings_topic,
             },
             args.rate,
         )

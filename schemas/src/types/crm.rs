@@ -38,8 +38,8 @@ pub struct AccountHealthSnapshot {
     pub previous_period_amount: Option<Amount>,
     /// Currency of the amounts, ISO 4217 code.
     pub currency: String,
-    /// Change of period-to-date spend against the same point of the previous period, in
-    /// percent, clamped to ±999.999999.
+    /// Change of the rated amount of the last 7 days against the 7 before, in percent,
+    /// clamped to ±999.999999.
     pub usage_change_percent: Option<Percent>,
     /// Event time of the latest usage, in microseconds since the epoch.
     #[avro(with = logical::optional_timestamp_micros, default = "null")]

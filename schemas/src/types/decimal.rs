@@ -71,7 +71,7 @@ impl<const PRECISION: usize, const SCALE: usize> Decimal<PRECISION, SCALE> {
 
     /// The largest unscaled magnitude, `10^PRECISION - 1`; also rejects, at compile time,
     /// precisions an `i128` cannot hold.
-    const MAX_UNSCALED: i128 = {
+    pub const MAX_UNSCALED: i128 = {
         assert!(
             PRECISION >= 1 && PRECISION <= 38 && SCALE <= PRECISION,
             "decimal precision must be 1 to 38 and at least the scale"

@@ -90,6 +90,46 @@ impl Contract for PostingLine {
     const FULL_NAME: &'static str = "backbone.erp.PostingLine";
 }
 
+/// The journal entry of one rated-usage line: receivable against revenue, balanced in one
+/// currency, with accounts from the GL mapping.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "backbone.erp")]
+pub struct LedgerPosting {
+    /// Envelope; `event_id` equals `rating_id`.
+    pub metadata: EventMetadata,
+    /// The rated line posted, and the posting's idempotency key.
+    pub rating_id: String,
+    /// Legal entity (ERP company code) posted to.
+    pub legal_entity_id: String,
+    /// Customer whose receivable moves.
+    pub customer_id: String,
+    /// Subscription of the rated line.
+    pub subscription_id: String,
+    /// Charge that priced the line.
+    pub charge_id: String,
+    /// GL mapping that supplied the accounts.
+    pub mapping_id: String,
+    /// Day of the rated line's event time, in days since the epoch.
+    #[avro(with = logical::date)]
+    pub posting_date: i32,
+    /// First day (inclusive) of the accounting month, in days since the epoch.
+    #[avro(with = logical::date)]
+    pub period_start: i32,
+    /// Day after the accounting month (exclusive), in days since the epoch.
+    #[avro(with = logical::date)]
+    pub period_end: i32,
+    /// Currency of every line, ISO 4217 code.
+    pub currency: String,
+    /// Signed amount of the rated line.
+    pub amount: Amount,
+    /// Posting lines, numbered from 1; debits equal credits.
+    pub lines: Vec<PostingLine>,
+}
+
+impl Contract for LedgerPosting {
+    const FULL_NAME: &'static str = "backbone.erp.LedgerPosting";
+}
+
 /// Control totals of a journal batch for one currency.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
 #[avro(namespace = "backbone.erp")]
@@ -170,6 +210,25 @@ pub(crate) mod tests {
             source_rating_count: 1,
             lines: lines(),
             adjusts_batch_id: Some("batch-eccbc87e".into()),
+        });
+    }
+
+    #[test]
+    pub(crate) fn ledger_posting_matches_its_contract() {
+        check(&LedgerPosting {
+            metadata: metadata("fanout", "backbone.erp.posting", "rat-3c59dc04"),
+            rating_id: "rat-3c59dc04".into(),
+            legal_entity_id: "le-de".into(),
+            customer_id: "cust-42".into(),
+            subscription_id: "sub-42".into(),
+            charge_id: "storage".into(),
+            mapping_id: "gl-de-default".into(),
+            posting_date: 20_771,
+            period_start: NOV_1,
+            period_end: DEC_1,
+            currency: "EUR".into(),
+            amount: dec("12.345678"),
+            lines: lines(),
         });
     }
 

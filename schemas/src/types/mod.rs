@@ -68,7 +68,7 @@ pub use common::{EventMetadata, PostalAddress, TraceContext};
 pub use crm::{AccountHealthSnapshot, HealthStatus};
 pub use decimal::{Amount, Decimal, DecimalError, Percent, Quantity, UnitPrice};
 pub use delivery::{DeliveryOutcome, DeliveryResult, Destination};
-pub use erp::{BatchType, ControlTotal, JournalBatch, PostingLine};
+pub use erp::{BatchType, ControlTotal, JournalBatch, LedgerPosting, PostingLine};
 pub use master::{
     AccountStatus, BillingInterval, ChargeModel, CustomerAccount, Employee, EmploymentStatus,
     GlMapping, LegalEntity, MeterAggregation, PriceTier, Product, ProductType, RateCard,
@@ -341,6 +341,10 @@ pub(crate) mod tests {
         (
             JournalBatch::FULL_NAME,
             erp::tests::journal_batch_matches_its_contract,
+        ),
+        (
+            LedgerPosting::FULL_NAME,
+            erp::tests::ledger_posting_matches_its_contract,
         ),
         (
             PostingLine::FULL_NAME,
