@@ -87,6 +87,17 @@ struct Stage {
     child: Child,
 }
 
+impl Drop for Stage {
+    /// A demo that fails half-way takes its processors with it: left running, they would hold
+    /// their state and group membership against the next run.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
@@ -351,7 +362,15 @@ async fn main() -> Result<()> {
         &format!("  window revisions to {WINDOWS}"),
         windows.to_string(),
     );
-    line("fanout: records in", (rated + windows).to_string());
+    let by_customer = count(BY_CUSTOMER)?;
+    line(
+        "fanout: records in",
+        (rated + windows + by_customer).to_string(),
+    );
+    line(
+        &format!("  rated lines re-keyed to {BY_CUSTOMER}"),
+        by_customer.to_string(),
+    );
     line(
         &format!("  charges to {BILLING}"),
         count(BILLING)?.to_string(),
