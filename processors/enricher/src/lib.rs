@@ -12,6 +12,8 @@
 //! times of the partition's later records, goes to the DLQ as `unknown_account` or
 //! `unknown_subscription`, byte for byte as it came in.
 
+mod parking;
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -28,13 +30,11 @@ use backbone_schemas::types::{
 };
 use backbone_schemas::wire::encode_framed;
 use backbone_schemas::{OutputContracts, WireCodec};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
+
+use crate::parking::{Parked, PARKED, PARKED_INDEX};
 
 const ACCOUNTS: &str = "accounts";
-const PARKED: &str = "parked";
-/// One key listing the customers with parked events, so expiry need not scan.
-const PARKED_INDEX: &str = "parked_index";
-const INDEX_KEY: &[u8] = b"customers";
 const SUBSCRIPTIONS: &str = "subscriptions";
 const RATE_CARDS: &str = "rate_cards";
 const DAY_MICROS: i64 = 86_400_000_000;
@@ -130,21 +130,6 @@ impl App for Enricher {
     }
 }
 
-/// A usage event waiting for its master data, with everything its dead letter would need.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Parked {
-    topic: String,
-    partition: i32,
-    offset: i64,
-    timestamp_ms: Option<i64>,
-    key: Option<Vec<u8>>,
-    value: Vec<u8>,
-    headers: Vec<(String, Vec<u8>)>,
-    reason: String,
-    detail: String,
-    parked_at_ms: i64,
-}
-
 /// What enriching one event gave.
 enum Joined {
     Enriched(OutputRecord),
@@ -237,7 +222,6 @@ impl Enricher {
             .decode_cached_as(value, UsageEvent::schema())
             .map_err(|e| e.into_process_error())?;
         let customer = customer_key(&usage);
-        let mut parked = parked_of(state, &customer)?;
         let event = Parked {
             topic: record.topic.to_owned(),
             partition: record.partition,
@@ -250,24 +234,24 @@ impl Enricher {
             detail: String::new(),
             parked_at_ms: now_ms,
         };
-        if parked.is_empty() {
-            match self.join(state, &usage)? {
-                Joined::Enriched(output) => return Ok(vec![output]),
-                Joined::Waiting { reason, detail } => {
-                    parked.push(Parked {
-                        reason: reason.to_owned(),
-                        detail,
-                        ..event
-                    });
-                    save_parked(state, &customer, &parked)?;
-                    return Ok(Vec::new());
-                }
+        if parking::has_parked(state, &customer)? {
+            // Earlier events of the customer wait: this one queues behind them, then the queue
+            // is tried from its head.
+            parking::park(state, &customer, &event)?;
+            return self.release(state, customer.as_bytes(), now_ms);
+        }
+        match self.join(state, &usage)? {
+            Joined::Enriched(output) => Ok(vec![output]),
+            Joined::Waiting { reason, detail } => {
+                let event = Parked {
+                    reason: reason.to_owned(),
+                    detail,
+                    ..event
+                };
+                parking::park(state, &customer, &event)?;
+                Ok(Vec::new())
             }
         }
-        // Earlier events of the customer wait: this one queues behind them, then all are tried.
-        parked.push(event);
-        save_parked(state, &customer, &parked)?;
-        self.release(state, customer.as_bytes(), now_ms)
     }
 
     /// Tries the customer's parked events in order; stops at the first that still waits.
@@ -278,14 +262,8 @@ impl Enricher {
         now_ms: i64,
     ) -> Result<Vec<OutputRecord>, ProcessError> {
         let customer = String::from_utf8_lossy(customer).into_owned();
-        let parked = parked_of(state, &customer)?;
         let mut outputs = Vec::new();
-        let mut waiting = Vec::new();
-        for mut event in parked {
-            if !waiting.is_empty() {
-                waiting.push(event);
-                continue;
-            }
+        while let Some(mut event) = parking::head(state, &customer)? {
             let usage: UsageEvent = self
                 .codec()
                 .decode_cached_as(&event.value, UsageEvent::schema())
@@ -293,51 +271,55 @@ impl Enricher {
             match self.join(state, &usage) {
                 Ok(Joined::Enriched(output)) => outputs.push(output),
                 Ok(Joined::Waiting { reason, detail }) => {
-                    event.reason = reason.to_owned();
-                    event.detail = detail;
-                    waiting.push(event);
+                    if event.reason != reason || event.detail != detail {
+                        event.reason = reason.to_owned();
+                        event.detail = detail;
+                        parking::replace_head(state, &customer, &event)?;
+                    }
+                    break;
                 }
                 Err(ProcessError::Permanent { reason, detail }) => {
                     outputs.push(dead_letter(&event, reason, &detail, now_ms));
                 }
                 Err(other) => return Err(other),
             }
+            parking::pop_head(state, &customer)?;
         }
-        save_parked(state, &customer, &waiting)?;
+        if !outputs.is_empty() {
+            parking::refresh_head(state, &customer)?;
+        }
         Ok(outputs)
     }
 
-    /// Dead-letters parked events that waited longer than the park timeout.
+    /// Dead-letters parked events that waited longer than the park timeout, oldest first; a
+    /// customer's events leave in the order they came.
     fn expire(
         &self,
         state: &mut State<'_>,
         now_ms: i64,
     ) -> Result<Vec<OutputRecord>, ProcessError> {
-        let customers: Vec<String> = state.get_json(PARKED_INDEX, INDEX_KEY)?.unwrap_or_default();
         let timeout = i64::try_from(self.settings.park_timeout.as_millis()).unwrap_or(i64::MAX);
+        let cutoff = now_ms.saturating_sub(timeout);
         let mut outputs = Vec::new();
-        for customer in customers {
-            let parked = parked_of(state, &customer)?;
-            let (expired, waiting): (Vec<Parked>, Vec<Parked>) = parked
-                .into_iter()
-                .partition(|p| p.parked_at_ms.saturating_add(timeout) <= now_ms);
-            if expired.is_empty() {
-                continue;
-            }
-            for event in &expired {
+        for customer in parking::due(state, cutoff)? {
+            while let Some(event) = parking::head(state, &customer)? {
+                if event.parked_at_ms > cutoff {
+                    break;
+                }
                 let detail = format!(
                     "{}; waited {} ms, longer than processor.park_timeout",
                     event.detail,
                     now_ms - event.parked_at_ms
                 );
                 outputs.push(dead_letter(
-                    event,
+                    &event,
                     reason_of(&event.reason),
                     &detail,
                     now_ms,
                 ));
+                parking::pop_head(state, &customer)?;
             }
-            save_parked(state, &customer, &waiting)?;
+            parking::refresh_head(state, &customer)?;
         }
         Ok(outputs)
     }
@@ -478,36 +460,6 @@ fn dead_letter(event: &Parked, reason: &str, detail: &str, now_ms: i64) -> Outpu
         first_failed_at: at(event.parked_at_ms),
     }
     .to_record(at(now_ms))
-}
-
-fn parked_of(state: &State<'_>, customer: &str) -> Result<Vec<Parked>, ProcessError> {
-    Ok(state
-        .get_json(PARKED, customer.as_bytes())?
-        .unwrap_or_default())
-}
-
-/// Stores a customer's parked events (none deletes them) and keeps the index in step.
-fn save_parked(
-    state: &mut State<'_>,
-    customer: &str,
-    parked: &[Parked],
-) -> Result<(), ProcessError> {
-    let mut index: Vec<String> = state.get_json(PARKED_INDEX, INDEX_KEY)?.unwrap_or_default();
-    let listed = index.iter().position(|c| c == customer);
-    if parked.is_empty() {
-        state.delete(PARKED, customer.as_bytes())?;
-        if let Some(at) = listed {
-            index.remove(at);
-            state.put_json(PARKED_INDEX, INDEX_KEY, &index)?;
-        }
-    } else {
-        state.put_json(PARKED, customer.as_bytes(), &parked)?;
-        if listed.is_none() {
-            index.push(customer.to_owned());
-            state.put_json(PARKED_INDEX, INDEX_KEY, &index)?;
-        }
-    }
-    Ok(())
 }
 
 fn wall_clock_ms() -> i64 {
