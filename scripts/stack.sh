@@ -5,6 +5,7 @@
 #   BACKBONE_STACK_DIR   state, logs and pid files (default: <repo>/.backbone/stack)
 #   BACKBONE_KAFKA_PORT  broker port (default: 9092)
 #   BACKBONE_REGISTRY_PORT  schema registry port (default: 8081)
+#   BACKBONE_BROKER_STORAGE  sqlite (durable, the default) or memory
 #   BACKBONE_TOOLS_DIR   where setup installed the tools (default: ~/.cache/backbone)
 set -euo pipefail
 
@@ -50,17 +51,26 @@ start_broker() {
     exit 1
   fi
   mkdir -p "$RUN_DIR" "$LOG_DIR" "$DATA_DIR"
-  local listener=tcp://127.0.0.1:$KAFKA_PORT
+  local listener=tcp://127.0.0.1:$KAFKA_PORT storage
+  case "${BACKBONE_BROKER_STORAGE:-sqlite}" in
+    sqlite) storage="sqlite://broker.db" ;;
+    # Nothing survives a broker restart: for benchmarks that measure our code, not the disk.
+    memory) storage="memory://nisshi/" ;;
+    *)
+      say "BACKBONE_BROKER_STORAGE must be sqlite or memory, not '$BACKBONE_BROKER_STORAGE'" >&2
+      exit 1
+      ;;
+  esac
   # setsid: the broker must not receive the terminal's Ctrl-C meant for a test run;
   # `stack.sh down` stops it. Nisshi reads a sqlite:// path relative to its working directory.
   (cd "$DATA_DIR" && exec setsid "$NISSHI" broker \
     --listener-url "$listener" \
     --advertised-listener-url "$listener" \
-    --storage-engine "sqlite://broker.db" \
+    --storage-engine "$storage" \
     >>"$LOG_DIR/broker.log" 2>&1 </dev/null) &
   echo $! >"$RUN_DIR/broker.pid"
   await_ready broker "127.0.0.1:$KAFKA_PORT" 60
-  say "broker up on 127.0.0.1:$KAFKA_PORT (sqlite://$DATA_DIR/broker.db), log $LOG_DIR/broker.log"
+  say "broker up on 127.0.0.1:$KAFKA_PORT ($storage in $DATA_DIR), log $LOG_DIR/broker.log"
 }
 
 start_registry() {

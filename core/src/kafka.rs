@@ -53,6 +53,11 @@ impl Default for KafkaSettings {
     }
 }
 
+/// Producer batching defaults. A processor hands the producer many small records at once
+/// (outputs, then changelog writes); a few milliseconds of lingering turns them into few
+/// requests, and the broker's per-request cost dominates on small records.
+const PRODUCER_TUNING: [(&str, &str); 2] = [("linger.ms", "25"), ("compression.type", "lz4")];
+
 impl KafkaSettings {
     /// Settings pointing at `bootstrap_servers`, everything else default.
     pub fn for_servers(bootstrap_servers: impl Into<String>) -> Self {
@@ -131,14 +136,17 @@ impl KafkaSettings {
         config
     }
 
-    /// An idempotent producer: no duplicates or reordering from its own retries.
+    /// An idempotent producer: no duplicates or reordering from its own retries. Batching
+    /// (`linger.ms`, `compression.type`) may be tuned through `kafka.properties`; the delivery
+    /// guarantees may not.
     pub fn producer_config(&self) -> ClientConfig {
         let mut config = self.base();
-        config
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "5")
-            .set("compression.type", "lz4");
+        for (key, value) in PRODUCER_TUNING {
+            if !self.properties.contains_key(key) {
+                config.set(key, value);
+            }
+        }
+        config.set("enable.idempotence", "true").set("acks", "all");
         config
     }
 

@@ -2,11 +2,12 @@
 //! body. The codec resolves ids through the registry once and caches them, so there is no
 //! registry round trip per record.
 
+use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::future::Future;
 use std::io::Read;
 use std::pin::Pin;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::types::Value;
@@ -22,6 +23,15 @@ use schema_registry_converter::async_impl::schema_registry::{
 use schema_registry_converter::schema_registry_common::{SchemaType, SuppliedSchema};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+
+/// A decoded value shared by [`WireCodec::decode_shared`].
+type SharedValue = Arc<dyn Any + Send + Sync>;
+
+/// Decoded values by type and exact bytes.
+type SharedMemo = HashMap<(TypeId, Vec<u8>), SharedValue>;
+
+/// How many decoded records [`WireCodec::decode_shared`] keeps.
+pub const SHARED_CAPACITY: usize = 10_000;
 
 /// The first byte of every framed record.
 pub const MAGIC_BYTE: u8 = 0;
@@ -166,15 +176,25 @@ pub fn frame(id: u32, body: &[u8]) -> Vec<u8> {
 /// Decodes an Avro body written with `writer`, requiring that every byte is used and that
 /// the decoder never ran out of bytes.
 pub fn decode_body(id: u32, writer: &Schema, body: &[u8]) -> Result<Value, WireError> {
+    let datum = GenericDatumReader::builder(writer)
+        .build()
+        .map_err(|e| WireError::Body {
+            id,
+            message: e.to_string(),
+        })?;
+    read_body(id, &datum, body)
+}
+
+/// [`decode_body`] with a reader built beforehand.
+fn read_body(id: u32, datum: &GenericDatumReader<'_>, body: &[u8]) -> Result<Value, WireError> {
     let body_error = |message: String| WireError::Body { id, message };
     let mut reader = BodyReader {
         body,
         position: 0,
         ran_out: false,
     };
-    let value = GenericDatumReader::builder(writer)
-        .build()
-        .and_then(|datum| datum.read_value(&mut reader))
+    let value = datum
+        .read_value(&mut reader)
         .map_err(|e| body_error(e.to_string()))?;
     // apache-avro reads a union index at the end of the input as branch 0 instead of failing,
     // so a body cut just before a trailing union would pass unnoticed without this check.
@@ -262,13 +282,37 @@ pub fn encode_framed<T: Contract>(id: u32, value: &T) -> Result<Vec<u8>, WireErr
     let mut out = Vec::with_capacity(256);
     out.push(MAGIC_BYTE);
     out.extend_from_slice(&id.to_be_bytes());
-    GenericDatumWriter::builder(T::schema())
-        .build()
-        .and_then(|writer| writer.write_ser(&mut out, value))
+    contract_writer(T::schema())?
+        .write_ser(&mut out, value)
         .map_err(|e| WireError::Contract {
             message: e.to_string(),
         })?;
     Ok(out)
+}
+
+/// The datum writer of a contract's schema, built once per process. Building one resolves every
+/// named type in the schema, which costs more than encoding a record; there is one per contract
+/// type, so keeping them for the life of the process is bounded.
+fn contract_writer(
+    schema: &'static Schema,
+) -> Result<&'static GenericDatumWriter<'static>, WireError> {
+    static WRITERS: OnceLock<RwLock<HashMap<usize, &'static GenericDatumWriter<'static>>>> =
+        OnceLock::new();
+    let writers = WRITERS.get_or_init(RwLock::default);
+    let key = std::ptr::from_ref(schema) as usize;
+    if let Some(writer) = writers.read().ok().and_then(|w| w.get(&key).copied()) {
+        return Ok(writer);
+    }
+    let writer = GenericDatumWriter::builder(schema)
+        .build()
+        .map_err(|e| WireError::Contract {
+            message: e.to_string(),
+        })?;
+    let writer: &'static GenericDatumWriter<'static> = Box::leak(Box::new(writer));
+    if let Ok(mut cache) = writers.write() {
+        cache.insert(key, writer);
+    }
+    Ok(writer)
 }
 
 /// Encodes and decodes framed records, resolving schema ids through a registry.
@@ -279,6 +323,10 @@ pub struct WireCodec {
     by_subject: Arc<RwLock<HashMap<(String, String), u32>>>,
     /// (schema id, reader schema address) to whether they are the same schema.
     same: Arc<RwLock<HashMap<(u32, usize), bool>>>,
+    /// Datum readers by writer schema id, built once (see [`WireCodec::datum_reader`]).
+    readers: Arc<RwLock<HashMap<u32, &'static GenericDatumReader<'static>>>>,
+    /// Decoded reference data by type and exact bytes (see [`WireCodec::decode_shared`]).
+    shared: Arc<RwLock<SharedMemo>>,
     /// Ids a cache-only decode missed, for the next prefetch to resolve.
     wanted: Arc<std::sync::Mutex<std::collections::HashSet<u32>>>,
     /// Wanted ids the registry does not know.
@@ -299,6 +347,8 @@ impl WireCodec {
             by_id: Arc::default(),
             by_subject: Arc::default(),
             same: Arc::default(),
+            readers: Arc::default(),
+            shared: Arc::default(),
             wanted: Arc::default(),
             missing: Arc::default(),
         }
@@ -435,6 +485,30 @@ impl WireCodec {
         self.read_as(id, &writer, body, reader)
     }
 
+    /// Like [`WireCodec::decode_cached_as`], for reference data that a processor reads again and
+    /// again (an account, a rate card, a GL mapping): each distinct record is decoded once and
+    /// shared. Keyed by the exact bytes, so a new version of the record is decoded anew; the
+    /// memo is emptied when it reaches [`SHARED_CAPACITY`] records.
+    pub fn decode_shared<T: DeserializeOwned + Send + Sync + 'static>(
+        &self,
+        bytes: &[u8],
+        reader: &Schema,
+    ) -> Result<Arc<T>, WireError> {
+        let key = (TypeId::of::<T>(), bytes.to_vec());
+        let cached = self.shared.read().ok().and_then(|m| m.get(&key).cloned());
+        if let Some(value) = cached.and_then(|v| v.downcast::<T>().ok()) {
+            return Ok(value);
+        }
+        let value: Arc<T> = Arc::new(self.decode_cached_as(bytes, reader)?);
+        if let Ok(mut memo) = self.shared.write() {
+            if memo.len() >= SHARED_CAPACITY {
+                memo.clear();
+            }
+            memo.insert(key, Arc::clone(&value) as SharedValue);
+        }
+        Ok(value)
+    }
+
     /// Decodes `body`, written with schema `id` (`writer`), into `T` through `reader`.
     fn read_as<T: DeserializeOwned>(
         &self,
@@ -443,7 +517,7 @@ impl WireCodec {
         body: &[u8],
         reader: &Schema,
     ) -> Result<T, WireError> {
-        let value = widen_decimals(decode_body(id, writer, body)?);
+        let value = widen_decimals(read_body(id, self.datum_reader(id, writer)?, body)?);
         // A value written with the reader's own schema already has its shape: resolving it
         // again would only cost time.
         let value = if self.is_reader_schema(id, writer, reader) {
@@ -456,6 +530,31 @@ impl WireCodec {
         apache_avro::from_value(&value).map_err(|e| WireError::Contract {
             message: e.to_string(),
         })
+    }
+
+    /// The datum reader of writer schema `id`. Building one resolves every named type of the
+    /// schema, which costs more than decoding a record, so it is built once per id and kept for
+    /// the life of the process, with a copy of its schema: a process meets few schema ids.
+    fn datum_reader(
+        &self,
+        id: u32,
+        writer: &Schema,
+    ) -> Result<&'static GenericDatumReader<'static>, WireError> {
+        if let Some(reader) = self.readers.read().ok().and_then(|r| r.get(&id).copied()) {
+            return Ok(reader);
+        }
+        let schema: &'static Schema = Box::leak(Box::new(writer.clone()));
+        let reader = GenericDatumReader::builder(schema)
+            .build()
+            .map_err(|e| WireError::Body {
+                id,
+                message: e.to_string(),
+            })?;
+        let reader: &'static GenericDatumReader<'static> = Box::leak(Box::new(reader));
+        if let Ok(mut cache) = self.readers.write() {
+            cache.insert(id, reader);
+        }
+        Ok(reader)
     }
 
     /// Whether schema `id` (`writer`) is the same schema as `reader`, compared once per pair
@@ -556,6 +655,31 @@ mod tests {
             let back = UsageEvent::from_avro(&widen_decimals(decoded)).expect("from avro");
             assert_eq!(back, event);
         }
+    }
+
+    #[test]
+    fn shared_decodes_once_per_distinct_record_and_follows_new_versions() {
+        use crate::types::{Contract, UsageEvent};
+        let codec = WireCodec::new("http://127.0.0.1:9");
+        codec.preload(7, UsageEvent::schema().clone());
+        let first = encode_framed(7, &usage_event("1", true)).expect("encode");
+        let second = encode_framed(7, &usage_event("2", true)).expect("encode");
+        let a = codec
+            .decode_shared::<UsageEvent>(&first, UsageEvent::schema())
+            .expect("decode");
+        let again = codec
+            .decode_shared::<UsageEvent>(&first, UsageEvent::schema())
+            .expect("decode");
+        assert!(Arc::ptr_eq(&a, &again), "the same bytes are decoded once");
+        let b = codec
+            .decode_shared::<UsageEvent>(&second, UsageEvent::schema())
+            .expect("decode");
+        assert_eq!(
+            b.quantity.to_string(),
+            "2.000000000",
+            "a new version is decoded anew"
+        );
+        assert_eq!(*a, usage_event("1", true));
     }
 
     #[test]

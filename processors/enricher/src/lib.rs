@@ -334,9 +334,9 @@ impl Enricher {
                 detail: format!("no account `{customer}`"),
             });
         };
-        let account: CustomerAccount = self
+        let account: Arc<CustomerAccount> = self
             .codec()
-            .decode_cached_as(&account, CustomerAccount::schema())
+            .decode_shared(&account, CustomerAccount::schema())
             .map_err(|e| e.into_process_error())?;
         if account.status == AccountStatus::Closed {
             return Err(ProcessError::permanent(
@@ -357,9 +357,9 @@ impl Enricher {
                 detail: format!("no subscription `{key}`"),
             });
         };
-        let subscription: Subscription = self
+        let subscription: Arc<Subscription> = self
             .codec()
-            .decode_cached_as(&subscription, Subscription::schema())
+            .decode_shared(&subscription, Subscription::schema())
             .map_err(|e| e.into_process_error())?;
         if subscription.customer_id != usage.customer_id {
             return Err(ProcessError::permanent(
@@ -386,7 +386,7 @@ impl Enricher {
         let rate_card_version = match state.global(RATE_CARDS, card_key.as_bytes())? {
             Some(card) => {
                 self.codec()
-                    .decode_cached_as::<RateCard>(&card, RateCard::schema())
+                    .decode_shared::<RateCard>(&card, RateCard::schema())
                     .map_err(|e| e.into_process_error())?
                     .version
             }

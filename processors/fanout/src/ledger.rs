@@ -11,14 +11,15 @@ use crate::{day_of, envelope};
 /// for the charge beats the entity's default (no product, no charge); among equals the lowest
 /// `mapping_id` wins, so every instance picks the same one. Rated lines name no product, so a
 /// mapping restricted to a product never applies to them.
-pub fn select_mapping<'m>(
-    mappings: &'m [GlMapping],
+pub fn select_mapping<'m, M: AsRef<GlMapping>>(
+    mappings: &'m [M],
     legal_entity_id: &str,
     charge_id: &str,
     day: i32,
 ) -> Option<&'m GlMapping> {
     mappings
         .iter()
+        .map(AsRef::as_ref)
         .filter(|m| {
             m.legal_entity_id == legal_entity_id
                 && m.product_id.is_none()
@@ -101,6 +102,8 @@ pub fn posting(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use backbone_schemas::types::{EventMetadata, TraceContext};
 
     use super::*;
@@ -147,7 +150,10 @@ mod tests {
         let other_entity = mapping("a", "le-us", Some("api-calls"), 0, None);
         let mut product = mapping("b", "le-eu", Some("api-calls"), 0, None);
         product.product_id = Some("prod-1".into());
-        let all = vec![default, charge, other_entity, product];
+        let all: Vec<Arc<GlMapping>> = [default, charge, other_entity, product]
+            .into_iter()
+            .map(Arc::new)
+            .collect();
         let pick =
             |day| select_mapping(&all, "le-eu", "api-calls", day).map(|m| m.mapping_id.as_str());
         assert_eq!(pick(DAY), Some("c"));

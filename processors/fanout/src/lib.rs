@@ -230,14 +230,18 @@ impl Fanout {
     }
 
     /// The tenant's GL mappings, decoded.
-    fn gl_mappings(&self, tenant: &str, state: &State<'_>) -> Result<Vec<GlMapping>, ProcessError> {
+    fn gl_mappings(
+        &self,
+        tenant: &str,
+        state: &State<'_>,
+    ) -> Result<Vec<Arc<GlMapping>>, ProcessError> {
         let codec = self.outputs.codec();
         state
             .global_prefix(GL_MAPPINGS, format!("{tenant}:").as_bytes())?
             .iter()
             .map(|(key, value)| {
                 codec
-                    .decode_cached_as(value, GlMapping::schema())
+                    .decode_shared(value, GlMapping::schema())
                     .map_err(|e| match e.into_process_error() {
                         ProcessError::Permanent { detail, .. } => ProcessError::permanent(
                             "invalid_gl_mapping",

@@ -280,16 +280,16 @@ impl UsageRater {
         &self,
         state: &State<'_>,
         enriched: &EnrichedUsage,
-    ) -> Result<RateCard, ProcessError> {
+    ) -> Result<Arc<RateCard>, ProcessError> {
         let tenant = &enriched.usage.metadata.tenant_id;
         let key = format!("{tenant}:{}", enriched.plan_id);
         let bytes = state.global(RATE_CARDS, key.as_bytes())?.ok_or_else(|| {
             // It may be on its way: retried, then dead-lettered as retries_exhausted.
             ProcessError::Transient(format!("no rate card for plan `{key}` yet"))
         })?;
-        let card: RateCard = self
+        let card: Arc<RateCard> = self
             .codec()
-            .decode_cached_as(&bytes, RateCard::schema())
+            .decode_shared(&bytes, RateCard::schema())
             .map_err(|e| e.into_process_error())?;
         if card.currency != enriched.currency {
             return Err(ProcessError::permanent(
