@@ -9,6 +9,9 @@ export BACKBONE_STACK_DIR=$REPO/.backbone/bench-stack
 export BACKBONE_KAFKA_PORT=${BACKBONE_BENCH_KAFKA_PORT:-19592}
 export BACKBONE_REGISTRY_PORT=${BACKBONE_BENCH_REGISTRY_PORT:-18581}
 export BACKBONE_BENCH_BOOTSTRAP=127.0.0.1:$BACKBONE_KAFKA_PORT
+# In-memory broker storage by default: the figures are about our code, not the disk. Set
+# BACKBONE_BROKER_STORAGE=sqlite for the durable broker.
+export BACKBONE_BROKER_STORAGE=${BACKBONE_BROKER_STORAGE:-memory}
 cargo bench -p backbone-state --bench dedup
 cargo bench -p backbone-usage-validator --bench record
 "$REPO/scripts/stack.sh" reset >/dev/null
@@ -17,3 +20,4 @@ cargo build --workspace --bins --quiet
 "$REPO/scripts/stack.sh" up
 cargo bench -p backbone-core --bench passthrough
 cargo bench -p backbone-e2e --bench stages
+cargo bench -p backbone-e2e --bench latency

@@ -10,8 +10,8 @@
 use std::time::{Duration, Instant};
 
 use backbone_core::admin::{ensure_topics, TopicSpec};
-use backbone_core::{run, InputRecord, KafkaSettings, OutputRecord, ProcessError, Processor};
-use backbone_core::{RunSummary, RuntimeSettings, State};
+use backbone_core::{run, KafkaSettings, RunSummary, RuntimeSettings};
+use backbone_testkit::Forward;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -19,38 +19,6 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 const RECORDS: usize = 50_000;
 const PARTITIONS: i32 = 3;
 const VALUE_BYTES: usize = 300;
-
-struct Forward {
-    input: String,
-    output: String,
-}
-
-impl Processor for Forward {
-    fn name(&self) -> &str {
-        "bench-forward"
-    }
-
-    fn input_topics(&self) -> Vec<String> {
-        vec![self.input.clone()]
-    }
-
-    fn output_topics(&self) -> Vec<String> {
-        vec![self.output.clone()]
-    }
-
-    fn process(
-        &mut self,
-        record: &InputRecord<'_>,
-        _state: &mut State<'_>,
-    ) -> Result<Vec<OutputRecord>, ProcessError> {
-        Ok(vec![OutputRecord {
-            topic: self.output.clone(),
-            key: record.key.map(<[u8]>::to_vec),
-            value: record.value.unwrap_or_default().to_vec(),
-            headers: Vec::new(),
-        }])
-    }
-}
 
 fn committed(kafka: &KafkaSettings, group: &str, topic: &str) -> i64 {
     let mut config = kafka.admin_config();

@@ -134,6 +134,8 @@ pub struct ConsumedRecord {
     pub partition: i32,
     /// Offset.
     pub offset: i64,
+    /// Record timestamp, milliseconds since the epoch, when the broker gave one.
+    pub timestamp_ms: Option<i64>,
     /// Key.
     pub key: Option<Vec<u8>>,
     /// Value.
@@ -238,6 +240,7 @@ where
             Some(Ok(message)) => records.push(ConsumedRecord {
                 partition: message.partition(),
                 offset: message.offset(),
+                timestamp_ms: message.timestamp().to_millis(),
                 key: message.key().map(<[u8]>::to_vec),
                 value: message.payload().map(<[u8]>::to_vec),
                 headers: message

@@ -6,12 +6,14 @@
 //! each other's records. Every wait has a deadline; nothing sleeps to synchronise.
 
 mod broker;
+mod forward;
 mod kafka;
 mod process;
 mod running;
 mod tally;
 
 pub use broker::TxnBroker;
+pub use forward::Forward;
 pub use kafka::{
     committed_offsets, consume_until, consume_while, create_topic, end_offsets_total, produce,
     shared_settings, unique_group, unique_topic, ConsumedRecord, TestRecord,

@@ -12,15 +12,13 @@
 use std::time::{Duration, Instant};
 
 use backbone_core::admin::{ensure_topics, TopicSpec};
-use backbone_core::{
-    InputRecord, KafkaSettings, OutputRecord, ProcessError, Processor, RuntimeSettings, State,
-};
+use backbone_core::{KafkaSettings, Processor, RuntimeSettings};
 use backbone_enricher::{Enricher, EnricherSettings};
 use backbone_fanout::{Fanout, FanoutSettings, Routes};
 use backbone_loadgen::{Destinations, LoadSpec, Workload};
 use backbone_registry::{LocalRegistry, RegistryConfig};
 use backbone_schemas::WireCodec;
-use backbone_testkit::{end_offsets_total, RunningProcessor};
+use backbone_testkit::{end_offsets_total, Forward, RunningProcessor};
 use backbone_usage_rater::{RaterSettings, UsageRater};
 use backbone_usage_validator::{UsageValidator, ValidatorSettings};
 use rdkafka::producer::FutureProducer;
@@ -28,39 +26,6 @@ use rdkafka::producer::FutureProducer;
 const EVENTS: usize = 60_000;
 const PARTITIONS: i32 = 3;
 const DEADLINE: Duration = Duration::from_secs(300);
-
-/// Forwards each record unchanged: the runtime's pass-through, the baseline.
-struct Forward {
-    input: String,
-    output: String,
-}
-
-impl Processor for Forward {
-    fn name(&self) -> &str {
-        "bench-forward"
-    }
-
-    fn input_topics(&self) -> Vec<String> {
-        vec![self.input.clone()]
-    }
-
-    fn output_topics(&self) -> Vec<String> {
-        vec![self.output.clone()]
-    }
-
-    fn process(
-        &mut self,
-        record: &InputRecord<'_>,
-        _state: &mut State<'_>,
-    ) -> Result<Vec<OutputRecord>, ProcessError> {
-        Ok(vec![OutputRecord {
-            topic: self.output.clone(),
-            key: record.key.map(<[u8]>::to_vec),
-            value: record.value.unwrap_or_default().to_vec(),
-            headers: Vec::new(),
-        }])
-    }
-}
 
 fn settings(group: &str, run: &str) -> RuntimeSettings {
     let mut settings = RuntimeSettings {
