@@ -321,6 +321,8 @@ pub struct WireCodec {
     settings: Arc<SrSettings>,
     by_id: Arc<RwLock<HashMap<u32, Arc<Schema>>>>,
     by_subject: Arc<RwLock<HashMap<(String, String), u32>>>,
+    /// (subject, contract name) to id, so that a contract is bundled once per subject.
+    by_contract: Arc<RwLock<HashMap<(String, &'static str), u32>>>,
     /// (schema id, reader schema address) to whether they are the same schema.
     same: Arc<RwLock<HashMap<(u32, usize), bool>>>,
     /// Datum readers by writer schema id, built once (see [`WireCodec::datum_reader`]).
@@ -346,6 +348,7 @@ impl WireCodec {
             settings: Arc::new(SrSettings::new(url.trim_end_matches('/').to_owned())),
             by_id: Arc::default(),
             by_subject: Arc::default(),
+            by_contract: Arc::default(),
             same: Arc::default(),
             readers: Arc::default(),
             shared: Arc::default(),
@@ -437,13 +440,26 @@ impl WireCodec {
     /// The id of `T`'s bundled contract under `subject`, registering it once if needed; later
     /// calls answer from the cache.
     pub async fn contract_id<T: Contract>(&self, subject: &str) -> Result<u32, WireError> {
+        let key = (subject.to_owned(), T::FULL_NAME);
+        if let Some(id) = self
+            .by_contract
+            .read()
+            .ok()
+            .and_then(|c| c.get(&key).copied())
+        {
+            return Ok(id);
+        }
         let text = ContractSet::embedded()
             .and_then(|set| set.bundled(T::FULL_NAME))
             .map_err(|e| WireError::Contract {
                 message: e.to_string(),
             })?
             .to_string();
-        self.register_text(subject, &text, T::schema()).await
+        let id = self.register_text(subject, &text, T::schema()).await?;
+        if let Ok(mut cache) = self.by_contract.write() {
+            cache.insert(key, id);
+        }
+        Ok(id)
     }
 
     /// Caches `schema` as the writer schema of `id` without asking the registry: for tools and

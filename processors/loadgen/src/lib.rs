@@ -18,6 +18,7 @@ use backbone_schemas::types::{
     MeterAggregation, PriceTier, Quantity, RateCard, RateCharge, Subscription, SubscriptionStatus,
     TraceContext, UnitPrice, UsageEvent,
 };
+use backbone_schemas::wire::encode_framed;
 use backbone_schemas::WireCodec;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use serde::Serialize;
@@ -473,6 +474,15 @@ impl Workload {
             source,
         };
         let subject = format!("{}-value", to.usage);
+        let encode = |source| PublishError::Encode {
+            topic: to.usage.to_owned(),
+            source,
+        };
+        // Registered once; each record is then encoded without another registry lookup.
+        let id = codec
+            .contract_id::<UsageEvent>(&subject)
+            .await
+            .map_err(encode)?;
         let started = std::time::Instant::now();
         let mut pending = Vec::with_capacity(1_000);
         for (n, record) in self.usage.iter().enumerate() {
@@ -481,13 +491,7 @@ impl Workload {
                 tokio::time::sleep_until(due.into()).await;
             }
             let value = match &record.payload {
-                Payload::Event(event) => codec
-                    .encode_contract(&subject, event.as_ref())
-                    .await
-                    .map_err(|source| PublishError::Encode {
-                        topic: to.usage.to_owned(),
-                        source,
-                    })?,
+                Payload::Event(event) => encode_framed(id, event.as_ref()).map_err(encode)?,
                 Payload::Raw(bytes) => bytes.clone(),
             };
             let delivery = producer
