@@ -27,8 +27,8 @@ use serde::Serialize;
 /// A decoded value shared by [`WireCodec::decode_shared`].
 type SharedValue = Arc<dyn Any + Send + Sync>;
 
-/// Decoded values by type and exact bytes.
-type SharedMemo = HashMap<(TypeId, Vec<u8>), SharedValue>;
+/// Decoded values by type, then by exact bytes.
+type SharedMemo = HashMap<TypeId, HashMap<Vec<u8>, SharedValue>>;
 
 /// How many decoded records [`WireCodec::decode_shared`] keeps.
 pub const SHARED_CAPACITY: usize = 10_000;
@@ -503,24 +503,30 @@ impl WireCodec {
 
     /// Like [`WireCodec::decode_cached_as`], for reference data that a processor reads again and
     /// again (an account, a rate card, a GL mapping): each distinct record is decoded once and
-    /// shared. Keyed by the exact bytes, so a new version of the record is decoded anew; the
-    /// memo is emptied when it reaches [`SHARED_CAPACITY`] records.
+    /// shared. Keyed by the exact bytes, so a new version of the record is decoded anew; a
+    /// type's memo is emptied when it reaches [`SHARED_CAPACITY`] records.
     pub fn decode_shared<T: DeserializeOwned + Send + Sync + 'static>(
         &self,
         bytes: &[u8],
         reader: &Schema,
     ) -> Result<Arc<T>, WireError> {
-        let key = (TypeId::of::<T>(), bytes.to_vec());
-        let cached = self.shared.read().ok().and_then(|m| m.get(&key).cloned());
+        let kind = TypeId::of::<T>();
+        // Looked up by borrowed bytes: a hit, the common case, allocates nothing.
+        let cached = self.shared.read().ok().and_then(|m| {
+            m.get(&kind)
+                .and_then(|by_bytes| by_bytes.get(bytes))
+                .cloned()
+        });
         if let Some(value) = cached.and_then(|v| v.downcast::<T>().ok()) {
             return Ok(value);
         }
         let value: Arc<T> = Arc::new(self.decode_cached_as(bytes, reader)?);
         if let Ok(mut memo) = self.shared.write() {
-            if memo.len() >= SHARED_CAPACITY {
-                memo.clear();
+            let by_bytes = memo.entry(kind).or_default();
+            if by_bytes.len() >= SHARED_CAPACITY {
+                by_bytes.clear();
             }
-            memo.insert(key, Arc::clone(&value) as SharedValue);
+            by_bytes.insert(bytes.to_vec(), Arc::clone(&value) as SharedValue);
         }
         Ok(value)
     }
