@@ -8,6 +8,7 @@ cd "$REPO"
 export BACKBONE_STACK_DIR=$REPO/.backbone/bench-stack
 export BACKBONE_KAFKA_PORT=${BACKBONE_BENCH_KAFKA_PORT:-19592}
 export BACKBONE_REGISTRY_PORT=${BACKBONE_BENCH_REGISTRY_PORT:-18581}
+export BACKBONE_POSTGRES_PORT=${BACKBONE_BENCH_POSTGRES_PORT:-15932}
 export BACKBONE_BENCH_BOOTSTRAP=127.0.0.1:$BACKBONE_KAFKA_PORT
 # In-memory broker storage by default: the figures are about our code, not the disk. Set
 # BACKBONE_BROKER_STORAGE=sqlite for the durable broker.

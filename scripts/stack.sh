@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The embedded dev stack: local processes on 127.0.0.1, no containers.
-#   stack.sh up | down | status | reset   (reset: stop and delete the broker's data)
+#   stack.sh up | down | status | reset   (reset: stop; delete the broker's and PostgreSQL's data)
 # Settings (environment):
 #   BACKBONE_STACK_DIR   state, logs and pid files (default: <repo>/.backbone/stack)
 #   BACKBONE_KAFKA_PORT  broker port (default: 9092)
 #   BACKBONE_REGISTRY_PORT  schema registry port (default: 8081)
+#   BACKBONE_POSTGRES_PORT  PostgreSQL port, the analytics sink's store (default: 5432)
 #   BACKBONE_BROKER_STORAGE  sqlite (durable, the default) or memory
 #   BACKBONE_TOOLS_DIR   where setup installed the tools (default: ~/.cache/backbone)
 set -euo pipefail
@@ -13,6 +14,9 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 STACK_DIR=${BACKBONE_STACK_DIR:-$REPO/.backbone/stack}
 KAFKA_PORT=${BACKBONE_KAFKA_PORT:-9092}
 REGISTRY_PORT=${BACKBONE_REGISTRY_PORT:-8081}
+POSTGRES_PORT=${BACKBONE_POSTGRES_PORT:-5432}
+# A local-test-only credential: the server listens on 127.0.0.1 and holds only test data.
+POSTGRES_URL=postgres://backbone:backbone@127.0.0.1:$POSTGRES_PORT/backbone
 TOOLS_DIR=${BACKBONE_TOOLS_DIR:-$HOME/.cache/backbone}
 NISSHI=$TOOLS_DIR/bin/nisshi
 BIN_DIR=${CARGO_TARGET_DIR:-$REPO/target}/debug
@@ -22,6 +26,29 @@ LOG_DIR=$STACK_DIR/logs
 DATA_DIR=$STACK_DIR/data
 
 say() { echo "stack: $*"; }
+
+# PostgreSQL's cluster (data/) and unix socket directory (socket/). initdb and postgres refuse
+# to run as root, so as root they run as the Debian package's `postgres` system user, which must
+# be able to reach its data directory; but a clone under /root (mode 700) is not traversable for
+# that user, and whether any other stack dir is depends on all of its parents. So as root the
+# cluster always lives under /var/lib/backbone-postgres (root-owned, world-traversable), in a
+# directory named after the stack dir: one cluster per stack, which `reset` of that stack deletes.
+# Otherwise it lives in the stack's data dir, next to the broker's data.
+postgres_home() {
+  if [ "$(id -u)" -eq 0 ]; then
+    local stack
+    stack=$(realpath -m "$STACK_DIR")
+    echo "/var/lib/backbone-postgres/$(basename "$stack" | tr -c 'A-Za-z0-9._\n-' _ | cut -c1-24)-$(
+      printf %s "$stack" | sha256sum | cut -c1-12)"
+  else
+    echo "$DATA_DIR/postgres"
+  fi
+}
+PG_HOME=$(postgres_home)
+# The prefix that runs a command as the cluster's owner. setpriv execs the command, so the pid
+# that setsid leaves in $! is the server's own (runuser would stay in between as its parent).
+CLUSTER_OWNER=()
+[ "$(id -u)" -eq 0 ] && CLUSTER_OWNER=(setpriv --reuid=postgres --regid=postgres --init-groups --)
 
 pid_of() {
   local file=$RUN_DIR/$1.pid
@@ -95,11 +122,113 @@ start_registry() {
   say "registry up on http://127.0.0.1:$REGISTRY_PORT (topic _schemas), log $LOG_DIR/registry.log"
 }
 
-# Waits until the service answers (Kafka metadata, or HTTP for URLs); fails early if its
-# process dies.
+# The binaries of the PostgreSQL major version that created the cluster, or of the newest
+# installed one for a new cluster (Debian installs each major in /usr/lib/postgresql/<major>).
+find_postgres_bin() {
+  local major
+  if [ -f "$PG_HOME/data/PG_VERSION" ]; then
+    major=$(cat "$PG_HOME/data/PG_VERSION")
+    if [ ! -x "/usr/lib/postgresql/$major/bin/postgres" ]; then
+      say "the cluster in $PG_HOME/data is PostgreSQL $major, which is not installed" \
+        "in /usr/lib/postgresql; 'stack.sh reset' deletes it" >&2
+      exit 1
+    fi
+  else
+    major=$(find /usr/lib/postgresql -mindepth 3 -maxdepth 3 -path '*/bin/initdb' 2>/dev/null |
+      cut -d/ -f5 | sort -V | tail -n 1)
+    if [ -z "$major" ] || [ ! -x "/usr/lib/postgresql/$major/bin/postgres" ]; then
+      say "PostgreSQL not found in /usr/lib/postgresql; run 'make setup' first" >&2
+      exit 1
+    fi
+  fi
+  PG_BIN=/usr/lib/postgresql/$major/bin
+}
+
+# Creates the cluster on first start: superuser `backbone` with password `backbone`, password
+# (scram) authentication on every connection. initdb writes into data.init, renamed when
+# complete, so a start that was interrupted half-way leaves no half-made cluster behind.
+init_postgres() {
+  [ -f "$PG_HOME/data/PG_VERSION" ] && return
+  mkdir -p "$PG_HOME"
+  if [ "$(id -u)" -eq 0 ]; then
+    chmod 755 "$(dirname "$PG_HOME")"
+    chown postgres:postgres "$PG_HOME"
+  fi
+  chmod 700 "$PG_HOME"
+  rm -rf "$PG_HOME/data.init"
+  local password_file=$PG_HOME/initdb.password
+  echo backbone >"$password_file"
+  [ "$(id -u)" -eq 0 ] && chown postgres:postgres "$password_file"
+  say "creating the PostgreSQL cluster in $PG_HOME/data"
+  if ! (cd "$PG_HOME" && "${CLUSTER_OWNER[@]}" "$PG_BIN/initdb" -D "$PG_HOME/data.init" \
+      --username=backbone --pwfile="$password_file" --auth=scram-sha-256 \
+      --encoding=UTF8 --locale=C >>"$LOG_DIR/postgres.log" 2>&1); then
+    rm -f "$password_file"
+    say "initdb failed; last lines of $LOG_DIR/postgres.log:" >&2
+    tail -n 20 "$LOG_DIR/postgres.log" >&2 || true
+    exit 1
+  fi
+  rm -f "$password_file"
+  mv "$PG_HOME/data.init" "$PG_HOME/data"
+}
+
+# The database, on the first start (and after any start that stopped before making it).
+create_postgres_database() {
+  local admin=postgres://backbone:backbone@127.0.0.1:$POSTGRES_PORT/postgres exists
+  exists=$("$PG_BIN/psql" -X -q -tA -d "$admin" \
+    -c "SELECT 1 FROM pg_database WHERE datname = 'backbone'") || return 1
+  [ "$exists" = 1 ] || "$PG_BIN/psql" -X -q -d "$admin" -c 'CREATE DATABASE backbone'
+}
+
+start_postgres() {
+  local pid
+  if pid=$(pid_of postgres); then
+    say "postgres already running (pid $pid) on $POSTGRES_URL"
+    return
+  fi
+  if [ "$(id -u)" -eq 0 ] && ! id -u postgres >/dev/null 2>&1; then
+    say "as root, PostgreSQL runs as the 'postgres' user, which does not exist;" \
+      "run 'make setup' first" >&2
+    exit 1
+  fi
+  find_postgres_bin
+  if port_in_use "$POSTGRES_PORT"; then
+    say "port 127.0.0.1:$POSTGRES_PORT is taken by another process; set BACKBONE_POSTGRES_PORT" >&2
+    exit 1
+  fi
+  mkdir -p "$RUN_DIR" "$LOG_DIR"
+  init_postgres
+  # A private socket directory, so this server never meets a system PostgreSQL's sockets in
+  # /var/run/postgresql. A socket path has at most 107 bytes; with a longer one, TCP only.
+  local sockets=$PG_HOME/socket
+  mkdir -p "$sockets"
+  [ "$(id -u)" -eq 0 ] && chown postgres:postgres "$sockets"
+  chmod 700 "$sockets"
+  if (( ${#sockets} + ${#POSTGRES_PORT} + 10 > 107 )); then
+    sockets=""
+  fi
+  # setsid, like the broker: no terminal Ctrl-C; `stack.sh down` stops it.
+  (cd "$PG_HOME" && exec setsid "${CLUSTER_OWNER[@]}" "$PG_BIN/postgres" -D "$PG_HOME/data" \
+    -p "$POSTGRES_PORT" -c listen_addresses=127.0.0.1 -c unix_socket_directories="$sockets" \
+    >>"$LOG_DIR/postgres.log" 2>&1 </dev/null) &
+  echo $! >"$RUN_DIR/postgres.pid"
+  await_ready postgres "$POSTGRES_URL" 60
+  if ! create_postgres_database >>"$LOG_DIR/postgres.log" 2>&1; then
+    say "could not create the database backbone; last lines of $LOG_DIR/postgres.log:" >&2
+    tail -n 20 "$LOG_DIR/postgres.log" >&2 || true
+    stop_service postgres
+    exit 1
+  fi
+  say "postgres up on $POSTGRES_URL (data in $PG_HOME/data), log $LOG_DIR/postgres.log"
+}
+
+# Waits until the service answers (Kafka metadata, PostgreSQL, or HTTP for URLs); fails early
+# if its process dies.
 answers() {
   case "$1" in
     http://*) curl -fsS -o /dev/null --max-time 1 "$1" ;;
+    # pg_isready does not log in; the maintenance database exists before `backbone` does.
+    postgres://*) "$PG_BIN/pg_isready" -q -t 1 -d "${1%/*}/postgres" ;;
     *) "$REPO/scripts/kafka-ready" "$1" 1 >/dev/null 2>&1 ;;
   esac
 }
@@ -118,19 +247,27 @@ await_ready() {
 }
 
 stop_service() {
-  local name=$1 pid
+  local name=$1 pid signal=TERM force=KILL
   if ! pid=$(pid_of "$name"); then
     rm -f "$RUN_DIR/$name.pid"
     return
   fi
-  kill -TERM "$pid" 2>/dev/null || true
+  # PostgreSQL: SIGINT is its fast shutdown (ends the sessions, checkpoints); SIGTERM would wait
+  # for every client to disconnect. SIGQUIT, its immediate shutdown, is recovered on the next
+  # start; SIGKILL would leave its backends running.
+  [ "$name" = postgres ] && signal=INT force=QUIT
+  kill -"$signal" "$pid" 2>/dev/null || true
   for _ in $(seq 1 100); do
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.1
   done
   if kill -0 "$pid" 2>/dev/null; then
-    say "$name (pid $pid) ignored SIGTERM for 10s; killing it"
-    kill -KILL "$pid" 2>/dev/null || true
+    say "$name (pid $pid) ignored SIG$signal for 10s; sending SIG$force"
+    kill -"$force" "$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
   fi
   rm -f "$RUN_DIR/$name.pid"
   say "$name stopped"
@@ -148,22 +285,30 @@ status() {
   else
     say "registry stopped  (would listen on http://127.0.0.1:$REGISTRY_PORT)"
   fi
+  if pid=$(pid_of postgres); then
+    say "postgres running  pid $pid  $POSTGRES_URL  data $PG_HOME/data  log $LOG_DIR/postgres.log"
+  else
+    say "postgres stopped  (would listen on 127.0.0.1:$POSTGRES_PORT)"
+  fi
 }
 
 case "${1:-}" in
   up)
     start_broker
     start_registry
+    start_postgres
     ;;
   down)
     stop_service registry
     stop_service broker
+    stop_service postgres
     ;;
   status) status ;;
   reset)
     stop_service registry
     stop_service broker
-    rm -rf "$DATA_DIR"
+    stop_service postgres
+    rm -rf "$DATA_DIR" "$PG_HOME"
     ;;
   *)
     echo "usage: $0 up|down|status|reset" >&2

@@ -16,8 +16,10 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 export BACKBONE_STACK_DIR=$REPO/.backbone/test-stack
 export BACKBONE_KAFKA_PORT=${BACKBONE_TEST_KAFKA_PORT:-19092}
 export BACKBONE_REGISTRY_PORT=${BACKBONE_TEST_REGISTRY_PORT:-18081}
+export BACKBONE_POSTGRES_PORT=${BACKBONE_TEST_POSTGRES_PORT:-15432}
 export BACKBONE_TEST_BOOTSTRAP=127.0.0.1:$BACKBONE_KAFKA_PORT
 export BACKBONE_TEST_REGISTRY_URL=http://127.0.0.1:$BACKBONE_REGISTRY_PORT
+export BACKBONE_TEST_POSTGRES_URL=postgres://backbone:backbone@127.0.0.1:$BACKBONE_POSTGRES_PORT/backbone
 "$REPO/scripts/stack.sh" reset >/dev/null
 trap '"$REPO/scripts/stack.sh" down' EXIT
 cargo build --workspace --bins --quiet

@@ -1,0 +1,247 @@
+//! `billing-sink`: each `BillingCharge` becomes one charge in the billing system, posted the way
+//! payment APIs take them: one request per charge under an `Idempotency-Key`, here the
+//! charge's `rating_id`. A retried request after a lost answer, or a replay of the topic, is
+//! answered with the first response and counted as already delivered; a key reused with a
+//! different body is a rejection an operator must look at.
+
+use backbone_core::config::{ConfigError, Validate};
+use backbone_core::InputRecord;
+use backbone_rating::civil_from_days;
+use backbone_schemas::types::{BillingCharge, Destination};
+use backbone_sink::app::SinkApp;
+use backbone_sink::http::JsonApi;
+use backbone_sink::{
+    decode, Accepted, Delivery, DeliveryError, DestinationSettings, Money, Outcome, Rejection,
+    Sink, SinkContext,
+};
+use futures::future::join_all;
+use serde::{Deserialize, Serialize};
+
+/// The `[sink]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BillingSettings {
+    /// Topic of `BillingCharge`s.
+    pub topic: String,
+    /// Requests in flight at once within a batch.
+    pub concurrency: usize,
+}
+
+impl Default for BillingSettings {
+    fn default() -> Self {
+        Self {
+            topic: "billing.charges".to_owned(),
+            concurrency: 8,
+        }
+    }
+}
+
+impl Validate for BillingSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.topic.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "sink.topic".to_owned(),
+                message: "must name a topic".to_owned(),
+            });
+        }
+        if self.concurrency == 0 {
+            return Err(ConfigError::Invalid {
+                key: "sink.concurrency".to_owned(),
+                message: "must be at least 1".to_owned(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The body of `POST /billing/v1/charges`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChargeRequest {
+    /// Tenant of the charge.
+    pub tenant_id: String,
+    /// Customer billed.
+    pub customer_id: String,
+    /// Subscription the charge belongs to.
+    pub subscription_id: String,
+    /// Charge of the rate card.
+    pub charge_id: String,
+    /// `USAGE`, `ADJUSTMENT`, ...
+    pub charge_type: String,
+    /// Line text on the invoice.
+    pub description: String,
+    /// Quantity, as an exact decimal string.
+    pub quantity: String,
+    /// Amount to add, as an exact decimal string (negative for a credit).
+    pub amount: String,
+    /// ISO 4217 code.
+    pub currency: String,
+    /// First day of the billing period, `YYYY-MM-DD`.
+    pub period_start: String,
+    /// Last day of the billing period, `YYYY-MM-DD`.
+    pub period_end: String,
+}
+
+impl ChargeRequest {
+    /// The request for `charge`.
+    pub fn from_charge(charge: &BillingCharge) -> Self {
+        Self {
+            tenant_id: charge.metadata.tenant_id.clone(),
+            customer_id: charge.customer_id.clone(),
+            subscription_id: charge.subscription_id.clone(),
+            charge_id: charge.charge_id.clone(),
+            charge_type: serde_json::to_value(charge.charge_type)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            description: charge.description.clone(),
+            quantity: charge.quantity.to_string(),
+            amount: charge.amount.to_string(),
+            currency: charge.currency.clone(),
+            period_start: iso_date(charge.period_start),
+            period_end: iso_date(charge.period_end),
+        }
+    }
+}
+
+/// Days since the epoch as `YYYY-MM-DD`.
+pub fn iso_date(days: i32) -> String {
+    let (year, month, day) = civil_from_days(days);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+/// The billing sink.
+#[derive(Debug)]
+pub struct BillingSink {
+    settings: BillingSettings,
+    api: JsonApi,
+}
+
+impl BillingSink {
+    /// A sink posting to `api`.
+    pub fn new(settings: BillingSettings, api: JsonApi) -> Self {
+        Self { settings, api }
+    }
+
+    async fn post(&self, delivery: &Delivery<ChargeRequest>) -> Result<Outcome, DeliveryError> {
+        let answer = self
+            .api
+            .post(
+                "/billing/v1/charges",
+                &[("Idempotency-Key", &delivery.key)],
+                &delivery.payload,
+            )
+            .await;
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(DeliveryError::Transient {
+                reason,
+                message,
+                after,
+            }) => {
+                return Ok(Outcome::Retry {
+                    reason,
+                    message,
+                    after,
+                })
+            }
+            Err(err) => return Err(err),
+        };
+        if let Some(failure) = answer.failure() {
+            return failure;
+        }
+        let reference = answer
+            .body
+            .get("id")
+            .and_then(|id| id.as_str())
+            .map(str::to_owned);
+        if answer.header_is("Idempotent-Replayed", "true") {
+            Ok(Outcome::AlreadyDelivered { reference })
+        } else {
+            Ok(Outcome::Delivered { reference })
+        }
+    }
+}
+
+impl Sink for BillingSink {
+    type Payload = ChargeRequest;
+
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+
+    fn destination(&self) -> Destination {
+        Destination::Billing
+    }
+
+    fn input_topic(&self) -> &str {
+        &self.settings.topic
+    }
+
+    fn accept(
+        &mut self,
+        record: &InputRecord<'_>,
+        context: &SinkContext<'_>,
+    ) -> Result<Accepted<ChargeRequest>, Rejection> {
+        let charge: BillingCharge = decode(record, context.codec)?;
+        if charge.rating_id.is_empty() {
+            return Err(Rejection::new(
+                "missing_idempotency_key",
+                format!(
+                    "{}[{}]@{}: rating_id is empty",
+                    record.topic, record.partition, record.offset
+                ),
+            ));
+        }
+        let money = Money {
+            amount: charge.amount,
+            currency: charge.currency.clone(),
+        };
+        Ok(Accepted::Deliver(vec![Delivery::new(
+            charge.rating_id.clone(),
+            charge.metadata.tenant_id.clone(),
+            ChargeRequest::from_charge(&charge),
+        )
+        .with_money(Some(money))]))
+    }
+
+    async fn deliver(
+        &self,
+        batch: &[&Delivery<ChargeRequest>],
+    ) -> Result<Vec<Outcome>, DeliveryError> {
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for chunk in batch.chunks(self.settings.concurrency) {
+            let posts: Vec<_> = chunk.iter().map(|delivery| self.post(delivery)).collect();
+            for answer in join_all(posts).await {
+                outcomes.push(answer?);
+            }
+        }
+        Ok(outcomes)
+    }
+}
+
+impl SinkApp for BillingSink {
+    const NAME: &'static str = "billing-sink";
+    const ABOUT: &'static str =
+        "Delivers BillingCharges to the billing API, one request per charge, rating_id as idempotency key";
+    const SCHEMES: &'static [&'static str] = &["http", "https"];
+    type Settings = BillingSettings;
+
+    async fn build(
+        settings: BillingSettings,
+        destination: &DestinationSettings,
+    ) -> anyhow::Result<Self> {
+        Ok(Self::new(settings, JsonApi::new(destination)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_print_as_iso_days() {
+        assert_eq!(iso_date(0), "1970-01-01");
+        assert_eq!(iso_date(20_454), "2026-01-01");
+        assert_eq!(iso_date(-1), "1969-12-31");
+    }
+}

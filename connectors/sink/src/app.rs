@@ -1,0 +1,182 @@
+//! The entry point every sink binary shares: flags, config, logs, signals, the metrics
+//! endpoint, then [`run`](crate::run).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use backbone_core::app::SchemaRegistrySettings;
+use backbone_core::config::{self, ConfigError, Validate};
+use backbone_core::endpoint::{self, ObservabilitySettings};
+use backbone_core::metrics::RuntimeMetrics;
+use backbone_core::telemetry::{self, LogFormat};
+use backbone_core::KafkaSettings;
+use backbone_schemas::WireCodec;
+use clap::{CommandFactory, FromArgMatches, Parser};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+use crate::metrics::SinkMetrics;
+use crate::runner::{run, RunContext};
+use crate::settings::{DestinationSettings, SinkSettings};
+use crate::Sink;
+
+/// The config file of a sink: the shared sections and the sink's own `[sink]` section. Every
+/// key has a default that suits the local stack.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig<T> {
+    /// Broker connection.
+    #[serde(default)]
+    pub kafka: KafkaSettings,
+    /// Batching, retries, circuit breaker, ledger.
+    #[serde(default)]
+    pub runtime: SinkSettings,
+    /// Where the contracts' schemas are registered.
+    #[serde(default)]
+    pub schema_registry: SchemaRegistrySettings,
+    /// Metrics, health and readiness endpoint.
+    #[serde(default)]
+    pub observability: ObservabilitySettings,
+    /// The external system.
+    #[serde(default)]
+    pub destination: DestinationSettings,
+    /// The sink's own settings.
+    #[serde(default)]
+    pub sink: T,
+}
+
+impl<T: Validate> Validate for SinkConfig<T> {
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.kafka.validate()?;
+        self.runtime.validate()?;
+        self.schema_registry.validate()?;
+        self.observability.validate()?;
+        self.destination.validate()?;
+        self.sink.validate()
+    }
+}
+
+/// A sink that can be deployed as its own binary.
+pub trait SinkApp: Sink + Sized {
+    /// Deploy name, shown in `--help`.
+    const NAME: &'static str;
+    /// One line on what the sink does.
+    const ABOUT: &'static str;
+    /// URL schemes the destination may use.
+    const SCHEMES: &'static [&'static str];
+    /// The sink's `[sink]` config section.
+    type Settings: DeserializeOwned + Default + Validate + std::fmt::Debug;
+
+    /// Builds the sink; may connect to the destination (a database), failing with a message
+    /// that names what is wrong.
+    fn build(
+        settings: Self::Settings,
+        destination: &DestinationSettings,
+    ) -> impl std::future::Future<Output = anyhow::Result<Self>> + Send;
+}
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// TOML config file; every key may also be set as BACKBONE__<SECTION>__<KEY>.
+    #[arg(long, env = "BACKBONE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log line format: text or json.
+    #[arg(long, default_value = "text")]
+    log_format: LogFormat,
+    /// Load and validate the config, print the effective config (secrets hidden), and exit.
+    #[arg(long, alias = "check-config")]
+    print_config: bool,
+}
+
+/// Parses flags, loads config, runs the sink until SIGINT or SIGTERM, and maps the outcome to
+/// an exit code: 0 after a graceful stop, 2 for bad config, 1 for any other failure (a
+/// refused credential among them).
+pub async fn serve<A: SinkApp>() -> ExitCode {
+    let command = Args::command().name(A::NAME).about(A::ABOUT);
+    let args = match Args::from_arg_matches(&command.get_matches()) {
+        Ok(args) => args,
+        Err(err) => err.exit(),
+    };
+    let config: SinkConfig<A::Settings> = match config::load(args.config.as_deref())
+        .and_then(|c: SinkConfig<A::Settings>| c.destination.require_scheme(A::SCHEMES).map(|()| c))
+    {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("{}: {err}", A::NAME);
+            return ExitCode::from(2);
+        }
+    };
+    if args.print_config {
+        println!("{config:#?}");
+        return ExitCode::SUCCESS;
+    }
+    telemetry::init(args.log_format);
+    let stop = backbone_core::shutdown::signal();
+    let registry = prometheus::Registry::new();
+    let metrics = match RuntimeMetrics::new(&registry, A::NAME) {
+        Ok(metrics) => Arc::new(metrics),
+        Err(err) => {
+            eprintln!("{}: metrics: {err}", A::NAME);
+            return ExitCode::FAILURE;
+        }
+    };
+    let listener = match TcpListener::bind(config.observability.listen).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            eprintln!(
+                "{}: config key `observability.listen`: cannot listen on {}: {err}",
+                A::NAME,
+                config.observability.listen
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let sink = match A::build(config.sink, &config.destination).await {
+        Ok(sink) => sink,
+        Err(err) => {
+            eprintln!("{}: {err:#}", A::NAME);
+            return ExitCode::from(2);
+        }
+    };
+    let sink_metrics = match SinkMetrics::new(&registry, A::NAME, destination_name(&sink)) {
+        Ok(metrics) => Arc::new(metrics),
+        Err(err) => {
+            eprintln!("{}: metrics: {err}", A::NAME);
+            return ExitCode::FAILURE;
+        }
+    };
+    let (endpoint_stop, endpoint_stopped) = oneshot::channel::<()>();
+    let endpoint = tokio::spawn(endpoint::serve(
+        listener,
+        registry,
+        metrics.readiness(),
+        async {
+            let _ = endpoint_stopped.await;
+        },
+    ));
+    let context = RunContext {
+        kafka: &config.kafka,
+        settings: &config.runtime,
+        observability: &config.observability,
+        codec: WireCodec::new(&config.schema_registry.url),
+        metrics,
+        sink_metrics,
+    };
+    let result = run(sink, context, stop).await;
+    let _ = endpoint_stop.send(());
+    let _ = endpoint.await;
+    match result {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(sink = A::NAME, error = %err, "sink stopped on error");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn destination_name<S: Sink>(sink: &S) -> &'static str {
+    crate::runner::destination_label(sink.destination())
+}

@@ -1,0 +1,245 @@
+//! What HTTP sinks share: an authenticated JSON client for one destination, and the reading of
+//! an answer's status as a delivery outcome.
+
+use std::time::{Duration, SystemTime};
+
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::StatusCode;
+use serde::Serialize;
+use serde_json::Value;
+
+use backbone_core::ConfigError;
+
+use crate::settings::{DestinationSettings, Secret};
+use crate::{DeliveryError, Outcome, RetryReason};
+
+/// A destination's answer: status, `Retry-After`, and the body as JSON (`Null` when it is not).
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// The `Retry-After` header, read as seconds or as an HTTP date.
+    pub retry_after: Option<Duration>,
+    /// Every response header.
+    pub headers: HeaderMap,
+    /// The body.
+    pub body: Value,
+}
+
+impl Answer {
+    /// The error code the destination put in its body (`error.code`, or the first of
+    /// `errors[].code`), else `http_<status>`.
+    pub fn error_code(&self) -> String {
+        self.body
+            .pointer("/error/code")
+            .or_else(|| self.body.pointer("/errors/0/code"))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("http_{}", self.status.as_u16()))
+    }
+
+    /// The error message the destination put in its body, else the body itself.
+    pub fn error_message(&self) -> String {
+        self.body
+            .pointer("/error/message")
+            .or_else(|| self.body.pointer("/errors/0/message"))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .unwrap_or_else(|| self.body.to_string())
+    }
+
+    /// Whether header `name` has value `value` (case-insensitive).
+    pub fn header_is(&self, name: &str, value: &str) -> bool {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case(value))
+    }
+
+    /// The outcome this answer means when its status is not a success: a throttle or server
+    /// failure is retried, a refused credential stops the sink, any other 4xx is a rejection.
+    /// Success statuses give `None`: what they mean depends on the API.
+    pub fn failure(&self) -> Option<Result<Outcome, DeliveryError>> {
+        let status = self.status;
+        if status.is_success() {
+            return None;
+        }
+        let message = self.error_message();
+        let retry = |reason| Outcome::Retry {
+            reason,
+            message: format!("HTTP {}: {message}", status.as_u16()),
+            after: self.retry_after,
+        };
+        Some(match status {
+            StatusCode::TOO_MANY_REQUESTS => Ok(retry(RetryReason::Throttled)),
+            // Some APIs throttle with 403 and a Retry-After; a 403 without one is a refusal.
+            StatusCode::FORBIDDEN if self.retry_after.is_some() => {
+                Ok(retry(RetryReason::Throttled))
+            }
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(DeliveryError::Unauthorized {
+                status: status.as_u16(),
+                message,
+            }),
+            StatusCode::REQUEST_TIMEOUT | StatusCode::GATEWAY_TIMEOUT => {
+                Ok(retry(RetryReason::Timeout))
+            }
+            _ if status.is_server_error() => Ok(retry(RetryReason::Unavailable)),
+            _ => Ok(Outcome::Rejected {
+                code: self.error_code(),
+                message,
+            }),
+        })
+    }
+}
+
+/// A JSON client for one destination, sending its bearer token on every request.
+#[derive(Debug, Clone)]
+pub struct JsonApi {
+    client: reqwest::Client,
+    base_url: String,
+    token: Secret,
+}
+
+impl JsonApi {
+    /// A client for `destination`, with its timeout and credential.
+    pub fn new(destination: &DestinationSettings) -> Result<Self, ConfigError> {
+        let token = destination.resolve_credential()?;
+        let client = reqwest::Client::builder()
+            .timeout(destination.timeout)
+            .build()
+            .map_err(|err| {
+                ConfigError::Invalid {
+                    key: "destination".to_owned(),
+                    message: format!("cannot build an HTTP client: {err}"),
+                }
+            })?;
+        Ok(Self {
+            client,
+            base_url: destination.url.trim_end_matches('/').to_owned(),
+            token,
+        })
+    }
+
+    /// POSTs `body` as JSON to `path` with extra `headers`. A transport failure is a retried
+    /// error: no answer means the request may or may not have been applied.
+    pub async fn post<B: Serialize + ?Sized>(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &B,
+    ) -> Result<Answer, DeliveryError> {
+        let mut request = self
+            .client
+            .post(format!("{}{path}", self.base_url))
+            .bearer_auth(self.token.expose())
+            .json(body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.map_err(transport_error)?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let retry_after = retry_after(&headers, SystemTime::now());
+        let bytes = response.bytes().await.map_err(transport_error)?;
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Ok(Answer {
+            status,
+            retry_after,
+            headers,
+            body,
+        })
+    }
+}
+
+fn transport_error(err: reqwest::Error) -> DeliveryError {
+    let reason = if err.is_timeout() {
+        RetryReason::Timeout
+    } else {
+        RetryReason::Unavailable
+    };
+    DeliveryError::Transient {
+        reason,
+        message: err.to_string(),
+        after: None,
+    }
+}
+
+/// `Retry-After` as a wait from `now`: delay-seconds or an HTTP date (RFC 9110 §10.2.3).
+pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    fn answer(status: u16, retry_after: Option<u64>, body: Value) -> Answer {
+        Answer {
+            status: StatusCode::from_u16(status).expect("status"),
+            retry_after: retry_after.map(Duration::from_secs),
+            headers: HeaderMap::new(),
+            body,
+        }
+    }
+
+    #[test]
+    fn statuses_map_to_outcomes() {
+        assert!(answer(201, None, Value::Null).failure().is_none());
+        assert!(matches!(
+            answer(429, Some(2), Value::Null).failure(),
+            Some(Ok(Outcome::Retry { reason: RetryReason::Throttled, after: Some(d), .. })) if d == Duration::from_secs(2)
+        ));
+        assert!(matches!(
+            answer(503, None, Value::Null).failure(),
+            Some(Ok(Outcome::Retry { reason: RetryReason::Unavailable, .. }))
+        ));
+        assert!(matches!(
+            answer(504, None, Value::Null).failure(),
+            Some(Ok(Outcome::Retry { reason: RetryReason::Timeout, .. }))
+        ));
+        assert!(matches!(
+            answer(401, None, Value::Null).failure(),
+            Some(Err(DeliveryError::Unauthorized { status: 401, .. }))
+        ));
+        assert!(matches!(
+            answer(403, None, Value::Null).failure(),
+            Some(Err(DeliveryError::Unauthorized { status: 403, .. }))
+        ));
+        assert!(matches!(
+            answer(403, Some(5), Value::Null).failure(),
+            Some(Ok(Outcome::Retry { reason: RetryReason::Throttled, .. }))
+        ));
+        let rejected = answer(
+            400,
+            None,
+            serde_json::json!({"error": {"code": "unsupported_currency", "message": "XXX"}}),
+        );
+        assert_eq!(
+            rejected.failure(),
+            Some(Ok(Outcome::Rejected {
+                code: "unsupported_currency".into(),
+                message: "XXX".into()
+            }))
+        );
+        assert_eq!(answer(422, None, Value::Null).error_code(), "http_422");
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("7"));
+        assert_eq!(retry_after(&headers, now), Some(Duration::from_secs(7)));
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(30));
+        headers.insert(RETRY_AFTER, HeaderValue::from_str(&later).expect("header"));
+        assert_eq!(retry_after(&headers, now), Some(Duration::from_secs(30)));
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&headers, now), None);
+    }
+}

@@ -1,0 +1,303 @@
+//! The `[runtime]` and `[destination]` config sections every sink shares.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use backbone_core::config::{ConfigError, Validate};
+use serde::{Deserialize, Deserializer};
+
+/// The `[runtime]` section of a sink: batching, retries, the circuit breaker and the ledger.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinkSettings {
+    /// Consumer group; the sink's name when unset. Also names the ledger directory.
+    pub group_id: Option<String>,
+    /// Most deliveries sent in one batch.
+    pub batch_max: usize,
+    /// How long the first delivery of a batch waits for others before the batch is sent.
+    #[serde(with = "humantime_serde")]
+    pub linger: Duration,
+    /// How often the sink is asked for deliveries that became due (closed windows).
+    #[serde(with = "humantime_serde")]
+    pub tick: Duration,
+    /// Where the delivery ledger lives: `<ledger_dir>/<group>/ledger`.
+    pub ledger_dir: PathBuf,
+    /// Topic every outcome is published to as a `DeliveryResult`.
+    pub results_topic: String,
+    /// Partitions of the dead-letter and results topics when the sink creates them.
+    pub topic_partitions: i32,
+    /// Longest wait for the broker to acknowledge a result or dead letter.
+    #[serde(with = "humantime_serde")]
+    pub produce_timeout: Duration,
+    /// Backoff between attempts.
+    pub retry: RetrySettings,
+    /// When the destination counts as down.
+    pub circuit: CircuitSettings,
+}
+
+impl Default for SinkSettings {
+    fn default() -> Self {
+        Self {
+            group_id: None,
+            batch_max: 100,
+            linger: Duration::from_millis(200),
+            tick: Duration::from_secs(1),
+            ledger_dir: PathBuf::from("state"),
+            results_topic: "delivery.results".to_owned(),
+            topic_partitions: 3,
+            produce_timeout: Duration::from_secs(30),
+            retry: RetrySettings::default(),
+            circuit: CircuitSettings::default(),
+        }
+    }
+}
+
+/// The `[runtime.retry]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrySettings {
+    /// Ceiling of the first backoff; each attempt doubles it.
+    #[serde(with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    /// Largest backoff ceiling.
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// Longest `Retry-After` honoured; a longer one is cut to this, so a destination cannot
+    /// stall the sink for hours by mistake.
+    #[serde(with = "humantime_serde")]
+    pub max_retry_after: Duration,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        Self {
+            initial_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(30),
+            max_retry_after: Duration::from_secs(300),
+        }
+    }
+}
+
+/// The `[runtime.circuit]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CircuitSettings {
+    /// Consecutive failed attempts that open the circuit.
+    pub failure_threshold: u32,
+    /// How long an open circuit waits before one probe.
+    #[serde(with = "humantime_serde")]
+    pub open_for: Duration,
+}
+
+impl Default for CircuitSettings {
+    fn default() -> Self {
+        Self {
+            failure_threshold: 5,
+            open_for: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Validate for SinkSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: &str| {
+            Err(ConfigError::Invalid {
+                key: format!("runtime.{key}"),
+                message: message.to_owned(),
+            })
+        };
+        if self.batch_max == 0 {
+            return invalid("batch_max", "must be at least 1");
+        }
+        if self.tick.is_zero() {
+            return invalid("tick", "must be longer than zero");
+        }
+        if self.results_topic.is_empty() {
+            return invalid("results_topic", "must name a topic");
+        }
+        if self.topic_partitions < 1 {
+            return invalid("topic_partitions", "must be at least 1");
+        }
+        if self.retry.initial_backoff.is_zero() {
+            return invalid("retry.initial_backoff", "must be longer than zero");
+        }
+        if self.retry.max_backoff < self.retry.initial_backoff {
+            return invalid(
+                "retry.max_backoff",
+                "must not be shorter than retry.initial_backoff",
+            );
+        }
+        if self.circuit.failure_threshold == 0 {
+            return invalid("circuit.failure_threshold", "must be at least 1");
+        }
+        if self.circuit.open_for.is_zero() {
+            return invalid("circuit.open_for", "must be longer than zero");
+        }
+        Ok(())
+    }
+}
+
+/// A credential: never printed, never logged.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps `value`.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            f.write_str("\"\"")
+        } else {
+            f.write_str("\"***\"")
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Secret)
+    }
+}
+
+/// The `[destination]` section: where the sink delivers, and with which credential.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DestinationSettings {
+    /// Base URL: `http(s)://` for an API, `postgres://` for the analytics store. Keep
+    /// passwords out of it; use `credential`.
+    pub url: String,
+    /// Bearer token for an API, password for PostgreSQL. Prefer `credential_file` or the
+    /// `BACKBONE__DESTINATION__CREDENTIAL` environment variable to a value in a file.
+    pub credential: Secret,
+    /// File holding the credential (a mounted secret); wins over `credential`. One trailing
+    /// newline is ignored.
+    pub credential_file: Option<PathBuf>,
+    /// Longest wait for one request's answer; no answer in time is a retried timeout.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for DestinationSettings {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:8090".to_owned(),
+            credential: Secret::default(),
+            credential_file: None,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl DestinationSettings {
+    /// The credential, read from `credential_file` when one is set.
+    pub fn resolve_credential(&self) -> Result<Secret, ConfigError> {
+        let Some(path) = &self.credential_file else {
+            return Ok(self.credential.clone());
+        };
+        let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Invalid {
+            key: "destination.credential_file".to_owned(),
+            message: format!("cannot read `{}`: {err}", path.display()),
+        })?;
+        let text = text.strip_suffix('\n').unwrap_or(&text);
+        Ok(Secret::new(text.strip_suffix('\r').unwrap_or(text)))
+    }
+
+    /// Checks that the URL uses one of `schemes`, naming the key when it does not.
+    pub fn require_scheme(&self, schemes: &[&str]) -> Result<(), ConfigError> {
+        if schemes
+            .iter()
+            .any(|scheme| self.url.starts_with(&format!("{scheme}://")))
+        {
+            return Ok(());
+        }
+        Err(ConfigError::Invalid {
+            key: "destination.url".to_owned(),
+            message: format!(
+                "expected a {} URL, got \"{}\"",
+                schemes.join(" or "),
+                self.url
+            ),
+        })
+    }
+}
+
+impl Validate for DestinationSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.url.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "destination.url".to_owned(),
+                message: "must be set".to_owned(),
+            });
+        }
+        if self.timeout.is_zero() {
+            return Err(ConfigError::Invalid {
+                key: "destination.timeout".to_owned(),
+                message: "must be longer than zero".to_owned(),
+            });
+        }
+        self.resolve_credential().map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_never_prints() {
+        let destination = DestinationSettings {
+            credential: Secret::new("s3cr3t-token"),
+            ..DestinationSettings::default()
+        };
+        let printed = format!("{destination:?}");
+        assert!(!printed.contains("s3cr3t"), "{printed}");
+        assert!(printed.contains("***"), "{printed}");
+    }
+
+    #[test]
+    fn the_credential_file_wins_and_loses_its_newline() {
+        let dir = std::env::temp_dir().join(format!("backbone-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("token");
+        std::fs::write(&path, "from-file\n").expect("write token");
+        let destination = DestinationSettings {
+            credential: Secret::new("inline"),
+            credential_file: Some(path),
+            ..DestinationSettings::default()
+        };
+        let secret = destination.resolve_credential().expect("readable");
+        assert_eq!(secret.expose(), "from-file");
+        let missing = DestinationSettings {
+            credential_file: Some(dir.join("absent")),
+            ..DestinationSettings::default()
+        };
+        let err = missing.validate().expect_err("a missing file fails");
+        assert!(err.to_string().contains("destination.credential_file"), "{err}");
+    }
+
+    #[test]
+    fn bad_sink_settings_name_their_key() {
+        let settings = SinkSettings {
+            batch_max: 0,
+            ..SinkSettings::default()
+        };
+        let err = settings.validate().expect_err("zero batch");
+        assert!(err.to_string().contains("runtime.batch_max"), "{err}");
+    }
+}
