@@ -6,13 +6,12 @@
 
 use backbone_core::config::{ConfigError, Validate};
 use backbone_core::InputRecord;
-use backbone_rating::civil_from_days;
 use backbone_schemas::types::{BillingCharge, Destination};
 use backbone_sink::app::SinkApp;
 use backbone_sink::http::JsonApi;
 use backbone_sink::{
-    decode, Accepted, Delivery, DeliveryError, DestinationSettings, Money, Outcome, Rejection,
-    Sink, SinkContext,
+    decode, iso_date, Accepted, Delivery, DeliveryError, DestinationSettings, Money, Outcome,
+    Rejection, Sink, SinkContext,
 };
 use futures::future::join_all;
 use serde::{Deserialize, Serialize};
@@ -101,12 +100,6 @@ impl ChargeRequest {
             period_end: iso_date(charge.period_end),
         }
     }
-}
-
-/// Days since the epoch as `YYYY-MM-DD`.
-pub fn iso_date(days: i32) -> String {
-    let (year, month, day) = civil_from_days(days);
-    format!("{year:04}-{month:02}-{day:02}")
 }
 
 /// The billing sink.
@@ -231,17 +224,5 @@ impl SinkApp for BillingSink {
         destination: &DestinationSettings,
     ) -> anyhow::Result<Self> {
         Ok(Self::new(settings, JsonApi::new(destination)?))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dates_print_as_iso_days() {
-        assert_eq!(iso_date(0), "1970-01-01");
-        assert_eq!(iso_date(20_454), "2026-01-01");
-        assert_eq!(iso_date(-1), "1969-12-31");
     }
 }

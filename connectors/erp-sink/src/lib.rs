@@ -1,1 +1,541 @@
-//! erp-sink (being written).
+//! `erp-sink`: ledger postings become balanced journal batches in the ERP, on the finance
+//! team's schedule rather than one request per usage line.
+//!
+//! Postings are held per legal entity, currency, accounting period and arrival window (see
+//! [`journal`]); their offsets stay uncommitted while they are held, so a crash loses nothing.
+//! A window closes `grace` after its end and becomes one `JournalBatch`, posted under its
+//! `batch_id` as the ERP's external id. The ERP answers a batch it already holds as a
+//! duplicate; its business errors (unbalanced, closed period), which it reports inside HTTP 200
+//! bodies as real ERPs do, are rejections that dead-letter the batch's postings with the
+//! ERP's answer. Once a batch is confirmed the ledger remembers which postings it holds: a
+//! posting redelivered later is settled as already delivered, and one that is new to a posted
+//! window becomes an adjustment batch.
+
+pub mod journal;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use backbone_core::config::{ConfigError, Validate};
+use backbone_core::InputRecord;
+use backbone_schemas::types::{Amount, Destination, JournalBatch, LedgerPosting};
+use backbone_sink::app::SinkApp;
+use backbone_sink::http::JsonApi;
+use backbone_sink::{
+    decode, iso_date, Accepted, Delivery, DeliveryError, DeliveryLedger, DeliveryState,
+    DestinationSettings, Money, Outcome, Rejection, RetryReason, Sink, SinkContext, Source,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::journal::{build_batch, HeldAt, Windows};
+
+/// The `[sink]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ErpSettings {
+    /// Topic of `LedgerPosting`s.
+    pub topic: String,
+    /// Length of an arrival window.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// How long after its end a window waits for late postings before it is posted.
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+    /// Also write each batch as `<batch_id>.csv` here, for ERPs that import files.
+    pub outbox_dir: Option<PathBuf>,
+}
+
+impl Default for ErpSettings {
+    fn default() -> Self {
+        Self {
+            topic: "erp.postings".to_owned(),
+            window: Duration::from_secs(60),
+            grace: Duration::from_secs(10),
+            outbox_dir: None,
+        }
+    }
+}
+
+impl Validate for ErpSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| {
+            Err(ConfigError::Invalid {
+                key: format!("sink.{key}"),
+                message,
+            })
+        };
+        if self.topic.is_empty() {
+            return invalid("topic", "must name a topic".to_owned());
+        }
+        if self.window < Duration::from_millis(100) {
+            return invalid(
+                "window",
+                format!("must be at least 100ms, got {:?}", self.window),
+            );
+        }
+        if let Some(dir) = &self.outbox_dir {
+            if dir.as_os_str().is_empty() {
+                return invalid("outbox_dir", "must be a directory path".to_owned());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What one ERP delivery carries.
+#[derive(Debug, Clone)]
+pub enum JournalDelivery {
+    /// A balanced batch to post.
+    Batch(Box<JournalBatch>),
+    /// A window whose postings cannot form a batch (its totals overflow): rejected without a
+    /// request, so its postings reach the dead-letter topic instead of waiting for ever.
+    Unbuildable(String),
+}
+
+/// The body of `POST /erp/v1/journal-batches`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JournalRequest {
+    /// The batch id: the ERP's external id.
+    pub external_id: String,
+    /// Tenant.
+    pub tenant_id: String,
+    /// Legal entity whose books are posted to.
+    pub legal_entity_id: String,
+    /// Accounting period, `YYYY-MM`.
+    pub period: String,
+    /// `YYYY-MM-DD`.
+    pub posting_date: String,
+    /// `REGULAR` or `ADJUSTMENT`.
+    pub batch_type: String,
+    /// The regular batch an adjustment corrects.
+    pub adjusts: Option<String>,
+    /// The journal lines.
+    pub lines: Vec<JournalLine>,
+    /// Per currency: lines, debits and credits, checked by the ERP against the lines.
+    pub control_totals: Vec<JournalControlTotal>,
+}
+
+/// One line of a [`JournalRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JournalLine {
+    /// 1-based position.
+    pub line_number: i32,
+    /// GL account.
+    pub gl_account: String,
+    /// Debit, exact decimal string.
+    pub debit: String,
+    /// Credit, exact decimal string.
+    pub credit: String,
+    /// ISO 4217 code.
+    pub currency: String,
+    /// Line text.
+    pub description: String,
+}
+
+/// A control total of a [`JournalRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JournalControlTotal {
+    /// ISO 4217 code.
+    pub currency: String,
+    /// Lines in that currency.
+    pub line_count: i32,
+    /// Sum of their debits.
+    pub total_debits: String,
+    /// Sum of their credits.
+    pub total_credits: String,
+}
+
+impl JournalRequest {
+    /// The request for `batch`.
+    pub fn from_batch(batch: &JournalBatch) -> Self {
+        let period = iso_date(batch.period_start);
+        Self {
+            external_id: batch.batch_id.clone(),
+            tenant_id: batch.metadata.tenant_id.clone(),
+            legal_entity_id: batch.legal_entity_id.clone(),
+            period: period[..7].to_owned(),
+            posting_date: iso_date(batch.posting_date),
+            batch_type: serde_json::to_value(batch.batch_type)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            adjusts: batch.adjusts_batch_id.clone(),
+            lines: batch
+                .lines
+                .iter()
+                .map(|line| JournalLine {
+                    line_number: line.line_number,
+                    gl_account: line.gl_account.clone(),
+                    debit: line.debit.to_string(),
+                    credit: line.credit.to_string(),
+                    currency: line.currency.clone(),
+                    description: line.description.clone(),
+                })
+                .collect(),
+            control_totals: batch
+                .control_totals
+                .iter()
+                .map(|total| JournalControlTotal {
+                    currency: total.currency.clone(),
+                    line_count: total.line_count,
+                    total_debits: total.total_debits.to_string(),
+                    total_credits: total.total_credits.to_string(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The ERP sink.
+#[derive(Debug)]
+pub struct ErpSink {
+    settings: ErpSettings,
+    api: JsonApi,
+    windows: Windows,
+}
+
+impl ErpSink {
+    /// A sink posting through `api`.
+    pub fn new(settings: ErpSettings, api: JsonApi) -> Self {
+        let length = i64::try_from(settings.window.as_micros()).unwrap_or(i64::MAX);
+        Self {
+            settings,
+            api,
+            windows: Windows::new(length),
+        }
+    }
+
+    async fn post(&self, batch: &JournalBatch) -> Result<Outcome, DeliveryError> {
+        if let Some(dir) = &self.settings.outbox_dir {
+            if let Err(err) = write_csv(dir, batch) {
+                return Ok(Outcome::Retry {
+                    reason: RetryReason::Unavailable,
+                    message: format!("outbox `{}`: {err}", dir.display()),
+                    after: None,
+                });
+            }
+        }
+        let request = JournalRequest::from_batch(batch);
+        let answer = match self
+            .api
+            .post("/erp/v1/journal-batches", &[], &request)
+            .await
+        {
+            Ok(answer) => answer,
+            Err(DeliveryError::Transient {
+                reason,
+                message,
+                after,
+            }) => {
+                return Ok(Outcome::Retry {
+                    reason,
+                    message,
+                    after,
+                })
+            }
+            Err(err) => return Err(err),
+        };
+        if let Some(failure) = answer.failure() {
+            return failure;
+        }
+        Ok(posting_outcome(
+            &answer.body,
+            &answer.error_code(),
+            &answer.error_message(),
+        ))
+    }
+}
+
+/// What a 2xx answer of the ERP means: its `status` field decides, since business errors come
+/// back with HTTP 200.
+fn posting_outcome(body: &Value, code: &str, message: &str) -> Outcome {
+    let reference = body
+        .get("document_number")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    match body.get("status").and_then(Value::as_str) {
+        Some("posted") => Outcome::Delivered { reference },
+        Some("duplicate") => Outcome::AlreadyDelivered { reference },
+        Some("error") => Outcome::Rejected {
+            code: code.to_owned(),
+            message: message.to_owned(),
+        },
+        _ => Outcome::Retry {
+            reason: RetryReason::Unavailable,
+            message: format!("unreadable ERP answer: {body}"),
+            after: None,
+        },
+    }
+}
+
+/// Writes `batch` as `<batch_id>.csv` in `dir`, through a temporary file renamed into place so
+/// an importer never reads half a file. Rewriting the same batch gives the same file.
+fn write_csv(dir: &Path, batch: &JournalBatch) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mut text = String::from(
+        "batch_id,legal_entity_id,period_start,posting_date,batch_type,adjusts_batch_id,line_number,gl_account,debit,credit,currency,description,source_rating_id,customer_id\n",
+    );
+    let batch_type = serde_json::to_value(batch.batch_type)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    for line in &batch.lines {
+        let fields = [
+            batch.batch_id.clone(),
+            batch.legal_entity_id.clone(),
+            iso_date(batch.period_start),
+            iso_date(batch.posting_date),
+            batch_type.clone(),
+            batch.adjusts_batch_id.clone().unwrap_or_default(),
+            line.line_number.to_string(),
+            line.gl_account.clone(),
+            line.debit.to_string(),
+            line.credit.to_string(),
+            line.currency.clone(),
+            line.description.clone(),
+            line.source_rating_id.clone().unwrap_or_default(),
+            line.customer_id.clone().unwrap_or_default(),
+        ];
+        let row: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
+        text.push_str(&row.join(","));
+        text.push('\n');
+    }
+    let path = dir.join(format!("{}.csv", batch.batch_id));
+    let partial = dir.join(format!(".{}.csv.partial", batch.batch_id));
+    std::fs::write(&partial, text)?;
+    std::fs::rename(partial, path)
+}
+
+/// RFC 4180 quoting: a field with a comma, quote or line break is quoted, quotes doubled.
+fn csv_field(field: &str) -> String {
+    if field.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", field.replace('"', "\"\""))
+    } else {
+        field.to_owned()
+    }
+}
+
+/// A posting must balance and stay in its own currency before it can join a journal.
+fn check_posting(posting: &LedgerPosting) -> Result<(), String> {
+    if posting.legal_entity_id.is_empty() {
+        return Err("legal_entity_id is empty".to_owned());
+    }
+    if posting.lines.is_empty() {
+        return Err("the posting has no lines".to_owned());
+    }
+    let mut debits = Amount::ZERO;
+    let mut credits = Amount::ZERO;
+    for line in &posting.lines {
+        if line.currency != posting.currency {
+            return Err(format!(
+                "line {} is in {}, the posting in {}",
+                line.line_number, line.currency, posting.currency
+            ));
+        }
+        debits = debits.checked_add(line.debit).ok_or("debits overflow")?;
+        credits = credits.checked_add(line.credit).ok_or("credits overflow")?;
+    }
+    if debits != credits {
+        return Err(format!("debits {debits} and credits {credits} differ"));
+    }
+    Ok(())
+}
+
+fn now_micros(now: SystemTime) -> i64 {
+    now.duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+impl Sink for ErpSink {
+    type Payload = JournalDelivery;
+
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+
+    fn destination(&self) -> Destination {
+        Destination::Erp
+    }
+
+    fn input_topic(&self) -> &str {
+        &self.settings.topic
+    }
+
+    fn accept(
+        &mut self,
+        record: &InputRecord<'_>,
+        context: &SinkContext<'_>,
+    ) -> Result<Accepted<JournalDelivery>, Rejection> {
+        let posting: LedgerPosting = decode(record, context.codec)?;
+        let place = || format!("{}[{}]@{}", record.topic, record.partition, record.offset);
+        check_posting(&posting).map_err(|detail| {
+            Rejection::new("unbalanced_posting", format!("{}: {detail}", place()))
+        })?;
+        let money = Some(Money {
+            amount: posting.amount,
+            currency: posting.currency.clone(),
+        });
+        let posted = context
+            .ledger
+            .member(&posting.rating_id)
+            .map_err(|err| Rejection::new("ledger_unavailable", format!("{}: {err}", place())))?;
+        if let Some(key) = posted {
+            return Ok(Accepted::AlreadyDelivered { key, money });
+        }
+        let arrived = record
+            .timestamp_ms
+            .map(|ms| ms.saturating_mul(1_000))
+            .unwrap_or_else(|| now_micros(SystemTime::now()));
+        let key = self.windows.key_for(&posting, arrived);
+        let at = HeldAt {
+            partition: record.partition,
+            offset: record.offset,
+        };
+        self.windows.hold(key, at, posting);
+        Ok(Accepted::Held)
+    }
+
+    fn due(&mut self, now: SystemTime, ledger: &DeliveryLedger) -> Vec<Delivery<JournalDelivery>> {
+        let now = now_micros(now);
+        let grace = i64::try_from(self.settings.grace.as_micros()).unwrap_or(i64::MAX);
+        let length = self.windows.length();
+        let mut due = Vec::new();
+        for (key, window) in self.windows.close(now, grace) {
+            // The first sequence not already settled: a batch confirmed or refused is never
+            // sent again with other content, so postings new to its window get the next one.
+            let mut sequence = 0u32;
+            while ledger
+                .get(&key.batch_id(sequence))
+                .ok()
+                .flatten()
+                .is_some_and(|e| {
+                    matches!(e.state, DeliveryState::Confirmed | DeliveryState::Rejected)
+                })
+            {
+                sequence += 1;
+            }
+            let money_of = |id: &str| {
+                window.postings.get(id).map(|p| Money {
+                    amount: p.amount,
+                    currency: p.currency.clone(),
+                })
+            };
+            let sources: Vec<Source> = window
+                .sources
+                .iter()
+                .map(|(at, id, first)| Source {
+                    partition: at.partition,
+                    offset: at.offset,
+                    money: if *first { money_of(id) } else { None },
+                })
+                .collect();
+            let net = window
+                .postings
+                .values()
+                .try_fold(Amount::ZERO, |sum, p| sum.checked_add(p.amount));
+            let payload = match build_batch(&key, &window, sequence, length, Self::NAME, now) {
+                Ok(batch) => JournalDelivery::Batch(Box::new(batch)),
+                Err(err) => JournalDelivery::Unbuildable(err.to_string()),
+            };
+            let mut delivery =
+                Delivery::new(key.batch_id(sequence), key.tenant_id.clone(), payload).with_money(
+                    net.map(|amount| Money {
+                        amount,
+                        currency: key.currency.clone(),
+                    }),
+                );
+            delivery.sources = sources;
+            delivery.members = window.postings.keys().cloned().collect();
+            due.push(delivery);
+        }
+        due
+    }
+
+    fn revoked(&mut self, partitions: &[i32]) {
+        self.windows.forget(partitions);
+    }
+
+    async fn deliver(
+        &self,
+        batch: &[&Delivery<JournalDelivery>],
+    ) -> Result<Vec<Outcome>, DeliveryError> {
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for delivery in batch {
+            outcomes.push(match &delivery.payload {
+                JournalDelivery::Batch(journal) => self.post(journal).await?,
+                JournalDelivery::Unbuildable(reason) => Outcome::Rejected {
+                    code: "unbuildable_batch".to_owned(),
+                    message: reason.clone(),
+                },
+            });
+        }
+        Ok(outcomes)
+    }
+}
+
+impl SinkApp for ErpSink {
+    const NAME: &'static str = "erp-sink";
+    const ABOUT: &'static str =
+        "Posts ledger postings to the ERP as balanced journal batches per legal entity, currency, period and window";
+    const SCHEMES: &'static [&'static str] = &["http", "https"];
+    type Settings = ErpSettings;
+
+    async fn build(
+        settings: ErpSettings,
+        destination: &DestinationSettings,
+    ) -> anyhow::Result<Self> {
+        Ok(Self::new(settings, JsonApi::new(destination)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn business_errors_inside_200_are_rejections() {
+        assert_eq!(
+            posting_outcome(
+                &json!({"status": "error", "errors": [{"code": "unbalanced", "message": "EUR off by 1"}]}),
+                "unbalanced",
+                "EUR off by 1"
+            ),
+            Outcome::Rejected {
+                code: "unbalanced".into(),
+                message: "EUR off by 1".into()
+            }
+        );
+        assert_eq!(
+            posting_outcome(
+                &json!({"status": "posted", "document_number": "JE-000001"}),
+                "",
+                ""
+            ),
+            Outcome::Delivered {
+                reference: Some("JE-000001".into())
+            }
+        );
+        assert!(matches!(
+            posting_outcome(
+                &json!({"status": "duplicate", "document_number": "JE-000001"}),
+                "",
+                ""
+            ),
+            Outcome::AlreadyDelivered { .. }
+        ));
+        assert!(matches!(
+            posting_outcome(&json!({}), "", ""),
+            Outcome::Retry { .. }
+        ));
+    }
+
+    #[test]
+    fn csv_fields_are_quoted_when_needed() {
+        assert_eq!(csv_field("plain"), "plain");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+    }
+}

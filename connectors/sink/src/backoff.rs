@@ -55,7 +55,11 @@ mod tests {
         let waits: Vec<Duration> = (0..200).map(|_| delay(&s, 4, None)).collect();
         assert!(waits.iter().all(|w| *w <= Duration::from_millis(800)));
         let distinct: std::collections::BTreeSet<_> = waits.iter().collect();
-        assert!(distinct.len() > 50, "jitter spreads the waits: {}", distinct.len());
+        assert!(
+            distinct.len() > 50,
+            "jitter spreads the waits: {}",
+            distinct.len()
+        );
     }
 
     #[test]
@@ -64,6 +68,9 @@ mod tests {
         for _ in 0..50 {
             assert!(delay(&s, 1, Some(Duration::from_secs(3))) >= Duration::from_secs(3));
         }
-        assert_eq!(delay(&s, 1, Some(Duration::from_secs(3_600))), Duration::from_secs(60));
+        assert_eq!(
+            delay(&s, 1, Some(Duration::from_secs(3_600))),
+            Duration::from_secs(60)
+        );
     }
 }

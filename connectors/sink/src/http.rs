@@ -107,11 +107,9 @@ impl JsonApi {
         let client = reqwest::Client::builder()
             .timeout(destination.timeout)
             .build()
-            .map_err(|err| {
-                ConfigError::Invalid {
-                    key: "destination".to_owned(),
-                    message: format!("cannot build an HTTP client: {err}"),
-                }
+            .map_err(|err| ConfigError::Invalid {
+                key: "destination".to_owned(),
+                message: format!("cannot build an HTTP client: {err}"),
             })?;
         Ok(Self {
             client,
@@ -197,11 +195,17 @@ mod tests {
         ));
         assert!(matches!(
             answer(503, None, Value::Null).failure(),
-            Some(Ok(Outcome::Retry { reason: RetryReason::Unavailable, .. }))
+            Some(Ok(Outcome::Retry {
+                reason: RetryReason::Unavailable,
+                ..
+            }))
         ));
         assert!(matches!(
             answer(504, None, Value::Null).failure(),
-            Some(Ok(Outcome::Retry { reason: RetryReason::Timeout, .. }))
+            Some(Ok(Outcome::Retry {
+                reason: RetryReason::Timeout,
+                ..
+            }))
         ));
         assert!(matches!(
             answer(401, None, Value::Null).failure(),
@@ -213,7 +217,10 @@ mod tests {
         ));
         assert!(matches!(
             answer(403, Some(5), Value::Null).failure(),
-            Some(Ok(Outcome::Retry { reason: RetryReason::Throttled, .. }))
+            Some(Ok(Outcome::Retry {
+                reason: RetryReason::Throttled,
+                ..
+            }))
         ));
         let rejected = answer(
             400,

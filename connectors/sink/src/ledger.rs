@@ -245,7 +245,10 @@ mod tests {
         let entry = ledger.get("jb-1").expect("read").expect("present");
         assert_eq!(entry.state, DeliveryState::Confirmed);
         assert_eq!(entry.reference.as_deref(), Some("JE-1"));
-        assert_eq!(ledger.member("line-a").expect("read").as_deref(), Some("jb-1"));
+        assert_eq!(
+            ledger.member("line-a").expect("read").as_deref(),
+            Some("jb-1")
+        );
         assert_eq!(ledger.member("line-b").expect("read"), None);
         assert_eq!(ledger.get("jb-3").expect("read"), None);
         let counts = ledger.count_by_state().expect("scan");
@@ -258,6 +261,9 @@ mod tests {
         let dir = temp_dir("lock");
         let _first = DeliveryLedger::open(&dir).expect("open");
         let err = DeliveryLedger::open(&dir).expect_err("locked");
-        assert!(err.to_string().contains(&dir.display().to_string()), "{err}");
+        assert!(
+            err.to_string().contains(&dir.display().to_string()),
+            "{err}"
+        );
     }
 }

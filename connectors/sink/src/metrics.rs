@@ -27,7 +27,9 @@ pub mod names {
 const DURATION_BUCKETS: &[f64] = &[
     0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
-const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1_000.0];
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1_000.0,
+];
 
 /// Every series a sink adds.
 #[derive(Debug)]
@@ -46,7 +48,8 @@ impl SinkMetrics {
         name: &str,
         destination: &str,
     ) -> Result<Self, prometheus::Error> {
-        let opts = |metric: &str, help: &str| Opts::new(metric, help).const_label(PROCESSOR_LABEL, name);
+        let opts =
+            |metric: &str, help: &str| Opts::new(metric, help).const_label(PROCESSOR_LABEL, name);
         let histogram = |metric: &str, help: &str, buckets: &[f64]| {
             HistogramOpts::new(metric, help)
                 .const_label(PROCESSOR_LABEL, name)

@@ -18,7 +18,9 @@ use backbone_schemas::types::{
 use backbone_schemas::wire::encode_framed;
 use backbone_schemas::{OutputContracts, WireCodec};
 use futures::future::join_all;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -31,7 +33,9 @@ use crate::circuit::CircuitBreaker;
 use crate::ledger::{DeliveryLedger, DeliveryState, LedgerEntry, LedgerError};
 use crate::metrics::SinkMetrics;
 use crate::settings::SinkSettings;
-use crate::{Accepted, Delivery, DeliveryError, Money, Outcome, RetryReason, Sink, SinkContext, Source};
+use crate::{
+    Accepted, Delivery, DeliveryError, Money, Outcome, RetryReason, Sink, SinkContext, Source,
+};
 
 /// Header that carries the W3C trace context.
 const TRACEPARENT: &str = "traceparent";
@@ -220,7 +224,10 @@ impl<'s, S: Sink> SinkLoop<'s, S> {
         let ledger_dir = settings.ledger_dir.join(&group).join("ledger");
         std::fs::create_dir_all(&ledger_dir).map_err(|err| SinkError::Publish {
             topic: input.clone(),
-            message: format!("cannot create the ledger directory `{}`: {err}", ledger_dir.display()),
+            message: format!(
+                "cannot create the ledger directory `{}`: {err}",
+                ledger_dir.display()
+            ),
         })?;
         let ledger = DeliveryLedger::open(&ledger_dir)?;
         let producer: FutureProducer = context.kafka.producer_config().create()?;
@@ -229,13 +236,16 @@ impl<'s, S: Sink> SinkLoop<'s, S> {
             revoked: Arc::new(Mutex::new(Vec::new())),
         };
         let mut consumer_config = context.kafka.consumer_config(&group);
-        context.observability.enable_statistics(&mut consumer_config);
+        context
+            .observability
+            .enable_statistics(&mut consumer_config);
         let consumer: StreamConsumer<SinkConsumerContext> =
             consumer_config.create_with_context(consumer_context)?;
         consumer.subscribe(&[input.as_str()])?;
-        context
-            .metrics
-            .register_topics(&[input.clone()], &[settings.results_topic.clone(), dlq_topic(&input)]);
+        context.metrics.register_topics(
+            &[input.clone()],
+            &[settings.results_topic.clone(), dlq_topic(&input)],
+        );
         context.metrics.readiness().set_ready(true);
         let destination = destination_label(sink.destination());
         tracing::info!(sink = %name, group = %group, topic = %input, destination,
@@ -298,7 +308,9 @@ impl<'s, S: Sink> SinkLoop<'s, S> {
             let due = self.sink.due(SystemTime::now(), &self.ledger);
             let forced = !due.is_empty();
             self.queue.extend(due);
-            if (!self.queue.is_empty() || !self.immediate.is_empty()) && self.batch_started.is_none() {
+            if (!self.queue.is_empty() || !self.immediate.is_empty())
+                && self.batch_started.is_none()
+            {
                 self.batch_started = Some(Instant::now());
             }
             let lingered = self
@@ -464,7 +476,8 @@ impl<'s, S: Sink> SinkLoop<'s, S> {
                         &format!("{code}: {message}"),
                         s.attempts,
                     ));
-                    self.metrics.record_dead_letter(self.sink.input_topic(), DESTINATION_REJECTED);
+                    self.metrics
+                        .record_dead_letter(self.sink.input_topic(), DESTINATION_REJECTED);
                     self.summary.dead_lettered += 1;
                 }
                 touched.push((source.partition, source.offset));
@@ -482,7 +495,8 @@ impl<'s, S: Sink> SinkLoop<'s, S> {
                         continue;
                     };
                     records.push(self.dead_letter(*partition, *offset, held, reason, message, 1));
-                    self.metrics.record_dead_letter(self.sink.input_topic(), reason);
+                    self.metrics
+                        .record_dead_letter(self.sink.input_topic(), reason);
                     self.summary.dead_lettered += 1;
                     touched.push((*partition, *offset));
                 }
@@ -558,7 +572,8 @@ impl<'s, S: Sink> SinkLoop<'s, S> {
             let batch: Vec<&Delivery<S::Payload>> = waiting.iter().map(|(d, _)| d).collect();
             let started = Instant::now();
             let answer = self.sink.deliver(&batch).await;
-            self.sink_metrics.observe_batch(started.elapsed(), batch.len());
+            self.sink_metrics
+                .observe_batch(started.elapsed(), batch.len());
             drop(batch);
             let outcomes = match answer {
                 Ok(outcomes) if outcomes.len() == waiting.len() => outcomes,
@@ -678,7 +693,9 @@ impl<'s, S: Sink> SinkLoop<'s, S> {
                     }
                     self.paused = true;
                 }
-                Err(err) => tracing::warn!(sink = %self.name, error = %err, "could not read the assignment to pause it"),
+                Err(err) => {
+                    tracing::warn!(sink = %self.name, error = %err, "could not read the assignment to pause it")
+                }
             }
         }
         tokio::select! {
@@ -699,7 +716,9 @@ impl<'s, S: Sink> SinkLoop<'s, S> {
                     tracing::warn!(sink = %self.name, error = %err, "could not resume the input");
                 }
             }
-            Err(err) => tracing::warn!(sink = %self.name, error = %err, "could not read the assignment to resume it"),
+            Err(err) => {
+                tracing::warn!(sink = %self.name, error = %err, "could not read the assignment to resume it")
+            }
         }
     }
 
@@ -736,10 +755,15 @@ impl<'s, S: Sink> SinkLoop<'s, S> {
     ) -> Result<OutputRecord, SinkError> {
         let topic = self.settings.results_topic.clone();
         let (outcome_symbol, reference, code, message) = match outcome {
-            Outcome::Delivered { reference } => (DeliveryOutcome::Delivered, reference.clone(), None, None),
-            Outcome::AlreadyDelivered { reference } => {
-                (DeliveryOutcome::AlreadyDelivered, reference.clone(), None, None)
+            Outcome::Delivered { reference } => {
+                (DeliveryOutcome::Delivered, reference.clone(), None, None)
             }
+            Outcome::AlreadyDelivered { reference } => (
+                DeliveryOutcome::AlreadyDelivered,
+                reference.clone(),
+                None,
+                None,
+            ),
             Outcome::Rejected { code, message } => (
                 DeliveryOutcome::Rejected,
                 None,
@@ -793,10 +817,13 @@ impl<'s, S: Sink> SinkLoop<'s, S> {
             amount: source.money.as_ref().map(|m| m.amount),
             currency: source.money.as_ref().map(|m| m.currency.clone()),
         };
-        let id = self.contracts.id(&topic).map_err(|err| SinkError::Publish {
-            topic: topic.clone(),
-            message: err.to_string(),
-        })?;
+        let id = self
+            .contracts
+            .id(&topic)
+            .map_err(|err| SinkError::Publish {
+                topic: topic.clone(),
+                message: err.to_string(),
+            })?;
         let bytes = encode_framed(id, &value).map_err(|err| SinkError::Publish {
             topic: topic.clone(),
             message: err.to_string(),
@@ -928,7 +955,9 @@ impl<'s, S: Sink> SinkLoop<'s, S> {
             match self.consumer.store_offset(&topic, *partition, last_settled) {
                 Ok(()) => track.stored = Some(last_settled),
                 // Revoked meanwhile: its next owner starts from the last commit.
-                Err(err) => tracing::debug!(sink = %self.name, partition, error = %err, "offset not stored"),
+                Err(err) => {
+                    tracing::debug!(sink = %self.name, partition, error = %err, "offset not stored")
+                }
             }
         }
     }
@@ -946,7 +975,8 @@ impl<'s, S: Sink> SinkLoop<'s, S> {
             .retain(|d| d.sources.iter().all(|s| !revoked.contains(&s.partition)));
         self.immediate.retain(|i| {
             let partition = match i {
-                Immediate::DeadLetter { partition, .. } | Immediate::AlreadyDelivered { partition, .. } => *partition,
+                Immediate::DeadLetter { partition, .. }
+                | Immediate::AlreadyDelivered { partition, .. } => *partition,
             };
             !revoked.contains(&partition)
         });
@@ -984,7 +1014,12 @@ impl OwnedInput {
             .map(|headers| {
                 headers
                     .iter()
-                    .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec).unwrap_or_default()))
+                    .map(|h| {
+                        (
+                            h.key.to_owned(),
+                            h.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                        )
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -1044,7 +1079,9 @@ fn partitions_of(list: &TopicPartitionList) -> Vec<i32> {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn retry_all(message: &str) -> Outcome {

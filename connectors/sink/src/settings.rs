@@ -288,7 +288,10 @@ mod tests {
             ..DestinationSettings::default()
         };
         let err = missing.validate().expect_err("a missing file fails");
-        assert!(err.to_string().contains("destination.credential_file"), "{err}");
+        assert!(
+            err.to_string().contains("destination.credential_file"),
+            "{err}"
+        );
     }
 
     #[test]

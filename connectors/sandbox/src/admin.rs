@@ -1,0 +1,160 @@
+//! The unauthenticated admin API tests and the demo steer the sandbox with: faults, token,
+//! refused systems, ERP periods and withholding, request counts, and reset.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use crate::config::{FaultSettings, Secret};
+use crate::faults::{Control, Faults};
+use crate::http::{parse, Refusal};
+use crate::money::is_period;
+use crate::{billing, crm, erp, lock, Sandbox, System};
+
+pub(crate) fn routes() -> Router<Arc<Sandbox>> {
+    Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .route("/admin/faults", get(faults))
+        .route(
+            "/admin/faults/{system}",
+            put(set_faults).delete(clear_faults),
+        )
+        .route("/admin/token", put(set_token))
+        .route("/admin/forbidden/{system}", put(set_forbidden))
+        .route("/admin/erp/periods/{period}/close", post(close_period))
+        .route("/admin/erp/withhold", put(withhold).delete(release))
+        .route("/admin/stats", get(stats))
+        .route("/admin/reset", post(reset))
+}
+
+type Reply = Result<StatusCode, Refusal>;
+
+fn bad_request(message: String) -> Refusal {
+    Refusal::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+}
+
+fn system(name: &str) -> Result<System, Refusal> {
+    name.parse()
+        .map_err(|message: String| Refusal::new(StatusCode::NOT_FOUND, "not_found", message))
+}
+
+async fn faults(State(app): State<Arc<Sandbox>>) -> Json<Value> {
+    let mut control = app.control();
+    let by_system: Map<String, Value> = System::ALL
+        .into_iter()
+        .map(|system| (system.to_string(), json!(control.faults(system))))
+        .collect();
+    Json(Value::Object(by_system))
+}
+
+async fn set_faults(
+    State(app): State<Arc<Sandbox>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Reply {
+    let system = system(&name)?;
+    let faults: Faults = parse(&body).map_err(bad_request)?;
+    if let Some(field) = faults.invalid_rate() {
+        return Err(bad_request(format!(
+            "`faults.{system}.{field}` must be between 0 and 1"
+        )));
+    }
+    app.control().set_faults(system, faults);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn clear_faults(State(app): State<Arc<Sandbox>>, Path(name): Path<String>) -> Reply {
+    app.control().set_faults(system(&name)?, Faults::default());
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenChange {
+    token: String,
+}
+
+async fn set_token(State(app): State<Arc<Sandbox>>, body: Bytes) -> Reply {
+    let change: TokenChange = parse(&body).map_err(bad_request)?;
+    if change.token.is_empty() {
+        return Err(bad_request("`token` must not be empty".into()));
+    }
+    app.control().token = Secret::from(change.token);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Forbidden {
+    forbidden: bool,
+}
+
+async fn set_forbidden(
+    State(app): State<Arc<Sandbox>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Reply {
+    let system = system(&name)?;
+    let change: Forbidden = parse(&body).map_err(bad_request)?;
+    app.control().set_forbidden(system, change.forbidden);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn close_period(State(app): State<Arc<Sandbox>>, Path(period): Path<String>) -> Reply {
+    if !is_period(&period) {
+        return Err(bad_request(format!(
+            "expected a period like 2024-01, got {period:?}"
+        )));
+    }
+    lock(&app.erp).closed_periods.insert(period);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Withhold {
+    legal_entity_id: String,
+}
+
+async fn withhold(State(app): State<Arc<Sandbox>>, body: Bytes) -> Reply {
+    let withhold: Withhold = parse(&body).map_err(bad_request)?;
+    lock(&app.erp).withheld = Some(withhold.legal_entity_id);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn release(State(app): State<Arc<Sandbox>>) -> StatusCode {
+    lock(&app.erp).withheld = None;
+    StatusCode::NO_CONTENT
+}
+
+async fn stats(State(app): State<Arc<Sandbox>>) -> Json<Value> {
+    let mut stats = Map::new();
+    {
+        let mut control = app.control();
+        for system in System::ALL {
+            stats.insert(system.to_string(), json!(control.responses(system)));
+        }
+    }
+    let applied = json!({
+        "billing": lock(&app.billing).applied(),
+        "crm": lock(&app.crm).applied(),
+        "erp": lock(&app.erp).applied(),
+    });
+    stats.insert("applied".to_owned(), applied);
+    Json(Value::Object(stats))
+}
+
+/// Back to the configured start: no data, no faults, the configured token and closed periods.
+async fn reset(State(app): State<Arc<Sandbox>>) -> StatusCode {
+    *app.control() = Control::new(&app.token, &FaultSettings::default());
+    *lock(&app.billing) = billing::Ledger::default();
+    *lock(&app.crm) = crm::Accounts::default();
+    *lock(&app.erp) = erp::Journal::new(&app.config.erp.closed_periods);
+    StatusCode::NO_CONTENT
+}

@@ -1,0 +1,163 @@
+//! A typed client of the sandbox's read and admin APIs, for tests and the demo.
+
+use std::sync::{PoisonError, RwLock};
+
+use reqwest::{Method, RequestBuilder};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::{Faults, PostedBatch, StoredAccount, StoredCharge, System};
+
+/// Client of one running sandbox. Non-2xx answers are returned as errors.
+#[derive(Debug)]
+pub struct SandboxClient {
+    base_url: String,
+    http: reqwest::Client,
+    /// The token the sandbox started with, in force again after [`SandboxClient::reset`].
+    configured_token: String,
+    /// The token reads present; follows [`SandboxClient::set_token`] so reads keep working.
+    token: RwLock<String>,
+}
+
+#[derive(Deserialize)]
+struct Charges {
+    charges: Vec<StoredCharge>,
+}
+
+#[derive(Deserialize)]
+struct Accounts {
+    accounts: Vec<StoredAccount>,
+}
+
+#[derive(Deserialize)]
+struct Batches {
+    batches: Vec<PostedBatch>,
+}
+
+impl SandboxClient {
+    /// A client of the sandbox at `base_url` (`http://127.0.0.1:8090`) using the default token.
+    pub fn new(base_url: impl Into<String>) -> Self {
+        Self::with_token(base_url, "sandbox-token")
+    }
+
+    /// A client of a sandbox configured with another token.
+    pub fn with_token(base_url: impl Into<String>, token: &str) -> Self {
+        Self {
+            base_url: base_url.into().trim_end_matches('/').to_owned(),
+            http: reqwest::Client::new(),
+            configured_token: token.to_owned(),
+            token: RwLock::new(token.to_owned()),
+        }
+    }
+
+    /// Every charge created, in creation order.
+    pub async fn charges(&self) -> Result<Vec<StoredCharge>, reqwest::Error> {
+        Ok(self.read::<Charges>("/billing/v1/charges").await?.charges)
+    }
+
+    /// Every CRM account, by external id.
+    pub async fn accounts(&self) -> Result<Vec<StoredAccount>, reqwest::Error> {
+        Ok(self.read::<Accounts>("/crm/v1/accounts").await?.accounts)
+    }
+
+    /// Every journal batch posted (withheld ones excepted), in posting order.
+    pub async fn batches(&self) -> Result<Vec<PostedBatch>, reqwest::Error> {
+        Ok(self
+            .read::<Batches>("/erp/v1/journal-batches")
+            .await?
+            .batches)
+    }
+
+    /// Replaces the faults of `system`; a nonzero `outage_seconds` starts an outage now.
+    pub async fn set_faults(&self, system: System, faults: &Faults) -> Result<(), reqwest::Error> {
+        let path = format!("/admin/faults/{system}");
+        self.send(self.request(Method::PUT, &path).json(faults))
+            .await
+    }
+
+    /// Removes every fault of `system`.
+    pub async fn clear_faults(&self, system: System) -> Result<(), reqwest::Error> {
+        let path = format!("/admin/faults/{system}");
+        self.send(self.request(Method::DELETE, &path)).await
+    }
+
+    /// Delivery calls per system by HTTP status, and records applied per system:
+    /// `{"billing":{"201":10,"429":3},"crm":{},"erp":{},"applied":{"billing":10,...}}`.
+    pub async fn stats(&self) -> Result<Value, reqwest::Error> {
+        self.request(Method::GET, "/admin/stats")
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await
+    }
+
+    /// Clears all data and faults and restores the configured token.
+    pub async fn reset(&self) -> Result<(), reqwest::Error> {
+        self.send(self.request(Method::POST, "/admin/reset"))
+            .await?;
+        self.set_own_token(&self.configured_token);
+        Ok(())
+    }
+
+    /// Replaces the token the APIs accept, revoking the one in force.
+    pub async fn set_token(&self, token: &str) -> Result<(), reqwest::Error> {
+        let request = self.request(Method::PUT, "/admin/token");
+        self.send(request.json(&json!({"token": token}))).await?;
+        self.set_own_token(token);
+        Ok(())
+    }
+
+    /// Makes `system` answer 403 to the valid token, or stop doing so.
+    pub async fn set_forbidden(
+        &self,
+        system: System,
+        forbidden: bool,
+    ) -> Result<(), reqwest::Error> {
+        let request = self.request(Method::PUT, &format!("/admin/forbidden/{system}"));
+        self.send(request.json(&json!({"forbidden": forbidden})))
+            .await
+    }
+
+    /// Closes an ERP period (`YYYY-MM`): postings into it are refused from now on.
+    pub async fn close_period(&self, period: &str) -> Result<(), reqwest::Error> {
+        let path = format!("/admin/erp/periods/{period}/close");
+        self.send(self.request(Method::POST, &path)).await
+    }
+
+    /// Makes the ERP acknowledge but drop the batches of a legal entity, or (`None`) stop.
+    pub async fn withhold(&self, legal_entity_id: Option<&str>) -> Result<(), reqwest::Error> {
+        let request = match legal_entity_id {
+            Some(entity) => self
+                .request(Method::PUT, "/admin/erp/withhold")
+                .json(&json!({"legal_entity_id": entity})),
+            None => self.request(Method::DELETE, "/admin/erp/withhold"),
+        };
+        self.send(request).await
+    }
+
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base_url))
+    }
+
+    fn set_own_token(&self, token: &str) {
+        *self.token.write().unwrap_or_else(PoisonError::into_inner) = token.to_owned();
+    }
+
+    async fn read<T: DeserializeOwned>(&self, path: &str) -> Result<T, reqwest::Error> {
+        let token = self
+            .token
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let request = self.request(Method::GET, path).bearer_auth(token);
+        request.send().await?.error_for_status()?.json().await
+    }
+
+    async fn send(&self, request: RequestBuilder) -> Result<(), reqwest::Error> {
+        request.send().await?.error_for_status()?;
+        Ok(())
+    }
+}

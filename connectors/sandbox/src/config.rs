@@ -1,0 +1,207 @@
+//! The sandbox's config: top-level `listen`, `token` and `token_file`, then `[billing]`,
+//! `[crm]`, `[erp]` and `[faults.<system>]`. Every key has a default.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use backbone_core::config::{ConfigError, Validate};
+use serde::Deserialize;
+
+use crate::faults::Faults;
+use crate::money::is_period;
+use crate::System;
+
+/// A credential that never shows in logs or `Debug` output.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for comparing or sending it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(value: &str) -> Self {
+        Self(value.to_owned())
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Self(value)
+    }
+}
+
+/// The whole config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxConfig {
+    /// Address to serve the three APIs and the admin API on.
+    pub listen: SocketAddr,
+    /// Bearer token every billing, CRM and ERP call must present.
+    pub token: Secret,
+    /// File holding the token (surrounding whitespace ignored); wins over `token` when set.
+    pub token_file: Option<PathBuf>,
+    /// The billing API.
+    pub billing: BillingSettings,
+    /// The CRM API.
+    pub crm: CrmSettings,
+    /// The ERP API.
+    pub erp: ErpSettings,
+    /// Faults injected from start-up; the admin API changes them at runtime.
+    pub faults: FaultSettings,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8090)),
+            token: Secret::from("sandbox-token"),
+            token_file: None,
+            billing: BillingSettings::default(),
+            crm: CrmSettings::default(),
+            erp: ErpSettings::default(),
+            faults: FaultSettings::default(),
+        }
+    }
+}
+
+impl SandboxConfig {
+    /// The token in force at start: the content of `token_file` when set, else `token`.
+    pub fn resolve_token(&self) -> Result<Secret, ConfigError> {
+        let Some(path) = &self.token_file else {
+            return Ok(self.token.clone());
+        };
+        let invalid = |message: String| ConfigError::Invalid {
+            key: "token_file".into(),
+            message,
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|err| invalid(format!("cannot read `{}`: {err}", path.display())))?;
+        match text.trim() {
+            "" => Err(invalid(format!("`{}` is empty", path.display()))),
+            token => Ok(Secret::from(token)),
+        }
+    }
+}
+
+impl Validate for SandboxConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            key: key.into(),
+            message,
+        };
+        if self.resolve_token()?.expose().is_empty() {
+            return Err(invalid("token", "must not be empty".into()));
+        }
+        let currencies = &self.billing.currencies;
+        if currencies.is_empty() {
+            return Err(invalid("billing.currencies", "must not be empty".into()));
+        }
+        if let Some(bad) = currencies
+            .iter()
+            .find(|c| c.len() != 3 || !c.bytes().all(|b| b.is_ascii_uppercase()))
+        {
+            return Err(invalid(
+                "billing.currencies",
+                format!("expected ISO 4217 codes like \"EUR\", got {bad:?}"),
+            ));
+        }
+        if self.crm.max_batch == 0 {
+            return Err(invalid("crm.max_batch", "must be at least 1".into()));
+        }
+        if let Some(bad) = self.erp.closed_periods.iter().find(|p| !is_period(p)) {
+            return Err(invalid(
+                "erp.closed_periods",
+                format!("expected periods like \"2024-01\", got {bad:?}"),
+            ));
+        }
+        for system in System::ALL {
+            if let Some(field) = self.faults.get(system).invalid_rate() {
+                return Err(invalid(
+                    &format!("faults.{system}.{field}"),
+                    "must be between 0 and 1".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The `[billing]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BillingSettings {
+    /// Currencies charges may be in; others are refused with `unsupported_currency`.
+    pub currencies: Vec<String>,
+}
+
+impl Default for BillingSettings {
+    fn default() -> Self {
+        Self {
+            currencies: ["EUR", "USD", "GBP", "CHF", "JPY"]
+                .map(String::from)
+                .to_vec(),
+        }
+    }
+}
+
+/// The `[crm]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CrmSettings {
+    /// Most records one batch may carry; more is refused with 413.
+    pub max_batch: usize,
+    /// Batch calls allowed per one-second window before 429; 0 means unlimited.
+    pub rate_limit_per_second: u32,
+}
+
+impl Default for CrmSettings {
+    fn default() -> Self {
+        Self {
+            max_batch: 200,
+            rate_limit_per_second: 50,
+        }
+    }
+}
+
+/// The `[erp]` section.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ErpSettings {
+    /// Periods (`YYYY-MM`) closed from start-up: postings into them are refused.
+    pub closed_periods: Vec<String>,
+}
+
+/// The `[faults]` section: one [`Faults`] per system.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FaultSettings {
+    /// Faults of the billing API.
+    pub billing: Faults,
+    /// Faults of the CRM API.
+    pub crm: Faults,
+    /// Faults of the ERP API.
+    pub erp: Faults,
+}
+
+impl FaultSettings {
+    /// The faults of one system.
+    pub fn get(&self, system: System) -> Faults {
+        match system {
+            System::Billing => self.billing,
+            System::Crm => self.crm,
+            System::Erp => self.erp,
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! One HTTP server standing in for the external systems our sinks deliver to: a billing API
+//! (payment-API-style idempotency keys), a CRM (batched upserts by external id, newest wins)
+//! and an ERP (journal batches by external id, balanced and control-totalled per currency).
+//!
+//! Faults are injected per system (errors, throttling, latency, outages and responses lost
+//! after the request was applied), configured at start or through the unauthenticated
+//! `/admin` API, and every stored record can be read back, so tests and the demo can prove
+//! that retries happened and nothing was applied twice. [`SandboxClient`] drives both APIs.
+
+mod admin;
+mod billing;
+pub mod client;
+pub mod config;
+mod crm;
+mod erp;
+pub mod faults;
+mod http;
+mod money;
+
+use std::fmt;
+use std::future::Future;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use axum::middleware::from_fn_with_state;
+use axum::routing::{get, post};
+use axum::Router;
+use tokio::net::TcpListener;
+
+pub use billing::StoredCharge;
+pub use client::SandboxClient;
+pub use config::{SandboxConfig, Secret};
+pub use crm::StoredAccount;
+pub use erp::{ControlTotal, JournalLine, PostedBatch};
+pub use faults::Faults;
+
+/// One of the simulated external systems.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum System {
+    /// The billing API under `/billing`.
+    Billing,
+    /// The CRM API under `/crm`.
+    Crm,
+    /// The ERP API under `/erp`.
+    Erp,
+}
+
+impl System {
+    /// Every system, in the order the admin API lists them.
+    pub const ALL: [System; 3] = [System::Billing, System::Crm, System::Erp];
+
+    /// The name used in paths and config keys: `billing`, `crm` or `erp`.
+    pub fn name(self) -> &'static str {
+        match self {
+            System::Billing => "billing",
+            System::Crm => "crm",
+            System::Erp => "erp",
+        }
+    }
+}
+
+impl fmt::Display for System {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for System {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        System::ALL
+            .into_iter()
+            .find(|system| system.name() == name)
+            .ok_or_else(|| format!("unknown system `{name}`; expected billing, crm or erp"))
+    }
+}
+
+/// Everything the handlers share: the config and the state of each system.
+struct Sandbox {
+    config: SandboxConfig,
+    /// The token in force at start, restored by `/admin/reset`.
+    token: Secret,
+    control: Mutex<faults::Control>,
+    billing: Mutex<billing::Ledger>,
+    crm: Mutex<crm::Accounts>,
+    erp: Mutex<erp::Journal>,
+}
+
+/// Locks `mutex`, going on after a panic elsewhere: each critical section leaves the state
+/// consistent, so a poisoned lock holds nothing half-written.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Sandbox {
+    fn new(config: SandboxConfig, token: Secret) -> Self {
+        Self {
+            control: Mutex::new(faults::Control::new(&token, &config.faults)),
+            billing: Mutex::default(),
+            crm: Mutex::default(),
+            erp: Mutex::new(erp::Journal::new(&config.erp.closed_periods)),
+            config,
+            token,
+        }
+    }
+
+    fn control(&self) -> MutexGuard<'_, faults::Control> {
+        lock(&self.control)
+    }
+}
+
+/// Serves the sandbox on `listener` until `shutdown` completes. Bind the listener first and
+/// read its `local_addr()` to learn the port when it is 0.
+pub async fn serve(
+    listener: TcpListener,
+    config: SandboxConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let token = config
+        .resolve_token()
+        .map_err(|err| std::io::Error::new(std::io::ErrorKind::InvalidInput, err.to_string()))?;
+    let app = Arc::new(Sandbox::new(config, token));
+    tracing::info!(address = %listener.local_addr()?, "sandbox serving");
+    axum::serve(listener, router(app))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+fn router(app: Arc<Sandbox>) -> Router {
+    let gated = |system: System, routes: Router<Arc<Sandbox>>| {
+        let gate = faults::Gate {
+            app: Arc::clone(&app),
+            system,
+        };
+        routes.route_layer(from_fn_with_state(gate, faults::gate))
+    };
+    let billing = Router::new().route(
+        "/billing/v1/charges",
+        post(billing::create).get(billing::list),
+    );
+    let crm = Router::new()
+        .route("/crm/v1/accounts/batch", post(crm::upsert_batch))
+        .route("/crm/v1/accounts", get(crm::list));
+    let erp = Router::new().route(
+        "/erp/v1/journal-batches",
+        post(erp::post_batch).get(erp::list),
+    );
+    Router::new()
+        .merge(gated(System::Billing, billing))
+        .merge(gated(System::Crm, crm))
+        .merge(gated(System::Erp, erp))
+        .merge(admin::routes())
+        .with_state(app)
+}
