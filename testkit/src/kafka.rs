@@ -76,6 +76,8 @@ pub struct TestRecord {
     pub headers: Vec<(String, Vec<u8>)>,
     /// Partition; chosen by key hash when `None`.
     pub partition: Option<i32>,
+    /// Record timestamp in milliseconds since the epoch; the producer's clock when `None`.
+    pub timestamp_ms: Option<i64>,
 }
 
 impl TestRecord {
@@ -115,6 +117,9 @@ pub async fn produce(
         }
         if let Some(partition) = record.partition {
             future = future.partition(partition);
+        }
+        if let Some(timestamp) = record.timestamp_ms {
+            future = future.timestamp(timestamp);
         }
         deliveries.push(producer.send_result(future).map_err(|(err, _)| err)?);
     }

@@ -29,7 +29,7 @@ use rdkafka::{ClientContext, TopicPartitionList};
 use tokio::sync::watch;
 
 use crate::backoff;
-use crate::circuit::CircuitBreaker;
+use crate::circuit::{CircuitBreaker, CircuitState};
 use crate::ledger::{DeliveryLedger, DeliveryState, LedgerEntry, LedgerError};
 use crate::metrics::SinkMetrics;
 use crate::settings::SinkSettings;
@@ -243,7 +243,7 @@ impl<'s, S: Sink> SinkLoop<'s, S> {
             consumer_config.create_with_context(consumer_context)?;
         consumer.subscribe(&[input.as_str()])?;
         context.metrics.register_topics(
-            &[input.clone()],
+            std::slice::from_ref(&input),
             &[settings.results_topic.clone(), dlq_topic(&input)],
         );
         context.metrics.readiness().set_ready(true);
@@ -293,17 +293,16 @@ impl<'s, S: Sink> SinkLoop<'s, S> {
             };
             // A rebalance runs inside `recv`: what it revoked goes before the record counts.
             self.forget_revoked();
-            match received {
-                Some(Ok(record)) => {
-                    if !self.accept(record).await? {
-                        break;
-                    }
-                }
+            let go_on = match received {
+                Some(Ok(record)) => self.accept(record).await?,
                 Some(Err(err)) => {
                     tracing::warn!(sink = %self.name, error = %err, "consumer error, continuing");
                     continue;
                 }
-                None => {}
+                None => true,
+            };
+            if !go_on {
+                break;
             }
             let due = self.sink.due(SystemTime::now(), &self.ledger);
             let forced = !due.is_empty();
@@ -316,10 +315,9 @@ impl<'s, S: Sink> SinkLoop<'s, S> {
             let lingered = self
                 .batch_started
                 .is_some_and(|at| at.elapsed() >= self.settings.linger);
-            if forced || lingered || self.queue.len() >= self.settings.batch_max {
-                if !self.flush().await? {
-                    break;
-                }
+            let send = forced || lingered || self.queue.len() >= self.settings.batch_max;
+            if send && !self.flush().await? {
+                break;
             }
         }
         self.finish();
@@ -560,11 +558,22 @@ impl<'s, S: Sink> SinkLoop<'s, S> {
         }
         let mut round = 0u32;
         while !waiting.is_empty() {
-            let hold = self.circuit.wait(Instant::now());
-            if !hold.is_zero() && !self.pause(hold).await {
-                return Ok(Round::Stopped);
+            loop {
+                let hold = self.circuit.wait(Instant::now());
+                if hold.is_zero() {
+                    break;
+                }
+                if !self.pause(hold).await {
+                    return Ok(Round::Stopped);
+                }
             }
             self.sink_metrics.set_circuit(self.circuit.state());
+            // A half-open circuit sends one delivery as its probe, not the whole batch.
+            let held_back = if self.circuit.state() == CircuitState::HalfOpen && waiting.len() > 1 {
+                waiting.split_off(1)
+            } else {
+                Vec::new()
+            };
             for (_, attempts) in &mut waiting {
                 *attempts += 1;
             }
@@ -626,6 +635,7 @@ impl<'s, S: Sink> SinkLoop<'s, S> {
                 }
             }
             waiting = still;
+            waiting.extend(held_back);
             if progress || waiting.is_empty() {
                 if self.circuit.success() {
                     tracing::info!(sink = %self.name, "destination answers again; circuit closed");
@@ -645,7 +655,7 @@ impl<'s, S: Sink> SinkLoop<'s, S> {
             self.sink_metrics.record_retry(reason);
             self.metrics.record_retry(self.sink.input_topic());
             self.mark(&waiting, DeliveryState::Pending, Some((reason, &message)))?;
-            if self.circuit.state() == crate::circuit::CircuitState::Open {
+            if self.circuit.state() == CircuitState::Open {
                 continue;
             }
             let wait = backoff::delay(&self.settings.retry, round, retry_after);

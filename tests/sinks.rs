@@ -1,0 +1,584 @@
+//! The sinks against the sandbox over real HTTP and the shared broker: every record delivered
+//! once through errors, lost answers, throttling, an outage, a kill and a replay; a refused
+//! credential stops a sink without dead letters or commits.
+
+#[path = "support/sinks.rs"]
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
+
+use backbone_billing_sink::{BillingSettings, BillingSink};
+use backbone_crm_sink::{CrmSettings, CrmSink};
+use backbone_sandbox::SandboxConfig;
+use backbone_sandbox::{Faults, System};
+use backbone_schemas::types::{
+    AccountHealthSnapshot, Amount, BillingCharge, BillingChargeType, Contract, DeliveryOutcome,
+    DeliveryResult, EventMetadata, HealthStatus, TraceContext,
+};
+use backbone_schemas::WireCodec;
+use backbone_sink::http::JsonApi;
+use backbone_sink::metrics::names;
+use backbone_sink::{DestinationSettings, SinkError, DESTINATION_REJECTED};
+use backbone_testkit::{
+    committed_offsets, consume_until, produce, shared_settings, ChildProcess, TestRecord,
+};
+use support::{eventually, registry_url, RunningSink, Sandbox, SinkTopics};
+
+const DEADLINE: Duration = Duration::from_secs(120);
+
+fn metadata(tenant: &str, event_id: &str) -> EventMetadata {
+    EventMetadata {
+        tenant_id: tenant.to_owned(),
+        event_id: event_id.to_owned(),
+        source: "fanout".to_owned(),
+        r#type: "backbone.billing.charge".to_owned(),
+        occurred_at: 1_790_000_000_000_000,
+        produced_at: 1_790_000_000_000_000,
+        trace: TraceContext {
+            traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned(),
+            tracestate: None,
+        },
+        schema_version: None,
+    }
+}
+
+fn charge(i: usize, currency: &str) -> BillingCharge {
+    let rating_id = format!("rt-{i:04}");
+    BillingCharge {
+        metadata: metadata("acme", &rating_id),
+        rating_id,
+        revision: 1,
+        charge_type: BillingChargeType::Usage,
+        customer_id: format!("c-{}", i % 9),
+        subscription_id: format!("s-{}", i % 9),
+        charge_id: "api-calls".to_owned(),
+        group_key: "api".to_owned(),
+        description: "API calls".to_owned(),
+        period_start: 20_600,
+        period_end: 20_630,
+        quantity: format!("{}", i + 1).parse().expect("quantity"),
+        amount: format!("{}.25", i + 1).parse().expect("amount"),
+        currency: currency.to_owned(),
+        billing_account_ref: None,
+    }
+}
+
+async fn charge_records(
+    codec: &WireCodec,
+    topic: &str,
+    charges: &[BillingCharge],
+) -> Vec<TestRecord> {
+    let mut records = Vec::with_capacity(charges.len());
+    for charge in charges {
+        let value = support::encode(codec, topic, charge).await;
+        records.push(TestRecord::new(
+            format!("acme:{}", charge.subscription_id),
+            value,
+        ));
+    }
+    records
+}
+
+fn billing_sink(topic: &str, destination: &DestinationSettings) -> BillingSink {
+    let settings = BillingSettings {
+        topic: topic.to_owned(),
+        concurrency: 8,
+    };
+    BillingSink::new(
+        settings,
+        JsonApi::new(destination).expect("billing API client"),
+    )
+}
+
+async fn results(codec: &WireCodec, topic: &str, count: usize) -> Vec<DeliveryResult> {
+    let records = consume_until(&shared_settings(), topic, count, DEADLINE)
+        .await
+        .expect("delivery results");
+    let mut decoded = Vec::with_capacity(records.len());
+    for record in &records {
+        let value = record.value.as_deref().expect("value");
+        decoded.push(
+            codec
+                .decode_as(value, DeliveryResult::schema())
+                .await
+                .expect("decode a delivery result"),
+        );
+    }
+    decoded
+}
+
+fn outcomes(results: &[DeliveryResult]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for result in results {
+        *counts.entry(format!("{:?}", result.outcome)).or_default() += 1;
+    }
+    counts
+}
+
+/// Charges held by the sandbox, by idempotency key; fails on a key held twice.
+async fn charges_by_key(sandbox: &Sandbox) -> BTreeMap<String, String> {
+    let mut held = BTreeMap::new();
+    for charge in sandbox.client.charges().await.expect("charges") {
+        let previous = held.insert(charge.idempotency_key.clone(), charge.amount.clone());
+        assert!(
+            previous.is_none(),
+            "charge {} held twice",
+            charge.idempotency_key
+        );
+    }
+    held
+}
+
+#[tokio::test]
+async fn billing_delivers_every_charge_once_through_errors_lost_answers_throttling_and_replays() {
+    let sandbox = Sandbox::start(SandboxConfig::default()).await;
+    sandbox
+        .client
+        .set_faults(
+            System::Billing,
+            &Faults {
+                error_rate: 0.15,
+                lost_response_rate: 0.15,
+                throttle_rate: 0.15,
+                retry_after_seconds: 0,
+                ..Faults::default()
+            },
+        )
+        .await
+        .expect("faults");
+    let topics = SinkTopics::create("billing", 3).await;
+    let codec = WireCodec::new(&registry_url());
+    let mut charges: Vec<BillingCharge> = (0..120).map(|i| charge(i, "EUR")).collect();
+    // Redeliveries upstream: the same charges again, at later offsets.
+    charges.extend((0..10).map(|i| charge(i, "EUR")));
+    // The billing system does not take this currency: a rejection for the DLQ.
+    charges.push(charge(500, "XXX"));
+    let records = charge_records(&codec, &topics.input, &charges).await;
+    produce(&shared_settings(), &topics.input, &records)
+        .await
+        .expect("produce charges");
+
+    let sink = RunningSink::start(
+        billing_sink(&topics.input, &sandbox.destination()),
+        topics.settings(),
+    );
+    let first = results(&codec, &topics.results, charges.len()).await;
+    let summary = sink.stop().await;
+
+    let held = charges_by_key(&sandbox).await;
+    assert_eq!(held.len(), 120, "every distinct charge once: {summary:?}");
+    for charge in &charges[..120] {
+        assert_eq!(
+            held.get(&charge.rating_id),
+            Some(&charge.amount.to_string())
+        );
+    }
+    assert_eq!(
+        sandbox.applied("billing").await,
+        120,
+        "no charge applied twice"
+    );
+    for status in [503, 504, 429] {
+        assert!(
+            sandbox.answered("billing", status).await > 0,
+            "the sandbox injected {status}s, so retries were exercised"
+        );
+    }
+    let counts = outcomes(&first);
+    assert_eq!(
+        first.len(),
+        charges.len(),
+        "one result per input record: {counts:?}"
+    );
+    assert_eq!(counts.get("Rejected"), Some(&1), "{counts:?}");
+    let rejected = first
+        .iter()
+        .find(|r| r.outcome == DeliveryOutcome::Rejected)
+        .expect("the rejected charge");
+    assert_eq!(rejected.error_code.as_deref(), Some("unsupported_currency"));
+    let delivered: Amount = first
+        .iter()
+        .filter(|r| r.outcome == DeliveryOutcome::Delivered)
+        .filter_map(|r| r.amount)
+        .fold(Amount::ZERO, |sum, a| sum.checked_add(a).expect("sum"));
+    assert!(delivered > Amount::ZERO);
+
+    let dlq = consume_until(
+        &shared_settings(),
+        &format!("{}.dlq", topics.input),
+        1,
+        DEADLINE,
+    )
+    .await
+    .expect("the dead letter");
+    assert_eq!(dlq.len(), 1, "exactly the rejected charge is dead-lettered");
+    assert_eq!(
+        dlq[0].header("backbone.dlq.reason").as_deref(),
+        Some(DESTINATION_REJECTED)
+    );
+    let message = dlq[0].header("backbone.dlq.message").unwrap_or_default();
+    assert!(message.contains("unsupported_currency"), "{message}");
+    assert_eq!(
+        dlq[0].value,
+        Some(records[130].value.clone()),
+        "the record byte for byte"
+    );
+
+    // A replay: the same records published again, read by the same group with its ledger.
+    // The ledger answers them without a request, except the rejected charge, which a replay
+    // tries again.
+    sandbox
+        .client
+        .clear_faults(System::Billing)
+        .await
+        .expect("clear faults");
+    let created_before = sandbox.answered("billing", 201).await;
+    produce(&shared_settings(), &topics.input, &records)
+        .await
+        .expect("replay charges");
+    let replay = RunningSink::start(
+        billing_sink(&topics.input, &sandbox.destination()),
+        topics.settings(),
+    );
+    results(&codec, &topics.results, 2 * charges.len()).await;
+    let replay_summary = replay.stop().await;
+    assert_eq!(replay_summary.already_delivered, 130, "{replay_summary:?}");
+    assert_eq!(replay_summary.rejected, 1, "{replay_summary:?}");
+    assert_eq!(replay_summary.delivered, 0, "{replay_summary:?}");
+    assert_eq!(
+        sandbox.answered("billing", 201).await,
+        created_before,
+        "no request for a known key"
+    );
+
+    // A new deployment (new group, so a new ledger) reads both copies: every charge is sent
+    // again, the billing system answers each with its first response, nothing is charged twice.
+    let mut fresh = topics.settings();
+    fresh.group_id = Some(format!("{}-fresh", topics.group));
+    let again = RunningSink::start(billing_sink(&topics.input, &sandbox.destination()), fresh);
+    results(&codec, &topics.results, 4 * charges.len()).await;
+    let again_summary = again.stop().await;
+    assert_eq!(again_summary.delivered, 0, "{again_summary:?}");
+    assert_eq!(again_summary.already_delivered, 260, "{again_summary:?}");
+    assert_eq!(charges_by_key(&sandbox).await.len(), 120);
+    assert_eq!(sandbox.applied("billing").await, 120);
+}
+
+#[tokio::test]
+async fn a_refused_credential_stops_the_sink_without_dead_letters_or_commits() {
+    let sandbox = Sandbox::start(SandboxConfig::default()).await;
+    let topics = SinkTopics::create("billing-auth", 1).await;
+    let codec = WireCodec::new(&registry_url());
+    let charges: Vec<BillingCharge> = (0..20).map(|i| charge(i, "EUR")).collect();
+    let records = charge_records(&codec, &topics.input, &charges).await;
+    produce(&shared_settings(), &topics.input, &records)
+        .await
+        .expect("produce charges");
+    let mut destination = sandbox.destination();
+    destination.credential = backbone_sink::Secret::new("revoked-token");
+
+    let sink = RunningSink::start(billing_sink(&topics.input, &destination), topics.settings());
+    eventually(DEADLINE, "the sink to stop on its own", || async {
+        sink.is_finished().then_some(())
+    })
+    .await;
+    let fatal = sink.metric(
+        backbone_core::metrics::names::PROCESSOR_FATAL_ERRORS,
+        Some(("kind", "auth")),
+    );
+    let result = sink.finished(DEADLINE).await;
+    assert!(
+        matches!(result, Err(SinkError::Unauthorized { status: 401, .. })),
+        "{result:?}"
+    );
+    assert_eq!(fatal, 1.0, "the alert metric is raised");
+    assert!(sandbox.client.charges().await.expect("charges").is_empty());
+    let committed = committed_offsets(&shared_settings(), &topics.group, &topics.input)
+        .expect("committed offsets");
+    assert!(
+        committed.iter().all(|(_, offset)| offset.unwrap_or(0) <= 0),
+        "nothing committed: {committed:?}"
+    );
+    let dlq_end =
+        backbone_testkit::end_offsets_total(&shared_settings(), &format!("{}.dlq", topics.input))
+            .expect("dlq end offsets");
+    assert_eq!(dlq_end, 0, "nothing dead-lettered");
+}
+
+#[tokio::test]
+async fn an_outage_opens_the_circuit_pauses_the_input_and_loses_nothing() {
+    let sandbox = Sandbox::start(SandboxConfig::default()).await;
+    let topics = SinkTopics::create("billing-outage", 2).await;
+    let codec = WireCodec::new(&registry_url());
+    let charges: Vec<BillingCharge> = (0..60).map(|i| charge(i, "EUR")).collect();
+    let (before, during) = charges.split_at(20);
+    let records = charge_records(&codec, &topics.input, before).await;
+    produce(&shared_settings(), &topics.input, &records)
+        .await
+        .expect("produce charges");
+    let sink = RunningSink::start(
+        billing_sink(&topics.input, &sandbox.destination()),
+        topics.settings(),
+    );
+    eventually(DEADLINE, "the first charges", || async {
+        (sandbox.applied("billing").await == 20).then_some(())
+    })
+    .await;
+
+    // The billing system goes down for a minute; charges keep arriving.
+    sandbox
+        .client
+        .set_faults(
+            System::Billing,
+            &Faults {
+                outage_seconds: 60,
+                ..Faults::default()
+            },
+        )
+        .await
+        .expect("outage");
+    let records = charge_records(&codec, &topics.input, during).await;
+    produce(&shared_settings(), &topics.input, &records)
+        .await
+        .expect("produce charges");
+    eventually(DEADLINE, "the circuit to open", || async {
+        (sink.metric(names::CIRCUIT_STATE, None) == 1.0).then_some(())
+    })
+    .await;
+    let refused_at_open = sandbox.answered("billing", 503).await;
+    // While open, the sink sends one probe per second (the test's `open_for`), not a request
+    // per charge per retry.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let refused_while_open = sandbox.answered("billing", 503).await - refused_at_open;
+    assert!(
+        refused_while_open <= 10,
+        "probes only while open: {refused_while_open} refused requests in 5 s"
+    );
+    assert_eq!(
+        sandbox.applied("billing").await,
+        20,
+        "nothing gets through the outage"
+    );
+
+    eventually(
+        Duration::from_secs(150),
+        "every charge after the outage",
+        || async { (sandbox.applied("billing").await == 60).then_some(()) },
+    )
+    .await;
+    eventually(DEADLINE, "the circuit to close", || async {
+        (sink.metric(names::CIRCUIT_STATE, None) == 0.0).then_some(())
+    })
+    .await;
+    let summary = sink.stop().await;
+    assert!(summary.circuit_opened >= 1, "{summary:?}");
+    assert_eq!(charges_by_key(&sandbox).await.len(), 60);
+    let all = results(&codec, &topics.results, 60).await;
+    assert_eq!(outcomes(&all).get("Delivered"), Some(&60));
+}
+
+/// The binaries live next to this package's own in the target directory (`make test` builds
+/// them all first).
+fn workspace_binary(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_tally")).with_file_name(name)
+}
+
+fn spawn_billing_sink(topics: &SinkTopics, sandbox: &Sandbox, log: &Path) -> ChildProcess {
+    let kafka = shared_settings();
+    let ledger = topics.ledger_dir.to_string_lossy().into_owned();
+    ChildProcess::spawn(
+        &workspace_binary("billing-sink"),
+        &[],
+        &[
+            (
+                "BACKBONE__KAFKA__BOOTSTRAP_SERVERS",
+                &kafka.bootstrap_servers,
+            ),
+            ("BACKBONE__KAFKA__SESSION_TIMEOUT", "6s"),
+            ("BACKBONE__KAFKA__COMMIT_INTERVAL", "200ms"),
+            ("BACKBONE__RUNTIME__GROUP_ID", &topics.group),
+            ("BACKBONE__RUNTIME__LEDGER_DIR", &ledger),
+            ("BACKBONE__RUNTIME__RESULTS_TOPIC", &topics.results),
+            ("BACKBONE__RUNTIME__BATCH_MAX", "20"),
+            ("BACKBONE__RUNTIME__LINGER", "20ms"),
+            ("BACKBONE__SINK__TOPIC", &topics.input),
+            ("BACKBONE__DESTINATION__URL", &sandbox.url),
+            ("BACKBONE__DESTINATION__CREDENTIAL", "sandbox-token"),
+            ("BACKBONE__SCHEMA_REGISTRY__URL", &registry_url()),
+            ("BACKBONE__OBSERVABILITY__LISTEN", "127.0.0.1:0"),
+        ],
+        Some(log),
+    )
+    .expect("start billing-sink")
+}
+
+#[tokio::test]
+async fn a_sink_killed_mid_batch_and_restarted_charges_each_record_once() {
+    let mut config = SandboxConfig::default();
+    // Slow answers, so that the kill lands with requests in flight.
+    config.faults.billing.latency_ms = 40;
+    let sandbox = Sandbox::start(config).await;
+    let topics = SinkTopics::create("billing-kill", 3).await;
+    let codec = WireCodec::new(&registry_url());
+    let charges: Vec<BillingCharge> = (0..300).map(|i| charge(i, "EUR")).collect();
+    let records = charge_records(&codec, &topics.input, &charges).await;
+    produce(&shared_settings(), &topics.input, &records)
+        .await
+        .expect("produce charges");
+    let log = std::env::temp_dir().join(format!("{}.log", topics.group));
+
+    let mut sink = spawn_billing_sink(&topics, &sandbox, &log);
+    eventually(DEADLINE, "a third of the charges", || async {
+        (sandbox.applied("billing").await >= 100).then_some(())
+    })
+    .await;
+    sink.crash().expect("SIGKILL the sink");
+    let at_kill = sandbox.applied("billing").await;
+    assert!(at_kill < 300, "killed before the end: {at_kill}");
+
+    let mut restarted = spawn_billing_sink(&topics, &sandbox, &log.with_extension("restart.log"));
+    eventually(DEADLINE, "every charge after the restart", || async {
+        (sandbox.applied("billing").await == 300).then_some(())
+    })
+    .await;
+    // Results are published before offsets are stored: once every input is committed, every
+    // result is on the topic.
+    eventually(DEADLINE, "every input committed", || async {
+        let committed = committed_offsets(&shared_settings(), &topics.group, &topics.input)
+            .expect("committed offsets");
+        let total: i64 = committed.iter().map(|(_, o)| o.unwrap_or(0)).sum();
+        (total == 300).then_some(())
+    })
+    .await;
+    restarted
+        .stop(Duration::from_secs(30))
+        .expect("stop the sink");
+    let published = backbone_testkit::end_offsets_total(&shared_settings(), &topics.results)
+        .expect("results end offsets");
+    let all = results(
+        &codec,
+        &topics.results,
+        usize::try_from(published).expect("count"),
+    )
+    .await;
+    assert_eq!(charges_by_key(&sandbox).await.len(), 300);
+    assert_eq!(
+        sandbox.answered("billing", 422).await,
+        0,
+        "no key reused with another body"
+    );
+    let settled: BTreeSet<(i32, i64)> = all
+        .iter()
+        .map(|r| (r.source_partition, r.source_offset))
+        .collect();
+    assert_eq!(settled.len(), 300, "every input record has a result");
+}
+
+fn snapshot(customer: usize, as_of: i64, amount: &str) -> AccountHealthSnapshot {
+    let customer_id = format!("c-{customer}");
+    AccountHealthSnapshot {
+        metadata: metadata("acme", &format!("{customer_id}-{as_of}")),
+        snapshot_id: format!("ahs-{customer_id}-{as_of}"),
+        customer_id,
+        as_of,
+        crm_account_id: None,
+        health: HealthStatus::Healthy,
+        active_subscriptions: 1,
+        period_start: 20_600,
+        period_end: 20_630,
+        period_to_date_amount: amount.parse().expect("amount"),
+        previous_period_amount: None,
+        currency: "EUR".to_owned(),
+        usage_change_percent: None,
+        last_usage_at: Some(as_of),
+    }
+}
+
+#[tokio::test]
+async fn crm_upserts_survive_a_429_storm_and_keep_the_newest_snapshot() {
+    let mut config = SandboxConfig::default();
+    config.crm.rate_limit_per_second = 5;
+    let sandbox = Sandbox::start(config).await;
+    sandbox
+        .client
+        .set_faults(
+            System::Crm,
+            &Faults {
+                throttle_rate: 0.6,
+                retry_after_seconds: 1,
+                ..Faults::default()
+            },
+        )
+        .await
+        .expect("faults");
+    let topics = SinkTopics::create("crm", 3).await;
+    let codec = WireCodec::new(&registry_url());
+    let mut snapshots = Vec::new();
+    for round in 0..6i64 {
+        for customer in 0..40 {
+            snapshots.push(snapshot(
+                customer,
+                1_000 + round,
+                &format!("{}.5", round * 10),
+            ));
+        }
+    }
+    // A late, older snapshot after the newest: it must not roll an account back.
+    snapshots.push(snapshot(3, 1_001, "999"));
+    let mut records = Vec::with_capacity(snapshots.len());
+    for s in &snapshots {
+        let value = support::encode(&codec, &topics.input, s).await;
+        records.push(TestRecord::new(format!("acme:{}", s.customer_id), value));
+    }
+    produce(&shared_settings(), &topics.input, &records)
+        .await
+        .expect("produce snapshots");
+
+    let settings = CrmSettings {
+        topic: topics.input.clone(),
+        request_records: 50,
+    };
+    let sink = RunningSink::start(
+        CrmSink::new(
+            settings,
+            JsonApi::new(&sandbox.destination()).expect("client"),
+        ),
+        topics.settings(),
+    );
+    let all = results(&codec, &topics.results, snapshots.len()).await;
+    let summary = sink.stop().await;
+
+    assert!(sandbox.answered("crm", 429).await > 0, "the storm happened");
+    assert!(summary.retries > 0, "{summary:?}");
+    let accounts = sandbox.client.accounts().await.expect("accounts");
+    assert_eq!(accounts.len(), 40);
+    for account in &accounts {
+        assert_eq!(
+            account.as_of, 1_005,
+            "{} holds the newest snapshot",
+            account.external_id
+        );
+        assert_eq!(
+            account
+                .fields
+                .get("period_to_date_amount")
+                .and_then(|v| v.as_str()),
+            Some("50.500000"),
+            "{}",
+            account.external_id
+        );
+    }
+    let counts = outcomes(&all);
+    assert_eq!(all.len(), snapshots.len(), "{counts:?}");
+    assert_eq!(counts.get("Rejected"), None, "{counts:?}");
+    let applied: u64 = accounts
+        .iter()
+        .map(|a| u64::try_from(a.version).unwrap_or(0))
+        .sum();
+    assert!(
+        applied <= 240,
+        "each snapshot applied at most once: {applied}"
+    );
+}

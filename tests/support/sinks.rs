@@ -1,0 +1,252 @@
+//! What the sink tests share: an in-process sandbox on a real port, sinks run in-process
+//! against the shared broker and registry, and waits with deadlines.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backbone_core::endpoint::ObservabilitySettings;
+use backbone_core::metrics::RuntimeMetrics;
+use backbone_core::KafkaSettings;
+use backbone_sandbox::{SandboxClient, SandboxConfig};
+use backbone_schemas::types::Contract;
+use backbone_schemas::WireCodec;
+use backbone_sink::metrics::SinkMetrics;
+use backbone_sink::settings::{CircuitSettings, RetrySettings};
+use backbone_sink::{
+    run, DestinationSettings, RunContext, Secret, Sink, SinkError, SinkSettings, SinkSummary,
+};
+use backbone_testkit::{shared_settings, unique_group, unique_topic};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The registry `make test` started.
+pub fn registry_url() -> String {
+    std::env::var("BACKBONE_TEST_REGISTRY_URL")
+        .unwrap_or_else(|_| "http://127.0.0.1:8081".to_owned())
+}
+
+/// A sandbox served on a free port of 127.0.0.1 for the length of a test.
+pub struct Sandbox {
+    /// Its base URL.
+    pub url: String,
+    /// A client with the configured token.
+    pub client: SandboxClient,
+    _stop: oneshot::Sender<()>,
+}
+
+impl Sandbox {
+    /// Starts a sandbox with `config` (its `listen` is replaced by a free port).
+    pub async fn start(config: SandboxConfig) -> Sandbox {
+        let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .expect("bind a free port");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(backbone_sandbox::serve(listener, config, async {
+            let _ = stopped.await;
+        }));
+        Sandbox {
+            client: SandboxClient::new(url.clone()),
+            url,
+            _stop: stop,
+        }
+    }
+
+    /// Where a sink reaches it, with the sandbox's default token.
+    pub fn destination(&self) -> DestinationSettings {
+        DestinationSettings {
+            url: self.url.clone(),
+            credential: Secret::new("sandbox-token"),
+            ..DestinationSettings::default()
+        }
+    }
+
+    /// Requests the sandbox answered for `system` with `status`.
+    pub async fn answered(&self, system: &str, status: u16) -> u64 {
+        let stats = self.client.stats().await.expect("sandbox stats");
+        stats
+            .pointer(&format!("/{system}/{status}"))
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0)
+    }
+
+    /// Requests the sandbox applied for `system`.
+    pub async fn applied(&self, system: &str) -> u64 {
+        let stats = self.client.stats().await.expect("sandbox stats");
+        stats
+            .pointer(&format!("/applied/{system}"))
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0)
+    }
+}
+
+/// Topics and group of one sink under test.
+pub struct SinkTopics {
+    /// Input topic.
+    pub input: String,
+    /// Where `DeliveryResult`s go.
+    pub results: String,
+    /// Consumer group.
+    pub group: String,
+    /// Ledger root.
+    pub ledger_dir: PathBuf,
+}
+
+impl SinkTopics {
+    /// Fresh names for a test called `name`, with `partitions` input partitions created.
+    pub async fn create(name: &str, partitions: i32) -> SinkTopics {
+        let topics = SinkTopics {
+            input: unique_topic(name),
+            results: unique_topic(&format!("{name}-results")),
+            group: unique_group(name),
+            ledger_dir: std::env::temp_dir()
+                .join("backbone-ledgers")
+                .join(unique_group(name)),
+        };
+        backbone_testkit::create_topic(&shared_settings(), &topics.input, partitions)
+            .await
+            .expect("create the input topic");
+        topics
+    }
+
+    /// Sink settings for these topics: short linger, quick retries, a circuit that opens
+    /// after three failed attempts for one second.
+    pub fn settings(&self) -> SinkSettings {
+        SinkSettings {
+            group_id: Some(self.group.clone()),
+            batch_max: 50,
+            linger: Duration::from_millis(50),
+            tick: Duration::from_millis(100),
+            ledger_dir: self.ledger_dir.clone(),
+            results_topic: self.results.clone(),
+            retry: RetrySettings {
+                initial_backoff: Duration::from_millis(20),
+                max_backoff: Duration::from_millis(300),
+                max_retry_after: Duration::from_secs(2),
+            },
+            circuit: CircuitSettings {
+                failure_threshold: 3,
+                open_for: Duration::from_secs(1),
+            },
+            ..SinkSettings::default()
+        }
+    }
+}
+
+/// A sink running in-process until stopped.
+pub struct RunningSink {
+    stop: Option<oneshot::Sender<()>>,
+    handle: JoinHandle<Result<SinkSummary, SinkError>>,
+    registry: prometheus::Registry,
+}
+
+impl RunningSink {
+    /// Starts `sink` with `settings` on the shared broker and registry.
+    pub fn start<S: Sink>(sink: S, settings: SinkSettings) -> RunningSink {
+        let registry = prometheus::Registry::new();
+        let name = sink.name().to_owned();
+        let metrics = Arc::new(RuntimeMetrics::new(&registry, &name).expect("runtime metrics"));
+        let sink_metrics =
+            Arc::new(SinkMetrics::new(&registry, &name, "test").expect("sink metrics"));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let handle = tokio::spawn(async move {
+            let kafka: KafkaSettings = shared_settings();
+            let observability = ObservabilitySettings {
+                statistics_interval: Duration::from_millis(500),
+                ..ObservabilitySettings::default()
+            };
+            let context = RunContext {
+                kafka: &kafka,
+                settings: &settings,
+                observability: &observability,
+                codec: WireCodec::new(&registry_url()),
+                metrics,
+                sink_metrics,
+            };
+            run(sink, context, async {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        RunningSink {
+            stop: Some(stop),
+            handle,
+            registry,
+        }
+    }
+
+    /// The value of the series `name` with the given label, or 0 when absent.
+    pub fn metric(&self, name: &str, label: Option<(&str, &str)>) -> f64 {
+        self.registry
+            .gather()
+            .iter()
+            .filter(|family| family.name() == name)
+            .flat_map(|family| family.get_metric().iter())
+            .filter(|metric| {
+                label.is_none_or(|(key, value)| {
+                    metric
+                        .get_label()
+                        .iter()
+                        .any(|l| l.name() == key && l.value() == value)
+                })
+            })
+            // A gauge's counter part reads 0 and the other way round.
+            .map(|metric| metric.get_gauge().get_value() + metric.get_counter().get_value())
+            .sum()
+    }
+
+    /// Whether the sink has stopped on its own.
+    pub fn is_finished(&self) -> bool {
+        self.handle.is_finished()
+    }
+
+    /// Asks the sink to stop and returns its summary.
+    pub async fn stop(mut self) -> SinkSummary {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(60), self.handle)
+            .await
+            .expect("the sink stops within a minute")
+            .expect("the sink task")
+            .expect("the sink stops cleanly")
+    }
+
+    /// Waits for the sink to stop on its own, for at most `deadline`.
+    pub async fn finished(self, deadline: Duration) -> Result<SinkSummary, SinkError> {
+        tokio::time::timeout(deadline, self.handle)
+            .await
+            .expect("the sink stops on its own")
+            .expect("the sink task")
+    }
+}
+
+/// Encodes `value` for `topic` through the registry.
+pub async fn encode<T: Contract>(codec: &WireCodec, topic: &str, value: &T) -> Vec<u8> {
+    codec
+        .encode_contract(&format!("{topic}-value"), value)
+        .await
+        .expect("encode through the registry")
+}
+
+/// Polls `check` until it returns `Some`, failing the test after `deadline` with `what`.
+pub async fn eventually<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            started.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
