@@ -1,0 +1,3 @@
+//! `replay` (being written).
+
+fn main() {}
