@@ -14,8 +14,8 @@ use backbone_crm_sink::{CrmSettings, CrmSink};
 use backbone_sandbox::SandboxConfig;
 use backbone_sandbox::{Faults, System};
 use backbone_schemas::types::{
-    AccountHealthSnapshot, Amount, BillingCharge, BillingChargeType, Contract, DeliveryOutcome,
-    DeliveryResult, EventMetadata, HealthStatus, TraceContext,
+    AccountHealthSnapshot, Amount, BillingCharge, BillingChargeType, DeliveryOutcome,
+    DeliveryResult, HealthStatus,
 };
 use backbone_schemas::WireCodec;
 use backbone_sink::http::JsonApi;
@@ -24,30 +24,14 @@ use backbone_sink::{DestinationSettings, SinkError, DESTINATION_REJECTED};
 use backbone_testkit::{
     committed_offsets, consume_until, produce, shared_settings, ChildProcess, TestRecord,
 };
-use support::{eventually, registry_url, RunningSink, Sandbox, SinkTopics};
+use support::{eventually, metadata, registry_url, results, RunningSink, Sandbox, SinkTopics};
 
 const DEADLINE: Duration = Duration::from_secs(120);
-
-fn metadata(tenant: &str, event_id: &str) -> EventMetadata {
-    EventMetadata {
-        tenant_id: tenant.to_owned(),
-        event_id: event_id.to_owned(),
-        source: "fanout".to_owned(),
-        r#type: "backbone.billing.charge".to_owned(),
-        occurred_at: 1_790_000_000_000_000,
-        produced_at: 1_790_000_000_000_000,
-        trace: TraceContext {
-            traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned(),
-            tracestate: None,
-        },
-        schema_version: None,
-    }
-}
 
 fn charge(i: usize, currency: &str) -> BillingCharge {
     let rating_id = format!("rt-{i:04}");
     BillingCharge {
-        metadata: metadata("acme", &rating_id),
+        metadata: metadata("acme", &rating_id, "backbone.billing.charge"),
         rating_id,
         revision: 1,
         charge_type: BillingChargeType::Usage,
@@ -90,23 +74,6 @@ fn billing_sink(topic: &str, destination: &DestinationSettings) -> BillingSink {
         settings,
         JsonApi::new(destination).expect("billing API client"),
     )
-}
-
-async fn results(codec: &WireCodec, topic: &str, count: usize) -> Vec<DeliveryResult> {
-    let records = consume_until(&shared_settings(), topic, count, DEADLINE)
-        .await
-        .expect("delivery results");
-    let mut decoded = Vec::with_capacity(records.len());
-    for record in &records {
-        let value = record.value.as_deref().expect("value");
-        decoded.push(
-            codec
-                .decode_as(value, DeliveryResult::schema())
-                .await
-                .expect("decode a delivery result"),
-        );
-    }
-    decoded
 }
 
 fn outcomes(results: &[DeliveryResult]) -> BTreeMap<String, usize> {
@@ -479,7 +446,11 @@ async fn a_sink_killed_mid_batch_and_restarted_charges_each_record_once() {
 fn snapshot(customer: usize, as_of: i64, amount: &str) -> AccountHealthSnapshot {
     let customer_id = format!("c-{customer}");
     AccountHealthSnapshot {
-        metadata: metadata("acme", &format!("{customer_id}-{as_of}")),
+        metadata: metadata(
+            "acme",
+            &format!("{customer_id}-{as_of}"),
+            "backbone.crm.account_health",
+        ),
         snapshot_id: format!("ahs-{customer_id}-{as_of}"),
         customer_id,
         as_of,

@@ -1,6 +1,9 @@
 //! What the sink tests share: an in-process sandbox on a real port, sinks run in-process
 //! against the shared broker and registry, and waits with deadlines.
 
+// Each test binary that includes this module uses part of it.
+#![allow(dead_code)]
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,7 +14,7 @@ use backbone_core::endpoint::ObservabilitySettings;
 use backbone_core::metrics::RuntimeMetrics;
 use backbone_core::KafkaSettings;
 use backbone_sandbox::{SandboxClient, SandboxConfig};
-use backbone_schemas::types::Contract;
+use backbone_schemas::types::{Contract, DeliveryResult, EventMetadata, TraceContext};
 use backbone_schemas::WireCodec;
 use backbone_sink::metrics::SinkMetrics;
 use backbone_sink::settings::{CircuitSettings, RetrySettings};
@@ -249,4 +252,60 @@ where
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// An envelope for test events of type `kind`.
+pub fn metadata(tenant: &str, event_id: &str, kind: &str) -> EventMetadata {
+    EventMetadata {
+        tenant_id: tenant.to_owned(),
+        event_id: event_id.to_owned(),
+        source: "fanout".to_owned(),
+        r#type: kind.to_owned(),
+        occurred_at: 1_790_000_000_000_000,
+        produced_at: 1_790_000_000_000_000,
+        trace: TraceContext {
+            traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned(),
+            tracestate: None,
+        },
+        schema_version: None,
+    }
+}
+
+/// The first `count` delivery results on `topic`, decoded.
+pub async fn results(codec: &WireCodec, topic: &str, count: usize) -> Vec<DeliveryResult> {
+    let records =
+        backbone_testkit::consume_until(&shared_settings(), topic, count, Duration::from_secs(120))
+            .await
+            .expect("delivery results");
+    let mut decoded = Vec::with_capacity(records.len());
+    for record in &records {
+        let value = record.value.as_deref().expect("value");
+        decoded.push(
+            codec
+                .decode_as(value, DeliveryResult::schema())
+                .await
+                .expect("decode a delivery result"),
+        );
+    }
+    decoded
+}
+
+/// Publishes `values` (encoded for `topic`) keyed by `keys`, with optional timestamps.
+pub async fn publish<T: Contract>(
+    codec: &WireCodec,
+    topic: &str,
+    values: &[(String, T, Option<i64>)],
+) -> Vec<backbone_testkit::TestRecord> {
+    let mut records = Vec::with_capacity(values.len());
+    for (key, value, timestamp_ms) in values {
+        let bytes = encode(codec, topic, value).await;
+        records.push(backbone_testkit::TestRecord {
+            timestamp_ms: *timestamp_ms,
+            ..backbone_testkit::TestRecord::new(key.clone(), bytes)
+        });
+    }
+    backbone_testkit::produce(&shared_settings(), topic, &records)
+        .await
+        .expect("produce");
+    records
 }

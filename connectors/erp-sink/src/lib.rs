@@ -403,16 +403,15 @@ impl Sink for ErpSink {
         let length = self.windows.length();
         let mut due = Vec::new();
         for (key, window) in self.windows.close(now, grace) {
-            // The first sequence not already settled: a batch confirmed or refused is never
-            // sent again with other content, so postings new to its window get the next one.
+            // The first sequence the ERP does not hold: a posted batch is never sent again with
+            // other content, so postings new to its window make the next one, an adjustment. A
+            // refused batch was never posted; its number is free again.
             let mut sequence = 0u32;
             while ledger
                 .get(&key.batch_id(sequence))
                 .ok()
                 .flatten()
-                .is_some_and(|e| {
-                    matches!(e.state, DeliveryState::Confirmed | DeliveryState::Rejected)
-                })
+                .is_some_and(|e| e.state == DeliveryState::Confirmed)
             {
                 sequence += 1;
             }

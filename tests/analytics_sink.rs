@@ -1,0 +1,173 @@
+//! The analytics sink against a real PostgreSQL server (`make test` starts one and exports
+//! its URL in `BACKBONE_TEST_POSTGRES_URL`): it creates and migrates its schema, loads each
+//! fact once, keeps the newest revision, and a replay changes no row.
+
+#[path = "support/sinks.rs"]
+mod support;
+
+use std::collections::HashMap;
+
+use backbone_analytics_sink::{AnalyticsSettings, AnalyticsSink};
+use backbone_schemas::types::{AnalyticsFact, FactType};
+use backbone_schemas::WireCodec;
+use backbone_sink::{DestinationSettings, Secret};
+use support::{metadata, publish, registry_url, results, RunningSink, SinkTopics};
+use tokio_postgres::NoTls;
+
+fn postgres_url() -> String {
+    std::env::var("BACKBONE_TEST_POSTGRES_URL").expect(
+        "BACKBONE_TEST_POSTGRES_URL names the test PostgreSQL server; `make test` starts one",
+    )
+}
+
+/// The test server's URL without its password, which goes in the credential as deployed.
+fn destination() -> DestinationSettings {
+    let url = postgres_url();
+    let (without, password) = match url.split_once("://").and_then(|(scheme, rest)| {
+        let (userinfo, host) = rest.split_once('@')?;
+        let (user, password) = userinfo.split_once(':')?;
+        Some((format!("{scheme}://{user}@{host}"), password.to_owned()))
+    }) {
+        Some(parts) => parts,
+        None => (url, String::new()),
+    };
+    DestinationSettings {
+        url: without,
+        credential: Secret::new(password),
+        ..DestinationSettings::default()
+    }
+}
+
+fn fact(id: &str, revision: i64, amount: &str) -> AnalyticsFact {
+    AnalyticsFact {
+        metadata: metadata(
+            "acme",
+            &format!("{id}@{revision}"),
+            "backbone.analytics.fact",
+        ),
+        fact_id: id.to_owned(),
+        fact_type: FactType::RatedUsage,
+        source_revision: revision,
+        event_time: 1_790_000_000_000_000,
+        fact_date: 20_716,
+        customer_id: "c-1".to_owned(),
+        legal_entity_id: Some("le-eu".to_owned()),
+        subscription_id: Some("s-1".to_owned()),
+        product_id: None,
+        charge_id: Some("api-calls".to_owned()),
+        meter_id: Some("calls".to_owned()),
+        quantity: Some("12".parse().expect("quantity")),
+        amount: Some(amount.parse().expect("amount")),
+        currency: Some("EUR".to_owned()),
+        attributes: HashMap::from([("region".to_owned(), "eu-west".to_owned())]),
+    }
+}
+
+async fn connect() -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(&postgres_url(), NoTls)
+        .await
+        .expect("connect to the test PostgreSQL");
+    tokio::spawn(connection);
+    client
+}
+
+#[tokio::test]
+async fn facts_load_once_newest_revision_wins_and_a_replay_changes_nothing() {
+    let topics = SinkTopics::create("analytics", 2).await;
+    let schema = format!("t_{}", topics.group.replace(['-', '.'], "_")).to_lowercase();
+    let codec = WireCodec::new(&registry_url());
+    let mut values = Vec::new();
+    for i in 0..40 {
+        values.push((
+            "acme:c-1".to_owned(),
+            fact(&format!("fact-{i}"), 1, &format!("{i}.5")),
+            None,
+        ));
+    }
+    // A window aggregate revised twice, its revisions arriving out of order.
+    for (revision, amount) in [(1, "10"), (3, "30"), (2, "20")] {
+        values.push((
+            "acme:c-1".to_owned(),
+            fact("window-1", revision, amount),
+            None,
+        ));
+    }
+    publish(&codec, &topics.input, &values).await;
+    let settings = AnalyticsSettings {
+        topic: topics.input.clone(),
+        schema: schema.clone(),
+    };
+    let sink = RunningSink::start(
+        AnalyticsSink::new(settings.clone(), &destination()).expect("sink"),
+        topics.settings(),
+    );
+    results(&codec, &topics.results, values.len()).await;
+    let summary = sink.stop().await;
+    assert_eq!(summary.rejected, 0, "{summary:?}");
+
+    let db = connect().await;
+    let migrated: i32 = db
+        .query_one(
+            &format!("SELECT max(version) FROM {schema}.schema_migrations"),
+            &[],
+        )
+        .await
+        .expect("migrations table")
+        .get(0);
+    assert_eq!(migrated, backbone_analytics_sink::schema::latest_version());
+    let rows: i64 = db
+        .query_one(&format!("SELECT count(*) FROM {schema}.facts"), &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(rows, 41, "one row per fact");
+    let window = db
+        .query_one(
+            &format!("SELECT source_revision, amount::text FROM {schema}.facts WHERE fact_id = 'window-1'"),
+            &[],
+        )
+        .await
+        .expect("the window row");
+    assert_eq!(window.get::<_, i64>(0), 3, "the newest revision wins");
+    assert_eq!(window.get::<_, String>(1), "30.000000");
+    let total: String = db
+        .query_one(
+            &format!("SELECT sum(amount)::text FROM {schema}.facts WHERE fact_id LIKE 'fact-%'"),
+            &[],
+        )
+        .await
+        .expect("sum")
+        .get(0);
+    // 0.5 + 1.5 + ... + 39.5
+    assert_eq!(total, "800.000000");
+    let loaded_before: String = db
+        .query_one(
+            &format!("SELECT max(loaded_at)::text FROM {schema}.facts"),
+            &[],
+        )
+        .await
+        .expect("loaded_at")
+        .get(0);
+
+    // A new deployment (its own ledger) reads everything again: the table already holds each
+    // fact, so no row changes.
+    let mut fresh = topics.settings();
+    fresh.group_id = Some(format!("{}-fresh", topics.group));
+    let replay = RunningSink::start(
+        AnalyticsSink::new(settings, &destination()).expect("sink"),
+        fresh,
+    );
+    results(&codec, &topics.results, 2 * values.len()).await;
+    let replay_summary = replay.stop().await;
+    assert_eq!(replay_summary.delivered, 0, "{replay_summary:?}");
+    assert_eq!(replay_summary.already_delivered, 43, "{replay_summary:?}");
+    let loaded_after: String = db
+        .query_one(
+            &format!("SELECT max(loaded_at)::text FROM {schema}.facts"),
+            &[],
+        )
+        .await
+        .expect("loaded_at")
+        .get(0);
+    assert_eq!(loaded_before, loaded_after, "no row was rewritten");
+}

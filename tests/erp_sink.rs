@@ -1,0 +1,275 @@
+//! The ERP sink against the sandbox: postings become balanced journal batches whose control
+//! totals match the postings they came from; a late posting becomes an adjustment; a batch for
+//! a closed period is dead-lettered with the ERP's answer; a replay posts nothing twice.
+
+#[path = "support/sinks.rs"]
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use backbone_erp_sink::{ErpSettings, ErpSink};
+use backbone_rating::days_from_civil;
+use backbone_sandbox::{PostedBatch, SandboxConfig};
+use backbone_schemas::types::{Amount, LedgerPosting, PostingLine};
+use backbone_schemas::WireCodec;
+use backbone_sink::http::JsonApi;
+use backbone_sink::DESTINATION_REJECTED;
+use backbone_testkit::{consume_until, shared_settings};
+use support::{
+    eventually, metadata, publish, registry_url, results, RunningSink, Sandbox, SinkTopics,
+};
+
+const DEADLINE: Duration = Duration::from_secs(120);
+
+fn now_ms() -> i64 {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970");
+    i64::try_from(since.as_millis()).expect("millis")
+}
+
+fn amount(text: &str) -> Amount {
+    text.parse().expect("amount")
+}
+
+/// A posting of `value` (receivable against revenue) for `entity` in `currency`, in the
+/// accounting month `year-month`.
+fn posting(
+    i: usize,
+    entity: &str,
+    currency: &str,
+    value: &str,
+    (year, month): (i64, u32),
+) -> LedgerPosting {
+    let a = amount(value);
+    let (debit, credit) = if a >= Amount::ZERO {
+        (a, Amount::ZERO)
+    } else {
+        (Amount::ZERO, amount(&value[1..]))
+    };
+    let line = |n: i32, account: &str, debit: Amount, credit: Amount| PostingLine {
+        line_number: n,
+        gl_account: account.to_owned(),
+        debit,
+        credit,
+        currency: currency.to_owned(),
+        description: format!("usage {i}"),
+        source_rating_id: None,
+        customer_id: None,
+    };
+    let rating_id = format!("rt-{entity}-{i:04}");
+    let next = if month == 12 {
+        (year + 1, 1)
+    } else {
+        (year, month + 1)
+    };
+    LedgerPosting {
+        metadata: metadata("acme", &rating_id, "backbone.erp.ledger_posting"),
+        rating_id,
+        legal_entity_id: entity.to_owned(),
+        customer_id: format!("c-{}", i % 5),
+        subscription_id: format!("s-{}", i % 5),
+        charge_id: "api-calls".to_owned(),
+        mapping_id: "default".to_owned(),
+        posting_date: days_from_civil(year, month, 15),
+        period_start: days_from_civil(year, month, 1),
+        period_end: days_from_civil(next.0, next.1, 1) - 1,
+        currency: currency.to_owned(),
+        amount: a,
+        lines: vec![
+            line(1, "1200-receivables", debit, credit),
+            line(2, "4000-revenue", credit, debit),
+        ],
+    }
+}
+
+fn erp_sink(topic: &str, sandbox: &Sandbox) -> ErpSink {
+    let settings = ErpSettings {
+        topic: topic.to_owned(),
+        window: Duration::from_secs(2),
+        grace: Duration::from_secs(1),
+        outbox_dir: None,
+    };
+    ErpSink::new(
+        settings,
+        JsonApi::new(&sandbox.destination()).expect("ERP client"),
+    )
+}
+
+/// Sum of `text` decimals as unscaled micro-units.
+fn micros(text: &str) -> i128 {
+    let a: Amount = text.parse().expect("decimal");
+    a.unscaled()
+}
+
+/// Checks every batch balances per currency and its control totals match its lines.
+fn check_balanced(batches: &[PostedBatch]) {
+    for batch in batches {
+        let mut per_currency: BTreeMap<&str, (u64, i128, i128)> = BTreeMap::new();
+        for line in &batch.lines {
+            let entry = per_currency.entry(line.currency.as_str()).or_default();
+            entry.0 += 1;
+            entry.1 += micros(&line.debit);
+            entry.2 += micros(&line.credit);
+        }
+        for (currency, (count, debits, credits)) in &per_currency {
+            assert_eq!(
+                debits, credits,
+                "batch {} balances in {currency}",
+                batch.external_id
+            );
+            let total = batch
+                .control_totals
+                .iter()
+                .find(|t| t.currency == *currency)
+                .expect("a control total per currency");
+            assert_eq!(total.line_count, *count);
+            assert_eq!(micros(&total.total_debits), *debits);
+            assert_eq!(micros(&total.total_credits), *credits);
+        }
+    }
+}
+
+/// Receivables posted per legal entity and currency (debits minus credits on 1200).
+fn receivables(batches: &[PostedBatch]) -> BTreeMap<(String, String), i128> {
+    let mut totals = BTreeMap::new();
+    for batch in batches {
+        for line in batch
+            .lines
+            .iter()
+            .filter(|l| l.gl_account.starts_with("1200"))
+        {
+            *totals
+                .entry((batch.legal_entity_id.clone(), line.currency.clone()))
+                .or_default() += micros(&line.debit) - micros(&line.credit);
+        }
+    }
+    totals
+}
+
+#[tokio::test]
+async fn postings_become_balanced_batches_then_adjustments_and_replays_post_nothing_twice() {
+    let sandbox = Sandbox::start(SandboxConfig::default()).await;
+    sandbox
+        .client
+        .close_period("2026-05")
+        .await
+        .expect("close May");
+    let topics = SinkTopics::create("erp", 2).await;
+    let codec = WireCodec::new(&registry_url());
+    let now = now_ms();
+    let month = (2026, 11);
+    let mut values = Vec::new();
+    let mut expected: BTreeMap<(String, String), i128> = BTreeMap::new();
+    for i in 0..30 {
+        let (entity, currency) = if i % 3 == 0 {
+            ("le-us", "USD")
+        } else {
+            ("le-eu", "EUR")
+        };
+        let value = if i % 7 == 6 {
+            format!("-{i}.5")
+        } else {
+            format!("{i}.125")
+        };
+        let p = posting(i, entity, currency, &value, month);
+        *expected
+            .entry((entity.to_owned(), currency.to_owned()))
+            .or_default() += p.amount.unscaled();
+        values.push((format!("acme:{entity}"), p, Some(now)));
+    }
+    // A posting for a period the ERP has closed: the ERP refuses its batch.
+    let closed = posting(99, "le-eu", "EUR", "7.000", (2026, 5));
+    values.push(("acme:le-eu".to_owned(), closed.clone(), Some(now)));
+    let records = publish(&codec, &topics.input, &values).await;
+
+    let sink = RunningSink::start(erp_sink(&topics.input, &sandbox), topics.settings());
+    results(&codec, &topics.results, values.len()).await;
+    let batches = sandbox.client.batches().await.expect("batches");
+    check_balanced(&batches);
+    assert_eq!(
+        receivables(&batches),
+        expected,
+        "the ERP holds what the postings add up to"
+    );
+    assert!(
+        batches.iter().all(|b| b.period == "2026-11"),
+        "the closed period posted nothing"
+    );
+    let lines: usize = batches.iter().map(|b| b.lines.len()).sum();
+    assert_eq!(lines, 60, "two lines per posting, each posting once");
+    let dlq = consume_until(
+        &shared_settings(),
+        &format!("{}.dlq", topics.input),
+        1,
+        DEADLINE,
+    )
+    .await
+    .expect("the refused posting");
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(
+        dlq[0].header("backbone.dlq.reason").as_deref(),
+        Some(DESTINATION_REJECTED)
+    );
+    assert!(
+        dlq[0]
+            .header("backbone.dlq.message")
+            .unwrap_or_default()
+            .contains("period_closed"),
+        "the ERP's answer travels with the dead letter"
+    );
+
+    // A posting that arrives for a window already posted becomes an adjustment batch that
+    // references the regular one.
+    let regular = batches
+        .iter()
+        .find(|b| b.legal_entity_id == "le-eu" && b.adjusts.is_none())
+        .expect("a regular le-eu batch")
+        .clone();
+    let late = posting(200, "le-eu", "EUR", "3.5", month);
+    publish(
+        &codec,
+        &topics.input,
+        &[("acme:le-eu".to_owned(), late, Some(now))],
+    )
+    .await;
+    let adjustment = eventually(DEADLINE, "the adjustment batch", || async {
+        let batches = sandbox.client.batches().await.expect("batches");
+        batches
+            .into_iter()
+            .find(|b| b.lines.iter().any(|l| l.description == "usage 200"))
+    })
+    .await;
+    assert_eq!(format!("{:?}", adjustment.batch_type), "Adjustment");
+    assert_eq!(
+        adjustment.adjusts.as_deref(),
+        Some(regular.external_id.as_str())
+    );
+    assert_eq!(adjustment.lines.len(), 2);
+
+    // A replay of every posting by the same group: the ledger knows each one's batch.
+    let posted = sandbox.applied("erp").await;
+    let summary_before = sink.stop().await;
+    assert!(summary_before.delivered >= 3, "{summary_before:?}");
+    publish(
+        &codec,
+        &topics.input,
+        &values
+            .iter()
+            .map(|(k, p, _)| (k.clone(), p.clone(), Some(now_ms())))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    let replay = RunningSink::start(erp_sink(&topics.input, &sandbox), topics.settings());
+    results(&codec, &topics.results, 2 * values.len() + 1).await;
+    let replay_summary = replay.stop().await;
+    assert_eq!(replay_summary.already_delivered, 30, "{replay_summary:?}");
+    assert_eq!(
+        sandbox.applied("erp").await,
+        posted,
+        "no batch posted twice"
+    );
+    check_balanced(&sandbox.client.batches().await.expect("batches"));
+    drop(records);
+}
