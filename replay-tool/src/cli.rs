@@ -1,0 +1,541 @@
+//! The command line: clap definitions, with examples in every `--help`, and [`execute`], which
+//! runs a parsed command and prints its result.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use backbone_core::config::{load_from, ConfigError, Validate};
+use backbone_core::KafkaSettings;
+use clap::{ArgGroup, Args, Parser, Subcommand};
+use serde::Deserialize;
+
+use crate::error::ReplayError;
+use crate::filter::{FilterArgs, OffsetRange};
+use crate::offsets::{self, ResetTarget};
+use crate::progress::ProgressMode;
+use crate::republish::{self, RunOptions};
+use crate::{audit, dlq, Context, AUDIT_TOPIC, CHECKPOINT_TOPIC};
+
+const EXAMPLES: &str = "\
+Examples:
+  # What failed, grouped by error class and reason
+  replay dlq list billing.charges.dlq
+
+  # Look at three of them, decoded through the schema registry
+  replay dlq show billing.charges.dlq --limit 3
+
+  # Check what a replay would do, and which records would fail again
+  replay run billing.charges.dlq --reason destination_rejected --dry-run
+
+  # Send them back to the topic each failed on, 50 records per second
+  replay run billing.charges.dlq --reason destination_rejected --rate 50 --operator ann
+
+  # Resume an interrupted replay: nothing is sent twice
+  replay run --replay-id r-20261127T031500Z-3f9a
+
+  # Make the billing sink read again from 03:00 UTC: preview, then apply
+  replay reset-offsets --group billing-sink --topic billing.charges --to-time 2026-11-27T03:00:00Z
+  replay reset-offsets --group billing-sink --topic billing.charges --to-time 2026-11-27T03:00:00Z --execute
+
+  # Who replayed or reset what
+  replay audit
+
+Every command reads Kafka at --bootstrap-servers and, where it decodes records, the registry at
+--registry-url. Replays and executed resets are recorded on the audit topic.
+See docs/replay.md for the guarantees.";
+
+const RUN_EXAMPLES: &str = "\
+Examples:
+  # Every dead letter back to its origin topic (backbone.origin.topic)
+  replay run usage.events.dlq
+
+  # Dry run: print each record, say which would fail again (unknown schema id, undecodable...)
+  replay run usage.events.dlq --dry-run
+
+  # Only what failed between 03:00 and 04:00 UTC for one reason
+  replay run usage.events.dlq --since 2026-11-27T03:00:00Z --until 2026-11-27T04:00:00Z --reason unknown_schema_id
+
+  # What failed in the last two hours, slowly
+  replay run usage.events.dlq --since 2h --rate 20
+
+  # Offsets 100 to 199 of partition 2 of any topic, to another topic
+  replay run usage.events --partition 2 --offsets 100..199 --to usage.events.retry
+
+  # One customer's records, carrying a given header
+  replay run billing.charges.dlq --key acme:s-17 --header tenant=acme
+
+Times: a record's time is its backbone.dlq.failed_at header when it has one, otherwise its
+Kafka timestamp; --since is inclusive, --until exclusive. Offsets: A..B includes both ends.
+An interrupted replay (Ctrl-C, a crash, a lost connection) resumes with --replay-id: records
+it sent before are found and skipped.";
+
+const RESET_EXAMPLES: &str = "\
+Examples:
+  # Preview: old and new offset of every partition, nothing changes
+  replay reset-offsets --group usage-rater --topic usage.enriched --to-time 2026-11-27T03:00:00Z
+
+  # Apply it (the group must have no active members: stop its consumers first)
+  replay reset-offsets --group usage-rater --topic usage.enriched --to-time 2026-11-27T03:00:00Z --execute
+
+  # Skip everything written so far
+  replay reset-offsets --group crm-sink --topic crm.account-health --to-latest --execute";
+
+/// `replay`: see what failed, bring it back, and move consumer groups, with an audit trail.
+#[derive(Debug, Parser)]
+#[command(
+    name = "replay",
+    version,
+    about = "Inspect dead-letter topics, republish records, move consumer groups; every change audited",
+    after_help = EXAMPLES
+)]
+pub struct Cli {
+    /// Kafka bootstrap servers (host:port, comma-separated). Other librdkafka properties come
+    /// from BACKBONE__KAFKA__PROPERTIES__<NAME>.
+    #[arg(
+        long,
+        global = true,
+        env = "BACKBONE__KAFKA__BOOTSTRAP_SERVERS",
+        default_value = "127.0.0.1:9092"
+    )]
+    pub bootstrap_servers: String,
+    /// Schema registry base URL.
+    #[arg(
+        long,
+        global = true,
+        env = "BACKBONE__SCHEMA_REGISTRY__URL",
+        default_value = "http://127.0.0.1:8081"
+    )]
+    pub registry_url: String,
+    /// How long to wait for the broker or the registry before giving up (e.g. 5s, 1m).
+    #[arg(long, global = true, default_value = "10s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Topic holding replay checkpoints.
+    #[arg(long, global = true, default_value = CHECKPOINT_TOPIC)]
+    pub checkpoint_topic: String,
+    /// Topic holding audit records.
+    #[arg(long, global = true, default_value = AUDIT_TOPIC)]
+    pub audit_topic: String,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Read dead-letter topics.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+    /// Republish records: from a DLQ to where each failed, or from any topic with --to.
+    #[command(after_help = RUN_EXAMPLES)]
+    Run(RunArgs),
+    /// Move a consumer group's offsets on a topic (preview unless --execute).
+    #[command(after_help = RESET_EXAMPLES)]
+    ResetOffsets(ResetArgs),
+    /// List replays and resets from the audit topic.
+    Audit(AuditArgs),
+}
+
+/// `replay dlq ...`.
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Failed records grouped by error class and reason: counts, first and last failure,
+    /// source topics.
+    #[command(after_help = "Example:\n  replay dlq list usage.events.dlq --json")]
+    List(ListArgs),
+    /// Records as JSON: values decoded through the registry, every header.
+    #[command(
+        after_help = "Examples:\n  replay dlq show usage.events.dlq --limit 5\n  replay dlq show usage.events.dlq --partition 1 --offset 42\n  replay dlq show usage.events.dlq --partition 1 --offset 40..49 --compact"
+    )]
+    Show(ShowArgs),
+}
+
+/// `replay dlq list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// The dead-letter topic.
+    pub dlq_topic: String,
+    /// JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `replay dlq show`.
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// The dead-letter topic.
+    pub dlq_topic: String,
+    /// Only this partition.
+    #[arg(long, value_name = "N")]
+    pub partition: Option<i32>,
+    /// Only this offset (N) or these offsets (A..B, inclusive) of --partition.
+    #[arg(long, value_name = "N|A..B", requires = "partition")]
+    pub offset: Option<String>,
+    /// At most this many records.
+    #[arg(long, default_value_t = 20)]
+    pub limit: u64,
+    /// One line per record.
+    #[arg(long)]
+    pub compact: bool,
+}
+
+/// `replay run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The topic to read: a dead-letter topic, or any topic with --to. May be left out when
+    /// resuming with --replay-id.
+    #[arg(required_unless_present = "replay_id")]
+    pub source: Option<String>,
+    /// Send every record here instead of to its backbone.origin.topic header.
+    #[arg(long, value_name = "TOPIC")]
+    pub to: Option<String>,
+    /// Records at or after this time: RFC 3339 (2026-11-27T03:00:00Z), a date, or a duration
+    /// ago (2h).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Records before this time (same forms as --since).
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+    /// Only this partition of the source.
+    #[arg(long, value_name = "N")]
+    pub partition: Option<i32>,
+    /// Only these offsets of --partition: A..B (inclusive), A.., ..B or N.
+    #[arg(long, value_name = "A..B", requires = "partition")]
+    pub offsets: Option<String>,
+    /// Only records with this key (repeat for any of several).
+    #[arg(long, value_name = "KEY")]
+    pub key: Vec<String>,
+    /// Only dead letters of this error class, e.g. permanent or transient (repeatable).
+    #[arg(long, value_name = "CLASS")]
+    pub error_class: Vec<String>,
+    /// Only dead letters with this reason, e.g. unknown_schema_id (repeatable).
+    #[arg(long, value_name = "REASON")]
+    pub reason: Vec<String>,
+    /// Only records with this header and value (repeat: all must match).
+    #[arg(long, value_name = "NAME=VALUE")]
+    pub header: Vec<String>,
+    /// At most this many records (the first that match, partition by partition).
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u64>,
+    /// At most this many records per second.
+    #[arg(long, value_name = "PER_SECOND", value_parser = parse_rate)]
+    pub rate: Option<f64>,
+    /// Print what would be sent and which records would fail again; send nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Resume this replay (or start one under this id). Printed when a replay starts.
+    #[arg(long, value_name = "ID")]
+    pub replay_id: Option<String>,
+    /// Who runs the replay, for the replay headers and the audit.
+    #[arg(long, env = "USER", default_value = "unknown")]
+    pub operator: String,
+    /// JSON lines instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `replay reset-offsets`.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("target").required(true).args(["to_time", "to_offset", "to_earliest", "to_latest"])))]
+pub struct ResetArgs {
+    /// The consumer group.
+    #[arg(long, value_name = "GROUP")]
+    pub group: String,
+    /// The topic whose offsets move.
+    #[arg(long, value_name = "TOPIC")]
+    pub topic: String,
+    /// To the first record at or after this time (RFC 3339, a date, or a duration ago).
+    #[arg(long, value_name = "TIME")]
+    pub to_time: Option<String>,
+    /// To this offset (clamped to what each partition holds).
+    #[arg(long, value_name = "N")]
+    pub to_offset: Option<i64>,
+    /// To each partition's first record.
+    #[arg(long)]
+    pub to_earliest: bool,
+    /// To each partition's end.
+    #[arg(long)]
+    pub to_latest: bool,
+    /// Only this partition.
+    #[arg(long, value_name = "N")]
+    pub partition: Option<i32>,
+    /// Apply the move; without it, only the preview is printed.
+    #[arg(long)]
+    pub execute: bool,
+    /// Apply even though the group has active members.
+    #[arg(long, requires = "execute")]
+    pub force: bool,
+    /// Who resets, for the audit.
+    #[arg(long, env = "USER", default_value = "unknown")]
+    pub operator: String,
+    /// JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `replay audit`.
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Only the last N actions.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// Only this action id (a replay id or a reset id).
+    #[arg(long, value_name = "ID")]
+    pub id: Option<String>,
+    /// JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("expected a duration like 5s or 1m: {e}"))
+}
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        _ => Err("expected records per second, more than 0 (e.g. 50 or 0.5)".to_owned()),
+    }
+}
+
+/// The config sections the tool reads from `BACKBONE__KAFKA__*` and
+/// `BACKBONE__SCHEMA_REGISTRY__*`, the same keys as the processors.
+#[derive(Debug, Deserialize)]
+struct ToolConfig {
+    #[serde(default)]
+    kafka: KafkaSettings,
+}
+
+impl Validate for ToolConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        Ok(())
+    }
+}
+
+impl Cli {
+    /// The context the flags and the environment describe.
+    pub fn context(&self) -> Result<Context, ReplayError> {
+        let env = std::env::vars().filter(|(k, _)| k.starts_with("BACKBONE__KAFKA__"));
+        let config: ToolConfig = load_from(None, env).map_err(|e| ReplayError::Other {
+            what: "configuration".into(),
+            message: e.to_string(),
+        })?;
+        let mut kafka = config.kafka;
+        kafka.bootstrap_servers.clone_from(&self.bootstrap_servers);
+        kafka.validate().map_err(|e| {
+            ReplayError::malformed(
+                "--bootstrap-servers",
+                &self.bootstrap_servers,
+                e.to_string()
+                    .rsplit_once(": expected ")
+                    .map_or("host:port[,host:port...]".to_owned(), |(_, want)| {
+                        want.to_owned()
+                    }),
+            )
+        })?;
+        if !(self.registry_url.starts_with("http://") || self.registry_url.starts_with("https://"))
+        {
+            return Err(ReplayError::malformed(
+                "--registry-url",
+                &self.registry_url,
+                "an http:// or https:// URL",
+            ));
+        }
+        let mut ctx = Context::new(kafka, self.registry_url.clone());
+        ctx.timeout = self.timeout;
+        ctx.checkpoint_topic.clone_from(&self.checkpoint_topic);
+        ctx.audit_topic.clone_from(&self.audit_topic);
+        Ok(ctx)
+    }
+}
+
+/// Runs `cli`, printing results to stdout and progress and notes to stderr.
+pub async fn execute(cli: Cli) -> Result<(), ReplayError> {
+    let ctx = cli.context()?;
+    let mut out = std::io::stdout();
+    match cli.command {
+        Command::Dlq(DlqCommand::List(args)) => {
+            let summary = dlq::list(&ctx, &args.dlq_topic).await?;
+            if args.json {
+                writeln!(out, "{}", to_json(&summary))?;
+            } else {
+                dlq::print_table(&summary, &mut out)?;
+            }
+        }
+        Command::Dlq(DlqCommand::Show(args)) => {
+            let offsets = args
+                .offset
+                .as_deref()
+                .map(|o| OffsetRange::parse("--offset", o))
+                .transpose()?;
+            let options = dlq::ShowOptions {
+                partition: args.partition,
+                offsets,
+                limit: args.limit,
+                compact: args.compact,
+            };
+            let shown = dlq::show(&ctx, &args.dlq_topic, &options, &mut out).await?;
+            if shown == 0 {
+                eprintln!("`{}` holds no records", args.dlq_topic);
+            }
+        }
+        Command::Run(args) => run(&ctx, args, &mut out).await?,
+        Command::ResetOffsets(args) => reset(&ctx, args, &mut out).await?,
+        Command::Audit(args) => {
+            let mut entries = audit::list(&ctx).await?;
+            if let Some(id) = &args.id {
+                entries.retain(|e| &e.id == id);
+            }
+            if let Some(limit) = args.limit {
+                let skip = entries.len().saturating_sub(limit);
+                entries.drain(..skip);
+            }
+            if args.json {
+                writeln!(out, "{}", to_json(&entries))?;
+            } else {
+                audit::print_table(&entries, &mut out)?;
+            }
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+async fn run(
+    ctx: &Context,
+    args: RunArgs,
+    out: &mut (dyn Write + Send),
+) -> Result<(), ReplayError> {
+    let replay_id = args
+        .replay_id
+        .clone()
+        .unwrap_or_else(republish::new_replay_id);
+    if !args.dry_run {
+        eprintln!("replay id {replay_id} (resume with: replay run --replay-id {replay_id})");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    watch_signals(Arc::clone(&stop));
+    let options = RunOptions {
+        source: args.source,
+        to: args.to,
+        filters: FilterArgs {
+            since: args.since,
+            until: args.until,
+            partition: args.partition,
+            offsets: args.offsets,
+            keys: args.key,
+            error_classes: args.error_class,
+            reasons: args.reason,
+            headers: args.header,
+            limit: args.limit,
+        },
+        rate: args.rate,
+        dry_run: args.dry_run,
+        replay_id: Some(replay_id),
+        operator: args.operator,
+        json: args.json,
+        progress: ProgressMode::Auto,
+        checkpoint_interval: Duration::from_secs(1),
+        stop: Some(stop),
+    };
+    let summary = republish::run(ctx, &options, out).await?;
+    if args.json {
+        writeln!(out, "{}", to_json(&summary))?;
+    } else {
+        republish::print_summary(&summary, out)?;
+    }
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM asks a replay to stop after its sends are acknowledged and checkpointed.
+fn watch_signals(stop: Arc<AtomicBool>) {
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            Ok(term) => term,
+            Err(_) => return,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!("stopping: awaiting the records in flight and writing the checkpoint");
+        stop.store(true, Ordering::Relaxed);
+    });
+}
+
+async fn reset(
+    ctx: &Context,
+    args: ResetArgs,
+    out: &mut (dyn Write + Send),
+) -> Result<(), ReplayError> {
+    let target = match (&args.to_time, args.to_offset) {
+        (Some(time), _) => offsets::parse_target_time(time)?,
+        (None, Some(offset)) if offset < 0 => {
+            return Err(ReplayError::malformed(
+                "--to-offset",
+                &offset.to_string(),
+                "an offset, 0 or more",
+            ))
+        }
+        (None, Some(offset)) => ResetTarget::Offset(offset),
+        (None, None) if args.to_earliest => ResetTarget::Earliest,
+        (None, None) => ResetTarget::Latest,
+    };
+    let mut plan = offsets::plan(ctx, &args.group, &args.topic, target, args.partition).await?;
+    let result = if args.execute {
+        offsets::execute(ctx, &mut plan, args.force, &args.operator).await
+    } else {
+        Ok(())
+    };
+    if args.json {
+        writeln!(out, "{}", to_json(&plan))?;
+    } else {
+        offsets::print_plan(&plan, out)?;
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn help_teaches_with_examples() {
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("replay dlq list billing.charges.dlq"), "{help}");
+        let mut command = Cli::command();
+        let run = command.find_subcommand_mut("run").expect("run");
+        let help = run.render_long_help().to_string();
+        assert!(help.contains("--dry-run"), "{help}");
+        assert!(help.contains("replay run usage.events.dlq --since 2h --rate 20"), "{help}");
+    }
+
+    #[test]
+    fn offsets_need_a_partition_and_a_reset_needs_a_target() {
+        let err = Cli::try_parse_from(["replay", "run", "x.dlq", "--offsets", "1..2"])
+            .expect_err("offsets without partition");
+        assert!(err.to_string().contains("--partition"), "{err}");
+        let err = Cli::try_parse_from(["replay", "reset-offsets", "--group", "g", "--topic", "t"])
+            .expect_err("no target");
+        assert!(err.to_string().contains("--to-time"), "{err}");
+        let err = Cli::try_parse_from(["replay", "run", "x.dlq", "--rate", "0"])
+            .expect_err("zero rate");
+        assert!(err.to_string().contains("--rate"), "{err}");
+        let ok = Cli::try_parse_from(["replay", "run", "--replay-id", "r-1"]).expect("resume by id");
+        assert!(matches!(ok.command, Command::Run(RunArgs { source: None, .. })));
+        assert!(Cli::try_parse_from(["replay", "run"]).is_err(), "a source or an id");
+    }
+}

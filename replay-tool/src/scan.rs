@@ -1,0 +1,260 @@
+//! Reading a topic between fixed offsets, one partition after the other, without a consumer
+//! group: every command reads what was there when it started and never commits anything.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+
+use crate::error::ReplayError;
+use crate::Context;
+
+/// A header as read: a name and a value, which Kafka allows to be null.
+pub type RecordHeader = (String, Option<Vec<u8>>);
+
+/// A record read from a topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceRecord {
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Record timestamp, milliseconds since the epoch, when the broker gave one.
+    pub timestamp_ms: Option<i64>,
+    /// Key.
+    pub key: Option<Vec<u8>>,
+    /// Value.
+    pub value: Option<Vec<u8>>,
+    /// Headers in their order.
+    pub headers: Vec<RecordHeader>,
+}
+
+impl SourceRecord {
+    /// The first header called `name`, when it is UTF-8 text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| v.as_deref())
+            .and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// The key as text, lossily.
+    pub fn key_text(&self) -> Option<String> {
+        self.key
+            .as_deref()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+    }
+}
+
+/// Offsets `from..end` (end exclusive) of one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    /// Partition.
+    pub partition: i32,
+    /// First offset to read.
+    pub from: i64,
+    /// One past the last offset to read.
+    pub end: i64,
+}
+
+impl Span {
+    /// How many offsets the span covers (records, unless the topic is compacted or
+    /// transactional).
+    pub fn len(&self) -> u64 {
+        u64::try_from(self.end - self.from).unwrap_or(0)
+    }
+
+    /// Whether the span covers no offset.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What a scan hands over.
+#[derive(Debug)]
+pub enum Scanned {
+    /// Records, in offset order, of one partition.
+    Records(Vec<SourceRecord>),
+    /// A partition's span is fully read: every offset below `end` is handled.
+    Done {
+        /// The partition.
+        partition: i32,
+        /// The span's end.
+        end: i64,
+    },
+}
+
+/// A scan running on its own thread; dropping it stops the thread.
+pub struct Scanner {
+    rx: mpsc::Receiver<Result<Scanned, ReplayError>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Scanner {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+const BATCH: usize = 500;
+
+impl Scanner {
+    /// Starts reading `spans` of `topic`, one partition after the other, in the order given.
+    pub fn start(ctx: &Context, topic: &str, spans: Vec<Span>) -> Scanner {
+        let (tx, rx) = mpsc::channel(8);
+        let stop = Arc::new(AtomicBool::new(false));
+        let ctx = ctx.clone();
+        let topic = topic.to_owned();
+        let stopped = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            if let Err(err) = scan(&ctx, &topic, &spans, &tx, &stopped) {
+                let _ = tx.blocking_send(Err(err));
+            }
+        });
+        Scanner { rx, stop }
+    }
+
+    /// The next batch or partition end; `None` once every span is read (or after an error).
+    pub async fn next(&mut self) -> Option<Result<Scanned, ReplayError>> {
+        self.rx.recv().await
+    }
+
+    /// Reads everything into memory: for the small reads (checkpoints, audit, reconciling).
+    pub async fn collect(mut self) -> Result<Vec<SourceRecord>, ReplayError> {
+        let mut all = Vec::new();
+        while let Some(item) = self.next().await {
+            if let Scanned::Records(records) = item? {
+                all.extend(records);
+            }
+        }
+        Ok(all)
+    }
+}
+
+fn scan(
+    ctx: &Context,
+    topic: &str,
+    spans: &[Span],
+    tx: &mpsc::Sender<Result<Scanned, ReplayError>>,
+    stop: &AtomicBool,
+) -> Result<(), ReplayError> {
+    let mut config = ctx.kafka.admin_config();
+    config
+        .set("group.id", "_backbone.replay.reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "true")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "50")
+        .set("isolation.level", "read_committed");
+    let consumer: BaseConsumer = config
+        .create()
+        .map_err(|e| ReplayError::kafka(format!("reading `{topic}`"), e))?;
+    let send = |item: Scanned| tx.blocking_send(Ok(item)).is_ok();
+    for span in spans {
+        if stop.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        if span.from >= span.end {
+            if !send(Scanned::Done {
+                partition: span.partition,
+                end: span.end,
+            }) {
+                return Ok(());
+            }
+            continue;
+        }
+        let mut assignment = TopicPartitionList::new();
+        assignment
+            .add_partition_offset(topic, span.partition, Offset::Offset(span.from))
+            .map_err(|e| ReplayError::kafka(format!("reading `{topic}`"), e))?;
+        consumer
+            .assign(&assignment)
+            .map_err(|e| ReplayError::kafka(format!("reading `{topic}`"), e))?;
+        let mut batch = Vec::with_capacity(BATCH);
+        let mut last_progress = Instant::now();
+        let mut position = span.from;
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            match consumer.poll(Duration::from_millis(100)) {
+                // Left over from the partition read before this one.
+                Some(Ok(message)) if message.partition() != span.partition => {}
+                Some(Err(KafkaError::PartitionEOF(p))) if p != span.partition => {}
+                Some(Ok(message)) => {
+                    last_progress = Instant::now();
+                    let offset = message.offset();
+                    if offset >= span.end {
+                        break;
+                    }
+                    position = offset + 1;
+                    batch.push(SourceRecord {
+                        partition: message.partition(),
+                        offset,
+                        timestamp_ms: message.timestamp().to_millis(),
+                        key: message.key().map(<[u8]>::to_vec),
+                        value: message.payload().map(<[u8]>::to_vec),
+                        headers: message
+                            .headers()
+                            .map(|headers| {
+                                headers
+                                    .iter()
+                                    .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                                    .collect()
+                            })
+                            .unwrap_or_default(),
+                    });
+                    if offset + 1 >= span.end {
+                        break;
+                    }
+                    if batch.len() >= BATCH
+                        && !send(Scanned::Records(std::mem::take(&mut batch)))
+                    {
+                        return Ok(());
+                    }
+                }
+                // The end of what the partition holds: offsets up to `end` that never came are
+                // gaps (transaction markers, compacted records).
+                Some(Err(KafkaError::PartitionEOF(_))) => break,
+                Some(Err(err)) => {
+                    return Err(ReplayError::kafka(
+                        format!("reading partition {} of `{topic}`", span.partition),
+                        err,
+                    ))
+                }
+                None => {
+                    if !batch.is_empty() && !send(Scanned::Records(std::mem::take(&mut batch))) {
+                        return Ok(());
+                    }
+                    if last_progress.elapsed() > ctx.timeout {
+                        return Err(ReplayError::BrokerUnreachable {
+                            servers: ctx.kafka.bootstrap_servers.clone(),
+                            timeout: crate::time::format_duration(ctx.timeout),
+                            message: format!(
+                                "no records from partition {} of `{topic}` at offset {position} (reading up to {})",
+                                span.partition, span.end
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+        if !batch.is_empty() && !send(Scanned::Records(batch)) {
+            return Ok(());
+        }
+        if !send(Scanned::Done {
+            partition: span.partition,
+            end: span.end,
+        }) {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
