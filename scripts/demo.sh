@@ -6,9 +6,14 @@ set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 cd "$REPO"
 PORT=${BACKBONE_KAFKA_PORT:-9092}
+REGISTRY_PORT=${BACKBONE_REGISTRY_PORT:-8081}
+POSTGRES_PORT=${BACKBONE_POSTGRES_PORT:-5432}
+STACK_DIR=${BACKBONE_STACK_DIR:-$REPO/.backbone/stack}
 TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
 
-if "$REPO/scripts/stack.sh" status | grep -q "registry running"; then
+# Captured first: `grep -q` stops reading early, which under pipefail would fail the status.
+STATUS=$("$REPO/scripts/stack.sh" status)
+if grep -q "registry running" <<<"$STATUS"; then
   echo "demo: using the running stack"
 else
   trap '"$REPO/scripts/stack.sh" down' EXIT
@@ -17,5 +22,8 @@ fi
 
 "$TARGET_DIR/debug/demo" \
   --bootstrap-servers "127.0.0.1:$PORT" \
-  --log-dir "${BACKBONE_STACK_DIR:-$REPO/.backbone/stack}/logs" \
-  --state-dir "${BACKBONE_STACK_DIR:-$REPO/.backbone/stack}/data/state"
+  --registry-url "http://127.0.0.1:$REGISTRY_PORT" \
+  --postgres-url "postgres://backbone:backbone@127.0.0.1:$POSTGRES_PORT/backbone" \
+  --log-dir "$STACK_DIR/logs" \
+  --state-dir "$STACK_DIR/data/state" \
+  --outbox-dir "$STACK_DIR/data/erp-outbox"

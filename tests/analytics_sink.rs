@@ -10,7 +10,8 @@ use std::collections::HashMap;
 use backbone_analytics_sink::{AnalyticsSettings, AnalyticsSink};
 use backbone_schemas::types::{AnalyticsFact, FactType};
 use backbone_schemas::WireCodec;
-use backbone_sink::{DestinationSettings, Secret};
+use backbone_sink::settings::split_password;
+use backbone_sink::DestinationSettings;
 use support::{metadata, publish, registry_url, results, RunningSink, SinkTopics};
 use tokio_postgres::NoTls;
 
@@ -22,18 +23,10 @@ fn postgres_url() -> String {
 
 /// The test server's URL without its password, which goes in the credential as deployed.
 fn destination() -> DestinationSettings {
-    let url = postgres_url();
-    let (without, password) = match url.split_once("://").and_then(|(scheme, rest)| {
-        let (userinfo, host) = rest.split_once('@')?;
-        let (user, password) = userinfo.split_once(':')?;
-        Some((format!("{scheme}://{user}@{host}"), password.to_owned()))
-    }) {
-        Some(parts) => parts,
-        None => (url, String::new()),
-    };
+    let (url, password) = split_password(&postgres_url());
     DestinationSettings {
-        url: without,
-        credential: Secret::new(password),
+        url,
+        credential: password.unwrap_or_default(),
         ..DestinationSettings::default()
     }
 }

@@ -4,6 +4,10 @@
 //! serializer, waits for every expected billing charge and dead letter, and prints per stage what
 //! went in, what came out, what was dropped as a duplicate and what was dead-lettered, and the
 //! billed totals, the ERP postings and the CRM's latest snapshots against loadgen's expectation.
+//! It ends in the back office: the sinks deliver to the sandbox's billing, CRM and ERP APIs and
+//! to PostgreSQL, and the demo prints what each system holds (see [`back_office`]).
+
+mod back_office;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -15,7 +19,7 @@ use backbone_core::admin::{ensure_topics, partition_count, TopicSpec};
 use backbone_core::KafkaSettings;
 use backbone_loadgen::{Destinations, LoadSpec, Workload};
 use backbone_schemas::types::{
-    AccountHealthSnapshot, Amount, BillingCharge, Contract, LedgerPosting,
+    AccountHealthSnapshot, Amount, AnalyticsFact, BillingCharge, Contract, LedgerPosting,
 };
 use backbone_schemas::WireCodec;
 use clap::Parser;
@@ -76,6 +80,23 @@ struct Args {
     /// Directory for the processors' partition state.
     #[arg(long, default_value = ".backbone/state")]
     state_dir: PathBuf,
+    /// Where the sandbox of the billing, CRM and ERP APIs listens.
+    #[arg(
+        long,
+        env = "BACKBONE_DEMO_SANDBOX_LISTEN",
+        default_value = "127.0.0.1:8090"
+    )]
+    sandbox_listen: String,
+    /// PostgreSQL for the analytics sink (the stack's; `make demo` passes its port).
+    #[arg(
+        long,
+        env = "BACKBONE_DEMO_POSTGRES_URL",
+        default_value = "postgres://backbone:backbone@127.0.0.1:5432/backbone"
+    )]
+    postgres_url: String,
+    /// Where the ERP sink also writes each journal batch as a CSV file.
+    #[arg(long, default_value = ".backbone/erp-outbox")]
+    outbox_dir: PathBuf,
     /// How long to wait for the pipeline to finish, in seconds.
     #[arg(long, default_value_t = 180)]
     timeout_secs: u64,
@@ -145,24 +166,54 @@ async fn main() -> Result<()> {
         .with_context(|| format!("creating log directory {}", args.log_dir.display()))?;
     let mut stages = Vec::new();
     for (name, extra) in [
-        ("usage-validator", vec![]),
+        ("usage-validator", None),
         (
             "enricher",
-            vec![("BACKBONE__PROCESSOR__PARK_TIMEOUT", PARK_TIMEOUT)],
+            Some(("BACKBONE__PROCESSOR__PARK_TIMEOUT", PARK_TIMEOUT)),
         ),
-        ("usage-rater", vec![]),
-        ("fanout", vec![]),
+        ("usage-rater", None),
+        ("fanout", None),
     ] {
-        stages.push(spawn(&args, name, &extra)?);
+        let mut env = client_env(&args);
+        env.push((
+            "BACKBONE__RUNTIME__STATE__DIR".to_owned(),
+            args.state_dir.to_string_lossy().into_owned(),
+        ));
+        env.extend(extra.map(|(k, v)| (k.to_owned(), v.to_owned())));
+        stages.push(spawn(&args, name, &env)?);
+    }
+
+    let launches = back_office::launches(
+        &args.sandbox_listen,
+        &args.postgres_url,
+        &args.state_dir,
+        &args.outbox_dir,
+    );
+    for launch in launches {
+        let mut env = if launch.kafka_client {
+            client_env(&args)
+        } else {
+            Vec::new()
+        };
+        env.extend(launch.env);
+        stages.push(spawn(&args, launch.name, &env)?);
+        if !launch.kafka_client {
+            back_office::await_sandbox(
+                &args.sandbox_listen,
+                Instant::now() + Duration::from_secs(30),
+            )
+            .await?;
+        }
     }
 
     // A tenant of its own per run: earlier runs' period-to-date totals stay out of this one.
     let run = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .context("system clock before 1970")?;
+    let tenant = format!("demo-{}", run.as_millis());
     let workload = Workload::generate(&LoadSpec {
         seed: u64::try_from(run.as_millis()).unwrap_or(0),
-        tenant: format!("demo-{}", run.as_millis()),
+        tenant: tenant.clone(),
         customers: args.customers,
         plans: 3,
         events: args.events,
@@ -284,6 +335,58 @@ async fn main() -> Result<()> {
         deadline,
     )?;
     let snapshots: Vec<AccountHealthSnapshot> = decode_all(&codec, &snapshots).await?;
+    // One fact per rated line and per window revision; both topics are complete once every
+    // charge is.
+    let fact_count = grown(&start[RATED], &end_offsets(&settings, RATED)?)
+        + grown(&start[WINDOWS], &end_offsets(&settings, WINDOWS)?);
+    let facts = read_new(
+        &settings,
+        ANALYTICS,
+        &start[ANALYTICS],
+        fact_count,
+        deadline,
+    )?;
+    let facts: Vec<AnalyticsFact> = decode_all(&codec, &facts).await?;
+    let mut latest_snapshots: BTreeMap<String, i64> = BTreeMap::new();
+    for snapshot in &snapshots {
+        let as_of = latest_snapshots
+            .entry(snapshot.customer_id.clone())
+            .or_insert(snapshot.as_of);
+        *as_of = (*as_of).max(snapshot.as_of);
+    }
+    let mut posted: BTreeMap<String, i128> = BTreeMap::new();
+    for posting in &postings {
+        *posted
+            .entry(format!("{}/{}", posting.legal_entity_id, posting.currency))
+            .or_default() += posting.amount.unscaled();
+    }
+    let produced = back_office::Produced {
+        tenant: tenant.clone(),
+        charges: charges
+            .iter()
+            .map(|c| (c.rating_id.clone(), c.amount.unscaled()))
+            .collect(),
+        latest_snapshots,
+        ledger: posted,
+        receivable_accounts: postings
+            .iter()
+            .flat_map(|p| p.lines.iter())
+            .filter(|l| l.customer_id.is_some())
+            .map(|l| l.gl_account.clone())
+            .collect(),
+        facts: facts
+            .iter()
+            .filter(|f| f.metadata.tenant_id == tenant)
+            .map(|f| f.fact_id.clone())
+            .collect(),
+    };
+    let back_office = back_office::check(
+        &args.sandbox_listen,
+        &args.postgres_url,
+        &produced,
+        deadline,
+    )
+    .await;
     for stage in stages.iter_mut().rev() {
         stop(stage)?;
     }
@@ -432,7 +535,12 @@ async fn main() -> Result<()> {
             expected.dead_letters
         );
     }
-    println!("\nevery record accounted for, every charge once, totals as expected in billing, ERP and CRM: OK");
+    back_office?;
+    println!(
+        "  ERP journal files (CSV outbox): {}",
+        args.outbox_dir.display()
+    );
+    println!("\nevery record accounted for, every charge once, totals as expected in billing, ERP, CRM and analytics: OK");
     Ok(())
 }
 
@@ -477,21 +585,32 @@ fn register_contracts(registry_url: &str) -> Result<()> {
     Ok(())
 }
 
-fn spawn(args: &Args, name: &'static str, extra: &[(&str, &str)]) -> Result<Stage> {
+/// The environment every Kafka client of the demo shares: broker, registry, and a metrics
+/// endpoint on a port of its own (many processes on one host).
+fn client_env(args: &Args) -> Vec<(String, String)> {
+    vec![
+        (
+            "BACKBONE__KAFKA__BOOTSTRAP_SERVERS".to_owned(),
+            args.bootstrap_servers.clone(),
+        ),
+        (
+            "BACKBONE__SCHEMA_REGISTRY__URL".to_owned(),
+            args.registry_url.clone(),
+        ),
+        (
+            "BACKBONE__OBSERVABILITY__LISTEN".to_owned(),
+            "127.0.0.1:0".to_owned(),
+        ),
+    ]
+}
+
+fn spawn(args: &Args, name: &'static str, extra: &[(String, String)]) -> Result<Stage> {
     let binary = sibling(name)?;
     let log = args.log_dir.join(format!("{name}.log"));
     let file =
         std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
     let mut command = Command::new(&binary);
     command
-        .env(
-            "BACKBONE__KAFKA__BOOTSTRAP_SERVERS",
-            &args.bootstrap_servers,
-        )
-        .env("BACKBONE__SCHEMA_REGISTRY__URL", &args.registry_url)
-        .env("BACKBONE__RUNTIME__STATE__DIR", &args.state_dir)
-        // Four processes on one host: each endpoint on a port of its own.
-        .env("BACKBONE__OBSERVABILITY__LISTEN", "127.0.0.1:0")
         .stdin(Stdio::null())
         .stdout(file.try_clone()?)
         .stderr(file);

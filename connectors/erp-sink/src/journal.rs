@@ -66,12 +66,28 @@ pub struct OpenWindow {
     pub sources: Vec<(HeldAt, String, bool)>,
     /// Period end of the postings.
     pub period_end: i32,
+    /// Input partition the window's postings come from (an entity's postings share one).
+    pub partition: i32,
+}
+
+/// How far one input partition has got: its stream time (the latest arrival time held) and
+/// when, by the wall clock, it last gave a posting.
+#[derive(Debug, Clone, Copy, Default)]
+struct PartitionClock {
+    stream_time: i64,
+    last_held_at: i64,
 }
 
 /// The windows of one sink instance.
+///
+/// A window closes when its partition's stream time passes the window's end plus the grace,
+/// so a backlog read after an outage closes its windows in order and each becomes one batch,
+/// not one adjustment per read. A partition that has gone quiet for the grace (it is caught
+/// up) closes its windows by the wall clock instead, so the last window is not held for ever.
 #[derive(Debug, Default)]
 pub struct Windows {
     open: BTreeMap<WindowKey, OpenWindow>,
+    clocks: BTreeMap<i32, PartitionClock>,
     /// Window length in microseconds.
     length: i64,
 }
@@ -81,6 +97,7 @@ impl Windows {
     pub fn new(length_micros: i64) -> Self {
         Self {
             open: BTreeMap::new(),
+            clocks: BTreeMap::new(),
             length: length_micros.max(1),
         }
     }
@@ -96,9 +113,21 @@ impl Windows {
         }
     }
 
-    /// Holds `posting`, received at `at`, in window `key`.
-    pub fn hold(&mut self, key: WindowKey, at: HeldAt, posting: LedgerPosting) {
+    /// Holds `posting`, which arrived (by its record time) at `arrived_micros` and was read at
+    /// `now_micros` from `at`, in window `key`.
+    pub fn hold(
+        &mut self,
+        key: WindowKey,
+        at: HeldAt,
+        posting: LedgerPosting,
+        arrived_micros: i64,
+        now_micros: i64,
+    ) {
+        let clock = self.clocks.entry(at.partition).or_default();
+        clock.stream_time = clock.stream_time.max(arrived_micros);
+        clock.last_held_at = now_micros;
         let window = self.open.entry(key).or_default();
+        window.partition = at.partition;
         window.period_end = posting.period_end;
         let id = posting.rating_id.clone();
         let first = !window.postings.contains_key(&id);
@@ -108,13 +137,24 @@ impl Windows {
         }
     }
 
-    /// Takes out every window whose end plus `grace` is at or before `now_micros`.
+    /// Takes out every window that has closed by `now_micros` (wall clock) with `grace_micros`
+    /// of grace: by its partition's stream time, or by the wall clock once the partition has
+    /// been quiet for the grace.
     pub fn close(&mut self, now_micros: i64, grace_micros: i64) -> Vec<(WindowKey, OpenWindow)> {
         let closed: Vec<WindowKey> = self
             .open
-            .keys()
-            .filter(|key| key.window_start + self.length + grace_micros <= now_micros)
-            .cloned()
+            .iter()
+            .filter(|(key, window)| {
+                let due = key.window_start + self.length + grace_micros;
+                let clock = self
+                    .clocks
+                    .get(&window.partition)
+                    .copied()
+                    .unwrap_or_default();
+                let quiet = now_micros - clock.last_held_at >= grace_micros;
+                clock.stream_time >= due || (quiet && now_micros >= due)
+            })
+            .map(|(key, _)| key.clone())
             .collect();
         closed
             .into_iter()
@@ -132,6 +172,8 @@ impl Windows {
             window.postings.retain(|id, _| kept.contains(id));
         }
         self.open.retain(|_, window| !window.sources.is_empty());
+        self.clocks
+            .retain(|partition, _| !partitions.contains(partition));
     }
 
     /// Window length in microseconds.
@@ -301,6 +343,8 @@ mod tests {
                 offset: 7,
             },
             p1,
+            5 * MINUTE + 3,
+            5 * MINUTE + 3,
         );
         windows.hold(
             key.clone(),
@@ -309,6 +353,8 @@ mod tests {
                 offset: 8,
             },
             p2,
+            5 * MINUTE + 3,
+            5 * MINUTE + 3,
         );
         assert!(windows.close(6 * MINUTE + 9_999_999, 10_000_000).is_empty());
         let closed = windows.close(6 * MINUTE + 10_000_000, 10_000_000);
@@ -346,6 +392,8 @@ mod tests {
                         offset: offset as i64,
                     },
                     p,
+                    0,
+                    0,
                 );
             }
             let (key, window) = windows.close(i64::MAX / 2, 0).pop().expect("closed");
@@ -369,6 +417,8 @@ mod tests {
                 offset: 1,
             },
             p,
+            0,
+            0,
         );
         let (key, window) = windows.close(i64::MAX / 2, 0).pop().expect("closed");
         let adjustment = build_batch(&key, &window, 2, MINUTE, "erp-sink", 0).expect("batch");
@@ -376,6 +426,38 @@ mod tests {
         assert_eq!(adjustment.adjusts_batch_id, Some(key.batch_id(0)));
         assert_ne!(adjustment.batch_id, key.batch_id(0));
         assert_ne!(key.batch_id(1), key.batch_id(2));
+    }
+
+    #[test]
+    fn a_backlog_closes_its_windows_by_stream_time() {
+        let mut windows = Windows::new(MINUTE);
+        let reading = 100 * MINUTE;
+        let at = |offset| HeldAt {
+            partition: 0,
+            offset,
+        };
+        // Read long after they arrived: one window at minute 0, one at minute 2.
+        for (offset, (id, arrived)) in [("a", 5), ("b", 10), ("c", 2 * MINUTE)]
+            .into_iter()
+            .enumerate()
+        {
+            let p = posting(id, "1");
+            let key = windows.key_for(&p, arrived);
+            windows.hold(key, at(offset as i64), p, arrived, reading);
+        }
+        let closed = windows.close(reading, 10_000_000);
+        assert_eq!(closed.len(), 1, "the first window closed by stream time");
+        assert_eq!(closed[0].1.postings.len(), 2, "with both of its postings");
+        assert!(
+            windows.close(reading + 1, 10_000_000).is_empty(),
+            "the newest window waits while the partition is busy"
+        );
+        let quiet = windows.close(reading + 10_000_000, 10_000_000);
+        assert_eq!(
+            quiet.len(),
+            1,
+            "and closes once it has been quiet for the grace"
+        );
     }
 
     #[test]
@@ -391,6 +473,8 @@ mod tests {
                     offset: 0,
                 },
                 p,
+                0,
+                0,
             );
         }
         windows.forget(&[1]);

@@ -393,7 +393,8 @@ impl Sink for ErpSink {
             partition: record.partition,
             offset: record.offset,
         };
-        self.windows.hold(key, at, posting);
+        self.windows
+            .hold(key, at, posting, arrived, now_micros(SystemTime::now()));
         Ok(Accepted::Held)
     }
 

@@ -237,6 +237,24 @@ impl DestinationSettings {
     }
 }
 
+/// Splits a URL's password out (`scheme://user:password@host/...` gives
+/// `scheme://user@host/...` and the password), so it can travel as a credential rather than
+/// in a URL that ends up in logs.
+pub fn split_password(url: &str) -> (String, Option<Secret>) {
+    let split = url.split_once("://").and_then(|(scheme, rest)| {
+        let (userinfo, host) = rest.split_once('@')?;
+        let (user, password) = userinfo.split_once(':')?;
+        Some((
+            format!("{scheme}://{user}@{host}"),
+            Secret::new(password.to_owned()),
+        ))
+    });
+    match split {
+        Some((url, password)) => (url, Some(password)),
+        None => (url.to_owned(), None),
+    }
+}
+
 impl Validate for DestinationSettings {
     fn validate(&self) -> Result<(), ConfigError> {
         if self.url.is_empty() {
@@ -292,6 +310,16 @@ mod tests {
             err.to_string().contains("destination.credential_file"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_password_leaves_the_url() {
+        let (url, password) = split_password("postgres://app:pa55@127.0.0.1:5432/db");
+        assert_eq!(url, "postgres://app@127.0.0.1:5432/db");
+        assert_eq!(password.expect("a password").expose(), "pa55");
+        let (url, password) = split_password("http://127.0.0.1:8090");
+        assert_eq!(url, "http://127.0.0.1:8090");
+        assert!(password.is_none());
     }
 
     #[test]
