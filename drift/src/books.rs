@@ -1,0 +1,511 @@
+//! The reconciliation itself, without I/O: what the backbone says should exist (from its
+//! topics) against what the external systems hold (from their read APIs), per check, tenant,
+//! period, legal entity and currency.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use backbone_rating::civil_from_days;
+use backbone_schemas::types::{CustomerAccount, EnrichedUsage, GlMapping, RatedUsage};
+
+const DAY_MICROS: i64 = 86_400_000_000;
+
+/// The four comparisons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Check {
+    /// Quantity of usage the rater accepted against the quantity of usage it rated.
+    UsageVsRated,
+    /// Amount rated against amount held by the billing system.
+    RatedVsBilled,
+    /// Amount rated against receivables journalled in the ERP.
+    RatedVsErp,
+    /// Customers with rated usage and an account in master data against accounts in the CRM.
+    AccountsVsCrm,
+}
+
+impl Check {
+    /// Every check, in report order.
+    pub const ALL: [Check; 4] = [
+        Check::UsageVsRated,
+        Check::RatedVsBilled,
+        Check::RatedVsErp,
+        Check::AccountsVsCrm,
+    ];
+
+    /// The `check` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Check::UsageVsRated => "usage_vs_rated",
+            Check::RatedVsBilled => "rated_vs_billed",
+            Check::RatedVsErp => "rated_vs_erp",
+            Check::AccountsVsCrm => "accounts_vs_crm",
+        }
+    }
+
+    /// Decimal places of the check's unit: quantities have 9, amounts 6, counts none.
+    pub fn scale(self) -> u32 {
+        match self {
+            Check::UsageVsRated => 9,
+            Check::RatedVsBilled | Check::RatedVsErp => 6,
+            Check::AccountsVsCrm => 0,
+        }
+    }
+}
+
+/// What two sides of a check must agree on.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DriftKey {
+    /// The comparison.
+    pub check: Check,
+    /// Tenant.
+    pub tenant: String,
+    /// `YYYY-MM`: the billing period's month, or for the ERP the accounting month; empty for
+    /// accounts.
+    pub period: String,
+    /// Legal entity; empty where a side does not know it.
+    pub legal_entity: String,
+    /// ISO 4217 currency; empty for accounts.
+    pub currency: String,
+}
+
+/// One check's figures for one key, in unscaled units of the check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriftLine {
+    /// What is compared.
+    pub key: DriftKey,
+    /// What the backbone says (the reference side).
+    pub expected: i128,
+    /// What the other side holds.
+    pub observed: i128,
+}
+
+impl DriftLine {
+    /// `observed - expected`, negative when something is missing downstream.
+    pub fn difference(&self) -> i128 {
+        self.observed - self.expected
+    }
+
+    /// The difference relative to the reference: 0 when they agree, 1 when nothing arrived.
+    pub fn relative(&self) -> f64 {
+        match (self.expected, self.difference()) {
+            (_, 0) => 0.0,
+            (0, _) => 1.0,
+            (expected, difference) => (difference as f64 / expected as f64).abs(),
+        }
+    }
+
+    /// A figure of the check's unit as a decimal string.
+    pub fn format(&self, unscaled: i128) -> String {
+        format_unscaled(unscaled, self.key.check.scale())
+    }
+}
+
+/// `unscaled` with `scale` decimal places.
+pub fn format_unscaled(unscaled: i128, scale: u32) -> String {
+    if scale == 0 {
+        return unscaled.to_string();
+    }
+    let factor = 10i128.pow(scale);
+    let sign = if unscaled < 0 { "-" } else { "" };
+    let abs = unscaled.unsigned_abs();
+    let factor = factor.unsigned_abs();
+    format!(
+        "{sign}{}.{:0width$}",
+        abs / factor,
+        abs % factor,
+        width = scale as usize
+    )
+}
+
+/// What the external systems hold, read from their APIs.
+#[derive(Debug, Clone, Default)]
+pub struct Holdings {
+    /// Billing charges: (tenant, idempotency key = rating id, amount unscaled at 6, currency,
+    /// billing period start `YYYY-MM-DD`).
+    pub charges: Vec<HeldCharge>,
+    /// ERP journal lines: (tenant, legal entity, period `YYYY-MM`, GL account, currency,
+    /// debit minus credit unscaled at 6).
+    pub journal_lines: Vec<HeldJournalLine>,
+    /// CRM accounts by external id `<tenant>:<customer>`.
+    pub crm_accounts: BTreeSet<String>,
+}
+
+/// A charge the billing system holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldCharge {
+    /// Tenant.
+    pub tenant: String,
+    /// The rating id it was charged under.
+    pub rating_id: String,
+    /// Amount, unscaled at 6 places.
+    pub amount: i128,
+    /// Currency.
+    pub currency: String,
+    /// Billing period start, `YYYY-MM-DD`.
+    pub period_start: String,
+}
+
+/// A journal line the ERP holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldJournalLine {
+    /// Tenant.
+    pub tenant: String,
+    /// Legal entity.
+    pub legal_entity: String,
+    /// Accounting period, `YYYY-MM`.
+    pub period: String,
+    /// GL account.
+    pub gl_account: String,
+    /// Currency.
+    pub currency: String,
+    /// Debit minus credit, unscaled at 6 places.
+    pub net: i128,
+}
+
+/// Where a rated line's money belongs.
+#[derive(Debug, Clone)]
+struct RatedMoney {
+    tenant: String,
+    billing_period: String,
+    accounting_period: String,
+    legal_entity: String,
+    currency: String,
+    amount: i128,
+}
+
+/// What the backbone's topics say, accumulated record by record.
+#[derive(Debug, Default)]
+pub struct Books {
+    /// Accepted usage by its rater input key `<tenant>/<source>/<event id>`.
+    accepted: HashMap<String, (DriftKey, i128)>,
+    /// Usage the rater dead-lettered: accounted for elsewhere.
+    rejected: BTreeSet<String>,
+    /// Usage that appears in rated lines.
+    rated_events: BTreeSet<String>,
+    /// Rated lines by rating id (a redelivered line replaces itself).
+    rated: HashMap<String, RatedMoney>,
+    /// Customers `<tenant>:<customer>` with rated usage.
+    rated_customers: BTreeSet<String>,
+    /// Accounts in master data, `<tenant>:<customer>`.
+    accounts: BTreeSet<String>,
+    /// Receivable GL accounts per `<tenant>:<legal entity>`.
+    receivables: BTreeMap<String, BTreeSet<String>>,
+}
+
+fn month(days: i32) -> String {
+    let (year, month, _) = civil_from_days(days);
+    format!("{year:04}-{month:02}")
+}
+
+impl Books {
+    /// An enriched usage event: accepted for rating.
+    pub fn enriched(&mut self, event: &EnrichedUsage) {
+        let m = &event.usage.metadata;
+        let id = format!("{}/{}/{}", m.tenant_id, m.source, m.event_id);
+        let key = DriftKey {
+            check: Check::UsageVsRated,
+            tenant: m.tenant_id.clone(),
+            period: month(event.billing_period_start),
+            legal_entity: event.legal_entity_id.clone(),
+            currency: event.currency.clone(),
+        };
+        self.accepted
+            .insert(id, (key, event.usage.quantity.unscaled()));
+    }
+
+    /// An enriched event the rater dead-lettered (too late, unknown meter, ...).
+    pub fn rejected_by_rater(&mut self, event: &EnrichedUsage) {
+        let m = &event.usage.metadata;
+        self.rejected
+            .insert(format!("{}/{}/{}", m.tenant_id, m.source, m.event_id));
+    }
+
+    /// A rated line.
+    pub fn rated(&mut self, line: &RatedUsage) {
+        let tenant = line.metadata.tenant_id.clone();
+        self.rated_events
+            .extend(line.source_event_ids.iter().cloned());
+        self.rated_customers
+            .insert(format!("{tenant}:{}", line.customer_id));
+        let posting_day =
+            i32::try_from(line.metadata.occurred_at.div_euclid(DAY_MICROS)).unwrap_or(i32::MAX);
+        self.rated.insert(
+            line.rating_id.clone(),
+            RatedMoney {
+                tenant,
+                billing_period: month(line.period_start),
+                accounting_period: month(posting_day),
+                legal_entity: line.legal_entity_id.clone(),
+                currency: line.currency.clone(),
+                amount: line.delta_amount.unscaled(),
+            },
+        );
+    }
+
+    /// A customer account from master data; `None` is a tombstone for `key`.
+    pub fn account(&mut self, key: &str, account: Option<&CustomerAccount>) {
+        match account {
+            Some(a) => {
+                self.accounts
+                    .insert(format!("{}:{}", a.metadata.tenant_id, a.customer_id));
+            }
+            None => {
+                self.accounts.remove(key);
+            }
+        }
+    }
+
+    /// A GL mapping: its receivable account counts as receivables for its entity.
+    pub fn gl_mapping(&mut self, mapping: &GlMapping) {
+        self.receivables
+            .entry(format!(
+                "{}:{}",
+                mapping.metadata.tenant_id, mapping.legal_entity_id
+            ))
+            .or_default()
+            .insert(mapping.receivable_account.clone());
+    }
+
+    /// Every check against `held`, one line per key either side knows.
+    pub fn reconcile(&self, held: &Holdings) -> Vec<DriftLine> {
+        let mut lines: BTreeMap<DriftKey, (i128, i128)> = BTreeMap::new();
+        let mut add = |key: DriftKey, expected: i128, observed: i128| {
+            let entry = lines.entry(key).or_default();
+            entry.0 += expected;
+            entry.1 += observed;
+        };
+
+        for (id, (key, quantity)) in &self.accepted {
+            if self.rejected.contains(id) {
+                continue;
+            }
+            let rated = if self.rated_events.contains(id) {
+                *quantity
+            } else {
+                0
+            };
+            add(key.clone(), *quantity, rated);
+        }
+
+        for money in self.rated.values() {
+            add(
+                DriftKey {
+                    check: Check::RatedVsBilled,
+                    tenant: money.tenant.clone(),
+                    period: money.billing_period.clone(),
+                    legal_entity: money.legal_entity.clone(),
+                    currency: money.currency.clone(),
+                },
+                money.amount,
+                0,
+            );
+            add(
+                DriftKey {
+                    check: Check::RatedVsErp,
+                    tenant: money.tenant.clone(),
+                    period: money.accounting_period.clone(),
+                    legal_entity: money.legal_entity.clone(),
+                    currency: money.currency.clone(),
+                },
+                money.amount,
+                0,
+            );
+        }
+        for charge in &held.charges {
+            // The billing system does not know legal entities; the rated line it came from does.
+            let known = self.rated.get(&charge.rating_id);
+            add(
+                DriftKey {
+                    check: Check::RatedVsBilled,
+                    tenant: charge.tenant.clone(),
+                    period: known.map_or_else(
+                        || charge.period_start.get(..7).unwrap_or("").to_owned(),
+                        |m| m.billing_period.clone(),
+                    ),
+                    legal_entity: known.map_or_else(String::new, |m| m.legal_entity.clone()),
+                    currency: charge.currency.clone(),
+                },
+                0,
+                charge.amount,
+            );
+        }
+        for line in &held.journal_lines {
+            let receivable = self
+                .receivables
+                .get(&format!("{}:{}", line.tenant, line.legal_entity))
+                .is_some_and(|accounts| accounts.contains(&line.gl_account));
+            if !receivable {
+                continue;
+            }
+            add(
+                DriftKey {
+                    check: Check::RatedVsErp,
+                    tenant: line.tenant.clone(),
+                    period: line.period.clone(),
+                    legal_entity: line.legal_entity.clone(),
+                    currency: line.currency.clone(),
+                },
+                0,
+                line.net,
+            );
+        }
+
+        // Only customers with rated usage reach the CRM; among them, those master data knows.
+        let mut per_tenant: BTreeMap<&str, (i128, i128)> = BTreeMap::new();
+        for customer in self.rated_customers.intersection(&self.accounts) {
+            let tenant = customer.split_once(':').map_or("", |(t, _)| t);
+            let entry = per_tenant.entry(tenant).or_default();
+            entry.0 += 1;
+            if held.crm_accounts.contains(customer) {
+                entry.1 += 1;
+            }
+        }
+        for (tenant, (expected, observed)) in per_tenant {
+            add(
+                DriftKey {
+                    check: Check::AccountsVsCrm,
+                    tenant: tenant.to_owned(),
+                    period: String::new(),
+                    legal_entity: String::new(),
+                    currency: String::new(),
+                },
+                expected,
+                observed,
+            );
+        }
+
+        lines
+            .into_iter()
+            .map(|(key, (expected, observed))| DriftLine {
+                key,
+                expected,
+                observed,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use backbone_schemas::types::{Amount, EventMetadata, Quantity, RatingKind, TraceContext};
+
+    const NOV_15: i64 = 20_407 * DAY_MICROS;
+
+    fn line(rating_id: &str, delta: &str) -> RatedUsage {
+        RatedUsage {
+            metadata: EventMetadata {
+                tenant_id: "acme".into(),
+                event_id: rating_id.into(),
+                source: "usage-rater".into(),
+                r#type: "backbone.usage.rated".into(),
+                occurred_at: NOV_15,
+                produced_at: NOV_15,
+                trace: TraceContext {
+                    traceparent: String::new(),
+                    tracestate: None,
+                },
+                schema_version: None,
+            },
+            rating_id: rating_id.into(),
+            revision: 1,
+            kind: RatingKind::Normal,
+            customer_id: "c-1".into(),
+            subscription_id: "s-1".into(),
+            plan_id: "p".into(),
+            rate_card_version: 1,
+            charge_id: "api".into(),
+            meter_id: "calls".into(),
+            group_key: String::new(),
+            legal_entity_id: "le-eu".into(),
+            period_start: 20_393,
+            period_end: 20_422,
+            quantity_before: Quantity::ZERO,
+            quantity_after: "1".parse().expect("quantity"),
+            amount_before: Amount::ZERO,
+            amount_after: delta.parse().expect("amount"),
+            delta_amount: delta.parse().expect("amount"),
+            currency: "EUR".into(),
+            source_event_count: 1,
+            source_event_ids: vec![format!("acme/src/{rating_id}")],
+            adjusted_period_start: None,
+            adjusted_period_end: None,
+        }
+    }
+
+    fn charge(rating_id: &str, amount: i128) -> HeldCharge {
+        HeldCharge {
+            tenant: "acme".into(),
+            rating_id: rating_id.into(),
+            amount,
+            currency: "EUR".into(),
+            period_start: "2025-11-01".into(),
+        }
+    }
+
+    fn only(lines: &[DriftLine], check: Check) -> Vec<&DriftLine> {
+        lines.iter().filter(|l| l.key.check == check).collect()
+    }
+
+    #[test]
+    fn billed_and_rated_agree_or_the_missing_charge_shows() {
+        let mut books = Books::default();
+        books.rated(&line("r-1", "1.5"));
+        books.rated(&line("r-2", "2.25"));
+        // A redelivered line counts once.
+        books.rated(&line("r-2", "2.25"));
+        let mut held = Holdings {
+            charges: vec![charge("r-1", 1_500_000), charge("r-2", 2_250_000)],
+            ..Holdings::default()
+        };
+        let lines = books.reconcile(&held);
+        let billed = only(&lines, Check::RatedVsBilled);
+        assert_eq!(billed.len(), 1);
+        assert_eq!(billed[0].key.period, "2025-11");
+        assert_eq!(billed[0].key.legal_entity, "le-eu");
+        assert_eq!(billed[0].difference(), 0);
+        assert_eq!(billed[0].relative(), 0.0);
+
+        held.charges.pop();
+        let lines = books.reconcile(&held);
+        let billed = only(&lines, Check::RatedVsBilled);
+        assert_eq!(billed[0].difference(), -2_250_000);
+        assert_eq!(billed[0].format(billed[0].difference()), "-2.250000");
+        assert!((billed[0].relative() - 0.6).abs() < 1e-9);
+    }
+
+    #[test]
+    fn only_receivable_lines_of_the_erp_count() {
+        let mut books = Books::default();
+        books.rated(&line("r-1", "4"));
+        let journal = |account: &str, net: i128| HeldJournalLine {
+            tenant: "acme".into(),
+            legal_entity: "le-eu".into(),
+            period: "2025-11".into(),
+            gl_account: account.into(),
+            currency: "EUR".into(),
+            net,
+        };
+        let held = Holdings {
+            journal_lines: vec![journal("1210", 4_000_000), journal("4000", -4_000_000)],
+            ..Holdings::default()
+        };
+        // Without the GL mapping nothing is known to be a receivable: all of it is missing.
+        let erp = books.reconcile(&held);
+        assert_eq!(only(&erp, Check::RatedVsErp)[0].observed, 0);
+        let mut mapping_books = books;
+        mapping_books
+            .receivables
+            .insert("acme:le-eu".into(), BTreeSet::from(["1210".to_owned()]));
+        let erp = mapping_books.reconcile(&held);
+        let erp = only(&erp, Check::RatedVsErp);
+        assert_eq!(erp.len(), 1);
+        assert_eq!(erp[0].difference(), 0);
+    }
+
+    #[test]
+    fn figures_format_in_their_unit() {
+        assert_eq!(format_unscaled(-1_500_000, 6), "-1.500000");
+        assert_eq!(format_unscaled(5, 0), "5");
+        assert_eq!(format_unscaled(7, 9), "0.000000007");
+    }
+}

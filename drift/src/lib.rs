@@ -1,0 +1,421 @@
+//! The drift reconciler: compares what must agree across the backbone's stages and the
+//! external systems, per tenant, period, legal entity and currency, and says by how much it
+//! does not.
+//!
+//! One side comes from the backbone's topics (usage the rater accepted and dead-lettered, rated
+//! lines, customer accounts, GL mappings), the other from the systems' read APIs (the billing
+//! system's charges, the ERP's journals, the CRM's accounts); see [`books`] for the checks.
+//! `drift report` prints one reconciliation as a table; `drift serve` keeps following the
+//! topics and exports the differences as gauges for Prometheus.
+
+pub mod books;
+pub mod metrics;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use backbone_core::config::{ConfigError, Validate};
+use backbone_core::KafkaSettings;
+use backbone_sandbox::SandboxClient;
+use backbone_schemas::types::{
+    Amount, Contract, CustomerAccount, EnrichedUsage, GlMapping, RatedUsage,
+};
+use backbone_schemas::WireCodec;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use serde::Deserialize;
+
+use crate::books::{Books, HeldCharge, HeldJournalLine, Holdings};
+
+/// The config file: `[kafka]`, `[schema_registry]` and `[drift]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriftConfig {
+    /// Broker connection.
+    #[serde(default)]
+    pub kafka: KafkaSettings,
+    /// Where the contracts' schemas are registered.
+    #[serde(default)]
+    pub schema_registry: backbone_core::app::SchemaRegistrySettings,
+    /// What to compare.
+    #[serde(default)]
+    pub drift: DriftSettings,
+}
+
+impl Validate for DriftConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.kafka.validate()?;
+        self.schema_registry.validate()?;
+        self.drift.validate()
+    }
+}
+
+/// The `[drift]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DriftSettings {
+    /// Usage the rater takes in.
+    pub enriched_topic: String,
+    /// Usage the rater dead-lettered.
+    pub enriched_dlq_topic: String,
+    /// Rated lines.
+    pub rated_topic: String,
+    /// Customer accounts (master data).
+    pub accounts_topic: String,
+    /// GL mappings (master data): which accounts are receivables.
+    pub gl_mappings_topic: String,
+    /// The billing system's API.
+    pub billing_url: String,
+    /// The CRM's API.
+    pub crm_url: String,
+    /// The ERP's API.
+    pub erp_url: String,
+    /// Bearer token for the three APIs.
+    pub credential: backbone_sink::Secret,
+    /// File holding the token; wins over `credential`.
+    pub credential_file: Option<std::path::PathBuf>,
+    /// How often `serve` reconciles.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Where `serve` exposes `/metrics`.
+    pub listen: SocketAddr,
+}
+
+impl Default for DriftSettings {
+    fn default() -> Self {
+        Self {
+            enriched_topic: "usage.enriched".to_owned(),
+            enriched_dlq_topic: "usage.enriched.dlq".to_owned(),
+            rated_topic: "usage.rated".to_owned(),
+            accounts_topic: "master.customer-accounts".to_owned(),
+            gl_mappings_topic: "master.gl-mappings".to_owned(),
+            billing_url: "http://127.0.0.1:8090".to_owned(),
+            crm_url: "http://127.0.0.1:8090".to_owned(),
+            erp_url: "http://127.0.0.1:8090".to_owned(),
+            credential: backbone_sink::Secret::new("sandbox-token"),
+            credential_file: None,
+            interval: Duration::from_secs(15),
+            listen: SocketAddr::from(([127, 0, 0, 1], 9471)),
+        }
+    }
+}
+
+impl Validate for DriftSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (key, url) in [
+            ("billing_url", &self.billing_url),
+            ("crm_url", &self.crm_url),
+            ("erp_url", &self.erp_url),
+        ] {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ConfigError::Invalid {
+                    key: format!("drift.{key}"),
+                    message: format!("expected an http:// or https:// URL, got \"{url}\""),
+                });
+            }
+        }
+        if self.interval < Duration::from_secs(1) {
+            return Err(ConfigError::Invalid {
+                key: "drift.interval".to_owned(),
+                message: "must be at least 1s".to_owned(),
+            });
+        }
+        self.token().map(|_| ())
+    }
+}
+
+impl DriftSettings {
+    /// The token, from `credential_file` when set.
+    pub fn token(&self) -> Result<backbone_sink::Secret, ConfigError> {
+        backbone_sink::DestinationSettings {
+            credential: self.credential.clone(),
+            credential_file: self.credential_file.clone(),
+            ..backbone_sink::DestinationSettings::default()
+        }
+        .resolve_credential()
+        .map_err(|err| match err {
+            ConfigError::Invalid { message, .. } => ConfigError::Invalid {
+                key: "drift.credential_file".to_owned(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    fn topics(&self) -> [&str; 5] {
+        [
+            &self.enriched_topic,
+            &self.enriched_dlq_topic,
+            &self.rated_topic,
+            &self.accounts_topic,
+            &self.gl_mappings_topic,
+        ]
+    }
+}
+
+/// Why a reconciliation could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DriftError {
+    /// The broker failed or a topic is missing.
+    #[error("kafka: {0}")]
+    Kafka(String),
+    /// A record could not be decoded.
+    #[error("{topic}[{partition}]@{offset}: {message}")]
+    Decode {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: i32,
+        /// Offset.
+        offset: i64,
+        /// What failed.
+        message: String,
+    },
+    /// An external system's read API failed.
+    #[error("reading {system} at {url}: {message}")]
+    System {
+        /// Which system.
+        system: &'static str,
+        /// Its URL.
+        url: String,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// Follows the backbone's topics from their beginning into [`Books`].
+pub struct TopicReader {
+    consumer: BaseConsumer,
+    settings: DriftSettings,
+    codec: WireCodec,
+}
+
+impl TopicReader {
+    /// A reader of every topic the checks need, from offset 0; a missing topic is an error
+    /// naming it.
+    pub fn new(
+        kafka: &KafkaSettings,
+        settings: &DriftSettings,
+        codec: WireCodec,
+    ) -> Result<Self, DriftError> {
+        let mut config = kafka.admin_config();
+        config
+            .set("group.id", "backbone-drift")
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed");
+        let consumer: BaseConsumer = config
+            .create()
+            .map_err(|e| DriftError::Kafka(e.to_string()))?;
+        let mut assignment = TopicPartitionList::new();
+        for topic in settings.topics() {
+            let metadata = consumer
+                .fetch_metadata(Some(topic), Duration::from_secs(10))
+                .map_err(|e| {
+                    DriftError::Kafka(format!(
+                        "broker at {} did not answer: {e}",
+                        kafka.bootstrap_servers
+                    ))
+                })?;
+            let partitions = metadata
+                .topics()
+                .first()
+                .filter(|t| t.error().is_none())
+                .map(|t| t.partitions().len())
+                .unwrap_or(0);
+            if partitions == 0 {
+                return Err(DriftError::Kafka(format!("topic `{topic}` does not exist")));
+            }
+            for partition in 0..partitions {
+                let partition = i32::try_from(partition).unwrap_or(i32::MAX);
+                assignment
+                    .add_partition_offset(topic, partition, Offset::Beginning)
+                    .map_err(|e| DriftError::Kafka(e.to_string()))?;
+            }
+        }
+        consumer
+            .assign(&assignment)
+            .map_err(|e| DriftError::Kafka(e.to_string()))?;
+        Ok(Self {
+            consumer,
+            settings: settings.clone(),
+            codec,
+        })
+    }
+
+    /// The end of every assigned partition now.
+    fn ends(&self) -> Result<Vec<(String, i32, i64)>, DriftError> {
+        let assignment = self
+            .consumer
+            .assignment()
+            .map_err(|e| DriftError::Kafka(e.to_string()))?;
+        let mut ends = Vec::new();
+        for element in assignment.elements() {
+            let (_, high) = self
+                .consumer
+                .fetch_watermarks(
+                    element.topic(),
+                    element.partition(),
+                    Duration::from_secs(10),
+                )
+                .map_err(|e| DriftError::Kafka(e.to_string()))?;
+            ends.push((element.topic().to_owned(), element.partition(), high));
+        }
+        Ok(ends)
+    }
+
+    /// Reads until every partition reached the end it had when called.
+    pub async fn catch_up(&self, books: &mut Books) -> Result<u64, DriftError> {
+        let mut remaining: Vec<(String, i32, i64)> = self
+            .ends()?
+            .into_iter()
+            .filter(|(_, _, high)| *high > 0)
+            .collect();
+        let mut read = 0;
+        while !remaining.is_empty() {
+            // Positions advance only as records are read; a partition whose position reached
+            // its end is done.
+            let position = self
+                .consumer
+                .position()
+                .map_err(|e| DriftError::Kafka(e.to_string()))?;
+            remaining.retain(|(topic, partition, high)| {
+                position
+                    .find_partition(topic, *partition)
+                    .and_then(|e| e.offset().to_raw())
+                    .is_none_or(|offset| offset < *high)
+            });
+            if remaining.is_empty() {
+                break;
+            }
+            read += self.poll(books, Duration::from_millis(200)).await?;
+        }
+        Ok(read)
+    }
+
+    /// Applies what arrives within `wait`; returns how many records that was.
+    pub async fn poll(&self, books: &mut Books, wait: Duration) -> Result<u64, DriftError> {
+        let Some(message) = self.consumer.poll(wait) else {
+            return Ok(0);
+        };
+        let message = message.map_err(|e| DriftError::Kafka(e.to_string()))?;
+        let read = 1;
+        let topic = message.topic().to_owned();
+        let (partition, offset) = (message.partition(), message.offset());
+        let decode_error = |message: String| DriftError::Decode {
+            topic: topic.clone(),
+            partition,
+            offset,
+            message,
+        };
+        let key = message
+            .key()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .unwrap_or_default();
+        let Some(value) = message.payload() else {
+            if topic == self.settings.accounts_topic {
+                books.account(&key, None);
+            }
+            return Ok(read);
+        };
+        let s = &self.settings;
+        if topic == s.enriched_topic || topic == s.enriched_dlq_topic {
+            // A record the validator or enricher could not decode never reached here; one
+            // that does not decode is the DLQ's own business, not a drift.
+            let Ok(event) = self
+                .codec
+                .decode_as::<EnrichedUsage>(value, EnrichedUsage::schema())
+                .await
+            else {
+                return Ok(read);
+            };
+            if topic == s.enriched_topic {
+                books.enriched(&event);
+            } else {
+                books.rejected_by_rater(&event);
+            }
+        } else if topic == s.rated_topic {
+            let line: RatedUsage = self
+                .codec
+                .decode_as(value, RatedUsage::schema())
+                .await
+                .map_err(|e| decode_error(e.to_string()))?;
+            books.rated(&line);
+        } else if topic == s.accounts_topic {
+            let account: CustomerAccount = self
+                .codec
+                .decode_as(value, CustomerAccount::schema())
+                .await
+                .map_err(|e| decode_error(e.to_string()))?;
+            books.account(&key, Some(&account));
+        } else if topic == s.gl_mappings_topic {
+            let mapping: GlMapping = self
+                .codec
+                .decode_as(value, GlMapping::schema())
+                .await
+                .map_err(|e| decode_error(e.to_string()))?;
+            books.gl_mapping(&mapping);
+        }
+        Ok(read)
+    }
+}
+
+fn unscaled(text: &str) -> Option<i128> {
+    text.parse::<Amount>().ok().map(Amount::unscaled)
+}
+
+/// Reads what the billing system, the ERP and the CRM hold.
+pub async fn holdings(settings: &DriftSettings) -> Result<Holdings, DriftError> {
+    let token = settings.token().map_err(|e| DriftError::System {
+        system: "credentials",
+        url: String::new(),
+        message: e.to_string(),
+    })?;
+    let client = |url: &str| SandboxClient::with_token(url.to_owned(), token.expose());
+    let failed = |system: &'static str, url: &str| {
+        let url = url.to_owned();
+        move |e: reqwest::Error| DriftError::System {
+            system,
+            url,
+            message: e.to_string(),
+        }
+    };
+    let mut held = Holdings::default();
+    for charge in client(&settings.billing_url)
+        .charges()
+        .await
+        .map_err(failed("the billing system", &settings.billing_url))?
+    {
+        held.charges.push(HeldCharge {
+            tenant: charge.tenant_id,
+            rating_id: charge.idempotency_key,
+            amount: unscaled(&charge.amount).unwrap_or(0),
+            currency: charge.currency,
+            period_start: charge.period_start,
+        });
+    }
+    for batch in client(&settings.erp_url)
+        .batches()
+        .await
+        .map_err(failed("the ERP", &settings.erp_url))?
+    {
+        for line in batch.lines {
+            let net = unscaled(&line.debit).unwrap_or(0) - unscaled(&line.credit).unwrap_or(0);
+            held.journal_lines.push(HeldJournalLine {
+                tenant: batch.tenant_id.clone(),
+                legal_entity: batch.legal_entity_id.clone(),
+                period: batch.period.clone(),
+                gl_account: line.gl_account,
+                currency: line.currency,
+                net,
+            });
+        }
+    }
+    held.crm_accounts = client(&settings.crm_url)
+        .accounts()
+        .await
+        .map_err(failed("the CRM", &settings.crm_url))?
+        .into_iter()
+        .map(|a| a.external_id)
+        .collect();
+    Ok(held)
+}
