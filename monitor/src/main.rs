@@ -1,0 +1,128 @@
+//! `monitor`: see the library crate.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use backbone_core::endpoint::{self, Readiness};
+use backbone_core::telemetry::{self, LogFormat};
+use backbone_monitor::{LagGauges, LagMonitor, MonitorConfig, PartitionLag};
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "monitor",
+    about = "Exports the consumer lag of every backbone consumer group, in records and seconds",
+    after_help = "Examples:\n  monitor                 # serve /metrics on monitor.listen\n  monitor --once          # print one measurement and exit"
+)]
+struct Args {
+    /// TOML config file; every key may also be set as BACKBONE__<SECTION>__<KEY>.
+    #[arg(long, env = "BACKBONE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Measure once, print a table, exit.
+    #[arg(long)]
+    once: bool,
+    /// Log line format: text or json.
+    #[arg(long, default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let config: MonitorConfig = match backbone_core::config::load(args.config.as_deref()) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("monitor: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = if args.once {
+        once(&config).await
+    } else {
+        telemetry::init(args.log_format);
+        serve(&config).await
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("monitor: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn measure(monitor: &Arc<LagMonitor>) -> Result<Vec<PartitionLag>> {
+    let monitor = Arc::clone(monitor);
+    Ok(tokio::task::spawn_blocking(move || monitor.measure())
+        .await
+        .context("measuring lag")??)
+}
+
+async fn once(config: &MonitorConfig) -> Result<()> {
+    let monitor = Arc::new(LagMonitor::new(&config.kafka, &config.monitor)?);
+    let lags = measure(&monitor).await?;
+    println!(
+        "{:<32} {:<36} {:>9} {:>12} {:>12} {:>10} {:>10}",
+        "group", "topic", "partition", "committed", "end", "lag", "lag (s)"
+    );
+    for lag in &lags {
+        println!(
+            "{:<32} {:<36} {:>9} {:>12} {:>12} {:>10} {:>10.1}",
+            lag.group,
+            lag.topic,
+            lag.partition,
+            lag.committed,
+            lag.end,
+            lag.records(),
+            lag.age.map_or(0.0, |a| a.as_secs_f64())
+        );
+    }
+    Ok(())
+}
+
+async fn serve(config: &MonitorConfig) -> Result<()> {
+    let settings = &config.monitor;
+    let registry = prometheus::Registry::new();
+    let gauges = LagGauges::new(&registry).context("registering the lag gauges")?;
+    let readiness = Readiness::new();
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "config key `monitor.listen`: cannot listen on {}",
+                settings.listen
+            )
+        })?;
+    let stop = backbone_core::shutdown::signal();
+    let (endpoint_stop, endpoint_stopped) = tokio::sync::oneshot::channel::<()>();
+    let endpoint = tokio::spawn(endpoint::serve(
+        listener,
+        registry,
+        readiness.clone(),
+        async {
+            let _ = endpoint_stopped.await;
+        },
+    ));
+    let monitor = Arc::new(LagMonitor::new(&config.kafka, settings)?);
+    tokio::pin!(stop);
+    loop {
+        match measure(&monitor).await {
+            Ok(lags) => {
+                gauges.publish(&lags);
+                readiness.set_ready(true);
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "lag not measured; the gauges keep their last values")
+            }
+        }
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = tokio::time::sleep(settings.interval) => {}
+        }
+    }
+    let _ = endpoint_stop.send(());
+    let _ = endpoint.await;
+    Ok(())
+}

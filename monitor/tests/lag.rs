@@ -1,0 +1,84 @@
+//! The monitor against the shared broker: a group that stopped consuming shows its lag in
+//! records and the age of its oldest unconsumed record, though it has no member left.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use backbone_monitor::{names, LagGauges, LagMonitor, MonitorSettings};
+use backbone_testkit::{
+    create_topic, produce, shared_settings, unique_group, unique_topic, TestRecord,
+};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+
+#[tokio::test]
+async fn a_stopped_group_shows_its_lag_in_records_and_seconds() {
+    let kafka = shared_settings();
+    let topic = unique_topic("monitor");
+    let group = unique_group("monitor");
+    create_topic(&kafka, &topic, 2).await.expect("topic");
+    let two_minutes_ago = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64
+        - 120_000;
+    let records: Vec<TestRecord> = (0..30)
+        .map(|i| TestRecord {
+            partition: Some(i % 2),
+            timestamp_ms: Some(two_minutes_ago + i64::from(i)),
+            ..TestRecord::new(format!("k-{i}"), format!("v-{i}"))
+        })
+        .collect();
+    produce(&kafka, &topic, &records).await.expect("produce");
+
+    // The group consumed 5 records of partition 0 and all 15 of partition 1, then stopped.
+    let mut config = kafka.admin_config();
+    config
+        .set("group.id", &group)
+        .set("enable.auto.commit", "false");
+    let consumer: BaseConsumer = config.create().expect("consumer");
+    let mut offsets = TopicPartitionList::new();
+    offsets
+        .add_partition_offset(&topic, 0, Offset::Offset(5))
+        .expect("offset");
+    offsets
+        .add_partition_offset(&topic, 1, Offset::Offset(15))
+        .expect("offset");
+    consumer
+        .commit(&offsets, CommitMode::Sync)
+        .expect("commit the group's offsets");
+    drop(consumer);
+
+    let settings = MonitorSettings {
+        groups: vec![group.clone()],
+        // The shared test broker holds every other test's groups too.
+        discover: false,
+        ..MonitorSettings::default()
+    };
+    let monitor = LagMonitor::new(&kafka, &settings).expect("monitor");
+    let lags = tokio::task::spawn_blocking(move || monitor.measure())
+        .await
+        .expect("task")
+        .expect("measure");
+    let ours: Vec<_> = lags.iter().filter(|l| l.group == group).collect();
+    assert_eq!(ours.len(), 2, "{ours:?}");
+    let p0 = ours.iter().find(|l| l.partition == 0).expect("partition 0");
+    let p1 = ours.iter().find(|l| l.partition == 1).expect("partition 1");
+    assert_eq!((p0.committed, p0.end, p0.records()), (5, 15, 10));
+    assert_eq!(p1.records(), 0);
+    let age = p0.age.expect("the age of the oldest unconsumed record");
+    assert!(
+        age >= Duration::from_secs(120) && age < Duration::from_secs(600),
+        "{age:?}"
+    );
+    assert_eq!(p1.age, None, "caught up: no age");
+
+    let registry = prometheus::Registry::new();
+    let gauges = LagGauges::new(&registry).expect("gauges");
+    gauges.publish(&lags);
+    let text = backbone_core::metrics::encode(&registry).expect("encode");
+    let series = format!(
+        "{}{{group=\"{group}\",partition=\"0\",topic=\"{topic}\"}} 10",
+        names::LAG_RECORDS
+    );
+    assert!(text.contains(&series), "{series} in\n{text}");
+}
