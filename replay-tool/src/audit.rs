@@ -337,7 +337,10 @@ mod tests {
         print_table(&entries, &mut table).expect("table");
         let table = String::from_utf8(table).expect("utf-8");
         assert!(table.contains("x.dlq -> origin topics"), "{table}");
-        assert!(table.contains("group g on t to 2026-11-27T00:00:00Z"), "{table}");
+        assert!(
+            table.contains("group g on t to 2026-11-27T00:00:00Z"),
+            "{table}"
+        );
         assert!(table.contains("started, no end recorded"), "{table}");
     }
 }

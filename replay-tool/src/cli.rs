@@ -12,7 +12,7 @@ use clap::{ArgGroup, Args, Parser, Subcommand};
 use serde::Deserialize;
 
 use crate::error::ReplayError;
-use crate::filter::{FilterArgs, OffsetRange};
+use crate::filter::{Filter, FilterArgs, OffsetRange};
 use crate::offsets::{self, ResetTarget};
 use crate::progress::ProgressMode;
 use crate::republish::{self, RunOptions};
@@ -234,6 +234,11 @@ pub struct RunArgs {
     /// JSON lines instead of text.
     #[arg(long)]
     pub json: bool,
+    /// How often sent records are awaited and a checkpoint written. Records sent since the
+    /// last checkpoint are found again on resume, so this only trades resume time for
+    /// throughput.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration, hide = true)]
+    pub checkpoint_interval: Duration,
 }
 
 /// `replay reset-offsets`.
@@ -412,6 +417,19 @@ async fn run(
     args: RunArgs,
     out: &mut (dyn Write + Send),
 ) -> Result<(), ReplayError> {
+    let filters = FilterArgs {
+        since: args.since,
+        until: args.until,
+        partition: args.partition,
+        offsets: args.offsets,
+        keys: args.key,
+        error_classes: args.error_class,
+        reasons: args.reason,
+        headers: args.header,
+        limit: args.limit,
+    };
+    // A malformed filter is reported before anything else is tried.
+    Filter::parse(&filters, crate::time::now_ms())?;
     let replay_id = args
         .replay_id
         .clone()
@@ -424,24 +442,14 @@ async fn run(
     let options = RunOptions {
         source: args.source,
         to: args.to,
-        filters: FilterArgs {
-            since: args.since,
-            until: args.until,
-            partition: args.partition,
-            offsets: args.offsets,
-            keys: args.key,
-            error_classes: args.error_class,
-            reasons: args.reason,
-            headers: args.header,
-            limit: args.limit,
-        },
+        filters,
         rate: args.rate,
         dry_run: args.dry_run,
         replay_id: Some(replay_id),
         operator: args.operator,
         json: args.json,
         progress: ProgressMode::Auto,
-        checkpoint_interval: Duration::from_secs(1),
+        checkpoint_interval: args.checkpoint_interval,
         stop: Some(stop),
     };
     let summary = republish::run(ctx, &options, out).await?;
@@ -456,11 +464,11 @@ async fn run(
 /// Ctrl-C or SIGTERM asks a replay to stop after its sends are acknowledged and checkpointed.
 fn watch_signals(stop: Arc<AtomicBool>) {
     tokio::spawn(async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        {
-            Ok(term) => term,
-            Err(_) => return,
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => return,
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -515,12 +523,18 @@ mod tests {
     #[test]
     fn help_teaches_with_examples() {
         let help = Cli::command().render_long_help().to_string();
-        assert!(help.contains("replay dlq list billing.charges.dlq"), "{help}");
+        assert!(
+            help.contains("replay dlq list billing.charges.dlq"),
+            "{help}"
+        );
         let mut command = Cli::command();
         let run = command.find_subcommand_mut("run").expect("run");
         let help = run.render_long_help().to_string();
         assert!(help.contains("--dry-run"), "{help}");
-        assert!(help.contains("replay run usage.events.dlq --since 2h --rate 20"), "{help}");
+        assert!(
+            help.contains("replay run usage.events.dlq --since 2h --rate 20"),
+            "{help}"
+        );
     }
 
     #[test]
@@ -531,11 +545,18 @@ mod tests {
         let err = Cli::try_parse_from(["replay", "reset-offsets", "--group", "g", "--topic", "t"])
             .expect_err("no target");
         assert!(err.to_string().contains("--to-time"), "{err}");
-        let err = Cli::try_parse_from(["replay", "run", "x.dlq", "--rate", "0"])
-            .expect_err("zero rate");
+        let err =
+            Cli::try_parse_from(["replay", "run", "x.dlq", "--rate", "0"]).expect_err("zero rate");
         assert!(err.to_string().contains("--rate"), "{err}");
-        let ok = Cli::try_parse_from(["replay", "run", "--replay-id", "r-1"]).expect("resume by id");
-        assert!(matches!(ok.command, Command::Run(RunArgs { source: None, .. })));
-        assert!(Cli::try_parse_from(["replay", "run"]).is_err(), "a source or an id");
+        let ok =
+            Cli::try_parse_from(["replay", "run", "--replay-id", "r-1"]).expect("resume by id");
+        assert!(matches!(
+            ok.command,
+            Command::Run(RunArgs { source: None, .. })
+        ));
+        assert!(
+            Cli::try_parse_from(["replay", "run"]).is_err(),
+            "a source or an id"
+        );
     }
 }

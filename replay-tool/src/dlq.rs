@@ -18,7 +18,8 @@ use crate::time::{format_ms, parse_rfc3339};
 use crate::Context;
 
 /// Prefixes of the headers a dead-letter queue adds; a replay strips them.
-pub const DLQ_HEADER_PREFIXES: [&str; 3] = ["backbone.dlq.", "backbone.origin.", "__connect.errors."];
+pub const DLQ_HEADER_PREFIXES: [&str; 3] =
+    ["backbone.dlq.", "backbone.origin.", "__connect.errors."];
 
 /// Prefix of the headers a replay adds; a later replay replaces them.
 pub const REPLAY_HEADER_PREFIX: &str = "backbone.replay.";
@@ -156,7 +157,11 @@ pub fn print_table(summary: &DlqSummary, out: &mut dyn Write) -> std::io::Result
                 if g.source_topics.is_empty() {
                     "-".to_owned()
                 } else {
-                    g.source_topics.iter().cloned().collect::<Vec<_>>().join(",")
+                    g.source_topics
+                        .iter()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(",")
                 },
             ]
         })
@@ -286,7 +291,10 @@ pub async fn record_json(
     object.insert("offset".into(), json!(record.offset));
     object.insert(
         "timestamp".into(),
-        record.timestamp_ms.map(format_ms).map_or(Json::Null, Json::String),
+        record
+            .timestamp_ms
+            .map(format_ms)
+            .map_or(Json::Null, Json::String),
     );
     object.insert("key".into(), bytes_json(record.key.as_deref()));
     let mut headers = Map::new();
@@ -355,7 +363,11 @@ fn bytes_json(bytes: Option<&[u8]>) -> Json {
     match bytes {
         None => Json::Null,
         Some(b) => match std::str::from_utf8(b) {
-            Ok(text) if !text.chars().any(|c| c.is_control() && c != '\n' && c != '\t') => {
+            Ok(text)
+                if !text
+                    .chars()
+                    .any(|c| c.is_control() && c != '\n' && c != '\t') =>
+            {
                 Json::String(text.to_owned())
             }
             _ => Json::String(hex(b)),
@@ -397,10 +409,30 @@ mod tests {
     fn groups_count_and_span_their_failures() {
         let mut grouping = Grouping::default();
         for record in [
-            dead("permanent", "unknown_schema_id", "a", "2026-01-01T00:00:02.000Z"),
-            dead("permanent", "unknown_schema_id", "b", "2026-01-01T00:00:01.000Z"),
-            dead("permanent", "unknown_schema_id", "a", "2026-01-01T00:00:03.000Z"),
-            dead("transient", "retries_exhausted", "a", "2026-01-01T00:00:00.000Z"),
+            dead(
+                "permanent",
+                "unknown_schema_id",
+                "a",
+                "2026-01-01T00:00:02.000Z",
+            ),
+            dead(
+                "permanent",
+                "unknown_schema_id",
+                "b",
+                "2026-01-01T00:00:01.000Z",
+            ),
+            dead(
+                "permanent",
+                "unknown_schema_id",
+                "a",
+                "2026-01-01T00:00:03.000Z",
+            ),
+            dead(
+                "transient",
+                "retries_exhausted",
+                "a",
+                "2026-01-01T00:00:00.000Z",
+            ),
         ] {
             grouping.add(&record);
         }
@@ -416,7 +448,11 @@ mod tests {
         assert_eq!(summary.records, 5);
         let first = &summary.groups[0];
         assert_eq!(
-            (first.error_class.as_str(), first.reason.as_str(), first.count),
+            (
+                first.error_class.as_str(),
+                first.reason.as_str(),
+                first.count
+            ),
             ("permanent", "unknown_schema_id", 3)
         );
         assert_eq!(

@@ -110,16 +110,10 @@ pub enum ReplayError {
         stored: String,
     },
     /// A record could not be republished.
-    #[error("republishing partition {partition} offset {offset} of `{source_topic}` to `{destination}` failed: {source}")]
+    #[error("republishing {record}: {source}")]
     Delivery {
-        /// Topic read.
-        source_topic: String,
-        /// Its partition.
-        partition: i32,
-        /// Its offset.
-        offset: i64,
-        /// Where it was going.
-        destination: String,
+        /// Which record, from where to where.
+        record: String,
         /// The client's error.
         source: KafkaError,
     },

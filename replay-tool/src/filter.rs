@@ -151,7 +151,8 @@ impl OffsetRange {
 
     /// Whether `offset` is in the range.
     pub fn contains(&self, offset: i64) -> bool {
-        self.first.is_none_or(|first| offset >= first) && self.last.is_none_or(|last| offset <= last)
+        self.first.is_none_or(|first| offset >= first)
+            && self.last.is_none_or(|last| offset <= last)
     }
 }
 
@@ -240,11 +241,12 @@ impl Filter {
                 )),
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let non_empty = |flag: &'static str, values: &[String]| {
-            match values.iter().find(|v| v.trim().is_empty()) {
-                Some(v) => Err(ReplayError::malformed(flag, v, "a value that is not empty")),
-                None => Ok(values.to_vec()),
-            }
+        let non_empty = |flag: &'static str, values: &[String]| match values
+            .iter()
+            .find(|v| v.trim().is_empty())
+        {
+            Some(v) => Err(ReplayError::malformed(flag, v, "a value that is not empty")),
+            None => Ok(values.to_vec()),
         };
         if args.limit == Some(0) {
             return Err(ReplayError::malformed(
@@ -312,8 +314,7 @@ impl Filter {
                     .header(header)
                     .is_some_and(|v| wanted.iter().any(|w| w == v))
         };
-        if !any_of(&self.error_classes, dlq::ERROR_CLASS) || !any_of(&self.reasons, dlq::REASON)
-        {
+        if !any_of(&self.error_classes, dlq::ERROR_CLASS) || !any_of(&self.reasons, dlq::REASON) {
             return false;
         }
         let headers_match = self.headers.iter().all(|(name, value)| {
@@ -376,7 +377,9 @@ mod tests {
             }
         );
         assert_eq!(
-            OffsetRange::parse("--offsets", "..").expect("all").clamp(3, 9),
+            OffsetRange::parse("--offsets", "..")
+                .expect("all")
+                .clamp(3, 9),
             (3, 9)
         );
         assert_eq!(

@@ -15,7 +15,8 @@ async fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("replay: error: {err:#}");
+            // Our messages already name their cause.
+            eprintln!("replay: error: {err}");
             let code = err
                 .downcast_ref::<ReplayError>()
                 .map_or(1, ReplayError::exit_code);

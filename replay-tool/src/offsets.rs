@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 use serde_json::json;
@@ -182,7 +183,9 @@ fn plan_blocking(
         let (new, note) = match target {
             ResetTarget::Earliest => (low, None),
             ResetTarget::Latest => (high, None),
-            ResetTarget::Offset(n) if *n < low => (low, Some(format!("{n} is below the first offset"))),
+            ResetTarget::Offset(n) if *n < low => {
+                (low, Some(format!("{n} is below the first offset")))
+            }
             ResetTarget::Offset(n) if *n > high => (high, Some(format!("{n} is beyond the end"))),
             ResetTarget::Offset(n) => (*n, None),
             ResetTarget::Time(ms) => {
@@ -269,10 +272,11 @@ fn timestamps_from(
     let deadline = Instant::now() + ctx.timeout;
     loop {
         match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(message)) if message.partition() == partition => {
-                if !keep_going(message.offset(), message.timestamp().to_millis()) {
-                    return Ok(());
-                }
+            Some(Ok(message))
+                if message.partition() == partition
+                    && !keep_going(message.offset(), message.timestamp().to_millis()) =>
+            {
+                return Ok(());
             }
             Some(Err(KafkaError::PartitionEOF(p))) if p == partition => return Ok(()),
             Some(Err(KafkaError::PartitionEOF(_))) | Some(Ok(_)) => {}
@@ -286,12 +290,36 @@ fn timestamps_from(
                 return Err(ReplayError::BrokerUnreachable {
                     servers: ctx.kafka.bootstrap_servers.clone(),
                     timeout: crate::time::format_duration(ctx.timeout),
-                    message: format!("no records from partition {partition} of `{topic}` at offset {from}"),
+                    message: format!(
+                        "no records from partition {partition} of `{topic}` at offset {from}"
+                    ),
                 })
             }
             None => {}
         }
     }
+}
+
+/// The offset `--to-time` moves `partition` to, given the broker's answer `broker` for `time`:
+/// the answer when the records around it agree, else the first record at or after `time`
+/// found by reading the partition, with a note saying so. Blocking.
+pub fn checked_offset_for_time(
+    ctx: &Context,
+    topic: &str,
+    partition: i32,
+    time: i64,
+    broker: i64,
+) -> Result<(i64, Option<String>), ReplayError> {
+    let offsets = ctx.describe_blocking(topic, "group's")?;
+    let marks = offsets.watermarks(partition).ok_or_else(|| {
+        ReplayError::malformed(
+            "--partition",
+            &partition.to_string(),
+            offsets.partition_forms(),
+        )
+    })?;
+    let consumer = group_consumer(ctx, "_backbone.replay.reader")?;
+    offset_for_time(ctx, &consumer, topic, partition, marks, time, broker)
 }
 
 /// Checks the broker's answer for `time` against the records around it; reads the partition
@@ -371,7 +399,10 @@ pub async fn execute(
         }),
     );
     record.counts = [
-        ("partitions".to_owned(), i64::try_from(plan.moves.len()).unwrap_or(0)),
+        (
+            "partitions".to_owned(),
+            i64::try_from(plan.moves.len()).unwrap_or(0),
+        ),
         (
             "active_members".to_owned(),
             i64::try_from(plan.members.len()).unwrap_or(0),
@@ -420,10 +451,24 @@ fn commit_blocking(ctx: &Context, plan: &ResetPlan) -> Result<(), ReplayError> {
         list.add_partition_offset(&plan.topic, m.partition, Offset::Offset(m.new))
             .map_err(|e| ReplayError::kafka("building the commit", e))?;
     }
-    let context = || format!("committing offsets of group `{}` on `{}`", plan.group, plan.topic);
+    let context = || {
+        format!(
+            "committing offsets of group `{}` on `{}`",
+            plan.group, plan.topic
+        )
+    };
     consumer
         .commit(&list, CommitMode::Sync)
-        .map_err(|e| ReplayError::kafka(context(), e))?;
+        .map_err(|e| match e {
+            KafkaError::ConsumerCommit(RDKafkaErrorCode::UnknownMemberId) => ReplayError::Other {
+                what: context(),
+                message: "the broker refused the commit because the group has members \
+                          (UNKNOWN_MEMBER_ID); stop its consumers, or wait for their sessions \
+                          to time out, and try again"
+                    .into(),
+            },
+            other => ReplayError::kafka(context(), other),
+        })?;
     let committed = consumer
         .committed_offsets(list.clone(), ctx.timeout)
         .map_err(|e| ReplayError::kafka(context(), e))?;
@@ -456,13 +501,22 @@ pub fn print_plan(plan: &ResetPlan, out: &mut dyn Write) -> std::io::Result<()> 
         plan.members.len()
     )?;
     for m in &plan.members {
-        writeln!(out, "  member {} ({} on {})", m.id, m.client_id, m.host)?;
+        let mut line = format!("  member {}", m.id);
+        if !m.client_id.is_empty() {
+            line.push_str(&format!(", client {}", m.client_id));
+        }
+        if !m.host.is_empty() {
+            line.push_str(&format!(" on {}", m.host));
+        }
+        writeln!(out, "{line}")?;
     }
     let rows: Vec<[String; 6]> = plan
         .moves
         .iter()
         .map(|m| {
-            let change = m.current.map_or_else(|| "-".into(), |c| format!("{:+}", m.new - c));
+            let change = m
+                .current
+                .map_or_else(|| "-".into(), |c| format!("{:+}", m.new - c));
             [
                 m.partition.to_string(),
                 m.current.map_or_else(|| "-".into(), |c| c.to_string()),

@@ -136,9 +136,8 @@ impl Registry {
                 String::from_utf8_lossy(&body)
             )));
         }
-        let latest: LatestVersion = serde_json::from_slice(&body).map_err(|e| {
-            registry_error(format!("subject `{subject}`: unexpected answer: {e}"))
-        })?;
+        let latest: LatestVersion = serde_json::from_slice(&body)
+            .map_err(|e| registry_error(format!("subject `{subject}`: unexpected answer: {e}")))?;
         let schema = Schema::parse_str(&latest.schema).map_err(|e| {
             registry_error(format!(
                 "subject `{subject}` version {}: not valid Avro: {e}",

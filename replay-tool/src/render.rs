@@ -123,9 +123,7 @@ fn render(value: &Value, schema: &Json, names: &mut Names) -> Json {
                 .map(|fields| {
                     fields
                         .iter()
-                        .filter_map(|f| {
-                            Some((f.get("name")?.as_str()?, f.get("type")?.clone()))
-                        })
+                        .filter_map(|f| Some((f.get("name")?.as_str()?, f.get("type")?.clone())))
                         .collect()
                 })
                 .unwrap_or_default();
@@ -249,10 +247,7 @@ mod tests {
                 "amount".into(),
                 Value::Decimal(vec![0x00, 0xbc, 0x61, 0x4e].into()),
             ),
-            (
-                "at".into(),
-                Value::TimestampMicros(1_709_210_096_789_123),
-            ),
+            ("at".into(), Value::TimestampMicros(1_709_210_096_789_123)),
             ("kind".into(), Value::Enum(1, "FEE".into())),
             (
                 "other".into(),

@@ -161,7 +161,8 @@ pub fn replay_headers(
         .filter(|(name, _)| !is_dlq_header(name) && !name.starts_with(REPLAY_HEADER_PREFIX))
         .cloned()
         .collect();
-    let mut add = |name: &str, value: String| kept.push((name.to_owned(), Some(value.into_bytes())));
+    let mut add =
+        |name: &str, value: String| kept.push((name.to_owned(), Some(value.into_bytes())));
     add(headers::ID, replay_id.to_owned());
     add(headers::AT, at.to_owned());
     add(headers::OPERATOR, operator.to_owned());
@@ -304,10 +305,10 @@ impl Replay<'_> {
 
     async fn settle(&mut self, sent: InFlight) -> Result<(), ReplayError> {
         let failed = |source: KafkaError| ReplayError::Delivery {
-            source_topic: self.checkpoint.spec.source.clone(),
-            partition: sent.partition,
-            offset: sent.offset,
-            destination: sent.destination.clone(),
+            record: format!(
+                "partition {} offset {} of `{}` to `{}`",
+                sent.partition, sent.offset, self.checkpoint.spec.source, sent.destination
+            ),
             source,
         };
         match sent.delivery.await {
@@ -404,10 +405,10 @@ impl Replay<'_> {
                 }
                 Err((err, _)) => {
                     return Err(ReplayError::Delivery {
-                        source_topic: self.checkpoint.spec.source.clone(),
-                        partition: record.partition,
-                        offset: record.offset,
-                        destination: destination.to_owned(),
+                        record: format!(
+                            "partition {} offset {} of `{}` to `{destination}`",
+                            record.partition, record.offset, self.checkpoint.spec.source
+                        ),
                         source: err,
                     })
                 }
@@ -499,7 +500,12 @@ pub async fn run(
         checkpoint.updated_at = format_ms(now_ms());
         checkpoint::save(ctx, &producer, &checkpoint).await?;
         audit_log
-            .write(&audit_record(&checkpoint, audit::event::STARTED, &summary, None))
+            .write(&audit_record(
+                &checkpoint,
+                audit::event::STARTED,
+                &summary,
+                None,
+            ))
             .await?;
         (Some(producer), Some(audit_log))
     };
@@ -528,6 +534,7 @@ pub async fn run(
         Err(err) => Err(err),
     };
     replay.summary.seconds = replay.started.elapsed().as_secs_f64();
+    replay.summary.matched = replay.checkpoint.matched;
     if let Some(audit_log) = &audit_log {
         let event = match &finished {
             Ok(()) if replay.summary.interrupted => audit::event::INTERRUPTED,
@@ -700,8 +707,10 @@ async fn replay_records(
                 }
                 break 'read;
             }
-            replay.checkpoint.matched += 1;
+            // `matched` counts the record once it is handled: a checkpoint written before
+            // that (for a new destination) must not count it, since a resume reads it again.
             if skip.contains(&(record.partition, record.offset)) {
+                replay.checkpoint.matched += 1;
                 replay.summary.already_sent += 1;
                 replay.checkpoint.sent += 1;
                 replay.handled(record.partition, record.offset + 1);
@@ -712,6 +721,7 @@ async fn replay_records(
                 None => match record.header(dlq::ORIGIN_TOPIC) {
                     Some(origin) => origin.to_owned(),
                     None => {
+                        replay.checkpoint.matched += 1;
                         replay.summary.without_origin += 1;
                         if !warned_origin {
                             warned_origin = true;
@@ -726,6 +736,7 @@ async fn replay_records(
                 },
             };
             if let Some((codec, registry)) = checking.as_mut() {
+                replay.checkpoint.matched += 1;
                 let exists = match destinations.get(&destination) {
                     Some(&exists) => exists,
                     None => {
@@ -784,6 +795,7 @@ async fn replay_records(
                 last_checkpoint = Instant::now();
                 destinations.insert(destination.clone(), true);
             }
+            replay.checkpoint.matched += 1;
             if let Some(rate) = options.rate {
                 let due = rate_from + Duration::from_secs_f64(paced as f64 / rate);
                 tokio::time::sleep_until(due.into()).await;
@@ -934,13 +946,22 @@ mod tests {
                 ("traceparent".into(), Some(b"00-abc".to_vec())),
                 (dlq::REASON.into(), Some(b"unknown_schema_id".to_vec())),
                 (dlq::ORIGIN_TOPIC.into(), Some(b"usage.events".to_vec())),
-                ("__connect.errors.topic".into(), Some(b"usage.events".to_vec())),
+                (
+                    "__connect.errors.topic".into(),
+                    Some(b"usage.events".to_vec()),
+                ),
                 (headers::ID.into(), Some(b"r-old".to_vec())),
                 ("ce_id".into(), None),
                 ("traceparent".into(), Some(b"second".to_vec())),
             ],
         };
-        let sent = replay_headers(&record, "usage.events.dlq", "r-new", "ann", "2026-11-27T03:00:00.000Z");
+        let sent = replay_headers(
+            &record,
+            "usage.events.dlq",
+            "r-new",
+            "ann",
+            "2026-11-27T03:00:00.000Z",
+        );
         let names: Vec<&str> = sent.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(
             names,
@@ -969,7 +990,11 @@ mod tests {
         assert!(id.starts_with("r-2"), "{id}");
         assert_eq!(id.len(), "r-20261127T030000Z-1a2b".len(), "{id}");
         assert!(
-            (0..20).map(|_| new_replay_id()).collect::<BTreeSet<_>>().len() > 1,
+            (0..20)
+                .map(|_| new_replay_id())
+                .collect::<BTreeSet<_>>()
+                .len()
+                > 1,
             "random suffix"
         );
     }

@@ -214,9 +214,7 @@ fn scan(
                     if offset + 1 >= span.end {
                         break;
                     }
-                    if batch.len() >= BATCH
-                        && !send(Scanned::Records(std::mem::take(&mut batch)))
-                    {
+                    if batch.len() >= BATCH && !send(Scanned::Records(std::mem::take(&mut batch))) {
                         return Ok(());
                     }
                 }

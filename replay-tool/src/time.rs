@@ -131,7 +131,7 @@ pub fn parse_rfc3339(text: &str) -> Option<i64> {
     if rest.len() < 9 || !rest.is_char_boundary(8) {
         return None;
     }
-    let clock = rest[..8].as_bytes();
+    let clock = &rest.as_bytes()[..8];
     if clock[2] != b':' || clock[5] != b':' {
         return None;
     }
@@ -220,8 +220,14 @@ mod tests {
             parse_rfc3339("2024-02-29 07:04:56.789123-05:30"),
             Some(1_709_210_096_789)
         );
-        assert_eq!(parse_rfc3339("2024-02-29t12:34:56z"), Some(1_709_210_096_000));
-        assert_eq!(parse_rfc3339("2024-02-29T12:34:56.7Z"), Some(1_709_210_096_700));
+        assert_eq!(
+            parse_rfc3339("2024-02-29t12:34:56z"),
+            Some(1_709_210_096_000)
+        );
+        assert_eq!(
+            parse_rfc3339("2024-02-29T12:34:56.7Z"),
+            Some(1_709_210_096_700)
+        );
         for bad in [
             "2024-02-30T00:00:00Z",
             "2023-02-29T00:00:00Z",
