@@ -93,6 +93,40 @@ pub fn launches(
     ]
 }
 
+/// The drift report for `tenant`, printed; fails when any check differs.
+pub async fn drift_report(
+    bootstrap_servers: &str,
+    registry_url: &str,
+    sandbox_listen: &str,
+    tenant: &str,
+) -> Result<()> {
+    let url = format!("http://{sandbox_listen}");
+    let config = backbone_drift::DriftConfig {
+        kafka: backbone_core::KafkaSettings::for_servers(bootstrap_servers),
+        schema_registry: backbone_core::app::SchemaRegistrySettings {
+            url: registry_url.to_owned(),
+        },
+        drift: backbone_drift::DriftSettings {
+            billing_url: url.clone(),
+            crm_url: url.clone(),
+            erp_url: url,
+            credential: backbone_sink::Secret::new(TOKEN),
+            ..backbone_drift::DriftSettings::default()
+        },
+    };
+    let mut lines = backbone_drift::reconcile_once(&config)
+        .await
+        .context("reconciling")?;
+    lines.retain(|l| l.key.tenant == tenant);
+    println!();
+    println!("drift report for tenant {tenant} (`drift report` prints it for every tenant)");
+    print!("{}", backbone_drift::render_table(&lines));
+    if lines.iter().any(|l| l.difference() != 0) {
+        bail!("the drift report shows differences");
+    }
+    Ok(())
+}
+
 /// Waits until the sandbox answers its health check.
 pub async fn await_sandbox(listen: &str, deadline: Instant) -> Result<()> {
     let url = format!("http://{listen}/health");

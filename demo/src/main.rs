@@ -380,13 +380,25 @@ async fn main() -> Result<()> {
             .map(|f| f.fact_id.clone())
             .collect(),
     };
-    let back_office = back_office::check(
+    let back_office = match back_office::check(
         &args.sandbox_listen,
         &args.postgres_url,
         &produced,
         deadline,
     )
-    .await;
+    .await
+    {
+        Ok(()) => {
+            back_office::drift_report(
+                &args.bootstrap_servers,
+                &args.registry_url,
+                &args.sandbox_listen,
+                &tenant,
+            )
+            .await
+        }
+        Err(err) => Err(err),
+    };
     for stage in stages.iter_mut().rev() {
         stop(stage)?;
     }

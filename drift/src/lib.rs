@@ -25,7 +25,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::Deserialize;
 
-use crate::books::{Books, HeldCharge, HeldJournalLine, Holdings};
+use crate::books::{
+    format_unscaled, Books, Check, DriftLine, HeldCharge, HeldJournalLine, Holdings,
+};
 
 /// The config file: `[kafka]`, `[schema_registry]` and `[drift]`.
 #[derive(Debug, Default, Deserialize)]
@@ -418,4 +420,71 @@ pub async fn holdings(settings: &DriftSettings) -> Result<Holdings, DriftError> 
         .map(|a| a.external_id)
         .collect();
     Ok(held)
+}
+
+/// Reads the topics to their current end, reads the systems, and reconciles once.
+pub async fn reconcile_once(config: &DriftConfig) -> Result<Vec<DriftLine>, DriftError> {
+    let codec = WireCodec::new(&config.schema_registry.url);
+    let reader = TopicReader::new(&config.kafka, &config.drift, codec)?;
+    let mut books = Books::default();
+    reader.catch_up(&mut books).await?;
+    let held = holdings(&config.drift).await?;
+    Ok(books.reconcile(&held))
+}
+
+/// The lines as a table, then one verdict per check.
+pub fn render_table(lines: &[DriftLine]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<16} {:<24} {:<8} {:<12} {:<4} {:>22} {:>22} {:>20} {:>9}",
+        "check",
+        "tenant",
+        "period",
+        "entity",
+        "cur",
+        "expected",
+        "observed",
+        "difference",
+        "relative"
+    );
+    for line in lines {
+        let k = &line.key;
+        let _ = writeln!(
+            out,
+            "{:<16} {:<24} {:<8} {:<12} {:<4} {:>22} {:>22} {:>20} {:>8.4}%",
+            k.check.as_str(),
+            k.tenant,
+            k.period,
+            k.legal_entity,
+            k.currency,
+            line.format(line.expected),
+            line.format(line.observed),
+            line.format(line.difference()),
+            line.relative() * 100.0
+        );
+    }
+    for check in Check::ALL {
+        let differing: Vec<&DriftLine> = lines
+            .iter()
+            .filter(|l| l.key.check == check && l.difference() != 0)
+            .collect();
+        let total: i128 = differing.iter().map(|l| l.difference()).sum();
+        let _ = writeln!(
+            out,
+            "{}: {}",
+            check.as_str(),
+            if differing.is_empty() {
+                "no drift".to_owned()
+            } else {
+                format!(
+                    "{} keys differ, net {}",
+                    differing.len(),
+                    format_unscaled(total, check.scale())
+                )
+            }
+        );
+    }
+    out
 }

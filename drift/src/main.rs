@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use backbone_core::endpoint::{self, Readiness};
 use backbone_core::telemetry::{self, LogFormat};
-use backbone_drift::books::{format_unscaled, Books, Check, DriftLine};
+use backbone_drift::books::Books;
 use backbone_drift::metrics::DriftGauges;
-use backbone_drift::{holdings, DriftConfig, TopicReader};
+use backbone_drift::{holdings, reconcile_once, render_table, DriftConfig, TopicReader};
 use backbone_schemas::WireCodec;
 use clap::{Parser, Subcommand};
 
@@ -41,6 +41,9 @@ enum Command {
         /// Exit with status 1 when any check differs.
         #[arg(long)]
         fail_on_drift: bool,
+        /// Only this tenant's lines.
+        #[arg(long)]
+        tenant: Option<String>,
     },
     /// Follow the topics and export the differences as gauges on `drift.listen`.
     Serve {
@@ -64,13 +67,16 @@ async fn main() -> ExitCode {
         Command::Report {
             json,
             fail_on_drift,
-        } => report(&config, json).await.map(|drifted| {
-            if drifted && fail_on_drift {
-                ExitCode::FAILURE
-            } else {
-                ExitCode::SUCCESS
-            }
-        }),
+            tenant,
+        } => report(&config, json, tenant.as_deref())
+            .await
+            .map(|drifted| {
+                if drifted && fail_on_drift {
+                    ExitCode::FAILURE
+                } else {
+                    ExitCode::SUCCESS
+                }
+            }),
         Command::Serve { log_format } => {
             telemetry::init(log_format);
             serve(&config).await.map(|()| ExitCode::SUCCESS)
@@ -83,13 +89,11 @@ async fn main() -> ExitCode {
 }
 
 /// One reconciliation, printed. Returns whether anything differs.
-async fn report(config: &DriftConfig, json: bool) -> Result<bool> {
-    let codec = WireCodec::new(&config.schema_registry.url);
-    let reader = TopicReader::new(&config.kafka, &config.drift, codec)?;
-    let mut books = Books::default();
-    reader.catch_up(&mut books).await?;
-    let held = holdings(&config.drift).await?;
-    let lines = books.reconcile(&held);
+async fn report(config: &DriftConfig, json: bool, tenant: Option<&str>) -> Result<bool> {
+    let mut lines = reconcile_once(config).await?;
+    if let Some(tenant) = tenant {
+        lines.retain(|l| l.key.tenant == tenant);
+    }
     let drifted = lines.iter().any(|l| l.difference() != 0);
     if json {
         for line in &lines {
@@ -107,59 +111,9 @@ async fn report(config: &DriftConfig, json: bool) -> Result<bool> {
             println!("{value}");
         }
     } else {
-        print_table(&lines);
+        print!("{}", render_table(&lines));
     }
     Ok(drifted)
-}
-
-fn print_table(lines: &[DriftLine]) {
-    println!(
-        "{:<16} {:<24} {:<8} {:<12} {:<4} {:>22} {:>22} {:>20} {:>9}",
-        "check",
-        "tenant",
-        "period",
-        "entity",
-        "cur",
-        "expected",
-        "observed",
-        "difference",
-        "relative"
-    );
-    for line in lines {
-        let k = &line.key;
-        println!(
-            "{:<16} {:<24} {:<8} {:<12} {:<4} {:>22} {:>22} {:>20} {:>8.4}%",
-            k.check.as_str(),
-            k.tenant,
-            k.period,
-            k.legal_entity,
-            k.currency,
-            line.format(line.expected),
-            line.format(line.observed),
-            line.format(line.difference()),
-            line.relative() * 100.0
-        );
-    }
-    for check in Check::ALL {
-        let differing: Vec<&DriftLine> = lines
-            .iter()
-            .filter(|l| l.key.check == check && l.difference() != 0)
-            .collect();
-        let total: i128 = differing.iter().map(|l| l.difference()).sum();
-        println!(
-            "{}: {}",
-            check.as_str(),
-            if differing.is_empty() {
-                "no drift".to_owned()
-            } else {
-                format!(
-                    "{} keys differ, net {}",
-                    differing.len(),
-                    format_unscaled(total, check.scale())
-                )
-            }
-        );
-    }
 }
 
 /// Follows the topics and republishes the gauges every `drift.interval` until SIGINT/SIGTERM.
