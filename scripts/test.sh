@@ -11,6 +11,13 @@ echo "test: cargo fmt --check"
 cargo fmt --all --check
 echo "test: cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+# The compose stack is validated, not run (no Docker engine here); tests/compose.rs checks the rest.
+echo "test: docker-compose config"
+docker-compose -f docker-compose.yml config -q
+echo "test: promtool"
+promtool check config deploy/prometheus/prometheus.yml
+promtool check rules deploy/prometheus/rules.yml
+promtool test rules deploy/prometheus/rules.test.yml
 
 # A stack of its own, so a running dev stack (make up) is neither used nor disturbed.
 export BACKBONE_STACK_DIR=$REPO/.backbone/test-stack

@@ -1,0 +1,1416 @@
+//! The deployment files, checked without a Docker engine: `docker-compose.yml`, the
+//! `Dockerfile`, the binaries' configs in `deploy/config/`, Prometheus's config and rules, and
+//! Grafana's provisioning and dashboards.
+//!
+//! - every image is pinned, and the backbone binaries share one image built here;
+//! - every address a service is given (bootstrap servers, registry and destination URLs,
+//!   scrape targets, the Grafana datasource) names a compose service on a port it exposes,
+//!   and the service waits for the one it names to be healthy;
+//! - secrets travel as files, config files and mounts exist;
+//! - each binary's config file loads through that binary's own config loader, with the
+//!   environment compose gives it (unknown keys are refused there, so a wrong key fails here);
+//! - every alert has `for`, a severity, a summary and a runbook entry; every dashboard panel
+//!   queries the provisioned Prometheus with plain PromQL that `promtool` accepts, over metric
+//!   names the binaries export.
+//!
+//! `scripts/test.sh` also runs `docker-compose config -q`, `promtool check config`,
+//! `promtool check rules` and `promtool test rules`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use backbone_core::app::{App, ProcessorConfig};
+use backbone_core::config::{load_from, ConfigError, Validate};
+use backbone_sink::app::{SinkApp, SinkConfig};
+use serde::de::DeserializeOwned;
+use serde_yaml::Value;
+
+/// Where the binaries' metrics endpoints are configured: `[observability] listen` for
+/// processors and sinks, `[monitor] listen` and `[drift] listen` for those two.
+const METRICS_LISTEN_KEYS: [&str; 3] = [
+    "BACKBONE__OBSERVABILITY__LISTEN",
+    "BACKBONE__MONITOR__LISTEN",
+    "BACKBONE__DRIFT__LISTEN",
+];
+
+/// Services configured by environment alone: no config file is mounted for them.
+const ENV_ONLY: [&str; 4] = ["monitor", "drift", "loadgen", "contracts"];
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+fn read(relative: &str) -> String {
+    let path = repo().join(relative);
+    std::fs::read_to_string(&path).unwrap_or_else(|err| panic!("{}: {err}", path.display()))
+}
+
+fn yaml(relative: &str) -> Value {
+    let mut value: Value = serde_yaml::from_str(&read(relative))
+        .unwrap_or_else(|err| panic!("{relative} is not YAML: {err}"));
+    value
+        .apply_merge()
+        .unwrap_or_else(|err| panic!("{relative}: merge keys: {err}"));
+    value
+}
+
+fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn strings(value: &Value) -> Vec<String> {
+    value
+        .as_sequence()
+        .map(|items| items.iter().filter_map(text).collect())
+        .unwrap_or_default()
+}
+
+/// Resolves compose interpolation the way an unconfigured shell would: `${NAME:-default}` and
+/// `${NAME-default}` become the default, `$$` a dollar. A variable without a default would
+/// make the stack depend on the user's environment, so it fails the test.
+fn interpolate(raw: &str) -> String {
+    let mut out = String::new();
+    let mut rest = raw;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(body) = after.strip_prefix('{') {
+            let end = body
+                .find('}')
+                .unwrap_or_else(|| panic!("unclosed ${{ in {raw:?}"));
+            let expression = &body[..end];
+            let default = expression
+                .split_once(":-")
+                .or_else(|| expression.split_once('-'))
+                .map(|(_, default)| default)
+                .unwrap_or_else(|| panic!("{raw:?}: ${{{expression}}} has no default"));
+            out.push_str(default);
+            rest = &body[end + 1..];
+        } else {
+            panic!("{raw:?}: write variables as ${{NAME:-default}}");
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[derive(Debug, Clone)]
+struct Mount {
+    source: String,
+    target: String,
+}
+
+impl Mount {
+    fn is_bind(&self) -> bool {
+        self.source.starts_with("./") || self.source.starts_with('/')
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Service {
+    name: String,
+    image: Option<String>,
+    built: bool,
+    command: Vec<String>,
+    environment: BTreeMap<String, String>,
+    expose: BTreeSet<u16>,
+    volumes: Vec<Mount>,
+    secrets: BTreeSet<String>,
+    depends_on: BTreeMap<String, String>,
+    healthcheck: bool,
+    restart: Option<String>,
+    profiles: Vec<String>,
+}
+
+impl Service {
+    fn parse(name: &str, value: &Value) -> Self {
+        let environment = match &value["environment"] {
+            Value::Mapping(map) => map
+                .iter()
+                .map(|(k, v)| {
+                    let key = text(k).expect("environment keys are strings");
+                    let raw = text(v).unwrap_or_else(|| panic!("{name}: {key} has no value"));
+                    (key, interpolate(&raw))
+                })
+                .collect(),
+            Value::Sequence(items) => items
+                .iter()
+                .filter_map(text)
+                .map(|item| {
+                    let (k, v) = item
+                        .split_once('=')
+                        .unwrap_or_else(|| panic!("{name}: {item} is not KEY=VALUE"));
+                    (k.to_owned(), interpolate(v))
+                })
+                .collect(),
+            Value::Null => BTreeMap::new(),
+            other => panic!("{name}: environment is {other:?}"),
+        };
+        let expose = strings(&value["expose"])
+            .iter()
+            .map(|port| {
+                port.parse()
+                    .unwrap_or_else(|_| panic!("{name}: expose {port:?} is not a port"))
+            })
+            .collect();
+        let volumes = strings(&value["volumes"])
+            .iter()
+            .map(|spec| {
+                let mut parts = spec.split(':');
+                let source = parts.next().unwrap_or_default().to_owned();
+                let target = parts
+                    .next()
+                    .unwrap_or_else(|| panic!("{name}: volume {spec:?} has no target"))
+                    .to_owned();
+                Mount {
+                    source: interpolate(&source),
+                    target,
+                }
+            })
+            .collect();
+        let depends_on = match &value["depends_on"] {
+            Value::Mapping(map) => map
+                .iter()
+                .map(|(k, v)| {
+                    let condition =
+                        text(&v["condition"]).unwrap_or_else(|| "service_started".into());
+                    (text(k).expect("service names are strings"), condition)
+                })
+                .collect(),
+            Value::Sequence(items) => items
+                .iter()
+                .filter_map(text)
+                .map(|s| (s, "service_started".to_owned()))
+                .collect(),
+            _ => BTreeMap::new(),
+        };
+        Self {
+            name: name.to_owned(),
+            image: text(&value["image"]).map(|image| interpolate(&image)),
+            built: !value["build"].is_null(),
+            command: strings(&value["command"]),
+            environment,
+            expose,
+            volumes,
+            secrets: strings(&value["secrets"]).into_iter().collect(),
+            depends_on,
+            healthcheck: !value["healthcheck"]["test"].is_null(),
+            restart: text(&value["restart"]),
+            profiles: strings(&value["profiles"]),
+        }
+    }
+
+    /// The host file behind a path inside the container, through the service's bind mounts.
+    fn host_path(&self, inside: &str) -> Option<PathBuf> {
+        self.volumes.iter().filter(|m| m.is_bind()).find_map(|m| {
+            let rest = inside.strip_prefix(&m.target)?;
+            if !(rest.is_empty() || rest.starts_with('/')) {
+                return None;
+            }
+            let source = repo().join(m.source.trim_start_matches("./"));
+            let rest = rest.trim_start_matches('/');
+            Some(if rest.is_empty() {
+                source
+            } else {
+                source.join(rest)
+            })
+        })
+    }
+
+    fn long_running(&self) -> bool {
+        self.restart.as_deref() != Some("no")
+    }
+
+    fn is_backbone(&self) -> bool {
+        self.built
+    }
+}
+
+struct Compose {
+    services: BTreeMap<String, Service>,
+    secrets: BTreeMap<String, PathBuf>,
+    volumes: BTreeSet<String>,
+}
+
+impl Compose {
+    fn load() -> Self {
+        let root = yaml("docker-compose.yml");
+        let services: BTreeMap<String, Service> = root["services"]
+            .as_mapping()
+            .expect("docker-compose.yml has services")
+            .iter()
+            .map(|(name, value)| {
+                let name = text(name).expect("service names are strings");
+                let service = Service::parse(&name, value);
+                (name, service)
+            })
+            .collect();
+        let secrets = root["secrets"]
+            .as_mapping()
+            .map(|map| {
+                map.iter()
+                    .map(|(name, value)| {
+                        let name = text(name).expect("secret names are strings");
+                        let file = text(&value["file"])
+                            .unwrap_or_else(|| panic!("secret {name} is not from a file"));
+                        (name, repo().join(interpolate(&file)))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let volumes = root["volumes"]
+            .as_mapping()
+            .map(|map| map.keys().filter_map(text).collect())
+            .unwrap_or_default();
+        Self {
+            services,
+            secrets,
+            volumes,
+        }
+    }
+
+    fn service(&self, name: &str) -> &Service {
+        self.services
+            .get(name)
+            .unwrap_or_else(|| panic!("docker-compose.yml has no service {name}"))
+    }
+
+    /// Every service `name` waits for, directly or through others.
+    fn waits_for(&self, name: &str) -> BTreeSet<String> {
+        let mut seen = BTreeSet::new();
+        let mut queue = vec![name.to_owned()];
+        while let Some(next) = queue.pop() {
+            for dependency in self.service(&next).depends_on.keys() {
+                if seen.insert(dependency.clone()) {
+                    queue.push(dependency.clone());
+                }
+            }
+        }
+        seen
+    }
+
+    /// The environment a binary sees, with each `/run/secrets/<name>` turned into the host
+    /// file compose mounts there.
+    fn environment_on_host(&self, service: &Service) -> Vec<(String, String)> {
+        service
+            .environment
+            .iter()
+            .map(|(key, value)| {
+                let value = match value.strip_prefix("/run/secrets/") {
+                    Some(secret) => self.secrets[secret].to_string_lossy().into_owned(),
+                    None => value.clone(),
+                };
+                (key.clone(), value)
+            })
+            .collect()
+    }
+}
+
+/// A `host:port` a setting points at.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Address {
+    host: String,
+    port: Option<u16>,
+}
+
+/// The addresses in a setting's value: `host:port` lists, URLs with or without user info
+/// (`postgres://user@host:port/db`), listener lists (`NAME://host:port,...`) and quorum voters
+/// (`1@host:port`). Tokens that are not addresses (paths, plain words) give nothing.
+fn addresses(value: &str) -> Vec<Address> {
+    let mut found = Vec::new();
+    for token in value.split([',', ' ']) {
+        let (has_scheme, rest) = match token.split_once("://") {
+            Some((_, rest)) => (true, rest),
+            None => (false, token),
+        };
+        let authority = rest.split('/').next().unwrap_or_default();
+        let authority = authority.rsplit('@').next().unwrap_or_default();
+        match authority.rsplit_once(':') {
+            Some((host, port)) => {
+                if let Ok(port) = port.parse::<u16>() {
+                    found.push(Address {
+                        host: host.to_owned(),
+                        port: Some(port),
+                    });
+                }
+            }
+            None if has_scheme && !authority.is_empty() => found.push(Address {
+                host: authority.to_owned(),
+                port: None,
+            }),
+            None => {}
+        }
+    }
+    found
+}
+
+/// Whether a host is this container or any interface rather than another service.
+fn is_local(host: &str) -> bool {
+    host.is_empty() || host == "localhost" || host.parse::<IpAddr>().is_ok()
+}
+
+/// Checks that `address`, given to `user` as `what`, names a service on a port it exposes.
+fn assert_names_a_service(compose: &Compose, user: &str, what: &str, address: &Address) {
+    let target = compose.services.get(&address.host).unwrap_or_else(|| {
+        panic!(
+            "{user}: {what} points at {}, which is not a service of docker-compose.yml",
+            address.host
+        )
+    });
+    let port = address
+        .port
+        .unwrap_or_else(|| panic!("{user}: {what} names {} without a port", address.host));
+    assert!(
+        target.expose.contains(&port),
+        "{user}: {what} points at {}:{port}, but {} exposes {:?}",
+        address.host,
+        address.host,
+        target.expose
+    );
+}
+
+/// `name:tag` (not `latest`, with a version number in it) or `name@sha256:<64 hex>`.
+fn is_pinned(image: &str) -> bool {
+    if let Some((_, digest)) = image.split_once("@sha256:") {
+        return digest.len() == 64 && digest.chars().all(|c| c.is_ascii_hexdigit());
+    }
+    let last = image.rsplit('/').next().unwrap_or(image);
+    match last.split_once(':') {
+        Some((_, tag)) => tag != "latest" && tag.chars().any(|c| c.is_ascii_digit()),
+        None => false,
+    }
+}
+
+#[test]
+fn the_pin_check_refuses_floating_images() {
+    for floating in [
+        "postgres",
+        "postgres:latest",
+        "grafana/grafana:main",
+        "localhost:5000/backbone",
+        "x@sha256:abc",
+    ] {
+        assert!(!is_pinned(floating), "{floating} counts as pinned");
+    }
+    for pinned in [
+        "postgres:16.9",
+        "localhost:5000/backbone:0.1.0",
+        "prom/prometheus:v2.55.1",
+        &format!("postgres@sha256:{}", "a".repeat(64)),
+    ] {
+        assert!(is_pinned(pinned), "{pinned} counts as floating");
+    }
+}
+
+#[test]
+fn every_image_is_pinned_and_the_binaries_share_one_local_image() {
+    let compose = Compose::load();
+    for service in compose.services.values() {
+        let image = service
+            .image
+            .as_deref()
+            .unwrap_or_else(|| panic!("{}: no image: name it, with a version tag", service.name));
+        assert!(
+            is_pinned(image),
+            "{}: image {image} is not pinned",
+            service.name
+        );
+    }
+    let upstream: BTreeSet<&str> = compose
+        .services
+        .values()
+        .filter(|s| !s.built)
+        .filter_map(|s| s.image.as_deref())
+        .map(|image| image.split([':', '@']).next().unwrap_or(image))
+        .collect();
+    for expected in [
+        "apache/kafka",
+        "confluentinc/cp-schema-registry",
+        "postgres",
+        "prom/prometheus",
+        "grafana/grafana",
+    ] {
+        assert!(upstream.contains(expected), "no service runs {expected}");
+    }
+    let built: BTreeSet<&str> = compose
+        .services
+        .values()
+        .filter(|s| s.built)
+        .filter_map(|s| s.image.as_deref())
+        .collect();
+    assert_eq!(
+        built.len(),
+        1,
+        "the backbone binaries share one image: {built:?}"
+    );
+
+    // The Dockerfile's stages start from pinned images too.
+    let dockerfile = read("Dockerfile");
+    let bases: Vec<&str> = dockerfile
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("FROM "))
+        .map(|rest| rest.split_whitespace().next().unwrap_or_default())
+        .collect();
+    assert!(bases.len() >= 2, "the Dockerfile is multi-stage: {bases:?}");
+    for base in bases {
+        assert!(is_pinned(base), "Dockerfile: FROM {base} is not pinned");
+    }
+    let runtime = dockerfile.rsplit("\nFROM ").next().unwrap_or_default();
+    assert!(
+        runtime
+            .lines()
+            .any(|l| l.trim_start().starts_with("USER ") && !l.contains("root")),
+        "the runtime stage runs as a non-root user"
+    );
+}
+
+#[test]
+fn every_service_it_runs_is_built_into_the_image() {
+    let compose = Compose::load();
+    let dockerfile = read("Dockerfile");
+    let start = dockerfile
+        .find("ARG BINARIES=\"")
+        .expect("the Dockerfile lists its binaries in ARG BINARIES")
+        + "ARG BINARIES=\"".len();
+    let end = start + dockerfile[start..].find('"').expect("closing quote");
+    let binaries: BTreeSet<&str> = dockerfile[start..end]
+        .split(|c: char| c.is_whitespace() || c == '\\')
+        .filter(|s| !s.is_empty())
+        .collect();
+    for service in compose.services.values().filter(|s| s.is_backbone()) {
+        let program = service
+            .command
+            .first()
+            .unwrap_or_else(|| panic!("{}: no command", service.name));
+        let programs: Vec<&str> = if program == "sh" {
+            let script = service
+                .command
+                .last()
+                .map(String::as_str)
+                .unwrap_or_default();
+            script
+                .split("&&")
+                .filter_map(|step| step.split_whitespace().next())
+                .collect()
+        } else {
+            vec![program.as_str()]
+        };
+        for program in programs {
+            assert!(
+                binaries.contains(program),
+                "{}: runs {program}, which the Dockerfile does not build",
+                service.name
+            );
+        }
+    }
+}
+
+#[test]
+fn services_reach_each_other_by_service_name_and_exposed_port() {
+    let compose = Compose::load();
+    let mut checked = 0;
+    for service in compose.services.values() {
+        for (key, value) in &service.environment {
+            for address in addresses(value) {
+                if is_local(&address.host) {
+                    continue;
+                }
+                assert_names_a_service(&compose, &service.name, key, &address);
+                // Whoever names a service waits for it, unless it is optional (a profile).
+                let target = compose.service(&address.host);
+                if target.profiles.is_empty() && address.host != service.name {
+                    assert!(
+                        compose.waits_for(&service.name).contains(&address.host),
+                        "{}: {key} names {}, but the service does not wait for it (depends_on)",
+                        service.name,
+                        address.host
+                    );
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(
+        checked >= 30,
+        "only {checked} addresses found in docker-compose.yml"
+    );
+
+    // Inside compose, clients use the listener Kafka advertises for them.
+    let kafka = compose.service("kafka");
+    let advertised = &kafka.environment["KAFKA_ADVERTISED_LISTENERS"];
+    let clients: Vec<&Service> = compose
+        .services
+        .values()
+        .filter(|s| {
+            s.environment
+                .contains_key("BACKBONE__KAFKA__BOOTSTRAP_SERVERS")
+        })
+        .collect();
+    assert!(clients.len() >= 12, "{} Kafka clients", clients.len());
+    for client in &clients {
+        let servers = &client.environment["BACKBONE__KAFKA__BOOTSTRAP_SERVERS"];
+        assert!(
+            advertised.contains(&format!("://{servers}")),
+            "{}: bootstrap {servers} is not a listener Kafka advertises ({advertised})",
+            client.name
+        );
+    }
+
+    // Processors and sinks: the registry, and a metrics endpoint on every interface.
+    let mut endpoints = BTreeSet::new();
+    for service in compose.services.values() {
+        for key in METRICS_LISTEN_KEYS {
+            let Some(listen) = service.environment.get(key) else {
+                continue;
+            };
+            let address = addresses(listen).pop().expect("a host:port");
+            assert_eq!(
+                address.host, "0.0.0.0",
+                "{}: {key} must listen on 0.0.0.0 in a container",
+                service.name
+            );
+            let port = address.port.expect("a port");
+            assert!(
+                service.expose.contains(&port),
+                "{}: {key} is {listen}, but the service exposes {:?}",
+                service.name,
+                service.expose
+            );
+            endpoints.insert(format!("{}:{port}", service.name));
+        }
+        if service
+            .environment
+            .contains_key("BACKBONE__OBSERVABILITY__LISTEN")
+        {
+            assert!(
+                service
+                    .environment
+                    .contains_key("BACKBONE__SCHEMA_REGISTRY__URL"),
+                "{}: no BACKBONE__SCHEMA_REGISTRY__URL",
+                service.name
+            );
+        }
+    }
+    for expected in [
+        "usage-validator:9464",
+        "enricher:9464",
+        "usage-rater:9464",
+        "fanout:9464",
+        "billing-sink:9464",
+        "crm-sink:9464",
+        "analytics-sink:9464",
+        "erp-sink:9464",
+        "monitor:9470",
+        "drift:9471",
+    ] {
+        assert!(
+            endpoints.contains(expected),
+            "no metrics endpoint {expected}: {endpoints:?}"
+        );
+    }
+
+    // Prometheus scrapes exactly those endpoints, by service name.
+    let prometheus = yaml("deploy/prometheus/prometheus.yml");
+    let mut scraped = BTreeSet::new();
+    for job in prometheus["scrape_configs"]
+        .as_sequence()
+        .expect("scrape_configs")
+    {
+        let name = text(&job["job_name"]).expect("job_name");
+        for group in job["static_configs"].as_sequence().expect("static_configs") {
+            for target in strings(&group["targets"]) {
+                let address = addresses(&target).pop().expect("targets are host:port");
+                if is_local(&address.host) {
+                    continue;
+                }
+                assert_names_a_service(&compose, "prometheus", &format!("job {name}"), &address);
+                scraped.insert(target);
+            }
+        }
+    }
+    assert_eq!(
+        scraped, endpoints,
+        "Prometheus must scrape every metrics endpoint, and only those"
+    );
+
+    // Grafana's datasource is the prometheus service.
+    let datasources = yaml("deploy/grafana/provisioning/datasources/prometheus.yml");
+    let urls: Vec<String> = datasources["datasources"]
+        .as_sequence()
+        .expect("datasources")
+        .iter()
+        .filter_map(|d| text(&d["url"]))
+        .collect();
+    assert!(!urls.is_empty(), "no datasource URL");
+    for url in urls {
+        let address = addresses(&url)
+            .pop()
+            .expect("the datasource URL has a host");
+        assert_names_a_service(&compose, "grafana", "the datasource URL", &address);
+        assert_eq!(address.host, "prometheus");
+        assert!(compose.waits_for("grafana").contains("prometheus"));
+    }
+}
+
+#[test]
+fn start_order_waits_for_health_and_every_service_has_a_health_check() {
+    let compose = Compose::load();
+    for service in compose.services.values() {
+        if service.long_running() {
+            assert!(service.healthcheck, "{}: no healthcheck", service.name);
+        }
+        for (dependency, condition) in &service.depends_on {
+            let target = compose.service(dependency);
+            assert!(
+                target.profiles.is_empty() || target.profiles == service.profiles,
+                "{}: depends on {dependency}, which only a profile starts",
+                service.name
+            );
+            match condition.as_str() {
+                "service_healthy" => assert!(
+                    target.healthcheck,
+                    "{}: waits for {dependency} to be healthy, which has no healthcheck",
+                    service.name
+                ),
+                "service_completed_successfully" => assert!(
+                    !target.long_running(),
+                    "{}: waits for {dependency} to complete, which restarts",
+                    service.name
+                ),
+                other => panic!(
+                    "{}: depends on {dependency} with {other}: wait for health or completion",
+                    service.name
+                ),
+            }
+        }
+        if service
+            .environment
+            .contains_key("BACKBONE__KAFKA__BOOTSTRAP_SERVERS")
+        {
+            assert!(
+                compose.waits_for(&service.name).contains("kafka"),
+                "{}: a Kafka client that does not wait for kafka",
+                service.name
+            );
+        }
+    }
+    // The enricher's input is created by the validator: it starts after it.
+    assert_eq!(
+        compose
+            .service("enricher")
+            .depends_on
+            .get("usage-validator")
+            .map(String::as_str),
+        Some("service_healthy")
+    );
+    for processor in ["usage-validator", "enricher", "usage-rater", "fanout"] {
+        assert_eq!(
+            compose
+                .service(processor)
+                .depends_on
+                .get("contracts")
+                .map(String::as_str),
+            Some("service_completed_successfully"),
+            "{processor} starts once the topics exist"
+        );
+    }
+    assert_eq!(compose.service("own-registry").profiles, ["own-registry"]);
+}
+
+#[test]
+fn credentials_are_secret_files_and_every_mount_exists() {
+    let compose = Compose::load();
+    assert!(compose.secrets.len() >= 3, "secrets: {:?}", compose.secrets);
+    for (name, file) in &compose.secrets {
+        let content = std::fs::read_to_string(file)
+            .unwrap_or_else(|err| panic!("secret {name}: {}: {err}", file.display()));
+        assert!(!content.trim().is_empty(), "secret {name} is empty");
+    }
+    let mut secret_settings = 0;
+    for service in compose.services.values() {
+        for secret in &service.secrets {
+            assert!(
+                compose.secrets.contains_key(secret),
+                "{}: undeclared secret {secret}",
+                service.name
+            );
+        }
+        for (key, value) in &service.environment {
+            let upper = key.to_ascii_uppercase();
+            let sensitive = ["PASSWORD", "TOKEN", "CREDENTIAL", "SECRET"]
+                .iter()
+                .any(|word| upper.contains(word));
+            if sensitive {
+                assert!(
+                    upper.ends_with("_FILE") && value.starts_with("/run/secrets/"),
+                    "{}: {key} must name a secret file (/run/secrets/...), not hold a value",
+                    service.name
+                );
+            }
+            if let Some(secret) = value.strip_prefix("/run/secrets/") {
+                assert!(
+                    service.secrets.contains(secret),
+                    "{}: {key} reads secret {secret}, which the service does not mount",
+                    service.name
+                );
+                secret_settings += 1;
+            } else if value.starts_with('/') && !value.contains(':') {
+                // A path inside the container that comes from a bind mount must exist.
+                if let Some(host) = service.host_path(value) {
+                    assert!(
+                        host.exists(),
+                        "{}: {key} is {value}, but {} does not exist",
+                        service.name,
+                        host.display()
+                    );
+                }
+            }
+        }
+        for mount in &service.volumes {
+            if mount.is_bind() {
+                let host = repo().join(&mount.source);
+                assert!(
+                    host.exists(),
+                    "{}: mount {} does not exist",
+                    service.name,
+                    mount.source
+                );
+            } else {
+                assert!(
+                    compose.volumes.contains(&mount.source),
+                    "{}: volume {} is not declared",
+                    service.name,
+                    mount.source
+                );
+            }
+        }
+    }
+    assert!(
+        secret_settings >= 8,
+        "{secret_settings} settings read secrets"
+    );
+    for sink in ["billing-sink", "crm-sink", "analytics-sink", "erp-sink"] {
+        let service = compose.service(sink);
+        assert!(
+            service
+                .environment
+                .contains_key("BACKBONE__DESTINATION__CREDENTIAL_FILE"),
+            "{sink}: its credential comes from a secret file"
+        );
+        assert!(
+            service
+                .volumes
+                .iter()
+                .any(|m| !m.is_bind() && m.target == "/var/lib/backbone/ledger"),
+            "{sink}: its ledger lives on a volume"
+        );
+    }
+    for processor in ["usage-validator", "enricher", "usage-rater", "fanout"] {
+        assert!(
+            compose
+                .service(processor)
+                .volumes
+                .iter()
+                .any(|m| !m.is_bind() && m.target == "/var/lib/backbone/state"),
+            "{processor}: its state lives on a volume"
+        );
+    }
+}
+
+fn load<T: DeserializeOwned + Validate>(
+    path: Option<&Path>,
+    env: &[(String, String)],
+) -> Result<T, ConfigError> {
+    load_from(path, env.iter().cloned())
+}
+
+fn load_processor<A: App>(
+    path: Option<&Path>,
+    env: &[(String, String)],
+) -> Result<(), ConfigError> {
+    let config: ProcessorConfig<A::Settings> = load(path, env)?;
+    assert_eq!(config.kafka.bootstrap_servers, "kafka:9092");
+    assert_eq!(config.observability.listen.port(), 9464);
+    assert_eq!(config.schema_registry.url, "http://schema-registry:8081");
+    Ok(())
+}
+
+fn load_sink<A: SinkApp>(path: Option<&Path>, env: &[(String, String)]) -> Result<(), ConfigError> {
+    let config: SinkConfig<A::Settings> = load(path, env)?;
+    config.destination.require_scheme(A::SCHEMES)?;
+    assert_eq!(config.kafka.bootstrap_servers, "kafka:9092");
+    assert_eq!(config.observability.listen.port(), 9464);
+    assert!(
+        !config.destination.resolve_credential()?.is_empty(),
+        "{}: empty credential",
+        A::NAME
+    );
+    Ok(())
+}
+
+/// Loads a service's config the way its binary does: the mounted file, then the environment.
+fn load_binary(
+    binary: &str,
+    path: Option<&Path>,
+    env: &[(String, String)],
+) -> Result<(), ConfigError> {
+    match binary {
+        "usage-validator" => load_processor::<backbone_usage_validator::UsageValidator>(path, env),
+        "enricher" => load_processor::<backbone_enricher::Enricher>(path, env),
+        "usage-rater" => load_processor::<backbone_usage_rater::UsageRater>(path, env),
+        "fanout" => load_processor::<backbone_fanout::Fanout>(path, env),
+        "billing-sink" => load_sink::<backbone_billing_sink::BillingSink>(path, env),
+        "crm-sink" => load_sink::<backbone_crm_sink::CrmSink>(path, env),
+        "erp-sink" => load_sink::<backbone_erp_sink::ErpSink>(path, env),
+        "analytics-sink" => {
+            load_sink::<backbone_analytics_sink::AnalyticsSink>(path, env)?;
+            // Parses the URL and reads the password as the binary does, without connecting.
+            let config: SinkConfig<backbone_analytics_sink::AnalyticsSettings> = load(path, env)?;
+            backbone_analytics_sink::AnalyticsSink::new(config.sink, &config.destination)
+                .map(|_| ())
+        }
+        "sandbox" => {
+            let config: backbone_sandbox::SandboxConfig = load(path, env)?;
+            assert_eq!(config.listen.port(), 8090);
+            assert_eq!(
+                config.resolve_token()?.expose(),
+                read("deploy/secrets/sandbox-token").trim()
+            );
+            Ok(())
+        }
+        "schema-registry" => {
+            let config: backbone_registry::RegistryConfig = load(path, env)?;
+            assert_eq!(config.kafka.bootstrap_servers, "kafka:9092");
+            Ok(())
+        }
+        "monitor" => {
+            let config: backbone_monitor::MonitorConfig = load(path, env)?;
+            assert_eq!(config.kafka.bootstrap_servers, "kafka:9092");
+            assert_eq!(config.monitor.listen.port(), 9470);
+            Ok(())
+        }
+        "drift" => {
+            let config: backbone_drift::DriftConfig = load(path, env)?;
+            assert_eq!(config.drift.listen.port(), 9471);
+            assert_eq!(config.drift.billing_url, "http://sandbox:8090");
+            Ok(())
+        }
+        other => panic!("no config loader known for {other}"),
+    }
+}
+
+#[test]
+fn every_config_file_loads_through_its_binarys_loader_with_the_compose_environment() {
+    let compose = Compose::load();
+    let mut used = BTreeSet::new();
+    let mut loaded = 0;
+    for service in compose.services.values().filter(|s| s.is_backbone()) {
+        let binary = service.command.first().expect("a command").clone();
+        let env = compose.environment_on_host(service);
+        let file = match service.environment.get("BACKBONE_CONFIG") {
+            Some(inside) => {
+                let host = service.host_path(inside).unwrap_or_else(|| {
+                    panic!("{}: BACKBONE_CONFIG {inside} is not mounted", service.name)
+                });
+                used.insert(host.clone());
+                Some(host)
+            }
+            None => {
+                assert!(
+                    ENV_ONLY.contains(&service.name.as_str()),
+                    "{}: no BACKBONE_CONFIG; put its config in deploy/config/{binary}.toml",
+                    service.name
+                );
+                None
+            }
+        };
+        if file.is_none() && !["monitor", "drift"].contains(&binary.as_str()) {
+            continue; // loadgen and contracts take flags, not a config
+        }
+        if let Err(err) = load_binary(&binary, file.as_deref(), &env) {
+            panic!("{}: {binary} refuses its config: {err}", service.name);
+        }
+        // The loader refuses unknown keys, so a passing load means every key is right.
+        let mut wrong = env.clone();
+        wrong.push(("BACKBONE__KAFKA__NOT_A_KEY".to_owned(), "1".to_owned()));
+        assert!(
+            load_binary(&binary, file.as_deref(), &wrong).is_err(),
+            "{}: {binary} accepted an unknown key",
+            service.name
+        );
+        loaded += 1;
+    }
+    assert!(loaded >= 12, "{loaded} configs loaded");
+    let files: BTreeSet<PathBuf> = std::fs::read_dir(repo().join("deploy/config"))
+        .expect("deploy/config")
+        .map(|entry| entry.expect("entry").path())
+        .collect();
+    assert_eq!(
+        files, used,
+        "every file in deploy/config is some service's config"
+    );
+}
+
+#[test]
+fn prometheus_loads_its_rules_from_the_mounted_directory() {
+    let compose = Compose::load();
+    let service = compose.service("prometheus");
+    let flag = service
+        .command
+        .iter()
+        .find_map(|arg| arg.strip_prefix("--config.file="))
+        .expect("prometheus is given --config.file");
+    let host = service.host_path(flag).expect("the config file is mounted");
+    assert_eq!(host, repo().join("deploy/prometheus/prometheus.yml"));
+    let config = yaml("deploy/prometheus/prometheus.yml");
+    let rule_files = strings(&config["rule_files"]);
+    assert!(!rule_files.is_empty(), "no rule_files");
+    for rule_file in rule_files {
+        assert!(
+            !rule_file.starts_with('/'),
+            "{rule_file}: relative to the config, so promtool and the container agree"
+        );
+        assert!(
+            repo().join("deploy/prometheus").join(&rule_file).exists(),
+            "{rule_file} missing"
+        );
+    }
+    let grafana = compose.service("grafana");
+    let provider = yaml("deploy/grafana/provisioning/dashboards/backbone.yml");
+    let path = text(&provider["providers"][0]["options"]["path"]).expect("a provider path");
+    assert_eq!(
+        grafana.host_path(&path),
+        Some(repo().join("deploy/grafana/dashboards"))
+    );
+    assert_eq!(
+        grafana.host_path("/etc/grafana/provisioning/datasources"),
+        Some(repo().join("deploy/grafana/provisioning/datasources"))
+    );
+}
+
+struct Rule {
+    alert: Option<String>,
+    record: Option<String>,
+    expr: String,
+    raw: Value,
+}
+
+fn rules() -> Vec<Rule> {
+    let file = yaml("deploy/prometheus/rules.yml");
+    let mut rules = Vec::new();
+    for group in file["groups"].as_sequence().expect("groups") {
+        for rule in group["rules"].as_sequence().expect("rules") {
+            rules.push(Rule {
+                alert: text(&rule["alert"]),
+                record: text(&rule["record"]),
+                expr: text(&rule["expr"]).expect("every rule has an expr"),
+                raw: rule.clone(),
+            });
+        }
+    }
+    rules
+}
+
+/// GitHub's heading anchor: lower case, spaces to dashes, punctuation dropped.
+fn anchors(markdown: &str) -> BTreeSet<String> {
+    markdown
+        .lines()
+        .filter_map(|line| line.strip_prefix('#'))
+        .map(|heading| {
+            heading
+                .trim_start_matches('#')
+                .trim()
+                .to_lowercase()
+                .chars()
+                .filter_map(|c| match c {
+                    ' ' => Some('-'),
+                    c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+                    _ => None,
+                })
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn every_alert_has_a_duration_a_severity_a_summary_and_a_runbook() {
+    let rules = rules();
+    let doc_anchors = anchors(&read("docs/observability.md"));
+    let alerts: Vec<&Rule> = rules.iter().filter(|r| r.alert.is_some()).collect();
+    assert!(alerts.len() >= 6, "{} alerts", alerts.len());
+    for rule in &alerts {
+        let name = rule.alert.as_deref().unwrap_or_default();
+        assert!(!rule.raw["for"].is_null(), "{name}: no `for`");
+        let severity = text(&rule.raw["labels"]["severity"]).unwrap_or_default();
+        assert!(
+            ["critical", "warning"].contains(&severity.as_str()),
+            "{name}: severity {severity:?}"
+        );
+        for annotation in ["summary", "description"] {
+            let value = text(&rule.raw["annotations"][annotation]).unwrap_or_default();
+            assert!(!value.trim().is_empty(), "{name}: no {annotation}");
+            assert!(
+                value.contains("{{ $"),
+                "{name}: the {annotation} shows no label or value"
+            );
+        }
+        let runbook = text(&rule.raw["annotations"]["runbook"]).unwrap_or_default();
+        let anchor = runbook
+            .strip_prefix("docs/observability.md#")
+            .unwrap_or_else(|| {
+                panic!("{name}: runbook {runbook:?} is not a docs/observability.md anchor")
+            });
+        assert_eq!(
+            anchor,
+            name.to_lowercase(),
+            "{name}: the runbook anchor is its name"
+        );
+        assert!(
+            doc_anchors.contains(anchor),
+            "{name}: docs/observability.md has no section {anchor}"
+        );
+    }
+    for (metric, why) in [
+        ("backbone_monitor_consumer_lag_records", "lag growing"),
+        ("backbone_dlq_records_total", "dead letters"),
+        ("backbone_drift_relative", "drift"),
+        ("backbone_sink_circuit_state", "an open circuit"),
+        ("backbone_processor_ready", "a processor not ready"),
+        ("backbone_processor_fatal_errors_total", "fatal errors"),
+    ] {
+        assert!(
+            alerts.iter().any(|r| r.expr.contains(metric)),
+            "no alert on {why} ({metric})"
+        );
+    }
+    for rule in rules.iter().filter(|r| r.record.is_some()) {
+        let name = rule.record.as_deref().unwrap_or_default();
+        assert_eq!(
+            name.split(':').count(),
+            3,
+            "{name}: recording rules are named level:metric:operations"
+        );
+    }
+}
+
+struct Panel {
+    dashboard: String,
+    title: String,
+    exprs: Vec<String>,
+}
+
+fn dashboards() -> Vec<(String, serde_json::Value)> {
+    let dir = repo().join("deploy/grafana/dashboards");
+    let mut found: Vec<(String, serde_json::Value)> = std::fs::read_dir(&dir)
+        .expect("deploy/grafana/dashboards")
+        .map(|entry| entry.expect("entry").path())
+        .filter(|path| path.extension().is_some_and(|e| e == "json"))
+        .map(|path| {
+            let name = path
+                .file_name()
+                .expect("a name")
+                .to_string_lossy()
+                .into_owned();
+            let text = std::fs::read_to_string(&path).expect("readable");
+            let json = serde_json::from_str(&text).unwrap_or_else(|err| panic!("{name}: {err}"));
+            (name, json)
+        })
+        .collect();
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    found
+}
+
+/// Every panel of every dashboard, rows (which query nothing) left out, after checking that
+/// each queries the provisioned datasource with plain expressions.
+fn panels() -> Vec<Panel> {
+    let datasources = yaml("deploy/grafana/provisioning/datasources/prometheus.yml");
+    let uid = text(&datasources["datasources"][0]["uid"]).expect("the datasource has a uid");
+    let mut panels = Vec::new();
+    let mut uids = BTreeSet::new();
+    for (name, board) in dashboards() {
+        let board_uid = board["uid"].as_str().unwrap_or_default().to_owned();
+        assert!(
+            !board_uid.is_empty() && uids.insert(board_uid.clone()),
+            "{name}: uid {board_uid:?} missing or repeated"
+        );
+        assert!(
+            board["title"].as_str().is_some_and(|t| !t.is_empty()),
+            "{name}: no title"
+        );
+        assert!(
+            board["schemaVersion"].as_u64().is_some_and(|v| v >= 36),
+            "{name}: schemaVersion"
+        );
+        let list = board["panels"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{name}: no panels"));
+        let mut ids = BTreeSet::new();
+        for panel in list {
+            let title = panel["title"].as_str().unwrap_or_default().to_owned();
+            assert!(
+                panel["id"].as_u64().is_some_and(|id| ids.insert(id)),
+                "{name} / {title}: id missing or repeated"
+            );
+            assert!(
+                panel["gridPos"]["w"].as_u64().is_some(),
+                "{name} / {title}: no gridPos"
+            );
+            if panel["type"] == "row" {
+                continue;
+            }
+            assert!(!title.is_empty(), "{name}: a panel without a title");
+            assert_eq!(
+                panel["datasource"]["uid"].as_str(),
+                Some(uid.as_str()),
+                "{name} / {title}: datasource"
+            );
+            let targets = panel["targets"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            assert!(!targets.is_empty(), "{name} / {title}: no query");
+            let mut exprs = Vec::new();
+            for target in targets {
+                let expr = target["expr"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned();
+                assert!(
+                    !expr.is_empty(),
+                    "{name} / {title}: a query without an expression"
+                );
+                assert!(
+                    !expr.contains('$'),
+                    "{name} / {title}: {expr} uses a template variable"
+                );
+                if let Some(target_uid) = target["datasource"]["uid"].as_str() {
+                    assert_eq!(target_uid, uid, "{name} / {title}: a query's datasource");
+                }
+                exprs.push(expr);
+            }
+            panels.push(Panel {
+                dashboard: board_uid.clone(),
+                title,
+                exprs,
+            });
+        }
+    }
+    panels
+}
+
+#[test]
+fn every_dashboard_panel_queries_the_provisioned_prometheus() {
+    let panels = panels();
+    assert!(panels.len() >= 25, "{} panels", panels.len());
+    let queries = |dashboard: &str| -> String {
+        panels
+            .iter()
+            .filter(|p| p.dashboard == dashboard)
+            .flat_map(|p| p.exprs.iter().map(String::as_str))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    for (dashboard, needs) in [
+        (
+            "backbone-pipeline",
+            &[
+                "rate(backbone_consumer_records_total",
+                "histogram_quantile(0.5, sum by (processor, le) (rate(backbone_end_to_end_latency_seconds_bucket",
+                "histogram_quantile(0.99, sum by (processor, le) (rate(backbone_end_to_end_latency_seconds_bucket",
+                "sum by (processor, topic, reason) (rate(backbone_dlq_records_total",
+            ][..],
+        ),
+        (
+            "backbone-lag",
+            &[
+                "sum by (group, topic) (backbone_monitor_consumer_lag_records)",
+                "{{group}} {{topic}}[{{partition}}]",
+                "backbone_monitor_consumer_lag_seconds",
+            ][..],
+        ),
+        (
+            "backbone-sinks",
+            &[
+                "histogram_quantile(0.99, sum by (processor, le) (rate(backbone_sink_delivery_duration_seconds_bucket",
+                "sum by (processor, destination, outcome) (rate(backbone_sink_deliveries_total",
+                "sum by (processor, reason) (rate(backbone_sink_retries_total",
+                "backbone_sink_circuit_state",
+            ][..],
+        ),
+        ("backbone-drift", &["backbone_drift_difference", "backbone_drift_relative", "by (check)"][..]),
+    ] {
+        let board = dashboards()
+            .into_iter()
+            .find(|(_, b)| b["uid"] == dashboard)
+            .unwrap_or_else(|| panic!("no dashboard {dashboard}"))
+            .1;
+        let text = format!("{}\n{board}", queries(dashboard));
+        for need in needs {
+            assert!(text.contains(need), "{dashboard}: nothing shows {need}");
+        }
+    }
+}
+
+/// The metric names of an expression: `backbone_...` words, histogram suffixes removed.
+fn metric_names(expr: &str) -> BTreeSet<String> {
+    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+        .filter(|word| word.starts_with("backbone_"))
+        .map(|word| {
+            ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|suffix| word.strip_suffix(suffix))
+                .unwrap_or(word)
+                .to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn dashboards_and_rules_use_only_metrics_the_binaries_export() {
+    use backbone_core::metrics::names as core;
+    use backbone_sink::metrics::names as sink;
+    let exported: BTreeSet<&str> = [
+        core::CONSUMER_RECORDS,
+        core::PRODUCER_RECORDS,
+        core::DLQ_RECORDS,
+        core::DEDUP_DUPLICATES,
+        core::PROCESSOR_RETRIES,
+        core::PROCESSOR_DURATION,
+        core::END_TO_END_LATENCY,
+        core::CONSUMER_LAG,
+        core::TRANSACTION_COMMITS,
+        core::TRANSACTION_ABORTS,
+        core::STATE_RESTORE_DURATION,
+        core::PROCESSOR_FATAL_ERRORS,
+        core::PROCESSOR_UP,
+        core::PROCESSOR_READY,
+        sink::DELIVERIES,
+        sink::DELIVERY_DURATION,
+        sink::RETRIES,
+        sink::CIRCUIT_STATE,
+        sink::BATCH_SIZE,
+        backbone_drift::metrics::names::DIFFERENCE,
+        backbone_drift::metrics::names::RELATIVE,
+        backbone_drift::metrics::names::LAST_RUN,
+        backbone_monitor::names::LAG_RECORDS,
+        backbone_monitor::names::LAG_SECONDS,
+        backbone_monitor::names::UP,
+    ]
+    .into_iter()
+    .collect();
+    let mut expressions: Vec<(String, String)> = panels()
+        .into_iter()
+        .flat_map(|p| {
+            let at = format!("{} / {}", p.dashboard, p.title);
+            p.exprs.into_iter().map(move |e| (at.clone(), e))
+        })
+        .collect();
+    expressions.extend(
+        rules()
+            .into_iter()
+            .map(|r| (r.alert.or(r.record).unwrap_or_default(), r.expr)),
+    );
+    let mut used = BTreeSet::new();
+    for (at, expr) in &expressions {
+        for name in metric_names(expr) {
+            assert!(
+                exported.contains(name.as_str()),
+                "{at}: {name} is not a metric any binary exports"
+            );
+            used.insert(name);
+        }
+    }
+    for name in [
+        backbone_monitor::names::LAG_RECORDS,
+        backbone_monitor::names::LAG_SECONDS,
+        backbone_drift::metrics::names::DIFFERENCE,
+        backbone_drift::metrics::names::RELATIVE,
+    ] {
+        assert!(used.contains(name), "{name} is shown nowhere");
+    }
+}
+
+#[test]
+fn every_dashboard_query_is_promql_that_promtool_accepts() {
+    // promtool checks rule files only, so each panel's expression becomes a recording rule.
+    let mut file = String::from("groups:\n  - name: dashboard-queries\n    rules:\n");
+    let mut count = 0;
+    for panel in panels() {
+        for expr in panel.exprs {
+            file.push_str(&format!(
+                "      - record: dashboard:query:{count}\n        expr: {}\n",
+                serde_json::to_string(&expr).expect("a string")
+            ));
+            count += 1;
+        }
+    }
+    assert!(count >= 30, "{count} queries");
+    let path = std::env::temp_dir().join(format!(
+        "backbone-dashboard-queries-{}.yml",
+        std::process::id()
+    ));
+    std::fs::write(&path, file).expect("write the query rules");
+    let output = Command::new("promtool")
+        .arg("check")
+        .arg("rules")
+        .arg(&path)
+        .output()
+        .unwrap_or_else(|err| {
+            panic!("promtool (Debian package prometheus; make setup installs it): {err}")
+        });
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        output.status.success(),
+        "promtool refuses a dashboard query:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn addresses_are_read_from_every_form_of_setting() {
+    let found = |value: &str| -> Vec<(String, Option<u16>)> {
+        addresses(value)
+            .into_iter()
+            .map(|a| (a.host, a.port))
+            .collect()
+    };
+    assert_eq!(found("kafka:9092"), [("kafka".to_owned(), Some(9092))]);
+    assert_eq!(
+        found("postgres://backbone@postgres:5432/backbone"),
+        [("postgres".to_owned(), Some(5432))]
+    );
+    assert_eq!(found("1@kafka:9093"), [("kafka".to_owned(), Some(9093))]);
+    assert_eq!(
+        found("PLAINTEXT://kafka:9092,HOST://127.0.0.1:29092"),
+        [
+            ("kafka".to_owned(), Some(9092)),
+            ("127.0.0.1".to_owned(), Some(29092))
+        ]
+    );
+    assert_eq!(
+        found("http://sandbox/health"),
+        [("sandbox".to_owned(), None)]
+    );
+    assert!(found("/etc/backbone/fanout.toml").is_empty());
+    assert!(found("PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT").is_empty());
+    assert_eq!(
+        interpolate("${X:-http://schema-registry:8081}"),
+        "http://schema-registry:8081"
+    );
+    assert_eq!(interpolate("a$$b"), "a$b");
+}
