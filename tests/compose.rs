@@ -637,6 +637,11 @@ fn services_reach_each_other_by_service_name_and_exposed_port() {
                     continue;
                 }
                 assert_names_a_service(&compose, "prometheus", &format!("job {name}"), &address);
+                // BackboneTargetDown and the dashboards select these jobs by `backbone.*`.
+                assert!(
+                    name.starts_with("backbone"),
+                    "job {name}: name it backbone-<what>"
+                );
                 scraped.insert(target);
             }
         }
