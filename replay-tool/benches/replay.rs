@@ -5,7 +5,7 @@
 //!
 //! Needs a broker: `make bench` starts one; by hand,
 //! `BACKBONE_BENCH_BOOTSTRAP=127.0.0.1:9092 cargo bench -p backbone-replay --bench replay`.
-//! Each side runs twice, alternating, and the better run is kept.
+//! Each side runs three times, alternating, and the best run of each is kept.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant, UNIX_EPOCH};
@@ -222,7 +222,7 @@ async fn main() {
     ctx.audit_topic = format!("bench.replay.audit.{run}");
     let mut baseline: f64 = 0.0;
     let mut replayed: f64 = 0.0;
-    for round in 1..=2 {
+    for round in 1..=3 {
         let b = plain_copy(&kafka, &dlq, &copy).await;
         let r = replay(&ctx, &dlq).await;
         println!("round {round}: plain copy {b:.0} records/s, replay run {r:.0} records/s");

@@ -298,13 +298,13 @@ pub async fn record_json(
     );
     object.insert("key".into(), bytes_json(record.key.as_deref()));
     let mut headers = Map::new();
-    for (name, value) in &record.headers {
-        let value = bytes_json(value.as_deref());
+    for (name, value) in record.headers.iter() {
+        let value = bytes_json(value);
         match headers.get_mut(name) {
             Some(Json::Array(values)) => values.push(value),
             Some(first) => *first = Json::Array(vec![first.take(), value]),
             None => {
-                headers.insert(name.clone(), value);
+                headers.insert(name.to_owned(), value);
             }
         }
     }
@@ -398,10 +398,7 @@ mod tests {
             timestamp_ms: None,
             key: None,
             value: None,
-            headers: headers
-                .iter()
-                .map(|(n, v)| ((*n).to_owned(), Some(v.as_bytes().to_vec())))
-                .collect(),
+            headers: headers.iter().map(|(n, v)| (n, Some(v))).collect(),
         }
     }
 
@@ -442,7 +439,7 @@ mod tests {
             timestamp_ms: None,
             key: None,
             value: None,
-            headers: Vec::new(),
+            headers: Default::default(),
         });
         let summary = grouping.finish("x.dlq");
         assert_eq!(summary.records, 5);

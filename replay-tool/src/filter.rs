@@ -321,7 +321,7 @@ impl Filter {
             record
                 .headers
                 .iter()
-                .any(|(n, v)| n == name && v.as_deref().unwrap_or_default() == value.as_bytes())
+                .any(|(n, v)| n == name && v.unwrap_or_default() == value.as_bytes())
         });
         headers_match && self.in_time_range(record)
     }
@@ -338,10 +338,7 @@ mod tests {
             timestamp_ms: Some(1_000_000),
             key: Some(b"acme:s-1".to_vec()),
             value: Some(b"v".to_vec()),
-            headers: headers
-                .iter()
-                .map(|(n, v)| ((*n).to_owned(), Some(v.as_bytes().to_vec())))
-                .collect(),
+            headers: headers.iter().map(|(n, v)| (n, Some(v))).collect(),
         }
     }
 

@@ -146,6 +146,24 @@ pub fn new_replay_id() -> String {
     format!("r-{stamp}Z-{:04x}", fastrand::u16(..))
 }
 
+/// Whether a header of the source record is sent on: all but the DLQ's and an earlier
+/// replay's.
+fn kept(name: &str) -> bool {
+    !is_dlq_header(name) && !name.starts_with(REPLAY_HEADER_PREFIX)
+}
+
+/// The headers to send for `record`, borrowed: its own that are kept, then `added`.
+fn headers_to_send<'a>(
+    record: &'a SourceRecord,
+    added: &'a [(&'static str, &'a str)],
+) -> impl Iterator<Item = (&'a str, Option<&'a [u8]>)> + 'a {
+    record.headers.iter().filter(|(name, _)| kept(name)).chain(
+        added
+            .iter()
+            .map(|(name, value)| (*name, Some(value.as_bytes()))),
+    )
+}
+
 /// The headers to send for `record`: its own minus the DLQ's and an earlier replay's, plus
 /// this replay's.
 pub fn replay_headers(
@@ -155,21 +173,30 @@ pub fn replay_headers(
     operator: &str,
     at: &str,
 ) -> Vec<(String, Option<Vec<u8>>)> {
-    let mut kept: Vec<(String, Option<Vec<u8>>)> = record
-        .headers
-        .iter()
-        .filter(|(name, _)| !is_dlq_header(name) && !name.starts_with(REPLAY_HEADER_PREFIX))
-        .cloned()
-        .collect();
-    let mut add =
-        |name: &str, value: String| kept.push((name.to_owned(), Some(value.into_bytes())));
-    add(headers::ID, replay_id.to_owned());
-    add(headers::AT, at.to_owned());
-    add(headers::OPERATOR, operator.to_owned());
-    add(headers::SOURCE_TOPIC, source.to_owned());
-    add(headers::SOURCE_PARTITION, record.partition.to_string());
-    add(headers::SOURCE_OFFSET, record.offset.to_string());
-    kept
+    let (partition, offset) = (record.partition.to_string(), record.offset.to_string());
+    let added = added_headers(replay_id, at, operator, source, &partition, &offset);
+    headers_to_send(record, &added)
+        .map(|(name, value)| (name.to_owned(), value.map(<[u8]>::to_vec)))
+        .collect()
+}
+
+/// This replay's headers, in the order they are appended.
+fn added_headers<'a>(
+    replay_id: &'a str,
+    at: &'a str,
+    operator: &'a str,
+    source: &'a str,
+    partition: &'a str,
+    offset: &'a str,
+) -> [(&'static str, &'a str); 6] {
+    [
+        (headers::ID, replay_id),
+        (headers::AT, at),
+        (headers::OPERATOR, operator),
+        (headers::SOURCE_TOPIC, source),
+        (headers::SOURCE_PARTITION, partition),
+        (headers::SOURCE_OFFSET, offset),
+    ]
 }
 
 /// What a dry run expects for one record.
@@ -274,7 +301,7 @@ pub async fn check_record(
 struct InFlight {
     partition: i32,
     offset: i64,
-    destination: String,
+    destination: Arc<str>,
     delivery: DeliveryFuture,
 }
 
@@ -290,7 +317,7 @@ struct Replay<'a> {
     in_flight: VecDeque<InFlight>,
     summary: RunSummary,
     /// Destination partition offsets acknowledged since the last checkpoint.
-    acked: BTreeMap<String, BTreeMap<i32, i64>>,
+    acked: BTreeMap<Arc<str>, BTreeMap<i32, i64>>,
     started: Instant,
 }
 
@@ -331,7 +358,11 @@ impl Replay<'_> {
     async fn checkpoint(&mut self) -> Result<(), ReplayError> {
         self.drain().await?;
         for (topic, partitions) in std::mem::take(&mut self.acked) {
-            let known = self.checkpoint.destinations.entry(topic).or_default();
+            let known = self
+                .checkpoint
+                .destinations
+                .entry(topic.to_string())
+                .or_default();
             for (partition, next) in partitions {
                 let from = known.entry(partition).or_insert(next);
                 *from = (*from).max(next);
@@ -361,43 +392,47 @@ impl Replay<'_> {
     async fn send(
         &mut self,
         record: &SourceRecord,
-        destination: &str,
+        destination: &Arc<str>,
         producer: &FutureProducer,
     ) -> Result<(), ReplayError> {
         let at = format_ms(now_ms());
-        let headers = replay_headers(
-            record,
-            &self.checkpoint.spec.source,
-            &self.checkpoint.replay_id,
-            &self.checkpoint.operator,
-            &at,
-        );
+        let (partition, offset) = (record.partition.to_string(), record.offset.to_string());
+        let owned = {
+            let spec = &self.checkpoint;
+            let added = added_headers(
+                &spec.replay_id,
+                &at,
+                &spec.operator,
+                &spec.spec.source,
+                &partition,
+                &offset,
+            );
+            let mut owned = OwnedHeaders::new_with_capacity(record.headers.len() + added.len());
+            for (key, value) in headers_to_send(record, &added) {
+                owned = owned.insert(Header { key, value });
+            }
+            owned
+        };
+        let mut future = FutureRecord::<[u8], [u8]>::to(destination).headers(owned);
+        if let Some(key) = record.key.as_deref() {
+            future = future.key(key);
+        }
+        if let Some(value) = record.value.as_deref() {
+            future = future.payload(value);
+        }
         loop {
-            let mut owned = OwnedHeaders::new_with_capacity(headers.len());
-            for (name, value) in &headers {
-                owned = owned.insert(Header {
-                    key: name,
-                    value: value.as_deref(),
-                });
-            }
-            let mut future = FutureRecord::<[u8], [u8]>::to(destination).headers(owned);
-            if let Some(key) = record.key.as_deref() {
-                future = future.key(key);
-            }
-            if let Some(value) = record.value.as_deref() {
-                future = future.payload(value);
-            }
             match producer.send_result(future) {
                 Ok(delivery) => {
                     self.in_flight.push_back(InFlight {
                         partition: record.partition,
                         offset: record.offset,
-                        destination: destination.to_owned(),
+                        destination: Arc::clone(destination),
                         delivery,
                     });
                     break;
                 }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    future = back;
                     match self.in_flight.pop_front() {
                         Some(oldest) => self.settle(oldest).await?,
                         None => tokio::time::sleep(Duration::from_millis(5)).await,
@@ -663,12 +698,15 @@ async fn replay_records(
         None
     };
     let producer = replay.producer.clone();
-    let mut destinations: HashMap<String, bool> = replay
+    // Destinations by name, interned: whether each exists (dry run) or is checkpointed.
+    let mut destinations: HashMap<Arc<str>, bool> = replay
         .checkpoint
         .destinations
         .keys()
-        .map(|d| (d.clone(), true))
+        .map(|d| (Arc::from(d.as_str()), true))
         .collect();
+    let fixed_destination: Option<Arc<str>> =
+        replay.checkpoint.spec.destination.as_deref().map(Arc::from);
     let mut in_time_range: u64 = 0;
     let mut last_checkpoint = Instant::now();
     let rate_from = Instant::now();
@@ -716,10 +754,12 @@ async fn replay_records(
                 replay.handled(record.partition, record.offset + 1);
                 continue;
             }
-            let destination = match &replay.checkpoint.spec.destination {
-                Some(to) => to.clone(),
+            let destination: Arc<str> = match &fixed_destination {
+                Some(to) => Arc::clone(to),
                 None => match record.header(dlq::ORIGIN_TOPIC) {
-                    Some(origin) => origin.to_owned(),
+                    Some(origin) => destinations
+                        .get_key_value(origin)
+                        .map_or_else(|| Arc::from(origin), |(name, _)| Arc::clone(name)),
                     None => {
                         replay.checkpoint.matched += 1;
                         replay.summary.without_origin += 1;
@@ -737,7 +777,7 @@ async fn replay_records(
             };
             if let Some((codec, registry)) = checking.as_mut() {
                 replay.checkpoint.matched += 1;
-                let exists = match destinations.get(&destination) {
+                let exists = match destinations.get(&*destination) {
                     Some(&exists) => exists,
                     None => {
                         let exists = match ctx.describe(&destination, "destination").await {
@@ -745,7 +785,7 @@ async fn replay_records(
                             Err(ReplayError::UnknownTopic { .. }) => false,
                             Err(err) => return Err(err),
                         };
-                        destinations.insert(destination.clone(), exists);
+                        destinations.insert(Arc::clone(&destination), exists);
                         exists
                     }
                 };
@@ -765,11 +805,7 @@ async fn replay_records(
                     }
                     Verdict::Ok { .. } | Verdict::NotChecked { .. } => {
                         replay.summary.sent += 1;
-                        *replay
-                            .summary
-                            .by_destination
-                            .entry(destination)
-                            .or_default() += 1;
+                        count(&mut replay.summary.by_destination, &destination);
                     }
                 }
                 replay.handled(record.partition, record.offset + 1);
@@ -779,12 +815,12 @@ async fn replay_records(
             let Some(producer) = producer.as_ref() else {
                 continue;
             };
-            if !destinations.contains_key(&destination) {
+            if !destinations.contains_key(&*destination) {
                 let offsets = ctx.describe(&destination, "destination").await?;
                 // Where a resume starts looking for this replay's records in it, written
                 // down before the first one is sent there.
                 replay.checkpoint.destinations.insert(
-                    destination.clone(),
+                    destination.to_string(),
                     offsets
                         .partitions
                         .iter()
@@ -793,7 +829,7 @@ async fn replay_records(
                 );
                 replay.checkpoint().await?;
                 last_checkpoint = Instant::now();
-                destinations.insert(destination.clone(), true);
+                destinations.insert(Arc::clone(&destination), true);
             }
             replay.checkpoint.matched += 1;
             if let Some(rate) = options.rate {
@@ -804,11 +840,7 @@ async fn replay_records(
             replay.send(&record, &destination, producer).await?;
             replay.summary.sent += 1;
             replay.checkpoint.sent += 1;
-            *replay
-                .summary
-                .by_destination
-                .entry(destination)
-                .or_default() += 1;
+            count(&mut replay.summary.by_destination, &destination);
             replay.handled(record.partition, record.offset + 1);
             if options.rate.is_some() {
                 progress.update(std::mem::take(&mut read_now), replay.summary.sent);
@@ -843,6 +875,16 @@ async fn replay_records(
         }
     }
     Ok(())
+}
+
+/// Adds one to `name`'s count, allocating its key only the first time.
+fn count(counts: &mut BTreeMap<String, u64>, name: &str) {
+    match counts.get_mut(name) {
+        Some(n) => *n += 1,
+        None => {
+            counts.insert(name.to_owned(), 1);
+        }
+    }
 }
 
 /// One dry-run line.
@@ -942,18 +984,17 @@ mod tests {
             timestamp_ms: None,
             key: None,
             value: None,
-            headers: vec![
-                ("traceparent".into(), Some(b"00-abc".to_vec())),
-                (dlq::REASON.into(), Some(b"unknown_schema_id".to_vec())),
-                (dlq::ORIGIN_TOPIC.into(), Some(b"usage.events".to_vec())),
-                (
-                    "__connect.errors.topic".into(),
-                    Some(b"usage.events".to_vec()),
-                ),
-                (headers::ID.into(), Some(b"r-old".to_vec())),
-                ("ce_id".into(), None),
-                ("traceparent".into(), Some(b"second".to_vec())),
-            ],
+            headers: [
+                ("traceparent", Some(&b"00-abc"[..])),
+                (dlq::REASON, Some(b"unknown_schema_id")),
+                (dlq::ORIGIN_TOPIC, Some(b"usage.events")),
+                ("__connect.errors.topic", Some(b"usage.events")),
+                (headers::ID, Some(b"r-old")),
+                ("ce_id", None),
+                ("traceparent", Some(b"second")),
+            ]
+            .into_iter()
+            .collect(),
         };
         let sent = replay_headers(
             &record,
