@@ -1,0 +1,364 @@
+//! The backbone scraped by a real Prometheus server: every processor, sink, the lag monitor
+//! and the drift reconciler run as their own processes; Prometheus (the Debian package) loads
+//! the repository's alert rules and scrapes them all. Every PromQL expression of every
+//! dashboard panel answers with series, every alert rule evaluates, and journals the ERP
+//! acknowledges but drops show up as drift and fire the drift alert.
+
+#[path = "support/backbone.rs"]
+mod backbone;
+#[path = "support/sinks.rs"]
+mod sinks;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use backbone::{free_port, Deployment};
+use backbone_loadgen::{Destinations, LoadSpec, Workload, LEGAL_ENTITY};
+use backbone_sandbox::SandboxConfig;
+use backbone_schemas::WireCodec;
+use backbone_testkit::ChildProcess;
+use serde_json::Value;
+use sinks::{eventually, registry_url, Sandbox};
+
+const DEADLINE: Duration = Duration::from_secs(180);
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the repository root")
+        .to_owned()
+}
+
+fn now_micros() -> i64 {
+    let since = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock");
+    i64::try_from(since.as_micros()).expect("micros")
+}
+
+/// The repository's alert rules with every `for:` cut to one second, so that a rule whose
+/// condition holds fires within the test; the expressions are untouched.
+fn rules_for_test(dir: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(repo().join("deploy/prometheus/rules.yml"))
+        .expect("deploy/prometheus/rules.yml");
+    let shortened: Vec<String> = text
+        .lines()
+        .map(|line| match line.split_once("for:") {
+            Some((indent, _)) if indent.trim().is_empty() => format!("{indent}for: 1s"),
+            _ => line.to_owned(),
+        })
+        .collect();
+    let path = dir.join("rules.yml");
+    std::fs::write(&path, shortened.join("\n")).expect("write rules");
+    path
+}
+
+struct Prometheus {
+    url: String,
+    _process: ChildProcess,
+    client: reqwest::Client,
+}
+
+impl Prometheus {
+    async fn start(dir: &Path, targets: &[String]) -> Prometheus {
+        let rules = rules_for_test(dir);
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: backbone\n    static_configs:\n      - targets: [{}]\n",
+            rules.display(),
+            targets
+                .iter()
+                .map(|t| format!("\"{t}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let config_path = dir.join("prometheus.yml");
+        std::fs::write(&config_path, config).expect("write prometheus.yml");
+        let port = free_port();
+        let process = ChildProcess::spawn(
+            Path::new("/usr/bin/prometheus"),
+            &[
+                &format!("--config.file={}", config_path.display()),
+                &format!("--storage.tsdb.path={}", dir.join("tsdb").display()),
+                &format!("--web.listen-address=127.0.0.1:{port}"),
+            ],
+            &[],
+            Some(&dir.join("prometheus.log")),
+        )
+        .expect("start prometheus (the Debian package; `make setup` installs it)");
+        let prometheus = Prometheus {
+            url: format!("http://127.0.0.1:{port}"),
+            _process: process,
+            client: reqwest::Client::new(),
+        };
+        let ready = format!("{}/-/ready", prometheus.url);
+        eventually(
+            Duration::from_secs(60),
+            "Prometheus to be ready",
+            || async {
+                let answer = prometheus.client.get(&ready).send().await.ok()?;
+                answer.status().is_success().then_some(())
+            },
+        )
+        .await;
+        prometheus
+    }
+
+    /// An instant query: `Err` with Prometheus's error, else the result vector.
+    async fn query(&self, expr: &str) -> Result<Vec<Value>, String> {
+        let answer: Value = self
+            .client
+            .get(format!(
+                "{}/api/v1/query?query={}",
+                self.url,
+                percent_encode(expr)
+            ))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        if answer["status"] != "success" {
+            return Err(format!("{}: {}", answer["errorType"], answer["error"]));
+        }
+        Ok(answer["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    async fn firing(&self) -> Vec<Value> {
+        let answer: Value = self
+            .client
+            .get(format!("{}/api/v1/alerts", self.url))
+            .send()
+            .await
+            .expect("alerts")
+            .json()
+            .await
+            .expect("alerts JSON");
+        answer["data"]["alerts"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|a| a["state"] == "firing")
+            .collect()
+    }
+}
+
+/// `text` as a URL query value: every byte but the unreserved ones percent-encoded.
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Every `expr` of every panel (rows included) of every dashboard in `deploy/`.
+fn dashboard_expressions() -> Vec<(String, String)> {
+    let dir = repo().join("deploy/grafana/dashboards");
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("deploy/grafana/dashboards") {
+        let path = entry.expect("entry").path();
+        if path.extension().and_then(|e| e.to_str()) != Some("json") {
+            continue;
+        }
+        let dashboard: Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("JSON");
+        let mut panels: Vec<Value> = dashboard["panels"].as_array().cloned().unwrap_or_default();
+        while let Some(panel) = panels.pop() {
+            panels.extend(panel["panels"].as_array().cloned().unwrap_or_default());
+            for target in panel["targets"].as_array().cloned().unwrap_or_default() {
+                if let Some(expr) = target["expr"].as_str() {
+                    let title = panel["title"].as_str().unwrap_or("").to_owned();
+                    found.push((format!("{} / {title}", path.display()), expr.to_owned()));
+                }
+            }
+        }
+    }
+    found
+}
+
+/// Every alert rule's name and expression.
+fn alert_expressions() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(repo().join("deploy/prometheus/rules.yml")).expect("rules");
+    let rules: serde_yaml::Value = serde_yaml::from_str(&text).expect("rules YAML");
+    let mut found = Vec::new();
+    for group in rules["groups"].as_sequence().cloned().unwrap_or_default() {
+        for rule in group["rules"].as_sequence().cloned().unwrap_or_default() {
+            if let (Some(name), Some(expr)) = (rule["alert"].as_str(), rule["expr"].as_str()) {
+                found.push((name.to_owned(), expr.to_owned()));
+            }
+        }
+    }
+    found
+}
+
+/// The `backbone_*` metric names an expression reads.
+fn metric_names(expr: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut rest = expr;
+    while let Some(start) = rest.find("backbone_") {
+        let tail = &rest[start..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        names.insert(tail[..end].to_owned());
+        rest = &tail[end..];
+    }
+    names
+}
+
+#[tokio::test]
+async fn prometheus_answers_every_dashboard_and_alert_query_and_dropped_journals_fire_the_drift_alert(
+) {
+    let sandbox = Sandbox::start(SandboxConfig::default()).await;
+    // The ERP acknowledges this entity's journals and keeps none: drift the reconciler must see.
+    sandbox
+        .client
+        .withhold(Some(LEGAL_ENTITY))
+        .await
+        .expect("withhold journals");
+    let postgres = std::env::var("BACKBONE_TEST_POSTGRES_URL")
+        .expect("BACKBONE_TEST_POSTGRES_URL; `make test` starts PostgreSQL");
+    let mut deployment =
+        Deployment::create("observed", &sandbox.url, &postgres, &registry_url()).await;
+    deployment.start_pipeline();
+    deployment.start("monitor");
+    deployment.start("drift");
+
+    let tenant = format!("obs-{}", now_micros());
+    let workload = Workload::generate(&LoadSpec {
+        seed: 7,
+        tenant: tenant.clone(),
+        customers: 12,
+        plans: 2,
+        events: 400,
+        duplicate_share: 0.03,
+        late_share: 0.05,
+        out_of_window_share: 0.01,
+        poison_share: 0.03,
+        now_micros: now_micros(),
+    });
+    let codec = WireCodec::new(&registry_url());
+    let producer: rdkafka::producer::FutureProducer = deployment
+        .kafka
+        .producer_config()
+        .create()
+        .expect("producer");
+    let t = deployment.topics.clone();
+    workload
+        .publish(
+            &producer,
+            &codec,
+            Destinations {
+                usage: &t.usage,
+                accounts: &t.accounts,
+                subscriptions: &t.subscriptions,
+                rate_cards: &t.rate_cards,
+                gl_mappings: &t.gl_mappings,
+            },
+            0,
+        )
+        .await
+        .expect("publish the workload");
+
+    let targets: Vec<String> = deployment
+        .ports
+        .keys()
+        .map(|binary| deployment.metrics_address(binary))
+        .collect();
+    let prometheus = Prometheus::start(&deployment.dir, &targets).await;
+
+    let expected = workload.expected.billed_events;
+    eventually(DEADLINE, "every charge in the billing system", || async {
+        let charges = sandbox.client.charges().await.ok()?;
+        (charges.iter().filter(|c| c.tenant_id == tenant).count() >= expected).then_some(())
+    })
+    .await;
+
+    let drift =
+        format!("backbone_drift_difference{{check=\"rated_vs_erp\",tenant=\"{tenant}\"}} < 0");
+    eventually(
+        DEADLINE,
+        "the withheld journals as drift in Prometheus",
+        || async { (!prometheus.query(&drift).await.ok()?.is_empty()).then_some(()) },
+    )
+    .await;
+    let drift_alerts: BTreeSet<String> = alert_expressions()
+        .into_iter()
+        .filter(|(_, expr)| expr.contains("backbone_drift"))
+        .map(|(name, _)| name)
+        .collect();
+    assert!(!drift_alerts.is_empty(), "a drift alert rule exists");
+    let fired = eventually(DEADLINE, "the drift alert to fire", || async {
+        prometheus.firing().await.into_iter().find(|a| {
+            let labels = &a["labels"];
+            labels["alertname"]
+                .as_str()
+                .is_some_and(|n| drift_alerts.contains(n))
+                && labels["check"] == "rated_vs_erp"
+                && labels["tenant"] == tenant.as_str()
+        })
+    })
+    .await;
+    assert_eq!(
+        fired["labels"]["severity"].as_str().map(str::is_empty),
+        Some(false),
+        "{fired}"
+    );
+    // Billing and the CRM were not withheld: their drift settles at zero.
+    let settled = format!(
+        "backbone_drift_difference{{check=~\"rated_vs_billed|accounts_vs_crm\",tenant=\"{tenant}\"}} == 0"
+    );
+    eventually(DEADLINE, "billing and CRM without drift", || async {
+        (prometheus.query(&settled).await.ok()?.len() == 2).then_some(())
+    })
+    .await;
+
+    let panels = dashboard_expressions();
+    assert!(
+        panels.len() >= 8,
+        "the dashboards have panels: {}",
+        panels.len()
+    );
+    for (panel, expr) in &panels {
+        // Grafana's interval variables, as Grafana would fill them for a short range.
+        let expr = &expr
+            .replace("$__rate_interval", "1m")
+            .replace("$__interval", "1m")
+            .replace("$__range", "5m");
+        let series = eventually(
+            Duration::from_secs(60),
+            &format!("{panel}: {expr}"),
+            || async {
+                match prometheus.query(expr).await {
+                    Ok(series) if !series.is_empty() => Some(Ok(series)),
+                    Ok(_) => None,
+                    Err(err) => Some(Err(err)),
+                }
+            },
+        )
+        .await;
+        assert!(series.is_ok(), "{panel}: `{expr}` fails: {series:?}");
+    }
+    let alerts = alert_expressions();
+    assert!(alerts.len() >= 5, "alert rules: {alerts:?}");
+    for (name, expr) in &alerts {
+        prometheus
+            .query(expr)
+            .await
+            .unwrap_or_else(|err| panic!("alert {name}: `{expr}` fails: {err}"));
+        for metric in metric_names(expr) {
+            let series = prometheus.query(&metric).await.expect("query");
+            assert!(
+                !series.is_empty(),
+                "alert {name} reads `{metric}`, which has no series"
+            );
+        }
+    }
+}

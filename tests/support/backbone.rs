@@ -1,0 +1,376 @@
+//! The whole backbone as separate processes, the way it is deployed: the four processors, the
+//! four sinks, the lag monitor and the drift reconciler, each its own binary on its own metrics
+//! port, on topics of their own on the shared broker, delivering to a sandbox served by the
+//! test. A test can kill and restart any of them.
+
+// Each test binary that includes this module uses part of it.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+
+use backbone_core::KafkaSettings;
+use backbone_testkit::{create_topic, shared_settings, unique_group, unique_topic, ChildProcess};
+
+/// The binaries of a deployment, in start order.
+pub const PROCESSORS: [&str; 4] = ["usage-validator", "enricher", "usage-rater", "fanout"];
+/// The sinks.
+pub const SINKS: [&str; 4] = ["billing-sink", "crm-sink", "erp-sink", "analytics-sink"];
+
+/// A binary built next to this test's own (`make test` builds every binary first).
+pub fn workspace_binary(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_tally")).with_file_name(name)
+}
+
+/// A port on 127.0.0.1 free when asked.
+pub fn free_port() -> u16 {
+    TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Topic names of one deployment.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    /// Raw usage.
+    pub usage: String,
+    /// Validated usage.
+    pub validated: String,
+    /// Customer accounts.
+    pub accounts: String,
+    /// Subscriptions.
+    pub subscriptions: String,
+    /// Rate cards.
+    pub rate_cards: String,
+    /// GL mappings.
+    pub gl_mappings: String,
+    /// Enriched usage.
+    pub enriched: String,
+    /// Rated lines.
+    pub rated: String,
+    /// Window aggregates.
+    pub windows: String,
+    /// Billing charges.
+    pub billing: String,
+    /// Analytics facts.
+    pub analytics: String,
+    /// Account health.
+    pub crm: String,
+    /// Ledger postings.
+    pub erp: String,
+    /// The fanout's repartition topic.
+    pub by_customer: String,
+    /// Delivery results of every sink.
+    pub results: String,
+}
+
+impl Topics {
+    /// Fresh names, the inputs created (co-partitioned usage in 3, master data in 1).
+    pub async fn create(kafka: &KafkaSettings) -> Topics {
+        let t = Topics {
+            usage: unique_topic("usage.events"),
+            validated: unique_topic("usage.validated"),
+            accounts: unique_topic("master.customer-accounts"),
+            subscriptions: unique_topic("master.subscriptions"),
+            rate_cards: unique_topic("master.rate-cards"),
+            gl_mappings: unique_topic("master.gl-mappings"),
+            enriched: unique_topic("usage.enriched"),
+            rated: unique_topic("usage.rated"),
+            windows: unique_topic("usage.window-aggregates"),
+            billing: unique_topic("billing.charges"),
+            analytics: unique_topic("analytics.facts"),
+            crm: unique_topic("crm.account-health"),
+            erp: unique_topic("erp.postings"),
+            by_customer: unique_topic("usage.rated-by-customer"),
+            results: unique_topic("delivery.results"),
+        };
+        for topic in [
+            &t.usage,
+            &t.validated,
+            &t.accounts,
+            &t.enriched,
+            &t.rated,
+            &t.windows,
+            &t.billing,
+            &t.analytics,
+            &t.crm,
+            &t.erp,
+        ] {
+            create_topic(kafka, topic, 3).await.expect("topic");
+        }
+        for topic in [&t.subscriptions, &t.rate_cards, &t.gl_mappings] {
+            create_topic(kafka, topic, 1).await.expect("topic");
+        }
+        // The drift reconciler reads the rater's dead letters from the start.
+        create_topic(kafka, &format!("{}.dlq", t.enriched), 3)
+            .await
+            .expect("topic");
+        t
+    }
+}
+
+/// One process of the deployment.
+struct Running {
+    child: ChildProcess,
+    restarts: u32,
+}
+
+/// A deployment of the whole backbone.
+pub struct Deployment {
+    /// Its topics.
+    pub topics: Topics,
+    /// Broker settings.
+    pub kafka: KafkaSettings,
+    /// Registry URL.
+    pub registry_url: String,
+    /// Sandbox URL (all three systems).
+    pub sandbox_url: String,
+    /// PostgreSQL for the analytics sink.
+    pub postgres_url: String,
+    /// Consumer group prefix: `<prefix>-<binary>`.
+    pub group_prefix: String,
+    /// State, ledgers and logs.
+    pub dir: PathBuf,
+    /// Metrics port per binary.
+    pub ports: BTreeMap<&'static str, u16>,
+    running: BTreeMap<&'static str, Running>,
+}
+
+impl Deployment {
+    /// A deployment on fresh topics, delivering to the sandbox at `sandbox_url`; nothing runs
+    /// yet.
+    pub async fn create(
+        name: &str,
+        sandbox_url: &str,
+        postgres_url: &str,
+        registry_url: &str,
+    ) -> Self {
+        let kafka = shared_settings();
+        let topics = Topics::create(&kafka).await;
+        let group_prefix = unique_group(name);
+        let dir = std::env::temp_dir()
+            .join("backbone-deployments")
+            .join(&group_prefix);
+        std::fs::create_dir_all(&dir).expect("deployment directory");
+        let mut ports = BTreeMap::new();
+        for binary in PROCESSORS
+            .iter()
+            .chain(SINKS.iter())
+            .chain(["monitor", "drift"].iter())
+        {
+            ports.insert(*binary, free_port());
+        }
+        Deployment {
+            topics,
+            kafka,
+            registry_url: registry_url.to_owned(),
+            sandbox_url: sandbox_url.to_owned(),
+            postgres_url: postgres_url.to_owned(),
+            group_prefix,
+            dir,
+            ports,
+            running: BTreeMap::new(),
+        }
+    }
+
+    /// The consumer group of `binary`.
+    pub fn group(&self, binary: &str) -> String {
+        format!("{}-{binary}", self.group_prefix)
+    }
+
+    /// The metrics address of `binary`.
+    pub fn metrics_address(&self, binary: &str) -> String {
+        format!("127.0.0.1:{}", self.ports[binary])
+    }
+
+    /// Every binary's configuration, as environment overrides.
+    pub fn env(&self, binary: &str) -> Vec<(String, String)> {
+        let t = &self.topics;
+        let mut env: Vec<(&str, String)> = vec![(
+            "BACKBONE__KAFKA__BOOTSTRAP_SERVERS",
+            self.kafka.bootstrap_servers.clone(),
+        )];
+        // The monitor reads offsets only; everything else decodes contracts.
+        if binary != "monitor" {
+            env.push(("BACKBONE__SCHEMA_REGISTRY__URL", self.registry_url.clone()));
+        }
+        let listen = self.metrics_address(binary);
+        let state = self.dir.join("state").to_string_lossy().into_owned();
+        let processor = |env: &mut Vec<(&str, String)>| {
+            env.push(("BACKBONE__KAFKA__SESSION_TIMEOUT", "6s".to_owned()));
+            env.push(("BACKBONE__KAFKA__COMMIT_INTERVAL", "200ms".to_owned()));
+            env.push(("BACKBONE__RUNTIME__GROUP_ID", self.group(binary)));
+            env.push(("BACKBONE__RUNTIME__STATE__DIR", state.clone()));
+            env.push(("BACKBONE__OBSERVABILITY__LISTEN", listen.clone()));
+            env.push((
+                "BACKBONE__OBSERVABILITY__STATISTICS_INTERVAL",
+                "1s".to_owned(),
+            ));
+        };
+        let sink = |env: &mut Vec<(&str, String)>, topic: &str| {
+            env.push(("BACKBONE__KAFKA__SESSION_TIMEOUT", "6s".to_owned()));
+            env.push(("BACKBONE__KAFKA__COMMIT_INTERVAL", "200ms".to_owned()));
+            env.push(("BACKBONE__RUNTIME__GROUP_ID", self.group(binary)));
+            env.push(("BACKBONE__RUNTIME__LEDGER_DIR", state.clone()));
+            env.push(("BACKBONE__RUNTIME__RESULTS_TOPIC", t.results.clone()));
+            env.push(("BACKBONE__RUNTIME__LINGER", "50ms".to_owned()));
+            env.push(("BACKBONE__OBSERVABILITY__LISTEN", listen.clone()));
+            env.push((
+                "BACKBONE__OBSERVABILITY__STATISTICS_INTERVAL",
+                "1s".to_owned(),
+            ));
+            env.push(("BACKBONE__SINK__TOPIC", topic.to_owned()));
+            env.push(("BACKBONE__DESTINATION__URL", self.sandbox_url.clone()));
+            env.push((
+                "BACKBONE__DESTINATION__CREDENTIAL",
+                "sandbox-token".to_owned(),
+            ));
+        };
+        match binary {
+            "usage-validator" => {
+                processor(&mut env);
+                env.push(("BACKBONE__PROCESSOR__INPUT_TOPIC", t.usage.clone()));
+                env.push(("BACKBONE__PROCESSOR__OUTPUT_TOPIC", t.validated.clone()));
+            }
+            "enricher" => {
+                processor(&mut env);
+                env.push(("BACKBONE__PROCESSOR__USAGE_TOPIC", t.validated.clone()));
+                env.push(("BACKBONE__PROCESSOR__ACCOUNTS_TOPIC", t.accounts.clone()));
+                env.push((
+                    "BACKBONE__PROCESSOR__SUBSCRIPTIONS_TOPIC",
+                    t.subscriptions.clone(),
+                ));
+                env.push((
+                    "BACKBONE__PROCESSOR__RATE_CARDS_TOPIC",
+                    t.rate_cards.clone(),
+                ));
+                env.push(("BACKBONE__PROCESSOR__OUTPUT_TOPIC", t.enriched.clone()));
+                env.push(("BACKBONE__PROCESSOR__PARK_TIMEOUT", "3s".to_owned()));
+            }
+            "usage-rater" => {
+                processor(&mut env);
+                env.push(("BACKBONE__PROCESSOR__INPUT_TOPIC", t.enriched.clone()));
+                env.push((
+                    "BACKBONE__PROCESSOR__RATE_CARDS_TOPIC",
+                    t.rate_cards.clone(),
+                ));
+                env.push(("BACKBONE__PROCESSOR__OUTPUT_TOPIC", t.rated.clone()));
+                env.push(("BACKBONE__PROCESSOR__AGGREGATES_TOPIC", t.windows.clone()));
+            }
+            "fanout" => {
+                processor(&mut env);
+                env.push(("BACKBONE__PROCESSOR__RATED_TOPIC", t.rated.clone()));
+                env.push(("BACKBONE__PROCESSOR__AGGREGATES_TOPIC", t.windows.clone()));
+                env.push((
+                    "BACKBONE__PROCESSOR__GL_MAPPINGS_TOPIC",
+                    t.gl_mappings.clone(),
+                ));
+                env.push((
+                    "BACKBONE__PROCESSOR__BY_CUSTOMER_TOPIC",
+                    t.by_customer.clone(),
+                ));
+                env.push(("BACKBONE__PROCESSOR__ROUTES__BILLING", t.billing.clone()));
+                env.push((
+                    "BACKBONE__PROCESSOR__ROUTES__ANALYTICS",
+                    t.analytics.clone(),
+                ));
+                env.push(("BACKBONE__PROCESSOR__ROUTES__CRM", t.crm.clone()));
+                env.push(("BACKBONE__PROCESSOR__ROUTES__ERP", t.erp.clone()));
+            }
+            "billing-sink" => sink(&mut env, &t.billing),
+            "crm-sink" => sink(&mut env, &t.crm),
+            "erp-sink" => {
+                sink(&mut env, &t.erp);
+                env.push(("BACKBONE__SINK__WINDOW", "2s".to_owned()));
+                env.push(("BACKBONE__SINK__GRACE", "1s".to_owned()));
+            }
+            "analytics-sink" => {
+                sink(&mut env, &t.analytics);
+                let (url, password) = backbone_sink::settings::split_password(&self.postgres_url);
+                env.retain(|(k, _)| !k.starts_with("BACKBONE__DESTINATION__"));
+                env.push(("BACKBONE__DESTINATION__URL", url));
+                env.push((
+                    "BACKBONE__DESTINATION__CREDENTIAL",
+                    password.map(|p| p.expose().to_owned()).unwrap_or_default(),
+                ));
+                env.push((
+                    "BACKBONE__SINK__SCHEMA",
+                    self.group_prefix.replace(['-', '.'], "_"),
+                ));
+            }
+            "monitor" => {
+                let groups: Vec<String> = PROCESSORS
+                    .iter()
+                    .chain(SINKS.iter())
+                    .map(|b| format!("\"{}\"", self.group(b)))
+                    .collect();
+                env.push((
+                    "BACKBONE__MONITOR__GROUPS",
+                    format!("[{}]", groups.join(", ")),
+                ));
+                env.push(("BACKBONE__MONITOR__DISCOVER", "false".to_owned()));
+                env.push(("BACKBONE__MONITOR__INTERVAL", "1s".to_owned()));
+                env.push(("BACKBONE__MONITOR__LISTEN", listen));
+            }
+            "drift" => {
+                env.push(("BACKBONE__DRIFT__ENRICHED_TOPIC", t.enriched.clone()));
+                env.push((
+                    "BACKBONE__DRIFT__ENRICHED_DLQ_TOPIC",
+                    format!("{}.dlq", t.enriched),
+                ));
+                env.push(("BACKBONE__DRIFT__RATED_TOPIC", t.rated.clone()));
+                env.push(("BACKBONE__DRIFT__ACCOUNTS_TOPIC", t.accounts.clone()));
+                env.push(("BACKBONE__DRIFT__GL_MAPPINGS_TOPIC", t.gl_mappings.clone()));
+                env.push(("BACKBONE__DRIFT__BILLING_URL", self.sandbox_url.clone()));
+                env.push(("BACKBONE__DRIFT__CRM_URL", self.sandbox_url.clone()));
+                env.push(("BACKBONE__DRIFT__ERP_URL", self.sandbox_url.clone()));
+                env.push(("BACKBONE__DRIFT__INTERVAL", "1s".to_owned()));
+                env.push(("BACKBONE__DRIFT__LISTEN", listen));
+            }
+            other => panic!("no configuration for `{other}`"),
+        }
+        env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+    }
+
+    /// Starts `binary` (again, after a kill).
+    pub fn start(&mut self, binary: &'static str) {
+        let env = self.env(binary);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let restarts = self.running.get(binary).map_or(0, |r| r.restarts + 1);
+        let log = self.dir.join(format!("{binary}.{restarts}.log"));
+        let args: &[&str] = if binary == "drift" { &["serve"] } else { &[] };
+        let child = ChildProcess::spawn(&workspace_binary(binary), args, &env, Some(&log))
+            .unwrap_or_else(|e| panic!("starting {binary}: {e}"));
+        self.running.insert(binary, Running { child, restarts });
+    }
+
+    /// Starts every processor and sink.
+    pub fn start_pipeline(&mut self) {
+        for binary in PROCESSORS.iter().chain(SINKS.iter()) {
+            self.start(binary);
+        }
+    }
+
+    /// SIGKILLs `binary`.
+    pub fn kill(&mut self, binary: &str) {
+        if let Some(running) = self.running.get_mut(binary) {
+            running.child.crash().expect("SIGKILL");
+        }
+    }
+
+    /// Whether `binary` is running.
+    pub fn is_running(&mut self, binary: &str) -> bool {
+        self.running
+            .get_mut(binary)
+            .is_some_and(|r| r.child.is_running())
+    }
+
+    /// The log of `binary`'s latest run, for failure messages.
+    pub fn log(&self, binary: &str) -> String {
+        let restarts = self.running.get(binary).map_or(0, |r| r.restarts);
+        std::fs::read_to_string(self.dir.join(format!("{binary}.{restarts}.log")))
+            .unwrap_or_default()
+    }
+}
