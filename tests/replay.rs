@@ -130,6 +130,7 @@ struct Letter {
     failed_after_ms: u64,
     tenant: &'static str,
     dlq_partition: i32,
+    origin_partition: i32,
 }
 
 impl Letter {
@@ -144,6 +145,7 @@ impl Letter {
             failed_after_ms: n as u64 * 1_000,
             tenant: if n % 2 == 0 { "acme" } else { "globex" },
             dlq_partition: 0,
+            origin_partition: 0,
         }
     }
 
@@ -162,7 +164,7 @@ impl Letter {
         let headers = self.original_headers();
         let input = InputRecord {
             topic: &self.origin,
-            partition: 0,
+            partition: self.origin_partition,
             offset: i64::try_from(self.n).expect("offset"),
             timestamp_ms: Some(1_000),
             key: Some(self.key.as_bytes()),
@@ -428,7 +430,13 @@ async fn run_sends_dead_letters_back_to_their_origin_keeping_headers() {
     create_topic(&shared_settings(), &a, 1).await.expect("a");
     create_topic(&shared_settings(), &b, 2).await.expect("b");
     let letters: Vec<Letter> = (0..5)
-        .map(|n| Letter::new(n, if n < 3 { &a } else { &b }))
+        .map(|n| {
+            let mut letter = Letter::new(n, if n < 3 { &a } else { &b });
+            if n == 3 {
+                letter.origin_partition = 1;
+            }
+            letter
+        })
         .collect();
     dead_letters(&dlq_topic, 1, &letters).await;
     let replay_id = unique_group("r");
@@ -456,6 +464,10 @@ async fn run_sends_dead_letters_back_to_their_origin_keeping_headers() {
         let n: usize = record.header("n").expect("n").parse().expect("n");
         let letter = &letters[n];
         assert_eq!(record.key.as_deref(), Some(letter.key.as_bytes()));
+        assert_eq!(
+            record.partition, letter.origin_partition,
+            "back to the partition it failed on"
+        );
         assert_eq!(record.value.as_deref(), Some(&letter.value[..]));
         let names: Vec<&str> = record.headers.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(
@@ -804,6 +816,70 @@ async fn an_interrupted_replay_resumes_by_its_id_and_sends_each_record_once() {
         "none twice: {positions:?}"
     );
     assert_eq!(numbers(&got).len(), 60);
+}
+
+#[tokio::test]
+async fn a_stopped_replay_checkpoints_what_it_sent_and_exits_130() {
+    let base = unique_topic("replay-stop");
+    let dlq_topic = format!("{base}.dlq");
+    let origin = format!("{base}.origin");
+    create_topic(&shared_settings(), &origin, 1)
+        .await
+        .expect("origin");
+    let letters: Vec<Letter> = (0..20).map(|n| Letter::new(n, &origin)).collect();
+    dead_letters(&dlq_topic, 1, &letters).await;
+    let replay_id = unique_group("stop");
+    let mut args: Vec<String> = connection();
+    args.extend(
+        ["run", &dlq_topic, "--rate", "5", "--replay-id", &replay_id]
+            .iter()
+            .map(|a| (*a).to_owned()),
+    );
+    let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let log = std::env::temp_dir().join(format!("{replay_id}.log"));
+    let mut running =
+        ChildProcess::spawn(&replay_binary(), &arg_refs, &[], Some(&log)).expect("start a replay");
+    eventually(DEADLINE, "a few records replayed", || async {
+        let sent = end_offsets_total(&shared_settings(), &origin).expect("end offsets");
+        (sent >= 4).then_some(())
+    })
+    .await;
+    // SIGTERM, as Ctrl-C: the replay awaits its sends, checkpoints them and says how to resume.
+    let status = running.stop(DEADLINE).expect("the replay stops");
+    assert_eq!(status.code(), Some(130), "{status:?}");
+    let output = std::fs::read_to_string(&log).expect("the replay's output");
+    assert!(
+        output.contains(&format!(
+            "resume it with `replay run --replay-id {replay_id}`"
+        )),
+        "{output}"
+    );
+    let at_stop = end_offsets_total(&shared_settings(), &origin).expect("end offsets");
+    let stored = checkpoint::load(&context(), &replay_id)
+        .await
+        .expect("checkpoints")
+        .expect("the replay's checkpoint");
+    assert_eq!(
+        i64::try_from(stored.sent).expect("sent"),
+        at_stop,
+        "everything sent is checkpointed: {stored:?}"
+    );
+    assert!(
+        !stored.complete && at_stop < 20,
+        "stopped half-way: {stored:?}"
+    );
+
+    replay(&["run", "--replay-id", &replay_id]).await.ok();
+    let got = exactly(&origin, 20).await;
+    assert_eq!(numbers(&got), (0..20).collect());
+    let audited = replay(&["audit", "--id", &replay_id, "--json"])
+        .await
+        .json_lines();
+    assert_eq!(
+        audited[0][0]["events"],
+        serde_json::json!(["started", "interrupted", "started", "completed"]),
+        "{audited:?}"
+    );
 }
 
 /// A consumer in `group` on `topic` that stays a member until dropped.

@@ -458,6 +458,11 @@ async fn run(
     } else {
         republish::print_summary(&summary, out)?;
     }
+    if summary.interrupted {
+        return Err(ReplayError::Interrupted {
+            replay_id: summary.replay_id,
+        });
+    }
     Ok(())
 }
 

@@ -133,6 +133,14 @@ pub enum ReplayError {
         /// Why.
         message: String,
     },
+    /// The operator stopped a replay; what was sent is checkpointed.
+    #[error(
+        "replay `{replay_id}` was interrupted; resume it with `replay run --replay-id {replay_id}`"
+    )]
+    Interrupted {
+        /// The replay id.
+        replay_id: String,
+    },
     /// Anything else, with what was being done.
     #[error("{what}: {message}")]
     Other {
@@ -147,10 +155,12 @@ pub enum ReplayError {
 }
 
 impl ReplayError {
-    /// The process exit code: 2 for bad input on the command line, 1 for everything else.
+    /// The process exit code: 2 for bad input on the command line, 130 for a replay stopped
+    /// by Ctrl-C (as a shell reports a SIGINT), 1 for everything else.
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::MalformedFilter { .. } => 2,
+            Self::Interrupted { .. } => 130,
             _ => 1,
         }
     }

@@ -47,7 +47,7 @@ impl Progress {
             ProgressMode::Auto => {
                 let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
                 let style = ProgressStyle::with_template(
-                    "{spinner} {prefix} [{bar:30}] {human_pos}/{human_len} read, {msg} ({per_sec}, eta {eta})",
+                    "{spinner} {prefix} [{bar:30}] {human_pos}/{human_len} read, {msg}, eta {eta}",
                 )
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
                 .progress_chars("=> ");
@@ -80,7 +80,8 @@ impl Progress {
         match &mut self.display {
             Display::Bar(bar) => {
                 bar.set_position(self.read.min(self.total));
-                bar.set_message(format!("{sent} sent"));
+                let rate = self.read as f64 / self.started.elapsed().as_secs_f64().max(1e-3);
+                bar.set_message(format!("{sent} sent, {rate:.0} records/s"));
             }
             Display::Lines { every, last } => {
                 if last.elapsed() >= *every {

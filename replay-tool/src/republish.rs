@@ -1,7 +1,9 @@
 //! `replay run`: republish the selected records of a topic, each dead letter to the topic it
 //! failed on (`backbone.origin.topic`), or every record to `--to`.
 //!
-//! Keys and values are sent byte for byte. Headers are kept in their order, except those the
+//! A dead letter goes back to the partition it was read from (`backbone.origin.partition`,
+//! when the topic still has it); with `--to`, records are partitioned by key. Keys and
+//! values are sent byte for byte. Headers are kept in their order, except those the
 //! dead-letter queue added (`backbone.dlq.*`, `backbone.origin.*`, `__connect.errors.*`) and
 //! those of an earlier replay (`backbone.replay.*`), which are dropped; this replay's headers
 //! are appended. Records get a new timestamp: they are new records of their topic.
@@ -393,10 +395,12 @@ impl Replay<'_> {
         &mut self,
         record: &SourceRecord,
         destination: &Arc<str>,
+        partition: Option<i32>,
         producer: &FutureProducer,
     ) -> Result<(), ReplayError> {
         let at = format_ms(now_ms());
-        let (partition, offset) = (record.partition.to_string(), record.offset.to_string());
+        let (partition_text, offset_text) =
+            (record.partition.to_string(), record.offset.to_string());
         let owned = {
             let spec = &self.checkpoint;
             let added = added_headers(
@@ -404,8 +408,8 @@ impl Replay<'_> {
                 &at,
                 &spec.operator,
                 &spec.spec.source,
-                &partition,
-                &offset,
+                &partition_text,
+                &offset_text,
             );
             let mut owned = OwnedHeaders::new_with_capacity(record.headers.len() + added.len());
             for (key, value) in headers_to_send(record, &added) {
@@ -419,6 +423,9 @@ impl Replay<'_> {
         }
         if let Some(value) = record.value.as_deref() {
             future = future.payload(value);
+        }
+        if let Some(partition) = partition {
+            future = future.partition(partition);
         }
         loop {
             match producer.send_result(future) {
@@ -837,7 +844,25 @@ async fn replay_records(
                 tokio::time::sleep_until(due.into()).await;
                 paced += 1;
             }
-            replay.send(&record, &destination, producer).await?;
+            // A dead letter goes back to the partition it was read from, so that its key stays
+            // where the topic's producers put it, whatever partitioner they use.
+            let partition = if fixed_destination.is_none() {
+                record
+                    .header(dlq::ORIGIN_PARTITION)
+                    .and_then(|p| p.parse::<i32>().ok())
+                    .filter(|p| {
+                        replay
+                            .checkpoint
+                            .destinations
+                            .get(&*destination)
+                            .is_some_and(|partitions| partitions.contains_key(p))
+                    })
+            } else {
+                None
+            };
+            replay
+                .send(&record, &destination, partition, producer)
+                .await?;
             replay.summary.sent += 1;
             replay.checkpoint.sent += 1;
             count(&mut replay.summary.by_destination, &destination);
@@ -944,10 +969,7 @@ pub fn print_summary(summary: &RunSummary, out: &mut dyn Write) -> std::io::Resu
         }
     } else {
         let state = if summary.interrupted {
-            format!(
-                "interrupted; resume with `replay run --replay-id {}`",
-                summary.replay_id
-            )
+            "interrupted".to_owned()
         } else if summary.complete {
             "complete".to_owned()
         } else {
