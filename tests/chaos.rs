@@ -54,7 +54,6 @@ struct Mayhem {
 async fn chaos(deployment: &mut Deployment, sandbox: &Sandbox, until: Instant) -> Mayhem {
     let mut mayhem = Mayhem::default();
     let victims: Vec<&'static str> = PROCESSORS.iter().chain(SINKS.iter()).copied().collect();
-    let systems = [System::Billing, System::Crm, System::Erp];
     let mut round = 0u32;
     while Instant::now() < until {
         round += 1;
@@ -62,19 +61,14 @@ async fn chaos(deployment: &mut Deployment, sandbox: &Sandbox, until: Instant) -
         deployment.kill(victim);
         *mayhem.kills.entry(victim).or_default() += 1;
         if round % 4 == 0 {
-            let system = systems[fastrand::usize(..systems.len())];
+            let system = SYSTEMS[fastrand::usize(..SYSTEMS.len())];
+            let outage = Faults {
+                outage_seconds: 3,
+                ..background_faults()
+            };
             sandbox
                 .client
-                .set_faults(
-                    system,
-                    &Faults {
-                        outage_seconds: 3,
-                        throttle_rate: 0.1,
-                        error_rate: 0.05,
-                        retry_after_seconds: 1,
-                        ..Faults::default()
-                    },
-                )
+                .set_faults(system, &outage)
                 .await
                 .expect("outage");
             mayhem.outages += 1;
@@ -84,14 +78,21 @@ async fn chaos(deployment: &mut Deployment, sandbox: &Sandbox, until: Instant) -
         deployment.start(victim);
         tokio::time::sleep(Duration::from_millis(500 + fastrand::u64(..1_500))).await;
     }
-    for system in systems {
-        sandbox
-            .client
-            .clear_faults(system)
-            .await
-            .expect("clear faults");
-    }
     mayhem
+}
+
+const SYSTEMS: [System; 3] = [System::Billing, System::Crm, System::Erp];
+
+/// What the external systems do throughout the run: some throttling, some errors, some
+/// answers lost after the request was applied.
+fn background_faults() -> Faults {
+    Faults {
+        throttle_rate: 0.05,
+        error_rate: 0.05,
+        lost_response_rate: 0.05,
+        retry_after_seconds: 1,
+        ..Faults::default()
+    }
 }
 
 /// Dead letters on `topic`, counted once per origin record, by reason; and the raw count.
@@ -138,6 +139,13 @@ async fn killed_restarted_and_throttled_the_backbone_loses_nothing_and_bills_not
     let sandbox = Sandbox::start(SandboxConfig::default()).await;
     let postgres = std::env::var("BACKBONE_TEST_POSTGRES_URL")
         .expect("BACKBONE_TEST_POSTGRES_URL; `make test` starts PostgreSQL");
+    for system in SYSTEMS {
+        sandbox
+            .client
+            .set_faults(system, &background_faults())
+            .await
+            .expect("faults");
+    }
     let mut deployment =
         Deployment::create("chaos", &sandbox.url, &postgres, &registry_url()).await;
     deployment.start_pipeline();
@@ -258,6 +266,19 @@ async fn killed_restarted_and_throttled_the_backbone_loses_nothing_and_bills_not
         },
     )
     .await;
+    let mut faults_felt = 0;
+    for system in ["billing", "crm", "erp"] {
+        for status in [429, 503, 504] {
+            faults_felt += sandbox.answered(system, status).await;
+        }
+    }
+    for system in SYSTEMS {
+        sandbox
+            .client
+            .clear_faults(system)
+            .await
+            .expect("clear faults");
+    }
     let keys: BTreeSet<&str> = billed.iter().map(|c| c.idempotency_key.as_str()).collect();
     let duplicated = billed.len() - keys.len();
     assert_eq!(duplicated, 0, "a charge held twice");
@@ -394,7 +415,7 @@ async fn killed_restarted_and_throttled_the_backbone_loses_nothing_and_bills_not
 
     let kills: u32 = mayhem.kills.values().sum();
     println!(
-        "chaos: {} events in {:.0}s, {kills} kills and restarts {:?}, {} outages; \
+        "chaos: {} events in {:.0}s, {kills} kills and restarts {:?}, {} outages, {faults_felt} faulted answers; \
          {} charges (0 lost, {duplicated} duplicated), drift zero on {} keys, {rows} analytics rows of {facts} facts, \
          {} poison inputs dead-lettered ({raw_letters} dead-letter records, redeliveries included)",
         expected.records,
@@ -406,11 +427,8 @@ async fn killed_restarted_and_throttled_the_backbone_loses_nothing_and_bills_not
         lettered.values().sum::<usize>(),
     );
     assert!(kills >= 3, "the chaos driver killed processes: {kills}");
-    let refused = sandbox.answered("billing", 503).await
-        + sandbox.answered("crm", 503).await
-        + sandbox.answered("erp", 503).await;
     assert!(
-        mayhem.outages == 0 || refused > 0,
-        "the outages were felt: {refused} requests refused"
+        faults_felt > 0,
+        "the sinks met throttling, errors and lost answers"
     );
 }
