@@ -310,7 +310,7 @@ mod tests {
     #[test]
     fn a_bad_url_names_its_key() {
         let destination = DestinationSettings {
-            url: "postgres://a b".to_owned(),
+            url: "postgres://127.0.0.1:not-a-port/db".to_owned(),
             ..DestinationSettings::default()
         };
         let err =
