@@ -9,11 +9,10 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use backbone_compat::CompatibilityMode;
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::error::{ApiError, CONTENT_TYPE};
+use crate::request::{parse_compatibility_request, parse_register_request, parse_schema_id};
 use crate::service::{Registered, Registry, VersionRef};
 
 type Shared = State<Arc<Registry>>;
@@ -78,33 +77,6 @@ fn flag(params: &HashMap<String, String>, name: &str) -> bool {
         .is_some_and(|v| v.eq_ignore_ascii_case("true"))
 }
 
-/// Body of register, lookup and compatibility requests.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct SchemaRequest {
-    schema: String,
-    #[serde(default)]
-    schema_type: Option<String>,
-    #[serde(default)]
-    references: Vec<Value>,
-}
-
-fn schema_request(body: &Bytes) -> Result<SchemaRequest, ApiError> {
-    let request: SchemaRequest =
-        serde_json::from_slice(body).map_err(|e| ApiError::bad_request(&e.to_string()))?;
-    if !request.references.is_empty() {
-        return Err(ApiError::invalid_schema(
-            "schema references are not supported by this registry; register self-contained schemas",
-        ));
-    }
-    Ok(request)
-}
-
-fn parse_id(text: &str) -> Result<u32, ApiError> {
-    text.parse()
-        .map_err(|_| ApiError::schema_not_found(&format!("id {text}")))
-}
-
 fn version_body(r: &Registered) -> Value {
     json!({"subject": r.subject, "version": r.version, "id": r.id, "schema": r.schema})
 }
@@ -161,10 +133,8 @@ async fn referenced_by(
 }
 
 async fn register(State(registry): Shared, Path(subject): Path<String>, body: Bytes) -> ApiResult {
-    let request = schema_request(&body)?;
-    let id = registry
-        .register(&subject, &request.schema, request.schema_type.as_deref())
-        .await?;
+    let schema = parse_register_request(&body)?;
+    let id = registry.register(&subject, &schema).await?;
     Ok(reply(json!({ "id": id })))
 }
 
@@ -174,14 +144,9 @@ async fn lookup(
     Query(params): Params,
     body: Bytes,
 ) -> ApiResult {
-    let request = schema_request(&body)?;
+    let schema = parse_register_request(&body)?;
     let found = registry
-        .lookup(
-            &subject,
-            &request.schema,
-            request.schema_type.as_deref(),
-            flag(&params, "deleted"),
-        )
+        .lookup(&subject, &schema, flag(&params, "deleted"))
         .await?;
     Ok(reply(version_body(&found)))
 }
@@ -210,17 +175,17 @@ async fn delete_version(
 }
 
 async fn get_schema(State(registry): Shared, Path(id): Path<String>) -> ApiResult {
-    let schema = registry.schema_by_id(parse_id(&id)?).await?;
+    let schema = registry.schema_by_id(parse_schema_id(&id)?).await?;
     Ok(reply(json!({ "schema": schema })))
 }
 
 async fn get_schema_text(State(registry): Shared, Path(id): Path<String>) -> ApiResult {
-    let schema = registry.schema_by_id(parse_id(&id)?).await?;
+    let schema = registry.schema_by_id(parse_schema_id(&id)?).await?;
     Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], schema).into_response())
 }
 
 async fn get_id_versions(State(registry): Shared, Path(id): Path<String>) -> ApiResult {
-    let usages = registry.usages_of(parse_id(&id)?).await?;
+    let usages = registry.usages_of(parse_schema_id(&id)?).await?;
     let body: Vec<Value> = usages
         .iter()
         .map(|(subject, version)| json!({"subject": subject, "version": version}))
@@ -230,7 +195,7 @@ async fn get_id_versions(State(registry): Shared, Path(id): Path<String>) -> Api
 
 async fn get_id_subjects(State(registry): Shared, Path(id): Path<String>) -> ApiResult {
     let mut subjects: Vec<String> = registry
-        .usages_of(parse_id(&id)?)
+        .usages_of(parse_schema_id(&id)?)
         .await?
         .into_iter()
         .map(|(subject, _)| subject)
@@ -239,28 +204,13 @@ async fn get_id_subjects(State(registry): Shared, Path(id): Path<String>) -> Api
     Ok(reply(json!(subjects)))
 }
 
-#[derive(Debug, Deserialize)]
-struct ConfigRequest {
-    compatibility: String,
-}
-
-fn parse_mode(body: &Bytes) -> Result<CompatibilityMode, ApiError> {
-    let request: ConfigRequest =
-        serde_json::from_slice(body).map_err(|e| ApiError::bad_request(&e.to_string()))?;
-    request
-        .compatibility
-        .to_ascii_uppercase()
-        .parse()
-        .map_err(|_| ApiError::invalid_compatibility_level(&request.compatibility))
-}
-
 async fn get_global_config(State(registry): Shared) -> ApiResult {
     let mode = registry.global_mode().await?;
     Ok(reply(json!({ "compatibilityLevel": mode.to_string() })))
 }
 
 async fn put_global_config(State(registry): Shared, body: Bytes) -> ApiResult {
-    let mode = parse_mode(&body)?;
+    let mode = parse_compatibility_request(&body)?;
     registry.set_mode(None, Some(mode)).await?;
     Ok(reply(json!({ "compatibility": mode.to_string() })))
 }
@@ -281,7 +231,7 @@ async fn put_subject_config(
     Path(subject): Path<String>,
     body: Bytes,
 ) -> ApiResult {
-    let mode = parse_mode(&body)?;
+    let mode = parse_compatibility_request(&body)?;
     registry.set_mode(Some(&subject), Some(mode)).await?;
     Ok(reply(json!({ "compatibility": mode.to_string() })))
 }
@@ -299,14 +249,9 @@ async fn test_compatibility(
     body: Bytes,
 ) -> ApiResult {
     let version = VersionRef::parse(&version)?;
-    let request = schema_request(&body)?;
+    let schema = parse_register_request(&body)?;
     let result = registry
-        .test_compatibility(
-            &subject,
-            version,
-            &request.schema,
-            request.schema_type.as_deref(),
-        )
+        .test_compatibility(&subject, version, &schema)
         .await?;
     let body = if flag(&params, "verbose") {
         json!({"is_compatible": result.is_compatible, "messages": result.messages})

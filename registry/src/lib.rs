@@ -11,6 +11,7 @@ pub mod error;
 pub mod http;
 pub mod index;
 pub mod log;
+pub mod request;
 pub mod service;
 
 use std::future::Future;

@@ -11,6 +11,7 @@ use tokio::sync::Mutex;
 use crate::error::ApiError;
 use crate::index::{ConfigRecord, Index, LogKey, SchemaRecord, Version};
 use crate::log::{LogError, SchemaLog};
+use crate::request::ParsedSchema;
 
 /// How many times a write is retried when another instance took the same id or version.
 const WRITE_ATTEMPTS: usize = 8;
@@ -63,32 +64,6 @@ pub struct Compatibility {
 pub struct Registry {
     log: SchemaLog,
     writes: Mutex<()>,
-}
-
-/// A schema as parsed from a request.
-struct Candidate {
-    canonical: String,
-    parsed: Schema,
-}
-
-fn parse_schema(text: &str, schema_type: Option<&str>) -> Result<Candidate, ApiError> {
-    if let Some(kind) = schema_type {
-        if !kind.eq_ignore_ascii_case("AVRO") {
-            return Err(ApiError::invalid_schema(&format!(
-                "schema type {kind} is not supported by this registry; only AVRO is"
-            )));
-        }
-    }
-    let json: serde_json::Value = serde_json::from_str(text)
-        .map_err(|e| ApiError::invalid_schema(&format!("not JSON: {e}")))?;
-    let parsed = Schema::parse(&json).map_err(|e| ApiError::invalid_schema(&e.to_string()))?;
-    // Identity is the parsed schema written back out with every name fully qualified and keys
-    // sorted, so the same schema spelled differently (whitespace, key order, a namespace left
-    // to be inherited) gets the same id, as Confluent's registry does.
-    let canonical = serde_json::to_value(&parsed)
-        .map(|normalised| normalised.to_string())
-        .unwrap_or_else(|_| json.to_string());
-    Ok(Candidate { canonical, parsed })
 }
 
 impl Registry {
@@ -164,15 +139,13 @@ impl Registry {
         .await?
     }
 
-    /// Finds `schema` among the live versions of `subject`.
+    /// Finds `candidate` among the live versions of `subject`.
     pub async fn lookup(
         &self,
         subject: &str,
-        schema: &str,
-        schema_type: Option<&str>,
+        candidate: &ParsedSchema,
         deleted: bool,
     ) -> Result<Registered, ApiError> {
-        let candidate = parse_schema(schema, schema_type)?;
         self.read(|index| {
             let versions = match index.versions(subject, deleted) {
                 Some(v) if !v.is_empty() => v,
@@ -189,18 +162,12 @@ impl Registry {
         .await?
     }
 
-    /// Registers `schema` under `subject`, or returns the id it already has there.
-    pub async fn register(
-        &self,
-        subject: &str,
-        schema: &str,
-        schema_type: Option<&str>,
-    ) -> Result<u32, ApiError> {
-        let candidate = parse_schema(schema, schema_type)?;
+    /// Registers `candidate` under `subject`, or returns the id it already has there.
+    pub async fn register(&self, subject: &str, candidate: &ParsedSchema) -> Result<u32, ApiError> {
         let _guard = self.writes.lock().await;
         for _ in 0..WRITE_ATTEMPTS {
             let plan = self
-                .read(|index| plan_registration(index, subject, &candidate))
+                .read(|index| plan_registration(index, subject, candidate))
                 .await??;
             let (id, version) = match plan {
                 Plan::Existing(id) => return Ok(id),
@@ -232,15 +199,13 @@ impl Registry {
         ))
     }
 
-    /// Tests `schema` against `version` (or, for `latest`, the versions its mode covers).
+    /// Tests `candidate` against `version` (or, for `latest`, the versions its mode covers).
     pub async fn test_compatibility(
         &self,
         subject: &str,
         version: VersionRef,
-        schema: &str,
-        schema_type: Option<&str>,
+        candidate: &ParsedSchema,
     ) -> Result<Compatibility, ApiError> {
-        let candidate = parse_schema(schema, schema_type)?;
         self.read(|index| {
             let mode = index.effective_mode(subject);
             let existing = match version {
@@ -256,7 +221,7 @@ impl Registry {
                     parse_versions(index, &[v])?
                 }
             };
-            let messages = compatibility_messages(mode, &candidate.parsed, &existing);
+            let messages = compatibility_messages(mode, &candidate.schema, &existing);
             Ok(Compatibility {
                 is_compatible: messages.is_empty(),
                 messages,
@@ -403,7 +368,7 @@ enum Plan {
 fn plan_registration(
     index: &Index,
     subject: &str,
-    candidate: &Candidate,
+    candidate: &ParsedSchema,
 ) -> Result<Plan, ApiError> {
     let known_id = index.id_of(&candidate.canonical);
     let live = index.versions(subject, false).unwrap_or_default();
@@ -414,7 +379,7 @@ fn plan_registration(
     }
     let existing = parse_versions(index, &live)?;
     let messages =
-        compatibility_messages(index.effective_mode(subject), &candidate.parsed, &existing);
+        compatibility_messages(index.effective_mode(subject), &candidate.schema, &existing);
     if !messages.is_empty() {
         return Err(ApiError::incompatible(subject, &messages));
     }
