@@ -36,6 +36,21 @@ pub const SHARED_CAPACITY: usize = 10_000;
 /// The first byte of every framed record.
 pub const MAGIC_BYTE: u8 = 0;
 
+/// The most the Avro decoder may allocate for one string, bytes value or collection of a
+/// record: 16 MiB, sixteen times Kafka's default largest record (1 MiB). No string can be
+/// longer than its record, and an array of the smallest items of the largest record still
+/// fits, so a length beyond it is corrupt data: the body is undecodable. apache-avro's own
+/// default, 512 MiB, let a 10-byte record allocate hundreds of megabytes (found by the
+/// `wire_frame` and `contract_decode` fuzz targets).
+pub const MAX_ALLOCATION_BYTES: usize = 16 * 1024 * 1024;
+
+/// Makes [`MAX_ALLOCATION_BYTES`] apache-avro's allocation limit. apache-avro keeps the first
+/// limit set in a process, and its first decode sets the default if none was set, so every
+/// decode here calls this first; after the first call it is one atomic read.
+fn limit_allocations() {
+    apache_avro::util::max_allocation_bytes(MAX_ALLOCATION_BYTES);
+}
+
 /// Why a record could not be framed, encoded or decoded.
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
@@ -187,6 +202,7 @@ pub fn decode_body(id: u32, writer: &Schema, body: &[u8]) -> Result<Value, WireE
 
 /// [`decode_body`] with a reader built beforehand.
 fn read_body(id: u32, datum: &GenericDatumReader<'_>, body: &[u8]) -> Result<Value, WireError> {
+    limit_allocations();
     let body_error = |message: String| WireError::Body { id, message };
     let mut reader = BodyReader {
         body,
@@ -344,6 +360,7 @@ impl std::fmt::Debug for WireCodec {
 impl WireCodec {
     /// A codec using the registry at `url`.
     pub fn new(url: &str) -> Self {
+        limit_allocations();
         Self {
             settings: Arc::new(SrSettings::new(url.trim_end_matches('/').to_owned())),
             by_id: Arc::default(),
@@ -754,6 +771,73 @@ mod tests {
             panic!("decimal")
         };
         assert_eq!(Vec::<u8>::try_from(&n).unwrap()[..14], [0xff; 14]);
+    }
+
+    /// Asserts that `result` is an undecodable body refused by the allocation limit.
+    fn refused_by_the_allocation_limit<T: std::fmt::Debug>(result: Result<T, WireError>) {
+        match result {
+            Err(WireError::Body { message, .. }) => assert!(
+                message.contains(&format!("maximum allowed: {MAX_ALLOCATION_BYTES}")),
+                "{message}"
+            ),
+            other => panic!("expected an undecodable body, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn lengths_beyond_the_allocation_limit_are_undecodable_not_allocated() {
+        use crate::types::{Contract, PriceTier, TraceContext};
+        // fuzz/artifacts/wire_frame/oom-3d4c5efb…: a TraceContext whose traceparent declares
+        // about 400 MB, which apache-avro's default limit (512 MiB) let it allocate.
+        let framed = [0, 0, 0, 255, 0, 254, 255, 255, 251, 2, 0];
+        let (id, body) = split_frame(&framed).expect("frame");
+        refused_by_the_allocation_limit(decode_body(id, TraceContext::schema(), body));
+        // fuzz/artifacts/contract_decode/oom-…: a PriceTier whose up_to decimal declares
+        // 277 MB, through the processors' decode path.
+        let codec = WireCodec::new("http://127.0.0.1:9");
+        codec.preload(8, PriceTier::schema().clone());
+        let framed = frame(8, &[2, 136, 136, 136, 136, 2, 0, 0, 0, 0, 0, 0, 0]);
+        refused_by_the_allocation_limit(
+            codec.decode_cached_as::<PriceTier>(&framed, PriceTier::schema()),
+        );
+        // A declared length just past the limit is refused; a record as large as Kafka
+        // allows by default still decodes.
+        codec.preload(2, TraceContext::schema().clone());
+        let too_long = (MAX_ALLOCATION_BYTES as i64 + 1) << 1;
+        let mut varint = Vec::new();
+        let mut rest = too_long as u64;
+        while rest >= 0x80 {
+            varint.push((rest as u8) | 0x80);
+            rest >>= 7;
+        }
+        varint.push(rest as u8);
+        refused_by_the_allocation_limit(
+            codec.decode_cached_as::<TraceContext>(&frame(2, &varint), TraceContext::schema()),
+        );
+        let large = TraceContext {
+            traceparent: "x".repeat(1024 * 1024),
+            tracestate: None,
+        };
+        let framed = encode_framed(2, &large).expect("encode");
+        let decoded: TraceContext = codec
+            .decode_cached_as(&framed, TraceContext::schema())
+            .expect("a 1 MiB record decodes");
+        assert_eq!(decoded, large);
+    }
+
+    #[test]
+    fn an_empty_decimal_is_a_contract_violation() {
+        use crate::types::{Contract, ControlTotal};
+        // Found by the wire_frame fuzz target: apache-avro decodes a decimal of zero bytes
+        // (and then refuses to encode it); decoding into the contract type refuses it.
+        let body = [6, b'E', b'U', b'R', 4, 0, 0];
+        assert!(decode_body(3, ControlTotal::schema(), &body).is_ok());
+        let codec = WireCodec::new("http://127.0.0.1:9");
+        codec.preload(3, ControlTotal::schema().clone());
+        let err = codec
+            .decode_cached_as::<ControlTotal>(&frame(3, &body), ControlTotal::schema())
+            .expect_err("refused");
+        assert_eq!(err.reason(), "contract_violation", "{err}");
     }
 
     #[test]
