@@ -13,7 +13,7 @@ use crate::error::ReplayError;
 use crate::filter::{Filter, OffsetRange};
 use crate::registry::Registry;
 use crate::render::{hex, to_json};
-use crate::scan::{Scanned, Scanner, SourceRecord, Span};
+use crate::scan::{ScanOrder, Scanned, Scanner, SourceRecord, Span};
 use crate::time::{format_ms, parse_rfc3339};
 use crate::Context;
 
@@ -129,7 +129,7 @@ impl Grouping {
 pub async fn list(ctx: &Context, topic: &str) -> Result<DlqSummary, ReplayError> {
     let described = ctx.describe(topic, "dead-letter").await?;
     let spans = described.spans(None);
-    let mut scanner = Scanner::start(ctx, topic, spans);
+    let mut scanner = Scanner::start_in(ctx, topic, spans, ScanOrder::Interleaved);
     let mut grouping = Grouping::default();
     while let Some(item) = scanner.next().await {
         if let Scanned::Records(records) = item? {
