@@ -2,12 +2,14 @@
 SHELL := /bin/bash
 export BACKBONE_TOOLS_DIR ?= $(HOME)/.cache/backbone
 
-.PHONY: help setup build up down status test demo bench fmt lint
+.PHONY: help setup build up down status test demo bench chaos fuzz fmt lint
 
 help:
 	@echo "make demo    run sample events through the backbone on the embedded stack"
 	@echo "make test    formatting, lints and every test, against a private stack"
 	@echo "make bench   benchmarks against a private stack, as ratios to a baseline"
+	@echo "make chaos   the chaos test at length: kills, restarts, outages, throttling"
+	@echo "make fuzz    every fuzz target for FUZZ_SECONDS (default 60) each; needs nightly"
 	@echo "make setup   install what this machine lacks (idempotent)"
 	@echo "make up | down | status   the embedded dev stack on 127.0.0.1"
 
@@ -32,8 +34,15 @@ test: setup
 demo: build
 	@scripts/demo.sh
 
+chaos: setup
+	@scripts/chaos.sh
+
 bench: setup
 	@scripts/bench.sh
+
+# Not part of `make test`: cargo-fuzz needs a nightly toolchain, CI has stable only.
+fuzz:
+	@scripts/fuzz.sh
 
 fmt:
 	cargo fmt --all
