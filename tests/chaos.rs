@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use backbone::{Deployment, PROCESSORS, SINKS};
 use backbone_drift::books::Check;
-use backbone_loadgen::{Destinations, LoadSpec, Workload};
+use backbone_loadgen::{LoadSpec, Workload};
 use backbone_sandbox::{Faults, SandboxConfig, System};
 use backbone_schemas::types::{Amount, CustomerAccount};
 use backbone_schemas::WireCodec;
@@ -178,18 +178,7 @@ async fn killed_restarted_and_throttled_the_backbone_loses_nothing_and_bills_not
             (producer.clone(), codec.clone(), workload.clone(), t.clone());
         tokio::spawn(async move {
             workload
-                .publish(
-                    &producer,
-                    &codec,
-                    Destinations {
-                        usage: &t.usage,
-                        accounts: &t.accounts,
-                        subscriptions: &t.subscriptions,
-                        rate_cards: &t.rate_cards,
-                        gl_mappings: &t.gl_mappings,
-                    },
-                    rate,
-                )
+                .publish(&producer, &codec, t.destinations(), rate)
                 .await
         })
     };

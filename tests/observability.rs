@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use backbone::{free_port, Deployment};
-use backbone_loadgen::{Destinations, LoadSpec, Workload, LEGAL_ENTITY};
+use backbone_loadgen::{LoadSpec, Workload, LEGAL_ENTITY};
 use backbone_sandbox::SandboxConfig;
 use backbone_schemas::WireCodec;
 use backbone_testkit::ChildProcess;
@@ -252,18 +252,7 @@ async fn prometheus_answers_every_dashboard_and_alert_query_and_dropped_journals
         .expect("producer");
     let t = deployment.topics.clone();
     workload
-        .publish(
-            &producer,
-            &codec,
-            Destinations {
-                usage: &t.usage,
-                accounts: &t.accounts,
-                subscriptions: &t.subscriptions,
-                rate_cards: &t.rate_cards,
-                gl_mappings: &t.gl_mappings,
-            },
-            0,
-        )
+        .publish(&producer, &codec, t.destinations(), 0)
         .await
         .expect("publish the workload");
 

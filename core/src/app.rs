@@ -7,11 +7,9 @@ use std::sync::Arc;
 use clap::{CommandFactory, FromArgMatches, Parser};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 
 use crate::config::{self, ConfigError, Validate};
-use crate::endpoint::{self, ObservabilitySettings};
+use crate::endpoint::{ObservabilitySettings, RunningEndpoint};
 use crate::kafka::KafkaSettings;
 use crate::metrics::RuntimeMetrics;
 use crate::processor::Processor;
@@ -91,17 +89,29 @@ pub trait App: Processor + Sized {
     fn build(settings: Self::Settings, registry: &SchemaRegistrySettings) -> Self;
 }
 
+/// The flags every Backbone service binary takes.
 #[derive(Debug, Parser)]
-struct Args {
+pub struct ServiceArgs {
     /// TOML config file; every key may also be set as BACKBONE__<SECTION>__<KEY>.
     #[arg(long, env = "BACKBONE_CONFIG")]
-    config: Option<PathBuf>,
+    pub config: Option<PathBuf>,
     /// Log line format: text or json.
     #[arg(long, default_value = "text")]
-    log_format: LogFormat,
+    pub log_format: LogFormat,
     /// Load and validate the config, print the effective config (secrets hidden), and exit.
     #[arg(long, alias = "check-config")]
-    print_config: bool,
+    pub print_config: bool,
+}
+
+impl ServiceArgs {
+    /// The process's flags, with `name` and `about` in `--help`; exits on bad flags.
+    pub fn parse_for(name: &'static str, about: &'static str) -> Self {
+        let command = Self::command().name(name).about(about);
+        match Self::from_arg_matches(&command.get_matches()) {
+            Ok(args) => args,
+            Err(err) => err.exit(),
+        }
+    }
 }
 
 /// Parses flags, loads config, runs the processor until SIGINT or SIGTERM, and maps the
@@ -110,11 +120,7 @@ pub async fn serve<A: App>() -> ExitCode
 where
     A::Settings: std::fmt::Debug,
 {
-    let command = Args::command().name(A::NAME).about(A::ABOUT);
-    let args = match Args::from_arg_matches(&command.get_matches()) {
-        Ok(args) => args,
-        Err(err) => err.exit(),
-    };
+    let args = ServiceArgs::parse_for(A::NAME, A::ABOUT);
     let config: ProcessorConfig<A::Settings> = match config::load(args.config.as_deref()) {
         Ok(config) => config,
         Err(err) => {
@@ -137,26 +143,20 @@ where
             return ExitCode::FAILURE;
         }
     };
-    let listener = match TcpListener::bind(config.observability.listen).await {
-        Ok(listener) => listener,
+    let endpoint = match RunningEndpoint::start(
+        "observability.listen",
+        config.observability.listen,
+        registry,
+        metrics.readiness(),
+    )
+    .await
+    {
+        Ok(endpoint) => endpoint,
         Err(err) => {
-            eprintln!(
-                "{}: config key `observability.listen`: cannot listen on {}: {err}",
-                A::NAME,
-                config.observability.listen
-            );
+            eprintln!("{}: {err}", A::NAME);
             return ExitCode::from(2);
         }
     };
-    let (endpoint_stop, endpoint_stopped) = oneshot::channel::<()>();
-    let endpoint = tokio::spawn(endpoint::serve(
-        listener,
-        registry,
-        metrics.readiness(),
-        async {
-            let _ = endpoint_stopped.await;
-        },
-    ));
     let processor = A::build(config.processor, &config.schema_registry);
     let result = run_with(
         processor,
@@ -167,8 +167,7 @@ where
         stop,
     )
     .await;
-    let _ = endpoint_stop.send(());
-    let _ = endpoint.await;
+    endpoint.stop().await;
     match result {
         Ok(_) => ExitCode::SUCCESS,
         Err(err) => {

@@ -21,6 +21,42 @@ use tokio::net::TcpListener;
 use crate::config::{ConfigError, Validate};
 use crate::metrics;
 
+/// The endpoint served on a task of its own until [`stop`](Self::stop).
+#[derive(Debug)]
+pub struct RunningEndpoint {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningEndpoint {
+    /// Binds `listen` and serves `registry` and `readiness` there. A failure to bind is a
+    /// config error naming `key`, the setting that gave the address.
+    pub async fn start(
+        key: &str,
+        listen: SocketAddr,
+        registry: Registry,
+        readiness: Readiness,
+    ) -> Result<Self, ConfigError> {
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|err| ConfigError::Invalid {
+                key: key.to_owned(),
+                message: format!("cannot listen on {listen}: {err}"),
+            })?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(serve(listener, registry, readiness, async {
+            let _ = stopped.await;
+        }));
+        Ok(Self { stop, task })
+    }
+
+    /// Stops serving and waits for the server to finish.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
 /// Content type of the Prometheus text exposition format served on `/metrics`.
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use backbone_core::endpoint::{self, Readiness};
+use backbone_core::endpoint::{Readiness, RunningEndpoint};
 use backbone_core::telemetry::{self, LogFormat};
 use backbone_drift::books::Books;
 use backbone_drift::metrics::DriftGauges;
@@ -122,24 +122,10 @@ async fn serve(config: &DriftConfig) -> Result<()> {
     let registry = prometheus::Registry::new();
     let gauges = DriftGauges::new(&registry).context("registering the drift gauges")?;
     let readiness = Readiness::new();
-    let listener = tokio::net::TcpListener::bind(settings.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "config key `drift.listen`: cannot listen on {}",
-                settings.listen
-            )
-        })?;
+    let endpoint =
+        RunningEndpoint::start("drift.listen", settings.listen, registry, readiness.clone())
+            .await?;
     let stop = backbone_core::shutdown::signal();
-    let (endpoint_stop, endpoint_stopped) = tokio::sync::oneshot::channel::<()>();
-    let endpoint = tokio::spawn(endpoint::serve(
-        listener,
-        registry,
-        readiness.clone(),
-        async {
-            let _ = endpoint_stopped.await;
-        },
-    ));
     let codec = WireCodec::new(&config.schema_registry.url);
     let reader = TopicReader::new(&config.kafka, settings, codec)?;
     let mut books = Books::default();
@@ -159,8 +145,7 @@ async fn serve(config: &DriftConfig) -> Result<()> {
         while Instant::now() < next {
             tokio::select! {
                 _ = &mut stop => {
-                    let _ = endpoint_stop.send(());
-                    let _ = endpoint.await;
+                    endpoint.stop().await;
                     return Ok(());
                 }
                 read = reader.poll(&mut books, Duration::from_millis(100)) => { read?; }

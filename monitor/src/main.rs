@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use backbone_core::endpoint::{self, Readiness};
+use backbone_core::endpoint::{Readiness, RunningEndpoint};
 use backbone_core::telemetry::{self, LogFormat};
 use backbone_monitor::{LagGauges, LagMonitor, MonitorConfig, PartitionLag};
 use clap::Parser;
@@ -87,24 +87,14 @@ async fn serve(config: &MonitorConfig) -> Result<()> {
     let registry = prometheus::Registry::new();
     let gauges = LagGauges::new(&registry).context("registering the lag gauges")?;
     let readiness = Readiness::new();
-    let listener = tokio::net::TcpListener::bind(settings.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "config key `monitor.listen`: cannot listen on {}",
-                settings.listen
-            )
-        })?;
-    let stop = backbone_core::shutdown::signal();
-    let (endpoint_stop, endpoint_stopped) = tokio::sync::oneshot::channel::<()>();
-    let endpoint = tokio::spawn(endpoint::serve(
-        listener,
+    let endpoint = RunningEndpoint::start(
+        "monitor.listen",
+        settings.listen,
         registry,
         readiness.clone(),
-        async {
-            let _ = endpoint_stopped.await;
-        },
-    ));
+    )
+    .await?;
+    let stop = backbone_core::shutdown::signal();
     let monitor = Arc::new(LagMonitor::new(&config.kafka, settings)?);
     tokio::pin!(stop);
     loop {
@@ -122,7 +112,6 @@ async fn serve(config: &MonitorConfig) -> Result<()> {
             _ = tokio::time::sleep(settings.interval) => {}
         }
     }
-    let _ = endpoint_stop.send(());
-    let _ = endpoint.await;
+    endpoint.stop().await;
     Ok(())
 }

@@ -17,6 +17,8 @@ use backbone_testkit::{create_topic, shared_settings, unique_group, unique_topic
 pub const PROCESSORS: [&str; 4] = ["usage-validator", "enricher", "usage-rater", "fanout"];
 /// The sinks.
 pub const SINKS: [&str; 4] = ["billing-sink", "crm-sink", "erp-sink", "analytics-sink"];
+/// The benchmarks' baseline: the runtime forwarding raw usage unchanged to [`Topics::copy`].
+pub const PASS_THROUGH: &str = "pass-through";
 
 /// A binary built next to this test's own (`make test` builds every binary first).
 pub fn workspace_binary(name: &str) -> PathBuf {
@@ -67,6 +69,22 @@ pub struct Topics {
 }
 
 impl Topics {
+    /// Where loadgen publishes a workload into this deployment.
+    pub fn destinations(&self) -> backbone_loadgen::Destinations<'_> {
+        backbone_loadgen::Destinations {
+            usage: &self.usage,
+            accounts: &self.accounts,
+            subscriptions: &self.subscriptions,
+            rate_cards: &self.rate_cards,
+            gl_mappings: &self.gl_mappings,
+        }
+    }
+
+    /// Where the pass-through baseline copies raw usage to (created by the pass-through).
+    pub fn copy(&self) -> String {
+        format!("{}.copy", self.usage)
+    }
+
     /// Fresh names, the inputs created (co-partitioned usage in 3, master data in 1).
     pub async fn create(kafka: &KafkaSettings) -> Topics {
         let t = Topics {
@@ -147,7 +165,24 @@ impl Deployment {
         postgres_url: &str,
         registry_url: &str,
     ) -> Self {
-        let kafka = shared_settings();
+        Self::create_on(
+            shared_settings(),
+            name,
+            sandbox_url,
+            postgres_url,
+            registry_url,
+        )
+        .await
+    }
+
+    /// [`create`](Self::create) on the broker of `kafka` instead of the shared test broker.
+    pub async fn create_on(
+        kafka: KafkaSettings,
+        name: &str,
+        sandbox_url: &str,
+        postgres_url: &str,
+        registry_url: &str,
+    ) -> Self {
         let topics = Topics::create(&kafka).await;
         let group_prefix = unique_group(name);
         let dir = std::env::temp_dir()
@@ -158,7 +193,7 @@ impl Deployment {
         for binary in PROCESSORS
             .iter()
             .chain(SINKS.iter())
-            .chain(["monitor", "drift"].iter())
+            .chain(["monitor", "drift", PASS_THROUGH].iter())
         {
             ports.insert(*binary, free_port());
         }
@@ -229,6 +264,11 @@ impl Deployment {
             ));
         };
         match binary {
+            PASS_THROUGH => {
+                processor(&mut env);
+                env.push(("BACKBONE__PROCESSOR__INPUT_TOPIC", t.usage.clone()));
+                env.push(("BACKBONE__PROCESSOR__OUTPUT_TOPIC", t.copy()));
+            }
             "usage-validator" => {
                 processor(&mut env);
                 env.push(("BACKBONE__PROCESSOR__INPUT_TOPIC", t.usage.clone()));
@@ -357,6 +397,18 @@ impl Deployment {
     pub fn kill(&mut self, binary: &str) {
         if let Some(running) = self.running.get_mut(binary) {
             running.child.crash().expect("SIGKILL");
+        }
+    }
+
+    /// The process id of `binary`'s latest run, if it was started.
+    pub fn pid(&self, binary: &str) -> Option<u32> {
+        self.running.get(binary).map(|r| r.child.pid())
+    }
+
+    /// SIGTERMs `binary` and waits up to `timeout` for it to exit.
+    pub fn stop(&mut self, binary: &str, timeout: std::time::Duration) {
+        if let Some(running) = self.running.get_mut(binary) {
+            running.child.stop(timeout).expect("a graceful exit");
         }
     }
 

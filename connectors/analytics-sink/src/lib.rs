@@ -14,6 +14,7 @@ use backbone_core::config::{ConfigError, Validate};
 use backbone_core::InputRecord;
 use backbone_schemas::types::{AnalyticsFact, Destination};
 use backbone_sink::app::SinkApp;
+use backbone_sink::settings::require_topic;
 use backbone_sink::{
     decode, Accepted, Delivery, DeliveryError, DestinationSettings, Money, Outcome, Rejection,
     RetryReason, Sink, SinkContext,
@@ -46,12 +47,7 @@ impl Default for AnalyticsSettings {
 
 impl Validate for AnalyticsSettings {
     fn validate(&self) -> Result<(), ConfigError> {
-        if self.topic.is_empty() {
-            return Err(ConfigError::Invalid {
-                key: "sink.topic".to_owned(),
-                message: "must name a topic".to_owned(),
-            });
-        }
+        require_topic(&self.topic)?;
         let identifier = !self.schema.is_empty()
             && self.schema.len() <= 63
             && self

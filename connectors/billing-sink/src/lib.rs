@@ -8,7 +8,8 @@ use backbone_core::config::{ConfigError, Validate};
 use backbone_core::InputRecord;
 use backbone_schemas::types::{BillingCharge, Destination};
 use backbone_sink::app::SinkApp;
-use backbone_sink::http::JsonApi;
+use backbone_sink::http::{JsonApi, Reply};
+use backbone_sink::settings::require_topic;
 use backbone_sink::{
     decode, iso_date, Accepted, Delivery, DeliveryError, DestinationSettings, Money, Outcome,
     Rejection, Sink, SinkContext,
@@ -37,12 +38,7 @@ impl Default for BillingSettings {
 
 impl Validate for BillingSettings {
     fn validate(&self) -> Result<(), ConfigError> {
-        if self.topic.is_empty() {
-            return Err(ConfigError::Invalid {
-                key: "sink.topic".to_owned(),
-                message: "must name a topic".to_owned(),
-            });
-        }
+        require_topic(&self.topic)?;
         if self.concurrency == 0 {
             return Err(ConfigError::Invalid {
                 key: "sink.concurrency".to_owned(),
@@ -116,32 +112,18 @@ impl BillingSink {
     }
 
     async fn post(&self, delivery: &Delivery<ChargeRequest>) -> Result<Outcome, DeliveryError> {
-        let answer = self
+        let answer = match self
             .api
-            .post(
+            .send(
                 "/billing/v1/charges",
                 &[("Idempotency-Key", &delivery.key)],
                 &delivery.payload,
             )
-            .await;
-        let answer = match answer {
-            Ok(answer) => answer,
-            Err(DeliveryError::Transient {
-                reason,
-                message,
-                after,
-            }) => {
-                return Ok(Outcome::Retry {
-                    reason,
-                    message,
-                    after,
-                })
-            }
-            Err(err) => return Err(err),
+            .await?
+        {
+            Reply::Answer(answer) => answer,
+            Reply::Settled(outcome) => return Ok(outcome),
         };
-        if let Some(failure) = answer.failure() {
-            return failure;
-        }
         let reference = answer
             .body
             .get("id")

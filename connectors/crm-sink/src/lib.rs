@@ -12,7 +12,8 @@ use backbone_core::config::{ConfigError, Validate};
 use backbone_core::InputRecord;
 use backbone_schemas::types::{AccountHealthSnapshot, Destination};
 use backbone_sink::app::SinkApp;
-use backbone_sink::http::JsonApi;
+use backbone_sink::http::{JsonApi, Reply};
+use backbone_sink::settings::require_topic;
 use backbone_sink::{
     decode, iso_date, Accepted, Delivery, DeliveryError, DestinationSettings, Money, Outcome,
     Rejection, RetryReason, Sink, SinkContext,
@@ -44,12 +45,7 @@ impl Default for CrmSettings {
 
 impl Validate for CrmSettings {
     fn validate(&self) -> Result<(), ConfigError> {
-        if self.topic.is_empty() {
-            return Err(ConfigError::Invalid {
-                key: "sink.topic".to_owned(),
-                message: "must name a topic".to_owned(),
-            });
-        }
+        require_topic(&self.topic)?;
         if self.request_records == 0 || self.request_records > CRM_MAX_BATCH {
             return Err(ConfigError::Invalid {
                 key: "sink.request_records".to_owned(),
@@ -146,27 +142,14 @@ impl CrmSink {
         let request = BatchRequest {
             records: chunk.iter().map(|d| &d.payload).collect(),
         };
-        let answer = match self.api.post("/crm/v1/accounts/batch", &[], &request).await {
-            Ok(answer) => answer,
-            Err(DeliveryError::Transient {
-                reason,
-                message,
-                after,
-            }) => {
-                return Ok(vec![
-                    Outcome::Retry {
-                        reason,
-                        message,
-                        after
-                    };
-                    chunk.len()
-                ])
-            }
-            Err(err) => return Err(err),
+        let answer = match self
+            .api
+            .send("/crm/v1/accounts/batch", &[], &request)
+            .await?
+        {
+            Reply::Answer(answer) => answer,
+            Reply::Settled(outcome) => return Ok(vec![outcome; chunk.len()]),
         };
-        if let Some(failure) = answer.failure() {
-            return failure.map(|outcome| vec![outcome; chunk.len()]);
-        }
         let results = answer
             .body
             .get("results")

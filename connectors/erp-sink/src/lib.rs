@@ -20,7 +20,8 @@ use backbone_core::config::{ConfigError, Validate};
 use backbone_core::InputRecord;
 use backbone_schemas::types::{Amount, Destination, JournalBatch, LedgerPosting};
 use backbone_sink::app::SinkApp;
-use backbone_sink::http::JsonApi;
+use backbone_sink::http::{JsonApi, Reply};
+use backbone_sink::settings::require_topic;
 use backbone_sink::{
     decode, iso_date, Accepted, Delivery, DeliveryError, DeliveryLedger, DeliveryState,
     DestinationSettings, Money, Outcome, Rejection, RetryReason, Sink, SinkContext, Source,
@@ -65,9 +66,7 @@ impl Validate for ErpSettings {
                 message,
             })
         };
-        if self.topic.is_empty() {
-            return invalid("topic", "must name a topic".to_owned());
-        }
+        require_topic(&self.topic)?;
         if self.window < Duration::from_millis(100) {
             return invalid(
                 "window",
@@ -219,26 +218,12 @@ impl ErpSink {
         let request = JournalRequest::from_batch(batch);
         let answer = match self
             .api
-            .post("/erp/v1/journal-batches", &[], &request)
-            .await
+            .send("/erp/v1/journal-batches", &[], &request)
+            .await?
         {
-            Ok(answer) => answer,
-            Err(DeliveryError::Transient {
-                reason,
-                message,
-                after,
-            }) => {
-                return Ok(Outcome::Retry {
-                    reason,
-                    message,
-                    after,
-                })
-            }
-            Err(err) => return Err(err),
+            Reply::Answer(answer) => answer,
+            Reply::Settled(outcome) => return Ok(outcome),
         };
-        if let Some(failure) = answer.failure() {
-            return failure;
-        }
         Ok(posting_outcome(
             &answer.body,
             &answer.error_code(),

@@ -1,22 +1,18 @@
 //! The entry point every sink binary shares: flags, config, logs, signals, the metrics
 //! endpoint, then [`run`](crate::run).
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use backbone_core::app::SchemaRegistrySettings;
+use backbone_core::app::{SchemaRegistrySettings, ServiceArgs};
 use backbone_core::config::{self, ConfigError, Validate};
-use backbone_core::endpoint::{self, ObservabilitySettings};
+use backbone_core::endpoint::{ObservabilitySettings, RunningEndpoint};
 use backbone_core::metrics::RuntimeMetrics;
-use backbone_core::telemetry::{self, LogFormat};
+use backbone_core::telemetry;
 use backbone_core::KafkaSettings;
 use backbone_schemas::WireCodec;
-use clap::{CommandFactory, FromArgMatches, Parser};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 
 use crate::metrics::SinkMetrics;
 use crate::runner::{run, RunContext};
@@ -78,28 +74,11 @@ pub trait SinkApp: Sink + Sized {
     ) -> impl std::future::Future<Output = anyhow::Result<Self>> + Send;
 }
 
-#[derive(Debug, Parser)]
-struct Args {
-    /// TOML config file; every key may also be set as BACKBONE__<SECTION>__<KEY>.
-    #[arg(long, env = "BACKBONE_CONFIG")]
-    config: Option<PathBuf>,
-    /// Log line format: text or json.
-    #[arg(long, default_value = "text")]
-    log_format: LogFormat,
-    /// Load and validate the config, print the effective config (secrets hidden), and exit.
-    #[arg(long, alias = "check-config")]
-    print_config: bool,
-}
-
 /// Parses flags, loads config, runs the sink until SIGINT or SIGTERM, and maps the outcome to
 /// an exit code: 0 after a graceful stop, 2 for bad config, 1 for any other failure (a
 /// refused credential among them).
 pub async fn serve<A: SinkApp>() -> ExitCode {
-    let command = Args::command().name(A::NAME).about(A::ABOUT);
-    let args = match Args::from_arg_matches(&command.get_matches()) {
-        Ok(args) => args,
-        Err(err) => err.exit(),
-    };
+    let args = ServiceArgs::parse_for(A::NAME, A::ABOUT);
     let config: SinkConfig<A::Settings> = match config::load(args.config.as_deref())
         .and_then(|c: SinkConfig<A::Settings>| c.destination.require_scheme(A::SCHEMES).map(|()| c))
     {
@@ -123,17 +102,6 @@ pub async fn serve<A: SinkApp>() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let listener = match TcpListener::bind(config.observability.listen).await {
-        Ok(listener) => listener,
-        Err(err) => {
-            eprintln!(
-                "{}: config key `observability.listen`: cannot listen on {}: {err}",
-                A::NAME,
-                config.observability.listen
-            );
-            return ExitCode::from(2);
-        }
-    };
     let sink = match A::build(config.sink, &config.destination).await {
         Ok(sink) => sink,
         Err(err) => {
@@ -148,15 +116,20 @@ pub async fn serve<A: SinkApp>() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let (endpoint_stop, endpoint_stopped) = oneshot::channel::<()>();
-    let endpoint = tokio::spawn(endpoint::serve(
-        listener,
+    let endpoint = match RunningEndpoint::start(
+        "observability.listen",
+        config.observability.listen,
         registry,
         metrics.readiness(),
-        async {
-            let _ = endpoint_stopped.await;
-        },
-    ));
+    )
+    .await
+    {
+        Ok(endpoint) => endpoint,
+        Err(err) => {
+            eprintln!("{}: {err}", A::NAME);
+            return ExitCode::from(2);
+        }
+    };
     let context = RunContext {
         kafka: &config.kafka,
         settings: &config.runtime,
@@ -166,8 +139,7 @@ pub async fn serve<A: SinkApp>() -> ExitCode {
         sink_metrics,
     };
     let result = run(sink, context, stop).await;
-    let _ = endpoint_stop.send(());
-    let _ = endpoint.await;
+    endpoint.stop().await;
     match result {
         Ok(_) => ExitCode::SUCCESS,
         Err(err) => {

@@ -149,6 +149,47 @@ impl JsonApi {
     }
 }
 
+/// What became of a request: a success answer for the caller to read, or an outcome already
+/// known from the transport or the status.
+#[derive(Debug)]
+pub enum Reply {
+    /// A 2xx answer; what it means depends on the API.
+    Answer(Answer),
+    /// Settled without reading the body: a retry (no answer, throttled, 5xx) or a rejection.
+    Settled(Outcome),
+}
+
+impl JsonApi {
+    /// [`post`](Self::post), then sorted: a transport failure becomes a retry, a failure status
+    /// its outcome, a refused credential the error that stops the sink.
+    pub async fn send<B: Serialize + ?Sized>(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &B,
+    ) -> Result<Reply, DeliveryError> {
+        let answer = match self.post(path, headers, body).await {
+            Ok(answer) => answer,
+            Err(DeliveryError::Transient {
+                reason,
+                message,
+                after,
+            }) => {
+                return Ok(Reply::Settled(Outcome::Retry {
+                    reason,
+                    message,
+                    after,
+                }))
+            }
+            Err(err) => return Err(err),
+        };
+        match answer.failure() {
+            Some(failure) => failure.map(Reply::Settled),
+            None => Ok(Reply::Answer(answer)),
+        }
+    }
+}
+
 fn transport_error(err: reqwest::Error) -> DeliveryError {
     let reason = if err.is_timeout() {
         RetryReason::Timeout

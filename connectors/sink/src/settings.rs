@@ -138,6 +138,17 @@ impl Validate for SinkSettings {
     }
 }
 
+/// Checks the `[sink] topic` key names a topic.
+pub fn require_topic(topic: &str) -> Result<(), ConfigError> {
+    if topic.is_empty() {
+        return Err(ConfigError::Invalid {
+            key: "sink.topic".to_owned(),
+            message: "must name a topic".to_owned(),
+        });
+    }
+    Ok(())
+}
+
 /// A credential: never printed, never logged.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(String);
