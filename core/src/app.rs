@@ -112,6 +112,46 @@ impl ServiceArgs {
             Err(err) => err.exit(),
         }
     }
+
+    /// Loads and validates the config of service `name` and, unless `--print-config` asked
+    /// for the config to be printed only, installs logging. `Err` is the exit code to leave
+    /// with: 2 for bad config (the message names the key), 0 after printing.
+    pub fn start<T>(
+        &self,
+        name: &str,
+        check: impl FnOnce(&T) -> Result<(), ConfigError>,
+    ) -> Result<T, ExitCode>
+    where
+        T: DeserializeOwned + Validate + std::fmt::Debug,
+    {
+        let config: T =
+            match config::load(self.config.as_deref()).and_then(|c| check(&c).map(|()| c)) {
+                Ok(config) => config,
+                Err(err) => {
+                    eprintln!("{name}: {err}");
+                    return Err(ExitCode::from(2));
+                }
+            };
+        if self.print_config {
+            println!("{config:#?}");
+            return Err(ExitCode::SUCCESS);
+        }
+        telemetry::init(self.log_format);
+        Ok(config)
+    }
+
+    /// The runtime's metrics for service `name` on `registry`; `Err` is the exit code.
+    pub fn metrics(
+        name: &str,
+        registry: &prometheus::Registry,
+    ) -> Result<Arc<RuntimeMetrics>, ExitCode> {
+        RuntimeMetrics::new(registry, name)
+            .map(Arc::new)
+            .map_err(|err| {
+                eprintln!("{name}: metrics: {err}");
+                ExitCode::FAILURE
+            })
+    }
 }
 
 /// Parses flags, loads config, runs the processor until SIGINT or SIGTERM, and maps the
@@ -121,27 +161,16 @@ where
     A::Settings: std::fmt::Debug,
 {
     let args = ServiceArgs::parse_for(A::NAME, A::ABOUT);
-    let config: ProcessorConfig<A::Settings> = match config::load(args.config.as_deref()) {
+    let config: ProcessorConfig<A::Settings> = match args.start(A::NAME, |_| Ok(())) {
         Ok(config) => config,
-        Err(err) => {
-            eprintln!("{}: {err}", A::NAME);
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    if args.print_config {
-        println!("{config:#?}");
-        return ExitCode::SUCCESS;
-    }
-    telemetry::init(args.log_format);
     // Installed before anything slow, so that a SIGTERM during start-up stops gracefully.
     let stop = crate::shutdown::signal();
     let registry = prometheus::Registry::new();
-    let metrics = match RuntimeMetrics::new(&registry, A::NAME) {
-        Ok(metrics) => Arc::new(metrics),
-        Err(err) => {
-            eprintln!("{}: metrics: {err}", A::NAME);
-            return ExitCode::FAILURE;
-        }
+    let metrics = match ServiceArgs::metrics(A::NAME, &registry) {
+        Ok(metrics) => metrics,
+        Err(code) => return code,
     };
     let endpoint = match RunningEndpoint::start(
         "observability.listen",

@@ -16,8 +16,8 @@ use backbone_schemas::types::{AnalyticsFact, Destination};
 use backbone_sink::app::SinkApp;
 use backbone_sink::settings::require_topic;
 use backbone_sink::{
-    decode, Accepted, Delivery, DeliveryError, DestinationSettings, Money, Outcome, Rejection,
-    RetryReason, Sink, SinkContext,
+    decode, require_key, Accepted, Delivery, DeliveryError, DestinationSettings, Money, Outcome,
+    Rejection, RetryReason, Sink, SinkContext,
 };
 use serde::Deserialize;
 use tokio::sync::Mutex;
@@ -224,27 +224,18 @@ impl Sink for AnalyticsSink {
         context: &SinkContext<'_>,
     ) -> Result<Accepted<FactRow>, Rejection> {
         let fact: AnalyticsFact = decode(record, context.codec)?;
-        if fact.fact_id.is_empty() {
-            return Err(Rejection::new(
-                "missing_idempotency_key",
-                format!(
-                    "{}[{}]@{}: fact_id is empty",
-                    record.topic, record.partition, record.offset
-                ),
-            ));
-        }
+        require_key(record, "fact_id", &fact.fact_id)?;
         let money = fact
             .amount
             .zip(fact.currency.clone())
             .map(|(amount, currency)| Money { amount, currency });
         // A revision of a fact is its own delivery: the key names the revision.
-        let key = format!("{}@{}", fact.fact_id, fact.source_revision);
-        Ok(Accepted::Deliver(vec![Delivery::new(
-            key,
+        Ok(Accepted::one(
+            format!("{}@{}", fact.fact_id, fact.source_revision),
             fact.metadata.tenant_id.clone(),
             FactRow::from_fact(&fact),
-        )
-        .with_money(money)]))
+            money,
+        ))
     }
 
     async fn deliver(&self, batch: &[&Delivery<FactRow>]) -> Result<Vec<Outcome>, DeliveryError> {

@@ -11,8 +11,8 @@ use backbone_sink::app::SinkApp;
 use backbone_sink::http::{JsonApi, Reply};
 use backbone_sink::settings::require_topic;
 use backbone_sink::{
-    decode, iso_date, Accepted, Delivery, DeliveryError, DestinationSettings, Money, Outcome,
-    Rejection, Sink, SinkContext,
+    decode, iso_date, require_key, Accepted, Delivery, DeliveryError, DestinationSettings, Money,
+    Outcome, Rejection, Sink, SinkContext,
 };
 use futures::future::join_all;
 use serde::{Deserialize, Serialize};
@@ -158,25 +158,17 @@ impl Sink for BillingSink {
         context: &SinkContext<'_>,
     ) -> Result<Accepted<ChargeRequest>, Rejection> {
         let charge: BillingCharge = decode(record, context.codec)?;
-        if charge.rating_id.is_empty() {
-            return Err(Rejection::new(
-                "missing_idempotency_key",
-                format!(
-                    "{}[{}]@{}: rating_id is empty",
-                    record.topic, record.partition, record.offset
-                ),
-            ));
-        }
+        require_key(record, "rating_id", &charge.rating_id)?;
         let money = Money {
             amount: charge.amount,
             currency: charge.currency.clone(),
         };
-        Ok(Accepted::Deliver(vec![Delivery::new(
+        Ok(Accepted::one(
             charge.rating_id.clone(),
             charge.metadata.tenant_id.clone(),
             ChargeRequest::from_charge(&charge),
-        )
-        .with_money(Some(money))]))
+            Some(money),
+        ))
     }
 
     async fn deliver(

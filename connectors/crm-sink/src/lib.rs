@@ -15,8 +15,8 @@ use backbone_sink::app::SinkApp;
 use backbone_sink::http::{JsonApi, Reply};
 use backbone_sink::settings::require_topic;
 use backbone_sink::{
-    decode, iso_date, Accepted, Delivery, DeliveryError, DestinationSettings, Money, Outcome,
-    Rejection, RetryReason, Sink, SinkContext,
+    decode, iso_date, require_key, Accepted, Delivery, DeliveryError, DestinationSettings, Money,
+    Outcome, Rejection, RetryReason, Sink, SinkContext,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -219,25 +219,18 @@ impl Sink for CrmSink {
         context: &SinkContext<'_>,
     ) -> Result<Accepted<AccountUpsert>, Rejection> {
         let snapshot: AccountHealthSnapshot = decode(record, context.codec)?;
-        if snapshot.customer_id.is_empty() {
-            return Err(Rejection::new(
-                "missing_customer",
-                format!(
-                    "{}[{}]@{}: customer_id is empty",
-                    record.topic, record.partition, record.offset
-                ),
-            ));
-        }
+        // The customer makes the CRM's external id, which the upsert is idempotent on.
+        require_key(record, "customer_id", &snapshot.customer_id)?;
         let money = Money {
             amount: snapshot.period_to_date_amount,
             currency: snapshot.currency.clone(),
         };
-        Ok(Accepted::Deliver(vec![Delivery::new(
+        Ok(Accepted::one(
             snapshot.snapshot_id.clone(),
             snapshot.metadata.tenant_id.clone(),
             AccountUpsert::from_snapshot(&snapshot),
-        )
-        .with_money(Some(money))]))
+            Some(money),
+        ))
     }
 
     async fn deliver(

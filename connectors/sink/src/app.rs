@@ -5,10 +5,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use backbone_core::app::{SchemaRegistrySettings, ServiceArgs};
-use backbone_core::config::{self, ConfigError, Validate};
+use backbone_core::config::{ConfigError, Validate};
 use backbone_core::endpoint::{ObservabilitySettings, RunningEndpoint};
-use backbone_core::metrics::RuntimeMetrics;
-use backbone_core::telemetry;
 use backbone_core::KafkaSettings;
 use backbone_schemas::WireCodec;
 use serde::de::DeserializeOwned;
@@ -79,28 +77,18 @@ pub trait SinkApp: Sink + Sized {
 /// refused credential among them).
 pub async fn serve<A: SinkApp>() -> ExitCode {
     let args = ServiceArgs::parse_for(A::NAME, A::ABOUT);
-    let config: SinkConfig<A::Settings> = match config::load(args.config.as_deref())
-        .and_then(|c: SinkConfig<A::Settings>| c.destination.require_scheme(A::SCHEMES).map(|()| c))
-    {
+    let config: SinkConfig<A::Settings> = match args
+        .start(A::NAME, |c: &SinkConfig<A::Settings>| {
+            c.destination.require_scheme(A::SCHEMES)
+        }) {
         Ok(config) => config,
-        Err(err) => {
-            eprintln!("{}: {err}", A::NAME);
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    if args.print_config {
-        println!("{config:#?}");
-        return ExitCode::SUCCESS;
-    }
-    telemetry::init(args.log_format);
     let stop = backbone_core::shutdown::signal();
     let registry = prometheus::Registry::new();
-    let metrics = match RuntimeMetrics::new(&registry, A::NAME) {
-        Ok(metrics) => Arc::new(metrics),
-        Err(err) => {
-            eprintln!("{}: metrics: {err}", A::NAME);
-            return ExitCode::FAILURE;
-        }
+    let metrics = match ServiceArgs::metrics(A::NAME, &registry) {
+        Ok(metrics) => metrics,
+        Err(code) => return code,
     };
     let sink = match A::build(config.sink, &config.destination).await {
         Ok(sink) => sink,

@@ -116,6 +116,35 @@ pub enum Accepted<P> {
     },
 }
 
+impl<P> Accepted<P> {
+    /// One delivery of `payload` under `key`, carrying `money`.
+    pub fn one(
+        key: impl Into<String>,
+        tenant_id: impl Into<String>,
+        payload: P,
+        money: Option<Money>,
+    ) -> Self {
+        Self::Deliver(vec![
+            Delivery::new(key, tenant_id, payload).with_money(money)
+        ])
+    }
+}
+
+/// Rejects `record` when the field `field` it is delivered under, `value`, is empty: without
+/// a key the destination cannot recognise a resend.
+pub fn require_key(record: &InputRecord<'_>, field: &str, value: &str) -> Result<(), Rejection> {
+    if value.is_empty() {
+        return Err(Rejection::new(
+            "missing_idempotency_key",
+            format!(
+                "{}[{}]@{}: {field} is empty",
+                record.topic, record.partition, record.offset
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// An input record the sink cannot turn into a delivery: it is dead-lettered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{reason}: {detail}")]
