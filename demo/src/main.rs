@@ -552,6 +552,12 @@ async fn main() -> Result<()> {
         "  ERP journal files (CSV outbox): {}",
         args.outbox_dir.display()
     );
+    println!(
+        "  metrics: every process serves /metrics (its log names the address); lag: `monitor`, drift gauges: `drift serve`"
+    );
+    println!(
+        "  dashboards: `docker compose up` runs the stack with Prometheus on http://127.0.0.1:9090 and Grafana on http://127.0.0.1:3000 (deploy/, docs/observability.md)"
+    );
     println!("\nevery record accounted for, every charge once, totals as expected in billing, ERP, CRM and analytics: OK");
     Ok(())
 }
