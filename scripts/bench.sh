@@ -22,3 +22,4 @@ cargo build --workspace --bins --quiet
 cargo bench -p backbone-core --bench passthrough
 cargo bench -p backbone-e2e --bench stages
 cargo bench -p backbone-e2e --bench latency
+cargo bench -p backbone-replay --bench replay
