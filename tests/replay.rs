@@ -1215,6 +1215,20 @@ async fn errors_name_their_input_and_exit_non_zero() {
 
     let to = format!("{base}.to");
     create_topic(&shared_settings(), &to, 1).await.expect("to");
+    let plain = format!("{base}.plain");
+    create_topic(&shared_settings(), &plain, 1)
+        .await
+        .expect("plain");
+    produce(&shared_settings(), &plain, &[TestRecord::new("k", "v")])
+        .await
+        .expect("a plain record");
+    let err = replay(&["run", &plain]).await.failed(1);
+    assert!(
+        err.contains(&format!(
+            "none of the 1 selected records of `{plain}` has a backbone.origin.topic header"
+        )) && err.contains("--to"),
+        "{err}"
+    );
     let err = replay(&[
         "run",
         &dlq_topic,

@@ -73,6 +73,16 @@ pub enum ReplayError {
         /// The filters, as given.
         filters: String,
     },
+    /// A replay without `--to` found no record saying where it came from.
+    #[error(
+        "none of the {count} selected records of `{topic}` has a backbone.origin.topic header, so none can go back where it came from; is it a dead-letter topic? To send them elsewhere, name a destination with --to"
+    )]
+    NotDeadLetters {
+        /// The topic read.
+        topic: String,
+        /// How many records were selected.
+        count: u64,
+    },
     /// `dlq show` was pointed at an offset that holds no record.
     #[error("no record of `{topic}` at partition {partition} offsets {offsets} (the partition holds {low}..{high})")]
     NoSuchRecord {

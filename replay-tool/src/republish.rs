@@ -917,6 +917,17 @@ async fn replay_records(
             });
         }
     }
+    // Nothing had an origin to go back to: not a dead-letter topic, most likely.
+    if replay.summary.without_origin > 0
+        && replay.checkpoint.sent == 0
+        && replay.summary.sent == 0
+        && replay.summary.would_fail == 0
+    {
+        return Err(ReplayError::NotDeadLetters {
+            topic: replay.checkpoint.spec.source.clone(),
+            count: replay.summary.without_origin,
+        });
+    }
     Ok(())
 }
 
