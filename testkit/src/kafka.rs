@@ -132,6 +132,28 @@ pub async fn produce(
     Ok(())
 }
 
+/// Produces a tombstone, a record with `key` and no value, to `topic` (on `partition`, or by
+/// key hash) and waits for its acknowledgement.
+pub async fn produce_tombstone(
+    settings: &KafkaSettings,
+    topic: &str,
+    key: &[u8],
+    partition: Option<i32>,
+) -> Result<(), TestkitError> {
+    let producer: FutureProducer = settings.producer_config().create()?;
+    let mut record = FutureRecord::<[u8], [u8]>::to(topic).key(key);
+    if let Some(partition) = partition {
+        record = record.partition(partition);
+    }
+    producer
+        .send_result(record)
+        .map_err(|(err, _)| err)?
+        .await
+        .map_err(|_| rdkafka::error::KafkaError::Canceled)?
+        .map_err(|(err, _)| err)?;
+    Ok(())
+}
+
 /// A record read back from a topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumedRecord {

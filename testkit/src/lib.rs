@@ -16,7 +16,7 @@ pub use broker::TxnBroker;
 pub use forward::Forward;
 pub use kafka::{
     committed_offsets, consume_until, consume_while, create_topic, end_offsets_total, produce,
-    shared_settings, unique_group, unique_topic, ConsumedRecord, TestRecord,
+    produce_tombstone, shared_settings, unique_group, unique_topic, ConsumedRecord, TestRecord,
 };
 pub use process::ChildProcess;
 pub use running::RunningProcessor;
