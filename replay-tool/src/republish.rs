@@ -512,6 +512,8 @@ pub async fn run(
     if resumed {
         // The topics must still be there.
         ctx.describe(&checkpoint.spec.source, "source").await?;
+        // Whoever resumes it is who republishes from here on, in headers and audit.
+        checkpoint.operator.clone_from(&options.operator);
     }
     if let Some(to) = &checkpoint.spec.destination {
         ctx.describe(to, "destination").await?;
