@@ -258,7 +258,8 @@ impl UsageRater {
                 "too_late",
                 format!(
                     "event time is {} days before the record's, beyond the {:?} window",
-                    (now - occurred_at) / DAY_MICROS,
+                    // Saturating: an event time near i64::MIN is bad input, not a crash.
+                    now.saturating_sub(occurred_at) / DAY_MICROS,
                     self.settings.late_window
                 ),
             ));
@@ -268,7 +269,7 @@ impl UsageRater {
                 "in_future",
                 format!(
                     "event time is {} s after the record's, beyond the {:?} allowed",
-                    (occurred_at - now) / 1_000_000,
+                    occurred_at.saturating_sub(now) / 1_000_000,
                     self.settings.future_window
                 ),
             ));

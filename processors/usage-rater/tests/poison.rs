@@ -1,0 +1,238 @@
+//! Bad enriched usage on the real broker and registry, beside `rating.rs`: each input the
+//! rater cannot rate is dead-lettered under its reason (a tombstone, another contract's frame,
+//! an event time in the future or at the end of time's range, a rate card in another currency
+//! than the subscription, a quantity whose price exceeds the amount's precision), and a valid
+//! event among them is rated. See docs/bad-inputs.md.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use backbone_core::RuntimeSettings;
+use backbone_rating::days_from_civil;
+use backbone_registry::{LocalRegistry, RegistryConfig};
+use backbone_schemas::types::{
+    ChargeModel, EnrichedUsage, EventMetadata, MeterAggregation, PriceTier, RateCard, RateCharge,
+    TraceContext, UsageEvent,
+};
+use backbone_schemas::WireCodec;
+use backbone_testkit::{
+    consume_until, create_topic, produce, produce_tombstone, shared_settings, unique_group,
+    unique_topic, RunningProcessor, TestRecord,
+};
+use backbone_usage_rater::{RaterSettings, UsageRater};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+const HOUR: i64 = 3_600_000_000;
+
+fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .expect("clock")
+}
+
+fn metadata(event_id: &str, occurred_at: i64) -> EventMetadata {
+    EventMetadata {
+        tenant_id: "acme".into(),
+        event_id: event_id.into(),
+        source: "api".into(),
+        r#type: "backbone.usage.recorded".into(),
+        occurred_at,
+        produced_at: occurred_at,
+        trace: TraceContext {
+            traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+            tracestate: None,
+        },
+        schema_version: None,
+    }
+}
+
+/// Stripe's Typographic tiers, graduated: 1-5 at 7, 6-10 at 6.50, then 6
+/// (<https://docs.stripe.com/subscriptions/pricing-models/tiered-pricing>).
+fn rate_card() -> RateCard {
+    let tier = |up_to: Option<&str>, price: &str| PriceTier {
+        up_to: up_to.map(|u| u.parse().expect("bound")),
+        unit_price: price.parse().expect("price"),
+        flat_fee: None,
+    };
+    RateCard {
+        metadata: metadata("card-pro-1", now_micros()),
+        plan_id: "pro".into(),
+        version: 1,
+        name: "Pro".into(),
+        currency: "USD".into(),
+        effective_from: 0,
+        effective_to: None,
+        charges: vec![RateCharge {
+            charge_id: "fonts".into(),
+            name: "Fonts".into(),
+            meter_id: "fonts".into(),
+            aggregation: MeterAggregation::Sum,
+            charge_model: ChargeModel::Graduated,
+            flat_amount: None,
+            unit_price: None,
+            package_size: None,
+            percentage: None,
+            free_units: None,
+            minimum_spend: None,
+            maximum_spend: None,
+            tiers: vec![
+                tier(Some("5"), "7"),
+                tier(Some("10"), "6.5"),
+                tier(None, "6"),
+            ],
+            group_by: Vec::new(),
+        }],
+    }
+}
+
+fn enriched(
+    subscription: &str,
+    plan: &str,
+    meter: &str,
+    event_id: &str,
+    quantity: &str,
+    occurred_at: i64,
+) -> EnrichedUsage {
+    let usage = UsageEvent {
+        metadata: metadata(event_id, occurred_at),
+        customer_id: format!("cust-{subscription}"),
+        subscription_id: Some(subscription.into()),
+        meter_id: meter.into(),
+        quantity: quantity.parse().expect("quantity"),
+        unit: "font".into(),
+        dimensions: None,
+        unique_value: None,
+    };
+    EnrichedUsage {
+        metadata: EventMetadata {
+            source: "enricher".into(),
+            ..metadata(event_id, occurred_at)
+        },
+        usage,
+        subscription_id: subscription.into(),
+        plan_id: plan.into(),
+        rate_card_version: 1,
+        legal_entity_id: "acme-us".into(),
+        currency: "USD".into(),
+        billing_period_start: days_from_civil(2026, 11, 1),
+        billing_period_end: days_from_civil(2026, 12, 1),
+    }
+}
+
+#[tokio::test]
+async fn each_kind_of_bad_enriched_usage_is_dead_lettered_under_its_reason() {
+    let kafka = shared_settings();
+    let registry = LocalRegistry::start(&RegistryConfig::ephemeral(
+        kafka.clone(),
+        &unique_topic("schemas"),
+    ))
+    .await
+    .expect("registry");
+    let codec = WireCodec::new(registry.url());
+    let settings = RaterSettings {
+        input_topic: unique_topic("usage.enriched"),
+        rate_cards_topic: unique_topic("master.rate-cards"),
+        output_topic: unique_topic("usage.rated"),
+        aggregates_topic: unique_topic("usage.window-aggregates"),
+        ..RaterSettings::default()
+    };
+    create_topic(&kafka, &settings.input_topic, 1)
+        .await
+        .expect("input topic");
+    create_topic(&kafka, &settings.rate_cards_topic, 1)
+        .await
+        .expect("rate card topic");
+    let card = codec
+        .encode_contract(
+            &format!("{}-value", settings.rate_cards_topic),
+            &rate_card(),
+        )
+        .await
+        .expect("encode card");
+    produce(
+        &kafka,
+        &settings.rate_cards_topic,
+        &[TestRecord::new("acme:pro", card.clone())],
+    )
+    .await
+    .expect("rate card");
+
+    let now = now_micros();
+    let subject = format!("{}-value", settings.input_topic);
+    produce_tombstone(&kafka, &settings.input_topic, b"acme:sub-1", Some(0))
+        .await
+        .expect("tombstone");
+    let mut expected = BTreeMap::from([(0, "missing_value".to_owned())]);
+    let mut records = vec![TestRecord::new("acme:sub-1", card)];
+    expected.insert(1, "contract_violation".to_owned());
+    let future = enriched("sub-1", "pro", "fonts", "future", "1", now + 2 * HOUR);
+    let mut other_currency = enriched("sub-1", "pro", "fonts", "eur", "1", now - HOUR);
+    other_currency.currency = "EUR".into();
+    let end_of_time = enriched("sub-1", "pro", "fonts", "min", "1", i64::MIN);
+    // The largest quantity the contract holds, priced at 6 per unit: more than the 12 whole
+    // digits of an amount.
+    let absurd = enriched(
+        "sub-1",
+        "pro",
+        "fonts",
+        "absurd",
+        "999999999999999.999999999",
+        now - HOUR,
+    );
+    let valid = enriched("sub-1", "pro", "fonts", "valid", "2", now - HOUR);
+    for (event, reason) in [
+        (future, Some("in_future")),
+        (other_currency, Some("currency_mismatch")),
+        (end_of_time, Some("too_late")),
+        (absurd, Some("rating_error")),
+        (valid, None),
+    ] {
+        let offset = records.len() as i64 + 1;
+        if let Some(reason) = reason {
+            expected.insert(offset, reason.to_owned());
+        }
+        let bytes = codec
+            .encode_contract(&subject, &event)
+            .await
+            .expect("encode");
+        records.push(TestRecord::new("acme:sub-1", bytes));
+    }
+    produce(&kafka, &settings.input_topic, &records)
+        .await
+        .expect("events");
+
+    let group = unique_group("usage-rater-poison");
+    let mut runtime = RuntimeSettings {
+        group_id: Some(group.clone()),
+        topic_partitions: 1,
+        ..RuntimeSettings::default()
+    };
+    runtime.state.dir = std::env::temp_dir().join("backbone-state").join(&group);
+    let output = settings.output_topic.clone();
+    let dlq = format!("{}.dlq", settings.input_topic);
+    let rater = RunningProcessor::start(UsageRater::new(settings, codec.clone()), &kafka, runtime);
+    let dead = consume_until(&kafka, &dlq, expected.len(), DEADLINE)
+        .await
+        .expect("dead letters");
+    let rated = consume_until(&kafka, &output, 1, DEADLINE)
+        .await
+        .expect("the valid event rated");
+    rater.stop(DEADLINE).await;
+
+    let reasons: BTreeMap<i64, String> = dead
+        .iter()
+        .map(|letter| {
+            let offset = letter
+                .header("backbone.origin.offset")
+                .and_then(|o| o.parse().ok())
+                .expect("origin offset");
+            (
+                offset,
+                letter.header("backbone.dlq.reason").expect("reason"),
+            )
+        })
+        .collect();
+    assert_eq!(reasons, expected);
+    assert_eq!(rated.len(), 1, "only the valid event is rated");
+}
