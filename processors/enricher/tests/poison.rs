@@ -1,0 +1,249 @@
+//! Bad inputs of the enricher on the real broker and registry, beside `park.rs`: an account
+//! without its key and one that is not wire format go to the accounts topic's DLQ; usage naming
+//! another customer's subscription, usage naming none, and a usage tombstone go to the usage
+//! topic's DLQ; a valid event among them is enriched. See docs/bad-inputs.md.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use backbone_core::RuntimeSettings;
+use backbone_enricher::{Enricher, EnricherSettings};
+use backbone_rating::days_from_civil;
+use backbone_registry::{LocalRegistry, RegistryConfig};
+use backbone_schemas::types::{
+    AccountStatus, BillingInterval, Contract, CustomerAccount, EnrichedUsage, EventMetadata,
+    Subscription, SubscriptionStatus, TraceContext, UsageEvent,
+};
+use backbone_schemas::WireCodec;
+use backbone_testkit::{
+    consume_until, create_topic, produce, produce_tombstone, shared_settings, unique_group,
+    unique_topic, ConsumedRecord, RunningProcessor, TestRecord,
+};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .expect("clock")
+}
+
+fn metadata(event_id: &str) -> EventMetadata {
+    EventMetadata {
+        tenant_id: "acme".into(),
+        event_id: event_id.into(),
+        source: "api".into(),
+        r#type: "backbone.usage.recorded".into(),
+        occurred_at: now_micros(),
+        produced_at: now_micros(),
+        trace: TraceContext {
+            traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+            tracestate: None,
+        },
+        schema_version: None,
+    }
+}
+
+fn account(customer: &str) -> CustomerAccount {
+    CustomerAccount {
+        metadata: metadata(&format!("account-{customer}")),
+        customer_id: customer.into(),
+        name: format!("Customer {customer}"),
+        status: AccountStatus::Active,
+        currency: "EUR".into(),
+        legal_entity_id: "acme-de".into(),
+        country_code: "DE".into(),
+        billing_contact_name: None,
+        billing_email: None,
+        billing_address: None,
+        tax_id: None,
+        crm_account_id: None,
+        erp_customer_id: None,
+    }
+}
+
+fn subscription(id: &str, customer: &str) -> Subscription {
+    Subscription {
+        metadata: metadata(&format!("subscription-{id}")),
+        subscription_id: id.into(),
+        customer_id: customer.into(),
+        plan_id: "pro".into(),
+        status: SubscriptionStatus::Active,
+        currency: "EUR".into(),
+        legal_entity_id: "acme-de".into(),
+        billing_interval: BillingInterval::Monthly,
+        billing_anchor_day: 1,
+        current_period_start: days_from_civil(2026, 11, 1),
+        current_period_end: days_from_civil(2026, 12, 1),
+        started_at: 0,
+        ends_at: None,
+        trial_ends_at: None,
+    }
+}
+
+fn usage(event_id: &str, customer: &str, subscription: &str) -> UsageEvent {
+    UsageEvent {
+        metadata: metadata(event_id),
+        customer_id: customer.into(),
+        subscription_id: Some(subscription.into()),
+        meter_id: "fonts".into(),
+        quantity: "1".parse().expect("quantity"),
+        unit: "font".into(),
+        dimensions: None,
+        unique_value: None,
+    }
+}
+
+/// Dead-letter reasons by origin offset.
+fn reasons(letters: &[ConsumedRecord]) -> BTreeMap<i64, String> {
+    letters
+        .iter()
+        .map(|letter| {
+            let offset = letter
+                .header("backbone.origin.offset")
+                .and_then(|o| o.parse().ok())
+                .expect("origin offset");
+            (
+                offset,
+                letter.header("backbone.dlq.reason").expect("reason"),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn bad_master_data_and_usage_are_dead_lettered_under_their_reasons() {
+    let kafka = shared_settings();
+    let registry = LocalRegistry::start(&RegistryConfig::ephemeral(
+        kafka.clone(),
+        &unique_topic("schemas"),
+    ))
+    .await
+    .expect("registry");
+    let codec = WireCodec::new(registry.url());
+    let settings = EnricherSettings {
+        usage_topic: unique_topic("usage.validated"),
+        accounts_topic: unique_topic("master.customer-accounts"),
+        subscriptions_topic: unique_topic("master.subscriptions"),
+        rate_cards_topic: unique_topic("master.rate-cards"),
+        output_topic: unique_topic("usage.enriched"),
+        park_timeout: Duration::from_secs(3600),
+    };
+    for topic in [
+        &settings.usage_topic,
+        &settings.accounts_topic,
+        &settings.subscriptions_topic,
+        &settings.rate_cards_topic,
+    ] {
+        create_topic(&kafka, topic, 1).await.expect("topic");
+    }
+    let encode = |topic: &str| format!("{topic}-value");
+    let mut subscriptions = Vec::new();
+    for (id, customer) in [("sub-1", "c-1"), ("sub-2", "c-2")] {
+        let bytes = codec
+            .encode_contract(
+                &encode(&settings.subscriptions_topic),
+                &subscription(id, customer),
+            )
+            .await
+            .expect("encode");
+        subscriptions.push(TestRecord::new(format!("acme:{id}"), bytes));
+    }
+    produce(&kafka, &settings.subscriptions_topic, &subscriptions)
+        .await
+        .expect("subscriptions");
+    // Accounts: c-1's, then one without a key (offset 1), then one that is not Avro (2).
+    let account_bytes = codec
+        .encode_contract(&encode(&settings.accounts_topic), &account("c-1"))
+        .await
+        .expect("encode");
+    let accounts = [
+        TestRecord::new("acme:c-1", account_bytes.clone()),
+        TestRecord {
+            key: None,
+            ..TestRecord::new("", account_bytes)
+        },
+        TestRecord::new("acme:c-3", &b"{\"customer_id\":\"c-3\"}"[..]),
+    ];
+    produce(&kafka, &settings.accounts_topic, &accounts)
+        .await
+        .expect("accounts");
+    let accounts_expected = BTreeMap::from([
+        (1, "missing_key".to_owned()),
+        (2, "wrong_magic_byte".to_owned()),
+    ]);
+
+    // Usage: a tombstone (0), c-1's event naming c-2's subscription (1), c-1's event naming
+    // none (2), then a valid event (3).
+    produce_tombstone(&kafka, &settings.usage_topic, b"acme:c-1", Some(0))
+        .await
+        .expect("tombstone");
+    let mut naming_none = usage("no-subscription", "c-1", "sub-1");
+    naming_none.subscription_id = None;
+    let mut usage_records = Vec::new();
+    for event in [
+        usage("other-customers", "c-1", "sub-2"),
+        naming_none,
+        usage("valid", "c-1", "sub-1"),
+    ] {
+        let bytes = codec
+            .encode_contract(&encode(&settings.usage_topic), &event)
+            .await
+            .expect("encode");
+        usage_records.push(TestRecord::new("acme:c-1", bytes));
+    }
+    produce(&kafka, &settings.usage_topic, &usage_records)
+        .await
+        .expect("usage");
+    let usage_expected = BTreeMap::from([
+        (0, "missing_value".to_owned()),
+        (1, "subscription_mismatch".to_owned()),
+        (2, "unknown_subscription".to_owned()),
+    ]);
+
+    let group = unique_group("enricher-poison");
+    let mut runtime = RuntimeSettings {
+        group_id: Some(group.clone()),
+        topic_partitions: 1,
+        ..RuntimeSettings::default()
+    };
+    runtime.state.dir = std::env::temp_dir().join("backbone-state").join(&group);
+    let enricher = RunningProcessor::start(
+        Enricher::new(settings.clone(), codec.clone()),
+        &kafka,
+        runtime,
+    );
+    let usage_dead = consume_until(
+        &kafka,
+        &format!("{}.dlq", settings.usage_topic),
+        usage_expected.len(),
+        DEADLINE,
+    )
+    .await
+    .expect("usage dead letters");
+    let accounts_dead = consume_until(
+        &kafka,
+        &format!("{}.dlq", settings.accounts_topic),
+        accounts_expected.len(),
+        DEADLINE,
+    )
+    .await
+    .expect("account dead letters");
+    let enriched = consume_until(&kafka, &settings.output_topic, 1, DEADLINE)
+        .await
+        .expect("the valid event enriched");
+    enricher.stop(DEADLINE).await;
+
+    assert_eq!(reasons(&usage_dead), usage_expected);
+    assert_eq!(reasons(&accounts_dead), accounts_expected);
+    assert_eq!(enriched.len(), 1);
+    let event: EnrichedUsage = codec
+        .decode_as(
+            enriched[0].value.as_deref().expect("value"),
+            EnrichedUsage::schema(),
+        )
+        .await
+        .expect("decode");
+    assert_eq!(event.usage.metadata.event_id, "valid");
+}
