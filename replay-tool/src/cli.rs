@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use backbone_core::app::SchemaRegistrySettings;
 use backbone_core::config::{load_from, ConfigError, Validate};
 use backbone_core::KafkaSettings;
 use clap::{ArgGroup, Args, Parser, Subcommand};
@@ -91,23 +92,20 @@ Examples:
     after_help = EXAMPLES
 )]
 pub struct Cli {
-    /// Kafka bootstrap servers (host:port, comma-separated). Other librdkafka properties come
-    /// from BACKBONE__KAFKA__PROPERTIES__<NAME>.
-    #[arg(
-        long,
-        global = true,
-        env = "BACKBONE__KAFKA__BOOTSTRAP_SERVERS",
-        default_value = "127.0.0.1:9092"
-    )]
-    pub bootstrap_servers: String,
-    /// Schema registry base URL.
-    #[arg(
-        long,
-        global = true,
-        env = "BACKBONE__SCHEMA_REGISTRY__URL",
-        default_value = "http://127.0.0.1:8081"
-    )]
-    pub registry_url: String,
+    /// Kafka bootstrap servers (host:port, comma-separated) [env:
+    /// BACKBONE__KAFKA__BOOTSTRAP_SERVERS] [default: 127.0.0.1:9092].
+    #[arg(long, global = true, value_name = "HOST:PORT")]
+    pub bootstrap_servers: Option<String>,
+    /// Schema registry base URL [env: BACKBONE__SCHEMA_REGISTRY__URL] [default:
+    /// http://127.0.0.1:8081].
+    #[arg(long, global = true, value_name = "URL")]
+    pub registry_url: Option<String>,
+    /// A processor's TOML config file: its `[kafka]` section (with TLS, SASL and other
+    /// `[kafka.properties]`) and `[schema_registry]` are used, other sections ignored.
+    /// BACKBONE__KAFKA__* and BACKBONE__SCHEMA_REGISTRY__* variables override it, and the flags
+    /// above override both.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
     /// How long to wait for the broker or the registry before giving up (e.g. 5s, 1m).
     #[arg(long, global = true, default_value = "10s", value_parser = parse_duration)]
     pub timeout: Duration,
@@ -305,50 +303,69 @@ fn parse_rate(text: &str) -> Result<f64, String> {
     }
 }
 
-/// The config sections the tool reads from `BACKBONE__KAFKA__*` and
-/// `BACKBONE__SCHEMA_REGISTRY__*`, the same keys as the processors.
+/// The config sections the tool reads from `--config` and the environment, with the same keys
+/// as the processors.
 #[derive(Debug, Deserialize)]
 struct ToolConfig {
     #[serde(default)]
     kafka: KafkaSettings,
+    #[serde(default)]
+    schema_registry: SchemaRegistrySettings,
 }
 
 impl Validate for ToolConfig {
     fn validate(&self) -> Result<(), ConfigError> {
-        Ok(())
+        self.kafka.validate()?;
+        self.schema_registry.validate()
     }
 }
 
 impl Cli {
-    /// The context the flags and the environment describe.
+    /// The context the flags, `--config` and the environment describe.
     pub fn context(&self) -> Result<Context, ReplayError> {
-        let env = std::env::vars().filter(|(k, _)| k.starts_with("BACKBONE__KAFKA__"));
-        let config: ToolConfig = load_from(None, env).map_err(|e| ReplayError::Other {
-            what: "configuration".into(),
-            message: e.to_string(),
-        })?;
+        self.context_from(std::env::vars())
+    }
+
+    /// [`Cli::context`] with the environment given (tests use this).
+    pub fn context_from(
+        &self,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Context, ReplayError> {
+        let env = env.into_iter().filter(|(k, _)| {
+            k.starts_with("BACKBONE__KAFKA__") || k.starts_with("BACKBONE__SCHEMA_REGISTRY__")
+        });
+        let config: ToolConfig =
+            load_from(self.config.as_deref(), env).map_err(|e| ReplayError::Other {
+                what: "configuration".into(),
+                message: e.to_string(),
+            })?;
         let mut kafka = config.kafka;
-        kafka.bootstrap_servers.clone_from(&self.bootstrap_servers);
-        kafka.validate().map_err(|e| {
-            ReplayError::malformed(
-                "--bootstrap-servers",
-                &self.bootstrap_servers,
-                e.to_string()
-                    .rsplit_once(": expected ")
-                    .map_or("host:port[,host:port...]".to_owned(), |(_, want)| {
-                        want.to_owned()
-                    }),
-            )
-        })?;
-        if !(self.registry_url.starts_with("http://") || self.registry_url.starts_with("https://"))
-        {
-            return Err(ReplayError::malformed(
-                "--registry-url",
-                &self.registry_url,
-                "an http:// or https:// URL",
-            ));
+        if let Some(servers) = &self.bootstrap_servers {
+            kafka.bootstrap_servers.clone_from(servers);
+            kafka.validate().map_err(|e| {
+                ReplayError::invalid(
+                    "--bootstrap-servers",
+                    servers,
+                    e.to_string()
+                        .rsplit_once(": expected ")
+                        .map_or("host:port[,host:port...]".to_owned(), |(_, want)| {
+                            want.to_owned()
+                        }),
+                )
+            })?;
         }
-        let mut ctx = Context::new(kafka, self.registry_url.clone());
+        let registry_url = match &self.registry_url {
+            Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
+                return Err(ReplayError::invalid(
+                    "--registry-url",
+                    url,
+                    "an http:// or https:// URL",
+                ))
+            }
+            Some(url) => url.clone(),
+            None => config.schema_registry.url,
+        };
+        let mut ctx = Context::new(kafka, registry_url);
         ctx.timeout = self.timeout;
         ctx.checkpoint_topic.clone_from(&self.checkpoint_topic);
         ctx.audit_topic.clone_from(&self.audit_topic);
@@ -491,7 +508,7 @@ async fn reset(
     let target = match (&args.to_time, args.to_offset) {
         (Some(time), _) => offsets::parse_target_time(time)?,
         (None, Some(offset)) if offset < 0 => {
-            return Err(ReplayError::malformed(
+            return Err(ReplayError::invalid(
                 "--to-offset",
                 &offset.to_string(),
                 "an offset, 0 or more",
@@ -540,6 +557,67 @@ mod tests {
             help.contains("replay run usage.events.dlq --since 2h --rate 20"),
             "{help}"
         );
+    }
+
+    #[test]
+    fn flags_beat_the_environment_which_beats_the_config_file() {
+        let dir = std::env::temp_dir().join(format!("replay-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("billing-sink.toml");
+        std::fs::write(
+            &file,
+            "[kafka]\nbootstrap_servers = \"10.0.0.1:9092\"\n[kafka.properties]\n\"security.protocol\" = \"SASL_SSL\"\n[schema_registry]\nurl = \"http://10.0.0.2:8081\"\n[runtime]\ngroup_id = \"billing-sink\"\n",
+        )
+        .expect("config file");
+        let config = file.to_string_lossy().into_owned();
+        let parse = |args: &[&str]| {
+            let mut all = vec!["replay", "--config", config.as_str()];
+            all.extend(args);
+            all.push("audit");
+            Cli::try_parse_from(all).expect("arguments")
+        };
+        let none: Vec<(String, String)> = Vec::new();
+        let ctx = parse(&[]).context_from(none.clone()).expect("context");
+        assert_eq!(ctx.kafka.bootstrap_servers, "10.0.0.1:9092");
+        assert_eq!(
+            ctx.kafka
+                .properties
+                .get("security.protocol")
+                .map(String::as_str),
+            Some("SASL_SSL")
+        );
+        assert_eq!(ctx.registry_url, "http://10.0.0.2:8081");
+        let env = vec![
+            (
+                "BACKBONE__KAFKA__BOOTSTRAP_SERVERS".to_owned(),
+                "10.0.0.3:9092".to_owned(),
+            ),
+            ("BACKBONE__RUNTIME__GROUP_ID".to_owned(), "x".to_owned()),
+        ];
+        let ctx = parse(&[]).context_from(env.clone()).expect("context");
+        assert_eq!(ctx.kafka.bootstrap_servers, "10.0.0.3:9092");
+        let ctx = parse(&["--bootstrap-servers", "127.0.0.1:29092"])
+            .context_from(env)
+            .expect("context");
+        assert_eq!(ctx.kafka.bootstrap_servers, "127.0.0.1:29092");
+        let defaults = Cli::try_parse_from(["replay", "audit"])
+            .expect("arguments")
+            .context_from(none.clone())
+            .expect("context");
+        assert_eq!(defaults.kafka.bootstrap_servers, "127.0.0.1:9092");
+        assert_eq!(defaults.registry_url, "http://127.0.0.1:8081");
+        let err = parse(&["--bootstrap-servers", "nohost"])
+            .context_from(none.clone())
+            .expect_err("bad servers");
+        assert!(
+            err.to_string()
+                .starts_with("invalid --bootstrap-servers \"nohost\": expected host:port"),
+            "{err}"
+        );
+        let err = parse(&["--registry-url", "127.0.0.1:8081"])
+            .context_from(none)
+            .expect_err("bad url");
+        assert!(err.to_string().contains("--registry-url"), "{err}");
     }
 
     #[test]

@@ -215,7 +215,7 @@ pub async fn show(
     let spans = match options.partition {
         Some(partition) => {
             let (low, high) = described.watermarks(partition).ok_or_else(|| {
-                ReplayError::malformed(
+                ReplayError::invalid(
                     "--partition",
                     &partition.to_string(),
                     described.partition_forms(),

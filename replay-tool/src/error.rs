@@ -15,6 +15,16 @@ pub enum ReplayError {
         /// What would have been accepted.
         expected: String,
     },
+    /// Another flag's value is unusable.
+    #[error("invalid {flag} \"{value}\": expected {expected}")]
+    InvalidFlag {
+        /// The flag, like `--bootstrap-servers`.
+        flag: &'static str,
+        /// The value given.
+        value: String,
+        /// What would have been accepted.
+        expected: String,
+    },
     /// A topic the command needs does not exist.
     #[error("{role} topic `{topic}` does not exist on {servers}")]
     UnknownTopic {
@@ -169,7 +179,7 @@ impl ReplayError {
     /// by Ctrl-C (as a shell reports a SIGINT), 1 for everything else.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::MalformedFilter { .. } => 2,
+            Self::MalformedFilter { .. } | Self::InvalidFlag { .. } => 2,
             Self::Interrupted { .. } => 130,
             _ => 1,
         }
@@ -178,6 +188,15 @@ impl ReplayError {
     /// A malformed-filter error.
     pub fn malformed(flag: &'static str, value: &str, expected: impl Into<String>) -> Self {
         Self::MalformedFilter {
+            flag,
+            value: value.to_owned(),
+            expected: expected.into(),
+        }
+    }
+
+    /// An invalid-flag error.
+    pub fn invalid(flag: &'static str, value: &str, expected: impl Into<String>) -> Self {
+        Self::InvalidFlag {
             flag,
             value: value.to_owned(),
             expected: expected.into(),

@@ -136,7 +136,7 @@ fn plan_blocking(
     let offsets = ctx.describe_blocking(topic, "group's")?;
     if let Some(partition) = only {
         if offsets.watermarks(partition).is_none() {
-            return Err(ReplayError::malformed(
+            return Err(ReplayError::invalid(
                 "--partition",
                 &partition.to_string(),
                 offsets.partition_forms(),
@@ -312,7 +312,7 @@ pub fn checked_offset_for_time(
 ) -> Result<(i64, Option<String>), ReplayError> {
     let offsets = ctx.describe_blocking(topic, "group's")?;
     let marks = offsets.watermarks(partition).ok_or_else(|| {
-        ReplayError::malformed(
+        ReplayError::invalid(
             "--partition",
             &partition.to_string(),
             offsets.partition_forms(),
@@ -543,5 +543,5 @@ pub fn print_plan(plan: &ResetPlan, out: &mut dyn Write) -> std::io::Result<()> 
 pub fn parse_target_time(text: &str) -> Result<ResetTarget, ReplayError> {
     crate::time::parse_instant(text, now_ms())
         .map(ResetTarget::Time)
-        .ok_or_else(|| ReplayError::malformed("--to-time", text, crate::time::INSTANT_FORMS))
+        .ok_or_else(|| ReplayError::invalid("--to-time", text, crate::time::INSTANT_FORMS))
 }

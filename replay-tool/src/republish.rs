@@ -499,7 +499,7 @@ pub async fn run(
         }
         None => {
             let Some(spec) = given else {
-                return Err(ReplayError::malformed(
+                return Err(ReplayError::invalid(
                     "--replay-id",
                     options.replay_id.as_deref().unwrap_or_default(),
                     "the id of a checkpointed replay (none is stored under it), or a source topic to start a new replay",
