@@ -22,7 +22,8 @@ use backbone_sink::http::JsonApi;
 use backbone_sink::metrics::names;
 use backbone_sink::{DestinationSettings, SinkError, DESTINATION_REJECTED};
 use backbone_testkit::{
-    committed_offsets, consume_until, produce, shared_settings, ChildProcess, TestRecord,
+    committed_offsets, consume_until, produce, produce_tombstone, shared_settings, ChildProcess,
+    TestRecord,
 };
 use support::{eventually, metadata, registry_url, results, RunningSink, Sandbox, SinkTopics};
 
@@ -231,6 +232,74 @@ async fn billing_delivers_every_charge_once_through_errors_lost_answers_throttli
     assert_eq!(again_summary.already_delivered, 260, "{again_summary:?}");
     assert_eq!(charges_by_key(&sandbox).await.len(), 120);
     assert_eq!(sandbox.applied("billing").await, 120);
+}
+
+#[tokio::test]
+async fn records_a_sink_cannot_deliver_are_dead_lettered_on_arrival() {
+    let sandbox = Sandbox::start(SandboxConfig::default()).await;
+    let topics = SinkTopics::create("billing-poison", 1).await;
+    let codec = WireCodec::new(&registry_url());
+    let kafka = shared_settings();
+    // Offset 0 a tombstone, then: not wire format, a body cut short, a charge without its
+    // idempotency key, and a valid charge.
+    produce_tombstone(&kafka, &topics.input, b"acme:s-1", Some(0))
+        .await
+        .expect("tombstone");
+    let valid = support::encode(&codec, &topics.input, &charge(1, "EUR")).await;
+    let mut keyless = charge(2, "EUR");
+    keyless.rating_id.clear();
+    let keyless = support::encode(&codec, &topics.input, &keyless).await;
+    let records: Vec<TestRecord> = [
+        b"{\"rating_id\":\"rt-9\"}".to_vec(),
+        valid[..valid.len() - 3].to_vec(),
+        keyless,
+        valid,
+    ]
+    .into_iter()
+    .map(|value| TestRecord::new("acme:s-1", value))
+    .collect();
+    produce(&kafka, &topics.input, &records)
+        .await
+        .expect("produce");
+
+    let sink = RunningSink::start(
+        billing_sink(&topics.input, &sandbox.destination()),
+        topics.settings(),
+    );
+    let dlq = consume_until(&kafka, &format!("{}.dlq", topics.input), 4, DEADLINE)
+        .await
+        .expect("dead letters");
+    let delivered = eventually(DEADLINE, "the valid charge delivered", || async {
+        let held = charges_by_key(&sandbox).await;
+        (!held.is_empty()).then_some(held)
+    })
+    .await;
+    sink.stop().await;
+
+    let reasons: BTreeMap<String, String> = dlq
+        .iter()
+        .map(|letter| {
+            (
+                letter.header("backbone.origin.offset").expect("offset"),
+                letter.header("backbone.dlq.reason").expect("reason"),
+            )
+        })
+        .collect();
+    let expected: BTreeMap<String, String> = [
+        ("0", "missing_value"),
+        ("1", "wrong_magic_byte"),
+        ("2", "undecodable_body"),
+        ("3", "missing_idempotency_key"),
+    ]
+    .into_iter()
+    .map(|(offset, reason)| (offset.to_owned(), reason.to_owned()))
+    .collect();
+    assert_eq!(reasons, expected);
+    assert_eq!(
+        delivered.keys().collect::<Vec<_>>(),
+        ["rt-0001"],
+        "only the valid charge reached the billing system"
+    );
 }
 
 #[tokio::test]
