@@ -273,3 +273,63 @@ async fn postings_become_balanced_batches_then_adjustments_and_replays_post_noth
     check_balanced(&sandbox.client.batches().await.expect("batches"));
     drop(records);
 }
+
+#[tokio::test]
+async fn postings_that_do_not_balance_are_dead_lettered_on_arrival() {
+    let sandbox = Sandbox::start(SandboxConfig::default()).await;
+    let topics = SinkTopics::create("erp-poison", 1).await;
+    let codec = WireCodec::new(&registry_url());
+    let now = now_ms();
+    let month = (2026, 11);
+    // Debits 7, credits 5.
+    let mut unbalanced = posting(1, "le-eu", "EUR", "7", month);
+    unbalanced.lines[1].credit = amount("5");
+    // A line in another currency than its posting.
+    let mut mixed = posting(2, "le-eu", "EUR", "3", month);
+    mixed.lines[1].currency = "USD".to_owned();
+    let mut empty = posting(3, "le-eu", "EUR", "4", month);
+    empty.lines.clear();
+    let valid = posting(4, "le-eu", "EUR", "9.5", month);
+    let values: Vec<(String, LedgerPosting, Option<i64>)> = [unbalanced, mixed, empty, valid]
+        .into_iter()
+        .map(|p| ("acme:le-eu".to_owned(), p, Some(now)))
+        .collect();
+    publish(&codec, &topics.input, &values).await;
+
+    let sink = RunningSink::start(erp_sink(&topics.input, &sandbox), topics.settings());
+    let dlq = consume_until(
+        &shared_settings(),
+        &format!("{}.dlq", topics.input),
+        3,
+        DEADLINE,
+    )
+    .await
+    .expect("dead letters");
+    let batches = eventually(DEADLINE, "the valid posting's batch", || async {
+        let batches = sandbox.client.batches().await.expect("batches");
+        (!batches.is_empty()).then_some(batches)
+    })
+    .await;
+    sink.stop().await;
+
+    let reasons: BTreeMap<String, String> = dlq
+        .iter()
+        .map(|letter| {
+            (
+                letter.header("backbone.origin.offset").expect("offset"),
+                letter.header("backbone.dlq.reason").expect("reason"),
+            )
+        })
+        .collect();
+    let expected: BTreeMap<String, String> = ["0", "1", "2"]
+        .into_iter()
+        .map(|offset| (offset.to_owned(), "unbalanced_posting".to_owned()))
+        .collect();
+    assert_eq!(reasons, expected);
+    check_balanced(&batches);
+    assert_eq!(
+        receivables(&batches),
+        BTreeMap::from([(("le-eu".to_owned(), "EUR".to_owned()), micros("9.5"))]),
+        "only the valid posting reached the ERP"
+    );
+}
