@@ -596,14 +596,16 @@ impl WireCodec {
         Ok(reader)
     }
 
-    /// Whether schema `id` (`writer`) is the same schema as `reader`, compared once per pair
-    /// by canonical form.
+    /// Whether schema `id` (`writer`) is the same schema as `reader`, compared once per pair,
+    /// type by type and field by field (apache-avro's default schema equality). Not by
+    /// canonical form: `Schema::canonical_form` panics on custom attributes that are named like
+    /// schema keywords (`"symbols": null` on a field), which any registered schema may carry.
     fn is_reader_schema(&self, id: u32, writer: &Schema, reader: &Schema) -> bool {
         let pair = (id, std::ptr::from_ref(reader) as usize);
         if let Some(same) = self.same.read().ok().and_then(|c| c.get(&pair).copied()) {
             return same;
         }
-        let same = writer.canonical_form() == reader.canonical_form();
+        let same = writer == reader;
         if let Ok(mut cache) = self.same.write() {
             cache.insert(pair, same);
         }
@@ -823,6 +825,40 @@ mod tests {
             .decode_cached_as(&framed, TraceContext::schema())
             .expect("a 1 MiB record decodes");
         assert_eq!(decoded, large);
+    }
+
+    #[test]
+    fn a_writer_schema_with_odd_field_attributes_decodes_without_a_panic() {
+        use crate::types::{Contract, TraceContext};
+        // Found by the registry_request fuzz target: a field attribute named like a schema
+        // keyword (`"symbols": null`) is a custom attribute the registry accepts, and on which
+        // apache-avro's canonical form panics. A record written with such a schema must
+        // decode, not stop the processor.
+        let mut json = serde_json::to_value(TraceContext::schema()).expect("schema json");
+        json["fields"][0]["symbols"] = serde_json::Value::Null;
+        let odd = Schema::parse(&json).expect("the registry accepts it");
+        let codec = WireCodec::new("http://127.0.0.1:9");
+        codec.preload(4, odd);
+        let value = TraceContext {
+            traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+            tracestate: Some("vendor=1".into()),
+        };
+        let (_, body) = split_frame(&encode_framed(4, &value).expect("encode"))
+            .map(|(id, body)| (id, body.to_vec()))
+            .expect("frame");
+        let decoded: TraceContext = codec
+            .decode_cached_as(&frame(4, &body), TraceContext::schema())
+            .expect("decodes");
+        assert_eq!(decoded, value);
+        // The comparison still finds the contract itself, as the registry gives it back, to
+        // be the reader's schema (so decoding skips resolution), and a renamed field not.
+        let text = serde_json::to_string(TraceContext::schema()).expect("schema text");
+        let fetched = Schema::parse_str(&text).expect("parses");
+        assert!(codec.is_reader_schema(5, &fetched, TraceContext::schema()));
+        let mut json = serde_json::to_value(TraceContext::schema()).expect("schema json");
+        json["fields"][1]["name"] = "renamed".into();
+        let renamed = Schema::parse(&json).expect("parses");
+        assert!(!codec.is_reader_schema(6, &renamed, TraceContext::schema()));
     }
 
     #[test]
