@@ -862,6 +862,66 @@ mod tests {
     }
 
     #[test]
+    fn a_symbol_the_reader_does_not_know_reads_as_the_enum_default() {
+        use crate::types::{AccountStatus, Contract, CustomerAccount, EventMetadata, TraceContext};
+        // A newer writer added ARCHIVED to the account status.
+        let mut json = serde_json::to_value(CustomerAccount::schema()).expect("schema json");
+        let fields = json["fields"].as_array_mut().expect("fields");
+        let status = fields
+            .iter_mut()
+            .find(|f| f["name"] == "status")
+            .expect("status field");
+        status["type"]["symbols"]
+            .as_array_mut()
+            .expect("symbols")
+            .push("ARCHIVED".into());
+        let newer = Schema::parse(&json).expect("newer schema");
+        let account = CustomerAccount {
+            metadata: EventMetadata {
+                tenant_id: "acme".into(),
+                event_id: "a-1".into(),
+                source: "crm".into(),
+                r#type: "backbone.master.customer_account".into(),
+                occurred_at: 1,
+                produced_at: 1,
+                trace: TraceContext {
+                    traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+                    tracestate: None,
+                },
+                schema_version: None,
+            },
+            customer_id: "c-1".into(),
+            name: "Acme".into(),
+            status: AccountStatus::Active,
+            currency: "EUR".into(),
+            legal_entity_id: "le-eu".into(),
+            country_code: "IE".into(),
+            billing_contact_name: None,
+            billing_email: None,
+            billing_address: None,
+            tax_id: None,
+            crm_account_id: None,
+            erp_customer_id: None,
+        };
+        let Value::Record(mut values) = account.to_avro().expect("to avro") else {
+            panic!("a record")
+        };
+        for (name, value) in &mut values {
+            if name == "status" {
+                *value = Value::Enum(4, "ARCHIVED".into());
+            }
+        }
+        let body = encode_body(&newer, Value::Record(values)).expect("encode");
+        let codec = WireCodec::new("http://127.0.0.1:9");
+        codec.preload(9, newer);
+        let read: CustomerAccount = codec
+            .decode_cached_as(&frame(9, &body), CustomerAccount::schema())
+            .expect("resolves");
+        assert_eq!(read.status, AccountStatus::Unknown);
+        assert_eq!(read.customer_id, "c-1");
+    }
+
+    #[test]
     fn an_empty_decimal_is_a_contract_violation() {
         use crate::types::{Contract, ControlTotal};
         // Found by the wire_frame fuzz target: apache-avro decodes a decimal of zero bytes
