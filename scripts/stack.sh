@@ -56,6 +56,10 @@ pid_of() {
   local pid
   pid=$(cat "$file")
   kill -0 "$pid" 2>/dev/null || return 1
+  # A killed process nobody has reaped yet (a zombie) answers kill -0 but runs no more.
+  if [ -r "/proc/$pid/stat" ] && [ "$(sed -n 's/.*) \([A-Z]\).*/\1/p' "/proc/$pid/stat")" = Z ]; then
+    return 1
+  fi
   echo "$pid"
 }
 

@@ -47,6 +47,46 @@ fn unscaled(text: &str) -> i128 {
 struct Mayhem {
     kills: BTreeMap<&'static str, u32>,
     outages: u32,
+    broker_restarts: u32,
+}
+
+/// The broker of a private stack the chaos driver may SIGKILL and restart: its stack
+/// directory, from `BACKBONE_CHAOS_BROKER_STACK` (set by `make chaos`; the shared broker of
+/// `make test` serves other tests and is left alone).
+fn broker_stack() -> Option<std::path::PathBuf> {
+    std::env::var_os("BACKBONE_CHAOS_BROKER_STACK").map(Into::into)
+}
+
+/// SIGKILLs the stack's broker and starts it again on its durable storage.
+fn restart_broker(stack: &std::path::Path) {
+    let pid = std::fs::read_to_string(stack.join("run/broker.pid")).expect("broker pid file");
+    let status = std::process::Command::new("kill")
+        .args(["-9", pid.trim()])
+        .status()
+        .expect("kill the broker");
+    assert!(status.success(), "kill -9 {pid}");
+    // Gone, not only signalled: `stack.sh up` would take a dying broker for a running one.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::path::Path::new(&format!("/proc/{}/stat", pid.trim())).exists()
+        && std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()))
+            .map(|stat| !stat.contains(") Z "))
+            .unwrap_or(false)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the broker did not die"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repository root");
+    let status = std::process::Command::new(repo.join("scripts/stack.sh"))
+        .arg("up")
+        .env("BACKBONE_STACK_DIR", stack)
+        .status()
+        .expect("restart the stack's broker");
+    assert!(status.success(), "stack.sh up after the broker kill");
 }
 
 /// Kills and restarts processes at random and takes the sandbox's systems down, until
@@ -72,6 +112,12 @@ async fn chaos(deployment: &mut Deployment, sandbox: &Sandbox, until: Instant) -
                 .await
                 .expect("outage");
             mayhem.outages += 1;
+        }
+        if round % 5 == 0 {
+            if let Some(stack) = broker_stack() {
+                restart_broker(&stack);
+                mayhem.broker_restarts += 1;
+            }
         }
         // A dead process stays dead for a while, as it would under a supervisor's backoff.
         tokio::time::sleep(Duration::from_millis(300 + fastrand::u64(..1_200))).await;
@@ -404,12 +450,13 @@ async fn killed_restarted_and_throttled_the_backbone_loses_nothing_and_bills_not
 
     let kills: u32 = mayhem.kills.values().sum();
     println!(
-        "chaos: {} events in {:.0}s, {kills} kills and restarts {:?}, {} outages, {faults_felt} faulted answers; \
+        "chaos: {} events in {:.0}s, {kills} kills and restarts {:?}, {} broker restarts, {} outages, {faults_felt} faulted answers; \
          {} charges (0 lost, {duplicated} duplicated), drift zero on {} keys, {rows} analytics rows of {facts} facts, \
          {} poison inputs dead-lettered ({raw_letters} dead-letter records, redeliveries included)",
         expected.records,
         started.elapsed().as_secs_f64(),
         mayhem.kills,
+        mayhem.broker_restarts,
         mayhem.outages,
         billed.len(),
         drift.len(),
