@@ -10,6 +10,7 @@ export BACKBONE_KAFKA_PORT=${BACKBONE_BENCH_KAFKA_PORT:-19592}
 export BACKBONE_REGISTRY_PORT=${BACKBONE_BENCH_REGISTRY_PORT:-18581}
 export BACKBONE_POSTGRES_PORT=${BACKBONE_BENCH_POSTGRES_PORT:-15932}
 export BACKBONE_BENCH_BOOTSTRAP=127.0.0.1:$BACKBONE_KAFKA_PORT
+export BACKBONE_BENCH_REGISTRY_URL=http://127.0.0.1:$BACKBONE_REGISTRY_PORT
 # In-memory broker storage by default: the figures are about our code, not the disk. Set
 # BACKBONE_BROKER_STORAGE=sqlite for the durable broker.
 export BACKBONE_BROKER_STORAGE=${BACKBONE_BROKER_STORAGE:-memory}
@@ -18,8 +19,11 @@ cargo bench -p backbone-usage-validator --bench record
 "$REPO/scripts/stack.sh" reset >/dev/null
 trap '"$REPO/scripts/stack.sh" down' EXIT
 cargo build --workspace --bins --quiet
+# Release binaries too: the load run starts the processors as processes, as deployed.
+cargo build --release --workspace --bins --quiet
 "$REPO/scripts/stack.sh" up
 cargo bench -p backbone-core --bench passthrough
 cargo bench -p backbone-e2e --bench stages
 cargo bench -p backbone-e2e --bench latency
 cargo bench -p backbone-replay --bench replay
+cargo bench -p backbone-e2e --bench load
