@@ -33,11 +33,10 @@ fuzz_target!(|data: &[u8]| {
                 let stored = Schema::parse_str(&parsed.canonical).unwrap_or_else(|e| {
                     panic!("stored form {} does not parse: {e}", parsed.canonical)
                 });
-                assert_eq!(
-                    stored.canonical_form(),
-                    parsed.schema.canonical_form(),
-                    "the stored form is another schema"
-                );
+                // Compared type by type: `canonical_form` panics on custom attributes named
+                // like keywords, which the registry accepts (see the schemas test
+                // `a_writer_schema_with_odd_field_attributes_decodes_without_a_panic`).
+                assert!(stored == parsed.schema, "the stored form is another schema");
             }
         }
         1 => {

@@ -157,7 +157,7 @@ pub fn evolved(schema: &Schema) -> Schema {
 pub enum Fill {
     /// Null unions, empty arrays and maps.
     Minimal,
-    /// The last union branch, two array items and map entries.
+    /// The last union branch, two array items, one map entry.
     Full,
 }
 
@@ -215,8 +215,10 @@ fn sample_of(
                 })
                 .collect(),
         ),
+        // One entry at most: apache-avro writes a map in its hash order, which differs from
+        // run to run, and seeds should not.
         Schema::Map(map) => Value::Map(
-            (0..items)
+            (0..items.min(1))
                 .map(|i| {
                     let key = format!("{label}-{i}");
                     let value = sample_of(&map.types, names, namespace, &key, fill);
