@@ -43,7 +43,8 @@ impl TxnBroker {
                 "--storage-engine",
                 "memory://tansu/",
             ],
-            &[],
+            // At its default level the broker logs every request: gigabytes per test run.
+            &[("RUST_LOG", "warn")],
             Some(&log),
         )?;
         let broker = Self { process, bootstrap };
