@@ -2,12 +2,13 @@
 SHELL := /bin/bash
 export BACKBONE_TOOLS_DIR ?= $(HOME)/.cache/backbone
 
-.PHONY: help setup build up down status test demo bench chaos fuzz fmt lint
+.PHONY: help setup build up down status test demo bench soak chaos fuzz fmt lint
 
 help:
 	@echo "make demo    run sample events through the backbone on the embedded stack"
 	@echo "make test    formatting, lints and every test, against a private stack"
 	@echo "make bench   benchmarks against a private stack, as ratios to a baseline"
+	@echo "make soak    SOAK_SECONDS (default 600) at a steady rate; fails if lag or memory grow"
 	@echo "make chaos   the chaos test at length: kills, restarts, outages, throttling"
 	@echo "make fuzz    every fuzz target for FUZZ_SECONDS (default 60) each; needs nightly"
 	@echo "make setup   install what this machine lacks (idempotent)"
@@ -39,6 +40,9 @@ chaos: setup
 
 bench: setup
 	@scripts/bench.sh
+
+soak: setup
+	@scripts/soak.sh
 
 # Not part of `make test`: cargo-fuzz needs a nightly toolchain, CI has stable only.
 fuzz:
