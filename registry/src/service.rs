@@ -11,7 +11,7 @@ use tokio::sync::Mutex;
 use crate::error::ApiError;
 use crate::index::{ConfigRecord, Index, LogKey, SchemaRecord, Version};
 use crate::log::{LogError, SchemaLog};
-use crate::request::ParsedSchema;
+use crate::request::{parse_schema, ParsedSchema};
 
 /// How many times a write is retried when another instance took the same id or version.
 const WRITE_ATTEMPTS: usize = 8;
@@ -431,9 +431,9 @@ fn parse_versions(index: &Index, versions: &[Version]) -> Result<Vec<(u32, Schem
             let text = index
                 .schema(v.id)
                 .ok_or_else(|| ApiError::schema_not_found(&v.id.to_string()))?;
-            Schema::parse_str(text)
-                .map(|schema| (v.version, schema))
-                .map_err(|e| ApiError::store(&format!("stored schema {}: {e}", v.id)))
+            parse_schema(text, None)
+                .map(|parsed| (v.version, parsed.schema))
+                .map_err(|e| ApiError::store(&format!("stored schema {}: {}", v.id, e.message)))
         })
         .collect()
 }

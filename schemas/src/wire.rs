@@ -170,6 +170,20 @@ impl Prefetch for WireCodec {
     }
 }
 
+/// Parses the text of schema `id` as the registry gave it. apache-avro 0.22 panics on some
+/// schemas instead of refusing them (explaining an invalid default, it takes a canonical form
+/// that panics on attributes named like keywords); any registry may hold one, and a panic here
+/// would stop the processor on every record written with it, so it is a refusal.
+fn parse_registered(id: u32, text: &str) -> Result<Schema, WireError> {
+    let invalid = |message: String| WireError::Registry {
+        message: format!("schema {id} from the registry is not valid Avro: {message}"),
+        retriable: false,
+    };
+    std::panic::catch_unwind(|| Schema::parse_str(text))
+        .map_err(|_| invalid("the Avro parser failed on it".to_owned()))?
+        .map_err(|e| invalid(e.to_string()))
+}
+
 /// Splits a framed record into schema id and Avro body.
 pub fn split_frame(bytes: &[u8]) -> Result<(u32, &[u8]), WireError> {
     match bytes {
@@ -390,11 +404,7 @@ impl WireCodec {
                 }
             }
         })?;
-        let schema = Schema::parse_str(&registered.schema).map_err(|e| WireError::Registry {
-            message: format!("schema {id} from the registry is not valid Avro: {e}"),
-            retriable: false,
-        })?;
-        let schema = Arc::new(schema);
+        let schema = Arc::new(parse_registered(id, &registered.schema)?);
         if let Ok(mut cache) = self.by_id.write() {
             cache.insert(id, Arc::clone(&schema));
         }
@@ -919,6 +929,17 @@ mod tests {
             .expect("resolves");
         assert_eq!(read.status, AccountStatus::Unknown);
         assert_eq!(read.customer_id, "c-1");
+    }
+
+    #[test]
+    fn a_registered_schema_the_avro_parser_panics_on_is_refused() {
+        // Found by the registry_request fuzz target: an invalid default of a field whose type
+        // has a field carrying `"symbols": null` makes apache-avro panic while parsing.
+        let text = r#"{"type":"record","name":"R","fields":[{"name":"a","default":1,"type":{"type":"record","name":"S","fields":[{"name":"x","type":"string","symbols":null}]}}]}"#;
+        let err = parse_registered(12, text).expect_err("refused");
+        assert!(!err.is_transient(), "{err}");
+        assert!(err.to_string().contains("schema 12"), "{err}");
+        assert!(parse_registered(13, r#""string""#).is_ok());
     }
 
     #[test]
