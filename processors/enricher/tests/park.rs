@@ -4,96 +4,21 @@
 //! `unknown_subscription`.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use backbone_core::RuntimeSettings;
 use backbone_enricher::{Enricher, EnricherSettings};
-use backbone_rating::days_from_civil;
 use backbone_registry::{LocalRegistry, RegistryConfig};
-use backbone_schemas::types::{
-    AccountStatus, BillingInterval, Contract, CustomerAccount, EnrichedUsage, EventMetadata,
-    Subscription, SubscriptionStatus, TraceContext, UsageEvent,
-};
+use backbone_schemas::types::{Contract, EnrichedUsage, UsageEvent};
 use backbone_schemas::WireCodec;
 use backbone_testkit::{
     consume_until, consume_while, create_topic, produce, shared_settings, unique_group,
     unique_topic, ConsumedRecord, RunningProcessor, TestRecord,
 };
 
-const DEADLINE: Duration = Duration::from_secs(60);
+mod fixtures;
 
-fn now_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .expect("clock")
-}
-
-fn metadata(event_id: &str) -> EventMetadata {
-    EventMetadata {
-        tenant_id: "acme".into(),
-        event_id: event_id.into(),
-        source: "api".into(),
-        r#type: "backbone.usage.recorded".into(),
-        occurred_at: now_micros(),
-        produced_at: now_micros(),
-        trace: TraceContext {
-            traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
-            tracestate: None,
-        },
-        schema_version: None,
-    }
-}
-
-fn account(customer: &str) -> CustomerAccount {
-    CustomerAccount {
-        metadata: metadata(&format!("account-{customer}")),
-        customer_id: customer.into(),
-        name: format!("Customer {customer}"),
-        status: AccountStatus::Active,
-        currency: "EUR".into(),
-        legal_entity_id: "acme-de".into(),
-        country_code: "DE".into(),
-        billing_contact_name: None,
-        billing_email: None,
-        billing_address: None,
-        tax_id: None,
-        crm_account_id: None,
-        erp_customer_id: None,
-    }
-}
-
-fn subscription(id: &str, customer: &str) -> Subscription {
-    Subscription {
-        metadata: metadata(&format!("subscription-{id}")),
-        subscription_id: id.into(),
-        customer_id: customer.into(),
-        plan_id: "pro".into(),
-        status: SubscriptionStatus::Active,
-        currency: "EUR".into(),
-        legal_entity_id: "acme-de".into(),
-        billing_interval: BillingInterval::Monthly,
-        billing_anchor_day: 1,
-        current_period_start: days_from_civil(2026, 11, 1),
-        current_period_end: days_from_civil(2026, 12, 1),
-        started_at: 0,
-        ends_at: None,
-        trial_ends_at: None,
-    }
-}
-
-fn usage(event_id: &str, customer: &str, subscription: &str) -> UsageEvent {
-    UsageEvent {
-        metadata: metadata(event_id),
-        customer_id: customer.into(),
-        subscription_id: Some(subscription.into()),
-        meter_id: "fonts".into(),
-        quantity: "1".parse().expect("quantity"),
-        unit: "font".into(),
-        dimensions: None,
-        unique_value: None,
-    }
-}
+use fixtures::*;
 
 struct Fixture {
     kafka: backbone_core::KafkaSettings,

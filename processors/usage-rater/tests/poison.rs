@@ -5,15 +5,9 @@
 //! event among them is rated. See docs/bad-inputs.md.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use backbone_core::RuntimeSettings;
-use backbone_rating::days_from_civil;
 use backbone_registry::{LocalRegistry, RegistryConfig};
-use backbone_schemas::types::{
-    ChargeModel, EnrichedUsage, EventMetadata, MeterAggregation, PriceTier, RateCard, RateCharge,
-    TraceContext, UsageEvent,
-};
 use backbone_schemas::WireCodec;
 use backbone_testkit::{
     consume_until, create_topic, produce, produce_tombstone, shared_settings, unique_group,
@@ -21,104 +15,9 @@ use backbone_testkit::{
 };
 use backbone_usage_rater::{RaterSettings, UsageRater};
 
-const DEADLINE: Duration = Duration::from_secs(60);
-const HOUR: i64 = 3_600_000_000;
+mod fixtures;
 
-fn now_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .expect("clock")
-}
-
-fn metadata(event_id: &str, occurred_at: i64) -> EventMetadata {
-    EventMetadata {
-        tenant_id: "acme".into(),
-        event_id: event_id.into(),
-        source: "api".into(),
-        r#type: "backbone.usage.recorded".into(),
-        occurred_at,
-        produced_at: occurred_at,
-        trace: TraceContext {
-            traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
-            tracestate: None,
-        },
-        schema_version: None,
-    }
-}
-
-/// Stripe's Typographic tiers, graduated: 1-5 at 7, 6-10 at 6.50, then 6
-/// (<https://docs.stripe.com/subscriptions/pricing-models/tiered-pricing>).
-fn rate_card() -> RateCard {
-    let tier = |up_to: Option<&str>, price: &str| PriceTier {
-        up_to: up_to.map(|u| u.parse().expect("bound")),
-        unit_price: price.parse().expect("price"),
-        flat_fee: None,
-    };
-    RateCard {
-        metadata: metadata("card-pro-1", now_micros()),
-        plan_id: "pro".into(),
-        version: 1,
-        name: "Pro".into(),
-        currency: "USD".into(),
-        effective_from: 0,
-        effective_to: None,
-        charges: vec![RateCharge {
-            charge_id: "fonts".into(),
-            name: "Fonts".into(),
-            meter_id: "fonts".into(),
-            aggregation: MeterAggregation::Sum,
-            charge_model: ChargeModel::Graduated,
-            flat_amount: None,
-            unit_price: None,
-            package_size: None,
-            percentage: None,
-            free_units: None,
-            minimum_spend: None,
-            maximum_spend: None,
-            tiers: vec![
-                tier(Some("5"), "7"),
-                tier(Some("10"), "6.5"),
-                tier(None, "6"),
-            ],
-            group_by: Vec::new(),
-        }],
-    }
-}
-
-fn enriched(
-    subscription: &str,
-    plan: &str,
-    meter: &str,
-    event_id: &str,
-    quantity: &str,
-    occurred_at: i64,
-) -> EnrichedUsage {
-    let usage = UsageEvent {
-        metadata: metadata(event_id, occurred_at),
-        customer_id: format!("cust-{subscription}"),
-        subscription_id: Some(subscription.into()),
-        meter_id: meter.into(),
-        quantity: quantity.parse().expect("quantity"),
-        unit: "font".into(),
-        dimensions: None,
-        unique_value: None,
-    };
-    EnrichedUsage {
-        metadata: EventMetadata {
-            source: "enricher".into(),
-            ..metadata(event_id, occurred_at)
-        },
-        usage,
-        subscription_id: subscription.into(),
-        plan_id: plan.into(),
-        rate_card_version: 1,
-        legal_entity_id: "acme-us".into(),
-        currency: "USD".into(),
-        billing_period_start: days_from_civil(2026, 11, 1),
-        billing_period_end: days_from_civil(2026, 12, 1),
-    }
-}
+use fixtures::*;
 
 #[tokio::test]
 async fn each_kind_of_bad_enriched_usage_is_dead_lettered_under_its_reason() {
