@@ -4,10 +4,11 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 
 use rocksdb::{
-    BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, FlushOptions,
-    Options, WriteBatch, WriteOptions, DB,
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType,
+    FlushOptions, Options, WriteBatch, WriteBufferManager, WriteOptions, DB,
 };
 
 use crate::StateError;
@@ -22,6 +23,27 @@ const CLEAN_MARKER: &str = "CLEAN";
 const CHECKPOINT_FILE: &str = "CHECKPOINT";
 const CHECKPOINT_TMP: &str = "CHECKPOINT.tmp";
 const CHECKPOINT_HEADER: &str = "backbone-state checkpoint v1";
+
+/// Memtables of every partition database in the process, together. RocksDB's default is 64 MiB
+/// per column family and two of them, per database: with a database per partition and a column
+/// family per store that grows with the partitions a process owns, not with what it holds.
+const MEMTABLE_BUDGET_BYTES: usize = 64 << 20;
+/// One column family's memtable, flushed when full (or earlier, when the budget is reached).
+const MEMTABLE_BYTES: usize = 16 << 20;
+/// Data blocks read back from disk, shared by every partition database in the process.
+const BLOCK_CACHE_BYTES: usize = 32 << 20;
+
+/// The process's one memory budget for state, shared by every [`PartitionState`] it opens.
+struct StateMemory {
+    memtables: WriteBufferManager,
+    block_cache: Cache,
+}
+
+static STATE_MEMORY: LazyLock<StateMemory> = LazyLock::new(|| StateMemory {
+    // No stall: past the budget RocksDB flushes the largest memtables instead of blocking writers.
+    memtables: WriteBufferManager::new_write_buffer_manager(MEMTABLE_BUDGET_BYTES, false),
+    block_cache: Cache::new_lru_cache(BLOCK_CACHE_BYTES),
+});
 
 /// The directory of one partition's state: `<state_dir>/<processor>/partition-<n>`.
 ///
@@ -455,6 +477,7 @@ fn open_db(db_dir: &Path, stores: &[String]) -> Result<DB, rocksdb::Error> {
     let mut options = Options::default();
     options.create_if_missing(true);
     options.create_missing_column_families(true);
+    options.set_write_buffer_manager(&STATE_MEMORY.memtables);
     let existing = if db_dir.exists() {
         DB::list_cf(&options, db_dir).unwrap_or_default()
     } else {
@@ -480,11 +503,13 @@ fn open_db(db_dir: &Path, stores: &[String]) -> Result<DB, rocksdb::Error> {
 }
 
 /// Mostly point lookups, most of them misses (new events): a bloom filter answers those without
-/// reading blocks.
+/// reading blocks. Memory comes from the process's [`StateMemory`].
 fn store_options() -> Options {
     let mut table = BlockBasedOptions::default();
     table.set_bloom_filter(10.0, false);
+    table.set_block_cache(&STATE_MEMORY.block_cache);
     let mut options = Options::default();
+    options.set_write_buffer_size(MEMTABLE_BYTES);
     options.set_block_based_table_factory(&table);
     options.set_compression_type(DBCompressionType::Lz4);
     options

@@ -30,7 +30,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use backbone::{Deployment, PASS_THROUGH, PROCESSORS};
 use backbone_core::KafkaSettings;
 use backbone_loadgen::{Destinations, LoadSpec, Payload, Workload};
-use backbone_schemas::types::{BillingCharge, Contract, RatedUsage, UsageEvent};
+use backbone_schemas::types::{
+    BillingCharge, Contract, EnrichedUsage, EventMetadata, RatedUsage, UsageEvent,
+};
 use backbone_schemas::wire::encode_framed;
 use backbone_schemas::WireCodec;
 use backbone_testkit::{consume_until, create_topic, ConsumedRecord};
@@ -381,12 +383,17 @@ async fn latency_baseline(bench: &Bench, workload: &Workload, memory: &mut Memor
         .collect()
 }
 
-/// Milliseconds from each usage record to its rated line and to its billing charge.
-async fn latency_pipeline(
-    bench: &Bench,
-    workload: &Workload,
-    memory: &mut Memory,
-) -> (Vec<i64>, Vec<i64>) {
+/// Milliseconds from each usage record to each stage's output for it.
+struct Hops {
+    to_validated: Vec<i64>,
+    to_enriched: Vec<i64>,
+    to_rated: Vec<i64>,
+    to_billing: Vec<i64>,
+}
+
+/// Milliseconds from each usage record to its validated and enriched copies, its rated line
+/// and its billing charge.
+async fn latency_pipeline(bench: &Bench, workload: &Workload, memory: &mut Memory) -> Hops {
     let mut d = bench.deployment("load-latency").await;
     let t = d.topics.clone();
     // Master data first: the enricher and the fanout read theirs in full at start-up.
@@ -409,14 +416,26 @@ async fn latency_pipeline(
         d.stop(binary, STOP);
     }
 
+    let key = |m: &EventMetadata| format!("{}/{}/{}", m.tenant_id, m.source, m.event_id);
     let mut produced: HashMap<String, i64> = HashMap::with_capacity(total);
     for record in bench.read(&t.usage, total).await {
         let event: UsageEvent = bench.decode(&record).await;
         let m = &event.metadata;
-        produced.insert(
-            format!("{}/{}/{}", m.tenant_id, m.source, m.event_id),
-            timestamp(&record),
-        );
+        produced.insert(key(m), timestamp(&record));
+    }
+    let mut to_validated = Vec::with_capacity(total);
+    for record in bench.read(&t.validated, total).await {
+        let event: UsageEvent = bench.decode(&record).await;
+        if let Some(at) = produced.get(&key(&event.metadata)) {
+            to_validated.push(timestamp(&record) - at);
+        }
+    }
+    let mut to_enriched = Vec::with_capacity(total);
+    for record in bench.read(&t.enriched, total).await {
+        let enriched: EnrichedUsage = bench.decode(&record).await;
+        if let Some(at) = produced.get(&key(&enriched.usage.metadata)) {
+            to_enriched.push(timestamp(&record) - at);
+        }
     }
     let mut to_rated = Vec::with_capacity(total);
     let mut source: HashMap<String, i64> = HashMap::with_capacity(total);
@@ -435,7 +454,12 @@ async fn latency_pipeline(
             to_billing.push(timestamp(record) - at);
         }
     }
-    (to_rated, to_billing)
+    Hops {
+        to_validated,
+        to_enriched,
+        to_rated,
+        to_billing,
+    }
 }
 
 /// The usage-validator alone over `KEYS` distinct events: its peak RSS (KiB) once it has
@@ -486,6 +510,39 @@ async fn million_keys(bench: &Bench) -> (u64, f64) {
     (peak, seconds)
 }
 
+/// Which parts of the run to do: `BACKBONE_LOAD_PARTS`, a comma-separated subset of
+/// `throughput`, `latency` and `keys` (all three when unset), so that one figure can be
+/// measured again on its own.
+struct Parts {
+    throughput: bool,
+    latency: bool,
+    keys: bool,
+}
+
+impl Parts {
+    fn from_env() -> Self {
+        let Ok(list) = std::env::var("BACKBONE_LOAD_PARTS") else {
+            return Self {
+                throughput: true,
+                latency: true,
+                keys: true,
+            };
+        };
+        let names: Vec<&str> = list.split(',').map(str::trim).collect();
+        for name in &names {
+            assert!(
+                matches!(*name, "throughput" | "latency" | "keys"),
+                "BACKBONE_LOAD_PARTS: `{name}` is not a part; expected throughput, latency or keys"
+            );
+        }
+        Self {
+            throughput: names.contains(&"throughput"),
+            latency: names.contains(&"latency"),
+            keys: names.contains(&"keys"),
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let bootstrap =
@@ -504,14 +561,28 @@ async fn main() {
         tenant: format!("load-{}", std::process::id()),
         kafka,
     };
+    let parts = Parts::from_env();
     let mut memory = Memory::default();
     let started = Instant::now();
 
-    let throughput = throughput(&bench, &mut memory).await;
+    let throughput = if parts.throughput {
+        Some(throughput(&bench, &mut memory).await)
+    } else {
+        None
+    };
     let workload = Workload::generate(&spec(1, RATE as usize * LATENCY_SECONDS, &bench.tenant));
-    let mut base = latency_baseline(&bench, &workload, &mut memory).await;
-    let (mut to_rated, mut to_billing) = latency_pipeline(&bench, &workload, &mut memory).await;
-    let (keys_peak, keys_seconds) = million_keys(&bench).await;
+    let latency = if parts.latency {
+        let base = latency_baseline(&bench, &workload, &mut memory).await;
+        let hops = latency_pipeline(&bench, &workload, &mut memory).await;
+        Some((base, hops))
+    } else {
+        None
+    };
+    let keys = if parts.keys {
+        Some(million_keys(&bench).await)
+    } else {
+        None
+    };
 
     let ok = |met: bool| if met { "met" } else { "NOT met" };
     println!(
@@ -519,63 +590,73 @@ async fn main() {
          {:.0} s",
         started.elapsed().as_secs_f64()
     );
-    println!("\nthroughput: {EVENTS} usage events pre-published; rate on the output between the 10% and 90% marks");
-    println!("| path | records/s | vs. pass-through |");
-    println!("|---|---|---|");
-    println!(
-        "| pass-through process (baseline), usage to copy | {:.0} | 1.00 |",
-        throughput.baseline
-    );
-    println!(
-        "| validator, enricher, usage-rater, fanout: usage to `billing.charges` | {:.0} | {:.2} |",
-        throughput.pipeline,
-        throughput.pipeline / throughput.baseline
-    );
-    println!(
-        "through the broker while the pipeline ran: {:.0} records/s written, {:.0} records/s read",
-        throughput.written, throughput.read
-    );
-    println!(
-        "target >= 10,000 usage events/s: {}",
-        ok(throughput.pipeline >= 10_000.0)
-    );
-
-    let events = workload.usage.len();
-    println!("\nlatency: {events} usage events at {RATE}/s; broker timestamp of the output minus the usage record's");
-    println!("| path | p50 | p99 | max | events |");
-    println!("|---|---|---|---|---|");
-    let mut p99_billing = i64::MAX;
-    for (path, latencies) in [
-        ("pass-through process (baseline)", &mut base),
-        ("usage to `usage.rated`", &mut to_rated),
-        ("usage to `billing.charges`", &mut to_billing),
-    ] {
-        let n = latencies.len();
-        let (p50, p99, max) = quantiles(latencies);
-        if path.contains("billing") {
-            p99_billing = p99;
-        }
-        println!("| {path} | {p50} ms | {p99} ms | {max} ms | {n} |");
-    }
-    println!(
-        "target p99 < 500 ms to billing.charges: {}",
-        ok(p99_billing < 500)
-    );
-
-    println!("\npeak RSS (VmHWM) per process");
-    println!("| process | throughput run | latency run |");
-    println!("|---|---|---|");
-    for binary in [PASS_THROUGH].iter().chain(PROCESSORS.iter()) {
+    if let Some(throughput) = throughput {
+        println!("\nthroughput: {EVENTS} usage events pre-published; rate on the output between the 10% and 90% marks");
+        println!("| path | records/s | vs. pass-through |");
+        println!("|---|---|---|");
         println!(
-            "| {binary} | {} | {} |",
-            memory.get(binary, "throughput"),
-            memory.get(binary, "latency")
+            "| pass-through process (baseline), usage to copy | {:.0} | 1.00 |",
+            throughput.baseline
+        );
+        println!(
+            "| validator, enricher, usage-rater, fanout: usage to `billing.charges` | {:.0} | {:.2} |",
+            throughput.pipeline,
+            throughput.pipeline / throughput.baseline
+        );
+        println!(
+            "through the broker while the pipeline ran: {:.0} records/s written, {:.0} records/s read",
+            throughput.written, throughput.read
+        );
+        println!(
+            "target >= 10,000 usage events/s: {}",
+            ok(throughput.pipeline >= 10_000.0)
         );
     }
-    println!(
-        "\nusage-validator over {KEYS} distinct events (every idempotency key held): peak RSS {:.0} MB, \
-         {keys_seconds:.0} s from the first publish to the last validated; target < 300 MB: {}",
-        mib(keys_peak),
-        ok(mib(keys_peak) < 300.0)
-    );
+
+    if let Some((mut base, mut hops)) = latency {
+        let events = workload.usage.len();
+        println!("\nlatency: {events} usage events at {RATE}/s; broker timestamp of the output minus the usage record's");
+        println!("| path | p50 | p99 | max | events |");
+        println!("|---|---|---|---|---|");
+        let mut p99_billing = i64::MAX;
+        for (path, latencies) in [
+            ("pass-through process (baseline)", &mut base),
+            ("usage to `usage.validated`", &mut hops.to_validated),
+            ("usage to `usage.enriched`", &mut hops.to_enriched),
+            ("usage to `usage.rated`", &mut hops.to_rated),
+            ("usage to `billing.charges`", &mut hops.to_billing),
+        ] {
+            let n = latencies.len();
+            let (p50, p99, max) = quantiles(latencies);
+            if path.contains("billing") {
+                p99_billing = p99;
+            }
+            println!("| {path} | {p50} ms | {p99} ms | {max} ms | {n} |");
+        }
+        println!(
+            "target p99 < 500 ms to billing.charges: {}",
+            ok(p99_billing < 500)
+        );
+    }
+
+    if parts.throughput || parts.latency {
+        println!("\npeak RSS (VmHWM) per process");
+        println!("| process | throughput run | latency run |");
+        println!("|---|---|---|");
+        for binary in [PASS_THROUGH].iter().chain(PROCESSORS.iter()) {
+            println!(
+                "| {binary} | {} | {} |",
+                memory.get(binary, "throughput"),
+                memory.get(binary, "latency")
+            );
+        }
+    }
+    if let Some((keys_peak, keys_seconds)) = keys {
+        println!(
+            "\nusage-validator over {KEYS} distinct events (every idempotency key held): peak RSS {:.0} MB, \
+             {keys_seconds:.0} s from the first publish to the last validated; target < 300 MB: {}",
+            mib(keys_peak),
+            ok(mib(keys_peak) < 300.0)
+        );
+    }
 }
