@@ -19,6 +19,7 @@ use backbone_sink::{
     decode, require_key, Accepted, Delivery, DeliveryError, DestinationSettings, Money, Outcome,
     Rejection, RetryReason, Sink, SinkContext,
 };
+use futures::future::join_all;
 use serde::Deserialize;
 use tokio::sync::Mutex;
 use tokio_postgres::error::SqlState;
@@ -122,8 +123,10 @@ impl AnalyticsSink {
         Ok(client)
     }
 
-    /// Loads `rows` in one transaction. A row the database refuses (bad data) fails the
-    /// transaction: the rows are then loaded one at a time, so only the bad one is rejected.
+    /// Loads `rows` in one transaction, the upserts pipelined on the connection (sent without
+    /// waiting for each answer: a round trip per batch instead of per row). A row the database
+    /// refuses (bad data) fails the transaction: the rows are then loaded one at a time, so only
+    /// the bad one is rejected.
     async fn load(
         &self,
         client: &mut Client,
@@ -132,27 +135,31 @@ impl AnalyticsSink {
         let statement = client
             .prepare(&schema::upsert_sql(&self.settings.schema))
             .await?;
+        let params: Vec<_> = rows.iter().map(|row| row.params()).collect();
         let transaction = client.transaction().await?;
-        let mut outcomes = Vec::with_capacity(rows.len());
-        let mut refused = None;
-        for row in rows {
-            match transaction.query_opt(&statement, &row.params()).await {
-                Ok(changed) => outcomes.push(row_outcome(changed.is_some(), row)),
-                Err(err) if is_data_error(&err) => {
-                    refused = Some(err);
-                    break;
-                }
-                Err(err) => return Err(err),
+        let answers = join_all(
+            params
+                .iter()
+                .map(|params| transaction.query_opt(&statement, params)),
+        )
+        .await;
+        // After a refused row the transaction is aborted and the later rows fail with it
+        // (class 25): the refusal decides, not those.
+        if !answers
+            .iter()
+            .any(|answer| answer.as_ref().is_err_and(is_data_error))
+        {
+            let mut outcomes = Vec::with_capacity(rows.len());
+            for (answer, row) in answers.into_iter().zip(rows) {
+                outcomes.push(row_outcome(answer?.is_some(), row));
             }
-        }
-        if refused.is_none() {
             transaction.commit().await?;
             return Ok(outcomes);
         }
         drop(transaction);
         let mut outcomes = Vec::with_capacity(rows.len());
-        for row in rows {
-            match client.query_opt(&statement, &row.params()).await {
+        for (row, params) in rows.iter().zip(&params) {
+            match client.query_opt(&statement, params).await {
                 Ok(changed) => outcomes.push(row_outcome(changed.is_some(), row)),
                 Err(err) if is_data_error(&err) => outcomes.push(Outcome::Rejected {
                     code: err.code().map_or("data_error".to_owned(), |c| {

@@ -14,7 +14,7 @@ use backbone_sink::{
     decode, iso_date, require_key, Accepted, Delivery, DeliveryError, DestinationSettings, Money,
     Outcome, Rejection, Sink, SinkContext,
 };
-use futures::future::join_all;
+use futures::{stream, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
 /// The `[sink]` section.
@@ -175,14 +175,12 @@ impl Sink for BillingSink {
         &self,
         batch: &[&Delivery<ChargeRequest>],
     ) -> Result<Vec<Outcome>, DeliveryError> {
-        let mut outcomes = Vec::with_capacity(batch.len());
-        for chunk in batch.chunks(self.settings.concurrency) {
-            let posts: Vec<_> = chunk.iter().map(|delivery| self.post(delivery)).collect();
-            for answer in join_all(posts).await {
-                outcomes.push(answer?);
-            }
-        }
-        Ok(outcomes)
+        // `concurrency` requests in flight at all times, answers in the batch's order.
+        let posts: Vec<_> = batch.iter().map(|delivery| self.post(delivery)).collect();
+        stream::iter(posts)
+            .buffered(self.settings.concurrency)
+            .try_collect()
+            .await
     }
 }
 
