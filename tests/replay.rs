@@ -185,7 +185,7 @@ impl Letter {
         let out = letter.to_record(failed_at);
         TestRecord {
             key: out.key,
-            value: out.value,
+            value: out.value.expect("the letter of a record with a value"),
             headers: out.headers,
             partition: Some(self.dlq_partition),
             timestamp_ms: None,

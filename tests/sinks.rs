@@ -242,7 +242,7 @@ async fn records_a_sink_cannot_deliver_are_dead_lettered_on_arrival() {
     let kafka = shared_settings();
     // Offset 0 a tombstone, then: not wire format, a body cut short, a charge without its
     // idempotency key, and a valid charge.
-    produce_tombstone(&kafka, &topics.input, b"acme:s-1", Some(0))
+    produce_tombstone(&kafka, &topics.input, Some(b"acme:s-1".as_slice()), Some(0))
         .await
         .expect("tombstone");
     let valid = support::encode(&codec, &topics.input, &charge(1, "EUR")).await;
@@ -295,6 +295,15 @@ async fn records_a_sink_cannot_deliver_are_dead_lettered_on_arrival() {
     .map(|(offset, reason)| (offset.to_owned(), reason.to_owned()))
     .collect();
     assert_eq!(reasons, expected);
+    let tombstone = dlq
+        .iter()
+        .find(|l| l.header("backbone.origin.offset").as_deref() == Some("0"))
+        .expect("the tombstone's letter");
+    assert_eq!(
+        tombstone.value, None,
+        "a tombstone's dead letter is a tombstone"
+    );
+    assert_eq!(tombstone.key.as_deref(), Some(&b"acme:s-1"[..]));
     assert_eq!(
         delivered.keys().collect::<Vec<_>>(),
         ["rt-0001"],

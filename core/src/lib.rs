@@ -29,5 +29,7 @@ pub use config::ConfigError;
 pub use global::GlobalTable;
 pub use kafka::KafkaSettings;
 pub use processor::{Header, InputRecord, OutputRecord, Prefetch, ProcessError, Processor};
-pub use runner::{run, run_with, Delivery, RunSummary, RuntimeError, RuntimeSettings};
+pub use runner::{
+    run, run_with, Delivery, RefusedRecord, RunSummary, RuntimeError, RuntimeSettings,
+};
 pub use state::{IdempotencyKey, State, StateSpec};
