@@ -312,6 +312,45 @@ async fn records_a_sink_cannot_deliver_are_dead_lettered_on_arrival() {
 }
 
 #[tokio::test]
+async fn a_dead_letter_over_the_limit_stops_the_sink_without_committing() {
+    let sandbox = Sandbox::start(SandboxConfig::default()).await;
+    let topics = SinkTopics::create("billing-large-letter", 1).await;
+    let kafka = shared_settings();
+    let not_wire_format = format!("{{\"pad\": \"{}\"}}", "x".repeat(5_000));
+    produce(
+        &kafka,
+        &topics.input,
+        &[TestRecord::new("acme:s-1", not_wire_format)],
+    )
+    .await
+    .expect("produce");
+    let mut settings = topics.settings();
+    settings.max_dead_letter_bytes = 1_000;
+
+    let sink = RunningSink::start(
+        billing_sink(&topics.input, &sandbox.destination()),
+        settings,
+    );
+    let result = sink.finished(DEADLINE).await;
+    let input = format!("{}[0]@0", topics.input);
+    match &result {
+        Err(SinkError::Publish { topic, message }) => {
+            assert_eq!(topic, &format!("{}.dlq", topics.input));
+            assert!(
+                message.contains(&input) && message.contains("max_dead_letter_bytes"),
+                "names the input and what to raise: {message}"
+            );
+        }
+        other => panic!("expected the dead letter refused, got {other:?}"),
+    }
+    let committed = committed_offsets(&kafka, &topics.group, &topics.input).expect("offsets");
+    assert!(
+        committed.iter().all(|(_, o)| o.unwrap_or(0) == 0),
+        "nothing committed: {committed:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_refused_credential_stops_the_sink_without_dead_letters_or_commits() {
     let sandbox = Sandbox::start(SandboxConfig::default()).await;
     let topics = SinkTopics::create("billing-auth", 1).await;
