@@ -1032,6 +1032,22 @@ mod tests {
     }
 
     #[test]
+    fn record_limits_outside_librdkafkas_range_are_refused() {
+        let refused = |settings: RuntimeSettings| settings.validate().unwrap_err().to_string();
+        assert!(refused(RuntimeSettings {
+            max_output_bytes: 999,
+            ..RuntimeSettings::default()
+        })
+        .starts_with("config key `runtime.max_output_bytes`"));
+        assert!(refused(RuntimeSettings {
+            max_dead_letter_bytes: 1_000_000_001,
+            ..RuntimeSettings::default()
+        })
+        .starts_with("config key `runtime.max_dead_letter_bytes`"));
+        assert!(RuntimeSettings::default().validate().is_ok());
+    }
+
+    #[test]
     fn backoff_below_initial_is_refused() {
         let settings = RuntimeSettings {
             max_backoff: Duration::from_millis(1),

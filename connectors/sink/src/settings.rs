@@ -353,5 +353,14 @@ mod tests {
         };
         let err = settings.validate().expect_err("zero batch");
         assert!(err.to_string().contains("runtime.batch_max"), "{err}");
+        let settings = SinkSettings {
+            max_dead_letter_bytes: 999,
+            ..SinkSettings::default()
+        };
+        let err = settings.validate().expect_err("below librdkafka's range");
+        assert!(
+            err.to_string().contains("runtime.max_dead_letter_bytes"),
+            "{err}"
+        );
     }
 }
