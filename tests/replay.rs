@@ -2,7 +2,8 @@
 //! republishing with headers kept and replay headers added, dry runs that send nothing, every
 //! filter, the rate limit, a replay killed half-way and resumed without duplicates, consumer
 //! group resets with a preview and with an active member, the audit trail, errors that name
-//! their input, and billing charges brought back from the DLQ exactly once.
+//! their input, billing charges brought back from the DLQ exactly once, and tombstones a stage
+//! dead-lettered sent back as tombstones.
 
 #[path = "support/sinks.rs"]
 mod support;
@@ -15,7 +16,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use backbone_billing_sink::{BillingSettings, BillingSink};
 use backbone_core::dead_letter::{headers as dlq, DeadLetter};
-use backbone_core::InputRecord;
+use backbone_core::{InputRecord, RuntimeSettings};
 use backbone_replay::checkpoint;
 use backbone_replay::republish::headers as replay_headers;
 use backbone_replay::Context;
@@ -26,9 +27,11 @@ use backbone_schemas::WireCodec;
 use backbone_sink::http::JsonApi;
 use backbone_sink::DESTINATION_REJECTED;
 use backbone_testkit::{
-    committed_offsets, consume_until, create_topic, end_offsets_total, produce, shared_settings,
-    unique_group, unique_topic, ChildProcess, ConsumedRecord, TestRecord,
+    committed_offsets, consume_until, create_topic, end_offsets_total, produce, produce_tombstone,
+    shared_settings, unique_group, unique_topic, ChildProcess, ConsumedRecord, RunningProcessor,
+    TestRecord,
 };
+use backbone_usage_validator::{UsageValidator, ValidatorSettings};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde_json::Value as Json;
 use support::{eventually, registry_url, RunningSink, Sandbox, SinkTopics};
@@ -185,7 +188,7 @@ impl Letter {
         let out = letter.to_record(failed_at);
         TestRecord {
             key: out.key,
-            value: out.value,
+            value: out.value.expect("the letter of a record with a value"),
             headers: out.headers,
             partition: Some(self.dlq_partition),
             timestamp_ms: None,
@@ -532,6 +535,79 @@ async fn run_sends_dead_letters_back_to_their_origin_keeping_headers() {
     assert_eq!(entry["counts"]["sent"], 5, "{entry}");
     assert_eq!(entry["target"]["source"], dlq_topic.as_str());
     assert_eq!(entry["events"], serde_json::json!(["started", "completed"]));
+}
+
+#[tokio::test]
+async fn a_tombstone_a_stage_dead_letters_is_replayed_as_a_tombstone() {
+    let kafka = shared_settings();
+    let settings = ValidatorSettings {
+        input_topic: unique_topic("replay-tombstones.usage"),
+        output_topic: unique_topic("replay-tombstones.validated"),
+        dedup: false,
+    };
+    let dlq_topic = format!("{}.dlq", settings.input_topic);
+    create_topic(&kafka, &settings.input_topic, 1)
+        .await
+        .expect("input topic");
+    produce_tombstone(
+        &kafka,
+        &settings.input_topic,
+        Some(b"c-1".as_slice()),
+        Some(0),
+    )
+    .await
+    .expect("tombstone");
+    produce_tombstone(&kafka, &settings.input_topic, None, Some(0))
+        .await
+        .expect("keyless tombstone");
+    let group = unique_group("replay-tombstones");
+    let mut runtime = RuntimeSettings {
+        group_id: Some(group.clone()),
+        topic_partitions: 1,
+        ..RuntimeSettings::default()
+    };
+    runtime.state.dir = std::env::temp_dir().join("backbone-state").join(&group);
+    let validator = RunningProcessor::start(
+        UsageValidator::new(settings.clone(), WireCodec::new(&registry_url())),
+        &kafka,
+        runtime,
+    );
+    consume_until(&kafka, &dlq_topic, 2, DEADLINE)
+        .await
+        .expect("the tombstones' dead letters");
+
+    let summary = replay(&["run", &dlq_topic, "--operator", "ann", "--json"])
+        .await
+        .json_lines();
+    let summary = summary.last().expect("a summary");
+    assert_eq!(summary["sent"], 2, "{summary}");
+
+    // Back on the input as tombstones, keys as they were; the stage puts them aside again
+    // for the same reason, not as records cut short.
+    let inputs = consume_until(&kafka, &settings.input_topic, 4, DEADLINE)
+        .await
+        .expect("the replayed tombstones");
+    let letters = consume_until(&kafka, &dlq_topic, 4, DEADLINE)
+        .await
+        .expect("the replayed tombstones' dead letters");
+    validator.stop(DEADLINE).await;
+    for (offset, key) in [(2, Some(&b"c-1"[..])), (3, None)] {
+        let input = inputs
+            .iter()
+            .find(|r| r.offset == offset)
+            .expect("replayed input");
+        assert_eq!((input.key.as_deref(), input.value.as_deref()), (key, None));
+        assert!(input.header(replay_headers::ID).is_some());
+        let letter = letters
+            .iter()
+            .find(|l| l.header(dlq::ORIGIN_OFFSET) == Some(offset.to_string()))
+            .expect("the replayed tombstone's dead letter");
+        assert_eq!(letter.header(dlq::REASON).as_deref(), Some("missing_value"));
+        assert_eq!(
+            (letter.key.as_deref(), letter.value.as_deref()),
+            (key, None)
+        );
+    }
 }
 
 #[tokio::test]

@@ -70,7 +70,7 @@ impl Processor for Scripted {
         Ok(vec![OutputRecord {
             topic: self.output.clone(),
             key: record.key.map(<[u8]>::to_vec),
-            value: record.value.unwrap_or_default().to_vec(),
+            value: Some(record.value.unwrap_or_default().to_vec()),
             headers: Vec::new(),
         }])
     }

@@ -242,7 +242,7 @@ async fn records_a_sink_cannot_deliver_are_dead_lettered_on_arrival() {
     let kafka = shared_settings();
     // Offset 0 a tombstone, then: not wire format, a body cut short, a charge without its
     // idempotency key, and a valid charge.
-    produce_tombstone(&kafka, &topics.input, b"acme:s-1", Some(0))
+    produce_tombstone(&kafka, &topics.input, Some(b"acme:s-1".as_slice()), Some(0))
         .await
         .expect("tombstone");
     let valid = support::encode(&codec, &topics.input, &charge(1, "EUR")).await;
@@ -295,10 +295,58 @@ async fn records_a_sink_cannot_deliver_are_dead_lettered_on_arrival() {
     .map(|(offset, reason)| (offset.to_owned(), reason.to_owned()))
     .collect();
     assert_eq!(reasons, expected);
+    let tombstone = dlq
+        .iter()
+        .find(|l| l.header("backbone.origin.offset").as_deref() == Some("0"))
+        .expect("the tombstone's letter");
+    assert_eq!(
+        tombstone.value, None,
+        "a tombstone's dead letter is a tombstone"
+    );
+    assert_eq!(tombstone.key.as_deref(), Some(&b"acme:s-1"[..]));
     assert_eq!(
         delivered.keys().collect::<Vec<_>>(),
         ["rt-0001"],
         "only the valid charge reached the billing system"
+    );
+}
+
+#[tokio::test]
+async fn a_dead_letter_over_the_limit_stops_the_sink_without_committing() {
+    let sandbox = Sandbox::start(SandboxConfig::default()).await;
+    let topics = SinkTopics::create("billing-large-letter", 1).await;
+    let kafka = shared_settings();
+    let not_wire_format = format!("{{\"pad\": \"{}\"}}", "x".repeat(5_000));
+    produce(
+        &kafka,
+        &topics.input,
+        &[TestRecord::new("acme:s-1", not_wire_format)],
+    )
+    .await
+    .expect("produce");
+    let mut settings = topics.settings();
+    settings.max_dead_letter_bytes = 1_000;
+
+    let sink = RunningSink::start(
+        billing_sink(&topics.input, &sandbox.destination()),
+        settings,
+    );
+    let result = sink.finished(DEADLINE).await;
+    let input = format!("{}[0]@0", topics.input);
+    match &result {
+        Err(SinkError::Publish { topic, message }) => {
+            assert_eq!(topic, &format!("{}.dlq", topics.input));
+            assert!(
+                message.contains(&input) && message.contains("max_dead_letter_bytes"),
+                "names the input and what to raise: {message}"
+            );
+        }
+        other => panic!("expected the dead letter refused, got {other:?}"),
+    }
+    let committed = committed_offsets(&kafka, &topics.group, &topics.input).expect("offsets");
+    assert!(
+        committed.iter().all(|(_, o)| o.unwrap_or(0) == 0),
+        "nothing committed: {committed:?}"
     );
 }
 

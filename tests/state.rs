@@ -286,7 +286,7 @@ impl Processor for Lookup {
         Ok(vec![OutputRecord {
             topic: self.output.clone(),
             key: Some(key.to_vec()),
-            value,
+            value: Some(value),
             headers: Vec::new(),
         }])
     }

@@ -1,5 +1,10 @@
 //! Dead letters: an input that cannot be processed is republished, key, value and headers
 //! byte for byte, to `<topic>.dlq` with headers saying what failed, where, when and by whom.
+//! An absent key or value stays absent: a tombstone's dead letter is a tombstone.
+//!
+//! A dead letter is its input plus headers, so it may be larger than any output the stage
+//! writes: dead-letter topics are created to take records of up to
+//! [`DEFAULT_MAX_DEAD_LETTER_BYTES`] (or the stage's setting), and the producer sends them.
 //!
 //! Two header sets are written: ours (`backbone.dlq.*`, `backbone.origin.*`; see
 //! `docs/dead-letters.md`) and Kafka Connect's `__connect.errors.*` context headers, so tools
@@ -7,10 +12,19 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::admin::TopicSpec;
 use crate::processor::{Header, InputRecord, OutputRecord};
 
 /// Suffix of a topic's dead-letter topic.
 pub const DLQ_SUFFIX: &str = ".dlq";
+
+/// Largest dead letter a stage sends unless configured otherwise: room for an input at the
+/// broker's usual limit (1 MiB) many times over, plus the headers.
+pub const DEFAULT_MAX_DEAD_LETTER_BYTES: usize = 8 * 1024 * 1024;
+
+/// What a record batch adds around a record (61 bytes in Kafka's format v2), with room to
+/// spare: a dead-letter topic's `max.message.bytes` is its largest dead letter plus this.
+const BATCH_FRAMING_BYTES: usize = 1024;
 
 /// Header names written on every dead letter.
 pub mod headers {
@@ -67,6 +81,14 @@ pub fn dlq_topic(topic: &str) -> String {
     format!("{topic}{DLQ_SUFFIX}")
 }
 
+/// The dead-letter topic `name` as a stage creates it: `partitions` partitions, taking dead
+/// letters of up to `max_dead_letter_bytes` (topic config `max.message.bytes`). A topic that
+/// exists already keeps its own configs.
+pub fn dlq_topic_spec(name: String, partitions: i32, max_dead_letter_bytes: usize) -> TopicSpec {
+    let limit = max_dead_letter_bytes.saturating_add(BATCH_FRAMING_BYTES);
+    TopicSpec::new(name, partitions).with_config("max.message.bytes", &limit.to_string())
+}
+
 /// Everything needed to dead-letter one input.
 #[derive(Debug, Clone)]
 pub struct DeadLetter<'a> {
@@ -89,7 +111,8 @@ pub struct DeadLetter<'a> {
 }
 
 impl DeadLetter<'_> {
-    /// The record to publish to the input topic's DLQ.
+    /// The record to publish to the input topic's DLQ: the input's key and value as they were
+    /// (either may be absent), its headers, then ours.
     pub fn to_record(&self, now: SystemTime) -> OutputRecord {
         let input = self.input;
         let mut headers: Vec<Header> = input.headers.to_vec();
@@ -130,7 +153,7 @@ impl DeadLetter<'_> {
         OutputRecord {
             topic: dlq_topic(input.topic),
             key: input.key.map(<[u8]>::to_vec),
-            value: input.value.map(<[u8]>::to_vec).unwrap_or_default(),
+            value: input.value.map(<[u8]>::to_vec),
             headers,
         }
     }
@@ -198,7 +221,7 @@ mod tests {
         let record = letter.to_record(UNIX_EPOCH);
         assert_eq!(record.topic, "usage.events.dlq");
         assert_eq!(record.key.as_deref(), Some(&b"k"[..]));
-        assert_eq!(record.value, b"{bad");
+        assert_eq!(record.value.as_deref(), Some(&b"{bad"[..]));
         let get = |name: &str| {
             record
                 .headers
@@ -228,6 +251,46 @@ mod tests {
         assert_eq!(
             get(headers::connect::EXCEPTION_CLASS_NAME).as_deref(),
             Some("backbone.permanent.malformed_json")
+        );
+    }
+
+    #[test]
+    fn a_tombstone_without_a_key_is_dead_lettered_as_one() {
+        let input = InputRecord {
+            topic: "usage.events",
+            partition: 0,
+            offset: 7,
+            timestamp_ms: None,
+            key: None,
+            value: None,
+            headers: &[],
+        };
+        let letter = DeadLetter {
+            input: &input,
+            error_class: "permanent",
+            reason: "missing_value",
+            message: "record has no value",
+            processor: "usage-validator",
+            processor_version: "0.1.0",
+            attempts: 1,
+            first_failed_at: UNIX_EPOCH,
+        };
+        let record = letter.to_record(UNIX_EPOCH);
+        assert_eq!(record.key, None);
+        assert_eq!(record.value, None);
+        assert!(record
+            .headers
+            .iter()
+            .any(|(name, value)| name == headers::REASON && value == b"missing_value"));
+    }
+
+    #[test]
+    fn dead_letter_topics_take_their_largest_letter_and_a_batch_around_it() {
+        let spec = dlq_topic_spec("usage.events.dlq".into(), 3, 2_000_000);
+        assert_eq!(spec.partitions, 3);
+        assert_eq!(
+            spec.config,
+            vec![("max.message.bytes".to_owned(), "2001024".to_owned())]
         );
     }
 }

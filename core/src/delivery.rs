@@ -20,9 +20,10 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::oneshot;
 
+use crate::kafka::refuses_size;
 use crate::metrics::{MeteredContext, RuntimeMetrics};
 use crate::processor::OutputRecord;
-use crate::runner::{RunSummary, RuntimeError};
+use crate::runner::{RefusedRecord, RunSummary, RuntimeError};
 use crate::state::{Assignment, ChangelogWrite, InFlightGuard, Ownership};
 
 /// Most inputs whose outputs may be awaiting the broker's acknowledgement at once.
@@ -44,10 +45,79 @@ pub(crate) struct Outcome {
     pub(crate) age: Option<Duration>,
 }
 
+impl Outcome {
+    /// Where the input was read, as `topic[partition]@offset`.
+    pub(crate) fn input(&self) -> String {
+        format!("{}[{}]@{}", self.topic, self.partition, self.offset)
+    }
+
+    /// The error for a record made from this input that the producer or the broker did not
+    /// take: a refusal for good names the input, the record's size and what to fix; anything
+    /// else stays a produce failure, as for any record.
+    pub(crate) fn not_taken(&self, topic: &str, bytes: usize, source: KafkaError) -> RuntimeError {
+        let topic = topic.to_owned();
+        let Some(refusal) = RefusalKind::of(&source) else {
+            return RuntimeError::Produce { topic, source };
+        };
+        let record = Box::new(RefusedRecord {
+            input: self.input(),
+            topic,
+            bytes,
+            source,
+        });
+        if self.dead_letter.is_some() {
+            return RuntimeError::DeadLetterRefused(record);
+        }
+        RuntimeError::OutputRefused {
+            record,
+            fix: refusal.fix(),
+        }
+    }
+}
+
+/// Why a record was refused for good: sending it again cannot succeed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RefusalKind {
+    /// Over librdkafka's `message.max.bytes` or the topic's `max.message.bytes`.
+    TooLarge,
+    /// The broker's validation refused it (a record without a key on a compacted topic).
+    Invalid,
+}
+
+impl RefusalKind {
+    fn of(err: &KafkaError) -> Option<Self> {
+        if refuses_size(err) {
+            Some(Self::TooLarge)
+        } else if err.rdkafka_error_code() == Some(RDKafkaErrorCode::InvalidRecord) {
+            Some(Self::Invalid)
+        } else {
+            None
+        }
+    }
+
+    /// What the operator changes before the restart.
+    fn fix(self) -> &'static str {
+        match self {
+            Self::TooLarge => "the topic takes smaller records than runtime.max_output_bytes: lower that setting to fit the topic's max.message.bytes (the restart then dead-letters the input as `output_too_large`), or raise the topic's limit",
+            Self::Invalid => "the topic's configs refuse the record (a compacted topic needs keys): fix the topic or the processor",
+        }
+    }
+}
+
+/// A record handed to the producer, awaiting the broker's acknowledgement.
+pub(crate) struct Sent {
+    /// Its topic.
+    pub(crate) topic: String,
+    /// Its size, as [`OutputRecord::size_bytes`] counts it.
+    pub(crate) bytes: usize,
+    /// The acknowledgement.
+    pub(crate) delivery: DeliveryFuture,
+}
+
 /// A resolved input whose records were handed to the producer (effectively-once).
 pub(crate) struct Pending {
     pub(crate) outcome: Outcome,
-    pub(crate) deliveries: Vec<(String, DeliveryFuture)>,
+    pub(crate) deliveries: Vec<Sent>,
     pub(crate) changelog: Vec<ChangelogWrite>,
     pub(crate) producer: FutureProducer,
     pub(crate) timeout: Duration,
@@ -84,9 +154,17 @@ impl Pending {
             turn,
             next_turn,
         } = self;
-        for (topic, delivery) in deliveries {
-            acknowledged(topic.clone(), delivery).await?;
-            *outcome.produced.entry(topic).or_default() += 1;
+        for mut sent in deliveries {
+            match (&mut sent.delivery).await {
+                Ok(Ok(_)) => {}
+                Ok(Err((source, _))) => {
+                    return Err(outcome.not_taken(&sent.topic, sent.bytes, source))
+                }
+                Err(_) => {
+                    return Err(outcome.not_taken(&sent.topic, sent.bytes, KafkaError::Canceled))
+                }
+            }
+            *outcome.produced.entry(sent.topic).or_default() += 1;
         }
         if let Some(turn) = turn {
             // An error on the earlier input stops the run; waiting longer would not help.
@@ -205,26 +283,41 @@ impl<C: ConsumerContext + 'static> Ledger<'_, C> {
     }
 }
 
-/// Hands `record` to the producer; its delivery is awaited later, in order.
+/// Hands the records made from the input of `outcome` to the producer, in order; their
+/// deliveries are awaited later.
 pub(crate) async fn enqueue(
     producer: &FutureProducer,
-    record: &OutputRecord,
+    records: &[OutputRecord],
+    outcome: &Outcome,
     timeout: Duration,
-) -> Result<DeliveryFuture, RuntimeError> {
-    let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
-    for (name, value) in &record.headers {
-        headers = headers.insert(rdkafka::message::Header {
-            key: name,
-            value: Some(value),
-        });
+) -> Result<Vec<Sent>, RuntimeError> {
+    let mut sent = Vec::with_capacity(records.len());
+    for record in records {
+        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+        for (name, value) in &record.headers {
+            headers = headers.insert(rdkafka::message::Header {
+                key: name,
+                value: Some(value),
+            });
+        }
+        let mut future = FutureRecord::<[u8], [u8]>::to(&record.topic).headers(headers);
+        if let Some(key) = record.key.as_deref() {
+            future = future.key(key);
+        }
+        if let Some(value) = record.value.as_deref() {
+            future = future.payload(value);
+        }
+        let bytes = record.size_bytes();
+        match send(producer, future, timeout).await {
+            Ok(delivery) => sent.push(Sent {
+                topic: record.topic.clone(),
+                bytes,
+                delivery,
+            }),
+            Err(source) => return Err(outcome.not_taken(&record.topic, bytes, source)),
+        }
     }
-    let mut future = FutureRecord::<[u8], [u8]>::to(&record.topic)
-        .payload(record.value.as_slice())
-        .headers(headers);
-    if let Some(key) = record.key.as_deref() {
-        future = future.key(key);
-    }
-    send(producer, future, &record.topic, timeout).await
+    Ok(sent)
 }
 
 /// Hands a changelog write to the producer, to the changelog partition of its input partition.
@@ -239,15 +332,19 @@ pub(crate) async fn enqueue_changelog(
     if let Some(value) = write.value.as_deref() {
         future = future.payload(value);
     }
-    send(producer, future, &write.topic, timeout).await
+    send(producer, future, timeout)
+        .await
+        .map_err(|source| RuntimeError::Produce {
+            topic: write.topic.clone(),
+            source,
+        })
 }
 
 async fn send(
     producer: &FutureProducer,
     mut future: FutureRecord<'_, [u8], [u8]>,
-    topic: &str,
     timeout: Duration,
-) -> Result<DeliveryFuture, RuntimeError> {
+) -> Result<DeliveryFuture, KafkaError> {
     let deadline = Instant::now() + timeout;
     loop {
         match producer.send_result(future) {
@@ -259,12 +356,7 @@ async fn send(
                 future = returned;
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            Err((source, _)) => {
-                return Err(RuntimeError::Produce {
-                    topic: topic.to_owned(),
-                    source,
-                })
-            }
+            Err((source, _)) => return Err(source),
         }
     }
 }

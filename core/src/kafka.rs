@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
 use serde::Deserialize;
 
@@ -201,6 +202,15 @@ impl Validate for KafkaSettings {
         }
         Ok(())
     }
+}
+
+/// Whether `err` says a record is larger than the producer (`message.max.bytes`) or its topic
+/// (`max.message.bytes`) takes: sending it again cannot succeed.
+pub fn refuses_size(err: &rdkafka::error::KafkaError) -> bool {
+    matches!(
+        err.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::MessageBatchTooLarge)
+    )
 }
 
 fn is_secret(key: &str) -> bool {

@@ -8,7 +8,10 @@
 //! Delivery contract (at-least-once, made effectively-once downstream): an input's offset is
 //! stored for commit only after every output it produced, or its dead letter, has been
 //! acknowledged by the broker. A crash therefore redelivers inputs, never skips them; processors
-//! derive output ids from content so that a redelivery reproduces identical outputs.
+//! derive output ids from content so that a redelivery reproduces identical outputs. An input
+//! with an output over `runtime.max_output_bytes` is dead-lettered whole instead, with none of
+//! its outputs or state changes; a record the broker refuses all the same stops the processor
+//! without committing it.
 
 pub mod admin;
 pub mod app;
@@ -29,5 +32,7 @@ pub use config::ConfigError;
 pub use global::GlobalTable;
 pub use kafka::KafkaSettings;
 pub use processor::{Header, InputRecord, OutputRecord, Prefetch, ProcessError, Processor};
-pub use runner::{run, run_with, Delivery, RunSummary, RuntimeError, RuntimeSettings};
+pub use runner::{
+    run, run_with, Delivery, RefusedRecord, RunSummary, RuntimeError, RuntimeSettings,
+};
 pub use state::{IdempotencyKey, State, StateSpec};

@@ -45,10 +45,35 @@ pub struct OutputRecord {
     pub topic: String,
     /// Record key (decides the partition).
     pub key: Option<Vec<u8>>,
-    /// Record value.
-    pub value: Vec<u8>,
+    /// Record value; `None` for a tombstone.
+    pub value: Option<Vec<u8>>,
     /// Headers to attach.
     pub headers: Vec<Header>,
+}
+
+/// Most bytes a record's framing takes in a record batch (Kafka's record format v2): its
+/// length, attributes, timestamp and offset deltas, key and value lengths and header count,
+/// each at its widest encoding.
+const RECORD_FRAMING_BYTES: usize = 36;
+
+/// Most bytes a header's two length prefixes take.
+const HEADER_FRAMING_BYTES: usize = 10;
+
+impl OutputRecord {
+    /// The most bytes this record takes in a record batch: key, value, header names and
+    /// values, and their framing at its widest. librdkafka's size check counts no more, and the
+    /// broker's limit (`max.message.bytes`) counts the batch, which adds 61 bytes.
+    pub fn size_bytes(&self) -> usize {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(name, value)| HEADER_FRAMING_BYTES + name.len() + value.len())
+            .sum();
+        RECORD_FRAMING_BYTES
+            + self.key.as_ref().map_or(0, Vec::len)
+            + self.value.as_ref().map_or(0, Vec::len)
+            + headers
+    }
 }
 
 /// Why a record could not be processed, classified by what the runtime should do about it.
@@ -145,4 +170,69 @@ pub trait Processor: Send {
         record: &InputRecord<'_>,
         state: &mut State<'_>,
     ) -> Result<Vec<OutputRecord>, ProcessError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::config::ClientConfig;
+    use rdkafka::producer::{BaseProducer, BaseRecord};
+
+    /// librdkafka refuses a record whose size, as it counts it, is over `message.max.bytes`,
+    /// before sending anything: a producer whose limit is exactly `size_bytes` must take it.
+    #[test]
+    fn size_bytes_is_never_below_librdkafkas_count() {
+        let shapes = [
+            (None, Some(0), 0),
+            (Some(1), Some(1_000), 1),
+            (Some(300), Some(70_000), 3),
+            (Some(20_000), None, 40),
+            (Some(0), Some(0), 200),
+        ];
+        for (key_len, value_len, header_count) in shapes {
+            let record = OutputRecord {
+                topic: "sizes".into(),
+                key: key_len.map(|n| vec![b'k'; n]),
+                value: value_len.map(|n| vec![b'v'; n]),
+                headers: (0..header_count)
+                    .map(|i| (format!("h-{i}"), vec![b'x'; 200 * (i % 3)]))
+                    .collect(),
+            };
+            let limit = record.size_bytes().max(1_000);
+            // Nothing listens there: the check happens before any connection.
+            let producer: BaseProducer = ClientConfig::new()
+                .set("bootstrap.servers", "127.0.0.1:9")
+                .set("message.max.bytes", limit.to_string())
+                .create()
+                .expect("producer");
+            let send = |record: &OutputRecord| {
+                let mut headers =
+                    rdkafka::message::OwnedHeaders::new_with_capacity(record.headers.len());
+                for (name, value) in &record.headers {
+                    headers = headers.insert(rdkafka::message::Header {
+                        key: name,
+                        value: Some(value),
+                    });
+                }
+                let mut future = BaseRecord::<[u8], [u8]>::to(&record.topic).headers(headers);
+                if let Some(key) = record.key.as_deref() {
+                    future = future.key(key);
+                }
+                if let Some(value) = record.value.as_deref() {
+                    future = future.payload(value);
+                }
+                producer.send(future).map_err(|(err, _)| err)
+            };
+            assert!(
+                send(&record).is_ok(),
+                "{key_len:?} {value_len:?} {header_count}"
+            );
+            // The check is real: a value far over the limit is refused.
+            let over = OutputRecord {
+                value: Some(vec![b'v'; limit + 1]),
+                ..record
+            };
+            assert!(send(&over).is_err());
+        }
+    }
 }

@@ -18,7 +18,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::admin::{self, AdminError, TopicSpec};
 use crate::config::{ConfigError, Validate};
-use crate::dead_letter::{dlq_topic, DeadLetter};
+use crate::dead_letter::{dlq_topic, dlq_topic_spec, DeadLetter, DEFAULT_MAX_DEAD_LETTER_BYTES};
 use crate::delivery::{
     enqueue, enqueue_changelog, lock, InFlight, Ledger, Outcome, Pending, RuntimeContext,
     Transaction, MAX_IN_FLIGHT,
@@ -93,6 +93,14 @@ pub struct RuntimeSettings {
     /// Attempts at a record failing transiently before it is dead-lettered as
     /// `retries_exhausted`. Outages (registry, broker) are retried without limit.
     pub max_attempts: u32,
+    /// Largest output record, as [`OutputRecord::size_bytes`] counts it. An input with a
+    /// larger output is dead-lettered as `output_too_large` instead, with none of its outputs
+    /// or state changes; keep it within the output topics' `max.message.bytes` less 61 bytes.
+    pub max_output_bytes: usize,
+    /// Largest dead letter (an input plus headers): the producer sends records this large and
+    /// the dead-letter topics this processor creates take them. A larger dead letter stops the
+    /// processor without committing its input.
+    pub max_dead_letter_bytes: usize,
     /// Effectively-once (default) or exactly-once.
     pub delivery: Delivery,
     /// Transactions under exactly-once delivery.
@@ -100,6 +108,13 @@ pub struct RuntimeSettings {
     /// Where and how partition state is kept.
     pub state: StateSettings,
 }
+
+/// librdkafka's default `message.max.bytes`, below the broker's default topic limit (1 MiB and
+/// 12 bytes) by more than a batch's framing.
+pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 1_000_000;
+
+/// The range librdkafka accepts for `message.max.bytes`.
+const PRODUCER_RECORD_BYTES: std::ops::RangeInclusive<usize> = 1_000..=1_000_000_000;
 
 fn default_partitions() -> i32 {
     3
@@ -126,6 +141,8 @@ impl Default for RuntimeSettings {
             max_backoff: default_max_backoff(),
             produce_timeout: default_produce_timeout(),
             max_attempts: 5,
+            max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
+            max_dead_letter_bytes: DEFAULT_MAX_DEAD_LETTER_BYTES,
             delivery: Delivery::default(),
             transaction: TransactionSettings::default(),
             state: StateSettings::default(),
@@ -144,6 +161,18 @@ impl Validate for RuntimeSettings {
         }
         if self.topic_partitions < 1 {
             return Err(invalid("topic_partitions", "must be at least 1"));
+        }
+        if !PRODUCER_RECORD_BYTES.contains(&self.max_output_bytes) {
+            return Err(invalid(
+                "max_output_bytes",
+                "must be between 1000 and 1000000000 (librdkafka's range)",
+            ));
+        }
+        if !PRODUCER_RECORD_BYTES.contains(&self.max_dead_letter_bytes) {
+            return Err(invalid(
+                "max_dead_letter_bytes",
+                "must be between 1000 and 1000000000 (librdkafka's range)",
+            ));
         }
         if self.initial_backoff.is_zero() || self.max_backoff < self.initial_backoff {
             return Err(invalid(
@@ -193,6 +222,19 @@ pub struct RunSummary {
     pub duplicates: u64,
 }
 
+/// A record the producer or the broker refused for good, and the input it was made from.
+#[derive(Debug)]
+pub struct RefusedRecord {
+    /// The input, as `topic[partition]@offset`.
+    pub input: String,
+    /// The record's topic.
+    pub topic: String,
+    /// The record's size, as [`OutputRecord::size_bytes`] counts it.
+    pub bytes: usize,
+    /// The client's error.
+    pub source: KafkaError,
+}
+
 /// Why the loop stopped before being asked to.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -211,6 +253,21 @@ pub enum RuntimeError {
         /// The client's error.
         source: KafkaError,
     },
+    /// The broker (or the producer) refused an output for good: larger than its topic takes,
+    /// or invalid for it. Neither that input nor any after it was committed.
+    #[error("`{}` refused a {}-byte output of {} ({}); nothing from that input on was committed: {fix}, then restart",
+        .record.topic, .record.bytes, .record.input, .record.source)]
+    OutputRefused {
+        /// The output and its input.
+        record: Box<RefusedRecord>,
+        /// What to change.
+        fix: &'static str,
+    },
+    /// A dead letter was refused for good, so its input could be neither processed nor put
+    /// aside. Neither that input nor any after it was committed: nothing is lost.
+    #[error("`{}` refused the {}-byte dead letter of {} ({}); nothing from that input on was committed: raise runtime.max_dead_letter_bytes and the topic's max.message.bytes, then restart",
+        .0.topic, .0.bytes, .0.input, .0.source)]
+    DeadLetterRefused(Box<RefusedRecord>),
     /// The consumer hit an error librdkafka cannot recover from.
     #[error("consumer failed fatally: {0}")]
     Fatal(#[source] KafkaError),
@@ -256,9 +313,12 @@ impl RuntimeError {
             Self::Refused(_) => fatal_kind::AUTH,
             Self::Stopped { kind, .. } if *kind == "authorization" => fatal_kind::AUTH,
             Self::TransactionsRefused(_) => fatal_kind::AUTH,
-            Self::Stopped { .. } | Self::Metrics(_) | Self::Inputs(_) | Self::State(_) => {
-                fatal_kind::CONFIG
-            }
+            Self::Stopped { .. }
+            | Self::Metrics(_)
+            | Self::Inputs(_)
+            | Self::State(_)
+            | Self::OutputRefused { .. }
+            | Self::DeadLetterRefused(_) => fatal_kind::CONFIG,
             Self::Client(_)
             | Self::Topics(_)
             | Self::Produce { .. }
@@ -389,6 +449,9 @@ async fn run_loop<P: Processor>(
         Arc::clone(metrics),
     );
     let prefetch = processor.prefetch();
+    // A processor's own dead letters (records it puts aside later, like a parked event) are
+    // held to the dead-letter limit, which the producer enforces, not to the output limit.
+    let dead_letter_topics: BTreeSet<String> = inputs.iter().map(|t| dlq_topic(t)).collect();
     let mut summary = RunSummary::default();
     let ledger = Ledger {
         consumer: &consumer,
@@ -470,7 +533,21 @@ async fn run_loop<P: Processor>(
             let started = Instant::now();
             let tables = globals.as_ref().map(GlobalTables::state);
             let processed = ownership.process(&group, input.partition, tables, |state| {
-                prepared.and_then(|()| span.in_scope(|| processor.process(&input, state)))
+                let mut outputs =
+                    prepared.and_then(|()| span.in_scope(|| processor.process(&input, state)))?;
+                if let Some(trace) = input.header(TRACEPARENT) {
+                    carry_trace(&mut outputs, trace);
+                }
+                // Checked before the input's state writes apply and before any output is
+                // sent: an output the broker would refuse dead-letters its input whole.
+                let limit = settings.max_output_bytes;
+                match outputs
+                    .iter()
+                    .find(|o| o.size_bytes() > limit && !dead_letter_topics.contains(&o.topic))
+                {
+                    Some(over) => Err(output_too_large(over, limit)),
+                    None => Ok(outputs),
+                }
             });
             metrics.observe_processing(started.elapsed());
             if processed.result.is_err() && first_failed_at.is_none() {
@@ -534,12 +611,7 @@ async fn run_loop<P: Processor>(
                 .and_then(|ms| event_age(ms, SystemTime::now())),
         };
         let records = match processed.result {
-            Ok(mut outputs) => {
-                if let Some(trace) = input.header(TRACEPARENT) {
-                    carry_trace(&mut outputs, trace);
-                }
-                outputs
-            }
+            Ok(outputs) => outputs,
             Err(ProcessError::Permanent { reason, detail }) => {
                 tracing::debug!(processor = %name, topic = input.topic, partition = input.partition,
                     offset = input.offset, reason, "dead-lettering record");
@@ -568,8 +640,8 @@ async fn run_loop<P: Processor>(
                 lock(transaction)
                     .begin(&producer)
                     .map_err(transaction_error)?;
+                enqueue(&producer, &records, &outcome, settings.produce_timeout).await?;
                 for record in &records {
-                    enqueue(&producer, record, settings.produce_timeout).await?;
                     *outcome.produced.entry(record.topic.clone()).or_default() += 1;
                 }
                 for write in &processed.changelog {
@@ -585,11 +657,8 @@ async fn run_loop<P: Processor>(
                 }
             }
             None => {
-                let mut deliveries = Vec::with_capacity(records.len());
-                for record in &records {
-                    let delivery = enqueue(&producer, record, settings.produce_timeout).await?;
-                    deliveries.push((record.topic.clone(), delivery));
-                }
+                let deliveries =
+                    enqueue(&producer, &records, &outcome, settings.produce_timeout).await?;
                 let (next_turn, turn) = oneshot::channel();
                 let pending = Pending {
                     outcome,
@@ -719,9 +788,16 @@ fn create_producer(
     kafka: &KafkaSettings,
     settings: &RuntimeSettings,
 ) -> Result<FutureProducer, RuntimeError> {
+    // Outputs are held to `max_output_bytes` before they reach the producer; dead letters,
+    // larger by their headers, only to the producer's limit.
+    let max_record_bytes = settings
+        .max_dead_letter_bytes
+        .max(settings.max_output_bytes)
+        .to_string();
     let Delivery::ExactlyOnce = settings.delivery else {
         return kafka
             .producer_config()
+            .set("message.max.bytes", max_record_bytes)
             .create()
             .map_err(RuntimeError::Client);
     };
@@ -732,6 +808,7 @@ fn create_producer(
         .unwrap_or_default();
     let producer: FutureProducer = kafka
         .transactional_producer_config(id, settings.transaction.timeout)
+        .set("message.max.bytes", max_record_bytes)
         .create()
         .map_err(RuntimeError::Client)?;
     // Fences any older instance with the same id and aborts what it left open.
@@ -790,10 +867,13 @@ async fn ensure_topics<P: Processor>(
         .map(|t| dlq_topic(t))
         .filter(|t| !outputs.contains(t))
         .collect();
-    specs.extend(
-        dlqs.into_iter()
-            .map(|name| TopicSpec::new(name, settings.topic_partitions)),
-    );
+    specs.extend(dlqs.into_iter().map(|name| {
+        dlq_topic_spec(
+            name,
+            settings.topic_partitions,
+            settings.max_dead_letter_bytes,
+        )
+    }));
     if let Some(partitions) = partitions {
         specs.push(
             TopicSpec::new(changelog_topic(group), partitions)
@@ -845,6 +925,21 @@ fn owned_headers(message: &BorrowedMessage<'_>) -> Vec<Header> {
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stopped| *stopped).await;
 }
+
+/// Why an input whose output `over` is larger than `limit` is dead-lettered.
+fn output_too_large(over: &OutputRecord, limit: usize) -> ProcessError {
+    ProcessError::permanent(
+        OUTPUT_TOO_LARGE,
+        format!(
+            "its output to `{}` is {} bytes, over runtime.max_output_bytes ({limit})",
+            over.topic,
+            over.size_bytes()
+        ),
+    )
+}
+
+/// Reason of an input dead-lettered because an output of it is over `runtime.max_output_bytes`.
+pub const OUTPUT_TOO_LARGE: &str = "output_too_large";
 
 /// The W3C trace-context header.
 pub const TRACEPARENT: &str = "traceparent";
@@ -912,7 +1007,7 @@ mod tests {
         let record = |headers: Vec<Header>| OutputRecord {
             topic: "t".into(),
             key: None,
-            value: Vec::new(),
+            value: None,
             headers,
         };
         let own = (TRACEPARENT.to_owned(), b"00-own".to_vec());
@@ -934,6 +1029,22 @@ mod tests {
             assert!(wait >= settings.initial_backoff / 2, "{wait:?}");
         }
         assert!(backoff(&settings, 30) >= settings.max_backoff / 2);
+    }
+
+    #[test]
+    fn record_limits_outside_librdkafkas_range_are_refused() {
+        let refused = |settings: RuntimeSettings| settings.validate().unwrap_err().to_string();
+        assert!(refused(RuntimeSettings {
+            max_output_bytes: 999,
+            ..RuntimeSettings::default()
+        })
+        .starts_with("config key `runtime.max_output_bytes`"));
+        assert!(refused(RuntimeSettings {
+            max_dead_letter_bytes: 1_000_000_001,
+            ..RuntimeSettings::default()
+        })
+        .starts_with("config key `runtime.max_dead_letter_bytes`"));
+        assert!(RuntimeSettings::default().validate().is_ok());
     }
 
     #[test]

@@ -70,12 +70,14 @@ async fn fill_dlq(kafka: &KafkaSettings, origin: &str, dlq: &str) {
                 value: Some(value),
             });
         }
-        let mut future = FutureRecord::to(dlq)
-            .payload(&record.value)
+        let mut future = FutureRecord::<Vec<u8>, Vec<u8>>::to(dlq)
             .headers(headers)
             .partition(partition);
         if let Some(key) = &record.key {
             future = future.key(key);
+        }
+        if let Some(value) = &record.value {
+            future = future.payload(value);
         }
         loop {
             match producer.send_result(future) {

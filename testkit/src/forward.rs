@@ -3,7 +3,8 @@
 
 use backbone_core::{InputRecord, OutputRecord, ProcessError, Processor, State};
 
-/// Forwards each record of `input` to `output` unchanged (key and value; headers are dropped).
+/// Forwards each record of `input` to `output` unchanged (key and value, a tombstone as a
+/// tombstone; headers are dropped).
 #[derive(Debug, Clone)]
 pub struct Forward {
     /// Topic read.
@@ -33,7 +34,7 @@ impl Processor for Forward {
         Ok(vec![OutputRecord {
             topic: self.output.clone(),
             key: record.key.map(<[u8]>::to_vec),
-            value: record.value.unwrap_or_default().to_vec(),
+            value: record.value.map(<[u8]>::to_vec),
             headers: Vec::new(),
         }])
     }

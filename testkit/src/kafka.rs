@@ -132,16 +132,19 @@ pub async fn produce(
     Ok(())
 }
 
-/// Produces a tombstone, a record with `key` and no value, to `topic` (on `partition`, or by
-/// key hash) and waits for its acknowledgement.
+/// Produces a tombstone, a record with `key` (or none) and no value, to `topic` (on
+/// `partition`, or by key hash) and waits for its acknowledgement.
 pub async fn produce_tombstone(
     settings: &KafkaSettings,
     topic: &str,
-    key: &[u8],
+    key: Option<&[u8]>,
     partition: Option<i32>,
 ) -> Result<(), TestkitError> {
     let producer: FutureProducer = settings.producer_config().create()?;
-    let mut record = FutureRecord::<[u8], [u8]>::to(topic).key(key);
+    let mut record = FutureRecord::<[u8], [u8]>::to(topic);
+    if let Some(key) = key {
+        record = record.key(key);
+    }
     if let Some(partition) = partition {
         record = record.partition(partition);
     }

@@ -108,7 +108,7 @@ impl Processor for Tally {
         Ok(vec![OutputRecord {
             topic: self.output.clone(),
             key: Some(account.to_vec()),
-            value: format!("{event_id} {count}").into_bytes(),
+            value: Some(format!("{event_id} {count}").into_bytes()),
             headers: Vec::new(),
         }])
     }

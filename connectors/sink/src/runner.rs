@@ -7,8 +7,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use backbone_core::admin::{self, AdminError, TopicSpec};
-use backbone_core::dead_letter::{dlq_topic, DeadLetter};
+use backbone_core::dead_letter::{dlq_topic, dlq_topic_spec, headers as dlq_headers, DeadLetter};
 use backbone_core::endpoint::ObservabilitySettings;
+use backbone_core::kafka::refuses_size;
 use backbone_core::metrics::{fatal_kind, MeteredContext, RuntimeMetrics};
 use backbone_core::{Header, InputRecord, KafkaSettings, OutputRecord, Prefetch, ProcessError};
 use backbone_rating::content_id;
@@ -217,7 +218,11 @@ impl<'s, S: Sink> SinkLoop<'s, S> {
         let group = settings.group_id.clone().unwrap_or_else(|| name.clone());
         let input = sink.input_topic().to_owned();
         let specs = [
-            TopicSpec::new(dlq_topic(&input), settings.topic_partitions),
+            dlq_topic_spec(
+                dlq_topic(&input),
+                settings.topic_partitions,
+                settings.max_dead_letter_bytes,
+            ),
             TopicSpec::new(settings.results_topic.clone(), settings.topic_partitions),
         ];
         admin::ensure_topics(context.kafka, &specs, Duration::from_secs(30)).await?;
@@ -230,7 +235,14 @@ impl<'s, S: Sink> SinkLoop<'s, S> {
             ),
         })?;
         let ledger = DeliveryLedger::open(&ledger_dir)?;
-        let producer: FutureProducer = context.kafka.producer_config().create()?;
+        let producer: FutureProducer = context
+            .kafka
+            .producer_config()
+            .set(
+                "message.max.bytes",
+                settings.max_dead_letter_bytes.to_string(),
+            )
+            .create()?;
         let consumer_context = SinkConsumerContext {
             metered: MeteredContext::new(Arc::clone(&context.metrics)),
             revoked: Arc::new(Mutex::new(Vec::new())),
@@ -841,7 +853,7 @@ impl<'s, S: Sink> SinkLoop<'s, S> {
         Ok(OutputRecord {
             key: Some(format!("{}:{}", delivery.tenant_id, delivery.key).into_bytes()),
             topic,
-            value: bytes,
+            value: Some(bytes),
             headers: Vec::new(),
         })
     }
@@ -890,11 +902,12 @@ impl<'s, S: Sink> SinkLoop<'s, S> {
                     value: Some(value),
                 });
             }
-            let mut future = FutureRecord::to(&record.topic)
-                .payload(&record.value)
-                .headers(headers);
+            let mut future = FutureRecord::<Vec<u8>, Vec<u8>>::to(&record.topic).headers(headers);
             if let Some(key) = &record.key {
                 future = future.key(key);
+            }
+            if let Some(value) = &record.value {
+                future = future.payload(value);
             }
             sends.push(self.producer.send(future, timeout));
         }
@@ -903,7 +916,7 @@ impl<'s, S: Sink> SinkLoop<'s, S> {
             if let Err((err, _)) = sent {
                 return Err(SinkError::Publish {
                     topic: record.topic.clone(),
-                    message: err.to_string(),
+                    message: not_published(record, &err),
                 });
             }
             *produced.entry(record.topic.as_str()).or_default() += 1;
@@ -1082,6 +1095,35 @@ impl ConsumerContext for SinkConsumerContext {
         }
         lock(&self.revoked).extend(partitions_of(list));
     }
+}
+
+/// Why `record` was not published: for a dead letter, the input it carries (from its origin
+/// headers), its size and, when the topic refused the size, what to raise. Its input and those
+/// after it are not committed, so nothing is lost.
+fn not_published(record: &OutputRecord, err: &KafkaError) -> String {
+    let origin = |name: &str| {
+        record
+            .headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    };
+    let (Some(topic), Some(partition), Some(offset)) = (
+        origin(dlq_headers::ORIGIN_TOPIC),
+        origin(dlq_headers::ORIGIN_PARTITION),
+        origin(dlq_headers::ORIGIN_OFFSET),
+    ) else {
+        return err.to_string();
+    };
+    let fix = if refuses_size(err) {
+        ": raise runtime.max_dead_letter_bytes and the topic's max.message.bytes, then restart"
+    } else {
+        ""
+    };
+    format!(
+        "the {}-byte dead letter of {topic}[{partition}]@{offset} was not taken ({err}); nothing from that input on was committed{fix}",
+        record.size_bytes()
+    )
 }
 
 fn partitions_of(list: &TopicPartitionList) -> Vec<i32> {

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use backbone_core::config::{ConfigError, Validate};
+use backbone_core::dead_letter::DEFAULT_MAX_DEAD_LETTER_BYTES;
 use serde::{Deserialize, Deserializer};
 
 /// The `[runtime]` section of a sink: batching, retries, the circuit breaker and the ledger.
@@ -30,6 +31,10 @@ pub struct SinkSettings {
     /// Longest wait for the broker to acknowledge a result or dead letter.
     #[serde(with = "humantime_serde")]
     pub produce_timeout: Duration,
+    /// Largest dead letter (an input plus headers): the producer sends records this large and
+    /// the dead-letter topic, when the sink creates it, takes them. A larger one stops the
+    /// sink without committing its input.
+    pub max_dead_letter_bytes: usize,
     /// Backoff between attempts.
     pub retry: RetrySettings,
     /// When the destination counts as down.
@@ -47,6 +52,7 @@ impl Default for SinkSettings {
             results_topic: "delivery.results".to_owned(),
             topic_partitions: 3,
             produce_timeout: Duration::from_secs(30),
+            max_dead_letter_bytes: DEFAULT_MAX_DEAD_LETTER_BYTES,
             retry: RetrySettings::default(),
             circuit: CircuitSettings::default(),
         }
@@ -118,6 +124,12 @@ impl Validate for SinkSettings {
         }
         if self.topic_partitions < 1 {
             return invalid("topic_partitions", "must be at least 1");
+        }
+        if !(1_000..=1_000_000_000).contains(&self.max_dead_letter_bytes) {
+            return invalid(
+                "max_dead_letter_bytes",
+                "must be between 1000 and 1000000000 (librdkafka's range)",
+            );
         }
         if self.retry.initial_backoff.is_zero() {
             return invalid("retry.initial_backoff", "must be longer than zero");
@@ -341,5 +353,14 @@ mod tests {
         };
         let err = settings.validate().expect_err("zero batch");
         assert!(err.to_string().contains("runtime.batch_max"), "{err}");
+        let settings = SinkSettings {
+            max_dead_letter_bytes: 999,
+            ..SinkSettings::default()
+        };
+        let err = settings.validate().expect_err("below librdkafka's range");
+        assert!(
+            err.to_string().contains("runtime.max_dead_letter_bytes"),
+            "{err}"
+        );
     }
 }

@@ -420,7 +420,7 @@ impl Enricher {
         Ok(Joined::Enriched(OutputRecord {
             topic: self.settings.output_topic.clone(),
             key: Some(key.into_bytes()),
-            value,
+            value: Some(value),
             headers: Vec::new(),
         }))
     }

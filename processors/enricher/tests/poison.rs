@@ -101,9 +101,14 @@ async fn bad_master_data_and_usage_are_dead_lettered_under_their_reasons() {
 
     // Usage: a tombstone (0), c-1's event naming c-2's subscription (1), c-1's event naming
     // none (2), then a valid event (3).
-    produce_tombstone(&kafka, &settings.usage_topic, b"acme:c-1", Some(0))
-        .await
-        .expect("tombstone");
+    produce_tombstone(
+        &kafka,
+        &settings.usage_topic,
+        Some(b"acme:c-1".as_slice()),
+        Some(0),
+    )
+    .await
+    .expect("tombstone");
     let mut naming_none = usage("no-subscription", "c-1", "sub-1");
     naming_none.subscription_id = None;
     let mut usage_records = Vec::new();

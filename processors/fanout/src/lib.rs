@@ -173,8 +173,10 @@ impl Fanout {
         Ok(OutputRecord {
             topic: topic.to_owned(),
             key: Some(key.into_bytes()),
-            value: encode_framed(id, value)
-                .map_err(|e| ProcessError::permanent("contract_violation", e.to_string()))?,
+            value: Some(
+                encode_framed(id, value)
+                    .map_err(|e| ProcessError::permanent("contract_violation", e.to_string()))?,
+            ),
             headers: Vec::new(),
         })
     }
@@ -222,7 +224,7 @@ impl Fanout {
             outputs.push(OutputRecord {
                 topic: self.settings.by_customer_topic.clone(),
                 key: Some(format!("{tenant}:{}", line.customer_id).into_bytes()),
-                value: value.to_vec(),
+                value: Some(value.to_vec()),
                 headers: Vec::new(),
             });
         }

@@ -133,9 +133,14 @@ async fn lines_without_a_usable_gl_mapping_and_bad_records_are_dead_lettered() {
     .expect("GL mappings");
 
     let subject = format!("{}-value", settings.rated_topic);
-    produce_tombstone(&kafka, &settings.rated_topic, b"acme:sub-1", Some(0))
-        .await
-        .expect("tombstone");
+    produce_tombstone(
+        &kafka,
+        &settings.rated_topic,
+        Some(b"acme:sub-1".as_slice()),
+        Some(0),
+    )
+    .await
+    .expect("tombstone");
     let mut records = vec![TestRecord::new("acme:sub-1", acme_mapping)];
     for event in [
         line("acme", "unmapped-entity", "le-us"),

@@ -231,7 +231,7 @@ impl Processor for UsageRater {
             outputs.push(OutputRecord {
                 topic: self.settings.output_topic.clone(),
                 key: key.clone(),
-                value: encode(rated_id, &line)?,
+                value: Some(encode(rated_id, &line)?),
                 headers: Vec::new(),
             });
         }
@@ -239,7 +239,7 @@ impl Processor for UsageRater {
         outputs.push(OutputRecord {
             topic: self.settings.aggregates_topic.clone(),
             key,
-            value: encode(aggregate_id, &window)?,
+            value: Some(encode(aggregate_id, &window)?),
             headers: Vec::new(),
         });
         Ok(outputs)

@@ -59,9 +59,14 @@ async fn each_kind_of_bad_enriched_usage_is_dead_lettered_under_its_reason() {
 
     let now = now_micros();
     let subject = format!("{}-value", settings.input_topic);
-    produce_tombstone(&kafka, &settings.input_topic, b"acme:sub-1", Some(0))
-        .await
-        .expect("tombstone");
+    produce_tombstone(
+        &kafka,
+        &settings.input_topic,
+        Some(b"acme:sub-1".as_slice()),
+        Some(0),
+    )
+    .await
+    .expect("tombstone");
     let mut expected = BTreeMap::from([(0, "missing_value".to_owned())]);
     let mut records = vec![TestRecord::new("acme:sub-1", card)];
     expected.insert(1, "contract_violation".to_owned());

@@ -160,7 +160,7 @@ impl Processor for UsageValidator {
         Ok(vec![OutputRecord {
             topic: self.settings.output_topic.clone(),
             key: Some(format!("{}:{}", event.metadata.tenant_id, event.customer_id).into_bytes()),
-            value: value.to_vec(),
+            value: Some(value.to_vec()),
             headers,
         }])
     }

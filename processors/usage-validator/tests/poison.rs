@@ -1,13 +1,16 @@
 //! Bad inputs that `delivery.rs` does not try, on the real broker and registry: each is
-//! dead-lettered under its reason (a tombstone, a record shorter than the wire header, a valid
-//! frame of another contract, a quantity beyond the contract's precision, empty identity
-//! fields, a time before the epoch, a length prefix far beyond the body), and a header that is
-//! not UTF-8 travels with a valid event untouched. See docs/bad-inputs.md.
+//! dead-lettered under its reason (tombstones, kept as tombstones, a record shorter than the
+//! wire header, a valid frame of another contract, a quantity beyond the contract's precision,
+//! empty identity fields, a time before the epoch, a length prefix far beyond the body), a
+//! header that is not UTF-8 travels with a valid event untouched, and an input whose output is
+//! too large is dead-lettered whole while the validator goes on; a dead letter or output the
+//! broker refuses stops it without committing. See docs/bad-inputs.md.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use backbone_core::RuntimeSettings;
+use backbone_core::admin::{ensure_topics, TopicSpec};
+use backbone_core::{KafkaSettings, RunSummary, RuntimeError, RuntimeSettings};
 use backbone_registry::{LocalRegistry, RegistryConfig};
 use backbone_schemas::types::{
     AccountStatus, CustomerAccount, EventMetadata, Quantity, TraceContext, UsageEvent,
@@ -15,8 +18,8 @@ use backbone_schemas::types::{
 use backbone_schemas::wire::{encode_framed, frame};
 use backbone_schemas::WireCodec;
 use backbone_testkit::{
-    consume_until, create_topic, produce, produce_tombstone, shared_settings, unique_group,
-    unique_topic, RunningProcessor, TestRecord,
+    committed_offsets, consume_until, create_topic, end_offsets_total, produce, produce_tombstone,
+    shared_settings, unique_group, unique_topic, RunningProcessor, TestRecord,
 };
 use backbone_usage_validator::{UsageValidator, ValidatorSettings};
 
@@ -110,11 +113,20 @@ async fn each_kind_of_bad_input_is_dead_lettered_under_its_reason() {
         .expect("usage contract registered");
     let encode = |event: UsageEvent| encode_framed(usage_id, &event).expect("encode");
 
-    // Offset 0 is a tombstone; then one record per kind, in this order.
-    produce_tombstone(&kafka, &settings.input_topic, b"c-1", Some(0))
+    // Offsets 0 and 1 are tombstones, with a key and without; then one record per kind, in
+    // this order.
+    produce_tombstone(
+        &kafka,
+        &settings.input_topic,
+        Some(b"c-1".as_slice()),
+        Some(0),
+    )
+    .await
+    .expect("tombstone");
+    produce_tombstone(&kafka, &settings.input_topic, None, Some(0))
         .await
-        .expect("tombstone");
-    let mut expected = vec![(0, "missing_value")];
+        .expect("keyless tombstone");
+    let mut expected = vec![(0, "missing_value"), (1, "missing_value")];
     let mut records = Vec::new();
     let mut bad = |value: Vec<u8>, reason: &'static str| {
         expected.push((expected.len() as i64, reason));
@@ -199,14 +211,17 @@ async fn each_kind_of_bad_input_is_dead_lettered_under_its_reason() {
         .map(|(offset, reason)| (offset, reason.to_owned()))
         .collect();
     assert_eq!(reasons, expected);
-    let tombstone = dead
-        .iter()
-        .find(|l| l.header("backbone.origin.offset").as_deref() == Some("0"))
-        .expect("the tombstone's letter");
-    // Dead letters are `OutputRecord`s, whose value cannot be absent: a tombstone's letter
-    // carries an empty value instead (a known gap, see docs/bad-inputs.md).
-    assert_eq!(tombstone.value.as_deref(), Some(&[][..]));
-    assert_eq!(tombstone.key.as_deref(), Some(&b"c-1"[..]));
+    // A tombstone's dead letter is a tombstone, its key (or its lack of one) kept, so a
+    // replay sends back what arrived.
+    let letter_at = |offset: &str| {
+        dead.iter()
+            .find(|l| l.header("backbone.origin.offset").as_deref() == Some(offset))
+            .expect("the tombstone's letter")
+    };
+    assert_eq!(letter_at("0").value, None);
+    assert_eq!(letter_at("0").key.as_deref(), Some(&b"c-1"[..]));
+    assert_eq!(letter_at("1").value, None);
+    assert_eq!(letter_at("1").key, None);
 
     // Header bytes that are not UTF-8 are carried as they are.
     assert_eq!(forwarded.len(), 1);
@@ -230,9 +245,69 @@ async fn each_kind_of_bad_input_is_dead_lettered_under_its_reason() {
 /// librdkafka's default `message.max.bytes`: no record larger than this is sent.
 const MAX_RECORD_BYTES: usize = 1_000_000;
 
-#[tokio::test]
-async fn an_input_whose_output_exceeds_the_record_size_limit_stops_the_validator() {
-    let kafka = shared_settings();
+/// Creates `topic` (one partition) taking records of up to `max_message_bytes`.
+async fn topic_taking(kafka: &KafkaSettings, topic: &str, max_message_bytes: usize) {
+    ensure_topics(
+        kafka,
+        &[TopicSpec::new(topic, 1)
+            .with_config("max.message.bytes", &max_message_bytes.to_string())],
+        DEADLINE,
+    )
+    .await
+    .expect("topic with a size limit");
+}
+
+/// Client settings whose producer sends records of up to 4 MB.
+fn large_records(kafka: &KafkaSettings) -> KafkaSettings {
+    let mut large = kafka.clone();
+    large
+        .properties
+        .insert("message.max.bytes".into(), "4000000".into());
+    large
+}
+
+/// Waits until `group` has committed `total` on the single partition of `topic`.
+async fn committed(kafka: &KafkaSettings, group: &str, topic: &str, total: i64) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let offsets = committed_offsets(kafka, group, topic).expect("committed offsets");
+        if offsets == [(0, Some(total))] {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{group} committed {offsets:?} on `{topic}`, not {total}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Nothing of `topic` committed by `group`.
+fn nothing_committed(kafka: &KafkaSettings, group: &str, topic: &str) {
+    let offsets = committed_offsets(kafka, group, topic).expect("committed offsets");
+    assert!(
+        offsets.iter().all(|(_, o)| o.unwrap_or(0) == 0),
+        "{group} committed {offsets:?} on `{topic}`"
+    );
+}
+
+fn runtime_for(group: &str) -> RuntimeSettings {
+    let mut runtime = RuntimeSettings {
+        group_id: Some(group.to_owned()),
+        topic_partitions: 1,
+        ..RuntimeSettings::default()
+    };
+    runtime.state.dir = std::env::temp_dir().join("backbone-state").join(group);
+    runtime
+}
+
+/// A registry and a validator's settings, with its input topic created taking records of up
+/// to `input_limit` bytes.
+async fn validator_setup(
+    kafka: &KafkaSettings,
+    dedup: bool,
+    input_limit: usize,
+) -> (LocalRegistry, WireCodec, ValidatorSettings, u32) {
     let registry = LocalRegistry::start(&RegistryConfig::ephemeral(
         kafka.clone(),
         &unique_topic("schemas"),
@@ -243,18 +318,46 @@ async fn an_input_whose_output_exceeds_the_record_size_limit_stops_the_validator
     let settings = ValidatorSettings {
         input_topic: unique_topic("usage.events"),
         output_topic: unique_topic("usage.validated"),
-        dedup: false,
+        dedup,
     };
-    create_topic(&kafka, &settings.input_topic, 1)
+    topic_taking(kafka, &settings.input_topic, input_limit).await;
+    let usage_id = codec
+        .contract_id::<UsageEvent>(&format!("{}-value", settings.input_topic))
         .await
-        .expect("input topic");
-    let subject = format!("{}-value", settings.input_topic);
-    let padded = |padding: usize| {
-        let mut event = usage_event("padded");
-        event.unique_value = Some("x".repeat(padding));
-        encode_framed(0, &event).expect("encode")
-    };
-    let over = padded(MAX_RECORD_BYTES);
+        .expect("usage contract registered");
+    (registry, codec, settings, usage_id)
+}
+
+/// The event `id` carrying `padding` bytes, framed with `usage_id`. The padding does not
+/// compress: the broker's limit applies to compressed batches.
+fn padded(usage_id: u32, id: &str, padding: usize) -> Vec<u8> {
+    let mut event = usage_event(id);
+    event.unique_value = Some(noise(padding));
+    encode_framed(usage_id, &event).expect("encode")
+}
+
+/// `len` letters and digits that lz4 cannot shrink (xorshift, the same on every run).
+fn noise(len: usize) -> String {
+    const SYMBOLS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            char::from(SYMBOLS[(state % SYMBOLS.len() as u64) as usize])
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn an_input_whose_output_is_over_the_size_limit_is_dead_lettered_whole_and_the_validator_goes_on(
+) {
+    let kafka = shared_settings();
+    // The input topic takes records of up to 3 MB, as a deployment may allow.
+    let (_registry, codec, settings, usage_id) = validator_setup(&kafka, true, 3_000_000).await;
+    let dlq = format!("{}.dlq", settings.input_topic);
+    let over = padded(usage_id, "over", MAX_RECORD_BYTES);
     let refused = produce(
         &kafka,
         &settings.input_topic,
@@ -263,11 +366,11 @@ async fn an_input_whose_output_exceeds_the_record_size_limit_stops_the_validator
     .await;
     assert!(
         refused.is_err(),
-        "a record over the limit never enters a topic"
+        "the producer sends no record over its limit"
     );
 
-    // The largest padded event the producer and broker take (the broker's limit may be the
-    // lower one): its output, the same bytes plus the idempotency-key header, is over it.
+    // The largest padded event the default producer takes: its output, the same bytes under a
+    // longer key with the idempotency-key header, is over the output limit.
     let scratch = unique_topic("sizes");
     create_topic(&kafka, &scratch, 1)
         .await
@@ -275,49 +378,251 @@ async fn an_input_whose_output_exceeds_the_record_size_limit_stops_the_validator
     let (mut taken, mut refused) = (0, MAX_RECORD_BYTES);
     while refused - taken > 1 {
         let middle = (taken + refused) / 2;
-        let record = TestRecord::new("c-1", padded(middle));
+        let record = TestRecord::new("c-1", padded(usage_id, "padded", middle));
         match produce(&kafka, &scratch, &[record]).await {
             Ok(()) => taken = middle,
             Err(_) => refused = middle,
         }
     }
-    let usage_id = codec
-        .contract_id::<UsageEvent>(&subject)
-        .await
-        .expect("usage contract registered");
-    let mut event = usage_event("padded");
-    event.unique_value = Some("x".repeat(taken));
-    let value = encode_framed(usage_id, &event).expect("encode");
+    // Offset 0: that event; 1: a 2 MB event, whose dead letter only a dead-letter topic made
+    // for large letters takes (the broker's default limit is 1 MiB); 2: a valid event.
+    let inputs = [
+        padded(usage_id, "padded", taken),
+        padded(usage_id, "huge", 2_000_000),
+    ];
     produce(
         &kafka,
         &settings.input_topic,
-        &[TestRecord::new("c-1", value)],
+        &[TestRecord::new("c-1", inputs[0].clone())],
     )
     .await
     .expect("the largest record taken");
+    produce(
+        &large_records(&kafka),
+        &settings.input_topic,
+        &[TestRecord::new("c-1", inputs[1].clone())],
+    )
+    .await
+    .expect("a 2 MB record");
+    let after = encode_framed(usage_id, &usage_event("after")).expect("encode");
+    produce(
+        &kafka,
+        &settings.input_topic,
+        &[TestRecord::new("c-1", after)],
+    )
+    .await
+    .expect("the next record");
 
     let group = unique_group("usage-validator-oversized");
-    let mut runtime = RuntimeSettings {
-        group_id: Some(group.clone()),
-        topic_partitions: 1,
-        ..RuntimeSettings::default()
-    };
-    runtime.state.dir = std::env::temp_dir().join("backbone-state").join(&group);
     let validator = RunningProcessor::start(
-        UsageValidator::new(settings, codec.clone()),
+        UsageValidator::new(settings.clone(), codec.clone()),
+        &kafka,
+        runtime_for(&group),
+    );
+    let dead = consume_until(&kafka, &dlq, 2, DEADLINE)
+        .await
+        .expect("dead letters");
+    let forwarded = consume_until(&kafka, &settings.output_topic, 1, DEADLINE)
+        .await
+        .expect("the next record");
+    committed(&kafka, &group, &settings.input_topic, 3).await;
+    validator.stop(DEADLINE).await;
+
+    for (offset, input) in inputs.iter().enumerate() {
+        let letter = dead
+            .iter()
+            .find(|l| l.header("backbone.origin.offset") == Some(offset.to_string()))
+            .expect("the oversized input's dead letter");
+        assert_eq!(
+            letter.header("backbone.dlq.reason").as_deref(),
+            Some("output_too_large")
+        );
+        assert_eq!(
+            letter.value.as_deref(),
+            Some(&input[..]),
+            "the input byte for byte"
+        );
+        assert_eq!(letter.key.as_deref(), Some(&b"c-1"[..]));
+        let message = letter.header("backbone.dlq.message").expect("message");
+        assert!(
+            message.contains(&format!("`{}`", settings.output_topic))
+                && message.contains("over runtime.max_output_bytes (1000000)"),
+            "{message}"
+        );
+    }
+    assert_eq!(
+        forwarded[0].header("backbone.idempotency.key").as_deref(),
+        Some("acme/api/after")
+    );
+
+    // A restart does not meet the oversized inputs again, and their dedup marks were never
+    // kept: the same event, small now (as after a fix), is forwarded, not dropped as a repeat.
+    produce(
+        &kafka,
+        &settings.input_topic,
+        &[TestRecord::new("c-1", padded(usage_id, "padded", 10))],
+    )
+    .await
+    .expect("the event again");
+    let validator = RunningProcessor::start(
+        UsageValidator::new(settings.clone(), codec.clone()),
+        &kafka,
+        runtime_for(&group),
+    );
+    let forwarded = consume_until(&kafka, &settings.output_topic, 2, DEADLINE)
+        .await
+        .expect("the event again, forwarded");
+    committed(&kafka, &group, &settings.input_topic, 4).await;
+    validator.stop(DEADLINE).await;
+    assert_eq!(
+        forwarded[1].header("backbone.idempotency.key").as_deref(),
+        Some("acme/api/padded")
+    );
+    assert_eq!(end_offsets_total(&kafka, &dlq).expect("DLQ end"), 2);
+    assert_eq!(
+        end_offsets_total(&kafka, &settings.output_topic).expect("output end"),
+        2
+    );
+}
+
+#[tokio::test]
+async fn an_output_topic_taking_less_than_the_output_limit_stops_the_validator_until_the_limit_fits(
+) {
+    let kafka = shared_settings();
+    let (_registry, codec, settings, usage_id) = validator_setup(&kafka, false, 1_048_588).await;
+    // The output topic takes 50 kB; the validator's limit says 1 MB.
+    topic_taking(&kafka, &settings.output_topic, 50_000).await;
+    let wide = padded(usage_id, "wide", 100_000);
+    let after = encode_framed(usage_id, &usage_event("after")).expect("encode");
+    produce(
+        &kafka,
+        &settings.input_topic,
+        &[
+            TestRecord::new("c-1", wide.clone()),
+            TestRecord::new("c-1", after),
+        ],
+    )
+    .await
+    .expect("produce");
+
+    let group = unique_group("usage-validator-narrow-output");
+    let stopped = RunningProcessor::start(
+        UsageValidator::new(settings.clone(), codec.clone()),
+        &kafka,
+        runtime_for(&group),
+    )
+    .finished(DEADLINE)
+    .await;
+    let input = format!("{}[0]@0", settings.input_topic);
+    let message = match &stopped {
+        Err(err @ RuntimeError::OutputRefused { record, .. }) => {
+            assert_eq!(record.input, input);
+            assert_eq!(record.topic, settings.output_topic);
+            assert!(record.bytes > 100_000, "{}", record.bytes);
+            err.to_string()
+        }
+        other => panic!("expected the output refused, got {other:?}"),
+    };
+    assert!(
+        message.contains("runtime.max_output_bytes"),
+        "says what to change: {message}"
+    );
+    nothing_committed(&kafka, &group, &settings.input_topic);
+
+    // With the limit lowered to what the topic takes, the restart dead-letters the input.
+    let mut runtime = runtime_for(&group);
+    runtime.max_output_bytes = 49_000;
+    let validator = RunningProcessor::start(
+        UsageValidator::new(settings.clone(), codec.clone()),
         &kafka,
         runtime,
     );
-    // Neither forwarded nor dead-lettered (the letter would be over the limit too): the
-    // validator stops without committing, and a restart meets the same record (a known gap,
-    // see docs/bad-inputs.md).
-    let stopped = validator.finished(DEADLINE).await;
+    let dlq = format!("{}.dlq", settings.input_topic);
+    let dead = consume_until(&kafka, &dlq, 1, DEADLINE)
+        .await
+        .expect("the dead letter");
+    let forwarded = consume_until(&kafka, &settings.output_topic, 1, DEADLINE)
+        .await
+        .expect("the next record");
+    committed(&kafka, &group, &settings.input_topic, 2).await;
+    validator.stop(DEADLINE).await;
+    assert_eq!(
+        dead[0].header("backbone.dlq.reason").as_deref(),
+        Some("output_too_large")
+    );
+    assert_eq!(dead[0].value.as_deref(), Some(&wide[..]));
+    // The first run may have forwarded the next record before it stopped: at least once.
+    assert!(forwarded
+        .iter()
+        .all(|r| { r.header("backbone.idempotency.key").as_deref() == Some("acme/api/after") }));
+}
+
+#[tokio::test]
+async fn a_dead_letter_over_a_limit_stops_the_validator_without_committing() {
+    let kafka = shared_settings();
+
+    // Over the validator's own dead-letter limit: refused by its producer.
+    let (_registry, codec, settings, usage_id) = validator_setup(&kafka, false, 3_000_000).await;
+    produce(
+        &large_records(&kafka),
+        &settings.input_topic,
+        &[TestRecord::new("c-1", padded(usage_id, "huge", 2_000_000))],
+    )
+    .await
+    .expect("a 2 MB record");
+    let group = unique_group("usage-validator-large-letter");
+    let mut runtime = runtime_for(&group);
+    runtime.max_dead_letter_bytes = 1_500_000;
+    let stopped = RunningProcessor::start(
+        UsageValidator::new(settings.clone(), codec.clone()),
+        &kafka,
+        runtime,
+    )
+    .finished(DEADLINE)
+    .await;
+    assert_dead_letter_refused(&stopped, &settings.input_topic, 2_000_000);
+    nothing_committed(&kafka, &group, &settings.input_topic);
+
+    // Over the limit of a dead-letter topic that existed before: refused by the broker.
+    let (_registry, codec, settings, _) = validator_setup(&kafka, false, 1_048_588).await;
+    topic_taking(&kafka, &format!("{}.dlq", settings.input_topic), 50_000).await;
+    let not_wire_format = format!("{{\"pad\": \"{}\"}}", noise(100_000));
+    produce(
+        &kafka,
+        &settings.input_topic,
+        &[TestRecord::new("c-1", not_wire_format)],
+    )
+    .await
+    .expect("produce");
+    let group = unique_group("usage-validator-narrow-dlq");
+    let stopped = RunningProcessor::start(
+        UsageValidator::new(settings.clone(), codec.clone()),
+        &kafka,
+        runtime_for(&group),
+    )
+    .finished(DEADLINE)
+    .await;
+    assert_dead_letter_refused(&stopped, &settings.input_topic, 100_000);
+    nothing_committed(&kafka, &group, &settings.input_topic);
+}
+
+/// `stopped` is the refusal of the dead letter of offset 0 of `input`, at least `bytes` large.
+fn assert_dead_letter_refused(
+    stopped: &Result<RunSummary, RuntimeError>,
+    input: &str,
+    bytes: usize,
+) {
+    let message = match stopped {
+        Err(err @ RuntimeError::DeadLetterRefused(record)) => {
+            assert_eq!(record.input, format!("{input}[0]@0"));
+            assert_eq!(record.topic, format!("{input}.dlq"));
+            assert!(record.bytes > bytes, "{}", record.bytes);
+            err.to_string()
+        }
+        other => panic!("expected the dead letter refused, got {other:?}"),
+    };
     assert!(
-        matches!(
-            &stopped,
-            Err(backbone_core::RuntimeError::Produce { source, .. })
-                if format!("{source:?}").contains("MessageSizeTooLarge")
-        ),
-        "expected a produce error for the size, got {stopped:?}"
+        message.contains(&format!("{input}[0]@0")) && message.contains("max.message.bytes"),
+        "names the input and what to raise: {message}"
     );
 }

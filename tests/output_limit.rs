@@ -1,0 +1,168 @@
+//! An input with an output over `runtime.max_output_bytes`, written once and run in both
+//! delivery modes (the transaction-capable broker for exactly-once): the input is dead-lettered
+//! whole, with none of its outputs and none of its state changes (the count it would have
+//! raised, its dedup mark), the stage goes on, and once the limit allows it, the input sent
+//! back (as `replay` would) is counted as new, in its place in the account's sequence.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use backbone_core::runner::TransactionSettings;
+use backbone_core::{Delivery, KafkaSettings, RuntimeSettings};
+use backbone_testkit::{
+    committed_offsets, consume_until, create_topic, produce, shared_settings, tally_counts,
+    unique_group, unique_topic, ConsumedRecord, RunningProcessor, Tally, TestRecord, TxnBroker,
+};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// An event id that makes an output of over 1,000 bytes, the smallest limit allowed.
+fn long_event_id() -> String {
+    format!("long-{}", "x".repeat(1_200))
+}
+
+fn settings(
+    group: &str,
+    transactional_id: Option<&str>,
+    max_output_bytes: usize,
+) -> RuntimeSettings {
+    let mut settings = RuntimeSettings {
+        group_id: Some(group.to_owned()),
+        topic_partitions: 1,
+        max_output_bytes,
+        ..RuntimeSettings::default()
+    };
+    if let Some(id) = transactional_id {
+        settings.delivery = Delivery::ExactlyOnce;
+        settings.transaction = TransactionSettings {
+            transactional_id: Some(id.to_owned()),
+            ..TransactionSettings::default()
+        };
+    }
+    settings.state.dir = state_dir(group);
+    settings
+}
+
+fn state_dir(group: &str) -> PathBuf {
+    std::env::temp_dir().join("backbone-state").join(group)
+}
+
+/// Waits until `group` has committed `total` on the single partition of `topic`.
+async fn await_committed(kafka: &KafkaSettings, group: &str, topic: &str, total: i64) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let offsets = committed_offsets(kafka, group, topic).expect("committed offsets");
+        if offsets == [(0, Some(total))] {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{group} committed {offsets:?}, not {total}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn values(records: &[ConsumedRecord]) -> Vec<String> {
+    records
+        .iter()
+        .map(|r| String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned())
+        .collect()
+}
+
+/// The scenario on `kafka`, exactly-once when a `transactional_id` is given.
+async fn oversized_output_leaves_no_trace(kafka: KafkaSettings, transactional_id: Option<&str>) {
+    let tally = Tally {
+        input: unique_topic("tally.in"),
+        output: unique_topic("tally.out"),
+    };
+    let dlq = format!("{}.dlq", tally.input);
+    let group = unique_group("tally-output-limit");
+    create_topic(&kafka, &tally.input, 1)
+        .await
+        .expect("input topic");
+    let long = long_event_id();
+    let inputs = [
+        ("account-0", "e-0"),
+        ("account-0", "e-1"),
+        ("account-0", long.as_str()),
+        ("account-0", "e-2"),
+        ("account-1", "e-3"),
+    ];
+    let records: Vec<TestRecord> = inputs
+        .iter()
+        .map(|(account, event)| TestRecord::new(*account, *event))
+        .collect();
+    produce(&kafka, &tally.input, &records)
+        .await
+        .expect("produce");
+
+    let running = RunningProcessor::start(
+        tally.clone(),
+        &kafka,
+        settings(&group, transactional_id, 1_000),
+    );
+    let dead = consume_until(&kafka, &dlq, 1, DEADLINE)
+        .await
+        .expect("the dead letter");
+    let outputs = consume_until(&kafka, &tally.output, 4, DEADLINE)
+        .await
+        .expect("the other inputs' outputs");
+    await_committed(&kafka, &group, &tally.input, 5).await;
+    let summary = running.stop(DEADLINE).await;
+    assert_eq!(
+        (summary.consumed, summary.produced, summary.dead_lettered),
+        (5, 4, 1)
+    );
+    assert_eq!(
+        dead[0].header("backbone.dlq.reason").as_deref(),
+        Some("output_too_large")
+    );
+    assert_eq!(dead[0].key.as_deref(), Some(&b"account-0"[..]));
+    assert_eq!(dead[0].value.as_deref(), Some(long.as_bytes()));
+    // The dead-lettered input did not count: the event after it is the account's third.
+    assert_eq!(values(&outputs), ["e-0 1", "e-1 2", "e-2 3", "e-3 1"]);
+
+    // The limit raised, the dead letter sent back to the input: new, and the account's fourth.
+    produce(
+        &kafka,
+        &tally.input,
+        &[TestRecord::new(
+            dead[0].key.clone().expect("key"),
+            dead[0].value.clone().expect("value"),
+        )],
+    )
+    .await
+    .expect("the dead letter back to its topic");
+    let running = RunningProcessor::start(
+        tally.clone(),
+        &kafka,
+        settings(&group, transactional_id, 4_000),
+    );
+    let outputs = consume_until(&kafka, &tally.output, 5, DEADLINE)
+        .await
+        .expect("the replayed input's output");
+    await_committed(&kafka, &group, &tally.input, 6).await;
+    let summary = running.stop(DEADLINE).await;
+    assert_eq!((summary.consumed, summary.duplicates), (1, 0));
+    assert_eq!(values(&outputs)[4], format!("{long} 4"));
+    let totals = tally_counts(outputs.iter().map(|r| {
+        (
+            r.key.as_deref().unwrap_or_default(),
+            r.value.as_deref().unwrap_or_default(),
+        )
+    }))
+    .expect("no count lost or repeated");
+    assert_eq!(totals.values().sum::<u64>(), 5);
+}
+
+#[tokio::test]
+async fn an_input_with_an_oversized_output_leaves_no_trace_effectively_once() {
+    oversized_output_leaves_no_trace(shared_settings(), None).await;
+}
+
+#[tokio::test]
+async fn an_input_with_an_oversized_output_leaves_no_trace_exactly_once() {
+    let broker = TxnBroker::start().expect("transaction broker");
+    oversized_output_leaves_no_trace(broker.settings(), Some("tally-output-limit-0")).await;
+}
