@@ -8,7 +8,7 @@ mod support;
 use std::collections::HashMap;
 
 use backbone_analytics_sink::{AnalyticsSettings, AnalyticsSink};
-use backbone_schemas::types::{AnalyticsFact, FactType};
+use backbone_schemas::types::{AnalyticsFact, DeliveryOutcome, FactType};
 use backbone_schemas::WireCodec;
 use backbone_sink::settings::split_password;
 use backbone_sink::DestinationSettings;
@@ -163,4 +163,56 @@ async fn facts_load_once_newest_revision_wins_and_a_replay_changes_nothing() {
         .expect("loaded_at")
         .get(0);
     assert_eq!(loaded_before, loaded_after, "no row was rewritten");
+}
+
+/// A row PostgreSQL refuses for its data (a NUL character in a text column) is rejected on its
+/// own: the rest of its batch, sent pipelined in one transaction that the refusal aborts, is
+/// loaded row by row after it.
+#[tokio::test]
+async fn a_row_the_database_refuses_is_rejected_alone_and_its_batch_still_loads() {
+    let topics = SinkTopics::create("analytics-refused", 1).await;
+    let schema = format!("t_{}", topics.group.replace(['-', '.'], "_")).to_lowercase();
+    let codec = WireCodec::new(&registry_url());
+    let mut values = Vec::new();
+    for i in 0..30 {
+        let mut fact = fact(&format!("fact-{i}"), 1, "1");
+        if i == 17 {
+            fact.meter_id = Some("calls\0".to_owned());
+        }
+        values.push(("acme:c-1".to_owned(), fact, None));
+    }
+    publish(&codec, &topics.input, &values).await;
+    let settings = AnalyticsSettings {
+        topic: topics.input.clone(),
+        schema: schema.clone(),
+    };
+    let sink = RunningSink::start(
+        AnalyticsSink::new(settings, &destination()).expect("sink"),
+        topics.settings(),
+    );
+    let answers = results(&codec, &topics.results, values.len()).await;
+    let summary = sink.stop().await;
+    assert_eq!(summary.rejected, 1, "{summary:?}");
+    assert_eq!(summary.delivered, 29, "{summary:?}");
+    let refused: Vec<_> = answers
+        .iter()
+        .filter(|r| r.outcome == DeliveryOutcome::Rejected)
+        .collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].delivery_key, "fact-17@1");
+    assert!(
+        refused[0]
+            .error_code
+            .as_deref()
+            .is_some_and(|code| code.starts_with("sqlstate_22")),
+        "{:?}",
+        refused[0]
+    );
+    let db = connect().await;
+    let rows: i64 = db
+        .query_one(&format!("SELECT count(*) FROM {schema}.facts"), &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(rows, 29, "every row but the refused one");
 }
