@@ -322,7 +322,8 @@ where
             progress(deployment),
             mayhem.revived,
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Some checks read whole topics: twice a second is often enough.
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
