@@ -104,12 +104,25 @@ fn restart_broker(stack: &Path) {
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("repository root");
-    let status = std::process::Command::new(repo.join("scripts/stack.sh"))
-        .arg("up")
-        .env("BACKBONE_STACK_DIR", stack)
-        .status()
-        .expect("restart the stack's broker");
-    assert!(status.success(), "stack.sh up after the broker kill");
+    // A client reconnecting to the dead broker may be handed its port as the local end and
+    // connect to itself (the port is in the ephemeral range); the port is free again once the
+    // client gives that connection up.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let status = std::process::Command::new(repo.join("scripts/stack.sh"))
+            .arg("up")
+            .env("BACKBONE_STACK_DIR", stack)
+            .status()
+            .expect("restart the stack's broker");
+        if status.success() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "stack.sh up after the broker kill"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 /// Kills and restarts processes at random and takes the sandbox's systems down, until
