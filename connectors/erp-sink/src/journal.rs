@@ -144,7 +144,10 @@ impl Windows {
     }
 
     /// Holds `posting`, which arrived (by its record time) at `arrived_micros` and was read at
-    /// `now_micros` from `at`, in window `key`.
+    /// `now_micros` from `at`, in window `key`; or, when another open window already holds
+    /// that posting, as a copy in that one. An upstream stage that restarts produces its output
+    /// again, later, so a copy can fall in another window; two windows holding it would post
+    /// it twice.
     pub fn hold(
         &mut self,
         key: WindowKey,
@@ -156,10 +159,15 @@ impl Windows {
         let clock = self.clocks.entry(at.partition).or_default();
         clock.stream_time = clock.stream_time.max(arrived_micros);
         clock.last_held_at = now_micros;
+        let id = posting.rating_id.clone();
+        let key = self
+            .open
+            .iter()
+            .find(|(_, window)| window.postings.contains_key(&id))
+            .map_or(key, |(held_in, _)| held_in.clone());
         let window = self.open.entry(key).or_default();
         window.partition = at.partition;
         window.period_end = posting.period_end;
-        let id = posting.rating_id.clone();
         let first = !window.postings.contains_key(&id);
         window.sources.push((at, id.clone(), first));
         if first {
@@ -497,6 +505,30 @@ mod tests {
             1,
             "and closes once it has been quiet for the grace"
         );
+    }
+
+    #[test]
+    fn a_later_copy_of_a_held_posting_joins_the_window_that_holds_it() {
+        let mut windows = Windows::new(MINUTE);
+        let at = |offset| HeldAt {
+            partition: 0,
+            offset,
+        };
+        let p = posting("r-1", "5");
+        let first = windows.key_for(&p, 10);
+        windows.hold(first.clone(), at(0), p.clone(), 10, 10);
+        // The same posting produced again three minutes later, and another one with it.
+        let later = windows.key_for(&p, 3 * MINUTE);
+        assert_ne!(first, later);
+        windows.hold(later.clone(), at(1), p, 3 * MINUTE, 3 * MINUTE);
+        let q = posting("r-2", "7");
+        windows.hold(later.clone(), at(2), q, 3 * MINUTE, 3 * MINUTE);
+        let closed = windows.close(i64::MAX / 2, 0);
+        let by_key: BTreeMap<_, _> = closed.into_iter().collect();
+        let held = |key: &WindowKey| by_key[key].postings.keys().cloned().collect::<Vec<_>>();
+        assert_eq!(held(&first), ["r-1"]);
+        assert_eq!(by_key[&first].sources.len(), 2, "the copy settles with it");
+        assert_eq!(held(&later), ["r-2"], "each posting in one window only");
     }
 
     #[test]
