@@ -9,7 +9,10 @@
 #     (default 3000): the exactly-once run on the transaction-capable broker (in memory, never
 #     restarted)
 #   BACKBONE_CHAOS_SEED (default 42): the workload and the chaos driver's choices
-#   BACKBONE_CHAOS_KAFKA_PORT, BACKBONE_CHAOS_REGISTRY_PORT, BACKBONE_CHAOS_POSTGRES_PORT
+#   BACKBONE_CHAOS_KAFKA_PORT, BACKBONE_CHAOS_REGISTRY_PORT, BACKBONE_CHAOS_POSTGRES_PORT: keep
+#     them below 32768 (out of Linux's ephemeral range, /proc/sys/net/ipv4/ip_local_port_range):
+#     a port in it can be the local end of some client's connection when the broker restarts,
+#     and the broker cannot listen on it until that connection closes
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
