@@ -9,7 +9,7 @@ help:
 	@echo "make test    formatting, lints and every test, against a private stack"
 	@echo "make bench   benchmarks against a private stack, as ratios to a baseline"
 	@echo "make soak    SOAK_SECONDS (default 600) at a steady rate; fails if lag or memory grow"
-	@echo "make chaos   the chaos test at length: kills, restarts, outages, throttling"
+	@echo "make chaos   the chaos tests at length: kills, broker restarts, outages, throttling; exactly-once too"
 	@echo "make fuzz    every fuzz target for FUZZ_SECONDS (default 60) each; needs nightly"
 	@echo "make setup   install what this machine lacks (idempotent)"
 	@echo "make up | down | status   the embedded dev stack on 127.0.0.1"

@@ -1,6 +1,7 @@
 //! The ERP sink against the sandbox: postings become balanced journal batches whose control
 //! totals match the postings they came from; a late posting becomes an adjustment; a batch for
-//! a closed period is dead-lettered with the ERP's answer; a replay posts nothing twice.
+//! a closed period is dead-lettered with the ERP's answer; a replay posts nothing twice; a
+//! batch whose answer a crash lost is sent again as it was, whatever its window gained since.
 
 #[path = "support/sinks.rs"]
 mod support;
@@ -10,7 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use backbone_erp_sink::{ErpSettings, ErpSink};
 use backbone_rating::days_from_civil;
-use backbone_sandbox::{PostedBatch, SandboxConfig};
+use backbone_sandbox::{Faults, PostedBatch, SandboxConfig, System};
+use backbone_schemas::types::DeliveryOutcome;
 use backbone_schemas::types::{Amount, LedgerPosting, PostingLine};
 use backbone_schemas::WireCodec;
 use backbone_sink::http::JsonApi;
@@ -331,5 +333,80 @@ async fn postings_that_do_not_balance_are_dead_lettered_on_arrival() {
         receivables(&batches),
         BTreeMap::from([(("le-eu".to_owned(), "EUR".to_owned()), micros("9.5"))]),
         "only the valid posting reached the ERP"
+    );
+}
+
+/// The ERP posts a batch but its answer is lost, and the sink stops before a retry is
+/// answered. Meanwhile a posting with a time inside that batch's window arrives (a producer
+/// held it back while the broker was away). The restarted sink reads the window again, now
+/// one posting larger: it must post the batch it sent before, unchanged, and the newcomer as
+/// an adjustment, not a different batch under the same external id, which the ERP refuses
+/// as a conflict (and the postings it holds would be dead-lettered, the newcomer lost).
+#[tokio::test]
+async fn a_batch_whose_answer_was_lost_is_sent_again_unchanged_after_its_window_grew() {
+    let sandbox = Sandbox::start(SandboxConfig::default()).await;
+    let topics = SinkTopics::create("erp-lost-answer", 1).await;
+    let codec = WireCodec::new(&registry_url());
+    let month = (2026, 11);
+    // A window (2 s) that closed a while ago: it is posted as soon as its partition is quiet.
+    let start = (now_ms() - 60_000) / 2_000 * 2_000;
+    let entity = |p: LedgerPosting, at: i64| ("acme:le-eu".to_owned(), p, Some(at));
+    let first = [
+        entity(posting(1, "le-eu", "EUR", "10", month), start + 100),
+        entity(posting(2, "le-eu", "EUR", "20", month), start + 200),
+    ];
+    publish(&codec, &topics.input, &first).await;
+    sandbox
+        .client
+        .set_faults(
+            System::Erp,
+            &Faults {
+                lost_response_rate: 1.0,
+                ..Faults::default()
+            },
+        )
+        .await
+        .expect("faults");
+    let sink = RunningSink::start(erp_sink(&topics.input, &sandbox), topics.settings());
+    eventually(DEADLINE, "the ERP to post the first batch", || async {
+        (sandbox.applied("erp").await >= 1).then_some(())
+    })
+    .await;
+    let summary = sink.stop().await;
+    assert_eq!(summary.consumed, 0, "nothing settled: {summary:?}");
+
+    let late = [entity(posting(3, "le-eu", "EUR", "5", month), start + 300)];
+    publish(&codec, &topics.input, &late).await;
+    sandbox
+        .client
+        .clear_faults(System::Erp)
+        .await
+        .expect("clear faults");
+    let sink = RunningSink::start(erp_sink(&topics.input, &sandbox), topics.settings());
+    let outcomes: Vec<DeliveryOutcome> = results(&codec, &topics.results, 3)
+        .await
+        .into_iter()
+        .map(|r| r.outcome)
+        .collect();
+    let summary = sink.stop().await;
+    assert!(
+        !outcomes.contains(&DeliveryOutcome::Rejected),
+        "nothing refused: {outcomes:?}, {summary:?}"
+    );
+    let batches = sandbox.client.batches().await.expect("batches");
+    check_balanced(&batches);
+    assert_eq!(
+        receivables(&batches),
+        BTreeMap::from([(("le-eu".to_owned(), "EUR".to_owned()), micros("35"))]),
+        "every posting once"
+    );
+    let shapes: Vec<(String, usize)> = batches
+        .iter()
+        .map(|b| (format!("{:?}", b.batch_type), b.lines.len()))
+        .collect();
+    assert_eq!(
+        shapes,
+        [("Regular".to_owned(), 4), ("Adjustment".to_owned(), 2)],
+        "the batch as first sent, then the newcomer's adjustment"
     );
 }

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 
-use backbone_core::KafkaSettings;
+use backbone_core::{Delivery, KafkaSettings};
 use backbone_testkit::{create_topic, shared_settings, unique_group, unique_topic, ChildProcess};
 
 /// The binaries of a deployment, in start order.
@@ -153,6 +153,8 @@ pub struct Deployment {
     pub dir: PathBuf,
     /// Metrics port per binary.
     pub ports: BTreeMap<&'static str, u16>,
+    /// How the processors deliver: exactly-once needs a broker with transactions.
+    pub delivery: Delivery,
     running: BTreeMap<&'static str, Running>,
 }
 
@@ -206,6 +208,7 @@ impl Deployment {
             group_prefix,
             dir,
             ports,
+            delivery: Delivery::EffectivelyOnce,
             running: BTreeMap::new(),
         }
     }
@@ -243,6 +246,15 @@ impl Deployment {
                 "BACKBONE__OBSERVABILITY__STATISTICS_INTERVAL",
                 "1s".to_owned(),
             ));
+            if self.delivery == Delivery::ExactlyOnce {
+                env.push(("BACKBONE__RUNTIME__DELIVERY", "exactly-once".to_owned()));
+                // One instance per binary: its id is kept across restarts, so a restart
+                // fences what the killed run left open.
+                env.push((
+                    "BACKBONE__RUNTIME__TRANSACTION__TRANSACTIONAL_ID",
+                    format!("{}-0", self.group(binary)),
+                ));
+            }
         };
         let sink = |env: &mut Vec<(&str, String)>, topic: &str| {
             env.push(("BACKBONE__KAFKA__SESSION_TIMEOUT", "6s".to_owned()));
@@ -384,6 +396,21 @@ impl Deployment {
         let child = ChildProcess::spawn(&workspace_binary(binary), args, &env, Some(&log))
             .unwrap_or_else(|e| panic!("starting {binary}: {e}"));
         self.running.insert(binary, Running { child, restarts });
+    }
+
+    /// Starts again every binary that was started and has since exited on its own (a
+    /// processor stops on some broker errors and counts on its supervisor), as a supervisor
+    /// would; returns which.
+    pub fn revive(&mut self) -> Vec<&'static str> {
+        let exited: Vec<&'static str> = self
+            .running
+            .iter_mut()
+            .filter_map(|(binary, r)| (!r.child.is_running()).then_some(*binary))
+            .collect();
+        for binary in &exited {
+            self.start(binary);
+        }
+        exited
     }
 
     /// Starts every processor and sink.

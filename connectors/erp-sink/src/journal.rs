@@ -7,6 +7,12 @@
 //! the same id, which the ERP recognises. Sequence 0 is the window's `REGULAR` batch; postings
 //! that arrive for a window already posted make `ADJUSTMENT` batches 1, 2, ... that reference
 //! it, because a posted batch is never edited.
+//!
+//! The same input does not always give the same set: a window the wall clock closed can gain
+//! postings later (a producer holds records back while the broker is away, and they keep the
+//! times they were made at). So a batch attempted without an answer is sent again with the
+//! postings that attempt carried, as the delivery ledger recorded them, and the newcomers wait
+//! for the next sequence.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -70,6 +76,30 @@ pub struct OpenWindow {
     pub partition: i32,
 }
 
+impl OpenWindow {
+    /// Takes out the postings not in `kept`, with the records that carried them, as a window of
+    /// their own.
+    pub fn split_off(&mut self, kept: &BTreeSet<String>) -> OpenWindow {
+        let (stay, go): (Vec<_>, Vec<_>) = std::mem::take(&mut self.sources)
+            .into_iter()
+            .partition(|(_, id, _)| kept.contains(id));
+        self.sources = stay;
+        let moved: BTreeSet<String> = go.iter().map(|(_, id, _)| id.clone()).collect();
+        let mut postings = BTreeMap::new();
+        for id in moved {
+            if let Some(posting) = self.postings.remove(&id) {
+                postings.insert(id, posting);
+            }
+        }
+        OpenWindow {
+            postings,
+            sources: go,
+            period_end: self.period_end,
+            partition: self.partition,
+        }
+    }
+}
+
 /// How far one input partition has got: its stream time (the latest arrival time held) and
 /// when, by the wall clock, it last gave a posting.
 #[derive(Debug, Clone, Copy, Default)]
@@ -114,7 +144,10 @@ impl Windows {
     }
 
     /// Holds `posting`, which arrived (by its record time) at `arrived_micros` and was read at
-    /// `now_micros` from `at`, in window `key`.
+    /// `now_micros` from `at`, in window `key`; or, when another open window already holds
+    /// that posting, as a copy in that one. An upstream stage that restarts produces its output
+    /// again, later, so a copy can fall in another window; two windows holding it would post
+    /// it twice.
     pub fn hold(
         &mut self,
         key: WindowKey,
@@ -126,10 +159,15 @@ impl Windows {
         let clock = self.clocks.entry(at.partition).or_default();
         clock.stream_time = clock.stream_time.max(arrived_micros);
         clock.last_held_at = now_micros;
+        let id = posting.rating_id.clone();
+        let key = self
+            .open
+            .iter()
+            .find(|(_, window)| window.postings.contains_key(&id))
+            .map_or(key, |(held_in, _)| held_in.clone());
         let window = self.open.entry(key).or_default();
         window.partition = at.partition;
         window.period_end = posting.period_end;
-        let id = posting.rating_id.clone();
         let first = !window.postings.contains_key(&id);
         window.sources.push((at, id.clone(), first));
         if first {
@@ -160,6 +198,15 @@ impl Windows {
             .into_iter()
             .filter_map(|key| self.open.remove(&key).map(|window| (key, window)))
             .collect()
+    }
+
+    /// Puts a closed window back to wait for its next close.
+    pub fn reopen(&mut self, key: WindowKey, window: OpenWindow) {
+        let open = self.open.entry(key).or_default();
+        open.partition = window.partition;
+        open.period_end = window.period_end;
+        open.sources.extend(window.sources);
+        open.postings.extend(window.postings);
     }
 
     /// Forgets what came from `partitions`.
@@ -458,6 +505,55 @@ mod tests {
             1,
             "and closes once it has been quiet for the grace"
         );
+    }
+
+    #[test]
+    fn a_later_copy_of_a_held_posting_joins_the_window_that_holds_it() {
+        let mut windows = Windows::new(MINUTE);
+        let at = |offset| HeldAt {
+            partition: 0,
+            offset,
+        };
+        let p = posting("r-1", "5");
+        let first = windows.key_for(&p, 10);
+        windows.hold(first.clone(), at(0), p.clone(), 10, 10);
+        // The same posting produced again three minutes later, and another one with it.
+        let later = windows.key_for(&p, 3 * MINUTE);
+        assert_ne!(first, later);
+        windows.hold(later.clone(), at(1), p, 3 * MINUTE, 3 * MINUTE);
+        let q = posting("r-2", "7");
+        windows.hold(later.clone(), at(2), q, 3 * MINUTE, 3 * MINUTE);
+        let closed = windows.close(i64::MAX / 2, 0);
+        let by_key: BTreeMap<_, _> = closed.into_iter().collect();
+        let held = |key: &WindowKey| by_key[key].postings.keys().cloned().collect::<Vec<_>>();
+        assert_eq!(held(&first), ["r-1"]);
+        assert_eq!(by_key[&first].sources.len(), 2, "the copy settles with it");
+        assert_eq!(held(&later), ["r-2"], "each posting in one window only");
+    }
+
+    #[test]
+    fn a_window_splits_into_the_postings_kept_and_the_others() {
+        let mut windows = Windows::new(MINUTE);
+        for (offset, id) in ["a", "b", "c", "a"].into_iter().enumerate() {
+            let p = posting(id, "1");
+            let key = windows.key_for(&p, 0);
+            let at = HeldAt {
+                partition: 0,
+                offset: offset as i64,
+            };
+            windows.hold(key, at, p, 0, 0);
+        }
+        let (key, mut window) = windows.close(i64::MAX / 2, 0).pop().expect("closed");
+        let kept: BTreeSet<String> = ["a".to_owned(), "c".to_owned()].into();
+        let other = window.split_off(&kept);
+        assert_eq!(window.postings.keys().collect::<Vec<_>>(), ["a", "c"]);
+        assert_eq!(window.sources.len(), 3, "both records of `a` stay with it");
+        assert_eq!(other.postings.keys().collect::<Vec<_>>(), ["b"]);
+        assert_eq!(other.sources.len(), 1);
+        windows.reopen(key, other);
+        assert_eq!(windows.held(), 1);
+        let (_, reopened) = windows.close(i64::MAX / 2, 0).pop().expect("closed again");
+        assert_eq!(reopened.postings.keys().collect::<Vec<_>>(), ["b"]);
     }
 
     #[test]

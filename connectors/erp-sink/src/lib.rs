@@ -9,10 +9,12 @@
 //! bodies as real ERPs do, are rejections that dead-letter the batch's postings with the
 //! ERP's answer. Once a batch is confirmed the ledger remembers which postings it holds: a
 //! posting redelivered later is settled as already delivered, and one that is new to a posted
-//! window becomes an adjustment batch.
+//! window becomes an adjustment batch. A batch sent without an answer (a crash, a lost
+//! response) is sent again with what it carried, since the ERP may hold it.
 
 pub mod journal;
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -327,6 +329,19 @@ fn check_posting(posting: &LedgerPosting) -> Result<(), String> {
     Ok(())
 }
 
+/// The postings an attempt of batch `batch_id` carried, when that attempt has no answer yet.
+fn unanswered(ledger: &DeliveryLedger, batch_id: &str) -> Option<BTreeSet<String>> {
+    let entry = ledger.get(batch_id).ok().flatten()?;
+    if !matches!(
+        entry.state,
+        DeliveryState::Pending | DeliveryState::InFlight
+    ) {
+        return None;
+    }
+    let carried = ledger.attempted(batch_id).ok().flatten()?;
+    Some(carried.into_iter().collect())
+}
+
 fn now_micros(now: SystemTime) -> i64 {
     now.duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
@@ -388,7 +403,7 @@ impl Sink for ErpSink {
         let grace = i64::try_from(self.settings.grace.as_micros()).unwrap_or(i64::MAX);
         let length = self.windows.length();
         let mut due = Vec::new();
-        for (key, window) in self.windows.close(now, grace) {
+        for (key, mut window) in self.windows.close(now, grace) {
             // The first sequence the ERP does not hold: a posted batch is never sent again with
             // other content, so postings new to its window make the next one, an adjustment. A
             // refused batch was never posted; its number is free again.
@@ -400,6 +415,21 @@ impl Sink for ErpSink {
                 .is_some_and(|e| e.state == DeliveryState::Confirmed)
             {
                 sequence += 1;
+            }
+            // An attempt of that number whose answer never came (a crash, a lost response) may
+            // have been posted: it is sent again exactly as it was, and what the window gained
+            // since (postings a producer held back while the broker was away carry times
+            // inside it) waits for the next number. Until the attempt's postings are all read
+            // again, the window waits.
+            if let Some(carried) = unanswered(ledger, &key.batch_id(sequence)) {
+                if !carried.iter().all(|id| window.postings.contains_key(id)) {
+                    self.windows.reopen(key, window);
+                    continue;
+                }
+                let gained = window.split_off(&carried);
+                if !gained.postings.is_empty() {
+                    self.windows.reopen(key.clone(), gained);
+                }
             }
             let money_of = |id: &str| {
                 window.postings.get(id).map(|p| Money {

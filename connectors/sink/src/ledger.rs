@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 const DELIVERY_PREFIX: &[u8] = b"d/";
 const MEMBER_PREFIX: &[u8] = b"m/";
+const ATTEMPT_PREFIX: &[u8] = b"a/";
 
 /// Why the ledger could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +144,43 @@ impl DeliveryLedger {
         Ok(raw.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
     }
 
+    /// The items delivery `key` carried when it was attempted, if it was attempted with items:
+    /// what a resend under the same key must carry again, since the destination may hold it.
+    pub fn attempted(&self, key: &str) -> Result<Option<Vec<String>>, LedgerError> {
+        let raw = self
+            .db
+            .get(prefixed(ATTEMPT_PREFIX, key))
+            .map_err(|source| self.store_error(source))?;
+        raw.map(|bytes| {
+            serde_json::from_slice(&bytes).map_err(|err| LedgerError::Corrupt {
+                path: self.path.clone(),
+                key: key.to_owned(),
+                message: err.to_string(),
+            })
+        })
+        .transpose()
+    }
+
+    /// Writes `entries` and, for each `(key, items)` of `attempts`, the items that delivery
+    /// carries, synced to disk before it returns: the request that follows may reach the
+    /// destination, and a crash must not forget what it carried.
+    pub fn write_attempt(
+        &self,
+        entries: &[(&str, &LedgerEntry)],
+        attempts: &[(&str, &[String])],
+    ) -> Result<(), LedgerError> {
+        let mut batch = self.entries_batch(entries)?;
+        for (key, items) in attempts {
+            let value = serde_json::to_vec(items).map_err(|err| LedgerError::Corrupt {
+                path: self.path.clone(),
+                key: (*key).to_owned(),
+                message: err.to_string(),
+            })?;
+            batch.put(prefixed(ATTEMPT_PREFIX, key), value);
+        }
+        self.commit(batch, !attempts.is_empty())
+    }
+
     /// Writes `entries` and `members` (item id → delivery key) atomically. With `durable` the
     /// write is synced to disk before it returns: outcomes are, since offsets follow them.
     pub fn write(
@@ -151,6 +189,14 @@ impl DeliveryLedger {
         members: &[(&str, &str)],
         durable: bool,
     ) -> Result<(), LedgerError> {
+        let mut batch = self.entries_batch(entries)?;
+        for (id, key) in members {
+            batch.put(prefixed(MEMBER_PREFIX, id), key.as_bytes());
+        }
+        self.commit(batch, durable)
+    }
+
+    fn entries_batch(&self, entries: &[(&str, &LedgerEntry)]) -> Result<WriteBatch, LedgerError> {
         let mut batch = WriteBatch::default();
         for (key, entry) in entries {
             let value = serde_json::to_vec(entry).map_err(|err| LedgerError::Corrupt {
@@ -160,9 +206,10 @@ impl DeliveryLedger {
             })?;
             batch.put(prefixed(DELIVERY_PREFIX, key), value);
         }
-        for (id, key) in members {
-            batch.put(prefixed(MEMBER_PREFIX, id), key.as_bytes());
-        }
+        Ok(batch)
+    }
+
+    fn commit(&self, batch: WriteBatch, durable: bool) -> Result<(), LedgerError> {
         let mut options = WriteOptions::default();
         options.set_sync(durable);
         self.db
@@ -254,6 +301,29 @@ mod tests {
         let counts = ledger.count_by_state().expect("scan");
         assert_eq!(counts.get(&DeliveryState::Confirmed), Some(&1));
         assert_eq!(counts.get(&DeliveryState::InFlight), Some(&1));
+    }
+
+    #[test]
+    fn what_an_attempt_carried_survives_a_reopen() {
+        let dir = temp_dir("attempt");
+        {
+            let ledger = DeliveryLedger::open(&dir).expect("open");
+            let in_flight = LedgerEntry::new(DeliveryState::InFlight, 1);
+            let items = vec!["line-a".to_owned(), "line-b".to_owned()];
+            ledger
+                .write_attempt(&[("jb-1", &in_flight)], &[("jb-1", &items)])
+                .expect("write");
+        }
+        let ledger = DeliveryLedger::open(&dir).expect("reopen");
+        assert_eq!(
+            ledger.attempted("jb-1").expect("read"),
+            Some(vec!["line-a".to_owned(), "line-b".to_owned()])
+        );
+        assert_eq!(ledger.attempted("jb-2").expect("read"), None);
+        assert_eq!(
+            ledger.get("jb-1").expect("read").map(|e| e.state),
+            Some(DeliveryState::InFlight)
+        );
     }
 
     #[test]
