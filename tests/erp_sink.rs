@@ -17,7 +17,7 @@ use backbone_schemas::types::{Amount, LedgerPosting, PostingLine};
 use backbone_schemas::WireCodec;
 use backbone_sink::http::JsonApi;
 use backbone_sink::DESTINATION_REJECTED;
-use backbone_testkit::{consume_until, shared_settings};
+use backbone_testkit::{consume_until, dead_letter_reasons, shared_settings};
 use support::{
     eventually, metadata, publish, registry_url, results, RunningSink, Sandbox, SinkTopics,
 };
@@ -314,18 +314,9 @@ async fn postings_that_do_not_balance_are_dead_lettered_on_arrival() {
     .await;
     sink.stop().await;
 
-    let reasons: BTreeMap<String, String> = dlq
-        .iter()
-        .map(|letter| {
-            (
-                letter.header("backbone.origin.offset").expect("offset"),
-                letter.header("backbone.dlq.reason").expect("reason"),
-            )
-        })
-        .collect();
-    let expected: BTreeMap<String, String> = ["0", "1", "2"]
-        .into_iter()
-        .map(|offset| (offset.to_owned(), "unbalanced_posting".to_owned()))
+    let reasons = dead_letter_reasons(&dlq);
+    let expected: BTreeMap<i64, String> = (0..3)
+        .map(|offset| (offset, "unbalanced_posting".to_owned()))
         .collect();
     assert_eq!(reasons, expected);
     check_balanced(&batches);

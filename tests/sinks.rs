@@ -22,8 +22,8 @@ use backbone_sink::http::JsonApi;
 use backbone_sink::metrics::names;
 use backbone_sink::{DestinationSettings, SinkError, DESTINATION_REJECTED};
 use backbone_testkit::{
-    committed_offsets, consume_until, produce, produce_tombstone, shared_settings, ChildProcess,
-    TestRecord,
+    committed_offsets, consume_until, dead_letter_reasons, produce, produce_tombstone,
+    shared_settings, ChildProcess, TestRecord,
 };
 use support::{eventually, metadata, registry_url, results, RunningSink, Sandbox, SinkTopics};
 
@@ -276,23 +276,15 @@ async fn records_a_sink_cannot_deliver_are_dead_lettered_on_arrival() {
     .await;
     sink.stop().await;
 
-    let reasons: BTreeMap<String, String> = dlq
-        .iter()
-        .map(|letter| {
-            (
-                letter.header("backbone.origin.offset").expect("offset"),
-                letter.header("backbone.dlq.reason").expect("reason"),
-            )
-        })
-        .collect();
-    let expected: BTreeMap<String, String> = [
-        ("0", "missing_value"),
-        ("1", "wrong_magic_byte"),
-        ("2", "undecodable_body"),
-        ("3", "missing_idempotency_key"),
+    let reasons = dead_letter_reasons(&dlq);
+    let expected: BTreeMap<i64, String> = [
+        (0, "missing_value"),
+        (1, "wrong_magic_byte"),
+        (2, "undecodable_body"),
+        (3, "missing_idempotency_key"),
     ]
     .into_iter()
-    .map(|(offset, reason)| (offset.to_owned(), reason.to_owned()))
+    .map(|(offset, reason)| (offset, reason.to_owned()))
     .collect();
     assert_eq!(reasons, expected);
     let tombstone = dlq

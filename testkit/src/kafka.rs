@@ -1,9 +1,11 @@
 //! Topics, producing and consuming for tests.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use backbone_core::admin::{ensure_topics, partition_count, TopicSpec};
+use backbone_core::dead_letter::headers;
 use backbone_core::KafkaSettings;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
@@ -182,6 +184,24 @@ impl ConsumedRecord {
             .find(|(n, _)| n == name)
             .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
     }
+}
+
+/// Dead letters by the offset they came from: origin offset to reason. Panics on a letter
+/// without either header, which the runtime always writes.
+pub fn dead_letter_reasons(letters: &[ConsumedRecord]) -> BTreeMap<i64, String> {
+    letters
+        .iter()
+        .map(|letter| {
+            let offset = letter
+                .header(headers::ORIGIN_OFFSET)
+                .and_then(|o| o.parse().ok())
+                .expect("a dead letter names its origin offset");
+            let reason = letter
+                .header(headers::REASON)
+                .expect("a dead letter names its reason");
+            (offset, reason)
+        })
+        .collect()
 }
 
 /// Reads `topic` from the beginning of every partition (no consumer group) until at least

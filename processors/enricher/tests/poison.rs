@@ -12,30 +12,13 @@ use backbone_registry::{LocalRegistry, RegistryConfig};
 use backbone_schemas::types::{Contract, EnrichedUsage};
 use backbone_schemas::WireCodec;
 use backbone_testkit::{
-    consume_until, create_topic, produce, produce_tombstone, shared_settings, unique_group,
-    unique_topic, ConsumedRecord, RunningProcessor, TestRecord,
+    consume_until, create_topic, dead_letter_reasons, produce, produce_tombstone, shared_settings,
+    unique_group, unique_topic, RunningProcessor, TestRecord,
 };
 
 mod fixtures;
 
 use fixtures::*;
-
-/// Dead-letter reasons by origin offset.
-fn reasons(letters: &[ConsumedRecord]) -> BTreeMap<i64, String> {
-    letters
-        .iter()
-        .map(|letter| {
-            let offset = letter
-                .header("backbone.origin.offset")
-                .and_then(|o| o.parse().ok())
-                .expect("origin offset");
-            (
-                offset,
-                letter.header("backbone.dlq.reason").expect("reason"),
-            )
-        })
-        .collect()
-}
 
 #[tokio::test]
 async fn bad_master_data_and_usage_are_dead_lettered_under_their_reasons() {
@@ -165,8 +148,8 @@ async fn bad_master_data_and_usage_are_dead_lettered_under_their_reasons() {
         .expect("the valid event enriched");
     enricher.stop(DEADLINE).await;
 
-    assert_eq!(reasons(&usage_dead), usage_expected);
-    assert_eq!(reasons(&accounts_dead), accounts_expected);
+    assert_eq!(dead_letter_reasons(&usage_dead), usage_expected);
+    assert_eq!(dead_letter_reasons(&accounts_dead), accounts_expected);
     assert_eq!(enriched.len(), 1);
     let event: EnrichedUsage = codec
         .decode_as(

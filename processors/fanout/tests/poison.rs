@@ -15,8 +15,8 @@ use backbone_schemas::types::{
 };
 use backbone_schemas::WireCodec;
 use backbone_testkit::{
-    consume_until, create_topic, produce, produce_tombstone, shared_settings, unique_group,
-    unique_topic, RunningProcessor, TestRecord,
+    consume_until, create_topic, dead_letter_reasons, produce, produce_tombstone, shared_settings,
+    unique_group, unique_topic, RunningProcessor, TestRecord,
 };
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -181,19 +181,7 @@ async fn lines_without_a_usable_gl_mapping_and_bad_records_are_dead_lettered() {
         .expect("the valid line posted");
     fanout.stop(DEADLINE).await;
 
-    let reasons: BTreeMap<i64, String> = dead
-        .iter()
-        .map(|letter| {
-            let offset = letter
-                .header("backbone.origin.offset")
-                .and_then(|o| o.parse().ok())
-                .expect("origin offset");
-            (
-                offset,
-                letter.header("backbone.dlq.reason").expect("reason"),
-            )
-        })
-        .collect();
+    let reasons = dead_letter_reasons(&dead);
     assert_eq!(reasons, expected);
     assert_eq!(postings.len(), 1);
     let posting: LedgerPosting = codec

@@ -10,8 +10,8 @@ use backbone_core::RuntimeSettings;
 use backbone_registry::{LocalRegistry, RegistryConfig};
 use backbone_schemas::WireCodec;
 use backbone_testkit::{
-    consume_until, create_topic, produce, produce_tombstone, shared_settings, unique_group,
-    unique_topic, RunningProcessor, TestRecord,
+    consume_until, create_topic, dead_letter_reasons, produce, produce_tombstone, shared_settings,
+    unique_group, unique_topic, RunningProcessor, TestRecord,
 };
 use backbone_usage_rater::{RaterSettings, UsageRater};
 
@@ -124,19 +124,7 @@ async fn each_kind_of_bad_enriched_usage_is_dead_lettered_under_its_reason() {
         .expect("the valid event rated");
     rater.stop(DEADLINE).await;
 
-    let reasons: BTreeMap<i64, String> = dead
-        .iter()
-        .map(|letter| {
-            let offset = letter
-                .header("backbone.origin.offset")
-                .and_then(|o| o.parse().ok())
-                .expect("origin offset");
-            (
-                offset,
-                letter.header("backbone.dlq.reason").expect("reason"),
-            )
-        })
-        .collect();
+    let reasons = dead_letter_reasons(&dead);
     assert_eq!(reasons, expected);
     assert_eq!(rated.len(), 1, "only the valid event is rated");
 }

@@ -18,8 +18,9 @@ use backbone_schemas::types::{
 use backbone_schemas::wire::{encode_framed, frame};
 use backbone_schemas::WireCodec;
 use backbone_testkit::{
-    committed_offsets, consume_until, create_topic, end_offsets_total, produce, produce_tombstone,
-    shared_settings, unique_group, unique_topic, RunningProcessor, TestRecord,
+    committed_offsets, consume_until, create_topic, dead_letter_reasons, end_offsets_total,
+    produce, produce_tombstone, shared_settings, unique_group, unique_topic, RunningProcessor,
+    TestRecord,
 };
 use backbone_usage_validator::{UsageValidator, ValidatorSettings};
 
@@ -193,19 +194,7 @@ async fn each_kind_of_bad_input_is_dead_lettered_under_its_reason() {
         .expect("the valid event");
     validator.stop(DEADLINE).await;
 
-    let reasons: BTreeMap<i64, String> = dead
-        .iter()
-        .map(|letter| {
-            let offset = letter
-                .header("backbone.origin.offset")
-                .and_then(|o| o.parse().ok())
-                .expect("origin offset");
-            (
-                offset,
-                letter.header("backbone.dlq.reason").expect("reason"),
-            )
-        })
-        .collect();
+    let reasons = dead_letter_reasons(&dead);
     let expected: BTreeMap<i64, String> = expected
         .into_iter()
         .map(|(offset, reason)| (offset, reason.to_owned()))
