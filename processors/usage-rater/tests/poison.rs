@@ -7,13 +7,11 @@
 use std::collections::BTreeMap;
 
 use backbone_core::RuntimeSettings;
-use backbone_registry::{LocalRegistry, RegistryConfig};
-use backbone_schemas::WireCodec;
 use backbone_testkit::{
-    consume_until, create_topic, dead_letter_reasons, produce, produce_tombstone, shared_settings,
-    unique_group, unique_topic, RunningProcessor, TestRecord,
+    consume_until, dead_letter_reasons, produce, produce_tombstone, shared_settings, unique_group,
+    RunningProcessor, TestRecord,
 };
-use backbone_usage_rater::{RaterSettings, UsageRater};
+use backbone_usage_rater::UsageRater;
 
 mod fixtures;
 
@@ -22,33 +20,12 @@ use fixtures::*;
 #[tokio::test]
 async fn each_kind_of_bad_enriched_usage_is_dead_lettered_under_its_reason() {
     let kafka = shared_settings();
-    let registry = LocalRegistry::start(&RegistryConfig::ephemeral(
-        kafka.clone(),
-        &unique_topic("schemas"),
-    ))
-    .await
-    .expect("registry");
-    let codec = WireCodec::new(registry.url());
-    let settings = RaterSettings {
-        input_topic: unique_topic("usage.enriched"),
-        rate_cards_topic: unique_topic("master.rate-cards"),
-        output_topic: unique_topic("usage.rated"),
-        aggregates_topic: unique_topic("usage.window-aggregates"),
-        ..RaterSettings::default()
-    };
-    create_topic(&kafka, &settings.input_topic, 1)
-        .await
-        .expect("input topic");
-    create_topic(&kafka, &settings.rate_cards_topic, 1)
-        .await
-        .expect("rate card topic");
-    let card = codec
-        .encode_contract(
-            &format!("{}-value", settings.rate_cards_topic),
-            &rate_card(),
-        )
-        .await
-        .expect("encode card");
+    let RaterSetup {
+        registry: _registry,
+        codec,
+        settings,
+        card,
+    } = rater_setup(&kafka, 1).await;
     produce(
         &kafka,
         &settings.rate_cards_topic,
