@@ -198,6 +198,7 @@ impl Stages {
                     rate_cards_topic: t.rate_cards.clone(),
                     output_topic: t.enriched.clone(),
                     park_timeout,
+                    ..EnricherSettings::default()
                 },
                 codec.clone(),
             ),

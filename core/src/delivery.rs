@@ -33,12 +33,20 @@ pub(crate) const MAX_IN_FLIGHT: usize = 10_000;
 pub(crate) type InFlight =
     FuturesOrdered<Pin<Box<dyn Future<Output = Result<Settled, RuntimeError>> + Send>>>;
 
-/// What one resolved input produced, for the metrics and the summary.
+/// What an outcome resolves.
+#[derive(Debug)]
+pub(crate) enum Trigger {
+    /// The input at `offset` of `topic`, whose offset commits once the outcome settles.
+    Input { topic: String, offset: i64 },
+    /// A [`Processor::wake`](crate::Processor::wake) call: nothing to commit but its writes.
+    Wake,
+}
+
+/// What one resolved input (or wake) produced, for the metrics and the summary.
 #[derive(Debug)]
 pub(crate) struct Outcome {
-    pub(crate) topic: String,
+    pub(crate) trigger: Trigger,
     pub(crate) partition: i32,
-    pub(crate) offset: i64,
     pub(crate) produced: BTreeMap<String, u64>,
     pub(crate) dead_letter: Option<&'static str>,
     pub(crate) duplicate: bool,
@@ -46,9 +54,12 @@ pub(crate) struct Outcome {
 }
 
 impl Outcome {
-    /// Where the input was read, as `topic[partition]@offset`.
+    /// Where the input was read, as `topic[partition]@offset`, or which wake it was.
     pub(crate) fn input(&self) -> String {
-        format!("{}[{}]@{}", self.topic, self.partition, self.offset)
+        match &self.trigger {
+            Trigger::Input { topic, offset } => format!("{topic}[{}]@{offset}", self.partition),
+            Trigger::Wake => format!("the wake of partition {}", self.partition),
+        }
     }
 
     /// The error for a record made from this input that the producer or the broker did not
@@ -226,9 +237,9 @@ impl<C: ConsumerContext + 'static> Ledger<'_, C> {
             // Its new owner processes it again.
             return Ok(());
         }
-        if self.store_offsets {
+        if let (true, Trigger::Input { topic, offset }) = (self.store_offsets, &outcome.trigger) {
             self.consumer
-                .store_offset(&outcome.topic, outcome.partition, outcome.offset)
+                .store_offset(topic, outcome.partition, *offset)
                 .map_err(RuntimeError::Client)?;
         }
         self.count(outcome, summary);
@@ -236,26 +247,24 @@ impl<C: ConsumerContext + 'static> Ledger<'_, C> {
     }
 
     fn count(&self, outcome: Outcome, summary: &mut RunSummary) {
-        self.metrics
-            .record_consumed(&outcome.topic, outcome.partition);
-        summary.consumed += 1;
-        if outcome.duplicate {
-            self.metrics.record_duplicate(&outcome.topic);
-            summary.duplicates += 1;
-        }
-        match outcome.dead_letter {
-            Some(reason) => {
-                self.metrics.record_dead_letter(&outcome.topic, reason);
-                summary.dead_lettered += 1;
+        if let Trigger::Input { topic, .. } = &outcome.trigger {
+            self.metrics.record_consumed(topic, outcome.partition);
+            summary.consumed += 1;
+            if outcome.duplicate {
+                self.metrics.record_duplicate(topic);
+                summary.duplicates += 1;
             }
-            None => {
-                for (topic, n) in &outcome.produced {
-                    self.metrics.record_produced(topic, *n);
-                    summary.produced += n;
-                    if let Some(age) = outcome.age {
-                        self.metrics.observe_end_to_end(topic, age);
-                    }
-                }
+            if let Some(reason) = outcome.dead_letter {
+                self.metrics.record_dead_letter(topic, reason);
+                summary.dead_lettered += 1;
+                return;
+            }
+        }
+        for (topic, n) in &outcome.produced {
+            self.metrics.record_produced(topic, *n);
+            summary.produced += n;
+            if let Some(age) = outcome.age {
+                self.metrics.observe_end_to_end(topic, age);
             }
         }
     }
@@ -388,10 +397,10 @@ impl Transaction {
 
     /// Adds a resolved input: its offset commits with the transaction.
     pub(crate) fn add(&mut self, outcome: Outcome) {
-        self.offsets.insert(
-            (outcome.topic.clone(), outcome.partition),
-            outcome.offset + 1,
-        );
+        if let Trigger::Input { topic, offset } = &outcome.trigger {
+            self.offsets
+                .insert((topic.clone(), outcome.partition), offset + 1);
+        }
         self.outcomes.push(outcome);
     }
 

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -31,9 +31,21 @@ pub struct GlobalTable {
     pub topic: String,
 }
 
+/// The global tables at one moment of processing.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct GlobalView<'a> {
+    /// Their contents.
+    pub(crate) tables: &'a PartitionState,
+    /// Updates applied since the bootstrap.
+    pub(crate) updates: u64,
+}
+
 /// The materialized global tables of one processor and the thread that keeps them current.
 pub(crate) struct GlobalTables {
     state: Arc<PartitionState>,
+    /// Updates applied since the bootstrap ended: a processor that holds records back until
+    /// reference data arrives looks again when this moves.
+    updates: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     follower: Option<JoinHandle<()>>,
 }
@@ -138,24 +150,30 @@ impl GlobalTables {
         tracing::info!(tables = ?names, elapsed = ?started.elapsed(), "global tables loaded");
 
         let stop = Arc::new(AtomicBool::new(false));
+        let updates = Arc::new(AtomicU64::new(0));
         let follower = {
             let state = Arc::clone(&state);
             let stop = Arc::clone(&stop);
+            let updates = Arc::clone(&updates);
             std::thread::Builder::new()
                 .name("global-tables".to_owned())
-                .spawn(move || follow(&consumer, &state, &by_topic, &stop))
+                .spawn(move || follow(&consumer, &state, &by_topic, &updates, &stop))
                 .map_err(|e| StateFailure::Restore(format!("starting the follower: {e}")))?
         };
         Ok(Self {
             state,
+            updates,
             stop,
             follower: Some(follower),
         })
     }
 
-    /// The tables, for lookups.
-    pub(crate) fn state(&self) -> &PartitionState {
-        &self.state
+    /// The tables as processing reads them: their contents and how many updates they took.
+    pub(crate) fn view(&self) -> GlobalView<'_> {
+        GlobalView {
+            tables: &self.state,
+            updates: self.updates.load(Ordering::SeqCst),
+        }
     }
 }
 
@@ -174,6 +192,7 @@ fn follow(
     consumer: &BaseConsumer,
     state: &PartitionState,
     by_topic: &BTreeMap<String, String>,
+    updates: &AtomicU64,
     stop: &AtomicBool,
 ) {
     while !stop.load(Ordering::SeqCst) {
@@ -183,6 +202,7 @@ fn follow(
                     tracing::error!(error = %err, "global table update failed; the table stops following its topic");
                     return;
                 }
+                updates.fetch_add(1, Ordering::SeqCst);
             }
             Some(Err(err)) => tracing::warn!(error = %err, "reading global tables"),
             None => {}

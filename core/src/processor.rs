@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::state::{State, StateSpec};
 
@@ -170,6 +171,35 @@ pub trait Processor: Send {
         record: &InputRecord<'_>,
         state: &mut State<'_>,
     ) -> Result<Vec<OutputRecord>, ProcessError>;
+
+    /// How often the runtime calls [`wake`](Processor::wake) on each assigned partition; never
+    /// by default.
+    fn wake_interval(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Work on a partition's state that no input triggers, such as releasing records held back
+    /// for reference data that has since arrived. Outputs and state writes are delivered and
+    /// committed as an input's are, without an input offset; on an error nothing of the call is
+    /// kept and the next wake tries again, so a failure only delays the work.
+    fn wake(
+        &mut self,
+        _wake: &Wake,
+        _state: &mut State<'_>,
+    ) -> Result<Vec<OutputRecord>, ProcessError> {
+        Ok(Vec::new())
+    }
+}
+
+/// What a [`Processor::wake`] call knows of its partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wake {
+    /// The partition number woken.
+    pub partition: i32,
+    /// [`State::global_updates`] when this partition's last wake succeeded; `None` on its
+    /// first wake since this instance took it (a start or a rebalance). Equal to the current
+    /// count: no reference data changed since.
+    pub global_updates_then: Option<u64>,
 }
 
 #[cfg(test)]

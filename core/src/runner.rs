@@ -21,14 +21,18 @@ use crate::config::{ConfigError, Validate};
 use crate::dead_letter::{dlq_topic, dlq_topic_spec, DeadLetter, DEFAULT_MAX_DEAD_LETTER_BYTES};
 use crate::delivery::{
     enqueue, enqueue_changelog, lock, InFlight, Ledger, Outcome, Pending, RuntimeContext,
-    Transaction, MAX_IN_FLIGHT,
+    Transaction, Trigger, MAX_IN_FLIGHT,
 };
 use crate::endpoint::ObservabilitySettings;
 use crate::global::GlobalTables;
 use crate::kafka::KafkaSettings;
 use crate::metrics::{event_age, fatal_kind, MeteredContext, RuntimeMetrics};
-use crate::processor::{Header, InputRecord, OutputRecord, ProcessError, Processor};
-use crate::state::{Assignment, StateFailure, StateSettings, StateSpec, Tasks};
+use crate::processor::{
+    Header, InputRecord, OutputRecord, Prefetch, ProcessError, Processor, Wake,
+};
+use crate::state::{
+    Assignment, ChangelogWrite, Ownership, StateFailure, StateSettings, StateSpec, Tasks,
+};
 
 /// How a processor's outputs, state and input offsets become durable together.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -470,6 +474,8 @@ async fn run_loop<P: Processor>(
     let mut in_flight: InFlight = FuturesOrdered::new();
     // The turn of the latest input to enqueue its changelog writes; see `Pending::settle`.
     let mut last_turn: Option<oneshot::Receiver<()>> = None;
+    let wake_interval = processor.wake_interval();
+    let mut wake_at = wake_interval.map(|every| Instant::now() + every);
     loop {
         let commit_at = stage
             .transaction
@@ -483,6 +489,21 @@ async fn run_loop<P: Processor>(
             }
             _ = sleep_until(commit_at), if commit_at.is_some() => {
                 stage.commit(&mut summary)?;
+                continue;
+            }
+            _ = sleep_until(wake_at), if wake_at.is_some() => {
+                let woken = Woken {
+                    processor: &mut *processor,
+                    group: &group,
+                    tasks: &mut tasks,
+                    globals: globals.as_ref(),
+                    prefetch: prefetch.as_deref(),
+                };
+                if let Err(err) = woken.wake(&mut stage, &mut in_flight, &mut last_turn, &mut summary).await {
+                    stage.finish(&mut in_flight, &mut summary).await?;
+                    return Err(err);
+                }
+                wake_at = wake_interval.map(|every| Instant::now() + every);
                 continue;
             }
             message = consumer.recv(), if in_flight.len() < MAX_IN_FLIGHT => message,
@@ -531,7 +552,7 @@ async fn run_loop<P: Processor>(
             };
             let ownership = tasks.task(input.partition).await?;
             let started = Instant::now();
-            let tables = globals.as_ref().map(GlobalTables::state);
+            let tables = globals.as_ref().map(GlobalTables::view);
             let processed = ownership.process(&group, input.partition, tables, |state| {
                 let mut outputs =
                     prepared.and_then(|()| span.in_scope(|| processor.process(&input, state)))?;
@@ -600,9 +621,11 @@ async fn run_loop<P: Processor>(
             .to_record(SystemTime::now())
         };
         let mut outcome = Outcome {
-            topic: input.topic.to_owned(),
+            trigger: Trigger::Input {
+                topic: input.topic.to_owned(),
+                offset: input.offset,
+            },
             partition: input.partition,
-            offset: input.offset,
             produced: BTreeMap::new(),
             dead_letter: None,
             duplicate: processed.duplicate,
@@ -635,49 +658,119 @@ async fn run_loop<P: Processor>(
             }
         };
         let ownership = tasks.task(input.partition).await?;
-        match stage.transaction {
-            Some(transaction) => {
-                lock(transaction)
-                    .begin(&producer)
-                    .map_err(transaction_error)?;
-                enqueue(&producer, &records, &outcome, settings.produce_timeout).await?;
-                for record in &records {
-                    *outcome.produced.entry(record.topic.clone()).or_default() += 1;
-                }
-                for write in &processed.changelog {
-                    enqueue_changelog(&producer, write, settings.produce_timeout).await?;
-                }
-                let full = {
-                    let mut transaction = lock(transaction);
-                    transaction.add(outcome);
-                    transaction.len() >= settings.transaction.max_records
-                };
-                if full {
-                    stage.commit(&mut summary)?;
-                }
-            }
-            None => {
-                let deliveries =
-                    enqueue(&producer, &records, &outcome, settings.produce_timeout).await?;
-                let (next_turn, turn) = oneshot::channel();
-                let pending = Pending {
+        stage
+            .deliver(
+                Delivered {
+                    records,
                     outcome,
-                    deliveries,
                     changelog: processed.changelog,
-                    producer: producer.clone(),
-                    timeout: settings.produce_timeout,
-                    guard: ownership.track(),
                     ownership,
-                    turn: last_turn.replace(turn),
-                    next_turn,
-                };
-                in_flight.push_back(Box::pin(pending.settle()));
-            }
-        }
+                },
+                &mut in_flight,
+                &mut last_turn,
+                &mut summary,
+            )
+            .await?;
     }
     stage.finish(&mut in_flight, &mut summary).await?;
     tracing::info!(processor = %name, ?summary, "processor stopped");
     Ok(summary)
+}
+
+/// What an input or a wake hands over for delivery: its records, what it resolves, its
+/// changelog writes and the partition they belong to.
+struct Delivered {
+    records: Vec<OutputRecord>,
+    outcome: Outcome,
+    changelog: Vec<ChangelogWrite>,
+    ownership: Arc<Ownership>,
+}
+
+/// One round of [`Processor::wake`] calls over the assigned partitions.
+struct Woken<'a, P: Processor> {
+    processor: &'a mut P,
+    group: &'a str,
+    tasks: &'a mut Tasks,
+    globals: Option<&'a GlobalTables>,
+    prefetch: Option<&'a dyn Prefetch>,
+}
+
+impl<P: Processor> Woken<'_, P> {
+    /// Wakes every partition the consumer is assigned, restoring the state of any not held
+    /// yet: a partition whose inputs all came before a restart has work too. A failed wake is
+    /// logged and left to the next round; a fatal one stops the processor.
+    async fn wake(
+        self,
+        stage: &mut Stage<'_>,
+        in_flight: &mut InFlight,
+        last_turn: &mut Option<oneshot::Receiver<()>>,
+        summary: &mut RunSummary,
+    ) -> Result<(), RuntimeError> {
+        let assigned: BTreeSet<i32> = stage
+            .consumer
+            .assignment()
+            .map_err(RuntimeError::Client)?
+            .elements()
+            .iter()
+            .map(|e| e.partition())
+            .collect();
+        if let Some(prefetch) = self.prefetch {
+            // Schema ids a decode from state asked for in the last round.
+            if let Err(err) = prefetch.prefetch(None).await {
+                tracing::warn!(error = %err, "wake postponed: schemas not resolved");
+                return Ok(());
+            }
+        }
+        let tables = self.globals.map(GlobalTables::view);
+        for partition in assigned {
+            let ownership = self.tasks.task(partition).await?;
+            let wake = Wake {
+                partition,
+                global_updates_then: ownership.woken_at(),
+            };
+            let processed = ownership.process(self.group, partition, tables, |state| {
+                self.processor.wake(&wake, state)
+            });
+            let records = match processed.result {
+                Ok(records) => {
+                    ownership.set_woken_at(tables.map_or(0, |t| t.updates));
+                    records
+                }
+                Err(ProcessError::Fatal { kind, detail }) => {
+                    return Err(RuntimeError::Stopped { kind, detail })
+                }
+                Err(err) => {
+                    tracing::warn!(partition, error = %err, "wake failed; the next one tries again");
+                    continue;
+                }
+            };
+            if records.is_empty() && processed.changelog.is_empty() {
+                continue;
+            }
+            let outcome = Outcome {
+                trigger: Trigger::Wake,
+                partition,
+                produced: BTreeMap::new(),
+                dead_letter: None,
+                duplicate: false,
+                age: None,
+            };
+            stage
+                .deliver(
+                    Delivered {
+                        records,
+                        outcome,
+                        changelog: processed.changelog,
+                        ownership,
+                    },
+                    in_flight,
+                    last_turn,
+                    summary,
+                )
+                .await?;
+        }
+        Ok(())
+    }
 }
 
 /// What the loop needs to commit: the clients, the open transaction and the ledger.
@@ -710,6 +803,63 @@ impl Stage<'_> {
                 Err(transaction_error(err))
             }
         }
+    }
+
+    /// Hands records and changelog writes to the producer: into the open transaction
+    /// (exactly-once), or in flight until acknowledged, changelog after outputs (effectively-once).
+    async fn deliver(
+        &mut self,
+        delivered: Delivered,
+        in_flight: &mut InFlight,
+        last_turn: &mut Option<oneshot::Receiver<()>>,
+        summary: &mut RunSummary,
+    ) -> Result<(), RuntimeError> {
+        let Delivered {
+            records,
+            mut outcome,
+            changelog,
+            ownership,
+        } = delivered;
+        let timeout = self.settings.produce_timeout;
+        match self.transaction {
+            Some(transaction) => {
+                lock(transaction)
+                    .begin(self.producer)
+                    .map_err(transaction_error)?;
+                enqueue(self.producer, &records, &outcome, timeout).await?;
+                for record in &records {
+                    *outcome.produced.entry(record.topic.clone()).or_default() += 1;
+                }
+                for write in &changelog {
+                    enqueue_changelog(self.producer, write, timeout).await?;
+                }
+                let full = {
+                    let mut transaction = lock(transaction);
+                    transaction.add(outcome);
+                    transaction.len() >= self.settings.transaction.max_records
+                };
+                if full {
+                    self.commit(summary)?;
+                }
+            }
+            None => {
+                let deliveries = enqueue(self.producer, &records, &outcome, timeout).await?;
+                let (next_turn, turn) = oneshot::channel();
+                let pending = Pending {
+                    outcome,
+                    deliveries,
+                    changelog,
+                    producer: self.producer.clone(),
+                    timeout,
+                    guard: ownership.track(),
+                    ownership,
+                    turn: last_turn.replace(turn),
+                    next_turn,
+                };
+                in_flight.push_back(Box::pin(pending.settle()));
+            }
+        }
+        Ok(())
     }
 
     /// Picks up what a rebalance callback committed or failed to commit.

@@ -11,7 +11,7 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -26,7 +26,7 @@ use serde::Deserialize;
 pub use backbone_state::{IdempotencyKey, DEFAULT_TTL};
 
 use crate::config::{ConfigError, Validate};
-use crate::global::GlobalTable;
+use crate::global::{GlobalTable, GlobalView};
 use crate::kafka::KafkaSettings;
 use crate::metrics::RuntimeMetrics;
 use crate::processor::ProcessError;
@@ -153,7 +153,7 @@ fn no_globals(table: &str) -> ProcessError {
 pub struct State<'a> {
     view: Option<StateView<'a>>,
     dedup: Option<&'a IdempotencyStore>,
-    globals: Option<&'a PartitionState>,
+    globals: Option<GlobalView<'a>>,
     duplicate: bool,
 }
 
@@ -179,7 +179,7 @@ impl<'a> State<'a> {
     }
 
     /// The same state with lookups in `globals`.
-    pub fn with_globals(mut self, globals: Option<&'a PartitionState>) -> Self {
+    pub(crate) fn with_globals(mut self, globals: Option<GlobalView<'a>>) -> Self {
         self.globals = globals;
         self
     }
@@ -187,7 +187,13 @@ impl<'a> State<'a> {
     /// The value of `key` in the global table `table`, as of now.
     pub fn global(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, ProcessError> {
         let globals = self.globals.ok_or_else(|| no_globals(table))?;
-        globals.get(table, key).map_err(state_failure)
+        globals.tables.get(table, key).map_err(state_failure)
+    }
+
+    /// How many updates the global tables took since this process loaded them: when it moved,
+    /// some reference data changed, and records held back for it may go now.
+    pub fn global_updates(&self) -> u64 {
+        self.globals.map_or(0, |g| g.updates)
     }
 
     /// Every entry of the global table `table` whose key starts with `prefix`, in key order:
@@ -199,6 +205,7 @@ impl<'a> State<'a> {
     ) -> Result<Vec<backbone_state::Entry>, ProcessError> {
         self.globals
             .ok_or_else(|| no_globals(table))?
+            .tables
             .entries_with_prefix(table, prefix)
             .map_err(state_failure)
     }
@@ -313,12 +320,13 @@ fn now_micros() -> i64 {
 /// One owned partition number, shared by the loop, its in-flight records and the consumer's
 /// rebalance callback: whether it was revoked, whether its local state diverged from the
 /// changelog, and (for a stateful processor) the state itself.
-#[derive(Default)]
 pub(crate) struct Ownership {
     revoked: AtomicBool,
     /// Set when local writes were applied whose changelog records were not produced.
     diverged: AtomicBool,
     in_flight: AtomicUsize,
+    /// Global-table updates at the last successful wake; `u64::MAX` before the first.
+    woken_at: AtomicU64,
     state: Mutex<Option<OpenState>>,
 }
 
@@ -329,7 +337,29 @@ struct OpenState {
     since_sweep: u32,
 }
 
+impl Default for Ownership {
+    fn default() -> Self {
+        Self {
+            revoked: AtomicBool::default(),
+            diverged: AtomicBool::default(),
+            in_flight: AtomicUsize::default(),
+            woken_at: AtomicU64::new(u64::MAX),
+            state: Mutex::default(),
+        }
+    }
+}
+
 impl Ownership {
+    /// Global-table updates at this partition's last successful wake, if it had one.
+    pub(crate) fn woken_at(&self) -> Option<u64> {
+        Some(self.woken_at.load(Ordering::SeqCst)).filter(|at| *at != u64::MAX)
+    }
+
+    /// Records a successful wake at `updates` global-table updates.
+    pub(crate) fn set_woken_at(&self, updates: u64) {
+        self.woken_at.store(updates, Ordering::SeqCst);
+    }
+
     /// Whether the partition was taken away.
     pub(crate) fn is_revoked(&self) -> bool {
         self.revoked.load(Ordering::SeqCst)
@@ -356,7 +386,7 @@ impl Ownership {
         &self,
         processor: &str,
         partition: i32,
-        globals: Option<&PartitionState>,
+        globals: Option<GlobalView<'_>>,
         process: impl FnOnce(&mut State<'_>) -> Result<T, ProcessError>,
     ) -> Processed<T> {
         let mut guard = self.lock_state();

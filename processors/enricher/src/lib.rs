@@ -7,13 +7,16 @@
 //!
 //! Park and release: a usage event whose account or subscription is not known yet is parked in
 //! partition state, behind any earlier parked event of the same customer (order is kept). Parked
-//! events are tried again when the customer's account arrives and when the customer's next usage
-//! arrives; one still parked `processor.park_timeout` after it was parked, judged by the record
-//! times of the partition's later records, goes to the DLQ as `unknown_account` or
+//! events are tried again when the customer's account arrives, when the customer's next usage
+//! arrives, and, every `processor.park_retry_interval`, once the global tables changed: a
+//! subscription arrives through them, with no input on the partition to trigger the release.
+//! One still parked `processor.park_timeout` after it was parked, both by the record times of
+//! the partition's later records and by the wall clock, goes to the DLQ as `unknown_account` or
 //! `unknown_subscription`, byte for byte as it came in.
 
 mod parking;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -21,7 +24,7 @@ use backbone_core::app::{App, SchemaRegistrySettings};
 use backbone_core::config::{ConfigError, Validate};
 use backbone_core::dead_letter::DeadLetter;
 use backbone_core::{
-    InputRecord, OutputRecord, Prefetch, ProcessError, Processor, State, StateSpec,
+    InputRecord, OutputRecord, Prefetch, ProcessError, Processor, State, StateSpec, Wake,
 };
 use backbone_rating::PeriodPlan;
 use backbone_schemas::types::{
@@ -56,6 +59,9 @@ pub struct EnricherSettings {
     /// How long an event may wait for its master data before it is dead-lettered.
     #[serde(with = "humantime_serde")]
     pub park_timeout: Duration,
+    /// How often parked events are tried again after subscriptions or rate cards changed.
+    #[serde(with = "humantime_serde")]
+    pub park_retry_interval: Duration,
 }
 
 impl Default for EnricherSettings {
@@ -67,6 +73,7 @@ impl Default for EnricherSettings {
             rate_cards_topic: "master.rate-cards".to_owned(),
             output_topic: "usage.enriched".to_owned(),
             park_timeout: Duration::from_secs(3600),
+            park_retry_interval: Duration::from_secs(1),
         }
     }
 }
@@ -87,6 +94,12 @@ impl Validate for EnricherSettings {
                 });
             }
         }
+        if self.park_retry_interval.is_zero() {
+            return Err(ConfigError::Invalid {
+                key: "processor.park_retry_interval".to_owned(),
+                message: "must be above zero".to_owned(),
+            });
+        }
         if self.usage_topic == self.accounts_topic {
             return Err(ConfigError::Invalid {
                 key: "processor.accounts_topic".to_owned(),
@@ -102,6 +115,10 @@ impl Validate for EnricherSettings {
 pub struct Enricher {
     settings: EnricherSettings,
     outputs: Arc<OutputContracts>,
+    /// Per partition, the wall-clock time before which no parked event can expire: the last
+    /// expiry pass found events past the timeout in stream time only. Saves reading the index
+    /// of queue heads on every record of a catch-up.
+    wall_due_ms: HashMap<i32, i64>,
 }
 
 impl Enricher {
@@ -111,7 +128,11 @@ impl Enricher {
             codec,
             vec![(settings.output_topic.clone(), EnrichedUsage::FULL_NAME)],
         ));
-        Self { settings, outputs }
+        Self {
+            settings,
+            outputs,
+            wall_due_ms: HashMap::new(),
+        }
     }
 
     fn codec(&self) -> &WireCodec {
@@ -173,13 +194,43 @@ impl Processor for Enricher {
         record: &InputRecord<'_>,
         state: &mut State<'_>,
     ) -> Result<Vec<OutputRecord>, ProcessError> {
-        let now_ms = record.timestamp_ms.unwrap_or_else(wall_clock_ms);
+        let clock = Clock::of(record);
         let mut outputs = if record.topic == self.settings.accounts_topic {
-            self.account(record, state, now_ms)?
+            self.account(record, state, clock.stream_ms)?
         } else {
-            self.usage(record, state, now_ms)?
+            self.usage(record, state, clock)?
         };
-        outputs.extend(self.expire(state, now_ms)?);
+        outputs.extend(self.expire(state, record.partition, clock)?);
+        Ok(outputs)
+    }
+
+    fn wake_interval(&self) -> Option<Duration> {
+        Some(self.settings.park_retry_interval)
+    }
+
+    /// Tries every parked customer again, unless the global tables are as they were at the
+    /// partition's last wake: accounts are this partition's own input and release their
+    /// customer as they arrive, so only a global change can free an event between inputs.
+    fn wake(
+        &mut self,
+        wake: &Wake,
+        state: &mut State<'_>,
+    ) -> Result<Vec<OutputRecord>, ProcessError> {
+        if wake.global_updates_then == Some(state.global_updates()) {
+            return Ok(Vec::new());
+        }
+        let now_ms = wall_clock_ms();
+        let mut outputs = Vec::new();
+        for customer in parking::customers(state)? {
+            outputs.extend(self.release(state, customer.as_bytes(), now_ms)?);
+        }
+        if !outputs.is_empty() {
+            tracing::info!(
+                partition = wake.partition,
+                released = outputs.len(),
+                "parked events released after the global tables changed"
+            );
+        }
         Ok(outputs)
     }
 }
@@ -212,8 +263,9 @@ impl Enricher {
         &self,
         record: &InputRecord<'_>,
         state: &mut State<'_>,
-        now_ms: i64,
+        clock: Clock,
     ) -> Result<Vec<OutputRecord>, ProcessError> {
+        let now_ms = clock.stream_ms;
         let value = record
             .value
             .ok_or_else(|| ProcessError::permanent("missing_value", "record has no value"))?;
@@ -233,6 +285,7 @@ impl Enricher {
             reason: String::new(),
             detail: String::new(),
             parked_at_ms: now_ms,
+            parked_at_wall_ms: clock.wall_ms,
         };
         if parking::has_parked(state, &customer)? {
             // Earlier events of the customer wait: this one queues behind them, then the queue
@@ -292,35 +345,61 @@ impl Enricher {
     }
 
     /// Dead-letters parked events that waited longer than the park timeout, oldest first; a
-    /// customer's events leave in the order they came.
+    /// customer's events leave in the order they came. The wait must be over by both clocks:
+    /// by stream time, so that a quiet partition keeps its events, and by the wall clock, so
+    /// that catching up on a backlog does not expire an event in the seconds before its
+    /// account, published earlier on the other input topic, is read.
     fn expire(
-        &self,
+        &mut self,
         state: &mut State<'_>,
-        now_ms: i64,
+        partition: i32,
+        clock: Clock,
     ) -> Result<Vec<OutputRecord>, ProcessError> {
+        if self
+            .wall_due_ms
+            .get(&partition)
+            .is_some_and(|due| clock.wall_ms < *due)
+        {
+            return Ok(Vec::new());
+        }
         let timeout = i64::try_from(self.settings.park_timeout.as_millis()).unwrap_or(i64::MAX);
-        let cutoff = now_ms.saturating_sub(timeout);
+        let cutoff = clock.stream_ms.saturating_sub(timeout);
+        let wall_cutoff = clock.wall_ms.saturating_sub(timeout);
+        let mut wall_due: Option<i64> = None;
         let mut outputs = Vec::new();
         for customer in parking::due(state, cutoff)? {
+            let mut popped = false;
             while let Some(event) = parking::head(state, &customer)? {
                 if event.parked_at_ms > cutoff {
+                    break;
+                }
+                if event.parked_at_wall_ms > wall_cutoff {
+                    let due = event.parked_at_wall_ms.saturating_add(timeout);
+                    wall_due = Some(wall_due.map_or(due, |d| d.min(due)));
                     break;
                 }
                 let detail = format!(
                     "{}; waited {} ms, longer than processor.park_timeout",
                     event.detail,
-                    now_ms - event.parked_at_ms
+                    clock.stream_ms - event.parked_at_ms
                 );
                 outputs.push(dead_letter(
                     &event,
                     reason_of(&event.reason),
                     &detail,
-                    now_ms,
+                    clock.stream_ms,
                 ));
                 parking::pop_head(state, &customer)?;
+                popped = true;
             }
-            parking::refresh_head(state, &customer)?;
+            if popped {
+                parking::refresh_head(state, &customer)?;
+            }
         }
+        match wall_due {
+            Some(due) => self.wall_due_ms.insert(partition, due),
+            None => self.wall_due_ms.remove(&partition),
+        };
         Ok(outputs)
     }
 
@@ -460,6 +539,23 @@ fn dead_letter(event: &Parked, reason: &str, detail: &str, now_ms: i64) -> Outpu
         first_failed_at: at(event.parked_at_ms),
     }
     .to_record(at(now_ms))
+}
+
+/// The two times an input is processed at: its record time (stream time) and the wall clock.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    stream_ms: i64,
+    wall_ms: i64,
+}
+
+impl Clock {
+    fn of(record: &InputRecord<'_>) -> Self {
+        let wall_ms = wall_clock_ms();
+        Self {
+            stream_ms: record.timestamp_ms.unwrap_or(wall_ms),
+            wall_ms,
+        }
+    }
 }
 
 fn wall_clock_ms() -> i64 {

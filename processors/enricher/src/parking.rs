@@ -30,6 +30,9 @@ pub(crate) struct Parked {
     pub(crate) reason: String,
     pub(crate) detail: String,
     pub(crate) parked_at_ms: i64,
+    /// The wall clock when it was parked; 0 for an event parked before this was kept.
+    #[serde(default)]
+    pub(crate) parked_at_wall_ms: i64,
 }
 
 /// One customer's queue: the sequence number of its head and when each event was parked.
@@ -109,6 +112,12 @@ pub(crate) fn pop_head(state: &mut State<'_>, customer: &str) -> Result<(), Proc
 pub(crate) fn refresh_head(state: &mut State<'_>, customer: &str) -> Result<(), ProcessError> {
     let head = queue(state, customer)?.and_then(|q| q.parked_at_ms.front().copied());
     set_head(state, customer, head)
+}
+
+/// Every customer with events waiting.
+pub(crate) fn customers(state: &State<'_>) -> Result<Vec<String>, ProcessError> {
+    let heads: BTreeMap<String, i64> = state.get_json(PARKED_INDEX, HEADS_KEY)?.unwrap_or_default();
+    Ok(heads.into_keys().collect())
 }
 
 /// Customers whose oldest parked event was parked at or before `cutoff_ms`.

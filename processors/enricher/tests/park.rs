@@ -1,10 +1,11 @@
 //! The enricher on the real broker and registry: usage with its master data is enriched at once,
 //! usage whose account has not arrived is parked and released in order when it does, and usage
 //! that waits longer than the park timeout is dead-lettered as `unknown_account` or
-//! `unknown_subscription`.
+//! `unknown_subscription`. Usage parked for its subscription is released when the subscription
+//! arrives, with no later input to trigger it, whether the enricher was running or restarted.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use backbone_core::RuntimeSettings;
 use backbone_enricher::{Enricher, EnricherSettings};
@@ -12,8 +13,8 @@ use backbone_registry::{LocalRegistry, RegistryConfig};
 use backbone_schemas::types::{Contract, EnrichedUsage, UsageEvent};
 use backbone_schemas::WireCodec;
 use backbone_testkit::{
-    consume_until, consume_while, create_topic, produce, shared_settings, unique_group,
-    unique_topic, ConsumedRecord, RunningProcessor, TestRecord,
+    committed_offsets, consume_until, consume_while, create_topic, end_offsets_total, produce,
+    shared_settings, unique_group, unique_topic, ConsumedRecord, RunningProcessor, TestRecord,
 };
 
 mod fixtures;
@@ -44,6 +45,7 @@ impl Fixture {
             rate_cards_topic: unique_topic("master.rate-cards"),
             output_topic: unique_topic("usage.enriched"),
             park_timeout,
+            ..EnricherSettings::default()
         };
         for (topic, partitions) in [
             (&settings.usage_topic, 2),
@@ -80,18 +82,44 @@ impl Fixture {
     }
 
     fn start(&self) -> RunningProcessor {
-        let group = unique_group("enricher");
+        self.start_as(&unique_group("enricher"))
+    }
+
+    /// An enricher in consumer group `group`, with that group's state directory: starting
+    /// one again in the same group is a restart.
+    fn start_as(&self, group: &str) -> RunningProcessor {
         let mut runtime = RuntimeSettings {
-            group_id: Some(group.clone()),
+            group_id: Some(group.to_owned()),
             topic_partitions: 2,
             ..RuntimeSettings::default()
         };
-        runtime.state.dir = std::env::temp_dir().join("backbone-state").join(&group);
+        runtime.state.dir = std::env::temp_dir().join("backbone-state").join(group);
         RunningProcessor::start(
             Enricher::new(self.settings.clone(), self.codec.clone()),
             &self.kafka,
             runtime,
         )
+    }
+
+    /// Waits until `group` has committed `count` usage records: each was processed, and one
+    /// that gave no output was parked.
+    async fn committed(&self, group: &str, count: i64) {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let committed: i64 = committed_offsets(&self.kafka, group, &self.settings.usage_topic)
+                .expect("committed offsets")
+                .into_iter()
+                .filter_map(|(_, offset)| offset)
+                .sum();
+            if committed >= count {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{group} committed {committed} of {count} usage records"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Enriched events by subscription, event ids in output order.
@@ -246,5 +274,118 @@ async fn events_that_wait_too_long_are_dead_lettered_with_the_reason() {
             .expect("the original usage event");
         assert!(["no-account", "no-subscription"].contains(&event.metadata.event_id.as_str()));
     }
+    enricher.stop(DEADLINE).await;
+}
+
+#[tokio::test]
+async fn events_parked_for_their_subscription_are_released_when_it_arrives() {
+    let fixture = Fixture::new(Duration::from_secs(3600)).await;
+    let s = &fixture.settings;
+    for customer in ["c-1", "c-2"] {
+        fixture
+            .publish(
+                &s.accounts_topic,
+                &format!("acme:{customer}"),
+                &account(customer),
+            )
+            .await;
+    }
+    fixture
+        .publish_usage(&usage("early-1", "c-1", "sub-1"))
+        .await;
+    let group = unique_group("enricher");
+    let enricher = fixture.start_as(&group);
+    fixture.committed(&group, 1).await;
+
+    // The subscription arrives through the global table; nothing more comes on the usage or
+    // account topics.
+    fixture
+        .publish(
+            &s.subscriptions_topic,
+            "acme:sub-1",
+            &subscription("sub-1", "c-1"),
+        )
+        .await;
+    let released = consume_until(&fixture.kafka, &s.output_topic, 1, DEADLINE)
+        .await
+        .expect("released once its subscription arrived");
+    assert_eq!(fixture.enriched(&released).await["sub-1"], vec!["early-1"]);
+
+    // Parked, then the enricher stops; the subscription arrives while it is down, and no input
+    // follows its restart.
+    fixture
+        .publish_usage(&usage("early-2", "c-2", "sub-2"))
+        .await;
+    fixture.committed(&group, 2).await;
+    enricher.stop(DEADLINE).await;
+    fixture
+        .publish(
+            &s.subscriptions_topic,
+            "acme:sub-2",
+            &subscription("sub-2", "c-2"),
+        )
+        .await;
+    let enricher = fixture.start_as(&group);
+    let all = consume_until(&fixture.kafka, &s.output_topic, 2, DEADLINE)
+        .await
+        .expect("released after the restart");
+    let enriched = fixture.enriched(&all).await;
+    assert_eq!(enriched["sub-2"], vec!["early-2"]);
+    assert_eq!(all.len(), 2, "each event once");
+    enricher.stop(DEADLINE).await;
+}
+
+#[tokio::test]
+async fn a_backlog_longer_than_the_park_timeout_does_not_expire_events_whose_account_comes_later() {
+    let fixture = Fixture::new(Duration::from_secs(30)).await;
+    let s = &fixture.settings;
+    fixture
+        .publish(
+            &s.subscriptions_topic,
+            "acme:sub-1",
+            &subscription("sub-1", "c-1"),
+        )
+        .await;
+    // A backlog whose record times span two park timeouts, read before the account: by stream
+    // time alone the first event would expire as the second is processed.
+    let start = now_micros() / 1000 - 120_000;
+    let mut backlog = Vec::new();
+    for (i, offset_ms) in [0, 60_000, 120_000].into_iter().enumerate() {
+        let bytes = fixture
+            .codec
+            .encode_contract(
+                &format!("{}-value", s.usage_topic),
+                &usage(&format!("backlog-{i}"), "c-1", "sub-1"),
+            )
+            .await
+            .expect("encode");
+        backlog.push(TestRecord {
+            timestamp_ms: Some(start + offset_ms),
+            ..TestRecord::new("acme:c-1", bytes)
+        });
+    }
+    produce(&fixture.kafka, &s.usage_topic, &backlog)
+        .await
+        .expect("backlog");
+    let group = unique_group("enricher");
+    let enricher = fixture.start_as(&group);
+    fixture.committed(&group, 3).await;
+
+    fixture
+        .publish(&s.accounts_topic, "acme:c-1", &account("c-1"))
+        .await;
+    let released = consume_until(&fixture.kafka, &s.output_topic, 3, DEADLINE)
+        .await
+        .expect("all three released");
+    assert_eq!(
+        fixture.enriched(&released).await["sub-1"],
+        vec!["backlog-0", "backlog-1", "backlog-2"]
+    );
+    let dlq = format!("{}.dlq", s.usage_topic);
+    assert_eq!(
+        end_offsets_total(&fixture.kafka, &dlq).unwrap_or(0),
+        0,
+        "nothing dead-lettered"
+    );
     enricher.stop(DEADLINE).await;
 }

@@ -37,6 +37,7 @@ async fn bad_master_data_and_usage_are_dead_lettered_under_their_reasons() {
         rate_cards_topic: unique_topic("master.rate-cards"),
         output_topic: unique_topic("usage.enriched"),
         park_timeout: Duration::from_secs(3600),
+        ..EnricherSettings::default()
     };
     for topic in [
         &settings.usage_topic,
