@@ -19,7 +19,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::admin;
-use crate::kafka::KafkaSettings;
+use crate::kafka::{is_connection_lost, KafkaSettings};
 use crate::state::StateFailure;
 
 /// A global table: its name (the store the processor reads) and its source topic.
@@ -126,6 +126,9 @@ impl GlobalTables {
                     {
                         behind.remove(&key);
                     }
+                }
+                Some(Err(err)) if is_connection_lost(&err) => {
+                    tracing::warn!(error = %err, "broker unreachable while loading global tables; waiting for it until the restore timeout");
                 }
                 Some(Err(err)) => {
                     return Err(StateFailure::Restore(format!(

@@ -213,6 +213,15 @@ pub fn refuses_size(err: &rdkafka::error::KafkaError) -> bool {
     )
 }
 
+/// Whether `err` says the broker cannot be reached right now (it is restarting, say): librdkafka
+/// reconnects on its own, so a read that meets it can wait and poll again.
+pub(crate) fn is_connection_lost(err: &rdkafka::error::KafkaError) -> bool {
+    matches!(
+        err.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown)
+    )
+}
+
 fn is_secret(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
     ["password", "secret", "token", "key"]

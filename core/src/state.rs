@@ -27,7 +27,7 @@ pub use backbone_state::{IdempotencyKey, DEFAULT_TTL};
 
 use crate::config::{ConfigError, Validate};
 use crate::global::{GlobalTable, GlobalView};
-use crate::kafka::KafkaSettings;
+use crate::kafka::{is_connection_lost, KafkaSettings};
 use crate::metrics::RuntimeMetrics;
 use crate::processor::ProcessError;
 
@@ -788,6 +788,9 @@ fn replay_changelog(
                 apply(message.key().unwrap_or_default(), message.payload())?;
                 next = message.offset() + 1;
                 replayed += 1;
+            }
+            Some(Err(err)) if is_connection_lost(&err) => {
+                tracing::warn!(%topic, partition, error = %err, "broker unreachable while restoring; waiting for it until the restore timeout");
             }
             Some(Err(err)) => {
                 return Err(StateFailure::Restore(format!(
