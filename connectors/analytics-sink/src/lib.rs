@@ -23,7 +23,7 @@ use futures::future::join_all;
 use serde::Deserialize;
 use tokio::sync::Mutex;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, NoTls, Statement};
 
 use crate::schema::{migrate, FactRow};
 
@@ -73,7 +73,13 @@ impl Validate for AnalyticsSettings {
 pub struct AnalyticsSink {
     settings: AnalyticsSettings,
     config: tokio_postgres::Config,
-    client: Mutex<Option<Client>>,
+    connection: Mutex<Option<Connected>>,
+}
+
+/// An open connection, migrated, with the upsert prepared on it once.
+struct Connected {
+    client: Client,
+    upsert: Statement,
 }
 
 impl std::fmt::Debug for AnalyticsSink {
@@ -105,12 +111,12 @@ impl AnalyticsSink {
         Ok(Self {
             settings,
             config,
-            client: Mutex::new(None),
+            connection: Mutex::new(None),
         })
     }
 
-    /// Connects and migrates; the connection task ends with the client.
-    async fn connect(&self) -> Result<Client, DeliveryError> {
+    /// Connects, migrates and prepares the upsert; the connection task ends with the client.
+    async fn connect(&self) -> Result<Connected, DeliveryError> {
         let (client, connection) = self.config.connect(NoTls).await.map_err(classify)?;
         tokio::spawn(async move {
             if let Err(err) = connection.await {
@@ -120,7 +126,11 @@ impl AnalyticsSink {
         migrate(&client, &self.settings.schema)
             .await
             .map_err(classify)?;
-        Ok(client)
+        let upsert = client
+            .prepare(&schema::upsert_sql(&self.settings.schema))
+            .await
+            .map_err(classify)?;
+        Ok(Connected { client, upsert })
     }
 
     /// Loads `rows` in one transaction, the upserts pipelined on the connection (sent without
@@ -128,19 +138,17 @@ impl AnalyticsSink {
     /// refuses (bad data) fails the transaction: the rows are then loaded one at a time, so only
     /// the bad one is rejected.
     async fn load(
-        &self,
-        client: &mut Client,
+        connected: &mut Connected,
         rows: &[&FactRow],
     ) -> Result<Vec<Outcome>, tokio_postgres::Error> {
-        let statement = client
-            .prepare(&schema::upsert_sql(&self.settings.schema))
-            .await?;
+        let Connected { client, upsert } = connected;
+        let statement = &*upsert;
         let params: Vec<_> = rows.iter().map(|row| row.params()).collect();
         let transaction = client.transaction().await?;
         let answers = join_all(
             params
                 .iter()
-                .map(|params| transaction.query_opt(&statement, params)),
+                .map(|params| transaction.query_opt(statement, params)),
         )
         .await;
         // After a refused row the transaction is aborted and the later rows fail with it
@@ -159,7 +167,7 @@ impl AnalyticsSink {
         drop(transaction);
         let mut outcomes = Vec::with_capacity(rows.len());
         for (row, params) in rows.iter().zip(&params) {
-            match client.query_opt(&statement, params).await {
+            match client.query_opt(statement, params).await {
                 Ok(changed) => outcomes.push(row_outcome(changed.is_some(), row)),
                 Err(err) if is_data_error(&err) => outcomes.push(Outcome::Rejected {
                     code: err.code().map_or("data_error".to_owned(), |c| {
@@ -246,11 +254,11 @@ impl Sink for AnalyticsSink {
     }
 
     async fn deliver(&self, batch: &[&Delivery<FactRow>]) -> Result<Vec<Outcome>, DeliveryError> {
-        let mut guard = self.client.lock().await;
-        if guard.as_ref().is_none_or(Client::is_closed) {
+        let mut guard = self.connection.lock().await;
+        if guard.as_ref().is_none_or(|c| c.client.is_closed()) {
             *guard = Some(self.connect().await?);
         }
-        let Some(client) = guard.as_mut() else {
+        let Some(connected) = guard.as_mut() else {
             return Err(DeliveryError::Transient {
                 reason: RetryReason::Unavailable,
                 message: "no PostgreSQL connection".to_owned(),
@@ -258,7 +266,7 @@ impl Sink for AnalyticsSink {
             });
         };
         let rows: Vec<&FactRow> = batch.iter().map(|d| &d.payload).collect();
-        match self.load(client, &rows).await {
+        match Self::load(connected, &rows).await {
             Ok(outcomes) => Ok(outcomes),
             Err(err) => {
                 // The connection may be gone; the next attempt opens a fresh one.
