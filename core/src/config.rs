@@ -252,5 +252,6 @@ mod tests {
         let missing =
             load_from::<Sample, _>(Some(&dir.join("absent.toml")), Vec::new()).unwrap_err();
         assert!(matches!(missing, ConfigError::Read { .. }));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

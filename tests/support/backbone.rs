@@ -158,6 +158,18 @@ pub struct Deployment {
     running: BTreeMap<&'static str, Running>,
 }
 
+/// A run that passed leaves nothing behind; a failed one (the test is panicking) keeps its
+/// state and logs under `<tmp>/backbone-deployments/<group prefix>` for the post-mortem.
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        // Stop the processes first: they write into the directory.
+        self.running.clear();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
 impl Deployment {
     /// A deployment on fresh topics, delivering to the sandbox at `sandbox_url`; nothing runs
     /// yet.
