@@ -134,18 +134,7 @@ impl DeliveryLedger {
 
     /// The entry of delivery `key`, if it was ever attempted.
     pub fn get(&self, key: &str) -> Result<Option<LedgerEntry>, LedgerError> {
-        let raw = self
-            .db
-            .get(prefixed(DELIVERY_PREFIX, key))
-            .map_err(|source| self.store_error(source))?;
-        raw.map(|bytes| {
-            serde_json::from_slice(&bytes).map_err(|err| LedgerError::Corrupt {
-                path: self.path.clone(),
-                key: key.to_owned(),
-                message: err.to_string(),
-            })
-        })
-        .transpose()
+        self.read_json(DELIVERY_PREFIX, key)
     }
 
     /// The confirmed delivery that holds item `id`, if any.
@@ -160,18 +149,7 @@ impl DeliveryLedger {
     /// The items delivery `key` carried when it was attempted, if it was attempted with items:
     /// what a resend under the same key must carry again, since the destination may hold it.
     pub fn attempted(&self, key: &str) -> Result<Option<Vec<String>>, LedgerError> {
-        let raw = self
-            .db
-            .get(prefixed(ATTEMPT_PREFIX, key))
-            .map_err(|source| self.store_error(source))?;
-        raw.map(|bytes| {
-            serde_json::from_slice(&bytes).map_err(|err| LedgerError::Corrupt {
-                path: self.path.clone(),
-                key: key.to_owned(),
-                message: err.to_string(),
-            })
-        })
-        .transpose()
+        self.read_json(ATTEMPT_PREFIX, key)
     }
 
     /// Writes `entries` and, for each `(key, items)` of `attempts`, the items that delivery
@@ -184,12 +162,7 @@ impl DeliveryLedger {
     ) -> Result<(), LedgerError> {
         let mut batch = self.entries_batch(entries)?;
         for (key, items) in attempts {
-            let value = serde_json::to_vec(items).map_err(|err| LedgerError::Corrupt {
-                path: self.path.clone(),
-                key: (*key).to_owned(),
-                message: err.to_string(),
-            })?;
-            batch.put(prefixed(ATTEMPT_PREFIX, key), value);
+            batch.put(prefixed(ATTEMPT_PREFIX, key), self.to_json(key, items)?);
         }
         self.commit(batch, !attempts.is_empty())
     }
@@ -212,14 +185,36 @@ impl DeliveryLedger {
     fn entries_batch(&self, entries: &[(&str, &LedgerEntry)]) -> Result<WriteBatch, LedgerError> {
         let mut batch = WriteBatch::default();
         for (key, entry) in entries {
-            let value = serde_json::to_vec(entry).map_err(|err| LedgerError::Corrupt {
-                path: self.path.clone(),
-                key: (*key).to_owned(),
-                message: err.to_string(),
-            })?;
-            batch.put(prefixed(DELIVERY_PREFIX, key), value);
+            batch.put(prefixed(DELIVERY_PREFIX, key), self.to_json(key, entry)?);
         }
         Ok(batch)
+    }
+
+    /// The value under `prefix` + `key`, read back from JSON.
+    fn read_json<T: serde::de::DeserializeOwned>(
+        &self,
+        prefix: &[u8],
+        key: &str,
+    ) -> Result<Option<T>, LedgerError> {
+        let raw = self
+            .db
+            .get(prefixed(prefix, key))
+            .map_err(|source| self.store_error(source))?;
+        raw.map(|bytes| serde_json::from_slice(&bytes).map_err(|err| self.corrupt(key, &err)))
+            .transpose()
+    }
+
+    /// `value` as JSON for the entry `key`.
+    fn to_json<T: Serialize>(&self, key: &str, value: &T) -> Result<Vec<u8>, LedgerError> {
+        serde_json::to_vec(value).map_err(|err| self.corrupt(key, &err))
+    }
+
+    fn corrupt(&self, key: &str, err: &serde_json::Error) -> LedgerError {
+        LedgerError::Corrupt {
+            path: self.path.clone(),
+            key: key.to_owned(),
+            message: err.to_string(),
+        }
     }
 
     fn commit(&self, batch: WriteBatch, durable: bool) -> Result<(), LedgerError> {

@@ -331,7 +331,6 @@ async fn events_parked_for_their_subscription_are_released_when_it_arrives() {
         .expect("released after the restart");
     let enriched = fixture.enriched(&all).await;
     assert_eq!(enriched["sub-2"], vec!["early-2"]);
-    assert_eq!(all.len(), 2, "each event once");
     enricher.stop(DEADLINE).await;
 }
 
