@@ -22,7 +22,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use backbone::{Deployment, PROCESSORS, SINKS};
+use backbone::{Deployment, Stamps, PROCESSORS, SINKS};
 use backbone_core::{Delivery, KafkaSettings};
 use backbone_drift::books::Check;
 use backbone_loadgen::{LoadSpec, Workload};
@@ -426,6 +426,7 @@ async fn proof_under_fire(run: Run) {
         &sandbox.url,
         &postgres,
         &registry_url(),
+        Stamps::Producer,
     )
     .await;
     deployment.delivery = run.delivery;

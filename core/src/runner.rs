@@ -946,7 +946,7 @@ fn create_producer(
         .to_string();
     let Delivery::ExactlyOnce = settings.delivery else {
         return kafka
-            .producer_config()
+            .stage_producer_config()
             .set("message.max.bytes", max_record_bytes)
             .create()
             .map_err(RuntimeError::Client);

@@ -13,10 +13,12 @@
 //!    and the 90% mark, so that start-up, group joins and restore stay out of it. Beside it,
 //!    records per second written to and read from the broker by the whole pipeline.
 //! 2. Latency: `RATE` events per second for `LATENCY_SECONDS`, first through the pass-through,
-//!    then through the pipeline on fresh topics. An event's latency is the broker timestamp of
-//!    its output minus that of its usage record; the usage record is joined to its billing
-//!    charge through the rated line's `source_event_ids` and `rating_id`. Each side is warmed
-//!    up with one record first, so that group joins stay out of the figures.
+//!    then through the pipeline on fresh topics. An event's latency is the time its output was
+//!    appended to the broker's log minus that of its usage record (the topics stamp records
+//!    with `LogAppendTime`, so the last stage's batching and produce request count); the usage
+//!    record is joined to its billing charge through the rated line's `source_event_ids` and
+//!    `rating_id`. Each side is warmed up with `WARM_UP_EVENTS` events first, so that group
+//!    joins and the first restore of each partition's state stay out of the figures.
 //! 3. Peak RSS (`VmHWM`) of every process in both runs.
 //! 4. The usage-validator alone over `KEYS` distinct events, its dedup store holding every
 //!    idempotency key: its peak RSS.
@@ -27,7 +29,8 @@ mod backbone;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use backbone::{Deployment, PASS_THROUGH, PROCESSORS};
+use backbone::{Deployment, Stamps, PASS_THROUGH, PROCESSORS};
+use backbone_core::admin::ensure_topics;
 use backbone_core::KafkaSettings;
 use backbone_loadgen::{Destinations, LoadSpec, Payload, Workload};
 use backbone_schemas::types::{
@@ -35,7 +38,7 @@ use backbone_schemas::types::{
 };
 use backbone_schemas::wire::encode_framed;
 use backbone_schemas::WireCodec;
-use backbone_testkit::{consume_until, create_topic, ConsumedRecord};
+use backbone_testkit::{consume_until, ConsumedRecord};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::de::DeserializeOwned;
@@ -44,6 +47,9 @@ const EVENTS: usize = 60_000;
 const RATE: u32 = 2_000;
 const LATENCY_SECONDS: usize = 30;
 const KEYS: usize = 1_000_000;
+/// Enough warm-up events, over 200 customers, that every partition of every stage sees some:
+/// a partition's first record opens its state, which is start-up, not steady-state latency.
+const WARM_UP_EVENTS: usize = 30;
 /// The million keys' publisher batches like Kafka's Java producer by default (`batch.size`
 /// 16 KiB). At librdkafka's 1 MB, the near-identical events compress into batches of about
 /// 88,000 records each, and the validator's consumer holds whole decompressed batches ahead of
@@ -237,9 +243,12 @@ impl Bench {
             "http://127.0.0.1:9",
             "postgres://unused@127.0.0.1:9/unused",
             &self.registry_url,
+            // Latency is read from append times, so that it includes each stage's batching.
+            Stamps::Append,
         )
         .await;
-        create_topic(&self.kafka, &deployment.topics.copy(), PARTITIONS)
+        let copy = Stamps::Append.spec(&deployment.topics.copy(), PARTITIONS);
+        ensure_topics(&self.kafka, &[copy], Duration::from_secs(30))
             .await
             .expect("topic");
         deployment
@@ -276,6 +285,16 @@ impl Bench {
             .decode_as(value, T::schema())
             .await
             .expect("decode")
+    }
+
+    /// Publishes `WARM_UP_EVENTS` events and waits for their outputs on `output`, so that
+    /// group joins and the first state restore of every partition stay out of the figures;
+    /// returns how many and the time (ms since the epoch) from which usage records count.
+    async fn warm_up(&self, deployment: &Deployment, output: &str) -> (usize, i64) {
+        let warm = Workload::generate(&spec(2, WARM_UP_EVENTS, &self.tenant));
+        self.publish(&warm, deployment, 0).await;
+        self.blocking(|o| o.await_count(output, WARM_UP_EVENTS));
+        (WARM_UP_EVENTS, now_micros() / 1_000)
     }
 
     fn blocking<R>(&self, f: impl FnOnce(&Offsets) -> R) -> R {
@@ -361,16 +380,14 @@ fn quantiles(latencies: &mut [i64]) -> (i64, i64, i64) {
     (at(0.50), at(0.99), at(1.0))
 }
 
-/// Milliseconds from each usage record to its copy, matched by value.
+/// Milliseconds from each measured usage record to its copy, matched by value.
 async fn latency_baseline(bench: &Bench, workload: &Workload, memory: &mut Memory) -> Vec<i64> {
     let mut d = bench.deployment("load-latency-base").await;
     let copy = d.topics.copy();
     d.start(PASS_THROUGH);
-    let warm = Workload::generate(&spec(2, 1, &bench.tenant));
-    bench.publish(&warm, &d, 0).await;
-    bench.blocking(|o| o.await_count(&copy, 1));
+    let (warm, measured_from) = bench.warm_up(&d, &copy).await;
     bench.publish(workload, &d, RATE).await;
-    let total = workload.usage.len() + 1;
+    let total = workload.usage.len() + warm;
     let copies = bench.read(&copy, total).await;
     memory.note("latency", &d, PASS_THROUGH);
     d.stop(PASS_THROUGH, STOP);
@@ -378,6 +395,7 @@ async fn latency_baseline(bench: &Bench, workload: &Workload, memory: &mut Memor
         .read(&d.topics.usage, total)
         .await
         .iter()
+        .filter(|r| timestamp(r) >= measured_from)
         .map(|r| (r.value.clone().unwrap_or_default(), timestamp(r)))
         .collect();
     copies
@@ -409,11 +427,9 @@ async fn latency_pipeline(bench: &Bench, workload: &Workload, memory: &mut Memor
     for binary in PROCESSORS {
         d.start(binary);
     }
-    let warm = Workload::generate(&spec(2, 1, &bench.tenant));
-    bench.publish(&warm, &d, 0).await;
-    bench.blocking(|o| o.await_count(&t.billing, 1));
+    let (warm, measured_from) = bench.warm_up(&d, &t.billing).await;
     bench.publish(workload, &d, RATE).await;
-    let total = workload.usage.len() + 1;
+    let total = workload.usage.len() + warm;
     let charges = bench.read(&t.billing, total).await;
     for binary in PROCESSORS {
         memory.note("latency", &d, binary);
@@ -425,6 +441,9 @@ async fn latency_pipeline(bench: &Bench, workload: &Workload, memory: &mut Memor
     let key = |m: &EventMetadata| format!("{}/{}/{}", m.tenant_id, m.source, m.event_id);
     let mut produced: HashMap<String, i64> = HashMap::with_capacity(total);
     for record in bench.read(&t.usage, total).await {
+        if timestamp(&record) < measured_from {
+            continue;
+        }
         let event: UsageEvent = bench.decode(&record).await;
         let m = &event.metadata;
         produced.insert(key(m), timestamp(&record));
@@ -626,7 +645,7 @@ async fn main() {
 
     if let Some((mut base, mut hops)) = latency {
         let events = workload.usage.len();
-        println!("\nlatency: {events} usage events at {RATE}/s; broker timestamp of the output minus the usage record's");
+        println!("\nlatency: {events} usage events at {RATE}/s; append time of the output minus the usage record's");
         println!("| path | p50 | p99 | max | events |");
         println!("|---|---|---|---|---|");
         let mut p99_billing = i64::MAX;

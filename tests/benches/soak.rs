@@ -23,7 +23,7 @@ mod sinks;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use backbone::{Deployment, PROCESSORS, SINKS};
+use backbone::{Deployment, Stamps, PROCESSORS, SINKS};
 use backbone_core::KafkaSettings;
 use backbone_loadgen::{Destinations, LoadSpec, Workload};
 use backbone_sandbox::SandboxConfig;
@@ -126,6 +126,7 @@ async fn main() -> std::process::ExitCode {
         &sandbox.url,
         &postgres_url,
         &registry_url,
+        Stamps::Producer,
     )
     .await;
     deployment.start_pipeline();

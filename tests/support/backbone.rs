@@ -9,7 +9,9 @@
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use backbone_core::admin::{ensure_topics, TopicSpec};
 use backbone_core::{Delivery, KafkaSettings};
 use backbone_testkit::{create_topic, shared_settings, unique_group, unique_topic, ChildProcess};
 
@@ -85,8 +87,9 @@ impl Topics {
         format!("{}.copy", self.usage)
     }
 
-    /// Fresh names, the inputs created (co-partitioned usage in 3, master data in 1).
-    pub async fn create(kafka: &KafkaSettings) -> Topics {
+    /// Fresh names, the inputs created (co-partitioned usage in 3, master data in 1), the
+    /// usage and output topics stamped by `stamps`.
+    pub async fn create(kafka: &KafkaSettings, stamps: Stamps) -> Topics {
         let t = Topics {
             usage: unique_topic("usage.events"),
             validated: unique_topic("usage.validated"),
@@ -104,7 +107,7 @@ impl Topics {
             by_customer: unique_topic("usage.rated-by-customer"),
             results: unique_topic("delivery.results"),
         };
-        for topic in [
+        let mut specs: Vec<TopicSpec> = [
             &t.usage,
             &t.validated,
             &t.accounts,
@@ -115,17 +118,43 @@ impl Topics {
             &t.analytics,
             &t.crm,
             &t.erp,
-        ] {
-            create_topic(kafka, topic, 3).await.expect("topic");
-        }
+        ]
+        .into_iter()
+        .map(|topic| stamps.spec(topic, 3))
+        .collect();
         for topic in [&t.subscriptions, &t.rate_cards, &t.gl_mappings] {
-            create_topic(kafka, topic, 1).await.expect("topic");
+            specs.push(TopicSpec::new(topic, 1));
         }
+        ensure_topics(kafka, &specs, Duration::from_secs(30))
+            .await
+            .expect("topics");
         // The drift reconciler reads the rater's dead letters from the start.
         create_topic(kafka, &format!("{}.dlq", t.enriched), 3)
             .await
             .expect("topic");
         t
+    }
+}
+
+/// Which clock stamps the records of a deployment's usage and output topics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stamps {
+    /// The producer's, when it sends the record (Kafka's `CreateTime`, the default).
+    Producer,
+    /// The broker's, when it appends the record (`LogAppendTime`): a latency measured from one
+    /// topic to another then includes the last stage's batching and produce request, which
+    /// the producer's clock leaves out.
+    Append,
+}
+
+impl Stamps {
+    /// A topic of `partitions` partitions stamped this way.
+    pub fn spec(self, topic: &str, partitions: i32) -> TopicSpec {
+        let spec = TopicSpec::new(topic, partitions);
+        match self {
+            Stamps::Producer => spec,
+            Stamps::Append => spec.with_config("message.timestamp.type", "LogAppendTime"),
+        }
     }
 }
 
@@ -185,6 +214,7 @@ impl Deployment {
             sandbox_url,
             postgres_url,
             registry_url,
+            Stamps::Producer,
         )
         .await
     }
@@ -196,8 +226,9 @@ impl Deployment {
         sandbox_url: &str,
         postgres_url: &str,
         registry_url: &str,
+        stamps: Stamps,
     ) -> Self {
-        let topics = Topics::create(&kafka).await;
+        let topics = Topics::create(&kafka, stamps).await;
         let group_prefix = unique_group(name);
         let dir = std::env::temp_dir()
             .join("backbone-deployments")
@@ -452,7 +483,7 @@ impl Deployment {
     }
 
     /// SIGTERMs `binary` and waits up to `timeout` for it to exit.
-    pub fn stop(&mut self, binary: &str, timeout: std::time::Duration) {
+    pub fn stop(&mut self, binary: &str, timeout: Duration) {
         if let Some(running) = self.running.get_mut(binary) {
             running.child.stop(timeout).expect("a graceful exit");
         }
