@@ -185,15 +185,17 @@ pub struct Deployment {
     /// How the processors deliver: exactly-once needs a broker with transactions.
     pub delivery: Delivery,
     running: BTreeMap<&'static str, Running>,
+    kept: bool,
 }
 
-/// A run that passed leaves nothing behind; a failed one (the test is panicking) keeps its
-/// state and logs under `<tmp>/backbone-deployments/<group prefix>` for the post-mortem.
+/// A run that passed leaves nothing behind; a failed one (the test is panicking, or the run
+/// called [`Deployment::keep`]) keeps its state and logs under
+/// `<tmp>/backbone-deployments/<group prefix>` for the post-mortem.
 impl Drop for Deployment {
     fn drop(&mut self) {
         // Stop the processes first: they write into the directory.
         self.running.clear();
-        if !std::thread::panicking() {
+        if !self.kept && !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
@@ -253,12 +255,19 @@ impl Deployment {
             ports,
             delivery: Delivery::EffectivelyOnce,
             running: BTreeMap::new(),
+            kept: false,
         }
     }
 
     /// The consumer group of `binary`.
     pub fn group(&self, binary: &str) -> String {
         format!("{}-{binary}", self.group_prefix)
+    }
+
+    /// Keeps the deployment's directory (state and logs) after it is dropped: for a run that
+    /// failed without panicking.
+    pub fn keep(&mut self) {
+        self.kept = true;
     }
 
     /// The metrics address of `binary`.
