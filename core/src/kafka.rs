@@ -61,7 +61,7 @@ const PRODUCER_TUNING: [(&str, &str); 2] = [("linger.ms", "5"), ("compression.ty
 /// A processor's producer lingers longer: it sends a steady stream of outputs and changelog
 /// writes, and a broker's work follows its produce requests more than its records (on Nisshi,
 /// 2,000 records/s cost 37% of a core at 5 ms and 10% at 30 ms). At 2,000 events/s through the
-/// four processors on two cores, p99 to `billing.charges` fell from 809 to 379 ms
+/// four processors on two cores, p99 to `billing.charges` fell from 809 ms to 379 to 425 ms
 /// (docs/BENCHMARKS.md). Kafka Streams lingers 100 ms for the same reason.
 const STAGE_LINGER_MS: &str = "30";
 

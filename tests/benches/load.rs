@@ -289,12 +289,12 @@ impl Bench {
 
     /// Publishes `WARM_UP_EVENTS` events and waits for their outputs on `output`, so that
     /// group joins and the first state restore of every partition stay out of the figures;
-    /// returns how many and the time (ms since the epoch) from which usage records count.
-    async fn warm_up(&self, deployment: &Deployment, output: &str) -> (usize, i64) {
+    /// returns the time (ms since the epoch) from which usage records count.
+    async fn warm_up(&self, deployment: &Deployment, output: &str) -> i64 {
         let warm = Workload::generate(&spec(2, WARM_UP_EVENTS, &self.tenant));
         self.publish(&warm, deployment, 0).await;
         self.blocking(|o| o.await_count(output, WARM_UP_EVENTS));
-        (WARM_UP_EVENTS, now_micros() / 1_000)
+        now_micros() / 1_000
     }
 
     fn blocking<R>(&self, f: impl FnOnce(&Offsets) -> R) -> R {
@@ -385,9 +385,9 @@ async fn latency_baseline(bench: &Bench, workload: &Workload, memory: &mut Memor
     let mut d = bench.deployment("load-latency-base").await;
     let copy = d.topics.copy();
     d.start(PASS_THROUGH);
-    let (warm, measured_from) = bench.warm_up(&d, &copy).await;
+    let measured_from = bench.warm_up(&d, &copy).await;
     bench.publish(workload, &d, RATE).await;
-    let total = workload.usage.len() + warm;
+    let total = workload.usage.len() + WARM_UP_EVENTS;
     let copies = bench.read(&copy, total).await;
     memory.note("latency", &d, PASS_THROUGH);
     d.stop(PASS_THROUGH, STOP);
@@ -427,9 +427,9 @@ async fn latency_pipeline(bench: &Bench, workload: &Workload, memory: &mut Memor
     for binary in PROCESSORS {
         d.start(binary);
     }
-    let (warm, measured_from) = bench.warm_up(&d, &t.billing).await;
+    let measured_from = bench.warm_up(&d, &t.billing).await;
     bench.publish(workload, &d, RATE).await;
-    let total = workload.usage.len() + warm;
+    let total = workload.usage.len() + WARM_UP_EVENTS;
     let charges = bench.read(&t.billing, total).await;
     for binary in PROCESSORS {
         memory.note("latency", &d, binary);

@@ -135,9 +135,9 @@ async fn main() -> std::process::ExitCode {
     // Usage in chunks of one interval's worth, each its own seed (so event ids never repeat);
     // master data with the first chunk only.
     let tenant = format!("soak-{}", std::process::id());
-    // The publisher batches like a processor (30 ms): at librdkafka's 5 ms its produce requests,
-    // each dearer as the in-memory broker's partitions grow, kept its own client busy and the
-    // broker saturated well before the end (docs/BENCHMARKS.md, soak).
+    // The publisher batches like a processor (30 ms): at librdkafka's 5 ms it sent about six
+    // times the produce requests, each dearer as the in-memory broker's partitions grow, to a
+    // broker sharing two cores with the pipeline (docs/BENCHMARKS.md, soak).
     let producer: FutureProducer = kafka.stage_producer_config().create().expect("producer");
     let codec = WireCodec::new(&registry_url);
     let topics = deployment.topics.clone();
