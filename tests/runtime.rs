@@ -236,3 +236,63 @@ async fn fatal_error_stops_without_committing_the_record() {
         assert!(nothing.is_err(), "a fatal error is never dead-lettered");
     }
 }
+
+/// `n` hexadecimal digits that lz4 cannot shrink much (a xorshift sequence), so that the
+/// record's compressed batch is larger than a consumer's `fetch.max.bytes`.
+fn incompressible(n: usize) -> String {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from_digit((x % 16) as u32, 16).expect("a hex digit")
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn an_input_larger_than_one_fetch_is_still_read() {
+    let kafka = shared_settings();
+    let fetch_bytes: usize = kafka
+        .consumer_config("g")
+        .get("fetch.max.bytes")
+        .and_then(|v| v.parse().ok())
+        .expect("the runtime bounds a fetch");
+    let input = unique_topic("large.in");
+    let output = unique_topic("large.out");
+    let group = unique_group("large");
+    create_topic(&kafka, &input, 1).await.expect("input topic");
+    let large = incompressible(fetch_bytes * 2);
+    let records = vec![
+        TestRecord::new("k", "ok"),
+        TestRecord::new("k", large.as_str()),
+        TestRecord::new("k", "ok"),
+    ];
+    produce(&kafka, &input, &records).await.expect("produce");
+
+    let processor = Scripted {
+        input: input.clone(),
+        output: output.clone(),
+        failures: Arc::default(),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let runtime = settings(&group);
+    let kafka_for_run = kafka.clone();
+    let task = tokio::spawn(async move {
+        run(processor, &kafka_for_run, &runtime, async {
+            let _ = stop_rx.await;
+        })
+        .await
+    });
+    let out = consume_until(&kafka, &output, 3, DEADLINE)
+        .await
+        .expect("outputs");
+    let sizes: Vec<usize> = out
+        .iter()
+        .map(|r| r.value.as_deref().unwrap_or_default().len())
+        .collect();
+    assert_eq!(sizes, [2, large.len(), 2]);
+    let _ = stop_tx.send(());
+    task.await.expect("task").expect("run ends cleanly");
+}

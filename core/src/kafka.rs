@@ -65,10 +65,31 @@ const PRODUCER_TUNING: [(&str, &str); 2] = [("linger.ms", "5"), ("compression.ty
 /// (docs/BENCHMARKS.md). Kafka Streams lingers 100 ms for the same reason.
 const STAGE_LINGER_MS: &str = "30";
 
-/// Consumer defaults. On Nisshi a hop's latency follows `fetch.wait.max.ms` even when records
-/// are waiting (measured at 2,000 records/s: 152 ms median through a pass-through at
-/// librdkafka's 500 ms default, 24 ms at 10 ms), and every stage of a pipeline adds it.
-const CONSUMER_TUNING: [(&str, &str); 1] = [("fetch.wait.max.ms", "20")];
+/// Consumer defaults.
+///
+/// On Nisshi a hop's latency follows `fetch.wait.max.ms` even when records are waiting
+/// (measured at 2,000 records/s: 152 ms median through a pass-through at librdkafka's 500 ms
+/// default, 24 ms at 10 ms), and every stage of a pipeline adds it.
+///
+/// The rest bounds what a consumer holds ahead of its loop. librdkafka fetches again while
+/// fewer than `queued.min.messages` records wait (100,000 by default), each held as an op of
+/// about 400 bytes beside its decompressed batch, so a stage reading a backlog held 150,000 or
+/// more (140 MB in the usage-validator over a million keys). Once at the bound it looks again
+/// after `fetch.queue.backoff.ms`, whose 1 s default left the validator idle half the time at
+/// 10,000 records (52 s for the million instead of 25 s).
+const CONSUMER_TUNING: [(&str, &str); 3] = [
+    ("fetch.wait.max.ms", "20"),
+    ("queued.min.messages", "10000"),
+    ("fetch.queue.backoff.ms", "10"),
+];
+
+/// The compressed bytes one fetch response may bring. The bound above is checked before a
+/// fetch, so a response overshoots it by everything it holds, and highly compressible records
+/// decompress twenty-fold (a 1 MiB response held 80,000 records of 260 bytes, 21 MB). Nisshi
+/// ignores `max.partition.fetch.bytes`; brokers return a larger first batch whole, so a
+/// record over this size is still read. librdkafka refuses a `fetch.max.bytes` under
+/// `message.max.bytes`, which on a consumer only caps the size of its own (small) requests.
+const CONSUMER_FETCH_BYTES: &str = "262144";
 
 impl KafkaSettings {
     /// Settings pointing at `bootstrap_servers`, everything else default.
@@ -94,16 +115,31 @@ impl KafkaSettings {
         config
     }
 
-    /// A consumer in `group_id` that never stores offsets on its own: the runtime stores an
-    /// offset only once the input's outputs are acknowledged, and librdkafka commits what is
-    /// stored on its interval, on partition revocation and on close.
-    pub fn consumer_config(&self, group_id: &str) -> ClientConfig {
+    /// The common part of every consumer: `CONSUMER_TUNING` and `CONSUMER_FETCH_BYTES`, each
+    /// unless `kafka.properties` sets it.
+    fn tuned_consumer(&self) -> ClientConfig {
         let mut config = self.base();
         for (key, value) in CONSUMER_TUNING {
             if !self.properties.contains_key(key) {
                 config.set(key, value);
             }
         }
+        if !self.properties.contains_key("fetch.max.bytes") {
+            match self.properties.get("message.max.bytes") {
+                Some(message_max) => config.set("fetch.max.bytes", message_max),
+                None => config
+                    .set("fetch.max.bytes", CONSUMER_FETCH_BYTES)
+                    .set("message.max.bytes", CONSUMER_FETCH_BYTES),
+            };
+        }
+        config
+    }
+
+    /// A consumer in `group_id` that never stores offsets on its own: the runtime stores an
+    /// offset only once the input's outputs are acknowledged, and librdkafka commits what is
+    /// stored on its interval, on partition revocation and on close.
+    pub fn consumer_config(&self, group_id: &str) -> ClientConfig {
+        let mut config = self.tuned_consumer();
         config
             .set("group.id", group_id)
             .set("enable.auto.commit", "true")
@@ -128,7 +164,7 @@ impl KafkaSettings {
     /// A consumer that reads changelogs by explicit assignment to rebuild partition state: it
     /// commits nothing and sees only committed transactions.
     pub fn restore_consumer_config(&self, processor: &str) -> ClientConfig {
-        let mut config = self.base();
+        let mut config = self.tuned_consumer();
         config
             .set("group.id", format!("{processor}.restore"))
             .set("enable.auto.commit", "false")
@@ -310,6 +346,46 @@ mod tests {
         assert_eq!(config.get("enable.auto.offset.store"), Some("false"));
         assert_eq!(config.get("group.id"), Some("g"));
         assert_eq!(config.get("session.timeout.ms"), Some("6000"));
+    }
+
+    #[test]
+    fn a_consumer_bounds_what_it_reads_ahead_unless_the_properties_say_otherwise() {
+        use rdkafka::consumer::BaseConsumer;
+
+        let settings = KafkaSettings::default();
+        for config in [
+            settings.consumer_config("g"),
+            settings.restore_consumer_config("p"),
+        ] {
+            assert_eq!(config.get("queued.min.messages"), Some("10000"));
+            assert_eq!(config.get("fetch.queue.backoff.ms"), Some("10"));
+            assert_eq!(config.get("fetch.max.bytes"), Some("262144"));
+            config
+                .create::<BaseConsumer>()
+                .expect("librdkafka takes the bound");
+        }
+
+        let mut large = KafkaSettings::default();
+        large
+            .properties
+            .insert("message.max.bytes".into(), "4000000".into());
+        let config = large.consumer_config("g");
+        assert_eq!(config.get("fetch.max.bytes"), Some("4000000"));
+        config
+            .create::<BaseConsumer>()
+            .expect("a fetch as large as the largest record");
+
+        let mut tuned = KafkaSettings::default();
+        tuned
+            .properties
+            .insert("queued.min.messages".into(), "500".into());
+        tuned
+            .properties
+            .insert("fetch.max.bytes".into(), "52428800".into());
+        let config = tuned.consumer_config("g");
+        assert_eq!(config.get("queued.min.messages"), Some("500"));
+        assert_eq!(config.get("fetch.max.bytes"), Some("52428800"));
+        config.create::<BaseConsumer>().expect("the operator's own");
     }
 
     #[test]
