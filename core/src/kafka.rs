@@ -25,10 +25,18 @@ pub struct KafkaSettings {
     /// How often stored offsets are committed.
     #[serde(default = "default_commit_interval", with = "humantime_serde")]
     pub commit_interval: Duration,
-    /// Extra librdkafka properties (security settings, tuning), passed through unchanged.
-    /// Values whose key mentions a password or secret are never printed.
+    /// Extra librdkafka properties for every client (security settings, tuning), passed
+    /// through unchanged. Values whose key mentions a password or secret are never printed.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+    /// librdkafka properties for producers only (`linger.ms`, `batch.size`), over
+    /// `properties`: a consumer handed a producer's property logs a warning that it ignores it.
+    #[serde(default)]
+    pub producer_properties: BTreeMap<String, String>,
+    /// librdkafka properties for consumers only (`queued.min.messages`, `fetch.max.bytes`),
+    /// over `properties`.
+    #[serde(default)]
+    pub consumer_properties: BTreeMap<String, String>,
 }
 
 fn default_bootstrap_servers() -> String {
@@ -50,8 +58,18 @@ impl Default for KafkaSettings {
             session_timeout: default_session_timeout(),
             commit_interval: default_commit_interval(),
             properties: BTreeMap::new(),
+            producer_properties: BTreeMap::new(),
+            consumer_properties: BTreeMap::new(),
         }
     }
+}
+
+/// Which client a configuration is for: it takes `properties` and its own kind's properties.
+#[derive(Clone, Copy)]
+enum Client {
+    Producer,
+    Consumer,
+    Admin,
 }
 
 /// Producer batching defaults for clients that send a record and wait for it (the registry,
@@ -100,33 +118,49 @@ impl KafkaSettings {
         }
     }
 
-    fn base(&self) -> ClientConfig {
+    /// The operator's properties for `client`: `properties`, then its own kind's over them.
+    fn operator_properties(&self, client: Client) -> BTreeMap<&str, &str> {
+        let own = match client {
+            Client::Producer => Some(&self.producer_properties),
+            Client::Consumer => Some(&self.consumer_properties),
+            Client::Admin => None,
+        };
+        self.properties
+            .iter()
+            .chain(own.into_iter().flatten())
+            .map(|(key, value)| (key.as_str(), value.as_str()))
+            .collect()
+    }
+
+    fn base(&self, client: Client) -> ClientConfig {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", &self.bootstrap_servers);
         // Our brokers are IPv4-only; never let a resolver hand librdkafka an IPv6 address.
         config.set("broker.address.family", "v4");
-        for (key, value) in &self.properties {
-            config.set(key, value);
+        let operator = self.operator_properties(client);
+        for (key, value) in &operator {
+            config.set(*key, *value);
         }
         // librdkafka's `debug` contexts only reach the log when its log level lets them through.
-        if self.properties.contains_key("debug") {
+        if operator.contains_key("debug") {
             config.set_log_level(rdkafka::config::RDKafkaLogLevel::Debug);
         }
         config
     }
 
     /// The common part of every consumer: `CONSUMER_TUNING` and `CONSUMER_FETCH_BYTES`, each
-    /// unless `kafka.properties` sets it.
+    /// unless the operator's properties set it.
     fn tuned_consumer(&self) -> ClientConfig {
-        let mut config = self.base();
+        let mut config = self.base(Client::Consumer);
+        let operator = self.operator_properties(Client::Consumer);
         for (key, value) in CONSUMER_TUNING {
-            if !self.properties.contains_key(key) {
+            if !operator.contains_key(key) {
                 config.set(key, value);
             }
         }
-        if !self.properties.contains_key("fetch.max.bytes") {
-            match self.properties.get("message.max.bytes") {
-                Some(message_max) => config.set("fetch.max.bytes", message_max),
+        if !operator.contains_key("fetch.max.bytes") {
+            match operator.get("message.max.bytes") {
+                Some(message_max) => config.set("fetch.max.bytes", *message_max),
                 None => config
                     .set("fetch.max.bytes", CONSUMER_FETCH_BYTES)
                     .set("message.max.bytes", CONSUMER_FETCH_BYTES),
@@ -190,12 +224,13 @@ impl KafkaSettings {
     }
 
     /// An idempotent producer: no duplicates or reordering from its own retries. Batching
-    /// (`linger.ms`, `compression.type`) may be tuned through `kafka.properties`; the delivery
-    /// guarantees may not.
+    /// (`linger.ms`, `compression.type`) may be tuned through `kafka.producer_properties`; the
+    /// delivery guarantees may not.
     pub fn producer_config(&self) -> ClientConfig {
-        let mut config = self.base();
+        let mut config = self.base(Client::Producer);
+        let operator = self.operator_properties(Client::Producer);
         for (key, value) in PRODUCER_TUNING {
-            if !self.properties.contains_key(key) {
+            if !operator.contains_key(key) {
                 config.set(key, value);
             }
         }
@@ -204,10 +239,13 @@ impl KafkaSettings {
     }
 
     /// [`producer_config`](Self::producer_config) for a processor's outputs and changelog
-    /// writes: it lingers `STAGE_LINGER_MS` unless `kafka.properties` sets `linger.ms`.
+    /// writes: it lingers `STAGE_LINGER_MS` unless the operator's properties set `linger.ms`.
     pub fn stage_producer_config(&self) -> ClientConfig {
         let mut config = self.producer_config();
-        if !self.properties.contains_key("linger.ms") {
+        if !self
+            .operator_properties(Client::Producer)
+            .contains_key("linger.ms")
+        {
             config.set("linger.ms", STAGE_LINGER_MS);
         }
         config
@@ -215,7 +253,7 @@ impl KafkaSettings {
 
     /// A client for admin and metadata requests.
     pub fn admin_config(&self) -> ClientConfig {
-        self.base()
+        self.base(Client::Admin)
     }
 }
 
@@ -282,23 +320,22 @@ fn is_secret(key: &str) -> bool {
 
 impl fmt::Debug for KafkaSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let properties: BTreeMap<&str, &str> = self
-            .properties
-            .iter()
-            .map(|(k, v)| {
-                let shown = if is_secret(k) {
-                    "<redacted>"
-                } else {
-                    v.as_str()
-                };
-                (k.as_str(), shown)
-            })
-            .collect();
+        let shown = |properties: &BTreeMap<String, String>| -> BTreeMap<String, String> {
+            properties
+                .iter()
+                .map(|(k, v)| {
+                    let value = if is_secret(k) { "<redacted>" } else { v };
+                    (k.clone(), value.to_owned())
+                })
+                .collect()
+        };
         f.debug_struct("KafkaSettings")
             .field("bootstrap_servers", &self.bootstrap_servers)
             .field("session_timeout", &self.session_timeout)
             .field("commit_interval", &self.commit_interval)
-            .field("properties", &properties)
+            .field("properties", &shown(&self.properties))
+            .field("producer_properties", &shown(&self.producer_properties))
+            .field("consumer_properties", &shown(&self.consumer_properties))
             .finish()
     }
 }
@@ -319,9 +356,12 @@ mod tests {
         settings
             .properties
             .insert("security.protocol".into(), "SASL_SSL".into());
+        settings
+            .consumer_properties
+            .insert("sasl.oauthbearer.client.secret".into(), "tiger".into());
         let shown = format!("{settings:?}");
         assert!(
-            !shown.contains("hunter2") && !shown.contains("swordfish"),
+            !shown.contains("hunter2") && !shown.contains("swordfish") && !shown.contains("tiger"),
             "{shown}"
         );
         assert!(shown.contains("SASL_SSL"), "{shown}");
@@ -346,6 +386,51 @@ mod tests {
         assert_eq!(config.get("enable.auto.offset.store"), Some("false"));
         assert_eq!(config.get("group.id"), Some("g"));
         assert_eq!(config.get("session.timeout.ms"), Some("6000"));
+    }
+
+    #[test]
+    fn each_kind_of_client_gets_only_its_own_properties() {
+        let mut settings = KafkaSettings::default();
+        settings
+            .properties
+            .insert("client.id".into(), "billing".into());
+        settings
+            .producer_properties
+            .insert("batch.size".into(), "65536".into());
+        settings
+            .producer_properties
+            .insert("client.id".into(), "billing-out".into());
+        settings
+            .consumer_properties
+            .insert("queued.min.messages".into(), "2000".into());
+
+        let producer = settings.stage_producer_config();
+        assert_eq!(producer.get("batch.size"), Some("65536"));
+        assert_eq!(producer.get("client.id"), Some("billing-out"));
+        assert_eq!(producer.get("queued.min.messages"), None);
+
+        for consumer in [
+            settings.consumer_config("g"),
+            settings.restore_consumer_config("p"),
+        ] {
+            assert_eq!(consumer.get("queued.min.messages"), Some("2000"));
+            assert_eq!(consumer.get("client.id"), Some("billing"));
+            assert_eq!(consumer.get("batch.size"), None);
+        }
+
+        let admin = settings.admin_config();
+        assert_eq!(admin.get("client.id"), Some("billing"));
+        assert_eq!(admin.get("batch.size"), None);
+        assert_eq!(admin.get("queued.min.messages"), None);
+
+        let mut lingering = KafkaSettings::default();
+        lingering
+            .producer_properties
+            .insert("linger.ms".into(), "100".into());
+        assert_eq!(
+            lingering.stage_producer_config().get("linger.ms"),
+            Some("100")
+        );
     }
 
     #[test]
