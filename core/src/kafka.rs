@@ -195,17 +195,23 @@ impl KafkaSettings {
         config
     }
 
-    /// A consumer that reads changelogs by explicit assignment to rebuild partition state: it
-    /// commits nothing and sees only committed transactions.
-    pub fn restore_consumer_config(&self, processor: &str) -> ClientConfig {
+    /// A consumer that reads by explicit assignment and commits nothing (a changelog restore,
+    /// the replay tool's scans), in `group_id`: it sees only committed transactions.
+    pub fn reader_config(&self, group_id: &str) -> ClientConfig {
         let mut config = self.tuned_consumer();
         config
-            .set("group.id", format!("{processor}.restore"))
+            .set("group.id", group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("isolation.level", "read_committed");
         config
+    }
+
+    /// A [`reader_config`](Self::reader_config) that rebuilds `processor`'s partition state
+    /// from its changelogs.
+    pub fn restore_consumer_config(&self, processor: &str) -> ClientConfig {
+        self.reader_config(&format!("{processor}.restore"))
     }
 
     /// A transactional producer with `transactional_id`: outputs, changelog writes and input
@@ -441,6 +447,7 @@ mod tests {
         for config in [
             settings.consumer_config("g"),
             settings.restore_consumer_config("p"),
+            settings.reader_config("r"),
         ] {
             assert_eq!(config.get("queued.min.messages"), Some("10000"));
             assert_eq!(config.get("fetch.queue.backoff.ms"), Some("10"));

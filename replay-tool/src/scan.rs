@@ -404,15 +404,10 @@ fn scan_interleaved(
 }
 
 fn reader(ctx: &Context, topic: &str) -> Result<BaseConsumer, ReplayError> {
-    let mut config = ctx.kafka.admin_config();
+    let mut config = ctx.kafka.reader_config("_backbone.replay.reader");
     config
-        .set("group.id", "_backbone.replay.reader")
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "true")
-        .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", "50")
-        .set("isolation.level", "read_committed");
+        .set("fetch.wait.max.ms", "50");
     config
         .create()
         .map_err(|e| ReplayError::kafka(format!("reading `{topic}`"), e))
