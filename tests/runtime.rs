@@ -13,7 +13,7 @@ use backbone_core::{
 };
 use backbone_testkit::{
     committed_offsets, consume_until, create_topic, produce, shared_settings, unique_group,
-    unique_topic, TestRecord,
+    unique_topic, RunningProcessor, TestRecord,
 };
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -276,15 +276,7 @@ async fn an_input_larger_than_one_fetch_is_still_read() {
         output: output.clone(),
         failures: Arc::default(),
     };
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let runtime = settings(&group);
-    let kafka_for_run = kafka.clone();
-    let task = tokio::spawn(async move {
-        run(processor, &kafka_for_run, &runtime, async {
-            let _ = stop_rx.await;
-        })
-        .await
-    });
+    let running = RunningProcessor::start(processor, &kafka, settings(&group));
     let out = consume_until(&kafka, &output, 3, DEADLINE)
         .await
         .expect("outputs");
@@ -293,6 +285,5 @@ async fn an_input_larger_than_one_fetch_is_still_read() {
         .map(|r| r.value.as_deref().unwrap_or_default().len())
         .collect();
     assert_eq!(sizes, [2, large.len(), 2]);
-    let _ = stop_tx.send(());
-    task.await.expect("task").expect("run ends cleanly");
+    running.stop(DEADLINE).await;
 }
