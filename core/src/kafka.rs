@@ -72,9 +72,9 @@ enum Client {
     Admin,
 }
 
-/// Producer batching defaults for clients that send a record and wait for it (the registry,
-/// loadgen, the replay tool, the sinks' results): librdkafka's own 5 ms linger.
-const PRODUCER_TUNING: [(&str, &str); 2] = [("linger.ms", "5"), ("compression.type", "lz4")];
+/// The linger of clients that send a record and wait for it (the registry, loadgen, the replay
+/// tool, the sinks' results): librdkafka's own 5 ms. Every producer compresses with lz4.
+const CLIENT_LINGER_MS: &str = "5";
 
 /// A processor's producer lingers longer: it sends a steady stream of outputs and changelog
 /// writes, and a broker's work follows its produce requests more than its records (on Nisshi,
@@ -95,10 +95,12 @@ const STAGE_LINGER_MS: &str = "30";
 /// more (140 MB in the usage-validator over a million keys). Once at the bound it looks again
 /// after `fetch.queue.backoff.ms`, whose 1 s default left the validator idle half the time at
 /// 10,000 records (52 s for the million instead of 25 s).
-const CONSUMER_TUNING: [(&str, &str); 3] = [
+const CONSUMER_TUNING: [(&str, &str); 5] = [
     ("fetch.wait.max.ms", "20"),
     ("queued.min.messages", "10000"),
     ("fetch.queue.backoff.ms", "10"),
+    ("fetch.max.bytes", CONSUMER_FETCH_BYTES),
+    ("message.max.bytes", CONSUMER_FETCH_BYTES),
 ];
 
 /// The compressed bytes one fetch response may bring. The bound above is checked before a
@@ -132,11 +134,15 @@ impl KafkaSettings {
             .collect()
     }
 
-    fn base(&self, client: Client) -> ClientConfig {
+    /// A client of kind `client`: `defaults` first, then the operator's properties over them.
+    fn base(&self, client: Client, defaults: &[(&str, &str)]) -> ClientConfig {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", &self.bootstrap_servers);
         // Our brokers are IPv4-only; never let a resolver hand librdkafka an IPv6 address.
         config.set("broker.address.family", "v4");
+        for (key, value) in defaults {
+            config.set(*key, *value);
+        }
         let operator = self.operator_properties(client);
         for (key, value) in &operator {
             config.set(*key, *value);
@@ -148,24 +154,28 @@ impl KafkaSettings {
         config
     }
 
-    /// The common part of every consumer: `CONSUMER_TUNING` and `CONSUMER_FETCH_BYTES`, each
-    /// unless the operator's properties set it.
+    /// The common part of every consumer: `CONSUMER_TUNING`, under the operator's properties.
     fn tuned_consumer(&self) -> ClientConfig {
-        let mut config = self.base(Client::Consumer);
-        let operator = self.operator_properties(Client::Consumer);
-        for (key, value) in CONSUMER_TUNING {
-            if !operator.contains_key(key) {
-                config.set(key, value);
+        let mut config = self.base(Client::Consumer, &CONSUMER_TUNING);
+        // The fetch bound follows a raised `message.max.bytes` unless the operator set it too.
+        if !self
+            .operator_properties(Client::Consumer)
+            .contains_key("fetch.max.bytes")
+        {
+            if let Some(message_max) = config.get("message.max.bytes").map(str::to_owned) {
+                config.set("fetch.max.bytes", message_max);
             }
         }
-        if !operator.contains_key("fetch.max.bytes") {
-            match operator.get("message.max.bytes") {
-                Some(message_max) => config.set("fetch.max.bytes", *message_max),
-                None => config
-                    .set("fetch.max.bytes", CONSUMER_FETCH_BYTES)
-                    .set("message.max.bytes", CONSUMER_FETCH_BYTES),
-            };
-        }
+        config
+    }
+
+    /// An idempotent producer lingering `linger_ms`, under the operator's properties.
+    fn producer_lingering(&self, linger_ms: &str) -> ClientConfig {
+        let mut config = self.base(
+            Client::Producer,
+            &[("linger.ms", linger_ms), ("compression.type", "lz4")],
+        );
+        config.set("enable.idempotence", "true").set("acks", "all");
         config
     }
 
@@ -233,33 +243,18 @@ impl KafkaSettings {
     /// (`linger.ms`, `compression.type`) may be tuned through `kafka.producer_properties`; the
     /// delivery guarantees may not.
     pub fn producer_config(&self) -> ClientConfig {
-        let mut config = self.base(Client::Producer);
-        let operator = self.operator_properties(Client::Producer);
-        for (key, value) in PRODUCER_TUNING {
-            if !operator.contains_key(key) {
-                config.set(key, value);
-            }
-        }
-        config.set("enable.idempotence", "true").set("acks", "all");
-        config
+        self.producer_lingering(CLIENT_LINGER_MS)
     }
 
     /// [`producer_config`](Self::producer_config) for a processor's outputs and changelog
     /// writes: it lingers `STAGE_LINGER_MS` unless the operator's properties set `linger.ms`.
     pub fn stage_producer_config(&self) -> ClientConfig {
-        let mut config = self.producer_config();
-        if !self
-            .operator_properties(Client::Producer)
-            .contains_key("linger.ms")
-        {
-            config.set("linger.ms", STAGE_LINGER_MS);
-        }
-        config
+        self.producer_lingering(STAGE_LINGER_MS)
     }
 
     /// A client for admin and metadata requests.
     pub fn admin_config(&self) -> ClientConfig {
-        self.base(Client::Admin)
+        self.base(Client::Admin, &[])
     }
 }
 
