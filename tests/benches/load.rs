@@ -540,6 +540,28 @@ async fn million_keys(bench: &Bench) -> (u64, f64) {
     (peak, seconds)
 }
 
+/// The publisher's producer, and its `linger.ms`. It stands for producer teams sending a steady
+/// stream, and batches like a processor (the stage linger), as the soak's does: on Nisshi every
+/// partition batch produced rewrites that partition's watermark document, time index included,
+/// and a publisher at librdkafka's 5 ms made most of the broker's work in the latency part
+/// (docs/BENCHMARKS.md). `BACKBONE_LOAD_PUBLISHER_LINGER_MS` sets another linger, 5 for that
+/// chattier publisher.
+fn publisher_config(kafka: &KafkaSettings) -> (rdkafka::ClientConfig, String) {
+    let mut settings = kafka.clone();
+    if let Ok(linger) = std::env::var("BACKBONE_LOAD_PUBLISHER_LINGER_MS") {
+        assert!(
+            linger.parse::<u32>().is_ok(),
+            "BACKBONE_LOAD_PUBLISHER_LINGER_MS: `{linger}` is not a whole number of milliseconds"
+        );
+        settings
+            .producer_properties
+            .insert("linger.ms".to_owned(), linger);
+    }
+    let config = settings.stage_producer_config();
+    let linger = config.get("linger.ms").unwrap_or("?").to_owned();
+    (config, linger)
+}
+
 /// Which parts of the run to do: `BACKBONE_LOAD_PARTS`, a comma-separated subset of
 /// `throughput`, `latency` and `keys` (all three when unset), so that one figure can be
 /// measured again on its own.
@@ -583,8 +605,9 @@ async fn main() {
     let mut kafka = KafkaSettings::for_servers(bootstrap.clone());
     kafka.commit_interval = Duration::from_millis(200);
     kafka.session_timeout = Duration::from_secs(6);
+    let (publisher, publisher_linger) = publisher_config(&kafka);
     let bench = Bench {
-        producer: kafka.producer_config().create().expect("producer"),
+        producer: publisher.create().expect("producer"),
         codec: WireCodec::new(&registry_url),
         offsets: Offsets::new(&kafka),
         registry_url,
@@ -645,7 +668,7 @@ async fn main() {
 
     if let Some((mut base, mut hops)) = latency {
         let events = workload.usage.len();
-        println!("\nlatency: {events} usage events at {RATE}/s; append time of the output minus the usage record's");
+        println!("\nlatency: {events} usage events at {RATE}/s, publisher linger {publisher_linger} ms; append time of the output minus the usage record's");
         println!("| path | p50 | p99 | max | events |");
         println!("|---|---|---|---|---|");
         let mut p99_billing = i64::MAX;

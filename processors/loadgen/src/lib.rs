@@ -450,25 +450,34 @@ impl Workload {
         to: Destinations<'_>,
         rate: u32,
     ) -> Result<(), PublishError> {
+        // Master data is not sent record by record: every record waits out the producer's
+        // linger, and a workload holds hundreds. All of it is acknowledged before the first
+        // usage record, and the producer keeps each topic's order.
+        let mut master = MasterData {
+            producer,
+            codec,
+            pending: Vec::new(),
+        };
         for card in &self.rate_cards {
             let key = format!("{}:{}", card.metadata.tenant_id, card.plan_id);
-            send(producer, codec, to.rate_cards, &key, card).await?;
+            master.send(to.rate_cards, &key, card).await?;
         }
         for mapping in &self.gl_mappings {
             let key = format!("{}:{}", mapping.metadata.tenant_id, mapping.mapping_id);
-            send(producer, codec, to.gl_mappings, &key, mapping).await?;
+            master.send(to.gl_mappings, &key, mapping).await?;
         }
         for subscription in &self.subscriptions {
             let key = format!(
                 "{}:{}",
                 subscription.metadata.tenant_id, subscription.subscription_id
             );
-            send(producer, codec, to.subscriptions, &key, subscription).await?;
+            master.send(to.subscriptions, &key, subscription).await?;
         }
         for account in &self.accounts {
             let key = format!("{}:{}", account.metadata.tenant_id, account.customer_id);
-            send(producer, codec, to.accounts, &key, account).await?;
+            master.send(to.accounts, &key, account).await?;
         }
+        master.acknowledge().await?;
         let kafka = |source| PublishError::Kafka {
             topic: to.usage.to_owned(),
             source,
@@ -516,31 +525,57 @@ async fn settle(pending: &mut Vec<DeliveryFuture>) -> Result<(), rdkafka::error:
     Ok(())
 }
 
-async fn send<T: Contract>(
-    producer: &FutureProducer,
-    codec: &WireCodec,
-    topic: &str,
-    key: &str,
-    value: &T,
-) -> Result<(), PublishError> {
-    let bytes = codec
-        .encode_contract(&format!("{topic}-value"), value)
-        .await
-        .map_err(|source| PublishError::Encode {
-            topic: topic.to_owned(),
-            source,
-        })?;
-    producer
-        .send(
-            FutureRecord::to(topic).key(key).payload(&bytes),
-            std::time::Duration::from_secs(30),
-        )
-        .await
-        .map_err(|(source, _)| PublishError::Kafka {
-            topic: topic.to_owned(),
-            source,
-        })?;
-    Ok(())
+/// Master-data records handed to the producer and not yet acknowledged (at most 1,000).
+struct MasterData<'a> {
+    producer: &'a FutureProducer,
+    codec: &'a WireCodec,
+    pending: Vec<(&'a str, DeliveryFuture)>,
+}
+
+impl<'a> MasterData<'a> {
+    /// Encodes `value` for `topic` and hands it to the producer.
+    async fn send<T: Contract>(
+        &mut self,
+        topic: &'a str,
+        key: &str,
+        value: &T,
+    ) -> Result<(), PublishError> {
+        let bytes = self
+            .codec
+            .encode_contract(&format!("{topic}-value"), value)
+            .await
+            .map_err(|source| PublishError::Encode {
+                topic: topic.to_owned(),
+                source,
+            })?;
+        let delivery = self
+            .producer
+            .send_result(FutureRecord::to(topic).key(key).payload(&bytes))
+            .map_err(|(source, _)| PublishError::Kafka {
+                topic: topic.to_owned(),
+                source,
+            })?;
+        self.pending.push((topic, delivery));
+        if self.pending.len() >= 1_000 {
+            self.acknowledge().await?;
+        }
+        Ok(())
+    }
+
+    /// Awaits every pending acknowledgement; an error names the record's topic.
+    async fn acknowledge(&mut self) -> Result<(), PublishError> {
+        for (topic, delivery) in self.pending.drain(..) {
+            let acknowledged = delivery
+                .await
+                .map_err(|_| rdkafka::error::KafkaError::Canceled)
+                .and_then(|result| result.map(drop).map_err(|(err, _)| err));
+            acknowledged.map_err(|source| PublishError::Kafka {
+                topic: topic.to_owned(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
