@@ -49,6 +49,10 @@ struct Args {
     /// Usage records per second; 0 publishes as fast as the broker takes them.
     #[arg(long, default_value_t = 0)]
     rate: u32,
+    /// How long the producer waits to fill a batch (`linger.ms`). A steady `--rate` costs the
+    /// broker less with a longer wait, as a processor's 30 ms (docs/BENCHMARKS.md).
+    #[arg(long, default_value_t = 5)]
+    linger_ms: u32,
     /// Share of records that repeat an earlier event (0 to 1).
     #[arg(long, default_value_t = 0.02)]
     duplicates: f64,
@@ -120,7 +124,10 @@ async fn run(args: Args) -> Result<()> {
         now_micros: i64::try_from(now_micros).context("clock out of range")?,
     };
     let workload = Workload::generate(&spec);
-    let kafka = KafkaSettings::for_servers(&args.bootstrap_servers);
+    let mut kafka = KafkaSettings::for_servers(&args.bootstrap_servers);
+    kafka
+        .producer_properties
+        .insert("linger.ms".to_owned(), args.linger_ms.to_string());
     let producer: FutureProducer = kafka
         .producer_config()
         .create()
