@@ -455,6 +455,141 @@ async fn an_outage_opens_the_circuit_pauses_the_input_and_loses_nothing() {
     assert_eq!(outcomes(&all).get("Delivered"), Some(&60));
 }
 
+#[tokio::test]
+async fn an_outage_longer_than_the_poll_interval_loses_and_doubles_nothing() {
+    // The circuit stays open three times `max.poll.interval.ms`: a consumer not polled that
+    // long leaves its group, and its uncommitted records are read and answered again.
+    let sandbox = Sandbox::start(SandboxConfig::default()).await;
+    let topics = SinkTopics::create("billing-long-outage", 2).await;
+    let codec = WireCodec::new(&registry_url());
+    let charges: Vec<BillingCharge> = (0..50).map(|i| charge(i, "EUR")).collect();
+    let (first, after) = charges.split_at(40);
+    sandbox
+        .client
+        .set_faults(
+            System::Billing,
+            &Faults {
+                outage_seconds: 20,
+                ..Faults::default()
+            },
+        )
+        .await
+        .expect("outage");
+    let records = charge_records(&codec, &topics.input, first).await;
+    produce(&shared_settings(), &topics.input, &records)
+        .await
+        .expect("produce charges");
+    let mut kafka = shared_settings();
+    kafka
+        .consumer_properties
+        .insert("max.poll.interval.ms".to_owned(), "7000".to_owned());
+    let sink = RunningSink::start_with(
+        billing_sink(&topics.input, &sandbox.destination()),
+        topics.settings(),
+        kafka,
+    );
+    eventually(DEADLINE, "the circuit to open", || async {
+        (sink.metric(names::CIRCUIT_STATE, None) == 1.0).then_some(())
+    })
+    .await;
+    eventually(
+        Duration::from_secs(150),
+        "every charge after the outage",
+        || async { (sandbox.applied("billing").await == 40).then_some(()) },
+    )
+    .await;
+
+    // Back in its group, the sink goes on reading.
+    let records = charge_records(&codec, &topics.input, after).await;
+    produce(&shared_settings(), &topics.input, &records)
+        .await
+        .expect("produce charges");
+    eventually(DEADLINE, "the charges after it", || async {
+        (sandbox.applied("billing").await == 50).then_some(())
+    })
+    .await;
+    let summary = sink.stop().await;
+    assert!(summary.circuit_opened >= 1, "{summary:?}");
+    assert_eq!(charges_by_key(&sandbox).await.len(), 50);
+    assert_eq!(
+        sandbox.applied("billing").await,
+        50,
+        "nothing applied twice"
+    );
+    let all = results(&codec, &topics.results, 50).await;
+    assert_eq!(
+        outcomes(&all).get("Delivered"),
+        Some(&50),
+        "{:?}",
+        outcomes(&all)
+    );
+    let answered = backbone_testkit::end_offsets_total(&shared_settings(), &topics.results)
+        .expect("results end offsets");
+    assert_eq!(
+        answered, 50,
+        "one result per charge: no record was read twice"
+    );
+}
+
+#[tokio::test]
+async fn a_partition_assigned_while_the_circuit_is_open_waits_with_the_rest() {
+    // Two instances meet an outage; one stops. The rebalance hands the other partitions it
+    // never paused, with records its peer took but could not deliver: polled while its circuit
+    // is open, it must neither read past them nor drop them.
+    let sandbox = Sandbox::start(SandboxConfig::default()).await;
+    let topics = SinkTopics::create("billing-leave-outage", 4).await;
+    let codec = WireCodec::new(&registry_url());
+    let charges: Vec<BillingCharge> = (0..40).map(|i| charge(i, "EUR")).collect();
+    sandbox
+        .client
+        .set_faults(
+            System::Billing,
+            &Faults {
+                outage_seconds: 20,
+                ..Faults::default()
+            },
+        )
+        .await
+        .expect("outage");
+    let staying = RunningSink::start(
+        billing_sink(&topics.input, &sandbox.destination()),
+        topics.settings(),
+    );
+    let mut leaving_settings = topics.settings();
+    leaving_settings.ledger_dir = topics.ledger_dir.join("leaving");
+    let leaving = RunningSink::start(
+        billing_sink(&topics.input, &sandbox.destination()),
+        leaving_settings,
+    );
+    let records = charge_records(&codec, &topics.input, &charges).await;
+    produce(&shared_settings(), &topics.input, &records)
+        .await
+        .expect("produce charges");
+    eventually(DEADLINE, "both circuits to open", || async {
+        (staying.metric(names::CIRCUIT_STATE, None) == 1.0
+            && leaving.metric(names::CIRCUIT_STATE, None) == 1.0)
+            .then_some(())
+    })
+    .await;
+    let left = leaving.stop().await;
+    assert_eq!(left.delivered, 0, "{left:?}");
+
+    eventually(
+        Duration::from_secs(120),
+        "every charge after the outage",
+        || async { (sandbox.applied("billing").await == 40).then_some(()) },
+    )
+    .await;
+    let stayed = staying.stop().await;
+    assert!(stayed.circuit_opened >= 1, "{stayed:?}");
+    assert_eq!(charges_by_key(&sandbox).await.len(), 40);
+    assert_eq!(
+        sandbox.applied("billing").await,
+        40,
+        "nothing applied twice"
+    );
+}
+
 /// The binaries live next to this package's own in the target directory (`make test` builds
 /// them all first).
 fn workspace_binary(name: &str) -> std::path::PathBuf {

@@ -149,6 +149,15 @@ pub struct RunningSink {
 impl RunningSink {
     /// Starts `sink` with `settings` on the shared broker and registry.
     pub fn start<S: Sink>(sink: S, settings: SinkSettings) -> RunningSink {
+        RunningSink::start_with(sink, settings, shared_settings())
+    }
+
+    /// [`start`](Self::start) with client settings of the test's own.
+    pub fn start_with<S: Sink>(
+        sink: S,
+        settings: SinkSettings,
+        kafka: KafkaSettings,
+    ) -> RunningSink {
         let registry = prometheus::Registry::new();
         let name = sink.name().to_owned();
         let metrics = Arc::new(RuntimeMetrics::new(&registry, &name).expect("runtime metrics"));
@@ -156,7 +165,6 @@ impl RunningSink {
             Arc::new(SinkMetrics::new(&registry, &name, "test").expect("sink metrics"));
         let (stop, stopped) = oneshot::channel::<()>();
         let handle = tokio::spawn(async move {
-            let kafka: KafkaSettings = shared_settings();
             let observability = ObservabilitySettings {
                 statistics_interval: Duration::from_millis(500),
                 ..ObservabilitySettings::default()

@@ -26,7 +26,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{ClientContext, TopicPartitionList};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
 use crate::backoff;
@@ -575,7 +575,7 @@ impl<'s, S: Sink> SinkLoop<'s, S> {
                 if hold.is_zero() {
                     break;
                 }
-                if !self.pause(hold).await {
+                if !self.wait_paused(hold).await? {
                     return Ok(Round::Stopped);
                 }
             }
@@ -651,8 +651,8 @@ impl<'s, S: Sink> SinkLoop<'s, S> {
             if progress || waiting.is_empty() {
                 if self.circuit.success() {
                     tracing::info!(sink = %self.name, "destination answers again; circuit closed");
-                    self.resume();
                 }
+                self.resume();
             } else if self.circuit.failure(Instant::now()) {
                 self.summary.circuit_opened += 1;
                 tracing::warn!(sink = %self.name, open_for = ?self.settings.circuit.open_for,
@@ -673,10 +673,8 @@ impl<'s, S: Sink> SinkLoop<'s, S> {
             let wait = backoff::delay(&self.settings.retry, round, retry_after);
             tracing::warn!(sink = %self.name, waiting = waiting.len(), reason = reason.as_str(),
                 %message, ?wait, "delivery not accepted, retrying");
-            tokio::select! {
-                biased;
-                _ = stopped(&mut self.stop) => return Ok(Round::Stopped),
-                _ = tokio::time::sleep(wait) => {}
+            if !self.wait_paused(wait).await? {
+                return Ok(Round::Stopped);
             }
         }
         Ok(Round::Done(settled))
@@ -727,8 +725,11 @@ impl<'s, S: Sink> SinkLoop<'s, S> {
         Ok(())
     }
 
-    /// Waits out an open circuit with the input paused. Returns false when asked to stop.
-    async fn pause(&mut self, hold: Duration) -> bool {
+    /// Waits `hold` (an open circuit, a retry's backoff) with the input paused until the next
+    /// delivery makes progress. The consumer is polled meanwhile: librdkafka takes a consumer
+    /// that has not polled for `max.poll.interval.ms` out of its group, and what it had not
+    /// committed would be read and answered again. Returns false when asked to stop.
+    async fn wait_paused(&mut self, hold: Duration) -> Result<bool, SinkError> {
         if !self.paused {
             match self.consumer.assignment() {
                 Ok(assignment) => {
@@ -742,11 +743,40 @@ impl<'s, S: Sink> SinkLoop<'s, S> {
                 }
             }
         }
-        tokio::select! {
-            biased;
-            _ = stopped(&mut self.stop) => false,
-            _ = tokio::time::sleep(hold) => true,
+        let until = tokio::time::Instant::now() + hold;
+        loop {
+            let read = tokio::select! {
+                biased;
+                _ = stopped(&mut self.stop) => return Ok(false),
+                _ = tokio::time::sleep_until(until) => return Ok(true),
+                message = self.consumer.recv() => {
+                    message.map(|m| (m.topic().to_owned(), m.partition(), m.offset()))
+                }
+            };
+            match read {
+                Ok((topic, partition, offset)) => self.put_back(&topic, partition, offset)?,
+                Err(err) => {
+                    tracing::warn!(sink = %self.name, error = %err, "consumer error while paused, continuing")
+                }
+            }
         }
+    }
+
+    /// Sends a partition assigned while the input is paused back to `offset`, the record just
+    /// read from it, and pauses it too. If it cannot, the sink stops: reading on past a record
+    /// it did not take would lose it.
+    fn put_back(&self, topic: &str, partition: i32, offset: i64) -> Result<(), SinkError> {
+        let mut list = TopicPartitionList::new();
+        list.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+        let list = self
+            .consumer
+            .seek_partitions(list, Duration::from_secs(10))?;
+        if let Some(Err(err)) = list.elements().first().map(|e| e.error()) {
+            return Err(SinkError::Kafka(err));
+        }
+        self.consumer.pause(&list)?;
+        tracing::info!(sink = %self.name, partition, offset, "partition assigned while paused; it waits with the rest");
+        Ok(())
     }
 
     fn resume(&mut self) {
