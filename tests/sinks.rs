@@ -50,7 +50,9 @@ fn charge(i: usize, currency: &str) -> BillingCharge {
     }
 }
 
-async fn charge_records(
+/// Encodes `charges` through the registry and produces them to `topic`, keyed by subscription;
+/// returns the records produced.
+async fn publish_charges(
     codec: &WireCodec,
     topic: &str,
     charges: &[BillingCharge],
@@ -63,7 +65,25 @@ async fn charge_records(
             value,
         ));
     }
+    produce(&shared_settings(), topic, &records)
+        .await
+        .expect("produce charges");
     records
+}
+
+/// Takes the sandbox's billing API down for `seconds`, from now.
+async fn billing_outage(sandbox: &Sandbox, seconds: u64) {
+    sandbox
+        .client
+        .set_faults(
+            System::Billing,
+            &Faults {
+                outage_seconds: seconds,
+                ..Faults::default()
+            },
+        )
+        .await
+        .expect("outage");
 }
 
 fn billing_sink(topic: &str, destination: &DestinationSettings) -> BillingSink {
@@ -123,10 +143,7 @@ async fn billing_delivers_every_charge_once_through_errors_lost_answers_throttli
     charges.extend((0..10).map(|i| charge(i, "EUR")));
     // The billing system does not take this currency: a rejection for the DLQ.
     charges.push(charge(500, "XXX"));
-    let records = charge_records(&codec, &topics.input, &charges).await;
-    produce(&shared_settings(), &topics.input, &records)
-        .await
-        .expect("produce charges");
+    let records = publish_charges(&codec, &topics.input, &charges).await;
 
     let sink = RunningSink::start(
         billing_sink(&topics.input, &sandbox.destination()),
@@ -348,10 +365,7 @@ async fn a_refused_credential_stops_the_sink_without_dead_letters_or_commits() {
     let topics = SinkTopics::create("billing-auth", 1).await;
     let codec = WireCodec::new(&registry_url());
     let charges: Vec<BillingCharge> = (0..20).map(|i| charge(i, "EUR")).collect();
-    let records = charge_records(&codec, &topics.input, &charges).await;
-    produce(&shared_settings(), &topics.input, &records)
-        .await
-        .expect("produce charges");
+    publish_charges(&codec, &topics.input, &charges).await;
     let mut destination = sandbox.destination();
     destination.credential = backbone_sink::Secret::new("revoked-token");
 
@@ -390,10 +404,7 @@ async fn an_outage_opens_the_circuit_pauses_the_input_and_loses_nothing() {
     let codec = WireCodec::new(&registry_url());
     let charges: Vec<BillingCharge> = (0..60).map(|i| charge(i, "EUR")).collect();
     let (before, during) = charges.split_at(20);
-    let records = charge_records(&codec, &topics.input, before).await;
-    produce(&shared_settings(), &topics.input, &records)
-        .await
-        .expect("produce charges");
+    publish_charges(&codec, &topics.input, before).await;
     let sink = RunningSink::start(
         billing_sink(&topics.input, &sandbox.destination()),
         topics.settings(),
@@ -404,21 +415,8 @@ async fn an_outage_opens_the_circuit_pauses_the_input_and_loses_nothing() {
     .await;
 
     // The billing system goes down for a minute; charges keep arriving.
-    sandbox
-        .client
-        .set_faults(
-            System::Billing,
-            &Faults {
-                outage_seconds: 60,
-                ..Faults::default()
-            },
-        )
-        .await
-        .expect("outage");
-    let records = charge_records(&codec, &topics.input, during).await;
-    produce(&shared_settings(), &topics.input, &records)
-        .await
-        .expect("produce charges");
+    billing_outage(&sandbox, 60).await;
+    publish_charges(&codec, &topics.input, during).await;
     eventually(DEADLINE, "the circuit to open", || async {
         (sink.metric(names::CIRCUIT_STATE, None) == 1.0).then_some(())
     })
@@ -464,21 +462,8 @@ async fn an_outage_longer_than_the_poll_interval_loses_and_doubles_nothing() {
     let codec = WireCodec::new(&registry_url());
     let charges: Vec<BillingCharge> = (0..50).map(|i| charge(i, "EUR")).collect();
     let (first, after) = charges.split_at(40);
-    sandbox
-        .client
-        .set_faults(
-            System::Billing,
-            &Faults {
-                outage_seconds: 20,
-                ..Faults::default()
-            },
-        )
-        .await
-        .expect("outage");
-    let records = charge_records(&codec, &topics.input, first).await;
-    produce(&shared_settings(), &topics.input, &records)
-        .await
-        .expect("produce charges");
+    billing_outage(&sandbox, 20).await;
+    publish_charges(&codec, &topics.input, first).await;
     let mut kafka = shared_settings();
     kafka
         .consumer_properties
@@ -500,10 +485,7 @@ async fn an_outage_longer_than_the_poll_interval_loses_and_doubles_nothing() {
     .await;
 
     // Back in its group, the sink goes on reading.
-    let records = charge_records(&codec, &topics.input, after).await;
-    produce(&shared_settings(), &topics.input, &records)
-        .await
-        .expect("produce charges");
+    publish_charges(&codec, &topics.input, after).await;
     eventually(DEADLINE, "the charges after it", || async {
         (sandbox.applied("billing").await == 50).then_some(())
     })
@@ -540,17 +522,7 @@ async fn a_partition_assigned_while_the_circuit_is_open_waits_with_the_rest() {
     let topics = SinkTopics::create("billing-leave-outage", 4).await;
     let codec = WireCodec::new(&registry_url());
     let charges: Vec<BillingCharge> = (0..40).map(|i| charge(i, "EUR")).collect();
-    sandbox
-        .client
-        .set_faults(
-            System::Billing,
-            &Faults {
-                outage_seconds: 20,
-                ..Faults::default()
-            },
-        )
-        .await
-        .expect("outage");
+    billing_outage(&sandbox, 20).await;
     let staying = RunningSink::start(
         billing_sink(&topics.input, &sandbox.destination()),
         topics.settings(),
@@ -561,10 +533,7 @@ async fn a_partition_assigned_while_the_circuit_is_open_waits_with_the_rest() {
         billing_sink(&topics.input, &sandbox.destination()),
         leaving_settings,
     );
-    let records = charge_records(&codec, &topics.input, &charges).await;
-    produce(&shared_settings(), &topics.input, &records)
-        .await
-        .expect("produce charges");
+    publish_charges(&codec, &topics.input, &charges).await;
     eventually(DEADLINE, "both circuits to open", || async {
         (staying.metric(names::CIRCUIT_STATE, None) == 1.0
             && leaving.metric(names::CIRCUIT_STATE, None) == 1.0)
@@ -634,10 +603,7 @@ async fn a_sink_killed_mid_batch_and_restarted_charges_each_record_once() {
     let topics = SinkTopics::create("billing-kill", 3).await;
     let codec = WireCodec::new(&registry_url());
     let charges: Vec<BillingCharge> = (0..300).map(|i| charge(i, "EUR")).collect();
-    let records = charge_records(&codec, &topics.input, &charges).await;
-    produce(&shared_settings(), &topics.input, &records)
-        .await
-        .expect("produce charges");
+    publish_charges(&codec, &topics.input, &charges).await;
     let log = std::env::temp_dir().join(format!("{}.log", topics.group));
 
     let mut sink = spawn_billing_sink(&topics, &sandbox, &log);
