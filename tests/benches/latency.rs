@@ -5,9 +5,11 @@
 //! `BACKBONE_BENCH_BOOTSTRAP=127.0.0.1:9092 cargo bench -p backbone-e2e --bench latency`.
 //! Loadgen publishes usage at `RATE` events per second. The baseline is one forwarding
 //! processor; the pipeline is the validator, the enricher, the usage-rater and the fanout running
-//! together, every route on. An event's latency is the broker timestamp of its billing charge
-//! (and of its ERP posting) minus that of the usage record loadgen produced. Each side is warmed
-//! up first (one record through it) so that group joins stay out of the figures.
+//! together, every route on. An event's latency is the time its billing charge (and its ERP
+//! posting) was appended to the broker's log minus that of its usage record: the measured topics
+//! stamp records with `LogAppendTime`, so the last stage's batching and produce request count.
+//! The publisher batches like a processor, as the load run's does. Each side is warmed up first
+//! (one record through it) so that group joins stay out of the figures.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -31,6 +33,8 @@ use serde::de::DeserializeOwned;
 const RATE: u32 = 2_000;
 const EVENTS: usize = 30_000;
 const PARTITIONS: i32 = 3;
+/// Warm-up events of the pipeline, over 200 customers: every partition of every stage sees some.
+const WARM_UP_EVENTS: usize = 30;
 const DEADLINE: Duration = Duration::from_secs(300);
 
 struct Bench {
@@ -135,13 +139,32 @@ fn summary(latencies: &mut [i64]) -> String {
     )
 }
 
+fn now_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .expect("clock")
+}
+
 fn timestamp(record: &ConsumedRecord) -> i64 {
     record.timestamp_ms.expect("the broker timestamps records")
+}
+
+/// A measured topic: the broker stamps each record with the time it appended it.
+fn append_stamped(topic: &str) -> TopicSpec {
+    TopicSpec::new(topic, PARTITIONS).with_config("message.timestamp.type", "LogAppendTime")
 }
 
 /// Milliseconds from each baseline input to its copy, matched by value.
 async fn baseline(bench: &Bench, workload: &Workload) -> Vec<i64> {
     let (input, output) = (bench.topic("baseline.in"), bench.topic("baseline.out"));
+    ensure_topics(
+        &bench.kafka,
+        &[append_stamped(&input), append_stamped(&output)],
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("topics");
     let forward = bench.start(
         "forward",
         Forward {
@@ -185,11 +208,13 @@ async fn pipeline(bench: &Bench, workload: &Workload) -> Vec<(&'static str, Vec<
         t("usage.window-aggregates"),
     );
     let (billing, erp) = (t("billing.charges"), t("erp.postings"));
-    // Co-partitioned inputs must exist with the same count before their processors start.
-    let specs: Vec<TopicSpec> = [&raw, &validated, &accounts, &enriched, &rated, &windows]
+    // Co-partitioned inputs must exist with the same count before their processors start, and
+    // the measured topics before the stages that write them would create them.
+    let mut specs: Vec<TopicSpec> = [&raw, &validated, &enriched, &rated, &billing, &erp]
         .into_iter()
-        .map(|name| TopicSpec::new(name.clone(), PARTITIONS))
+        .map(|name| append_stamped(name))
         .collect();
+    specs.extend([&accounts, &windows].map(|name| TopicSpec::new(name.clone(), PARTITIONS)));
     ensure_topics(&bench.kafka, &specs, Duration::from_secs(30))
         .await
         .expect("topics");
@@ -255,17 +280,23 @@ async fn pipeline(bench: &Bench, workload: &Workload) -> Vec<(&'static str, Vec<
             ),
         ),
     ];
-    let warm = Workload::generate(&spec(2, 1, &bench.run));
+    // Enough warm-up events that every partition of every stage opens its state before the
+    // measured ones: only usage appended after them counts.
+    let warm = Workload::generate(&spec(2, WARM_UP_EVENTS, &bench.run));
     bench.publish(&warm, "pipeline", &raw, 0).await;
-    bench.read(&billing, 1).await;
+    bench.read(&billing, WARM_UP_EVENTS).await;
+    let measured_from = now_millis();
     bench.publish(workload, "pipeline", &raw, RATE).await;
-    let charges = bench.read(&billing, EVENTS + 1).await;
+    let charges = bench.read(&billing, EVENTS + WARM_UP_EVENTS).await;
     for stage in stages {
         stage.stop(DEADLINE).await;
     }
 
     let mut produced: HashMap<String, i64> = HashMap::new();
-    for record in bench.read(&raw, EVENTS + 1).await {
+    for record in bench.read(&raw, EVENTS + WARM_UP_EVENTS).await {
+        if timestamp(&record) < measured_from {
+            continue;
+        }
         let event: UsageEvent = bench.decode(&record).await;
         let m = &event.metadata;
         let key = format!("{}/{}/{}", m.tenant_id, m.source, m.event_id);
@@ -274,7 +305,7 @@ async fn pipeline(bench: &Bench, workload: &Workload) -> Vec<(&'static str, Vec<
     // Per hop, for the reading: when each event reached the validated and enriched topics.
     let mut hops: Vec<(&str, Vec<i64>)> = Vec::new();
     let mut reached = Vec::with_capacity(EVENTS);
-    for record in bench.read(&validated, EVENTS + 1).await {
+    for record in bench.read(&validated, EVENTS + WARM_UP_EVENTS).await {
         let event: UsageEvent = bench.decode(&record).await;
         let m = &event.metadata;
         let key = format!("{}/{}/{}", m.tenant_id, m.source, m.event_id);
@@ -284,7 +315,7 @@ async fn pipeline(bench: &Bench, workload: &Workload) -> Vec<(&'static str, Vec<
     }
     hops.push(("usage to validated", reached));
     let mut reached = Vec::with_capacity(EVENTS);
-    for record in bench.read(&enriched, EVENTS + 1).await {
+    for record in bench.read(&enriched, EVENTS + WARM_UP_EVENTS).await {
         let event: EnrichedUsage = bench.decode(&record).await;
         let m = &event.usage.metadata;
         let key = format!("{}/{}/{}", m.tenant_id, m.source, m.event_id);
@@ -295,7 +326,7 @@ async fn pipeline(bench: &Bench, workload: &Workload) -> Vec<(&'static str, Vec<
     hops.push(("usage to enriched", reached));
     let mut reached = Vec::with_capacity(EVENTS);
     let mut source: HashMap<String, i64> = HashMap::new();
-    for record in bench.read(&rated, EVENTS + 1).await {
+    for record in bench.read(&rated, EVENTS + WARM_UP_EVENTS).await {
         let line: RatedUsage = bench.decode(&record).await;
         if let Some(at) = line.source_event_ids.first().and_then(|k| produced.get(k)) {
             source.insert(line.rating_id, *at);
@@ -352,7 +383,7 @@ async fn main() {
     .await
     .expect("registry");
     let bench = Bench {
-        producer: kafka.producer_config().create().expect("producer"),
+        producer: kafka.stage_producer_config().create().expect("producer"),
         codec: WireCodec::new(registry.url()),
         kafka,
         run,
