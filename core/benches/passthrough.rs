@@ -6,14 +6,14 @@
 //! plain rdkafka loop (consume, hand to the producer, store the offset once acknowledged), the
 //! runtime is `backbone_core::run` with a processor that forwards each record unchanged.
 //! Throughput counts from the first record seen on the side's output topic to the last input
-//! offset committed, both read from outside the side by the same poll.
+//! offset committed, both read from outside the side by one probe client.
 
 use std::time::{Duration, Instant};
 
 use backbone_core::admin::{ensure_topics, TopicSpec};
 use backbone_core::{run, KafkaSettings, RunSummary, RuntimeSettings};
 use backbone_testkit::Forward;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
@@ -23,17 +23,19 @@ const RECORDS: usize = 200_000;
 const PARTITIONS: i32 = 3;
 const VALUE_BYTES: usize = 300;
 
-fn committed(kafka: &KafkaSettings, group: &str, topic: &str) -> i64 {
+/// One client that reads `group`'s committed offsets and topics' ends for a whole side.
+fn probe_client(kafka: &KafkaSettings, group: &str) -> BaseConsumer {
     let mut config = kafka.admin_config();
     config.set("group.id", group);
-    let Ok(consumer) = config.create::<rdkafka::consumer::BaseConsumer>() else {
-        return 0;
-    };
+    config.create().expect("probe client")
+}
+
+fn committed(probe: &BaseConsumer, topic: &str) -> i64 {
     let mut list = TopicPartitionList::new();
     for p in 0..PARTITIONS {
         list.add_partition(topic, p);
     }
-    consumer
+    probe
         .committed_offsets(list, Duration::from_secs(10))
         .map(|l| {
             l.elements()
@@ -45,6 +47,17 @@ fn committed(kafka: &KafkaSettings, group: &str, topic: &str) -> i64 {
                 .sum()
         })
         .unwrap_or(0)
+}
+
+fn output_end(probe: &BaseConsumer, topic: &str) -> i64 {
+    (0..PARTITIONS)
+        .map(|p| {
+            probe
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .expect("end offsets")
+                .1
+        })
+        .sum()
 }
 
 async fn fill(kafka: &KafkaSettings, topic: &str) {
@@ -122,29 +135,19 @@ async fn runtime(
     assert_eq!(summary.consumed as usize, RECORDS);
 }
 
-/// Time from the first record on `output` beyond `before` to all of `input` committed by
-/// `group`, polled every 20 ms; the same clock for both sides.
-async fn measure(
-    kafka: &KafkaSettings,
-    group: &str,
-    input: &str,
-    output: &str,
-    before: i64,
-) -> Duration {
+/// Time from the first record on `output` beyond `before` to all of `input` committed by the
+/// probe's group, polled every 20 ms; the same clock for both sides.
+async fn measure(probe: &BaseConsumer, input: &str, output: &str, before: i64) -> Duration {
     let mut started = None;
     loop {
-        if started.is_none() && output_end(kafka, output) > before {
+        if started.is_none() && output_end(probe, output) > before {
             started = Some(Instant::now());
         }
-        if committed(kafka, group, input) >= RECORDS as i64 {
+        if committed(probe, input) >= RECORDS as i64 {
             return started.map(|s| s.elapsed()).unwrap_or_default();
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-fn output_end(kafka: &KafkaSettings, topic: &str) -> i64 {
-    backbone_testkit::end_offsets_total(kafka, topic).expect("end offsets")
 }
 
 #[tokio::main]
@@ -170,19 +173,21 @@ async fn main() {
     for round in 0..2 {
         let group = format!("bench-baseline-{run_id}-{round}");
         let output = format!("bench.passthrough.out-baseline.{run_id}");
-        let before = output_end(&kafka, &output);
+        let probe = probe_client(&kafka, &group);
+        let before = output_end(&probe, &output);
         let task = tokio::spawn(baseline(
             kafka.clone(),
             input.clone(),
             output.clone(),
             group.clone(),
         ));
-        base = base.min(measure(&kafka, &group, &input, &output, before).await);
+        base = base.min(measure(&probe, &input, &output, before).await);
         task.await.expect("baseline");
 
         let group = format!("bench-runtime-{run_id}-{round}");
         let output = format!("bench.passthrough.out-runtime.{run_id}");
-        let before = output_end(&kafka, &output);
+        let probe = probe_client(&kafka, &group);
+        let before = output_end(&probe, &output);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(runtime(
             kafka.clone(),
@@ -191,7 +196,7 @@ async fn main() {
             group.clone(),
             stopped,
         ));
-        ours = ours.min(measure(&kafka, &group, &input, &output, before).await);
+        ours = ours.min(measure(&probe, &input, &output, before).await);
         let _ = stop.send(());
         task.await.expect("runtime");
     }

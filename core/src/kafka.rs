@@ -319,24 +319,32 @@ fn is_secret(key: &str) -> bool {
         .any(|word| key.contains(word))
 }
 
+/// `properties` with the values of secret-looking keys replaced, for printing.
+fn redacted(properties: &BTreeMap<String, String>) -> BTreeMap<&str, &str> {
+    properties
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str(),
+                if is_secret(k) {
+                    "<redacted>"
+                } else {
+                    v.as_str()
+                },
+            )
+        })
+        .collect()
+}
+
 impl fmt::Debug for KafkaSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let shown = |properties: &BTreeMap<String, String>| -> BTreeMap<String, String> {
-            properties
-                .iter()
-                .map(|(k, v)| {
-                    let value = if is_secret(k) { "<redacted>" } else { v };
-                    (k.clone(), value.to_owned())
-                })
-                .collect()
-        };
         f.debug_struct("KafkaSettings")
             .field("bootstrap_servers", &self.bootstrap_servers)
             .field("session_timeout", &self.session_timeout)
             .field("commit_interval", &self.commit_interval)
-            .field("properties", &shown(&self.properties))
-            .field("producer_properties", &shown(&self.producer_properties))
-            .field("consumer_properties", &shown(&self.consumer_properties))
+            .field("properties", &redacted(&self.properties))
+            .field("producer_properties", &redacted(&self.producer_properties))
+            .field("consumer_properties", &redacted(&self.consumer_properties))
             .finish()
     }
 }

@@ -450,38 +450,35 @@ impl Workload {
         to: Destinations<'_>,
         rate: u32,
     ) -> Result<(), PublishError> {
-        // Master data is not sent record by record: every record waits out the producer's
-        // linger, and a workload holds hundreds. All of it is acknowledged before the first
-        // usage record, and the producer keeps each topic's order.
-        let mut master = MasterData {
+        // Records are not sent one by one: each would wait out the producer's linger. Master
+        // data is all acknowledged before the first usage record; the producer keeps each
+        // topic's order.
+        let mut sent = InFlight {
             producer,
             codec,
-            pending: Vec::new(),
+            pending: Vec::with_capacity(IN_FLIGHT),
         };
         for card in &self.rate_cards {
             let key = format!("{}:{}", card.metadata.tenant_id, card.plan_id);
-            master.send(to.rate_cards, &key, card).await?;
+            sent.send_contract(to.rate_cards, &key, card).await?;
         }
         for mapping in &self.gl_mappings {
             let key = format!("{}:{}", mapping.metadata.tenant_id, mapping.mapping_id);
-            master.send(to.gl_mappings, &key, mapping).await?;
+            sent.send_contract(to.gl_mappings, &key, mapping).await?;
         }
         for subscription in &self.subscriptions {
             let key = format!(
                 "{}:{}",
                 subscription.metadata.tenant_id, subscription.subscription_id
             );
-            master.send(to.subscriptions, &key, subscription).await?;
+            sent.send_contract(to.subscriptions, &key, subscription)
+                .await?;
         }
         for account in &self.accounts {
             let key = format!("{}:{}", account.metadata.tenant_id, account.customer_id);
-            master.send(to.accounts, &key, account).await?;
+            sent.send_contract(to.accounts, &key, account).await?;
         }
-        master.acknowledge().await?;
-        let kafka = |source| PublishError::Kafka {
-            topic: to.usage.to_owned(),
-            source,
-        };
+        sent.acknowledge().await?;
         let subject = format!("{}-value", to.usage);
         let encode = |source| PublishError::Encode {
             topic: to.usage.to_owned(),
@@ -493,7 +490,6 @@ impl Workload {
             .await
             .map_err(encode)?;
         let started = std::time::Instant::now();
-        let mut pending = Vec::with_capacity(1_000);
         for (n, record) in self.usage.iter().enumerate() {
             if rate > 0 {
                 let due = started + std::time::Duration::from_secs_f64(n as f64 / f64::from(rate));
@@ -503,38 +499,25 @@ impl Workload {
                 Payload::Event(event) => encode_framed(id, event.as_ref()).map_err(encode)?,
                 Payload::Raw(bytes) => bytes.clone(),
             };
-            let delivery = producer
-                .send_result(FutureRecord::to(to.usage).key(&record.key).payload(&value))
-                .map_err(|(err, _)| kafka(err))?;
-            pending.push(delivery);
-            if pending.len() >= 1_000 {
-                settle(&mut pending).await.map_err(kafka)?;
-            }
+            sent.send(to.usage, &record.key, &value).await?;
         }
-        settle(&mut pending).await.map_err(kafka)
+        sent.acknowledge().await
     }
 }
 
-async fn settle(pending: &mut Vec<DeliveryFuture>) -> Result<(), rdkafka::error::KafkaError> {
-    for delivery in pending.drain(..) {
-        delivery
-            .await
-            .map_err(|_| rdkafka::error::KafkaError::Canceled)?
-            .map_err(|(err, _)| err)?;
-    }
-    Ok(())
-}
+/// The most records handed to the producer before their acknowledgements are awaited.
+const IN_FLIGHT: usize = 1_000;
 
-/// Master-data records handed to the producer and not yet acknowledged (at most 1,000).
-struct MasterData<'a> {
+/// Records handed to the producer and not yet acknowledged (at most `IN_FLIGHT`).
+struct InFlight<'a> {
     producer: &'a FutureProducer,
     codec: &'a WireCodec,
     pending: Vec<(&'a str, DeliveryFuture)>,
 }
 
-impl<'a> MasterData<'a> {
-    /// Encodes `value` for `topic` and hands it to the producer.
-    async fn send<T: Contract>(
+impl<'a> InFlight<'a> {
+    /// Encodes `value` for `topic` through the registry and sends it.
+    async fn send_contract<T: Contract>(
         &mut self,
         topic: &'a str,
         key: &str,
@@ -548,15 +531,20 @@ impl<'a> MasterData<'a> {
                 topic: topic.to_owned(),
                 source,
             })?;
+        self.send(topic, key, &bytes).await
+    }
+
+    /// Hands `value` to the producer.
+    async fn send(&mut self, topic: &'a str, key: &str, value: &[u8]) -> Result<(), PublishError> {
         let delivery = self
             .producer
-            .send_result(FutureRecord::to(topic).key(key).payload(&bytes))
+            .send_result(FutureRecord::to(topic).key(key).payload(value))
             .map_err(|(source, _)| PublishError::Kafka {
                 topic: topic.to_owned(),
                 source,
             })?;
         self.pending.push((topic, delivery));
-        if self.pending.len() >= 1_000 {
+        if self.pending.len() >= IN_FLIGHT {
             self.acknowledge().await?;
         }
         Ok(())
