@@ -11,9 +11,6 @@ export BACKBONE_REGISTRY_PORT=${BACKBONE_BENCH_REGISTRY_PORT:-18581}
 export BACKBONE_POSTGRES_PORT=${BACKBONE_BENCH_POSTGRES_PORT:-15932}
 export BACKBONE_BENCH_BOOTSTRAP=127.0.0.1:$BACKBONE_KAFKA_PORT
 export BACKBONE_BENCH_REGISTRY_URL=http://127.0.0.1:$BACKBONE_REGISTRY_PORT
-# In-memory broker storage by default: the figures are about our code, not the disk. Set
-# BACKBONE_BROKER_STORAGE=sqlite for the durable broker.
-export BACKBONE_BROKER_STORAGE=${BACKBONE_BROKER_STORAGE:-memory}
 cargo bench -p backbone-state --bench dedup
 cargo bench -p backbone-usage-validator --bench record
 "$REPO/scripts/stack.sh" reset >/dev/null

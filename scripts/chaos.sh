@@ -1,18 +1,15 @@
 #!/usr/bin/env bash
-# `make chaos`: the chaos tests at length against a private stack (durable broker storage),
-# stopped afterwards. `make test` runs the same tests short, without broker restarts (its
-# broker serves other tests).
+# `make chaos`: the chaos tests at length against a private stack, stopped afterwards. Each run
+# has an Apache Kafka broker of its own, which the driver SIGKILLs and restarts on its data every
+# 5th round; `make test` runs the same tests short.
 #   BACKBONE_CHAOS_SECONDS (default 180), BACKBONE_CHAOS_EVENTS (default 8000): the
-#     effectively-once run, during which the stack's broker is SIGKILLed and restarted every
-#     5th round; BACKBONE_CHAOS_BROKER_RESTARTS=0 leaves the broker alone
+#     effectively-once run
 #   BACKBONE_CHAOS_EXACTLY_ONCE_SECONDS (default 60), BACKBONE_CHAOS_EXACTLY_ONCE_EVENTS
-#     (default 3000): the exactly-once run on the transaction-capable broker (in memory, never
-#     restarted)
+#     (default 3000): the exactly-once run
+#   BACKBONE_CHAOS_BROKER_RESTARTS=0 leaves the brokers alone
 #   BACKBONE_CHAOS_SEED (default 42): the workload and the chaos driver's choices
-#   BACKBONE_CHAOS_KAFKA_PORT, BACKBONE_CHAOS_REGISTRY_PORT, BACKBONE_CHAOS_POSTGRES_PORT: keep
-#     them below 32768 (out of Linux's ephemeral range, /proc/sys/net/ipv4/ip_local_port_range):
-#     a port in it can be the local end of some client's connection when the broker restarts,
-#     and the broker cannot listen on it until that connection closes
+#   BACKBONE_CHAOS_KAFKA_PORT, BACKBONE_CHAOS_REGISTRY_PORT, BACKBONE_CHAOS_POSTGRES_PORT: the
+#     stack that serves the registry and PostgreSQL
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -28,10 +25,8 @@ export BACKBONE_CHAOS_SECONDS=${BACKBONE_CHAOS_SECONDS:-180}
 export BACKBONE_CHAOS_EVENTS=${BACKBONE_CHAOS_EVENTS:-8000}
 export BACKBONE_CHAOS_EXACTLY_ONCE_SECONDS=${BACKBONE_CHAOS_EXACTLY_ONCE_SECONDS:-60}
 export BACKBONE_CHAOS_EXACTLY_ONCE_EVENTS=${BACKBONE_CHAOS_EXACTLY_ONCE_EVENTS:-3000}
-# This private stack's broker is SIGKILLed and restarted during the run (durable storage).
 case "${BACKBONE_CHAOS_BROKER_RESTARTS:-1}" in
-  1) export BACKBONE_CHAOS_BROKER_STACK=$BACKBONE_STACK_DIR ;;
-  0) unset BACKBONE_CHAOS_BROKER_STACK ;;
+  0 | 1) ;;
   *) echo "BACKBONE_CHAOS_BROKER_RESTARTS must be 1 or 0, not '$BACKBONE_CHAOS_BROKER_RESTARTS'" >&2; exit 2 ;;
 esac
 "$REPO/scripts/stack.sh" reset >/dev/null

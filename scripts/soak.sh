@@ -3,7 +3,6 @@
 # a private stack (started fresh, stopped after); prints the lag and memory curves and fails if
 # either grows (criteria in tests/benches/soak.rs).
 #   SOAK_SECONDS (default 600), SOAK_RATE (events/s, default 1000), SOAK_INTERVAL (default 30)
-#   BACKBONE_BROKER_STORAGE (default memory; sqlite for the durable broker)
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -12,7 +11,6 @@ export BACKBONE_STACK_DIR=${BACKBONE_SOAK_STACK_DIR:-$REPO/.backbone/soak-stack}
 export BACKBONE_KAFKA_PORT=${BACKBONE_SOAK_KAFKA_PORT:-19792}
 export BACKBONE_REGISTRY_PORT=${BACKBONE_SOAK_REGISTRY_PORT:-18781}
 export BACKBONE_POSTGRES_PORT=${BACKBONE_SOAK_POSTGRES_PORT:-16132}
-export BACKBONE_BROKER_STORAGE=${BACKBONE_BROKER_STORAGE:-memory}
 export BACKBONE_BENCH_BOOTSTRAP=127.0.0.1:$BACKBONE_KAFKA_PORT
 export BACKBONE_BENCH_REGISTRY_URL=http://127.0.0.1:$BACKBONE_REGISTRY_PORT
 export BACKBONE_BENCH_POSTGRES_URL=postgres://backbone:backbone@127.0.0.1:$BACKBONE_POSTGRES_PORT/backbone

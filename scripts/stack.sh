@@ -6,7 +6,7 @@
 #   BACKBONE_KAFKA_PORT  broker port (default: 9092)
 #   BACKBONE_REGISTRY_PORT  schema registry port (default: 8081)
 #   BACKBONE_POSTGRES_PORT  PostgreSQL port, the analytics sink's store (default: 5432)
-#   BACKBONE_BROKER_STORAGE  sqlite (durable, the default) or memory
+#   BACKBONE_KAFKA_CONTROLLER_PORT  the broker's controller port (default: broker port + 1)
 #   BACKBONE_TOOLS_DIR   where setup installed the tools (default: ~/.cache/backbone)
 set -euo pipefail
 
@@ -17,8 +17,8 @@ REGISTRY_PORT=${BACKBONE_REGISTRY_PORT:-8081}
 POSTGRES_PORT=${BACKBONE_POSTGRES_PORT:-5432}
 # A local-test-only credential: the server listens on 127.0.0.1 and holds only test data.
 POSTGRES_URL=postgres://backbone:backbone@127.0.0.1:$POSTGRES_PORT/backbone
-TOOLS_DIR=${BACKBONE_TOOLS_DIR:-$HOME/.cache/backbone}
-NISSHI=$TOOLS_DIR/bin/nisshi
+KAFKA_CONTROLLER_PORT=${BACKBONE_KAFKA_CONTROLLER_PORT:-$((KAFKA_PORT + 1))}
+KAFKA_VERSION=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$REPO/scripts/kafka/pom.xml")
 BIN_DIR=${CARGO_TARGET_DIR:-$REPO/target}/debug
 
 RUN_DIR=$STACK_DIR/run
@@ -67,41 +67,46 @@ port_in_use() {
   (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
+# The stack's cluster id, made on the first start and kept with the data: a data directory
+# formatted for another cluster is then reported by scripts/kafka/broker, never wiped.
+kafka_cluster_id() {
+  local file=$DATA_DIR/kafka.cluster-id
+  if [ ! -s "$file" ]; then
+    mkdir -p "$DATA_DIR"
+    # A KRaft cluster id: 16 random bytes in URL-safe base64 without padding.
+    head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n' >"$file"
+  fi
+  cat "$file"
+}
+
 start_broker() {
   local pid
   if pid=$(pid_of broker); then
     say "broker already running (pid $pid) on 127.0.0.1:$KAFKA_PORT"
     return
   fi
-  if [ ! -x "$NISSHI" ]; then
-    say "nisshi not found at $NISSHI; run 'make setup' first" >&2
-    exit 1
-  fi
-  if port_in_use "$KAFKA_PORT"; then
-    say "port 127.0.0.1:$KAFKA_PORT is taken by another process; set BACKBONE_KAFKA_PORT" >&2
-    exit 1
-  fi
-  mkdir -p "$RUN_DIR" "$LOG_DIR" "$DATA_DIR"
-  local listener=tcp://127.0.0.1:$KAFKA_PORT storage
-  case "${BACKBONE_BROKER_STORAGE:-sqlite}" in
-    sqlite) storage="sqlite://broker.db" ;;
-    # Nothing survives a broker restart: for benchmarks that measure our code, not the disk.
-    memory) storage="memory://nisshi/" ;;
-    *)
-      say "BACKBONE_BROKER_STORAGE must be sqlite or memory, not '$BACKBONE_BROKER_STORAGE'" >&2
+  local port
+  for port in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"; do
+    if port_in_use "$port"; then
+      say "port 127.0.0.1:$port is taken by another process;" \
+        "set BACKBONE_KAFKA_PORT or BACKBONE_KAFKA_CONTROLLER_PORT" >&2
       exit 1
-      ;;
-  esac
+    fi
+  done
+  mkdir -p "$RUN_DIR" "$LOG_DIR" "$DATA_DIR"
+  local cluster_id
+  cluster_id=$(kafka_cluster_id)
   # setsid: the broker must not receive the terminal's Ctrl-C meant for a test run;
-  # `stack.sh down` stops it. Nisshi reads a sqlite:// path relative to its working directory.
-  (cd "$DATA_DIR" && exec setsid "$NISSHI" broker \
-    --listener-url "$listener" \
-    --advertised-listener-url "$listener" \
-    --storage-engine "$storage" \
+  # `stack.sh down` stops it. The launcher execs java, so $! is the broker's pid.
+  (exec setsid "$REPO/scripts/kafka/broker" --data "$DATA_DIR/kafka" \
+    --port "$KAFKA_PORT" --controller-port "$KAFKA_CONTROLLER_PORT" \
+    --log "$LOG_DIR/broker.log" --cluster-id "$cluster_id" \
     >>"$LOG_DIR/broker.log" 2>&1 </dev/null) &
   echo $! >"$RUN_DIR/broker.pid"
-  await_ready broker "127.0.0.1:$KAFKA_PORT" 60
-  say "broker up on 127.0.0.1:$KAFKA_PORT ($storage in $DATA_DIR), log $LOG_DIR/broker.log"
+  # A JVM, and after a crash a recovery of every log: slower to start than the rest.
+  await_ready broker "127.0.0.1:$KAFKA_PORT" 120
+  say "broker up: apache kafka $KAFKA_VERSION on 127.0.0.1:$KAFKA_PORT (data in $DATA_DIR/kafka)," \
+    "log $LOG_DIR/broker.log"
 }
 
 start_registry() {
@@ -226,8 +231,8 @@ start_postgres() {
   say "postgres up on $POSTGRES_URL (data in $PG_HOME/data), log $LOG_DIR/postgres.log"
 }
 
-# Waits until the service answers (Kafka metadata, PostgreSQL, or HTTP for URLs); fails early
-# if its process dies.
+# Waits until the service answers (Kafka metadata, PostgreSQL, or HTTP for URLs); fails early,
+# naming the log and showing its last lines, if the process dies or the timeout passes.
 answers() {
   case "$1" in
     http://*) curl -fsS -o /dev/null --max-time 1 "$1" ;;
@@ -240,8 +245,14 @@ answers() {
 await_ready() {
   local name=$1 address=$2 timeout=$3 started=$SECONDS
   while ! answers "$address"; do
-    if ! pid_of "$name" >/dev/null || (( SECONDS - started >= timeout )); then
-      say "$name failed to start within ${timeout}s; last lines of $LOG_DIR/$name.log:" >&2
+    local why=""
+    if ! pid_of "$name" >/dev/null; then
+      why="exited while starting"
+    elif (( SECONDS - started >= timeout )); then
+      why="did not answer within ${timeout}s"
+    fi
+    if [ -n "$why" ]; then
+      say "$name $why; last lines of $LOG_DIR/$name.log:" >&2
       tail -n 20 "$LOG_DIR/$name.log" >&2 || true
       stop_service "$name"
       exit 1
@@ -280,7 +291,8 @@ stop_service() {
 status() {
   local pid
   if pid=$(pid_of broker); then
-    say "broker   running  pid $pid  127.0.0.1:$KAFKA_PORT  log $LOG_DIR/broker.log"
+    say "broker   running  pid $pid  127.0.0.1:$KAFKA_PORT  apache kafka $KAFKA_VERSION" \
+      " data $DATA_DIR/kafka  log $LOG_DIR/broker.log"
   else
     say "broker   stopped  (would listen on 127.0.0.1:$KAFKA_PORT)"
   fi

@@ -4,11 +4,10 @@
 //! analytics row exists once, the totals equal loadgen's expectation, drift is zero, and the
 //! dead-letter topics hold exactly the poison inputs with their reasons.
 //!
-//! The scenario runs twice: with the processors effectively-once on the durable broker, whose
-//! process the driver also SIGKILLs and restarts when given its stack
-//! (`BACKBONE_CHAOS_BROKER_STACK`, set by `make chaos`); and with the processors exactly-once
-//! on the transaction-capable broker. `make test` runs both short; `BACKBONE_CHAOS_SECONDS`,
-//! `BACKBONE_CHAOS_EVENTS`, `BACKBONE_CHAOS_EXACTLY_ONCE_SECONDS`,
+//! The scenario runs twice, with the processors effectively-once and exactly-once, each on an
+//! Apache Kafka broker of its own that the driver also SIGKILLs and restarts on its data every
+//! 5th round (`BACKBONE_CHAOS_BROKER_RESTARTS=0` leaves it alone). `make test` runs both short;
+//! `BACKBONE_CHAOS_SECONDS`, `BACKBONE_CHAOS_EVENTS`, `BACKBONE_CHAOS_EXACTLY_ONCE_SECONDS`,
 //! `BACKBONE_CHAOS_EXACTLY_ONCE_EVENTS` lengthen them and `BACKBONE_CHAOS_SEED` varies them
 //! (`make chaos`).
 
@@ -19,7 +18,7 @@ mod sinks;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use backbone::{Deployment, Stamps, PROCESSORS, SINKS};
@@ -30,7 +29,7 @@ use backbone_sandbox::{Faults, SandboxConfig, System};
 use backbone_schemas::types::{Amount, CustomerAccount};
 use backbone_schemas::WireCodec;
 use backbone_testkit::{
-    committed_offsets, consume_while, end_offsets_total, shared_settings, ConsumedRecord, TxnBroker,
+    committed_offsets, consume_while, end_offsets_total, ConsumedRecord, KafkaBroker,
 };
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -73,64 +72,33 @@ impl Mayhem {
     }
 }
 
-/// The broker of a private stack the chaos driver may SIGKILL and restart: its stack
-/// directory, from `BACKBONE_CHAOS_BROKER_STACK` (set by `make chaos`; the shared broker of
-/// `make test` serves other tests and is left alone).
-fn broker_stack() -> Option<PathBuf> {
-    std::env::var_os("BACKBONE_CHAOS_BROKER_STACK").map(Into::into)
+/// Whether the chaos driver SIGKILLs and restarts the broker too (`BACKBONE_CHAOS_BROKER_RESTARTS`,
+/// 1 unless set to 0).
+fn broker_restarts() -> bool {
+    setting("BACKBONE_CHAOS_BROKER_RESTARTS", 1) != 0
 }
 
-/// SIGKILLs the stack's broker and starts it again on its durable storage.
-fn restart_broker(stack: &Path) {
-    let pid = std::fs::read_to_string(stack.join("run/broker.pid")).expect("broker pid file");
-    let status = std::process::Command::new("kill")
-        .args(["-9", pid.trim()])
-        .status()
-        .expect("kill the broker");
-    assert!(status.success(), "kill -9 {pid}");
-    // Gone, not only signalled: `stack.sh up` would take a dying broker for a running one.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while std::path::Path::new(&format!("/proc/{}/stat", pid.trim())).exists()
-        && std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()))
-            .map(|stat| !stat.contains(") Z "))
-            .unwrap_or(false)
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the broker did not die"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("repository root");
-    // A client reconnecting to the dead broker may be handed its port as the local end and
-    // connect to itself (the port is in the ephemeral range); the port is free again once the
-    // client gives that connection up.
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let status = std::process::Command::new(repo.join("scripts/stack.sh"))
-            .arg("up")
-            .env("BACKBONE_STACK_DIR", stack)
-            .status()
-            .expect("restart the stack's broker");
-        if status.success() {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "stack.sh up after the broker kill"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+/// SIGKILLs the broker and starts it again on its data, off the test's runtime: the sandbox
+/// the sinks call serves from that runtime meanwhile.
+async fn restart_broker(broker: &Arc<Mutex<KafkaBroker>>) {
+    let broker = Arc::clone(broker);
+    tokio::task::spawn_blocking(move || {
+        broker
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .restart()
+    })
+    .await
+    .expect("the restart task")
+    .expect("the broker restarts on its data");
 }
 
 /// Kills and restarts processes at random and takes the sandbox's systems down, until
-/// `until`; with `broker`, also SIGKILLs and restarts that stack's broker every 5th round.
+/// `until`; with `broker`, also SIGKILLs and restarts the broker every 5th round.
 async fn chaos(
     deployment: &mut Deployment,
     sandbox: &Sandbox,
-    broker: Option<&Path>,
+    broker: Option<&Arc<Mutex<KafkaBroker>>>,
     until: Instant,
 ) -> Mayhem {
     let mut mayhem = Mayhem::default();
@@ -155,8 +123,8 @@ async fn chaos(
             mayhem.outages += 1;
         }
         if round % 5 == 0 {
-            if let Some(stack) = broker {
-                restart_broker(stack);
+            if let Some(broker) = broker {
+                restart_broker(broker).await;
                 mayhem.broker_restarts += 1;
             }
         }
@@ -228,8 +196,8 @@ async fn dead_letters(
 const END_MARKER: &str = "backbone.test.end";
 
 /// Every record of `topic` so far, none if it does not exist. The test writes an end marker to
-/// each partition and reads up to those, leaving them out: high watermarks cannot say where a
-/// topic ends on the transaction-capable broker (see DESIGN.md).
+/// each partition and reads up to those, leaving them out: a topic written in transactions ends
+/// in commit markers, which take offsets but are never read.
 async fn read_all(kafka: &KafkaSettings, topic: &str) -> Vec<ConsumedRecord> {
     let admin: BaseConsumer = kafka.admin_config().create().expect("admin client");
     let partitions = admin
@@ -340,7 +308,7 @@ where
     }
 }
 
-/// One chaos run: how long, how much, how the processors deliver, on which broker.
+/// One chaos run: how long, how much, how the processors deliver.
 struct Run {
     /// Length of the chaos, seconds.
     seconds: u64,
@@ -350,10 +318,6 @@ struct Run {
     seed: u64,
     /// The processors' delivery mode.
     delivery: Delivery,
-    /// The broker.
-    kafka: KafkaSettings,
-    /// The stack whose broker the chaos driver also restarts, if any.
-    broker_stack: Option<PathBuf>,
 }
 
 impl Run {
@@ -365,7 +329,8 @@ impl Run {
     }
 }
 
-/// The two runs share the registry, PostgreSQL and two cores: one at a time.
+/// The two runs share the registry, PostgreSQL and two cores: one at a time. Each has a broker
+/// of its own, which the chaos driver restarts.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn seed() -> u64 {
@@ -380,27 +345,20 @@ async fn killed_restarted_and_throttled_the_backbone_loses_nothing_and_bills_not
         events: usize::try_from(setting("BACKBONE_CHAOS_EVENTS", 1_500)).expect("events"),
         seed: seed(),
         delivery: Delivery::EffectivelyOnce,
-        kafka: shared_settings(),
-        broker_stack: broker_stack(),
     })
     .await;
 }
 
-/// The processors in exactly-once mode (transactions) on the transaction-capable broker,
-/// killed and restarted the same way; that broker keeps its data in memory, so it is not
-/// restarted.
+/// The processors in exactly-once mode (transactions), killed and restarted the same way.
 #[tokio::test]
 async fn in_exactly_once_mode_killed_processors_lose_nothing_and_bill_nothing_twice() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let broker = TxnBroker::start().expect("the transaction-capable broker");
     proof_under_fire(Run {
         seconds: setting("BACKBONE_CHAOS_EXACTLY_ONCE_SECONDS", 20),
         events: usize::try_from(setting("BACKBONE_CHAOS_EXACTLY_ONCE_EVENTS", 1_000))
             .expect("events"),
         seed: seed(),
         delivery: Delivery::ExactlyOnce,
-        kafka: broker.settings(),
-        broker_stack: None,
     })
     .await;
 }
@@ -409,6 +367,9 @@ async fn proof_under_fire(run: Run) {
     let Run {
         seconds, events, ..
     } = run;
+    let broker = KafkaBroker::start().expect("the run's broker");
+    let kafka = broker.settings();
+    let broker = Arc::new(Mutex::new(broker));
     fastrand::seed(run.seed);
     let sandbox = Sandbox::start(SandboxConfig::default()).await;
     let postgres = std::env::var("BACKBONE_TEST_POSTGRES_URL")
@@ -421,7 +382,7 @@ async fn proof_under_fire(run: Run) {
             .expect("faults");
     }
     let mut deployment = Deployment::create_on(
-        run.kafka.clone(),
+        kafka,
         "chaos",
         &sandbox.url,
         &postgres,
@@ -468,7 +429,7 @@ async fn proof_under_fire(run: Run) {
     let mut mayhem = chaos(
         &mut deployment,
         &sandbox,
-        run.broker_stack.as_deref(),
+        broker_restarts().then_some(&broker),
         started + Duration::from_secs(seconds),
     )
     .await;
@@ -620,8 +581,7 @@ async fn proof_under_fire(run: Run) {
     )
     .await;
 
-    // Drift is zero on every check. The reconciler reads topics up to their high watermarks,
-    // which the transaction-capable broker gets wrong: there the totals above are the check.
+    // Drift is zero on every check.
     let config = backbone_drift::DriftConfig {
         kafka: deployment.kafka.clone(),
         schema_registry: backbone_core::app::SchemaRegistrySettings {
@@ -639,7 +599,7 @@ async fn proof_under_fire(run: Run) {
             ..backbone_drift::DriftSettings::default()
         },
     };
-    let drift = if run.delivery == Delivery::EffectivelyOnce {
+    let drift = {
         let lines = settle(
             &mut deployment,
             &mut mayhem,
@@ -672,8 +632,6 @@ async fn proof_under_fire(run: Run) {
         )
         .await;
         format!("drift zero on {} keys", lines.len())
-    } else {
-        "drift not checked (see the broker's watermarks)".to_owned()
     };
 
     // The analytics table holds one row per fact.
@@ -699,10 +657,9 @@ async fn proof_under_fire(run: Run) {
             let rows: i64 = row.get(0);
             let windows = end_offsets_total(&kafka, &t.windows).map_err(|e| e.to_string())?;
             let rated = end_offsets_total(&kafka, &t.rated).map_err(|e| e.to_string())?;
-            // One row per distinct rated line and per distinct window: at most the records
-            // (a bound the transaction-capable broker's watermarks cannot give).
-            let bounded = run.delivery == Delivery::ExactlyOnce || rows <= rated + windows;
-            if rows > 0 && bounded {
+            // One row per distinct rated line and per distinct window: at most the offsets
+            // the two topics hold (records, and commit markers in exactly-once mode).
+            if rows > 0 && rows <= rated + windows {
                 Ok(rows)
             } else {
                 Err(format!(

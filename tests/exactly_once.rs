@@ -1,15 +1,19 @@
-//! Exactly-once delivery on the transaction-capable broker: outputs, changelog writes and input
-//! offsets commit together, state survives the loss of the local store through its changelog,
-//! and a newer instance with the same transactional id fences the older one.
+//! Exactly-once delivery on Apache Kafka: outputs, changelog writes and input offsets commit
+//! together, state survives the loss of the local store through its changelog, a newer
+//! instance with the same transactional id fences the older one, and a processor killed with
+//! open transactions leaves their records aborted: a `read_committed` reader sees every output
+//! once, a `read_uncommitted` one sees the aborted copies too.
 
-use std::path::PathBuf;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use backbone_core::runner::TransactionSettings;
 use backbone_core::{Delivery, KafkaSettings, RuntimeError, RuntimeSettings};
 use backbone_testkit::{
-    committed_offsets, consume_until, create_topic, produce, tally_counts, unique_group,
-    unique_topic, RunningProcessor, Tally, TestRecord, TxnBroker,
+    committed_offsets, consume_until, consume_while, create_topic, produce, shared_settings,
+    tally_counts, unique_group, unique_topic, ChildProcess, ConsumedRecord, RunningProcessor,
+    Tally, TestRecord,
 };
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -57,9 +61,7 @@ fn events(from: usize, count: usize) -> Vec<TestRecord> {
 }
 
 /// Groups of four inputs, each with `new` new events (numbered from `first_new`) and the rest
-/// repeats of earlier events (numbered from `first_repeat`). The transaction-capable broker
-/// drops the input offsets of a transaction that produced nothing (all duplicates), so every
-/// transaction here carries at least one new event.
+/// repeats of earlier events (numbered from `first_repeat`).
 fn with_duplicates(
     groups: usize,
     new: usize,
@@ -118,13 +120,14 @@ async fn checked_outputs(kafka: &KafkaSettings, topic: &str, expected: usize) ->
 
 #[tokio::test]
 async fn outputs_state_and_offsets_commit_together_and_state_survives_losing_the_local_store() {
-    let broker = TxnBroker::start().expect("transaction broker");
-    let kafka = broker.settings();
+    let kafka = shared_settings();
     let tally = Tally {
         input: unique_topic("tally.in"),
         output: unique_topic("tally.out"),
+        dedup: true,
     };
     let group = unique_group("tally");
+    let transactional_id = unique_group("tally-txn");
     let dir = state_dir(&group);
     // One partition: transactions are cut in consumption order, which is then the input order.
     create_topic(&kafka, &tally.input, 1)
@@ -138,7 +141,7 @@ async fn outputs_state_and_offsets_commit_together_and_state_survives_losing_the
     let running = RunningProcessor::start(
         tally.clone(),
         &kafka,
-        exactly_once(&group, "tally-0", dir.clone()),
+        exactly_once(&group, &transactional_id, dir.clone()),
     );
     await_committed(&kafka, &group, &tally.input, 80).await;
     let summary = running.stop(DEADLINE).await;
@@ -154,8 +157,11 @@ async fn outputs_state_and_offsets_commit_together_and_state_survives_losing_the
     produce(&kafka, &tally.input, &with_duplicates(6, 1, 60, 40))
         .await
         .expect("produce");
-    let running =
-        RunningProcessor::start(tally.clone(), &kafka, exactly_once(&group, "tally-0", dir));
+    let running = RunningProcessor::start(
+        tally.clone(),
+        &kafka,
+        exactly_once(&group, &transactional_id, dir),
+    );
     await_committed(&kafka, &group, &tally.input, 104).await;
     let summary = running.stop(DEADLINE).await;
     assert_eq!(
@@ -168,11 +174,11 @@ async fn outputs_state_and_offsets_commit_together_and_state_survives_losing_the
 
 #[tokio::test]
 async fn a_newer_instance_with_the_same_transactional_id_fences_the_older() {
-    let broker = TxnBroker::start().expect("transaction broker");
-    let kafka = broker.settings();
+    let kafka = shared_settings();
     let tally = Tally {
         input: unique_topic("tally.in"),
         output: unique_topic("tally.out"),
+        dedup: true,
     };
     create_topic(&kafka, &tally.input, 1)
         .await
@@ -181,13 +187,14 @@ async fn a_newer_instance_with_the_same_transactional_id_fences_the_older() {
         .await
         .expect("produce");
     let older_group = unique_group("tally-older");
+    let shared_id = unique_group("tally-shared");
     // A short transaction timeout: the fenced instance gives up on its transaction sooner.
     let older = RunningProcessor::start(
         tally.clone(),
         &kafka,
         exactly_once_with_timeout(
             &older_group,
-            "tally-shared",
+            &shared_id,
             state_dir(&older_group),
             Duration::from_secs(10),
         ),
@@ -200,7 +207,7 @@ async fn a_newer_instance_with_the_same_transactional_id_fences_the_older() {
     let newer = RunningProcessor::start(
         tally.clone(),
         &kafka,
-        exactly_once(&newer_group, "tally-shared", state_dir(&newer_group)),
+        exactly_once(&newer_group, &shared_id, state_dir(&newer_group)),
     );
     await_committed(&kafka, &newer_group, &tally.input, 10).await;
     produce(&kafka, &tally.input, &events(10, 5))
@@ -219,4 +226,220 @@ async fn a_newer_instance_with_the_same_transactional_id_fences_the_older() {
     await_committed(&kafka, &newer_group, &tally.input, 15).await;
     let summary = newer.stop(DEADLINE).await;
     assert_eq!((summary.consumed, summary.produced), (15, 15));
+}
+
+const TALLY: &str = env!("CARGO_BIN_EXE_tally");
+
+/// The `tally` binary in exactly-once mode without dedup, with transactions held open up to
+/// `commit_interval`: a kill then nearly always meets one with records on the broker.
+fn spawn_tally(
+    kafka: &KafkaSettings,
+    tally: &Tally,
+    group: &str,
+    transactional_id: &str,
+    commit_interval: &str,
+) -> ChildProcess {
+    let dir = state_dir(group);
+    let log = std::env::temp_dir().join(format!("{group}.log"));
+    ChildProcess::spawn(
+        Path::new(TALLY),
+        &[],
+        &[
+            (
+                "BACKBONE__KAFKA__BOOTSTRAP_SERVERS",
+                &kafka.bootstrap_servers,
+            ),
+            ("BACKBONE__KAFKA__SESSION_TIMEOUT", "6s"),
+            ("BACKBONE__RUNTIME__GROUP_ID", group),
+            ("BACKBONE__RUNTIME__TOPIC_PARTITIONS", "2"),
+            ("BACKBONE__RUNTIME__DELIVERY", "\"exactly-once\""),
+            (
+                "BACKBONE__RUNTIME__TRANSACTION__TRANSACTIONAL_ID",
+                transactional_id,
+            ),
+            (
+                "BACKBONE__RUNTIME__TRANSACTION__COMMIT_INTERVAL",
+                commit_interval,
+            ),
+            ("BACKBONE__RUNTIME__TRANSACTION__MAX_RECORDS", "100000"),
+            ("BACKBONE__RUNTIME__STATE__DIR", &dir.to_string_lossy()),
+            ("BACKBONE__PROCESSOR__INPUT_TOPIC", &tally.input),
+            ("BACKBONE__PROCESSOR__OUTPUT_TOPIC", &tally.output),
+            ("BACKBONE__PROCESSOR__DEDUP", "false"),
+            ("BACKBONE__OBSERVABILITY__LISTEN", "127.0.0.1:0"),
+        ],
+        Some(&log),
+    )
+    .expect("start tally")
+}
+
+/// A reader of `kafka` with `isolation`.
+fn reading(kafka: &KafkaSettings, isolation: &str) -> KafkaSettings {
+    let mut reader = kafka.clone();
+    reader
+        .consumer_properties
+        .insert("isolation.level".to_owned(), isolation.to_owned());
+    reader
+}
+
+/// Key of the end markers [`read_to_end`] writes.
+const END: &str = "backbone.test.end";
+
+fn is_end_marker(record: &ConsumedRecord) -> bool {
+    record.key.as_deref() == Some(END.as_bytes())
+}
+
+/// Every record of `topic` up to end markers written now, one per partition, leaving them out:
+/// a read that stopped at an expected count could not see a copy arriving after it.
+async fn read_to_end(kafka: &KafkaSettings, topic: &str, partitions: i32) -> Vec<ConsumedRecord> {
+    // Earlier reads left markers too: these are told apart by their value.
+    let this_read = unique_group("end");
+    let markers: Vec<TestRecord> = (0..partitions)
+        .map(|partition| TestRecord {
+            partition: Some(partition),
+            ..TestRecord::new(END, this_read.as_str())
+        })
+        .collect();
+    produce(kafka, topic, &markers).await.expect("end markers");
+    let written = consume_while(
+        kafka,
+        topic,
+        DEADLINE,
+        format!("{topic} up to its end markers"),
+        move |read| {
+            read.iter()
+                .filter(|r| r.value.as_deref() == Some(this_read.as_bytes()))
+                .count()
+                >= markers.len()
+        },
+    )
+    .await
+    .expect("records up to the end markers");
+    written.into_iter().filter(|r| !is_end_marker(r)).collect()
+}
+
+fn pairs(records: &[ConsumedRecord]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    records.iter().map(|r| {
+        (
+            r.key.as_deref().unwrap_or_default(),
+            r.value.as_deref().unwrap_or_default(),
+        )
+    })
+}
+
+#[tokio::test]
+async fn killed_in_open_transactions_the_broker_hides_the_aborted_outputs_from_committed_readers() {
+    let kafka = shared_settings();
+    let tally = Tally {
+        input: unique_topic("tally.in"),
+        output: unique_topic("tally.out"),
+        dedup: false,
+    };
+    let group = unique_group("tally-killed");
+    let transactional_id = unique_group("tally-killed-txn");
+    let partitions = 2;
+    for topic in [&tally.input, &tally.output] {
+        create_topic(&kafka, topic, partitions)
+            .await
+            .expect("topics");
+    }
+    // Published over about eight seconds, so that each instance commits transactions before
+    // it is killed in the middle of another.
+    let total = 4_000;
+    let publishing = {
+        let (kafka, input) = (kafka.clone(), tally.input.clone());
+        tokio::spawn(async move {
+            let mut pace = tokio::time::interval(Duration::from_millis(200));
+            for from in (0..total).step_by(100) {
+                pace.tick().await;
+                produce(&kafka, &input, &events(from, 100)).await?;
+            }
+            Ok::<_, backbone_testkit::TestkitError>(())
+        })
+    };
+
+    let uncommitted = reading(&kafka, "read_uncommitted");
+    let kills = 3;
+    for kill in 1..=kills {
+        // Where the log and the group stand while no instance runs.
+        let logged = read_to_end(&uncommitted, &tally.output, partitions)
+            .await
+            .len();
+        let committed = committed_total(&kafka, &group, &tally.input);
+        let mut processor = spawn_tally(&kafka, &tally, &group, &transactional_id, "1s");
+        // Kill once this instance has committed a transaction and has 50 more outputs in the
+        // log than it committed (one output per input, committed with its input's offset):
+        // records of an open transaction, which the kill leaves to be aborted.
+        let open = {
+            let (kafka, group, input) = (kafka.clone(), group.clone(), tally.input.clone());
+            let last_look = std::sync::Mutex::new(Instant::now());
+            move |read: &[ConsumedRecord]| {
+                let mut last = last_look.lock().expect("lock");
+                if last.elapsed() < Duration::from_millis(100) {
+                    return false;
+                }
+                *last = Instant::now();
+                let produced = read
+                    .iter()
+                    .filter(|r| !is_end_marker(r))
+                    .count()
+                    .saturating_sub(logged);
+                let newly_committed = committed_total(&kafka, &group, &input) - committed;
+                newly_committed > 0 && produced as i64 > newly_committed + 50
+            }
+        };
+        consume_while(
+            &uncommitted,
+            &tally.output,
+            DEADLINE,
+            format!("an open transaction with outputs before kill {kill}"),
+            open,
+        )
+        .await
+        .expect("an open transaction");
+        processor.crash().expect("kill -9");
+    }
+    publishing
+        .await
+        .expect("publisher task")
+        .expect("publish the inputs");
+
+    // The last instance aborts what the killed one left open, and finishes the input.
+    let mut processor = spawn_tally(&kafka, &tally, &group, &transactional_id, "200ms");
+    await_committed(&kafka, &group, &tally.input, total as i64).await;
+    let status = processor.stop(DEADLINE).expect("graceful stop");
+    assert!(status.success(), "exit status {status:?}");
+
+    let committed = read_to_end(
+        &reading(&kafka, "read_committed"),
+        &tally.output,
+        partitions,
+    )
+    .await;
+    let every = read_to_end(&uncommitted, &tally.output, partitions).await;
+    let totals =
+        tally_counts(pairs(&committed)).expect("committed outputs: no count lost or repeated");
+    assert_eq!(
+        totals.values().sum::<u64>(),
+        total as u64,
+        "one output per input"
+    );
+    assert!(
+        every.len() > committed.len(),
+        "the log holds aborted outputs beside the committed ones: {} read uncommitted, {} committed",
+        every.len(),
+        committed.len()
+    );
+    // The aborted outputs were made again, the same, by the instance that redid their inputs.
+    let kept: BTreeSet<(&[u8], &[u8])> = pairs(&committed).collect();
+    assert!(
+        pairs(&every).all(|pair| kept.contains(&pair)),
+        "every aborted output was redone as it was"
+    );
+}
+
+fn committed_total(kafka: &KafkaSettings, group: &str, topic: &str) -> i64 {
+    committed_offsets(kafka, group, topic)
+        .map(|offsets| offsets.iter().filter_map(|(_, o)| *o).sum())
+        .unwrap_or(0)
 }

@@ -1,5 +1,5 @@
 //! An input with an output over `runtime.max_output_bytes`, written once and run in both
-//! delivery modes (the transaction-capable broker for exactly-once): the input is dead-lettered
+//! delivery modes on the shared broker: the input is dead-lettered
 //! whole, with none of its outputs and none of its state changes (the count it would have
 //! raised, its dedup mark), the stage goes on, and once the limit allows it, the input sent
 //! back (as `replay` would) is counted as new, in its place in the account's sequence.
@@ -11,7 +11,7 @@ use backbone_core::runner::TransactionSettings;
 use backbone_core::{Delivery, KafkaSettings, RuntimeSettings};
 use backbone_testkit::{
     committed_offsets, consume_until, create_topic, produce, shared_settings, tally_counts,
-    unique_group, unique_topic, ConsumedRecord, RunningProcessor, Tally, TestRecord, TxnBroker,
+    unique_group, unique_topic, ConsumedRecord, RunningProcessor, Tally, TestRecord,
 };
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -75,6 +75,7 @@ async fn oversized_output_leaves_no_trace(kafka: KafkaSettings, transactional_id
     let tally = Tally {
         input: unique_topic("tally.in"),
         output: unique_topic("tally.out"),
+        dedup: true,
     };
     let dlq = format!("{}.dlq", tally.input);
     let group = unique_group("tally-output-limit");
@@ -163,6 +164,6 @@ async fn an_input_with_an_oversized_output_leaves_no_trace_effectively_once() {
 
 #[tokio::test]
 async fn an_input_with_an_oversized_output_leaves_no_trace_exactly_once() {
-    let broker = TxnBroker::start().expect("transaction broker");
-    oversized_output_leaves_no_trace(broker.settings(), Some("tally-output-limit-0")).await;
+    oversized_output_leaves_no_trace(shared_settings(), Some(&unique_group("tally-output-limit")))
+        .await;
 }

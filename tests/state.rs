@@ -120,6 +120,7 @@ async fn counts_stay_exact_while_partitions_move_between_instances() {
     let tally = Tally {
         input: unique_topic("tally.in"),
         output: unique_topic("tally.out"),
+        dedup: true,
     };
     let group = unique_group("tally");
     // A directory per instance, as on two hosts: state moves only through the changelogs.
@@ -195,6 +196,7 @@ async fn repeated_kill_9_leaves_the_counts_of_a_run_without_kills() {
     let tally = Tally {
         input: unique_topic("tally.in"),
         output: unique_topic("tally.out"),
+        dedup: true,
     };
     let group = unique_group("tally");
     let dir = std::env::temp_dir().join("backbone-state").join(&group);

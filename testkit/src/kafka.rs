@@ -220,7 +220,8 @@ pub async fn consume_until(
 }
 
 /// Reads `topic` from the beginning of every partition until `done` holds for the records
-/// read so far, or fails at `timeout` saying `what` was awaited.
+/// read so far, or fails at `timeout` saying `what` was awaited. Reads `read_committed` unless
+/// the settings' `consumer_properties` set another `isolation.level`.
 pub async fn consume_while<F>(
     settings: &KafkaSettings,
     topic: &str,
@@ -256,7 +257,13 @@ where
     config
         .set("group.id", unique_group("reader"))
         .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed");
+        .set(
+            "isolation.level",
+            settings
+                .consumer_properties
+                .get("isolation.level")
+                .map_or("read_committed", String::as_str),
+        );
     let consumer: BaseConsumer = config.create()?;
     // The topic may not exist yet (a processor under test creates its outputs at start-up).
     let partitions = loop {

@@ -1,8 +1,8 @@
 //! Test support for Backbone's integration tests, used as a dev-dependency only.
 //!
-//! Tests run against real processes: the shared broker that `make test` starts (its address
-//! in `BACKBONE_TEST_BOOTSTRAP`), or a throwaway transaction-capable broker from
-//! [`TxnBroker::start`]. Each test gets its own topics ([`unique_topic`]), so tests never see
+//! Tests run against real processes: the shared Apache Kafka broker that `make test` starts (its
+//! address in `BACKBONE_TEST_BOOTSTRAP`), or throwaway Kafka nodes ([`KafkaBroker::start`],
+//! [`KafkaCluster::start`]) for tests that kill and restart a broker. Each test gets its own topics ([`unique_topic`]), so tests never see
 //! each other's records. Every wait has a deadline; nothing sleeps to synchronise.
 
 mod broker;
@@ -12,7 +12,7 @@ mod process;
 mod running;
 mod tally;
 
-pub use broker::TxnBroker;
+pub use broker::{KafkaBroker, KafkaCluster};
 pub use forward::Forward;
 pub use kafka::{
     committed_offsets, consume_until, consume_while, create_topic, dead_letter_reasons,

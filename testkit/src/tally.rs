@@ -15,22 +15,44 @@ pub const TOTALS: &str = "totals";
 /// keyed by account; a repeated event id emits nothing. A correct runtime therefore gives every
 /// account the outputs 1, 2, ..., n exactly once each, and lost or repeated state shows up as
 /// a gap or a repeat.
+///
+/// Without dedup every input counts: a redelivered input then counts again unless the runtime
+/// discarded everything its first delivery did, which is what exactly-once tests need to show.
 #[derive(Debug, Clone)]
 pub struct Tally {
     /// Input topic.
     pub input: String,
     /// Output topic.
     pub output: String,
+    /// Whether a repeated event id is dropped.
+    pub dedup: bool,
 }
 
 /// The `[processor]` section of the `tally` test binary.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TallySettings {
     /// Input topic.
     pub input_topic: String,
     /// Output topic.
     pub output_topic: String,
+    /// Whether a repeated event id is dropped (default true).
+    #[serde(default = "dedup_by_default")]
+    pub dedup: bool,
+}
+
+fn dedup_by_default() -> bool {
+    true
+}
+
+impl Default for TallySettings {
+    fn default() -> Self {
+        Self {
+            input_topic: String::new(),
+            output_topic: String::new(),
+            dedup: dedup_by_default(),
+        }
+    }
 }
 
 impl Validate for TallySettings {
@@ -60,6 +82,7 @@ impl App for Tally {
         Self {
             input: settings.input_topic,
             output: settings.output_topic,
+            dedup: settings.dedup,
         }
     }
 }
@@ -78,7 +101,12 @@ impl Processor for Tally {
     }
 
     fn state(&self) -> StateSpec {
-        StateSpec::stateless().store(TOTALS).with_dedup()
+        let spec = StateSpec::stateless().store(TOTALS);
+        if self.dedup {
+            spec.with_dedup()
+        } else {
+            spec
+        }
     }
 
     fn process(
@@ -96,7 +124,7 @@ impl Processor for Tally {
             source: "tally",
             event_id,
         };
-        if !state.first_seen(&key)? {
+        if self.dedup && !state.first_seen(&key)? {
             return Ok(Vec::new());
         }
         let count = state
