@@ -4,7 +4,10 @@
 //! unclean stop discards local state and rebuilds it from the changelogs. Global tables hold all
 //! of a reference topic on every instance and follow its updates.
 
-use std::collections::{BTreeMap, BTreeSet};
+#[path = "support/counts.rs"]
+mod counts;
+
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -14,8 +17,9 @@ use backbone_core::{
 };
 use backbone_testkit::{
     committed_offsets, consume_until, consume_while, create_topic, produce, shared_settings,
-    unique_group, unique_topic, ChildProcess, ConsumedRecord, RunningProcessor, Tally, TestRecord,
+    unique_group, unique_topic, ChildProcess, RunningProcessor, Tally, TestRecord,
 };
+use counts::{check_counts, distinct, events_with_repeats};
 
 const DEADLINE: Duration = Duration::from_secs(90);
 
@@ -46,72 +50,6 @@ async fn await_committed(kafka: &KafkaSettings, group: &str, topic: &str, at_lea
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// Reads Tally's outputs until every one of `events` events has one, then checks them against
-/// what a run without failures gives: per account the counts 1..n, each count for one event and
-/// each event counted once. A redelivery may repeat an output (same event, same count); lost or
-/// stale state would give one count to two events, an event two counts, or leave a gap.
-async fn check_counts(kafka: &KafkaSettings, topic: &str, events: usize) {
-    let outputs = consume_while(
-        kafka,
-        topic,
-        DEADLINE,
-        format!("a count for each of {events} events"),
-        move |records| distinct(records).len() >= events,
-    )
-    .await
-    .expect("outputs");
-    let mut accounts: BTreeMap<String, BTreeMap<u64, String>> = BTreeMap::new();
-    let mut counted: BTreeMap<String, (String, u64)> = BTreeMap::new();
-    for (key, value) in distinct(&outputs) {
-        let account = String::from_utf8_lossy(key).into_owned();
-        let value = String::from_utf8_lossy(value);
-        let (event, count) = value.split_once(' ').expect("`<event> <count>`");
-        let count: u64 = count.parse().expect("count");
-        if let Some(previous) = accounts
-            .entry(account.clone())
-            .or_default()
-            .insert(count, event.to_owned())
-        {
-            panic!("account {account}: count {count} given to {previous} and {event}");
-        }
-        if let Some(earlier) = counted.insert(event.to_owned(), (account.clone(), count)) {
-            panic!("{event} counted twice: {earlier:?} and ({account}, {count})");
-        }
-    }
-    for (account, counts) in &accounts {
-        let expected: Vec<u64> = (1..=counts.len() as u64).collect();
-        assert_eq!(
-            counts.keys().copied().collect::<Vec<_>>(),
-            expected,
-            "account {account}: a gap in its counts"
-        );
-    }
-    assert_eq!(counted.len(), events, "every event counted once");
-}
-
-fn distinct(records: &[ConsumedRecord]) -> BTreeSet<(&[u8], &[u8])> {
-    records
-        .iter()
-        .map(|r| {
-            (
-                r.key.as_deref().unwrap_or_default(),
-                r.value.as_deref().unwrap_or_default(),
-            )
-        })
-        .collect()
-}
-
-/// `count` events from event number `from` over `accounts` accounts, every fifth sent twice.
-fn events_with_repeats(from: usize, count: usize, accounts: usize) -> Vec<TestRecord> {
-    (from..from + count)
-        .flat_map(|i| {
-            let event = TestRecord::new(format!("account-{}", i % accounts), format!("e-{i}"));
-            let times = if i % 5 == 0 { 2 } else { 1 };
-            std::iter::repeat_n(event, times)
-        })
-        .collect()
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
-use crate::kafka::KafkaSettings;
+use crate::kafka::{KafkaSettings, Replication};
 
 /// A topic a component relies on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +20,8 @@ pub struct TopicSpec {
     pub partitions: i32,
     /// Topic configs (`cleanup.policy`, `retention.ms`, ...) set when it has to be created.
     pub config: Vec<(String, String)>,
+    /// Its replication, when not the component's `[kafka.topics]`.
+    pub replication: Option<Replication>,
 }
 
 impl TopicSpec {
@@ -29,7 +31,14 @@ impl TopicSpec {
             name: name.into(),
             partitions,
             config: Vec::new(),
+            replication: None,
         }
+    }
+
+    /// The same topic replicated as `replication` says, whatever the component's default.
+    pub fn with_replication(mut self, replication: Replication) -> Self {
+        self.replication = Some(replication);
+        self
     }
 
     /// The same topic with config `key` set to `value`.
@@ -38,6 +47,9 @@ impl TopicSpec {
         self
     }
 }
+
+/// The topic config that says how many replicas must hold a write.
+const MIN_INSYNC_REPLICAS: &str = "min.insync.replicas";
 
 /// Why topics could not be made ready.
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +83,8 @@ pub enum AdminError {
 }
 
 /// Creates the topics that do not exist yet and waits until all are visible in metadata.
-/// Topics that already exist are left as they are.
+/// Topics that already exist are left as they are. Each is replicated as its spec says, else as
+/// `settings.topics` says.
 pub async fn ensure_topics(
     settings: &KafkaSettings,
     topics: &[TopicSpec],
@@ -86,13 +99,30 @@ pub async fn ensure_topics(
                 timeout,
                 source,
             })?;
-    let new_topics: Vec<NewTopic<'_>> = topics
+    // NewTopic borrows its config values: they live here for the request.
+    let replicated: Vec<(&TopicSpec, Replication, String)> = topics
         .iter()
         .map(|t| {
-            t.config.iter().fold(
-                NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(1)),
-                |topic, (key, value)| topic.set(key, value),
-            )
+            let replication = t.replication.unwrap_or(settings.topics);
+            (t, replication, replication.min_insync_replicas.to_string())
+        })
+        .collect();
+    let new_topics: Vec<NewTopic<'_>> = replicated
+        .iter()
+        .map(|(t, replication, min_insync)| {
+            let topic = NewTopic::new(
+                &t.name,
+                t.partitions,
+                TopicReplication::Fixed(replication.replication_factor),
+            );
+            let topic = if t.config.iter().any(|(key, _)| key == MIN_INSYNC_REPLICAS) {
+                topic
+            } else {
+                topic.set(MIN_INSYNC_REPLICAS, min_insync)
+            };
+            t.config
+                .iter()
+                .fold(topic, |topic, (key, value)| topic.set(key, value))
         })
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(timeout));

@@ -37,6 +37,56 @@ pub struct KafkaSettings {
     /// over `properties`.
     #[serde(default)]
     pub consumer_properties: BTreeMap<String, String>,
+    /// How the topics this component creates are replicated (`[kafka.topics]`).
+    #[serde(default)]
+    pub topics: Replication,
+}
+
+/// The `[kafka.topics]` config section: the replication of every topic a component creates
+/// (outputs, changelogs, dead-letter and repartition topics, the registry's `_schemas`, the
+/// sinks' results) unless the topic's own declaration says otherwise (the contracts manifest).
+/// Producers wait for every in-sync replica (`acks=all`), so a write acknowledged with
+/// `min_insync_replicas` of 2 survives the loss of any one broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Replication {
+    /// Copies of each partition. 1 on a single broker; 3 on a production cluster.
+    pub replication_factor: i32,
+    /// Replicas that must hold a write before it is acknowledged (`min.insync.replicas`).
+    /// 1 on a single broker; 2 with three copies.
+    pub min_insync_replicas: i32,
+}
+
+impl Default for Replication {
+    fn default() -> Self {
+        Self {
+            replication_factor: 1,
+            min_insync_replicas: 1,
+        }
+    }
+}
+
+impl Replication {
+    /// The field that is wrong, and why: a factor under 1, or a `min_insync_replicas` outside
+    /// 1 to the factor.
+    pub fn problem(&self) -> Option<(&'static str, String)> {
+        if self.replication_factor < 1 {
+            return Some((
+                "replication_factor",
+                format!("must be at least 1, got {}", self.replication_factor),
+            ));
+        }
+        if !(1..=self.replication_factor).contains(&self.min_insync_replicas) {
+            return Some((
+                "min_insync_replicas",
+                format!(
+                    "must be between 1 and the replication factor {}, got {}",
+                    self.replication_factor, self.min_insync_replicas
+                ),
+            ));
+        }
+        None
+    }
 }
 
 fn default_bootstrap_servers() -> String {
@@ -60,6 +110,7 @@ impl Default for KafkaSettings {
             properties: BTreeMap::new(),
             producer_properties: BTreeMap::new(),
             consumer_properties: BTreeMap::new(),
+            topics: Replication::default(),
         }
     }
 }
@@ -290,7 +341,10 @@ impl Validate for KafkaSettings {
         if self.commit_interval.is_zero() {
             return Err(invalid("commit_interval", "must be more than 0s".into()));
         }
-        Ok(())
+        match self.topics.problem() {
+            Some((field, message)) => Err(invalid(&format!("topics.{field}"), message)),
+            None => Ok(()),
+        }
     }
 }
 
@@ -345,6 +399,7 @@ impl fmt::Debug for KafkaSettings {
             .field("properties", &redacted(&self.properties))
             .field("producer_properties", &redacted(&self.producer_properties))
             .field("consumer_properties", &redacted(&self.consumer_properties))
+            .field("topics", &self.topics)
             .finish()
     }
 }

@@ -30,7 +30,7 @@ pub mod telemetry;
 
 pub use config::ConfigError;
 pub use global::GlobalTable;
-pub use kafka::KafkaSettings;
+pub use kafka::{KafkaSettings, Replication};
 pub use processor::{Header, InputRecord, OutputRecord, Prefetch, ProcessError, Processor, Wake};
 pub use runner::{
     run, run_with, Delivery, RefusedRecord, RunSummary, RuntimeError, RuntimeSettings,

@@ -4,6 +4,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use backbone_compat::CompatibilityMode;
+use backbone_core::Replication;
 use serde::Deserialize;
 
 use crate::contracts::ContractSet;
@@ -72,9 +73,25 @@ pub struct TopicContract {
     pub dlq: String,
     /// Dotted paths of fields holding personal data.
     pub pii_fields: Vec<String>,
+    /// Copies of each partition of the topic and its dead-letter topic; with
+    /// `min_insync_replicas`, or neither, when the `[kafka.topics]` of the tool that creates
+    /// the topics decides (1 on the embedded stack, 3 in docker-compose.yml).
+    #[serde(default)]
+    pub replication_factor: Option<i32>,
+    /// Replicas that must hold a write before it is acknowledged (`min.insync.replicas`).
+    #[serde(default)]
+    pub min_insync_replicas: Option<i32>,
 }
 
 impl TopicContract {
+    /// The replication this entry asks for, if it says.
+    pub fn replication(&self) -> Option<Replication> {
+        Some(Replication {
+            replication_factor: self.replication_factor?,
+            min_insync_replicas: self.min_insync_replicas?,
+        })
+    }
+
     /// Retention as a duration (`d`, `h`, `m`, `s` suffixes).
     pub fn retention(&self) -> Option<Duration> {
         let text = self.retention.as_deref()?;
@@ -169,6 +186,21 @@ impl Manifest {
             }
             if entry.partitions < 1 {
                 return Err(invalid("partitions", "must be at least 1".to_owned()));
+            }
+            match (entry.replication_factor, entry.replication()) {
+                (None, _) if entry.min_insync_replicas.is_none() => {}
+                (_, Some(replication)) => {
+                    if let Some((key, message)) = replication.problem() {
+                        return Err(invalid(key, message));
+                    }
+                }
+                _ => {
+                    return Err(invalid(
+                        "replication_factor",
+                        "set both replication_factor and min_insync_replicas, or neither"
+                            .to_owned(),
+                    ))
+                }
             }
             match (entry.cleanup_policy, entry.retention.is_some()) {
                 (CleanupPolicy::Delete, false) => {

@@ -27,6 +27,8 @@ pub struct KafkaBroker {
     controller_port: u16,
     voters: String,
     cluster_id: String,
+    /// Broker settings over the launcher's single-node defaults.
+    overrides: Vec<String>,
     dir: PathBuf,
     process: Option<ChildProcess>,
 }
@@ -41,13 +43,21 @@ impl KafkaBroker {
             controller_port,
             format!("1@127.0.0.1:{controller_port}"),
             cluster_id(),
+            Vec::new(),
         );
         broker.launch()?;
         broker.await_ready(1)?;
         Ok(broker)
     }
 
-    fn new(node_id: u32, port: u16, controller_port: u16, voters: String, id: String) -> Self {
+    fn new(
+        node_id: u32,
+        port: u16,
+        controller_port: u16,
+        voters: String,
+        id: String,
+        overrides: Vec<String>,
+    ) -> Self {
         let dir = std::env::temp_dir().join(format!("backbone-kafka-{id}-{node_id}"));
         Self {
             node_id,
@@ -55,6 +65,7 @@ impl KafkaBroker {
             controller_port,
             voters,
             cluster_id: id,
+            overrides,
             dir,
             process: None,
         }
@@ -100,6 +111,11 @@ impl KafkaBroker {
         self.await_ready(1)
     }
 
+    /// Whether the node's process runs.
+    pub fn is_running(&mut self) -> bool {
+        self.process.as_mut().is_some_and(ChildProcess::is_running)
+    }
+
     fn launch(&mut self) -> Result<(), TestkitError> {
         let script = repository().join("scripts/kafka/broker");
         let data = self.dir.join("data");
@@ -113,24 +129,29 @@ impl KafkaBroker {
             program: script.display().to_string(),
             message: format!("{}: {e}", self.dir.display()),
         })?;
+        let (data, log) = (path_text(&data), path_text(&log));
+        let mut args = vec![
+            "--data",
+            &data,
+            "--port",
+            &port,
+            "--controller-port",
+            &controller,
+            "--log",
+            &log,
+            "--node-id",
+            &node,
+            "--voters",
+            &self.voters,
+            "--cluster-id",
+            &self.cluster_id,
+        ];
+        for setting in &self.overrides {
+            args.extend(["--set", setting.as_str()]);
+        }
         let process = ChildProcess::spawn(
             &script,
-            &[
-                "--data",
-                &path_text(&data),
-                "--port",
-                &port,
-                "--controller-port",
-                &controller,
-                "--log",
-                &path_text(&log),
-                "--node-id",
-                &node,
-                "--voters",
-                &self.voters,
-                "--cluster-id",
-                &self.cluster_id,
-            ],
+            &args,
             // Several nodes and the tests' own processes share two cores and the memory.
             &[("BACKBONE_KAFKA_HEAP", "384m")],
             Some(&self.dir.join("launcher.log")),
@@ -205,11 +226,29 @@ impl KafkaCluster {
             .collect::<Vec<_>>()
             .join(",");
         let id = cluster_id();
+        // The internal topics (group offsets, transaction state) replicated like the backbone's
+        // own, so that losing one node loses no coordinator.
+        let replicas = size.min(3);
+        let min_insync = replicas.saturating_sub(1).max(1);
+        let overrides = vec![
+            format!("offsets.topic.replication.factor={replicas}"),
+            format!("transaction.state.log.replication.factor={replicas}"),
+            format!("transaction.state.log.min.isr={min_insync}"),
+            format!("share.coordinator.state.topic.replication.factor={replicas}"),
+            format!("share.coordinator.state.topic.min.isr={min_insync}"),
+        ];
         let mut nodes: Vec<KafkaBroker> = ports
             .into_iter()
             .zip(1..)
             .map(|((port, controller), node)| {
-                KafkaBroker::new(node, port, controller, voters.clone(), id.clone())
+                KafkaBroker::new(
+                    node,
+                    port,
+                    controller,
+                    voters.clone(),
+                    id.clone(),
+                    overrides.clone(),
+                )
             })
             .collect();
         // Started together: a controller quorum forms only once a majority runs.
@@ -232,9 +271,16 @@ impl KafkaCluster {
             .join(",")
     }
 
-    /// Client settings for the cluster, with a short session timeout.
+    /// Client settings for the cluster, with a short session timeout; the topics a component
+    /// creates get three replicas (at most the cluster's size), two of them in sync.
     pub fn settings(&self) -> KafkaSettings {
-        test_settings(&self.bootstrap())
+        let mut settings = test_settings(&self.bootstrap());
+        let replicas = i32::try_from(self.nodes.len().min(3)).unwrap_or(3);
+        settings.topics = backbone_core::Replication {
+            replication_factor: replicas,
+            min_insync_replicas: (replicas - 1).max(1),
+        };
+        settings
     }
 
     /// The node with `node_id`.

@@ -8,8 +8,10 @@ use backbone_core::admin::{ensure_topics, partition_count, TopicSpec};
 use backbone_core::dead_letter::headers;
 use backbone_core::KafkaSettings;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::TestkitError;
@@ -309,8 +311,13 @@ where
                     })
                     .unwrap_or_default(),
             }),
+            // A broker going away is news, not the end: the consumer reconnects by itself
+            // (tests kill brokers on purpose).
+            Some(Err(KafkaError::MessageConsumption(
+                RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown,
+            )))
+            | None => {}
             Some(Err(err)) => return Err(err.into()),
-            None => {}
         }
     }
     Ok(records)

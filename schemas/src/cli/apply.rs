@@ -103,8 +103,8 @@ pub struct PartitionMismatch {
     pub message: String,
 }
 
-/// Every topic the manifest asks for: each topic, then its dead-letter topic (same partitions,
-/// cleanup by deletion).
+/// Every topic the manifest asks for: each topic, then its dead-letter topic (same partitions
+/// and replication, cleanup by deletion).
 pub fn wanted_topics(manifest: &Manifest) -> Vec<TopicSpec> {
     manifest
         .topic
@@ -117,7 +117,10 @@ pub fn wanted_topics(manifest: &Manifest) -> Vec<TopicSpec> {
                     spec.with_config(k, v)
                 });
             let dlq = TopicSpec::new(&t.dlq, t.partitions).with_config("cleanup.policy", "delete");
-            [main, dlq]
+            [main, dlq].map(|spec| match t.replication() {
+                Some(replication) => spec.with_replication(replication),
+                None => spec,
+            })
         })
         .collect()
 }
