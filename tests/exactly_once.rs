@@ -12,8 +12,8 @@ use backbone_core::runner::TransactionSettings;
 use backbone_core::{Delivery, KafkaSettings, RuntimeError, RuntimeSettings};
 use backbone_testkit::{
     committed_offsets, consume_until, consume_while, create_topic, produce, shared_settings,
-    tally_counts, unique_group, unique_topic, ChildProcess, ConsumedRecord, RunningProcessor,
-    Tally, TestRecord,
+    tally_counts, unique_group, unique_topic, ChildProcess, ConsumedRecord, KafkaBroker,
+    RunningProcessor, Tally, TestRecord,
 };
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -442,4 +442,99 @@ fn committed_total(kafka: &KafkaSettings, group: &str, topic: &str) -> i64 {
     committed_offsets(kafka, group, topic)
         .map(|offsets| offsets.iter().filter_map(|(_, o)| *o).sum())
         .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn broker_restarts_under_open_transactions_leave_every_count_once() {
+    let mut broker = tokio::task::spawn_blocking(KafkaBroker::start)
+        .await
+        .expect("start task")
+        .expect("a broker of its own");
+    let kafka = broker.settings();
+    let tally = Tally {
+        input: unique_topic("tally.in"),
+        output: unique_topic("tally.out"),
+        dedup: false,
+    };
+    let group = unique_group("tally-broker-restarts");
+    let transactional_id = unique_group("tally-broker-restarts-txn");
+    let partitions = 2;
+    for topic in [&tally.input, &tally.output] {
+        create_topic(&kafka, topic, partitions)
+            .await
+            .expect("topics");
+    }
+    // Published while the broker restarts, so that transactions are open when it dies.
+    let total = 3_000;
+    let publishing = {
+        let (kafka, input) = (kafka.clone(), tally.input.clone());
+        tokio::spawn(async move {
+            let mut pace = tokio::time::interval(Duration::from_millis(100));
+            for from in (0..total).step_by(50) {
+                pace.tick().await;
+                produce(&kafka, &input, &events(from, 50)).await?;
+            }
+            Ok::<_, backbone_testkit::TestkitError>(())
+        })
+    };
+
+    // The broker dies under the processor three times, each time once the processor has made
+    // progress; a processor that stops on the failed transaction is started again, as a
+    // supervisor would.
+    let mut processor = spawn_tally(&kafka, &tally, &group, &transactional_id, "500ms");
+    let mut revived = 0;
+    for restart in 1..=3 {
+        let target = i64::from(restart) * 500;
+        let started = Instant::now();
+        while committed_total(&kafka, &group, &tally.input) < target {
+            assert!(
+                started.elapsed() < DEADLINE,
+                "no progress to {target} before broker restart {restart}"
+            );
+            if !processor.is_running() {
+                processor = spawn_tally(&kafka, &tally, &group, &transactional_id, "500ms");
+                revived += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        broker = tokio::task::spawn_blocking(move || broker.restart().map(|()| broker))
+            .await
+            .expect("restart task")
+            .expect("the broker restarts on its data");
+    }
+    publishing
+        .await
+        .expect("publisher task")
+        .expect("publish through the restarts");
+    let started = Instant::now();
+    while committed_total(&kafka, &group, &tally.input) < total as i64 {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the group committed {} of {total}",
+            committed_total(&kafka, &group, &tally.input)
+        );
+        if !processor.is_running() {
+            processor = spawn_tally(&kafka, &tally, &group, &transactional_id, "500ms");
+            revived += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = processor.stop(DEADLINE).expect("graceful stop");
+    assert!(status.success(), "exit status {status:?}");
+
+    let committed = read_to_end(
+        &reading(&kafka, "read_committed"),
+        &tally.output,
+        partitions,
+    )
+    .await;
+    let totals = tally_counts(pairs(&committed)).unwrap_or_else(|wrong| {
+        panic!("after 3 broker restarts ({revived} processor restarts): {wrong}")
+    });
+    assert_eq!(
+        totals.values().sum::<u64>(),
+        total as u64,
+        "one output per input"
+    );
+    println!("broker restarts: 3, processor restarts after stopping on its own: {revived}");
 }

@@ -232,6 +232,7 @@ impl Stages {
                         crm: t.crm.clone(),
                         erp: t.erp.clone(),
                     },
+                    dedup: true,
                 },
                 codec.clone(),
             ),

@@ -461,6 +461,22 @@ impl Transaction {
         producer.commit_transaction(timeout)
     }
 
+    /// Aborts the open transaction, if any, and forgets it: the run is ending on an error, and
+    /// the consumer's close must not commit what it half holds. Whether one was open.
+    pub(crate) fn abandon(&mut self, producer: &FutureProducer, timeout: Duration) -> bool {
+        if !self.open {
+            return false;
+        }
+        if let Err(err) = producer.abort_transaction(timeout) {
+            tracing::warn!(error = %err, "aborting the abandoned transaction failed; the broker aborts it at its timeout");
+        }
+        self.open = false;
+        self.started = None;
+        self.offsets.clear();
+        self.outcomes.clear();
+        true
+    }
+
     /// Inputs committed by the rebalance callback since the last call.
     pub(crate) fn take_committed(&mut self) -> Vec<Outcome> {
         std::mem::take(&mut self.committed)

@@ -469,6 +469,13 @@ async fn run_loop<P: Processor>(
         settings,
         ledger: &ledger,
     };
+    // Dropped before the consumer, whose close revokes (and would commit) the partitions.
+    let _abandon = transaction.as_deref().map(|transaction| AbandonOnExit {
+        transaction,
+        producer: &producer,
+        assignment: &assignment,
+        timeout: settings.transaction.timeout,
+    });
     // Outputs of resolved inputs on their way to the broker, oldest first. Offsets are
     // stored strictly in this order, so a crash never skips an input whose outputs were lost.
     let mut in_flight: InFlight = FuturesOrdered::new();
@@ -677,6 +684,24 @@ async fn run_loop<P: Processor>(
     Ok(summary)
 }
 
+/// Ends a run that stops on an error with its transaction still open: aborts it, and marks the
+/// partitions' local state as diverged (it holds the aborted writes), so that the consumer's
+/// close neither commits the half-done transaction nor checkpoints that state.
+struct AbandonOnExit<'a> {
+    transaction: &'a Mutex<Transaction>,
+    producer: &'a FutureProducer,
+    assignment: &'a Assignment,
+    timeout: Duration,
+}
+
+impl Drop for AbandonOnExit<'_> {
+    fn drop(&mut self) {
+        if lock(self.transaction).abandon(self.producer, self.timeout) {
+            self.assignment.diverge_all();
+        }
+    }
+}
+
 /// What an input or a wake hands over for delivery: its records, what it resolves, its
 /// changelog writes and the partition they belong to.
 struct Delivered {
@@ -799,6 +824,8 @@ impl Stage<'_> {
                 Ok(())
             }
             Err(err) => {
+                // Local stores hold the aborted transaction's writes: never checkpoint them.
+                self.consumer.context().assignment.diverge_all();
                 self.ledger.metrics.record_transaction(false);
                 Err(transaction_error(err))
             }

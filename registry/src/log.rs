@@ -12,6 +12,7 @@ use backbone_core::KafkaSettings;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
@@ -153,9 +154,16 @@ impl SchemaLog {
         let timeout = self.timeout;
         tokio::task::spawn_blocking(move || {
             let consumer: BaseConsumer = settings.admin_config().create()?;
-            consumer
-                .fetch_watermarks(&topic, 0, timeout)
-                .map(|(_, high)| high)
+            // A broker that has just started may not have elected the partition's leader yet.
+            let deadline = Instant::now() + timeout;
+            loop {
+                match consumer.fetch_watermarks(&topic, 0, timeout) {
+                    Err(err) if leader_pending(&err) && Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    outcome => return outcome.map(|(_, high)| high),
+                }
+            }
         })
         .await
         .map_err(|_| LogError::ReaderStopped {
@@ -191,6 +199,18 @@ impl Drop for SchemaLog {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
+}
+
+/// Whether `err` says the partition has no leader serving it yet, which passes by itself.
+fn leader_pending(err: &KafkaError) -> bool {
+    matches!(
+        err.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::NotLeaderForPartition
+                | RDKafkaErrorCode::LeaderNotAvailable
+                | RDKafkaErrorCode::UnknownTopicOrPartition
+        )
+    )
 }
 
 fn read_loop(

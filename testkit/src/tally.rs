@@ -161,9 +161,17 @@ pub fn tally_counts<'a>(
     let mut totals = std::collections::BTreeMap::new();
     for (account, mut counts) in seen {
         counts.sort_unstable();
-        let expected: Vec<u64> = (1..=counts.len() as u64).collect();
-        if counts != expected {
-            return Err(format!("account {account}: counts {counts:?}"));
+        if let Some(at) = counts
+            .iter()
+            .zip(1..)
+            .position(|(count, want)| *count != want)
+        {
+            let around = &counts[at.saturating_sub(2)..(at + 3).min(counts.len())];
+            return Err(format!(
+                "account {account}: {} counts, count {} is wrong (around it: {around:?})",
+                counts.len(),
+                at + 1
+            ));
         }
         totals.insert(account, counts.len() as u64);
     }

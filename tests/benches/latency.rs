@@ -275,6 +275,7 @@ async fn pipeline(bench: &Bench, workload: &Workload) -> Vec<(&'static str, Vec<
                         crm: t("crm.account-health"),
                         erp: erp.clone(),
                     },
+                    dedup: true,
                 },
                 bench.codec.clone(),
             ),

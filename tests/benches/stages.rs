@@ -241,6 +241,7 @@ async fn main() {
                 crm: topic("crm.account-health"),
                 erp: topic("erp.postings"),
             },
+            dedup: true,
         },
         codec.clone(),
     );

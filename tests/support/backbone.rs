@@ -184,6 +184,10 @@ pub struct Deployment {
     pub ports: BTreeMap<&'static str, u16>,
     /// How the processors deliver: exactly-once needs a broker with transactions.
     pub delivery: Delivery,
+    /// Whether the stages after the validator (rater, fanout) drop what they have seen. Off,
+    /// with exactly-once delivery, only the transactions keep a redone input from counting
+    /// twice.
+    pub downstream_dedup: bool,
     running: BTreeMap<&'static str, Running>,
     kept: bool,
 }
@@ -254,6 +258,7 @@ impl Deployment {
             dir,
             ports,
             delivery: Delivery::EffectivelyOnce,
+            downstream_dedup: true,
             running: BTreeMap::new(),
             kept: false,
         }
@@ -362,9 +367,15 @@ impl Deployment {
                 ));
                 env.push(("BACKBONE__PROCESSOR__OUTPUT_TOPIC", t.rated.clone()));
                 env.push(("BACKBONE__PROCESSOR__AGGREGATES_TOPIC", t.windows.clone()));
+                if !self.downstream_dedup {
+                    env.push(("BACKBONE__PROCESSOR__DEDUP", "false".to_owned()));
+                }
             }
             "fanout" => {
                 processor(&mut env);
+                if !self.downstream_dedup {
+                    env.push(("BACKBONE__PROCESSOR__DEDUP", "false".to_owned()));
+                }
                 env.push(("BACKBONE__PROCESSOR__RATED_TOPIC", t.rated.clone()));
                 env.push(("BACKBONE__PROCESSOR__AGGREGATES_TOPIC", t.windows.clone()));
                 env.push((

@@ -92,6 +92,9 @@ pub struct FanoutSettings {
     pub by_customer_topic: String,
     /// Where each destination's records go (`[processor.routes]`).
     pub routes: Routes,
+    /// Drop a rated line the CRM route has already counted (by `rating_id`). Off only under
+    /// exactly-once delivery, where no stage upstream writes a line twice.
+    pub dedup: bool,
 }
 
 impl Default for FanoutSettings {
@@ -102,6 +105,7 @@ impl Default for FanoutSettings {
             gl_mappings_topic: "master.gl-mappings".to_owned(),
             by_customer_topic: "usage.rated-by-customer".to_owned(),
             routes: Routes::default(),
+            dedup: true,
         }
     }
 }
@@ -261,11 +265,13 @@ impl Fanout {
         state: &mut State<'_>,
     ) -> Result<Vec<OutputRecord>, ProcessError> {
         let m = &line.metadata;
-        if !state.first_seen(&IdempotencyKey {
-            tenant_id: &m.tenant_id,
-            source: &m.source,
-            event_id: &line.rating_id,
-        })? {
+        if self.settings.dedup
+            && !state.first_seen(&IdempotencyKey {
+                tenant_id: &m.tenant_id,
+                source: &m.source,
+                event_id: &line.rating_id,
+            })?
+        {
             return Ok(Vec::new());
         }
         let key = format!("{}:{}", m.tenant_id, line.customer_id);
@@ -337,7 +343,10 @@ impl Processor for Fanout {
     fn state(&self) -> StateSpec {
         let mut spec = StateSpec::stateless();
         if !self.settings.routes.crm.is_empty() {
-            spec = spec.store(ACCOUNTS).with_dedup();
+            spec = spec.store(ACCOUNTS);
+            if self.settings.dedup {
+                spec = spec.with_dedup();
+            }
         }
         if !self.settings.routes.erp.is_empty() {
             spec = spec.global(GL_MAPPINGS, &self.settings.gl_mappings_topic);

@@ -105,6 +105,7 @@ async fn lines_without_a_usable_gl_mapping_and_bad_records_are_dead_lettered() {
             crm: String::new(),
             erp: unique_topic("erp.postings"),
         },
+        dedup: true,
     };
     for topic in [
         &settings.rated_topic,

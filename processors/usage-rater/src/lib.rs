@@ -9,7 +9,8 @@
 //! a content-derived `rating_id` and the accumulator's next revision. It also keeps hourly
 //! `UsageWindowAggregate`s per (subscription, meter).
 //!
-//! - Duplicates (same idempotency key) are dropped and counted by the runtime's dedup.
+//! - Duplicates (same idempotency key) are dropped and counted by the runtime's dedup, unless
+//!   `dedup` is off (exactly-once delivery behind the validator's dedup).
 //! - Lateness is judged against the input record's timestamp (stable across redeliveries):
 //!   events older than `late_window` go to the DLQ as `too_late`, events further ahead than
 //!   `future_window` as `in_future`.
@@ -69,6 +70,10 @@ pub struct RaterSettings {
     /// How far ahead of the record's time an event may be.
     #[serde(with = "humantime_serde")]
     pub future_window: Duration,
+    /// Drop usage whose idempotency key was seen before (within `runtime.state.dedup_ttl`).
+    /// Off only under exactly-once delivery behind a stage that drops producers' duplicates
+    /// (the validator): then transactions alone keep a redelivered input from counting twice.
+    pub dedup: bool,
 }
 
 impl Default for RaterSettings {
@@ -80,6 +85,7 @@ impl Default for RaterSettings {
             aggregates_topic: "usage.window-aggregates".to_owned(),
             late_window: Duration::from_secs(35 * 24 * 3600),
             future_window: Duration::from_secs(300),
+            dedup: true,
         }
     }
 }
@@ -165,13 +171,17 @@ impl Processor for UsageRater {
     }
 
     fn state(&self) -> StateSpec {
-        StateSpec::stateless()
+        let spec = StateSpec::stateless()
             .store(ACCUMULATORS)
             .store(UNIQUE)
             .store(WINDOWS)
-            .store(PERIODS)
-            .with_dedup()
-            .global(RATE_CARDS, &self.settings.rate_cards_topic)
+            .store(PERIODS);
+        let spec = if self.settings.dedup {
+            spec.with_dedup()
+        } else {
+            spec
+        };
+        spec.global(RATE_CARDS, &self.settings.rate_cards_topic)
     }
 
     fn prefetch(&self) -> Option<Arc<dyn Prefetch>> {
@@ -196,11 +206,13 @@ impl Processor for UsageRater {
         let m = &usage.metadata;
         let input_key = format!("{}/{}/{}", m.tenant_id, m.source, m.event_id);
         self.check_time(record, m.occurred_at)?;
-        if !state.first_seen(&IdempotencyKey {
-            tenant_id: &m.tenant_id,
-            source: &m.source,
-            event_id: &m.event_id,
-        })? {
+        if self.settings.dedup
+            && !state.first_seen(&IdempotencyKey {
+                tenant_id: &m.tenant_id,
+                source: &m.source,
+                event_id: &m.event_id,
+            })?
+        {
             return Ok(Vec::new());
         }
         let card = self.rate_card(state, &enriched)?;
