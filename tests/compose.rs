@@ -237,6 +237,12 @@ impl Service {
     fn is_backbone(&self) -> bool {
         self.built
     }
+
+    fn is_kafka_node(&self) -> bool {
+        self.image
+            .as_deref()
+            .is_some_and(|image| image.starts_with("apache/kafka:"))
+    }
 }
 
 struct Compose {
@@ -416,6 +422,31 @@ fn the_pin_check_refuses_floating_images() {
 }
 
 #[test]
+fn the_compose_broker_is_the_version_setup_fetches() {
+    let pom = read("scripts/kafka/pom.xml");
+    let version = pom
+        .split("<kafka.version>")
+        .nth(1)
+        .and_then(|rest| rest.split("</kafka.version>").next())
+        .expect("scripts/kafka/pom.xml names kafka.version");
+    let compose = Compose::load();
+    let nodes: Vec<&Service> = compose
+        .services
+        .values()
+        .filter(|s| s.is_kafka_node())
+        .collect();
+    assert_eq!(nodes.len(), 3, "three Kafka nodes");
+    for node in nodes {
+        assert_eq!(
+            node.image.as_deref(),
+            Some(format!("apache/kafka:{version}").as_str()),
+            "{}: the version make setup fetches",
+            node.name
+        );
+    }
+}
+
+#[test]
 fn every_image_is_pinned_and_the_binaries_share_one_local_image() {
     let compose = Compose::load();
     for service in compose.services.values() {
@@ -529,9 +560,11 @@ fn services_reach_each_other_by_service_name_and_exposed_port() {
                     continue;
                 }
                 assert_names_a_service(&compose, &service.name, key, &address);
-                // Whoever names a service waits for it, unless it is optional (a profile).
+                // Whoever names a service waits for it, unless it is optional (a profile). The
+                // Kafka nodes name each other as controller voters and start together.
                 let target = compose.service(&address.host);
-                if target.profiles.is_empty() && address.host != service.name {
+                let peers = service.is_kafka_node() && target.is_kafka_node();
+                if target.profiles.is_empty() && address.host != service.name && !peers {
                     assert!(
                         compose.waits_for(&service.name).contains(&address.host),
                         "{}: {key} names {}, but the service does not wait for it (depends_on)",
@@ -548,9 +581,7 @@ fn services_reach_each_other_by_service_name_and_exposed_port() {
         "only {checked} addresses found in docker-compose.yml"
     );
 
-    // Inside compose, clients use the listener Kafka advertises for them.
-    let kafka = compose.service("kafka");
-    let advertised = &kafka.environment["KAFKA_ADVERTISED_LISTENERS"];
+    // Inside compose, clients use the listeners the Kafka nodes advertise for them.
     let clients: Vec<&Service> = compose
         .services
         .values()
@@ -562,11 +593,17 @@ fn services_reach_each_other_by_service_name_and_exposed_port() {
     assert!(clients.len() >= 12, "{} Kafka clients", clients.len());
     for client in &clients {
         let servers = &client.environment["BACKBONE__KAFKA__BOOTSTRAP_SERVERS"];
-        assert!(
-            advertised.contains(&format!("://{servers}")),
-            "{}: bootstrap {servers} is not a listener Kafka advertises ({advertised})",
-            client.name
-        );
+        assert_eq!(servers, KAFKA_CLUSTER, "{}: every node", client.name);
+        for server in servers.split(',') {
+            let node = compose.service(server.split(':').next().unwrap_or_default());
+            let advertised = &node.environment["KAFKA_ADVERTISED_LISTENERS"];
+            assert!(
+                advertised.contains(&format!("://{server}")),
+                "{}: bootstrap {server} is not a listener {} advertises ({advertised})",
+                client.name,
+                node.name
+            );
+        }
     }
 
     // Processors and sinks: the registry, and a metrics endpoint on every interface.
@@ -842,12 +879,28 @@ fn load<T: DeserializeOwned + Validate>(
     load_from(path, env.iter().cloned())
 }
 
+/// The three Kafka nodes, as every client of compose bootstraps from them.
+const KAFKA_CLUSTER: &str = "kafka:9092,kafka-2:9092,kafka-3:9092";
+
+/// A client of the compose cluster: all three nodes, and topics it creates with three replicas,
+/// two in sync.
+fn assert_cluster(kafka: &backbone_core::KafkaSettings) {
+    assert_eq!(kafka.bootstrap_servers, KAFKA_CLUSTER);
+    assert_eq!(
+        kafka.topics,
+        backbone_core::Replication {
+            replication_factor: 3,
+            min_insync_replicas: 2
+        }
+    );
+}
+
 fn load_processor<A: App>(
     path: Option<&Path>,
     env: &[(String, String)],
 ) -> Result<(), ConfigError> {
     let config: ProcessorConfig<A::Settings> = load(path, env)?;
-    assert_eq!(config.kafka.bootstrap_servers, "kafka:9092");
+    assert_cluster(&config.kafka);
     assert_eq!(config.observability.listen.port(), 9464);
     assert_eq!(config.schema_registry.url, "http://schema-registry:8081");
     Ok(())
@@ -856,7 +909,7 @@ fn load_processor<A: App>(
 fn load_sink<A: SinkApp>(path: Option<&Path>, env: &[(String, String)]) -> Result<(), ConfigError> {
     let config: SinkConfig<A::Settings> = load(path, env)?;
     config.destination.require_scheme(A::SCHEMES)?;
-    assert_eq!(config.kafka.bootstrap_servers, "kafka:9092");
+    assert_cluster(&config.kafka);
     assert_eq!(config.observability.listen.port(), 9464);
     assert!(
         !config.destination.resolve_credential()?.is_empty(),
@@ -898,12 +951,12 @@ fn load_binary(
         }
         "schema-registry" => {
             let config: backbone_registry::RegistryConfig = load(path, env)?;
-            assert_eq!(config.kafka.bootstrap_servers, "kafka:9092");
+            assert_cluster(&config.kafka);
             Ok(())
         }
         "monitor" => {
             let config: backbone_monitor::MonitorConfig = load(path, env)?;
-            assert_eq!(config.kafka.bootstrap_servers, "kafka:9092");
+            assert_cluster(&config.kafka);
             assert_eq!(config.monitor.listen.port(), 9470);
             Ok(())
         }
