@@ -1126,7 +1126,7 @@ async fn reset_offsets_previews_then_applies_and_refuses_an_active_group() {
     let forced = run(reset(&["--to-latest", "--execute", "--force"])).await;
     drop(member);
     // With --force the tool commits, and the broker refuses a commit from outside a group
-    // that has members (Apache Kafka and Nisshi both answer UNKNOWN_MEMBER_ID): the tool says
+    // that has members (Apache Kafka answers UNKNOWN_MEMBER_ID): the tool says
     // so, and nothing moved.
     assert_eq!(forced.code, Some(1), "{forced:?}");
     assert!(

@@ -18,8 +18,8 @@ pub struct KafkaSettings {
     /// Comma-separated `host:port` list.
     #[serde(default = "default_bootstrap_servers")]
     pub bootstrap_servers: String,
-    /// Consumer group session timeout. Short by default: the brokers we test on make a new
-    /// group's first join wait about half of it.
+    /// Consumer group session timeout. Short by default, so a crashed member's partitions
+    /// move on soon.
     #[serde(default = "default_session_timeout", with = "humantime_serde")]
     pub session_timeout: Duration,
     /// How often stored offsets are committed.
@@ -128,17 +128,18 @@ enum Client {
 const CLIENT_LINGER_MS: &str = "5";
 
 /// A processor's producer lingers longer: it sends a steady stream of outputs and changelog
-/// writes, and a broker's work follows its produce requests more than its records (on Nisshi,
-/// 2,000 records/s cost 37% of a core at 5 ms and 10% at 30 ms). At 2,000 events/s through the
+/// writes, and a broker's work follows its produce requests more than its records (on the
+/// stand-in broker measured before Kafka, 2,000 records/s cost 37% of a core at 5 ms and 10% at
+/// 30 ms). At 2,000 events/s through the
 /// four processors on two cores, p99 to `billing.charges` fell from 809 ms to 379 to 425 ms
 /// (docs/BENCHMARKS.md). Kafka Streams lingers 100 ms for the same reason.
 const STAGE_LINGER_MS: &str = "30";
 
 /// Consumer defaults.
 ///
-/// On Nisshi a hop's latency follows `fetch.wait.max.ms` even when records are waiting
-/// (measured at 2,000 records/s: 152 ms median through a pass-through at librdkafka's 500 ms
-/// default, 24 ms at 10 ms), and every stage of a pipeline adds it.
+/// On the stand-in broker measured before Kafka, a hop's latency followed `fetch.wait.max.ms`
+/// even when records were waiting (at 2,000 records/s: 152 ms median through a pass-through at
+/// librdkafka's 500 ms default, 24 ms at 10 ms), and every stage of a pipeline adds it.
 ///
 /// The rest bounds what a consumer holds ahead of its loop. librdkafka fetches again while
 /// fewer than `queued.min.messages` records wait (100,000 by default), each held as an op of
@@ -156,8 +157,8 @@ const CONSUMER_TUNING: [(&str, &str); 5] = [
 
 /// The compressed bytes one fetch response may bring. The bound above is checked before a
 /// fetch, so a response overshoots it by everything it holds, and highly compressible records
-/// decompress twenty-fold (a 1 MiB response held 80,000 records of 260 bytes, 21 MB). Nisshi
-/// ignores `max.partition.fetch.bytes`; brokers return a larger first batch whole, so a
+/// decompress twenty-fold (a 1 MiB response held 80,000 records of 260 bytes, 21 MB). Some
+/// brokers ignore `max.partition.fetch.bytes`; brokers return a larger first batch whole, so a
 /// record over this size is still read. librdkafka refuses a `fetch.max.bytes` under
 /// `message.max.bytes`, which on a consumer only caps the size of its own (small) requests.
 const CONSUMER_FETCH_BYTES: &str = "262144";
