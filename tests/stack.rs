@@ -74,3 +74,57 @@ async fn topics_of_different_tests_do_not_mix() {
     assert_eq!(read.len(), 1);
     assert_eq!(read[0].value.as_deref(), Some(&b"second"[..]));
 }
+
+/// The launcher every broker of the project starts through.
+fn launcher() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/kafka/broker")
+}
+
+#[test]
+fn a_data_directory_formatted_for_another_cluster_is_reported_and_kept() {
+    let dir = std::env::temp_dir().join(backbone_testkit::unique_group("kafka-foreign"));
+    let data = dir.join("data");
+    let log = dir.join("broker.log");
+    let meta = data.join("logs/meta.properties");
+    let launch = |cluster: &str| {
+        std::process::Command::new(launcher())
+            .args(["--data", &data.to_string_lossy(), "--log"])
+            .arg(&log)
+            .args(["--port", "29592", "--controller-port", "29593"])
+            .args(["--cluster-id", cluster])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("the launcher")
+    };
+    // Formatted for one cluster: the launcher formats, then starts the broker, stopped here.
+    let mut first = launch("MkU3OEVBNTcwNTJENDM2Qg");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !meta.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the directory was never formatted"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    first.kill().expect("stop the first broker");
+    first.wait().expect("reap it");
+    let formatted = std::fs::read_to_string(&meta).expect("meta.properties");
+
+    let second = launch("AAAAAAAAAAAAAAAAAAAAAA")
+        .wait_with_output()
+        .expect("the second launcher");
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "started on a foreign directory");
+    assert!(
+        said.contains("MkU3OEVBNTcwNTJENDM2Qg") && said.contains("AAAAAAAAAAAAAAAAAAAAAA"),
+        "names both clusters: {said}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&meta).expect("meta.properties kept"),
+        formatted,
+        "the directory is kept as it was"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -410,6 +410,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn topic_replication_outside_its_bounds_names_the_key() {
+        let mut settings = KafkaSettings::default();
+        assert!(settings.validate().is_ok());
+        for (factor, in_sync, key) in [
+            (0, 1, "kafka.topics.replication_factor"),
+            (3, 4, "kafka.topics.min_insync_replicas"),
+            (3, 0, "kafka.topics.min_insync_replicas"),
+        ] {
+            settings.topics = Replication {
+                replication_factor: factor,
+                min_insync_replicas: in_sync,
+            };
+            let err = settings.validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{factor}/{in_sync}: {err}");
+        }
+        settings.topics = Replication {
+            replication_factor: 3,
+            min_insync_replicas: 2,
+        };
+        assert!(settings.validate().is_ok());
+    }
+
+    #[test]
     fn debug_output_hides_secrets() {
         let mut settings = KafkaSettings::default();
         settings

@@ -266,4 +266,37 @@ mod tests {
         let err = Manifest::parse("[[topic]]\nname = 1\n").unwrap_err();
         assert!(err.to_string().starts_with("manifest:"), "{err}");
     }
+
+    #[test]
+    fn replication_is_both_figures_or_neither_and_within_bounds() {
+        let contracts = ContractSet::embedded().unwrap();
+        let with = |factor: Option<i32>, in_sync: Option<i32>| {
+            let mut manifest = Manifest::embedded().unwrap();
+            manifest.topic[0].replication_factor = factor;
+            manifest.topic[0].min_insync_replicas = in_sync;
+            manifest.validate(&contracts).map(|()| manifest)
+        };
+        let manifest = with(Some(3), Some(2)).unwrap();
+        assert_eq!(
+            manifest.topic[0].replication(),
+            Some(Replication {
+                replication_factor: 3,
+                min_insync_replicas: 2
+            })
+        );
+        assert_eq!(with(None, None).unwrap().topic[0].replication(), None);
+        for (factor, in_sync, key) in [
+            (Some(3), None, "replication_factor"),
+            (None, Some(2), "replication_factor"),
+            (Some(0), Some(1), "replication_factor"),
+            (Some(3), Some(4), "min_insync_replicas"),
+            (Some(3), Some(0), "min_insync_replicas"),
+        ] {
+            let err = with(factor, in_sync).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("key `{key}`")),
+                "{factor:?}/{in_sync:?}: {err}"
+            );
+        }
+    }
 }
