@@ -70,8 +70,14 @@ install_kafka() {
   fi
   say "installing apache kafka $version from maven central into $libs"
   rm -rf "$libs.partial"
-  mvn -q -B -Dstyle.color=never -f "$REPO/scripts/kafka/pom.xml" dependency:copy-dependencies \
-    -DincludeScope=runtime -DoutputDirectory="$libs.partial"
+  mkdir -p "$TOOLS_DIR"
+  local log=$TOOLS_DIR/kafka-$version-fetch.log
+  if ! mvn -B -f "$REPO/scripts/kafka/pom.xml" dependency:copy-dependencies \
+      -DincludeScope=runtime -DoutputDirectory="$libs.partial" >"$log" 2>&1; then
+    say "fetching apache kafka $version failed; last lines of $log:" >&2
+    tail -n 20 "$log" >&2
+    exit 1
+  fi
   rm -rf "$libs"
   mv "$libs.partial" "$libs"
   touch "$libs/.complete"
