@@ -4,7 +4,6 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use backbone_compat::CompatibilityMode;
-use backbone_core::Replication;
 use serde::Deserialize;
 
 use crate::contracts::ContractSet;
@@ -84,12 +83,10 @@ pub struct TopicContract {
 }
 
 impl TopicContract {
-    /// The replication this entry asks for, if it says.
-    pub fn replication(&self) -> Option<Replication> {
-        Some(Replication {
-            replication_factor: self.replication_factor?,
-            min_insync_replicas: self.min_insync_replicas?,
-        })
+    /// The replication this entry asks for, if it says: (replication factor, min in-sync
+    /// replicas).
+    pub fn replication(&self) -> Option<(i32, i32)> {
+        Some((self.replication_factor?, self.min_insync_replicas?))
     }
 
     /// Retention as a duration (`d`, `h`, `m`, `s` suffixes).
@@ -187,20 +184,29 @@ impl Manifest {
             if entry.partitions < 1 {
                 return Err(invalid("partitions", "must be at least 1".to_owned()));
             }
-            match (entry.replication_factor, entry.replication()) {
-                (None, _) if entry.min_insync_replicas.is_none() => {}
-                (_, Some(replication)) => {
-                    if let Some((key, message)) = replication.problem() {
-                        return Err(invalid(key, message));
-                    }
+            match entry.replication() {
+                Some((factor, _)) if factor < 1 => {
+                    return Err(invalid(
+                        "replication_factor",
+                        format!("must be at least 1, got {factor}"),
+                    ))
                 }
-                _ => {
+                Some((factor, in_sync)) if !(1..=factor).contains(&in_sync) => {
+                    return Err(invalid(
+                        "min_insync_replicas",
+                        format!("must be between 1 and replication_factor {factor}, got {in_sync}"),
+                    ))
+                }
+                None if entry.replication_factor.is_some()
+                    || entry.min_insync_replicas.is_some() =>
+                {
                     return Err(invalid(
                         "replication_factor",
                         "set both replication_factor and min_insync_replicas, or neither"
                             .to_owned(),
                     ))
                 }
+                _ => {}
             }
             match (entry.cleanup_policy, entry.retention.is_some()) {
                 (CleanupPolicy::Delete, false) => {
@@ -277,13 +283,7 @@ mod tests {
             manifest.validate(&contracts).map(|()| manifest)
         };
         let manifest = with(Some(3), Some(2)).unwrap();
-        assert_eq!(
-            manifest.topic[0].replication(),
-            Some(Replication {
-                replication_factor: 3,
-                min_insync_replicas: 2
-            })
-        );
+        assert_eq!(manifest.topic[0].replication(), Some((3, 2)));
         assert_eq!(with(None, None).unwrap().topic[0].replication(), None);
         for (factor, in_sync, key) in [
             (Some(3), None, "replication_factor"),

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use backbone_core::admin::{ensure_topics, partition_count, TopicSpec};
 use backbone_core::config::Validate as _;
-use backbone_core::KafkaSettings;
+use backbone_core::{KafkaSettings, Replication};
 use serde::Serialize;
 
 use super::{count, CliError, Detail, Inputs, Report};
@@ -118,7 +118,12 @@ pub fn wanted_topics(manifest: &Manifest) -> Vec<TopicSpec> {
                 });
             let dlq = TopicSpec::new(&t.dlq, t.partitions).with_config("cleanup.policy", "delete");
             [main, dlq].map(|spec| match t.replication() {
-                Some(replication) => spec.with_replication(replication),
+                Some((replication_factor, min_insync_replicas)) => {
+                    spec.with_replication(Replication {
+                        replication_factor,
+                        min_insync_replicas,
+                    })
+                }
                 None => spec,
             })
         })
