@@ -462,10 +462,10 @@ impl Transaction {
     }
 
     /// Aborts the open transaction, if any, and forgets it: the run is ending on an error, and
-    /// the consumer's close must not commit what it half holds. Whether one was open.
-    pub(crate) fn abandon(&mut self, producer: &FutureProducer, timeout: Duration) -> bool {
+    /// the consumer's close must not commit what it half holds.
+    pub(crate) fn abandon(&mut self, producer: &FutureProducer, timeout: Duration) {
         if !self.open {
-            return false;
+            return;
         }
         if let Err(err) = producer.abort_transaction(timeout) {
             tracing::warn!(error = %err, "aborting the abandoned transaction failed; the broker aborts it at its timeout");
@@ -474,7 +474,6 @@ impl Transaction {
         self.started = None;
         self.offsets.clear();
         self.outcomes.clear();
-        true
     }
 
     /// Inputs committed by the rebalance callback since the last call.

@@ -470,12 +470,13 @@ async fn run_loop<P: Processor>(
         ledger: &ledger,
     };
     // Dropped before the consumer, whose close revokes (and would commit) the partitions.
-    let _abandon = transaction.as_deref().map(|transaction| AbandonOnExit {
-        transaction,
+    let mut on_error = DivergeOnError {
+        transaction: transaction.as_deref(),
         producer: &producer,
         assignment: &assignment,
         timeout: settings.transaction.timeout,
-    });
+        armed: true,
+    };
     // Outputs of resolved inputs on their way to the broker, oldest first. Offsets are
     // stored strictly in this order, so a crash never skips an input whose outputs were lost.
     let mut in_flight: InFlight = FuturesOrdered::new();
@@ -680,25 +681,34 @@ async fn run_loop<P: Processor>(
             .await?;
     }
     stage.finish(&mut in_flight, &mut summary).await?;
+    on_error.armed = false;
     tracing::info!(processor = %name, ?summary, "processor stopped");
     Ok(summary)
 }
 
-/// Ends a run that stops on an error with its transaction still open: aborts it, and marks the
-/// partitions' local state as diverged (it holds the aborted writes), so that the consumer's
-/// close neither commits the half-done transaction nor checkpoints that state.
-struct AbandonOnExit<'a> {
-    transaction: &'a Mutex<Transaction>,
+/// Ends a run that stops on an error: the partitions' local state may hold writes whose
+/// changelog records were never produced (an input whose output the broker refused) or were
+/// aborted, so it is marked diverged and the consumer's close drops it instead of checkpointing
+/// it; the next start restores it from the changelog. An open transaction is aborted first, so
+/// that the close does not commit it half done.
+struct DivergeOnError<'a> {
+    transaction: Option<&'a Mutex<Transaction>>,
     producer: &'a FutureProducer,
     assignment: &'a Assignment,
     timeout: Duration,
+    /// Cleared once the run finished cleanly.
+    armed: bool,
 }
 
-impl Drop for AbandonOnExit<'_> {
+impl Drop for DivergeOnError<'_> {
     fn drop(&mut self) {
-        if lock(self.transaction).abandon(self.producer, self.timeout) {
-            self.assignment.diverge_all();
+        if !self.armed {
+            return;
         }
+        if let Some(transaction) = self.transaction {
+            lock(transaction).abandon(self.producer, self.timeout);
+        }
+        self.assignment.diverge_all();
     }
 }
 
@@ -824,8 +834,6 @@ impl Stage<'_> {
                 Ok(())
             }
             Err(err) => {
-                // Local stores hold the aborted transaction's writes: never checkpoint them.
-                self.consumer.context().assignment.diverge_all();
                 self.ledger.metrics.record_transaction(false);
                 Err(transaction_error(err))
             }

@@ -477,8 +477,19 @@ async fn an_input_whose_output_is_over_the_size_limit_is_dead_lettered_whole_and
 #[tokio::test]
 async fn an_output_topic_taking_less_than_the_output_limit_stops_the_validator_until_the_limit_fits(
 ) {
+    narrow_output_topic_stops_the_validator(false).await;
+}
+
+/// With dedup, the refused input's dedup mark must not survive the stop: the restart would drop
+/// the input as a duplicate instead of dead-lettering it.
+#[tokio::test]
+async fn with_dedup_an_input_whose_output_was_refused_is_not_taken_for_a_duplicate() {
+    narrow_output_topic_stops_the_validator(true).await;
+}
+
+async fn narrow_output_topic_stops_the_validator(dedup: bool) {
     let kafka = shared_settings();
-    let (_registry, codec, settings, usage_id) = validator_setup(&kafka, false, 1_048_588).await;
+    let (_registry, codec, settings, usage_id) = validator_setup(&kafka, dedup, 1_048_588).await;
     // The output topic takes 50 kB; the validator's limit says 1 MB.
     topic_taking(&kafka, &settings.output_topic, 50_000).await;
     let wide = padded(usage_id, "wide", 100_000);
