@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use backbone_core::runner::TransactionSettings;
 use backbone_core::{Delivery, KafkaSettings, RuntimeError, RuntimeSettings};
 use backbone_testkit::{
-    committed_offsets, consume_until, consume_while, create_topic, produce, shared_settings,
-    tally_counts, unique_group, unique_topic, ChildProcess, ConsumedRecord, KafkaBroker,
-    RunningProcessor, Tally, TestRecord,
+    committed_offsets, committed_total, consume_until, consume_while, create_topic, produce,
+    produce_paced, shared_settings, tally_counts, unique_group, unique_topic, ChildProcess,
+    ConsumedRecord, KafkaBroker, RunningProcessor, Tally, TestRecord,
 };
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -330,33 +330,19 @@ fn pairs(records: &[ConsumedRecord]) -> impl Iterator<Item = (&[u8], &[u8])> {
 #[tokio::test]
 async fn killed_in_open_transactions_the_broker_hides_the_aborted_outputs_from_committed_readers() {
     let kafka = shared_settings();
-    let tally = Tally {
-        input: unique_topic("tally.in"),
-        output: unique_topic("tally.out"),
-        dedup: false,
-    };
+    let (tally, partitions) = tally_without_dedup(&kafka).await;
     let group = unique_group("tally-killed");
     let transactional_id = unique_group("tally-killed-txn");
-    let partitions = 2;
-    for topic in [&tally.input, &tally.output] {
-        create_topic(&kafka, topic, partitions)
-            .await
-            .expect("topics");
-    }
     // Published over about eight seconds, so that each instance commits transactions before
     // it is killed in the middle of another.
     let total = 4_000;
-    let publishing = {
-        let (kafka, input) = (kafka.clone(), tally.input.clone());
-        tokio::spawn(async move {
-            let mut pace = tokio::time::interval(Duration::from_millis(200));
-            for from in (0..total).step_by(100) {
-                pace.tick().await;
-                produce(&kafka, &input, &events(from, 100)).await?;
-            }
-            Ok::<_, backbone_testkit::TestkitError>(())
-        })
-    };
+    let publishing = produce_paced(
+        &kafka,
+        &tally.input,
+        events(0, total),
+        100,
+        Duration::from_millis(200),
+    );
 
     let uncommitted = reading(&kafka, "read_uncommitted");
     let kills = 3;
@@ -438,10 +424,21 @@ async fn killed_in_open_transactions_the_broker_hides_the_aborted_outputs_from_c
     );
 }
 
-fn committed_total(kafka: &KafkaSettings, group: &str, topic: &str) -> i64 {
-    committed_offsets(kafka, group, topic)
-        .map(|offsets| offsets.iter().filter_map(|(_, o)| *o).sum())
-        .unwrap_or(0)
+/// A Tally without dedup, its input and output topics created with two partitions each: a
+/// redelivered input counts again unless the runtime discarded all its first delivery did.
+async fn tally_without_dedup(kafka: &KafkaSettings) -> (Tally, i32) {
+    let tally = Tally {
+        input: unique_topic("tally.in"),
+        output: unique_topic("tally.out"),
+        dedup: false,
+    };
+    let partitions = 2;
+    for topic in [&tally.input, &tally.output] {
+        create_topic(kafka, topic, partitions)
+            .await
+            .expect("topics");
+    }
+    (tally, partitions)
 }
 
 #[tokio::test]
@@ -451,32 +448,18 @@ async fn broker_restarts_under_open_transactions_leave_every_count_once() {
         .expect("start task")
         .expect("a broker of its own");
     let kafka = broker.settings();
-    let tally = Tally {
-        input: unique_topic("tally.in"),
-        output: unique_topic("tally.out"),
-        dedup: false,
-    };
+    let (tally, partitions) = tally_without_dedup(&kafka).await;
     let group = unique_group("tally-broker-restarts");
     let transactional_id = unique_group("tally-broker-restarts-txn");
-    let partitions = 2;
-    for topic in [&tally.input, &tally.output] {
-        create_topic(&kafka, topic, partitions)
-            .await
-            .expect("topics");
-    }
     // Published while the broker restarts, so that transactions are open when it dies.
     let total = 3_000;
-    let publishing = {
-        let (kafka, input) = (kafka.clone(), tally.input.clone());
-        tokio::spawn(async move {
-            let mut pace = tokio::time::interval(Duration::from_millis(100));
-            for from in (0..total).step_by(50) {
-                pace.tick().await;
-                produce(&kafka, &input, &events(from, 50)).await?;
-            }
-            Ok::<_, backbone_testkit::TestkitError>(())
-        })
-    };
+    let publishing = produce_paced(
+        &kafka,
+        &tally.input,
+        events(0, total),
+        50,
+        Duration::from_millis(100),
+    );
 
     // The broker dies under the processor three times, each time once the processor has made
     // progress; a processor that stops on the failed transaction is started again, as a

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use backbone_core::{KafkaSettings, RuntimeSettings};
 use backbone_testkit::{
-    committed_offsets, consume_while, create_topic, produce, unique_group, unique_topic,
-    KafkaCluster, RunningProcessor, Tally, TestkitError,
+    committed_total, consume_while, create_topic, produce, produce_paced, unique_group,
+    unique_topic, KafkaCluster, RunningProcessor, Tally,
 };
 use counts::{check_counts, distinct, events_with_repeats};
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
@@ -53,12 +53,6 @@ async fn topic_config(kafka: &KafkaSettings, topic: &str, key: &str) -> Option<S
         .flat_map(|resource| resource.entries)
         .find(|entry| entry.name == key)
         .and_then(|entry| entry.value)
-}
-
-fn committed_total(kafka: &KafkaSettings, group: &str, topic: &str) -> i64 {
-    committed_offsets(kafka, group, topic)
-        .map(|offsets| offsets.iter().filter_map(|(_, o)| *o).sum())
-        .unwrap_or(0)
 }
 
 /// Waits until Tally has an output for `events` distinct events.
@@ -122,17 +116,13 @@ async fn leaders_of_a_changelog_and_an_output_partition_die_and_nothing_is_lost_
 
     // Published over about eight seconds, so that the kills land mid-stream.
     let events = 3_000;
-    let publishing = {
-        let (kafka, input) = (kafka.clone(), tally.input.clone());
-        tokio::spawn(async move {
-            let mut pace = tokio::time::interval(Duration::from_millis(200));
-            for from in (0..events).step_by(75) {
-                pace.tick().await;
-                produce(&kafka, &input, &events_with_repeats(from, 75, ACCOUNTS)).await?;
-            }
-            Ok::<_, TestkitError>(())
-        })
-    };
+    let publishing = produce_paced(
+        &kafka,
+        &tally.input,
+        events_with_repeats(0, events, ACCOUNTS),
+        90,
+        Duration::from_millis(200),
+    );
     let running = RunningProcessor::start(tally.clone(), &kafka, settings(&group));
     await_outputs(&kafka, &tally.output, 300, "before the first kill").await;
 

@@ -16,7 +16,7 @@ use backbone_core::{
     StateSpec,
 };
 use backbone_testkit::{
-    committed_offsets, consume_until, consume_while, create_topic, produce, shared_settings,
+    committed_total, consume_until, consume_while, create_topic, produce, shared_settings,
     unique_group, unique_topic, ChildProcess, RunningProcessor, Tally, TestRecord,
 };
 use counts::{check_counts, distinct, events_with_repeats};
@@ -31,14 +31,6 @@ fn settings(group: &str, dir: PathBuf) -> RuntimeSettings {
     };
     settings.state.dir = dir;
     settings
-}
-
-fn committed_total(kafka: &KafkaSettings, group: &str, topic: &str) -> i64 {
-    committed_offsets(kafka, group, topic)
-        .expect("committed offsets")
-        .iter()
-        .map(|(_, o)| o.unwrap_or(0))
-        .sum()
 }
 
 async fn await_committed(kafka: &KafkaSettings, group: &str, topic: &str, at_least: i64) {

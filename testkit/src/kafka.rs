@@ -372,3 +372,32 @@ pub fn committed_offsets(
         })
         .collect())
 }
+
+/// The offsets `group` has committed on `topic`, summed over its partitions: how many of its
+/// inputs it has committed, where each input is one offset. 0 while the broker does not answer
+/// (tests restart brokers) or nothing is committed.
+pub fn committed_total(settings: &KafkaSettings, group: &str, topic: &str) -> i64 {
+    committed_offsets(settings, group, topic)
+        .map(|offsets| offsets.iter().filter_map(|(_, o)| *o).sum())
+        .unwrap_or(0)
+}
+
+/// Produces `records` to `topic` in the background, `chunk` at a time, one chunk every
+/// `every`: a steady stream that a test can kill things under.
+pub fn produce_paced(
+    settings: &KafkaSettings,
+    topic: &str,
+    records: Vec<TestRecord>,
+    chunk: usize,
+    every: Duration,
+) -> tokio::task::JoinHandle<Result<(), TestkitError>> {
+    let (settings, topic) = (settings.clone(), topic.to_owned());
+    tokio::spawn(async move {
+        let mut pace = tokio::time::interval(every);
+        for part in records.chunks(chunk.max(1)) {
+            pace.tick().await;
+            produce(&settings, &topic, part).await?;
+        }
+        Ok(())
+    })
+}

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -246,6 +247,7 @@ impl<'s, S: Sink> SinkLoop<'s, S> {
         let consumer_context = SinkConsumerContext {
             metered: MeteredContext::new(Arc::clone(&context.metrics)),
             revoked: Arc::new(Mutex::new(Vec::new())),
+            assigned: AtomicBool::new(false),
         };
         let mut consumer_config = context.kafka.consumer_config(&group);
         context
@@ -305,6 +307,7 @@ impl<'s, S: Sink> SinkLoop<'s, S> {
             };
             // A rebalance runs inside `recv`: what it revoked goes before the record counts.
             self.forget_revoked();
+            self.settle_assignment();
             let go_on = match received {
                 Some(Ok(record)) => self.accept(record).await?,
                 Some(Err(err)) => {
@@ -753,6 +756,7 @@ impl<'s, S: Sink> SinkLoop<'s, S> {
                     message.map(|m| (m.topic().to_owned(), m.partition(), m.offset()))
                 }
             };
+            self.settle_assignment();
             match read {
                 Ok((topic, partition, offset)) => self.put_back(&topic, partition, offset)?,
                 Err(err) => {
@@ -777,6 +781,38 @@ impl<'s, S: Sink> SinkLoop<'s, S> {
         self.consumer.pause(&list)?;
         tracing::info!(sink = %self.name, partition, offset, "partition assigned while paused; it waits with the rest");
         Ok(())
+    }
+
+    /// Gives a new assignment the sink's own pause state. librdkafka keeps a partition's pause
+    /// across its revocation and a new assignment: a partition paused under an open circuit,
+    /// lost in a rebalance (a broker restart timed the session out) and assigned again after
+    /// the circuit closed was never read again, and the sink stood still with its records
+    /// uncommitted (found by the chaos run with broker restarts).
+    fn settle_assignment(&mut self) {
+        if !self
+            .consumer
+            .context()
+            .assigned
+            .swap(false, Ordering::SeqCst)
+        {
+            return;
+        }
+        let assignment = match self.consumer.assignment() {
+            Ok(assignment) => assignment,
+            Err(err) => {
+                tracing::warn!(sink = %self.name, error = %err, "could not read the new assignment");
+                return;
+            }
+        };
+        let settled = if self.paused {
+            self.consumer.pause(&assignment)
+        } else {
+            self.consumer.resume(&assignment)
+        };
+        if let Err(err) = settled {
+            tracing::warn!(sink = %self.name, error = %err, paused = self.paused,
+                "could not give the new assignment the input's pause state");
+        }
     }
 
     fn resume(&mut self) {
@@ -1122,10 +1158,12 @@ impl OwnedInput {
     }
 }
 
-/// The consumer's context: lag from statistics, and the partitions each rebalance revokes.
+/// The consumer's context: lag from statistics, the partitions each rebalance revokes, and
+/// whether one assigned partitions since the loop last looked.
 struct SinkConsumerContext {
     metered: MeteredContext,
     revoked: Arc<Mutex<Vec<i32>>>,
+    assigned: AtomicBool,
 }
 
 impl ClientContext for SinkConsumerContext {
@@ -1146,6 +1184,12 @@ impl ConsumerContext for SinkConsumerContext {
             Err(err) => tracing::warn!(error = %err, "commit before revocation failed"),
         }
         lock(&self.revoked).extend(partitions_of(list));
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(_) = rebalance {
+            self.assigned.store(true, Ordering::SeqCst);
+        }
     }
 }
 
