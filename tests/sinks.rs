@@ -559,6 +559,61 @@ async fn a_partition_assigned_while_the_circuit_is_open_waits_with_the_rest() {
     );
 }
 
+#[tokio::test]
+async fn a_partition_paused_under_an_open_circuit_is_read_when_it_comes_back_after_the_circuit_closed(
+) {
+    // librdkafka keeps a partition's pause across its revocation and a new assignment. The
+    // staying instance pauses all four partitions under an outage; a peer joins and takes two;
+    // the outage ends and the stayer resumes the two it has; the peer leaves and the two come
+    // back to the stayer, paused still unless the sink resumes them.
+    let sandbox = Sandbox::start(SandboxConfig::default()).await;
+    let topics = SinkTopics::create("billing-paused-return", 4).await;
+    let codec = WireCodec::new(&registry_url());
+    let charges: Vec<BillingCharge> = (0..60).map(|i| charge(i, "EUR")).collect();
+    let (first, later) = charges.split_at(20);
+    billing_outage(&sandbox, 600).await;
+    let staying = RunningSink::start(
+        billing_sink(&topics.input, &sandbox.destination()),
+        topics.settings(),
+    );
+    publish_charges(&codec, &topics.input, first).await;
+    eventually(DEADLINE, "the stayer's circuit to open", || async {
+        (staying.metric(names::CIRCUIT_STATE, None) == 1.0).then_some(())
+    })
+    .await;
+    let mut peer_settings = topics.settings();
+    peer_settings.ledger_dir = topics.ledger_dir.join("peer");
+    let peer = RunningSink::start(
+        billing_sink(&topics.input, &sandbox.destination()),
+        peer_settings,
+    );
+    eventually(DEADLINE, "the peer to take partitions", || async {
+        (peer.metric(names::CIRCUIT_STATE, None) == 1.0).then_some(())
+    })
+    .await;
+    sandbox
+        .client
+        .clear_faults(System::Billing)
+        .await
+        .expect("end the outage");
+    eventually(DEADLINE, "the charges so far", || async {
+        (sandbox.applied("billing").await == 20).then_some(())
+    })
+    .await;
+    peer.stop().await;
+
+    // Charges on every partition, the peer's two among them, for the stayer alone.
+    publish_charges(&codec, &topics.input, later).await;
+    eventually(
+        DEADLINE,
+        "every charge, on every partition, through the stayer",
+        || async { (sandbox.applied("billing").await == 60).then_some(()) },
+    )
+    .await;
+    staying.stop().await;
+    assert_eq!(charges_by_key(&sandbox).await.len(), 60);
+}
+
 /// The binaries live next to this package's own in the target directory (`make test` builds
 /// them all first).
 fn workspace_binary(name: &str) -> std::path::PathBuf {
