@@ -198,11 +198,21 @@ impl KafkaBroker {
     }
 }
 
+/// A test that passed leaves nothing behind; a failed one (the test is panicking) keeps the
+/// node's data and log for the post-mortem, and says where.
 impl Drop for KafkaBroker {
     fn drop(&mut self) {
         // Killed first: a node must not write into a directory being deleted.
         self.process.take();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if std::thread::panicking() {
+            eprintln!(
+                "kafka node {} kept for the post-mortem: {}",
+                self.node_id,
+                self.dir.display()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
