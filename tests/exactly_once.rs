@@ -84,23 +84,8 @@ fn with_duplicates(
 }
 
 async fn await_committed(kafka: &KafkaSettings, group: &str, topic: &str, total: i64) {
-    let started = Instant::now();
-    loop {
-        let committed: i64 = committed_offsets(kafka, group, topic)
-            .expect("committed offsets")
-            .iter()
-            .map(|(_, o)| o.unwrap_or(0))
-            .sum();
-        if committed >= total {
-            assert_eq!(committed, total, "committed past the input");
-            return;
-        }
-        assert!(
-            started.elapsed() < DEADLINE,
-            "group {group} committed {committed} of {total}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let committed = backbone_testkit::await_committed(kafka, group, topic, total, DEADLINE).await;
+    assert_eq!(committed, total, "committed past the input");
 }
 
 /// Reads `expected` outputs and checks each account's counts are exactly 1..=n.

@@ -7,11 +7,11 @@
 #[path = "support/counts.rs"]
 mod counts;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use backbone_core::{KafkaSettings, RuntimeSettings};
 use backbone_testkit::{
-    committed_total, consume_while, create_topic, produce, produce_paced, unique_group,
+    await_committed, consume_while, create_topic, produce, produce_paced, unique_group,
     unique_topic, KafkaCluster, RunningProcessor, Tally,
 };
 use counts::{check_counts, distinct, events_with_repeats};
@@ -155,15 +155,7 @@ async fn leaders_of_a_changelog_and_an_output_partition_die_and_nothing_is_lost_
         .expect("publisher task")
         .expect("publish through the kills");
     let total = events + events / 5;
-    let started = Instant::now();
-    while committed_total(&kafka, &group, &tally.input) < total as i64 {
-        assert!(
-            started.elapsed() < DEADLINE,
-            "the group committed {} of {total}",
-            committed_total(&kafka, &group, &tally.input)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    await_committed(&kafka, &group, &tally.input, total as i64, DEADLINE).await;
     running.stop(DEADLINE).await;
     check_counts(&kafka, &tally.output, events).await;
 
@@ -173,14 +165,7 @@ async fn leaders_of_a_changelog_and_an_output_partition_die_and_nothing_is_lost_
     produce(&kafka, &tally.input, &more).await.expect("produce");
     let running = RunningProcessor::start(tally.clone(), &kafka, settings(&group));
     let all = (total + more.len()) as i64;
-    let started = Instant::now();
-    while committed_total(&kafka, &group, &tally.input) < all {
-        assert!(
-            started.elapsed() < DEADLINE,
-            "the group never committed {all}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    await_committed(&kafka, &group, &tally.input, all, DEADLINE).await;
     running.stop(DEADLINE).await;
     check_counts(&kafka, &tally.output, events + 60).await;
     println!("replication: killed node {first} (a changelog leader), then node {second} (an output leader)");

@@ -16,8 +16,8 @@ use backbone_core::{
     StateSpec,
 };
 use backbone_testkit::{
-    committed_total, consume_until, consume_while, create_topic, produce, shared_settings,
-    unique_group, unique_topic, ChildProcess, RunningProcessor, Tally, TestRecord,
+    await_committed, committed_total, consume_until, consume_while, create_topic, produce,
+    shared_settings, unique_group, unique_topic, ChildProcess, RunningProcessor, Tally, TestRecord,
 };
 use counts::{check_counts, distinct, events_with_repeats};
 
@@ -31,17 +31,6 @@ fn settings(group: &str, dir: PathBuf) -> RuntimeSettings {
     };
     settings.state.dir = dir;
     settings
-}
-
-async fn await_committed(kafka: &KafkaSettings, group: &str, topic: &str, at_least: i64) {
-    let started = Instant::now();
-    while committed_total(kafka, group, topic) < at_least {
-        assert!(
-            started.elapsed() < DEADLINE,
-            "group {group} never committed {at_least}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test]
@@ -71,21 +60,21 @@ async fn counts_stay_exact_while_partitions_move_between_instances() {
         .await
         .expect("produce");
     let first = RunningProcessor::start(tally.clone(), &kafka, settings(&group, dir("first")));
-    await_committed(&kafka, &group, &tally.input, 100).await;
+    await_committed(&kafka, &group, &tally.input, 100, DEADLINE).await;
 
     // A second instance joins mid-stream and takes half of the partitions.
     let second = RunningProcessor::start(tally.clone(), &kafka, settings(&group, dir("second")));
     produce(&kafka, &tally.input, &batch(500))
         .await
         .expect("produce");
-    await_committed(&kafka, &group, &tally.input, per_batch + 100).await;
+    await_committed(&kafka, &group, &tally.input, per_batch + 100, DEADLINE).await;
 
     // The first leaves; its partitions and their state move to the second.
     let first_summary = first.stop(DEADLINE).await;
     produce(&kafka, &tally.input, &batch(1000))
         .await
         .expect("produce");
-    await_committed(&kafka, &group, &tally.input, 3 * per_batch).await;
+    await_committed(&kafka, &group, &tally.input, 3 * per_batch, DEADLINE).await;
     let second_summary = second.stop(DEADLINE).await;
     assert!(
         first_summary.consumed > 0 && second_summary.consumed > 0,
@@ -171,7 +160,7 @@ async fn repeated_kill_9_leaves_the_counts_of_a_run_without_kills() {
     )
     .await
     .expect("produce");
-    await_committed(&kafka, &group, &tally.input, total as i64 + 1).await;
+    await_committed(&kafka, &group, &tally.input, total as i64 + 1, DEADLINE).await;
     let status = processor.stop(DEADLINE).expect("graceful stop");
     assert!(status.success(), "exit status {status:?}");
     assert_eq!(

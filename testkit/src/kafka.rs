@@ -382,6 +382,29 @@ pub fn committed_total(settings: &KafkaSettings, group: &str, topic: &str) -> i6
         .unwrap_or(0)
 }
 
+/// Waits until `group` has committed at least `at_least` offsets on `topic` and returns how many
+/// it has; fails the test after `deadline`, saying how far it got.
+pub async fn await_committed(
+    settings: &KafkaSettings,
+    group: &str,
+    topic: &str,
+    at_least: i64,
+    deadline: Duration,
+) -> i64 {
+    let started = Instant::now();
+    loop {
+        let committed = committed_total(settings, group, topic);
+        if committed >= at_least {
+            return committed;
+        }
+        assert!(
+            started.elapsed() < deadline,
+            "group {group} committed {committed} of {at_least} on {topic} in {deadline:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Produces `records` to `topic` in the background, `chunk` at a time, one chunk every
 /// `every`: a steady stream that a test can kill things under.
 pub fn produce_paced(

@@ -15,9 +15,9 @@ mod tally;
 pub use broker::{KafkaBroker, KafkaCluster};
 pub use forward::Forward;
 pub use kafka::{
-    committed_offsets, committed_total, consume_until, consume_while, create_topic,
-    dead_letter_reasons, end_offsets_total, produce, produce_paced, produce_tombstone,
-    shared_settings, unique_group, unique_topic, ConsumedRecord, TestRecord,
+    await_committed, committed_offsets, committed_total, consume_until, consume_while,
+    create_topic, dead_letter_reasons, end_offsets_total, produce, produce_paced,
+    produce_tombstone, shared_settings, unique_group, unique_topic, ConsumedRecord, TestRecord,
 };
 pub use process::ChildProcess;
 pub use running::RunningProcessor;
