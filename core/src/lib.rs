@@ -16,6 +16,7 @@
 pub mod admin;
 pub mod app;
 pub mod config;
+mod contracts;
 pub mod dead_letter;
 mod delivery;
 pub mod endpoint;

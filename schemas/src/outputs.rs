@@ -1,18 +1,14 @@
 //! Output contracts a processor writes: registered once, before its first record, so that
 //! `process` can encode synchronously.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::OnceLock;
-
-use backbone_core::{Prefetch, ProcessError};
 
 use crate::types::embedded_schema;
 use crate::{ContractSet, WireCodec, WireError};
 
-/// A processor's codec and the registry ids of the contracts it writes, by subject. As the
-/// processor's [`Prefetch`] it resolves each input's schema (like [`WireCodec`]'s own) and, once,
-/// registers every output contract.
+/// A processor's codec and the registry ids of the contracts it writes, by subject.
+/// [`OutputContracts::resolve`] resolves each input's schema (like [`WireCodec::resolve`]) and,
+/// once, registers every output contract.
 #[derive(Debug)]
 pub struct OutputContracts {
     codec: WireCodec,
@@ -37,19 +33,25 @@ impl OutputContracts {
         &self.codec
     }
 
-    /// The id registered for `topic`'s values; an outage until the first prefetch registered it.
-    pub fn id(&self, topic: &str) -> Result<u32, ProcessError> {
-        let ids = self.ids.get().ok_or_else(|| {
-            ProcessError::Unavailable("output contracts not registered yet".to_owned())
-        })?;
+    /// The id registered for `topic`'s values, once [`OutputContracts::resolve`] registered them.
+    pub fn id(&self, topic: &str) -> Result<u32, OutputError> {
+        let ids = self.ids.get().ok_or(OutputError::NotRegistered)?;
         self.outputs
             .iter()
             .position(|(t, _)| t == topic)
             .and_then(|at| ids.get(at).copied())
-            .ok_or_else(|| ProcessError::Fatal {
-                kind: "configuration",
-                detail: format!("topic `{topic}` is not among the processor's outputs"),
-            })
+            .ok_or_else(|| OutputError::NotAnOutput(topic.to_owned()))
+    }
+
+    /// Resolves `value`'s schema and, on the first call that reaches the registry, registers
+    /// every output contract.
+    pub async fn resolve(&self, value: Option<&[u8]>) -> Result<(), WireError> {
+        self.codec.resolve(value).await?;
+        if self.ids.get().is_none() {
+            let ids = self.register().await?;
+            let _ = self.ids.set(ids);
+        }
+        Ok(())
     }
 
     async fn register(&self) -> Result<Vec<u32>, WireError> {
@@ -74,21 +76,13 @@ impl OutputContracts {
     }
 }
 
-impl Prefetch for OutputContracts {
-    fn prefetch<'a>(
-        &'a self,
-        value: Option<&'a [u8]>,
-    ) -> Pin<Box<dyn Future<Output = Result<(), ProcessError>> + Send + 'a>> {
-        Box::pin(async move {
-            self.codec.prefetch(value).await?;
-            if self.ids.get().is_none() {
-                let ids = self
-                    .register()
-                    .await
-                    .map_err(WireError::into_process_error)?;
-                let _ = self.ids.set(ids);
-            }
-            Ok(())
-        })
-    }
+/// Why an output's registry id is not at hand.
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    /// Nothing resolved yet: the registry has not been reached since start-up.
+    #[error("output contracts not registered yet")]
+    NotRegistered,
+    /// A processor asked for a topic it did not declare: a configuration mistake.
+    #[error("topic `{0}` is not among the processor's outputs")]
+    NotAnOutput(String),
 }

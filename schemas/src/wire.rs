@@ -4,16 +4,13 @@
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
-use std::future::Future;
 use std::io::Read;
-use std::pin::Pin;
 use std::sync::{Arc, OnceLock, RwLock};
 
 use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::types::Value;
 use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::Schema;
-use backbone_core::{Prefetch, ProcessError};
 
 use crate::contracts::ContractSet;
 use crate::types::Contract;
@@ -107,9 +104,7 @@ impl WireError {
             }
         )
     }
-}
 
-impl WireError {
     /// The dead-letter reason for this error, from a fixed set.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -121,52 +116,36 @@ impl WireError {
             Self::Contract { .. } => "contract_violation",
         }
     }
-
-    /// As a processing error: the registry being unreachable is an outage (retried until it
-    /// answers, never dead-lettered); anything else is permanent with [`WireError::reason`].
-    pub fn into_process_error(self) -> ProcessError {
-        if self.is_transient() {
-            ProcessError::Unavailable(self.to_string())
-        } else {
-            ProcessError::permanent(self.reason(), self.to_string())
-        }
-    }
 }
 
-/// The runtime resolves each record's schema id before `process`, so processors can decode
-/// synchronously from the cache. Records that are not wire format are left to the processor.
-impl Prefetch for WireCodec {
-    fn prefetch<'a>(
-        &'a self,
-        value: Option<&'a [u8]>,
-    ) -> Pin<Box<dyn Future<Output = Result<(), ProcessError>> + Send + 'a>> {
-        Box::pin(async move {
-            // Ids that a synchronous decode missed (a record read from state, say) first.
-            let wanted: Vec<u32> = self
-                .wanted
-                .lock()
-                .map(|mut w| w.drain().collect())
-                .unwrap_or_default();
-            for id in wanted {
-                match self.schema(id).await {
-                    Ok(_) => {}
-                    Err(err) if err.is_transient() => return Err(err.into_process_error()),
-                    // Not this input's fault: the decode that wanted it fails permanently.
-                    Err(_) => {
-                        if let Ok(mut missing) = self.missing.lock() {
-                            missing.insert(id);
-                        }
+impl WireCodec {
+    /// Makes sure the schema of `value` (and of any id a synchronous decode missed) is cached,
+    /// so that processors can decode synchronously. A value that is not wire format is left to
+    /// the decode that follows; only a transient registry failure or the value's own unknown
+    /// schema is an error.
+    pub async fn resolve(&self, value: Option<&[u8]>) -> Result<(), WireError> {
+        // Ids that a synchronous decode missed (a record read from state, say) first.
+        let wanted: Vec<u32> = self
+            .wanted
+            .lock()
+            .map(|mut w| w.drain().collect())
+            .unwrap_or_default();
+        for id in wanted {
+            match self.schema(id).await {
+                Ok(_) => {}
+                Err(err) if err.is_transient() => return Err(err),
+                // Not this input's fault: the decode that wanted it fails permanently.
+                Err(_) => {
+                    if let Ok(mut missing) = self.missing.lock() {
+                        missing.insert(id);
                     }
                 }
             }
-            let Some(Ok((id, _))) = value.map(split_frame) else {
-                return Ok(());
-            };
-            self.schema(id)
-                .await
-                .map(|_| ())
-                .map_err(WireError::into_process_error)
-        })
+        }
+        let Some(Ok((id, _))) = value.map(split_frame) else {
+            return Ok(());
+        };
+        self.schema(id).await.map(|_| ())
     }
 }
 

@@ -250,7 +250,7 @@ impl Enricher {
             Some(value) => {
                 self.codec()
                     .decode_cached_as::<CustomerAccount>(value, CustomerAccount::schema())
-                    .map_err(|e| e.into_process_error())?;
+                    .map_err(ProcessError::from)?;
                 state.put(ACCOUNTS, key, value)?;
             }
             None => state.delete(ACCOUNTS, key)?,
@@ -272,7 +272,7 @@ impl Enricher {
         let usage: UsageEvent = self
             .codec()
             .decode_cached_as(value, UsageEvent::schema())
-            .map_err(|e| e.into_process_error())?;
+            .map_err(ProcessError::from)?;
         let customer = customer_key(&usage);
         let event = Parked {
             topic: record.topic.to_owned(),
@@ -320,7 +320,7 @@ impl Enricher {
             let usage: UsageEvent = self
                 .codec()
                 .decode_cached_as(&event.value, UsageEvent::schema())
-                .map_err(|e| e.into_process_error())?;
+                .map_err(ProcessError::from)?;
             match self.join(state, &usage) {
                 Ok(Joined::Enriched(output)) => outputs.push(output),
                 Ok(Joined::Waiting { reason, detail }) => {
@@ -416,7 +416,7 @@ impl Enricher {
         let account: Arc<CustomerAccount> = self
             .codec()
             .decode_shared(&account, CustomerAccount::schema())
-            .map_err(|e| e.into_process_error())?;
+            .map_err(ProcessError::from)?;
         if account.status == AccountStatus::Closed {
             return Err(ProcessError::permanent(
                 "account_closed",
@@ -439,7 +439,7 @@ impl Enricher {
         let subscription: Arc<Subscription> = self
             .codec()
             .decode_shared(&subscription, Subscription::schema())
-            .map_err(|e| e.into_process_error())?;
+            .map_err(ProcessError::from)?;
         if subscription.customer_id != usage.customer_id {
             return Err(ProcessError::permanent(
                 "subscription_mismatch",
@@ -466,7 +466,7 @@ impl Enricher {
             Some(card) => {
                 self.codec()
                     .decode_shared::<RateCard>(&card, RateCard::schema())
-                    .map_err(|e| e.into_process_error())?
+                    .map_err(ProcessError::from)?
                     .version
             }
             // The rater waits for the card; the version is what it finds then.

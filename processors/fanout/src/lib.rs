@@ -246,15 +246,15 @@ impl Fanout {
             .global_prefix(GL_MAPPINGS, format!("{tenant}:").as_bytes())?
             .iter()
             .map(|(key, value)| {
-                codec
-                    .decode_shared(value, GlMapping::schema())
-                    .map_err(|e| match e.into_process_error() {
+                codec.decode_shared(value, GlMapping::schema()).map_err(
+                    |e| match ProcessError::from(e) {
                         ProcessError::Permanent { detail, .. } => ProcessError::permanent(
                             "invalid_gl_mapping",
                             format!("GL mapping `{}`: {detail}", String::from_utf8_lossy(key)),
                         ),
                         other => other,
-                    })
+                    },
+                )
             })
             .collect()
     }
@@ -370,12 +370,12 @@ impl Processor for Fanout {
         if record.topic == self.settings.aggregates_topic {
             let window: UsageWindowAggregate = codec
                 .decode_cached_as(value, UsageWindowAggregate::schema())
-                .map_err(|e| e.into_process_error())?;
+                .map_err(ProcessError::from)?;
             return self.window(&window);
         }
         let line: RatedUsage = codec
             .decode_cached_as(value, RatedUsage::schema())
-            .map_err(|e| e.into_process_error())?;
+            .map_err(ProcessError::from)?;
         if record.topic == self.settings.by_customer_topic {
             self.account_health(&line, state)
         } else {

@@ -199,7 +199,7 @@ impl Processor for UsageRater {
         let enriched: EnrichedUsage = self
             .codec()
             .decode_cached_as(value, EnrichedUsage::schema())
-            .map_err(|e| e.into_process_error())?;
+            .map_err(ProcessError::from)?;
         let rated_id = self.outputs.id(&self.settings.output_topic)?;
         let aggregate_id = self.outputs.id(&self.settings.aggregates_topic)?;
         let usage = &enriched.usage;
@@ -303,7 +303,7 @@ impl UsageRater {
         let card: Arc<RateCard> = self
             .codec()
             .decode_shared(&bytes, RateCard::schema())
-            .map_err(|e| e.into_process_error())?;
+            .map_err(ProcessError::from)?;
         if card.currency != enriched.currency {
             return Err(ProcessError::permanent(
                 "currency_mismatch",

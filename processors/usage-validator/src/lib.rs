@@ -140,7 +140,7 @@ impl Processor for UsageValidator {
         let event: UsageEvent = self
             .codec
             .decode_cached_as(value, UsageEvent::schema())
-            .map_err(|e| e.into_process_error())?;
+            .map_err(ProcessError::from)?;
         check(&event)?;
         let m = &event.metadata;
         let key = IdempotencyKey {

@@ -13,7 +13,7 @@ use backbone_core::{KafkaSettings, Replication};
 use serde::Serialize;
 
 use super::{count, CliError, Detail, Inputs, Report};
-use crate::manifest::Manifest;
+use backbone_schemas::manifest::Manifest;
 
 /// Longest wait for one metadata answer.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);

@@ -15,9 +15,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::contracts::{ContractError, ContractSet};
-use crate::lint::{self, Rule, Violation};
-use crate::manifest::Manifest;
+use backbone_schemas::contracts::{ContractError, ContractSet};
+use backbone_schemas::lint::{self, Rule, Violation};
+use backbone_schemas::manifest::Manifest;
 
 pub use apply::{apply, ApplySummary};
 pub use check::{check_against_git, check_against_registry, CheckSummary};
@@ -85,7 +85,7 @@ impl Inputs {
         let contracts_dir = resolve(contracts_dir, DEFAULT_CONTRACTS_DIR)?;
         let contract_texts = match &contracts_dir {
             Some(dir) => read_contract_dir(dir)?,
-            None => crate::CONTRACT_FILES
+            None => backbone_schemas::CONTRACT_FILES
                 .iter()
                 .map(|(path, text)| ((*path).to_owned(), (*text).to_owned()))
                 .collect(),
@@ -96,7 +96,7 @@ impl Inputs {
                 path: path.display().to_string(),
                 message: e.to_string(),
             })?,
-            None => crate::manifest::EMBEDDED_MANIFEST.to_owned(),
+            None => backbone_schemas::manifest::EMBEDDED_MANIFEST.to_owned(),
         };
         Ok(Self {
             contracts_dir,
@@ -161,7 +161,7 @@ fn resolve(given: Option<&Path>, default: &str) -> Result<Option<PathBuf>, CliEr
 
 /// Every `.avsc` file under `dir`, as (path relative to `dir` with `/` separators, text).
 pub fn read_contract_dir(dir: &Path) -> Result<Vec<(String, String)>, CliError> {
-    crate::contracts::read_texts(dir).map_err(|e| match e {
+    backbone_schemas::contracts::read_texts(dir).map_err(|e| match e {
         ContractError::Read { path, message } => CliError::Read { path, message },
         other => CliError::Read {
             path: dir.display().to_string(),

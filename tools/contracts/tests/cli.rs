@@ -18,7 +18,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_contracts");
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .expect("schemas/ has a parent")
+        .and_then(Path::parent)
+        .expect("tools/contracts/ is two levels below the root")
         .to_owned()
 }
 
@@ -177,7 +178,7 @@ pii_fields = []
 
 /// (contract files, manifest topics) in the repository, as `lint` counts them.
 fn repo_counts() -> (usize, usize) {
-    let files = backbone_schemas::cli::read_contract_dir(&repo_root().join("schemas/contracts"))
+    let files = backbone_contracts::read_contract_dir(&repo_root().join("schemas/contracts"))
         .expect("read contracts")
         .len();
     let manifest =

@@ -1,13 +1,13 @@
 //! `contracts`: lint, check, register and apply Backbone's event contracts.
 //!
-//! Parses arguments and calls [`backbone_schemas::cli`]; all logic lives there.
+//! Parses arguments and calls [`backbone_contracts`]; all logic lives there.
 
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use backbone_contracts::{self as cli, CliError, Inputs, RegistryClient, Report};
 use backbone_core::KafkaSettings;
-use backbone_schemas::cli::{self, CliError, Inputs, RegistryClient, Report};
 use clap::{Args, Parser, Subcommand};
 
 /// Lint, check, register and apply Backbone's event contracts.

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::{CliError, Detail, Inputs, Report};
-use crate::lint::{Rule, Violation};
+use backbone_schemas::lint::{Rule, Violation};
 
 /// The registry's media type.
 const MEDIA_TYPE: &str = "application/vnd.schemaregistry.v1+json";

@@ -10,9 +10,9 @@ use serde_json::Value;
 use super::git::GitTree;
 use super::registry::RegistryClient;
 use super::{CliError, Detail, Inputs, Report, DEFAULT_CONTRACTS_DIR, DEFAULT_MANIFEST};
-use crate::contracts::ContractSet;
-use crate::lint::{Rule, Violation};
-use crate::manifest::{Manifest, TopicContract};
+use backbone_schemas::contracts::ContractSet;
+use backbone_schemas::lint::{Rule, Violation};
+use backbone_schemas::manifest::{Manifest, TopicContract};
 
 /// What `check` compared.
 #[derive(Debug, Clone, Serialize)]
@@ -149,7 +149,7 @@ pub fn check_against_git(inputs: &Inputs, reference: &str) -> Result<Report, Cli
         };
         let mut deployed = Vec::new();
         if let Some(file) = old_path.and_then(|p| old_set.by_path(&p)) {
-            let bundle_error = |e: crate::ContractError| CliError::Read {
+            let bundle_error = |e: backbone_schemas::ContractError| CliError::Read {
                 path: at_ref(&format!("{prefix}{}", file.path)),
                 message: e.to_string(),
             };
