@@ -1,7 +1,8 @@
 //! The shared runtime's error policy on the real broker, with a test processor: permanent
 //! failures are dead-lettered with the full header set and processing goes on, transient
 //! ones are retried up to the limit and then dead-lettered, outages are retried without
-//! limit, and a fatal error stops the processor without committing the record.
+//! limit, and a fatal error stops the processor without committing the record, as does a
+//! broker that refuses it access.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,7 +14,7 @@ use backbone_core::{
 };
 use backbone_testkit::{
     committed_offsets, consume_until, create_topic, produce, shared_settings, unique_group,
-    unique_topic, RunningProcessor, TestRecord,
+    unique_topic, Forward, KafkaBroker, RunningProcessor, TestRecord,
 };
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -286,4 +287,28 @@ async fn an_input_larger_than_one_fetch_is_still_read() {
         .collect();
     assert_eq!(sizes, [2, large.len(), 2]);
     running.stop(DEADLINE).await;
+}
+
+#[tokio::test]
+async fn a_broker_refusing_access_stops_the_processor() {
+    let broker = KafkaBroker::start_authorizing().expect("an authorizing broker");
+    let kafka = broker.settings();
+    let input = unique_topic("denied.in");
+    let output = unique_topic("denied.out");
+    create_topic(&kafka, &input, 1).await.expect("input topic");
+    produce(&kafka, &input, &[TestRecord::new("k", "ok")])
+        .await
+        .expect("produce");
+    broker.deny_reads(&input).expect("deny reads");
+
+    let processor = Forward {
+        input: input.clone(),
+        output,
+    };
+    let running = RunningProcessor::start(processor, &kafka, settings(&unique_group("denied")));
+    let result = running.finished(DEADLINE).await;
+    assert!(
+        matches!(result, Err(RuntimeError::Refused(_))),
+        "{result:?}"
+    );
 }

@@ -1,6 +1,7 @@
 //! The sinks against the sandbox over real HTTP and the shared broker: every record delivered
 //! once through errors, lost answers, throttling, an outage, a kill and a replay; a refused
-//! credential stops a sink without dead letters or commits.
+//! credential stops a sink without dead letters or commits, and so does a broker that refuses
+//! it access.
 
 #[path = "support/sinks.rs"]
 mod support;
@@ -22,8 +23,8 @@ use backbone_sink::http::JsonApi;
 use backbone_sink::metrics::names;
 use backbone_sink::{DestinationSettings, SinkError, DESTINATION_REJECTED};
 use backbone_testkit::{
-    committed_offsets, consume_until, dead_letter_reasons, produce, produce_tombstone,
-    shared_settings, ChildProcess, TestRecord,
+    committed_offsets, consume_until, create_topic, dead_letter_reasons, produce,
+    produce_tombstone, shared_settings, ChildProcess, KafkaBroker, TestRecord,
 };
 use support::{eventually, metadata, registry_url, results, RunningSink, Sandbox, SinkTopics};
 
@@ -357,6 +358,35 @@ async fn a_dead_letter_over_the_limit_stops_the_sink_without_committing() {
         committed.iter().all(|(_, o)| o.unwrap_or(0) == 0),
         "nothing committed: {committed:?}"
     );
+}
+
+#[tokio::test]
+async fn a_broker_refusing_access_stops_the_sink_with_its_alert_raised() {
+    let broker = KafkaBroker::start_authorizing().expect("an authorizing broker");
+    let kafka = broker.settings();
+    let sandbox = Sandbox::start(SandboxConfig::default()).await;
+    let topics = SinkTopics::named("billing-denied");
+    create_topic(&kafka, &topics.input, 1)
+        .await
+        .expect("input topic");
+    broker.deny_reads(&topics.input).expect("deny reads");
+
+    let sink = RunningSink::start_with(
+        billing_sink(&topics.input, &sandbox.destination()),
+        topics.settings(),
+        kafka,
+    );
+    eventually(DEADLINE, "the sink to stop on its own", || async {
+        sink.is_finished().then_some(())
+    })
+    .await;
+    let fatal = sink.metric(
+        backbone_core::metrics::names::PROCESSOR_FATAL_ERRORS,
+        Some(("kind", "auth")),
+    );
+    let result = sink.finished(DEADLINE).await;
+    assert!(matches!(result, Err(SinkError::Refused(_))), "{result:?}");
+    assert_eq!(fatal, 1.0, "the alert metric is raised");
 }
 
 #[tokio::test]

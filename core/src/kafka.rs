@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
+use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
 use serde::Deserialize;
@@ -349,9 +350,41 @@ impl Validate for KafkaSettings {
     }
 }
 
+/// What an error read from a consumer means for the loop that read it. Processors and sinks
+/// both act on it the same way: stop on `Fatal` and `Refused` (the alert metric raised, nothing
+/// committed past what was settled), go on after `Passing`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsumerFailure {
+    /// librdkafka cannot recover the client.
+    Fatal,
+    /// The broker refused our credentials or permissions. Retrying cannot help, and going on
+    /// as if the topic were empty would hide it, so the loop stops for someone to fix access.
+    Refused,
+    /// The client recovers on its own: a broker restarting, a leader moving, a partition end
+    /// reached.
+    Passing,
+}
+
+impl ConsumerFailure {
+    /// The class of `err`.
+    pub fn of(err: &KafkaError) -> Self {
+        match err.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::Fatal) => Self::Fatal,
+            Some(
+                RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::GroupAuthorizationFailed
+                | RDKafkaErrorCode::ClusterAuthorizationFailed
+                | RDKafkaErrorCode::SaslAuthenticationFailed
+                | RDKafkaErrorCode::Authentication,
+            ) => Self::Refused,
+            _ => Self::Passing,
+        }
+    }
+}
+
 /// Whether `err` says a record is larger than the producer (`message.max.bytes`) or its topic
 /// (`max.message.bytes`) takes: sending it again cannot succeed.
-pub fn refuses_size(err: &rdkafka::error::KafkaError) -> bool {
+pub fn refuses_size(err: &KafkaError) -> bool {
     matches!(
         err.rdkafka_error_code(),
         Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::MessageBatchTooLarge)

@@ -36,6 +36,20 @@ pub struct KafkaBroker {
 impl KafkaBroker {
     /// Starts a single-node cluster and waits until it answers.
     pub fn start() -> Result<Self, TestkitError> {
+        Self::start_with(&[])
+    }
+
+    /// A node that checks every request against ACLs (Kafka's `StandardAuthorizer`) and allows
+    /// what no ACL names: a test denies what it needs refused with [`KafkaBroker::deny_reads`].
+    pub fn start_authorizing() -> Result<Self, TestkitError> {
+        Self::start_with(&[
+            "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "allow.everyone.if.no.acl.found=true",
+        ])
+    }
+
+    /// [`KafkaBroker::start`] with broker settings (`key=value`) over the launcher's defaults.
+    pub fn start_with(settings: &[&str]) -> Result<Self, TestkitError> {
         let (port, controller_port) = (free_port()?, free_port()?);
         let mut broker = Self::new(
             1,
@@ -43,7 +57,7 @@ impl KafkaBroker {
             controller_port,
             format!("1@127.0.0.1:{controller_port}"),
             cluster_id(),
-            Vec::new(),
+            settings.iter().map(|s| (*s).to_owned()).collect(),
         );
         broker.launch()?;
         broker.await_ready(1)?;
@@ -102,6 +116,36 @@ impl KafkaBroker {
             process.crash()?;
         }
         Ok(())
+    }
+
+    /// Denies every client of this node's plaintext listener (the principal `User:ANONYMOUS`)
+    /// reading `topic`, through Confluent's Python client (`make setup` installs it): the
+    /// Rust client offers no ACL calls. Needs a node from [`KafkaBroker::start_authorizing`].
+    pub fn deny_reads(&self, topic: &str) -> Result<(), TestkitError> {
+        const DENY: &str = "import sys\n\
+from confluent_kafka.admin import AdminClient, AclBinding, AclOperation, AclPermissionType, \
+ResourcePatternType, ResourceType\n\
+admin = AdminClient({'bootstrap.servers': sys.argv[1]})\n\
+acl = AclBinding(ResourceType.TOPIC, sys.argv[2], ResourcePatternType.LITERAL, \
+'User:ANONYMOUS', '*', AclOperation.READ, AclPermissionType.DENY)\n\
+for done in admin.create_acls([acl]).values():\n    done.result(timeout=30)\n";
+        let python = tools_dir().join("bin/pyclient-python");
+        let failed = |message: String| TestkitError::Process {
+            program: python.display().to_string(),
+            message,
+        };
+        let output = std::process::Command::new(&python)
+            .args(["-c", DENY, &self.bootstrap(), topic])
+            .output()
+            .map_err(|e| failed(format!("{e} (run `make setup` to install it)")))?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(failed(format!(
+                "denying reads of `{topic}` failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            )))
+        }
     }
 
     /// Starts the node again on the data it had, and waits until it answers.
@@ -312,6 +356,14 @@ fn repository() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// Where `make setup` put the tools (`BACKBONE_TOOLS_DIR`, default `~/.cache/backbone`).
+fn tools_dir() -> PathBuf {
+    std::env::var_os("BACKBONE_TOOLS_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache/backbone")))
         .unwrap_or_default()
 }
 

@@ -101,18 +101,23 @@ pub struct SinkTopics {
 impl SinkTopics {
     /// Fresh names for a test called `name`, with `partitions` input partitions created.
     pub async fn create(name: &str, partitions: i32) -> SinkTopics {
-        let topics = SinkTopics {
+        let topics = SinkTopics::named(name);
+        backbone_testkit::create_topic(&shared_settings(), &topics.input, partitions)
+            .await
+            .expect("create the input topic");
+        topics
+    }
+
+    /// Fresh names for a test called `name`; nothing created.
+    pub fn named(name: &str) -> SinkTopics {
+        SinkTopics {
             input: unique_topic(name),
             results: unique_topic(&format!("{name}-results")),
             group: unique_group(name),
             ledger_dir: std::env::temp_dir()
                 .join("backbone-ledgers")
                 .join(unique_group(name)),
-        };
-        backbone_testkit::create_topic(&shared_settings(), &topics.input, partitions)
-            .await
-            .expect("create the input topic");
-        topics
+        }
     }
 
     /// Sink settings for these topics: short linger, quick retries, a circuit that opens

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use backbone_core::admin::{self, AdminError, TopicSpec};
 use backbone_core::dead_letter::{dlq_topic, dlq_topic_spec, headers as dlq_headers, DeadLetter};
 use backbone_core::endpoint::ObservabilitySettings;
-use backbone_core::kafka::refuses_size;
+use backbone_core::kafka::{refuses_size, ConsumerFailure};
 use backbone_core::metrics::{fatal_kind, MeteredContext, RuntimeMetrics};
 use backbone_core::{Header, InputRecord, KafkaSettings, OutputRecord, Prefetch, ProcessError};
 use backbone_rating::content_id;
@@ -69,6 +69,13 @@ pub enum SinkError {
     /// A Kafka client failed.
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
+    /// The consumer hit an error librdkafka cannot recover from.
+    #[error("consumer failed fatally: {0}")]
+    Fatal(#[source] KafkaError),
+    /// The broker refused our credentials or permissions; nothing was delivered, dead-lettered
+    /// or committed past the last settled record.
+    #[error("the broker refused access, fix credentials or ACLs and restart: {0}")]
+    Refused(#[source] KafkaError),
     /// Topics could not be created.
     #[error(transparent)]
     Admin(#[from] AdminError),
@@ -91,6 +98,29 @@ pub enum SinkError {
         /// The destination's message.
         message: String,
     },
+}
+
+impl SinkError {
+    /// The `kind` label of the alert metric for this stop, as the processors label theirs.
+    pub fn fatal_kind(&self) -> &'static str {
+        match self {
+            Self::Refused(_) | Self::Unauthorized { .. } => fatal_kind::AUTH,
+            Self::Ledger(_) => fatal_kind::CONFIG,
+            Self::Kafka(_) | Self::Fatal(_) | Self::Admin(_) | Self::Publish { .. } => {
+                fatal_kind::KAFKA
+            }
+        }
+    }
+
+    /// A consumer error the client recovers from by itself, given back to be logged; any
+    /// other stops the sink.
+    fn passing(err: KafkaError) -> Result<KafkaError, Self> {
+        match ConsumerFailure::of(&err) {
+            ConsumerFailure::Fatal => Err(Self::Fatal(err)),
+            ConsumerFailure::Refused => Err(Self::Refused(err)),
+            ConsumerFailure::Passing => Ok(err),
+        }
+    }
 }
 
 /// Everything a run needs besides the sink.
@@ -132,8 +162,8 @@ where
         Err(err) => Err(err),
     };
     stopper.abort();
-    if let Err(SinkError::Unauthorized { .. }) = &result {
-        metrics.record_fatal(fatal_kind::AUTH);
+    if let Err(err) = &result {
+        metrics.record_fatal(err.fatal_kind());
     }
     result
 }
@@ -311,6 +341,7 @@ impl<'s, S: Sink> SinkLoop<'s, S> {
             let go_on = match received {
                 Some(Ok(record)) => self.accept(record).await?,
                 Some(Err(err)) => {
+                    let err = SinkError::passing(err)?;
                     tracing::warn!(sink = %self.name, error = %err, "consumer error, continuing");
                     continue;
                 }
@@ -760,6 +791,7 @@ impl<'s, S: Sink> SinkLoop<'s, S> {
             match read {
                 Ok((topic, partition, offset)) => self.put_back(&topic, partition, offset)?,
                 Err(err) => {
+                    let err = SinkError::passing(err)?;
                     tracing::warn!(sink = %self.name, error = %err, "consumer error while paused, continuing")
                 }
             }

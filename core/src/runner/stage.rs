@@ -1,0 +1,196 @@
+//! The commit side of the loop: the clients, the open transaction and the ledger.
+
+use std::sync::Mutex;
+
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use tokio::sync::oneshot;
+
+use crate::delivery::{
+    enqueue, enqueue_changelog, lock, InFlight, Ledger, Pending, RuntimeContext, Transaction,
+};
+use crate::kafka::KafkaSettings;
+
+use super::{Delivered, Delivery, RunSummary, RuntimeError, RuntimeSettings};
+
+/// What the loop needs to commit: the clients, the open transaction and the ledger.
+pub(super) struct Stage<'a> {
+    pub(super) consumer: &'a StreamConsumer<RuntimeContext>,
+    pub(super) producer: &'a FutureProducer,
+    pub(super) transaction: Option<&'a Mutex<Transaction>>,
+    pub(super) settings: &'a RuntimeSettings,
+    pub(super) ledger: &'a Ledger<'a, RuntimeContext>,
+}
+
+impl Stage<'_> {
+    /// Commits the open transaction, if any, and counts its inputs.
+    pub(super) fn commit(&mut self, summary: &mut RunSummary) -> Result<(), RuntimeError> {
+        let Some(transaction) = self.transaction else {
+            return Ok(());
+        };
+        let committed = lock(transaction).commit(
+            self.producer,
+            self.consumer.group_metadata(),
+            self.settings.transaction.timeout,
+        );
+        match committed {
+            Ok(outcomes) => {
+                self.ledger.record_committed(outcomes, summary);
+                Ok(())
+            }
+            Err(err) => {
+                self.ledger.metrics.record_transaction(false);
+                Err(transaction_error(err))
+            }
+        }
+    }
+
+    /// Hands records and changelog writes to the producer: into the open transaction
+    /// (exactly-once), or in flight until acknowledged, changelog after outputs (effectively-once).
+    pub(super) async fn deliver(
+        &mut self,
+        delivered: Delivered,
+        in_flight: &mut InFlight,
+        last_turn: &mut Option<oneshot::Receiver<()>>,
+        summary: &mut RunSummary,
+    ) -> Result<(), RuntimeError> {
+        let Delivered {
+            records,
+            mut outcome,
+            changelog,
+            ownership,
+        } = delivered;
+        let timeout = self.settings.produce_timeout;
+        match self.transaction {
+            Some(transaction) => {
+                lock(transaction)
+                    .begin(self.producer)
+                    .map_err(transaction_error)?;
+                enqueue(self.producer, &records, &outcome, timeout).await?;
+                for record in &records {
+                    *outcome.produced.entry(record.topic.clone()).or_default() += 1;
+                }
+                for write in &changelog {
+                    enqueue_changelog(self.producer, write, timeout).await?;
+                }
+                let full = {
+                    let mut transaction = lock(transaction);
+                    transaction.add(outcome);
+                    transaction.len() >= self.settings.transaction.max_records
+                };
+                if full {
+                    self.commit(summary)?;
+                }
+            }
+            None => {
+                let deliveries = enqueue(self.producer, &records, &outcome, timeout).await?;
+                let (next_turn, turn) = oneshot::channel();
+                let pending = Pending {
+                    outcome,
+                    deliveries,
+                    changelog,
+                    producer: self.producer.clone(),
+                    timeout,
+                    guard: ownership.track(),
+                    ownership,
+                    turn: last_turn.replace(turn),
+                    next_turn,
+                };
+                in_flight.push_back(Box::pin(pending.settle()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Picks up what a rebalance callback committed or failed to commit.
+    pub(super) fn after_rebalance(&mut self, summary: &mut RunSummary) -> Result<(), RuntimeError> {
+        if let Some(transaction) = self.transaction {
+            let (committed, failure) = {
+                let mut transaction = lock(transaction);
+                (transaction.take_committed(), transaction.take_failure())
+            };
+            if let Some(err) = failure {
+                self.ledger.metrics.record_transaction(false);
+                return Err(transaction_error(err));
+            }
+            self.ledger.record_committed(committed, summary);
+        }
+        Ok(())
+    }
+
+    /// Settles and commits everything, closes the partitions' state and leaves the group.
+    pub(super) async fn finish(
+        &mut self,
+        in_flight: &mut InFlight,
+        summary: &mut RunSummary,
+    ) -> Result<(), RuntimeError> {
+        self.ledger.drain(in_flight, summary).await?;
+        self.after_rebalance(summary)?;
+        self.commit(summary)?;
+        if self.transaction.is_none() {
+            match self.consumer.commit_consumer_state(CommitMode::Sync) {
+                Ok(()) => {}
+                // Nothing stored since the last automatic commit.
+                Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+                Err(err) => {
+                    tracing::warn!(error = %err, "final commit failed; uncommitted inputs will be redelivered")
+                }
+            }
+        }
+        self.consumer.context().assignment.close_all(self.consumer);
+        self.consumer.unsubscribe();
+        Ok(())
+    }
+}
+
+pub(super) fn create_producer(
+    kafka: &KafkaSettings,
+    settings: &RuntimeSettings,
+) -> Result<FutureProducer, RuntimeError> {
+    // Outputs are held to `max_output_bytes` before they reach the producer; dead letters,
+    // larger by their headers, only to the producer's limit.
+    let max_record_bytes = settings
+        .max_dead_letter_bytes
+        .max(settings.max_output_bytes)
+        .to_string();
+    let Delivery::ExactlyOnce = settings.delivery else {
+        return kafka
+            .stage_producer_config()
+            .set("message.max.bytes", max_record_bytes)
+            .create()
+            .map_err(RuntimeError::Client);
+    };
+    let id = settings
+        .transaction
+        .transactional_id
+        .as_deref()
+        .unwrap_or_default();
+    let producer: FutureProducer = kafka
+        .transactional_producer_config(id, settings.transaction.timeout)
+        .set("message.max.bytes", max_record_bytes)
+        .create()
+        .map_err(RuntimeError::Client)?;
+    // Fences any older instance with the same id and aborts what it left open.
+    producer
+        .init_transactions(settings.transaction.timeout)
+        .map_err(|err| match err.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::TransactionalIdAuthorizationFailed) => {
+                RuntimeError::TransactionsRefused(err)
+            }
+            _ => transaction_error(err),
+        })?;
+    Ok(producer)
+}
+
+pub(super) fn transaction_error(err: KafkaError) -> RuntimeError {
+    match err.rdkafka_error_code() {
+        Some(
+            RDKafkaErrorCode::ProducerFenced
+            | RDKafkaErrorCode::InvalidProducerEpoch
+            | RDKafkaErrorCode::Fenced,
+        ) => RuntimeError::Fenced(err),
+        _ => RuntimeError::Transaction(err),
+    }
+}
