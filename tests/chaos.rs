@@ -16,10 +16,11 @@ mod backbone;
 #[path = "support/sinks.rs"]
 mod sinks;
 
+use backbone_calendar::now_micros;
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use backbone::{Deployment, Stamps, PROCESSORS, SINKS};
 use backbone_core::{Delivery, KafkaSettings};
@@ -36,11 +37,6 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sinks::{registry_url, Sandbox};
 use tokio_postgres::NoTls;
-
-fn now_micros() -> i64 {
-    let since = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock");
-    i64::try_from(since.as_micros()).expect("micros")
-}
 
 fn setting(name: &str, default: u64) -> u64 {
     std::env::var(name)

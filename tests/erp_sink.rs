@@ -6,11 +6,12 @@
 #[path = "support/sinks.rs"]
 mod support;
 
+use backbone_calendar::now_ms;
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use backbone_calendar::days_from_civil;
 use backbone_erp_sink::{ErpSettings, ErpSink};
-use backbone_rating::days_from_civil;
 use backbone_sandbox::{Faults, PostedBatch, SandboxConfig, System};
 use backbone_schemas::types::DeliveryOutcome;
 use backbone_schemas::types::{Amount, LedgerPosting, PostingLine};
@@ -23,13 +24,6 @@ use support::{
 };
 
 const DEADLINE: Duration = Duration::from_secs(120);
-
-fn now_ms() -> i64 {
-    let since = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970");
-    i64::try_from(since.as_millis()).expect("millis")
-}
 
 fn amount(text: &str) -> Amount {
     text.parse().expect("amount")

@@ -9,9 +9,10 @@ mod backbone;
 #[path = "support/sinks.rs"]
 mod sinks;
 
+use backbone_calendar::now_micros;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use backbone::{free_port, Deployment};
 use backbone_loadgen::{LoadSpec, Workload, LEGAL_ENTITY};
@@ -28,11 +29,6 @@ fn repo() -> PathBuf {
         .parent()
         .expect("the repository root")
         .to_owned()
-}
-
-fn now_micros() -> i64 {
-    let since = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock");
-    i64::try_from(since.as_micros()).expect("micros")
 }
 
 /// The repository's alert rules with every `for:` cut to one second, so that a rule whose

@@ -6,16 +6,18 @@
 //! billed. Then loadgen's workload through all four stages, the
 //! validator included, against loadgen's own expectations.
 
+use backbone_calendar::now_micros;
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
+use backbone_calendar::days_from_civil;
 use backbone_core::{KafkaSettings, RuntimeSettings};
 use backbone_enricher::{Enricher, EnricherSettings};
 use backbone_fanout::{Fanout, FanoutSettings, Routes};
 use backbone_loadgen::{Destinations, LoadSpec, Workload};
-use backbone_rating::{days_from_civil, price};
+use backbone_rating::price;
 use backbone_registry::{LocalRegistry, RegistryConfig};
 use backbone_schemas::types::{
     AccountHealthSnapshot, AccountStatus, AnalyticsFact, BillingCharge, BillingInterval,
@@ -32,13 +34,6 @@ use backbone_usage_rater::{RaterSettings, UsageRater};
 use backbone_usage_validator::{UsageValidator, ValidatorSettings};
 
 const DEADLINE: Duration = Duration::from_secs(90);
-
-fn now_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .expect("clock")
-}
 
 fn metadata(event_id: &str, occurred_at: i64) -> EventMetadata {
     EventMetadata {

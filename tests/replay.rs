@@ -43,7 +43,7 @@ const T0: u64 = 1_795_748_400_000;
 
 /// `T0 + offset_ms` as RFC 3339.
 fn at(offset_ms: u64) -> String {
-    backbone_replay::time::format_ms(i64::try_from(T0 + offset_ms).expect("time"))
+    backbone_calendar::format_rfc3339_ms(i64::try_from(T0 + offset_ms).expect("time"))
 }
 
 /// The binaries live next to this package's own (`make test` builds them all first).
@@ -504,7 +504,7 @@ async fn run_sends_dead_letters_back_to_their_origin_keeping_headers() {
         );
         let replayed_at = record.header(replay_headers::AT).expect("replay time");
         assert!(
-            backbone_replay::time::parse_rfc3339(&replayed_at).is_some(),
+            backbone_calendar::parse_rfc3339_ms(&replayed_at).is_some(),
             "{replayed_at}"
         );
         assert_eq!(

@@ -8,12 +8,13 @@
 //! writes may not all have reached the changelog (a crash, an error, a revocation with work in
 //! flight) is never closed cleanly, so its next owner rebuilds it from the changelog.
 
+use backbone_calendar::now_micros;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use backbone_state::{
     changelog_topic, partition_dir, IdempotencyStore, PartitionState, Restore, Seen, StagedWrites,
@@ -308,13 +309,6 @@ fn state_failure(err: StateError) -> ProcessError {
         kind: "state",
         detail: err.to_string(),
     }
-}
-
-fn now_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// One owned partition number, shared by the loop, its in-flight records and the consumer's

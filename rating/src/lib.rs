@@ -22,5 +22,5 @@ mod price;
 pub use error::RatingError;
 pub use line::{content_id, rate, Delta, RatingKey};
 pub use meter::{Accumulator, MeterEvent};
-pub use period::{civil_from_days, days_from_civil, BillingPeriod, PeriodError, PeriodPlan};
+pub use period::{BillingPeriod, PeriodError, PeriodPlan};
 pub use price::price;

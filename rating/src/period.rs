@@ -1,11 +1,10 @@
 //! Billing periods anchored to a subscription: calendar months, quarters or years that start on
 //! the subscription's anchor day (the month's last day when the month is shorter).
 //!
-//! Days are counted from 1970-01-01, as the contracts' `date` fields are. The conversions
-//! between day numbers and calendar dates follow Howard Hinnant's public-domain algorithms
-//! (<https://howardhinnant.github.io/date_algorithms.html>, `days_from_civil` and
-//! `civil_from_days`), valid for every day an `i32` holds.
+//! Days are counted from 1970-01-01, as the contracts' `date` fields are; `backbone-calendar`
+//! converts them to and from calendar dates.
 
+use backbone_calendar::{civil_from_days, days_from_civil, days_in_month};
 use backbone_schemas::types::BillingInterval;
 
 /// One billing period: `[start, end)` in days since the epoch.
@@ -114,53 +113,4 @@ impl PeriodPlan {
 fn month_index(day: i32) -> i64 {
     let (year, month, _) = civil_from_days(day);
     year * 12 + i64::from(month) - 1
-}
-
-fn is_leap(year: i64) -> bool {
-    year % 4 == 0 && (year % 100 != 0 || year % 400 == 0)
-}
-
-fn days_in_month(year: i64, month: u32) -> u32 {
-    match month {
-        2 if is_leap(year) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Day number of a calendar date (proleptic Gregorian).
-pub fn days_from_civil(year: i64, month: u32, day: u32) -> i32 {
-    let (month, day) = (i64::from(month), i64::from(day));
-    // Years start in March so that the leap day ends them.
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let year_of_era = year - era * 400;
-    let shifted_month = (month + 9) % 12;
-    let day_of_year = (153 * shifted_month + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    i32::try_from(era * 146_097 + day_of_era - 719_468).unwrap_or(i32::MAX)
-}
-
-/// Calendar date (year, month 1 to 12, day 1 to 31) of a day number.
-pub fn civil_from_days(days: i32) -> (i64, u32, u32) {
-    let z = i64::from(days) + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z - era * 146_097;
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let shifted_month = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
-    let month = if shifted_month < 10 {
-        shifted_month + 3
-    } else {
-        shifted_month - 9
-    };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (
-        year,
-        u32::try_from(month).unwrap_or(1),
-        u32::try_from(day).unwrap_or(1),
-    )
 }

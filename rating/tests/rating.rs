@@ -1,10 +1,8 @@
 //! Rating arithmetic: published tier examples, every charge model, free units and spend
 //! bounds, cumulative deltas under any split and order, billing periods and line ids.
 
-use backbone_rating::{
-    civil_from_days, days_from_civil, price, rate, Accumulator, MeterEvent, PeriodPlan,
-    RatingError, RatingKey,
-};
+use backbone_calendar::{civil_from_days, days_from_civil};
+use backbone_rating::{price, rate, Accumulator, MeterEvent, PeriodPlan, RatingError, RatingKey};
 use backbone_schemas::types::{
     Amount, BillingInterval, ChargeModel, MeterAggregation, PriceTier, Quantity, RateCharge,
     UnitPrice,

@@ -11,6 +11,7 @@
 //! The publisher batches like a processor, as the load run's does. Each side is warmed up first
 //! (one record through it) so that group joins stay out of the figures.
 
+use backbone_calendar::now_ms;
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -137,13 +138,6 @@ fn summary(latencies: &mut [i64]) -> String {
         at(1.0),
         latencies.len()
     )
-}
-
-fn now_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .expect("clock")
 }
 
 fn timestamp(record: &ConsumedRecord) -> i64 {
@@ -286,7 +280,7 @@ async fn pipeline(bench: &Bench, workload: &Workload) -> Vec<(&'static str, Vec<
     let warm = Workload::generate(&spec(2, WARM_UP_EVENTS, &bench.run));
     bench.publish(&warm, "pipeline", &raw, 0).await;
     bench.read(&billing, WARM_UP_EVENTS).await;
-    let measured_from = now_millis();
+    let measured_from = now_ms();
     bench.publish(workload, "pipeline", &raw, RATE).await;
     let charges = bench.read(&billing, EVENTS + WARM_UP_EVENTS).await;
     for stage in stages {

@@ -26,8 +26,9 @@
 #[path = "../support/backbone.rs"]
 mod backbone;
 
+use backbone_calendar::now_micros;
 use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use backbone::{Deployment, Stamps, PASS_THROUGH, PROCESSORS};
 use backbone_core::admin::ensure_topics;
@@ -59,13 +60,6 @@ const KEYS_BATCH_BYTES: &str = "16384";
 const PARTITIONS: i32 = 3;
 const DEADLINE: Duration = Duration::from_secs(300);
 const STOP: Duration = Duration::from_secs(60);
-
-fn now_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-        .expect("clock")
-}
 
 fn spec(seed: u64, events: usize, tenant: &str) -> LoadSpec {
     LoadSpec {

@@ -21,7 +21,8 @@ mod backbone;
 #[path = "../support/sinks.rs"]
 mod sinks;
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use backbone_calendar::now_micros;
+use std::time::{Duration, Instant};
 
 use backbone::{Deployment, Stamps, PROCESSORS, SINKS};
 use backbone_core::KafkaSettings;
@@ -37,13 +38,6 @@ fn setting(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn now_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-        .expect("clock")
 }
 
 /// Current resident set (`VmRSS`) of `pid`, in KiB.

@@ -4,6 +4,7 @@
 //! answered with the first response and counted as already delivered; a key reused with a
 //! different body is a rejection an operator must look at.
 
+use backbone_calendar::format_date;
 use backbone_core::config::{ConfigError, Validate};
 use backbone_core::InputRecord;
 use backbone_schemas::types::{BillingCharge, Destination};
@@ -11,8 +12,8 @@ use backbone_sink::app::SinkApp;
 use backbone_sink::http::{JsonApi, Reply};
 use backbone_sink::settings::require_topic;
 use backbone_sink::{
-    decode, iso_date, require_key, Accepted, Delivery, DeliveryError, DestinationSettings, Money,
-    Outcome, Rejection, Sink, SinkContext,
+    decode, require_key, Accepted, Delivery, DeliveryError, DestinationSettings, Money, Outcome,
+    Rejection, Sink, SinkContext,
 };
 use futures::{stream, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
@@ -92,8 +93,8 @@ impl ChargeRequest {
             quantity: charge.quantity.to_string(),
             amount: charge.amount.to_string(),
             currency: charge.currency.clone(),
-            period_start: iso_date(charge.period_start),
-            period_end: iso_date(charge.period_end),
+            period_start: format_date(charge.period_start),
+            period_end: format_date(charge.period_end),
         }
     }
 }

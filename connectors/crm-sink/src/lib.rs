@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 
+use backbone_calendar::format_date;
 use backbone_core::config::{ConfigError, Validate};
 use backbone_core::InputRecord;
 use backbone_schemas::types::{AccountHealthSnapshot, Destination};
@@ -15,8 +16,8 @@ use backbone_sink::app::SinkApp;
 use backbone_sink::http::{JsonApi, Reply};
 use backbone_sink::settings::require_topic;
 use backbone_sink::{
-    decode, iso_date, require_key, Accepted, Delivery, DeliveryError, DestinationSettings, Money,
-    Outcome, Rejection, RetryReason, Sink, SinkContext,
+    decode, require_key, Accepted, Delivery, DeliveryError, DestinationSettings, Money, Outcome,
+    Rejection, RetryReason, Sink, SinkContext,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -84,8 +85,8 @@ impl AccountUpsert {
             "active_subscriptions",
             Value::from(snapshot.active_subscriptions),
         );
-        fields.insert("period_start", text(iso_date(snapshot.period_start)));
-        fields.insert("period_end", text(iso_date(snapshot.period_end)));
+        fields.insert("period_start", text(format_date(snapshot.period_start)));
+        fields.insert("period_end", text(format_date(snapshot.period_end)));
         fields.insert(
             "period_to_date_amount",
             text(snapshot.period_to_date_amount.to_string()),

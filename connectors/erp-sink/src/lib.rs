@@ -14,10 +14,12 @@
 
 pub mod journal;
 
+use backbone_calendar::micros_of;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
+use backbone_calendar::format_date;
 use backbone_core::config::{ConfigError, Validate};
 use backbone_core::InputRecord;
 use backbone_schemas::types::{Amount, Destination, JournalBatch, LedgerPosting};
@@ -25,8 +27,8 @@ use backbone_sink::app::SinkApp;
 use backbone_sink::http::{JsonApi, Reply};
 use backbone_sink::settings::require_topic;
 use backbone_sink::{
-    decode, iso_date, Accepted, Delivery, DeliveryError, DeliveryLedger, DeliveryState,
-    DestinationSettings, Money, Outcome, Rejection, RetryReason, Sink, SinkContext, Source,
+    decode, Accepted, Delivery, DeliveryError, DeliveryLedger, DeliveryState, DestinationSettings,
+    Money, Outcome, Rejection, RetryReason, Sink, SinkContext, Source,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -150,13 +152,13 @@ pub struct JournalControlTotal {
 impl JournalRequest {
     /// The request for `batch`.
     pub fn from_batch(batch: &JournalBatch) -> Self {
-        let period = iso_date(batch.period_start);
+        let period = format_date(batch.period_start);
         Self {
             external_id: batch.batch_id.clone(),
             tenant_id: batch.metadata.tenant_id.clone(),
             legal_entity_id: batch.legal_entity_id.clone(),
             period: period[..7].to_owned(),
-            posting_date: iso_date(batch.posting_date),
+            posting_date: format_date(batch.posting_date),
             batch_type: serde_json::to_value(batch.batch_type)
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_owned))
@@ -271,8 +273,8 @@ fn write_csv(dir: &Path, batch: &JournalBatch) -> std::io::Result<()> {
         let fields = [
             batch.batch_id.clone(),
             batch.legal_entity_id.clone(),
-            iso_date(batch.period_start),
-            iso_date(batch.posting_date),
+            format_date(batch.period_start),
+            format_date(batch.posting_date),
             batch_type.clone(),
             batch.adjusts_batch_id.clone().unwrap_or_default(),
             line.line_number.to_string(),
@@ -342,12 +344,6 @@ fn unanswered(ledger: &DeliveryLedger, batch_id: &str) -> Option<BTreeSet<String
     Some(carried.into_iter().collect())
 }
 
-fn now_micros(now: SystemTime) -> i64 {
-    now.duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 impl Sink for ErpSink {
     type Payload = JournalDelivery;
 
@@ -387,19 +383,19 @@ impl Sink for ErpSink {
         let arrived = record
             .timestamp_ms
             .map(|ms| ms.saturating_mul(1_000))
-            .unwrap_or_else(|| now_micros(SystemTime::now()));
+            .unwrap_or_else(|| micros_of(SystemTime::now()));
         let key = self.windows.key_for(&posting, arrived);
         let at = HeldAt {
             partition: record.partition,
             offset: record.offset,
         };
         self.windows
-            .hold(key, at, posting, arrived, now_micros(SystemTime::now()));
+            .hold(key, at, posting, arrived, micros_of(SystemTime::now()));
         Ok(Accepted::Held)
     }
 
     fn due(&mut self, now: SystemTime, ledger: &DeliveryLedger) -> Vec<Delivery<JournalDelivery>> {
-        let now = now_micros(now);
+        let now = micros_of(now);
         let grace = i64::try_from(self.settings.grace.as_micros()).unwrap_or(i64::MAX);
         let length = self.windows.length();
         let mut due = Vec::new();

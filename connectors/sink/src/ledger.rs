@@ -5,9 +5,9 @@
 //! its adjustment batches from. It is not the only guard: every destination also deduplicates
 //! by the same key, so a ledger lost with its disk costs requests, never double postings.
 
+use backbone_calendar::now_ms;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use rocksdb::{BlockBasedOptions, Cache, DBCompressionType, Options, WriteBatch, WriteOptions, DB};
 use serde::{Deserialize, Serialize};
@@ -257,13 +257,6 @@ fn prefixed(prefix: &[u8], key: &str) -> Vec<u8> {
     bytes.extend_from_slice(prefix);
     bytes.extend_from_slice(key.as_bytes());
     bytes
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

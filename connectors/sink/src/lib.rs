@@ -323,21 +323,3 @@ where
         )
     })
 }
-
-/// Days since the epoch as `YYYY-MM-DD`, the way the external APIs take dates.
-pub fn iso_date(days: i32) -> String {
-    let (year, month, day) = backbone_rating::civil_from_days(days);
-    format!("{year:04}-{month:02}-{day:02}")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dates_print_as_iso_days() {
-        assert_eq!(iso_date(0), "1970-01-01");
-        assert_eq!(iso_date(20_454), "2026-01-01");
-        assert_eq!(iso_date(-1), "1969-12-31");
-    }
-}

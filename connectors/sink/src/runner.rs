@@ -1,11 +1,12 @@
 //! The sink loop: consume, accept, batch, deliver with retries behind the circuit breaker,
 //! record outcomes, publish results and dead letters, then store offsets.
 
+use backbone_calendar::now_micros;
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use backbone_core::admin::{self, AdminError, TopicSpec};
 use backbone_core::dead_letter::{dlq_topic, dlq_topic_spec, headers as dlq_headers, DeadLetter};
@@ -1297,13 +1298,6 @@ fn tenant_of(key: Option<&[u8]>) -> String {
     key.map(String::from_utf8_lossy)
         .and_then(|k| k.split_once(':').map(|(tenant, _)| tenant.to_owned()))
         .unwrap_or_default()
-}
-
-fn now_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 async fn sleep_until(at: Option<Instant>) {

@@ -16,9 +16,10 @@
 
 mod parking;
 
+use backbone_calendar::now_ms;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use backbone_core::app::{App, SchemaRegistrySettings};
 use backbone_core::config::{ConfigError, Validate};
@@ -40,7 +41,7 @@ use crate::parking::{Parked, PARKED, PARKED_INDEX};
 const ACCOUNTS: &str = "accounts";
 const SUBSCRIPTIONS: &str = "subscriptions";
 const RATE_CARDS: &str = "rate_cards";
-const DAY_MICROS: i64 = 86_400_000_000;
+use backbone_calendar::DAY_MICROS;
 
 /// The `[processor]` config section.
 #[derive(Debug, Clone, Deserialize)]
@@ -219,7 +220,7 @@ impl Processor for Enricher {
         if wake.global_updates_then == Some(state.global_updates()) {
             return Ok(Vec::new());
         }
-        let now_ms = wall_clock_ms();
+        let now_ms = now_ms();
         let mut outputs = Vec::new();
         for customer in parking::customers(state)? {
             outputs.extend(self.release(state, customer.as_bytes(), now_ms)?);
@@ -550,16 +551,10 @@ struct Clock {
 
 impl Clock {
     fn of(record: &InputRecord<'_>) -> Self {
-        let wall_ms = wall_clock_ms();
+        let wall_ms = now_ms();
         Self {
             stream_ms: record.timestamp_ms.unwrap_or(wall_ms),
             wall_ms,
         }
     }
-}
-
-fn wall_clock_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }

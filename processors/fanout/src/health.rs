@@ -7,7 +7,8 @@ use backbone_rating::content_id;
 use backbone_schemas::types::{AccountHealthSnapshot, Amount, HealthStatus, Percent, RatedUsage};
 use serde::{Deserialize, Serialize};
 
-use crate::{day_of, envelope};
+use crate::envelope;
+use backbone_calendar::day_of_micros;
 
 /// Days in each of the two windows the trend compares.
 const TREND_DAYS: i32 = 7;
@@ -73,11 +74,11 @@ impl AccountActivity {
                 *amount += delta;
             }
         }
-        let day = day_of(occurred_at);
+        let day = day_of_micros(occurred_at);
         *self.daily.entry(day).or_default() += delta;
         self.last_usage_at = self.last_usage_at.max(occurred_at);
         self.as_of = occurred_at.max(self.as_of + 1);
-        let latest = day_of(self.last_usage_at);
+        let latest = day_of_micros(self.last_usage_at);
         self.daily.retain(|d, _| *d > latest - 2 * TREND_DAYS);
         self.snapshot(line)
     }
@@ -95,7 +96,7 @@ impl AccountActivity {
         let previous: Option<i128> = same_currency()
             .filter_map(|s| s.previous.map(|(_, amount)| amount))
             .reduce(|a, b| a + b);
-        let today = day_of(self.as_of);
+        let today = day_of_micros(self.as_of);
         let window = |last: i32| -> i128 {
             self.daily
                 .range(last - TREND_DAYS + 1..=last)
@@ -166,7 +167,7 @@ pub fn health(change: Option<Percent>) -> HealthStatus {
 mod tests {
     use super::*;
     use crate::tests::{line, DAY, MIDNIGHT};
-    use crate::DAY_MICROS;
+    use backbone_calendar::DAY_MICROS;
 
     #[test]
     fn the_trend_compares_the_last_seven_days_with_the_seven_before() {

@@ -1,11 +1,12 @@
 //! The ERP route: each rated line becomes a balanced [`LedgerPosting`] for its legal entity,
 //! with GL accounts from the GL mapping master data.
 
+use backbone_calendar::{civil_from_days, month_bounds};
 use backbone_core::ProcessError;
-use backbone_rating::{civil_from_days, days_from_civil};
 use backbone_schemas::types::{Amount, GlMapping, LedgerPosting, PostingLine, RatedUsage};
 
-use crate::{day_of, envelope};
+use crate::envelope;
+use backbone_calendar::day_of_micros;
 
 /// The mapping that applies to a line of `charge_id` in `legal_entity_id` on `day`: a mapping
 /// for the charge beats the entity's default (no product, no charge); among equals the lowest
@@ -32,18 +33,6 @@ pub fn select_mapping<'m, M: AsRef<GlMapping>>(
         })
 }
 
-/// The accounting month of `day`: its first day and the first day of the next month.
-pub fn accounting_month(day: i32) -> (i32, i32) {
-    let (year, month, _) = civil_from_days(day);
-    let start = days_from_civil(year, month, 1);
-    let end = if month == 12 {
-        days_from_civil(year + 1, 1, 1)
-    } else {
-        days_from_civil(year, month + 1, 1)
-    };
-    (start, end)
-}
-
 /// The posting of `line` under `mapping`: receivable debited and revenue credited, the other
 /// way round for a negative amount. `None` for a line that moves no money.
 pub fn posting(
@@ -56,8 +45,8 @@ pub fn posting(
     }
     let size = Amount::from_unscaled(amount.unscaled().abs())
         .map_err(|e| ProcessError::permanent("contract_violation", e.to_string()))?;
-    let posting_date = day_of(line.metadata.occurred_at);
-    let (period_start, period_end) = accounting_month(posting_date);
+    let posting_date = day_of_micros(line.metadata.occurred_at);
+    let (period_start, period_end) = month_bounds(posting_date);
     let (year, month, _) = civil_from_days(posting_date);
     let description = format!(
         "Usage {} {year:04}-{month:02} {}",
@@ -168,16 +157,6 @@ mod tests {
             select_mapping(&all, "le-eu", "storage", DAY).map(|m| m.mapping_id.as_str()),
             Some("d")
         );
-    }
-
-    #[test]
-    fn accounting_months_follow_the_calendar() {
-        // 2026-11-27: November has 30 days, December 31, February 2028 29.
-        assert_eq!(accounting_month(DAY), (DAY - 26, DAY + 4));
-        assert_eq!(accounting_month(DAY + 4), (DAY + 4, DAY + 35));
-        let feb_2028 = days_from_civil(2028, 2, 10);
-        let (start, end) = accounting_month(feb_2028);
-        assert_eq!((start, end - start), (days_from_civil(2028, 2, 1), 29));
     }
 
     #[test]

@@ -41,7 +41,7 @@ use serde::Deserialize;
 
 use crate::health::AccountActivity;
 
-const DAY_MICROS: i64 = 86_400_000_000;
+use backbone_calendar::day_of_micros;
 /// Partition store of the CRM route: [`AccountActivity`] per `<tenant>:<customer>`.
 const ACCOUNTS: &str = "accounts";
 /// Global table of the ERP route: GL mappings keyed `<tenant>:<mapping_id>`.
@@ -206,7 +206,7 @@ impl Fanout {
         }
         if !routes.erp.is_empty() {
             let mappings = self.gl_mappings(tenant, state)?;
-            let day = day_of(line.metadata.occurred_at);
+            let day = day_of_micros(line.metadata.occurred_at);
             let mapping =
                 ledger::select_mapping(&mappings, &line.legal_entity_id, &line.charge_id, day)
                     .ok_or_else(|| {
@@ -464,7 +464,7 @@ pub fn rated_fact(line: &RatedUsage) -> Result<AnalyticsFact, ProcessError> {
         fact_type: FactType::RatedUsage,
         source_revision: line.revision,
         event_time: line.metadata.occurred_at,
-        fact_date: day_of(line.metadata.occurred_at),
+        fact_date: day_of_micros(line.metadata.occurred_at),
         customer_id: line.customer_id.clone(),
         legal_entity_id: Some(line.legal_entity_id.clone()),
         subscription_id: Some(line.subscription_id.clone()),
@@ -495,7 +495,7 @@ pub fn window_fact(window: &UsageWindowAggregate) -> AnalyticsFact {
         fact_type: FactType::UsageWindow,
         source_revision: window.revision,
         event_time: window.window_start,
-        fact_date: day_of(window.window_start),
+        fact_date: day_of_micros(window.window_start),
         customer_id: window.customer_id.clone(),
         legal_entity_id: None,
         subscription_id: Some(window.subscription_id.clone()),
@@ -509,11 +509,6 @@ pub fn window_fact(window: &UsageWindowAggregate) -> AnalyticsFact {
     }
 }
 
-/// Day number (UTC) of a time in microseconds.
-pub(crate) fn day_of(micros: i64) -> i32 {
-    i32::try_from(micros.div_euclid(DAY_MICROS)).unwrap_or(i32::MAX)
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use backbone_schemas::types::{Amount, Quantity, TraceContext};
@@ -522,7 +517,7 @@ pub(crate) mod tests {
 
     /// 2026-11-27 00:00 UTC, in days and microseconds.
     pub(crate) const DAY: i32 = 20_784;
-    pub(crate) const MIDNIGHT: i64 = DAY as i64 * DAY_MICROS;
+    pub(crate) const MIDNIGHT: i64 = DAY as i64 * backbone_calendar::DAY_MICROS;
 
     /// A rated line of `subscription` (customer `cust-1`) adding `delta` at `occurred_at`, in the
     /// period starting `period_start`.

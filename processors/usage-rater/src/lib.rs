@@ -22,8 +22,9 @@
 //!   dead-lettered as `retries_exhausted`; a card that cannot price the event
 //!   (`rating_error`), a currency mismatch or a meter no charge prices are permanent.
 
+use backbone_calendar::now_micros;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use backbone_core::app::{App, SchemaRegistrySettings};
 use backbone_core::config::{ConfigError, Validate};
@@ -50,7 +51,7 @@ const WINDOWS: &str = "windows";
 /// The latest period rated per subscription: what counts as open.
 const PERIODS: &str = "periods";
 const HOUR_MICROS: i64 = 3_600_000_000;
-const DAY_MICROS: i64 = 86_400_000_000;
+use backbone_calendar::DAY_MICROS;
 
 /// The `[processor]` config section.
 #[derive(Debug, Clone, Deserialize)]
@@ -263,7 +264,7 @@ impl UsageRater {
         let now = record
             .timestamp_ms
             .map(|ms| ms.saturating_mul(1000))
-            .unwrap_or_else(wall_clock_micros);
+            .unwrap_or_else(now_micros);
         let micros = |d: Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
         if occurred_at < now.saturating_sub(micros(self.settings.late_window)) {
             return Err(ProcessError::permanent(
@@ -550,10 +551,4 @@ fn join(parts: &[&str]) -> Vec<u8> {
 
 fn encode<T: Contract>(id: u32, value: &T) -> Result<Vec<u8>, ProcessError> {
     encode_framed(id, value).map_err(|e| ProcessError::permanent("rating_error", e.to_string()))
-}
-
-fn wall_clock_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }

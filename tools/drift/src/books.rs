@@ -4,10 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use backbone_rating::civil_from_days;
 use backbone_schemas::types::{CustomerAccount, EnrichedUsage, GlMapping, RatedUsage};
-
-const DAY_MICROS: i64 = 86_400_000_000;
 
 /// The four comparisons.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -192,8 +189,7 @@ pub struct Books {
 }
 
 fn month(days: i32) -> String {
-    let (year, month, _) = civil_from_days(days);
-    format!("{year:04}-{month:02}")
+    backbone_calendar::format_month(days)
 }
 
 impl Books {
@@ -226,8 +222,7 @@ impl Books {
             .extend(line.source_event_ids.iter().cloned());
         self.rated_customers
             .insert(format!("{tenant}:{}", line.customer_id));
-        let posting_day =
-            i32::try_from(line.metadata.occurred_at.div_euclid(DAY_MICROS)).unwrap_or(i32::MAX);
+        let posting_day = backbone_calendar::day_of_micros(line.metadata.occurred_at);
         self.rated.insert(
             line.rating_id.clone(),
             RatedMoney {
@@ -389,7 +384,7 @@ mod tests {
     use super::*;
     use backbone_schemas::types::{Amount, EventMetadata, Quantity, RatingKind, TraceContext};
 
-    const NOV_15: i64 = 20_407 * DAY_MICROS;
+    const NOV_15: i64 = 20_407 * backbone_calendar::DAY_MICROS;
 
     fn line(rating_id: &str, delta: &str) -> RatedUsage {
         RatedUsage {

@@ -23,7 +23,7 @@ use backbone_schemas::WireCodec;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use serde::Serialize;
 
-const DAY_MICROS: i64 = 86_400_000_000;
+use backbone_calendar::DAY_MICROS;
 const HOUR_MICROS: i64 = 3_600_000_000;
 /// Units of a quantity (9 fraction digits).
 const UNIT: i128 = 1_000_000_000;
@@ -176,7 +176,7 @@ impl Workload {
     pub fn generate(spec: &LoadSpec) -> Workload {
         let mut rng = fastrand::Rng::with_seed(spec.seed);
         let tenant = spec.tenant.as_str();
-        let today = i32::try_from(spec.now_micros.div_euclid(DAY_MICROS)).unwrap_or(0);
+        let today = backbone_calendar::day_of_micros(spec.now_micros);
         let plans = spec.plans.max(1);
         let rate_cards: Vec<RateCard> = (0..plans)
             .map(|p| RateCard {
@@ -349,7 +349,7 @@ impl Workload {
             }
             let plan = PeriodPlan::new(today, 1, BillingInterval::Monthly)
                 .unwrap_or_else(|_| unreachable!("anchor day 1 and a monthly interval are valid"));
-            let day = i32::try_from(occurred_at.div_euclid(DAY_MICROS)).unwrap_or(0);
+            let day = backbone_calendar::day_of_micros(occurred_at);
             *per_period
                 .entry((customer, plan.period_of(day).start))
                 .or_default() += quantity * UNIT;

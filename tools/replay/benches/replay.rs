@@ -12,13 +12,13 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
+use backbone_calendar::{format_rfc3339_ms, now_ms};
 use backbone_core::admin::{ensure_topics, TopicSpec};
 use backbone_core::dead_letter::{headers as dlq, DeadLetter};
 use backbone_core::{InputRecord, KafkaSettings};
 use backbone_replay::dlq::is_dlq_header;
 use backbone_replay::progress::ProgressMode;
 use backbone_replay::republish::{self, headers as replay_headers, RunOptions};
-use backbone_replay::time::{format_ms, now_ms};
 use backbone_replay::Context;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -152,7 +152,7 @@ async fn plain_copy(kafka: &KafkaSettings, from: &str, to: &str) -> f64 {
                         }
                     }
                 }
-                let at = format_ms(now_ms());
+                let at = format_rfc3339_ms(now_ms());
                 let (source_partition, source_offset) = (
                     message.partition().to_string(),
                     message.offset().to_string(),

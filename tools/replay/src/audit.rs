@@ -14,8 +14,8 @@ use serde_json::Value as Json;
 use crate::error::ReplayError;
 use crate::filter::FilterArgs;
 use crate::scan::Scanner;
-use crate::time::format_ms;
 use crate::Context;
+use backbone_calendar::format_rfc3339_ms;
 
 /// The two audited actions.
 pub mod action {
@@ -75,7 +75,7 @@ impl AuditRecord {
             id: id.to_owned(),
             action: action.to_owned(),
             event: event.to_owned(),
-            at: format_ms(crate::time::now_ms()),
+            at: format_rfc3339_ms(backbone_calendar::now_ms()),
             operator: operator.to_owned(),
             host: hostname(),
             target,

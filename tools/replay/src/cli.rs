@@ -446,7 +446,7 @@ async fn run(
         limit: args.limit,
     };
     // A malformed filter is reported before anything else is tried.
-    Filter::parse(&filters, crate::time::now_ms())?;
+    Filter::parse(&filters, backbone_calendar::now_ms())?;
     let replay_id = args
         .replay_id
         .clone()

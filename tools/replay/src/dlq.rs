@@ -14,8 +14,8 @@ use crate::filter::{Filter, OffsetRange};
 use crate::registry::Registry;
 use crate::render::{hex, to_json};
 use crate::scan::{ScanOrder, Scanned, Scanner, SourceRecord, Span};
-use crate::time::{format_ms, parse_rfc3339};
 use crate::Context;
+use backbone_calendar::{format_rfc3339_ms, parse_rfc3339_ms};
 
 /// Prefixes of the headers a dead-letter queue adds; a replay strips them.
 pub const DLQ_HEADER_PREFIXES: [&str; 3] =
@@ -97,14 +97,14 @@ impl Grouping {
         if let Some(processor) = record.header(dlq::PROCESSOR) {
             group.processors.insert(processor.to_owned());
         }
-        if let Some(at) = record.header(dlq::FAILED_AT).and_then(parse_rfc3339) {
+        if let Some(at) = record.header(dlq::FAILED_AT).and_then(parse_rfc3339_ms) {
             if group.first_ms.is_none_or(|first| at < first) {
                 group.first_ms = Some(at);
-                group.first_failure = Some(format_ms(at));
+                group.first_failure = Some(format_rfc3339_ms(at));
             }
             if group.last_ms.is_none_or(|last| at > last) {
                 group.last_ms = Some(at);
-                group.last_failure = Some(format_ms(at));
+                group.last_failure = Some(format_rfc3339_ms(at));
             }
         }
     }
@@ -293,7 +293,7 @@ pub async fn record_json(
         "timestamp".into(),
         record
             .timestamp_ms
-            .map(format_ms)
+            .map(format_rfc3339_ms)
             .map_or(Json::Null, Json::String),
     );
     object.insert("key".into(), bytes_json(record.key.as_deref()));
@@ -377,7 +377,7 @@ fn bytes_json(bytes: Option<&[u8]>) -> Json {
 
 /// The time `--since`/`--until` would compare for a record, for printing.
 pub fn record_time_text(record: &SourceRecord) -> String {
-    Filter::record_time(record).map_or_else(|| "-".into(), format_ms)
+    Filter::record_time(record).map_or_else(|| "-".into(), format_rfc3339_ms)
 }
 
 #[cfg(test)]

@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ReplayError;
 use crate::scan::SourceRecord;
-use crate::time::{format_ms, parse_instant, parse_rfc3339, INSTANT_FORMS};
+use crate::time::{parse_instant, INSTANT_FORMS};
+use backbone_calendar::{format_rfc3339_ms, parse_rfc3339_ms};
 
 /// The filter flags exactly as given, kept so that a resumed replay can be checked against
 /// the one it continues.
@@ -201,7 +202,7 @@ impl Filter {
                 return Err(ReplayError::malformed(
                     "--until",
                     args.until.as_deref().unwrap_or_default(),
-                    format!("a time after --since ({})", format_ms(since)),
+                    format!("a time after --since ({})", format_rfc3339_ms(since)),
                 ));
             }
         }
@@ -278,7 +279,7 @@ impl Filter {
     pub fn record_time(record: &SourceRecord) -> Option<i64> {
         record
             .header(dlq::FAILED_AT)
-            .and_then(parse_rfc3339)
+            .and_then(parse_rfc3339_ms)
             .or(record.timestamp_ms)
     }
 

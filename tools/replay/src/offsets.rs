@@ -22,8 +22,8 @@ use serde_json::json;
 
 use crate::audit::{self, AuditLog, AuditRecord};
 use crate::error::ReplayError;
-use crate::time::{format_ms, now_ms};
 use crate::Context;
+use backbone_calendar::{format_rfc3339_ms, now_ms};
 
 /// Where to move the group.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,7 +42,7 @@ impl ResetTarget {
     /// In words, for the preview and the audit.
     pub fn describe(&self) -> String {
         match self {
-            Self::Time(ms) => format_ms(*ms),
+            Self::Time(ms) => format_rfc3339_ms(*ms),
             Self::Offset(n) => format!("offset {n}"),
             Self::Earliest => "earliest".to_owned(),
             Self::Latest => "latest".to_owned(),

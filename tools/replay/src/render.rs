@@ -7,7 +7,7 @@ use apache_avro::types::Value;
 use apache_avro::Schema;
 use serde_json::{json, Map, Value as Json};
 
-use crate::time::{format_date, format_ms};
+use backbone_calendar::{format_date, format_rfc3339_ms};
 
 /// `value`, written with `schema`, as readable JSON.
 pub fn to_json(value: &Value, schema: &Schema) -> Json {
@@ -137,7 +137,7 @@ fn render(value: &Value, schema: &Json, names: &mut Names) -> Json {
             }
             Json::Object(object)
         }
-        Value::Date(days) => Json::String(format_date(i64::from(*days))),
+        Value::Date(days) => Json::String(format_date(*days)),
         Value::Decimal(decimal) => {
             let scale = schema.get("scale").and_then(Json::as_u64).unwrap_or(0);
             match Vec::<u8>::try_from(decimal) {
@@ -151,7 +151,7 @@ fn render(value: &Value, schema: &Json, names: &mut Names) -> Json {
         Value::TimeMillis(ms) => json!(ms),
         Value::TimeMicros(us) => json!(us),
         Value::TimestampMillis(ms) | Value::LocalTimestampMillis(ms) => {
-            Json::String(format_ms(*ms))
+            Json::String(format_rfc3339_ms(*ms))
         }
         Value::TimestampMicros(us) | Value::LocalTimestampMicros(us) => {
             Json::String(format_micros(*us))
@@ -170,7 +170,7 @@ fn render(value: &Value, schema: &Json, names: &mut Names) -> Json {
 
 /// RFC 3339 with the microseconds kept.
 fn format_micros(us: i64) -> String {
-    let ms = format_ms(us.div_euclid(1_000));
+    let ms = format_rfc3339_ms(us.div_euclid(1_000));
     let micros = us.rem_euclid(1_000);
     // `...SS.mmmZ` becomes `...SS.mmmuuuZ`.
     format!("{}{micros:03}Z", ms.trim_end_matches('Z'))

@@ -36,8 +36,9 @@ use crate::filter::{Filter, FilterArgs, TIME_BASIS};
 use crate::progress::{Progress, ProgressMode};
 use crate::registry::Registry;
 use crate::scan::{ScanOrder, Scanned, Scanner, SourceRecord};
-use crate::time::{format_duration, format_ms, now_ms};
+use crate::time::format_duration;
 use crate::Context;
+use backbone_calendar::{format_rfc3339_ms, now_ms};
 
 /// Headers a replay adds to every record it sends.
 pub mod headers {
@@ -140,7 +141,7 @@ pub struct RunSummary {
 
 /// A fresh replay id: `r-<UTC time>-<4 hex digits>`.
 pub fn new_replay_id() -> String {
-    let stamp: String = format_ms(now_ms())
+    let stamp: String = format_rfc3339_ms(now_ms())
         .chars()
         .filter(|c| c.is_ascii_digit() || *c == 'T')
         .take(15)
@@ -372,7 +373,7 @@ impl Replay<'_> {
                 *from = (*from).max(next);
             }
         }
-        self.checkpoint.updated_at = format_ms(now_ms());
+        self.checkpoint.updated_at = format_rfc3339_ms(now_ms());
         if let Some(producer) = &self.producer {
             checkpoint::save(self.ctx, producer, &self.checkpoint).await?;
         }
@@ -402,7 +403,7 @@ impl Replay<'_> {
     ) -> Result<(), ReplayError> {
         let now = now_ms();
         if now != self.at.0 {
-            self.at = (now, format_ms(now));
+            self.at = (now, format_rfc3339_ms(now));
         }
         let (partition_text, offset_text) =
             (record.partition.to_string(), record.offset.to_string());
@@ -546,7 +547,7 @@ pub async fn run(
         let audit_log = AuditLog::open(ctx).await?;
         let producer = ctx.producer()?;
         // The first checkpoint fixes the spans before anything is sent.
-        checkpoint.updated_at = format_ms(now_ms());
+        checkpoint.updated_at = format_rfc3339_ms(now_ms());
         checkpoint::save(ctx, &producer, &checkpoint).await?;
         audit_log
             .write(&audit_record(
@@ -638,7 +639,7 @@ async fn plan(
             )
         })
         .collect();
-    let now = format_ms(now_ms());
+    let now = format_rfc3339_ms(now_ms());
     Ok(Checkpoint {
         replay_id: options.replay_id.clone().unwrap_or_else(new_replay_id),
         spec,
@@ -907,8 +908,10 @@ async fn replay_records(
                 topic,
                 since: filter
                     .since_ms
-                    .map_or_else(|| "the beginning".into(), format_ms),
-                until: filter.until_ms.map_or_else(|| "now".into(), format_ms),
+                    .map_or_else(|| "the beginning".into(), format_rfc3339_ms),
+                until: filter
+                    .until_ms
+                    .map_or_else(|| "now".into(), format_rfc3339_ms),
                 basis: TIME_BASIS,
             });
         }

@@ -68,20 +68,7 @@ impl fmt::Display for Amount {
 
 /// Whether `text` is a calendar date `YYYY-MM-DD`.
 pub(crate) fn is_date(text: &str) -> bool {
-    let Some((period, day)) = text.rsplit_once('-') else {
-        return false;
-    };
-    let Some((year, month)) = split_period(period) else {
-        return false;
-    };
-    let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
-    let days = match month {
-        2 if leap => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    };
-    day.len() == 2 && day.parse::<u32>().is_ok_and(|d| (1..=days).contains(&d))
+    backbone_calendar::parse_date(text).is_some()
 }
 
 /// Whether `text` is an accounting period `YYYY-MM`.
