@@ -397,7 +397,7 @@ async fn a_refused_credential_stops_the_sink_without_dead_letters_or_commits() {
     let charges: Vec<BillingCharge> = (0..20).map(|i| charge(i, "EUR")).collect();
     publish_charges(&codec, &topics.input, &charges).await;
     let mut destination = sandbox.destination();
-    destination.credential = backbone_sink::Secret::new("revoked-token");
+    destination.credential = backbone_core::Secret::new("revoked-token");
 
     let sink = RunningSink::start(billing_sink(&topics.input, &destination), topics.settings());
     eventually(DEADLINE, "the sink to stop on its own", || async {

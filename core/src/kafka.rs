@@ -6,6 +6,7 @@ use std::fmt;
 use std::time::Duration;
 
 use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
 use serde::Deserialize;
@@ -348,6 +349,20 @@ impl Validate for KafkaSettings {
             None => Ok(()),
         }
     }
+}
+
+/// A record's headers, copied out of the client's buffer; a header without a value reads
+/// as empty.
+pub fn owned_headers<M: Message>(message: &M) -> Vec<crate::Header> {
+    message
+        .headers()
+        .map(|headers| {
+            headers
+                .iter()
+                .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// What an error read from a consumer means for the loop that read it. Processors and sinks

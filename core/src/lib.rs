@@ -25,6 +25,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod processor;
 pub mod runner;
+pub mod secret;
 pub mod shutdown;
 pub mod state;
 pub mod telemetry;
@@ -32,8 +33,11 @@ pub mod telemetry;
 pub use config::ConfigError;
 pub use global::GlobalTable;
 pub use kafka::{KafkaSettings, Replication};
-pub use processor::{Header, InputRecord, OutputRecord, Prefetch, ProcessError, Processor, Wake};
+pub use processor::{
+    Header, InputRecord, OutputRecord, Prefetch, ProcessError, Processor, Wake, TRACEPARENT,
+};
 pub use runner::{
     run, run_with, Delivery, RefusedRecord, RunSummary, RuntimeError, RuntimeSettings,
 };
+pub use secret::Secret;
 pub use state::{IdempotencyKey, State, StateSpec};

@@ -127,6 +127,9 @@ impl ProcessError {
     }
 }
 
+/// The header carrying the W3C trace context (`traceparent`) from stage to stage.
+pub const TRACEPARENT: &str = "traceparent";
+
 /// Asynchronous preparation the runtime awaits before each [`Processor::process`] call, such
 /// as resolving a record's schema id into a local cache. It keeps `process` synchronous and
 /// free of network I/O.

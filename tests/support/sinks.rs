@@ -13,13 +13,14 @@ use std::time::{Duration, Instant};
 use backbone_core::endpoint::ObservabilitySettings;
 use backbone_core::metrics::RuntimeMetrics;
 use backbone_core::KafkaSettings;
+use backbone_core::Secret;
 use backbone_sandbox::{SandboxClient, SandboxConfig};
 use backbone_schemas::types::{Contract, DeliveryResult, EventMetadata, TraceContext};
 use backbone_schemas::WireCodec;
 use backbone_sink::metrics::SinkMetrics;
 use backbone_sink::settings::{CircuitSettings, RetrySettings};
 use backbone_sink::{
-    run, DestinationSettings, RunContext, Secret, Sink, SinkError, SinkSettings, SinkSummary,
+    run, DestinationSettings, RunContext, Sink, SinkError, SinkSettings, SinkSummary,
 };
 use backbone_testkit::{shared_settings, unique_group, unique_topic};
 use tokio::sync::oneshot;

@@ -10,7 +10,9 @@ use serde_json::Value;
 
 use backbone_core::ConfigError;
 
-use crate::settings::{DestinationSettings, Secret};
+use backbone_core::Secret;
+
+use crate::settings::DestinationSettings;
 use crate::{DeliveryError, Outcome, RetryReason};
 
 /// A destination's answer: status, `Retry-After`, and the body as JSON (`Null` when it is not).

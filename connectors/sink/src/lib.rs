@@ -35,7 +35,7 @@ use backbone_schemas::WireCodec;
 
 pub use ledger::{DeliveryLedger, DeliveryState, LedgerEntry, LedgerError};
 pub use runner::{run, RunContext, SinkError, SinkSummary, DESTINATION_REJECTED};
-pub use settings::{DestinationSettings, Secret, SinkSettings};
+pub use settings::{DestinationSettings, SinkSettings};
 
 /// Money a delivery or one of its source records carries, for `DeliveryResult` and drift.
 #[derive(Debug, Clone, PartialEq, Eq)]

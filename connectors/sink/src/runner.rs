@@ -2,6 +2,7 @@
 //! record outcomes, publish results and dead letters, then store offsets.
 
 use backbone_calendar::now_micros;
+use backbone_core::shutdown::{sleep_until, stopped};
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,9 +12,11 @@ use std::time::{Duration, Instant, SystemTime};
 use backbone_core::admin::{self, AdminError, TopicSpec};
 use backbone_core::dead_letter::{dlq_topic, dlq_topic_spec, headers as dlq_headers, DeadLetter};
 use backbone_core::endpoint::ObservabilitySettings;
-use backbone_core::kafka::{refuses_size, ConsumerFailure};
+use backbone_core::kafka::{owned_headers, refuses_size, ConsumerFailure};
 use backbone_core::metrics::{fatal_kind, MeteredContext, RuntimeMetrics};
-use backbone_core::{Header, InputRecord, KafkaSettings, OutputRecord, Prefetch, ProcessError};
+use backbone_core::{
+    Header, InputRecord, KafkaSettings, OutputRecord, Prefetch, ProcessError, TRACEPARENT,
+};
 use backbone_rating::content_id;
 use backbone_schemas::types::{
     Contract, DeliveryOutcome, DeliveryResult, EventMetadata, TraceContext,
@@ -25,7 +28,7 @@ use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Headers, Message, OwnedHeaders};
+use rdkafka::message::{Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -40,8 +43,6 @@ use crate::{
     Accepted, Delivery, DeliveryError, Money, Outcome, RetryReason, Sink, SinkContext, Source,
 };
 
-/// Header that carries the W3C trace context.
-const TRACEPARENT: &str = "traceparent";
 /// Reason on the dead letters of records the destination refused.
 pub const DESTINATION_REJECTED: &str = "destination_rejected";
 
@@ -1153,20 +1154,7 @@ struct OwnedInput {
 
 impl OwnedInput {
     fn from<M: Message>(message: &M) -> Self {
-        let headers = message
-            .headers()
-            .map(|headers| {
-                headers
-                    .iter()
-                    .map(|h| {
-                        (
-                            h.key.to_owned(),
-                            h.value.map(<[u8]>::to_vec).unwrap_or_default(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let headers = owned_headers(message);
         Self {
             topic: message.topic().to_owned(),
             partition: message.partition(),
@@ -1298,18 +1286,4 @@ fn tenant_of(key: Option<&[u8]>) -> String {
     key.map(String::from_utf8_lossy)
         .and_then(|k| k.split_once(':').map(|(tenant, _)| tenant.to_owned()))
         .unwrap_or_default()
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    if let Some(at) = at {
-        tokio::time::sleep_until(at.into()).await;
-    }
-}
-
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    while !*stop.borrow() {
-        if stop.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    }
 }

@@ -1,12 +1,12 @@
 //! The `[runtime]` and `[destination]` config sections every sink shares.
 
-use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use backbone_core::config::{ConfigError, Validate};
 use backbone_core::dead_letter::DEFAULT_MAX_DEAD_LETTER_BYTES;
-use serde::{Deserialize, Deserializer};
+use backbone_core::Secret;
+use serde::Deserialize;
 
 /// The `[runtime]` section of a sink: batching, retries, the circuit breaker and the ledger.
 #[derive(Debug, Clone, Deserialize)]
@@ -161,43 +161,6 @@ pub fn require_topic(topic: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// A credential: never printed, never logged.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps `value`.
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The secret itself, for the one place that sends it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// Whether it is empty.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0.is_empty() {
-            f.write_str("\"\"")
-        } else {
-            f.write_str("\"***\"")
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for Secret {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        String::deserialize(deserializer).map(Secret)
-    }
-}
-
 /// The `[destination]` section: where the sink delivers, and with which credential.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -230,15 +193,11 @@ impl Default for DestinationSettings {
 impl DestinationSettings {
     /// The credential, read from `credential_file` when one is set.
     pub fn resolve_credential(&self) -> Result<Secret, ConfigError> {
-        let Some(path) = &self.credential_file else {
-            return Ok(self.credential.clone());
-        };
-        let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Invalid {
-            key: "destination.credential_file".to_owned(),
-            message: format!("cannot read `{}`: {err}", path.display()),
-        })?;
-        let text = text.strip_suffix('\n').unwrap_or(&text);
-        Ok(Secret::new(text.strip_suffix('\r').unwrap_or(text)))
+        Secret::resolve(
+            &self.credential,
+            self.credential_file.as_deref(),
+            "destination.credential_file",
+        )
     }
 
     /// Checks that the URL uses one of `schemes`, naming the key when it does not.
@@ -299,41 +258,6 @@ impl Validate for DestinationSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_secret_never_prints() {
-        let destination = DestinationSettings {
-            credential: Secret::new("s3cr3t-token"),
-            ..DestinationSettings::default()
-        };
-        let printed = format!("{destination:?}");
-        assert!(!printed.contains("s3cr3t"), "{printed}");
-        assert!(printed.contains("***"), "{printed}");
-    }
-
-    #[test]
-    fn the_credential_file_wins_and_loses_its_newline() {
-        let dir = std::env::temp_dir().join(format!("backbone-secret-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let path = dir.join("token");
-        std::fs::write(&path, "from-file\n").expect("write token");
-        let destination = DestinationSettings {
-            credential: Secret::new("inline"),
-            credential_file: Some(path),
-            ..DestinationSettings::default()
-        };
-        let secret = destination.resolve_credential().expect("readable");
-        assert_eq!(secret.expose(), "from-file");
-        let missing = DestinationSettings {
-            credential_file: Some(dir.join("absent")),
-            ..DestinationSettings::default()
-        };
-        let err = missing.validate().expect_err("a missing file fails");
-        assert!(
-            err.to_string().contains("destination.credential_file"),
-            "{err}"
-        );
-    }
 
     #[test]
     fn a_password_leaves_the_url() {

@@ -1,5 +1,7 @@
 //! The consume → process → produce loop shared by every processor.
 
+use crate::processor::TRACEPARENT;
+use crate::shutdown::{sleep_until, stopped};
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -7,7 +9,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures::stream::{FuturesOrdered, StreamExt};
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::producer::FutureProducer;
 use rdkafka::{Message, TopicPartitionList};
 use tokio::sync::{oneshot, watch};
@@ -18,11 +19,9 @@ use crate::delivery::{
 };
 use crate::endpoint::ObservabilitySettings;
 use crate::global::GlobalTables;
-use crate::kafka::{ConsumerFailure, KafkaSettings};
+use crate::kafka::{owned_headers, ConsumerFailure, KafkaSettings};
 use crate::metrics::{event_age, MeteredContext, RuntimeMetrics};
-use crate::processor::{
-    Header, InputRecord, OutputRecord, Prefetch, ProcessError, Processor, Wake,
-};
+use crate::processor::{InputRecord, OutputRecord, Prefetch, ProcessError, Processor, Wake};
 use crate::state::{Assignment, ChangelogWrite, Ownership, Tasks};
 
 mod error;
@@ -512,30 +511,6 @@ impl<P: Processor> Woken<'_, P> {
     }
 }
 
-async fn sleep_until(at: Option<Instant>) {
-    if let Some(at) = at {
-        tokio::time::sleep_until(at.into()).await;
-    }
-}
-
-fn owned_headers(message: &BorrowedMessage<'_>) -> Vec<Header> {
-    message
-        .headers()
-        .map(|headers| {
-            headers
-                .iter()
-                .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Completes once shutdown was asked for. Returns `()` rather than the watch's read guard,
-/// which must not live across the awaits of the handler that stops the loop.
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|stopped| *stopped).await;
-}
-
 /// Why an input whose output `over` is larger than `limit` is dead-lettered.
 fn output_too_large(over: &OutputRecord, limit: usize) -> ProcessError {
     ProcessError::permanent(
@@ -550,9 +525,6 @@ fn output_too_large(over: &OutputRecord, limit: usize) -> ProcessError {
 
 /// Reason of an input dead-lettered because an output of it is over `runtime.max_output_bytes`.
 pub const OUTPUT_TOO_LARGE: &str = "output_too_large";
-
-/// The W3C trace-context header.
-pub const TRACEPARENT: &str = "traceparent";
 
 /// Gives outputs without a `traceparent` the input's, so a trace follows the event through
 /// every stage.
@@ -592,6 +564,7 @@ fn backoff(settings: &RuntimeSettings, attempts: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Header;
 
     #[test]
     fn outputs_inherit_the_trace_unless_they_carry_their_own() {

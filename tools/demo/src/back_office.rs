@@ -110,7 +110,7 @@ pub async fn drift_report(
             billing_url: url.clone(),
             crm_url: url.clone(),
             erp_url: url,
-            credential: backbone_sink::Secret::new(TOKEN),
+            credential: backbone_core::Secret::new(TOKEN),
             ..backbone_drift::DriftSettings::default()
         },
     };

@@ -73,7 +73,7 @@ pub struct DriftSettings {
     /// The ERP's API.
     pub erp_url: String,
     /// Bearer token for the three APIs.
-    pub credential: backbone_sink::Secret,
+    pub credential: backbone_core::Secret,
     /// File holding the token; wins over `credential`.
     pub credential_file: Option<std::path::PathBuf>,
     /// How often `serve` reconciles.
@@ -94,7 +94,7 @@ impl Default for DriftSettings {
             billing_url: "http://127.0.0.1:8090".to_owned(),
             crm_url: "http://127.0.0.1:8090".to_owned(),
             erp_url: "http://127.0.0.1:8090".to_owned(),
-            credential: backbone_sink::Secret::new("sandbox-token"),
+            credential: backbone_core::Secret::new("sandbox-token"),
             credential_file: None,
             interval: Duration::from_secs(15),
             listen: SocketAddr::from(([127, 0, 0, 1], 9471)),
@@ -128,20 +128,12 @@ impl Validate for DriftSettings {
 
 impl DriftSettings {
     /// The token, from `credential_file` when set.
-    pub fn token(&self) -> Result<backbone_sink::Secret, ConfigError> {
-        backbone_sink::DestinationSettings {
-            credential: self.credential.clone(),
-            credential_file: self.credential_file.clone(),
-            ..backbone_sink::DestinationSettings::default()
-        }
-        .resolve_credential()
-        .map_err(|err| match err {
-            ConfigError::Invalid { message, .. } => ConfigError::Invalid {
-                key: "drift.credential_file".to_owned(),
-                message,
-            },
-            other => other,
-        })
+    pub fn token(&self) -> Result<backbone_core::Secret, ConfigError> {
+        backbone_core::Secret::resolve(
+            &self.credential,
+            self.credential_file.as_deref(),
+            "drift.credential_file",
+        )
     }
 
     fn topics(&self) -> [&str; 5] {

@@ -11,7 +11,9 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use crate::config::{FaultSettings, Secret};
+use backbone_core::Secret;
+
+use crate::config::FaultSettings;
 use crate::faults::{Control, Faults};
 use crate::http::{parse, Refusal};
 use crate::money::is_period;

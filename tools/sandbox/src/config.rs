@@ -1,46 +1,16 @@
 //! The sandbox's config: top-level `listen`, `token` and `token_file`, then `[billing]`,
 //! `[crm]`, `[erp]` and `[faults.<system>]`. Every key has a default.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use backbone_core::config::{ConfigError, Validate};
+use backbone_core::Secret;
 use serde::Deserialize;
 
 use crate::faults::Faults;
 use crate::money::is_period;
 use crate::System;
-
-/// A credential that never shows in logs or `Debug` output.
-#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    /// The secret itself, for comparing or sending it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl From<&str> for Secret {
-    fn from(value: &str) -> Self {
-        Self(value.to_owned())
-    }
-}
-
-impl From<String> for Secret {
-    fn from(value: String) -> Self {
-        Self(value)
-    }
-}
 
 /// The whole config file.
 #[derive(Debug, Clone, Deserialize)]
@@ -50,7 +20,7 @@ pub struct SandboxConfig {
     pub listen: SocketAddr,
     /// Bearer token every billing, CRM and ERP call must present.
     pub token: Secret,
-    /// File holding the token (surrounding whitespace ignored); wins over `token` when set.
+    /// File holding the token (its trailing line ending ignored); wins over `token` when set.
     pub token_file: Option<PathBuf>,
     /// The billing API.
     pub billing: BillingSettings,
@@ -79,19 +49,7 @@ impl Default for SandboxConfig {
 impl SandboxConfig {
     /// The token in force at start: the content of `token_file` when set, else `token`.
     pub fn resolve_token(&self) -> Result<Secret, ConfigError> {
-        let Some(path) = &self.token_file else {
-            return Ok(self.token.clone());
-        };
-        let invalid = |message: String| ConfigError::Invalid {
-            key: "token_file".into(),
-            message,
-        };
-        let text = std::fs::read_to_string(path)
-            .map_err(|err| invalid(format!("cannot read `{}`: {err}", path.display())))?;
-        match text.trim() {
-            "" => Err(invalid(format!("`{}` is empty", path.display()))),
-            token => Ok(Secret::from(token)),
-        }
+        Secret::resolve(&self.token, self.token_file.as_deref(), "token_file")
     }
 }
 

@@ -14,7 +14,9 @@ use axum::middleware::Next;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{FaultSettings, Secret};
+use backbone_core::Secret;
+
+use crate::config::FaultSettings;
 use crate::http::error;
 use crate::{Sandbox, System};
 

@@ -25,11 +25,12 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
 use axum::Router;
+use backbone_core::Secret;
 use tokio::net::TcpListener;
 
 pub use billing::StoredCharge;
 pub use client::SandboxClient;
-pub use config::{SandboxConfig, Secret};
+pub use config::SandboxConfig;
 pub use crm::StoredAccount;
 pub use erp::{ControlTotal, JournalLine, PostedBatch};
 pub use faults::Faults;
