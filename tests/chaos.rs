@@ -16,13 +16,13 @@ mod backbone;
 #[path = "support/sinks.rs"]
 mod sinks;
 
-use backbone_calendar::now_micros;
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use backbone::{Deployment, Stamps, PROCESSORS, SINKS};
+use backbone_calendar::now_micros;
 use backbone_core::{Delivery, KafkaSettings};
 use backbone_drift::books::Check;
 use backbone_loadgen::{LoadSpec, Workload};

@@ -6,11 +6,11 @@
 #[path = "support/sinks.rs"]
 mod support;
 
-use backbone_calendar::now_ms;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use backbone_calendar::days_from_civil;
+use backbone_calendar::now_ms;
 use backbone_erp_sink::{ErpSettings, ErpSink};
 use backbone_sandbox::{Faults, PostedBatch, SandboxConfig, System};
 use backbone_schemas::types::DeliveryOutcome;

@@ -9,12 +9,12 @@ mod backbone;
 #[path = "support/sinks.rs"]
 mod sinks;
 
-use backbone_calendar::now_micros;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use backbone::{free_port, Deployment};
+use backbone_calendar::now_micros;
 use backbone_loadgen::{LoadSpec, Workload, LEGAL_ENTITY};
 use backbone_sandbox::SandboxConfig;
 use backbone_schemas::WireCodec;

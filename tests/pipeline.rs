@@ -6,10 +6,10 @@
 //! billed. Then loadgen's workload through all four stages, the
 //! validator included, against loadgen's own expectations.
 
-use backbone_calendar::now_micros;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use backbone_calendar::now_micros;
 use serde::de::DeserializeOwned;
 
 use backbone_calendar::days_from_civil;

@@ -8,7 +8,6 @@
 //! writes may not all have reached the changelog (a crash, an error, a revocation with work in
 //! flight) is never closed cleanly, so its next owner rebuilds it from the changelog.
 
-use backbone_calendar::now_micros;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -16,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use backbone_calendar::now_micros;
 use backbone_state::{
     changelog_topic, partition_dir, IdempotencyStore, PartitionState, Restore, Seen, StagedWrites,
     StateError, StateView,

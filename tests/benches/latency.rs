@@ -11,10 +11,10 @@
 //! The publisher batches like a processor, as the load run's does. Each side is warmed up first
 //! (one record through it) so that group joins stay out of the figures.
 
-use backbone_calendar::now_ms;
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use backbone_calendar::now_ms;
 use backbone_core::admin::{ensure_topics, TopicSpec};
 use backbone_core::{KafkaSettings, Processor, RuntimeSettings};
 use backbone_enricher::{Enricher, EnricherSettings};

@@ -26,11 +26,11 @@
 #[path = "../support/backbone.rs"]
 mod backbone;
 
-use backbone_calendar::now_micros;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use backbone::{Deployment, Stamps, PASS_THROUGH, PROCESSORS};
+use backbone_calendar::now_micros;
 use backbone_core::admin::ensure_topics;
 use backbone_core::KafkaSettings;
 use backbone_loadgen::{Destinations, LoadSpec, Payload, Workload};

@@ -21,10 +21,10 @@ mod backbone;
 #[path = "../support/sinks.rs"]
 mod sinks;
 
-use backbone_calendar::now_micros;
 use std::time::{Duration, Instant};
 
 use backbone::{Deployment, Stamps, PROCESSORS, SINKS};
+use backbone_calendar::now_micros;
 use backbone_core::KafkaSettings;
 use backbone_loadgen::{Destinations, LoadSpec, Workload};
 use backbone_sandbox::SandboxConfig;

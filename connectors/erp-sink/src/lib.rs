@@ -14,12 +14,12 @@
 
 pub mod journal;
 
-use backbone_calendar::micros_of;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use backbone_calendar::format_date;
+use backbone_calendar::micros_of;
 use backbone_core::config::{ConfigError, Validate};
 use backbone_core::InputRecord;
 use backbone_schemas::types::{Amount, Destination, JournalBatch, LedgerPosting};

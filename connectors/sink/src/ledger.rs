@@ -5,10 +5,10 @@
 //! its adjustment batches from. It is not the only guard: every destination also deduplicates
 //! by the same key, so a ledger lost with its disk costs requests, never double postings.
 
-use backbone_calendar::now_ms;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use backbone_calendar::now_ms;
 use rocksdb::{BlockBasedOptions, Cache, DBCompressionType, Options, WriteBatch, WriteOptions, DB};
 use serde::{Deserialize, Serialize};
 

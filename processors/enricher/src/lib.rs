@@ -16,11 +16,11 @@
 
 mod parking;
 
-use backbone_calendar::now_ms;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
+use backbone_calendar::now_ms;
 use backbone_core::app::{App, SchemaRegistrySettings};
 use backbone_core::config::{ConfigError, Validate};
 use backbone_core::dead_letter::DeadLetter;

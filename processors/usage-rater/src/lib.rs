@@ -22,10 +22,10 @@
 //!   dead-lettered as `retries_exhausted`; a card that cannot price the event
 //!   (`rating_error`), a currency mismatch or a meter no charge prices are permanent.
 
-use backbone_calendar::now_micros;
 use std::sync::Arc;
 use std::time::Duration;
 
+use backbone_calendar::now_micros;
 use backbone_core::app::{App, SchemaRegistrySettings};
 use backbone_core::config::{ConfigError, Validate};
 use backbone_core::{

@@ -1,0 +1,284 @@
+//! What a settled delivery leaves behind: its `DeliveryResult`, a dead letter for a rejection,
+//! metrics, and the input offsets that became committable.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::SystemTime;
+
+use backbone_calendar::now_micros;
+use backbone_core::dead_letter::{headers as dlq_headers, DeadLetter};
+use backbone_core::kafka::refuses_size;
+use backbone_core::{InputRecord, OutputRecord, TRACEPARENT};
+use backbone_rating::content_id;
+use backbone_schemas::types::{DeliveryOutcome, DeliveryResult, EventMetadata, TraceContext};
+use backbone_schemas::wire::encode_framed;
+use futures::future::join_all;
+use rdkafka::consumer::Consumer;
+use rdkafka::error::KafkaError;
+use rdkafka::message::OwnedHeaders;
+use rdkafka::producer::FutureRecord;
+
+use crate::{Delivery, Outcome, Sink, Source};
+
+use super::{HeldRecord, SinkError, SinkLoop};
+
+impl<S: Sink> SinkLoop<'_, S> {
+    pub(super) fn count(&mut self, outcome: &Outcome) {
+        let label = match outcome {
+            Outcome::Delivered { .. } => {
+                self.summary.delivered += 1;
+                "delivered"
+            }
+            Outcome::AlreadyDelivered { .. } => {
+                self.summary.already_delivered += 1;
+                "already_delivered"
+            }
+            Outcome::Rejected { .. } => {
+                self.summary.rejected += 1;
+                "rejected"
+            }
+            Outcome::Retry { .. } => return,
+        };
+        self.sink_metrics.record_delivery(self.destination, label);
+    }
+
+    pub(super) fn held(&self, partition: i32, offset: i64) -> Option<&HeldRecord> {
+        self.open.get(partition, offset)
+    }
+
+    pub(super) fn result<P>(
+        &self,
+        delivery: &Delivery<P>,
+        outcome: &Outcome,
+        attempts: u32,
+        source: &Source,
+        held: &HeldRecord,
+    ) -> Result<OutputRecord, SinkError> {
+        let topic = self.settings.results_topic.clone();
+        let (outcome_symbol, reference, code, message) = match outcome {
+            Outcome::Delivered { reference } => {
+                (DeliveryOutcome::Delivered, reference.clone(), None, None)
+            }
+            Outcome::AlreadyDelivered { reference } => (
+                DeliveryOutcome::AlreadyDelivered,
+                reference.clone(),
+                None,
+                None,
+            ),
+            Outcome::Rejected { code, message } => (
+                DeliveryOutcome::Rejected,
+                None,
+                Some(code.clone()),
+                Some(message.clone()),
+            ),
+            Outcome::Retry { .. } => (DeliveryOutcome::Unknown, None, None, None),
+        };
+        let input = self.sink.input_topic();
+        let event_id = content_id(
+            "dr-",
+            &[
+                &delivery.key,
+                input,
+                &source.partition.to_string(),
+                &source.offset.to_string(),
+                outcome_label(outcome_symbol),
+            ],
+        );
+        let now = now_micros();
+        let traceparent = held
+            .headers
+            .iter()
+            .find(|(name, _)| name == TRACEPARENT)
+            .map(|(_, value)| String::from_utf8_lossy(value).into_owned())
+            .unwrap_or_else(|| format!("00-{}-{}-01", &event_id[3..35], &event_id[3..19]));
+        let value = DeliveryResult {
+            metadata: EventMetadata {
+                tenant_id: delivery.tenant_id.clone(),
+                event_id,
+                source: self.name.clone(),
+                r#type: "backbone.delivery.result".to_owned(),
+                occurred_at: now,
+                produced_at: now,
+                trace: TraceContext {
+                    traceparent,
+                    tracestate: None,
+                },
+                schema_version: None,
+            },
+            delivery_key: delivery.key.clone(),
+            destination: self.sink.destination(),
+            outcome: outcome_symbol,
+            attempts: i32::try_from(attempts.max(1)).unwrap_or(i32::MAX),
+            destination_reference: reference,
+            error_code: code,
+            error_message: message,
+            source_topic: input.to_owned(),
+            source_partition: source.partition,
+            source_offset: source.offset,
+            amount: source.money.as_ref().map(|m| m.amount),
+            currency: source.money.as_ref().map(|m| m.currency.clone()),
+        };
+        let id = self
+            .contracts
+            .id(&topic)
+            .map_err(|err| SinkError::Publish {
+                topic: topic.clone(),
+                message: err.to_string(),
+            })?;
+        let bytes = encode_framed(id, &value).map_err(|err| SinkError::Publish {
+            topic: topic.clone(),
+            message: err.to_string(),
+        })?;
+        Ok(OutputRecord {
+            key: Some(format!("{}:{}", delivery.tenant_id, delivery.key).into_bytes()),
+            topic,
+            value: Some(bytes),
+            headers: Vec::new(),
+        })
+    }
+
+    pub(super) fn dead_letter(
+        &self,
+        partition: i32,
+        offset: i64,
+        held: &HeldRecord,
+        reason: &str,
+        message: &str,
+        attempts: u32,
+    ) -> OutputRecord {
+        let input = InputRecord {
+            topic: self.sink.input_topic(),
+            partition,
+            offset,
+            timestamp_ms: held.timestamp_ms,
+            key: held.key.as_deref(),
+            value: held.value.as_deref(),
+            headers: &held.headers,
+        };
+        let now = SystemTime::now();
+        DeadLetter {
+            input: &input,
+            error_class: "permanent",
+            reason,
+            message,
+            processor: &self.name,
+            processor_version: env!("CARGO_PKG_VERSION"),
+            attempts: attempts.max(1),
+            first_failed_at: now,
+        }
+        .to_record(now)
+    }
+
+    /// Produces `records` and waits until the broker has every one.
+    pub(super) async fn publish(&mut self, records: Vec<OutputRecord>) -> Result<(), SinkError> {
+        let timeout = self.settings.produce_timeout;
+        let mut sends = Vec::with_capacity(records.len());
+        for record in &records {
+            let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+            for (name, value) in &record.headers {
+                headers = headers.insert(rdkafka::message::Header {
+                    key: name,
+                    value: Some(value),
+                });
+            }
+            let mut future = FutureRecord::<Vec<u8>, Vec<u8>>::to(&record.topic).headers(headers);
+            if let Some(key) = &record.key {
+                future = future.key(key);
+            }
+            if let Some(value) = &record.value {
+                future = future.payload(value);
+            }
+            sends.push(self.producer.send(future, timeout));
+        }
+        let mut produced: BTreeMap<&str, u64> = BTreeMap::new();
+        for (record, sent) in records.iter().zip(join_all(sends).await) {
+            if let Err((err, _)) = sent {
+                return Err(SinkError::Publish {
+                    topic: record.topic.clone(),
+                    message: not_published(record, &err),
+                });
+            }
+            *produced.entry(record.topic.as_str()).or_default() += 1;
+        }
+        for (topic, n) in produced {
+            self.metrics.record_produced(topic, n);
+        }
+        Ok(())
+    }
+
+    /// Settles one outstanding share of each `(partition, offset)` and stores what became
+    /// committable.
+    pub(super) fn settle(&mut self, settled: &[(i32, i64)]) {
+        let input = self.sink.input_topic().to_owned();
+        let mut partitions = BTreeSet::new();
+        for &(partition, offset) in settled {
+            if let Some(held) = self.open.settle(partition, offset) {
+                if let Some(age) = held
+                    .timestamp_ms
+                    .and_then(|ms| backbone_core::metrics::event_age(ms, SystemTime::now()))
+                {
+                    self.metrics.observe_end_to_end(&input, age);
+                }
+                self.metrics.record_consumed(&input, partition);
+                self.summary.consumed += 1;
+            }
+            partitions.insert(partition);
+        }
+        let partitions: Vec<i32> = partitions.into_iter().collect();
+        self.store_offsets(&partitions);
+    }
+
+    /// Stores, per partition, the offset below its oldest unsettled record.
+    pub(super) fn store_offsets(&mut self, partitions: &[i32]) {
+        let topic = self.sink.input_topic().to_owned();
+        for &partition in partitions {
+            let Some(offset) = self.open.committable(partition) else {
+                continue;
+            };
+            match self.consumer.store_offset(&topic, partition, offset) {
+                Ok(()) => self.open.stored(partition, offset),
+                // Revoked meanwhile: its next owner starts from the last commit.
+                Err(err) => {
+                    tracing::debug!(sink = %self.name, partition, error = %err, "offset not stored")
+                }
+            }
+        }
+    }
+}
+
+/// Why `record` was not published: for a dead letter, the input it carries (from its origin
+/// headers), its size and, when the topic refused the size, what to raise. Its input and those
+/// after it are not committed, so nothing is lost.
+pub(super) fn not_published(record: &OutputRecord, err: &KafkaError) -> String {
+    let origin = |name: &str| {
+        record
+            .headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    };
+    let (Some(topic), Some(partition), Some(offset)) = (
+        origin(dlq_headers::ORIGIN_TOPIC),
+        origin(dlq_headers::ORIGIN_PARTITION),
+        origin(dlq_headers::ORIGIN_OFFSET),
+    ) else {
+        return err.to_string();
+    };
+    let fix = if refuses_size(err) {
+        ": raise runtime.max_dead_letter_bytes and the topic's max.message.bytes, then restart"
+    } else {
+        ""
+    };
+    format!(
+        "the {}-byte dead letter of {topic}[{partition}]@{offset} was not taken ({err}); nothing from that input on was committed{fix}",
+        record.size_bytes()
+    )
+}
+
+pub(super) fn outcome_label(outcome: DeliveryOutcome) -> &'static str {
+    match outcome {
+        DeliveryOutcome::Delivered => "delivered",
+        DeliveryOutcome::AlreadyDelivered => "already_delivered",
+        DeliveryOutcome::Rejected => "rejected",
+        DeliveryOutcome::Unknown => "unknown",
+    }
+}
