@@ -1,7 +1,5 @@
 //! The consume → process → produce loop shared by every processor.
 
-use crate::processor::TRACEPARENT;
-use crate::shutdown::{sleep_until, stopped};
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -21,7 +19,10 @@ use crate::endpoint::ObservabilitySettings;
 use crate::global::GlobalTables;
 use crate::kafka::{owned_headers, ConsumerFailure, KafkaSettings};
 use crate::metrics::{event_age, MeteredContext, RuntimeMetrics};
-use crate::processor::{InputRecord, OutputRecord, Prefetch, ProcessError, Processor, Wake};
+use crate::processor::{
+    InputRecord, OutputRecord, Prefetch, ProcessError, Processor, Wake, TRACEPARENT,
+};
+use crate::shutdown::{sleep_until, stopped};
 use crate::state::{Assignment, ChangelogWrite, Ownership, Tasks};
 
 mod error;
