@@ -895,10 +895,10 @@ fn assert_cluster(kafka: &backbone_core::KafkaSettings) {
     );
 }
 
-fn load_processor<A: App>(
-    path: Option<&Path>,
-    env: &[(String, String)],
-) -> Result<(), ConfigError> {
+fn load_processor<A: App>(path: Option<&Path>, env: &[(String, String)]) -> Result<(), ConfigError>
+where
+    A::Settings: std::fmt::Debug,
+{
     let config: ProcessorConfig<A::Settings> = load(path, env)?;
     assert_cluster(&config.kafka);
     assert_eq!(config.observability.listen.port(), 9464);
@@ -908,11 +908,11 @@ fn load_processor<A: App>(
 
 fn load_sink<A: SinkApp>(path: Option<&Path>, env: &[(String, String)]) -> Result<(), ConfigError> {
     let config: SinkConfig<A::Settings> = load(path, env)?;
-    config.destination.require_scheme(A::SCHEMES)?;
+    config.own.destination.require_scheme(A::SCHEMES)?;
     assert_cluster(&config.kafka);
     assert_eq!(config.observability.listen.port(), 9464);
     assert!(
-        !config.destination.resolve_credential()?.is_empty(),
+        !config.own.destination.resolve_credential()?.is_empty(),
         "{}: empty credential",
         A::NAME
     );
@@ -937,7 +937,7 @@ fn load_binary(
             load_sink::<backbone_analytics_sink::AnalyticsSink>(path, env)?;
             // Parses the URL and reads the password as the binary does, without connecting.
             let config: SinkConfig<backbone_analytics_sink::AnalyticsSettings> = load(path, env)?;
-            backbone_analytics_sink::AnalyticsSink::new(config.sink, &config.destination)
+            backbone_analytics_sink::AnalyticsSink::new(config.own.sink, &config.own.destination)
                 .map(|_| ())
         }
         "sandbox" => {

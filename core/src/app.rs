@@ -1,52 +1,47 @@
-//! The entry point every processor binary shares: flags, config, logs, signals, then [`run`].
+//! What a processor binary adds to the service skeleton ([`crate::service`]): the [`App`]
+//! trait, its `[processor]` section, and the flags and registry settings every service shares.
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{CommandFactory, FromArgMatches, Parser};
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, MapAccess};
 use serde::Deserialize;
 
 use crate::config::{self, ConfigError, Validate};
-use crate::endpoint::{ObservabilitySettings, RunningEndpoint};
-use crate::kafka::KafkaSettings;
+
 use crate::metrics::RuntimeMetrics;
 use crate::processor::Processor;
-use crate::runner::{run_with, RuntimeSettings};
+use crate::runner::{run_with, RuntimeError, RuntimeSettings};
+use crate::service::{Sections, Service, ServiceConfig};
 use crate::telemetry::{self, LogFormat};
 
-/// The config file of a processor: the shared `[kafka]` and `[runtime]` sections and the
-/// processor's own `[processor]` section. Every key has a default that suits the local stack.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProcessorConfig<T> {
-    /// Broker connection.
-    #[serde(default)]
-    pub kafka: KafkaSettings,
-    /// Loop behaviour.
-    #[serde(default)]
-    pub runtime: RuntimeSettings,
-    /// Where the contracts' schemas are registered.
-    #[serde(default)]
-    pub schema_registry: SchemaRegistrySettings,
-    /// Metrics, health and readiness endpoint.
-    #[serde(default)]
-    pub observability: ObservabilitySettings,
-    /// The processor's own settings.
-    #[serde(default)]
+/// A processor's own section of its config file, `[processor]`.
+#[derive(Debug, Default)]
+pub struct ProcessorSection<T> {
+    /// The processor's settings.
     pub processor: T,
 }
 
-impl<T: Validate> Validate for ProcessorConfig<T> {
+impl<T: DeserializeOwned + Default + Validate + std::fmt::Debug> Sections for ProcessorSection<T> {
+    const KEYS: &'static [&'static str] = &["processor"];
+
+    fn read<'de, M: MapAccess<'de>>(&mut self, _key: &str, map: &mut M) -> Result<(), M::Error> {
+        self.processor = map.next_value()?;
+        Ok(())
+    }
+}
+
+impl<T: Validate> Validate for ProcessorSection<T> {
     fn validate(&self) -> Result<(), ConfigError> {
-        self.kafka.validate()?;
-        self.runtime.validate()?;
-        self.schema_registry.validate()?;
-        self.observability.validate()?;
         self.processor.validate()
     }
 }
+
+/// The config file of a processor of settings `T`.
+pub type ProcessorConfig<T> = ServiceConfig<RuntimeSettings, ProcessorSection<T>>;
 
 /// The `[schema_registry]` config section.
 #[derive(Debug, Clone, Deserialize)]
@@ -154,54 +149,51 @@ impl ServiceArgs {
     }
 }
 
-/// Parses flags, loads config, runs the processor until SIGINT or SIGTERM, and maps the
-/// outcome to an exit code. A processor's `main` is a call to this.
-pub async fn serve<A: App>() -> ExitCode
+/// Runs processor `A` as its own binary until SIGINT or SIGTERM ([`crate::service::serve`]).
+/// A processor's `main` is a call to this.
+pub async fn serve<A: App + Sync + 'static>() -> ExitCode
 where
-    A::Settings: std::fmt::Debug,
+    A::Settings: std::fmt::Debug + Send + Sync,
 {
-    let args = ServiceArgs::parse_for(A::NAME, A::ABOUT);
-    let config: ProcessorConfig<A::Settings> = match args.start(A::NAME, |_| Ok(())) {
-        Ok(config) => config,
-        Err(code) => return code,
-    };
-    // Installed before anything slow, so that a SIGTERM during start-up stops gracefully.
-    let stop = crate::shutdown::signal();
-    let registry = prometheus::Registry::new();
-    let metrics = match ServiceArgs::metrics(A::NAME, &registry) {
-        Ok(metrics) => metrics,
-        Err(code) => return code,
-    };
-    let endpoint = match RunningEndpoint::start(
-        "observability.listen",
-        config.observability.listen,
-        registry,
-        metrics.readiness(),
-    )
-    .await
-    {
-        Ok(endpoint) => endpoint,
-        Err(err) => {
-            eprintln!("{}: {err}", A::NAME);
-            return ExitCode::from(2);
-        }
-    };
-    let processor = A::build(config.processor, &config.schema_registry);
-    let result = run_with(
-        processor,
-        &config.kafka,
-        &config.runtime,
-        &config.observability,
-        metrics,
-        stop,
-    )
-    .await;
-    endpoint.stop().await;
-    match result {
-        Ok(_) => ExitCode::SUCCESS,
-        Err(err) => {
-            tracing::error!(processor = A::NAME, error = %err, "processor stopped on error");
-            ExitCode::FAILURE
-        }
+    crate::service::serve::<Deployed<A>>().await
+}
+
+/// Processor `A` as a [`Service`].
+struct Deployed<A>(A);
+
+impl<A: App + Sync + 'static> Service for Deployed<A>
+where
+    A::Settings: std::fmt::Debug + Send + Sync,
+{
+    const NAME: &'static str = A::NAME;
+    const ABOUT: &'static str = A::ABOUT;
+    type Runtime = RuntimeSettings;
+    type Sections = ProcessorSection<A::Settings>;
+    type Error = RuntimeError;
+
+    async fn build(
+        config: &mut ProcessorConfig<A::Settings>,
+        _registry: &prometheus::Registry,
+    ) -> Result<Self, String> {
+        let settings = std::mem::take(&mut config.own.processor);
+        Ok(Self(A::build(settings, &config.schema_registry)))
+    }
+
+    async fn run(
+        self,
+        config: ProcessorConfig<A::Settings>,
+        metrics: Arc<RuntimeMetrics>,
+        stop: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), RuntimeError> {
+        run_with(
+            self.0,
+            &config.kafka,
+            &config.runtime,
+            &config.observability,
+            metrics,
+            stop,
+        )
+        .await
+        .map(|_| ())
     }
 }

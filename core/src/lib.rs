@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod processor;
 pub mod runner;
 pub mod secret;
+pub mod service;
 pub mod shutdown;
 pub mod state;
 pub mod telemetry;

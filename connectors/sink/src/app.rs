@@ -1,57 +1,52 @@
-//! The entry point every sink binary shares: flags, config, logs, signals, the metrics
-//! endpoint, then [`run`](crate::run).
+//! What a sink binary adds to the service skeleton (`backbone_core::service`): the
+//! [`SinkApp`] trait and the sink's own sections, `[destination]` and `[sink]`.
 
+use std::future::Future;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use backbone_core::app::{SchemaRegistrySettings, ServiceArgs};
 use backbone_core::config::{ConfigError, Validate};
-use backbone_core::endpoint::{ObservabilitySettings, RunningEndpoint};
-use backbone_core::KafkaSettings;
+use backbone_core::metrics::RuntimeMetrics;
+use backbone_core::service::{Sections, Service, ServiceConfig};
 use backbone_schemas::WireCodec;
-use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use serde::de::{DeserializeOwned, MapAccess};
 
 use crate::metrics::SinkMetrics;
-use crate::runner::{run, RunContext};
+use crate::runner::{run, RunContext, SinkError};
 use crate::settings::{DestinationSettings, SinkSettings};
 use crate::Sink;
 
-/// The config file of a sink: the shared sections and the sink's own `[sink]` section. Every
-/// key has a default that suits the local stack.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SinkConfig<T> {
-    /// Broker connection.
-    #[serde(default)]
-    pub kafka: KafkaSettings,
-    /// Batching, retries, circuit breaker, ledger.
-    #[serde(default)]
-    pub runtime: SinkSettings,
-    /// Where the contracts' schemas are registered.
-    #[serde(default)]
-    pub schema_registry: SchemaRegistrySettings,
-    /// Metrics, health and readiness endpoint.
-    #[serde(default)]
-    pub observability: ObservabilitySettings,
-    /// The external system.
-    #[serde(default)]
+/// A sink's own sections of its config file: where it delivers and its own settings.
+#[derive(Debug, Default)]
+pub struct SinkSections<T> {
+    /// The external system (`[destination]`).
     pub destination: DestinationSettings,
-    /// The sink's own settings.
-    #[serde(default)]
+    /// The sink's own settings (`[sink]`).
     pub sink: T,
 }
 
-impl<T: Validate> Validate for SinkConfig<T> {
+impl<T: DeserializeOwned + Default + Validate + std::fmt::Debug> Sections for SinkSections<T> {
+    const KEYS: &'static [&'static str] = &["destination", "sink"];
+
+    fn read<'de, M: MapAccess<'de>>(&mut self, key: &str, map: &mut M) -> Result<(), M::Error> {
+        if key == "destination" {
+            self.destination = map.next_value()?;
+        } else {
+            self.sink = map.next_value()?;
+        }
+        Ok(())
+    }
+}
+
+impl<T: Validate> Validate for SinkSections<T> {
     fn validate(&self) -> Result<(), ConfigError> {
-        self.kafka.validate()?;
-        self.runtime.validate()?;
-        self.schema_registry.validate()?;
-        self.observability.validate()?;
         self.destination.validate()?;
         self.sink.validate()
     }
 }
+
+/// The config file of a sink of settings `T`.
+pub type SinkConfig<T> = ServiceConfig<SinkSettings, SinkSections<T>>;
 
 /// A sink that can be deployed as its own binary.
 pub trait SinkApp: Sink + Sized {
@@ -69,74 +64,70 @@ pub trait SinkApp: Sink + Sized {
     fn build(
         settings: Self::Settings,
         destination: &DestinationSettings,
-    ) -> impl std::future::Future<Output = anyhow::Result<Self>> + Send;
+    ) -> impl Future<Output = anyhow::Result<Self>> + Send;
 }
 
-/// Parses flags, loads config, runs the sink until SIGINT or SIGTERM, and maps the outcome to
-/// an exit code: 0 after a graceful stop, 2 for bad config, 1 for any other failure (a
-/// refused credential among them).
-pub async fn serve<A: SinkApp>() -> ExitCode {
-    let args = ServiceArgs::parse_for(A::NAME, A::ABOUT);
-    let config: SinkConfig<A::Settings> = match args
-        .start(A::NAME, |c: &SinkConfig<A::Settings>| {
-            c.destination.require_scheme(A::SCHEMES)
-        }) {
-        Ok(config) => config,
-        Err(code) => return code,
-    };
-    let stop = backbone_core::shutdown::signal();
-    let registry = prometheus::Registry::new();
-    let metrics = match ServiceArgs::metrics(A::NAME, &registry) {
-        Ok(metrics) => metrics,
-        Err(code) => return code,
-    };
-    let sink = match A::build(config.sink, &config.destination).await {
-        Ok(sink) => sink,
-        Err(err) => {
-            eprintln!("{}: {err:#}", A::NAME);
-            return ExitCode::from(2);
-        }
-    };
-    let sink_metrics = match SinkMetrics::new(&registry, A::NAME, destination_name(&sink)) {
-        Ok(metrics) => Arc::new(metrics),
-        Err(err) => {
-            eprintln!("{}: metrics: {err}", A::NAME);
-            return ExitCode::FAILURE;
-        }
-    };
-    let endpoint = match RunningEndpoint::start(
-        "observability.listen",
-        config.observability.listen,
-        registry,
-        metrics.readiness(),
-    )
-    .await
-    {
-        Ok(endpoint) => endpoint,
-        Err(err) => {
-            eprintln!("{}: {err}", A::NAME);
-            return ExitCode::from(2);
-        }
-    };
-    let context = RunContext {
-        kafka: &config.kafka,
-        settings: &config.runtime,
-        observability: &config.observability,
-        codec: WireCodec::new(&config.schema_registry.url),
-        metrics,
-        sink_metrics,
-    };
-    let result = run(sink, context, stop).await;
-    endpoint.stop().await;
-    match result {
-        Ok(_) => ExitCode::SUCCESS,
-        Err(err) => {
-            tracing::error!(sink = A::NAME, error = %err, "sink stopped on error");
-            ExitCode::FAILURE
-        }
+/// Runs sink `A` as its own binary until SIGINT or SIGTERM (`backbone_core::service::serve`):
+/// exit 0 after a graceful stop, 2 for bad config or a destination that refuses the start, 1
+/// when the loop stopped on its own (a refused credential among them).
+pub async fn serve<A: SinkApp + Send + 'static>() -> ExitCode
+where
+    A::Settings: Send + Sync,
+{
+    backbone_core::service::serve::<Deployed<A>>().await
+}
+
+/// Sink `A` as a [`Service`], with its own metrics.
+struct Deployed<A> {
+    sink: A,
+    sink_metrics: Arc<SinkMetrics>,
+}
+
+impl<A: SinkApp + Send + 'static> Service for Deployed<A>
+where
+    A::Settings: Send + Sync,
+{
+    const NAME: &'static str = A::NAME;
+    const ABOUT: &'static str = A::ABOUT;
+    type Runtime = SinkSettings;
+    type Sections = SinkSections<A::Settings>;
+    type Error = SinkError;
+
+    fn check(config: &SinkConfig<A::Settings>) -> Result<(), ConfigError> {
+        config.own.destination.require_scheme(A::SCHEMES)
     }
-}
 
-fn destination_name<S: Sink>(sink: &S) -> &'static str {
-    crate::runner::destination_label(sink.destination())
+    async fn build(
+        config: &mut SinkConfig<A::Settings>,
+        registry: &prometheus::Registry,
+    ) -> Result<Self, String> {
+        let settings = std::mem::take(&mut config.own.sink);
+        let sink = A::build(settings, &config.own.destination)
+            .await
+            .map_err(|err| format!("{err:#}"))?;
+        let destination = crate::runner::destination_label(sink.destination());
+        let sink_metrics = SinkMetrics::new(registry, A::NAME, destination)
+            .map_err(|err| format!("metrics: {err}"))?;
+        Ok(Self {
+            sink,
+            sink_metrics: Arc::new(sink_metrics),
+        })
+    }
+
+    async fn run(
+        self,
+        config: SinkConfig<A::Settings>,
+        metrics: Arc<RuntimeMetrics>,
+        stop: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), SinkError> {
+        let context = RunContext {
+            kafka: &config.kafka,
+            settings: &config.runtime,
+            observability: &config.observability,
+            codec: WireCodec::new(&config.schema_registry.url),
+            metrics,
+            sink_metrics: self.sink_metrics,
+        };
+        run(self.sink, context, stop).await.map(|_| ())
+    }
 }
