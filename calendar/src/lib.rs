@@ -259,7 +259,7 @@ mod tests {
         for days in -150_000..150_000 {
             let (year, month, day) = civil_from_days(days);
             assert_eq!(days_from_civil(year, month, day), days);
-            if year >= 0 && year < 10_000 {
+            if (0..10_000).contains(&year) {
                 assert_eq!(parse_date(&format_date(days)), Some(days));
             }
         }
