@@ -21,9 +21,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use backbone_core::app::{App, ProcessorConfig};
 use backbone_core::config::{load_from, ConfigError, Validate};
-use backbone_sink::app::{SinkApp, SinkConfig};
 use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 
@@ -34,9 +32,6 @@ const METRICS_LISTEN_KEYS: [&str; 3] = [
     "BACKBONE__MONITOR__LISTEN",
     "BACKBONE__DRIFT__LISTEN",
 ];
-
-/// Services configured by environment alone: no config file is mounted for them.
-const ENV_ONLY: [&str; 4] = ["monitor", "drift", "loadgen", "contracts"];
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -641,20 +636,13 @@ fn services_reach_each_other_by_service_name_and_exposed_port() {
             );
         }
     }
-    for expected in [
-        "usage-validator:9464",
-        "enricher:9464",
-        "usage-rater:9464",
-        "fanout:9464",
-        "billing-sink:9464",
-        "crm-sink:9464",
-        "analytics-sink:9464",
-        "erp-sink:9464",
-        "monitor:9470",
-        "drift:9471",
-    ] {
+    // Every component with an endpoint in the list serves it in compose.
+    for expected in backbone_components::all()
+        .iter()
+        .filter_map(|c| c.metrics.map(|port| format!("{}:{port}", c.name)))
+    {
         assert!(
-            endpoints.contains(expected),
+            endpoints.contains(&expected),
             "no metrics endpoint {expected}: {endpoints:?}"
         );
     }
@@ -758,7 +746,7 @@ fn start_order_waits_for_health_and_every_service_has_a_health_check() {
             .map(String::as_str),
         Some("service_healthy")
     );
-    for processor in ["usage-validator", "enricher", "usage-rater", "fanout"] {
+    for processor in backbone_components::processors().map(|c| c.name.as_str()) {
         assert_eq!(
             compose
                 .service(processor)
@@ -844,7 +832,7 @@ fn credentials_are_secret_files_and_every_mount_exists() {
         secret_settings >= 8,
         "{secret_settings} settings read secrets"
     );
-    for sink in ["billing-sink", "crm-sink", "analytics-sink", "erp-sink"] {
+    for sink in backbone_components::sinks().map(|c| c.name.as_str()) {
         let service = compose.service(sink);
         assert!(
             service
@@ -860,7 +848,7 @@ fn credentials_are_secret_files_and_every_mount_exists() {
             "{sink}: its ledger lives on a volume"
         );
     }
-    for processor in ["usage-validator", "enricher", "usage-rater", "fanout"] {
+    for processor in backbone_components::processors().map(|c| c.name.as_str()) {
         assert!(
             compose
                 .service(processor)
@@ -895,28 +883,50 @@ fn assert_cluster(kafka: &backbone_core::KafkaSettings) {
     );
 }
 
-fn load_processor<A: App>(path: Option<&Path>, env: &[(String, String)]) -> Result<(), ConfigError>
-where
-    A::Settings: std::fmt::Debug,
-{
-    let config: ProcessorConfig<A::Settings> = load(path, env)?;
-    assert_cluster(&config.kafka);
-    assert_eq!(config.observability.listen.port(), 9464);
-    assert_eq!(config.schema_registry.url, "http://schema-registry:8081");
-    Ok(())
+/// Loads a processor's or sink's config the way it does at start: its own binary with
+/// `--check-config`, which refuses bad values and unknown keys and names them, and prints
+/// what it loaded.
+fn check_stage(
+    binary: &str,
+    path: Option<&Path>,
+    env: &[(String, String)],
+) -> Result<(), ConfigError> {
+    let mut command = Command::new(workspace_binary(binary));
+    command
+        .arg("--check-config")
+        .env_clear()
+        .envs(env.iter().cloned());
+    if let Some(path) = path {
+        command.env("BACKBONE_CONFIG", path);
+    }
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("{binary}: {e} (make test builds every binary first)"));
+    if output.status.success() {
+        // The effective config, as the binary prints it: it joins the three-node cluster and
+        // creates its topics with three replicas, two in sync.
+        let printed = String::from_utf8_lossy(&output.stdout);
+        for expected in [
+            format!("bootstrap_servers: \"{KAFKA_CLUSTER}\""),
+            "replication_factor: 3".to_owned(),
+            "min_insync_replicas: 2".to_owned(),
+        ] {
+            assert!(
+                printed.contains(&expected),
+                "{binary}: no {expected} in\n{printed}"
+            );
+        }
+        return Ok(());
+    }
+    Err(ConfigError::Invalid {
+        key: binary.to_owned(),
+        message: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+    })
 }
 
-fn load_sink<A: SinkApp>(path: Option<&Path>, env: &[(String, String)]) -> Result<(), ConfigError> {
-    let config: SinkConfig<A::Settings> = load(path, env)?;
-    config.own.destination.require_scheme(A::SCHEMES)?;
-    assert_cluster(&config.kafka);
-    assert_eq!(config.observability.listen.port(), 9464);
-    assert!(
-        !config.own.destination.resolve_credential()?.is_empty(),
-        "{}: empty credential",
-        A::NAME
-    );
-    Ok(())
+/// A binary built next to this test's own (`make test` builds every binary first).
+fn workspace_binary(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_tally")).with_file_name(name)
 }
 
 /// Loads a service's config the way its binary does: the mounted file, then the environment.
@@ -925,21 +935,10 @@ fn load_binary(
     path: Option<&Path>,
     env: &[(String, String)],
 ) -> Result<(), ConfigError> {
+    if backbone_components::named(binary).is_some_and(|c| c.is_stage()) {
+        return check_stage(binary, path, env);
+    }
     match binary {
-        "usage-validator" => load_processor::<backbone_usage_validator::UsageValidator>(path, env),
-        "enricher" => load_processor::<backbone_enricher::Enricher>(path, env),
-        "usage-rater" => load_processor::<backbone_usage_rater::UsageRater>(path, env),
-        "fanout" => load_processor::<backbone_fanout::Fanout>(path, env),
-        "billing-sink" => load_sink::<backbone_billing_sink::BillingSink>(path, env),
-        "crm-sink" => load_sink::<backbone_crm_sink::CrmSink>(path, env),
-        "erp-sink" => load_sink::<backbone_erp_sink::ErpSink>(path, env),
-        "analytics-sink" => {
-            load_sink::<backbone_analytics_sink::AnalyticsSink>(path, env)?;
-            // Parses the URL and reads the password as the binary does, without connecting.
-            let config: SinkConfig<backbone_analytics_sink::AnalyticsSettings> = load(path, env)?;
-            backbone_analytics_sink::AnalyticsSink::new(config.own.sink, &config.own.destination)
-                .map(|_| ())
-        }
         "sandbox" => {
             let config: backbone_sandbox::SandboxConfig = load(path, env)?;
             assert_eq!(config.listen.port(), 8090);
@@ -988,7 +987,7 @@ fn every_config_file_loads_through_its_binarys_loader_with_the_compose_environme
             }
             None => {
                 assert!(
-                    ENV_ONLY.contains(&service.name.as_str()),
+                    backbone_components::named(&service.name).is_some_and(|c| c.env_only),
                     "{}: no BACKBONE_CONFIG; put its config in deploy/config/{binary}.toml",
                     service.name
                 );
