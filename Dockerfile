@@ -15,14 +15,12 @@ RUN apt-get update \
         zlib1g-dev libzstd-dev liblz4-dev \
     && rm -rf /var/lib/apt/lists/*
 
-# Every binary a compose service runs, plus the operator CLIs (contracts, replay).
-ARG BINARIES="usage-validator enricher usage-rater fanout \
-billing-sink crm-sink analytics-sink erp-sink \
-schema-registry sandbox monitor drift loadgen replay contracts"
-
 WORKDIR /src
 COPY . .
+# Every binary of components.toml (the one list of components): what compose runs, and the
+# operator CLIs (contracts, replay).
 RUN set -eu; \
+    BINARIES=$(sed -n 's/^name = "\(.*\)"$/\1/p' components.toml); \
     selection=""; \
     for bin in $BINARIES; do selection="$selection --bin $bin"; done; \
     cargo build --release --locked $selection; \

@@ -21,7 +21,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use backbone::{Deployment, Stamps, PROCESSORS, SINKS};
+use backbone::{stages, Deployment, Stamps};
 use backbone_calendar::now_micros;
 use backbone_core::{Delivery, KafkaSettings};
 use backbone_drift::books::Check;
@@ -98,7 +98,7 @@ async fn chaos(
     until: Instant,
 ) -> Mayhem {
     let mut mayhem = Mayhem::default();
-    let victims: Vec<&'static str> = PROCESSORS.iter().chain(SINKS.iter()).copied().collect();
+    let victims: Vec<&'static str> = stages();
     let mut round = 0u32;
     while Instant::now() < until {
         round += 1;
@@ -247,21 +247,11 @@ async fn read_all(kafka: &KafkaSettings, topic: &str) -> Vec<ConsumedRecord> {
 /// Where every stage stands: per binary, the input records its group has committed of those
 /// in its input topics.
 fn progress(deployment: &Deployment) -> String {
-    let t = &deployment.topics;
-    let stages: [(&str, Vec<&str>); 8] = [
-        ("usage-validator", vec![&t.usage]),
-        ("enricher", vec![&t.validated]),
-        ("usage-rater", vec![&t.enriched]),
-        ("fanout", vec![&t.rated, &t.windows]),
-        ("billing-sink", vec![&t.billing]),
-        ("crm-sink", vec![&t.crm]),
-        ("erp-sink", vec![&t.erp]),
-        ("analytics-sink", vec![&t.analytics]),
-    ];
     let mut report = Vec::new();
-    for (binary, topics) in stages {
+    for stage in backbone_components::stages() {
+        let binary = stage.name.as_str();
         let (mut committed, mut end) = (0, 0);
-        for topic in topics {
+        for topic in stage.inputs.values().map(|t| deployment.topics.name(t)) {
             committed += committed_offsets(&deployment.kafka, &deployment.group(binary), topic)
                 .map(|offsets| offsets.iter().filter_map(|(_, o)| *o).sum::<i64>())
                 .unwrap_or(-1);
@@ -712,21 +702,16 @@ async fn proof_under_fire(run: Run) {
         }
     }
     assert_eq!(lettered, expected.dead_letters, "dead letters by reason");
-    for sink in SINKS {
-        let dlq = format!(
-            "{}.dlq",
-            match sink {
-                "billing-sink" => &t.billing,
-                "crm-sink" => &t.crm,
-                "erp-sink" => &t.erp,
-                _ => &t.analytics,
-            }
-        );
-        assert_eq!(
-            read_all(&kafka, &dlq).await.len(),
-            0,
-            "{sink} rejected nothing"
-        );
+    for sink in backbone_components::sinks() {
+        for input in sink.inputs.values() {
+            let dlq = format!("{}.dlq", t.name(input));
+            assert_eq!(
+                read_all(&kafka, &dlq).await.len(),
+                0,
+                "{} rejected nothing",
+                sink.name
+            );
+        }
     }
 
     let kills: u32 = mayhem.kills.values().sum();

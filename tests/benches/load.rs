@@ -29,7 +29,7 @@ mod backbone;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use backbone::{Deployment, Stamps, PASS_THROUGH, PROCESSORS};
+use backbone::{processors, Deployment, Stamps, PASS_THROUGH};
 use backbone_calendar::now_micros;
 use backbone_core::admin::ensure_topics;
 use backbone_core::KafkaSettings;
@@ -318,7 +318,7 @@ async fn throughput(bench: &Bench, memory: &mut Memory) -> Throughput {
     memory.note("throughput", &d, PASS_THROUGH);
     d.stop(PASS_THROUGH, STOP);
 
-    for binary in PROCESSORS {
+    for binary in processors() {
         d.start(binary);
     }
     let t = d.topics.clone();
@@ -348,10 +348,10 @@ async fn throughput(bench: &Bench, memory: &mut Memory) -> Throughput {
     written.extend(bench.blocking(|o| o.topics_starting(&d.group_prefix)));
     let window = bench.blocking(|o| measure(o, &t.billing, EVENTS, &[written, read]));
     bench.blocking(|o| o.await_count(&t.billing, EVENTS));
-    for binary in PROCESSORS {
+    for binary in processors() {
         memory.note("throughput", &d, binary);
     }
-    for binary in PROCESSORS {
+    for binary in processors() {
         d.stop(binary, STOP);
     }
     Throughput {
@@ -418,17 +418,17 @@ async fn latency_pipeline(bench: &Bench, workload: &Workload, memory: &mut Memor
     let mut master = workload.clone();
     master.usage.clear();
     bench.publish(&master, &d, 0).await;
-    for binary in PROCESSORS {
+    for binary in processors() {
         d.start(binary);
     }
     let measured_from = bench.warm_up(&d, &t.billing).await;
     bench.publish(workload, &d, RATE).await;
     let total = workload.usage.len() + WARM_UP_EVENTS;
     let charges = bench.read(&t.billing, total).await;
-    for binary in PROCESSORS {
+    for binary in processors() {
         memory.note("latency", &d, binary);
     }
-    for binary in PROCESSORS {
+    for binary in processors() {
         d.stop(binary, STOP);
     }
 
@@ -688,7 +688,7 @@ async fn main() {
         println!("\npeak RSS (VmHWM) per process");
         println!("| process | throughput run | latency run |");
         println!("|---|---|---|");
-        for binary in [PASS_THROUGH].iter().chain(PROCESSORS.iter()) {
+        for binary in [PASS_THROUGH].into_iter().chain(processors()) {
             println!(
                 "| {binary} | {} | {} |",
                 memory.get(binary, "throughput"),

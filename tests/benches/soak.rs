@@ -23,7 +23,7 @@ mod sinks;
 
 use std::time::{Duration, Instant};
 
-use backbone::{Deployment, Stamps, PROCESSORS, SINKS};
+use backbone::{stages, Deployment, Stamps};
 use backbone_calendar::now_micros;
 use backbone_core::KafkaSettings;
 use backbone_loadgen::{Destinations, LoadSpec, Workload};
@@ -51,18 +51,14 @@ fn rss_kib(pid: u32) -> Option<u64> {
 
 /// The topics each process consumes (master data left out: it does not move).
 fn inputs(deployment: &Deployment, binary: &str) -> Vec<String> {
-    let t = &deployment.topics;
-    match binary {
-        "usage-validator" => vec![t.usage.clone()],
-        "enricher" => vec![t.validated.clone()],
-        "usage-rater" => vec![t.enriched.clone()],
-        "fanout" => vec![t.rated.clone(), t.windows.clone(), t.by_customer.clone()],
-        "billing-sink" => vec![t.billing.clone()],
-        "crm-sink" => vec![t.crm.clone()],
-        "erp-sink" => vec![t.erp.clone()],
-        "analytics-sink" => vec![t.analytics.clone()],
-        other => panic!("no inputs known for `{other}`"),
-    }
+    let stage = backbone_components::named(binary)
+        .unwrap_or_else(|| panic!("`{binary}` is not in components.toml"));
+    stage
+        .inputs
+        .values()
+        .chain(stage.internal.values())
+        .map(|topic| deployment.topics.name(topic).to_owned())
+        .collect()
 }
 
 /// Records on `binary`'s inputs beyond its group's committed offsets.
@@ -124,7 +120,7 @@ async fn main() -> std::process::ExitCode {
     )
     .await;
     deployment.start_pipeline();
-    let binaries: Vec<&'static str> = PROCESSORS.iter().chain(SINKS.iter()).copied().collect();
+    let binaries: Vec<&'static str> = stages();
 
     // Usage in chunks of one interval's worth, each its own seed (so event ids never repeat);
     // master data with the first chunk only.

@@ -1,7 +1,8 @@
-//! The whole backbone as separate processes, the way it is deployed: the four processors, the
-//! four sinks, the lag monitor and the drift reconciler, each its own binary on its own metrics
-//! port, on topics of their own on the shared broker, delivering to a sandbox served by the
-//! test. A test can kill and restart any of them.
+//! The whole backbone as separate processes, the way it is deployed: the processors and sinks
+//! of components.toml, the lag monitor and the drift reconciler, each its own binary on its own
+//! metrics port, on topics of their own on the shared broker, delivering to a sandbox served by
+//! the test. A test can kill and restart any of them. A stage's topics and settings come from
+//! its entry in the list, so a new processor or sink runs here without a line changed.
 
 // Each test binary that includes this module uses part of it.
 #![allow(dead_code)]
@@ -11,14 +12,31 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use backbone_components::{env_var, Destination, Kind};
 use backbone_core::admin::{ensure_topics, TopicSpec};
 use backbone_core::{Delivery, KafkaSettings};
 use backbone_testkit::{create_topic, shared_settings, unique_group, unique_topic, ChildProcess};
 
-/// The binaries of a deployment, in start order.
-pub const PROCESSORS: [&str; 4] = ["usage-validator", "enricher", "usage-rater", "fanout"];
-/// The sinks.
-pub const SINKS: [&str; 4] = ["billing-sink", "crm-sink", "erp-sink", "analytics-sink"];
+/// The processors, in start order (components.toml).
+pub fn processors() -> Vec<&'static str> {
+    backbone_components::processors()
+        .map(|c| c.name.as_str())
+        .collect()
+}
+
+/// The sinks (components.toml).
+pub fn sinks() -> Vec<&'static str> {
+    backbone_components::sinks()
+        .map(|c| c.name.as_str())
+        .collect()
+}
+
+/// The processors, then the sinks.
+pub fn stages() -> Vec<&'static str> {
+    backbone_components::stages()
+        .map(|c| c.name.as_str())
+        .collect()
+}
 /// The benchmarks' baseline: the runtime forwarding raw usage unchanged to [`Topics::copy`].
 pub const PASS_THROUGH: &str = "pass-through";
 
@@ -68,6 +86,8 @@ pub struct Topics {
     pub by_customer: String,
     /// Delivery results of every sink.
     pub results: String,
+    /// Every topic of the component list, by its deployed name.
+    pub by_name: BTreeMap<String, String>,
 }
 
 impl Topics {
@@ -87,25 +107,42 @@ impl Topics {
         format!("{}.copy", self.usage)
     }
 
-    /// Fresh names, the inputs created (co-partitioned usage in 3, master data in 1), the
-    /// usage and output topics stamped by `stamps`.
+    /// This deployment's name of the topic deployed as `topic`.
+    pub fn name(&self, topic: &str) -> &str {
+        self.by_name
+            .get(topic)
+            .unwrap_or_else(|| panic!("`{topic}` is no topic of components.toml"))
+    }
+
+    /// Fresh names for every topic of the component list, the inputs created (co-partitioned
+    /// usage in 3, master data in 1), the usage and output topics stamped by `stamps`.
     pub async fn create(kafka: &KafkaSettings, stamps: Stamps) -> Topics {
+        let mut by_name = BTreeMap::new();
+        for component in backbone_components::all() {
+            for (_, topic) in component.topic_settings() {
+                by_name
+                    .entry(topic.to_owned())
+                    .or_insert_with(|| unique_topic(topic));
+            }
+        }
+        let name = |topic: &str| by_name[topic].clone();
         let t = Topics {
-            usage: unique_topic("usage.events"),
-            validated: unique_topic("usage.validated"),
-            accounts: unique_topic("master.customer-accounts"),
-            subscriptions: unique_topic("master.subscriptions"),
-            rate_cards: unique_topic("master.rate-cards"),
-            gl_mappings: unique_topic("master.gl-mappings"),
-            enriched: unique_topic("usage.enriched"),
-            rated: unique_topic("usage.rated"),
-            windows: unique_topic("usage.window-aggregates"),
-            billing: unique_topic("billing.charges"),
-            analytics: unique_topic("analytics.facts"),
-            crm: unique_topic("crm.account-health"),
-            erp: unique_topic("erp.postings"),
-            by_customer: unique_topic("usage.rated-by-customer"),
-            results: unique_topic("delivery.results"),
+            usage: name("usage.events"),
+            validated: name("usage.validated"),
+            accounts: name("master.customer-accounts"),
+            subscriptions: name("master.subscriptions"),
+            rate_cards: name("master.rate-cards"),
+            gl_mappings: name("master.gl-mappings"),
+            enriched: name("usage.enriched"),
+            rated: name("usage.rated"),
+            windows: name("usage.window-aggregates"),
+            billing: name("billing.charges"),
+            analytics: name("analytics.facts"),
+            crm: name("crm.account-health"),
+            erp: name("erp.postings"),
+            by_customer: name("usage.rated-by-customer"),
+            results: name("delivery.results"),
+            by_name,
         };
         let mut specs: Vec<TopicSpec> = [
             &t.usage,
@@ -156,6 +193,10 @@ impl Stamps {
             Stamps::Append => spec.with_config("message.timestamp.type", "LogAppendTime"),
         }
     }
+}
+
+fn set(env: &mut Vec<(String, String)>, key: &str, value: String) {
+    env.push((key.to_owned(), value));
 }
 
 /// One process of the deployment.
@@ -241,12 +282,11 @@ impl Deployment {
             .join(&group_prefix);
         std::fs::create_dir_all(&dir).expect("deployment directory");
         let mut ports = BTreeMap::new();
-        for binary in PROCESSORS
-            .iter()
-            .chain(SINKS.iter())
-            .chain(["monitor", "drift", PASS_THROUGH].iter())
+        for binary in stages()
+            .into_iter()
+            .chain(["monitor", "drift", PASS_THROUGH])
         {
-            ports.insert(*binary, free_port());
+            ports.insert(binary, free_port());
         }
         Deployment {
             topics,
@@ -280,180 +320,181 @@ impl Deployment {
         format!("127.0.0.1:{}", self.ports[binary])
     }
 
-    /// Every binary's configuration, as environment overrides.
+    /// Every binary's configuration, as environment overrides. A stage runs on its defaults,
+    /// its component entry's topics (this deployment's names) and local settings, and the
+    /// deployment's broker, registry, group, state and destination.
     pub fn env(&self, binary: &str) -> Vec<(String, String)> {
         let t = &self.topics;
-        let mut env: Vec<(&str, String)> = vec![(
+        let mut env: Vec<(String, String)> = Vec::new();
+        set(
+            &mut env,
             "BACKBONE__KAFKA__BOOTSTRAP_SERVERS",
             self.kafka.bootstrap_servers.clone(),
-        )];
+        );
         // The monitor reads offsets only; everything else decodes contracts.
         if binary != "monitor" {
-            env.push(("BACKBONE__SCHEMA_REGISTRY__URL", self.registry_url.clone()));
+            set(
+                &mut env,
+                "BACKBONE__SCHEMA_REGISTRY__URL",
+                self.registry_url.clone(),
+            );
         }
         let listen = self.metrics_address(binary);
         let state = self.dir.join("state").to_string_lossy().into_owned();
-        let processor = |env: &mut Vec<(&str, String)>| {
-            env.push(("BACKBONE__KAFKA__SESSION_TIMEOUT", "6s".to_owned()));
-            env.push(("BACKBONE__KAFKA__COMMIT_INTERVAL", "200ms".to_owned()));
-            env.push(("BACKBONE__RUNTIME__GROUP_ID", self.group(binary)));
-            env.push(("BACKBONE__RUNTIME__STATE__DIR", state.clone()));
-            env.push(("BACKBONE__OBSERVABILITY__LISTEN", listen.clone()));
-            env.push((
+        let stage = backbone_components::named(binary).filter(|c| c.is_stage());
+        if stage.is_some() || binary == PASS_THROUGH {
+            set(
+                &mut env,
+                "BACKBONE__KAFKA__SESSION_TIMEOUT",
+                "6s".to_owned(),
+            );
+            set(
+                &mut env,
+                "BACKBONE__KAFKA__COMMIT_INTERVAL",
+                "200ms".to_owned(),
+            );
+            set(&mut env, "BACKBONE__RUNTIME__GROUP_ID", self.group(binary));
+            set(&mut env, "BACKBONE__OBSERVABILITY__LISTEN", listen.clone());
+            set(
+                &mut env,
                 "BACKBONE__OBSERVABILITY__STATISTICS_INTERVAL",
                 "1s".to_owned(),
-            ));
-            if self.delivery == Delivery::ExactlyOnce {
-                env.push(("BACKBONE__RUNTIME__DELIVERY", "exactly-once".to_owned()));
-                // One instance per binary: its id is kept across restarts, so a restart
-                // fences what the killed run left open.
-                env.push((
-                    "BACKBONE__RUNTIME__TRANSACTION__TRANSACTIONAL_ID",
-                    format!("{}-0", self.group(binary)),
-                ));
+            );
+        }
+        match stage.map(|c| c.kind) {
+            Some(Kind::Sink) => {
+                set(&mut env, "BACKBONE__RUNTIME__LEDGER_DIR", state.clone());
+                set(&mut env, "BACKBONE__RUNTIME__LINGER", "50ms".to_owned());
             }
-        };
-        let sink = |env: &mut Vec<(&str, String)>, topic: &str| {
-            env.push(("BACKBONE__KAFKA__SESSION_TIMEOUT", "6s".to_owned()));
-            env.push(("BACKBONE__KAFKA__COMMIT_INTERVAL", "200ms".to_owned()));
-            env.push(("BACKBONE__RUNTIME__GROUP_ID", self.group(binary)));
-            env.push(("BACKBONE__RUNTIME__LEDGER_DIR", state.clone()));
-            env.push(("BACKBONE__RUNTIME__RESULTS_TOPIC", t.results.clone()));
-            env.push(("BACKBONE__RUNTIME__LINGER", "50ms".to_owned()));
-            env.push(("BACKBONE__OBSERVABILITY__LISTEN", listen.clone()));
-            env.push((
-                "BACKBONE__OBSERVABILITY__STATISTICS_INTERVAL",
-                "1s".to_owned(),
-            ));
-            env.push(("BACKBONE__SINK__TOPIC", topic.to_owned()));
-            env.push(("BACKBONE__DESTINATION__URL", self.sandbox_url.clone()));
-            env.push((
-                "BACKBONE__DESTINATION__CREDENTIAL",
-                "sandbox-token".to_owned(),
-            ));
-        };
+            Some(_) => {
+                set(&mut env, "BACKBONE__RUNTIME__STATE__DIR", state.clone());
+                if self.delivery == Delivery::ExactlyOnce {
+                    set(
+                        &mut env,
+                        "BACKBONE__RUNTIME__DELIVERY",
+                        "exactly-once".to_owned(),
+                    );
+                    // One instance per binary: its id is kept across restarts, so a restart
+                    // fences what the killed run left open.
+                    set(
+                        &mut env,
+                        "BACKBONE__RUNTIME__TRANSACTION__TRANSACTIONAL_ID",
+                        format!("{}-0", self.group(binary)),
+                    );
+                }
+            }
+            None => {}
+        }
+        if let Some(stage) = stage {
+            for (key, topic) in stage.topic_settings() {
+                set(&mut env, &env_var(key), t.name(topic).to_owned());
+            }
+            for (key, value) in &stage.local {
+                set(&mut env, &env_var(key), value.clone());
+            }
+            if let (Some(key), false) = (&stage.dedup, self.downstream_dedup) {
+                set(&mut env, &env_var(key), "false".to_owned());
+            }
+            match stage.destination {
+                Some(Destination::Http) => {
+                    set(
+                        &mut env,
+                        "BACKBONE__DESTINATION__URL",
+                        self.sandbox_url.clone(),
+                    );
+                    set(
+                        &mut env,
+                        "BACKBONE__DESTINATION__CREDENTIAL",
+                        "sandbox-token".to_owned(),
+                    );
+                }
+                Some(Destination::Postgres) => {
+                    let (url, password) =
+                        backbone_sink::settings::split_password(&self.postgres_url);
+                    set(&mut env, "BACKBONE__DESTINATION__URL", url);
+                    set(
+                        &mut env,
+                        "BACKBONE__DESTINATION__CREDENTIAL",
+                        password.map(|p| p.expose().to_owned()).unwrap_or_default(),
+                    );
+                    // A schema of its own per deployment.
+                    set(
+                        &mut env,
+                        "BACKBONE__SINK__SCHEMA",
+                        self.group_prefix.replace(['-', '.'], "_"),
+                    );
+                }
+                None => {}
+            }
+            return env;
+        }
         match binary {
             PASS_THROUGH => {
-                processor(&mut env);
-                env.push(("BACKBONE__PROCESSOR__INPUT_TOPIC", t.usage.clone()));
-                env.push(("BACKBONE__PROCESSOR__OUTPUT_TOPIC", t.copy()));
-            }
-            "usage-validator" => {
-                processor(&mut env);
-                env.push(("BACKBONE__PROCESSOR__INPUT_TOPIC", t.usage.clone()));
-                env.push(("BACKBONE__PROCESSOR__OUTPUT_TOPIC", t.validated.clone()));
-            }
-            "enricher" => {
-                processor(&mut env);
-                env.push(("BACKBONE__PROCESSOR__USAGE_TOPIC", t.validated.clone()));
-                env.push(("BACKBONE__PROCESSOR__ACCOUNTS_TOPIC", t.accounts.clone()));
-                env.push((
-                    "BACKBONE__PROCESSOR__SUBSCRIPTIONS_TOPIC",
-                    t.subscriptions.clone(),
-                ));
-                env.push((
-                    "BACKBONE__PROCESSOR__RATE_CARDS_TOPIC",
-                    t.rate_cards.clone(),
-                ));
-                env.push(("BACKBONE__PROCESSOR__OUTPUT_TOPIC", t.enriched.clone()));
-                env.push(("BACKBONE__PROCESSOR__PARK_TIMEOUT", "3s".to_owned()));
-            }
-            "usage-rater" => {
-                processor(&mut env);
-                env.push(("BACKBONE__PROCESSOR__INPUT_TOPIC", t.enriched.clone()));
-                env.push((
-                    "BACKBONE__PROCESSOR__RATE_CARDS_TOPIC",
-                    t.rate_cards.clone(),
-                ));
-                env.push(("BACKBONE__PROCESSOR__OUTPUT_TOPIC", t.rated.clone()));
-                env.push(("BACKBONE__PROCESSOR__AGGREGATES_TOPIC", t.windows.clone()));
-                if !self.downstream_dedup {
-                    env.push(("BACKBONE__PROCESSOR__DEDUP", "false".to_owned()));
-                }
-            }
-            "fanout" => {
-                processor(&mut env);
-                if !self.downstream_dedup {
-                    env.push(("BACKBONE__PROCESSOR__DEDUP", "false".to_owned()));
-                }
-                env.push(("BACKBONE__PROCESSOR__RATED_TOPIC", t.rated.clone()));
-                env.push(("BACKBONE__PROCESSOR__AGGREGATES_TOPIC", t.windows.clone()));
-                env.push((
-                    "BACKBONE__PROCESSOR__GL_MAPPINGS_TOPIC",
-                    t.gl_mappings.clone(),
-                ));
-                env.push((
-                    "BACKBONE__PROCESSOR__BY_CUSTOMER_TOPIC",
-                    t.by_customer.clone(),
-                ));
-                env.push(("BACKBONE__PROCESSOR__ROUTES__BILLING", t.billing.clone()));
-                env.push((
-                    "BACKBONE__PROCESSOR__ROUTES__ANALYTICS",
-                    t.analytics.clone(),
-                ));
-                env.push(("BACKBONE__PROCESSOR__ROUTES__CRM", t.crm.clone()));
-                env.push(("BACKBONE__PROCESSOR__ROUTES__ERP", t.erp.clone()));
-            }
-            "billing-sink" => sink(&mut env, &t.billing),
-            "crm-sink" => {
-                sink(&mut env, &t.crm);
-                // As deployed (deploy/config): the CRM takes 200 upserts a request.
-                env.push(("BACKBONE__RUNTIME__BATCH_MAX", "200".to_owned()));
-            }
-            "erp-sink" => {
-                sink(&mut env, &t.erp);
-                env.push(("BACKBONE__SINK__WINDOW", "2s".to_owned()));
-                env.push(("BACKBONE__SINK__GRACE", "1s".to_owned()));
-            }
-            "analytics-sink" => {
-                sink(&mut env, &t.analytics);
-                // As deployed (deploy/config): a batch is one transaction, and at the runtime's
-                // default of 100 facts the per-batch round trips cap the sink near 700 facts/s.
-                env.push(("BACKBONE__RUNTIME__BATCH_MAX", "500".to_owned()));
-                let (url, password) = backbone_sink::settings::split_password(&self.postgres_url);
-                env.retain(|(k, _)| !k.starts_with("BACKBONE__DESTINATION__"));
-                env.push(("BACKBONE__DESTINATION__URL", url));
-                env.push((
-                    "BACKBONE__DESTINATION__CREDENTIAL",
-                    password.map(|p| p.expose().to_owned()).unwrap_or_default(),
-                ));
-                env.push((
-                    "BACKBONE__SINK__SCHEMA",
-                    self.group_prefix.replace(['-', '.'], "_"),
-                ));
+                set(&mut env, "BACKBONE__RUNTIME__STATE__DIR", state);
+                set(
+                    &mut env,
+                    "BACKBONE__PROCESSOR__INPUT_TOPIC",
+                    t.usage.clone(),
+                );
+                set(&mut env, "BACKBONE__PROCESSOR__OUTPUT_TOPIC", t.copy());
             }
             "monitor" => {
-                let groups: Vec<String> = PROCESSORS
-                    .iter()
-                    .chain(SINKS.iter())
+                let groups: Vec<String> = stages()
+                    .into_iter()
                     .map(|b| format!("\"{}\"", self.group(b)))
                     .collect();
-                env.push((
+                set(
+                    &mut env,
                     "BACKBONE__MONITOR__GROUPS",
                     format!("[{}]", groups.join(", ")),
-                ));
-                env.push(("BACKBONE__MONITOR__DISCOVER", "false".to_owned()));
-                env.push(("BACKBONE__MONITOR__INTERVAL", "1s".to_owned()));
-                env.push(("BACKBONE__MONITOR__LISTEN", listen));
+                );
+                set(&mut env, "BACKBONE__MONITOR__DISCOVER", "false".to_owned());
+                set(&mut env, "BACKBONE__MONITOR__INTERVAL", "1s".to_owned());
+                set(&mut env, "BACKBONE__MONITOR__LISTEN", listen);
             }
             "drift" => {
-                env.push(("BACKBONE__DRIFT__ENRICHED_TOPIC", t.enriched.clone()));
-                env.push((
+                set(
+                    &mut env,
+                    "BACKBONE__DRIFT__ENRICHED_TOPIC",
+                    t.enriched.clone(),
+                );
+                set(
+                    &mut env,
                     "BACKBONE__DRIFT__ENRICHED_DLQ_TOPIC",
                     format!("{}.dlq", t.enriched),
-                ));
-                env.push(("BACKBONE__DRIFT__RATED_TOPIC", t.rated.clone()));
-                env.push(("BACKBONE__DRIFT__ACCOUNTS_TOPIC", t.accounts.clone()));
-                env.push(("BACKBONE__DRIFT__GL_MAPPINGS_TOPIC", t.gl_mappings.clone()));
-                env.push(("BACKBONE__DRIFT__BILLING_URL", self.sandbox_url.clone()));
-                env.push(("BACKBONE__DRIFT__CRM_URL", self.sandbox_url.clone()));
-                env.push(("BACKBONE__DRIFT__ERP_URL", self.sandbox_url.clone()));
-                env.push(("BACKBONE__DRIFT__INTERVAL", "1s".to_owned()));
-                env.push(("BACKBONE__DRIFT__LISTEN", listen));
+                );
+                set(&mut env, "BACKBONE__DRIFT__RATED_TOPIC", t.rated.clone());
+                set(
+                    &mut env,
+                    "BACKBONE__DRIFT__ACCOUNTS_TOPIC",
+                    t.accounts.clone(),
+                );
+                set(
+                    &mut env,
+                    "BACKBONE__DRIFT__GL_MAPPINGS_TOPIC",
+                    t.gl_mappings.clone(),
+                );
+                set(
+                    &mut env,
+                    "BACKBONE__DRIFT__BILLING_URL",
+                    self.sandbox_url.clone(),
+                );
+                set(
+                    &mut env,
+                    "BACKBONE__DRIFT__CRM_URL",
+                    self.sandbox_url.clone(),
+                );
+                set(
+                    &mut env,
+                    "BACKBONE__DRIFT__ERP_URL",
+                    self.sandbox_url.clone(),
+                );
+                set(&mut env, "BACKBONE__DRIFT__INTERVAL", "1s".to_owned());
+                set(&mut env, "BACKBONE__DRIFT__LISTEN", listen);
             }
             other => panic!("no configuration for `{other}`"),
         }
-        env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+        env
     }
 
     /// Starts `binary` (again, after a kill).
@@ -485,7 +526,7 @@ impl Deployment {
 
     /// Starts every processor and sink.
     pub fn start_pipeline(&mut self) {
-        for binary in PROCESSORS.iter().chain(SINKS.iter()) {
+        for binary in stages() {
             self.start(binary);
         }
     }

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use backbone_components::{env_var, Component, Destination};
 use backbone_sandbox::SandboxClient;
 use backbone_schemas::types::Amount;
 use backbone_sink::settings::split_password;
@@ -18,7 +19,7 @@ const TOKEN: &str = "demo-sandbox-token";
 /// How to start one process of the back office.
 pub struct Launch {
     /// Binary name.
-    pub name: &'static str,
+    pub name: String,
     /// Its own environment.
     pub env: Vec<(String, String)>,
     /// Whether it is a Kafka client (a sink) that needs the broker and registry settings; the
@@ -26,71 +27,68 @@ pub struct Launch {
     pub kafka_client: bool,
 }
 
-/// The sandbox and sink processes to start, in order.
+/// The settings components.toml gives `component` for a short local run.
+pub fn local_settings(component: &Component) -> impl Iterator<Item = (String, String)> + '_ {
+    component
+        .local
+        .iter()
+        .map(|(key, value)| (env_var(key), value.clone()))
+}
+
+/// The sandbox, then the sinks of components.toml, in order.
 pub fn launches(
     sandbox_listen: &str,
     postgres_url: &str,
     ledger_dir: &Path,
     outbox_dir: &Path,
 ) -> Vec<Launch> {
-    let env = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    };
-    let sandbox_url = format!("http://{sandbox_listen}");
-    let ledger = ledger_dir.to_string_lossy().into_owned();
-    let outbox = outbox_dir.to_string_lossy().into_owned();
-    let http_sink = |extra: &[(&str, &str)]| {
-        let mut pairs = env(&[
-            ("BACKBONE__DESTINATION__URL", sandbox_url.as_str()),
-            ("BACKBONE__DESTINATION__CREDENTIAL", TOKEN),
-            ("BACKBONE__RUNTIME__LEDGER_DIR", ledger.as_str()),
-            ("BACKBONE__RUNTIME__LINGER", "100ms"),
-        ]);
-        pairs.extend(env(extra));
-        pairs
-    };
+    let pair = |k: &str, v: &str| (k.to_owned(), v.to_owned());
     let (pg_url, pg_password) = split_password(postgres_url);
     let pg_password = pg_password
         .map(|p| p.expose().to_owned())
         .unwrap_or_default();
-    let sink = |name, env| Launch {
-        name,
-        env,
-        kafka_client: true,
-    };
-    vec![
-        Launch {
-            name: "sandbox",
-            env: env(&[
-                ("BACKBONE__LISTEN", sandbox_listen),
-                ("BACKBONE__TOKEN", TOKEN),
-            ]),
-            kafka_client: false,
-        },
-        sink("billing-sink", http_sink(&[])),
-        sink("crm-sink", http_sink(&[])),
-        // Short windows, so the demo sees its journals within seconds.
-        sink(
-            "erp-sink",
-            http_sink(&[
-                ("BACKBONE__SINK__WINDOW", "2s"),
-                ("BACKBONE__SINK__GRACE", "1s"),
-                ("BACKBONE__SINK__OUTBOX_DIR", outbox.as_str()),
-            ]),
-        ),
-        sink(
-            "analytics-sink",
-            env(&[
-                ("BACKBONE__DESTINATION__URL", pg_url.as_str()),
-                ("BACKBONE__DESTINATION__CREDENTIAL", pg_password.as_str()),
-                ("BACKBONE__RUNTIME__LEDGER_DIR", ledger.as_str()),
-                ("BACKBONE__RUNTIME__LINGER", "100ms"),
-            ]),
-        ),
-    ]
+    let mut launches = vec![Launch {
+        name: "sandbox".to_owned(),
+        env: vec![
+            pair("BACKBONE__LISTEN", sandbox_listen),
+            pair("BACKBONE__TOKEN", TOKEN),
+        ],
+        kafka_client: false,
+    }];
+    for sink in backbone_components::sinks() {
+        let mut env = match sink.destination {
+            Some(Destination::Postgres) => vec![
+                pair("BACKBONE__DESTINATION__URL", &pg_url),
+                pair("BACKBONE__DESTINATION__CREDENTIAL", &pg_password),
+            ],
+            _ => vec![
+                pair(
+                    "BACKBONE__DESTINATION__URL",
+                    &format!("http://{sandbox_listen}"),
+                ),
+                pair("BACKBONE__DESTINATION__CREDENTIAL", TOKEN),
+            ],
+        };
+        env.push(pair(
+            "BACKBONE__RUNTIME__LEDGER_DIR",
+            &ledger_dir.to_string_lossy(),
+        ));
+        env.push(pair("BACKBONE__RUNTIME__LINGER", "100ms"));
+        env.extend(local_settings(sink));
+        // The demo shows the ERP's CSV outbox too.
+        if sink.name == "erp-sink" {
+            env.push(pair(
+                "BACKBONE__SINK__OUTBOX_DIR",
+                &outbox_dir.to_string_lossy(),
+            ));
+        }
+        launches.push(Launch {
+            name: sink.name.clone(),
+            env,
+            kafka_client: true,
+        });
+    }
+    launches
 }
 
 /// The drift report for `tenant`, printed; fails when any check differs.

@@ -45,8 +45,6 @@ const CRM: &str = "crm.account-health";
 const ERP: &str = "erp.postings";
 const BY_CUSTOMER: &str = "usage.rated-by-customer";
 const PARTITIONS: i32 = 3;
-/// How long the demo's enricher lets an event wait for its account.
-const PARK_TIMEOUT: &str = "3s";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -104,7 +102,7 @@ struct Args {
 
 /// One processor of the pipeline, run as its own process.
 struct Stage {
-    name: &'static str,
+    name: String,
     child: Child,
 }
 
@@ -130,25 +128,14 @@ async fn main() -> Result<()> {
     );
     register_contracts(&args.registry_url)?;
     let dlq = |topic: &str| format!("{topic}.dlq");
-    let topics: Vec<String> = [
-        USAGE,
-        VALIDATED,
-        ACCOUNTS,
-        SUBSCRIPTIONS,
-        RATE_CARDS,
-        GL_MAPPINGS,
-        ENRICHED,
-        RATED,
-        WINDOWS,
-        BILLING,
-        ANALYTICS,
-        CRM,
-        ERP,
-        BY_CUSTOMER,
-    ]
-    .iter()
-    .flat_map(|t| [(*t).to_owned(), dlq(t)])
-    .collect();
+    // Every topic of the component list, and its dead letters.
+    let topics: Vec<String> = backbone_components::all()
+        .iter()
+        .flat_map(|c| c.topic_settings().map(|(_, topic)| topic))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .flat_map(|t| [t.to_owned(), dlq(t)])
+        .collect();
     let specs: Vec<TopicSpec> = topics
         .iter()
         .map(|t| TopicSpec::new(t.clone(), PARTITIONS))
@@ -165,22 +152,16 @@ async fn main() -> Result<()> {
     std::fs::create_dir_all(&args.log_dir)
         .with_context(|| format!("creating log directory {}", args.log_dir.display()))?;
     let mut stages = Vec::new();
-    for (name, extra) in [
-        ("usage-validator", None),
-        (
-            "enricher",
-            Some(("BACKBONE__PROCESSOR__PARK_TIMEOUT", PARK_TIMEOUT)),
-        ),
-        ("usage-rater", None),
-        ("fanout", None),
-    ] {
+    // The processors of components.toml, on their deployed topics, with its local settings
+    // (a short park timeout, so the demo sees expiries within seconds).
+    for processor in backbone_components::processors() {
         let mut env = client_env(&args);
         env.push((
             "BACKBONE__RUNTIME__STATE__DIR".to_owned(),
             args.state_dir.to_string_lossy().into_owned(),
         ));
-        env.extend(extra.map(|(k, v)| (k.to_owned(), v.to_owned())));
-        stages.push(spawn(&args, name, &env)?);
+        env.extend(back_office::local_settings(processor));
+        stages.push(spawn(&args, &processor.name, &env)?);
     }
 
     let launches = back_office::launches(
@@ -196,7 +177,7 @@ async fn main() -> Result<()> {
             Vec::new()
         };
         env.extend(launch.env);
-        stages.push(spawn(&args, launch.name, &env)?);
+        stages.push(spawn(&args, &launch.name, &env)?);
         if !launch.kafka_client {
             back_office::await_sandbox(
                 &args.sandbox_listen,
@@ -622,7 +603,7 @@ fn client_env(args: &Args) -> Vec<(String, String)> {
     ]
 }
 
-fn spawn(args: &Args, name: &'static str, extra: &[(String, String)]) -> Result<Stage> {
+fn spawn(args: &Args, name: &str, extra: &[(String, String)]) -> Result<Stage> {
     let binary = sibling(name)?;
     let log = args.log_dir.join(format!("{name}.log"));
     let file =
@@ -639,7 +620,10 @@ fn spawn(args: &Args, name: &'static str, extra: &[(String, String)]) -> Result<
         .spawn()
         .with_context(|| format!("starting {}", binary.display()))?;
     println!("started {name} (pid {}), log {}", child.id(), log.display());
-    Ok(Stage { name, child })
+    Ok(Stage {
+        name: name.to_owned(),
+        child,
+    })
 }
 
 fn stop(stage: &mut Stage) -> Result<()> {

@@ -10,24 +10,22 @@
 
 pub mod books;
 pub mod metrics;
+pub mod systems;
+
+pub use systems::{holdings, BackOffice, SandboxApis};
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use backbone_core::config::{ConfigError, Validate};
 use backbone_core::KafkaSettings;
-use backbone_sandbox::SandboxClient;
-use backbone_schemas::types::{
-    Amount, Contract, CustomerAccount, EnrichedUsage, GlMapping, RatedUsage,
-};
+use backbone_schemas::types::{Contract, CustomerAccount, EnrichedUsage, GlMapping, RatedUsage};
 use backbone_schemas::WireCodec;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::Deserialize;
 
-use crate::books::{
-    format_unscaled, Books, Check, DriftLine, HeldCharge, HeldJournalLine, Holdings,
-};
+use crate::books::{format_unscaled, Books, Check, DriftLine};
 
 /// The config file: `[kafka]`, `[schema_registry]` and `[drift]`.
 #[derive(Debug, Default, Deserialize)]
@@ -353,65 +351,21 @@ impl TopicReader {
     }
 }
 
-fn unscaled(text: &str) -> Option<i128> {
-    text.parse::<Amount>().ok().map(Amount::unscaled)
-}
-
-/// Reads what the billing system, the ERP and the CRM hold.
-pub async fn holdings(settings: &DriftSettings) -> Result<Holdings, DriftError> {
-    let token = settings.token().map_err(|e| DriftError::System {
-        system: "credentials",
-        url: String::new(),
-        message: e.to_string(),
-    })?;
-    let client = |url: &str| SandboxClient::with_token(url.to_owned(), token.expose());
-    let failed = |system: &'static str, url: &str| {
-        let url = url.to_owned();
-        move |e: reqwest::Error| DriftError::System {
-            system,
-            url,
+impl DriftSettings {
+    /// The systems' read APIs, as configured.
+    pub fn systems(&self) -> Result<SandboxApis, DriftError> {
+        let token = self.token().map_err(|e| DriftError::System {
+            system: "credentials",
+            url: String::new(),
             message: e.to_string(),
-        }
-    };
-    let mut held = Holdings::default();
-    for charge in client(&settings.billing_url)
-        .charges()
-        .await
-        .map_err(failed("the billing system", &settings.billing_url))?
-    {
-        held.charges.push(HeldCharge {
-            tenant: charge.tenant_id,
-            rating_id: charge.idempotency_key,
-            amount: unscaled(&charge.amount).unwrap_or(0),
-            currency: charge.currency,
-            period_start: charge.period_start,
-        });
+        })?;
+        Ok(SandboxApis::new(
+            &self.billing_url,
+            &self.erp_url,
+            &self.crm_url,
+            token,
+        ))
     }
-    for batch in client(&settings.erp_url)
-        .batches()
-        .await
-        .map_err(failed("the ERP", &settings.erp_url))?
-    {
-        for line in batch.lines {
-            let net = unscaled(&line.debit).unwrap_or(0) - unscaled(&line.credit).unwrap_or(0);
-            held.journal_lines.push(HeldJournalLine {
-                tenant: batch.tenant_id.clone(),
-                legal_entity: batch.legal_entity_id.clone(),
-                period: batch.period.clone(),
-                gl_account: line.gl_account,
-                currency: line.currency,
-                net,
-            });
-        }
-    }
-    held.crm_accounts = client(&settings.crm_url)
-        .accounts()
-        .await
-        .map_err(failed("the CRM", &settings.crm_url))?
-        .into_iter()
-        .map(|a| a.external_id)
-        .collect();
-    Ok(held)
 }
 
 /// Reads the topics to their current end, reads the systems, and reconciles once.
@@ -420,7 +374,7 @@ pub async fn reconcile_once(config: &DriftConfig) -> Result<Vec<DriftLine>, Drif
     let reader = TopicReader::new(&config.kafka, &config.drift, codec)?;
     let mut books = Books::default();
     reader.catch_up(&mut books).await?;
-    let held = holdings(&config.drift).await?;
+    let held = holdings(&config.drift.systems()?).await?;
     Ok(books.reconcile(&held))
 }
 

@@ -130,9 +130,10 @@ async fn serve(config: &DriftConfig) -> Result<()> {
     let reader = TopicReader::new(&config.kafka, settings, codec)?;
     let mut books = Books::default();
     reader.catch_up(&mut books).await?;
+    let systems = settings.systems()?;
     tokio::pin!(stop);
     loop {
-        match holdings(settings).await {
+        match holdings(&systems).await {
             Ok(held) => {
                 gauges.publish(&books.reconcile(&held));
                 readiness.set_ready(true);
