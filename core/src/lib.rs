@@ -29,6 +29,7 @@ pub mod secret;
 pub mod service;
 pub mod shutdown;
 pub mod state;
+pub mod table;
 pub mod telemetry;
 
 pub use config::ConfigError;

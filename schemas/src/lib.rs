@@ -10,6 +10,7 @@ pub mod contracts;
 pub mod lint;
 pub mod manifest;
 pub mod outputs;
+pub mod registry;
 pub mod types;
 pub mod wire;
 
@@ -18,4 +19,5 @@ include!(concat!(env!("OUT_DIR"), "/embedded.rs"));
 pub use contracts::{ContractError, ContractSet};
 pub use manifest::{Manifest, TopicContract};
 pub use outputs::{OutputContracts, OutputError};
+pub use registry::{RegistryClient, RegistryError};
 pub use wire::{WireCodec, WireError};

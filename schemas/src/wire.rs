@@ -13,13 +13,13 @@ use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::Schema;
 
 use crate::contracts::ContractSet;
+use crate::registry::RegistryClient;
 use crate::types::Contract;
-use schema_registry_converter::async_impl::schema_registry::{
-    get_schema_by_id, post_schema, SrSettings,
-};
-use schema_registry_converter::schema_registry_common::{SchemaType, SuppliedSchema};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+
+/// How long the codec waits for one registry answer; an outage is retried by the runtime.
+const REGISTRY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A decoded value shared by [`WireCodec::decode_shared`].
 type SharedValue = Arc<dyn Any + Send + Sync>;
@@ -327,7 +327,7 @@ fn contract_writer(
 /// Encodes and decodes framed records, resolving schema ids through a registry.
 #[derive(Clone)]
 pub struct WireCodec {
-    settings: Arc<SrSettings>,
+    registry: RegistryClient,
     by_id: Arc<RwLock<HashMap<u32, Arc<Schema>>>>,
     by_subject: Arc<RwLock<HashMap<(String, String), u32>>>,
     /// (subject, contract name) to id, so that a contract is bundled once per subject.
@@ -355,7 +355,7 @@ impl WireCodec {
     pub fn new(url: &str) -> Self {
         limit_allocations();
         Self {
-            settings: Arc::new(SrSettings::new(url.trim_end_matches('/').to_owned())),
+            registry: RegistryClient::new(url, REGISTRY_TIMEOUT),
             by_id: Arc::default(),
             by_subject: Arc::default(),
             by_contract: Arc::default(),
@@ -372,18 +372,17 @@ impl WireCodec {
         if let Some(schema) = self.by_id.read().ok().and_then(|c| c.get(&id).cloned()) {
             return Ok(schema);
         }
-        let registered = get_schema_by_id(id, &self.settings).await.map_err(|e| {
-            if e.error.contains("40403") || e.cause.as_deref().is_some_and(|c| c.contains("40403"))
-            {
-                WireError::UnknownSchemaId { id }
-            } else {
-                WireError::Registry {
-                    message: e.to_string(),
-                    retriable: e.retriable || !e.error.contains("404"),
-                }
-            }
-        })?;
-        let schema = Arc::new(parse_registered(id, &registered.schema)?);
+        let text = self
+            .registry
+            .schema_by_id(id)
+            .await
+            .map_err(|e| WireError::Registry {
+                // Only a 404 without the registry's own code is an answer to give up on.
+                retriable: e.status() != Some(404),
+                message: e.to_string(),
+            })?
+            .ok_or(WireError::UnknownSchemaId { id })?;
+        let schema = Arc::new(parse_registered(id, &text)?);
         if let Ok(mut cache) = self.by_id.write() {
             cache.insert(id, Arc::clone(&schema));
         }
@@ -416,20 +415,21 @@ impl WireCodec {
         {
             return Ok(id);
         }
-        let supplied = SuppliedSchema::new(None, SchemaType::Avro, text.to_owned());
-        let registered = post_schema(&self.settings, subject.to_owned(), supplied)
+        let id = self
+            .registry
+            .register(subject, text)
             .await
             .map_err(|e| WireError::Registry {
+                retriable: e.is_transient(),
                 message: format!("registering under `{subject}`: {e}"),
-                retriable: e.retriable,
             })?;
         if let Ok(mut cache) = self.by_subject.write() {
-            cache.insert(key, registered.id);
+            cache.insert(key, id);
         }
         if let Ok(mut cache) = self.by_id.write() {
-            cache.insert(registered.id, Arc::new(schema.clone()));
+            cache.insert(id, Arc::new(schema.clone()));
         }
-        Ok(registered.id)
+        Ok(id)
     }
 
     /// Encodes a contract value as a framed record, its bundled contract registered under

@@ -58,6 +58,9 @@ pub enum CliError {
         /// What went wrong.
         message: String,
     },
+    /// A registry request failed; the error names the registry, the request and its answer.
+    #[error(transparent)]
+    RegistryRequest(#[from] backbone_schemas::RegistryError),
     /// The broker could not be asked or refused a request; the error names the servers or
     /// the topic.
     #[error(transparent)]

@@ -1,40 +1,23 @@
-//! The few Confluent Schema Registry REST calls `check` and `register` need, and `register`.
+//! `register`, and the registry as `check` and `register` ask it: `backbone-schemas`' one
+//! registry client, its answers in the CLI's terms.
 
 use std::time::Duration;
 
 use backbone_compat::CompatibilityMode;
-use reqwest::{Method, StatusCode, Url};
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use backbone_schemas::RegistryClient as Client;
+use reqwest::Url;
+use serde::Serialize;
 
 use super::{CliError, Detail, Inputs, Report};
 use backbone_schemas::lint::{Rule, Violation};
 
-/// The registry's media type.
-const MEDIA_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 /// Longest wait for any one request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// A client of one schema registry.
+/// The registry a command works against.
 #[derive(Debug, Clone)]
 pub struct RegistryClient {
-    base: Url,
-    url: String,
-    http: reqwest::Client,
-}
-
-/// A non-success answer: HTTP status, Confluent `error_code` and `message`.
-#[derive(Debug, Clone)]
-struct Refusal {
-    status: StatusCode,
-    code: Option<u64>,
-    message: String,
-}
-
-#[derive(Debug, Deserialize)]
-struct ErrorBody {
-    error_code: Option<u64>,
-    message: Option<String>,
+    client: Client,
 }
 
 impl RegistryClient {
@@ -47,121 +30,24 @@ impl RegistryClient {
                 "expected an http:// URL (this build does not support https)".to_owned(),
             ));
         }
-        let http = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .build()
-            .map_err(|e| usage(e.to_string()))?;
         Ok(Self {
-            base,
-            url: url.trim_end_matches('/').to_owned(),
-            http,
+            client: Client::new(url, REQUEST_TIMEOUT),
         })
     }
 
     /// The registry URL.
     pub fn url(&self) -> &str {
-        &self.url
-    }
-
-    fn error(&self, message: String) -> CliError {
-        CliError::Registry {
-            url: self.url.clone(),
-            message,
-        }
-    }
-
-    /// Sends one request to the path made of `segments`; the body on success, the refusal
-    /// otherwise. Transport failures are errors.
-    async fn call(
-        &self,
-        method: Method,
-        segments: &[&str],
-        query: Option<(&str, &str)>,
-        body: Option<Value>,
-    ) -> Result<Result<String, Refusal>, CliError> {
-        let mut url = self.base.clone();
-        if let Ok(mut path) = url.path_segments_mut() {
-            path.pop_if_empty().extend(segments);
-        }
-        if let Some((key, value)) = query {
-            url.query_pairs_mut().append_pair(key, value);
-        }
-        let mut request = self
-            .http
-            .request(method.clone(), url)
-            .header("accept", MEDIA_TYPE);
-        if let Some(body) = body {
-            request = request
-                .header("content-type", MEDIA_TYPE)
-                .body(body.to_string());
-        }
-        let what = format!("{method} /{}", segments.join("/"));
-        let response = request
-            .send()
-            .await
-            .map_err(|e| self.error(format!("{what}: {}", describe(&e))))?;
-        let status = response.status();
-        let text = response
-            .text()
-            .await
-            .map_err(|e| self.error(format!("{what}: reading the answer: {}", describe(&e))))?;
-        if status.is_success() {
-            return Ok(Ok(text));
-        }
-        let body: Option<ErrorBody> = serde_json::from_str(&text).ok();
-        Ok(Err(Refusal {
-            status,
-            code: body.as_ref().and_then(|b| b.error_code),
-            message: body
-                .and_then(|b| b.message)
-                .unwrap_or_else(|| text.trim().to_owned()),
-        }))
-    }
-
-    fn unexpected(&self, what: &str, refusal: &Refusal) -> CliError {
-        self.error(format!(
-            "{what}: {} (error code {}): {}",
-            refusal.status,
-            refusal.code.map_or("none".to_owned(), |c| c.to_string()),
-            refusal.message
-        ))
-    }
-
-    fn parse<T: serde::de::DeserializeOwned>(&self, what: &str, text: &str) -> Result<T, CliError> {
-        serde_json::from_str(text)
-            .map_err(|e| self.error(format!("{what}: unexpected answer {text:?}: {e}")))
+        self.client.url()
     }
 
     /// Version numbers of `subject`, oldest first; `None` when the subject does not exist.
     pub async fn versions(&self, subject: &str) -> Result<Option<Vec<u32>>, CliError> {
-        let what = format!("versions of subject `{subject}`");
-        match self
-            .call(Method::GET, &["subjects", subject, "versions"], None, None)
-            .await?
-        {
-            Ok(text) => {
-                let mut versions: Vec<u32> = self.parse(&what, &text)?;
-                versions.sort_unstable();
-                Ok(Some(versions))
-            }
-            Err(refusal) if refusal.code == Some(40401) => Ok(None),
-            Err(refusal) => Err(self.unexpected(&what, &refusal)),
-        }
+        Ok(self.client.versions(subject).await?)
     }
 
     /// The schema text of one version.
     pub async fn version_schema(&self, subject: &str, version: u32) -> Result<String, CliError> {
-        let number = version.to_string();
-        self.call(
-            Method::GET,
-            &["subjects", subject, "versions", &number, "schema"],
-            None,
-            None,
-        )
-        .await?
-        .map_err(|refusal| {
-            self.unexpected(&format!("subject `{subject}` version {version}"), &refusal)
-        })
+        Ok(self.client.version_schema(subject, version).await?)
     }
 
     /// The subject's compatibility mode; with `default_to_global`, the global mode when the
@@ -171,28 +57,17 @@ impl RegistryClient {
         subject: &str,
         default_to_global: bool,
     ) -> Result<Option<CompatibilityMode>, CliError> {
-        #[derive(Deserialize)]
-        #[serde(rename_all = "camelCase")]
-        struct Config {
-            compatibility_level: String,
-        }
-        let what = format!("compatibility of subject `{subject}`");
-        let query = default_to_global.then_some(("defaultToGlobal", "true"));
-        match self
-            .call(Method::GET, &["config", subject], query, None)
+        let Some(level) = self
+            .client
+            .compatibility(subject, default_to_global)
             .await?
-        {
-            Ok(text) => {
-                let config: Config = self.parse(&what, &text)?;
-                config
-                    .compatibility_level
-                    .parse()
-                    .map(Some)
-                    .map_err(|e| self.error(format!("{what}: {e}")))
-            }
-            Err(refusal) if refusal.status == StatusCode::NOT_FOUND => Ok(None),
-            Err(refusal) => Err(self.unexpected(&what, &refusal)),
-        }
+        else {
+            return Ok(None);
+        };
+        level.parse().map(Some).map_err(|e| CliError::Registry {
+            url: self.url().to_owned(),
+            message: format!("compatibility of subject `{subject}`: {e}"),
+        })
     }
 
     /// Sets the subject's compatibility mode.
@@ -201,16 +76,10 @@ impl RegistryClient {
         subject: &str,
         mode: CompatibilityMode,
     ) -> Result<(), CliError> {
-        let body = json!({ "compatibility": mode.as_str() });
-        self.call(Method::PUT, &["config", subject], None, Some(body))
-            .await?
-            .map(drop)
-            .map_err(|refusal| {
-                self.unexpected(
-                    &format!("setting compatibility of subject `{subject}` to {mode}"),
-                    &refusal,
-                )
-            })
+        Ok(self
+            .client
+            .set_compatibility(subject, mode.as_str())
+            .await?)
     }
 
     /// The (id, version) under which `subject` holds `schema`, if it does.
@@ -219,25 +88,7 @@ impl RegistryClient {
         subject: &str,
         schema: &str,
     ) -> Result<Option<(u32, u32)>, CliError> {
-        #[derive(Deserialize)]
-        struct Found {
-            id: u32,
-            version: u32,
-        }
-        let what = format!("looking up the schema in subject `{subject}`");
-        let body = json!({ "schema": schema });
-        match self
-            .call(Method::POST, &["subjects", subject], None, Some(body))
-            .await?
-        {
-            Ok(text) => {
-                let found: Found = self.parse(&what, &text)?;
-                Ok(Some((found.id, found.version)))
-            }
-            // 40401: no such subject; 40403: the subject does not hold this schema.
-            Err(refusal) if matches!(refusal.code, Some(40401 | 40403)) => Ok(None),
-            Err(refusal) => Err(self.unexpected(&what, &refusal)),
-        }
+        Ok(self.client.lookup(subject, schema).await?)
     }
 
     /// Registers `schema` under `subject`: its id, or the registry's refusal as a violation
@@ -247,43 +98,19 @@ impl RegistryClient {
         subject: &str,
         schema: &str,
     ) -> Result<Result<u32, (Rule, String)>, CliError> {
-        #[derive(Deserialize)]
-        struct Registered {
-            id: u32,
-        }
-        let what = format!("registering in subject `{subject}`");
-        let body = json!({ "schema": schema });
-        match self
-            .call(
-                Method::POST,
-                &["subjects", subject, "versions"],
-                None,
-                Some(body),
-            )
-            .await?
-        {
-            Ok(text) => Ok(Ok(self.parse::<Registered>(&what, &text)?.id)),
-            Err(refusal) if refusal.status == StatusCode::CONFLICT => {
-                Ok(Err((Rule::Compatibility, refusal.message)))
+        match self.client.register(subject, schema).await {
+            Ok(id) => Ok(Ok(id)),
+            Err(err) => {
+                let rule = match err.status() {
+                    Some(409) => Rule::Compatibility,
+                    Some(422) => Rule::RegistryRejected,
+                    _ => return Err(err.into()),
+                };
+                let message = err.refusal_message().unwrap_or_default().to_owned();
+                Ok(Err((rule, message)))
             }
-            Err(refusal) if refusal.status == StatusCode::UNPROCESSABLE_ENTITY => {
-                Ok(Err((Rule::RegistryRejected, refusal.message)))
-            }
-            Err(refusal) => Err(self.unexpected(&what, &refusal)),
         }
     }
-}
-
-/// A transport error with its causes (reqwest's own message omits them).
-fn describe(error: &reqwest::Error) -> String {
-    let mut message = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
 }
 
 /// What `register` did.

@@ -275,7 +275,7 @@ pub async fn check(
     let money = |unscaled: i128| {
         Amount::from_unscaled(unscaled).map_or_else(|_| "overflow".to_owned(), |a| a.to_string())
     };
-    let line = |label: &str, value: String| println!("  {label:<56}{value:>14}");
+    let line = crate::figure;
     println!();
     println!("back office (sandbox APIs and PostgreSQL)");
     line(

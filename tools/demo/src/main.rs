@@ -446,7 +446,7 @@ async fn main() -> Result<()> {
     let duplicates = expected.records.saturating_sub(validated + dead(USAGE));
     println!();
     println!("summary");
-    let line = |label: &str, value: String| println!("  {label:<56}{value:>14}");
+    let line = figure;
     line("usage-validator: records in", expected.records.to_string());
     line(&format!("  out to {VALIDATED}"), validated.to_string());
     line("  dropped as duplicates", duplicates.to_string());
@@ -556,6 +556,11 @@ async fn decode_all<T: Contract + serde::de::DeserializeOwned>(
         decoded.push(value);
     }
     Ok(decoded)
+}
+
+/// One line of a summary: a label, and its figure right-aligned.
+fn figure(label: &str, value: String) {
+    println!("  {label:<56}{value:>14}");
 }
 
 /// A binary built next to this one.

@@ -380,37 +380,47 @@ pub async fn reconcile_once(config: &DriftConfig) -> Result<Vec<DriftLine>, Drif
 
 /// The lines as a table, then one verdict per check.
 pub fn render_table(lines: &[DriftLine]) -> String {
+    use backbone_core::table::{Align, Table};
     use std::fmt::Write as _;
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{:<16} {:<24} {:<8} {:<12} {:<4} {:>22} {:>22} {:>20} {:>9}",
-        "check",
-        "tenant",
-        "period",
-        "entity",
-        "cur",
-        "expected",
-        "observed",
-        "difference",
-        "relative"
+    let mut table = Table::new(
+        [
+            "check",
+            "tenant",
+            "period",
+            "entity",
+            "cur",
+            "expected",
+            "observed",
+            "difference",
+            "relative",
+        ],
+        [
+            Align::Left,
+            Align::Left,
+            Align::Left,
+            Align::Left,
+            Align::Left,
+            Align::Right,
+            Align::Right,
+            Align::Right,
+            Align::Right,
+        ],
     );
     for line in lines {
         let k = &line.key;
-        let _ = writeln!(
-            out,
-            "{:<16} {:<24} {:<8} {:<12} {:<4} {:>22} {:>22} {:>20} {:>8.4}%",
-            k.check.as_str(),
-            k.tenant,
-            k.period,
-            k.legal_entity,
-            k.currency,
+        table.row([
+            k.check.as_str().to_owned(),
+            k.tenant.clone(),
+            k.period.clone(),
+            k.legal_entity.clone(),
+            k.currency.clone(),
             line.format(line.expected),
             line.format(line.observed),
             line.format(line.difference()),
-            line.relative() * 100.0
-        );
+            format!("{:.4}%", line.relative() * 100.0),
+        ]);
     }
+    let mut out = table.render();
     for check in Check::ALL {
         let differing: Vec<&DriftLine> = lines
             .iter()

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use backbone_core::endpoint::{Readiness, RunningEndpoint};
+use backbone_core::table::{Align, Table};
 use backbone_core::telemetry::{self, LogFormat};
 use backbone_monitor::{LagGauges, LagMonitor, MonitorConfig, PartitionLag};
 use clap::Parser;
@@ -63,22 +64,38 @@ async fn measure(monitor: &Arc<LagMonitor>) -> Result<Vec<PartitionLag>> {
 async fn once(config: &MonitorConfig) -> Result<()> {
     let monitor = Arc::new(LagMonitor::new(&config.kafka, &config.monitor)?);
     let lags = measure(&monitor).await?;
-    println!(
-        "{:<32} {:<36} {:>9} {:>12} {:>12} {:>10} {:>10}",
-        "group", "topic", "partition", "committed", "end", "lag", "lag (s)"
+    let mut table = Table::new(
+        [
+            "group",
+            "topic",
+            "partition",
+            "committed",
+            "end",
+            "lag",
+            "lag (s)",
+        ],
+        [
+            Align::Left,
+            Align::Left,
+            Align::Right,
+            Align::Right,
+            Align::Right,
+            Align::Right,
+            Align::Right,
+        ],
     );
     for lag in &lags {
-        println!(
-            "{:<32} {:<36} {:>9} {:>12} {:>12} {:>10} {:>10.1}",
-            lag.group,
-            lag.topic,
-            lag.partition,
-            lag.committed,
-            lag.end,
-            lag.records(),
-            lag.age.map_or(0.0, |a| a.as_secs_f64())
-        );
+        table.row([
+            lag.group.clone(),
+            lag.topic.clone(),
+            lag.partition.to_string(),
+            lag.committed.to_string(),
+            lag.end.to_string(),
+            lag.records().to_string(),
+            format!("{:.1}", lag.age.map_or(0.0, |a| a.as_secs_f64())),
+        ]);
     }
+    print!("{}", table.render());
     Ok(())
 }
 

@@ -16,6 +16,7 @@ use crate::filter::FilterArgs;
 use crate::scan::Scanner;
 use crate::Context;
 use backbone_calendar::format_rfc3339_ms;
+use backbone_core::table::{Align, Table};
 
 /// The two audited actions.
 pub mod action {
@@ -281,13 +282,14 @@ pub fn print_table(entries: &[AuditEntry], out: &mut dyn Write) -> std::io::Resu
             ]
         })
         .collect();
-    crate::table::write(
-        out,
-        &[
+    let table = Table::new(
+        [
             "STARTED", "ACTION", "ID", "OPERATOR", "TARGET", "STATUS", "COUNTS",
         ],
-        &rows,
+        [Align::Left; 7],
     )
+    .with_rows(rows);
+    write!(out, "{}", table.render())
 }
 
 #[cfg(test)]

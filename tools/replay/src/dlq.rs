@@ -16,6 +16,7 @@ use crate::render::{hex, to_json};
 use crate::scan::{ScanOrder, Scanned, Scanner, SourceRecord, Span};
 use crate::Context;
 use backbone_calendar::{format_rfc3339_ms, parse_rfc3339_ms};
+use backbone_core::table::{Align, Table};
 
 /// Prefixes of the headers a dead-letter queue adds; a replay strips them.
 pub const DLQ_HEADER_PREFIXES: [&str; 3] =
@@ -166,9 +167,8 @@ pub fn print_table(summary: &DlqSummary, out: &mut dyn Write) -> std::io::Result
             ]
         })
         .collect();
-    crate::table::write(
-        out,
-        &[
+    let table = Table::new(
+        [
             "ERROR CLASS",
             "REASON",
             "COUNT",
@@ -176,8 +176,10 @@ pub fn print_table(summary: &DlqSummary, out: &mut dyn Write) -> std::io::Result
             "LAST FAILURE",
             "SOURCE TOPICS",
         ],
-        &rows,
-    )?;
+        [Align::Left; 6],
+    )
+    .with_rows(rows);
+    write!(out, "{}", table.render())?;
     writeln!(
         out,
         "{} records in `{}`, {} groups",

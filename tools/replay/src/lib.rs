@@ -19,7 +19,6 @@ pub mod registry;
 pub mod render;
 pub mod republish;
 pub mod scan;
-pub mod table;
 pub mod time;
 
 use std::collections::BTreeMap;

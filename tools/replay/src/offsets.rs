@@ -24,6 +24,7 @@ use crate::audit::{self, AuditLog, AuditRecord};
 use crate::error::ReplayError;
 use crate::Context;
 use backbone_calendar::{format_rfc3339_ms, now_ms};
+use backbone_core::table::{Align, Table};
 
 /// Where to move the group.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -527,11 +528,12 @@ pub fn print_plan(plan: &ResetPlan, out: &mut dyn Write) -> std::io::Result<()> 
             ]
         })
         .collect();
-    crate::table::write(
-        out,
-        &["PARTITION", "CURRENT", "NEW", "CHANGE", "HOLDS", "NOTE"],
-        &rows,
-    )?;
+    let table = Table::new(
+        ["PARTITION", "CURRENT", "NEW", "CHANGE", "HOLDS", "NOTE"],
+        [Align::Left; 6],
+    )
+    .with_rows(rows);
+    write!(out, "{}", table.render())?;
     if plan.executed {
         writeln!(out, "applied (audit id {})", plan.id)
     } else {
