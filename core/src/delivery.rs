@@ -44,7 +44,7 @@ pub(crate) enum Trigger {
 
 /// What one resolved input (or wake) produced, for the metrics and the summary.
 #[derive(Debug)]
-pub(crate) struct Outcome {
+pub(crate) struct Handled {
     pub(crate) trigger: Trigger,
     pub(crate) partition: i32,
     pub(crate) produced: BTreeMap<String, u64>,
@@ -53,7 +53,7 @@ pub(crate) struct Outcome {
     pub(crate) age: Option<Duration>,
 }
 
-impl Outcome {
+impl Handled {
     /// Where the input was read, as `topic[partition]@offset`, or which wake it was.
     pub(crate) fn input(&self) -> String {
         match &self.trigger {
@@ -127,7 +127,7 @@ pub(crate) struct Sent {
 
 /// A resolved input whose records were handed to the producer (effectively-once).
 pub(crate) struct Pending {
-    pub(crate) outcome: Outcome,
+    pub(crate) outcome: Handled,
     pub(crate) deliveries: Vec<Sent>,
     pub(crate) changelog: Vec<ChangelogWrite>,
     pub(crate) producer: FutureProducer,
@@ -142,7 +142,7 @@ pub(crate) struct Pending {
 
 /// A resolved input whose records the broker acknowledged.
 pub(crate) struct Settled {
-    outcome: Outcome,
+    outcome: Handled,
     ownership: Option<Arc<Ownership>>,
 }
 
@@ -246,7 +246,7 @@ impl<C: ConsumerContext + 'static> Ledger<'_, C> {
         Ok(())
     }
 
-    fn count(&self, outcome: Outcome, summary: &mut RunSummary) {
+    fn count(&self, outcome: Handled, summary: &mut RunSummary) {
         if let Trigger::Input { topic, .. } = &outcome.trigger {
             self.metrics.record_consumed(topic, outcome.partition);
             summary.consumed += 1;
@@ -282,7 +282,7 @@ impl<C: ConsumerContext + 'static> Ledger<'_, C> {
     }
 
     /// Counts the inputs of a committed transaction.
-    pub(crate) fn record_committed(&self, committed: Vec<Outcome>, summary: &mut RunSummary) {
+    pub(crate) fn record_committed(&self, committed: Vec<Handled>, summary: &mut RunSummary) {
         if !committed.is_empty() {
             self.metrics.record_transaction(true);
         }
@@ -297,7 +297,7 @@ impl<C: ConsumerContext + 'static> Ledger<'_, C> {
 pub(crate) async fn enqueue(
     producer: &FutureProducer,
     records: &[OutputRecord],
-    outcome: &Outcome,
+    outcome: &Handled,
     timeout: Duration,
 ) -> Result<Vec<Sent>, RuntimeError> {
     let mut sent = Vec::with_capacity(records.len());
@@ -377,9 +377,9 @@ pub(crate) struct Transaction {
     started: Option<Instant>,
     /// Next offset to consume, per input partition.
     offsets: BTreeMap<(String, i32), i64>,
-    outcomes: Vec<Outcome>,
+    outcomes: Vec<Handled>,
     /// Committed by the rebalance callback, not yet counted by the loop.
-    committed: Vec<Outcome>,
+    committed: Vec<Handled>,
     /// A commit in the rebalance callback failed: the loop stops with it.
     failure: Option<KafkaError>,
 }
@@ -396,7 +396,7 @@ impl Transaction {
     }
 
     /// Adds a resolved input: its offset commits with the transaction.
-    pub(crate) fn add(&mut self, outcome: Outcome) {
+    pub(crate) fn add(&mut self, outcome: Handled) {
         if let Trigger::Input { topic, offset } = &outcome.trigger {
             self.offsets
                 .insert((topic.clone(), outcome.partition), offset + 1);
@@ -421,7 +421,7 @@ impl Transaction {
         producer: &FutureProducer,
         group: Option<ConsumerGroupMetadata>,
         timeout: Duration,
-    ) -> Result<Vec<Outcome>, KafkaError> {
+    ) -> Result<Vec<Handled>, KafkaError> {
         if !self.open {
             return Ok(Vec::new());
         }
@@ -477,7 +477,7 @@ impl Transaction {
     }
 
     /// Inputs committed by the rebalance callback since the last call.
-    pub(crate) fn take_committed(&mut self) -> Vec<Outcome> {
+    pub(crate) fn take_committed(&mut self) -> Vec<Handled> {
         std::mem::take(&mut self.committed)
     }
 

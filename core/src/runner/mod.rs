@@ -13,7 +13,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::dead_letter::{dlq_topic, DeadLetter};
 use crate::delivery::{
-    lock, InFlight, Ledger, Outcome, RuntimeContext, Transaction, Trigger, MAX_IN_FLIGHT,
+    lock, Handled, InFlight, Ledger, RuntimeContext, Transaction, Trigger, MAX_IN_FLIGHT,
 };
 use crate::endpoint::ObservabilitySettings;
 use crate::global::GlobalTables;
@@ -332,7 +332,7 @@ async fn run_loop<P: Processor>(
             }
             .to_record(SystemTime::now())
         };
-        let mut outcome = Outcome {
+        let mut outcome = Handled {
             trigger: Trigger::Input {
                 topic: input.topic.to_owned(),
                 offset: input.offset,
@@ -420,7 +420,7 @@ impl Drop for DivergeOnError<'_> {
 /// changelog writes and the partition they belong to.
 struct Delivered {
     records: Vec<OutputRecord>,
-    outcome: Outcome,
+    outcome: Handled,
     changelog: Vec<ChangelogWrite>,
     ownership: Arc<Ownership>,
 }
@@ -486,7 +486,7 @@ impl<P: Processor> Woken<'_, P> {
             if records.is_empty() && processed.changelog.is_empty() {
                 continue;
             }
-            let outcome = Outcome {
+            let outcome = Handled {
                 trigger: Trigger::Wake,
                 partition,
                 produced: BTreeMap::new(),
