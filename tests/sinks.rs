@@ -106,18 +106,25 @@ fn outcomes(results: &[DeliveryResult]) -> BTreeMap<String, usize> {
     counts
 }
 
-/// Charges held by the sandbox, by idempotency key; fails on a key held twice.
-async fn charges_by_key(sandbox: &Sandbox) -> BTreeMap<String, String> {
+/// Charges held by the sandbox, by business identity (`<rating_id>#<revision>` from the
+/// metadata the sink sends), counted whatever idempotency keys created them; fails on an
+/// identity held twice or a charge without one. Read once the sink has stopped, so nothing
+/// arrives after it.
+async fn charges_by_identity(sandbox: &Sandbox) -> BTreeMap<String, String> {
     let mut held = BTreeMap::new();
     for charge in sandbox.client.charges().await.expect("charges") {
-        let previous = held.insert(charge.idempotency_key.clone(), charge.amount.clone());
-        assert!(
-            previous.is_none(),
-            "charge {} held twice",
-            charge.idempotency_key
-        );
+        let identity = charge
+            .identity()
+            .unwrap_or_else(|| panic!("charge {} carries no identity", charge.id));
+        let previous = held.insert(identity.clone(), charge.amount.clone());
+        assert!(previous.is_none(), "charge {identity} held twice");
     }
     held
+}
+
+/// The identity a charge is held under.
+fn identity(charge: &BillingCharge) -> String {
+    format!("{}#{}", charge.rating_id, charge.revision)
 }
 
 #[tokio::test]
@@ -153,11 +160,11 @@ async fn billing_delivers_every_charge_once_through_errors_lost_answers_throttli
     let first = results(&codec, &topics.results, charges.len()).await;
     let summary = sink.stop().await;
 
-    let held = charges_by_key(&sandbox).await;
+    let held = charges_by_identity(&sandbox).await;
     assert_eq!(held.len(), 120, "every distinct charge once: {summary:?}");
     for charge in &charges[..120] {
         assert_eq!(
-            held.get(&charge.rating_id),
+            held.get(&identity(charge)),
             Some(&charge.amount.to_string())
         );
     }
@@ -248,7 +255,7 @@ async fn billing_delivers_every_charge_once_through_errors_lost_answers_throttli
     let again_summary = again.stop().await;
     assert_eq!(again_summary.delivered, 0, "{again_summary:?}");
     assert_eq!(again_summary.already_delivered, 260, "{again_summary:?}");
-    assert_eq!(charges_by_key(&sandbox).await.len(), 120);
+    assert_eq!(charges_by_identity(&sandbox).await.len(), 120);
     assert_eq!(sandbox.applied("billing").await, 120);
 }
 
@@ -288,7 +295,7 @@ async fn records_a_sink_cannot_deliver_are_dead_lettered_on_arrival() {
         .await
         .expect("dead letters");
     let delivered = eventually(DEADLINE, "the valid charge delivered", || async {
-        let held = charges_by_key(&sandbox).await;
+        let held = charges_by_identity(&sandbox).await;
         (!held.is_empty()).then_some(held)
     })
     .await;
@@ -478,7 +485,7 @@ async fn an_outage_opens_the_circuit_pauses_the_input_and_loses_nothing() {
     .await;
     let summary = sink.stop().await;
     assert!(summary.circuit_opened >= 1, "{summary:?}");
-    assert_eq!(charges_by_key(&sandbox).await.len(), 60);
+    assert_eq!(charges_by_identity(&sandbox).await.len(), 60);
     let all = results(&codec, &topics.results, 60).await;
     assert_eq!(outcomes(&all).get("Delivered"), Some(&60));
 }
@@ -522,7 +529,7 @@ async fn an_outage_longer_than_the_poll_interval_loses_and_doubles_nothing() {
     .await;
     let summary = sink.stop().await;
     assert!(summary.circuit_opened >= 1, "{summary:?}");
-    assert_eq!(charges_by_key(&sandbox).await.len(), 50);
+    assert_eq!(charges_by_identity(&sandbox).await.len(), 50);
     assert_eq!(
         sandbox.applied("billing").await,
         50,
@@ -581,7 +588,7 @@ async fn a_partition_assigned_while_the_circuit_is_open_waits_with_the_rest() {
     .await;
     let stayed = staying.stop().await;
     assert!(stayed.circuit_opened >= 1, "{stayed:?}");
-    assert_eq!(charges_by_key(&sandbox).await.len(), 40);
+    assert_eq!(charges_by_identity(&sandbox).await.len(), 40);
     assert_eq!(
         sandbox.applied("billing").await,
         40,
@@ -641,7 +648,7 @@ async fn a_partition_paused_under_an_open_circuit_is_read_when_it_comes_back_aft
     )
     .await;
     staying.stop().await;
-    assert_eq!(charges_by_key(&sandbox).await.len(), 60);
+    assert_eq!(charges_by_identity(&sandbox).await.len(), 60);
 }
 
 /// The binaries live next to this package's own in the target directory (`make test` builds
@@ -725,7 +732,7 @@ async fn a_sink_killed_mid_batch_and_restarted_charges_each_record_once() {
         usize::try_from(published).expect("count"),
     )
     .await;
-    assert_eq!(charges_by_key(&sandbox).await.len(), 300);
+    assert_eq!(charges_by_identity(&sandbox).await.len(), 300);
     assert_eq!(
         sandbox.answered("billing", 422).await,
         0,

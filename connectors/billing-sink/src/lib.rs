@@ -4,6 +4,8 @@
 //! answered with the first response and counted as already delivered; a key reused with a
 //! different body is a rejection an operator must look at.
 
+use std::collections::BTreeMap;
+
 use backbone_calendar::format_date;
 use backbone_core::config::{ConfigError, Validate};
 use backbone_core::InputRecord;
@@ -75,6 +77,10 @@ pub struct ChargeRequest {
     pub period_start: String,
     /// Last day of the billing period, `YYYY-MM-DD`.
     pub period_end: String,
+    /// The charge's business identity, `rating_id` and `revision`, as key-value metadata the
+    /// billing system keeps on the charge: how a charge is found, and counted, whatever
+    /// idempotency key created it.
+    pub metadata: BTreeMap<String, String>,
 }
 
 impl ChargeRequest {
@@ -95,6 +101,10 @@ impl ChargeRequest {
             currency: charge.currency.clone(),
             period_start: format_date(charge.period_start),
             period_end: format_date(charge.period_end),
+            metadata: BTreeMap::from([
+                ("rating_id".to_owned(), charge.rating_id.clone()),
+                ("revision".to_owned(), charge.revision.to_string()),
+            ]),
         }
     }
 }

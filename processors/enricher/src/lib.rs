@@ -13,8 +13,14 @@
 //! One still parked `processor.park_timeout` after it was parked, both by the record times of
 //! the partition's later records and by the wall clock, goes to the DLQ as `unknown_account` or
 //! `unknown_subscription`, byte for byte as it came in.
+//!
+//! An event that names no subscription is billed under the customer's one subscription whose
+//! rate card prices its meter (`src/subscription.rs`).
 
 mod parking;
+mod subscription;
+
+pub use subscription::AMBIGUOUS_SUBSCRIPTION;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -424,11 +430,17 @@ impl Enricher {
                 format!("account `{customer}` is closed"),
             ));
         }
-        let Some(subscription_id) = usage.subscription_id.as_deref() else {
-            return Err(ProcessError::permanent(
-                "unknown_subscription",
-                "the event names no subscription",
-            ));
+        let subscription_id = match usage.subscription_id.as_deref() {
+            Some(named) => named.to_owned(),
+            None => match subscription::pick(state, self.codec(), usage)? {
+                subscription::Pick::Found(picked) => picked,
+                subscription::Pick::Waiting(detail) => {
+                    return Ok(Joined::Waiting {
+                        reason: "unknown_subscription",
+                        detail,
+                    })
+                }
+            },
         };
         let key = format!("{}:{subscription_id}", m.tenant_id);
         let Some(subscription) = state.global(SUBSCRIPTIONS, key.as_bytes())? else {
@@ -485,7 +497,7 @@ impl Enricher {
                 trace: m.trace.clone(),
                 schema_version: None,
             },
-            subscription_id: subscription_id.to_owned(),
+            subscription_id,
             plan_id: subscription.plan_id.clone(),
             rate_card_version,
             legal_entity_id: subscription.legal_entity_id.clone(),

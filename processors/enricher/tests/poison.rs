@@ -83,8 +83,9 @@ async fn bad_master_data_and_usage_are_dead_lettered_under_their_reasons() {
         (2, "wrong_magic_byte".to_owned()),
     ]);
 
-    // Usage: a tombstone (0), c-1's event naming c-2's subscription (1), c-1's event naming
-    // none (2), then a valid event (3).
+    // Usage: a tombstone (0), c-1's event naming c-2's subscription (1), then a valid event
+    // (2). An event naming no subscription is billed under the one pricing its meter
+    // (tests/subscription.rs).
     produce_tombstone(
         &kafka,
         &settings.usage_topic,
@@ -93,12 +94,9 @@ async fn bad_master_data_and_usage_are_dead_lettered_under_their_reasons() {
     )
     .await
     .expect("tombstone");
-    let mut naming_none = usage("no-subscription", "c-1", "sub-1");
-    naming_none.subscription_id = None;
     let mut usage_records = Vec::new();
     for event in [
         usage("other-customers", "c-1", "sub-2"),
-        naming_none,
         usage("valid", "c-1", "sub-1"),
     ] {
         let bytes = codec
@@ -113,7 +111,6 @@ async fn bad_master_data_and_usage_are_dead_lettered_under_their_reasons() {
     let usage_expected = BTreeMap::from([
         (0, "missing_value".to_owned()),
         (1, "subscription_mismatch".to_owned()),
-        (2, "unknown_subscription".to_owned()),
     ]);
 
     let group = unique_group("enricher-poison");

@@ -1,8 +1,13 @@
 //! The billing API: charges created under an `Idempotency-Key`, as payment APIs do. A key
 //! seen again with the same body replays the first answer; with another body it is refused.
+//! Keys are remembered for `billing.idempotency_ttl` only: a key sent again after that creates
+//! a second charge, as a real payment API would. Each charge keeps the `metadata` it was sent
+//! with; the business identity in it (`rating_id` and `revision`) is how a test counts
+//! charges independently of the keys.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -47,6 +52,19 @@ pub struct StoredCharge {
     pub period_end: String,
     /// Tenant the charge belongs to.
     pub tenant_id: String,
+    /// The caller's key-value pairs, kept as sent.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl StoredCharge {
+    /// The business identity the caller put in `metadata`: `<rating_id>#<revision>`, or
+    /// `None` when it sent none.
+    pub fn identity(&self) -> Option<String> {
+        let rating_id = self.metadata.get("rating_id")?;
+        let revision = self.metadata.get("revision").map_or("", String::as_str);
+        Some(format!("{rating_id}#{revision}"))
+    }
 }
 
 #[derive(Deserialize)]
@@ -63,6 +81,8 @@ struct ChargeRequest {
     period_start: String,
     period_end: String,
     tenant_id: String,
+    #[serde(default)]
+    metadata: BTreeMap<String, String>,
 }
 
 /// Charges in creation order, and which one each key created.
@@ -75,6 +95,7 @@ pub(crate) struct Ledger {
 struct Created {
     request: Value,
     index: usize,
+    at: Instant,
 }
 
 impl Ledger {
@@ -104,6 +125,15 @@ pub(crate) async fn create(
         Err(message) => return error(StatusCode::BAD_REQUEST, "invalid_request", message),
     };
     let mut ledger = lock(&app.billing);
+    let ttl = app.config.billing.idempotency_ttl;
+    if ledger
+        .by_key
+        .get(key)
+        .is_some_and(|created| created.at.elapsed() >= ttl)
+    {
+        // Expired: forgotten, as if never seen.
+        ledger.by_key.remove(key);
+    }
     if let Some(created) = ledger.by_key.get(key) {
         if created.request != request {
             return error(
@@ -137,13 +167,19 @@ pub(crate) async fn create(
         period_start: charge.period_start,
         period_end: charge.period_end,
         tenant_id: charge.tenant_id,
+        metadata: charge.metadata,
     };
     let reply = created_reply(&stored);
     let index = ledger.charges.len();
     ledger.charges.push(stored);
-    ledger
-        .by_key
-        .insert(key.to_owned(), Created { request, index });
+    ledger.by_key.insert(
+        key.to_owned(),
+        Created {
+            request,
+            index,
+            at: Instant::now(),
+        },
+    );
     reply
 }
 

@@ -56,6 +56,21 @@ impl SandboxClient {
         Ok(self.read::<Charges>("/billing/v1/charges").await?.charges)
     }
 
+    /// How many charges the billing system holds per business identity
+    /// ([`StoredCharge::identity`]), whatever keys created them; charges sent without one
+    /// count under `""`.
+    pub async fn charges_per_identity(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, usize>, reqwest::Error> {
+        let mut counts = std::collections::BTreeMap::new();
+        for charge in self.charges().await? {
+            *counts
+                .entry(charge.identity().unwrap_or_default())
+                .or_default() += 1;
+        }
+        Ok(counts)
+    }
+
     /// Every CRM account, by external id.
     pub async fn accounts(&self) -> Result<Vec<StoredAccount>, reqwest::Error> {
         Ok(self.read::<Accounts>("/crm/v1/accounts").await?.accounts)

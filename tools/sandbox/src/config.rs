@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use backbone_core::config::{ConfigError, Validate};
 use backbone_core::Secret;
@@ -102,6 +103,11 @@ impl Validate for SandboxConfig {
 pub struct BillingSettings {
     /// Currencies charges may be in; others are refused with `unsupported_currency`.
     pub currencies: Vec<String>,
+    /// How long an `Idempotency-Key` is remembered after the charge it created; a key seen
+    /// again later creates a new charge, as payment APIs that expire keys do (24 hours is
+    /// common).
+    #[serde(with = "humantime_serde")]
+    pub idempotency_ttl: Duration,
 }
 
 impl Default for BillingSettings {
@@ -110,6 +116,7 @@ impl Default for BillingSettings {
             currencies: ["EUR", "USD", "GBP", "CHF", "JPY"]
                 .map(String::from)
                 .to_vec(),
+            idempotency_ttl: Duration::from_secs(24 * 3600),
         }
     }
 }

@@ -170,6 +170,49 @@ async fn a_key_replays_its_first_answer_and_refuses_another_body() {
 }
 
 #[tokio::test]
+async fn an_expired_key_creates_a_second_charge_that_the_identity_count_shows() {
+    let with_identity = |amount: &str| {
+        let mut body = charge(amount, "EUR");
+        body["metadata"] = json!({"rating_id": "r-1", "revision": "3"});
+        body
+    };
+    // Remembered: the repeat is a replay, one charge for the identity.
+    let remembering = start(SandboxConfig::default()).await;
+    for _ in 0..2 {
+        let answer = remembering
+            .send(remembering.charge("key-1", &with_identity("1.00")))
+            .await;
+        assert_eq!(answer.status, 201, "{answer:?}");
+    }
+    let counts = remembering
+        .client
+        .charges_per_identity()
+        .await
+        .expect("counts");
+    assert_eq!(counts.get("r-1#3"), Some(&1));
+
+    // Keys forgotten at once: the repeat is a second charge, and the count says so.
+    let mut config = SandboxConfig::default();
+    config.billing.idempotency_ttl = Duration::ZERO;
+    let forgetting = start(config).await;
+    for _ in 0..2 {
+        let answer = forgetting
+            .send(forgetting.charge("key-1", &with_identity("1.00")))
+            .await;
+        assert_eq!((answer.status, answer.replayed), (201, false), "{answer:?}");
+    }
+    let charges = forgetting.client.charges().await.expect("charges");
+    assert_eq!(charges.len(), 2);
+    assert_eq!(charges[1].metadata["rating_id"], "r-1");
+    let counts = forgetting
+        .client
+        .charges_per_identity()
+        .await
+        .expect("counts");
+    assert_eq!(counts.get("r-1#3"), Some(&2));
+}
+
+#[tokio::test]
 async fn invalid_charges_name_the_field_and_leave_the_key_unused() {
     let sandbox = start(SandboxConfig::default()).await;
     let no_key = sandbox

@@ -1,0 +1,90 @@
+//! The subscription a usage event is billed under when it names none. The usage contract
+//! promises that a null `subscription_id` "lets the enricher pick the customer's subscription
+//! that has a charge for this meter": among the customer's subscriptions that are not
+//! cancelled or expired, the one whose plan's rate card prices the event's meter.
+//!
+//! One such subscription is the answer. None yet (no subscription, or its rate card not
+//! known) waits like a missing subscription does, parked until the master data arrives or the
+//! park timeout dead-letters it as `unknown_subscription`. Two or more is the producer's
+//! ambiguity to resolve: the event is dead-lettered as `ambiguous_subscription`, naming them.
+//! The customer's subscriptions are found by a scan of the tenant's part of the subscriptions
+//! table, paid only by events that name none.
+
+use std::sync::Arc;
+
+use backbone_core::{ProcessError, State};
+use backbone_schemas::types::{Contract, RateCard, Subscription, SubscriptionStatus, UsageEvent};
+use backbone_schemas::WireCodec;
+
+use crate::{RATE_CARDS, SUBSCRIPTIONS};
+
+/// Reason of an event whose customer has several subscriptions pricing its meter.
+pub const AMBIGUOUS_SUBSCRIPTION: &str = "ambiguous_subscription";
+
+/// What the tables say about an event that names no subscription.
+pub(crate) enum Pick {
+    /// The one subscription to bill it under.
+    Found(String),
+    /// Nothing to pick yet; why.
+    Waiting(String),
+}
+
+/// The subscription of `usage`'s customer that has a charge for its meter.
+pub(crate) fn pick(
+    state: &State<'_>,
+    codec: &WireCodec,
+    usage: &UsageEvent,
+) -> Result<Pick, ProcessError> {
+    let tenant = &usage.metadata.tenant_id;
+    let mut pricing = Vec::new();
+    for (_, value) in state.global_prefix(SUBSCRIPTIONS, format!("{tenant}:").as_bytes())? {
+        // Another customer's undecodable subscription is not this event's fault.
+        let Ok(subscription) = codec.decode_shared::<Subscription>(&value, Subscription::schema())
+        else {
+            continue;
+        };
+        if subscription.customer_id != usage.customer_id || !running(&subscription) {
+            continue;
+        }
+        let card_key = format!("{tenant}:{}", subscription.plan_id);
+        let Some(card) = state.global(RATE_CARDS, card_key.as_bytes())? else {
+            return Ok(Pick::Waiting(format!(
+                "the event names no subscription, and the rate card of plan `{card_key}` of \
+                 subscription `{}` is not known yet",
+                subscription.subscription_id
+            )));
+        };
+        let card: Arc<RateCard> = codec
+            .decode_shared(&card, RateCard::schema())
+            .map_err(ProcessError::from)?;
+        if card.charges.iter().any(|c| c.meter_id == usage.meter_id) {
+            pricing.push(subscription.subscription_id.clone());
+        }
+    }
+    match pricing.as_slice() {
+        [one] => Ok(Pick::Found(one.clone())),
+        [] => Ok(Pick::Waiting(format!(
+            "the event names no subscription, and no subscription of `{tenant}:{}` has a charge \
+             for meter `{}`",
+            usage.customer_id, usage.meter_id
+        ))),
+        several => Err(ProcessError::permanent(
+            AMBIGUOUS_SUBSCRIPTION,
+            format!(
+                "the event names no subscription, and subscriptions {} of `{tenant}:{}` all \
+                 have a charge for meter `{}`: the event must name one",
+                several.join(", "),
+                usage.customer_id,
+                usage.meter_id
+            ),
+        )),
+    }
+}
+
+/// Whether usage may still be billed under it.
+fn running(subscription: &Subscription) -> bool {
+    !matches!(
+        subscription.status,
+        SubscriptionStatus::Cancelled | SubscriptionStatus::Expired
+    )
+}
