@@ -21,10 +21,10 @@ use backbone_schemas::types::{
 use backbone_schemas::WireCodec;
 use backbone_sink::http::JsonApi;
 use backbone_sink::metrics::names;
-use backbone_sink::{DestinationSettings, SinkError, DESTINATION_REJECTED};
+use backbone_sink::{DestinationSettings, SinkError, SinkSettings, DESTINATION_REJECTED};
 use backbone_testkit::{
     committed_offsets, consume_until, create_topic, dead_letter_reasons, produce,
-    produce_tombstone, shared_settings, ChildProcess, KafkaBroker, TestRecord,
+    produce_tombstone, shared_settings, unique_group, ChildProcess, KafkaBroker, TestRecord,
 };
 use support::{eventually, metadata, registry_url, results, RunningSink, Sandbox, SinkTopics};
 
@@ -323,7 +323,7 @@ async fn records_a_sink_cannot_deliver_are_dead_lettered_on_arrival() {
     assert_eq!(tombstone.key.as_deref(), Some(&b"acme:s-1"[..]));
     assert_eq!(
         delivered.keys().collect::<Vec<_>>(),
-        ["rt-0001"],
+        ["rt-0001#1"],
         "only the valid charge reached the billing system"
     );
 }
@@ -364,6 +364,54 @@ async fn a_dead_letter_over_the_limit_stops_the_sink_without_committing() {
     assert!(
         committed.iter().all(|(_, o)| o.unwrap_or(0) == 0),
         "nothing committed: {committed:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_lost_ledger_and_expired_keys_bill_nothing_twice() {
+    // The billing system forgets every idempotency key at once, as a real one does after a
+    // day: only the sink itself can keep a replay from billing again.
+    let mut config = SandboxConfig::default();
+    config.billing.idempotency_ttl = Duration::ZERO;
+    let sandbox = Sandbox::start(config).await;
+    let topics = SinkTopics::create("billing-lost-ledger", 2).await;
+    let codec = WireCodec::new(&registry_url());
+    let charges: Vec<BillingCharge> = (0..30).map(|i| charge(i, "EUR")).collect();
+    publish_charges(&codec, &topics.input, &charges).await;
+
+    let sink = RunningSink::start(
+        billing_sink(&topics.input, &sandbox.destination()),
+        topics.settings(),
+    );
+    results(&codec, &topics.results, charges.len()).await;
+    sink.stop().await;
+    // The disk is lost, and the topic is replayed from the start (a new group, as after an
+    // offset reset or a partition's new owner without the old one's ledger).
+    std::fs::remove_dir_all(&topics.ledger_dir).expect("delete the ledger");
+    let settings = SinkSettings {
+        group_id: Some(unique_group("billing-lost-ledger-replay")),
+        ..topics.settings()
+    };
+    let sink = RunningSink::start(
+        billing_sink(&topics.input, &sandbox.destination()),
+        settings,
+    );
+    let second = results(&codec, &topics.results, 2 * charges.len()).await;
+    sink.stop().await;
+
+    let held = charges_by_identity(&sandbox).await;
+    assert_eq!(held.len(), charges.len(), "every charge once");
+    assert_eq!(
+        sandbox.applied("billing").await,
+        30,
+        "no charge created twice"
+    );
+    // Both runs' results: the first created every charge, the replay found every one.
+    let both = outcomes(&second);
+    assert_eq!(
+        (both.get("Delivered"), both.get("AlreadyDelivered")),
+        (Some(&charges.len()), Some(&charges.len())),
+        "{both:?}"
     );
 }
 

@@ -122,7 +122,36 @@ impl BillingSink {
         Self { settings, api }
     }
 
+    /// The charge the billing system already holds for this delivery's business identity, as
+    /// an outcome; `None` when it holds none.
+    async fn find(
+        &self,
+        delivery: &Delivery<ChargeRequest>,
+    ) -> Result<Option<Outcome>, DeliveryError> {
+        let query: Vec<(String, &str)> = delivery
+            .payload
+            .metadata
+            .iter()
+            .map(|(key, value)| (format!("metadata[{key}]"), value.as_str()))
+            .collect();
+        let query: Vec<(&str, &str)> = query.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        let answer = match self.api.fetch("/billing/v1/charges", &query).await? {
+            Reply::Answer(answer) => answer,
+            Reply::Settled(outcome) => return Ok(Some(outcome)),
+        };
+        let existing = answer.body["charges"].as_array().and_then(|c| c.first());
+        Ok(existing.map(|charge| Outcome::AlreadyDelivered {
+            reference: charge["id"].as_str().map(str::to_owned),
+        }))
+    }
+
     async fn post(&self, delivery: &Delivery<ChargeRequest>) -> Result<Outcome, DeliveryError> {
+        // Asked first, by business identity: a charge created before this sink's ledger was
+        // lost, or by another instance before the partition moved, is found even after the
+        // billing system forgot the idempotency key that created it.
+        if let Some(found) = self.find(delivery).await? {
+            return Ok(found);
+        }
         let answer = match self
             .api
             .send(

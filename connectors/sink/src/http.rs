@@ -131,11 +131,24 @@ impl JsonApi {
         let mut request = self
             .client
             .post(format!("{}{path}", self.base_url))
-            .bearer_auth(self.token.expose())
             .json(body);
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
+        self.answer(request).await
+    }
+
+    /// GETs `path` with the `query` pairs; a transport failure is a retried error.
+    pub async fn get(&self, path: &str, query: &[(&str, &str)]) -> Result<Answer, DeliveryError> {
+        let request = self
+            .client
+            .get(format!("{}{path}", self.base_url))
+            .query(query);
+        self.answer(request).await
+    }
+
+    async fn answer(&self, request: reqwest::RequestBuilder) -> Result<Answer, DeliveryError> {
+        let request = request.bearer_auth(self.token.expose());
         let response = request.send().await.map_err(transport_error)?;
         let status = response.status();
         let headers = response.headers().clone();
@@ -170,7 +183,16 @@ impl JsonApi {
         headers: &[(&str, &str)],
         body: &B,
     ) -> Result<Reply, DeliveryError> {
-        let answer = match self.post(path, headers, body).await {
+        Self::sorted(self.post(path, headers, body).await)
+    }
+
+    /// [`get`](Self::get), then sorted as [`send`](Self::send) sorts.
+    pub async fn fetch(&self, path: &str, query: &[(&str, &str)]) -> Result<Reply, DeliveryError> {
+        Self::sorted(self.get(path, query).await)
+    }
+
+    fn sorted(answer: Result<Answer, DeliveryError>) -> Result<Reply, DeliveryError> {
+        let answer = match answer {
             Ok(answer) => answer,
             Err(DeliveryError::Transient {
                 reason,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -231,6 +231,35 @@ fn validate(request: Value, currencies: &[String]) -> Result<ChargeRequest, Refu
     Ok(charge)
 }
 
-pub(crate) async fn list(State(app): State<Arc<Sandbox>>) -> Json<Value> {
-    Json(json!({"charges": lock(&app.billing).charges}))
+/// Every charge in creation order; with `metadata[<key>]=<value>` parameters, only those whose
+/// metadata holds every pair given (how a caller finds a charge by its own identity).
+pub(crate) async fn list(
+    State(app): State<Arc<Sandbox>>,
+    Query(query): Query<BTreeMap<String, String>>,
+) -> Response {
+    let mut wanted = Vec::new();
+    for (parameter, value) in &query {
+        let Some(key) = parameter
+            .strip_prefix("metadata[")
+            .and_then(|rest| rest.strip_suffix(']'))
+        else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!("unknown query parameter `{parameter}`; filter with metadata[<key>]"),
+            );
+        };
+        wanted.push((key, value));
+    }
+    let ledger = lock(&app.billing);
+    let charges: Vec<&StoredCharge> = ledger
+        .charges
+        .iter()
+        .filter(|charge| {
+            wanted
+                .iter()
+                .all(|(key, value)| charge.metadata.get(*key) == Some(*value))
+        })
+        .collect();
+    Json(json!({ "charges": charges })).into_response()
 }

@@ -210,6 +210,24 @@ async fn an_expired_key_creates_a_second_charge_that_the_identity_count_shows() 
         .await
         .expect("counts");
     assert_eq!(counts.get("r-1#3"), Some(&2));
+
+    // Found by identity: the charges whose metadata holds every pair asked for.
+    let find = |query: &str| {
+        forgetting
+            .http
+            .get(format!("{}{CHARGES}?{query}", forgetting.base))
+            .bearer_auth(TOKEN)
+    };
+    let found = forgetting
+        .send(find("metadata[rating_id]=r-1&metadata[revision]=3"))
+        .await;
+    assert_eq!(found.body["charges"].as_array().map(Vec::len), Some(2));
+    let none = forgetting
+        .send(find("metadata[rating_id]=r-1&metadata[revision]=4"))
+        .await;
+    assert_eq!(none.body["charges"].as_array().map(Vec::len), Some(0));
+    let wrong = forgetting.send(find("rating_id=r-1")).await;
+    assert_eq!((wrong.status, wrong.code()), (400, "invalid_request"));
 }
 
 #[tokio::test]
