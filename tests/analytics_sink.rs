@@ -6,6 +6,7 @@
 mod support;
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use backbone_analytics_sink::{AnalyticsSettings, AnalyticsSink};
 use backbone_schemas::types::{AnalyticsFact, DeliveryOutcome, FactType};
@@ -14,6 +15,8 @@ use backbone_sink::settings::split_password;
 use backbone_sink::DestinationSettings;
 use support::{metadata, publish, registry_url, results, RunningSink, SinkTopics};
 use tokio_postgres::NoTls;
+
+const DEADLINE: Duration = Duration::from_secs(120);
 
 fn postgres_url() -> String {
     std::env::var("BACKBONE_TEST_POSTGRES_URL").expect(
@@ -215,4 +218,47 @@ async fn a_row_the_database_refuses_is_rejected_alone_and_its_batch_still_loads(
         .expect("count")
         .get(0);
     assert_eq!(rows, 29, "every row but the refused one");
+}
+
+#[tokio::test]
+async fn a_fact_without_an_id_is_dead_lettered_on_arrival() {
+    let topics = SinkTopics::create("analytics-keyless", 1).await;
+    let schema = format!("t_{}", topics.group.replace(['-', '.'], "_")).to_lowercase();
+    let codec = WireCodec::new(&registry_url());
+    let values = vec![
+        ("acme:c-1".to_owned(), fact("", 1, "1"), None),
+        ("acme:c-1".to_owned(), fact("fact-1", 1, "2"), None),
+    ];
+    publish(&codec, &topics.input, &values).await;
+    let settings = AnalyticsSettings {
+        topic: topics.input.clone(),
+        schema: schema.clone(),
+    };
+    let sink = RunningSink::start(
+        AnalyticsSink::new(settings, &destination()).expect("sink"),
+        topics.settings(),
+    );
+    results(&codec, &topics.results, 1).await;
+    // Both facts settled (committed), then the dead-letter topic read to its end.
+    let kafka = backbone_testkit::shared_settings();
+    backbone_testkit::await_committed(&kafka, &topics.group, &topics.input, 2, DEADLINE).await;
+    let summary = sink.stop().await;
+    let dlq = format!("{}.dlq", topics.input);
+    let end = backbone_testkit::end_offsets_total(&kafka, &dlq).expect("end");
+    let letters =
+        backbone_testkit::consume_until(&kafka, &dlq, usize::try_from(end).expect("end"), DEADLINE)
+            .await
+            .expect("dead letters");
+    assert_eq!(
+        backbone_testkit::dead_letter_reasons(&letters),
+        std::collections::BTreeMap::from([(0, "missing_idempotency_key".to_owned())]),
+        "{summary:?}"
+    );
+    let rows: i64 = connect()
+        .await
+        .query_one(&format!("SELECT count(*) FROM {schema}.facts"), &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(rows, 1, "only the fact with an id is loaded");
 }

@@ -368,6 +368,63 @@ async fn a_dead_letter_over_the_limit_stops_the_sink_without_committing() {
 }
 
 #[tokio::test]
+async fn a_crm_snapshot_without_a_customer_is_dead_lettered_on_arrival() {
+    let sandbox = Sandbox::start(SandboxConfig::default()).await;
+    let topics = SinkTopics::create("crm-keyless", 1).await;
+    let codec = WireCodec::new(&registry_url());
+    let mut keyless = snapshot(1, 1_000, "1.5");
+    keyless.customer_id.clear();
+    let mut records = Vec::new();
+    for s in [keyless, snapshot(2, 1_000, "2.5")] {
+        let value = support::encode(&codec, &topics.input, &s).await;
+        records.push(TestRecord::new("acme:c-2", value));
+    }
+    produce(&shared_settings(), &topics.input, &records)
+        .await
+        .expect("produce snapshots");
+    let settings = CrmSettings {
+        topic: topics.input.clone(),
+        request_records: 50,
+    };
+    let sink = RunningSink::start(
+        CrmSink::new(
+            settings,
+            JsonApi::new(&sandbox.destination()).expect("client"),
+        ),
+        topics.settings(),
+    );
+    results(&codec, &topics.results, 1).await;
+    // Both records settled (committed), then the dead-letter topic read to its end.
+    let kafka = shared_settings();
+    eventually(DEADLINE, "both snapshots committed", || async {
+        let committed: i64 = committed_offsets(&kafka, &topics.group, &topics.input)
+            .ok()?
+            .iter()
+            .filter_map(|(_, offset)| *offset)
+            .sum();
+        (committed >= 2).then_some(())
+    })
+    .await;
+    sink.stop().await;
+    let dlq = format!("{}.dlq", topics.input);
+    let end = backbone_testkit::end_offsets_total(&kafka, &dlq).expect("end");
+    let letters = consume_until(&kafka, &dlq, usize::try_from(end).expect("end"), DEADLINE)
+        .await
+        .expect("dead letters");
+    assert_eq!(
+        dead_letter_reasons(&letters),
+        BTreeMap::from([(0, "missing_idempotency_key".to_owned())])
+    );
+    let accounts = sandbox.client.accounts().await.expect("accounts");
+    let ids: Vec<&str> = accounts.iter().map(|a| a.external_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["acme:c-2"],
+        "only the snapshot with a customer reached the CRM"
+    );
+}
+
+#[tokio::test]
 async fn a_lost_ledger_and_expired_keys_bill_nothing_twice() {
     // The billing system forgets every idempotency key at once, as a real one does after a
     // day: only the sink itself can keep a replay from billing again.

@@ -18,9 +18,9 @@ use backbone_schemas::types::{
 use backbone_schemas::wire::{encode_framed, frame};
 use backbone_schemas::WireCodec;
 use backbone_testkit::{
-    committed_offsets, consume_until, create_topic, dead_letter_reasons, end_offsets_total,
-    produce, produce_tombstone, shared_settings, unique_group, unique_topic, RunningProcessor,
-    TestRecord,
+    await_committed, committed_offsets, consume_until, create_topic, dead_letter_reasons,
+    end_offsets_total, produce, produce_tombstone, shared_settings, unique_group, unique_topic,
+    RunningProcessor, TestRecord,
 };
 use backbone_usage_validator::{UsageValidator, ValidatorSettings};
 
@@ -168,6 +168,12 @@ async fn each_kind_of_bad_input_is_dead_lettered_under_its_reason() {
         ..TestRecord::new("c-1", encode(usage_event("valid")))
     };
     records.push(traced);
+    // A valid event without a key: taken, and keyed by tenant and customer on the way out.
+    records.push(TestRecord {
+        key: None,
+        ..TestRecord::new("", encode(usage_event("keyless")))
+    });
+    let inputs = 2 + records.len() as i64;
     produce(&kafka, &settings.input_topic, &records)
         .await
         .expect("produce");
@@ -189,9 +195,12 @@ async fn each_kind_of_bad_input_is_dead_lettered_under_its_reason() {
     let dead = consume_until(&kafka, &dlq, expected.len(), DEADLINE)
         .await
         .expect("dead letters");
-    let forwarded = consume_until(&kafka, &output, 1, DEADLINE)
+    // Every input processed, then the output read to its end, whatever it holds.
+    await_committed(&kafka, &group, &settings.input_topic, inputs, DEADLINE).await;
+    let end = usize::try_from(end_offsets_total(&kafka, &output).expect("end")).expect("end");
+    let forwarded = consume_until(&kafka, &output, end, DEADLINE)
         .await
-        .expect("the valid event");
+        .expect("the valid events");
     validator.stop(DEADLINE).await;
 
     let reasons = dead_letter_reasons(&dead);
@@ -213,7 +222,7 @@ async fn each_kind_of_bad_input_is_dead_lettered_under_its_reason() {
     assert_eq!(letter_at("1").key, None);
 
     // Header bytes that are not UTF-8 are carried as they are.
-    assert_eq!(forwarded.len(), 1);
+    assert_eq!(forwarded.len(), 2, "the two valid events, nothing else");
     assert_eq!(forwarded[0].offset, 0);
     let header = |name: &str| {
         forwarded[0]
@@ -228,6 +237,15 @@ async fn each_kind_of_bad_input_is_dead_lettered_under_its_reason() {
         forwarded[0].header("backbone.idempotency.key").as_deref(),
         Some("acme/api/valid"),
         "the valid event is the one at offset {valid_offset}"
+    );
+    assert_eq!(
+        forwarded[1].header("backbone.idempotency.key").as_deref(),
+        Some("acme/api/keyless")
+    );
+    assert_eq!(
+        forwarded[1].key.as_deref(),
+        Some(&b"acme:c-1"[..]),
+        "a keyless event is keyed by tenant and customer"
     );
 }
 
