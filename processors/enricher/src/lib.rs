@@ -39,7 +39,7 @@ use backbone_schemas::types::{
     UsageEvent,
 };
 use backbone_schemas::wire::encode_framed;
-use backbone_schemas::{OutputContracts, WireCodec};
+use backbone_schemas::{OutputContracts, WireCodec, WireError};
 use serde::Deserialize;
 
 use crate::parking::{Parked, PARKED, PARKED_INDEX};
@@ -452,7 +452,7 @@ impl Enricher {
         let subscription: Arc<Subscription> = self
             .codec()
             .decode_shared(&subscription, Subscription::schema())
-            .map_err(ProcessError::from)?;
+            .map_err(|e| invalid_master_data("invalid_subscription", &key, e))?;
         if subscription.customer_id != usage.customer_id {
             return Err(ProcessError::permanent(
                 "subscription_mismatch",
@@ -479,7 +479,7 @@ impl Enricher {
             Some(card) => {
                 self.codec()
                     .decode_shared::<RateCard>(&card, RateCard::schema())
-                    .map_err(ProcessError::from)?
+                    .map_err(|e| invalid_master_data("invalid_rate_card", &card_key, e))?
                     .version
             }
             // The rater waits for the card; the version is what it finds then.
@@ -515,6 +515,18 @@ impl Enricher {
             value: Some(value),
             headers: Vec::new(),
         }))
+    }
+}
+
+/// Master data that does not decode is no fault of the usage, but the usage cannot be enriched
+/// with it: dead-lettered under the master data's own reason, naming the record, to be replayed
+/// once the record is fixed. An unreachable registry stays an outage.
+pub(crate) fn invalid_master_data(reason: &'static str, key: &str, err: WireError) -> ProcessError {
+    match ProcessError::from(err) {
+        ProcessError::Permanent { detail, .. } => {
+            ProcessError::permanent(reason, format!("`{key}` does not decode: {detail}"))
+        }
+        outage => outage,
     }
 }
 

@@ -56,7 +56,7 @@ pub(crate) fn pick(
         };
         let card: Arc<RateCard> = codec
             .decode_shared(&card, RateCard::schema())
-            .map_err(ProcessError::from)?;
+            .map_err(|e| crate::invalid_master_data("invalid_rate_card", &card_key, e))?;
         if card.charges.iter().any(|c| c.meter_id == usage.meter_id) {
             pricing.push(subscription.subscription_id.clone());
         }

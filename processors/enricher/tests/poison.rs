@@ -1,7 +1,8 @@
 //! Bad inputs of the enricher on the real broker and registry, beside `park.rs`: an account
 //! without its key and one that is not wire format go to the accounts topic's DLQ; usage naming
-//! another customer's subscription, usage naming none, and a usage tombstone go to the usage
-//! topic's DLQ; a valid event among them is enriched. See docs/bad-inputs.md.
+//! another customer's subscription, usage whose subscription or rate card does not decode, and a
+//! usage tombstone go to the usage topic's DLQ; a valid event among them is enriched. See
+//! docs/bad-inputs.md.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -59,9 +60,28 @@ async fn bad_master_data_and_usage_are_dead_lettered_under_their_reasons() {
             .expect("encode");
         subscriptions.push(TestRecord::new(format!("acme:{id}"), bytes));
     }
+    // Master data that does not decode: a subscription, and the rate card of sub-3's plan.
+    subscriptions.push(TestRecord::new("acme:sub-bad", &b"not avro"[..]));
+    let mut on_broken_plan = subscription("sub-3", "c-1");
+    on_broken_plan.plan_id = "broken".into();
+    let bytes = codec
+        .encode_contract(&encode(&settings.subscriptions_topic), &on_broken_plan)
+        .await
+        .expect("encode");
+    subscriptions.push(TestRecord::new("acme:sub-3", bytes));
     produce(&kafka, &settings.subscriptions_topic, &subscriptions)
         .await
         .expect("subscriptions");
+    produce(
+        &kafka,
+        &settings.rate_cards_topic,
+        &[TestRecord::new(
+            "acme:broken",
+            &b"\x00\x00\x00\x00\x01garbage"[..],
+        )],
+    )
+    .await
+    .expect("rate card");
     // Accounts: c-1's, then one without a key (offset 1), then one that is not Avro (2).
     let account_bytes = codec
         .encode_contract(&encode(&settings.accounts_topic), &account("c-1"))
@@ -83,9 +103,9 @@ async fn bad_master_data_and_usage_are_dead_lettered_under_their_reasons() {
         (2, "wrong_magic_byte".to_owned()),
     ]);
 
-    // Usage: a tombstone (0), c-1's event naming c-2's subscription (1), then a valid event
-    // (2). An event naming no subscription is billed under the one pricing its meter
-    // (tests/subscription.rs).
+    // Usage: a tombstone (0), c-1's event naming c-2's subscription (1), a valid event (2),
+    // then events whose subscription (3) or rate card (4) does not decode. An event naming no
+    // subscription is billed under the one pricing its meter (tests/subscription.rs).
     produce_tombstone(
         &kafka,
         &settings.usage_topic,
@@ -98,6 +118,8 @@ async fn bad_master_data_and_usage_are_dead_lettered_under_their_reasons() {
     for event in [
         usage("other-customers", "c-1", "sub-2"),
         usage("valid", "c-1", "sub-1"),
+        usage("bad-subscription", "c-1", "sub-bad"),
+        usage("bad-card", "c-1", "sub-3"),
     ] {
         let bytes = codec
             .encode_contract(&encode(&settings.usage_topic), &event)
@@ -111,6 +133,8 @@ async fn bad_master_data_and_usage_are_dead_lettered_under_their_reasons() {
     let usage_expected = BTreeMap::from([
         (0, "missing_value".to_owned()),
         (1, "subscription_mismatch".to_owned()),
+        (3, "invalid_subscription".to_owned()),
+        (4, "invalid_rate_card".to_owned()),
     ]);
 
     let group = unique_group("enricher-poison");

@@ -301,10 +301,18 @@ impl UsageRater {
             // It may be on its way: retried, then dead-lettered as retries_exhausted.
             ProcessError::Transient(format!("no rate card for plan `{key}` yet"))
         })?;
+        // A card that does not decode is no fault of the usage: dead-lettered under the card's
+        // reason, naming it, to be replayed once the card is fixed.
         let card: Arc<RateCard> = self
             .codec()
             .decode_shared(&bytes, RateCard::schema())
-            .map_err(ProcessError::from)?;
+            .map_err(|e| match ProcessError::from(e) {
+                ProcessError::Permanent { detail, .. } => ProcessError::permanent(
+                    "invalid_rate_card",
+                    format!("`{key}` does not decode: {detail}"),
+                ),
+                outage => outage,
+            })?;
         if card.currency != enriched.currency {
             return Err(ProcessError::permanent(
                 "currency_mismatch",

@@ -26,13 +26,17 @@ async fn each_kind_of_bad_enriched_usage_is_dead_lettered_under_its_reason() {
         settings,
         card,
     } = rater_setup(&kafka, 1).await;
+    // Plan `broken`'s card does not decode.
     produce(
         &kafka,
         &settings.rate_cards_topic,
-        &[TestRecord::new("acme:pro", card.clone())],
+        &[
+            TestRecord::new("acme:pro", card.clone()),
+            TestRecord::new("acme:broken", &b"not avro"[..]),
+        ],
     )
     .await
-    .expect("rate card");
+    .expect("rate cards");
 
     let now = now_micros();
     let subject = format!("{}-value", settings.input_topic);
@@ -62,7 +66,9 @@ async fn each_kind_of_bad_enriched_usage_is_dead_lettered_under_its_reason() {
         now - HOUR,
     );
     let valid = enriched("sub-1", "pro", "fonts", "valid", "2", now - HOUR);
+    let broken_card = enriched("sub-1", "broken", "fonts", "broken", "1", now - HOUR);
     for (event, reason) in [
+        (broken_card, Some("invalid_rate_card")),
         (future, Some("in_future")),
         (other_currency, Some("currency_mismatch")),
         (end_of_time, Some("too_late")),
