@@ -14,7 +14,8 @@ use backbone_schemas::types::{Contract, EnrichedUsage, UsageEvent};
 use backbone_schemas::WireCodec;
 use backbone_testkit::{
     committed_offsets, consume_until, consume_while, create_topic, end_offsets_total, produce,
-    shared_settings, unique_group, unique_topic, ConsumedRecord, RunningProcessor, TestRecord,
+    produce_tombstone, shared_settings, unique_group, unique_topic, ConsumedRecord,
+    RunningProcessor, TestRecord,
 };
 
 mod fixtures;
@@ -386,5 +387,90 @@ async fn a_backlog_longer_than_the_park_timeout_does_not_expire_events_whose_acc
         0,
         "nothing dead-lettered"
     );
+    enricher.stop(DEADLINE).await;
+}
+
+#[tokio::test]
+async fn usage_of_a_deleted_account_waits_for_it_then_is_dead_lettered() {
+    let fixture = Fixture::new(Duration::from_secs(3)).await;
+    let s = &fixture.settings;
+    fixture
+        .publish(
+            &s.subscriptions_topic,
+            "acme:sub-1",
+            &subscription("sub-1", "c-1"),
+        )
+        .await;
+    fixture
+        .publish(&s.accounts_topic, "acme:c-1", &account("c-1"))
+        .await;
+    fixture
+        .publish_usage(&usage("before", "c-1", "sub-1"))
+        .await;
+    let enricher = fixture.start();
+    consume_until(&fixture.kafka, &s.output_topic, 1, DEADLINE)
+        .await
+        .expect("enriched while the account exists");
+
+    // The account is deleted (a tombstone on its compacted topic); later usage of it waits for
+    // an account like any unknown customer's, then goes to the DLQ.
+    produce_tombstone(
+        &fixture.kafka,
+        &s.accounts_topic,
+        Some(b"acme:c-1".as_slice()),
+        None,
+    )
+    .await
+    .expect("tombstone");
+    fixture.publish_usage(&usage("after", "c-1", "sub-1")).await;
+    let dlq = format!("{}.dlq", s.usage_topic);
+    let tick = fixture
+        .codec
+        .encode_contract(&format!("{}-value", s.accounts_topic), &account("tick"))
+        .await
+        .expect("encode");
+    let mut rounds = 0;
+    let dead = loop {
+        let ticks: Vec<TestRecord> = (0..2)
+            .map(|partition| TestRecord {
+                partition: Some(partition),
+                ..TestRecord::new("acme:tick", tick.clone())
+            })
+            .collect();
+        produce(&fixture.kafka, &s.accounts_topic, &ticks)
+            .await
+            .expect("ticks");
+        rounds += 1;
+        if let Ok(dead) = consume_while(
+            &fixture.kafka,
+            &dlq,
+            Duration::from_secs(2),
+            "the event after the deletion dead-lettered".to_owned(),
+            |records| !records.is_empty(),
+        )
+        .await
+        {
+            break dead;
+        }
+        assert!(
+            rounds < 30,
+            "the event of the deleted account never expired"
+        );
+    };
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        dead[0].header("backbone.dlq.reason").as_deref(),
+        Some("unknown_account")
+    );
+    let after = fixture
+        .codec
+        .decode_as(
+            dead[0].value.as_deref().expect("value"),
+            UsageEvent::schema(),
+        )
+        .await
+        .expect("the event as it came in");
+    let after: UsageEvent = after;
+    assert_eq!(after.metadata.event_id, "after");
     enricher.stop(DEADLINE).await;
 }
