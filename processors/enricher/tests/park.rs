@@ -462,7 +462,7 @@ async fn usage_of_a_deleted_account_waits_for_it_then_is_dead_lettered() {
         dead[0].header("backbone.dlq.reason").as_deref(),
         Some("unknown_account")
     );
-    let after = fixture
+    let after: UsageEvent = fixture
         .codec
         .decode_as(
             dead[0].value.as_deref().expect("value"),
@@ -470,7 +470,6 @@ async fn usage_of_a_deleted_account_waits_for_it_then_is_dead_lettered() {
         )
         .await
         .expect("the event as it came in");
-    let after: UsageEvent = after;
     assert_eq!(after.metadata.event_id, "after");
     enricher.stop(DEADLINE).await;
 }
