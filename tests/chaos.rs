@@ -27,10 +27,11 @@ use backbone_core::{Delivery, KafkaSettings};
 use backbone_drift::books::Check;
 use backbone_loadgen::{LoadSpec, Workload};
 use backbone_sandbox::{Faults, SandboxConfig, System};
-use backbone_schemas::types::{Amount, BillingCharge, Contract, CustomerAccount};
+use backbone_schemas::types::{Amount, AnalyticsFact, BillingCharge, Contract, CustomerAccount};
 use backbone_schemas::WireCodec;
 use backbone_testkit::{
-    committed_offsets, consume_while, end_offsets_total, ConsumedRecord, KafkaBroker,
+    committed_offsets, consume_while, end_offsets_total, reference_price, ConsumedRecord,
+    KafkaBroker,
 };
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -242,6 +243,40 @@ async fn read_all(kafka: &KafkaSettings, topic: &str) -> Vec<ConsumedRecord> {
         .into_iter()
         .filter(|r| r.header(END_MARKER).is_none())
         .collect()
+}
+
+/// Per subscription, the price of each period's usage under its plan's charge, summed, as an
+/// unscaled amount: [`reference_price`], not the rating crate.
+fn reference_totals(workload: &Workload) -> BTreeMap<String, i128> {
+    let mut owed = BTreeMap::new();
+    for (subscription, periods) in &workload.expected.periods {
+        let plan = workload
+            .subscriptions
+            .iter()
+            .find(|s| &s.subscription_id == subscription)
+            .map(|s| s.plan_id.as_str())
+            .expect("the subscription's plan");
+        let card = workload
+            .rate_cards
+            .iter()
+            .find(|c| c.plan_id == plan)
+            .expect("the plan's rate card");
+        let total: i128 = periods
+            .values()
+            .map(|quantity| {
+                card.charges
+                    .iter()
+                    .map(|charge| {
+                        reference_price(charge, *quantity)
+                            .expect("priced")
+                            .unscaled()
+                    })
+                    .sum::<i128>()
+            })
+            .sum();
+        owed.insert(subscription.clone(), total);
+    }
+    owed
 }
 
 /// How long the backbone must stay quiet before the billing system is read.
@@ -613,22 +648,31 @@ async fn proof_under_fire(run: Run) {
             .entry(charge.subscription_id.as_str())
             .or_default() += unscaled(&charge.amount);
     }
-    for (subscription, want) in &expected.subscriptions {
+    // What each subscription owes, priced here with the test kit's own reading of the charge
+    // models (no code shared with the rater), from the quantities loadgen used per period.
+    let owed = reference_totals(&workload);
+    assert_eq!(
+        owed.len(),
+        expected.subscriptions.len(),
+        "every subscription priced"
+    );
+    for (subscription, want) in &owed {
         assert_eq!(
             per_subscription
                 .get(subscription.as_str())
                 .copied()
                 .unwrap_or(0),
-            unscaled(&want.amount),
+            *want,
             "billed to {subscription}"
         );
     }
 
     let receivable = workload.gl_mappings[0].receivable_account.clone();
+    // One legal entity and currency: receivables are everything owed.
     let expected_ledger: BTreeMap<String, i128> = expected
         .ledger
-        .iter()
-        .map(|(k, v)| (k.clone(), unscaled(v)))
+        .keys()
+        .map(|k| (k.clone(), owed.values().sum()))
         .collect();
     let erp_dlq = format!("{}.dlq", t.erp);
     settle(
@@ -710,36 +754,58 @@ async fn proof_under_fire(run: Run) {
         format!("drift zero on {} keys", lines.len())
     };
 
-    // The analytics table holds one row per fact.
+    // The analytics table holds exactly one row per fact on the analytics topic, at the fact's
+    // newest revision: the expectation is read from the topic (read_committed), not from the
+    // sink.
     let (db, connection) = tokio_postgres::connect(&postgres, NoTls)
         .await
         .expect("postgres");
     tokio::spawn(connection);
     let schema = deployment.group_prefix.replace(['-', '.'], "_");
-    let facts = end_offsets_total(&kafka, &t.analytics).expect("facts");
+    let mut newest: BTreeMap<String, i64> = BTreeMap::new();
+    let written = read_all(&kafka, &t.analytics).await;
+    let facts = written.len();
+    for record in &written {
+        let fact: AnalyticsFact = codec
+            .decode_as(
+                record.value.as_deref().unwrap_or_default(),
+                AnalyticsFact::schema(),
+            )
+            .await
+            .expect("an analytics fact");
+        let revision = newest.entry(fact.fact_id).or_insert(fact.source_revision);
+        *revision = (*revision).max(fact.source_revision);
+    }
     let rows = settle(
         &mut deployment,
         &mut mayhem,
         Duration::from_secs(120),
-        "analytics rows",
+        "one analytics row per fact, at its newest revision",
         || async {
-            let row = db
-                .query_one(
-                    &format!("SELECT count(DISTINCT fact_id) FROM {schema}.facts"),
+            let held: BTreeMap<String, i64> = db
+                .query(
+                    &format!("SELECT fact_id, source_revision FROM {schema}.facts"),
                     &[],
                 )
                 .await
-                .map_err(|e| e.to_string())?;
-            let rows: i64 = row.get(0);
-            let windows = end_offsets_total(&kafka, &t.windows).map_err(|e| e.to_string())?;
-            let rated = end_offsets_total(&kafka, &t.rated).map_err(|e| e.to_string())?;
-            // One row per distinct rated line and per distinct window: at most the offsets
-            // the two topics hold (records, and commit markers in exactly-once mode).
-            if rows > 0 && rows <= rated + windows {
-                Ok(rows)
+                .map_err(|e| e.to_string())?
+                .iter()
+                .map(|row| (row.get(0), row.get(1)))
+                .collect();
+            if held == newest {
+                Ok(held.len())
             } else {
+                let missing = newest.keys().filter(|k| !held.contains_key(*k)).count();
+                let extra = held.keys().filter(|k| !newest.contains_key(*k)).count();
+                let stale = newest
+                    .iter()
+                    .filter(|(k, r)| held.get(*k).is_some_and(|h| h != *r))
+                    .count();
                 Err(format!(
-                    "{rows} rows for {rated} rated lines and {windows} windows"
+                    "{} rows for {} facts: {missing} missing, {extra} not on the topic, {stale} \
+                     at another revision",
+                    held.len(),
+                    newest.len()
                 ))
             }
         },

@@ -9,6 +9,7 @@ mod broker;
 mod forward;
 mod kafka;
 mod process;
+mod reference;
 mod running;
 mod tally;
 
@@ -20,6 +21,7 @@ pub use kafka::{
     produce_tombstone, shared_settings, unique_group, unique_topic, ConsumedRecord, TestRecord,
 };
 pub use process::ChildProcess;
+pub use reference::{reference_price, units};
 pub use running::RunningProcessor;
 pub use tally::{tally_counts, Tally, TOTALS};
 

@@ -88,6 +88,10 @@ pub struct Expected {
     pub billed_events: usize,
     /// Per subscription: the quantity and amount to bill, all periods together.
     pub subscriptions: BTreeMap<String, Billed>,
+    /// Per subscription, per billing period (its first day): the quantity used in it. What a
+    /// test prices with an implementation of its own, rather than trusting `subscriptions`'
+    /// amounts, which loadgen prices with the rating crate the rater uses.
+    pub periods: BTreeMap<String, BTreeMap<i32, Quantity>>,
     /// Per dead-letter reason: how many records must end up there.
     pub dead_letters: BTreeMap<String, usize>,
     /// Per `<legal entity>/<currency>`: the net amount posted to receivables, which is every
@@ -362,7 +366,14 @@ impl Workload {
         }
         expected.dead_letters = dead_letters;
         let mut totals: BTreeMap<usize, (i128, i128)> = BTreeMap::new();
-        for ((customer, _), quantity) in per_period {
+        for ((customer, period), quantity) in per_period {
+            if let Ok(used) = Quantity::from_unscaled(quantity) {
+                expected
+                    .periods
+                    .entry(format!("sub-{}", customers[customer]))
+                    .or_default()
+                    .insert(period, used);
+            }
             let charge = plan_charge(customer % plans);
             let amount = Quantity::from_unscaled(quantity)
                 .ok()
