@@ -2,16 +2,18 @@
 //! delivery modes on the shared broker: the input is dead-lettered
 //! whole, with none of its outputs and none of its state changes (the count it would have
 //! raised, its dedup mark), the stage goes on, and once the limit allows it, the input sent
-//! back (as `replay` would) is counted as new, in its place in the account's sequence.
+//! back (as `replay` would) is counted as new, in its place in the account's sequence. An output
+//! the broker itself refuses as invalid stops the stage, naming the input, in both modes.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use backbone_core::runner::TransactionSettings;
-use backbone_core::{Delivery, KafkaSettings, RuntimeSettings};
+use backbone_core::admin::{ensure_topics, TopicSpec};
+use backbone_core::runner::{TransactionSettings, DEFAULT_MAX_OUTPUT_BYTES};
+use backbone_core::{Delivery, KafkaSettings, RuntimeError, RuntimeSettings};
 use backbone_testkit::{
     committed_offsets, consume_until, create_topic, produce, shared_settings, tally_counts,
-    unique_group, unique_topic, ConsumedRecord, RunningProcessor, Tally, TestRecord,
+    unique_group, unique_topic, ConsumedRecord, Forward, RunningProcessor, Tally, TestRecord,
 };
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -165,5 +167,65 @@ async fn an_input_with_an_oversized_output_leaves_no_trace_effectively_once() {
 #[tokio::test]
 async fn an_input_with_an_oversized_output_leaves_no_trace_exactly_once() {
     oversized_output_leaves_no_trace(shared_settings(), Some(&unique_group("tally-output-limit")))
+        .await;
+}
+
+/// A keyless output to a compacted topic, which the broker refuses as invalid: the stage stops
+/// naming the input and the fix, and commits nothing, in either delivery mode.
+async fn an_output_the_broker_finds_invalid_stops_the_stage(transactional_id: Option<&str>) {
+    let kafka = shared_settings();
+    let input = unique_topic("invalid-output.in");
+    let output = unique_topic("invalid-output.out");
+    let group = unique_group("invalid-output");
+    create_topic(&kafka, &input, 1).await.expect("input topic");
+    ensure_topics(
+        &kafka,
+        &[TopicSpec::new(&output, 1).with_config("cleanup.policy", "compact")],
+        DEADLINE,
+    )
+    .await
+    .expect("a compacted output topic");
+    let keyless = TestRecord {
+        key: None,
+        ..TestRecord::new("", "a value with no key")
+    };
+    produce(&kafka, &input, &[keyless]).await.expect("produce");
+    let forward = Forward {
+        input: input.clone(),
+        output: output.clone(),
+    };
+    let running = RunningProcessor::start(
+        forward,
+        &kafka,
+        settings(&group, transactional_id, DEFAULT_MAX_OUTPUT_BYTES),
+    );
+    let err = running
+        .finished(DEADLINE)
+        .await
+        .expect_err("the stage stops");
+    let text = err.to_string();
+    assert!(
+        matches!(err, RuntimeError::OutputRefused { .. }),
+        "refused, not a passing failure: {text}"
+    );
+    assert!(
+        text.contains(&format!("{input}[0]@0")) && text.contains("compacted topic needs keys"),
+        "names the input and the fix: {text}"
+    );
+    let committed = committed_offsets(&kafka, &group, &input).expect("committed offsets");
+    assert!(
+        committed.iter().all(|(_, offset)| offset.unwrap_or(0) == 0),
+        "nothing committed: {committed:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_output_the_broker_finds_invalid_stops_the_stage_effectively_once() {
+    an_output_the_broker_finds_invalid_stops_the_stage(None).await;
+}
+
+#[tokio::test]
+async fn an_output_the_broker_finds_invalid_stops_the_stage_exactly_once() {
+    an_output_the_broker_finds_invalid_stops_the_stage(Some(&unique_group("invalid-output-tx")))
         .await;
 }

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesOrdered, StreamExt};
+use futures::FutureExt;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, ConsumerGroupMetadata, Rebalance,
     StreamConsumer,
@@ -123,6 +124,15 @@ pub(crate) struct Sent {
     pub(crate) bytes: usize,
     /// The acknowledgement.
     pub(crate) delivery: DeliveryFuture,
+}
+
+impl std::fmt::Debug for Sent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sent")
+            .field("topic", &self.topic)
+            .field("bytes", &self.bytes)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A resolved input whose records were handed to the producer (effectively-once).
@@ -378,10 +388,34 @@ pub(crate) struct Transaction {
     /// Next offset to consume, per input partition.
     offsets: BTreeMap<(String, i32), i64>,
     outcomes: Vec<Handled>,
+    /// The records of each input in `outcomes` (by index): read only when the commit fails, to
+    /// name the input of a record the broker refused for good.
+    sent: Vec<(usize, Sent)>,
     /// Committed by the rebalance callback, not yet counted by the loop.
     committed: Vec<Handled>,
     /// A commit in the rebalance callback failed: the loop stops with it.
     failure: Option<KafkaError>,
+    /// The last failed commit's record the broker refused for good, as the error naming its
+    /// input.
+    refused: Option<RuntimeError>,
+}
+
+/// The first record of a failed transaction whose acknowledgement says the broker refused it
+/// for good (too large, invalid), as the error naming its input; `None` when none did or the
+/// acknowledgements are not in yet.
+fn refused_record(outcomes: &[Handled], sent: Vec<(usize, Sent)>) -> Option<RuntimeError> {
+    for (index, mut record) in sent {
+        if let Some(Ok(Err((source, _)))) = (&mut record.delivery).now_or_never() {
+            if RefusalKind::of(&source).is_some() {
+                return Some(
+                    outcomes
+                        .get(index)?
+                        .not_taken(&record.topic, record.bytes, source),
+                );
+            }
+        }
+    }
+    None
 }
 
 impl Transaction {
@@ -395,8 +429,11 @@ impl Transaction {
         Ok(())
     }
 
-    /// Adds a resolved input: its offset commits with the transaction.
-    pub(crate) fn add(&mut self, outcome: Handled) {
+    /// Adds a resolved input and the records made from it: its offset commits with the
+    /// transaction.
+    pub(crate) fn add(&mut self, outcome: Handled, sent: Vec<Sent>) {
+        let index = self.outcomes.len();
+        self.sent.extend(sent.into_iter().map(|s| (index, s)));
         if let Trigger::Input { topic, offset } = &outcome.trigger {
             self.offsets
                 .insert((topic.clone(), outcome.partition), offset + 1);
@@ -430,9 +467,11 @@ impl Transaction {
         self.started = None;
         self.offsets.clear();
         let outcomes = std::mem::take(&mut self.outcomes);
+        let sent = std::mem::take(&mut self.sent);
         match result {
             Ok(()) => Ok(outcomes),
             Err(err) => {
+                self.refused = refused_record(&outcomes, sent);
                 if let KafkaError::Transaction(rd) = &err {
                     // A fatal error (fenced) leaves nothing to abort: the broker already did.
                     if rd.txn_requires_abort() && !rd.is_fatal() {
@@ -459,6 +498,11 @@ impl Transaction {
         }
         producer.send_offsets_to_transaction(&offsets, &group, timeout)?;
         producer.commit_transaction(timeout)
+    }
+
+    /// The error naming the input of a record the last failed commit's broker refused, if any.
+    pub(crate) fn take_refused(&mut self) -> Option<RuntimeError> {
+        self.refused.take()
     }
 
     /// Aborts the open transaction, if any, and forgets it: the run is ending on an error, and

@@ -42,7 +42,11 @@ impl Stage<'_> {
             }
             Err(err) => {
                 self.ledger.metrics.record_transaction(false);
-                Err(transaction_error(err))
+                // A record the broker refused for good names its input, as it does without
+                // transactions; any other failure is the transaction's.
+                Err(lock(transaction)
+                    .take_refused()
+                    .unwrap_or_else(|| transaction_error(err)))
             }
         }
     }
@@ -68,7 +72,7 @@ impl Stage<'_> {
                 lock(transaction)
                     .begin(self.producer)
                     .map_err(transaction_error)?;
-                enqueue(self.producer, &records, &outcome, timeout).await?;
+                let sent = enqueue(self.producer, &records, &outcome, timeout).await?;
                 for record in &records {
                     *outcome.produced.entry(record.topic.clone()).or_default() += 1;
                 }
@@ -77,7 +81,7 @@ impl Stage<'_> {
                 }
                 let full = {
                     let mut transaction = lock(transaction);
-                    transaction.add(outcome);
+                    transaction.add(outcome, sent);
                     transaction.len() >= self.settings.transaction.max_records
                 };
                 if full {
