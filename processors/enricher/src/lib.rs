@@ -462,6 +462,27 @@ impl Enricher {
                 ),
             ));
         }
+        // The subscription contract: usage is rated for TRIALING, ACTIVE and PAST_DUE
+        // subscriptions, and usage before a subscription began is rejected.
+        if !subscription::rated(&subscription) {
+            return Err(ProcessError::permanent(
+                "subscription_inactive",
+                format!(
+                    "subscription `{key}` is {:?}; usage is rated for TRIALING, ACTIVE and \
+                     PAST_DUE subscriptions",
+                    subscription.status
+                ),
+            ));
+        }
+        if m.occurred_at < subscription.started_at {
+            return Err(ProcessError::permanent(
+                "before_subscription_start",
+                format!(
+                    "the event happened at {} µs, before subscription `{key}` began at {} µs",
+                    m.occurred_at, subscription.started_at
+                ),
+            ));
+        }
         let plan = PeriodPlan::new(
             subscription.current_period_start,
             subscription.billing_anchor_day,

@@ -1,9 +1,10 @@
 //! The subscription a usage event is billed under when it names none. The usage contract
 //! promises that a null `subscription_id` "lets the enricher pick the customer's subscription
-//! that has a charge for this meter": among the customer's subscriptions that are not
-//! cancelled or expired, the one whose plan's rate card prices the event's meter.
+//! that has a charge for this meter": among the customer's subscriptions usage is rated under,
+//! the one whose plan's rate card prices the event's meter.
 //!
-//! One such subscription is the answer. None yet (no subscription, or its rate card not
+//! Only subscriptions usage is rated under count (TRIALING, ACTIVE, PAST_DUE). One such
+//! subscription is the answer. None yet (no subscription, or its rate card not
 //! known) waits like a missing subscription does, parked until the master data arrives or the
 //! park timeout dead-letters it as `unknown_subscription`. Two or more is the producer's
 //! ambiguity to resolve: the event is dead-lettered as `ambiguous_subscription`, naming them.
@@ -43,7 +44,7 @@ pub(crate) fn pick(
         else {
             continue;
         };
-        if subscription.customer_id != usage.customer_id || !running(&subscription) {
+        if subscription.customer_id != usage.customer_id || !rated(&subscription) {
             continue;
         }
         let card_key = format!("{tenant}:{}", subscription.plan_id);
@@ -81,10 +82,11 @@ pub(crate) fn pick(
     }
 }
 
-/// Whether usage may still be billed under it.
-fn running(subscription: &Subscription) -> bool {
-    !matches!(
+/// Whether usage is rated under it, as the subscription contract says: TRIALING, ACTIVE and
+/// PAST_DUE.
+pub(crate) fn rated(subscription: &Subscription) -> bool {
+    matches!(
         subscription.status,
-        SubscriptionStatus::Cancelled | SubscriptionStatus::Expired
+        SubscriptionStatus::Trialing | SubscriptionStatus::Active | SubscriptionStatus::PastDue
     )
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use backbone_core::RuntimeSettings;
 use backbone_enricher::{Enricher, EnricherSettings};
 use backbone_registry::{LocalRegistry, RegistryConfig};
-use backbone_schemas::types::{Contract, EnrichedUsage};
+use backbone_schemas::types::{Contract, EnrichedUsage, SubscriptionStatus};
 use backbone_schemas::WireCodec;
 use backbone_testkit::{
     consume_until, create_topic, dead_letter_reasons, produce, produce_tombstone, shared_settings,
@@ -69,6 +69,18 @@ async fn bad_master_data_and_usage_are_dead_lettered_under_their_reasons() {
         .await
         .expect("encode");
     subscriptions.push(TestRecord::new("acme:sub-3", bytes));
+    // A paused subscription, and one that begins tomorrow.
+    let mut paused = subscription("sub-paused", "c-1");
+    paused.status = SubscriptionStatus::Paused;
+    let mut not_yet = subscription("sub-later", "c-1");
+    not_yet.started_at = now_micros() + 86_400_000_000;
+    for (id, value) in [("sub-paused", paused), ("sub-later", not_yet)] {
+        let bytes = codec
+            .encode_contract(&encode(&settings.subscriptions_topic), &value)
+            .await
+            .expect("encode");
+        subscriptions.push(TestRecord::new(format!("acme:{id}"), bytes));
+    }
     produce(&kafka, &settings.subscriptions_topic, &subscriptions)
         .await
         .expect("subscriptions");
@@ -120,6 +132,8 @@ async fn bad_master_data_and_usage_are_dead_lettered_under_their_reasons() {
         usage("valid", "c-1", "sub-1"),
         usage("bad-subscription", "c-1", "sub-bad"),
         usage("bad-card", "c-1", "sub-3"),
+        usage("paused", "c-1", "sub-paused"),
+        usage("too-early", "c-1", "sub-later"),
     ] {
         let bytes = codec
             .encode_contract(&encode(&settings.usage_topic), &event)
@@ -135,6 +149,8 @@ async fn bad_master_data_and_usage_are_dead_lettered_under_their_reasons() {
         (1, "subscription_mismatch".to_owned()),
         (3, "invalid_subscription".to_owned()),
         (4, "invalid_rate_card".to_owned()),
+        (5, "subscription_inactive".to_owned()),
+        (6, "before_subscription_start".to_owned()),
     ]);
 
     let group = unique_group("enricher-poison");
