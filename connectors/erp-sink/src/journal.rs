@@ -267,10 +267,11 @@ pub fn build_batch(
             debits = debits.checked_add(line.debit).ok_or_else(overflow)?;
             credits = credits.checked_add(line.credit).ok_or_else(overflow)?;
             let number = i32::try_from(lines.len() + 1).map_err(|_| overflow())?;
+            // The line keeps its own customer: set on receivable lines, null on the others,
+            // as the posting-line contract says.
             lines.push(PostingLine {
                 line_number: number,
                 source_rating_id: Some(posting.rating_id.clone()),
-                customer_id: Some(posting.customer_id.clone()),
                 ..line.clone()
             });
         }
@@ -287,7 +288,8 @@ pub fn build_batch(
             event_id: batch_id.clone(),
             source: source.to_owned(),
             r#type: "backbone.erp.journal_batch".to_owned(),
-            occurred_at: key.window_start,
+            // The journal-batch contract: occurred_at is the window's end.
+            occurred_at: key.window_start + window_length,
             produced_at: now_micros,
             trace: first.metadata.trace.clone(),
             schema_version: None,
@@ -335,6 +337,7 @@ mod tests {
 
     fn posting(rating_id: &str, value: &str) -> LedgerPosting {
         let a = amount(value);
+        // As the fanout writes them: the customer on the receivable line only.
         let line = |n: i32, account: &str, debit: Amount, credit: Amount| PostingLine {
             line_number: n,
             gl_account: account.into(),
@@ -343,7 +346,7 @@ mod tests {
             currency: "EUR".into(),
             description: "usage".into(),
             source_rating_id: None,
-            customer_id: None,
+            customer_id: (account == "1200").then(|| "c-1".to_owned()),
         };
         LedgerPosting {
             metadata: EventMetadata {
@@ -423,6 +426,23 @@ mod tests {
             "lines follow rating_id order"
         );
         assert_eq!(batch.adjusts_batch_id, None);
+        // The posting-line contract: the customer on receivable lines, null on the others.
+        let customers: Vec<(&str, Option<&str>)> = batch
+            .lines
+            .iter()
+            .map(|l| (l.gl_account.as_str(), l.customer_id.as_deref()))
+            .collect();
+        assert_eq!(
+            customers,
+            [
+                ("1200", Some("c-1")),
+                ("4000", None),
+                ("1200", Some("c-1")),
+                ("4000", None)
+            ]
+        );
+        // The journal-batch contract: occurred_at is the window's end.
+        assert_eq!(batch.metadata.occurred_at, batch.window_end);
     }
 
     #[test]
