@@ -463,7 +463,13 @@ async fn a_lost_ledger_and_expired_keys_bill_nothing_twice() {
         30,
         "no charge created twice"
     );
-    // Both runs' results: the first created every charge, the replay found every one.
+    // Both runs' results: the first created every charge, the replay found every one; a
+    // replay's result has the id of the first one for the same record.
+    let ids: BTreeSet<&str> = second
+        .iter()
+        .map(|r| r.metadata.event_id.as_str())
+        .collect();
+    assert_eq!(ids.len(), charges.len(), "one result id per input record");
     let both = outcomes(&second);
     assert_eq!(
         (both.get("Delivered"), both.get("AlreadyDelivered")),

@@ -73,14 +73,16 @@ impl<S: Sink> SinkLoop<'_, S> {
             Outcome::Retry { .. } => (DeliveryOutcome::Unknown, None, None, None),
         };
         let input = self.sink.input_topic();
+        // The delivery-result contract: one result per input record, also on replay, so the id
+        // is the destination's and the record's, never the outcome's.
         let event_id = content_id(
             "dr-",
             &[
+                self.destination,
                 &delivery.key,
                 input,
                 &source.partition.to_string(),
                 &source.offset.to_string(),
-                outcome_label(outcome_symbol),
             ],
         );
         let now = now_micros();
@@ -272,13 +274,4 @@ pub(super) fn not_published(record: &OutputRecord, err: &KafkaError) -> String {
         "the {}-byte dead letter of {topic}[{partition}]@{offset} was not taken ({err}); nothing from that input on was committed{fix}",
         record.size_bytes()
     )
-}
-
-pub(super) fn outcome_label(outcome: DeliveryOutcome) -> &'static str {
-    match outcome {
-        DeliveryOutcome::Delivered => "delivered",
-        DeliveryOutcome::AlreadyDelivered => "already_delivered",
-        DeliveryOutcome::Rejected => "rejected",
-        DeliveryOutcome::Unknown => "unknown",
-    }
 }
