@@ -458,6 +458,17 @@ async fn a_lost_ledger_and_expired_keys_bill_nothing_twice() {
 
     let held = charges_by_identity(&sandbox).await;
     assert_eq!(held.len(), charges.len(), "every charge once");
+    // The billing period as the API takes it: first and last day (the contract's end is the
+    // day after).
+    let stored = sandbox.client.charges().await.expect("charges");
+    assert!(
+        stored
+            .iter()
+            .all(|c| (c.period_start.as_str(), c.period_end.as_str())
+                == ("2026-05-27", "2026-06-25")),
+        "{:?}",
+        stored.first()
+    );
     assert_eq!(
         sandbox.applied("billing").await,
         30,

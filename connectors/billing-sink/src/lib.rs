@@ -100,7 +100,8 @@ impl ChargeRequest {
             amount: charge.amount.to_string(),
             currency: charge.currency.clone(),
             period_start: format_date(charge.period_start),
-            period_end: format_date(charge.period_end),
+            // The contract's period_end is the day after the period; the API takes its last day.
+            period_end: format_date(charge.period_end - 1),
             metadata: BTreeMap::from([
                 ("rating_id".to_owned(), charge.rating_id.clone()),
                 ("revision".to_owned(), charge.revision.to_string()),
