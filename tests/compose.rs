@@ -878,13 +878,14 @@ fn assert_cluster(kafka: &backbone_core::KafkaSettings) {
     );
 }
 
-/// Loads a processor's or sink's config the way it does at start: its own binary with
-/// `--check-config`, which refuses bad values and unknown keys and names them, and prints
-/// what it loaded.
-fn check_stage(
+/// Loads a service's config the way it does at start: its own binary with `--check-config`,
+/// which refuses bad values and unknown keys and names them, and prints what it loaded; the
+/// printed config must hold every one of `expected`.
+fn check_config(
     binary: &str,
     path: Option<&Path>,
     env: &[(String, String)],
+    expected: &[String],
 ) -> Result<(), ConfigError> {
     let mut command = Command::new(workspace_binary(binary));
     command
@@ -898,16 +899,10 @@ fn check_stage(
         .output()
         .unwrap_or_else(|e| panic!("{binary}: {e} (make test builds every binary first)"));
     if output.status.success() {
-        // The effective config, as the binary prints it: it joins the three-node cluster and
-        // creates its topics with three replicas, two in sync.
         let printed = String::from_utf8_lossy(&output.stdout);
-        for expected in [
-            format!("bootstrap_servers: \"{KAFKA_CLUSTER}\""),
-            "replication_factor: 3".to_owned(),
-            "min_insync_replicas: 2".to_owned(),
-        ] {
+        for expected in expected {
             assert!(
-                printed.contains(&expected),
+                printed.contains(expected),
                 "{binary}: no {expected} in\n{printed}"
             );
         }
@@ -930,24 +925,21 @@ fn load_binary(
     path: Option<&Path>,
     env: &[(String, String)],
 ) -> Result<(), ConfigError> {
+    // The three-node cluster, and topics created with three replicas, two in sync.
+    let in_the_cluster = || {
+        vec![
+            format!("bootstrap_servers: \"{KAFKA_CLUSTER}\""),
+            "replication_factor: 3".to_owned(),
+            "min_insync_replicas: 2".to_owned(),
+        ]
+    };
     if backbone_components::named(binary).is_some_and(|c| c.is_stage()) {
-        return check_stage(binary, path, env);
+        return check_config(binary, path, env, &in_the_cluster());
     }
     match binary {
-        "sandbox" => {
-            let config: backbone_sandbox::SandboxConfig = load(path, env)?;
-            assert_eq!(config.listen.port(), 8090);
-            assert_eq!(
-                config.resolve_token()?.expose(),
-                read("deploy/secrets/sandbox-token").trim()
-            );
-            Ok(())
-        }
-        "schema-registry" => {
-            let config: backbone_registry::RegistryConfig = load(path, env)?;
-            assert_cluster(&config.kafka);
-            Ok(())
-        }
+        // Its token comes from the secret file; the binary refuses an empty or missing one.
+        "sandbox" => check_config(binary, path, env, &["listen: 0.0.0.0:8090".to_owned()]),
+        "schema-registry" => check_config(binary, path, env, &in_the_cluster()),
         "monitor" => {
             let config: backbone_monitor::MonitorConfig = load(path, env)?;
             assert_cluster(&config.kafka);

@@ -1,35 +1,21 @@
 //! `schema-registry`: see the library crate.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use backbone_core::telemetry::{self, LogFormat};
+use backbone_core::app::ServiceArgs;
 use backbone_registry::RegistryConfig;
-use clap::Parser;
-
-/// A Confluent-compatible schema registry storing schemas in a Kafka topic.
-#[derive(Debug, Parser)]
-#[command(name = "schema-registry", version)]
-struct Args {
-    /// TOML config file; every key may also be set as BACKBONE__<SECTION>__<KEY>.
-    #[arg(long, env = "BACKBONE_CONFIG")]
-    config: Option<PathBuf>,
-    /// Log line format: text or json.
-    #[arg(long, default_value = "text")]
-    log_format: LogFormat,
-}
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = Args::parse();
-    let config: RegistryConfig = match backbone_core::config::load(args.config.as_deref()) {
+    // The flags every Backbone service takes: --config, --log-format, --check-config.
+    let args = ServiceArgs::parse_for(
+        "schema-registry",
+        "A Confluent-compatible schema registry storing schemas in a Kafka topic",
+    );
+    let config: RegistryConfig = match args.start("schema-registry", |_| Ok(())) {
         Ok(config) => config,
-        Err(err) => {
-            eprintln!("schema-registry: {err}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    telemetry::init(args.log_format);
     let listener = match tokio::net::TcpListener::bind(config.registry.listen).await {
         Ok(listener) => listener,
         Err(err) => {

@@ -1,10 +1,9 @@
 //! `sandbox`: see the library crate.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use backbone_core::telemetry::{self, LogFormat};
+use backbone_core::app::ServiceArgs;
 use backbone_sandbox::SandboxConfig;
 use clap::Parser;
 
@@ -12,31 +11,24 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(name = "sandbox", version)]
 struct Args {
-    /// TOML config file; every key may also be set as BACKBONE__<SECTION>__<KEY>.
-    #[arg(long, env = "BACKBONE_CONFIG")]
-    config: Option<PathBuf>,
+    /// The flags every Backbone service takes: --config, --log-format, --check-config.
+    #[command(flatten)]
+    service: ServiceArgs,
     /// Address to listen on, overriding the config's `listen`.
     #[arg(long)]
     listen: Option<SocketAddr>,
-    /// Log line format: text or json.
-    #[arg(long, default_value = "text")]
-    log_format: LogFormat,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let mut config: SandboxConfig = match backbone_core::config::load(args.config.as_deref()) {
+    let mut config: SandboxConfig = match args.service.start("sandbox", |_| Ok(())) {
         Ok(config) => config,
-        Err(err) => {
-            eprintln!("sandbox: {err}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
-    telemetry::init(args.log_format);
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
         Ok(listener) => listener,
         Err(err) => {
