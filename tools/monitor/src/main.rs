@@ -1,13 +1,12 @@
 //! `monitor`: see the library crate.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use backbone_core::app::ServiceArgs;
 use backbone_core::endpoint::{Readiness, RunningEndpoint};
 use backbone_core::table::{Align, Table};
-use backbone_core::telemetry::{self, LogFormat};
 use backbone_monitor::{LagGauges, LagMonitor, MonitorConfig, PartitionLag};
 use clap::Parser;
 
@@ -18,31 +17,25 @@ use clap::Parser;
     after_help = "Examples:\n  monitor                 # serve /metrics on monitor.listen\n  monitor --once          # print one measurement and exit"
 )]
 struct Args {
-    /// TOML config file; every key may also be set as BACKBONE__<SECTION>__<KEY>.
-    #[arg(long, env = "BACKBONE_CONFIG")]
-    config: Option<PathBuf>,
+    /// The flags every Backbone service takes: --config, --log-format, --check-config.
+    #[command(flatten)]
+    service: ServiceArgs,
     /// Measure once, print a table, exit.
     #[arg(long)]
     once: bool,
-    /// Log line format: text or json.
-    #[arg(long, default_value = "text")]
-    log_format: LogFormat,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let config: MonitorConfig = match backbone_core::config::load(args.config.as_deref()) {
+    // Logs go to stderr: a --once table on stdout stays clean.
+    let config: MonitorConfig = match args.service.start("monitor", |_| Ok(())) {
         Ok(config) => config,
-        Err(err) => {
-            eprintln!("monitor: {err}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let result = if args.once {
         once(&config).await
     } else {
-        telemetry::init(args.log_format);
         serve(&config).await
     };
     match result {
