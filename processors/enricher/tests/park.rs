@@ -4,150 +4,16 @@
 //! `unknown_subscription`. Usage parked for its subscription is released when the subscription
 //! arrives, with no later input to trigger it, whether the enricher was running or restarted.
 
-use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use backbone_core::RuntimeSettings;
-use backbone_enricher::{Enricher, EnricherSettings};
-use backbone_registry::{LocalRegistry, RegistryConfig};
-use backbone_schemas::types::{Contract, EnrichedUsage, UsageEvent};
-use backbone_schemas::WireCodec;
+use backbone_schemas::types::{Contract, UsageEvent};
 use backbone_testkit::{
-    committed_offsets, consume_until, consume_while, create_topic, end_offsets_total, produce,
-    produce_tombstone, shared_settings, unique_group, unique_topic, ConsumedRecord,
-    RunningProcessor, TestRecord,
+    consume_until, end_offsets_total, produce, produce_tombstone, unique_group, TestRecord,
 };
 
 mod fixtures;
 
 use fixtures::*;
-
-struct Fixture {
-    kafka: backbone_core::KafkaSettings,
-    codec: WireCodec,
-    settings: EnricherSettings,
-    _registry: LocalRegistry,
-}
-
-impl Fixture {
-    async fn new(park_timeout: Duration) -> Self {
-        let kafka = shared_settings();
-        let registry = LocalRegistry::start(&RegistryConfig::ephemeral(
-            kafka.clone(),
-            &unique_topic("schemas"),
-        ))
-        .await
-        .expect("registry");
-        let codec = WireCodec::new(registry.url());
-        let settings = EnricherSettings {
-            usage_topic: unique_topic("usage.validated"),
-            accounts_topic: unique_topic("master.customer-accounts"),
-            subscriptions_topic: unique_topic("master.subscriptions"),
-            rate_cards_topic: unique_topic("master.rate-cards"),
-            output_topic: unique_topic("usage.enriched"),
-            park_timeout,
-            ..EnricherSettings::default()
-        };
-        for (topic, partitions) in [
-            (&settings.usage_topic, 2),
-            (&settings.accounts_topic, 2),
-            (&settings.subscriptions_topic, 1),
-            (&settings.rate_cards_topic, 1),
-        ] {
-            create_topic(&kafka, topic, partitions)
-                .await
-                .expect("topic");
-        }
-        Self {
-            kafka,
-            codec,
-            settings,
-            _registry: registry,
-        }
-    }
-
-    async fn publish<T: Contract>(&self, topic: &str, key: &str, value: &T) {
-        let bytes = self
-            .codec
-            .encode_contract(&format!("{topic}-value"), value)
-            .await
-            .expect("encode");
-        produce(&self.kafka, topic, &[TestRecord::new(key, bytes)])
-            .await
-            .expect("produce");
-    }
-
-    async fn publish_usage(&self, event: &UsageEvent) {
-        let key = format!("acme:{}", event.customer_id);
-        self.publish(&self.settings.usage_topic, &key, event).await;
-    }
-
-    fn start(&self) -> RunningProcessor {
-        self.start_as(&unique_group("enricher"))
-    }
-
-    /// An enricher in consumer group `group`, with that group's state directory: starting
-    /// one again in the same group is a restart.
-    fn start_as(&self, group: &str) -> RunningProcessor {
-        let mut runtime = RuntimeSettings {
-            group_id: Some(group.to_owned()),
-            topic_partitions: 2,
-            ..RuntimeSettings::default()
-        };
-        runtime.state.dir = std::env::temp_dir().join("backbone-state").join(group);
-        RunningProcessor::start(
-            Enricher::new(self.settings.clone(), self.codec.clone()),
-            &self.kafka,
-            runtime,
-        )
-    }
-
-    /// Waits until `group` has committed `count` usage records: each was processed, and one
-    /// that gave no output was parked.
-    async fn committed(&self, group: &str, count: i64) {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            let committed: i64 = committed_offsets(&self.kafka, group, &self.settings.usage_topic)
-                .expect("committed offsets")
-                .into_iter()
-                .filter_map(|(_, offset)| offset)
-                .sum();
-            if committed >= count {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{group} committed {committed} of {count} usage records"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Enriched events by subscription, event ids in output order.
-    async fn enriched(&self, records: &[ConsumedRecord]) -> BTreeMap<String, Vec<String>> {
-        let mut by_subscription: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for record in records {
-            let event: EnrichedUsage = self
-                .codec
-                .decode_as(
-                    record.value.as_deref().expect("value"),
-                    EnrichedUsage::schema(),
-                )
-                .await
-                .expect("decode");
-            let day = event.usage.metadata.occurred_at.div_euclid(86_400_000_000) as i32;
-            assert!(
-                event.billing_period_start <= day && day < event.billing_period_end,
-                "the period holds the event"
-            );
-            by_subscription
-                .entry(event.subscription_id.clone())
-                .or_default()
-                .push(event.usage.metadata.event_id.clone());
-        }
-        by_subscription
-    }
-}
 
 #[tokio::test]
 async fn events_wait_for_their_account_and_are_released_in_order() {
@@ -223,40 +89,8 @@ async fn events_that_wait_too_long_are_dead_lettered_with_the_reason() {
     fixture
         .publish_usage(&usage("no-subscription", "c-1", "sub-missing"))
         .await;
-    let dlq = format!("{}.dlq", s.usage_topic);
     let enricher = fixture.start();
-    // Later records move each partition's time past the timeout: an account update on both
-    // partitions, again until both parked events expired.
-    let tick = fixture
-        .codec
-        .encode_contract(&format!("{}-value", s.accounts_topic), &account("tick"))
-        .await
-        .expect("encode");
-    let mut i = 0;
-    let dead = loop {
-        let ticks: Vec<TestRecord> = (0..2)
-            .map(|partition| TestRecord {
-                partition: Some(partition),
-                ..TestRecord::new("acme:tick", tick.clone())
-            })
-            .collect();
-        produce(&fixture.kafka, &s.accounts_topic, &ticks)
-            .await
-            .expect("ticks");
-        i += 1;
-        let dead = consume_while(
-            &fixture.kafka,
-            &dlq,
-            Duration::from_secs(2),
-            "both parked events dead-lettered".to_owned(),
-            |records| records.len() >= 2,
-        )
-        .await;
-        if let Ok(dead) = dead {
-            break dead;
-        }
-        assert!(i < 30, "parked events never expired");
-    };
+    let dead = fixture.expire_parked(2).await;
     let mut reasons: Vec<String> = dead
         .iter()
         .filter_map(|r| r.header("backbone.dlq.reason"))
@@ -423,40 +257,7 @@ async fn usage_of_a_deleted_account_waits_for_it_then_is_dead_lettered() {
     .await
     .expect("tombstone");
     fixture.publish_usage(&usage("after", "c-1", "sub-1")).await;
-    let dlq = format!("{}.dlq", s.usage_topic);
-    let tick = fixture
-        .codec
-        .encode_contract(&format!("{}-value", s.accounts_topic), &account("tick"))
-        .await
-        .expect("encode");
-    let mut rounds = 0;
-    let dead = loop {
-        let ticks: Vec<TestRecord> = (0..2)
-            .map(|partition| TestRecord {
-                partition: Some(partition),
-                ..TestRecord::new("acme:tick", tick.clone())
-            })
-            .collect();
-        produce(&fixture.kafka, &s.accounts_topic, &ticks)
-            .await
-            .expect("ticks");
-        rounds += 1;
-        if let Ok(dead) = consume_while(
-            &fixture.kafka,
-            &dlq,
-            Duration::from_secs(2),
-            "the event after the deletion dead-lettered".to_owned(),
-            |records| !records.is_empty(),
-        )
-        .await
-        {
-            break dead;
-        }
-        assert!(
-            rounds < 30,
-            "the event of the deleted account never expired"
-        );
-    };
+    let dead = fixture.expire_parked(1).await;
     assert_eq!(dead.len(), 1);
     assert_eq!(
         dead[0].header("backbone.dlq.reason").as_deref(),
