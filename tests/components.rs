@@ -7,23 +7,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+
+#[path = "support/workspace.rs"]
+mod workspace;
 use std::process::Command;
 
 use backbone_components::{all, env_var, sinks, stages, Component, Destination, Kind};
-use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
-}
-
-fn read(relative: &str) -> String {
-    let path = repo().join(relative);
-    std::fs::read_to_string(&path).unwrap_or_else(|err| panic!("{}: {err}", path.display()))
-}
+use workspace::{folder, packages, read, repo};
 
 /// A binary built next to this test's own (`make test` builds every binary first).
 fn workspace_binary(name: &str) -> PathBuf {
@@ -36,23 +27,9 @@ fn names(components: impl Iterator<Item = &'static Component>) -> BTreeSet<Strin
 
 #[test]
 fn each_listed_binary_is_built_from_the_listed_folder() {
-    let output = Command::new(env!("CARGO"))
-        .args([
-            "metadata",
-            "--no-deps",
-            "--format-version",
-            "1",
-            "--offline",
-        ])
-        .current_dir(repo())
-        .output()
-        .expect("cargo metadata");
-    assert!(output.status.success(), "cargo metadata failed");
-    let metadata: Json = serde_json::from_slice(&output.stdout).expect("metadata JSON");
     let mut binaries: BTreeMap<String, PathBuf> = BTreeMap::new();
-    for package in metadata["packages"].as_array().expect("packages") {
-        let manifest = PathBuf::from(package["manifest_path"].as_str().expect("manifest"));
-        let folder = manifest.parent().expect("a folder").to_path_buf();
+    for package in packages() {
+        let folder = folder(&package);
         for target in package["targets"].as_array().expect("targets") {
             if target["kind"]
                 .as_array()

@@ -4,17 +4,12 @@
 //! file of the crate's folder; dev-dependencies count for tests, benches and `#[cfg(test)]`
 //! code alike.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
-use serde_json::Value as Json;
+use workspace::{folder, packages};
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
-}
+#[path = "support/workspace.rs"]
+mod workspace;
 
 /// The text of every `.rs` file under `dir`, skipping nested crates' target folders.
 fn sources(dir: &Path, into: &mut String) {
@@ -47,25 +42,10 @@ fn names(text: &str, word: &str) -> bool {
 
 #[test]
 fn every_declared_dependency_is_used() {
-    let output = Command::new(env!("CARGO"))
-        .args([
-            "metadata",
-            "--no-deps",
-            "--format-version",
-            "1",
-            "--offline",
-        ])
-        .current_dir(repo())
-        .output()
-        .expect("cargo metadata");
-    assert!(output.status.success(), "cargo metadata failed");
-    let metadata: Json = serde_json::from_slice(&output.stdout).expect("metadata JSON");
     let mut unused = Vec::new();
-    for package in metadata["packages"].as_array().expect("packages") {
-        let manifest = PathBuf::from(package["manifest_path"].as_str().expect("manifest"));
-        let folder = manifest.parent().expect("folder");
+    for package in packages() {
         let mut text = String::new();
-        sources(folder, &mut text);
+        sources(&folder(&package), &mut text);
         for dependency in package["dependencies"].as_array().expect("dependencies") {
             let name = dependency["rename"]
                 .as_str()

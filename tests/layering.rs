@@ -4,27 +4,22 @@
 //! components.toml; a crate in neither is an error, so a new crate must be placed.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
 use backbone_components::Kind;
-use serde_json::Value as Json;
+use workspace::{folder, packages, read, repo};
+
+#[path = "support/workspace.rs"]
+mod workspace;
 
 const COMPONENTS: u32 = 3;
 const TOOLS: u32 = 4;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
-}
 
 /// Layer by crate name, from the table between `<!-- layers -->` and `<!-- /layers -->` in
 /// docs/design.md: each row starts `| <n> <name> |`, then the crates (`backbone-…`) in
 /// backticks.
 fn layers_of_the_design() -> BTreeMap<String, u32> {
-    let design = std::fs::read_to_string(repo().join("docs/design.md")).expect("docs/design.md");
+    let design = read("docs/design.md");
     let start = design
         .find("<!-- layers -->")
         .expect("a <!-- layers --> table");
@@ -54,28 +49,11 @@ fn layers_of_the_design() -> BTreeMap<String, u32> {
 /// Package name by folder, and each package's normal and build dependencies on workspace
 /// crates.
 fn workspace() -> (BTreeMap<PathBuf, String>, BTreeMap<String, Vec<String>>) {
-    let output = Command::new(env!("CARGO"))
-        .args([
-            "metadata",
-            "--no-deps",
-            "--format-version",
-            "1",
-            "--offline",
-        ])
-        .current_dir(repo())
-        .output()
-        .expect("cargo metadata");
-    assert!(output.status.success(), "cargo metadata failed");
-    let metadata: Json = serde_json::from_slice(&output.stdout).expect("metadata JSON");
     let mut folders = BTreeMap::new();
     let mut depends = BTreeMap::new();
-    for package in metadata["packages"].as_array().expect("packages") {
+    for package in packages() {
         let name = package["name"].as_str().expect("name").to_owned();
-        let manifest = PathBuf::from(package["manifest_path"].as_str().expect("manifest"));
-        folders.insert(
-            manifest.parent().expect("folder").to_path_buf(),
-            name.clone(),
-        );
+        folders.insert(folder(&package), name.clone());
         let on: Vec<String> = package["dependencies"]
             .as_array()
             .expect("dependencies")
