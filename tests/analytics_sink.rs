@@ -59,6 +59,15 @@ fn fact(id: &str, revision: i64, amount: &str) -> AnalyticsFact {
     }
 }
 
+/// The analytics sink on `topics`' input, loading into `schema`.
+fn analytics_sink(topics: &SinkTopics, schema: &str) -> AnalyticsSink {
+    let settings = AnalyticsSettings {
+        topic: topics.input.clone(),
+        schema: schema.to_owned(),
+    };
+    AnalyticsSink::new(settings, &destination()).expect("sink")
+}
+
 async fn connect() -> tokio_postgres::Client {
     let (client, connection) = tokio_postgres::connect(&postgres_url(), NoTls)
         .await
@@ -185,14 +194,7 @@ async fn a_row_the_database_refuses_is_rejected_alone_and_its_batch_still_loads(
         values.push(("acme:c-1".to_owned(), fact, None));
     }
     publish(&codec, &topics.input, &values).await;
-    let settings = AnalyticsSettings {
-        topic: topics.input.clone(),
-        schema: schema.clone(),
-    };
-    let sink = RunningSink::start(
-        AnalyticsSink::new(settings, &destination()).expect("sink"),
-        topics.settings(),
-    );
+    let sink = RunningSink::start(analytics_sink(&topics, &schema), topics.settings());
     let answers = results(&codec, &topics.results, values.len()).await;
     let summary = sink.stop().await;
     assert_eq!(summary.rejected, 1, "{summary:?}");
@@ -230,14 +232,7 @@ async fn a_fact_without_an_id_is_dead_lettered_on_arrival() {
         ("acme:c-1".to_owned(), fact("fact-1", 1, "2"), None),
     ];
     publish(&codec, &topics.input, &values).await;
-    let settings = AnalyticsSettings {
-        topic: topics.input.clone(),
-        schema: schema.clone(),
-    };
-    let sink = RunningSink::start(
-        AnalyticsSink::new(settings, &destination()).expect("sink"),
-        topics.settings(),
-    );
+    let sink = RunningSink::start(analytics_sink(&topics, &schema), topics.settings());
     results(&codec, &topics.results, 1).await;
     // Both facts settled (committed), then the dead-letter topic read to its end.
     let kafka = backbone_testkit::shared_settings();

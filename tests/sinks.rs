@@ -87,6 +87,14 @@ async fn billing_outage(sandbox: &Sandbox, seconds: u64) {
         .expect("outage");
 }
 
+fn crm_sink(topic: &str, destination: &DestinationSettings) -> CrmSink {
+    let settings = CrmSettings {
+        topic: topic.to_owned(),
+        request_records: 50,
+    };
+    CrmSink::new(settings, JsonApi::new(destination).expect("CRM API client"))
+}
+
 fn billing_sink(topic: &str, destination: &DestinationSettings) -> BillingSink {
     let settings = BillingSettings {
         topic: topic.to_owned(),
@@ -382,15 +390,8 @@ async fn a_crm_snapshot_without_a_customer_is_dead_lettered_on_arrival() {
     produce(&shared_settings(), &topics.input, &records)
         .await
         .expect("produce snapshots");
-    let settings = CrmSettings {
-        topic: topics.input.clone(),
-        request_records: 50,
-    };
     let sink = RunningSink::start(
-        CrmSink::new(
-            settings,
-            JsonApi::new(&sandbox.destination()).expect("client"),
-        ),
+        crm_sink(&topics.input, &sandbox.destination()),
         topics.settings(),
     );
     results(&codec, &topics.results, 1).await;
@@ -931,15 +932,8 @@ async fn crm_upserts_survive_a_429_storm_and_keep_the_newest_snapshot() {
         .await
         .expect("produce snapshots");
 
-    let settings = CrmSettings {
-        topic: topics.input.clone(),
-        request_records: 50,
-    };
     let sink = RunningSink::start(
-        CrmSink::new(
-            settings,
-            JsonApi::new(&sandbox.destination()).expect("client"),
-        ),
+        crm_sink(&topics.input, &sandbox.destination()),
         topics.settings(),
     );
     let all = results(&codec, &topics.results, snapshots.len()).await;
