@@ -201,17 +201,3 @@ fn every_key_the_list_sets_is_one_its_binary_takes() {
         assert!(check_config(&stage.name, &env).is_err(), "{}", stage.name);
     }
 }
-
-#[test]
-fn every_sink_writes_delivery_results() {
-    for sink in sinks() {
-        assert_eq!(
-            sink.outputs
-                .get("runtime.results_topic")
-                .map(String::as_str),
-            Some("delivery.results"),
-            "{}",
-            sink.name
-        );
-    }
-}
