@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 mod workspace;
 use std::process::Command;
 
-use backbone_components::{all, env_var, sinks, stages, Component, Destination, Kind};
+use backbone_components::{all, env_var, stages, Component, Destination, Kind};
 use serde_yaml::Value as Yaml;
 use workspace::{folder, packages, read, repo};
 
