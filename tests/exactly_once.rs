@@ -13,7 +13,7 @@ use backbone_core::{Delivery, KafkaSettings, RuntimeError, RuntimeSettings};
 use backbone_testkit::{
     committed_offsets, committed_total, consume_until, consume_while, create_topic, produce,
     produce_paced, shared_settings, tally_counts, unique_group, unique_topic, ChildProcess,
-    ConsumedRecord, KafkaBroker, RunningProcessor, Tally, TestRecord,
+    ConsumedRecord, KafkaBroker, RunningProcessor, SteadyStream, Tally, TestRecord,
 };
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -318,16 +318,10 @@ async fn killed_in_open_transactions_the_broker_hides_the_aborted_outputs_from_c
     let (tally, partitions) = tally_without_dedup(&kafka).await;
     let group = unique_group("tally-killed");
     let transactional_id = unique_group("tally-killed-txn");
-    // Published over about eight seconds, so that each instance commits transactions before
-    // it is killed in the middle of another.
-    let total = 4_000;
-    let publishing = produce_paced(
-        &kafka,
-        &tally.input,
-        events(0, total),
-        100,
-        Duration::from_millis(200),
-    );
+    // Inputs keep arriving until the last kill, so that each instance commits transactions
+    // before it is killed in the middle of another, however slowly it starts.
+    let publishing =
+        SteadyStream::start(&kafka, &tally.input, 100, Duration::from_millis(200), event);
 
     let uncommitted = reading(&kafka, "read_uncommitted");
     let kills = 3;
@@ -345,17 +339,19 @@ async fn killed_in_open_transactions_the_broker_hides_the_aborted_outputs_from_c
             let (kafka, group, input) = (kafka.clone(), group.clone(), tally.input.clone());
             let last_look = std::sync::Mutex::new(Instant::now());
             move |read: &[ConsumedRecord]| {
+                // Reading goes on for 100 ms between looks at the group, counted from the end
+                // of the last look: on a loaded machine a look can take longer than that.
                 let mut last = last_look.lock().expect("lock");
                 if last.elapsed() < Duration::from_millis(100) {
                     return false;
                 }
-                *last = Instant::now();
                 let produced = read
                     .iter()
                     .filter(|r| !is_end_marker(r))
                     .count()
                     .saturating_sub(logged);
                 let newly_committed = committed_total(&kafka, &group, &input) - committed;
+                *last = Instant::now();
                 newly_committed > 0 && produced as i64 > newly_committed + 50
             }
         };
@@ -370,10 +366,7 @@ async fn killed_in_open_transactions_the_broker_hides_the_aborted_outputs_from_c
         .expect("an open transaction");
         processor.crash().expect("kill -9");
     }
-    publishing
-        .await
-        .expect("publisher task")
-        .expect("publish the inputs");
+    let total = publishing.stop().await.expect("publish the inputs");
 
     // The last instance aborts what the killed one left open, and finishes the input.
     let mut processor = spawn_tally(&kafka, &tally, &group, &transactional_id, "200ms");

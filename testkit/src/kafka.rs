@@ -405,6 +405,50 @@ pub async fn await_committed(
     }
 }
 
+/// An input that keeps arriving until the test says stop: `chunk` records made by `record(i)`
+/// every `every`, however long the kills or restarts under it take. A fixed list published over
+/// a fixed time can run out before a slow machine reaches the last kill.
+pub struct SteadyStream {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<usize, TestkitError>>,
+}
+
+impl SteadyStream {
+    /// Starts producing in the background; the first chunk goes at once.
+    pub fn start(
+        settings: &KafkaSettings,
+        topic: &str,
+        chunk: usize,
+        every: Duration,
+        record: impl Fn(usize) -> TestRecord + Send + 'static,
+    ) -> Self {
+        let (settings, topic) = (settings.clone(), topic.to_owned());
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut pace = tokio::time::interval(every);
+            let mut produced = 0;
+            while !*stopped.borrow_and_update() {
+                tokio::select! {
+                    _ = pace.tick() => {}
+                    _ = stopped.changed() => break,
+                }
+                let part: Vec<TestRecord> = (produced..produced + chunk).map(&record).collect();
+                produce(&settings, &topic, &part).await?;
+                produced += part.len();
+            }
+            Ok(produced)
+        });
+        Self { stop, task }
+    }
+
+    /// Stops after the chunk in flight and answers how many records were produced in all.
+    pub async fn stop(self) -> Result<usize, TestkitError> {
+        // The task may have ended on an error already; its result says so.
+        let _ = self.stop.send(true);
+        self.task.await.expect("steady stream task")
+    }
+}
+
 /// Produces `records` to `topic` in the background, `chunk` at a time, one chunk every
 /// `every`: a steady stream that a test can kill things under.
 pub fn produce_paced(
