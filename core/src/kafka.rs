@@ -310,6 +310,56 @@ impl KafkaSettings {
     pub fn admin_config(&self) -> ClientConfig {
         self.base(Client::Admin, &[])
     }
+
+    /// How clients connect, for messages: the protocol and, with SASL, the mechanism and user
+    /// (never a password).
+    pub fn security_summary(&self) -> String {
+        let get = |key: &str| self.properties.get(key).map(String::as_str);
+        let protocol = get("security.protocol").unwrap_or("plaintext");
+        let mut summary = format!("security.protocol={protocol}");
+        if protocol.to_ascii_lowercase().starts_with("sasl") {
+            let mechanism = get("sasl.mechanism")
+                .or_else(|| get("sasl.mechanisms"))
+                .unwrap_or("GSSAPI");
+            summary.push_str(&format!(", sasl.mechanism={mechanism}"));
+            if let Some(user) = get("sasl.username") {
+                summary.push_str(&format!(", sasl.username={user}"));
+            }
+        }
+        summary
+    }
+}
+
+/// librdkafka properties whose value is a file to read (certificates, keys, keytabs).
+const FILE_PROPERTIES: [&str; 6] = [
+    "ssl.ca.location",
+    "ssl.certificate.location",
+    "ssl.key.location",
+    "ssl.keystore.location",
+    "ssl.crl.location",
+    "sasl.kerberos.keytab",
+];
+
+impl KafkaSettings {
+    /// Every file-valued property set, in any of the three maps: `(map, property, path)`.
+    pub fn file_properties(&self) -> impl Iterator<Item = (&'static str, &str, &str)> {
+        [
+            ("properties", &self.properties),
+            ("producer_properties", &self.producer_properties),
+            ("consumer_properties", &self.consumer_properties),
+        ]
+        .into_iter()
+        .flat_map(|(map, properties)| {
+            properties
+                .iter()
+                .filter(|(key, _)| FILE_PROPERTIES.contains(&key.as_str()))
+                // `probe`: librdkafka looks in the system's usual places itself.
+                .filter(|(key, value)| {
+                    !(key.as_str() == "ssl.ca.location" && value.as_str() == "probe")
+                })
+                .map(move |(key, value)| (map, key.as_str(), value.as_str()))
+        })
+    }
 }
 
 impl Validate for KafkaSettings {
@@ -318,6 +368,15 @@ impl Validate for KafkaSettings {
             key: format!("kafka.{key}"),
             message,
         };
+        // librdkafka reads these when a client is made, and says only which property failed.
+        for (map, key, path) in self.file_properties() {
+            if let Err(err) = std::fs::File::open(path) {
+                return Err(invalid(
+                    &format!("{map}.\"{key}\""),
+                    format!("cannot read `{path}`: {err}"),
+                ));
+            }
+        }
         if self.bootstrap_servers.trim().is_empty() {
             return Err(invalid("bootstrap_servers", "must not be empty".into()));
         }

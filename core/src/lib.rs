@@ -16,6 +16,7 @@
 pub mod admin;
 pub mod app;
 pub mod config;
+pub mod connect;
 mod contracts;
 pub mod dead_letter;
 mod delivery;

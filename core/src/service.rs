@@ -165,6 +165,10 @@ pub async fn serve<S: Service>() -> ExitCode {
         Ok(metrics) => metrics,
         Err(code) => return code,
     };
+    if let Err(err) = crate::connect::await_cluster(&config.kafka).await {
+        eprintln!("{}: {err}", S::NAME);
+        return ExitCode::from(2);
+    }
     let service = match S::build(&mut config, &registry).await {
         Ok(service) => service,
         Err(err) => {

@@ -29,6 +29,8 @@ pub struct KafkaBroker {
     cluster_id: String,
     /// Broker settings over the launcher's single-node defaults.
     overrides: Vec<String>,
+    /// SCRAM users, in the launcher's `--scram` form.
+    scram: Vec<String>,
     dir: PathBuf,
     process: Option<ChildProcess>,
 }
@@ -51,14 +53,31 @@ impl KafkaBroker {
     /// [`KafkaBroker::start`] with broker settings (`key=value`) over the launcher's defaults.
     pub fn start_with(settings: &[&str]) -> Result<Self, TestkitError> {
         let (port, controller_port) = (free_port()?, free_port()?);
+        Self::start_node(
+            port,
+            controller_port,
+            settings.iter().map(|s| (*s).to_owned()).collect(),
+            Vec::new(),
+        )
+    }
+
+    /// A single node on the given ports, with `scram` users (the launcher's `--scram`) stored
+    /// when its directory is formatted.
+    pub(crate) fn start_node(
+        port: u16,
+        controller_port: u16,
+        overrides: Vec<String>,
+        scram: Vec<String>,
+    ) -> Result<Self, TestkitError> {
         let mut broker = Self::new(
             1,
             port,
             controller_port,
             format!("1@127.0.0.1:{controller_port}"),
             cluster_id(),
-            settings.iter().map(|s| (*s).to_owned()).collect(),
+            overrides,
         );
+        broker.scram = scram;
         broker.launch()?;
         broker.await_ready(1)?;
         Ok(broker)
@@ -80,6 +99,7 @@ impl KafkaBroker {
             voters,
             cluster_id: id,
             overrides,
+            scram: Vec::new(),
             dir,
             process: None,
         }
@@ -192,6 +212,9 @@ for done in admin.create_acls([acl]).values():\n    done.result(timeout=30)\n";
         ];
         for setting in &self.overrides {
             args.extend(["--set", setting.as_str()]);
+        }
+        for user in &self.scram {
+            args.extend(["--scram", user.as_str()]);
         }
         let process = ChildProcess::spawn(
             &script,
@@ -401,7 +424,7 @@ static TAKEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
 /// A free port below Linux's ephemeral range (32768 and up): a restarted node listens on its
 /// port again, and a port in that range may meanwhile be the local end of a client's
 /// connection (a client reconnecting to the dead node can even be handed it).
-fn free_port() -> Result<u16, TestkitError> {
+pub(crate) fn free_port() -> Result<u16, TestkitError> {
     let mut rng = rng();
     let mut taken = TAKEN
         .lock()

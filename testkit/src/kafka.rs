@@ -31,7 +31,7 @@ pub fn shared_settings() -> KafkaSettings {
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-fn unique_suffix() -> String {
+pub(crate) fn unique_suffix() -> String {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()

@@ -2,7 +2,8 @@
 //!
 //! Tests run against real processes: the shared Apache Kafka broker that `make test` starts (its
 //! address in `BACKBONE_TEST_BOOTSTRAP`), or throwaway Kafka nodes ([`KafkaBroker::start`],
-//! [`KafkaCluster::start`]) for tests that kill and restart a broker. Each test gets its own topics ([`unique_topic`]), so tests never see
+//! [`KafkaCluster::start`]) for tests that kill and restart a broker, or a node that wants SASL
+//! over TLS ([`SecuredBroker::start`]). Each test gets its own topics ([`unique_topic`]), so tests never see
 //! each other's records. Every wait has a deadline; nothing sleeps to synchronise.
 
 mod broker;
@@ -11,7 +12,9 @@ mod kafka;
 mod process;
 mod reference;
 mod running;
+mod secured;
 mod tally;
+mod tls;
 
 pub use broker::{KafkaBroker, KafkaCluster};
 pub use forward::Forward;
@@ -24,7 +27,9 @@ pub use kafka::{
 pub use process::ChildProcess;
 pub use reference::{reference_price, units};
 pub use running::RunningProcessor;
+pub use secured::{SaslMechanism, SecuredBroker, SASL_PASSWORD, SASL_USER};
 pub use tally::{tally_counts, Tally, TOTALS};
+pub use tls::{IssuedCert, TestCa};
 
 /// Why a test helper failed.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,210 @@
+//! Kafka over SASL_SSL, as managed clusters want it: every SASL mechanism they offer carries
+//! records over TLS, and each way of getting security wrong stops start-up with one line that
+//! names the listener, the protocol and mechanism, and what was refused. Never a silent retry.
+
+#[path = "support/backbone.rs"]
+mod backbone;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use backbone::{stages, workspace_binary};
+use backbone_components::Destination;
+use backbone_core::config::Validate;
+use backbone_core::connect::{check_connection, ConnectError};
+use backbone_core::KafkaSettings;
+use backbone_testkit::{
+    consume_until, create_topic, produce, unique_topic, SaslMechanism, SecuredBroker, TestCa,
+    TestRecord,
+};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+/// Long enough for any answer from a broker on this machine; a refusal comes in milliseconds.
+const CONNECT: Duration = Duration::from_secs(20);
+
+fn start_broker() -> SecuredBroker {
+    tokio::task::block_in_place(SecuredBroker::start).expect("a SASL_SSL broker")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_mechanism_carries_records_over_tls() {
+    let broker = start_broker();
+    for mechanism in SaslMechanism::ALL {
+        let kafka = broker.settings(mechanism);
+        let name = mechanism.name();
+        tokio::task::block_in_place(|| check_connection(&kafka, CONNECT))
+            .unwrap_or_else(|err| panic!("{name}: {err}"));
+        let topic = unique_topic(&format!("sasl.{}", name.to_ascii_lowercase()));
+        create_topic(&kafka, &topic, 1)
+            .await
+            .unwrap_or_else(|err| panic!("{name}: create {topic}: {err}"));
+        produce(&kafka, &topic, &[TestRecord::new(name, "over TLS")])
+            .await
+            .unwrap_or_else(|err| panic!("{name}: produce: {err}"));
+        let read = consume_until(&kafka, &topic, 1, DEADLINE)
+            .await
+            .unwrap_or_else(|err| panic!("{name}: consume: {err}"));
+        assert_eq!(read[0].value.as_deref(), Some(&b"over TLS"[..]), "{name}");
+    }
+}
+
+/// Why `kafka` cannot be used: its start-up validation's error, else its connection's, which
+/// must come at once.
+fn refusal(kafka: &KafkaSettings) -> String {
+    if let Err(invalid) = kafka.validate() {
+        return invalid.to_string();
+    }
+    let started = std::time::Instant::now();
+    let err = tokio::task::block_in_place(|| check_connection(kafka, CONNECT))
+        .expect_err("a connection that must fail");
+    assert!(
+        !matches!(err, ConnectError::Unreachable { .. }),
+        "refused at once, not retried until the deadline ({:?}): {err}",
+        started.elapsed()
+    );
+    err.to_string()
+}
+
+fn assert_names(line: &str, parts: &[&str]) {
+    println!("{line}");
+    for part in parts {
+        assert!(line.contains(part), "`{part}` missing from: {line}");
+    }
+    assert!(!line.contains('\n'), "one line: {line}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn security_mistakes_stop_start_up_naming_what_is_wrong() {
+    let broker = start_broker();
+    let listener = broker.bootstrap();
+    let scram = SaslMechanism::ScramSha256;
+
+    let wrong_password = broker.settings_with_password(scram, "not-the-password");
+    assert_names(
+        &refusal(&wrong_password),
+        &[
+            &listener,
+            "security.protocol=SASL_SSL",
+            "sasl.mechanism=SCRAM-SHA-256",
+            "invalid credentials",
+        ],
+    );
+    assert!(
+        !refusal(&wrong_password).contains("not-the-password"),
+        "the password is never printed"
+    );
+
+    let stranger = TestCa::new("stranger").expect("another CA");
+    let mut untrusted = broker.settings(scram);
+    set(
+        &mut untrusted,
+        "ssl.ca.location",
+        &stranger.cert().display().to_string(),
+    );
+    assert_names(
+        &refusal(&untrusted),
+        &[
+            &listener,
+            "security.protocol=SASL_SSL",
+            "certificate verify failed",
+        ],
+    );
+
+    let missing = "/nonexistent/backbone-ca.pem";
+    let mut no_ca_file = broker.settings(scram);
+    set(&mut no_ca_file, "ssl.ca.location", missing);
+    assert_names(&refusal(&no_ca_file), &["ssl.ca.location", missing]);
+
+    let garbage = std::env::temp_dir().join(format!("{}.pem", unique_topic("not-a-certificate")));
+    std::fs::write(
+        &garbage,
+        "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n",
+    )
+    .expect("write");
+    let mut malformed = broker.settings(scram);
+    set(
+        &mut malformed,
+        "ssl.ca.location",
+        &garbage.display().to_string(),
+    );
+    assert_names(
+        &refusal(&malformed),
+        &["ssl.ca.location", &garbage.display().to_string()],
+    );
+    let _ = std::fs::remove_file(&garbage);
+
+    let mut unknown_mechanism = broker.settings(scram);
+    set(&mut unknown_mechanism, "sasl.mechanism", "SCRAM-SHA-1");
+    assert_names(
+        &refusal(&unknown_mechanism),
+        &["sasl.mechanism", "SCRAM-SHA-1"],
+    );
+}
+
+fn set(kafka: &mut KafkaSettings, key: &str, value: &str) {
+    kafka.properties.insert(key.to_owned(), value.to_owned());
+}
+
+/// `properties` as one environment override: a TOML inline table.
+fn properties_env(kafka: &KafkaSettings) -> String {
+    let pairs: Vec<String> = kafka
+        .properties
+        .iter()
+        .map(|(k, v)| format!("{k:?} = {v:?}"))
+        .collect();
+    format!("{{ {} }}", pairs.join(", "))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_stage_given_a_wrong_password_exits_at_start_up_saying_so() {
+    let broker = start_broker();
+    let wrong = broker.settings_with_password(SaslMechanism::ScramSha512, "not-the-password");
+    for stage in stages() {
+        let mut command = tokio::process::Command::new(workspace_binary(stage));
+        command
+            .env(
+                "BACKBONE__KAFKA__BOOTSTRAP_SERVERS",
+                &wrong.bootstrap_servers,
+            )
+            .env("BACKBONE__KAFKA__PROPERTIES", properties_env(&wrong))
+            .env("BACKBONE__OBSERVABILITY__LISTEN", "127.0.0.1:0")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        // A destination a sink accepts at start-up; nothing is ever delivered to it.
+        match backbone_components::named(stage).and_then(|c| c.destination) {
+            Some(Destination::Postgres) => command.env(
+                "BACKBONE__DESTINATION__URL",
+                "postgres://app@127.0.0.1:1/backbone",
+            ),
+            Some(Destination::Http) => {
+                command.env("BACKBONE__DESTINATION__URL", "http://127.0.0.1:1")
+            }
+            None => &mut command,
+        };
+        let run = command.output();
+        let output = tokio::time::timeout(DEADLINE, run)
+            .await
+            .unwrap_or_else(|_| panic!("{stage} still running after {DEADLINE:?}"))
+            .unwrap_or_else(|err| panic!("{stage}: {err}"));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stage}: {stderr}");
+        let line = stderr
+            .lines()
+            .find(|l| l.contains("refused the connection"))
+            .unwrap_or_else(|| panic!("{stage}: no refusal in: {stderr}"));
+        assert_names(
+            line,
+            &[
+                stage,
+                &broker.bootstrap(),
+                "sasl.mechanism=SCRAM-SHA-512",
+                "invalid credentials",
+            ],
+        );
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            !stderr.contains("not-the-password") && !stdout.contains("not-the-password"),
+            "{stage} printed the password"
+        );
+    }
+}
