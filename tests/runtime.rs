@@ -4,7 +4,7 @@
 //! limit, and a fatal error stops the processor without committing the record, as does a
 //! broker that refuses it access.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,8 +13,8 @@ use backbone_core::{
     run, InputRecord, OutputRecord, ProcessError, Processor, RuntimeError, RuntimeSettings, State,
 };
 use backbone_testkit::{
-    committed_offsets, consume_until, create_topic, produce, shared_settings, unique_group,
-    unique_topic, Forward, KafkaBroker, RunningProcessor, TestRecord,
+    committed_offsets, consume_until, create_topic, produce, run_python_client, shared_settings,
+    unique_group, unique_topic, Forward, KafkaBroker, RunningProcessor, TestRecord,
 };
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -311,4 +311,54 @@ async fn a_broker_refusing_access_stops_the_processor() {
         matches!(result, Err(RuntimeError::Refused(_))),
         "{result:?}"
     );
+}
+
+/// Produces 25 records with each codec a producer may pick, through Confluent's Python client.
+const COMPRESSED: &str = r#"
+import sys
+from confluent_kafka import Producer
+for codec in ['gzip', 'snappy', 'lz4', 'zstd']:
+    producer = Producer({'bootstrap.servers': sys.argv[1], 'compression.type': codec})
+    for i in range(25):
+        producer.produce(sys.argv[2], key=codec, value=f'{codec}-{i}')
+    if producer.flush(30):
+        sys.exit(f'{codec}: records left undelivered')
+"#;
+
+#[tokio::test]
+async fn records_compressed_with_any_codec_by_another_client_are_read_and_written() {
+    let mut kafka = shared_settings();
+    let input = unique_topic("compressed.in");
+    let output = unique_topic("compressed.out");
+    create_topic(&kafka, &input, 1).await.expect("input topic");
+    tokio::task::spawn_blocking({
+        let (servers, input) = (kafka.bootstrap_servers.clone(), input.clone());
+        move || run_python_client(COMPRESSED, &[&servers, &input])
+    })
+    .await
+    .expect("producer task")
+    .expect("compressed records produced");
+
+    // The runtime writes zstd too: the reader below has to decompress what it wrote.
+    kafka
+        .producer_properties
+        .insert("compression.type".into(), "zstd".into());
+    let processor = Forward {
+        input: input.clone(),
+        output: output.clone(),
+    };
+    let running = RunningProcessor::start(processor, &kafka, settings(&unique_group("codecs")));
+    let forwarded = consume_until(&kafka, &output, 100, DEADLINE)
+        .await
+        .expect("every record forwarded");
+    running.stop(DEADLINE).await;
+    let values: BTreeSet<String> = forwarded
+        .iter()
+        .map(|r| String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned())
+        .collect();
+    let expected: BTreeSet<String> = ["gzip", "snappy", "lz4", "zstd"]
+        .iter()
+        .flat_map(|codec| (0..25).map(move |i| format!("{codec}-{i}")))
+        .collect();
+    assert_eq!(values, expected);
 }

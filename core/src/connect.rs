@@ -20,12 +20,12 @@ use crate::kafka::KafkaSettings;
 pub enum ConnectError {
     /// The client could not be made from the settings (an unknown property or mechanism, a
     /// CA or key file that cannot be read): librdkafka's message names the property.
-    #[error("Kafka client settings for {servers}: {source}{files}")]
+    #[error("Kafka client settings for {servers}: {refusal}{files}")]
     Settings {
         /// The bootstrap servers.
         servers: String,
         /// librdkafka's refusal.
-        source: KafkaError,
+        refusal: String,
         /// The files of the properties librdkafka's refusal names, which it leaves out.
         files: String,
     },
@@ -81,7 +81,7 @@ pub fn check_connection(settings: &KafkaSettings, timeout: Duration) -> Result<(
     let client: BaseProducer<Problems> = settings
         .admin_config()
         .create_with_context(context.clone())
-        .map_err(|source| {
+        .map_err(|source: KafkaError| {
             let refusal = source.to_string();
             let files = settings
                 .file_properties()
@@ -90,7 +90,7 @@ pub fn check_connection(settings: &KafkaSettings, timeout: Duration) -> Result<(
                 .collect();
             ConnectError::Settings {
                 servers: servers.clone(),
-                source,
+                refusal,
                 files,
             }
         })?;
@@ -123,9 +123,12 @@ pub fn check_connection(settings: &KafkaSettings, timeout: Duration) -> Result<(
     }
 }
 
+/// One report of librdkafka's: its code, if any, and its reason.
+type Report = (Option<RDKafkaErrorCode>, String);
+
 /// What librdkafka reported while connecting.
 #[derive(Clone, Default)]
-struct Problems(Arc<Mutex<Vec<(Option<RDKafkaErrorCode>, String)>>>);
+struct Problems(Arc<Mutex<Vec<Report>>>);
 
 impl Problems {
     /// The first report that says the cluster refused us.

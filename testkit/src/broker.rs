@@ -149,23 +149,7 @@ admin = AdminClient({'bootstrap.servers': sys.argv[1]})\n\
 acl = AclBinding(ResourceType.TOPIC, sys.argv[2], ResourcePatternType.LITERAL, \
 'User:ANONYMOUS', '*', AclOperation.READ, AclPermissionType.DENY)\n\
 for done in admin.create_acls([acl]).values():\n    done.result(timeout=30)\n";
-        let python = tools_dir().join("bin/pyclient-python");
-        let failed = |message: String| TestkitError::Process {
-            program: python.display().to_string(),
-            message,
-        };
-        let output = std::process::Command::new(&python)
-            .args(["-c", DENY, &self.bootstrap(), topic])
-            .output()
-            .map_err(|e| failed(format!("{e} (run `make setup` to install it)")))?;
-        if output.status.success() {
-            Ok(())
-        } else {
-            Err(failed(format!(
-                "denying reads of `{topic}` failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            )))
-        }
+        run_python_client(DENY, &[&self.bootstrap(), topic])
     }
 
     /// Starts the node again on the data it had, and waits until it answers.
@@ -388,6 +372,31 @@ fn tools_dir() -> PathBuf {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache/backbone")))
         .unwrap_or_default()
+}
+
+/// Runs `script` with Confluent's Python client (`make setup` installs it in its own
+/// environment): a client of the broker that is not ours.
+pub fn run_python_client(script: &str, args: &[&str]) -> Result<(), TestkitError> {
+    let python = tools_dir().join("bin/pyclient-python");
+    let failed = |message: String| TestkitError::Process {
+        program: python.display().to_string(),
+        message,
+    };
+    let output = std::process::Command::new(&python)
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .map_err(|e| failed(format!("{e} (run `make setup` to install it)")))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(failed(format!(
+            "{} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        )))
+    }
 }
 
 fn path_text(path: &Path) -> String {

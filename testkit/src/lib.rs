@@ -16,7 +16,7 @@ mod secured;
 mod tally;
 mod tls;
 
-pub use broker::{KafkaBroker, KafkaCluster};
+pub use broker::{run_python_client, KafkaBroker, KafkaCluster};
 pub use forward::Forward;
 pub use kafka::{
     await_committed, committed_offsets, committed_total, consume_until, consume_while,
