@@ -155,56 +155,83 @@ fn properties_env(kafka: &KafkaSettings) -> String {
     format!("{{ {} }}", pairs.join(", "))
 }
 
+/// Runs `binary` with `args` against `kafka`, which must be refused, and answers the line of
+/// its error output that says so; it must exit unsuccessfully, at once, and never print
+/// `secret`.
+async fn refused_at_start(
+    binary: &str,
+    args: &[&str],
+    kafka: &KafkaSettings,
+    secret: &str,
+) -> String {
+    let mut command = tokio::process::Command::new(workspace_binary(binary));
+    command
+        .args(args)
+        .env(
+            "BACKBONE__KAFKA__BOOTSTRAP_SERVERS",
+            &kafka.bootstrap_servers,
+        )
+        .env("BACKBONE__KAFKA__PROPERTIES", properties_env(kafka))
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    match backbone_components::named(binary) {
+        Some(c) if c.is_stage() => command.env("BACKBONE__OBSERVABILITY__LISTEN", "127.0.0.1:0"),
+        _ if binary == "schema-registry" => {
+            command.env("BACKBONE__REGISTRY__LISTEN", "127.0.0.1:0")
+        }
+        _ => &mut command,
+    };
+    // A destination a sink accepts at start-up; nothing is ever delivered to it.
+    match backbone_components::named(binary).and_then(|c| c.destination) {
+        Some(Destination::Postgres) => command.env(
+            "BACKBONE__DESTINATION__URL",
+            "postgres://app@127.0.0.1:1/backbone",
+        ),
+        Some(Destination::Http) => command.env("BACKBONE__DESTINATION__URL", "http://127.0.0.1:1"),
+        None => &mut command,
+    };
+    let output = tokio::time::timeout(DEADLINE, command.output())
+        .await
+        .unwrap_or_else(|_| panic!("{binary} still running after {DEADLINE:?}"))
+        .unwrap_or_else(|err| panic!("{binary}: {err}"));
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(!output.status.success(), "{binary}: {stderr}");
+    assert!(
+        !stderr.contains(secret) && !stdout.contains(secret),
+        "{binary} printed the password"
+    );
+    stderr
+        .lines()
+        .find(|l| l.contains("refused the connection"))
+        .unwrap_or_else(|| panic!("{binary}: no refusal in: {stderr}"))
+        .to_owned()
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn every_stage_given_a_wrong_password_exits_at_start_up_saying_so() {
+async fn every_stage_and_tool_given_a_wrong_password_exits_at_start_up_saying_so() {
     let broker = start_broker();
-    let wrong = broker.settings_with_password(SaslMechanism::ScramSha512, "not-the-password");
-    for stage in stages() {
-        let mut command = tokio::process::Command::new(workspace_binary(stage));
-        command
-            .env(
-                "BACKBONE__KAFKA__BOOTSTRAP_SERVERS",
-                &wrong.bootstrap_servers,
-            )
-            .env("BACKBONE__KAFKA__PROPERTIES", properties_env(&wrong))
-            .env("BACKBONE__OBSERVABILITY__LISTEN", "127.0.0.1:0")
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
-        // A destination a sink accepts at start-up; nothing is ever delivered to it.
-        match backbone_components::named(stage).and_then(|c| c.destination) {
-            Some(Destination::Postgres) => command.env(
-                "BACKBONE__DESTINATION__URL",
-                "postgres://app@127.0.0.1:1/backbone",
-            ),
-            Some(Destination::Http) => {
-                command.env("BACKBONE__DESTINATION__URL", "http://127.0.0.1:1")
-            }
-            None => &mut command,
-        };
-        let run = command.output();
-        let output = tokio::time::timeout(DEADLINE, run)
-            .await
-            .unwrap_or_else(|_| panic!("{stage} still running after {DEADLINE:?}"))
-            .unwrap_or_else(|err| panic!("{stage}: {err}"));
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(2), "{stage}: {stderr}");
-        let line = stderr
-            .lines()
-            .find(|l| l.contains("refused the connection"))
-            .unwrap_or_else(|| panic!("{stage}: no refusal in: {stderr}"));
+    let secret = "not-the-password";
+    let wrong = broker.settings_with_password(SaslMechanism::ScramSha512, secret);
+    let tools: [(&str, &[&str]); 4] = [
+        ("schema-registry", &[]),
+        ("monitor", &["--once"]),
+        ("drift", &["report"]),
+        ("replay", &["dlq", "list", "dead.letters"]),
+    ];
+    let stages = stages().into_iter().map(|stage| (stage, &[][..]));
+    for (binary, args) in stages.chain(tools) {
+        let line = refused_at_start(binary, args, &wrong, secret).await;
         assert_names(
-            line,
+            &line,
             &[
-                stage,
+                binary,
                 &broker.bootstrap(),
                 "sasl.mechanism=SCRAM-SHA-512",
                 "invalid credentials",
             ],
-        );
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(
-            !stderr.contains("not-the-password") && !stdout.contains("not-the-password"),
-            "{stage} printed the password"
         );
     }
 }

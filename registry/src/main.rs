@@ -16,6 +16,10 @@ async fn main() -> ExitCode {
         Ok(config) => config,
         Err(code) => return code,
     };
+    if let Err(err) = backbone_core::connect::await_cluster(&config.kafka).await {
+        eprintln!("schema-registry: {err}");
+        return ExitCode::from(2);
+    }
     let listener = match tokio::net::TcpListener::bind(config.registry.listen).await {
         Ok(listener) => listener,
         Err(err) => {

@@ -63,6 +63,10 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Err(err) = backbone_core::connect::await_cluster(&config.kafka).await {
+        eprintln!("drift: {err}");
+        return ExitCode::from(2);
+    }
     let result = match args.command {
         Command::Report {
             json,

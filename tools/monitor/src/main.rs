@@ -33,6 +33,10 @@ async fn main() -> ExitCode {
         Ok(config) => config,
         Err(code) => return code,
     };
+    if let Err(err) = backbone_core::connect::await_cluster(&config.kafka).await {
+        eprintln!("monitor: {err}");
+        return ExitCode::from(2);
+    }
     let result = if args.once {
         once(&config).await
     } else {

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use backbone_core::app::SchemaRegistrySettings;
 use backbone_core::config::{load_from, ConfigError, Validate};
+use backbone_core::connect::check_connection;
 use backbone_core::KafkaSettings;
 use clap::{ArgGroup, Args, Parser, Subcommand};
 use serde::Deserialize;
@@ -376,6 +377,17 @@ impl Cli {
 /// Runs `cli`, printing results to stdout and progress and notes to stderr.
 pub async fn execute(cli: Cli) -> Result<(), ReplayError> {
     let ctx = cli.context()?;
+    let (kafka, timeout) = (ctx.kafka.clone(), ctx.timeout);
+    tokio::task::spawn_blocking(move || check_connection(&kafka, timeout))
+        .await
+        .map_err(|join| ReplayError::Other {
+            what: "connecting to Kafka".into(),
+            message: join.to_string(),
+        })?
+        .map_err(|err| ReplayError::Other {
+            what: "start-up".into(),
+            message: err.to_string(),
+        })?;
     let mut out = std::io::stdout();
     match cli.command {
         Command::Dlq(DlqCommand::List(args)) => {
