@@ -15,6 +15,7 @@ APT_PACKAGES=(
   postgresql prometheus                                   # analytics sink store; dashboard queries
   docker-compose                                          # validates docker-compose.yml
   curl procps
+  openssl                                                 # test certificates (TLS tests)
 )
 
 say() { echo "setup: $*"; }

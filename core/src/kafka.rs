@@ -476,7 +476,7 @@ pub(crate) fn is_connection_lost(err: &rdkafka::error::KafkaError) -> bool {
 
 fn is_secret(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
-    ["password", "secret", "token", "key"]
+    ["password", "secret", "token", "key", "oauthbearer.config"]
         .iter()
         .any(|word| key.contains(word))
 }
@@ -554,9 +554,17 @@ mod tests {
         settings
             .consumer_properties
             .insert("sasl.oauthbearer.client.secret".into(), "tiger".into());
+        // Unsecured tokens' settings may carry claims an operator would rather not print.
+        settings.properties.insert(
+            "sasl.oauthbearer.config".into(),
+            "principal=app extension_traceId=lion".into(),
+        );
         let shown = format!("{settings:?}");
         assert!(
-            !shown.contains("hunter2") && !shown.contains("swordfish") && !shown.contains("tiger"),
+            !shown.contains("hunter2")
+                && !shown.contains("swordfish")
+                && !shown.contains("tiger")
+                && !shown.contains("lion"),
             "{shown}"
         );
         assert!(shown.contains("SASL_SSL"), "{shown}");
