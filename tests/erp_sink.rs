@@ -80,7 +80,7 @@ fn posting(
     }
 }
 
-fn erp_sink(topic: &str, sandbox: &Sandbox) -> ErpSink {
+async fn erp_sink(topic: &str, sandbox: &Sandbox) -> ErpSink {
     let settings = ErpSettings {
         topic: topic.to_owned(),
         window: Duration::from_secs(2),
@@ -89,7 +89,9 @@ fn erp_sink(topic: &str, sandbox: &Sandbox) -> ErpSink {
     };
     ErpSink::new(
         settings,
-        JsonApi::new(&sandbox.destination()).expect("ERP client"),
+        JsonApi::connect(&sandbox.destination())
+            .await
+            .expect("ERP client"),
     )
 }
 
@@ -180,7 +182,7 @@ async fn postings_become_balanced_batches_then_adjustments_and_replays_post_noth
     values.push(("acme:le-eu".to_owned(), closed.clone(), Some(now)));
     let records = publish(&codec, &topics.input, &values).await;
 
-    let sink = RunningSink::start(erp_sink(&topics.input, &sandbox), topics.settings());
+    let sink = RunningSink::start(erp_sink(&topics.input, &sandbox).await, topics.settings());
     results(&codec, &topics.results, values.len()).await;
     let batches = sandbox.client.batches().await.expect("batches");
     check_balanced(&batches);
@@ -257,7 +259,7 @@ async fn postings_become_balanced_batches_then_adjustments_and_replays_post_noth
             .collect::<Vec<_>>(),
     )
     .await;
-    let replay = RunningSink::start(erp_sink(&topics.input, &sandbox), topics.settings());
+    let replay = RunningSink::start(erp_sink(&topics.input, &sandbox).await, topics.settings());
     results(&codec, &topics.results, 2 * values.len() + 1).await;
     let replay_summary = replay.stop().await;
     assert_eq!(replay_summary.already_delivered, 30, "{replay_summary:?}");
@@ -292,7 +294,7 @@ async fn postings_that_do_not_balance_are_dead_lettered_on_arrival() {
         .collect();
     publish(&codec, &topics.input, &values).await;
 
-    let sink = RunningSink::start(erp_sink(&topics.input, &sandbox), topics.settings());
+    let sink = RunningSink::start(erp_sink(&topics.input, &sandbox).await, topics.settings());
     let dlq = consume_until(
         &shared_settings(),
         &format!("{}.dlq", topics.input),
@@ -352,7 +354,7 @@ async fn a_batch_whose_answer_was_lost_is_sent_again_unchanged_after_its_window_
         )
         .await
         .expect("faults");
-    let sink = RunningSink::start(erp_sink(&topics.input, &sandbox), topics.settings());
+    let sink = RunningSink::start(erp_sink(&topics.input, &sandbox).await, topics.settings());
     eventually(DEADLINE, "the ERP to post the first batch", || async {
         (sandbox.applied("erp").await >= 1).then_some(())
     })
@@ -367,7 +369,7 @@ async fn a_batch_whose_answer_was_lost_is_sent_again_unchanged_after_its_window_
         .clear_faults(System::Erp)
         .await
         .expect("clear faults");
-    let sink = RunningSink::start(erp_sink(&topics.input, &sandbox), topics.settings());
+    let sink = RunningSink::start(erp_sink(&topics.input, &sandbox).await, topics.settings());
     let outcomes: Vec<DeliveryOutcome> = results(&codec, &topics.results, 3)
         .await
         .into_iter()

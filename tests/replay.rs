@@ -1265,7 +1265,7 @@ async fn errors_name_their_input_and_exit_non_zero() {
     .await
     .failed(1);
     assert!(
-        unreachable.contains("broker at 127.0.0.1:1 did not answer within 2.0s"),
+        unreachable.contains("Kafka at 127.0.0.1:1 did not answer within 2s"),
         "{unreachable}"
     );
     let no_registry = replay_raw(
@@ -1357,16 +1357,23 @@ async fn rejected_charges_replayed_after_the_fix_are_billed_exactly_once_even_wh
     produce(&shared_settings(), &topics.input, &records)
         .await
         .expect("charges");
-    let billing = |sandbox: &Sandbox| {
+    let billing = |api: JsonApi| {
         BillingSink::new(
             BillingSettings {
                 topic: topics.input.clone(),
                 concurrency: 4,
             },
-            JsonApi::new(&sandbox.destination()).expect("client"),
+            api,
         )
     };
-    let sink = RunningSink::start(billing(&before), topics.settings());
+    let sink = RunningSink::start(
+        billing(
+            JsonApi::connect(&before.destination())
+                .await
+                .expect("client"),
+        ),
+        topics.settings(),
+    );
     let dlq_topic = format!("{}.dlq", topics.input);
     let dead = consume_until(&shared_settings(), &dlq_topic, rejected.len(), DEADLINE)
         .await
@@ -1384,7 +1391,14 @@ async fn rejected_charges_replayed_after_the_fix_are_billed_exactly_once_even_wh
     let mut config = SandboxConfig::default();
     config.billing.currencies.push("SEK".to_owned());
     let after = Sandbox::start(config).await;
-    let sink = RunningSink::start(billing(&after), topics.settings());
+    let sink = RunningSink::start(
+        billing(
+            JsonApi::connect(&after.destination())
+                .await
+                .expect("client"),
+        ),
+        topics.settings(),
+    );
 
     let listed = replay(&["dlq", "list", &dlq_topic, "--json"])
         .await

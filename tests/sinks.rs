@@ -24,7 +24,8 @@ use backbone_sink::metrics::names;
 use backbone_sink::{DestinationSettings, SinkError, SinkSettings, DESTINATION_REJECTED};
 use backbone_testkit::{
     committed_offsets, consume_until, create_topic, dead_letter_reasons, produce,
-    produce_tombstone, shared_settings, unique_group, ChildProcess, KafkaBroker, TestRecord,
+    produce_tombstone, shared_settings, unique_group, unique_topic, ChildProcess, KafkaBroker,
+    TestCa, TestRecord,
 };
 use support::{eventually, metadata, registry_url, results, RunningSink, Sandbox, SinkTopics};
 
@@ -87,22 +88,27 @@ async fn billing_outage(sandbox: &Sandbox, seconds: u64) {
         .expect("outage");
 }
 
-fn crm_sink(topic: &str, destination: &DestinationSettings) -> CrmSink {
+async fn crm_sink(topic: &str, destination: &DestinationSettings) -> CrmSink {
     let settings = CrmSettings {
         topic: topic.to_owned(),
         request_records: 50,
     };
-    CrmSink::new(settings, JsonApi::new(destination).expect("CRM API client"))
+    CrmSink::new(
+        settings,
+        JsonApi::connect(destination).await.expect("CRM API client"),
+    )
 }
 
-fn billing_sink(topic: &str, destination: &DestinationSettings) -> BillingSink {
+async fn billing_sink(topic: &str, destination: &DestinationSettings) -> BillingSink {
     let settings = BillingSettings {
         topic: topic.to_owned(),
         concurrency: 8,
     };
     BillingSink::new(
         settings,
-        JsonApi::new(destination).expect("billing API client"),
+        JsonApi::connect(destination)
+            .await
+            .expect("billing API client"),
     )
 }
 
@@ -162,7 +168,7 @@ async fn billing_delivers_every_charge_once_through_errors_lost_answers_throttli
     let records = publish_charges(&codec, &topics.input, &charges).await;
 
     let sink = RunningSink::start(
-        billing_sink(&topics.input, &sandbox.destination()),
+        billing_sink(&topics.input, &sandbox.destination()).await,
         topics.settings(),
     );
     let first = results(&codec, &topics.results, charges.len()).await;
@@ -240,7 +246,7 @@ async fn billing_delivers_every_charge_once_through_errors_lost_answers_throttli
         .await
         .expect("replay charges");
     let replay = RunningSink::start(
-        billing_sink(&topics.input, &sandbox.destination()),
+        billing_sink(&topics.input, &sandbox.destination()).await,
         topics.settings(),
     );
     results(&codec, &topics.results, 2 * charges.len()).await;
@@ -258,7 +264,10 @@ async fn billing_delivers_every_charge_once_through_errors_lost_answers_throttli
     // again, the billing system answers each with its first response, nothing is charged twice.
     let mut fresh = topics.settings();
     fresh.group_id = Some(format!("{}-fresh", topics.group));
-    let again = RunningSink::start(billing_sink(&topics.input, &sandbox.destination()), fresh);
+    let again = RunningSink::start(
+        billing_sink(&topics.input, &sandbox.destination()).await,
+        fresh,
+    );
     results(&codec, &topics.results, 4 * charges.len()).await;
     let again_summary = again.stop().await;
     assert_eq!(again_summary.delivered, 0, "{again_summary:?}");
@@ -296,7 +305,7 @@ async fn records_a_sink_cannot_deliver_are_dead_lettered_on_arrival() {
         .expect("produce");
 
     let sink = RunningSink::start(
-        billing_sink(&topics.input, &sandbox.destination()),
+        billing_sink(&topics.input, &sandbox.destination()).await,
         topics.settings(),
     );
     let dlq = consume_until(&kafka, &format!("{}.dlq", topics.input), 4, DEADLINE)
@@ -353,7 +362,7 @@ async fn a_dead_letter_over_the_limit_stops_the_sink_without_committing() {
     settings.max_dead_letter_bytes = 1_000;
 
     let sink = RunningSink::start(
-        billing_sink(&topics.input, &sandbox.destination()),
+        billing_sink(&topics.input, &sandbox.destination()).await,
         settings,
     );
     let result = sink.finished(DEADLINE).await;
@@ -391,7 +400,7 @@ async fn a_crm_snapshot_without_a_customer_is_dead_lettered_on_arrival() {
         .await
         .expect("produce snapshots");
     let sink = RunningSink::start(
-        crm_sink(&topics.input, &sandbox.destination()),
+        crm_sink(&topics.input, &sandbox.destination()).await,
         topics.settings(),
     );
     results(&codec, &topics.results, 1).await;
@@ -438,7 +447,7 @@ async fn a_lost_ledger_and_expired_keys_bill_nothing_twice() {
     publish_charges(&codec, &topics.input, &charges).await;
 
     let sink = RunningSink::start(
-        billing_sink(&topics.input, &sandbox.destination()),
+        billing_sink(&topics.input, &sandbox.destination()).await,
         topics.settings(),
     );
     results(&codec, &topics.results, charges.len()).await;
@@ -451,7 +460,7 @@ async fn a_lost_ledger_and_expired_keys_bill_nothing_twice() {
         ..topics.settings()
     };
     let sink = RunningSink::start(
-        billing_sink(&topics.input, &sandbox.destination()),
+        billing_sink(&topics.input, &sandbox.destination()).await,
         settings,
     );
     let second = results(&codec, &topics.results, 2 * charges.len()).await;
@@ -502,7 +511,7 @@ async fn a_broker_refusing_access_stops_the_sink_with_its_alert_raised() {
     broker.deny_reads(&topics.input).expect("deny reads");
 
     let sink = RunningSink::start_with(
-        billing_sink(&topics.input, &sandbox.destination()),
+        billing_sink(&topics.input, &sandbox.destination()).await,
         topics.settings(),
         kafka,
     );
@@ -529,7 +538,10 @@ async fn a_refused_credential_stops_the_sink_without_dead_letters_or_commits() {
     let mut destination = sandbox.destination();
     destination.credential = backbone_core::Secret::new("revoked-token");
 
-    let sink = RunningSink::start(billing_sink(&topics.input, &destination), topics.settings());
+    let sink = RunningSink::start(
+        billing_sink(&topics.input, &destination).await,
+        topics.settings(),
+    );
     eventually(DEADLINE, "the sink to stop on its own", || async {
         sink.is_finished().then_some(())
     })
@@ -566,7 +578,7 @@ async fn an_outage_opens_the_circuit_pauses_the_input_and_loses_nothing() {
     let (before, during) = charges.split_at(20);
     publish_charges(&codec, &topics.input, before).await;
     let sink = RunningSink::start(
-        billing_sink(&topics.input, &sandbox.destination()),
+        billing_sink(&topics.input, &sandbox.destination()).await,
         topics.settings(),
     );
     eventually(DEADLINE, "the first charges", || async {
@@ -629,7 +641,7 @@ async fn an_outage_longer_than_the_poll_interval_loses_and_doubles_nothing() {
         .consumer_properties
         .insert("max.poll.interval.ms".to_owned(), "7000".to_owned());
     let sink = RunningSink::start_with(
-        billing_sink(&topics.input, &sandbox.destination()),
+        billing_sink(&topics.input, &sandbox.destination()).await,
         topics.settings(),
         kafka,
     );
@@ -684,13 +696,13 @@ async fn a_partition_assigned_while_the_circuit_is_open_waits_with_the_rest() {
     let charges: Vec<BillingCharge> = (0..40).map(|i| charge(i, "EUR")).collect();
     billing_outage(&sandbox, 20).await;
     let staying = RunningSink::start(
-        billing_sink(&topics.input, &sandbox.destination()),
+        billing_sink(&topics.input, &sandbox.destination()).await,
         topics.settings(),
     );
     let mut leaving_settings = topics.settings();
     leaving_settings.ledger_dir = topics.ledger_dir.join("leaving");
     let leaving = RunningSink::start(
-        billing_sink(&topics.input, &sandbox.destination()),
+        billing_sink(&topics.input, &sandbox.destination()).await,
         leaving_settings,
     );
     publish_charges(&codec, &topics.input, &charges).await;
@@ -733,7 +745,7 @@ async fn a_partition_paused_under_an_open_circuit_is_read_when_it_comes_back_aft
     let (first, later) = charges.split_at(20);
     billing_outage(&sandbox, 600).await;
     let staying = RunningSink::start(
-        billing_sink(&topics.input, &sandbox.destination()),
+        billing_sink(&topics.input, &sandbox.destination()).await,
         topics.settings(),
     );
     publish_charges(&codec, &topics.input, first).await;
@@ -744,7 +756,7 @@ async fn a_partition_paused_under_an_open_circuit_is_read_when_it_comes_back_aft
     let mut peer_settings = topics.settings();
     peer_settings.ledger_dir = topics.ledger_dir.join("peer");
     let peer = RunningSink::start(
-        billing_sink(&topics.input, &sandbox.destination()),
+        billing_sink(&topics.input, &sandbox.destination()).await,
         peer_settings,
     );
     eventually(DEADLINE, "the peer to take partitions", || async {
@@ -933,7 +945,7 @@ async fn crm_upserts_survive_a_429_storm_and_keep_the_newest_snapshot() {
         .expect("produce snapshots");
 
     let sink = RunningSink::start(
-        crm_sink(&topics.input, &sandbox.destination()),
+        crm_sink(&topics.input, &sandbox.destination()).await,
         topics.settings(),
     );
     let all = results(&codec, &topics.results, snapshots.len()).await;
@@ -967,4 +979,70 @@ async fn crm_upserts_survive_a_429_storm_and_keep_the_newest_snapshot() {
         applied <= 240,
         "each snapshot applied at most once: {applied}"
     );
+}
+
+#[tokio::test]
+async fn an_https_destination_takes_deliveries_when_its_ca_is_trusted_and_stops_the_start_when_not()
+{
+    let ca = TestCa::new("sandbox").expect("a CA");
+    let sandbox = Sandbox::start_https(SandboxConfig::default(), &ca).await;
+    assert!(sandbox.url.starts_with("https://"), "{}", sandbox.url);
+    let refusal = |settings: DestinationSettings| async move {
+        JsonApi::connect(&settings)
+            .await
+            .expect_err("a destination that cannot work")
+            .to_string()
+    };
+
+    let untrusted = refusal(DestinationSettings {
+        ca_file: None,
+        ..sandbox.destination()
+    })
+    .await;
+    for part in ["destination.url", "destination.ca_file", "UnknownIssuer"] {
+        assert!(
+            untrusted.contains(part),
+            "`{part}` missing from: {untrusted}"
+        );
+    }
+    let missing = refusal(DestinationSettings {
+        ca_file: Some("/nonexistent/backbone-ca.pem".into()),
+        ..sandbox.destination()
+    })
+    .await;
+    for part in ["destination.ca_file", "/nonexistent/backbone-ca.pem"] {
+        assert!(missing.contains(part), "`{part}` missing from: {missing}");
+    }
+    let not_pem = std::env::temp_dir().join(format!("{}.pem", unique_topic("not-pem")));
+    std::fs::write(&not_pem, "not a certificate\n").expect("write");
+    let malformed = refusal(DestinationSettings {
+        ca_file: Some(not_pem.clone()),
+        ..sandbox.destination()
+    })
+    .await;
+    let _ = std::fs::remove_file(&not_pem);
+    for part in ["destination.ca_file", "holds no PEM certificate"] {
+        assert!(
+            malformed.contains(part),
+            "`{part}` missing from: {malformed}"
+        );
+    }
+
+    let topics = SinkTopics::create("billing-https", 1).await;
+    let codec = WireCodec::new(&registry_url());
+    let charges: Vec<BillingCharge> = (0..10).map(|i| charge(i, "EUR")).collect();
+    publish_charges(&codec, &topics.input, &charges).await;
+    let sink = RunningSink::start(
+        billing_sink(&topics.input, &sandbox.destination()).await,
+        topics.settings(),
+    );
+    let delivered = results(&codec, &topics.results, charges.len()).await;
+    sink.stop().await;
+    assert_eq!(
+        outcomes(&delivered).get("Delivered"),
+        Some(&charges.len()),
+        "{:?}",
+        outcomes(&delivered)
+    );
+    assert_eq!(charges_by_identity(&sandbox).await.len(), charges.len());
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use backbone_core::KafkaSettings;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
-use crate::process::ChildProcess;
+use crate::process::{run_tool, ChildProcess};
 use crate::TestkitError;
 
 /// How long a node may take to answer: a JVM start, and after a crash a recovery of its logs.
@@ -377,26 +377,13 @@ fn tools_dir() -> PathBuf {
 /// Runs `script` with Confluent's Python client (`make setup` installs it in its own
 /// environment): a client of the broker that is not ours.
 pub fn run_python_client(script: &str, args: &[&str]) -> Result<(), TestkitError> {
-    let python = tools_dir().join("bin/pyclient-python");
-    let failed = |message: String| TestkitError::Process {
-        program: python.display().to_string(),
-        message,
-    };
-    let output = std::process::Command::new(&python)
-        .arg("-c")
-        .arg(script)
-        .args(args)
-        .output()
-        .map_err(|e| failed(format!("{e} (run `make setup` to install it)")))?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(failed(format!(
-            "{} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr)
-        )))
-    }
+    run_tool(
+        std::process::Command::new(tools_dir().join("bin/pyclient-python"))
+            .arg("-c")
+            .arg(script)
+            .args(args),
+        &args.join(" "),
+    )
 }
 
 fn path_text(path: &Path) -> String {

@@ -116,3 +116,24 @@ impl Drop for ChildProcess {
         }
     }
 }
+
+/// Runs a tool that `make setup` installs (`openssl`, the Python client) to the end; its error
+/// output is the error when it fails.
+pub(crate) fn run_tool(command: &mut Command, what: &str) -> Result<(), TestkitError> {
+    let program = command.get_program().to_string_lossy().into_owned();
+    let failed = |message: String| TestkitError::Process {
+        program: program.clone(),
+        message,
+    };
+    let output = command
+        .output()
+        .map_err(|e| failed(format!("{e} (run `make setup` to install it)")))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(failed(format!(
+            "{what} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )))
+    }
+}

@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::process::run_tool;
 use crate::TestkitError;
 
 /// A self-signed CA that issues server certificates for `127.0.0.1` and `localhost`.
@@ -129,20 +130,10 @@ impl Drop for TestCa {
 }
 
 fn openssl(dir: &Path, args: &[&str]) -> Result<(), TestkitError> {
-    let output = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .map_err(|e| failed(format!("{e} (run `make setup` to install it)")))?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(failed(format!(
-            "openssl {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr)
-        )))
-    }
+    run_tool(
+        Command::new("openssl").args(args).current_dir(dir),
+        &format!("openssl {}", args.join(" ")),
+    )
 }
 
 fn read(path: &Path) -> Result<String, TestkitError> {

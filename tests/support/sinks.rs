@@ -14,6 +14,7 @@ use backbone_core::endpoint::ObservabilitySettings;
 use backbone_core::metrics::RuntimeMetrics;
 use backbone_core::KafkaSettings;
 use backbone_core::Secret;
+use backbone_sandbox::config::TlsFiles;
 use backbone_sandbox::{SandboxClient, SandboxConfig};
 use backbone_schemas::types::{Contract, DeliveryResult, EventMetadata, TraceContext};
 use backbone_schemas::WireCodec;
@@ -22,7 +23,7 @@ use backbone_sink::settings::{CircuitSettings, RetrySettings};
 use backbone_sink::{
     run, DestinationSettings, RunContext, Sink, SinkError, SinkSettings, SinkSummary,
 };
-use backbone_testkit::{shared_settings, unique_group, unique_topic};
+use backbone_testkit::{shared_settings, unique_group, unique_topic, TestCa};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -38,6 +39,8 @@ pub struct Sandbox {
     pub url: String,
     /// A client with the configured token.
     pub client: SandboxClient,
+    /// The CA that signed its certificate, when it serves HTTPS.
+    pub ca_file: Option<PathBuf>,
     _stop: oneshot::Sender<()>,
 }
 
@@ -47,7 +50,12 @@ impl Sandbox {
         let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
             .await
             .expect("bind a free port");
-        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let url = format!("{scheme}://{}", listener.local_addr().expect("address"));
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(backbone_sandbox::serve(listener, config, async {
             let _ = stopped.await;
@@ -55,8 +63,27 @@ impl Sandbox {
         Sandbox {
             client: SandboxClient::new(url.clone()),
             url,
+            ca_file: None,
             _stop: stop,
         }
+    }
+
+    /// [`start`](Self::start) serving HTTPS with a certificate `ca` issues; its client and
+    /// [`destination`](Self::destination) trust `ca`.
+    pub async fn start_https(mut config: SandboxConfig, ca: &TestCa) -> Sandbox {
+        let issued = ca.issue("sandbox").expect("a sandbox certificate");
+        config.tls = Some(TlsFiles {
+            cert_file: issued.cert,
+            key_file: issued.key,
+        });
+        let mut sandbox = Self::start(config).await;
+        let ca_pem = std::fs::read(ca.cert()).expect("the CA certificate");
+        sandbox.client = sandbox
+            .client
+            .trusting(&ca_pem)
+            .expect("a client trusting the CA");
+        sandbox.ca_file = Some(ca.cert());
+        sandbox
     }
 
     /// Where a sink reaches it, with the sandbox's default token.
@@ -64,6 +91,7 @@ impl Sandbox {
         DestinationSettings {
             url: self.url.clone(),
             credential: Secret::new("sandbox-token"),
+            ca_file: self.ca_file.clone(),
             ..DestinationSettings::default()
         }
     }

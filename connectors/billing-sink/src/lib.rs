@@ -236,6 +236,6 @@ impl SinkApp for BillingSink {
         settings: BillingSettings,
         destination: &DestinationSettings,
     ) -> anyhow::Result<Self> {
-        Ok(Self::new(settings, JsonApi::new(destination)?))
+        Ok(Self::new(settings, JsonApi::connect(destination).await?))
     }
 }

@@ -257,7 +257,7 @@ impl SinkApp for CrmSink {
         settings: CrmSettings,
         destination: &DestinationSettings,
     ) -> anyhow::Result<Self> {
-        Ok(Self::new(settings, JsonApi::new(destination)?))
+        Ok(Self::new(settings, JsonApi::connect(destination).await?))
     }
 }
 

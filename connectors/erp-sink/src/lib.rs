@@ -497,7 +497,7 @@ impl SinkApp for ErpSink {
         settings: ErpSettings,
         destination: &DestinationSettings,
     ) -> anyhow::Result<Self> {
-        Ok(Self::new(settings, JsonApi::new(destination)?))
+        Ok(Self::new(settings, JsonApi::connect(destination).await?))
     }
 }
 

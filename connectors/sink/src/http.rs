@@ -103,21 +103,71 @@ pub struct JsonApi {
 }
 
 impl JsonApi {
-    /// A client for `destination`, with its timeout and credential.
-    pub fn new(destination: &DestinationSettings) -> Result<Self, ConfigError> {
+    /// A client for `destination`, with its timeout, credential and TLS settings. An `https://`
+    /// destination is asked once whether it accepts us, so that a certificate that cannot work
+    /// stops the start, not the first delivery; one that does not answer yet is an outage, which
+    /// deliveries wait out.
+    pub async fn connect(destination: &DestinationSettings) -> Result<Self, ConfigError> {
         let token = destination.resolve_credential()?;
-        let client = reqwest::Client::builder()
-            .timeout(destination.timeout)
-            .build()
-            .map_err(|err| ConfigError::Invalid {
-                key: "destination".to_owned(),
-                message: format!("cannot build an HTTP client: {err}"),
-            })?;
-        Ok(Self {
+        let mut client = reqwest::Client::builder().timeout(destination.timeout);
+        if let Some(ca_file) = &destination.ca_file {
+            let certificates = reqwest::Certificate::from_pem_bundle(&read(ca_file, "ca_file")?)
+                .ok()
+                .filter(|found| !found.is_empty())
+                .ok_or_else(|| unreadable("ca_file", ca_file, "holds no PEM certificate"))?;
+            client = client.tls_certs_merge(certificates);
+        }
+        if let (Some(cert), Some(key)) =
+            (&destination.client_cert_file, &destination.client_key_file)
+        {
+            let pem = [
+                read(cert, "client_cert_file")?,
+                read(key, "client_key_file")?,
+            ]
+            .concat();
+            let identity = reqwest::Identity::from_pem(&pem)
+                .map_err(|err| unreadable("client_cert_file", cert, &err.to_string()))?;
+            client = client.identity(identity);
+        }
+        let client = client.build().map_err(|err| ConfigError::Invalid {
+            key: "destination".to_owned(),
+            message: format!("cannot build an HTTP client: {}", causes(&err)),
+        })?;
+        let api = Self {
             client,
             base_url: destination.url.trim_end_matches('/').to_owned(),
             token,
-        })
+        };
+        if api.base_url.starts_with("https://") {
+            api.check_tls().await?;
+        }
+        Ok(api)
+    }
+
+    async fn check_tls(&self) -> Result<(), ConfigError> {
+        let Err(err) = self.client.head(&self.base_url).send().await else {
+            return Ok(());
+        };
+        let why = causes(&err);
+        let lower = why.to_ascii_lowercase();
+        if ["certificate", "tls", "handshake"]
+            .iter()
+            .any(|word| lower.contains(word))
+        {
+            return Err(ConfigError::Invalid {
+                key: "destination.url".to_owned(),
+                message: format!(
+                    "TLS with {} failed: {why} (a private CA goes in destination.ca_file)",
+                    self.base_url
+                ),
+            });
+        }
+        tracing::warn!(
+            destination = %self.base_url,
+            error = %why,
+            "destination not answering at start-up; deliveries will wait for it"
+        );
+        Ok(())
     }
 
     /// POSTs `body` as JSON to `path` with extra `headers`. A transport failure is a retried
@@ -212,6 +262,29 @@ impl JsonApi {
             None => Ok(Reply::Answer(answer)),
         }
     }
+}
+
+fn read(path: &std::path::Path, key: &str) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path).map_err(|err| unreadable(key, path, &err.to_string()))
+}
+
+fn unreadable(key: &str, path: &std::path::Path, why: &str) -> ConfigError {
+    ConfigError::Invalid {
+        key: format!("destination.{key}"),
+        message: format!("`{}`: {why}", path.display()),
+    }
+}
+
+/// An error and its causes on one line: reqwest's own message says only "error sending
+/// request"; the TLS reason is further down.
+fn causes(err: &dyn std::error::Error) -> String {
+    let mut line = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        line.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    line
 }
 
 fn transport_error(err: reqwest::Error) -> DeliveryError {

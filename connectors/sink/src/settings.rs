@@ -177,6 +177,14 @@ pub struct DestinationSettings {
     /// Longest wait for one request's answer; no answer in time is a retried timeout.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// PEM file of CA certificates an `https://` destination's certificate may chain to,
+    /// trusted besides the system's roots (a private CA).
+    pub ca_file: Option<PathBuf>,
+    /// PEM file of the certificate this sink presents, for a destination that wants mutual TLS;
+    /// needs `client_key_file`.
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM file of that certificate's private key.
+    pub client_key_file: Option<PathBuf>,
 }
 
 impl Default for DestinationSettings {
@@ -186,6 +194,9 @@ impl Default for DestinationSettings {
             credential: Secret::default(),
             credential_file: None,
             timeout: Duration::from_secs(10),
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
         }
     }
 }
@@ -250,6 +261,16 @@ impl Validate for DestinationSettings {
                 key: "destination.timeout".to_owned(),
                 message: "must be longer than zero".to_owned(),
             });
+        }
+        match (&self.client_cert_file, &self.client_key_file) {
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    key: "destination.client_cert_file".to_owned(),
+                    message: "needs destination.client_key_file, and the other way round"
+                        .to_owned(),
+                })
+            }
+            _ => {}
         }
         self.resolve_credential().map(|_| ())
     }

@@ -31,6 +31,18 @@ pub struct SandboxConfig {
     pub erp: ErpSettings,
     /// Faults injected from start-up; the admin API changes them at runtime.
     pub faults: FaultSettings,
+    /// Serve HTTPS with this certificate instead of plain HTTP (`[tls]`).
+    pub tls: Option<TlsFiles>,
+}
+
+/// The `[tls]` section: the server's certificate chain and private key, PEM.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The certificate chain, the server's own certificate first.
+    pub cert_file: PathBuf,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
 }
 
 impl Default for SandboxConfig {
@@ -43,6 +55,7 @@ impl Default for SandboxConfig {
             crm: CrmSettings::default(),
             erp: ErpSettings::default(),
             faults: FaultSettings::default(),
+            tls: None,
         }
     }
 }
@@ -60,6 +73,9 @@ impl Validate for SandboxConfig {
             key: key.into(),
             message,
         };
+        if let Some(tls) = &self.tls {
+            crate::tls::acceptor(&tls.cert_file, &tls.key_file)?;
+        }
         if self.resolve_token()?.expose().is_empty() {
             return Err(invalid("token", "must not be empty".into()));
         }

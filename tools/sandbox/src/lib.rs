@@ -16,6 +16,7 @@ mod erp;
 pub mod faults;
 mod http;
 mod money;
+mod tls;
 
 use std::fmt;
 use std::future::Future;
@@ -121,11 +122,23 @@ pub async fn serve(
     let token = config
         .resolve_token()
         .map_err(|err| std::io::Error::new(std::io::ErrorKind::InvalidInput, err.to_string()))?;
+    let acceptor =
+        match &config.tls {
+            Some(files) => Some(tls::acceptor(&files.cert_file, &files.key_file).map_err(
+                |err| std::io::Error::new(std::io::ErrorKind::InvalidInput, err.to_string()),
+            )?),
+            None => None,
+        };
     let app = Arc::new(Sandbox::new(config, token));
-    tracing::info!(address = %listener.local_addr()?, "sandbox serving");
-    axum::serve(listener, router(app))
-        .with_graceful_shutdown(shutdown)
-        .await
+    tracing::info!(address = %listener.local_addr()?, https = acceptor.is_some(), "sandbox serving");
+    match acceptor {
+        Some(acceptor) => tls::serve(listener, acceptor, router(app), shutdown).await,
+        None => {
+            axum::serve(listener, router(app))
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    }
 }
 
 fn router(app: Arc<Sandbox>) -> Router {

@@ -38,7 +38,14 @@ async fn main() -> ExitCode {
     };
     match listener.local_addr() {
         // Scripts and tests wait for this line before calling the APIs.
-        Ok(address) => println!("sandbox listening on http://{address}"),
+        Ok(address) => {
+            let scheme = if config.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            println!("sandbox listening on {scheme}://{address}");
+        }
         Err(err) => {
             eprintln!("sandbox: {err}");
             return ExitCode::FAILURE;
