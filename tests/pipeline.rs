@@ -27,7 +27,8 @@ use backbone_schemas::types::{
 use backbone_schemas::WireCodec;
 use backbone_testkit::{
     consume_until, consume_while, create_topic, produce, reference_price, shared_settings,
-    unique_group, unique_topic, ConsumedRecord, RunningProcessor, TestRecord,
+    unique_group, unique_topic, ConsumedRecord, RunningProcessor, SaslMechanism, SecuredBroker,
+    TestRecord,
 };
 use backbone_usage_rater::{RaterSettings, UsageRater};
 use backbone_usage_validator::{UsageValidator, ValidatorSettings};
@@ -549,7 +550,23 @@ async fn reasons(kafka: &KafkaSettings, topic: &str, count: usize) -> BTreeMap<S
 
 #[tokio::test]
 async fn loadgen_expectations_hold_through_every_stage() {
-    let kafka = shared_settings();
+    loadgen_expectations_hold(shared_settings()).await;
+}
+
+/// The same run on a broker that wants SASL over TLS, every client (the registry's, the
+/// stages', the test's own) authenticating with SCRAM, every producer compressing with zstd:
+/// the way a managed cluster is used.
+#[tokio::test(flavor = "multi_thread")]
+async fn loadgen_expectations_hold_over_sasl_ssl_with_zstd() {
+    let broker = tokio::task::block_in_place(SecuredBroker::start).expect("a SASL_SSL broker");
+    let mut kafka = broker.settings(SaslMechanism::ScramSha512);
+    kafka
+        .producer_properties
+        .insert("compression.type".into(), "zstd".into());
+    loadgen_expectations_hold(kafka).await;
+}
+
+async fn loadgen_expectations_hold(kafka: KafkaSettings) {
     let registry = LocalRegistry::start(&RegistryConfig::ephemeral(
         kafka.clone(),
         &unique_topic("schemas"),

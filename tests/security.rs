@@ -215,11 +215,14 @@ async fn every_stage_and_tool_given_a_wrong_password_exits_at_start_up_saying_so
     let broker = start_broker();
     let secret = "not-the-password";
     let wrong = broker.settings_with_password(SaslMechanism::ScramSha512, secret);
-    let tools: [(&str, &[&str]); 4] = [
+    let tools: [(&str, &[&str]); 7] = [
         ("schema-registry", &[]),
         ("monitor", &["--once"]),
         ("drift", &["report"]),
         ("replay", &["dlq", "list", "dead.letters"]),
+        ("loadgen", &["--events", "1"]),
+        ("contracts", &["apply"]),
+        ("demo", &[]),
     ];
     let stages = stages().into_iter().map(|stage| (stage, &[][..]));
     for (binary, args) in stages.chain(tools) {

@@ -13,11 +13,15 @@ use rdkafka::producer::{BaseProducer, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 
+use crate::config::{load_from, ConfigError, Validate, ENV_PREFIX};
 use crate::kafka::KafkaSettings;
 
 /// Why a component could not reach its cluster at start-up.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
+    /// A command-line tool's `[kafka]` settings from the environment are invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     /// The client could not be made from the settings (an unknown property or mechanism, a
     /// CA or key file that cannot be read): librdkafka's message names the property.
     #[error("Kafka client settings for {servers}: {refusal}{files}")]
@@ -70,6 +74,33 @@ pub async fn await_cluster(settings: &KafkaSettings) -> Result<(), ConnectError>
     tokio::task::spawn_blocking(move || check_connection(&settings, START_TIMEOUT))
         .await
         .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))
+}
+
+/// The one section a command-line tool reads from the environment.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ToolSettings {
+    #[serde(default)]
+    kafka: KafkaSettings,
+}
+
+impl Validate for ToolSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.kafka.validate()
+    }
+}
+
+/// Client settings for a command-line tool (loadgen, contracts, demo), its cluster reached:
+/// `[kafka]` from the `BACKBONE__KAFKA__*` environment, as a component reads it (security
+/// properties among them), with `bootstrap_servers` from the tool's flag.
+pub async fn tool_cluster(bootstrap_servers: &str) -> Result<KafkaSettings, ConnectError> {
+    let section = format!("{ENV_PREFIX}KAFKA__");
+    let env = std::env::vars().filter(|(var, _)| var.starts_with(&section));
+    let mut settings = load_from::<ToolSettings, _>(None, env)?.kafka;
+    settings.bootstrap_servers = bootstrap_servers.to_owned();
+    settings.validate()?;
+    await_cluster(&settings).await?;
+    Ok(settings)
 }
 
 /// Asks the cluster for its brokers until it answers, refuses us, or `timeout` passes.

@@ -65,6 +65,9 @@ pub enum CliError {
     /// the topic.
     #[error(transparent)]
     Broker(#[from] backbone_core::admin::AdminError),
+    /// The cluster could not be reached or refused us at start-up.
+    #[error(transparent)]
+    Cluster(#[from] backbone_core::connect::ConnectError),
 }
 
 /// The contract files and manifest text a command works on.

@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use backbone_contracts::{self as cli, CliError, Inputs, RegistryClient, Report};
-use backbone_core::KafkaSettings;
 use clap::{Args, Parser, Subcommand};
 
 /// Lint, check, register and apply Backbone's event contracts.
@@ -187,7 +186,7 @@ async fn run(cli: &Cli) -> Result<Report, CliError> {
             cli::register(&inputs, &client).await
         }
         Command::Apply(args) => {
-            let settings = KafkaSettings::for_servers(&args.bootstrap_servers);
+            let settings = backbone_core::connect::tool_cluster(&args.bootstrap_servers).await?;
             let json = cli.json;
             cli::apply(&inputs, &settings, args.dry_run, |plan| {
                 // The diff goes out before anything changes.

@@ -118,9 +118,18 @@ impl Drop for Stage {
 }
 
 #[tokio::main]
-async fn main() -> Result<()> {
-    let args = Args::parse();
-    let settings = KafkaSettings::for_servers(&args.bootstrap_servers);
+async fn main() -> std::process::ExitCode {
+    match run(Args::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("demo: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<()> {
+    let settings = backbone_core::connect::tool_cluster(&args.bootstrap_servers).await?;
     let started = Instant::now();
     println!(
         "backbone demo: broker {}, schema registry {}",

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use backbone_core::KafkaSettings;
 use backbone_loadgen::{Destinations, LoadSpec, Workload};
 use backbone_schemas::WireCodec;
 use clap::Parser;
@@ -124,7 +123,7 @@ async fn run(args: Args) -> Result<()> {
         now_micros: i64::try_from(now_micros).context("clock out of range")?,
     };
     let workload = Workload::generate(&spec);
-    let mut kafka = KafkaSettings::for_servers(&args.bootstrap_servers);
+    let mut kafka = backbone_core::connect::tool_cluster(&args.bootstrap_servers).await?;
     kafka
         .producer_properties
         .insert("linger.ms".to_owned(), args.linger_ms.to_string());
