@@ -8,6 +8,8 @@
 #   BACKBONE_POSTGRES_PORT  PostgreSQL port, the analytics sink's store (default: 5432)
 #   BACKBONE_KAFKA_CONTROLLER_PORT  the broker's controller port (default: broker port + 1)
 #   BACKBONE_TOOLS_DIR   where setup installed the tools (default: ~/.cache/backbone)
+# PostgreSQL also takes TLS, with a certificate made at first start; clients that
+# want it trust <stack dir>/tls/postgres-ca.pem (plain connections keep working).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -21,6 +23,7 @@ KAFKA_CONTROLLER_PORT=${BACKBONE_KAFKA_CONTROLLER_PORT:-$((KAFKA_PORT + 1))}
 KAFKA_VERSION=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$REPO/scripts/kafka/pom.xml")
 BIN_DIR=${CARGO_TARGET_DIR:-$REPO/target}/debug
 
+TLS_DIR=$STACK_DIR/tls
 RUN_DIR=$STACK_DIR/run
 LOG_DIR=$STACK_DIR/logs
 DATA_DIR=$STACK_DIR/data
@@ -154,6 +157,30 @@ find_postgres_bin() {
 }
 
 # Creates the cluster on first start: superuser `backbone` with password `backbone`, password
+# The server's certificate for 127.0.0.1 and localhost, issued by a CA of the cluster's own
+# whose certificate is copied to $TLS_DIR/postgres-ca.pem for clients (a certificate cannot be
+# both: verifiers refuse a CA certificate as a server's). The keys stay with the cluster.
+postgres_certificate() {
+  local dir=$PG_HOME/tls
+  if [ ! -s "$dir/server.key" ] || [ ! -s "$dir/server.pem" ] || [ ! -s "$dir/ca.pem" ]; then
+    mkdir -p "$dir"
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' >"$dir/server.ext"
+    if ! (cd "$dir" &&
+      openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=Backbone stack PostgreSQL CA" \
+        -keyout ca.key -out ca.pem &&
+      openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" -keyout server.key -out server.csr &&
+      openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 \
+        -extfile server.ext -out server.pem) >>"$LOG_DIR/postgres.log" 2>&1; then
+      say "could not make PostgreSQL's certificate (is openssl installed? run 'make setup')" >&2
+      exit 1
+    fi
+    chmod 600 "$dir/server.key" "$dir/ca.key"
+    [ "$(id -u)" -eq 0 ] && chown -R postgres:postgres "$dir"
+  fi
+  mkdir -p "$TLS_DIR"
+  cp "$dir/ca.pem" "$TLS_DIR/postgres-ca.pem"
+}
+
 # (scram) authentication on every connection. initdb writes into data.init, renamed when
 # complete, so a start that was interrupted half-way leaves no half-made cluster behind.
 init_postgres() {
@@ -207,6 +234,7 @@ start_postgres() {
   fi
   mkdir -p "$RUN_DIR" "$LOG_DIR"
   init_postgres
+  postgres_certificate
   # A private socket directory, so this server never meets a system PostgreSQL's sockets in
   # /var/run/postgresql. A socket path has at most 107 bytes; with a longer one, TCP only.
   local sockets=$PG_HOME/socket
@@ -219,6 +247,7 @@ start_postgres() {
   # setsid, like the broker: no terminal Ctrl-C; `stack.sh down` stops it.
   (cd "$PG_HOME" && exec setsid "${CLUSTER_OWNER[@]}" "$PG_BIN/postgres" -D "$PG_HOME/data" \
     -p "$POSTGRES_PORT" -c listen_addresses=127.0.0.1 -c unix_socket_directories="$sockets" \
+    -c ssl=on -c ssl_cert_file="$PG_HOME/tls/server.pem" -c ssl_key_file="$PG_HOME/tls/server.key" \
     >>"$LOG_DIR/postgres.log" 2>&1 </dev/null) &
   echo $! >"$RUN_DIR/postgres.pid"
   await_ready postgres "$POSTGRES_URL" 60
@@ -228,7 +257,7 @@ start_postgres() {
     stop_service postgres
     exit 1
   fi
-  say "postgres up on $POSTGRES_URL (data in $PG_HOME/data), log $LOG_DIR/postgres.log"
+  say "postgres up on $POSTGRES_URL (data in $PG_HOME/data, TLS trusting $TLS_DIR/postgres-ca.pem), log $LOG_DIR/postgres.log"
 }
 
 # Waits until the service answers (Kafka metadata, PostgreSQL, or HTTP for URLs); fails early,
@@ -302,7 +331,8 @@ status() {
     say "registry stopped  (would listen on http://127.0.0.1:$REGISTRY_PORT)"
   fi
   if pid=$(pid_of postgres); then
-    say "postgres running  pid $pid  $POSTGRES_URL  data $PG_HOME/data  log $LOG_DIR/postgres.log"
+    say "postgres running  pid $pid  $POSTGRES_URL  data $PG_HOME/data  TLS CA $TLS_DIR/postgres-ca.pem" \
+      " log $LOG_DIR/postgres.log"
   else
     say "postgres stopped  (would listen on 127.0.0.1:$POSTGRES_PORT)"
   fi
@@ -324,7 +354,7 @@ case "${1:-}" in
     stop_service registry
     stop_service broker
     stop_service postgres
-    rm -rf "$DATA_DIR" "$PG_HOME"
+    rm -rf "$DATA_DIR" "$PG_HOME" "$TLS_DIR"
     ;;
   *)
     echo "usage: $0 up|down|status|reset" >&2

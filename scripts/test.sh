@@ -27,6 +27,8 @@ export BACKBONE_POSTGRES_PORT=${BACKBONE_TEST_POSTGRES_PORT:-15432}
 export BACKBONE_TEST_BOOTSTRAP=127.0.0.1:$BACKBONE_KAFKA_PORT
 export BACKBONE_TEST_REGISTRY_URL=http://127.0.0.1:$BACKBONE_REGISTRY_PORT
 export BACKBONE_TEST_POSTGRES_URL=postgres://backbone:backbone@127.0.0.1:$BACKBONE_POSTGRES_PORT/backbone
+# The CA of the certificate the stack's PostgreSQL serves TLS with (scripts/stack.sh).
+export BACKBONE_TEST_POSTGRES_CA=$BACKBONE_STACK_DIR/tls/postgres-ca.pem
 "$REPO/scripts/stack.sh" reset >/dev/null
 trap '"$REPO/scripts/stack.sh" down' EXIT
 cargo build --workspace --bins --quiet

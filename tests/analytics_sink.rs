@@ -1,6 +1,7 @@
 //! The analytics sink against a real PostgreSQL server (`make test` starts one and exports
 //! its URL in `BACKBONE_TEST_POSTGRES_URL`): it creates and migrates its schema, loads each
-//! fact once, keeps the newest revision, and a replay changes no row.
+//! fact once, keeps the newest revision, and a replay changes no row; over TLS it verifies the
+//! server (the test server serves TLS with the certificate in `BACKBONE_TEST_POSTGRES_CA`).
 
 #[path = "support/sinks.rs"]
 mod support;
@@ -11,6 +12,7 @@ use std::time::Duration;
 use backbone_analytics_sink::{AnalyticsSettings, AnalyticsSink};
 use backbone_schemas::types::{AnalyticsFact, DeliveryOutcome, FactType};
 use backbone_schemas::WireCodec;
+use backbone_sink::app::SinkApp;
 use backbone_sink::settings::split_password;
 use backbone_sink::DestinationSettings;
 use support::{metadata, publish, registry_url, results, RunningSink, SinkTopics};
@@ -256,4 +258,83 @@ async fn a_fact_without_an_id_is_dead_lettered_on_arrival() {
         .expect("count")
         .get(0);
     assert_eq!(rows, 1, "only the fact with an id is loaded");
+}
+
+#[tokio::test]
+async fn over_tls_facts_load_with_the_server_verified_and_an_unverifiable_one_stops_the_start() {
+    let ca = std::env::var("BACKBONE_TEST_POSTGRES_CA").expect(
+        "BACKBONE_TEST_POSTGRES_CA names the test server's certificate; `make test` sets it",
+    );
+    let topics = SinkTopics::create("analytics-tls", 1).await;
+    let schema = format!("t_{}", topics.group.replace(['-', '.'], "_")).to_lowercase();
+    let settings = AnalyticsSettings {
+        topic: topics.input.clone(),
+        schema: schema.clone(),
+    };
+    let plain = destination();
+    let verified = DestinationSettings {
+        url: format!("{}?sslmode=verify-full", plain.url),
+        ca_file: Some(ca.clone().into()),
+        ..destination()
+    };
+
+    let unverifiable = DestinationSettings {
+        ca_file: None,
+        ..verified.clone()
+    };
+    let err = <AnalyticsSink as SinkApp>::build(settings.clone(), &unverifiable)
+        .await
+        .expect_err("a server certificate no root vouches for")
+        .to_string();
+    for part in ["destination.url", "destination.ca_file", "UnknownIssuer"] {
+        assert!(err.contains(part), "`{part}` missing from: {err}");
+    }
+    let ca_without_tls = DestinationSettings {
+        ca_file: Some(ca.into()),
+        ..destination()
+    };
+    let err = AnalyticsSink::new(settings.clone(), &ca_without_tls)
+        .expect_err("a CA file with a plain-text URL")
+        .to_string();
+    assert!(
+        err.contains("destination.ca_file") && err.contains("sslmode"),
+        "{err}"
+    );
+
+    let codec = WireCodec::new(&registry_url());
+    let values: Vec<_> = (0..5)
+        .map(|i| {
+            (
+                "acme:c-1".to_owned(),
+                fact(&format!("tls-{i}"), 1, "1"),
+                None,
+            )
+        })
+        .collect();
+    publish(&codec, &topics.input, &values).await;
+    let sink = <AnalyticsSink as SinkApp>::build(settings, &verified)
+        .await
+        .expect("a verified connection");
+    let running = RunningSink::start(sink, topics.settings());
+    results(&codec, &topics.results, values.len()).await;
+    // Only this test's sink connects over TLS: an encrypted sink session is its.
+    let db = connect().await;
+    let encrypted: i64 = db
+        .query_one(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE s.ssl AND a.application_name = 'backbone-analytics-sink'",
+            &[],
+        )
+        .await
+        .expect("sessions")
+        .get(0);
+    let summary = running.stop().await;
+    assert_eq!(summary.delivered, 5, "{summary:?}");
+    assert!(encrypted >= 1, "the sink's session is encrypted");
+    let rows: i64 = db
+        .query_one(&format!("SELECT count(*) FROM {schema}.facts"), &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(rows, 5);
 }

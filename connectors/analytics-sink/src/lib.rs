@@ -7,6 +7,7 @@
 //! new version rolls out by starting it.
 
 pub mod schema;
+mod tls;
 
 use std::str::FromStr;
 
@@ -26,6 +27,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls, Statement};
 
 use crate::schema::{migrate, FactRow};
+use crate::tls::Transport;
 
 /// The `[sink]` section.
 #[derive(Debug, Clone, Deserialize)]
@@ -73,6 +75,7 @@ impl Validate for AnalyticsSettings {
 pub struct AnalyticsSink {
     settings: AnalyticsSettings,
     config: tokio_postgres::Config,
+    transport: Transport,
     connection: Mutex<Option<Connected>>,
 }
 
@@ -96,12 +99,13 @@ impl AnalyticsSink {
         settings: AnalyticsSettings,
         destination: &DestinationSettings,
     ) -> Result<Self, ConfigError> {
-        let mut config = tokio_postgres::Config::from_str(&destination.url).map_err(|err| {
-            ConfigError::Invalid {
+        let (url, tls) = tls::read_sslmode(&destination.url);
+        let mut config =
+            tokio_postgres::Config::from_str(&url).map_err(|err| ConfigError::Invalid {
                 key: "destination.url".to_owned(),
                 message: format!("not a PostgreSQL URL: {err}"),
-            }
-        })?;
+            })?;
+        let transport = tls::transport(destination, tls)?;
         let password = destination.resolve_credential()?;
         if !password.is_empty() {
             config.password(password.expose());
@@ -111,18 +115,64 @@ impl AnalyticsSink {
         Ok(Self {
             settings,
             config,
+            transport,
             connection: Mutex::new(None),
         })
     }
 
-    /// Connects, migrates and prepares the upsert; the connection task ends with the client.
-    async fn connect(&self) -> Result<Connected, DeliveryError> {
-        let (client, connection) = self.config.connect(NoTls).await.map_err(classify)?;
-        tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::warn!(error = %err, "PostgreSQL connection closed");
+    /// A client of the database over the destination's transport; the connection task ends
+    /// with the client.
+    async fn open(&self) -> Result<Client, tokio_postgres::Error> {
+        fn drive<F>(connection: F)
+        where
+            F: std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static,
+        {
+            tokio::spawn(async move {
+                if let Err(err) = connection.await {
+                    tracing::warn!(error = %err, "PostgreSQL connection closed");
+                }
+            });
+        }
+        match &self.transport {
+            Transport::Plain => {
+                let (client, connection) = self.config.connect(NoTls).await?;
+                drive(connection);
+                Ok(client)
             }
-        });
+            Transport::Verified(tls) => {
+                let (client, connection) = self.config.connect(tls.clone()).await?;
+                drive(connection);
+                Ok(client)
+            }
+        }
+    }
+
+    /// Over TLS, connects once at start-up: a certificate that cannot be verified stops the
+    /// start naming the settings; a database that does not answer yet is an outage, which
+    /// deliveries wait out.
+    async fn check_tls(&self) -> Result<(), ConfigError> {
+        if matches!(self.transport, Transport::Plain) {
+            return Ok(());
+        }
+        let Err(err) = self.open().await else {
+            return Ok(());
+        };
+        let why = backbone_sink::http::causes(&err);
+        if backbone_sink::http::names_tls(&why) {
+            return Err(ConfigError::Invalid {
+                key: "destination.url".to_owned(),
+                message: format!(
+                    "TLS with the database failed: {why} (a private CA goes in destination.ca_file)"
+                ),
+            });
+        }
+        tracing::warn!(error = %why, "database not answering at start-up; deliveries will wait for it");
+        Ok(())
+    }
+
+    /// Connects, migrates and prepares the upsert.
+    async fn connect(&self) -> Result<Connected, DeliveryError> {
+        let client = self.open().await.map_err(classify)?;
         migrate(&client, &self.settings.schema)
             .await
             .map_err(classify)?;
@@ -288,7 +338,9 @@ impl SinkApp for AnalyticsSink {
         settings: AnalyticsSettings,
         destination: &DestinationSettings,
     ) -> anyhow::Result<Self> {
-        Ok(Self::new(settings, destination)?)
+        let sink = Self::new(settings, destination)?;
+        sink.check_tls().await?;
+        Ok(sink)
     }
 }
 

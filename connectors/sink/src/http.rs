@@ -149,11 +149,7 @@ impl JsonApi {
             return Ok(());
         };
         let why = causes(&err);
-        let lower = why.to_ascii_lowercase();
-        if ["certificate", "tls", "handshake"]
-            .iter()
-            .any(|word| lower.contains(word))
-        {
+        if names_tls(&why) {
             return Err(ConfigError::Invalid {
                 key: "destination.url".to_owned(),
                 message: format!(
@@ -275,9 +271,18 @@ fn unreadable(key: &str, path: &std::path::Path, why: &str) -> ConfigError {
     }
 }
 
-/// An error and its causes on one line: reqwest's own message says only "error sending
+/// Whether an error's text (with its causes) says TLS failed: a certificate not trusted or not
+/// for this host, a failed handshake. Clients' errors have no kind for it.
+pub fn names_tls(causes: &str) -> bool {
+    let lower = causes.to_ascii_lowercase();
+    ["certificate", "tls", "handshake"]
+        .iter()
+        .any(|word| lower.contains(word))
+}
+
+/// An error and its causes on one line: clients' own messages often say only "error sending
 /// request"; the TLS reason is further down.
-fn causes(err: &dyn std::error::Error) -> String {
+pub fn causes(err: &dyn std::error::Error) -> String {
     let mut line = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {
