@@ -9,13 +9,13 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use backbone::{stages, workspace_binary};
-use backbone_components::Destination;
+use backbone_components::{Destination, Kind};
 use backbone_core::config::Validate;
 use backbone_core::connect::{check_connection, ConnectError};
 use backbone_core::KafkaSettings;
 use backbone_testkit::{
     consume_until, create_topic, produce, unique_topic, SaslMechanism, SecuredBroker, TestCa,
-    TestRecord,
+    TestRecord, SASL_PASSWORD,
 };
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -237,4 +237,125 @@ async fn every_stage_and_tool_given_a_wrong_password_exits_at_start_up_saying_so
             ],
         );
     }
+}
+
+/// Secrets given to every binary that prints its config, each where an operator would put it;
+/// none may appear in what it prints.
+const PRINTED_SECRETS: [&str; 6] = [
+    "secret-in-properties-1",
+    "secret-in-oauth-config-2",
+    "secret-in-a-file-3",
+    "secret-in-a-registry-url-4",
+    "secret-credential-5",
+    "secret-in-a-database-url-6",
+];
+
+#[tokio::test]
+async fn no_binary_prints_a_secret_of_its_config() {
+    let dir = std::env::temp_dir().join(unique_topic("printed-secrets"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("kafka-password");
+    std::fs::write(&file, format!("{}\n", PRINTED_SECRETS[2])).expect("write");
+    let [properties, oauth, _, registry, credential, database] = PRINTED_SECRETS;
+    let kafka = [
+        (
+            "BACKBONE__KAFKA__PROPERTIES".to_owned(),
+            format!(
+                "{{ \"sasl.password\" = \"{properties}\", \
+                 \"sasl.oauthbearer.config\" = \"principal=app extension_a={oauth}\" }}"
+            ),
+        ),
+        (
+            "BACKBONE__KAFKA__PROPERTY_FILES".to_owned(),
+            format!("{{ \"sasl.password\" = \"{}\" }}", file.display()),
+        ),
+    ];
+    let mut printed = 0;
+    for component in backbone_components::all() {
+        let binary = component.name.as_str();
+        let mut env: Vec<(String, String)> = Vec::new();
+        match component.kind {
+            Kind::Processor | Kind::Sink => {
+                env.extend(kafka.clone());
+                env.push((
+                    "BACKBONE__SCHEMA_REGISTRY__URL".to_owned(),
+                    format!("http://app:{registry}@127.0.0.1:8081"),
+                ));
+            }
+            Kind::Service => env.extend(kafka.clone()),
+            Kind::Tool if binary == "monitor" => env.extend(kafka.clone()),
+            Kind::Tool if binary == "sandbox" => {
+                env.push(("BACKBONE__TOKEN".to_owned(), credential.to_owned()));
+            }
+            // The other tools take flags, not a config to print.
+            Kind::Tool => continue,
+        }
+        match component.destination {
+            Some(Destination::Postgres) => env.push((
+                "BACKBONE__DESTINATION__URL".to_owned(),
+                format!("postgres://app:{database}@127.0.0.1:1/backbone"),
+            )),
+            Some(Destination::Http) => env.push((
+                "BACKBONE__DESTINATION__CREDENTIAL".to_owned(),
+                credential.to_owned(),
+            )),
+            None => {}
+        }
+        let output = tokio::process::Command::new(workspace_binary(binary))
+            .arg("--print-config")
+            .envs(env)
+            .output()
+            .await
+            .unwrap_or_else(|err| panic!("{binary}: {err}"));
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+        );
+        assert!(output.status.success(), "{binary}: {stderr}");
+        for secret in PRINTED_SECRETS {
+            assert!(
+                !stdout.contains(secret) && !stderr.contains(secret),
+                "{binary} printed {secret}:\n{stdout}"
+            );
+        }
+        printed += 1;
+    }
+    // Every stage, the registry, the monitor and the sandbox.
+    assert!(
+        printed >= 11,
+        "only {printed} binaries printed their config"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_password_from_a_mounted_file_reaches_the_cluster() {
+    let broker = start_broker();
+    let mut kafka = broker.settings(SaslMechanism::ScramSha256);
+    kafka.properties.remove("sasl.password");
+    let file = std::env::temp_dir().join(unique_topic("kafka-password"));
+    std::fs::write(&file, format!("{SASL_PASSWORD}\n")).expect("write");
+    let output = tokio::process::Command::new(workspace_binary("monitor"))
+        .arg("--once")
+        .env(
+            "BACKBONE__KAFKA__BOOTSTRAP_SERVERS",
+            &kafka.bootstrap_servers,
+        )
+        .env("BACKBONE__KAFKA__PROPERTIES", properties_env(&kafka))
+        .env(
+            "BACKBONE__KAFKA__PROPERTY_FILES",
+            format!("{{ \"sasl.password\" = \"{}\" }}", file.display()),
+        )
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(DEADLINE, output)
+        .await
+        .expect("monitor --once ends")
+        .expect("monitor runs");
+    let _ = std::fs::remove_file(&file);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

@@ -44,11 +44,19 @@ impl<T: Validate> Validate for ProcessorSection<T> {
 pub type ProcessorConfig<T> = ServiceConfig<RuntimeSettings, ProcessorSection<T>>;
 
 /// The `[schema_registry]` config section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SchemaRegistrySettings {
     /// Base URL of a Confluent-compatible schema registry.
     pub url: String,
+}
+
+impl std::fmt::Debug for SchemaRegistrySettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SchemaRegistrySettings")
+            .field("url", &crate::secret::redact_url(&self.url))
+            .finish()
+    }
 }
 
 impl Default for SchemaRegistrySettings {

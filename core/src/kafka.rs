@@ -1,8 +1,10 @@
 //! Kafka client settings shared by every binary, and the one place that turns them into
 //! librdkafka configurations.
 
+mod properties;
+
 use std::collections::BTreeMap;
-use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use rdkafka::error::KafkaError;
@@ -39,6 +41,11 @@ pub struct KafkaSettings {
     /// over `properties`.
     #[serde(default)]
     pub consumer_properties: BTreeMap<String, String>,
+    /// librdkafka properties read from files, for every client and over the maps above: a
+    /// mounted secret, `"sasl.password" = "/run/secrets/kafka-password"`. The file's trailing
+    /// line ending is not part of the value; the values are never printed.
+    #[serde(default)]
+    pub property_files: BTreeMap<String, PathBuf>,
     /// How the topics this component creates are replicated (`[kafka.topics]`).
     #[serde(default)]
     pub topics: Replication,
@@ -112,6 +119,7 @@ impl Default for KafkaSettings {
             properties: BTreeMap::new(),
             producer_properties: BTreeMap::new(),
             consumer_properties: BTreeMap::new(),
+            property_files: BTreeMap::new(),
             topics: Replication::default(),
         }
     }
@@ -200,6 +208,17 @@ impl KafkaSettings {
         let operator = self.operator_properties(client);
         for (key, value) in &operator {
             config.set(*key, *value);
+        }
+        // Read at each client's making, so a rotated secret is picked up by the next client.
+        // Start-up validation read them all; one gone since is left out, and the cluster's
+        // refusal says what is missing.
+        match self.property_file_values() {
+            Ok(values) => {
+                for (key, value) in values {
+                    config.set(key, value.expose());
+                }
+            }
+            Err(err) => tracing::error!(error = %err, "Kafka property file"),
         }
         // librdkafka's `debug` contexts only reach the log when its log level lets them through.
         if operator.contains_key("debug") {
@@ -310,56 +329,6 @@ impl KafkaSettings {
     pub fn admin_config(&self) -> ClientConfig {
         self.base(Client::Admin, &[])
     }
-
-    /// How clients connect, for messages: the protocol and, with SASL, the mechanism and user
-    /// (never a password).
-    pub fn security_summary(&self) -> String {
-        let get = |key: &str| self.properties.get(key).map(String::as_str);
-        let protocol = get("security.protocol").unwrap_or("plaintext");
-        let mut summary = format!("security.protocol={protocol}");
-        if protocol.to_ascii_lowercase().starts_with("sasl") {
-            let mechanism = get("sasl.mechanism")
-                .or_else(|| get("sasl.mechanisms"))
-                .unwrap_or("GSSAPI");
-            summary.push_str(&format!(", sasl.mechanism={mechanism}"));
-            if let Some(user) = get("sasl.username") {
-                summary.push_str(&format!(", sasl.username={user}"));
-            }
-        }
-        summary
-    }
-}
-
-/// librdkafka properties whose value is a file to read (certificates, keys, keytabs).
-const FILE_PROPERTIES: [&str; 6] = [
-    "ssl.ca.location",
-    "ssl.certificate.location",
-    "ssl.key.location",
-    "ssl.keystore.location",
-    "ssl.crl.location",
-    "sasl.kerberos.keytab",
-];
-
-impl KafkaSettings {
-    /// Every file-valued property set, in any of the three maps: `(map, property, path)`.
-    pub fn file_properties(&self) -> impl Iterator<Item = (&'static str, &str, &str)> {
-        [
-            ("properties", &self.properties),
-            ("producer_properties", &self.producer_properties),
-            ("consumer_properties", &self.consumer_properties),
-        ]
-        .into_iter()
-        .flat_map(|(map, properties)| {
-            properties
-                .iter()
-                .filter(|(key, _)| FILE_PROPERTIES.contains(&key.as_str()))
-                // `probe`: librdkafka looks in the system's usual places itself.
-                .filter(|(key, value)| {
-                    !(key.as_str() == "ssl.ca.location" && value.as_str() == "probe")
-                })
-                .map(move |(key, value)| (map, key.as_str(), value.as_str()))
-        })
-    }
 }
 
 impl Validate for KafkaSettings {
@@ -368,6 +337,7 @@ impl Validate for KafkaSettings {
             key: format!("kafka.{key}"),
             message,
         };
+        self.property_file_values()?;
         // librdkafka reads these when a client is made, and says only which property failed.
         for (map, key, path) in self.file_properties() {
             if let Err(err) = std::fs::File::open(path) {
@@ -474,44 +444,6 @@ pub(crate) fn is_connection_lost(err: &rdkafka::error::KafkaError) -> bool {
     )
 }
 
-fn is_secret(key: &str) -> bool {
-    let key = key.to_ascii_lowercase();
-    ["password", "secret", "token", "key", "oauthbearer.config"]
-        .iter()
-        .any(|word| key.contains(word))
-}
-
-/// `properties` with the values of secret-looking keys replaced, for printing.
-fn redacted(properties: &BTreeMap<String, String>) -> BTreeMap<&str, &str> {
-    properties
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str(),
-                if is_secret(k) {
-                    "<redacted>"
-                } else {
-                    v.as_str()
-                },
-            )
-        })
-        .collect()
-}
-
-impl fmt::Debug for KafkaSettings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KafkaSettings")
-            .field("bootstrap_servers", &self.bootstrap_servers)
-            .field("session_timeout", &self.session_timeout)
-            .field("commit_interval", &self.commit_interval)
-            .field("properties", &redacted(&self.properties))
-            .field("producer_properties", &redacted(&self.producer_properties))
-            .field("consumer_properties", &redacted(&self.consumer_properties))
-            .field("topics", &self.topics)
-            .finish()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -537,37 +469,6 @@ mod tests {
             min_insync_replicas: 2,
         };
         assert!(settings.validate().is_ok());
-    }
-
-    #[test]
-    fn debug_output_hides_secrets() {
-        let mut settings = KafkaSettings::default();
-        settings
-            .properties
-            .insert("sasl.password".into(), "hunter2".into());
-        settings
-            .properties
-            .insert("ssl.key.password".into(), "swordfish".into());
-        settings
-            .properties
-            .insert("security.protocol".into(), "SASL_SSL".into());
-        settings
-            .consumer_properties
-            .insert("sasl.oauthbearer.client.secret".into(), "tiger".into());
-        // Unsecured tokens' settings may carry claims an operator would rather not print.
-        settings.properties.insert(
-            "sasl.oauthbearer.config".into(),
-            "principal=app extension_traceId=lion".into(),
-        );
-        let shown = format!("{settings:?}");
-        assert!(
-            !shown.contains("hunter2")
-                && !shown.contains("swordfish")
-                && !shown.contains("tiger")
-                && !shown.contains("lion"),
-            "{shown}"
-        );
-        assert!(shown.contains("SASL_SSL"), "{shown}");
     }
 
     #[test]

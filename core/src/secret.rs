@@ -52,6 +52,29 @@ impl Secret {
     }
 }
 
+/// `url` with the password of its user info (`scheme://user:password@host/...`) replaced by
+/// `***`, for printing: a URL in a printed config or a log line keeps its host and user.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((user_info, host)) => {
+            let user = user_info
+                .split_once(':')
+                .map_or(user_info, |(user, _)| user);
+            if user_info.contains(':') {
+                format!("{scheme}://{user}:***@{host}{path}")
+            } else {
+                url.to_owned()
+            }
+        }
+        None => url.to_owned(),
+    }
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.0.is_empty() {
@@ -82,6 +105,21 @@ mod tests {
     fn a_secret_never_prints() {
         assert_eq!(format!("{:?}", Secret::new("s3cr3t")), "***");
         assert_eq!(format!("{:?}", Secret::default()), "\"\"");
+    }
+
+    #[test]
+    fn a_url_keeps_its_user_and_host_and_loses_its_password() {
+        assert_eq!(
+            redact_url("postgres://app:pa55@db:5432/analytics?sslmode=require"),
+            "postgres://app:***@db:5432/analytics?sslmode=require"
+        );
+        assert_eq!(
+            redact_url("https://svc:p@ss@registry.example.net/"),
+            "https://svc:***@registry.example.net/"
+        );
+        for plain in ["http://127.0.0.1:8081", "postgres://app@db/x", "not a url"] {
+            assert_eq!(redact_url(plain), plain);
+        }
     }
 
     #[test]

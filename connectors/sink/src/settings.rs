@@ -162,7 +162,7 @@ pub fn require_topic(topic: &str) -> Result<(), ConfigError> {
 }
 
 /// The `[destination]` section: where the sink delivers, and with which credential.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DestinationSettings {
     /// Base URL: `http(s)://` for an API, `postgres://` for the analytics store. Keep
@@ -198,6 +198,20 @@ impl Default for DestinationSettings {
             client_cert_file: None,
             client_key_file: None,
         }
+    }
+}
+
+impl std::fmt::Debug for DestinationSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DestinationSettings")
+            .field("url", &backbone_core::secret::redact_url(&self.url))
+            .field("credential", &self.credential)
+            .field("credential_file", &self.credential_file)
+            .field("timeout", &self.timeout)
+            .field("ca_file", &self.ca_file)
+            .field("client_cert_file", &self.client_cert_file)
+            .field("client_key_file", &self.client_key_file)
+            .finish()
     }
 }
 
