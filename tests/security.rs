@@ -225,8 +225,14 @@ async fn every_stage_and_tool_given_a_wrong_password_exits_at_start_up_saying_so
         ("demo", &[]),
     ];
     let stages = stages().into_iter().map(|stage| (stage, &[][..]));
-    for (binary, args) in stages.chain(tools) {
-        let line = refused_at_start(binary, args, &wrong, secret).await;
+    // All at once: each is refused within a second, but starts a process of its own.
+    let runs: Vec<_> = stages.chain(tools).collect();
+    let lines = futures::future::join_all(
+        runs.iter()
+            .map(|(binary, args)| refused_at_start(binary, args, &wrong, secret)),
+    )
+    .await;
+    for ((binary, _), line) in runs.iter().zip(lines) {
         assert_names(
             &line,
             &[
