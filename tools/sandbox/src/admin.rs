@@ -1,11 +1,12 @@
-//! The unauthenticated admin API tests and the demo steer the sandbox with: faults, token,
-//! refused systems, ERP periods and withholding, request counts, and reset.
+//! The admin API tests and the demo steer the sandbox with: faults, token, refused systems, ERP
+//! periods and withholding, request counts, and reset. It wants the admin token, not the APIs'.
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -21,7 +22,6 @@ use crate::{billing, crm, erp, lock, Sandbox, System};
 
 pub(crate) fn routes() -> Router<Arc<Sandbox>> {
     Router::new()
-        .route("/health", get(|| async { "ok" }))
         .route("/admin/faults", get(faults))
         .route(
             "/admin/faults/{system}",
@@ -33,6 +33,24 @@ pub(crate) fn routes() -> Router<Arc<Sandbox>> {
         .route("/admin/erp/withhold", put(withhold).delete(release))
         .route("/admin/stats", get(stats))
         .route("/admin/reset", post(reset))
+}
+
+/// Lets a request through only with `Authorization: Bearer <admin token>`.
+pub(crate) async fn gate(
+    State(app): State<Arc<Sandbox>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let presented = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    if presented == Some(app.admin_token.expose()) {
+        return next.run(request).await;
+    }
+    let body = json!({"error": {"code": "unauthorized", "message": "the admin API wants the admin token"}});
+    (StatusCode::UNAUTHORIZED, Json(body)).into_response()
 }
 
 type Reply = Result<StatusCode, Refusal>;

@@ -18,6 +18,8 @@ pub struct SandboxClient {
     configured_token: String,
     /// The token reads present; follows [`SandboxClient::set_token`] so reads keep working.
     token: RwLock<String>,
+    /// The token the admin API wants.
+    admin_token: String,
 }
 
 #[derive(Deserialize)]
@@ -48,7 +50,15 @@ impl SandboxClient {
             http: reqwest::Client::new(),
             configured_token: token.to_owned(),
             token: RwLock::new(token.to_owned()),
+            admin_token: crate::config::DEFAULT_ADMIN_TOKEN.to_owned(),
         }
+    }
+
+    /// The same client presenting `admin_token` to the admin API, for a sandbox configured
+    /// with another than the development one.
+    pub fn with_admin_token(mut self, admin_token: &str) -> Self {
+        admin_token.clone_into(&mut self.admin_token);
+        self
     }
 
     /// The same client trusting the CA certificates in `ca_pem` besides the system's roots: for
@@ -96,20 +106,19 @@ impl SandboxClient {
     /// Replaces the faults of `system`; a nonzero `outage_seconds` starts an outage now.
     pub async fn set_faults(&self, system: System, faults: &Faults) -> Result<(), reqwest::Error> {
         let path = format!("/admin/faults/{system}");
-        self.send(self.request(Method::PUT, &path).json(faults))
-            .await
+        self.send(self.admin(Method::PUT, &path).json(faults)).await
     }
 
     /// Removes every fault of `system`.
     pub async fn clear_faults(&self, system: System) -> Result<(), reqwest::Error> {
         let path = format!("/admin/faults/{system}");
-        self.send(self.request(Method::DELETE, &path)).await
+        self.send(self.admin(Method::DELETE, &path)).await
     }
 
     /// Delivery calls per system by HTTP status, and records applied per system:
     /// `{"billing":{"201":10,"429":3},"crm":{},"erp":{},"applied":{"billing":10,...}}`.
     pub async fn stats(&self) -> Result<Value, reqwest::Error> {
-        self.request(Method::GET, "/admin/stats")
+        self.admin(Method::GET, "/admin/stats")
             .send()
             .await?
             .error_for_status()?
@@ -119,15 +128,14 @@ impl SandboxClient {
 
     /// Clears all data and faults and restores the configured token.
     pub async fn reset(&self) -> Result<(), reqwest::Error> {
-        self.send(self.request(Method::POST, "/admin/reset"))
-            .await?;
+        self.send(self.admin(Method::POST, "/admin/reset")).await?;
         self.set_own_token(&self.configured_token);
         Ok(())
     }
 
     /// Replaces the token the APIs accept, revoking the one in force.
     pub async fn set_token(&self, token: &str) -> Result<(), reqwest::Error> {
-        let request = self.request(Method::PUT, "/admin/token");
+        let request = self.admin(Method::PUT, "/admin/token");
         self.send(request.json(&json!({"token": token}))).await?;
         self.set_own_token(token);
         Ok(())
@@ -139,7 +147,7 @@ impl SandboxClient {
         system: System,
         forbidden: bool,
     ) -> Result<(), reqwest::Error> {
-        let request = self.request(Method::PUT, &format!("/admin/forbidden/{system}"));
+        let request = self.admin(Method::PUT, &format!("/admin/forbidden/{system}"));
         self.send(request.json(&json!({"forbidden": forbidden})))
             .await
     }
@@ -147,23 +155,24 @@ impl SandboxClient {
     /// Closes an ERP period (`YYYY-MM`): postings into it are refused from now on.
     pub async fn close_period(&self, period: &str) -> Result<(), reqwest::Error> {
         let path = format!("/admin/erp/periods/{period}/close");
-        self.send(self.request(Method::POST, &path)).await
+        self.send(self.admin(Method::POST, &path)).await
     }
 
     /// Makes the ERP acknowledge but drop the batches of a legal entity, or (`None`) stop.
     pub async fn withhold(&self, legal_entity_id: Option<&str>) -> Result<(), reqwest::Error> {
         let request = match legal_entity_id {
             Some(entity) => self
-                .request(Method::PUT, "/admin/erp/withhold")
+                .admin(Method::PUT, "/admin/erp/withhold")
                 .json(&json!({"legal_entity_id": entity})),
-            None => self.request(Method::DELETE, "/admin/erp/withhold"),
+            None => self.admin(Method::DELETE, "/admin/erp/withhold"),
         };
         self.send(request).await
     }
 
-    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+    fn admin(&self, method: Method, path: &str) -> RequestBuilder {
         self.http
             .request(method, format!("{}{path}", self.base_url))
+            .bearer_auth(&self.admin_token)
     }
 
     fn set_own_token(&self, token: &str) {
@@ -176,7 +185,10 @@ impl SandboxClient {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        let request = self.request(Method::GET, path).bearer_auth(token);
+        let request = self
+            .http
+            .get(format!("{}{path}", self.base_url))
+            .bearer_auth(token);
         request.send().await?.error_for_status()?.json().await
     }
 

@@ -1,5 +1,6 @@
-//! The sandbox's config: top-level `listen`, `token` and `token_file`, then `[billing]`,
-//! `[crm]`, `[erp]` and `[faults.<system>]`. Every key has a default.
+//! The sandbox's config: top-level `listen`, `token`, `token_file`, `admin_token` and
+//! `admin_token_file`, then `[billing]`, `[crm]`, `[erp]`, `[faults.<system>]` and `[tls]`.
+//! Every key has a default.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,6 +14,9 @@ use crate::faults::Faults;
 use crate::money::is_period;
 use crate::System;
 
+/// The development admin token, which [`crate::SandboxClient`] sends unless told another.
+pub const DEFAULT_ADMIN_TOKEN: &str = "sandbox-admin-token";
+
 /// The whole config file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -23,6 +27,11 @@ pub struct SandboxConfig {
     pub token: Secret,
     /// File holding the token (its trailing line ending ignored); wins over `token` when set.
     pub token_file: Option<PathBuf>,
+    /// Bearer token the `/admin` API wants: faults, token changes, reset. Not the APIs' token,
+    /// so a sink's credential cannot steer the sandbox.
+    pub admin_token: Secret,
+    /// File holding the admin token; wins over `admin_token` when set.
+    pub admin_token_file: Option<PathBuf>,
     /// The billing API.
     pub billing: BillingSettings,
     /// The CRM API.
@@ -51,6 +60,8 @@ impl Default for SandboxConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8090)),
             token: Secret::from("sandbox-token"),
             token_file: None,
+            admin_token: Secret::from(DEFAULT_ADMIN_TOKEN),
+            admin_token_file: None,
             billing: BillingSettings::default(),
             crm: CrmSettings::default(),
             erp: ErpSettings::default(),
@@ -65,6 +76,15 @@ impl SandboxConfig {
     pub fn resolve_token(&self) -> Result<Secret, ConfigError> {
         Secret::resolve(&self.token, self.token_file.as_deref(), "token_file")
     }
+
+    /// The admin token: the content of `admin_token_file` when set, else `admin_token`.
+    pub fn resolve_admin_token(&self) -> Result<Secret, ConfigError> {
+        Secret::resolve(
+            &self.admin_token,
+            self.admin_token_file.as_deref(),
+            "admin_token_file",
+        )
+    }
 }
 
 impl Validate for SandboxConfig {
@@ -76,8 +96,19 @@ impl Validate for SandboxConfig {
         if let Some(tls) = &self.tls {
             crate::tls::acceptor(&tls.cert_file, &tls.key_file)?;
         }
-        if self.resolve_token()?.expose().is_empty() {
+        let token = self.resolve_token()?;
+        if token.expose().is_empty() {
             return Err(invalid("token", "must not be empty".into()));
+        }
+        let admin_token = self.resolve_admin_token()?;
+        if admin_token.expose().is_empty() {
+            return Err(invalid("admin_token", "must not be empty".into()));
+        }
+        if admin_token == token {
+            return Err(invalid(
+                "admin_token",
+                "must differ from `token`: a sink's credential must not steer the sandbox".into(),
+            ));
         }
         let currencies = &self.billing.currencies;
         if currencies.is_empty() {

@@ -3,8 +3,8 @@
 //! and an ERP (journal batches by external id, balanced and control-totalled per currency).
 //!
 //! Faults are injected per system (errors, throttling, latency, outages and responses lost
-//! after the request was applied), configured at start or through the unauthenticated
-//! `/admin` API, and every stored record can be read back, so tests and the demo can prove
+//! after the request was applied), configured at start or through the `/admin` API (its own
+//! token), and every stored record can be read back, so tests and the demo can prove
 //! that retries happened and nothing was applied twice. [`SandboxClient`] drives both APIs.
 
 mod admin;
@@ -83,6 +83,8 @@ struct Sandbox {
     config: SandboxConfig,
     /// The token in force at start, restored by `/admin/reset`.
     token: Secret,
+    /// The token the `/admin` API wants.
+    admin_token: Secret,
     control: Mutex<faults::Control>,
     billing: Mutex<billing::Ledger>,
     crm: Mutex<crm::Accounts>,
@@ -96,7 +98,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Sandbox {
-    fn new(config: SandboxConfig, token: Secret) -> Self {
+    fn new(config: SandboxConfig, token: Secret, admin_token: Secret) -> Self {
         Self {
             control: Mutex::new(faults::Control::new(&token, &config.faults)),
             billing: Mutex::default(),
@@ -104,6 +106,7 @@ impl Sandbox {
             erp: Mutex::new(erp::Journal::new(&config.erp.closed_periods)),
             config,
             token,
+            admin_token,
         }
     }
 
@@ -119,9 +122,11 @@ pub async fn serve(
     config: SandboxConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let token = config
-        .resolve_token()
-        .map_err(|err| std::io::Error::new(std::io::ErrorKind::InvalidInput, err.to_string()))?;
+    let invalid = |err: backbone_core::ConfigError| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, err.to_string())
+    };
+    let token = config.resolve_token().map_err(invalid)?;
+    let admin_token = config.resolve_admin_token().map_err(invalid)?;
     let acceptor =
         match &config.tls {
             Some(files) => Some(tls::acceptor(&files.cert_file, &files.key_file).map_err(
@@ -129,7 +134,7 @@ pub async fn serve(
             )?),
             None => None,
         };
-    let app = Arc::new(Sandbox::new(config, token));
+    let app = Arc::new(Sandbox::new(config, token, admin_token));
     tracing::info!(address = %listener.local_addr()?, https = acceptor.is_some(), "sandbox serving");
     match acceptor {
         Some(acceptor) => tls::serve(listener, acceptor, router(app), shutdown).await,
@@ -164,6 +169,7 @@ fn router(app: Arc<Sandbox>) -> Router {
         .merge(gated(System::Billing, billing))
         .merge(gated(System::Crm, crm))
         .merge(gated(System::Erp, erp))
-        .merge(admin::routes())
+        .route("/health", get(|| async { "ok" }))
+        .merge(admin::routes().route_layer(from_fn_with_state(Arc::clone(&app), admin::gate)))
         .with_state(app)
 }

@@ -3,6 +3,7 @@
 use std::time::{Duration, Instant};
 
 use backbone_core::config::load_from;
+use backbone_sandbox::config::DEFAULT_ADMIN_TOKEN;
 use backbone_sandbox::{serve, Faults, SandboxClient, SandboxConfig, System};
 use reqwest::RequestBuilder;
 use serde_json::{json, Value};
@@ -581,6 +582,7 @@ async fn an_outage_answers_503_until_it_ends() {
     let faults: Value = sandbox
         .http
         .get(format!("{}/admin/faults", sandbox.base))
+        .bearer_auth(DEFAULT_ADMIN_TOKEN)
         .send()
         .await
         .expect("faults")
@@ -657,6 +659,7 @@ async fn admin_names_unknown_systems_and_bad_rates() {
         sandbox
             .http
             .put(format!("{}{path}", sandbox.base))
+            .bearer_auth(DEFAULT_ADMIN_TOKEN)
             .json(&body)
     };
     let unknown = sandbox.send(put("/admin/faults/ledger", json!({}))).await;
@@ -674,6 +677,31 @@ async fn admin_names_unknown_systems_and_bad_rates() {
         .await
         .expect("health");
     assert_eq!(health.status(), 200);
+}
+
+#[tokio::test]
+async fn the_admin_api_wants_its_own_token() {
+    let sandbox = start(SandboxConfig::default()).await;
+    let reset = |token: Option<&str>| {
+        let request = sandbox.http.post(format!("{}/admin/reset", sandbox.base));
+        match token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    };
+    for refused in [None, Some(TOKEN), Some("guess")] {
+        let answer = sandbox.send(reset(refused)).await;
+        assert_eq!(answer.status, 401, "{refused:?}: {answer:?}");
+    }
+    assert_eq!(
+        sandbox.send(reset(Some(DEFAULT_ADMIN_TOKEN))).await.status,
+        204
+    );
+
+    let same = load_from::<SandboxConfig, _>(None, env(&[("BACKBONE__ADMIN_TOKEN", TOKEN)]))
+        .expect_err("the APIs' token as the admin token")
+        .to_string();
+    assert!(same.contains("admin_token"), "{same}");
 }
 
 fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
