@@ -111,7 +111,7 @@ struct RegistryArgs {
     /// Schema registry (Confluent REST API), plain http
     #[arg(
         long,
-        env = "BACKBONE__REGISTRY__URL",
+        env = "BACKBONE__SCHEMA_REGISTRY__URL",
         default_value = "http://127.0.0.1:8081",
         value_name = "URL"
     )]

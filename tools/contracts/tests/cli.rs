@@ -112,7 +112,7 @@ fn command(dir: &Path, args: &[&str]) -> std::process::Command {
     command
         .args(args)
         .current_dir(dir)
-        .env_remove("BACKBONE__REGISTRY__URL")
+        .env_remove("BACKBONE__SCHEMA_REGISTRY__URL")
         .env_remove("BACKBONE__KAFKA__BOOTSTRAP_SERVERS");
     command
 }
