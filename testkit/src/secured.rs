@@ -106,16 +106,6 @@ impl SecuredBroker {
         Ok(Self { broker, ca, port })
     }
 
-    /// The node itself, over its plaintext listener.
-    pub fn broker(&self) -> &KafkaBroker {
-        &self.broker
-    }
-
-    /// The CA that signed the listener's certificate.
-    pub fn ca(&self) -> &TestCa {
-        &self.ca
-    }
-
     /// `host:port` of the SASL_SSL listener.
     pub fn bootstrap(&self) -> String {
         format!("127.0.0.1:{}", self.port)

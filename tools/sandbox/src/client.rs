@@ -18,8 +18,6 @@ pub struct SandboxClient {
     configured_token: String,
     /// The token reads present; follows [`SandboxClient::set_token`] so reads keep working.
     token: RwLock<String>,
-    /// The token the admin API wants.
-    admin_token: String,
 }
 
 #[derive(Deserialize)]
@@ -50,15 +48,7 @@ impl SandboxClient {
             http: reqwest::Client::new(),
             configured_token: token.to_owned(),
             token: RwLock::new(token.to_owned()),
-            admin_token: crate::config::DEFAULT_ADMIN_TOKEN.to_owned(),
         }
-    }
-
-    /// The same client presenting `admin_token` to the admin API, for a sandbox configured
-    /// with another than the development one.
-    pub fn with_admin_token(mut self, admin_token: &str) -> Self {
-        admin_token.clone_into(&mut self.admin_token);
-        self
     }
 
     /// The same client trusting the CA certificates in `ca_pem` besides the system's roots: for
@@ -172,7 +162,8 @@ impl SandboxClient {
     fn admin(&self, method: Method, path: &str) -> RequestBuilder {
         self.http
             .request(method, format!("{}{path}", self.base_url))
-            .bearer_auth(&self.admin_token)
+            // The development admin token: the sandbox is a test and demo tool.
+            .bearer_auth(crate::config::DEFAULT_ADMIN_TOKEN)
     }
 
     fn set_own_token(&self, token: &str) {
