@@ -704,9 +704,7 @@ async fn proof_under_fire(run: Run) {
     // Drift is zero on every check.
     let config = backbone_drift::DriftConfig {
         kafka: deployment.kafka.clone(),
-        schema_registry: backbone_core::app::SchemaRegistrySettings {
-            url: registry_url(),
-        },
+        schema_registry: backbone_core::schema_registry::SchemaRegistrySettings::at(registry_url()),
         drift: backbone_drift::DriftSettings {
             enriched_topic: t.enriched.clone(),
             enriched_dlq_topic: format!("{}.dlq", t.enriched),

@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use clap::{CommandFactory, FromArgMatches, Parser};
 use serde::de::{DeserializeOwned, MapAccess};
-use serde::Deserialize;
+
+/// What [`App::build`] is given to reach the registry.
+pub use backbone_schemas::RegistryAccess;
 
 use crate::config::{self, ConfigError, Validate};
 
@@ -43,42 +45,6 @@ impl<T: Validate> Validate for ProcessorSection<T> {
 /// The config file of a processor of settings `T`.
 pub type ProcessorConfig<T> = ServiceConfig<RuntimeSettings, ProcessorSection<T>>;
 
-/// The `[schema_registry]` config section.
-#[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SchemaRegistrySettings {
-    /// Base URL of a Confluent-compatible schema registry.
-    pub url: String,
-}
-
-impl std::fmt::Debug for SchemaRegistrySettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SchemaRegistrySettings")
-            .field("url", &crate::secret::redact_url(&self.url))
-            .finish()
-    }
-}
-
-impl Default for SchemaRegistrySettings {
-    fn default() -> Self {
-        Self {
-            url: "http://127.0.0.1:8081".to_owned(),
-        }
-    }
-}
-
-impl Validate for SchemaRegistrySettings {
-    fn validate(&self) -> Result<(), ConfigError> {
-        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
-            return Err(ConfigError::Invalid {
-                key: "schema_registry.url".to_owned(),
-                message: format!("expected an http:// or https:// URL, got \"{}\"", self.url),
-            });
-        }
-        Ok(())
-    }
-}
-
 /// A processor that can be deployed as its own binary.
 pub trait App: Processor + Sized {
     /// Deploy name, shown in `--help`.
@@ -88,8 +54,8 @@ pub trait App: Processor + Sized {
     /// The processor's `[processor]` config section.
     type Settings: DeserializeOwned + Default + Validate;
 
-    /// Builds the processor from its validated settings and the shared registry settings.
-    fn build(settings: Self::Settings, registry: &SchemaRegistrySettings) -> Self;
+    /// Builds the processor from its validated settings and the registry it reaches.
+    fn build(settings: Self::Settings, registry: &RegistryAccess) -> Self;
 }
 
 /// The flags every Backbone service binary takes.
@@ -183,8 +149,12 @@ where
         config: &mut ProcessorConfig<A::Settings>,
         _registry: &prometheus::Registry,
     ) -> Result<Self, String> {
+        let registry = config
+            .schema_registry
+            .access()
+            .map_err(|err| err.to_string())?;
         let settings = std::mem::take(&mut config.own.processor);
-        Ok(Self(A::build(settings, &config.schema_registry)))
+        Ok(Self(A::build(settings, &registry)))
     }
 
     async fn run(

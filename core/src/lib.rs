@@ -26,6 +26,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod processor;
 pub mod runner;
+pub mod schema_registry;
 pub mod secret;
 pub mod service;
 pub mod shutdown;

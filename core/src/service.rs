@@ -15,11 +15,12 @@ use std::sync::Arc;
 use serde::de::{self, DeserializeOwned, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
-use crate::app::{SchemaRegistrySettings, ServiceArgs};
+use crate::app::ServiceArgs;
 use crate::config::{ConfigError, Validate};
 use crate::endpoint::{ObservabilitySettings, RunningEndpoint};
 use crate::kafka::KafkaSettings;
 use crate::metrics::RuntimeMetrics;
+use crate::schema_registry::SchemaRegistrySettings;
 
 /// The sections of a config file that belong to one kind of component: a processor's
 /// `[processor]`, a sink's `[destination]` and `[sink]`.

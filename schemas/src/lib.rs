@@ -6,6 +6,7 @@
 //! the Confluent wire format with a caching registry client. It depends on no runtime crate:
 //! the `contracts` CLI (`tools/contracts`) lints, checks, registers and applies them.
 
+pub mod access;
 pub mod contracts;
 pub mod lint;
 pub mod manifest;
@@ -16,6 +17,7 @@ pub mod wire;
 
 include!(concat!(env!("OUT_DIR"), "/embedded.rs"));
 
+pub use access::{BasicAuth, RegistryAccess};
 pub use contracts::{ContractError, ContractSet};
 pub use manifest::{Manifest, TopicContract};
 pub use outputs::{OutputContracts, OutputError};

@@ -13,6 +13,8 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::access::{BasicAuth, RegistryAccess};
+
 /// The registry's media type.
 const MEDIA_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 
@@ -111,6 +113,7 @@ pub struct RegisteredVersion {
 #[derive(Debug, Clone)]
 pub struct RegistryClient {
     url: String,
+    auth: Option<BasicAuth>,
     http: reqwest::Client,
 }
 
@@ -121,17 +124,23 @@ struct ErrorBody {
 }
 
 impl RegistryClient {
-    /// A client of the registry at `url` that gives up on a request after `timeout`. A URL
-    /// that does not parse fails each request, naming it.
-    pub fn new(url: &str, timeout: Duration) -> Self {
-        let http = reqwest::Client::builder()
+    /// A client of the registry `access` names (a URL converts: `"http://127.0.0.1:8081"`)
+    /// that gives up on a request after `timeout`. A URL that does not parse fails each
+    /// request, naming it.
+    pub fn new(access: impl Into<RegistryAccess>, timeout: Duration) -> Self {
+        let access = access.into();
+        let mut builder = reqwest::Client::builder()
             .timeout(timeout)
-            .connect_timeout(timeout)
-            .build()
-            .unwrap_or_default();
+            .connect_timeout(timeout);
+        if !access.ca().is_empty() {
+            builder = builder.tls_certs_merge(access.ca().to_vec());
+        }
         Self {
-            url: url.trim_end_matches('/').to_owned(),
-            http,
+            url: access.url().to_owned(),
+            auth: access.auth().cloned(),
+            // Building fails only when the TLS backend cannot start; every request then
+            // names the cause.
+            http: builder.build().unwrap_or_default(),
         }
     }
 
@@ -164,6 +173,9 @@ impl RegistryClient {
             url.query_pairs_mut().append_pair(key, value);
         }
         let mut request = self.http.request(method, url).header("accept", MEDIA_TYPE);
+        if let Some(auth) = &self.auth {
+            request = request.basic_auth(&auth.username, Some(&auth.password));
+        }
         if let Some(body) = body {
             request = request
                 .header("content-type", MEDIA_TYPE)

@@ -12,6 +12,7 @@ use apache_avro::types::Value;
 use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::Schema;
 
+use crate::access::RegistryAccess;
 use crate::contracts::ContractSet;
 use crate::registry::RegistryClient;
 use crate::types::Contract;
@@ -351,11 +352,11 @@ impl std::fmt::Debug for WireCodec {
 }
 
 impl WireCodec {
-    /// A codec using the registry at `url`.
-    pub fn new(url: &str) -> Self {
+    /// A codec using the registry `access` names (a URL converts).
+    pub fn new(access: impl Into<RegistryAccess>) -> Self {
         limit_allocations();
         Self {
-            registry: RegistryClient::new(url, REGISTRY_TIMEOUT),
+            registry: RegistryClient::new(access, REGISTRY_TIMEOUT),
             by_id: Arc::default(),
             by_subject: Arc::default(),
             by_contract: Arc::default(),

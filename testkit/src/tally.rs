@@ -1,6 +1,6 @@
 //! A small stateful processor for runtime tests: it counts events per account.
 
-use backbone_core::app::{App, SchemaRegistrySettings};
+use backbone_core::app::{App, RegistryAccess};
 use backbone_core::config::{ConfigError, Validate};
 use backbone_core::{
     IdempotencyKey, InputRecord, OutputRecord, ProcessError, Processor, State, StateSpec,
@@ -78,7 +78,7 @@ impl App for Tally {
         "Counts events per account (a stateful processor for runtime tests)";
     type Settings = TallySettings;
 
-    fn build(settings: TallySettings, _registry: &SchemaRegistrySettings) -> Self {
+    fn build(settings: TallySettings, _registry: &RegistryAccess) -> Self {
         Self {
             input: settings.input_topic,
             output: settings.output_topic,

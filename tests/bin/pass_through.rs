@@ -1,7 +1,7 @@
 //! `pass-through`: the runtime forwarding each record unchanged (the testkit's `Forward`) as a
 //! process of its own, the baseline the load benchmark measures the processors against.
 
-use backbone_core::app::{App, SchemaRegistrySettings};
+use backbone_core::app::{App, RegistryAccess};
 use backbone_core::config::{ConfigError, Validate};
 use backbone_core::{InputRecord, OutputRecord, ProcessError, Processor, State};
 use backbone_testkit::Forward;
@@ -42,7 +42,7 @@ impl App for PassThrough {
     const ABOUT: &'static str = "Copies each record of one topic to another (benchmark baseline)";
     type Settings = PassThroughSettings;
 
-    fn build(settings: PassThroughSettings, _registry: &SchemaRegistrySettings) -> Self {
+    fn build(settings: PassThroughSettings, _registry: &RegistryAccess) -> Self {
         Self(Forward {
             input: settings.input_topic,
             output: settings.output_topic,

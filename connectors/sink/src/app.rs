@@ -8,7 +8,7 @@ use std::sync::Arc;
 use backbone_core::config::{ConfigError, Validate};
 use backbone_core::metrics::RuntimeMetrics;
 use backbone_core::service::{Sections, Service, ServiceConfig};
-use backbone_schemas::WireCodec;
+use backbone_schemas::{RegistryAccess, WireCodec};
 use serde::de::{DeserializeOwned, MapAccess};
 
 use crate::metrics::SinkMetrics;
@@ -81,6 +81,7 @@ where
 struct Deployed<A> {
     sink: A,
     sink_metrics: Arc<SinkMetrics>,
+    registry: RegistryAccess,
 }
 
 impl<A: SinkApp + Send + 'static> Service for Deployed<A>
@@ -101,6 +102,10 @@ where
         config: &mut SinkConfig<A::Settings>,
         registry: &prometheus::Registry,
     ) -> Result<Self, String> {
+        let registry_access = config
+            .schema_registry
+            .access()
+            .map_err(|err| err.to_string())?;
         let settings = std::mem::take(&mut config.own.sink);
         let sink = A::build(settings, &config.own.destination)
             .await
@@ -111,6 +116,7 @@ where
         Ok(Self {
             sink,
             sink_metrics: Arc::new(sink_metrics),
+            registry: registry_access,
         })
     }
 
@@ -124,7 +130,7 @@ where
             kafka: &config.kafka,
             settings: &config.runtime,
             observability: &config.observability,
-            codec: WireCodec::new(&config.schema_registry.url),
+            codec: WireCodec::new(self.registry),
             metrics,
             sink_metrics: self.sink_metrics,
         };

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use backbone_calendar::now_ms;
-use backbone_core::app::{App, SchemaRegistrySettings};
+use backbone_core::app::{App, RegistryAccess};
 use backbone_core::config::{ConfigError, Validate};
 use backbone_core::dead_letter::DeadLetter;
 use backbone_core::{
@@ -153,8 +153,8 @@ impl App for Enricher {
         "Joins usage with accounts, subscriptions and rate cards; parks events whose master data is on its way";
     type Settings = EnricherSettings;
 
-    fn build(settings: EnricherSettings, registry: &SchemaRegistrySettings) -> Self {
-        Self::new(settings, WireCodec::new(&registry.url))
+    fn build(settings: EnricherSettings, registry: &RegistryAccess) -> Self {
+        Self::new(settings, WireCodec::new(registry.clone()))
     }
 }
 

@@ -25,7 +25,7 @@ pub mod ledger;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use backbone_core::app::{App, SchemaRegistrySettings};
+use backbone_core::app::{App, RegistryAccess};
 use backbone_core::config::{ConfigError, Validate};
 use backbone_core::{
     IdempotencyKey, InputRecord, OutputRecord, Prefetch, ProcessError, Processor, State, StateSpec,
@@ -304,8 +304,8 @@ impl App for Fanout {
         "Maps rated usage and usage windows to billing charges, CRM snapshots, analytics facts and ERP postings";
     type Settings = FanoutSettings;
 
-    fn build(settings: FanoutSettings, registry: &SchemaRegistrySettings) -> Self {
-        Self::new(settings, WireCodec::new(&registry.url))
+    fn build(settings: FanoutSettings, registry: &RegistryAccess) -> Self {
+        Self::new(settings, WireCodec::new(registry.clone()))
     }
 }
 

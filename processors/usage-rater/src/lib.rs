@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backbone_calendar::now_micros;
-use backbone_core::app::{App, SchemaRegistrySettings};
+use backbone_core::app::{App, RegistryAccess};
 use backbone_core::config::{ConfigError, Validate};
 use backbone_core::{
     IdempotencyKey, InputRecord, OutputRecord, Prefetch, ProcessError, Processor, State, StateSpec,
@@ -150,8 +150,8 @@ impl App for UsageRater {
         "Rates enriched usage against rate cards into cumulative-delta RatedUsage lines";
     type Settings = RaterSettings;
 
-    fn build(settings: RaterSettings, registry: &SchemaRegistrySettings) -> Self {
-        Self::new(settings, WireCodec::new(&registry.url))
+    fn build(settings: RaterSettings, registry: &RegistryAccess) -> Self {
+        Self::new(settings, WireCodec::new(registry.clone()))
     }
 }
 

@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use backbone_core::app::{App, SchemaRegistrySettings};
+use backbone_core::app::{App, RegistryAccess};
 use backbone_core::config::{ConfigError, Validate};
 use backbone_core::{
     Header, IdempotencyKey, InputRecord, OutputRecord, Prefetch, ProcessError, Processor, State,
@@ -99,8 +99,8 @@ impl App for UsageValidator {
         "Checks usage events against the usage contract; forwards valid ones, dead-letters the rest";
     type Settings = ValidatorSettings;
 
-    fn build(settings: ValidatorSettings, registry: &SchemaRegistrySettings) -> Self {
-        Self::new(settings, WireCodec::new(&registry.url))
+    fn build(settings: ValidatorSettings, registry: &RegistryAccess) -> Self {
+        Self::new(settings, WireCodec::new(registry.clone()))
     }
 }
 

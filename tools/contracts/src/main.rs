@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use backbone_contracts::{self as cli, CliError, Inputs, RegistryClient, Report};
+use backbone_core::schema_registry::RegistryArgs;
 use clap::{Args, Parser, Subcommand};
 
 /// Lint, check, register and apply Backbone's event contracts.
@@ -85,7 +86,7 @@ enum Command {
     /// Sets the subject's compatibility to the manifest's mode first, then registers; a schema
     /// the subject holds already keeps its id, so running it twice prints the same ids. A
     /// schema the registry refuses as incompatible is a violation of rule compatibility.
-    Register(RegistryArgs),
+    Register(RegisterArgs),
 
     /// Create the manifest's topics and their dead-letter topics that the broker lacks
     ///
@@ -107,15 +108,9 @@ struct CheckArgs {
 }
 
 #[derive(Debug, Args)]
-struct RegistryArgs {
-    /// Schema registry (Confluent REST API), plain http
-    #[arg(
-        long,
-        env = "BACKBONE__SCHEMA_REGISTRY__URL",
-        default_value = "http://127.0.0.1:8081",
-        value_name = "URL"
-    )]
-    registry_url: String,
+struct RegisterArgs {
+    #[command(flatten)]
+    registry: RegistryArgs,
 }
 
 #[derive(Debug, Args)]
@@ -177,12 +172,12 @@ async fn run(cli: &Cli) -> Result<Report, CliError> {
         Command::Check(args) => match &args.against {
             Some(reference) => cli::check_against_git(&inputs, reference),
             None => {
-                let client = RegistryClient::new(&args.registry.registry_url)?;
+                let client = RegistryClient::new(&args.registry)?;
                 cli::check_against_registry(&inputs, &client).await
             }
         },
         Command::Register(args) => {
-            let client = RegistryClient::new(&args.registry_url)?;
+            let client = RegistryClient::new(&args.registry)?;
             cli::register(&inputs, &client).await
         }
         Command::Apply(args) => {

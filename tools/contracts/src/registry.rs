@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use backbone_compat::CompatibilityMode;
+use backbone_core::schema_registry::RegistryArgs;
 use backbone_schemas::RegistryClient as Client;
 use reqwest::Url;
 use serde::Serialize;
@@ -21,17 +22,19 @@ pub struct RegistryClient {
 }
 
 impl RegistryClient {
-    /// A client of the registry at `url` (like `http://127.0.0.1:8081`; plain HTTP only).
-    pub fn new(url: &str) -> Result<Self, CliError> {
-        let usage = |message: String| CliError::Usage(format!("--registry-url `{url}`: {message}"));
-        let base = Url::parse(url).map_err(|e| usage(e.to_string()))?;
-        if base.scheme() != "http" || base.cannot_be_a_base() {
-            return Err(usage(
-                "expected an http:// URL (this build does not support https)".to_owned(),
-            ));
+    /// A client of the registry the flags name, with their credentials and CA.
+    pub fn new(flags: &RegistryArgs) -> Result<Self, CliError> {
+        let access = flags
+            .access()
+            .map_err(|err| CliError::Usage(err.to_string()))?;
+        let url = access.url().to_owned();
+        if Url::parse(&url).map_or(true, |base| base.cannot_be_a_base()) {
+            return Err(CliError::Usage(format!(
+                "--registry-url `{url}`: expected an http:// or https:// URL"
+            )));
         }
         Ok(Self {
-            client: Client::new(url, REQUEST_TIMEOUT),
+            client: Client::new(access, REQUEST_TIMEOUT),
         })
     }
 

@@ -94,16 +94,14 @@ pub fn launches(
 /// The drift report for `tenant`, printed; fails when any check differs.
 pub async fn drift_report(
     bootstrap_servers: &str,
-    registry_url: &str,
+    registry: backbone_core::schema_registry::SchemaRegistrySettings,
     sandbox_listen: &str,
     tenant: &str,
 ) -> Result<()> {
     let url = format!("http://{sandbox_listen}");
     let config = backbone_drift::DriftConfig {
         kafka: backbone_core::KafkaSettings::for_servers(bootstrap_servers),
-        schema_registry: backbone_core::app::SchemaRegistrySettings {
-            url: registry_url.to_owned(),
-        },
+        schema_registry: registry,
         drift: backbone_drift::DriftSettings {
             billing_url: url.clone(),
             crm_url: url.clone(),

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use backbone_core::admin::{ensure_topics, partition_count, TopicSpec};
+use backbone_core::schema_registry::RegistryArgs;
 use backbone_core::KafkaSettings;
 use backbone_loadgen::{Destinations, LoadSpec, Workload};
 use backbone_schemas::types::{
@@ -60,12 +61,8 @@ struct Args {
     )]
     bootstrap_servers: String,
     /// Schema registry to use.
-    #[arg(
-        long,
-        env = "BACKBONE__SCHEMA_REGISTRY__URL",
-        default_value = "http://127.0.0.1:8081"
-    )]
-    registry_url: String,
+    #[command(flatten)]
+    registry: RegistryArgs,
     /// Usage records to publish, duplicates and poison included.
     #[arg(long, default_value_t = 2000)]
     events: usize,
@@ -133,9 +130,9 @@ async fn run(args: Args) -> Result<()> {
     let started = Instant::now();
     println!(
         "backbone demo: broker {}, schema registry {}",
-        args.bootstrap_servers, args.registry_url
+        args.bootstrap_servers, args.registry.registry_url
     );
-    register_contracts(&args.registry_url)?;
+    register_contracts(&args.registry)?;
     let dlq = |topic: &str| format!("{topic}.dlq");
     // Every topic of the component list, and its dead letters.
     let topics: Vec<String> = backbone_components::all()
@@ -214,7 +211,7 @@ async fn run(args: Args) -> Result<()> {
         now_micros: i64::try_from(run.as_micros()).unwrap_or(i64::MAX),
     });
     let expected = &workload.expected;
-    let codec = WireCodec::new(&args.registry_url);
+    let codec = WireCodec::new(args.registry.access()?);
     let producer: FutureProducer = settings
         .producer_config()
         .create()
@@ -381,7 +378,7 @@ async fn run(args: Args) -> Result<()> {
         Ok(()) => {
             back_office::drift_report(
                 &args.bootstrap_servers,
-                &args.registry_url,
+                args.registry.settings(),
                 &args.sandbox_listen,
                 &tenant,
             )
@@ -585,10 +582,11 @@ fn sibling(name: &str) -> Result<PathBuf> {
     Ok(binary)
 }
 
-fn register_contracts(registry_url: &str) -> Result<()> {
+fn register_contracts(registry: &RegistryArgs) -> Result<()> {
     println!("registering the contracts from schemas/manifest.toml:");
     let status = Command::new(sibling("contracts")?)
-        .args(["register", "--registry-url", registry_url])
+        .arg("register")
+        .envs(registry.env())
         .stdout(Stdio::null())
         .status()
         .context("running `contracts register`")?;
@@ -601,20 +599,18 @@ fn register_contracts(registry_url: &str) -> Result<()> {
 /// The environment every Kafka client of the demo shares: broker, registry, and a metrics
 /// endpoint on a port of its own (many processes on one host).
 fn client_env(args: &Args) -> Vec<(String, String)> {
-    vec![
+    let mut env = vec![
         (
             "BACKBONE__KAFKA__BOOTSTRAP_SERVERS".to_owned(),
             args.bootstrap_servers.clone(),
         ),
         (
-            "BACKBONE__SCHEMA_REGISTRY__URL".to_owned(),
-            args.registry_url.clone(),
-        ),
-        (
             "BACKBONE__OBSERVABILITY__LISTEN".to_owned(),
             "127.0.0.1:0".to_owned(),
         ),
-    ]
+    ];
+    env.extend(args.registry.env());
+    env
 }
 
 fn spawn(args: &Args, name: &str, extra: &[(String, String)]) -> Result<Stage> {

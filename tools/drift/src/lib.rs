@@ -36,7 +36,7 @@ pub struct DriftConfig {
     pub kafka: KafkaSettings,
     /// Where the contracts' schemas are registered.
     #[serde(default)]
-    pub schema_registry: backbone_core::app::SchemaRegistrySettings,
+    pub schema_registry: backbone_core::schema_registry::SchemaRegistrySettings,
     /// What to compare.
     #[serde(default)]
     pub drift: DriftSettings,
@@ -148,6 +148,9 @@ impl DriftSettings {
 /// Why a reconciliation could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum DriftError {
+    /// A setting cannot work (a secret file that cannot be read).
+    #[error("{0}")]
+    Config(String),
     /// The broker failed or a topic is missing.
     #[error("kafka: {0}")]
     Kafka(String),
@@ -370,7 +373,12 @@ impl DriftSettings {
 
 /// Reads the topics to their current end, reads the systems, and reconciles once.
 pub async fn reconcile_once(config: &DriftConfig) -> Result<Vec<DriftLine>, DriftError> {
-    let codec = WireCodec::new(&config.schema_registry.url);
+    let codec = WireCodec::new(
+        config
+            .schema_registry
+            .access()
+            .map_err(|err| DriftError::Config(err.to_string()))?,
+    );
     let reader = TopicReader::new(&config.kafka, &config.drift, codec)?;
     let mut books = Books::default();
     reader.catch_up(&mut books).await?;

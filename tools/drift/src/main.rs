@@ -130,7 +130,7 @@ async fn serve(config: &DriftConfig) -> Result<()> {
         RunningEndpoint::start("drift.listen", settings.listen, registry, readiness.clone())
             .await?;
     let stop = backbone_core::shutdown::signal();
-    let codec = WireCodec::new(&config.schema_registry.url);
+    let codec = WireCodec::new(config.schema_registry.access()?);
     let reader = TopicReader::new(&config.kafka, settings, codec)?;
     let mut books = Books::default();
     reader.catch_up(&mut books).await?;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
+use backbone_core::schema_registry::RegistryArgs;
 use backbone_loadgen::{Destinations, LoadSpec, Workload};
 use backbone_schemas::WireCodec;
 use clap::Parser;
@@ -24,12 +25,8 @@ struct Args {
     )]
     bootstrap_servers: String,
     /// Schema registry to register the contracts with.
-    #[arg(
-        long,
-        env = "BACKBONE__SCHEMA_REGISTRY__URL",
-        default_value = "http://127.0.0.1:8081"
-    )]
-    registry_url: String,
+    #[command(flatten)]
+    registry: RegistryArgs,
     /// Seed: the same seed publishes the same records.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -131,7 +128,7 @@ async fn run(args: Args) -> Result<()> {
         .producer_config()
         .create()
         .context("creating the producer")?;
-    let codec = WireCodec::new(&args.registry_url);
+    let codec = WireCodec::new(args.registry.access()?);
 
     let started = Instant::now();
     workload

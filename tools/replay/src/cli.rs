@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use backbone_core::app::SchemaRegistrySettings;
 use backbone_core::config::{load_from, ConfigError, Validate};
 use backbone_core::connect::check_connection;
+use backbone_core::schema_registry::SchemaRegistrySettings;
 use backbone_core::KafkaSettings;
 use clap::{ArgGroup, Args, Parser, Subcommand};
 use serde::Deserialize;
@@ -355,18 +355,22 @@ impl Cli {
                 )
             })?;
         }
-        let registry_url = match &self.registry_url {
-            Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
+        let mut registry = config.schema_registry;
+        if let Some(url) = &self.registry_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(ReplayError::invalid(
                     "--registry-url",
                     url,
                     "an http:// or https:// URL",
-                ))
+                ));
             }
-            Some(url) => url.clone(),
-            None => config.schema_registry.url,
-        };
-        let mut ctx = Context::new(kafka, registry_url);
+            registry.url.clone_from(url);
+        }
+        let registry = registry.access().map_err(|e| ReplayError::Other {
+            what: "configuration".into(),
+            message: e.to_string(),
+        })?;
+        let mut ctx = Context::new(kafka, registry);
         ctx.timeout = self.timeout;
         ctx.checkpoint_topic.clone_from(&self.checkpoint_topic);
         ctx.audit_topic.clone_from(&self.audit_topic);
@@ -598,7 +602,7 @@ mod tests {
                 .map(String::as_str),
             Some("SASL_SSL")
         );
-        assert_eq!(ctx.registry_url, "http://10.0.0.2:8081");
+        assert_eq!(ctx.registry.url(), "http://10.0.0.2:8081");
         let env = vec![
             (
                 "BACKBONE__KAFKA__BOOTSTRAP_SERVERS".to_owned(),
@@ -617,7 +621,7 @@ mod tests {
             .context_from(none.clone())
             .expect("context");
         assert_eq!(defaults.kafka.bootstrap_servers, "127.0.0.1:9092");
-        assert_eq!(defaults.registry_url, "http://127.0.0.1:8081");
+        assert_eq!(defaults.registry.url(), "http://127.0.0.1:8081");
         let err = parse(&["--bootstrap-servers", "nohost"])
             .context_from(none.clone())
             .expect_err("bad servers");

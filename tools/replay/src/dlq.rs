@@ -211,9 +211,9 @@ pub async fn show(
     out: &mut (dyn Write + Send),
 ) -> Result<u64, ReplayError> {
     let described = ctx.describe(topic, "dead-letter").await?;
-    let registry = Registry::new(&ctx.registry_url, ctx.timeout)?;
+    let registry = Registry::new(ctx.registry.clone(), ctx.timeout)?;
     registry.check().await?;
-    let codec = WireCodec::new(&ctx.registry_url);
+    let codec = WireCodec::new(ctx.registry.clone());
     let spans = match options.partition {
         Some(partition) => {
             let (low, high) = described.watermarks(partition).ok_or_else(|| {
@@ -256,7 +256,7 @@ pub async fn show(
             if shown >= options.limit {
                 break 'scan;
             }
-            let json = record_json(&codec, &ctx.registry_url, topic, &record).await?;
+            let json = record_json(&codec, ctx.registry.url(), topic, &record).await?;
             if options.compact {
                 writeln!(out, "{json}")?;
             } else {

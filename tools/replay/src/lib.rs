@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use backbone_core::admin::{ensure_topics, AdminError, TopicSpec};
 use backbone_core::KafkaSettings;
+use backbone_schemas::RegistryAccess;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
@@ -42,8 +43,8 @@ pub const AUDIT_TOPIC: &str = "_backbone.audit";
 pub struct Context {
     /// Kafka client settings.
     pub kafka: KafkaSettings,
-    /// Schema registry base URL.
-    pub registry_url: String,
+    /// The schema registry, its credentials and CA.
+    pub registry: RegistryAccess,
     /// How long a broker or registry request may take before the tool gives up.
     pub timeout: Duration,
     /// Where checkpoints go.
@@ -97,12 +98,12 @@ impl TopicOffsets {
 }
 
 impl Context {
-    /// A context for `kafka` and the registry at `registry_url`, with a 10-second timeout and
-    /// the default checkpoint and audit topics.
-    pub fn new(kafka: KafkaSettings, registry_url: impl Into<String>) -> Self {
+    /// A context for `kafka` and the registry `registry` names (a URL converts), with a
+    /// 10-second timeout and the default checkpoint and audit topics.
+    pub fn new(kafka: KafkaSettings, registry: impl Into<RegistryAccess>) -> Self {
         Self {
             kafka,
-            registry_url: registry_url.into(),
+            registry: registry.into(),
             timeout: Duration::from_secs(10),
             checkpoint_topic: CHECKPOINT_TOPIC.to_owned(),
             audit_topic: AUDIT_TOPIC.to_owned(),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use apache_avro::Schema;
-use backbone_schemas::{RegistryClient, RegistryError};
+use backbone_schemas::{RegistryAccess, RegistryClient, RegistryError};
 
 use crate::error::ReplayError;
 use crate::time::format_duration;
@@ -33,10 +33,10 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// A client of the registry at `url`, giving up on a request after `timeout`.
-    pub fn new(url: &str, timeout: Duration) -> Result<Self, ReplayError> {
+    /// A client of the registry `access` names, giving up on a request after `timeout`.
+    pub fn new(access: RegistryAccess, timeout: Duration) -> Result<Self, ReplayError> {
         Ok(Self {
-            client: RegistryClient::new(url, timeout),
+            client: RegistryClient::new(access, timeout),
             timeout,
             current: HashMap::new(),
         })

@@ -714,9 +714,9 @@ async fn replay_records(
     };
     let mut scanner = Scanner::start_in(ctx, &replay.checkpoint.spec.source, spans, order);
     let mut checking = if options.dry_run {
-        let registry = Registry::new(&ctx.registry_url, ctx.timeout)?;
+        let registry = Registry::new(ctx.registry.clone(), ctx.timeout)?;
         registry.check().await?;
-        Some((WireCodec::new(&ctx.registry_url), registry))
+        Some((WireCodec::new(ctx.registry.clone()), registry))
     } else {
         None
     };
