@@ -10,7 +10,6 @@ export BACKBONE_KAFKA_PORT=${BACKBONE_BENCH_KAFKA_PORT:-19592}
 export BACKBONE_REGISTRY_PORT=${BACKBONE_BENCH_REGISTRY_PORT:-18581}
 export BACKBONE_POSTGRES_PORT=${BACKBONE_BENCH_POSTGRES_PORT:-15932}
 export BACKBONE_BENCH_BOOTSTRAP=127.0.0.1:$BACKBONE_KAFKA_PORT
-export BACKBONE_BENCH_REGISTRY_URL=http://127.0.0.1:$BACKBONE_REGISTRY_PORT
 cargo bench -p backbone-state --bench dedup
 cargo bench -p backbone-usage-validator --bench record
 "$REPO/scripts/stack.sh" reset >/dev/null
@@ -19,6 +18,9 @@ cargo build --workspace --bins --quiet
 # Release binaries too: the load run starts the processors as processes, as deployed.
 cargo build --release --workspace --bins --quiet
 "$REPO/scripts/stack.sh" up
+# The stack's registry wants its development credentials; they exist once it is up.
+BACKBONE_BENCH_REGISTRY_URL=$("$REPO/scripts/stack.sh" registry-url)
+export BACKBONE_BENCH_REGISTRY_URL
 cargo bench -p backbone-core --bench passthrough
 cargo bench -p backbone-e2e --bench stages
 cargo bench -p backbone-e2e --bench latency

@@ -19,7 +19,6 @@ export BACKBONE_KAFKA_PORT=${BACKBONE_CHAOS_KAFKA_PORT:-19692}
 export BACKBONE_REGISTRY_PORT=${BACKBONE_CHAOS_REGISTRY_PORT:-18681}
 export BACKBONE_POSTGRES_PORT=${BACKBONE_CHAOS_POSTGRES_PORT:-16032}
 export BACKBONE_TEST_BOOTSTRAP=127.0.0.1:$BACKBONE_KAFKA_PORT
-export BACKBONE_TEST_REGISTRY_URL=http://127.0.0.1:$BACKBONE_REGISTRY_PORT
 export BACKBONE_TEST_POSTGRES_URL=postgres://backbone:backbone@127.0.0.1:$BACKBONE_POSTGRES_PORT/backbone
 export BACKBONE_CHAOS_SECONDS=${BACKBONE_CHAOS_SECONDS:-180}
 export BACKBONE_CHAOS_EVENTS=${BACKBONE_CHAOS_EVENTS:-8000}
@@ -33,4 +32,7 @@ esac
 trap '"$REPO/scripts/stack.sh" down' EXIT
 cargo build --workspace --bins --quiet
 "$REPO/scripts/stack.sh" up
+# The stack's registry wants its development credentials; they exist once it is up.
+BACKBONE_TEST_REGISTRY_URL=$("$REPO/scripts/stack.sh" registry-url)
+export BACKBONE_TEST_REGISTRY_URL
 cargo test -p backbone-e2e --test chaos -- --nocapture

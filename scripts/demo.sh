@@ -20,6 +20,11 @@ else
   "$REPO/scripts/stack.sh" up
 fi
 
+# The registry's development credentials, for the demo and every process it starts.
+set -a
+# shellcheck source=/dev/null
+. "$STACK_DIR/secrets/registry.env"
+set +a
 "$TARGET_DIR/debug/demo" \
   --bootstrap-servers "127.0.0.1:$PORT" \
   --registry-url "http://127.0.0.1:$REGISTRY_PORT" \

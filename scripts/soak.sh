@@ -12,7 +12,6 @@ export BACKBONE_KAFKA_PORT=${BACKBONE_SOAK_KAFKA_PORT:-19792}
 export BACKBONE_REGISTRY_PORT=${BACKBONE_SOAK_REGISTRY_PORT:-18781}
 export BACKBONE_POSTGRES_PORT=${BACKBONE_SOAK_POSTGRES_PORT:-16132}
 export BACKBONE_BENCH_BOOTSTRAP=127.0.0.1:$BACKBONE_KAFKA_PORT
-export BACKBONE_BENCH_REGISTRY_URL=http://127.0.0.1:$BACKBONE_REGISTRY_PORT
 export BACKBONE_BENCH_POSTGRES_URL=postgres://backbone:backbone@127.0.0.1:$BACKBONE_POSTGRES_PORT/backbone
 export SOAK_SECONDS=${SOAK_SECONDS:-600}
 export SOAK_RATE=${SOAK_RATE:-1000}
@@ -22,4 +21,7 @@ trap '"$REPO/scripts/stack.sh" down' EXIT
 cargo build --workspace --bins --quiet
 cargo build --release --workspace --bins --quiet
 "$REPO/scripts/stack.sh" up
+# The stack's registry wants its development credentials; they exist once it is up.
+BACKBONE_BENCH_REGISTRY_URL=$("$REPO/scripts/stack.sh" registry-url)
+export BACKBONE_BENCH_REGISTRY_URL
 cargo bench -p backbone-e2e --bench soak

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The embedded dev stack: local processes on 127.0.0.1, no containers.
 #   stack.sh up | down | status | reset   (reset: stop; delete the broker's and PostgreSQL's data)
+#   stack.sh registry-url   the registry's URL with the development credentials in it
 # Settings (environment):
 #   BACKBONE_STACK_DIR   state, logs and pid files (default: <repo>/.backbone/stack)
 #   BACKBONE_KAFKA_PORT  broker port (default: 9092)
@@ -10,6 +11,9 @@
 #   BACKBONE_TOOLS_DIR   where setup installed the tools (default: ~/.cache/backbone)
 # PostgreSQL also takes TLS, with a certificate made at first start; clients that
 # want it trust <stack dir>/tls/postgres-ca.pem (plain connections keep working).
+# The registry wants basic authentication: user `backbone` (admin), its password made at first
+# start in <stack dir>/secrets/registry-password; `source <stack dir>/secrets/registry.env`
+# gives every Backbone binary and tool those credentials.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -24,6 +28,8 @@ KAFKA_VERSION=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$REPO
 BIN_DIR=${CARGO_TARGET_DIR:-$REPO/target}/debug
 
 TLS_DIR=$STACK_DIR/tls
+SECRETS_DIR=$STACK_DIR/secrets
+REGISTRY_USER=backbone
 RUN_DIR=$STACK_DIR/run
 LOG_DIR=$STACK_DIR/logs
 DATA_DIR=$STACK_DIR/data
@@ -112,6 +118,27 @@ start_broker() {
     "log $LOG_DIR/broker.log"
 }
 
+# The development credentials of the registry: a random password (kept until reset), the users
+# file holding its hash, and an env file naming both for clients.
+registry_secrets() {
+  mkdir -p "$SECRETS_DIR"
+  chmod 700 "$SECRETS_DIR"
+  if [ ! -s "$SECRETS_DIR/registry-password" ]; then
+    (umask 077 && openssl rand -hex 16 >"$SECRETS_DIR/registry-password.tmp")
+    mv "$SECRETS_DIR/registry-password.tmp" "$SECRETS_DIR/registry-password"
+    rm -f "$SECRETS_DIR/registry-users"
+  fi
+  if [ ! -s "$SECRETS_DIR/registry-users" ]; then
+    local hash
+    hash=$("$BIN_DIR/schema-registry" --hash-password <"$SECRETS_DIR/registry-password")
+    printf '# The embedded stack'"'"'s registry users (name:role:argon2id hash).\n%s:admin:%s\n' \
+      "$REGISTRY_USER" "$hash" >"$SECRETS_DIR/registry-users.tmp"
+    mv "$SECRETS_DIR/registry-users.tmp" "$SECRETS_DIR/registry-users"
+  fi
+  printf 'BACKBONE__SCHEMA_REGISTRY__USERNAME=%s\nBACKBONE__SCHEMA_REGISTRY__PASSWORD_FILE=%s\n' \
+    "$REGISTRY_USER" "$SECRETS_DIR/registry-password" >"$SECRETS_DIR/registry.env"
+}
+
 start_registry() {
   local pid
   if pid=$(pid_of registry); then
@@ -126,12 +153,15 @@ start_registry() {
     say "port 127.0.0.1:$REGISTRY_PORT is taken by another process; set BACKBONE_REGISTRY_PORT" >&2
     exit 1
   fi
+  registry_secrets
   BACKBONE__KAFKA__BOOTSTRAP_SERVERS=127.0.0.1:$KAFKA_PORT \
   BACKBONE__REGISTRY__LISTEN=127.0.0.1:$REGISTRY_PORT \
+  BACKBONE__REGISTRY__USERS_FILE=$SECRETS_DIR/registry-users \
     setsid "$BIN_DIR/schema-registry" >>"$LOG_DIR/registry.log" 2>&1 </dev/null &
   echo $! >"$RUN_DIR/registry.pid"
   await_ready registry "http://127.0.0.1:$REGISTRY_PORT/health" 60
-  say "registry up on http://127.0.0.1:$REGISTRY_PORT (topic _schemas), log $LOG_DIR/registry.log"
+  say "registry up on http://127.0.0.1:$REGISTRY_PORT (topic _schemas), log $LOG_DIR/registry.log;" \
+    "user $REGISTRY_USER, credentials for clients in $SECRETS_DIR/registry.env"
 }
 
 # The binaries of the PostgreSQL major version that created the cluster, or of the newest
@@ -326,7 +356,8 @@ status() {
     say "broker   stopped  (would listen on 127.0.0.1:$KAFKA_PORT)"
   fi
   if pid=$(pid_of registry); then
-    say "registry running  pid $pid  http://127.0.0.1:$REGISTRY_PORT  log $LOG_DIR/registry.log"
+    say "registry running  pid $pid  http://127.0.0.1:$REGISTRY_PORT  log $LOG_DIR/registry.log" \
+      " user $REGISTRY_USER  password $SECRETS_DIR/registry-password  (source $SECRETS_DIR/registry.env)"
   else
     say "registry stopped  (would listen on http://127.0.0.1:$REGISTRY_PORT)"
   fi
@@ -350,14 +381,18 @@ case "${1:-}" in
     stop_service postgres
     ;;
   status) status ;;
+  registry-url)
+    [ -s "$SECRETS_DIR/registry-password" ] || { say "no registry credentials yet: run up first" >&2; exit 1; }
+    echo "http://$REGISTRY_USER:$(cat "$SECRETS_DIR/registry-password")@127.0.0.1:$REGISTRY_PORT"
+    ;;
   reset)
     stop_service registry
     stop_service broker
     stop_service postgres
-    rm -rf "$DATA_DIR" "$PG_HOME" "$TLS_DIR"
+    rm -rf "$DATA_DIR" "$PG_HOME" "$TLS_DIR" "$SECRETS_DIR"
     ;;
   *)
-    echo "usage: $0 up|down|status|reset" >&2
+    echo "usage: $0 up|down|status|reset|registry-url" >&2
     exit 2
     ;;
 esac

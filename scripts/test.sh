@@ -25,7 +25,6 @@ export BACKBONE_KAFKA_PORT=${BACKBONE_TEST_KAFKA_PORT:-19092}
 export BACKBONE_REGISTRY_PORT=${BACKBONE_TEST_REGISTRY_PORT:-18081}
 export BACKBONE_POSTGRES_PORT=${BACKBONE_TEST_POSTGRES_PORT:-15432}
 export BACKBONE_TEST_BOOTSTRAP=127.0.0.1:$BACKBONE_KAFKA_PORT
-export BACKBONE_TEST_REGISTRY_URL=http://127.0.0.1:$BACKBONE_REGISTRY_PORT
 export BACKBONE_TEST_POSTGRES_URL=postgres://backbone:backbone@127.0.0.1:$BACKBONE_POSTGRES_PORT/backbone
 # The CA of the certificate the stack's PostgreSQL serves TLS with (scripts/stack.sh).
 export BACKBONE_TEST_POSTGRES_CA=$BACKBONE_STACK_DIR/tls/postgres-ca.pem
@@ -33,6 +32,9 @@ export BACKBONE_TEST_POSTGRES_CA=$BACKBONE_STACK_DIR/tls/postgres-ca.pem
 trap '"$REPO/scripts/stack.sh" down' EXIT
 cargo build --workspace --bins --quiet
 "$REPO/scripts/stack.sh" up
+# The stack's registry wants its development credentials; they exist once it is up.
+BACKBONE_TEST_REGISTRY_URL=$("$REPO/scripts/stack.sh" registry-url)
+export BACKBONE_TEST_REGISTRY_URL
 
 echo "test: cargo test"
 cargo test --workspace "$@"

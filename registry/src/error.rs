@@ -168,6 +168,64 @@ impl ApiError {
         )
     }
 
+    /// 40101: no credentials, or credentials no user of the users file has.
+    pub fn unauthorized(detail: &str) -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            40101,
+            format!("Unauthorized: {detail}"),
+        )
+    }
+
+    /// 40301: the user's role does not allow the request.
+    pub fn forbidden(detail: &str) -> Self {
+        Self::new(StatusCode::FORBIDDEN, 40301, format!("Forbidden: {detail}"))
+    }
+
+    /// 40801: the request was not answered within `registry.request_timeout`.
+    pub fn request_timeout(limit: &str) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            40801,
+            format!("The request was not answered within {limit} (registry.request_timeout)"),
+        )
+    }
+
+    /// 40910 (Backbone's own): a permanent delete without `force=true`. Permanently deleting
+    /// frees schema ids that stored records may still carry; such records would no longer
+    /// decode anywhere.
+    pub fn permanent_delete_unforced(what: &str) -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            40910,
+            format!(
+                "Permanently deleting {what} makes records written with its schema ids \
+                 unreadable; add force=true once no stored record uses them"
+            ),
+        )
+    }
+
+    /// 41301: the body is larger than `registry.max_request_bytes`.
+    pub fn too_large(limit: u64) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            41301,
+            format!("The request body is larger than {limit} bytes (registry.max_request_bytes)"),
+        )
+    }
+
+    /// 42901: `registry.max_concurrent_requests` are being served already.
+    pub fn busy(limit: usize) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            42901,
+            format!(
+                "{limit} requests are being served already (registry.max_concurrent_requests); \
+                 retry later"
+            ),
+        )
+    }
+
     /// 50001: the backing topic failed.
     pub fn store(detail: &str) -> Self {
         Self::new(

@@ -156,9 +156,13 @@ async fn delete_subject(
     Path(subject): Path<String>,
     Query(params): Params,
 ) -> ApiResult {
-    let versions = registry
-        .delete_subject(&subject, flag(&params, "permanent"))
-        .await?;
+    let permanent = flag(&params, "permanent");
+    if permanent && !flag(&params, "force") {
+        return Err(ApiError::permanent_delete_unforced(&format!(
+            "subject '{subject}'"
+        )));
+    }
+    let versions = registry.delete_subject(&subject, permanent).await?;
     Ok(reply(json!(versions)))
 }
 
@@ -167,9 +171,15 @@ async fn delete_version(
     Path((subject, version)): Path<(String, String)>,
     Query(params): Params,
 ) -> ApiResult {
+    let permanent = flag(&params, "permanent");
+    if permanent && !flag(&params, "force") {
+        return Err(ApiError::permanent_delete_unforced(&format!(
+            "subject '{subject}' version {version}"
+        )));
+    }
     let version = VersionRef::parse(&version)?;
     let deleted = registry
-        .delete_version(&subject, version, flag(&params, "permanent"))
+        .delete_version(&subject, version, permanent)
         .await?;
     Ok(reply(json!(deleted)))
 }

@@ -8,17 +8,21 @@
 //! Compatibility is decided by [`backbone_compat`] from Avro's resolution rules.
 
 pub mod error;
+pub mod gate;
 pub mod http;
 pub mod index;
 pub mod log;
 pub mod request;
 pub mod service;
+pub mod users;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::DefaultBodyLimit;
 use backbone_core::config::{ConfigError, Validate};
 use backbone_core::KafkaSettings;
 use serde::Deserialize;
@@ -26,7 +30,9 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub use gate::Gate;
 pub use service::Registry;
+pub use users::Users;
 
 /// The `[registry]` config section.
 #[derive(Debug, Clone, Deserialize)]
@@ -39,6 +45,19 @@ pub struct RegistrySettings {
     /// Longest wait for the topic on any request.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// Users allowed in, with their roles and password hashes (see [`users`]). Without it the
+    /// registry answers anyone, and only starts so with `anonymous = true`.
+    pub users_file: Option<PathBuf>,
+    /// Serve without authentication: anyone who reaches the port may change or delete
+    /// schemas. For a laptop, never a shared network.
+    pub anonymous: bool,
+    /// Longest a request may take, reading its body included.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Largest request body taken.
+    pub max_request_bytes: u64,
+    /// Requests served at once; more are refused with 429.
+    pub max_concurrent_requests: usize,
 }
 
 impl Default for RegistrySettings {
@@ -47,7 +66,31 @@ impl Default for RegistrySettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
             topic: "_schemas".to_owned(),
             timeout: Duration::from_secs(10),
+            users_file: None,
+            anonymous: false,
+            request_timeout: Duration::from_secs(30),
+            // Bundled contracts are tens of kilobytes; a megabyte leaves room and still bounds
+            // what one request can make the registry hold.
+            max_request_bytes: 1 << 20,
+            max_concurrent_requests: 64,
         }
+    }
+}
+
+impl RegistrySettings {
+    /// The gate every request passes, with the users file read now.
+    pub fn gate(&self) -> Result<Gate, ConfigError> {
+        let users = self
+            .users_file
+            .as_deref()
+            .map(|path| Users::load(path, "registry.users_file"))
+            .transpose()?;
+        Ok(Gate::new(
+            users,
+            self.max_concurrent_requests,
+            self.request_timeout,
+            self.max_request_bytes,
+        ))
     }
 }
 
@@ -59,13 +102,32 @@ impl Validate for RegistrySettings {
                 message: "must not be empty".into(),
             });
         }
-        if self.timeout.is_zero() {
-            return Err(ConfigError::Invalid {
-                key: "registry.timeout".into(),
-                message: "must be more than 0s".into(),
-            });
+        let invalid = |key: &str, message: &str| ConfigError::Invalid {
+            key: format!("registry.{key}"),
+            message: message.to_owned(),
+        };
+        for (key, zero) in [
+            ("timeout", self.timeout.is_zero()),
+            ("request_timeout", self.request_timeout.is_zero()),
+            ("max_request_bytes", self.max_request_bytes == 0),
+            ("max_concurrent_requests", self.max_concurrent_requests == 0),
+        ] {
+            if zero {
+                return Err(invalid(key, "must be more than 0"));
+            }
         }
-        Ok(())
+        match (&self.users_file, self.anonymous) {
+            (Some(_), true) => Err(invalid(
+                "anonymous",
+                "cannot be true with a users_file; choose one",
+            )),
+            (None, false) => Err(invalid(
+                "users_file",
+                "required: the users allowed in (see docs/security.md), or anonymous = true \
+                 to let anyone who reaches the port change and delete schemas",
+            )),
+            _ => self.gate().map(|_| ()),
+        }
     }
 }
 
@@ -91,6 +153,8 @@ impl RegistryConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], 0)),
                 topic: topic.to_owned(),
                 timeout: Duration::from_secs(20),
+                anonymous: true,
+                ..RegistrySettings::default()
             },
         }
     }
@@ -112,6 +176,9 @@ pub enum RegistryError {
     /// The HTTP server failed.
     #[error("http server: {0}")]
     Http(#[from] std::io::Error),
+    /// A setting cannot work (the users file changed since validation).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
 }
 
 /// Replays the schemas topic, then serves the API on `listener` until `shutdown` completes.
@@ -126,18 +193,28 @@ pub async fn serve(
         config.registry.timeout,
     )
     .await?;
-    serve_opened(registry, &config.registry.topic, listener, shutdown).await
+    serve_opened(registry, &config.registry, listener, shutdown).await
 }
 
 async fn serve_opened(
     registry: Registry,
-    topic: &str,
+    settings: &RegistrySettings,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RegistryError> {
+    let gate = Arc::new(settings.gate()?);
+    let body_limit = usize::try_from(gate.max_request_bytes()).unwrap_or(usize::MAX);
+    let router = http::router(Arc::new(registry))
+        // Bodies sent without a length are cut here; announced ones at the gate.
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(gate, gate::admit));
     let address = listener.local_addr()?;
-    tracing::info!(%address, topic, "schema registry serving");
-    axum::serve(listener, http::router(Arc::new(registry)))
+    let access = match &settings.users_file {
+        Some(file) => format!("users from {}", file.display()),
+        None => "anonymous: anyone reaching the port may change schemas".to_owned(),
+    };
+    tracing::info!(%address, topic = settings.topic, access, "schema registry serving");
+    axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await?;
     Ok(())
@@ -164,9 +241,9 @@ impl LocalRegistry {
         let listener = TcpListener::bind(config.registry.listen).await?;
         let url = format!("http://{}", listener.local_addr()?);
         let (stop, stopped) = oneshot::channel::<()>();
-        let topic = config.registry.topic.clone();
+        let settings = config.registry.clone();
         let task = tokio::spawn(async move {
-            serve_opened(registry, &topic, listener, async {
+            serve_opened(registry, &settings, listener, async {
                 let _ = stopped.await;
             })
             .await

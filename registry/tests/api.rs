@@ -388,7 +388,7 @@ async fn soft_and_permanent_deletes() {
     // A version must be soft-deleted before it can be removed.
     expect_error(
         registry
-            .delete("/subjects/d-value/versions/1?permanent=true")
+            .delete("/subjects/d-value/versions/1?permanent=true&force=true")
             .await,
         404,
         40407,
@@ -429,7 +429,7 @@ async fn soft_and_permanent_deletes() {
     assert_eq!(status, 200);
     let (status, body) = read(
         registry
-            .delete("/subjects/d-value/versions/1?permanent=true")
+            .delete("/subjects/d-value/versions/1?permanent=true&force=true")
             .await,
     )
     .await;
@@ -444,7 +444,9 @@ async fn soft_and_permanent_deletes() {
 
     // Whole subject: soft first, then permanent.
     expect_error(
-        registry.delete("/subjects/d-value?permanent=true").await,
+        registry
+            .delete("/subjects/d-value?permanent=true&force=true")
+            .await,
         404,
         40405,
     )
@@ -456,7 +458,12 @@ async fn soft_and_permanent_deletes() {
     assert_eq!(body, json!([]));
     let (_, body) = read(registry.get("/subjects?deleted=true").await).await;
     assert_eq!(body, json!(["d-value"]));
-    let (status, body) = read(registry.delete("/subjects/d-value?permanent=true").await).await;
+    let (status, body) = read(
+        registry
+            .delete("/subjects/d-value?permanent=true&force=true")
+            .await,
+    )
+    .await;
     assert_eq!((status, body), (200, json!([2])));
     expect_error(registry.get("/subjects/d-value/versions").await, 404, 40401).await;
     expect_error(registry.delete("/subjects/d-value").await, 404, 40401).await;

@@ -19,7 +19,11 @@ pub struct TestRegistry {
 impl TestRegistry {
     /// A registry over `topic` (give each test its own) on a free 127.0.0.1 port.
     pub async fn start(topic: &str) -> Self {
-        let config = RegistryConfig::ephemeral(shared_settings(), topic);
+        Self::start_with(RegistryConfig::ephemeral(shared_settings(), topic)).await
+    }
+
+    /// A registry of `config`.
+    pub async fn start_with(config: RegistryConfig) -> Self {
         let local = LocalRegistry::start(&config)
             .await
             .expect("registry starts");
