@@ -5,7 +5,9 @@ and Avro serde were written against Confluent's registry, not ours, so what they
 produce is what Confluent clients in the field will. `make setup` installs the pinned client into
 its own venv; tests/independent_client.rs runs this script with `$TOOLS_DIR/bin/pyclient-python`.
 
-The registry URL comes from --url or BACKBONE_REGISTRY_URL and must be http://127.0.0.1:<port>.
+The registry URL comes from --url or BACKBONE_REGISTRY_URL and must be http://127.0.0.1:<port>;
+credentials written into it (http://user:password@127.0.0.1:<port>) are passed to the client as
+`basic.auth.user.info`, as a producer team configures it.
 
 Subcommands:
 
@@ -39,6 +41,7 @@ JSON rendering of Avro values, the same in both directions so records compare as
 """
 
 import argparse
+import base64
 import copy
 import datetime
 import decimal
@@ -46,6 +49,7 @@ import json
 import os
 import sys
 import urllib.parse
+import urllib.request
 import uuid
 
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
@@ -80,12 +84,42 @@ def registry_url(given):
         raise SystemExit("no registry: pass --url or set BACKBONE_REGISTRY_URL")
     parts = urllib.parse.urlsplit(url)
     if parts.scheme != "http" or parts.hostname != "127.0.0.1" or parts.port is None:
-        raise SystemExit(f"registry url {url!r}: expected http://127.0.0.1:<port>")
+        raise SystemExit(f"registry url {parts.scheme}://{parts.hostname}:{parts.port}: "
+                         "expected http://127.0.0.1:<port>")
     return url.rstrip("/")
 
 
+def split_credentials(url):
+    """The URL without user info, and the `user:password` it held (or None)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None:
+        return url, None
+    bare = parts._replace(netloc=f"{parts.hostname}:{parts.port}").geturl()
+    user_info = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+    return bare, user_info
+
+
 def new_client(url):
-    return SchemaRegistryClient({"url": url, "timeout": 30})
+    bare, user_info = split_credentials(url)
+    config = {"url": bare, "timeout": 30}
+    if user_info is not None:
+        config["basic.auth.credentials.source"] = "USER_INFO"
+        config["basic.auth.user.info"] = user_info
+    return SchemaRegistryClient(config)
+
+
+def forced_permanent_delete(url, subject):
+    """DELETE ...?permanent=true&force=true, which Confluent's client cannot ask for: our registry
+    refuses a permanent delete without force, since it frees ids stored records may carry."""
+    bare, user_info = split_credentials(url)
+    request = urllib.request.Request(
+        f"{bare}/subjects/{urllib.parse.quote(subject, safe='')}?permanent=true&force=true",
+        method="DELETE")
+    if user_info is not None:
+        token = base64.b64encode(user_info.encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return json.load(answer)
 
 
 def read_json(path):
@@ -389,7 +423,9 @@ def register_and_fetch(url, subject, schema_path):
     deleted["versions_with_deleted"] = fresh().get_versions(subject, deleted=True)
     deleted["schema_by_id_after_soft"] = canonical(fresh().get_schema(first_id).schema_str) == \
         canonical(schema.schema_str)
-    deleted["permanent"] = fresh().delete_subject(subject, permanent=True)
+    deleted["permanent_unforced"] = registry_error(
+        lambda: fresh().delete_subject(subject, permanent=True))
+    deleted["permanent"] = forced_permanent_delete(url, subject)
     deleted["versions_after_permanent"] = registry_error(
         lambda: fresh().get_versions(subject, deleted=True))
     check(deleted["soft"] == [1, 2], f"soft delete returned {deleted['soft']}")
@@ -398,6 +434,8 @@ def register_and_fetch(url, subject, schema_path):
     check(deleted["versions_with_deleted"] == [1, 2],
           f"versions with deleted: {deleted['versions_with_deleted']}")
     check(deleted["schema_by_id_after_soft"], "schema by id changed after a soft delete")
+    check(deleted["permanent_unforced"]["error_code"] == 40910,
+          f"permanent delete without force: {deleted['permanent_unforced']}")
     check(deleted["permanent"] == [1, 2], f"permanent delete returned {deleted['permanent']}")
     check(deleted["versions_after_permanent"]["error_code"] == 40401,
           f"versions after permanent delete: {deleted['versions_after_permanent']}")
