@@ -22,6 +22,7 @@ pub mod dead_letter;
 mod delivery;
 pub mod endpoint;
 mod global;
+pub mod https;
 pub mod kafka;
 pub mod metrics;
 pub mod processor;

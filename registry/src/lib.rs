@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use backbone_core::config::{ConfigError, Validate};
+use backbone_core::https;
 use backbone_core::KafkaSettings;
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -58,6 +59,10 @@ pub struct RegistrySettings {
     pub max_request_bytes: u64,
     /// Requests served at once; more are refused with 429.
     pub max_concurrent_requests: usize,
+    /// PEM certificate chain to serve HTTPS with (with `tls_key_file`); plain HTTP without.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for RegistrySettings {
@@ -73,11 +78,28 @@ impl Default for RegistrySettings {
             // what one request can make the registry hold.
             max_request_bytes: 1 << 20,
             max_concurrent_requests: 64,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
 
 impl RegistrySettings {
+    /// The TLS acceptor of `tls_cert_file` and `tls_key_file`, read now; `None` for plain HTTP.
+    pub fn tls(&self) -> Result<Option<https::TlsAcceptor>, ConfigError> {
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(key)) => {
+                https::acceptor(cert, key, "registry.tls_cert_file", "registry.tls_key_file")
+                    .map(Some)
+            }
+            (None, None) => Ok(None),
+            (Some(_), None) | (None, Some(_)) => Err(ConfigError::Invalid {
+                key: "registry.tls_cert_file".into(),
+                message: "tls_cert_file and tls_key_file go together".into(),
+            }),
+        }
+    }
+
     /// The gate every request passes, with the users file read now.
     pub fn gate(&self) -> Result<Gate, ConfigError> {
         let users = self
@@ -126,7 +148,7 @@ impl Validate for RegistrySettings {
                 "required: the users allowed in (see docs/security.md), or anonymous = true \
                  to let anyone who reaches the port change and delete schemas",
             )),
-            _ => self.gate().map(|_| ()),
+            _ => self.gate().and_then(|_| self.tls()).map(|_| ()),
         }
     }
 }
@@ -208,15 +230,22 @@ async fn serve_opened(
         // Bodies sent without a length are cut here; announced ones at the gate.
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn_with_state(gate, gate::admit));
+    let tls = settings.tls()?;
     let address = listener.local_addr()?;
     let access = match &settings.users_file {
         Some(file) => format!("users from {}", file.display()),
         None => "anonymous: anyone reaching the port may change schemas".to_owned(),
     };
-    tracing::info!(%address, topic = settings.topic, access, "schema registry serving");
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(%address, scheme, topic = settings.topic, access, "schema registry serving");
+    match tls {
+        Some(acceptor) => https::serve(listener, acceptor, router, shutdown).await?,
+        None => {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await?;
+        }
+    }
     Ok(())
 }
 
@@ -239,7 +268,12 @@ impl LocalRegistry {
         )
         .await?;
         let listener = TcpListener::bind(config.registry.listen).await?;
-        let url = format!("http://{}", listener.local_addr()?);
+        let scheme = if config.registry.tls_cert_file.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let url = format!("{scheme}://{}", listener.local_addr()?);
         let (stop, stopped) = oneshot::channel::<()>();
         let settings = config.registry.clone();
         let task = tokio::spawn(async move {
@@ -255,7 +289,7 @@ impl LocalRegistry {
         })
     }
 
-    /// Base URL, like `http://127.0.0.1:40123`.
+    /// Base URL, like `http://127.0.0.1:40123` (`https://` when serving TLS).
     pub fn url(&self) -> &str {
         &self.url
     }

@@ -288,3 +288,36 @@ async fn a_stalled_request_times_out_and_the_limit_refuses_the_next_meanwhile() 
     );
     registry.stop().await;
 }
+
+#[tokio::test]
+async fn over_https_only_a_client_trusting_the_ca_gets_in() {
+    let ca = backbone_testkit::TestCa::new("registry").unwrap();
+    let issued = ca.issue("registry").unwrap();
+    let mut config = guarded(&unique_topic("schemas"));
+    config.registry.tls_cert_file = Some(issued.cert.clone());
+    config.registry.tls_key_file = Some(issued.key.clone());
+    let registry = TestRegistry::start_with(config).await;
+    assert!(registry.url.starts_with("https://"), "{}", registry.url);
+
+    let settings =
+        |ca_file: Option<PathBuf>| backbone_core::schema_registry::SchemaRegistrySettings {
+            url: registry
+                .url
+                .replace("https://", "https://writer:writer-pw@"),
+            ca_file,
+            ..Default::default()
+        };
+    let trusting = RegistryClient::new(
+        settings(Some(ca.cert())).access().unwrap(),
+        Duration::from_secs(10),
+    );
+    trusting.register("t-value", &schema()).await.unwrap();
+
+    let untrusting = RegistryClient::new(settings(None).access().unwrap(), Duration::from_secs(10));
+    let refused = untrusting.subjects().await.unwrap_err();
+    assert!(
+        refused.to_string().to_lowercase().contains("certificate"),
+        "{refused}"
+    );
+    registry.stop().await;
+}

@@ -94,7 +94,12 @@ impl Validate for SandboxConfig {
             message,
         };
         if let Some(tls) = &self.tls {
-            crate::tls::acceptor(&tls.cert_file, &tls.key_file)?;
+            backbone_core::https::acceptor(
+                &tls.cert_file,
+                &tls.key_file,
+                "tls.cert_file",
+                "tls.key_file",
+            )?;
         }
         let token = self.resolve_token()?;
         if token.expose().is_empty() {

@@ -16,7 +16,6 @@ mod erp;
 pub mod faults;
 mod http;
 mod money;
-mod tls;
 
 use std::fmt;
 use std::future::Future;
@@ -26,6 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
 use axum::Router;
+use backbone_core::https;
 use backbone_core::Secret;
 use tokio::net::TcpListener;
 
@@ -127,17 +127,24 @@ pub async fn serve(
     };
     let token = config.resolve_token().map_err(invalid)?;
     let admin_token = config.resolve_admin_token().map_err(invalid)?;
-    let acceptor =
-        match &config.tls {
-            Some(files) => Some(tls::acceptor(&files.cert_file, &files.key_file).map_err(
-                |err| std::io::Error::new(std::io::ErrorKind::InvalidInput, err.to_string()),
-            )?),
-            None => None,
-        };
+    let acceptor = match &config.tls {
+        Some(files) => Some(
+            https::acceptor(
+                &files.cert_file,
+                &files.key_file,
+                "tls.cert_file",
+                "tls.key_file",
+            )
+            .map_err(|err| {
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, err.to_string())
+            })?,
+        ),
+        None => None,
+    };
     let app = Arc::new(Sandbox::new(config, token, admin_token));
     tracing::info!(address = %listener.local_addr()?, https = acceptor.is_some(), "sandbox serving");
     match acceptor {
-        Some(acceptor) => tls::serve(listener, acceptor, router(app), shutdown).await,
+        Some(acceptor) => https::serve(listener, acceptor, router(app), shutdown).await,
         None => {
             axum::serve(listener, router(app))
                 .with_graceful_shutdown(shutdown)

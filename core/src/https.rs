@@ -1,48 +1,51 @@
-//! Serving the sandbox over HTTPS, so that sinks are tested against a destination that wants
-//! TLS as every real SaaS API does.
+//! Serving an HTTP API over TLS (the schema registry, the sandbox): the certificate chain and
+//! key from PEM files, checked at start-up, and a server that drops a client failing its
+//! handshake without stopping.
 
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::config::ConfigError;
 use axum::Router;
-use backbone_core::config::ConfigError;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio_rustls::TlsAcceptor;
+pub use tokio_rustls::TlsAcceptor;
 
-/// A TLS acceptor for the certificate chain in `cert_file` and the key in `key_file` (PEM).
-pub(crate) fn acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor, ConfigError> {
+/// A TLS acceptor for the certificate chain in `cert_file` and the key in `key_file` (PEM);
+/// errors name the settings `cert_key` and `key_key` and the file.
+pub fn acceptor(
+    cert_file: &Path,
+    key_file: &Path,
+    cert_key: &str,
+    key_key: &str,
+) -> Result<TlsAcceptor, ConfigError> {
     let invalid = |key: &str, path: &Path, message: String| ConfigError::Invalid {
         key: key.to_owned(),
         message: format!("`{}`: {message}", path.display()),
     };
     let chain = CertificateDer::pem_file_iter(cert_file)
         .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-        .map_err(|err| invalid("tls.cert_file", cert_file, err.to_string()))?;
+        .map_err(|err| invalid(cert_key, cert_file, err.to_string()))?;
     if chain.is_empty() {
-        return Err(invalid(
-            "tls.cert_file",
-            cert_file,
-            "holds no certificate".into(),
-        ));
+        return Err(invalid(cert_key, cert_file, "holds no certificate".into()));
     }
     let key = PrivateKeyDer::from_pem_file(key_file)
-        .map_err(|err| invalid("tls.key_file", key_file, err.to_string()))?;
+        .map_err(|err| invalid(key_key, key_file, err.to_string()))?;
     let config = rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(chain, key)
-        .map_err(|err| invalid("tls.key_file", key_file, err.to_string()))?;
+        .map_err(|err| invalid(key_key, key_file, err.to_string()))?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
 /// Serves `router` over TLS on `listener` until `shutdown` completes. A client that fails its
 /// handshake is logged and dropped; the server goes on.
-pub(crate) async fn serve(
+pub async fn serve(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     router: Router,
