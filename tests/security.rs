@@ -176,9 +176,9 @@ async fn refused_at_start(
         .kill_on_drop(true);
     match backbone_components::named(binary) {
         Some(c) if c.is_stage() => command.env("BACKBONE__OBSERVABILITY__LISTEN", "127.0.0.1:0"),
-        _ if binary == "schema-registry" => {
-            command.env("BACKBONE__REGISTRY__LISTEN", "127.0.0.1:0")
-        }
+        _ if binary == "schema-registry" => command
+            .env("BACKBONE__REGISTRY__LISTEN", "127.0.0.1:0")
+            .env("BACKBONE__REGISTRY__ANONYMOUS", "true"),
         _ => &mut command,
     };
     // A destination a sink accepts at start-up; nothing is ever delivered to it.
@@ -288,7 +288,13 @@ async fn no_binary_prints_a_secret_of_its_config() {
                     format!("http://app:{registry}@127.0.0.1:8081"),
                 ));
             }
-            Kind::Service => env.extend(kafka.clone()),
+            Kind::Service => {
+                env.extend(kafka.clone());
+                env.push((
+                    "BACKBONE__REGISTRY__ANONYMOUS".to_owned(),
+                    "true".to_owned(),
+                ));
+            }
             Kind::Tool if binary == "monitor" => env.extend(kafka.clone()),
             Kind::Tool if binary == "sandbox" => {
                 env.push(("BACKBONE__TOKEN".to_owned(), credential.to_owned()));
