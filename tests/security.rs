@@ -133,6 +133,29 @@ async fn security_mistakes_stop_start_up_naming_what_is_wrong() {
     );
     let _ = std::fs::remove_file(&garbage);
 
+    // Expired: a CA we would trust, and a client certificate we would present.
+    let issuer = TestCa::new("expired").expect("a CA");
+    let expired = issuer
+        .issue_expired("client")
+        .expect("an expired certificate");
+    for key in ["ssl.ca.location", "ssl.certificate.location"] {
+        let mut stale = broker.settings(scram);
+        set(&mut stale, key, &expired.cert.display().to_string());
+        set(
+            &mut stale,
+            "ssl.key.location",
+            &expired.key.display().to_string(),
+        );
+        assert_names(
+            &refusal(&stale),
+            &[
+                key,
+                &expired.cert.display().to_string(),
+                "expired on Jan  2 00:00:00 2024",
+            ],
+        );
+    }
+
     let mut unknown_mechanism = broker.settings(scram);
     set(&mut unknown_mechanism, "sasl.mechanism", "SCRAM-SHA-1");
     assert_names(

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::certificates::{check_dates, CertificateUse};
 use crate::config::ConfigError;
 use axum::Router;
 use hyper_util::rt::TokioIo;
@@ -34,6 +35,7 @@ pub fn acceptor(
     if chain.is_empty() {
         return Err(invalid(cert_key, cert_file, "holds no certificate".into()));
     }
+    check_dates(cert_file, CertificateUse::Present, cert_key)?;
     let key = PrivateKeyDer::from_pem_file(key_file)
         .map_err(|err| invalid(key_key, key_file, err.to_string()))?;
     let config = rustls::ServerConfig::builder()

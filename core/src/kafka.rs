@@ -4,7 +4,7 @@
 mod properties;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rdkafka::error::KafkaError;
@@ -13,6 +13,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
 use serde::Deserialize;
 
+use crate::certificates::{self, CertificateUse};
 use crate::config::{ConfigError, Validate};
 
 /// The `[kafka]` config section.
@@ -340,12 +341,16 @@ impl Validate for KafkaSettings {
         self.property_file_values()?;
         // librdkafka reads these when a client is made, and says only which property failed.
         for (map, key, path) in self.file_properties() {
+            let name = format!("{map}.\"{key}\"");
             if let Err(err) = std::fs::File::open(path) {
-                return Err(invalid(
-                    &format!("{map}.\"{key}\""),
-                    format!("cannot read `{path}`: {err}"),
-                ));
+                return Err(invalid(&name, format!("cannot read `{path}`: {err}")));
             }
+            let usage = match key {
+                "ssl.ca.location" => CertificateUse::Trust,
+                "ssl.certificate.location" => CertificateUse::Present,
+                _ => continue,
+            };
+            certificates::check_dates(Path::new(path), usage, &format!("kafka.{name}"))?;
         }
         if self.bootstrap_servers.trim().is_empty() {
             return Err(invalid("bootstrap_servers", "must not be empty".into()));

@@ -15,6 +15,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod certificates;
 pub mod config;
 pub mod connect;
 mod contracts;

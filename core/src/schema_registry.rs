@@ -8,6 +8,7 @@ use backbone_schemas::{BasicAuth, RegistryAccess};
 use clap::Args;
 use serde::Deserialize;
 
+use crate::certificates::{check_dates, CertificateUse};
 use crate::config::{ConfigError, Validate};
 use crate::secret::Secret;
 
@@ -92,6 +93,7 @@ impl SchemaRegistrySettings {
                         format!("`{}` holds no PEM certificate", path.display()),
                     )
                 })?;
+            check_dates(path, CertificateUse::Trust, "schema_registry.ca_file")?;
             access = access.with_ca(certificates);
         }
         Ok(access)

@@ -296,6 +296,18 @@ async fn over_https_only_a_client_trusting_the_ca_gets_in() {
     let mut config = guarded(&unique_topic("schemas"));
     config.registry.tls_cert_file = Some(issued.cert.clone());
     config.registry.tls_key_file = Some(issued.key.clone());
+    let mut stale = RegistryConfig::ephemeral(shared_settings(), "unused");
+    let expired = ca.issue_expired("old-registry").unwrap();
+    stale.registry.tls_cert_file = Some(expired.cert.clone());
+    stale.registry.tls_key_file = Some(expired.key.clone());
+    let refused = backbone_core::config::Validate::validate(&stale)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("registry.tls_cert_file") && refused.contains("expired on"),
+        "{refused}"
+    );
+
     let registry = TestRegistry::start_with(config).await;
     assert!(registry.url.starts_with("https://"), "{}", registry.url);
 

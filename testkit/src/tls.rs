@@ -65,26 +65,7 @@ impl TestCa {
 
     /// A certificate for `name`, valid for 127.0.0.1 and localhost for two days.
     pub fn issue(&self, name: &str) -> Result<IssuedCert, TestkitError> {
-        let (key, csr, cert) = (
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("{name}.pem"),
-        );
-        openssl(
-            &self.dir,
-            &[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                &key,
-                "-out",
-                &csr,
-                "-subj",
-                "/CN=127.0.0.1",
-            ],
-        )?;
+        let (csr, cert) = self.request(name)?;
         let extensions = self.dir.join(format!("{name}.ext"));
         write(
             &extensions,
@@ -110,6 +91,77 @@ impl TestCa {
                 &extensions.display().to_string(),
             ],
         )?;
+        self.issued(name)
+    }
+
+    /// A certificate for `name` that expired on 2 January 2024 (`openssl x509` cannot date one
+    /// in the past; `openssl ca` can, with a throwaway database).
+    pub fn issue_expired(&self, name: &str) -> Result<IssuedCert, TestkitError> {
+        let (csr, cert) = self.request(name)?;
+        let config = self.dir.join(format!("{name}-ca.cnf"));
+        let database = self.dir.join(format!("{name}-index.txt"));
+        let serial = self.dir.join(format!("{name}-serial"));
+        write(
+            &config,
+            &format!(
+                "[ca]\ndefault_ca = test\n[test]\ndatabase = {}\nnew_certs_dir = {}\n\
+                 serial = {}\ndefault_md = sha256\npolicy = any\n[any]\ncommonName = supplied\n",
+                database.display(),
+                self.dir.display(),
+                serial.display()
+            ),
+        )?;
+        write(&database, "")?;
+        write(&serial, "01\n")?;
+        openssl(
+            &self.dir,
+            &[
+                "ca",
+                "-batch",
+                "-notext",
+                "-config",
+                &config.display().to_string(),
+                "-cert",
+                "ca.pem",
+                "-keyfile",
+                "ca.key",
+                "-in",
+                &csr,
+                "-out",
+                &cert,
+                "-startdate",
+                "20240101000000Z",
+                "-enddate",
+                "20240102000000Z",
+            ],
+        )?;
+        self.issued(name)
+    }
+
+    /// A key and a signing request for `name`: the request's and the certificate's file names.
+    fn request(&self, name: &str) -> Result<(String, String), TestkitError> {
+        let (key, csr) = (format!("{name}.key"), format!("{name}.csr"));
+        openssl(
+            &self.dir,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+                "-subj",
+                "/CN=127.0.0.1",
+            ],
+        )?;
+        Ok((csr, format!("{name}.pem")))
+    }
+
+    fn issued(&self, name: &str) -> Result<IssuedCert, TestkitError> {
+        let cert = format!("{name}.pem");
+        let key = format!("{name}.key");
         let issued = IssuedCert {
             cert: self.dir.join(&cert),
             key: self.dir.join(&key),

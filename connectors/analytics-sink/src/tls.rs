@@ -73,6 +73,11 @@ pub(crate) fn transport(
         if certificates.is_empty() {
             return Err(invalid("holds no PEM certificate".to_owned()));
         }
+        backbone_core::certificates::check_dates(
+            ca_file,
+            backbone_core::certificates::CertificateUse::Trust,
+            "destination.ca_file",
+        )?;
         for certificate in certificates {
             roots
                 .add(certificate)

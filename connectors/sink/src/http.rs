@@ -8,6 +8,7 @@ use reqwest::StatusCode;
 use serde::Serialize;
 use serde_json::Value;
 
+use backbone_core::certificates::{check_dates, CertificateUse};
 use backbone_core::ConfigError;
 
 use backbone_core::Secret;
@@ -115,11 +116,17 @@ impl JsonApi {
                 .ok()
                 .filter(|found| !found.is_empty())
                 .ok_or_else(|| unreadable("ca_file", ca_file, "holds no PEM certificate"))?;
+            check_dates(ca_file, CertificateUse::Trust, "destination.ca_file")?;
             client = client.tls_certs_merge(certificates);
         }
         if let (Some(cert), Some(key)) =
             (&destination.client_cert_file, &destination.client_key_file)
         {
+            check_dates(
+                cert,
+                CertificateUse::Present,
+                "destination.client_cert_file",
+            )?;
             let pem = [
                 read(cert, "client_cert_file")?,
                 read(key, "client_key_file")?,
