@@ -1046,3 +1046,75 @@ async fn an_https_destination_takes_deliveries_when_its_ca_is_trusted_and_stops_
     );
     assert_eq!(charges_by_identity(&sandbox).await.len(), charges.len());
 }
+
+#[tokio::test]
+async fn a_destination_that_wants_a_client_certificate_takes_ours_and_refuses_none_at_start() {
+    let ca = TestCa::new("mutual").expect("a CA");
+    let sandbox = Sandbox::start_mutual_tls(SandboxConfig::default(), &ca).await;
+    let client = ca.issue("billing-sink").expect("a client certificate");
+
+    let without = JsonApi::connect(&sandbox.destination())
+        .await
+        .expect_err("no client certificate")
+        .to_string();
+    for part in [
+        "destination.url",
+        "CertificateRequired",
+        "destination.client_cert_file",
+    ] {
+        assert!(without.contains(part), "`{part}` missing from: {without}");
+    }
+
+    let stranger = TestCa::new("stranger").expect("another CA");
+    let foreign = stranger.issue("intruder").expect("a foreign certificate");
+    let refused = JsonApi::connect(&DestinationSettings {
+        client_cert_file: Some(foreign.cert.clone()),
+        client_key_file: Some(foreign.key.clone()),
+        ..sandbox.destination()
+    })
+    .await
+    .expect_err("a certificate of another CA")
+    .to_string();
+    for part in ["destination.url", "destination.client_cert_file"] {
+        assert!(refused.contains(part), "`{part}` missing from: {refused}");
+    }
+
+    let expired = ca.issue_expired("stale").expect("an expired certificate");
+    let stale = JsonApi::connect(&DestinationSettings {
+        client_cert_file: Some(expired.cert.clone()),
+        client_key_file: Some(expired.key.clone()),
+        ..sandbox.destination()
+    })
+    .await
+    .expect_err("an expired client certificate")
+    .to_string();
+    for part in [
+        "destination.client_cert_file",
+        &expired.cert.display().to_string(),
+        "expired on",
+    ] {
+        assert!(stale.contains(part), "`{part}` missing from: {stale}");
+    }
+
+    let mutual = DestinationSettings {
+        client_cert_file: Some(client.cert.clone()),
+        client_key_file: Some(client.key.clone()),
+        ..sandbox.destination()
+    };
+    let topics = SinkTopics::create("billing-mtls", 1).await;
+    let codec = WireCodec::new(&registry_url());
+    let charges: Vec<BillingCharge> = (0..5).map(|i| charge(i, "EUR")).collect();
+    publish_charges(&codec, &topics.input, &charges).await;
+    let sink = RunningSink::start(
+        billing_sink(&topics.input, &mutual).await,
+        topics.settings(),
+    );
+    let delivered = results(&codec, &topics.results, charges.len()).await;
+    sink.stop().await;
+    assert_eq!(
+        outcomes(&delivered).get("Delivered"),
+        Some(&charges.len()),
+        "{:?}",
+        outcomes(&delivered)
+    );
+}

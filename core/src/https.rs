@@ -1,9 +1,9 @@
 //! Serving an HTTP API over TLS (the schema registry, the sandbox): the certificate chain and
-//! key from PEM files, checked at start-up, and a server that drops a client failing its
-//! handshake without stopping.
+//! key from PEM files, checked at start-up, optionally client certificates from a CA (mutual
+//! TLS), and a server that drops a client failing its handshake without stopping.
 
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::certificates::{check_dates, CertificateUse};
@@ -11,38 +11,72 @@ use crate::config::ConfigError;
 use axum::Router;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
+use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::server::WebPkiClientVerifier;
+use tokio_rustls::rustls::RootCertStore;
 pub use tokio_rustls::TlsAcceptor;
 
-/// A TLS acceptor for the certificate chain in `cert_file` and the key in `key_file` (PEM);
-/// errors name the settings `cert_key` and `key_key` and the file.
-pub fn acceptor(
-    cert_file: &Path,
-    key_file: &Path,
-    cert_key: &str,
-    key_key: &str,
-) -> Result<TlsAcceptor, ConfigError> {
-    let invalid = |key: &str, path: &Path, message: String| ConfigError::Invalid {
-        key: key.to_owned(),
-        message: format!("`{}`: {message}", path.display()),
-    };
-    let chain = CertificateDer::pem_file_iter(cert_file)
-        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-        .map_err(|err| invalid(cert_key, cert_file, err.to_string()))?;
-    if chain.is_empty() {
-        return Err(invalid(cert_key, cert_file, "holds no certificate".into()));
+/// A `tls` config section: the server's certificate chain and key, and optionally the CA
+/// whose certificates clients must present (mutual TLS).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The certificate chain, PEM, the server's own certificate first.
+    pub cert_file: PathBuf,
+    /// Its private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// CA certificates, PEM: when set, a client must present a certificate they issued.
+    pub client_ca_file: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    /// The acceptor these files make, read and checked now; errors name `{section}.<key>` and
+    /// the file.
+    pub fn acceptor(&self, section: &str) -> Result<TlsAcceptor, ConfigError> {
+        let key = |name: &str| format!("{section}.{name}");
+        let invalid = |name: &str, path: &Path, message: String| ConfigError::Invalid {
+            key: key(name),
+            message: format!("`{}`: {message}", path.display()),
+        };
+        let pem_certificates = |name: &str, path: &Path| {
+            let found = CertificateDer::pem_file_iter(path)
+                .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+                .map_err(|err| invalid(name, path, err.to_string()))?;
+            if found.is_empty() {
+                return Err(invalid(name, path, "holds no certificate".into()));
+            }
+            Ok(found)
+        };
+        let chain = pem_certificates("cert_file", &self.cert_file)?;
+        check_dates(&self.cert_file, CertificateUse::Present, &key("cert_file"))?;
+        let private_key = PrivateKeyDer::from_pem_file(&self.key_file)
+            .map_err(|err| invalid("key_file", &self.key_file, err.to_string()))?;
+        let builder = rustls::ServerConfig::builder();
+        let builder = match &self.client_ca_file {
+            None => builder.with_no_client_auth(),
+            Some(path) => {
+                check_dates(path, CertificateUse::Trust, &key("client_ca_file"))?;
+                let mut roots = RootCertStore::empty();
+                for certificate in pem_certificates("client_ca_file", path)? {
+                    roots
+                        .add(certificate)
+                        .map_err(|err| invalid("client_ca_file", path, err.to_string()))?;
+                }
+                let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
+                    .build()
+                    .map_err(|err| invalid("client_ca_file", path, err.to_string()))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let config = builder
+            .with_single_cert(chain, private_key)
+            .map_err(|err| invalid("key_file", &self.key_file, err.to_string()))?;
+        Ok(TlsAcceptor::from(Arc::new(config)))
     }
-    check_dates(cert_file, CertificateUse::Present, cert_key)?;
-    let key = PrivateKeyDer::from_pem_file(key_file)
-        .map_err(|err| invalid(key_key, key_file, err.to_string()))?;
-    let config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .map_err(|err| invalid(key_key, key_file, err.to_string()))?;
-    Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
 /// Serves `router` over TLS on `listener` until `shutdown` completes. A client that fails its

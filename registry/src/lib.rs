@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use backbone_core::config::{ConfigError, Validate};
-use backbone_core::https;
+use backbone_core::https::{self, TlsFiles};
 use backbone_core::KafkaSettings;
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -59,10 +59,8 @@ pub struct RegistrySettings {
     pub max_request_bytes: u64,
     /// Requests served at once; more are refused with 429.
     pub max_concurrent_requests: usize,
-    /// PEM certificate chain to serve HTTPS with (with `tls_key_file`); plain HTTP without.
-    pub tls_cert_file: Option<PathBuf>,
-    /// PEM private key of `tls_cert_file`.
-    pub tls_key_file: Option<PathBuf>,
+    /// Serve HTTPS with these files (`[registry.tls]`); plain HTTP without.
+    pub tls: Option<TlsFiles>,
 }
 
 impl Default for RegistrySettings {
@@ -78,26 +76,18 @@ impl Default for RegistrySettings {
             // what one request can make the registry hold.
             max_request_bytes: 1 << 20,
             max_concurrent_requests: 64,
-            tls_cert_file: None,
-            tls_key_file: None,
+            tls: None,
         }
     }
 }
 
 impl RegistrySettings {
-    /// The TLS acceptor of `tls_cert_file` and `tls_key_file`, read now; `None` for plain HTTP.
+    /// The TLS acceptor of `[registry.tls]`, its files read now; `None` for plain HTTP.
     pub fn tls(&self) -> Result<Option<https::TlsAcceptor>, ConfigError> {
-        match (&self.tls_cert_file, &self.tls_key_file) {
-            (Some(cert), Some(key)) => {
-                https::acceptor(cert, key, "registry.tls_cert_file", "registry.tls_key_file")
-                    .map(Some)
-            }
-            (None, None) => Ok(None),
-            (Some(_), None) | (None, Some(_)) => Err(ConfigError::Invalid {
-                key: "registry.tls_cert_file".into(),
-                message: "tls_cert_file and tls_key_file go together".into(),
-            }),
-        }
+        self.tls
+            .as_ref()
+            .map(|files| files.acceptor("registry.tls"))
+            .transpose()
     }
 
     /// The gate every request passes, with the users file read now.
@@ -268,7 +258,7 @@ impl LocalRegistry {
         )
         .await?;
         let listener = TcpListener::bind(config.registry.listen).await?;
-        let scheme = if config.registry.tls_cert_file.is_some() {
+        let scheme = if config.registry.tls.is_some() {
             "https"
         } else {
             "http"

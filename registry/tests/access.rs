@@ -7,6 +7,7 @@ mod support;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use backbone_core::https::TlsFiles;
 use backbone_registry::users::hash_password;
 use backbone_registry::RegistryConfig;
 use backbone_schemas::RegistryClient;
@@ -294,17 +295,23 @@ async fn over_https_only_a_client_trusting_the_ca_gets_in() {
     let ca = backbone_testkit::TestCa::new("registry").unwrap();
     let issued = ca.issue("registry").unwrap();
     let mut config = guarded(&unique_topic("schemas"));
-    config.registry.tls_cert_file = Some(issued.cert.clone());
-    config.registry.tls_key_file = Some(issued.key.clone());
+    config.registry.tls = Some(TlsFiles {
+        cert_file: issued.cert.clone(),
+        key_file: issued.key.clone(),
+        client_ca_file: None,
+    });
     let mut stale = RegistryConfig::ephemeral(shared_settings(), "unused");
     let expired = ca.issue_expired("old-registry").unwrap();
-    stale.registry.tls_cert_file = Some(expired.cert.clone());
-    stale.registry.tls_key_file = Some(expired.key.clone());
+    stale.registry.tls = Some(TlsFiles {
+        cert_file: expired.cert.clone(),
+        key_file: expired.key.clone(),
+        client_ca_file: None,
+    });
     let refused = backbone_core::config::Validate::validate(&stale)
         .unwrap_err()
         .to_string();
     assert!(
-        refused.contains("registry.tls_cert_file") && refused.contains("expired on"),
+        refused.contains("registry.tls.cert_file") && refused.contains("expired on"),
         "{refused}"
     );
 

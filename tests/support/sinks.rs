@@ -11,10 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backbone_core::endpoint::ObservabilitySettings;
+use backbone_core::https::TlsFiles;
 use backbone_core::metrics::RuntimeMetrics;
 use backbone_core::KafkaSettings;
 use backbone_core::Secret;
-use backbone_sandbox::config::TlsFiles;
 use backbone_sandbox::{SandboxClient, SandboxConfig};
 use backbone_schemas::types::{Contract, DeliveryResult, EventMetadata, TraceContext};
 use backbone_schemas::WireCodec;
@@ -70,11 +70,26 @@ impl Sandbox {
 
     /// [`start`](Self::start) serving HTTPS with a certificate `ca` issues; its client and
     /// [`destination`](Self::destination) trust `ca`.
-    pub async fn start_https(mut config: SandboxConfig, ca: &TestCa) -> Sandbox {
+    pub async fn start_https(config: SandboxConfig, ca: &TestCa) -> Sandbox {
+        Self::start_tls(config, ca, None).await
+    }
+
+    /// [`Sandbox::start_https`], wanting a client certificate issued by `ca` (mutual TLS). Its
+    /// own admin client has none, so only deliveries reach it.
+    pub async fn start_mutual_tls(config: SandboxConfig, ca: &TestCa) -> Sandbox {
+        Self::start_tls(config, ca, Some(ca.cert())).await
+    }
+
+    async fn start_tls(
+        mut config: SandboxConfig,
+        ca: &TestCa,
+        client_ca_file: Option<PathBuf>,
+    ) -> Sandbox {
         let issued = ca.issue("sandbox").expect("a sandbox certificate");
         config.tls = Some(TlsFiles {
             cert_file: issued.cert,
             key_file: issued.key,
+            client_ca_file,
         });
         let mut sandbox = Self::start(config).await;
         let ca_pem = std::fs::read(ca.cert()).expect("the CA certificate");

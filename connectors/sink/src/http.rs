@@ -157,12 +157,16 @@ impl JsonApi {
         };
         let why = causes(&err);
         if names_tls(&why) {
+            // An alert from the server is its refusal of our certificate (or of none).
+            let hint = if why.to_ascii_lowercase().contains("alert") {
+                "the destination refused our client certificate or wants one: \
+                 destination.client_cert_file and client_key_file"
+            } else {
+                "a private CA goes in destination.ca_file"
+            };
             return Err(ConfigError::Invalid {
                 key: "destination.url".to_owned(),
-                message: format!(
-                    "TLS with {} failed: {why} (a private CA goes in destination.ca_file)",
-                    self.base_url
-                ),
+                message: format!("TLS with {} failed: {why} ({hint})", self.base_url),
             });
         }
         tracing::warn!(
@@ -279,10 +283,11 @@ fn unreadable(key: &str, path: &std::path::Path, why: &str) -> ConfigError {
 }
 
 /// Whether an error's text (with its causes) says TLS failed: a certificate not trusted or not
-/// for this host, a failed handshake. Clients' errors have no kind for it.
+/// for this host, a failed handshake, the server's TLS alert (how a server that wants a client
+/// certificate refuses ours, or none). Clients' errors have no kind for it.
 pub fn names_tls(causes: &str) -> bool {
     let lower = causes.to_ascii_lowercase();
-    ["certificate", "tls", "handshake"]
+    ["certificate", "tls", "handshake", "alert"]
         .iter()
         .any(|word| lower.contains(word))
 }

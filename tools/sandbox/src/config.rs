@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use backbone_core::config::{ConfigError, Validate};
+use backbone_core::https::TlsFiles;
 use backbone_core::Secret;
 use serde::Deserialize;
 
@@ -42,16 +43,6 @@ pub struct SandboxConfig {
     pub faults: FaultSettings,
     /// Serve HTTPS with this certificate instead of plain HTTP (`[tls]`).
     pub tls: Option<TlsFiles>,
-}
-
-/// The `[tls]` section: the server's certificate chain and private key, PEM.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsFiles {
-    /// The certificate chain, the server's own certificate first.
-    pub cert_file: PathBuf,
-    /// Its private key (PKCS#8, PKCS#1 or SEC1).
-    pub key_file: PathBuf,
 }
 
 impl Default for SandboxConfig {
@@ -94,12 +85,7 @@ impl Validate for SandboxConfig {
             message,
         };
         if let Some(tls) = &self.tls {
-            backbone_core::https::acceptor(
-                &tls.cert_file,
-                &tls.key_file,
-                "tls.cert_file",
-                "tls.key_file",
-            )?;
+            tls.acceptor("tls")?;
         }
         let token = self.resolve_token()?;
         if token.expose().is_empty() {

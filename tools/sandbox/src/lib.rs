@@ -128,17 +128,9 @@ pub async fn serve(
     let token = config.resolve_token().map_err(invalid)?;
     let admin_token = config.resolve_admin_token().map_err(invalid)?;
     let acceptor = match &config.tls {
-        Some(files) => Some(
-            https::acceptor(
-                &files.cert_file,
-                &files.key_file,
-                "tls.cert_file",
-                "tls.key_file",
-            )
-            .map_err(|err| {
-                std::io::Error::new(std::io::ErrorKind::InvalidInput, err.to_string())
-            })?,
-        ),
+        Some(files) => Some(files.acceptor("tls").map_err(|err| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, err.to_string())
+        })?),
         None => None,
     };
     let app = Arc::new(Sandbox::new(config, token, admin_token));
