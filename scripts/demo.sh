@@ -20,14 +20,14 @@ else
   "$REPO/scripts/stack.sh" up
 fi
 
-# The registry's development credentials, for the demo and every process it starts.
-set -a
-# shellcheck source=/dev/null
-. "$STACK_DIR/secrets/registry.env"
-set +a
+# The registry's development credentials (scripts/stack.sh): flags, which the demo hands to the
+# Kafka clients it starts; an exported variable would reach the sandbox too, which has no
+# registry section.
 "$TARGET_DIR/debug/demo" \
   --bootstrap-servers "127.0.0.1:$PORT" \
   --registry-url "http://127.0.0.1:$REGISTRY_PORT" \
+  --registry-username backbone \
+  --registry-password-file "$STACK_DIR/secrets/registry-password" \
   --postgres-url "postgres://backbone:backbone@127.0.0.1:$POSTGRES_PORT/backbone" \
   --log-dir "$STACK_DIR/logs" \
   --state-dir "$STACK_DIR/data/state" \
