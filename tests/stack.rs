@@ -128,3 +128,39 @@ fn a_data_directory_formatted_for_another_cluster_is_reported_and_kept() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The embedded stack's registry (what `make up` runs) answers only with the development
+/// credentials, and `stack.sh status` says where they are.
+#[tokio::test]
+async fn the_stacks_registry_wants_the_credentials_status_names() {
+    let with_credentials = std::env::var("BACKBONE_TEST_REGISTRY_URL")
+        .expect("scripts/test.sh sets BACKBONE_TEST_REGISTRY_URL");
+    let parsed = reqwest::Url::parse(&with_credentials).expect("a URL");
+    assert!(
+        !parsed.username().is_empty(),
+        "the test stack's URL carries its credentials"
+    );
+    let mut anonymous = parsed.clone();
+    anonymous.set_username("").expect("a base URL");
+    anonymous.set_password(None).expect("a base URL");
+    let client = reqwest::Client::new();
+    let answer = |url: String| {
+        let request = client.get(format!("{}subjects", url));
+        async move { request.send().await.expect("the registry answers").status() }
+    };
+    assert_eq!(answer(anonymous.to_string()).await, 401);
+    assert_eq!(answer(parsed.to_string()).await, 200);
+
+    let status = std::process::Command::new(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/stack.sh"),
+    )
+    .arg("status")
+    .output()
+    .expect("stack.sh status runs");
+    let said = String::from_utf8_lossy(&status.stdout);
+    let stack_dir = std::env::var("BACKBONE_STACK_DIR").expect("scripts/test.sh sets it");
+    assert!(
+        said.contains(&format!("{stack_dir}/secrets/registry-password")),
+        "{said}"
+    );
+}
