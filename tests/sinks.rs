@@ -24,8 +24,8 @@ use backbone_sink::metrics::names;
 use backbone_sink::{DestinationSettings, SinkError, SinkSettings, DESTINATION_REJECTED};
 use backbone_testkit::{
     committed_offsets, consume_until, create_topic, dead_letter_reasons, produce,
-    produce_tombstone, shared_settings, unique_group, unique_topic, ChildProcess, KafkaBroker,
-    TestCa, TestRecord,
+    produce_tombstone, shared_settings, unique_group, unique_topic, ChildProcess, IssuedCert,
+    KafkaBroker, TestCa, TestRecord,
 };
 use support::{eventually, metadata, registry_url, results, RunningSink, Sandbox, SinkTopics};
 
@@ -1051,56 +1051,36 @@ async fn an_https_destination_takes_deliveries_when_its_ca_is_trusted_and_stops_
 async fn a_destination_that_wants_a_client_certificate_takes_ours_and_refuses_none_at_start() {
     let ca = TestCa::new("mutual").expect("a CA");
     let sandbox = Sandbox::start_mutual_tls(SandboxConfig::default(), &ca).await;
-    let client = ca.issue("billing-sink").expect("a client certificate");
-
-    let without = JsonApi::connect(&sandbox.destination())
-        .await
-        .expect_err("no client certificate")
-        .to_string();
-    for part in [
-        "destination.url",
-        "CertificateRequired",
-        "destination.client_cert_file",
-    ] {
-        assert!(without.contains(part), "`{part}` missing from: {without}");
-    }
-
-    let stranger = TestCa::new("stranger").expect("another CA");
-    let foreign = stranger.issue("intruder").expect("a foreign certificate");
-    let refused = JsonApi::connect(&DestinationSettings {
-        client_cert_file: Some(foreign.cert.clone()),
-        client_key_file: Some(foreign.key.clone()),
-        ..sandbox.destination()
-    })
-    .await
-    .expect_err("a certificate of another CA")
-    .to_string();
-    for part in ["destination.url", "destination.client_cert_file"] {
-        assert!(refused.contains(part), "`{part}` missing from: {refused}");
-    }
-
-    let expired = ca.issue_expired("stale").expect("an expired certificate");
-    let stale = JsonApi::connect(&DestinationSettings {
-        client_cert_file: Some(expired.cert.clone()),
-        client_key_file: Some(expired.key.clone()),
-        ..sandbox.destination()
-    })
-    .await
-    .expect_err("an expired client certificate")
-    .to_string();
-    for part in [
-        "destination.client_cert_file",
-        &expired.cert.display().to_string(),
-        "expired on",
-    ] {
-        assert!(stale.contains(part), "`{part}` missing from: {stale}");
-    }
-
-    let mutual = DestinationSettings {
-        client_cert_file: Some(client.cert.clone()),
-        client_key_file: Some(client.key.clone()),
+    let presenting = |cert: Option<&IssuedCert>| DestinationSettings {
+        client_cert_file: cert.map(|c| c.cert.clone()),
+        client_key_file: cert.map(|c| c.key.clone()),
         ..sandbox.destination()
     };
+    let refused_with = |cert: Option<&IssuedCert>, parts: &[&str]| {
+        let destination = presenting(cert);
+        let parts: Vec<String> = parts.iter().map(|p| (*p).to_owned()).collect();
+        async move {
+            let refusal = JsonApi::connect(&destination)
+                .await
+                .expect_err("a client certificate that cannot work")
+                .to_string();
+            for part in parts {
+                assert!(refusal.contains(&part), "`{part}` missing from: {refusal}");
+            }
+        }
+    };
+
+    let hint = "destination.client_cert_file";
+    refused_with(None, &["destination.url", "CertificateRequired", hint]).await;
+    let stranger = TestCa::new("stranger").expect("another CA");
+    let foreign = stranger.issue("intruder").expect("a foreign certificate");
+    refused_with(Some(&foreign), &["destination.url", hint]).await;
+    let expired = ca.issue_expired("stale").expect("an expired certificate");
+    let file = expired.cert.display().to_string();
+    refused_with(Some(&expired), &[hint, &file, "expired on"]).await;
+
+    let client = ca.issue("billing-sink").expect("a client certificate");
+    let mutual = presenting(Some(&client));
     let topics = SinkTopics::create("billing-mtls", 1).await;
     let codec = WireCodec::new(&registry_url());
     let charges: Vec<BillingCharge> = (0..5).map(|i| charge(i, "EUR")).collect();
