@@ -82,7 +82,7 @@ async fn connect() -> tokio_postgres::Client {
 async fn facts_load_once_newest_revision_wins_and_a_replay_changes_nothing() {
     let topics = SinkTopics::create("analytics", 2).await;
     let schema = format!("t_{}", topics.group.replace(['-', '.'], "_")).to_lowercase();
-    let codec = WireCodec::new(&registry_url());
+    let codec = WireCodec::new(registry_url());
     let mut values = Vec::new();
     for i in 0..40 {
         values.push((
@@ -186,7 +186,7 @@ async fn facts_load_once_newest_revision_wins_and_a_replay_changes_nothing() {
 async fn a_row_the_database_refuses_is_rejected_alone_and_its_batch_still_loads() {
     let topics = SinkTopics::create("analytics-refused", 1).await;
     let schema = format!("t_{}", topics.group.replace(['-', '.'], "_")).to_lowercase();
-    let codec = WireCodec::new(&registry_url());
+    let codec = WireCodec::new(registry_url());
     let mut values = Vec::new();
     for i in 0..30 {
         let mut fact = fact(&format!("fact-{i}"), 1, "1");
@@ -228,7 +228,7 @@ async fn a_row_the_database_refuses_is_rejected_alone_and_its_batch_still_loads(
 async fn a_fact_without_an_id_is_dead_lettered_on_arrival() {
     let topics = SinkTopics::create("analytics-keyless", 1).await;
     let schema = format!("t_{}", topics.group.replace(['-', '.'], "_")).to_lowercase();
-    let codec = WireCodec::new(&registry_url());
+    let codec = WireCodec::new(registry_url());
     let values = vec![
         ("acme:c-1".to_owned(), fact("", 1, "1"), None),
         ("acme:c-1".to_owned(), fact("fact-1", 1, "2"), None),
@@ -301,7 +301,7 @@ async fn over_tls_facts_load_with_the_server_verified_and_an_unverifiable_one_st
         "{err}"
     );
 
-    let codec = WireCodec::new(&registry_url());
+    let codec = WireCodec::new(registry_url());
     let values: Vec<_> = (0..5)
         .map(|i| {
             (

@@ -466,7 +466,7 @@ async fn proof_under_fire(run: Run) {
         now_micros: now_micros(),
     });
     let expected = workload.expected.clone();
-    let codec = WireCodec::new(&registry_url());
+    let codec = WireCodec::new(registry_url());
     let producer: FutureProducer = deployment
         .kafka
         .producer_config()

@@ -155,7 +155,7 @@ async fn postings_become_balanced_batches_then_adjustments_and_replays_post_noth
         .await
         .expect("close May");
     let topics = SinkTopics::create("erp", 2).await;
-    let codec = WireCodec::new(&registry_url());
+    let codec = WireCodec::new(registry_url());
     let now = now_ms();
     let month = (2026, 11);
     let mut values = Vec::new();
@@ -276,7 +276,7 @@ async fn postings_become_balanced_batches_then_adjustments_and_replays_post_noth
 async fn postings_that_do_not_balance_are_dead_lettered_on_arrival() {
     let sandbox = Sandbox::start(SandboxConfig::default()).await;
     let topics = SinkTopics::create("erp-poison", 1).await;
-    let codec = WireCodec::new(&registry_url());
+    let codec = WireCodec::new(registry_url());
     let now = now_ms();
     let month = (2026, 11);
     // Debits 7, credits 5.
@@ -333,7 +333,7 @@ async fn postings_that_do_not_balance_are_dead_lettered_on_arrival() {
 async fn a_batch_whose_answer_was_lost_is_sent_again_unchanged_after_its_window_grew() {
     let sandbox = Sandbox::start(SandboxConfig::default()).await;
     let topics = SinkTopics::create("erp-lost-answer", 1).await;
-    let codec = WireCodec::new(&registry_url());
+    let codec = WireCodec::new(registry_url());
     let month = (2026, 11);
     // A window (2 s) that closed a while ago: it is posted as soon as its partition is quiet.
     let start = (now_ms() - 60_000) / 2_000 * 2_000;

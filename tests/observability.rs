@@ -240,7 +240,7 @@ async fn prometheus_answers_every_dashboard_and_alert_query_and_dropped_journals
         poison_share: 0.03,
         now_micros: now_micros(),
     });
-    let codec = WireCodec::new(&registry_url());
+    let codec = WireCodec::new(registry_url());
     let producer: rdkafka::producer::FutureProducer = deployment
         .kafka
         .producer_config()

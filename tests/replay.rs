@@ -360,7 +360,7 @@ fn charge(i: usize, currency: &str) -> BillingCharge {
 async fn dlq_show_decodes_values_through_the_registry_with_every_header() {
     let origin = unique_topic("replay-show");
     let dlq_topic = format!("{origin}.dlq");
-    let codec = WireCodec::new(&registry_url());
+    let codec = WireCodec::new(registry_url());
     let billed = charge(7, "SEK");
     let mut good = Letter::new(0, &origin);
     good.value = support::encode(&codec, &origin, &billed).await;
@@ -568,7 +568,7 @@ async fn a_tombstone_a_stage_dead_letters_is_replayed_as_a_tombstone() {
     };
     runtime.state.dir = std::env::temp_dir().join("backbone-state").join(&group);
     let validator = RunningProcessor::start(
-        UsageValidator::new(settings.clone(), WireCodec::new(&registry_url())),
+        UsageValidator::new(settings.clone(), WireCodec::new(registry_url())),
         &kafka,
         runtime,
     );
@@ -617,7 +617,7 @@ async fn a_dry_run_sends_nothing_and_names_what_would_fail_again() {
     create_topic(&shared_settings(), &origin, 1)
         .await
         .expect("origin");
-    let codec = WireCodec::new(&registry_url());
+    let codec = WireCodec::new(registry_url());
     let mut good = Letter::new(0, &origin);
     good.value = support::encode(&codec, &origin, &charge(1, "EUR")).await;
     let mut unknown = Letter::new(1, &origin);
@@ -1342,7 +1342,7 @@ async fn rejected_charges_replayed_after_the_fix_are_billed_exactly_once_even_wh
     // Before the fix: the billing system refuses SEK, so those charges are dead-lettered.
     let before = Sandbox::start(SandboxConfig::default()).await;
     let topics = SinkTopics::create("replay-billing", 3).await;
-    let codec = WireCodec::new(&registry_url());
+    let codec = WireCodec::new(registry_url());
     let charges: Vec<BillingCharge> = (0..30)
         .map(|i| charge(i, if i % 3 == 0 { "SEK" } else { "EUR" }))
         .collect();

@@ -159,7 +159,7 @@ async fn billing_delivers_every_charge_once_through_errors_lost_answers_throttli
         .await
         .expect("faults");
     let topics = SinkTopics::create("billing", 3).await;
-    let codec = WireCodec::new(&registry_url());
+    let codec = WireCodec::new(registry_url());
     let mut charges: Vec<BillingCharge> = (0..120).map(|i| charge(i, "EUR")).collect();
     // Redeliveries upstream: the same charges again, at later offsets.
     charges.extend((0..10).map(|i| charge(i, "EUR")));
@@ -280,7 +280,7 @@ async fn billing_delivers_every_charge_once_through_errors_lost_answers_throttli
 async fn records_a_sink_cannot_deliver_are_dead_lettered_on_arrival() {
     let sandbox = Sandbox::start(SandboxConfig::default()).await;
     let topics = SinkTopics::create("billing-poison", 1).await;
-    let codec = WireCodec::new(&registry_url());
+    let codec = WireCodec::new(registry_url());
     let kafka = shared_settings();
     // Offset 0 a tombstone, then: not wire format, a body cut short, a charge without its
     // idempotency key, and a valid charge.
@@ -388,7 +388,7 @@ async fn a_dead_letter_over_the_limit_stops_the_sink_without_committing() {
 async fn a_crm_snapshot_without_a_customer_is_dead_lettered_on_arrival() {
     let sandbox = Sandbox::start(SandboxConfig::default()).await;
     let topics = SinkTopics::create("crm-keyless", 1).await;
-    let codec = WireCodec::new(&registry_url());
+    let codec = WireCodec::new(registry_url());
     let mut keyless = snapshot(1, 1_000, "1.5");
     keyless.customer_id.clear();
     let mut records = Vec::new();
@@ -442,7 +442,7 @@ async fn a_lost_ledger_and_expired_keys_bill_nothing_twice() {
     config.billing.idempotency_ttl = Duration::ZERO;
     let sandbox = Sandbox::start(config).await;
     let topics = SinkTopics::create("billing-lost-ledger", 2).await;
-    let codec = WireCodec::new(&registry_url());
+    let codec = WireCodec::new(registry_url());
     let charges: Vec<BillingCharge> = (0..30).map(|i| charge(i, "EUR")).collect();
     publish_charges(&codec, &topics.input, &charges).await;
 
@@ -532,7 +532,7 @@ async fn a_broker_refusing_access_stops_the_sink_with_its_alert_raised() {
 async fn a_refused_credential_stops_the_sink_without_dead_letters_or_commits() {
     let sandbox = Sandbox::start(SandboxConfig::default()).await;
     let topics = SinkTopics::create("billing-auth", 1).await;
-    let codec = WireCodec::new(&registry_url());
+    let codec = WireCodec::new(registry_url());
     let charges: Vec<BillingCharge> = (0..20).map(|i| charge(i, "EUR")).collect();
     publish_charges(&codec, &topics.input, &charges).await;
     let mut destination = sandbox.destination();
@@ -573,7 +573,7 @@ async fn a_refused_credential_stops_the_sink_without_dead_letters_or_commits() {
 async fn an_outage_opens_the_circuit_pauses_the_input_and_loses_nothing() {
     let sandbox = Sandbox::start(SandboxConfig::default()).await;
     let topics = SinkTopics::create("billing-outage", 2).await;
-    let codec = WireCodec::new(&registry_url());
+    let codec = WireCodec::new(registry_url());
     let charges: Vec<BillingCharge> = (0..60).map(|i| charge(i, "EUR")).collect();
     let (before, during) = charges.split_at(20);
     publish_charges(&codec, &topics.input, before).await;
@@ -631,7 +631,7 @@ async fn an_outage_longer_than_the_poll_interval_loses_and_doubles_nothing() {
     // long leaves its group, and its uncommitted records are read and answered again.
     let sandbox = Sandbox::start(SandboxConfig::default()).await;
     let topics = SinkTopics::create("billing-long-outage", 2).await;
-    let codec = WireCodec::new(&registry_url());
+    let codec = WireCodec::new(registry_url());
     let charges: Vec<BillingCharge> = (0..50).map(|i| charge(i, "EUR")).collect();
     let (first, after) = charges.split_at(40);
     billing_outage(&sandbox, 20).await;
@@ -692,7 +692,7 @@ async fn a_partition_assigned_while_the_circuit_is_open_waits_with_the_rest() {
     // is open, it must neither read past them nor drop them.
     let sandbox = Sandbox::start(SandboxConfig::default()).await;
     let topics = SinkTopics::create("billing-leave-outage", 4).await;
-    let codec = WireCodec::new(&registry_url());
+    let codec = WireCodec::new(registry_url());
     let charges: Vec<BillingCharge> = (0..40).map(|i| charge(i, "EUR")).collect();
     billing_outage(&sandbox, 20).await;
     let staying = RunningSink::start(
@@ -740,7 +740,7 @@ async fn a_partition_paused_under_an_open_circuit_is_read_when_it_comes_back_aft
     // back to the stayer, paused still unless the sink resumes them.
     let sandbox = Sandbox::start(SandboxConfig::default()).await;
     let topics = SinkTopics::create("billing-paused-return", 4).await;
-    let codec = WireCodec::new(&registry_url());
+    let codec = WireCodec::new(registry_url());
     let charges: Vec<BillingCharge> = (0..60).map(|i| charge(i, "EUR")).collect();
     let (first, later) = charges.split_at(20);
     billing_outage(&sandbox, 600).await;
@@ -828,7 +828,7 @@ async fn a_sink_killed_mid_batch_and_restarted_charges_each_record_once() {
     config.faults.billing.latency_ms = 40;
     let sandbox = Sandbox::start(config).await;
     let topics = SinkTopics::create("billing-kill", 3).await;
-    let codec = WireCodec::new(&registry_url());
+    let codec = WireCodec::new(registry_url());
     let charges: Vec<BillingCharge> = (0..300).map(|i| charge(i, "EUR")).collect();
     publish_charges(&codec, &topics.input, &charges).await;
     let log = std::env::temp_dir().join(format!("{}.log", topics.group));
@@ -922,7 +922,7 @@ async fn crm_upserts_survive_a_429_storm_and_keep_the_newest_snapshot() {
         .await
         .expect("faults");
     let topics = SinkTopics::create("crm", 3).await;
-    let codec = WireCodec::new(&registry_url());
+    let codec = WireCodec::new(registry_url());
     let mut snapshots = Vec::new();
     for round in 0..6i64 {
         for customer in 0..40 {
@@ -1029,7 +1029,7 @@ async fn an_https_destination_takes_deliveries_when_its_ca_is_trusted_and_stops_
     }
 
     let topics = SinkTopics::create("billing-https", 1).await;
-    let codec = WireCodec::new(&registry_url());
+    let codec = WireCodec::new(registry_url());
     let charges: Vec<BillingCharge> = (0..10).map(|i| charge(i, "EUR")).collect();
     publish_charges(&codec, &topics.input, &charges).await;
     let sink = RunningSink::start(
@@ -1082,7 +1082,7 @@ async fn a_destination_that_wants_a_client_certificate_takes_ours_and_refuses_no
     let client = ca.issue("billing-sink").expect("a client certificate");
     let mutual = presenting(Some(&client));
     let topics = SinkTopics::create("billing-mtls", 1).await;
-    let codec = WireCodec::new(&registry_url());
+    let codec = WireCodec::new(registry_url());
     let charges: Vec<BillingCharge> = (0..5).map(|i| charge(i, "EUR")).collect();
     publish_charges(&codec, &topics.input, &charges).await;
     let sink = RunningSink::start(

@@ -222,7 +222,7 @@ impl RunningSink {
                 kafka: &kafka,
                 settings: &settings,
                 observability: &observability,
-                codec: WireCodec::new(&registry_url()),
+                codec: WireCodec::new(registry_url()),
                 metrics,
                 sink_metrics,
             };
