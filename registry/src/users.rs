@@ -59,6 +59,8 @@ pub struct Users {
     /// Digests of (user, password) pairs that verified, so that a client sending the same
     /// credentials on every request pays for Argon2 once, not per request.
     verified: Mutex<HashMap<[u8; 32], Role>>,
+    /// A hash no password matches, checked for unknown names.
+    decoy: String,
 }
 
 /// Verified pairs remembered at most; past it the memory starts over.
@@ -117,6 +119,7 @@ impl Users {
         Ok(Self {
             users,
             verified: Mutex::default(),
+            decoy: hash_password("no user has this password")?,
         })
     }
 
@@ -132,7 +135,14 @@ impl Users {
         if let Some(role) = self.remembered(&digest) {
             return Some(role);
         }
-        let user = self.users.get(name)?;
+        let Some(user) = self.users.get(name) else {
+            // The same work as for a known user, so that the answer's time does not tell
+            // which names exist.
+            if let Ok(hash) = PasswordHash::new(&self.decoy) {
+                let _ = Argon2::default().verify_password(password.as_bytes(), &hash);
+            }
+            return None;
+        };
         let hash = PasswordHash::new(&user.hash).ok()?;
         Argon2::default()
             .verify_password(password.as_bytes(), &hash)
