@@ -117,7 +117,7 @@ impl DeadLetter<'_> {
         let input = self.input;
         let mut headers: Vec<Header> = input.headers.to_vec();
         let mut add =
-            |name: &str, value: String| headers.push((name.to_owned(), value.into_bytes()));
+            |name: &str, value: String| headers.push((name.to_owned(), Some(value.into_bytes())));
         add(headers::REASON, self.reason.to_owned());
         add(headers::ERROR_CLASS, self.error_class.to_owned());
         add(headers::MESSAGE, self.message.to_owned());
@@ -178,7 +178,10 @@ mod tests {
 
     #[test]
     fn dead_letter_keeps_payload_and_says_where_it_came_from() {
-        let original = vec![("traceparent".to_owned(), b"00-abc".to_vec())];
+        let original = vec![
+            ("traceparent".to_owned(), Some(b"00-abc".to_vec())),
+            ("x-null".to_owned(), None),
+        ];
         let input = InputRecord {
             topic: "usage.events",
             partition: 2,
@@ -207,9 +210,14 @@ mod tests {
                 .headers
                 .iter()
                 .find(|(n, _)| n == name)
-                .map(|(_, v)| String::from_utf8(v.clone()).unwrap())
+                .map(|(_, v)| String::from_utf8(v.clone().unwrap_or_default()).unwrap())
         };
         assert_eq!(get("traceparent").as_deref(), Some("00-abc"));
+        assert_eq!(
+            record.headers[1],
+            ("x-null".to_owned(), None),
+            "null stays null"
+        );
         assert_eq!(get(headers::REASON).as_deref(), Some("malformed_json"));
         assert_eq!(get(headers::ORIGIN_PARTITION).as_deref(), Some("2"));
         assert_eq!(get(headers::ORIGIN_OFFSET).as_deref(), Some("41"));
@@ -261,7 +269,8 @@ mod tests {
         assert!(record
             .headers
             .iter()
-            .any(|(name, value)| name == headers::REASON && value == b"missing_value"));
+            .any(|(name, value)| name == headers::REASON
+                && value.as_deref() == Some(&b"missing_value"[..])));
     }
 
     #[test]

@@ -316,7 +316,7 @@ pub(crate) async fn enqueue(
         for (name, value) in &record.headers {
             headers = headers.insert(rdkafka::message::Header {
                 key: name,
-                value: Some(value),
+                value: value.as_deref(),
             });
         }
         let mut future = FutureRecord::<[u8], [u8]>::to(&record.topic).headers(headers);

@@ -385,15 +385,14 @@ impl Validate for KafkaSettings {
     }
 }
 
-/// A record's headers, copied out of the client's buffer; a header without a value reads
-/// as empty.
+/// A record's headers, copied out of the client's buffer; a null value stays null.
 pub fn owned_headers<M: Message>(message: &M) -> Vec<crate::Header> {
     message
         .headers()
         .map(|headers| {
             headers
                 .iter()
-                .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
                 .collect()
         })
         .unwrap_or_default()

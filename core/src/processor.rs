@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use crate::state::{State, StateSpec};
 
-/// A Kafka header: name and raw value.
-pub type Header = (String, Vec<u8>);
+/// A Kafka header: name and raw value. The protocol lets a value be null, which is not an
+/// empty value: `None` keeps it null through outputs and dead letters.
+pub type Header = (String, Option<Vec<u8>>);
 
 /// One input record as the processor sees it.
 #[derive(Debug, Clone, Copy)]
@@ -30,12 +31,12 @@ pub struct InputRecord<'a> {
 }
 
 impl InputRecord<'_> {
-    /// The first header called `name`.
+    /// The value of the first header called `name`; `None` when there is none or it is null.
     pub fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers
             .iter()
             .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_slice())
+            .and_then(|(_, v)| v.as_deref())
     }
 }
 
@@ -68,7 +69,9 @@ impl OutputRecord {
         let headers: usize = self
             .headers
             .iter()
-            .map(|(name, value)| HEADER_FRAMING_BYTES + name.len() + value.len())
+            .map(|(name, value)| {
+                HEADER_FRAMING_BYTES + name.len() + value.as_ref().map_or(0, Vec::len)
+            })
             .sum();
         RECORD_FRAMING_BYTES
             + self.key.as_ref().map_or(0, Vec::len)
@@ -228,7 +231,7 @@ mod tests {
                 key: key_len.map(|n| vec![b'k'; n]),
                 value: value_len.map(|n| vec![b'v'; n]),
                 headers: (0..header_count)
-                    .map(|i| (format!("h-{i}"), vec![b'x'; 200 * (i % 3)]))
+                    .map(|i| (format!("h-{i}"), Some(vec![b'x'; 200 * (i % 3)])))
                     .collect(),
             };
             let limit = record.size_bytes().max(1_000);
@@ -244,7 +247,7 @@ mod tests {
                 for (name, value) in &record.headers {
                     headers = headers.insert(rdkafka::message::Header {
                         key: name,
-                        value: Some(value),
+                        value: value.as_deref(),
                     });
                 }
                 let mut future = BaseRecord::<[u8], [u8]>::to(&record.topic).headers(headers);

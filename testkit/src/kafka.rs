@@ -9,7 +9,7 @@ use backbone_core::dead_letter::headers;
 use backbone_core::KafkaSettings;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -76,8 +76,8 @@ pub struct TestRecord {
     pub key: Option<Vec<u8>>,
     /// Value.
     pub value: Vec<u8>,
-    /// Headers.
-    pub headers: Vec<(String, Vec<u8>)>,
+    /// Headers; a `None` value is sent as null.
+    pub headers: Vec<backbone_core::Header>,
     /// Partition; chosen by key hash when `None`.
     pub partition: Option<i32>,
     /// Record timestamp in milliseconds since the epoch; the producer's clock when `None`.
@@ -110,7 +110,7 @@ pub async fn produce(
         for (name, value) in &record.headers {
             headers = headers.insert(Header {
                 key: name,
-                value: Some(value),
+                value: value.as_deref(),
             });
         }
         let mut future = FutureRecord::to(topic)
@@ -174,17 +174,18 @@ pub struct ConsumedRecord {
     pub key: Option<Vec<u8>>,
     /// Value.
     pub value: Option<Vec<u8>>,
-    /// Headers.
-    pub headers: Vec<(String, Vec<u8>)>,
+    /// Headers; a null value is `None`.
+    pub headers: Vec<backbone_core::Header>,
 }
 
 impl ConsumedRecord {
-    /// The first header called `name`, as text.
+    /// The first header called `name`, as text; `None` when there is none or it is null.
     pub fn header(&self, name: &str) -> Option<String> {
         self.headers
             .iter()
             .find(|(n, _)| n == name)
-            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+            .and_then(|(_, v)| v.as_deref())
+            .map(|v| String::from_utf8_lossy(v).into_owned())
     }
 }
 
@@ -302,14 +303,7 @@ where
                 timestamp_ms: message.timestamp().to_millis(),
                 key: message.key().map(<[u8]>::to_vec),
                 value: message.payload().map(<[u8]>::to_vec),
-                headers: message
-                    .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
+                headers: backbone_core::kafka::owned_headers(&message),
             }),
             // A broker going away is news, not the end: the consumer reconnects by itself
             // (tests kill brokers on purpose).

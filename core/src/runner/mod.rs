@@ -534,7 +534,7 @@ fn carry_trace(outputs: &mut [OutputRecord], trace: &[u8]) {
         if !output.headers.iter().any(|(name, _)| name == TRACEPARENT) {
             output
                 .headers
-                .push((TRACEPARENT.to_owned(), trace.to_vec()));
+                .push((TRACEPARENT.to_owned(), Some(trace.to_vec())));
         }
     }
 }
@@ -575,12 +575,12 @@ mod tests {
             value: None,
             headers,
         };
-        let own = (TRACEPARENT.to_owned(), b"00-own".to_vec());
+        let own = (TRACEPARENT.to_owned(), Some(b"00-own".to_vec()));
         let mut outputs = vec![record(Vec::new()), record(vec![own.clone()])];
         carry_trace(&mut outputs, b"00-input");
         assert_eq!(
             outputs[0].headers,
-            vec![(TRACEPARENT.to_owned(), b"00-input".to_vec())]
+            vec![(TRACEPARENT.to_owned(), Some(b"00-input".to_vec()))]
         );
         assert_eq!(outputs[1].headers, vec![own]);
     }

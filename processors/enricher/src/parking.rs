@@ -26,7 +26,9 @@ pub(crate) struct Parked {
     pub(crate) timestamp_ms: Option<i64>,
     pub(crate) key: Option<Vec<u8>>,
     pub(crate) value: Vec<u8>,
-    pub(crate) headers: Vec<(String, Vec<u8>)>,
+    /// JSON in state: a null header value is `null`; events parked before nulls were kept read
+    /// their values as present.
+    pub(crate) headers: Vec<backbone_core::Header>,
     pub(crate) reason: String,
     pub(crate) detail: String,
     pub(crate) parked_at_ms: i64,

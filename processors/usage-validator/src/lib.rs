@@ -155,7 +155,7 @@ impl Processor for UsageValidator {
         headers.retain(|(name, _)| name != IDEMPOTENCY_KEY_HEADER);
         headers.push((
             IDEMPOTENCY_KEY_HEADER.to_owned(),
-            idempotency_key(&event).into_bytes(),
+            Some(idempotency_key(&event).into_bytes()),
         ));
         Ok(vec![OutputRecord {
             topic: self.settings.output_topic.clone(),

@@ -129,9 +129,20 @@ async fn each_kind_of_bad_input_is_dead_lettered_under_its_reason() {
         .expect("keyless tombstone");
     let mut expected = vec![(0, "missing_value"), (1, "missing_value")];
     let mut records = Vec::new();
+    // A header with a null value (the protocol allows it) and one with an empty value: both
+    // must come out as they went in, in outputs and in dead letters.
+    let null_and_empty = || {
+        vec![
+            ("x-null".to_owned(), None),
+            ("x-empty".to_owned(), Some(Vec::new())),
+        ]
+    };
     let mut bad = |value: Vec<u8>, reason: &'static str| {
         expected.push((expected.len() as i64, reason));
-        records.push(TestRecord::new("c-1", value));
+        records.push(TestRecord {
+            headers: null_and_empty(),
+            ..TestRecord::new("c-1", value)
+        });
     };
     bad(vec![0, 0, 0], "truncated_record");
     let other_contract = codec
@@ -161,10 +172,13 @@ async fn each_kind_of_bad_input_is_dead_lettered_under_its_reason() {
     );
     let valid_offset = expected.len() as i64;
     let traced = TestRecord {
-        headers: vec![
-            ("traceparent".to_owned(), vec![0xff, 0xfe, b'0', b'0']),
-            ("x-binary".to_owned(), vec![0, 159, 146, 150]),
-        ],
+        headers: [
+            ("traceparent".to_owned(), Some(vec![0xff, 0xfe, b'0', b'0'])),
+            ("x-binary".to_owned(), Some(vec![0, 159, 146, 150])),
+        ]
+        .into_iter()
+        .chain(null_and_empty())
+        .collect(),
         ..TestRecord::new("c-1", encode(usage_event("valid")))
     };
     records.push(traced);
@@ -220,6 +234,13 @@ async fn each_kind_of_bad_input_is_dead_lettered_under_its_reason() {
     assert_eq!(letter_at("0").key.as_deref(), Some(&b"c-1"[..]));
     assert_eq!(letter_at("1").value, None);
     assert_eq!(letter_at("1").key, None);
+    for letter in dead.iter().filter(|l| l.value.is_some()) {
+        assert_eq!(
+            letter.headers[..2],
+            null_and_empty()[..],
+            "a dead letter keeps null and empty header values apart"
+        );
+    }
 
     // Header bytes that are not UTF-8 are carried as they are.
     assert_eq!(forwarded.len(), 2, "the two valid events, nothing else");
@@ -231,8 +252,13 @@ async fn each_kind_of_bad_input_is_dead_lettered_under_its_reason() {
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.clone())
     };
-    assert_eq!(header("traceparent"), Some(vec![0xff, 0xfe, b'0', b'0']));
-    assert_eq!(header("x-binary"), Some(vec![0, 159, 146, 150]));
+    assert_eq!(
+        header("traceparent"),
+        Some(Some(vec![0xff, 0xfe, b'0', b'0']))
+    );
+    assert_eq!(header("x-binary"), Some(Some(vec![0, 159, 146, 150])));
+    assert_eq!(header("x-null"), Some(None), "a null value stays null");
+    assert_eq!(header("x-empty"), Some(Some(Vec::new())));
     assert_eq!(
         forwarded[0].header("backbone.idempotency.key").as_deref(),
         Some("acme/api/valid"),

@@ -37,7 +37,7 @@ async fn fill_dlq(kafka: &KafkaSettings, origin: &str, dlq: &str) {
     let value = vec![b'x'; VALUE_BYTES];
     let original = vec![(
         "traceparent".to_owned(),
-        b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_vec(),
+        Some(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_vec()),
     )];
     let mut pending = std::collections::VecDeque::new();
     for i in 0..RECORDS {
@@ -67,7 +67,7 @@ async fn fill_dlq(kafka: &KafkaSettings, origin: &str, dlq: &str) {
         for (name, value) in &record.headers {
             headers = headers.insert(Header {
                 key: name,
-                value: Some(value),
+                value: value.as_deref(),
             });
         }
         let mut future = FutureRecord::<Vec<u8>, Vec<u8>>::to(dlq)

@@ -90,7 +90,8 @@ impl<S: Sink> SinkLoop<'_, S> {
             .headers
             .iter()
             .find(|(name, _)| name == TRACEPARENT)
-            .map(|(_, value)| String::from_utf8_lossy(value).into_owned())
+            .and_then(|(_, value)| value.as_deref())
+            .map(|value| String::from_utf8_lossy(value).into_owned())
             .unwrap_or_else(|| format!("00-{}-{}-01", &event_id[3..35], &event_id[3..19]));
         let value = DeliveryResult {
             metadata: EventMetadata {
@@ -179,7 +180,7 @@ impl<S: Sink> SinkLoop<'_, S> {
             for (name, value) in &record.headers {
                 headers = headers.insert(rdkafka::message::Header {
                     key: name,
-                    value: Some(value),
+                    value: value.as_deref(),
                 });
             }
             let mut future = FutureRecord::<Vec<u8>, Vec<u8>>::to(&record.topic).headers(headers);
@@ -256,7 +257,8 @@ pub(super) fn not_published(record: &OutputRecord, err: &KafkaError) -> String {
             .headers
             .iter()
             .find(|(n, _)| n == name)
-            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+            .and_then(|(_, v)| v.as_deref())
+            .map(|v| String::from_utf8_lossy(v).into_owned())
     };
     let (Some(topic), Some(partition), Some(offset)) = (
         origin(dlq_headers::ORIGIN_TOPIC),
