@@ -31,9 +31,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use gate::Gate;
 pub use service::Registry;
-pub use users::Users;
 
 /// The `[registry]` config section.
 #[derive(Debug, Clone, Deserialize)]
@@ -91,13 +89,13 @@ impl RegistrySettings {
     }
 
     /// The gate every request passes, with the users file read now.
-    pub fn gate(&self) -> Result<Gate, ConfigError> {
+    pub fn gate(&self) -> Result<gate::Gate, ConfigError> {
         let users = self
             .users_file
             .as_deref()
-            .map(|path| Users::load(path, "registry.users_file"))
+            .map(|path| users::Users::load(path, "registry.users_file"))
             .transpose()?;
-        Ok(Gate::new(
+        Ok(gate::Gate::new(
             users,
             self.max_concurrent_requests,
             self.request_timeout,
