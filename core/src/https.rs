@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::certificates::{check_dates, CertificateUse};
 use crate::config::ConfigError;
@@ -79,6 +80,9 @@ impl TlsFiles {
     }
 }
 
+/// Longest a client may take over its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serves `router` over TLS on `listener` until `shutdown` completes. A client that fails its
 /// handshake is logged and dropped; the server goes on.
 pub async fn serve(
@@ -102,10 +106,15 @@ pub async fn serve(
         };
         let (acceptor, router) = (acceptor.clone(), router.clone());
         tokio::spawn(async move {
-            let tls = match acceptor.accept(stream).await {
-                Ok(tls) => tls,
-                Err(err) => {
+            // A client that opens a connection and says nothing holds no task for long.
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(err)) => {
                     tracing::info!(%peer, error = %err, "TLS handshake refused");
+                    return;
+                }
+                Err(_) => {
+                    tracing::info!(%peer, "TLS handshake not finished in {HANDSHAKE_TIMEOUT:?}");
                     return;
                 }
             };
