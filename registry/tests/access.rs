@@ -338,5 +338,15 @@ async fn over_https_only_a_client_trusting_the_ca_gets_in() {
         refused.to_string().to_lowercase().contains("certificate"),
         "{refused}"
     );
+
+    // A client that connects and never starts its handshake is let go (after 10 s).
+    let address = registry.url.trim_start_matches("https://").to_owned();
+    let mut silent = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(30), silent.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0))),
+        "a silent client still held: {closed:?}"
+    );
     registry.stop().await;
 }
