@@ -394,3 +394,22 @@ async fn a_password_from_a_mounted_file_reaches_the_cluster() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// `--print-config | head` is how an operator looks at a config: the reader closing the pipe
+/// early is no error of the binary's, and no panic.
+#[test]
+fn printing_the_config_into_a_pipe_closed_early_is_no_failure() {
+    let binary = workspace_binary("usage-validator");
+    // `true` exits without reading, before the binary has loaded its config.
+    let status = std::process::Command::new("bash")
+        .args(["-c", "set -o pipefail; \"$0\" --print-config | true"])
+        .arg(&binary)
+        .stderr(Stdio::null())
+        .status()
+        .expect("bash runs");
+    assert!(
+        status.success(),
+        "{} --print-config | true: {status}",
+        binary.display()
+    );
+}

@@ -2,6 +2,7 @@
 //! trait, its `[processor]` section, and the flags and registry settings every service shares.
 
 use std::future::Future;
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -102,8 +103,16 @@ impl ServiceArgs {
                 }
             };
         if self.print_config {
-            println!("{config:#?}");
-            return Err(ExitCode::SUCCESS);
+            // Written, not println!: a reader that stops early (`| head`) closes the pipe,
+            // which is no error of ours and must not be a panic.
+            let mut out = std::io::stdout().lock();
+            return match writeln!(out, "{config:#?}").and_then(|()| out.flush()) {
+                Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => {
+                    eprintln!("{name}: printing the config: {err}");
+                    Err(ExitCode::FAILURE)
+                }
+                _ => Err(ExitCode::SUCCESS),
+            };
         }
         telemetry::init(self.log_format);
         Ok(config)

@@ -75,13 +75,31 @@ where
         apply_override(&mut root, &var, &value)?;
     }
     let config: T = serde_path_to_error::deserialize(toml::Value::Table(root)).map_err(|err| {
+        let message = err.inner().to_string();
         ConfigError::Invalid {
-            key: err.path().to_string(),
-            message: err.inner().to_string(),
+            key: failing_key(&err.path().to_string(), &message),
+            message,
         }
     })?;
     config.validate()?;
     Ok(config)
+}
+
+/// The key an error is about: the path where deserialising stopped. A section read by hand
+/// (the services' top level) leaves an unknown key out of the path, `.` at the top; the key is
+/// then taken from the message.
+fn failing_key(path: &str, message: &str) -> String {
+    let unknown = message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split_once('`'))
+        .map(|(field, _)| field);
+    match unknown {
+        Some(field) if path == "." => field.to_owned(),
+        Some(field) if !path.rsplit('.').next().is_some_and(|last| last == field) => {
+            format!("{path}.{field}")
+        }
+        _ => path.to_owned(),
+    }
 }
 
 fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
@@ -225,7 +243,8 @@ mod tests {
         let err =
             load_from::<Sample, _>(None, env(&[("BACKBONE__KAFKA__BOOTSTRAP", "x")])).unwrap_err();
         assert!(
-            err.to_string().contains("unknown field `bootstrap`"),
+            err.to_string()
+                .starts_with("config key `kafka.bootstrap`: unknown field `bootstrap`"),
             "{err}"
         );
     }

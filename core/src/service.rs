@@ -239,7 +239,8 @@ mod tests {
 
         let err = load(&[("BACKBONE__SINK__TOPIC", "x")]).expect_err("no [sink] here");
         assert!(
-            err.to_string().contains("unknown field `sink`")
+            err.to_string()
+                .starts_with("config key `sink`: unknown field `sink`")
                 && err.to_string().contains("`processor`"),
             "{err}"
         );
