@@ -95,7 +95,7 @@ fn failing_key(path: &str, message: &str) -> String {
         .map(|(field, _)| field);
     match unknown {
         Some(field) if path == "." => field.to_owned(),
-        Some(field) if !path.rsplit('.').next().is_some_and(|last| last == field) => {
+        Some(field) if path.rsplit('.').next().is_none_or(|last| last != field) => {
             format!("{path}.{field}")
         }
         _ => path.to_owned(),
