@@ -26,9 +26,9 @@ use backbone_schemas::types::{
 };
 use backbone_schemas::WireCodec;
 use backbone_testkit::{
-    consume_until, consume_while, create_topic, produce, reference_price, shared_settings,
-    unique_group, unique_topic, ConsumedRecord, RunningProcessor, SaslMechanism, SecuredBroker,
-    TestRecord,
+    await_committed, consume_until, consume_while, create_topic, end_offsets_total, produce,
+    reference_price, shared_settings, unique_group, unique_topic, ConsumedRecord, RunningProcessor,
+    SaslMechanism, SecuredBroker, TestRecord,
 };
 use backbone_usage_rater::{RaterSettings, UsageRater};
 use backbone_usage_validator::{UsageValidator, ValidatorSettings};
@@ -713,4 +713,167 @@ async fn loadgen_expectations_hold(kafka: KafkaSettings) {
         .map(|(key, total)| (key.clone(), amount(total)))
         .collect();
     assert_eq!(net, want, "the ledger against loadgen's expectation");
+}
+
+/// A product team's producer written from the contract alone, in Python with Confluent's client
+/// (`examples/producers/python`): it fetches the contract from the registry with its own
+/// credentials, and sends its facts twice. Every fact is billed once, at the price of its calls.
+#[tokio::test]
+async fn the_python_producer_example_is_billed_once_per_fact() {
+    let kafka = shared_settings();
+    let url = reqwest::Url::parse(
+        &std::env::var("BACKBONE_TEST_REGISTRY_URL")
+            .expect("scripts/test.sh sets BACKBONE_TEST_REGISTRY_URL"),
+    )
+    .expect("a registry URL");
+    let codec = WireCodec::new(url.as_str());
+    let t = Topics::create(&kafka).await;
+    publish(
+        &kafka,
+        &codec,
+        &t.gl_mappings,
+        &[("acme:gl-acme-de".to_owned(), gl_mapping("acme-de"))],
+    )
+    .await;
+    let card = RateCard {
+        metadata: metadata("card-api-1", now_micros()),
+        plan_id: "api".into(),
+        version: 1,
+        name: "API".into(),
+        currency: "EUR".into(),
+        effective_from: days_from_civil(2020, 1, 1),
+        effective_to: None,
+        charges: vec![api_calls()],
+    };
+    publish(
+        &kafka,
+        &codec,
+        &t.rate_cards,
+        &[("acme:api".to_owned(), card)],
+    )
+    .await;
+    publish(
+        &kafka,
+        &codec,
+        &t.subscriptions,
+        &[("acme:sub-c-py".to_owned(), subscription("c-py"))],
+    )
+    .await;
+    publish(
+        &kafka,
+        &codec,
+        &t.accounts,
+        &[("acme:c-py".to_owned(), account("c-py"))],
+    )
+    .await;
+    let raw = unique_topic("usage.events");
+    create_topic(&kafka, &raw, 3).await.expect("topic");
+    // The platform registers the contract; the producer only reads it.
+    codec
+        .contract_id::<UsageEvent>(&format!("{raw}-value"))
+        .await
+        .expect("the usage contract registered");
+
+    let facts = 20;
+    let run = unique_topic("run");
+    for _ in 0..2 {
+        run_python_producer(&kafka, &url, &raw, &run, facts).await;
+    }
+
+    let validator_runtime = runtime("usage-validator");
+    let validator_group = validator_runtime.group_id.clone().expect("a group");
+    let validator = RunningProcessor::start(
+        UsageValidator::new(
+            ValidatorSettings {
+                input_topic: raw.clone(),
+                output_topic: t.usage.clone(),
+                dedup: true,
+            },
+            codec.clone(),
+        ),
+        &kafka,
+        validator_runtime,
+    );
+    let stages = Stages::start(&t, &kafka, &codec, EnricherSettings::default().park_timeout);
+    consume_until(&kafka, &t.billing, facts, DEADLINE)
+        .await
+        .expect("billing charges");
+    // Every record the producer sent was read, the repeats dropped; then the whole topic.
+    await_committed(&kafka, &validator_group, &raw, 2 * facts as i64, DEADLINE).await;
+    let end = usize::try_from(end_offsets_total(&kafka, &t.billing).expect("end")).expect("end");
+    let billing = consume_until(&kafka, &t.billing, end, DEADLINE)
+        .await
+        .expect("billing charges");
+    stages.stop().await;
+    validator.stop(DEADLINE).await;
+
+    let charges: Vec<BillingCharge> = decode_all(&codec, &billing).await;
+    let rating_ids: BTreeSet<&str> = charges.iter().map(|c| c.rating_id.as_str()).collect();
+    assert_eq!(
+        charges.len(),
+        facts,
+        "one charge per fact, the repeats billed nothing"
+    );
+    assert_eq!(rating_ids.len(), facts);
+    let expected = reference_price(
+        &api_calls(),
+        Quantity::from_unscaled(25 * facts as i128 * 1_000_000_000).expect("total"),
+    )
+    .expect("price");
+    assert_eq!(
+        billed_per_subscription(&charges).get("sub-c-py").copied(),
+        Some(expected.unscaled()),
+        "the charges add up to the price of {facts} x 25 calls"
+    );
+}
+
+/// Runs `examples/producers/python/produce_usage.py` for customer `c-py` of tenant `acme`:
+/// `facts` events of 25 calls, the registry credentials from `url` passed as its flags.
+async fn run_python_producer(
+    kafka: &KafkaSettings,
+    url: &reqwest::Url,
+    topic: &str,
+    run: &str,
+    facts: usize,
+) {
+    let tools = std::env::var_os("BACKBONE_TOOLS_DIR").map_or_else(
+        || std::path::Path::new(&std::env::var_os("HOME").expect("HOME")).join(".cache/backbone"),
+        std::path::PathBuf::from,
+    );
+    let python = tools.join("bin/pyclient-python");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/producers/python/produce_usage.py");
+    let mut bare = url.clone();
+    bare.set_username("").expect("a base URL");
+    bare.set_password(None).expect("a base URL");
+    let password_file = std::env::temp_dir().join(format!("{run}.registry-password"));
+    std::fs::write(&password_file, url.password().unwrap_or_default()).expect("password file");
+    let output = tokio::process::Command::new(&python)
+        .arg(&script)
+        .args(["--bootstrap-servers", &kafka.bootstrap_servers])
+        .args(["--registry-url", bare.as_str().trim_end_matches('/')])
+        .args(["--registry-user", url.username()])
+        .arg("--registry-password-file")
+        .arg(&password_file)
+        .args(["--topic", topic, "--tenant", "acme", "--customer", "c-py"])
+        .args(["--subscription", "sub-c-py", "--quantity", "25"])
+        .args(["--count", &facts.to_string(), "--run", run])
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(DEADLINE, output)
+        .await
+        .expect("the producer finishes")
+        .unwrap_or_else(|err| panic!("{}: {err}; run `make setup`", python.display()));
+    assert!(
+        output.status.success(),
+        "produce_usage.py failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        printed.lines().count(),
+        facts,
+        "one line per acknowledged event:\n{printed}"
+    );
 }
