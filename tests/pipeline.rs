@@ -377,6 +377,51 @@ async fn publish<T: Contract>(
     produce(kafka, topic, &encoded).await.expect("produce");
 }
 
+/// The plan `api` (rate card version 1 with [`api_calls`]) and the GL mapping of legal entity
+/// `acme-de`, for tenant `acme`.
+async fn publish_api_plan(kafka: &KafkaSettings, codec: &WireCodec, t: &Topics) {
+    publish(
+        kafka,
+        codec,
+        &t.gl_mappings,
+        &[("acme:gl-acme-de".to_owned(), gl_mapping("acme-de"))],
+    )
+    .await;
+    let card = RateCard {
+        metadata: metadata("card-api-1", now_micros()),
+        plan_id: "api".into(),
+        version: 1,
+        name: "API".into(),
+        currency: "EUR".into(),
+        effective_from: days_from_civil(2020, 1, 1),
+        effective_to: None,
+        charges: vec![api_calls()],
+    };
+    publish(
+        kafka,
+        codec,
+        &t.rate_cards,
+        &[("acme:api".to_owned(), card)],
+    )
+    .await;
+}
+
+/// The usage validator from `raw` to the deployment's validated usage topic, deduplicating.
+fn start_validator(
+    raw: &str,
+    t: &Topics,
+    kafka: &KafkaSettings,
+    codec: &WireCodec,
+    runtime: RuntimeSettings,
+) -> RunningProcessor {
+    let settings = ValidatorSettings {
+        input_topic: raw.to_owned(),
+        output_topic: t.usage.clone(),
+        dedup: true,
+    };
+    RunningProcessor::start(UsageValidator::new(settings, codec.clone()), kafka, runtime)
+}
+
 fn runtime(stage: &str) -> RuntimeSettings {
     let group = unique_group(stage);
     let mut settings = RuntimeSettings {
@@ -399,32 +444,9 @@ async fn every_charge_once_and_totals_equal_the_price_of_the_usage() {
     .expect("registry");
     let codec = WireCodec::new(registry.url());
     let t = Topics::create(&kafka).await;
-    publish(
-        &kafka,
-        &codec,
-        &t.gl_mappings,
-        &[("acme:gl-acme-de".to_owned(), gl_mapping("acme-de"))],
-    )
-    .await;
 
     let customers = ["c-1", "c-2", "c-3"];
-    let card = RateCard {
-        metadata: metadata("card-api-1", now_micros()),
-        plan_id: "api".into(),
-        version: 1,
-        name: "API".into(),
-        currency: "EUR".into(),
-        effective_from: days_from_civil(2020, 1, 1),
-        effective_to: None,
-        charges: vec![api_calls()],
-    };
-    publish(
-        &kafka,
-        &codec,
-        &t.rate_cards,
-        &[("acme:api".to_owned(), card)],
-    )
-    .await;
+    publish_api_plan(&kafka, &codec, &t).await;
     let subscriptions: Vec<(String, Subscription)> = customers
         .iter()
         .map(|c| (format!("acme:sub-{c}"), subscription(c)))
@@ -607,18 +629,7 @@ async fn loadgen_expectations_hold(kafka: KafkaSettings) {
         .await
         .expect("workload");
 
-    let validator = RunningProcessor::start(
-        UsageValidator::new(
-            ValidatorSettings {
-                input_topic: raw.clone(),
-                output_topic: t.usage.clone(),
-                dedup: true,
-            },
-            codec.clone(),
-        ),
-        &kafka,
-        runtime("usage-validator"),
-    );
+    let validator = start_validator(&raw, &t, &kafka, &codec, runtime("usage-validator"));
     let park_timeout = Duration::from_secs(3);
     let stages = Stages::start(&t, &kafka, &codec, park_timeout);
 
@@ -728,30 +739,7 @@ async fn the_python_producer_example_is_billed_once_per_fact() {
     .expect("a registry URL");
     let codec = WireCodec::new(url.as_str());
     let t = Topics::create(&kafka).await;
-    publish(
-        &kafka,
-        &codec,
-        &t.gl_mappings,
-        &[("acme:gl-acme-de".to_owned(), gl_mapping("acme-de"))],
-    )
-    .await;
-    let card = RateCard {
-        metadata: metadata("card-api-1", now_micros()),
-        plan_id: "api".into(),
-        version: 1,
-        name: "API".into(),
-        currency: "EUR".into(),
-        effective_from: days_from_civil(2020, 1, 1),
-        effective_to: None,
-        charges: vec![api_calls()],
-    };
-    publish(
-        &kafka,
-        &codec,
-        &t.rate_cards,
-        &[("acme:api".to_owned(), card)],
-    )
-    .await;
+    publish_api_plan(&kafka, &codec, &t).await;
     publish(
         &kafka,
         &codec,
@@ -782,18 +770,7 @@ async fn the_python_producer_example_is_billed_once_per_fact() {
 
     let validator_runtime = runtime("usage-validator");
     let validator_group = validator_runtime.group_id.clone().expect("a group");
-    let validator = RunningProcessor::start(
-        UsageValidator::new(
-            ValidatorSettings {
-                input_topic: raw.clone(),
-                output_topic: t.usage.clone(),
-                dedup: true,
-            },
-            codec.clone(),
-        ),
-        &kafka,
-        validator_runtime,
-    );
+    let validator = start_validator(&raw, &t, &kafka, &codec, validator_runtime);
     let stages = Stages::start(&t, &kafka, &codec, EnricherSettings::default().park_timeout);
     consume_until(&kafka, &t.billing, facts, DEADLINE)
         .await
