@@ -1164,7 +1164,8 @@ fn dashboards() -> Vec<(String, serde_json::Value)> {
 }
 
 /// Every panel of every dashboard, rows (which query nothing) left out, after checking that
-/// each queries the provisioned datasource with plain expressions.
+/// each queries the dashboard's datasource variable, which defaults to the provisioned
+/// Prometheus (so the dashboard also imports into any Grafana), with plain expressions.
 fn panels() -> Vec<Panel> {
     let datasources = yaml("deploy/grafana/provisioning/datasources/prometheus.yml");
     let uid = text(&datasources["datasources"][0]["uid"]).expect("the datasource has a uid");
@@ -1183,6 +1184,23 @@ fn panels() -> Vec<Panel> {
         assert!(
             board["schemaVersion"].as_u64().is_some_and(|v| v >= 36),
             "{name}: schemaVersion"
+        );
+        let variables = board["templating"]["list"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let datasource = variables
+            .iter()
+            .find(|v| v["type"] == "datasource" && v["name"] == "datasource")
+            .unwrap_or_else(|| panic!("{name}: no datasource variable"));
+        assert_eq!(
+            datasource["query"], "prometheus",
+            "{name}: the variable's type"
+        );
+        assert_eq!(
+            datasource["current"]["value"].as_str(),
+            Some(uid.as_str()),
+            "{name}: the variable defaults to the provisioned Prometheus"
         );
         let list = board["panels"]
             .as_array()
@@ -1204,7 +1222,7 @@ fn panels() -> Vec<Panel> {
             assert!(!title.is_empty(), "{name}: a panel without a title");
             assert_eq!(
                 panel["datasource"]["uid"].as_str(),
-                Some(uid.as_str()),
+                Some("${datasource}"),
                 "{name} / {title}: datasource"
             );
             let targets = panel["targets"]
@@ -1228,7 +1246,10 @@ fn panels() -> Vec<Panel> {
                     "{name} / {title}: {expr} uses a template variable"
                 );
                 if let Some(target_uid) = target["datasource"]["uid"].as_str() {
-                    assert_eq!(target_uid, uid, "{name} / {title}: a query's datasource");
+                    assert_eq!(
+                        target_uid, "${datasource}",
+                        "{name} / {title}: a query's datasource"
+                    );
                 }
                 exprs.push(expr);
             }
