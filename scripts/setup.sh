@@ -109,6 +109,17 @@ from confluent_kafka.schema_registry.avro import AvroSerializer, AvroDeserialize
   chmod +x "$TOOLS_DIR/bin/pyclient-python"
 }
 
+# The Go producer example's modules (examples/producers/go), from the Go module proxy, and a
+# build of it, so that its test runs without the network.
+install_go_example() {
+  if ! command -v go >/dev/null 2>&1; then
+    say "go is not installed: the Go producer example's test will fail; install Go 1.26 or newer" >&2
+    return
+  fi
+  (cd "$REPO/examples/producers/go" && go mod download && go build -o /dev/null .)
+  say "go producer example builds with $(go version | cut -d' ' -f3)"
+}
+
 # Runs one step and says how long it took.
 timed() {
   local started=$SECONDS
@@ -121,4 +132,5 @@ timed install_system_packages
 timed install_rust_components
 timed install_kafka
 timed install_pyclient
+timed install_go_example
 say "ready in $(( SECONDS - started ))s: tools in $TOOLS_DIR"

@@ -731,6 +731,24 @@ async fn loadgen_expectations_hold(kafka: KafkaSettings) {
 /// credentials, and sends its facts twice. Every fact is billed once, at the price of its calls.
 #[tokio::test]
 async fn the_python_producer_example_is_billed_once_per_fact() {
+    an_example_producer_is_billed_once_per_fact(Example::Python).await;
+}
+
+/// The same with the Go example (`examples/producers/go`: franz-go, its registry client, and
+/// hamba/avro).
+#[tokio::test]
+async fn the_go_producer_example_is_billed_once_per_fact() {
+    an_example_producer_is_billed_once_per_fact(Example::Go).await;
+}
+
+/// The producer examples, each a program a product team could have written.
+#[derive(Debug, Clone, Copy)]
+enum Example {
+    Python,
+    Go,
+}
+
+async fn an_example_producer_is_billed_once_per_fact(example: Example) {
     let kafka = shared_settings();
     let url = reqwest::Url::parse(
         &std::env::var("BACKBONE_TEST_REGISTRY_URL")
@@ -744,14 +762,14 @@ async fn the_python_producer_example_is_billed_once_per_fact() {
         &kafka,
         &codec,
         &t.subscriptions,
-        &[("acme:sub-c-py".to_owned(), subscription("c-py"))],
+        &[("acme:sub-c-example".to_owned(), subscription("c-example"))],
     )
     .await;
     publish(
         &kafka,
         &codec,
         &t.accounts,
-        &[("acme:c-py".to_owned(), account("c-py"))],
+        &[("acme:c-example".to_owned(), account("c-example"))],
     )
     .await;
     let raw = unique_topic("usage.events");
@@ -765,7 +783,7 @@ async fn the_python_producer_example_is_billed_once_per_fact() {
     let facts = 20;
     let run = unique_topic("run");
     for _ in 0..2 {
-        run_python_producer(&kafka, &url, &raw, &run, facts).await;
+        run_example(example, &kafka, &url, &raw, &run, facts).await;
     }
 
     let validator_runtime = runtime("usage-validator");
@@ -798,52 +816,74 @@ async fn the_python_producer_example_is_billed_once_per_fact() {
     )
     .expect("price");
     assert_eq!(
-        billed_per_subscription(&charges).get("sub-c-py").copied(),
+        billed_per_subscription(&charges)
+            .get("sub-c-example")
+            .copied(),
         Some(expected.unscaled()),
         "the charges add up to the price of {facts} x 25 calls"
     );
 }
 
-/// Runs `examples/producers/python/produce_usage.py` for customer `c-py` of tenant `acme`:
-/// `facts` events of 25 calls, the registry credentials from `url` passed as its flags.
-async fn run_python_producer(
+/// Runs `example` for customer `c-example` of tenant `acme`: `facts` events of 25 calls, the
+/// registry credentials from `url` passed as its flags.
+async fn run_example(
+    example: Example,
     kafka: &KafkaSettings,
     url: &reqwest::Url,
     topic: &str,
     run: &str,
     facts: usize,
 ) {
-    let tools = std::env::var_os("BACKBONE_TOOLS_DIR").map_or_else(
-        || std::path::Path::new(&std::env::var_os("HOME").expect("HOME")).join(".cache/backbone"),
-        std::path::PathBuf::from,
-    );
-    let python = tools.join("bin/pyclient-python");
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples/producers/python/produce_usage.py");
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/producers");
+    let mut command = match example {
+        Example::Python => {
+            let tools = std::env::var_os("BACKBONE_TOOLS_DIR").map_or_else(
+                || {
+                    std::path::Path::new(&std::env::var_os("HOME").expect("HOME"))
+                        .join(".cache/backbone")
+                },
+                std::path::PathBuf::from,
+            );
+            let mut python = tokio::process::Command::new(tools.join("bin/pyclient-python"));
+            python.arg(examples.join("python/produce_usage.py"));
+            python
+        }
+        Example::Go => {
+            let mut go = tokio::process::Command::new("go");
+            go.current_dir(examples.join("go")).args(["run", "."]);
+            go
+        }
+    };
     let mut bare = url.clone();
     bare.set_username("").expect("a base URL");
     bare.set_password(None).expect("a base URL");
     let password_file = std::env::temp_dir().join(format!("{run}.registry-password"));
     std::fs::write(&password_file, url.password().unwrap_or_default()).expect("password file");
-    let output = tokio::process::Command::new(&python)
-        .arg(&script)
+    let output = command
         .args(["--bootstrap-servers", &kafka.bootstrap_servers])
         .args(["--registry-url", bare.as_str().trim_end_matches('/')])
         .args(["--registry-user", url.username()])
         .arg("--registry-password-file")
         .arg(&password_file)
-        .args(["--topic", topic, "--tenant", "acme", "--customer", "c-py"])
-        .args(["--subscription", "sub-c-py", "--quantity", "25"])
+        .args([
+            "--topic",
+            topic,
+            "--tenant",
+            "acme",
+            "--customer",
+            "c-example",
+        ])
+        .args(["--subscription", "sub-c-example", "--quantity", "25"])
         .args(["--count", &facts.to_string(), "--run", run])
         .kill_on_drop(true)
         .output();
     let output = tokio::time::timeout(DEADLINE, output)
         .await
         .expect("the producer finishes")
-        .unwrap_or_else(|err| panic!("{}: {err}; run `make setup`", python.display()));
+        .unwrap_or_else(|err| panic!("{example:?} example: {err}; run `make setup`"));
     assert!(
         output.status.success(),
-        "produce_usage.py failed ({}): {}",
+        "{example:?} example failed ({}): {}",
         output.status,
         String::from_utf8_lossy(&output.stderr)
     );
