@@ -120,6 +120,15 @@ install_go_example() {
   say "go producer example builds with $(go version | cut -d' ' -f3)"
 }
 
+# The Java producer example's libraries (examples/producers/java/pom.xml), which it runs with
+# as a single source file.
+install_java_example() {
+  local libs="$TOOLS_DIR/java-example-libs"
+  mvn -q -B -f "$REPO/examples/producers/java/pom.xml" dependency:copy-dependencies \
+    -DoutputDirectory="$libs"
+  say "java producer example libraries in $libs"
+}
+
 # Runs one step and says how long it took.
 timed() {
   local started=$SECONDS
@@ -133,4 +142,5 @@ timed install_rust_components
 timed install_kafka
 timed install_pyclient
 timed install_go_example
+timed install_java_example
 say "ready in $(( SECONDS - started ))s: tools in $TOOLS_DIR"

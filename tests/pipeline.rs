@@ -741,11 +741,19 @@ async fn the_go_producer_example_is_billed_once_per_fact() {
     an_example_producer_is_billed_once_per_fact(Example::Go).await;
 }
 
+/// The same with the Java example (`examples/producers/java`: kafka-clients and Apache Avro,
+/// the wire format framed by hand).
+#[tokio::test]
+async fn the_java_producer_example_is_billed_once_per_fact() {
+    an_example_producer_is_billed_once_per_fact(Example::Java).await;
+}
+
 /// The producer examples, each a program a product team could have written.
 #[derive(Debug, Clone, Copy)]
 enum Example {
     Python,
     Go,
+    Java,
 }
 
 async fn an_example_producer_is_billed_once_per_fact(example: Example) {
@@ -835,15 +843,12 @@ async fn run_example(
     facts: usize,
 ) {
     let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/producers");
+    let tools = std::env::var_os("BACKBONE_TOOLS_DIR").map_or_else(
+        || std::path::Path::new(&std::env::var_os("HOME").expect("HOME")).join(".cache/backbone"),
+        std::path::PathBuf::from,
+    );
     let mut command = match example {
         Example::Python => {
-            let tools = std::env::var_os("BACKBONE_TOOLS_DIR").map_or_else(
-                || {
-                    std::path::Path::new(&std::env::var_os("HOME").expect("HOME"))
-                        .join(".cache/backbone")
-                },
-                std::path::PathBuf::from,
-            );
             let mut python = tokio::process::Command::new(tools.join("bin/pyclient-python"));
             python.arg(examples.join("python/produce_usage.py"));
             python
@@ -852,6 +857,13 @@ async fn run_example(
             let mut go = tokio::process::Command::new("go");
             go.current_dir(examples.join("go")).args(["run", "."]);
             go
+        }
+        Example::Java => {
+            let mut java = tokio::process::Command::new("java");
+            java.arg("-cp")
+                .arg(tools.join("java-example-libs/*"))
+                .arg(examples.join("java/ProduceUsage.java"));
+            java
         }
     };
     let mut bare = url.clone();
