@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::certificates::{check_dates, CertificateUse};
+use crate::certificates::{self, CertificateUse};
 use crate::config::ConfigError;
 use axum::Router;
 use hyper_util::rt::TokioIo;
@@ -16,7 +16,7 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::pki_types::PrivateKeyDer;
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::RootCertStore;
 pub use tokio_rustls::TlsAcceptor;
@@ -43,26 +43,18 @@ impl TlsFiles {
             key: key(name),
             message: format!("`{}`: {message}", path.display()),
         };
-        let pem_certificates = |name: &str, path: &Path| {
-            let found = CertificateDer::pem_file_iter(path)
-                .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-                .map_err(|err| invalid(name, path, err.to_string()))?;
-            if found.is_empty() {
-                return Err(invalid(name, path, "holds no certificate".into()));
-            }
-            Ok(found)
-        };
-        let chain = pem_certificates("cert_file", &self.cert_file)?;
-        check_dates(&self.cert_file, CertificateUse::Present, &key("cert_file"))?;
+        let chain =
+            certificates::read(&self.cert_file, CertificateUse::Present, &key("cert_file"))?;
         let private_key = PrivateKeyDer::from_pem_file(&self.key_file)
             .map_err(|err| invalid("key_file", &self.key_file, err.to_string()))?;
         let builder = rustls::ServerConfig::builder();
         let builder = match &self.client_ca_file {
             None => builder.with_no_client_auth(),
             Some(path) => {
-                check_dates(path, CertificateUse::Trust, &key("client_ca_file"))?;
                 let mut roots = RootCertStore::empty();
-                for certificate in pem_certificates("client_ca_file", path)? {
+                for certificate in
+                    certificates::read(path, CertificateUse::Trust, &key("client_ca_file"))?
+                {
                     roots
                         .add(certificate)
                         .map_err(|err| invalid("client_ca_file", path, err.to_string()))?;

@@ -8,7 +8,7 @@ use backbone_schemas::{BasicAuth, RegistryAccess};
 use clap::Args;
 use serde::Deserialize;
 
-use crate::certificates::{check_dates, CertificateUse};
+use crate::certificates;
 use crate::config::{ConfigError, Validate};
 use crate::secret::Secret;
 
@@ -78,23 +78,7 @@ impl SchemaRegistrySettings {
             (None, true) => {}
         }
         if let Some(path) = &self.ca_file {
-            let pem = std::fs::read(path).map_err(|err| {
-                invalid(
-                    "ca_file",
-                    format!("cannot read `{}`: {err}", path.display()),
-                )
-            })?;
-            let certificates = reqwest::Certificate::from_pem_bundle(&pem)
-                .ok()
-                .filter(|found| !found.is_empty())
-                .ok_or_else(|| {
-                    invalid(
-                        "ca_file",
-                        format!("`{}` holds no PEM certificate", path.display()),
-                    )
-                })?;
-            check_dates(path, CertificateUse::Trust, "schema_registry.ca_file")?;
-            access = access.with_ca(certificates);
+            access = access.with_ca(certificates::http_roots(path, "schema_registry.ca_file")?);
         }
         Ok(access)
     }

@@ -5,11 +5,12 @@
 //! sink never sends a password over a connection it has not verified, so `require` verifies as
 //! `verify-full` does. `disable`, `prefer` and no `sslmode` connect in plain text.
 
+use backbone_core::certificates::{self, CertificateUse};
 use backbone_core::ConfigError;
 use backbone_sink::DestinationSettings;
 use rustls_tokio_postgres::MakeRustlsConnect;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::pki_types::PrivateKeyDer;
 use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 
 /// How the sink reaches its database.
@@ -63,25 +64,13 @@ pub(crate) fn transport(
         let _ = roots.add(root);
     }
     if let Some(ca_file) = &destination.ca_file {
-        let invalid = |why: String| ConfigError::Invalid {
-            key: "destination.ca_file".to_owned(),
-            message: format!("`{}`: {why}", ca_file.display()),
-        };
-        let certificates: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca_file)
-            .and_then(Iterator::collect)
-            .map_err(|err| invalid(err.to_string()))?;
-        if certificates.is_empty() {
-            return Err(invalid("holds no PEM certificate".to_owned()));
-        }
-        backbone_core::certificates::check_dates(
-            ca_file,
-            backbone_core::certificates::CertificateUse::Trust,
-            "destination.ca_file",
-        )?;
-        for certificate in certificates {
-            roots
-                .add(certificate)
-                .map_err(|err| invalid(err.to_string()))?;
+        for certificate in
+            certificates::read(ca_file, CertificateUse::Trust, "destination.ca_file")?
+        {
+            roots.add(certificate).map_err(|err| ConfigError::Invalid {
+                key: "destination.ca_file".to_owned(),
+                message: format!("`{}`: {err}", ca_file.display()),
+            })?;
         }
     }
     let config = ClientConfig::builder().with_root_certificates(roots);
@@ -91,9 +80,11 @@ pub(crate) fn transport(
                 key: format!("destination.{key}"),
                 message: format!("`{}`: {why}", path.display()),
             };
-            let chain = CertificateDer::pem_file_iter(cert_file)
-                .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-                .map_err(|err| invalid("client_cert_file", cert_file, err.to_string()))?;
+            let chain = certificates::read(
+                cert_file,
+                CertificateUse::Present,
+                "destination.client_cert_file",
+            )?;
             let key = PrivateKeyDer::from_pem_file(key_file)
                 .map_err(|err| invalid("client_key_file", key_file, err.to_string()))?;
             config

@@ -8,7 +8,7 @@ use reqwest::StatusCode;
 use serde::Serialize;
 use serde_json::Value;
 
-use backbone_core::certificates::{check_dates, CertificateUse};
+use backbone_core::certificates::{self, CertificateUse};
 use backbone_core::ConfigError;
 
 use backbone_core::Secret;
@@ -112,17 +112,14 @@ impl JsonApi {
         let token = destination.resolve_credential()?;
         let mut client = reqwest::Client::builder().timeout(destination.timeout);
         if let Some(ca_file) = &destination.ca_file {
-            let certificates = reqwest::Certificate::from_pem_bundle(&read(ca_file, "ca_file")?)
-                .ok()
-                .filter(|found| !found.is_empty())
-                .ok_or_else(|| unreadable("ca_file", ca_file, "holds no PEM certificate"))?;
-            check_dates(ca_file, CertificateUse::Trust, "destination.ca_file")?;
-            client = client.tls_certs_merge(certificates);
+            client =
+                client.tls_certs_merge(certificates::http_roots(ca_file, "destination.ca_file")?);
         }
         if let (Some(cert), Some(key)) =
             (&destination.client_cert_file, &destination.client_key_file)
         {
-            check_dates(
+            // Read for its checks; reqwest takes the certificate and key as one PEM text.
+            certificates::read(
                 cert,
                 CertificateUse::Present,
                 "destination.client_cert_file",
