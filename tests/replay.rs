@@ -1359,23 +1359,20 @@ async fn rejected_charges_replayed_after_the_fix_are_billed_exactly_once_even_wh
     produce(&shared_settings(), &topics.input, &records)
         .await
         .expect("charges");
-    let billing = |api: JsonApi| {
-        BillingSink::new(
-            BillingSettings {
-                topic: topics.input.clone(),
+    // The sink group, delivering to `sandbox`.
+    let billing = |sandbox: &Sandbox| {
+        let destination = sandbox.destination();
+        let (input, settings) = (topics.input.clone(), topics.settings());
+        async move {
+            let api = JsonApi::connect(&destination).await.expect("client");
+            let own = BillingSettings {
+                topic: input,
                 concurrency: 4,
-            },
-            api,
-        )
+            };
+            RunningSink::start(BillingSink::new(own, api), settings)
+        }
     };
-    let sink = RunningSink::start(
-        billing(
-            JsonApi::connect(&before.destination())
-                .await
-                .expect("client"),
-        ),
-        topics.settings(),
-    );
+    let sink = billing(&before).await;
     let dlq_topic = format!("{}.dlq", topics.input);
     let dead = consume_until(&shared_settings(), &dlq_topic, rejected.len(), DEADLINE)
         .await
@@ -1393,14 +1390,7 @@ async fn rejected_charges_replayed_after_the_fix_are_billed_exactly_once_even_wh
     let mut config = SandboxConfig::default();
     config.billing.currencies.push("SEK".to_owned());
     let after = Sandbox::start(config).await;
-    let sink = RunningSink::start(
-        billing(
-            JsonApi::connect(&after.destination())
-                .await
-                .expect("client"),
-        ),
-        topics.settings(),
-    );
+    let sink = billing(&after).await;
 
     let listed = replay(&["dlq", "list", &dlq_topic, "--json"])
         .await

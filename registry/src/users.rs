@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -59,8 +59,9 @@ pub struct Users {
     /// Digests of (user, password) pairs that verified, so that a client sending the same
     /// credentials on every request pays for Argon2 once, not per request.
     verified: Mutex<HashMap<[u8; 32], Role>>,
-    /// A hash no password matches, checked for unknown names.
-    decoy: String,
+    /// A hash no password matches, checked for unknown names; made at the first one, not at
+    /// start-up (where the file is also read to validate the config).
+    decoy: OnceLock<String>,
 }
 
 /// Verified pairs remembered at most; past it the memory starts over.
@@ -119,7 +120,7 @@ impl Users {
         Ok(Self {
             users,
             verified: Mutex::default(),
-            decoy: hash_password("no user has this password")?,
+            decoy: OnceLock::new(),
         })
     }
 
@@ -138,7 +139,10 @@ impl Users {
         let Some(user) = self.users.get(name) else {
             // The same work as for a known user, so that the answer's time does not tell
             // which names exist.
-            if let Ok(hash) = PasswordHash::new(&self.decoy) {
+            let decoy = self
+                .decoy
+                .get_or_init(|| hash_password("no user has this password").unwrap_or_default());
+            if let Ok(hash) = PasswordHash::new(decoy) {
                 let _ = Argon2::default().verify_password(password.as_bytes(), &hash);
             }
             return None;
