@@ -1,7 +1,8 @@
 //! The ERP sink against the sandbox: postings become balanced journal batches whose control
 //! totals match the postings they came from; a late posting becomes an adjustment; a batch for
-//! a closed period is dead-lettered with the ERP's answer; a replay posts nothing twice; a
-//! batch whose answer a crash lost is sent again as it was, whatever its window gained since.
+//! a closed period is dead-lettered with the ERP's answer; a replay posts nothing twice; the
+//! ERP is asked before each batch, so a lost answer, a lost disk or a partition moved to
+//! another instance posts nothing twice and never reuses a posted batch's id.
 
 #[path = "support/sinks.rs"]
 mod support;
@@ -17,7 +18,7 @@ use backbone_schemas::types::DeliveryOutcome;
 use backbone_schemas::types::{Amount, LedgerPosting, PostingLine};
 use backbone_schemas::WireCodec;
 use backbone_sink::http::JsonApi;
-use backbone_sink::DESTINATION_REJECTED;
+use backbone_sink::{SinkSettings, DESTINATION_REJECTED};
 use backbone_testkit::{consume_until, dead_letter_reasons, shared_settings};
 use support::{
     eventually, metadata, publish, registry_url, results, RunningSink, Sandbox, SinkTopics,
@@ -323,14 +324,15 @@ async fn postings_that_do_not_balance_are_dead_lettered_on_arrival() {
     );
 }
 
-/// The ERP posts a batch but its answer is lost, and the sink stops before a retry is
-/// answered. Meanwhile a posting with a time inside that batch's window arrives (a producer
-/// held it back while the broker was away). The restarted sink reads the window again, now
-/// one posting larger: it must post the batch it sent before, unchanged, and the newcomer as
-/// an adjustment, not a different batch under the same external id, which the ERP refuses
-/// as a conflict (and the postings it holds would be dead-lettered, the newcomer lost).
+/// The ERP posts a batch but every answer is lost on the way back, so the sink never hears that
+/// it was posted. Asked before the next attempt, the ERP shows the batch's postings as held:
+/// settled as already delivered, not posted again (the sandbox would refuse nothing: the same
+/// body under the same id is a duplicate, so the check is the count of batches it holds). Then a
+/// posting with a time inside that window arrives (a producer held it back while the broker
+/// was away): an adjustment of the posted batch, not another body under its external id, which
+/// the ERP refuses as a conflict (the newcomer would be dead-lettered).
 #[tokio::test]
-async fn a_batch_whose_answer_was_lost_is_sent_again_unchanged_after_its_window_grew() {
+async fn a_batch_whose_answer_was_lost_is_found_in_the_erp_and_a_newcomer_adjusts_it() {
     let sandbox = Sandbox::start(SandboxConfig::default()).await;
     let topics = SinkTopics::create("erp-lost-answer", 1).await;
     let codec = WireCodec::new(registry_url());
@@ -355,12 +357,18 @@ async fn a_batch_whose_answer_was_lost_is_sent_again_unchanged_after_its_window_
         .await
         .expect("faults");
     let sink = RunningSink::start(erp_sink(&topics.input, &sandbox).await, topics.settings());
-    eventually(DEADLINE, "the ERP to post the first batch", || async {
-        (sandbox.applied("erp").await >= 1).then_some(())
-    })
-    .await;
-    let summary = sink.stop().await;
-    assert_eq!(summary.consumed, 0, "nothing settled: {summary:?}");
+    let found: Vec<DeliveryOutcome> = results(&codec, &topics.results, first.len())
+        .await
+        .into_iter()
+        .map(|r| r.outcome)
+        .collect();
+    assert_eq!(
+        found,
+        [
+            DeliveryOutcome::AlreadyDelivered,
+            DeliveryOutcome::AlreadyDelivered
+        ]
+    );
 
     let late = [entity(posting(3, "le-eu", "EUR", "5", month), start + 300)];
     publish(&codec, &topics.input, &late).await;
@@ -369,16 +377,16 @@ async fn a_batch_whose_answer_was_lost_is_sent_again_unchanged_after_its_window_
         .clear_faults(System::Erp)
         .await
         .expect("clear faults");
-    let sink = RunningSink::start(erp_sink(&topics.input, &sandbox).await, topics.settings());
-    let outcomes: Vec<DeliveryOutcome> = results(&codec, &topics.results, 3)
+    let outcomes: Vec<DeliveryOutcome> = results(&codec, &topics.results, first.len() + 1)
         .await
         .into_iter()
         .map(|r| r.outcome)
         .collect();
     let summary = sink.stop().await;
-    assert!(
-        !outcomes.contains(&DeliveryOutcome::Rejected),
-        "nothing refused: {outcomes:?}, {summary:?}"
+    assert_eq!(
+        outcomes.last(),
+        Some(&DeliveryOutcome::Delivered),
+        "{outcomes:?}, {summary:?}"
     );
     let batches = sandbox.client.batches().await.expect("batches");
     check_balanced(&batches);
@@ -395,5 +403,72 @@ async fn a_batch_whose_answer_was_lost_is_sent_again_unchanged_after_its_window_
         shapes,
         [("Regular".to_owned(), 4), ("Adjustment".to_owned(), 2)],
         "the batch as first sent, then the newcomer's adjustment"
+    );
+}
+
+/// Two instances, each with its own disk. The first posts a window; the partition moves to the
+/// second, which has none of the first's ledger; a posting already in the ERP is produced again
+/// (a new record, so a new arrival window), and a newcomer arrives with a time inside the posted
+/// window. The ERP is asked before each batch: the copy is found and posted nowhere, and the
+/// newcomer becomes an adjustment, not a second body under the posted window's id.
+#[tokio::test]
+async fn a_partition_moved_to_an_instance_without_the_ledger_posts_nothing_twice() {
+    let sandbox = Sandbox::start(SandboxConfig::default()).await;
+    let topics = SinkTopics::create("erp-moved", 1).await;
+    let codec = WireCodec::new(registry_url());
+    let month = (2026, 11);
+    let start = (now_ms() - 60_000) / 2_000 * 2_000;
+    let entity = |p: LedgerPosting, at: Option<i64>| ("acme:le-eu".to_owned(), p, at);
+    let first = [
+        entity(posting(1, "le-eu", "EUR", "10", month), Some(start + 100)),
+        entity(posting(2, "le-eu", "EUR", "20", month), Some(start + 200)),
+    ];
+    publish(&codec, &topics.input, &first).await;
+    let sink = RunningSink::start(erp_sink(&topics.input, &sandbox).await, topics.settings());
+    results(&codec, &topics.results, first.len()).await;
+    sink.stop().await;
+
+    let again = [
+        entity(posting(1, "le-eu", "EUR", "10", month), None),
+        entity(posting(3, "le-eu", "EUR", "5", month), Some(start + 300)),
+    ];
+    publish(&codec, &topics.input, &again).await;
+    let second_disk = SinkSettings {
+        ledger_dir: topics.ledger_dir.with_extension("second-instance"),
+        ..topics.settings()
+    };
+    let sink = RunningSink::start(erp_sink(&topics.input, &sandbox).await, second_disk);
+    let outcomes: Vec<DeliveryOutcome> = results(&codec, &topics.results, first.len() + 2)
+        .await
+        .into_iter()
+        .map(|r| r.outcome)
+        .collect();
+    let summary = sink.stop().await;
+    assert!(
+        !outcomes.contains(&DeliveryOutcome::Rejected),
+        "nothing refused: {outcomes:?}, {summary:?}"
+    );
+    let batches = sandbox.client.batches().await.expect("batches");
+    check_balanced(&batches);
+    assert_eq!(
+        receivables(&batches),
+        BTreeMap::from([(("le-eu".to_owned(), "EUR".to_owned()), micros("35"))]),
+        "every posting once"
+    );
+    let shapes: Vec<(String, usize, Option<&str>)> = batches
+        .iter()
+        .map(|b| {
+            let kind = format!("{:?}", b.batch_type);
+            (kind, b.lines.len(), b.adjusts.as_deref())
+        })
+        .collect();
+    let regular = batches[0].external_id.as_str();
+    assert_eq!(
+        shapes,
+        [
+            ("Regular".to_owned(), 4, None),
+            ("Adjustment".to_owned(), 2, Some(regular))
+        ],
+        "the first window, then the newcomer's adjustment of it"
     );
 }

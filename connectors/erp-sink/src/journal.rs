@@ -10,9 +10,8 @@
 //!
 //! The same input does not always give the same set: a window the wall clock closed can gain
 //! postings later (a producer holds records back while the broker is away, and they keep the
-//! times they were made at). So a batch attempted without an answer is sent again with the
-//! postings that attempt carried, as the delivery ledger recorded them, and the newcomers wait
-//! for the next sequence.
+//! times they were made at). The sink asks the ERP before each batch what it holds, so the
+//! numbering here is a first guess the ERP's answer may move on (see the crate's `post`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -74,30 +73,6 @@ pub struct OpenWindow {
     pub period_end: i32,
     /// Input partition the window's postings come from (an entity's postings share one).
     pub partition: i32,
-}
-
-impl OpenWindow {
-    /// Takes out the postings not in `kept`, with the records that carried them, as a window of
-    /// their own.
-    pub fn split_off(&mut self, kept: &BTreeSet<String>) -> OpenWindow {
-        let (stay, go): (Vec<_>, Vec<_>) = std::mem::take(&mut self.sources)
-            .into_iter()
-            .partition(|(_, id, _)| kept.contains(id));
-        self.sources = stay;
-        let moved: BTreeSet<String> = go.iter().map(|(_, id, _)| id.clone()).collect();
-        let mut postings = BTreeMap::new();
-        for id in moved {
-            if let Some(posting) = self.postings.remove(&id) {
-                postings.insert(id, posting);
-            }
-        }
-        OpenWindow {
-            postings,
-            sources: go,
-            period_end: self.period_end,
-            partition: self.partition,
-        }
-    }
 }
 
 /// How far one input partition has got: its stream time (the latest arrival time held) and
@@ -198,15 +173,6 @@ impl Windows {
             .into_iter()
             .filter_map(|key| self.open.remove(&key).map(|window| (key, window)))
             .collect()
-    }
-
-    /// Puts a closed window back to wait for its next close.
-    pub fn reopen(&mut self, key: WindowKey, window: OpenWindow) {
-        let open = self.open.entry(key).or_default();
-        open.partition = window.partition;
-        open.period_end = window.period_end;
-        open.sources.extend(window.sources);
-        open.postings.extend(window.postings);
     }
 
     /// Forgets what came from `partitions`.
@@ -549,31 +515,6 @@ mod tests {
         assert_eq!(held(&first), ["r-1"]);
         assert_eq!(by_key[&first].sources.len(), 2, "the copy settles with it");
         assert_eq!(held(&later), ["r-2"], "each posting in one window only");
-    }
-
-    #[test]
-    fn a_window_splits_into_the_postings_kept_and_the_others() {
-        let mut windows = Windows::new(MINUTE);
-        for (offset, id) in ["a", "b", "c", "a"].into_iter().enumerate() {
-            let p = posting(id, "1");
-            let key = windows.key_for(&p, 0);
-            let at = HeldAt {
-                partition: 0,
-                offset: offset as i64,
-            };
-            windows.hold(key, at, p, 0, 0);
-        }
-        let (key, mut window) = windows.close(i64::MAX / 2, 0).pop().expect("closed");
-        let kept: BTreeSet<String> = ["a".to_owned(), "c".to_owned()].into();
-        let other = window.split_off(&kept);
-        assert_eq!(window.postings.keys().collect::<Vec<_>>(), ["a", "c"]);
-        assert_eq!(window.sources.len(), 3, "both records of `a` stay with it");
-        assert_eq!(other.postings.keys().collect::<Vec<_>>(), ["b"]);
-        assert_eq!(other.sources.len(), 1);
-        windows.reopen(key, other);
-        assert_eq!(windows.held(), 1);
-        let (_, reopened) = windows.close(i64::MAX / 2, 0).pop().expect("closed again");
-        assert_eq!(reopened.postings.keys().collect::<Vec<_>>(), ["b"]);
     }
 
     #[test]

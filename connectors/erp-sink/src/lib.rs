@@ -9,12 +9,13 @@
 //! bodies as real ERPs do, are rejections that dead-letter the batch's postings with the
 //! ERP's answer. Once a batch is confirmed the ledger remembers which postings it holds: a
 //! posting redelivered later is settled as already delivered, and one that is new to a posted
-//! window becomes an adjustment batch. A batch sent without an answer (a crash, a lost
-//! response) is sent again with what it carried, since the ERP may hold it.
+//! window becomes an adjustment batch. That ledger is local to one instance, so before each
+//! batch the sink also asks the ERP which of its postings it holds and whether its id is taken:
+//! a lost answer, a lost disk or a partition moved to another instance posts nothing twice.
 
 pub mod journal;
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -31,9 +32,9 @@ use backbone_sink::{
     Money, Outcome, Rejection, RetryReason, Sink, SinkContext, Source,
 };
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{json, Value};
 
-use crate::journal::{build_batch, HeldAt, Windows};
+use crate::journal::{build_batch, HeldAt, OpenWindow, WindowKey, Windows};
 
 /// The `[sink]` section.
 #[derive(Debug, Clone, Deserialize)]
@@ -89,11 +90,25 @@ impl Validate for ErpSettings {
 /// What one ERP delivery carries.
 #[derive(Debug, Clone)]
 pub enum JournalDelivery {
-    /// A balanced batch to post.
-    Batch(Box<JournalBatch>),
+    /// A closed window to post as batch number `sequence` of its key, or a later number when
+    /// the ERP already holds that one.
+    Batch(Box<PendingBatch>),
     /// A window whose postings cannot form a batch (its totals overflow): rejected without a
     /// request, so its postings reach the dead-letter topic instead of waiting for ever.
     Unbuildable(String),
+}
+
+/// A closed window and the batch number the ledger says is next for it.
+#[derive(Debug, Clone)]
+pub struct PendingBatch {
+    /// The window's key.
+    pub key: WindowKey,
+    /// Its postings (the records that carried them are the delivery's sources).
+    pub window: OpenWindow,
+    /// The first batch number the ledger does not hold as confirmed.
+    pub sequence: u32,
+    /// When the window closed, microseconds since the epoch.
+    pub closed_at: i64,
 }
 
 /// The body of `POST /erp/v1/journal-batches`.
@@ -134,6 +149,8 @@ pub struct JournalLine {
     pub currency: String,
     /// Line text.
     pub description: String,
+    /// The posting the line comes from (its `rating_id`), by which the ERP finds it.
+    pub reference: Option<String>,
 }
 
 /// A control total of a [`JournalRequest`].
@@ -174,6 +191,7 @@ impl JournalRequest {
                     credit: line.credit.to_string(),
                     currency: line.currency.clone(),
                     description: line.description.clone(),
+                    reference: line.source_rating_id.clone(),
                 })
                 .collect(),
             control_totals: batch
@@ -209,9 +227,52 @@ impl ErpSink {
         }
     }
 
-    async fn post(&self, batch: &JournalBatch) -> Result<Outcome, DeliveryError> {
+    /// Posts `pending`, after asking the ERP what it already holds. The ledger on this
+    /// instance's disk is not the record of what was posted, the ERP is: a posting it holds
+    /// (from before a lost disk, or from another instance before the partition moved) is
+    /// left out, and a batch id it holds is not reused, since it would answer `duplicate`
+    /// for content it never received.
+    async fn post(&self, pending: &PendingBatch) -> Result<Outcome, DeliveryError> {
+        let held = match self.held_postings(&pending.window).await? {
+            Ok(held) => held,
+            Err(outcome) => return Ok(outcome),
+        };
+        let mut window = pending.window.clone();
+        if let Some(reference) = held.values().next() {
+            window.postings.retain(|id, _| !held.contains_key(id));
+            if window.postings.is_empty() {
+                return Ok(Outcome::AlreadyDelivered {
+                    reference: Some(reference.clone()),
+                });
+            }
+        }
+        let mut sequence = pending.sequence;
+        loop {
+            match self.batch_held(&pending.key.batch_id(sequence)).await? {
+                Ok(false) => break,
+                Ok(true) => sequence += 1,
+                Err(outcome) => return Ok(outcome),
+            }
+        }
+        let length = self.windows.length();
+        let batch = match build_batch(
+            &pending.key,
+            &window,
+            sequence,
+            length,
+            Self::NAME,
+            pending.closed_at,
+        ) {
+            Ok(batch) => batch,
+            Err(err) => {
+                return Ok(Outcome::Rejected {
+                    code: "unbuildable_batch".to_owned(),
+                    message: err.to_string(),
+                })
+            }
+        };
         if let Some(dir) = &self.settings.outbox_dir {
-            if let Err(err) = write_csv(dir, batch) {
+            if let Err(err) = write_csv(dir, &batch) {
                 return Ok(Outcome::Retry {
                     reason: RetryReason::Unavailable,
                     message: format!("outbox `{}`: {err}", dir.display()),
@@ -219,7 +280,7 @@ impl ErpSink {
                 });
             }
         }
-        let request = JournalRequest::from_batch(batch);
+        let request = JournalRequest::from_batch(&batch);
         let answer = match self
             .api
             .send("/erp/v1/journal-batches", &[], &request)
@@ -233,6 +294,55 @@ impl ErpSink {
             &answer.error_code(),
             &answer.error_message(),
         ))
+    }
+
+    /// The window's postings the ERP holds lines of, each with the document holding it.
+    async fn held_postings(
+        &self,
+        window: &OpenWindow,
+    ) -> Result<Result<BTreeMap<String, String>, Outcome>, DeliveryError> {
+        let search = json!({ "references": window.postings.keys().collect::<Vec<_>>() });
+        let answer = match self
+            .api
+            .send("/erp/v1/journal-lines/search", &[], &search)
+            .await?
+        {
+            Reply::Answer(answer) => answer,
+            Reply::Settled(outcome) => return Ok(Err(outcome)),
+        };
+        let Some(lines) = answer.body["lines"].as_array() else {
+            return Ok(Err(unreadable(&answer.body)));
+        };
+        Ok(Ok(lines
+            .iter()
+            .filter_map(|line| {
+                let reference = line["reference"].as_str()?;
+                let document = line["document_number"].as_str().unwrap_or_default();
+                Some((reference.to_owned(), document.to_owned()))
+            })
+            .collect()))
+    }
+
+    /// Whether the ERP holds a batch under `external_id`.
+    async fn batch_held(&self, external_id: &str) -> Result<Result<bool, Outcome>, DeliveryError> {
+        let query = [("external_id", external_id)];
+        let answer = match self.api.fetch("/erp/v1/journal-batches", &query).await? {
+            Reply::Answer(answer) => answer,
+            Reply::Settled(outcome) => return Ok(Err(outcome)),
+        };
+        match answer.body["batches"].as_array() {
+            Some(batches) => Ok(Ok(!batches.is_empty())),
+            None => Ok(Err(unreadable(&answer.body))),
+        }
+    }
+}
+
+/// An answer without the fields the ERP's API promises: retried, as an ERP in trouble.
+fn unreadable(body: &Value) -> Outcome {
+    Outcome::Retry {
+        reason: RetryReason::Unavailable,
+        message: format!("unreadable ERP answer: {body}"),
+        after: None,
     }
 }
 
@@ -250,11 +360,7 @@ fn posting_outcome(body: &Value, code: &str, message: &str) -> Outcome {
             code: code.to_owned(),
             message: message.to_owned(),
         },
-        _ => Outcome::Retry {
-            reason: RetryReason::Unavailable,
-            message: format!("unreadable ERP answer: {body}"),
-            after: None,
-        },
+        _ => unreadable(body),
     }
 }
 
@@ -331,19 +437,6 @@ fn check_posting(posting: &LedgerPosting) -> Result<(), String> {
     Ok(())
 }
 
-/// The postings an attempt of batch `batch_id` carried, when that attempt has no answer yet.
-fn unanswered(ledger: &DeliveryLedger, batch_id: &str) -> Option<BTreeSet<String>> {
-    let entry = ledger.get(batch_id).ok().flatten()?;
-    if !matches!(
-        entry.state,
-        DeliveryState::Pending | DeliveryState::InFlight
-    ) {
-        return None;
-    }
-    let carried = ledger.attempted(batch_id).ok().flatten()?;
-    Some(carried.into_iter().collect())
-}
-
 impl Sink for ErpSink {
     type Payload = JournalDelivery;
 
@@ -400,9 +493,10 @@ impl Sink for ErpSink {
         let length = self.windows.length();
         let mut due = Vec::new();
         for (key, mut window) in self.windows.close(now, grace) {
-            // The first sequence the ERP does not hold: a posted batch is never sent again with
-            // other content, so postings new to its window make the next one, an adjustment. A
-            // refused batch was never posted; its number is free again.
+            // The first sequence this ledger has not seen confirmed (`post` moves on past any
+            // the ERP holds): a posted batch is never sent again with other content, so
+            // postings new to its window make the next one, an adjustment. A refused batch was
+            // never posted; its number is free again.
             let mut sequence = 0u32;
             while ledger
                 .get(&key.batch_id(sequence))
@@ -412,29 +506,13 @@ impl Sink for ErpSink {
             {
                 sequence += 1;
             }
-            // An attempt of that number whose answer never came (a crash, a lost response) may
-            // have been posted: it is sent again exactly as it was, and what the window gained
-            // since (postings a producer held back while the broker was away carry times
-            // inside it) waits for the next number. Until the attempt's postings are all read
-            // again, the window waits.
-            if let Some(carried) = unanswered(ledger, &key.batch_id(sequence)) {
-                if !carried.iter().all(|id| window.postings.contains_key(id)) {
-                    self.windows.reopen(key, window);
-                    continue;
-                }
-                let gained = window.split_off(&carried);
-                if !gained.postings.is_empty() {
-                    self.windows.reopen(key.clone(), gained);
-                }
-            }
             let money_of = |id: &str| {
                 window.postings.get(id).map(|p| Money {
                     amount: p.amount,
                     currency: p.currency.clone(),
                 })
             };
-            let sources: Vec<Source> = window
-                .sources
+            let sources: Vec<Source> = std::mem::take(&mut window.sources)
                 .iter()
                 .map(|(at, id, first)| Source {
                     partition: at.partition,
@@ -446,8 +524,15 @@ impl Sink for ErpSink {
                 .postings
                 .values()
                 .try_fold(Amount::ZERO, |sum, p| sum.checked_add(p.amount));
+            let members = window.postings.keys().cloned().collect();
+            // Built once here to learn whether it can be; `post` builds what it sends.
             let payload = match build_batch(&key, &window, sequence, length, Self::NAME, now) {
-                Ok(batch) => JournalDelivery::Batch(Box::new(batch)),
+                Ok(_) => JournalDelivery::Batch(Box::new(PendingBatch {
+                    key: key.clone(),
+                    window,
+                    sequence,
+                    closed_at: now,
+                })),
                 Err(err) => JournalDelivery::Unbuildable(err.to_string()),
             };
             let mut delivery =
@@ -458,7 +543,7 @@ impl Sink for ErpSink {
                     }),
                 );
             delivery.sources = sources;
-            delivery.members = window.postings.keys().cloned().collect();
+            delivery.members = members;
             due.push(delivery);
         }
         due

@@ -2,8 +2,9 @@
 //! local to the sink instance.
 //!
 //! It is what lets a sink answer a replay without a request, and what a journal sink numbers
-//! its adjustment batches from. It is not the only guard: every destination also deduplicates
-//! by the same key, so a ledger lost with its disk costs requests, never double postings.
+//! its adjustment batches from. It is not the only guard: the billing and ERP sinks ask their
+//! destination by business identity before they create, and the CRM keeps the newest `as_of`
+//! per account, so a ledger lost with its disk costs requests, never double postings.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,7 +15,6 @@ use serde::{Deserialize, Serialize};
 
 const DELIVERY_PREFIX: &[u8] = b"d/";
 const MEMBER_PREFIX: &[u8] = b"m/";
-const ATTEMPT_PREFIX: &[u8] = b"a/";
 /// One memtable; with at most two, the ledger's unflushed writes stay under 16 MiB. RocksDB's
 /// default of 64 MiB each let a sink's memory climb for minutes with no backlog behind it.
 const MEMTABLE_BYTES: usize = 8 << 20;
@@ -144,27 +144,6 @@ impl DeliveryLedger {
             .get(prefixed(MEMBER_PREFIX, id))
             .map_err(|source| self.store_error(source))?;
         Ok(raw.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
-    }
-
-    /// The items delivery `key` carried when it was attempted, if it was attempted with items:
-    /// what a resend under the same key must carry again, since the destination may hold it.
-    pub fn attempted(&self, key: &str) -> Result<Option<Vec<String>>, LedgerError> {
-        self.read_json(ATTEMPT_PREFIX, key)
-    }
-
-    /// Writes `entries` and, for each `(key, items)` of `attempts`, the items that delivery
-    /// carries, synced to disk before it returns: the request that follows may reach the
-    /// destination, and a crash must not forget what it carried.
-    pub fn write_attempt(
-        &self,
-        entries: &[(&str, &LedgerEntry)],
-        attempts: &[(&str, &[String])],
-    ) -> Result<(), LedgerError> {
-        let mut batch = self.entries_batch(entries)?;
-        for (key, items) in attempts {
-            batch.put(prefixed(ATTEMPT_PREFIX, key), self.to_json(key, items)?);
-        }
-        self.commit(batch, !attempts.is_empty())
     }
 
     /// Writes `entries` and `members` (item id → delivery key) atomically. With `durable` the
@@ -302,29 +281,6 @@ mod tests {
         let counts = ledger.count_by_state().expect("scan");
         assert_eq!(counts.get(&DeliveryState::Confirmed), Some(&1));
         assert_eq!(counts.get(&DeliveryState::InFlight), Some(&1));
-    }
-
-    #[test]
-    fn what_an_attempt_carried_survives_a_reopen() {
-        let dir = temp_dir("attempt");
-        {
-            let ledger = DeliveryLedger::open(&dir).expect("open");
-            let in_flight = LedgerEntry::new(DeliveryState::InFlight, 1);
-            let items = vec!["line-a".to_owned(), "line-b".to_owned()];
-            ledger
-                .write_attempt(&[("jb-1", &in_flight)], &[("jb-1", &items)])
-                .expect("write");
-        }
-        let ledger = DeliveryLedger::open(&dir).expect("reopen");
-        assert_eq!(
-            ledger.attempted("jb-1").expect("read"),
-            Some(vec!["line-a".to_owned(), "line-b".to_owned()])
-        );
-        assert_eq!(ledger.attempted("jb-2").expect("read"), None);
-        assert_eq!(
-            ledger.get("jb-1").expect("read").map(|e| e.state),
-            Some(DeliveryState::InFlight)
-        );
     }
 
     #[test]

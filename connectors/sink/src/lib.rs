@@ -73,9 +73,7 @@ pub struct Delivery<P> {
     /// fills with the accepted record; a delivery from [`Sink::due`] lists the records it holds.
     pub sources: Vec<Source>,
     /// Ids of the items inside the delivery (the posting lines of a journal batch), recorded in
-    /// the ledger against `key` once it is confirmed, so a redelivered item can be recognised,
-    /// and before each attempt, so a sink can resend exactly what an unanswered attempt
-    /// carried ([`DeliveryLedger::attempted`]).
+    /// the ledger against `key` once it is confirmed, so a redelivered item can be recognised.
     pub members: Vec<String>,
 }
 

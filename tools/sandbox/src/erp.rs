@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -43,6 +43,10 @@ pub struct JournalLine {
     pub currency: String,
     /// Line text.
     pub description: String,
+    /// The sender's reference for the line (the source document it posts); the ERP finds
+    /// lines by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
 }
 
 /// What the sender says the lines of one currency add up to.
@@ -328,6 +332,62 @@ fn business_errors(
     errors
 }
 
-pub(crate) async fn list(State(app): State<Arc<Sandbox>>) -> Json<Value> {
-    Json(json!({"batches": lock(&app.erp).batches}))
+/// Every posted batch; with `external_id=<id>`, only that one (how a sender asks whether an id
+/// is taken before it posts under it).
+pub(crate) async fn list(
+    State(app): State<Arc<Sandbox>>,
+    Query(query): Query<BTreeMap<String, String>>,
+) -> Response {
+    if let Some(parameter) = query.keys().find(|key| *key != "external_id") {
+        let message = format!("unknown query parameter `{parameter}`; filter with external_id");
+        return refuse(StatusCode::BAD_REQUEST, &[("invalid_request", message)]);
+    }
+    let journal = lock(&app.erp);
+    let batches: Vec<&PostedBatch> = journal
+        .batches
+        .iter()
+        .filter(|batch| {
+            query
+                .get("external_id")
+                .is_none_or(|id| *id == batch.external_id)
+        })
+        .collect();
+    reply(StatusCode::OK, json!({ "batches": batches }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LineSearch {
+    references: Vec<String>,
+}
+
+/// `POST /erp/v1/journal-lines/search` with `{"references": [...]}`: every posted line carrying
+/// one of them, with its batch's external id and document number. A search, not a create: it
+/// changes nothing, and a sender asks it before posting lines it may have posted already.
+pub(crate) async fn search_lines(State(app): State<Arc<Sandbox>>, body: Bytes) -> Response {
+    let search: LineSearch = match json_value(&body).and_then(typed) {
+        Ok(search) => search,
+        Err(message) => return refuse(StatusCode::BAD_REQUEST, &[("invalid_request", message)]),
+    };
+    let wanted: BTreeSet<&str> = search.references.iter().map(String::as_str).collect();
+    let journal = lock(&app.erp);
+    let lines: Vec<Value> = journal
+        .batches
+        .iter()
+        .flat_map(|batch| batch.lines.iter().map(move |line| (batch, line)))
+        .filter(|(_, line)| {
+            line.reference
+                .as_deref()
+                .is_some_and(|reference| wanted.contains(reference))
+        })
+        .map(|(batch, line)| {
+            json!({
+                "reference": line.reference,
+                "line_number": line.line_number,
+                "external_id": batch.external_id,
+                "document_number": batch.document_number,
+            })
+        })
+        .collect();
+    reply(StatusCode::OK, json!({ "lines": lines }))
 }

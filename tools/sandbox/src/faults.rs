@@ -169,7 +169,8 @@ pub(crate) struct Gate {
 /// Middleware running the gateway's checks around a system's handlers, in the order real
 /// gateways apply them: auth, outage, latency, throttling, errors, the call, a lost response.
 pub(crate) async fn gate(State(gate): State<Gate>, request: Request, next: Next) -> Response {
-    let delivery = request.method() == Method::POST;
+    // A search is a read, though POSTed for the length of what it asks about.
+    let delivery = request.method() == Method::POST && !request.uri().path().ends_with("/search");
     let response = gate.pass(request, next, delivery).await;
     if delivery {
         let mut control = gate.app.control();

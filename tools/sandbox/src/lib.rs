@@ -160,10 +160,12 @@ fn router(app: Arc<Sandbox>) -> Router {
     let crm = Router::new()
         .route("/crm/v1/accounts/batch", post(crm::upsert_batch))
         .route("/crm/v1/accounts", get(crm::list));
-    let erp = Router::new().route(
-        "/erp/v1/journal-batches",
-        post(erp::post_batch).get(erp::list),
-    );
+    let erp = Router::new()
+        .route(
+            "/erp/v1/journal-batches",
+            post(erp::post_batch).get(erp::list),
+        )
+        .route("/erp/v1/journal-lines/search", post(erp::search_lines));
     Router::new()
         .merge(gated(System::Billing, billing))
         .merge(gated(System::Crm, crm))

@@ -14,6 +14,7 @@ const TOKEN: &str = "sandbox-token";
 const CHARGES: &str = "/billing/v1/charges";
 const ACCOUNTS: &str = "/crm/v1/accounts/batch";
 const BATCHES: &str = "/erp/v1/journal-batches";
+const LINES_SEARCH: &str = "/erp/v1/journal-lines/search";
 
 /// A sandbox serving until dropped.
 struct Running {
@@ -453,6 +454,61 @@ async fn erp_posts_an_external_id_once() {
     assert_eq!(batches.len(), 1);
     assert_eq!(batches[0].document_number, "JE-000001");
     assert_eq!(batches[0].lines[0].debit, "100.10");
+}
+
+/// What a sender asks before it posts: which lines carry its references, and whether an
+/// external id is taken. Searches are reads: the faults of deliveries do not touch them.
+#[tokio::test]
+async fn erp_finds_lines_by_reference_and_batches_by_external_id() {
+    let sandbox = start(SandboxConfig::default()).await;
+    let mut referenced = batch("b-1", "2024-01");
+    referenced["lines"][0]["reference"] = json!("rt-1");
+    referenced["lines"][1]["reference"] = json!("rt-1");
+    let posted = sandbox.send(sandbox.post(BATCHES, &referenced)).await;
+    assert_eq!(posted.status, 201, "{posted:?}");
+    sandbox
+        .client
+        .set_faults(
+            System::Erp,
+            &Faults {
+                lost_response_rate: 1.0,
+                ..Faults::default()
+            },
+        )
+        .await
+        .expect("set faults");
+
+    let search =
+        |references: Value| sandbox.post(LINES_SEARCH, &json!({ "references": references }));
+    let found = sandbox.send(search(json!(["rt-1", "rt-2"]))).await;
+    assert_eq!(found.status, 200, "{found:?}");
+    assert_eq!(
+        found.body["lines"],
+        json!([
+            {"reference": "rt-1", "line_number": 1, "external_id": "b-1", "document_number": "JE-000001"},
+            {"reference": "rt-1", "line_number": 2, "external_id": "b-1", "document_number": "JE-000001"}
+        ])
+    );
+    let none = sandbox.send(search(json!(["rt-2"]))).await;
+    assert_eq!(none.body["lines"], json!([]));
+    let malformed = sandbox.send(search(json!("rt-1"))).await;
+    assert_eq!(
+        (malformed.status, malformed.code()),
+        (400, "invalid_request")
+    );
+
+    let by_id = |query: &str| {
+        sandbox
+            .http
+            .get(format!("{}{BATCHES}?{query}", sandbox.base))
+            .bearer_auth(TOKEN)
+    };
+    let taken = sandbox.send(by_id("external_id=b-1")).await;
+    assert_eq!(taken.body["batches"].as_array().map(Vec::len), Some(1));
+    let free = sandbox.send(by_id("external_id=b-2")).await;
+    assert_eq!(free.body["batches"], json!([]));
+    let wrong = sandbox.send(by_id("id=b-1")).await;
+    assert_eq!((wrong.status, wrong.code()), (400, "invalid_request"));
 }
 
 #[tokio::test]

@@ -177,7 +177,7 @@ impl<S: Sink> SinkLoop<'_, S> {
             for (_, attempts) in &mut waiting {
                 *attempts += 1;
             }
-            self.mark_in_flight(&waiting)?;
+            self.mark(&waiting, DeliveryState::InFlight, None)?;
             let batch: Vec<&Delivery<S::Payload>> = waiting.iter().map(|(d, _)| d).collect();
             let started = Instant::now();
             let answer = self.sink.deliver(&batch).await;
@@ -266,31 +266,6 @@ impl<S: Sink> SinkLoop<'_, S> {
             }
         }
         Ok(Round::Done(settled))
-    }
-
-    /// Marks `waiting` as sent, with the items each carries: the destination may apply a
-    /// request whose answer never comes back, so a resend after a crash must carry the same.
-    pub(super) fn mark_in_flight(
-        &self,
-        waiting: &[(Delivery<S::Payload>, u32)],
-    ) -> Result<(), SinkError> {
-        let entries: Vec<(&str, LedgerEntry)> = waiting
-            .iter()
-            .map(|(delivery, attempts)| {
-                (
-                    delivery.key.as_str(),
-                    LedgerEntry::new(DeliveryState::InFlight, *attempts),
-                )
-            })
-            .collect();
-        let refs: Vec<(&str, &LedgerEntry)> = entries.iter().map(|(k, e)| (*k, e)).collect();
-        let carried: Vec<(&str, &[String])> = waiting
-            .iter()
-            .filter(|(delivery, _)| !delivery.members.is_empty())
-            .map(|(delivery, _)| (delivery.key.as_str(), delivery.members.as_slice()))
-            .collect();
-        self.ledger.write_attempt(&refs, &carried)?;
-        Ok(())
     }
 
     /// Writes the state of deliveries still being worked on; not synced, a crash re-sends them.
