@@ -401,7 +401,7 @@ async fn publish_api_plan(kafka: &KafkaSettings, codec: &WireCodec, t: &Topics) 
         kafka,
         codec,
         &t.rate_cards,
-        &[("acme:api".to_owned(), card)],
+        &[("acme:api:1".to_owned(), card)],
     )
     .await;
 }

@@ -12,13 +12,16 @@
 //!   deltas of any sequence of events add up to the price of the total.
 //! - [`RatingKey::rating_id`]: the content-derived id of a line, the same on every replay.
 //! - [`PeriodPlan`]: billing periods anchored to the subscription.
+//! - [`card_for_period`]: the rate-card version that prices a period.
 
+mod card;
 mod error;
 mod line;
 mod meter;
 mod period;
 mod price;
 
+pub use card::{card_for_period, rate_card_key, rate_card_prefix};
 pub use error::RatingError;
 pub use line::{content_id, rate, Delta, RatingKey};
 pub use meter::{Accumulator, MeterEvent};

@@ -33,7 +33,7 @@ use backbone_core::dead_letter::DeadLetter;
 use backbone_core::{
     InputRecord, OutputRecord, Prefetch, ProcessError, Processor, State, StateSpec, Wake,
 };
-use backbone_rating::PeriodPlan;
+use backbone_rating::{card_for_period, rate_card_prefix, BillingPeriod, PeriodPlan};
 use backbone_schemas::types::{
     AccountStatus, Contract, CustomerAccount, EnrichedUsage, EventMetadata, RateCard, Subscription,
     UsageEvent,
@@ -483,29 +483,13 @@ impl Enricher {
                 ),
             ));
         }
-        let plan = PeriodPlan::new(
-            subscription.current_period_start,
-            subscription.billing_anchor_day,
-            subscription.billing_interval,
-        )
-        .map_err(|e| {
+        let period = period_of(&subscription, m.occurred_at).map_err(|e| {
             ProcessError::permanent("contract_violation", format!("subscription `{key}`: {e}"))
         })?;
-        let day = i32::try_from(m.occurred_at.div_euclid(DAY_MICROS)).map_err(|_| {
-            ProcessError::permanent("contract_violation", "occurred_at is out of range")
-        })?;
-        let period = plan.period_of(day);
-        let card_key = format!("{}:{}", m.tenant_id, subscription.plan_id);
-        let rate_card_version = match state.global(RATE_CARDS, card_key.as_bytes())? {
-            Some(card) => {
-                self.codec()
-                    .decode_shared::<RateCard>(&card, RateCard::schema())
-                    .map_err(|e| invalid_master_data("invalid_rate_card", &card_key, e))?
-                    .version
-            }
-            // The rater waits for the card; the version is what it finds then.
-            None => 0,
-        };
+        let cards = rate_cards(state, self.codec(), &m.tenant_id, &subscription.plan_id)?;
+        // The rater waits for a card not known yet; the version is what it finds then.
+        let rate_card_version = card_for_period(&cards, &subscription.plan_id, period.start)
+            .map_or(0, |card| card.version);
         let enriched = EnrichedUsage {
             metadata: EventMetadata {
                 tenant_id: m.tenant_id.clone(),
@@ -542,6 +526,44 @@ impl Enricher {
 /// Master data that does not decode is no fault of the usage, but the usage cannot be enriched
 /// with it: dead-lettered under the master data's own reason, naming the record, to be replayed
 /// once the record is fixed. An unreachable registry stays an outage.
+/// The billing period of `subscription` that the instant `occurred_at` (µs) falls in.
+pub(crate) fn period_of(
+    subscription: &Subscription,
+    occurred_at: i64,
+) -> Result<BillingPeriod, String> {
+    let plan = PeriodPlan::new(
+        subscription.current_period_start,
+        subscription.billing_anchor_day,
+        subscription.billing_interval,
+    )
+    .map_err(|e| e.to_string())?;
+    let day = i32::try_from(occurred_at.div_euclid(DAY_MICROS))
+        .map_err(|_| "occurred_at is out of range".to_owned())?;
+    Ok(plan.period_of(day))
+}
+
+/// Every version of `plan_id`'s rate card the table holds; one that does not decode stops the
+/// event under `invalid_rate_card`, naming it.
+pub(crate) fn rate_cards(
+    state: &State<'_>,
+    codec: &WireCodec,
+    tenant_id: &str,
+    plan_id: &str,
+) -> Result<Vec<Arc<RateCard>>, ProcessError> {
+    let prefix = rate_card_prefix(tenant_id, plan_id);
+    state
+        .global_prefix(RATE_CARDS, prefix.as_bytes())?
+        .into_iter()
+        .map(|(key, value)| {
+            codec
+                .decode_shared(&value, RateCard::schema())
+                .map_err(|e| {
+                    invalid_master_data("invalid_rate_card", &String::from_utf8_lossy(&key), e)
+                })
+        })
+        .collect()
+}
+
 pub(crate) fn invalid_master_data(reason: &'static str, key: &str, err: WireError) -> ProcessError {
     match ProcessError::from(err) {
         ProcessError::Permanent { detail, .. } => {

@@ -11,13 +11,12 @@
 //! The customer's subscriptions are found by a scan of the tenant's part of the subscriptions
 //! table, paid only by events that name none.
 
-use std::sync::Arc;
-
 use backbone_core::{ProcessError, State};
-use backbone_schemas::types::{Contract, RateCard, Subscription, SubscriptionStatus, UsageEvent};
+use backbone_rating::card_for_period;
+use backbone_schemas::types::{Contract, Subscription, SubscriptionStatus, UsageEvent};
 use backbone_schemas::WireCodec;
 
-use crate::{RATE_CARDS, SUBSCRIPTIONS};
+use crate::SUBSCRIPTIONS;
 
 /// Reason of an event whose customer has several subscriptions pricing its meter.
 pub const AMBIGUOUS_SUBSCRIPTION: &str = "ambiguous_subscription";
@@ -47,17 +46,18 @@ pub(crate) fn pick(
         if subscription.customer_id != usage.customer_id || !rated(&subscription) {
             continue;
         }
-        let card_key = format!("{tenant}:{}", subscription.plan_id);
-        let Some(card) = state.global(RATE_CARDS, card_key.as_bytes())? else {
+        let plan = &subscription.plan_id;
+        let cards = crate::rate_cards(state, codec, tenant, plan)?;
+        // A subscription whose period the event cannot fall in prices nothing for it.
+        let Ok(period) = crate::period_of(&subscription, usage.metadata.occurred_at) else {
+            continue;
+        };
+        let Some(card) = card_for_period(&cards, plan, period.start) else {
             return Ok(Pick::Waiting(format!(
-                "the event names no subscription, and the rate card of plan `{card_key}` of \
-                 subscription `{}` is not known yet",
-                subscription.subscription_id
+                "the event names no subscription, and no rate card of plan `{tenant}:{plan}`                  of subscription `{}` is known for the period from day {}",
+                subscription.subscription_id, period.start
             )));
         };
-        let card: Arc<RateCard> = codec
-            .decode_shared(&card, RateCard::schema())
-            .map_err(|e| crate::invalid_master_data("invalid_rate_card", &card_key, e))?;
         if card.charges.iter().any(|c| c.meter_id == usage.meter_id) {
             pricing.push(subscription.subscription_id.clone());
         }

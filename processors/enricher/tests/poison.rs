@@ -88,7 +88,7 @@ async fn bad_master_data_and_usage_are_dead_lettered_under_their_reasons() {
         &kafka,
         &settings.rate_cards_topic,
         &[TestRecord::new(
-            "acme:broken",
+            "acme:broken:1",
             &b"\x00\x00\x00\x00\x01garbage"[..],
         )],
     )

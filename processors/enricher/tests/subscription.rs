@@ -60,7 +60,7 @@ async fn an_event_naming_no_subscription_is_billed_under_the_one_pricing_its_met
         fixture
             .publish(
                 &s.rate_cards_topic,
-                &format!("acme:{plan}"),
+                &format!("acme:{plan}:1"),
                 &rate_card(plan, meters),
             )
             .await;

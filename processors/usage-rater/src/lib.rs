@@ -31,7 +31,9 @@ use backbone_core::config::{ConfigError, Validate};
 use backbone_core::{
     IdempotencyKey, InputRecord, OutputRecord, Prefetch, ProcessError, Processor, State, StateSpec,
 };
-use backbone_rating::{rate, Accumulator, MeterEvent, RatingKey};
+use backbone_rating::{
+    card_for_period, rate, rate_card_key, rate_card_prefix, Accumulator, MeterEvent, RatingKey,
+};
 use backbone_schemas::types::{
     Contract, EnrichedUsage, EventMetadata, Quantity, RateCard, RateCharge, RatedUsage, RatingKind,
     UsageWindowAggregate,
@@ -296,23 +298,36 @@ impl UsageRater {
         enriched: &EnrichedUsage,
     ) -> Result<Arc<RateCard>, ProcessError> {
         let tenant = &enriched.usage.metadata.tenant_id;
-        let key = format!("{tenant}:{}", enriched.plan_id);
-        let bytes = state.global(RATE_CARDS, key.as_bytes())?.ok_or_else(|| {
+        let plan = &enriched.plan_id;
+        let prefix = rate_card_prefix(tenant, plan);
+        let mut cards = Vec::new();
+        for (key, bytes) in state.global_prefix(RATE_CARDS, prefix.as_bytes())? {
+            // A card that does not decode is no fault of the usage: dead-lettered under the
+            // card's reason, naming it, to be replayed once the card is fixed.
+            let card: Arc<RateCard> = self
+                .codec()
+                .decode_shared(&bytes, RateCard::schema())
+                .map_err(|e| match ProcessError::from(e) {
+                    ProcessError::Permanent { detail, .. } => ProcessError::permanent(
+                        "invalid_rate_card",
+                        format!(
+                            "`{}` does not decode: {detail}",
+                            String::from_utf8_lossy(&key)
+                        ),
+                    ),
+                    outage => outage,
+                })?;
+            cards.push(card);
+        }
+        let period_start = enriched.billing_period_start;
+        let Some(card) = card_for_period(&cards, plan, period_start) else {
             // It may be on its way: retried, then dead-lettered as retries_exhausted.
-            ProcessError::Transient(format!("no rate card for plan `{key}` yet"))
-        })?;
-        // A card that does not decode is no fault of the usage: dead-lettered under the card's
-        // reason, naming it, to be replayed once the card is fixed.
-        let card: Arc<RateCard> = self
-            .codec()
-            .decode_shared(&bytes, RateCard::schema())
-            .map_err(|e| match ProcessError::from(e) {
-                ProcessError::Permanent { detail, .. } => ProcessError::permanent(
-                    "invalid_rate_card",
-                    format!("`{key}` does not decode: {detail}"),
-                ),
-                outage => outage,
-            })?;
+            return Err(ProcessError::Transient(format!(
+                "no rate card of plan `{tenant}:{plan}` in effect for the period from day                  {period_start} yet"
+            )));
+        };
+        let key = rate_card_key(tenant, plan, card.version);
+        let card = Arc::clone(card);
         if card.currency != enriched.currency {
             return Err(ProcessError::permanent(
                 "currency_mismatch",

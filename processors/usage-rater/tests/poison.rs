@@ -31,8 +31,8 @@ async fn each_kind_of_bad_enriched_usage_is_dead_lettered_under_its_reason() {
         &kafka,
         &settings.rate_cards_topic,
         &[
-            TestRecord::new("acme:pro", card.clone()),
-            TestRecord::new("acme:broken", &b"not avro"[..]),
+            TestRecord::new("acme:pro:1", card.clone()),
+            TestRecord::new("acme:broken:1", &b"not avro"[..]),
         ],
     )
     .await

@@ -5,8 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use backbone_calendar::{day_of_micros, month_bounds, DAY_MICROS};
 use backbone_core::RuntimeSettings;
-use backbone_schemas::types::{Amount, Contract, RatedUsage, RatingKind};
+use backbone_schemas::types::{Amount, ChargeModel, Contract, RatedUsage, RatingKind};
 use backbone_testkit::{
     consume_until, produce, shared_settings, unique_group, RunningProcessor, TestRecord,
 };
@@ -30,8 +31,8 @@ async fn split_usage_adds_up_to_the_price_of_the_total_and_bad_events_are_dead_l
         &kafka,
         &settings.rate_cards_topic,
         &[
-            TestRecord::new("acme:pro", card.clone()),
-            TestRecord::new("globex:pro", card),
+            TestRecord::new("acme:pro:1", card.clone()),
+            TestRecord::new("globex:pro:1", card),
         ],
     )
     .await
@@ -202,4 +203,105 @@ async fn split_usage_adds_up_to_the_price_of_the_total_and_bad_events_are_dead_l
         .into();
     assert_eq!(reasons, expected);
     assert!(windows.len() >= 10);
+}
+
+/// A price change published ahead of its start: version 2 of plan `pro` (unit price 10) takes
+/// effect with the current month while version 1 (graduated, 7 for the first five) is still
+/// open-ended. Last month's usage is priced by version 1 and this month's by version 2, each
+/// line naming the version that priced it.
+#[tokio::test]
+async fn a_price_change_prices_only_the_periods_from_its_start() {
+    let kafka = shared_settings();
+    let RaterSetup {
+        registry: _registry,
+        codec,
+        settings,
+        card,
+    } = rater_setup(&kafka, 1).await;
+    let now = now_micros();
+    let (this_month, next_month) = month_bounds(day_of_micros(now));
+    let (last_month, _) = month_bounds(this_month - 1);
+    let mut change = rate_card();
+    change.version = 2;
+    change.effective_from = this_month;
+    change.charges[0].charge_model = ChargeModel::Unit;
+    change.charges[0].unit_price = Some("10".parse().expect("price"));
+    change.charges[0].tiers.clear();
+    let change = codec
+        .encode_contract(&format!("{}-value", settings.rate_cards_topic), &change)
+        .await
+        .expect("encode card");
+    produce(
+        &kafka,
+        &settings.rate_cards_topic,
+        &[
+            TestRecord::new("acme:pro:2", change),
+            TestRecord::new("acme:pro:1", card),
+        ],
+    )
+    .await
+    .expect("rate cards");
+
+    let mut before = enriched(
+        "sub-old",
+        "pro",
+        "fonts",
+        "before",
+        "2",
+        i64::from(this_month) * DAY_MICROS - HOUR,
+    );
+    (before.billing_period_start, before.billing_period_end) = (last_month, this_month);
+    let mut after = enriched("sub-new", "pro", "fonts", "after", "2", now - HOUR);
+    (after.billing_period_start, after.billing_period_end) = (this_month, next_month);
+    let subject = format!("{}-value", settings.input_topic);
+    let mut records = Vec::new();
+    for event in [&before, &after] {
+        let bytes = codec
+            .encode_contract(&subject, event)
+            .await
+            .expect("encode");
+        records.push(TestRecord::new(
+            format!("acme:{}", event.subscription_id),
+            bytes,
+        ));
+    }
+    produce(&kafka, &settings.input_topic, &records)
+        .await
+        .expect("events");
+
+    let group = unique_group("usage-rater-versions");
+    let mut runtime = RuntimeSettings {
+        group_id: Some(group.clone()),
+        topic_partitions: 1,
+        ..RuntimeSettings::default()
+    };
+    runtime.state.dir = std::env::temp_dir().join("backbone-state").join(&group);
+    let output = settings.output_topic.clone();
+    let rater = RunningProcessor::start(UsageRater::new(settings, codec.clone()), &kafka, runtime);
+    let rated = consume_until(&kafka, &output, 2, DEADLINE)
+        .await
+        .expect("rated lines");
+    rater.stop(DEADLINE).await;
+    let amount = |text: &str| -> Amount { text.parse().expect("amount") };
+    let mut priced = BTreeMap::new();
+    for record in &rated {
+        let line: RatedUsage = codec
+            .decode_as(
+                record.value.as_deref().expect("value"),
+                RatedUsage::schema(),
+            )
+            .await
+            .expect("decode");
+        priced.insert(
+            line.subscription_id.clone(),
+            (line.rate_card_version, line.delta_amount),
+        );
+    }
+    assert_eq!(
+        priced,
+        BTreeMap::from([
+            ("sub-new".to_owned(), (2, amount("20"))),
+            ("sub-old".to_owned(), (1, amount("14"))),
+        ])
+    );
 }

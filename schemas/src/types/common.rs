@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::{logical, Contract};
 
 /// The envelope every event starts with; `(tenant_id, source, event_id)` is the idempotency
-/// key each stage deduplicates on.
+/// key the deduplicating stages (validator, rater, fanout) drop repeats by.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
 #[avro(namespace = "backbone.common")]
 pub struct EventMetadata {

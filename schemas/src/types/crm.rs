@@ -22,9 +22,9 @@ pub struct AccountHealthSnapshot {
     pub as_of: i64,
     /// Account id in the CRM, when master data knows it.
     pub crm_account_id: Option<String>,
-    /// Health rating from the usage trend and subscription states.
+    /// Health rating from the usage trend (last 7 days against the 7 before).
     pub health: HealthStatus,
-    /// Subscriptions that are trialing, active or past due.
+    /// Subscriptions with rated usage whose latest billing period has not ended.
     pub active_subscriptions: i32,
     /// First day (inclusive) of the current billing period, in days since the epoch.
     #[avro(with = logical::date)]

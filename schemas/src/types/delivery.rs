@@ -33,7 +33,8 @@ pub struct DeliveryResult {
     pub source_partition: i32,
     /// Offset of the record.
     pub source_offset: i64,
-    /// Money the record carried, for amount drift checks.
+    /// Money the input record carried (a charge's or a posting's amount), for amount drift
+    /// checks.
     pub amount: Option<Amount>,
     /// Currency of `amount`, ISO 4217 code; none when `amount` is none.
     pub currency: Option<String>,

@@ -23,7 +23,7 @@ pub struct UsageEvent {
     pub meter_id: String,
     /// How much was used, in `unit`; never negative.
     pub quantity: Quantity,
-    /// Unit of `quantity`, e.g. `GB`; matches the meter's unit.
+    /// Unit of `quantity`, e.g. `GB`; not checked (meters declare none).
     pub unit: String,
     /// Extra attributes used by charges that group by them; never personal data.
     pub dimensions: Option<HashMap<String, String>>,
@@ -45,9 +45,10 @@ pub struct EnrichedUsage {
     pub usage: UsageEvent,
     /// Subscription the usage is rated under.
     pub subscription_id: String,
-    /// Plan of the subscription at event time; selects the rate card.
+    /// Plan of the subscription when the event was enriched; selects the rate card.
     pub plan_id: String,
-    /// Version of the plan's rate card for the billing period.
+    /// Version of the plan's rate card in effect on `billing_period_start`; 0 when none was
+    /// known yet.
     pub rate_card_version: i32,
     /// Legal entity that bills the subscription.
     pub legal_entity_id: String,

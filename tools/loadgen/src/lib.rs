@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 
-use backbone_rating::{price, PeriodPlan};
+use backbone_rating::{price, rate_card_key, PeriodPlan};
 use backbone_schemas::types::Contract;
 use backbone_schemas::types::{
     AccountStatus, Amount, BillingInterval, ChargeModel, CustomerAccount, EventMetadata, GlMapping,
@@ -470,7 +470,7 @@ impl Workload {
             pending: Vec::with_capacity(IN_FLIGHT),
         };
         for card in &self.rate_cards {
-            let key = format!("{}:{}", card.metadata.tenant_id, card.plan_id);
+            let key = rate_card_key(&card.metadata.tenant_id, &card.plan_id, card.version);
             sent.send_contract(to.rate_cards, &key, card).await?;
         }
         for mapping in &self.gl_mappings {
