@@ -27,10 +27,11 @@ use serde_yaml::Value;
 
 /// Where the binaries' metrics endpoints are configured: `[observability] listen` for
 /// processors and sinks, `[monitor] listen` and `[drift] listen` for those two.
-const METRICS_LISTEN_KEYS: [&str; 3] = [
+const METRICS_LISTEN_KEYS: [&str; 4] = [
     "BACKBONE__OBSERVABILITY__LISTEN",
     "BACKBONE__MONITOR__LISTEN",
     "BACKBONE__DRIFT__LISTEN",
+    "BACKBONE__INGEST__LISTEN",
 ];
 
 fn repo() -> PathBuf {
@@ -930,6 +931,11 @@ fn load_binary(
         "monitor" => {
             let mut expected = in_the_cluster();
             expected.push("listen: 0.0.0.0:9470".to_owned());
+            check_config(binary, path, env, &expected)
+        }
+        "ingest" => {
+            let mut expected = in_the_cluster();
+            expected.push("listen: 0.0.0.0:8088".to_owned());
             check_config(binary, path, env, &expected)
         }
         "drift" => {

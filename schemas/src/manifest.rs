@@ -80,6 +80,14 @@ pub struct TopicContract {
     /// Replicas that must hold a write before it is acknowledged (`min.insync.replicas`).
     #[serde(default)]
     pub min_insync_replicas: Option<i32>,
+    /// The CloudEvents `type` under which producers publish to this topic through the ingest
+    /// gateway; a topic without one is closed to it.
+    #[serde(default)]
+    pub event_type: Option<String>,
+    /// With `event_type`: the top-level string field of the value whose text follows the tenant
+    /// in the key (`<tenant_id>:<value of the field>`).
+    #[serde(default)]
+    pub key_field: Option<String>,
 }
 
 impl TopicContract {
@@ -233,7 +241,7 @@ impl Manifest {
                     ),
                 ));
             }
-            if contracts.by_path(&entry.value_schema).is_none() {
+            let Some(file) = contracts.by_path(&entry.value_schema) else {
                 return Err(invalid(
                     "value_schema",
                     format!(
@@ -241,6 +249,38 @@ impl Manifest {
                         entry.value_schema
                     ),
                 ));
+            };
+            match (&entry.event_type, &entry.key_field) {
+                (None, None) => {}
+                (Some(_), Some(field)) => {
+                    let is_string_field = file.json["fields"].as_array().is_some_and(|fields| {
+                        fields
+                            .iter()
+                            .any(|f| f["name"] == field.as_str() && f["type"] == "string")
+                    });
+                    if !is_string_field {
+                        return Err(invalid(
+                            "key_field",
+                            format!("`{field}` is not a top-level string field of the contract"),
+                        ));
+                    }
+                    let types = self
+                        .topic
+                        .iter()
+                        .filter(|t| t.event_type == entry.event_type);
+                    if types.count() > 1 {
+                        return Err(invalid(
+                            "event_type",
+                            "another topic takes the same event type".to_owned(),
+                        ));
+                    }
+                }
+                _ => {
+                    return Err(invalid(
+                        "event_type",
+                        "set both event_type and key_field, or neither".to_owned(),
+                    ))
+                }
             }
         }
         Ok(())
@@ -269,6 +309,17 @@ mod tests {
             .validate(&ContractSet::embedded().unwrap())
             .unwrap_err();
         assert!(err.to_string().contains("key `dlq`"), "{err}");
+        let mut manifest = Manifest::embedded().unwrap();
+        let usage = manifest
+            .topic
+            .iter_mut()
+            .find(|t| t.name == "usage.events")
+            .unwrap();
+        usage.key_field = Some("quantity".into());
+        let err = manifest
+            .validate(&ContractSet::embedded().unwrap())
+            .unwrap_err();
+        assert!(err.to_string().contains("key `key_field`"), "{err}");
         let err = Manifest::parse("[[topic]]\nname = 1\n").unwrap_err();
         assert!(err.to_string().starts_with("manifest:"), "{err}");
     }
