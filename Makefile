@@ -22,6 +22,7 @@ build: setup
 
 up: build
 	@scripts/stack.sh up
+	@scripts/stack.sh gateway
 
 down:
 	@scripts/stack.sh down

@@ -2,11 +2,14 @@
 # The embedded dev stack: local processes on 127.0.0.1, no containers.
 #   stack.sh up | down | status | reset   (reset: stop; delete the broker's and PostgreSQL's data)
 #   stack.sh registry-url   the registry's URL with the development credentials in it
+#   stack.sh gateway   (after up) the manifest's topics and contracts, then the ingest gateway
+#                      with a development key for tenant `demo` (make up runs both)
 # Settings (environment):
 #   BACKBONE_STACK_DIR   state, logs and pid files (default: <repo>/.backbone/stack)
 #   BACKBONE_KAFKA_PORT  broker port (default: 9092)
 #   BACKBONE_REGISTRY_PORT  schema registry port (default: 8081)
 #   BACKBONE_POSTGRES_PORT  PostgreSQL port, the analytics sink's store (default: 5432)
+#   BACKBONE_INGEST_PORT  the ingest gateway's port (default: 8088)
 #   BACKBONE_KAFKA_CONTROLLER_PORT  the broker's controller port (default: broker port + 1)
 #   BACKBONE_TOOLS_DIR   where setup installed the tools (default: ~/.cache/backbone)
 # PostgreSQL also takes TLS, with a certificate made at first start; clients that
@@ -21,11 +24,12 @@ STACK_DIR=${BACKBONE_STACK_DIR:-$REPO/.backbone/stack}
 KAFKA_PORT=${BACKBONE_KAFKA_PORT:-9092}
 REGISTRY_PORT=${BACKBONE_REGISTRY_PORT:-8081}
 POSTGRES_PORT=${BACKBONE_POSTGRES_PORT:-5432}
+INGEST_PORT=${BACKBONE_INGEST_PORT:-8088}
 # A local-test-only credential: the server listens on 127.0.0.1 and holds only test data.
 POSTGRES_URL=postgres://backbone:backbone@127.0.0.1:$POSTGRES_PORT/backbone
 KAFKA_CONTROLLER_PORT=${BACKBONE_KAFKA_CONTROLLER_PORT:-$((KAFKA_PORT + 1))}
 KAFKA_VERSION=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$REPO/scripts/kafka/pom.xml")
-BIN_DIR=${CARGO_TARGET_DIR:-$REPO/target}/debug
+BIN_DIR=${BACKBONE_BIN_DIR:-${CARGO_TARGET_DIR:-$REPO/target}/debug}
 
 TLS_DIR=$STACK_DIR/tls
 SECRETS_DIR=$STACK_DIR/secrets
@@ -162,6 +166,43 @@ start_registry() {
   await_ready registry "http://127.0.0.1:$REGISTRY_PORT/health" 60
   say "registry up on http://127.0.0.1:$REGISTRY_PORT (topic _schemas), log $LOG_DIR/registry.log;" \
     "user $REGISTRY_USER, credentials for clients in $SECRETS_DIR/registry.env"
+}
+
+# The ingest gateway: the manifest's topics and contracts first (it produces to the one and
+# looks up the other), then a development key for tenant `demo`, made once and kept in
+# <stack dir>/secrets/ingest-dev-key until reset.
+start_gateway() {
+  local pid
+  if pid=$(pid_of ingest); then
+    say "ingest already running (pid $pid) on http://127.0.0.1:$INGEST_PORT"
+    return
+  fi
+  pid_of registry >/dev/null || { say "the registry is not running: run 'stack.sh up' first" >&2; exit 1; }
+  if port_in_use "$INGEST_PORT"; then
+    say "port 127.0.0.1:$INGEST_PORT is taken by another process; set BACKBONE_INGEST_PORT" >&2
+    exit 1
+  fi
+  "$BIN_DIR/contracts" apply --bootstrap-servers "127.0.0.1:$KAFKA_PORT" >>"$LOG_DIR/ingest.log" 2>&1
+  "$BIN_DIR/contracts" register --registry-url "http://127.0.0.1:$REGISTRY_PORT" \
+    --registry-username "$REGISTRY_USER" --registry-password-file "$SECRETS_DIR/registry-password" \
+    >>"$LOG_DIR/ingest.log" 2>&1
+  local keys=$SECRETS_DIR/ingest-keys.jsonl
+  if [ ! -s "$SECRETS_DIR/ingest-dev-key" ]; then
+    (umask 077 && "$BIN_DIR/ingest" keys --keys-file "$keys" create --tenant demo \
+      --type backbone.usage.recorded >"$SECRETS_DIR/ingest-dev-key.tmp" 2>>"$LOG_DIR/ingest.log")
+    mv "$SECRETS_DIR/ingest-dev-key.tmp" "$SECRETS_DIR/ingest-dev-key"
+  fi
+  BACKBONE__KAFKA__BOOTSTRAP_SERVERS=127.0.0.1:$KAFKA_PORT \
+  BACKBONE__SCHEMA_REGISTRY__URL=http://127.0.0.1:$REGISTRY_PORT \
+  BACKBONE__SCHEMA_REGISTRY__USERNAME=$REGISTRY_USER \
+  BACKBONE__SCHEMA_REGISTRY__PASSWORD_FILE=$SECRETS_DIR/registry-password \
+  BACKBONE__INGEST__LISTEN=127.0.0.1:$INGEST_PORT \
+  BACKBONE__INGEST__KEYS_FILE=$keys \
+    setsid "$BIN_DIR/ingest" >>"$LOG_DIR/ingest.log" 2>&1 </dev/null &
+  echo $! >"$RUN_DIR/ingest.pid"
+  await_ready ingest "http://127.0.0.1:$INGEST_PORT/health" 60
+  say "ingest up on http://127.0.0.1:$INGEST_PORT/v1/events, log $LOG_DIR/ingest.log;" \
+    "development key for tenant demo in $SECRETS_DIR/ingest-dev-key"
 }
 
 # The binaries of the PostgreSQL major version that created the cluster, or of the newest
@@ -367,6 +408,12 @@ status() {
   else
     say "postgres stopped  (would listen on 127.0.0.1:$POSTGRES_PORT)"
   fi
+  if pid=$(pid_of ingest); then
+    say "ingest   running  pid $pid  http://127.0.0.1:$INGEST_PORT/v1/events  log $LOG_DIR/ingest.log" \
+      " development key (tenant demo) $SECRETS_DIR/ingest-dev-key  metrics http://127.0.0.1:$INGEST_PORT/metrics"
+  else
+    say "ingest   stopped  (would listen on http://127.0.0.1:$INGEST_PORT; stack.sh gateway starts it)"
+  fi
 }
 
 case "${1:-}" in
@@ -376,23 +423,26 @@ case "${1:-}" in
     start_postgres
     ;;
   down)
+    stop_service ingest
     stop_service registry
     stop_service broker
     stop_service postgres
     ;;
+  gateway) start_gateway ;;
   status) status ;;
   registry-url)
     [ -s "$SECRETS_DIR/registry-password" ] || { say "no registry credentials yet: run up first" >&2; exit 1; }
     echo "http://$REGISTRY_USER:$(cat "$SECRETS_DIR/registry-password")@127.0.0.1:$REGISTRY_PORT"
     ;;
   reset)
+    stop_service ingest
     stop_service registry
     stop_service broker
     stop_service postgres
     rm -rf "$DATA_DIR" "$PG_HOME" "$TLS_DIR" "$SECRETS_DIR"
     ;;
   *)
-    echo "usage: $0 up|down|status|reset|registry-url" >&2
+    echo "usage: $0 up|gateway|down|status|reset|registry-url" >&2
     exit 2
     ;;
 esac

@@ -1289,6 +1289,8 @@ fn every_dashboard_panel_queries_the_provisioned_prometheus() {
                 "histogram_quantile(0.5, sum by (processor, le) (rate(backbone_end_to_end_latency_seconds_bucket",
                 "histogram_quantile(0.99, sum by (processor, le) (rate(backbone_end_to_end_latency_seconds_bucket",
                 "sum by (processor, topic, reason) (rate(backbone_dlq_records_total",
+                "sum by (producer) (rate(backbone_ingest_events_accepted_total",
+                "histogram_quantile(0.99, sum by (producer, le) (rate(backbone_ingest_request_duration_seconds_bucket",
             ][..],
         ),
         (
@@ -1366,6 +1368,10 @@ fn dashboards_and_rules_use_only_metrics_the_binaries_export() {
         backbone_monitor::names::LAG_RECORDS,
         backbone_monitor::names::LAG_SECONDS,
         backbone_monitor::names::UP,
+        backbone_ingest::metrics::names::EVENTS_ACCEPTED,
+        backbone_ingest::metrics::names::EVENTS_REJECTED,
+        backbone_ingest::metrics::names::REQUESTS_THROTTLED,
+        backbone_ingest::metrics::names::REQUEST_DURATION,
     ]
     .into_iter()
     .collect();

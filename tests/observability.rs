@@ -14,8 +14,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use backbone::{free_port, Deployment};
-use backbone_calendar::now_micros;
-use backbone_loadgen::{LoadSpec, Workload, LEGAL_ENTITY};
+use backbone_calendar::{day_of_micros, format_date, now_micros};
+use backbone_ingest::keys::{self, NewKey};
+use backbone_loadgen::{LoadSpec, Workload, LEGAL_ENTITY, METER};
 use backbone_sandbox::SandboxConfig;
 use backbone_schemas::WireCodec;
 use backbone_testkit::ChildProcess;
@@ -251,6 +252,55 @@ async fn prometheus_answers_every_dashboard_and_alert_query_and_dropped_journals
         .publish(&producer, &codec, t.destinations(), 0)
         .await
         .expect("publish the workload");
+
+    // The ingest gateway beside the pipeline: a batch of two events for one of the workload's
+    // customers and one the contract refuses, so its accepted and rejected series exist.
+    let keys_file = deployment.ingest_keys_file();
+    let usage_type = "backbone.usage.recorded".to_owned();
+    let new_key = NewKey {
+        tenant: tenant.clone(),
+        event_types: vec![usage_type.clone()],
+        rate_per_second: None,
+        daily_quota: None,
+    };
+    let (_, token) = keys::create(&keys_file, new_key, 0).expect("an ingest key");
+    deployment.start("ingest");
+    let customer = workload.accounts[0].customer_id.clone();
+    let now = now_micros();
+    let time = format!(
+        "{}T{:02}:{:02}:{:02}Z",
+        format_date(day_of_micros(now)),
+        now.rem_euclid(86_400_000_000) / 3_600_000_000,
+        now.rem_euclid(3_600_000_000) / 60_000_000,
+        now.rem_euclid(60_000_000) / 1_000_000
+    );
+    let event = |id: &str, quantity: Value| {
+        serde_json::json!({
+            "specversion": "1.0", "id": id, "source": "observability", "type": usage_type,
+            "time": time,
+            "data": {"customer_id": customer, "meter_id": METER, "quantity": quantity, "unit": "call"}
+        })
+    };
+    let batch = Value::from(vec![
+        event("gw-1", Value::from("2")),
+        event("gw-2", Value::from("3")),
+        event("gw-3", Value::from(3.5)),
+    ]);
+    let url = format!("http://{}/v1/events", deployment.metrics_address("ingest"));
+    let http = reqwest::Client::new();
+    let status = eventually(DEADLINE, "the gateway to take a batch", || async {
+        let answer = http
+            .post(&url)
+            .bearer_auth(&token)
+            .header("content-type", "application/cloudevents-batch+json")
+            .body(batch.to_string())
+            .send()
+            .await
+            .ok()?;
+        Some(answer.status().as_u16())
+    })
+    .await;
+    assert_eq!(status, 207, "two accepted, one refused");
 
     let targets: Vec<String> = deployment
         .ports

@@ -3,6 +3,18 @@
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
+/// The metric names, for dashboards and alert rules to be checked against.
+pub mod names {
+    /// Events the broker acknowledged.
+    pub const EVENTS_ACCEPTED: &str = "backbone_ingest_events_accepted_total";
+    /// Events refused.
+    pub const EVENTS_REJECTED: &str = "backbone_ingest_events_rejected_total";
+    /// Requests answered 429.
+    pub const REQUESTS_THROTTLED: &str = "backbone_ingest_requests_throttled_total";
+    /// Request latency.
+    pub const REQUEST_DURATION: &str = "backbone_ingest_request_duration_seconds";
+}
+
 /// Counters and the latency histogram, registered in their own registry.
 pub struct IngestMetrics {
     /// Where they are registered, for `/metrics`.
@@ -19,28 +31,28 @@ impl IngestMetrics {
         let registry = Registry::new();
         let accepted = IntCounterVec::new(
             Opts::new(
-                "backbone_ingest_events_accepted_total",
+                names::EVENTS_ACCEPTED,
                 "Events the broker acknowledged, by producer key",
             ),
             &["producer"],
         )?;
         let rejected = IntCounterVec::new(
             Opts::new(
-                "backbone_ingest_events_rejected_total",
+                names::EVENTS_REJECTED,
                 "Events refused, by producer key and reason",
             ),
             &["producer", "reason"],
         )?;
         let throttled = IntCounterVec::new(
             Opts::new(
-                "backbone_ingest_requests_throttled_total",
+                names::REQUESTS_THROTTLED,
                 "Requests answered 429, by producer key and limit (rate or quota)",
             ),
             &["producer", "limit"],
         )?;
         let latency = HistogramVec::new(
             HistogramOpts::new(
-                "backbone_ingest_request_duration_seconds",
+                names::REQUEST_DURATION,
                 "Time from a request's arrival to its answer, by producer key",
             )
             .buckets(vec![

@@ -47,6 +47,16 @@ impl Drop for Running {
 }
 
 async fn start(kafka: KafkaSettings, settings: IngestSettings) -> Running {
+    start_asking(kafka, settings, None).await
+}
+
+/// [`start`], the gateway asking the registry at `registry_url` instead of the one the test
+/// registered the contract with.
+async fn start_asking(
+    kafka: KafkaSettings,
+    settings: IngestSettings,
+    registry_url: Option<&str>,
+) -> Running {
     let registry = LocalRegistry::start(&RegistryConfig::ephemeral(
         kafka.clone(),
         &unique_topic("schemas"),
@@ -65,7 +75,7 @@ async fn start(kafka: KafkaSettings, settings: IngestSettings) -> Running {
         .join(format!("{topic}.keys.jsonl"));
     let config = IngestConfig {
         kafka,
-        schema_registry: SchemaRegistrySettings::at(registry.url()),
+        schema_registry: SchemaRegistrySettings::at(registry_url.unwrap_or(registry.url())),
         ingest: IngestSettings {
             keys_file: keys_file.clone(),
             keys_reload_interval: Duration::from_millis(100),
@@ -454,4 +464,24 @@ async fn an_event_the_broker_did_not_acknowledge_is_answered_503_never_202() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(retry.as_deref(), Some("1"));
     assert_eq!(body["results"][0]["reason"], "broker_unavailable");
+}
+
+#[tokio::test]
+async fn a_registry_that_does_not_answer_is_a_503_and_nothing_is_produced() {
+    let kafka = shared_settings();
+    // Nothing listens on port 9 of this host: every lookup fails to connect.
+    let gateway = start_asking(
+        kafka.clone(),
+        IngestSettings::default(),
+        Some("http://127.0.0.1:9"),
+    )
+    .await;
+    let token = gateway.key("demo", &[USAGE], None, None);
+    let (status, retry, body) = gateway
+        .send_known(&token, SINGLE, &event("g-1", "c-1", "1").to_string())
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(retry.as_deref(), Some("1"));
+    assert_eq!(body["results"][0]["reason"], "registry_unavailable");
+    assert!(gateway.records(&kafka).await.is_empty());
 }

@@ -284,7 +284,7 @@ impl Deployment {
         let mut ports = BTreeMap::new();
         for binary in stages()
             .into_iter()
-            .chain(["monitor", "drift", PASS_THROUGH])
+            .chain(["monitor", "drift", "ingest", PASS_THROUGH])
         {
             ports.insert(binary, free_port());
         }
@@ -316,6 +316,11 @@ impl Deployment {
     }
 
     /// The metrics address of `binary`.
+    /// The ingest gateway's keys file (`backbone_ingest::keys::create` makes keys in it).
+    pub fn ingest_keys_file(&self) -> PathBuf {
+        self.dir.join("ingest-keys.jsonl")
+    }
+
     pub fn metrics_address(&self, binary: &str) -> String {
         format!("127.0.0.1:{}", self.ports[binary])
     }
@@ -491,6 +496,19 @@ impl Deployment {
                 );
                 set(&mut env, "BACKBONE__DRIFT__INTERVAL", "1s".to_owned());
                 set(&mut env, "BACKBONE__DRIFT__LISTEN", listen);
+            }
+            "ingest" => {
+                set(&mut env, "BACKBONE__INGEST__LISTEN", listen);
+                set(
+                    &mut env,
+                    "BACKBONE__INGEST__KEYS_FILE",
+                    self.ingest_keys_file().display().to_string(),
+                );
+                set(
+                    &mut env,
+                    "BACKBONE__INGEST__TOPIC_NAMES",
+                    format!("{{ \"usage.events\" = \"{}\" }}", t.usage),
+                );
             }
             other => panic!("no configuration for `{other}`"),
         }
