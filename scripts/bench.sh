@@ -26,3 +26,5 @@ cargo bench -p backbone-e2e --bench stages
 cargo bench -p backbone-e2e --bench latency
 cargo bench -p backbone-replay --bench replay
 cargo bench -p backbone-e2e --bench load
+# The ingest gateway under load (wrk, batches of 100 events), on the same stack.
+BACKBONE_INGEST_PORT=${BACKBONE_BENCH_INGEST_PORT:-18588} "$REPO/scripts/ingest/load.sh"

@@ -16,6 +16,8 @@ APT_PACKAGES=(
   docker-compose                                          # validates docker-compose.yml
   curl procps
   openssl                                                 # test certificates (TLS tests)
+  wrk                                                     # HTTP load on the ingest gateway (make bench)
+  kcat                                                    # records with raw header names (poison tests)
 )
 
 say() { echo "setup: $*"; }

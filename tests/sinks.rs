@@ -24,8 +24,8 @@ use backbone_sink::metrics::names;
 use backbone_sink::{DestinationSettings, SinkError, SinkSettings, DESTINATION_REJECTED};
 use backbone_testkit::{
     committed_offsets, consume_until, create_topic, dead_letter_reasons, produce,
-    produce_tombstone, shared_settings, unique_group, unique_topic, ChildProcess, IssuedCert,
-    KafkaBroker, TestCa, TestRecord,
+    produce_tombstone, produce_with_raw_header_name, shared_settings, unique_group, unique_topic,
+    ChildProcess, IssuedCert, KafkaBroker, TestCa, TestRecord,
 };
 use support::{eventually, metadata, registry_url, results, RunningSink, Sandbox, SinkTopics};
 
@@ -303,12 +303,16 @@ async fn records_a_sink_cannot_deliver_are_dead_lettered_on_arrival() {
     produce(&kafka, &topics.input, &records)
         .await
         .expect("produce");
+    // Offset 5: a valid charge with a header name that is not UTF-8.
+    let raw_name = support::encode(&codec, &topics.input, &charge(3, "EUR")).await;
+    produce_with_raw_header_name(&kafka, &topics.input, "acme:s-1", b"\xff-name", &raw_name)
+        .expect("a record with a raw header name");
 
     let sink = RunningSink::start(
         billing_sink(&topics.input, &sandbox.destination()).await,
         topics.settings(),
     );
-    let dlq = consume_until(&kafka, &format!("{}.dlq", topics.input), 4, DEADLINE)
+    let dlq = consume_until(&kafka, &format!("{}.dlq", topics.input), 5, DEADLINE)
         .await
         .expect("dead letters");
     let delivered = eventually(DEADLINE, "the valid charge delivered", || async {
@@ -324,6 +328,7 @@ async fn records_a_sink_cannot_deliver_are_dead_lettered_on_arrival() {
         (1, "wrong_magic_byte"),
         (2, "undecodable_body"),
         (3, "missing_idempotency_key"),
+        (5, "unreadable_headers"),
     ]
     .into_iter()
     .map(|(offset, reason)| (offset, reason.to_owned()))

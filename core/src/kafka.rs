@@ -385,17 +385,36 @@ impl Validate for KafkaSettings {
     }
 }
 
+/// Dead-letter reason of a record whose headers cannot be read (a header name that is not
+/// UTF-8).
+pub const UNREADABLE_HEADERS: &str = "unreadable_headers";
+
+/// A record's headers could not be read: a header name is not UTF-8. The Kafka protocol
+/// makes names strings, but a client that writes raw bytes can send any.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a header name is not UTF-8; the record's headers cannot be read")]
+pub struct UnreadableHeaders;
+
 /// A record's headers, copied out of the client's buffer; a null value stays null.
-pub fn owned_headers<M: Message>(message: &M) -> Vec<crate::Header> {
-    message
-        .headers()
-        .map(|headers| {
-            headers
-                .iter()
-                .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
-                .collect()
-        })
-        .unwrap_or_default()
+///
+/// rust-rdkafka converts each header name to `&str` with an `unwrap`, so a name that is not
+/// UTF-8 panics inside the client library; reading the names any other way needs `unsafe`,
+/// which this workspace forbids. The panic is caught here and becomes an error, so the record
+/// is dead-lettered instead of stopping (and, on restart, stopping again) every stage that
+/// reads it.
+pub fn owned_headers<M: Message>(message: &M) -> Result<Vec<crate::Header>, UnreadableHeaders> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        message
+            .headers()
+            .map(|headers| {
+                headers
+                    .iter()
+                    .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }))
+    .map_err(|_| UnreadableHeaders)
 }
 
 /// What an error read from a consumer means for the loop that read it. Processors and sinks

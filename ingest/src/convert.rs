@@ -34,29 +34,37 @@ fn refuse(path: &str, reason: &'static str, message: impl Into<String>) -> Field
     }
 }
 
-/// The schema of one contract, with its named types for references.
-pub struct Converter<'s> {
-    schema: &'s Schema,
-    names: HashMap<Name, &'s Schema>,
+/// The schema of one contract, with its named types for references; made once per contract.
+pub struct Converter {
+    schema: Schema,
+    names: HashMap<Name, Schema>,
 }
 
-impl<'s> Converter<'s> {
+impl Converter {
     /// A converter for `schema`; an error when the schema's references do not resolve.
-    pub fn new(schema: &'s Schema) -> Result<Self, apache_avro::Error> {
+    pub fn new(schema: &Schema) -> Result<Self, apache_avro::Error> {
         let resolved = ResolvedSchema::try_from(schema)?;
         let names = resolved
             .get_names()
             .iter()
-            .map(|(name, schema)| (name.clone(), *schema))
+            .map(|(name, named)| (name.clone(), (*named).clone()))
             .collect();
-        Ok(Self { schema, names })
+        Ok(Self {
+            schema: schema.clone(),
+            names,
+        })
+    }
+
+    /// The contract's schema.
+    pub fn schema(&self) -> &Schema {
+        &self.schema
     }
 
     /// The record of the contract: the fields in `given` from their JSON (the envelope the
     /// gateway fills in), every other field from the object `data`; `data` may not set a field
     /// of `given`.
     pub fn record(&self, data: &Json, given: Vec<(&str, Json)>) -> Result<Value, FieldError> {
-        let Schema::Record(record) = self.schema else {
+        let Schema::Record(record) = &self.schema else {
             return Err(refuse(
                 "",
                 "unsupported_contract",

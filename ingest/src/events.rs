@@ -23,7 +23,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use serde_json::{json, Map, Value as JsonValue};
 
-use crate::convert::{rfc3339_micros, Converter, FieldError};
+use crate::convert::{rfc3339_micros, FieldError};
 use crate::keys::{ProducerKey, Refused};
 use crate::limits::Throttled;
 use crate::{Gateway, Route};
@@ -382,9 +382,7 @@ async fn record(
         "trace": {"traceparent": traceparent, "tracestate": event.get("tracestate")},
         "schema_version": null,
     });
-    let converter = Converter::new(&route.schema)
-        .map_err(|e| refused("", "unsupported_contract", e.to_string()))?;
-    let value = converter.record(data, vec![("metadata", metadata)])?;
+    let value = route.converter.record(data, vec![("metadata", metadata)])?;
     let identity = data
         .get(&route.key_field)
         .and_then(JsonValue::as_str)
@@ -399,7 +397,7 @@ async fn record(
         Ok(id) => id,
         Err(message) => return Ok(Ready::Unavailable(message)),
     };
-    let body = encode_body(&route.schema, value)
+    let body = encode_body(route.converter.schema(), value)
         .map_err(|e| refused("data", "contract_violation", e.to_string()))?;
     Ok(Ready::Record(Produce {
         topic: route.topic.clone(),

@@ -26,7 +26,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use apache_avro::Schema;
 use backbone_core::config::{ConfigError, Validate};
 use backbone_core::schema_registry::SchemaRegistrySettings;
 use backbone_core::KafkaSettings;
@@ -39,6 +38,7 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::Mutex;
 
+use crate::convert::Converter;
 use crate::keys::KeySet;
 use crate::limits::{Admission, Allowance};
 use crate::metrics::IngestMetrics;
@@ -182,7 +182,7 @@ pub(crate) struct Route {
     pub(crate) topic: String,
     pub(crate) subject: String,
     pub(crate) key_field: String,
-    pub(crate) schema: Schema,
+    pub(crate) converter: Converter,
     /// The bundled contract text, looked up under `subject` for its id.
     pub(crate) text: String,
     /// The id, once the registry told it.
@@ -223,7 +223,8 @@ fn routes(
             topic: name.clone(),
             subject: format!("{name}-value"),
             key_field: key_field.clone(),
-            schema,
+            converter: Converter::new(&schema)
+                .map_err(|e| IngestError::Contracts(e.to_string()))?,
             text: bundled.to_string(),
             id: Mutex::new(None),
         };

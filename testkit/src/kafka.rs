@@ -161,6 +161,51 @@ pub async fn produce_tombstone(
     Ok(())
 }
 
+/// Produces one record with `key`, `value` and one header whose name is `name`, bytes as they
+/// are (a name that is not UTF-8 included), with kcat, librdkafka's command-line client: the
+/// Rust client takes header names as `&str`, so it cannot write such a record.
+pub fn produce_with_raw_header_name(
+    settings: &KafkaSettings,
+    topic: &str,
+    key: &str,
+    name: &[u8],
+    value: &[u8],
+) -> Result<(), TestkitError> {
+    use std::io::Write as _;
+    use std::os::unix::ffi::OsStringExt as _;
+    let failed = |message: String| TestkitError::Process {
+        program: "kcat".to_owned(),
+        message,
+    };
+    let header = std::ffi::OsString::from_vec([name, b"=set"].concat());
+    let mut kcat = std::process::Command::new("kcat")
+        .args([
+            "-P",
+            "-b",
+            &settings.bootstrap_servers,
+            "-t",
+            topic,
+            "-k",
+            key,
+            "-H",
+        ])
+        .arg(header)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| failed(format!("{e} (make setup installs kcat)")))?;
+    kcat.stdin
+        .take()
+        .ok_or_else(|| failed("no stdin".to_owned()))?
+        .write_all(value)
+        .map_err(|e| failed(e.to_string()))?;
+    let status = kcat.wait().map_err(|e| failed(e.to_string()))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(failed(format!("exited with {status}")))
+    }
+}
+
 /// A record read back from a topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumedRecord {
@@ -303,7 +348,7 @@ where
                 timestamp_ms: message.timestamp().to_millis(),
                 key: message.key().map(<[u8]>::to_vec),
                 value: message.payload().map(<[u8]>::to_vec),
-                headers: backbone_core::kafka::owned_headers(&message),
+                headers: backbone_core::kafka::owned_headers(&message).unwrap_or_default(),
             }),
             // A broker going away is news, not the end: the consumer reconnects by itself
             // (tests kill brokers on purpose).

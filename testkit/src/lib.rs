@@ -21,8 +21,8 @@ pub use forward::Forward;
 pub use kafka::{
     await_committed, committed_offsets, committed_total, consume_until, consume_while,
     create_topic, dead_letter_reasons, end_offsets_total, produce, produce_paced,
-    produce_tombstone, shared_settings, unique_group, unique_topic, ConsumedRecord, SteadyStream,
-    TestRecord,
+    produce_tombstone, produce_with_raw_header_name, shared_settings, unique_group, unique_topic,
+    ConsumedRecord, SteadyStream, TestRecord,
 };
 pub use process::ChildProcess;
 pub use reference::{reference_price, units};

@@ -17,7 +17,7 @@ use crate::delivery::{
 };
 use crate::endpoint::ObservabilitySettings;
 use crate::global::GlobalTables;
-use crate::kafka::{owned_headers, ConsumerFailure, KafkaSettings};
+use crate::kafka::{owned_headers, ConsumerFailure, KafkaSettings, UNREADABLE_HEADERS};
 use crate::metrics::{event_age, MeteredContext, RuntimeMetrics};
 use crate::processor::{
     InputRecord, OutputRecord, Prefetch, ProcessError, Processor, Wake, TRACEPARENT,
@@ -231,7 +231,10 @@ async fn run_loop<P: Processor>(
                 }
             },
         };
-        let headers = owned_headers(&message);
+        let (headers, unreadable) = match owned_headers(&message) {
+            Ok(headers) => (headers, None),
+            Err(err) => (Vec::new(), Some(err)),
+        };
         let input = InputRecord {
             topic: message.topic(),
             partition: message.partition(),
@@ -266,8 +269,13 @@ async fn run_loop<P: Processor>(
             let started = Instant::now();
             let tables = globals.as_ref().map(GlobalTables::view);
             let processed = ownership.process(&group, input.partition, tables, |state| {
-                let mut outputs =
-                    prepared.and_then(|()| span.in_scope(|| processor.process(&input, state)))?;
+                let readable = match &unreadable {
+                    Some(err) => Err(ProcessError::permanent(UNREADABLE_HEADERS, err.to_string())),
+                    None => Ok(()),
+                };
+                let mut outputs = readable
+                    .and(prepared)
+                    .and_then(|()| span.in_scope(|| processor.process(&input, state)))?;
                 if let Some(trace) = input.header(TRACEPARENT) {
                     carry_trace(&mut outputs, trace);
                 }

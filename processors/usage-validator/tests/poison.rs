@@ -19,8 +19,8 @@ use backbone_schemas::wire::{encode_framed, frame};
 use backbone_schemas::WireCodec;
 use backbone_testkit::{
     await_committed, committed_offsets, consume_until, create_topic, dead_letter_reasons,
-    end_offsets_total, produce, produce_tombstone, shared_settings, unique_group, unique_topic,
-    RunningProcessor, TestRecord,
+    end_offsets_total, produce, produce_tombstone, produce_with_raw_header_name, shared_settings,
+    unique_group, unique_topic, RunningProcessor, TestRecord,
 };
 use backbone_usage_validator::{UsageValidator, ValidatorSettings};
 
@@ -669,4 +669,58 @@ fn assert_dead_letter_refused(
         message.contains(&format!("{input}[0]@0")) && message.contains("max.message.bytes"),
         "names the input and what to raise: {message}"
     );
+}
+
+/// A header name that is not UTF-8 (rust-rdkafka panics reading it): the record is
+/// dead-lettered as `unreadable_headers`, key and value byte for byte, and the validator goes
+/// on with the next record instead of stopping on it again at every start.
+#[tokio::test]
+async fn a_header_name_that_is_not_utf8_is_dead_lettered_and_the_validator_goes_on() {
+    let kafka = shared_settings();
+    let (_registry, codec, settings, usage_id) = validator_setup(&kafka, true, 1 << 20).await;
+    let bad = encode_framed(usage_id, &usage_event("raw-name")).expect("encode");
+    produce_with_raw_header_name(
+        &kafka,
+        &settings.input_topic,
+        "acme:c-1",
+        b"\xff\xfe-name",
+        &bad,
+    );
+    let good = encode_framed(usage_id, &usage_event("after")).expect("encode");
+    produce(
+        &kafka,
+        &settings.input_topic,
+        &[TestRecord::new("acme:c-1", good)],
+    )
+    .await
+    .expect("a valid event after it");
+
+    let group = unique_group("usage-validator-raw-header");
+    let dlq = format!("{}.dlq", settings.input_topic);
+    let (input, output) = (settings.input_topic.clone(), settings.output_topic.clone());
+    let validator = RunningProcessor::start(
+        UsageValidator::new(settings, codec),
+        &kafka,
+        runtime_for(&group),
+    );
+    let letters = consume_until(&kafka, &dlq, 1, DEADLINE)
+        .await
+        .expect("the dead letter");
+    let outputs = consume_until(&kafka, &output, 1, DEADLINE)
+        .await
+        .expect("the valid event");
+    committed(&kafka, &group, &input, 2).await;
+    let summary = validator.stop(DEADLINE).await;
+    assert_eq!(summary.dead_lettered, 1, "{summary:?}");
+    assert_eq!(
+        letters[0].header("backbone.dlq.reason").as_deref(),
+        Some("unreadable_headers")
+    );
+    assert_eq!(
+        letters[0].value.as_deref(),
+        Some(bad.as_slice()),
+        "the value byte for byte"
+    );
+    assert_eq!(letters[0].key.as_deref(), Some(b"acme:c-1".as_slice()));
+    assert_eq!(outputs.len(), 1);
 }

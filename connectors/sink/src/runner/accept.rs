@@ -1,7 +1,7 @@
 //! Taking an input record in: its schema resolved, the sink's answer (deliveries, held, already
 //! delivered, dead letter) queued, the record held open until settled.
 
-use backbone_core::kafka::owned_headers;
+use backbone_core::kafka::{owned_headers, UNREADABLE_HEADERS};
 use backbone_core::shutdown::stopped;
 use backbone_core::{Header, InputRecord, Prefetch, ProcessError};
 use rdkafka::message::Message;
@@ -32,7 +32,11 @@ impl<S: Sink> SinkLoop<'_, S> {
             }
         };
         let input = record.as_input();
-        let accepted = match prepared {
+        let readable = match &record.unreadable {
+            Some(err) => Err((UNREADABLE_HEADERS, err.to_string())),
+            None => prepared,
+        };
+        let accepted = match readable {
             Ok(()) => {
                 let context = SinkContext {
                     codec: self.contracts.codec(),
@@ -108,12 +112,18 @@ pub(super) struct OwnedInput {
     pub(super) key: Option<Vec<u8>>,
     pub(super) value: Option<Vec<u8>>,
     pub(super) headers: Vec<Header>,
+    /// Why the headers could not be read, if they could not: the record is dead-lettered.
+    pub(super) unreadable: Option<backbone_core::kafka::UnreadableHeaders>,
 }
 
 impl OwnedInput {
     pub(super) fn from<M: Message>(message: &M) -> Self {
-        let headers = owned_headers(message);
+        let (headers, unreadable) = match owned_headers(message) {
+            Ok(headers) => (headers, None),
+            Err(err) => (Vec::new(), Some(err)),
+        };
         Self {
+            unreadable,
             topic: message.topic().to_owned(),
             partition: message.partition(),
             offset: message.offset(),
