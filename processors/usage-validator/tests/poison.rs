@@ -685,7 +685,8 @@ async fn a_header_name_that_is_not_utf8_is_dead_lettered_and_the_validator_goes_
         "acme:c-1",
         b"\xff\xfe-name",
         &bad,
-    );
+    )
+    .expect("a record with a raw header name");
     let good = encode_framed(usage_id, &usage_event("after")).expect("encode");
     produce(
         &kafka,
