@@ -6,7 +6,9 @@ local batch = tonumber(os.getenv("BATCH") or "100")
 local key = os.getenv("INGEST_KEY") or ""
 local threads = {}
 local counter = 0
-local not_accepted = 0
+-- Per thread (globals, so that done() can read them with thread:get).
+not_accepted = 0
+
 
 function setup(thread)
   counter = counter + 1

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The ingest gateway under load: wrk (from the machine's packages) POSTs batches of usage events
 # to a gateway of the stack in BACKBONE_STACK_DIR, started from the release binaries, with a key
-# of its own whose rate does not bind. Prints one line: events/s accepted and the latency.
+# of its own whose rate does not bind. Prints events/s accepted and the latency, then the
+# baseline of the same run: the producers' Kafka path, loadgen publishing usage events straight
+# to the same broker, as fast as it takes them.
 #   scripts/ingest/load.sh [seconds] [connections] [batch]   (defaults 30, 32, 100)
 # The stack must be up (stack.sh up); make bench runs this after its other benchmarks.
 set -euo pipefail
@@ -30,3 +32,13 @@ for _ in $(seq 1 100); do
 done
 wrk -t2 -c"$CONNECTIONS" -d"${SECONDS_TO_RUN}s" --timeout 10s -s "$REPO/scripts/ingest/load.lua" "$URL" \
   | grep '^ingest-load:'
+# Baseline: the Kafka path, on the same broker, in the same run.
+set -a
+# shellcheck disable=SC1091
+. "$STACK_DIR/secrets/registry.env"
+set +a
+BACKBONE__SCHEMA_REGISTRY__URL=http://127.0.0.1:${BACKBONE_REGISTRY_PORT:-8081} \
+BACKBONE__KAFKA__BOOTSTRAP_SERVERS=127.0.0.1:${BACKBONE_KAFKA_PORT:-9092} \
+  "$RELEASE/loadgen" --tenant load-baseline --customers 200 --events 1000000 --duplicates 0 \
+  --late 0 --out-of-window 0 --poison 0 --expected "$STACK_DIR/load-baseline-expected.json" \
+  | sed 's/^loadgen:/ingest-load baseline, loadgen to Kafka:/'
