@@ -2,8 +2,8 @@
 //!
 //! Statuses: 202 when every event was acknowledged; 207 when some were and others refused
 //! (each result says which); 422 when every event was refused; 400 for a body that is not
-//! JSON of the right shape; 401 for a missing, wrong or revoked key; 413 for a body or batch
-//! over its limit; 415 for another content type; 429 with `Retry-After` when the key's rate or
+//! JSON of the right shape; 401 for a missing, wrong or revoked key; 413 for a body
+//! (`body_too_large`) or batch (`batch_too_large`) over its limit; 415 for another content type; 429 with `Retry-After` when the key's rate or
 //! daily quota is spent; 503 with `Retry-After` when the broker did not acknowledge an event in
 //! time or the registry could not say the contract's id. A 503's results still say which events
 //! were acknowledged; sending the whole request again is safe, the pipeline deduplicates by id.
@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -58,7 +59,11 @@ fn retry_after(mut response: Response, seconds: u64) -> Response {
     response
 }
 
-async fn publish(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn publish(
+    State(gateway): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let started = Instant::now();
     let keys = gateway
         .keys
@@ -88,7 +93,18 @@ async fn publish(State(gateway): State<Arc<Gateway>>, headers: HeaderMap, body: 
             return response;
         }
     };
-    let response = answer(&gateway, key, &headers, &body).await;
+    let response = match body {
+        Ok(body) => answer(&gateway, key, &headers, &body).await,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!(
+                "the body is over {} bytes",
+                gateway.settings.max_request_bytes
+            ),
+        ),
+        Err(rejection) => refuse(rejection.status(), "unreadable_body", rejection.body_text()),
+    };
     gateway
         .metrics
         .observe(&key.id, started.elapsed().as_secs_f64());

@@ -316,9 +316,16 @@ async fn cloudevents_become_usage_records_and_each_bad_input_is_refused_alone() 
         (status, body["error"]["code"].as_str()),
         (StatusCode::PAYLOAD_TOO_LARGE, Some("batch_too_large"))
     );
+    let long = event("long", &"c".repeat(2 << 20), "1").to_string();
+    let (status, _, body) = gateway.send(&token, SINGLE, &long).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("body_too_large"))
+    );
     let (status, _, _) = gateway.send(&token, "text/plain", &one).await;
     assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
-    let wrong = format!("{}0", &token[..token.len() - 1]);
+    let last = if token.ends_with('0') { '1' } else { '0' };
+    let wrong = format!("{}{last}", &token[..token.len() - 1]);
     let (status, _, body) = gateway.send(&wrong, SINGLE, &one).await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
