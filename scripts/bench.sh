@@ -26,5 +26,10 @@ cargo bench -p backbone-e2e --bench stages
 cargo bench -p backbone-e2e --bench latency
 cargo bench -p backbone-replay --bench replay
 cargo bench -p backbone-e2e --bench load
+# Sinks alone against a filled topic; the test-support helpers they use read the BACKBONE_TEST_*
+# variables.
+BACKBONE_TEST_BOOTSTRAP=$BACKBONE_BENCH_BOOTSTRAP BACKBONE_TEST_REGISTRY_URL=$BACKBONE_BENCH_REGISTRY_URL \
+BACKBONE_TEST_POSTGRES_URL=postgres://backbone:backbone@127.0.0.1:$BACKBONE_POSTGRES_PORT/backbone \
+  cargo bench -p backbone-e2e --bench sink_rates
 # The ingest gateway under load (wrk, batches of 100 events), on the same stack.
 BACKBONE_INGEST_PORT=${BACKBONE_BENCH_INGEST_PORT:-18588} "$REPO/scripts/ingest/load.sh"

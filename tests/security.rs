@@ -304,18 +304,19 @@ async fn no_binary_prints_a_secret_of_its_config() {
         let binary = component.name.as_str();
         let mut env: Vec<(String, String)> = Vec::new();
         match component.kind {
-            Kind::Processor | Kind::Sink => {
-                env.extend(kafka.clone());
-                env.push((
-                    "BACKBONE__SCHEMA_REGISTRY__URL".to_owned(),
-                    format!("http://app:{registry}@127.0.0.1:8081"),
-                ));
-            }
-            Kind::Service => {
+            Kind::Service if binary == "schema-registry" => {
                 env.extend(kafka.clone());
                 env.push((
                     "BACKBONE__REGISTRY__ANONYMOUS".to_owned(),
                     "true".to_owned(),
+                ));
+            }
+            // The stages and the ingest gateway: registry clients.
+            Kind::Processor | Kind::Sink | Kind::Service => {
+                env.extend(kafka.clone());
+                env.push((
+                    "BACKBONE__SCHEMA_REGISTRY__URL".to_owned(),
+                    format!("http://app:{registry}@127.0.0.1:8081"),
                 ));
             }
             Kind::Tool if binary == "monitor" => env.extend(kafka.clone()),
@@ -355,9 +356,9 @@ async fn no_binary_prints_a_secret_of_its_config() {
         }
         printed += 1;
     }
-    // Every stage, the registry, the monitor and the sandbox.
+    // Every stage, the registry, the gateway, the monitor and the sandbox.
     assert!(
-        printed >= 11,
+        printed >= 12,
         "only {printed} binaries printed their config"
     );
     let _ = std::fs::remove_dir_all(&dir);

@@ -1,4 +1,4 @@
-//! `analytics-sink`: `AnalyticsFact`s into a PostgreSQL table, one transaction per batch.
+//! `analytics-sink`: `AnalyticsFact`s into a PostgreSQL table, one statement per batch.
 //!
 //! The fact's `fact_id` is the primary key: a redelivered or replayed fact is an upsert that
 //! changes nothing (already delivered), and a newer `source_revision` of a fact (a window
@@ -9,6 +9,7 @@
 pub mod schema;
 mod tls;
 
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 
 use backbone_core::config::{ConfigError, Validate};
@@ -20,13 +21,12 @@ use backbone_sink::{
     decode, require_key, Accepted, Delivery, DeliveryError, DestinationSettings, Money, Outcome,
     Rejection, RetryReason, Sink, SinkContext,
 };
-use futures::future::join_all;
 use serde::Deserialize;
 use tokio::sync::Mutex;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls, Statement};
 
-use crate::schema::{migrate, FactRow};
+use crate::schema::{migrate, FactColumns, FactRow};
 use crate::tls::Transport;
 
 /// The `[sink]` section.
@@ -79,10 +79,13 @@ pub struct AnalyticsSink {
     connection: Mutex<Option<Connected>>,
 }
 
-/// An open connection, migrated, with the upsert prepared on it once.
+/// An open connection, migrated, with the upserts prepared on it once.
 struct Connected {
     client: Client,
+    /// One row: the fallback that isolates a row the database refuses.
     upsert: Statement,
+    /// A whole batch in one statement.
+    upsert_many: Statement,
 }
 
 impl std::fmt::Debug for AnalyticsSink {
@@ -180,41 +183,57 @@ impl AnalyticsSink {
             .prepare(&schema::upsert_sql(&self.settings.schema))
             .await
             .map_err(classify)?;
-        Ok(Connected { client, upsert })
+        let upsert_many = client
+            .prepare(&schema::upsert_many_sql(&self.settings.schema))
+            .await
+            .map_err(classify)?;
+        Ok(Connected {
+            client,
+            upsert,
+            upsert_many,
+        })
     }
 
-    /// Loads `rows` in one transaction, the upserts pipelined on the connection (sent without
-    /// waiting for each answer: a round trip per batch instead of per row). A row the database
-    /// refuses (bad data) fails the transaction: the rows are then loaded one at a time, so only
-    /// the bad one is rejected.
+    /// Loads `rows` in one statement (see [`schema::upsert_many_sql`]), each fact at the newest
+    /// revision the batch holds; an older revision of a fact in the same batch is settled as
+    /// already delivered, as it would be after the newer one. A row the database refuses (bad
+    /// data) fails the statement: the rows are then loaded one at a time, so only the bad one is
+    /// rejected.
     async fn load(
         connected: &mut Connected,
         rows: &[&FactRow],
     ) -> Result<Vec<Outcome>, tokio_postgres::Error> {
-        let Connected { client, upsert } = connected;
+        let Connected {
+            client,
+            upsert,
+            upsert_many,
+        } = connected;
+        let mut newest: HashMap<&str, &FactRow> = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let kept = newest.entry(row.fact_id.as_str()).or_insert(row);
+            if row.source_revision > kept.source_revision {
+                *kept = row;
+            }
+        }
+        let columns = FactColumns::of(newest.values().copied());
+        match client.query(&*upsert_many, &columns.params()).await {
+            Ok(changed) => {
+                let changed: HashSet<String> = changed.iter().map(|r| r.get(0)).collect();
+                return Ok(rows
+                    .iter()
+                    .map(|row| {
+                        let newest = newest
+                            .get(row.fact_id.as_str())
+                            .is_some_and(|n| std::ptr::eq(*n, *row));
+                        row_outcome(newest && changed.contains(&row.fact_id), row)
+                    })
+                    .collect());
+            }
+            Err(err) if is_data_error(&err) => {}
+            Err(err) => return Err(err),
+        }
         let statement = &*upsert;
         let params: Vec<_> = rows.iter().map(|row| row.params()).collect();
-        let transaction = client.transaction().await?;
-        let answers = join_all(
-            params
-                .iter()
-                .map(|params| transaction.query_opt(statement, params)),
-        )
-        .await;
-        // After a refused row the transaction is aborted and the later rows fail with it
-        // (class 25): the refusal decides, not those.
-        if !answers
-            .iter()
-            .any(|answer| answer.as_ref().is_err_and(is_data_error))
-        {
-            let mut outcomes = Vec::with_capacity(rows.len());
-            for (answer, row) in answers.into_iter().zip(rows) {
-                outcomes.push(row_outcome(answer?.is_some(), row));
-            }
-            transaction.commit().await?;
-            return Ok(outcomes);
-        }
-        drop(transaction);
         let mut outcomes = Vec::with_capacity(rows.len());
         for (row, params) in rows.iter().zip(&params) {
             match client.query_opt(statement, params).await {

@@ -113,6 +113,110 @@ pub fn upsert_sql(schema: &str) -> String {
     )
 }
 
+/// The upsert of a whole batch in one statement: the rows arrive as one array per column
+/// (`unnest`), so the database parses, plans and answers once per batch, not once per row.
+/// The same rules as [`upsert_sql`]; a fact may appear once per statement (PostgreSQL refuses an
+/// `ON CONFLICT DO UPDATE` touching a row twice), so callers keep each fact's newest revision.
+/// It returns the `fact_id` of every row it changed.
+pub fn upsert_many_sql(schema: &str) -> String {
+    format!(
+        "INSERT INTO {schema}.facts AS f (fact_id, tenant_id, fact_type, source_revision,
+             event_time, fact_date, customer_id, legal_entity_id, subscription_id, product_id,
+             charge_id, meter_id, quantity, amount, currency, attributes)
+         SELECT fact_id, tenant_id, fact_type, source_revision,
+             to_timestamp(0) + event_micros * interval '1 microsecond',
+             date '1970-01-01' + fact_day, customer_id, legal_entity_id, subscription_id,
+             product_id, charge_id, meter_id, quantity::numeric, amount::numeric, currency,
+             attributes::jsonb
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[],
+             $6::integer[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],
+             $12::text[], $13::text[], $14::text[], $15::text[], $16::text[])
+             AS r(fact_id, tenant_id, fact_type, source_revision, event_micros, fact_day,
+                  customer_id, legal_entity_id, subscription_id, product_id, charge_id,
+                  meter_id, quantity, amount, currency, attributes)
+         ON CONFLICT (fact_id) DO UPDATE SET
+             tenant_id = EXCLUDED.tenant_id, fact_type = EXCLUDED.fact_type,
+             source_revision = EXCLUDED.source_revision, event_time = EXCLUDED.event_time,
+             fact_date = EXCLUDED.fact_date, customer_id = EXCLUDED.customer_id,
+             legal_entity_id = EXCLUDED.legal_entity_id,
+             subscription_id = EXCLUDED.subscription_id, product_id = EXCLUDED.product_id,
+             charge_id = EXCLUDED.charge_id, meter_id = EXCLUDED.meter_id,
+             quantity = EXCLUDED.quantity, amount = EXCLUDED.amount,
+             currency = EXCLUDED.currency, attributes = EXCLUDED.attributes, loaded_at = now()
+         WHERE f.source_revision < EXCLUDED.source_revision
+         RETURNING fact_id"
+    )
+}
+
+/// Rows as the columns [`upsert_many_sql`] takes.
+#[derive(Debug, Default)]
+pub struct FactColumns {
+    fact_id: Vec<String>,
+    tenant_id: Vec<String>,
+    fact_type: Vec<String>,
+    source_revision: Vec<i64>,
+    event_time_micros: Vec<i64>,
+    fact_date: Vec<i32>,
+    customer_id: Vec<String>,
+    legal_entity_id: Vec<Option<String>>,
+    subscription_id: Vec<Option<String>>,
+    product_id: Vec<Option<String>>,
+    charge_id: Vec<Option<String>>,
+    meter_id: Vec<Option<String>>,
+    quantity: Vec<Option<String>>,
+    amount: Vec<Option<String>>,
+    currency: Vec<Option<String>>,
+    attributes: Vec<String>,
+}
+
+impl FactColumns {
+    /// The columns of `rows`.
+    pub fn of<'r>(rows: impl IntoIterator<Item = &'r FactRow>) -> Self {
+        let mut columns = Self::default();
+        for row in rows {
+            columns.fact_id.push(row.fact_id.clone());
+            columns.tenant_id.push(row.tenant_id.clone());
+            columns.fact_type.push(row.fact_type.clone());
+            columns.source_revision.push(row.source_revision);
+            columns.event_time_micros.push(row.event_time_micros);
+            columns.fact_date.push(row.fact_date);
+            columns.customer_id.push(row.customer_id.clone());
+            columns.legal_entity_id.push(row.legal_entity_id.clone());
+            columns.subscription_id.push(row.subscription_id.clone());
+            columns.product_id.push(row.product_id.clone());
+            columns.charge_id.push(row.charge_id.clone());
+            columns.meter_id.push(row.meter_id.clone());
+            columns.quantity.push(row.quantity.clone());
+            columns.amount.push(row.amount.clone());
+            columns.currency.push(row.currency.clone());
+            columns.attributes.push(row.attributes.clone());
+        }
+        columns
+    }
+
+    /// The statement's parameters, in the order of [`upsert_many_sql`].
+    pub fn params(&self) -> [&(dyn ToSql + Sync); 16] {
+        [
+            &self.fact_id,
+            &self.tenant_id,
+            &self.fact_type,
+            &self.source_revision,
+            &self.event_time_micros,
+            &self.fact_date,
+            &self.customer_id,
+            &self.legal_entity_id,
+            &self.subscription_id,
+            &self.product_id,
+            &self.charge_id,
+            &self.meter_id,
+            &self.quantity,
+            &self.amount,
+            &self.currency,
+            &self.attributes,
+        ]
+    }
+}
+
 /// One fact as the upsert's parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FactRow {
