@@ -45,12 +45,34 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     Path::new(env!("CARGO_BIN_EXE_tally")).with_file_name(name)
 }
 
-/// A port on 127.0.0.1 free when asked.
+/// A port on 127.0.0.1 free when asked, never the same one twice in this process, and below
+/// the range the kernel hands out to outgoing connections (`ip_local_port_range`, 32768 and up
+/// on Linux): a port from that range can be taken by any client socket (a consumer's connection
+/// to the broker) between this call and the process that binds it, which then cannot start.
 pub fn free_port() -> u16 {
-    TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let (floor, ceiling) = (20_000u16, ephemeral.max(21_000));
+    let span = u32::from(ceiling - floor);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let start = (std::process::id() ^ nanos) % span;
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    (0..span)
+        .map(|offset| floor + u16::try_from((start + offset) % span).unwrap_or(0))
+        .find(|port| {
+            !given.contains(port)
+                && TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], *port))).is_ok()
+        })
+        .inspect(|port| {
+            given.insert(*port);
+        })
+        .expect("a free port below the ephemeral range")
 }
 
 /// Topic names of one deployment.

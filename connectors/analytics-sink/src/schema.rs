@@ -87,29 +87,35 @@ pub fn latest_version() -> i32 {
     MIGRATIONS.last().map_or(0, |(v, _)| *v)
 }
 
+/// The columns an upsert writes, in the order of its values.
+const COLUMNS: &str = "fact_id, tenant_id, fact_type, source_revision, event_time, fact_date,
+    customer_id, legal_entity_id, subscription_id, product_id, charge_id, meter_id, quantity,
+    amount, currency, attributes";
+
+/// What an upsert does with a fact the table holds: a newer revision replaces it, any other
+/// leaves it; the rows changed are returned.
+const NEWER_REVISION_WINS: &str = "ON CONFLICT (fact_id) DO UPDATE SET
+    tenant_id = EXCLUDED.tenant_id, fact_type = EXCLUDED.fact_type,
+    source_revision = EXCLUDED.source_revision, event_time = EXCLUDED.event_time,
+    fact_date = EXCLUDED.fact_date, customer_id = EXCLUDED.customer_id,
+    legal_entity_id = EXCLUDED.legal_entity_id, subscription_id = EXCLUDED.subscription_id,
+    product_id = EXCLUDED.product_id, charge_id = EXCLUDED.charge_id,
+    meter_id = EXCLUDED.meter_id, quantity = EXCLUDED.quantity, amount = EXCLUDED.amount,
+    currency = EXCLUDED.currency, attributes = EXCLUDED.attributes, loaded_at = now()
+    WHERE f.source_revision < EXCLUDED.source_revision
+    RETURNING fact_id";
+
 /// The upsert of one fact: inserted when new, replaced only by a newer revision. It returns a
 /// row when it changed the table, none when the table already held this revision or a newer
 /// one.
 pub fn upsert_sql(schema: &str) -> String {
     format!(
-        "INSERT INTO {schema}.facts AS f (fact_id, tenant_id, fact_type, source_revision,
-             event_time, fact_date, customer_id, legal_entity_id, subscription_id, product_id,
-             charge_id, meter_id, quantity, amount, currency, attributes)
+        "INSERT INTO {schema}.facts AS f ({COLUMNS})
          VALUES ($1, $2, $3, $4,
              to_timestamp(0) + $5::bigint * interval '1 microsecond',
              date '1970-01-01' + $6::integer, $7, $8, $9, $10, $11, $12,
              $13::text::numeric, $14::text::numeric, $15, $16::text::jsonb)
-         ON CONFLICT (fact_id) DO UPDATE SET
-             tenant_id = EXCLUDED.tenant_id, fact_type = EXCLUDED.fact_type,
-             source_revision = EXCLUDED.source_revision, event_time = EXCLUDED.event_time,
-             fact_date = EXCLUDED.fact_date, customer_id = EXCLUDED.customer_id,
-             legal_entity_id = EXCLUDED.legal_entity_id,
-             subscription_id = EXCLUDED.subscription_id, product_id = EXCLUDED.product_id,
-             charge_id = EXCLUDED.charge_id, meter_id = EXCLUDED.meter_id,
-             quantity = EXCLUDED.quantity, amount = EXCLUDED.amount,
-             currency = EXCLUDED.currency, attributes = EXCLUDED.attributes, loaded_at = now()
-         WHERE f.source_revision < EXCLUDED.source_revision
-         RETURNING fact_id"
+         {NEWER_REVISION_WINS}"
     )
 }
 
@@ -120,9 +126,7 @@ pub fn upsert_sql(schema: &str) -> String {
 /// It returns the `fact_id` of every row it changed.
 pub fn upsert_many_sql(schema: &str) -> String {
     format!(
-        "INSERT INTO {schema}.facts AS f (fact_id, tenant_id, fact_type, source_revision,
-             event_time, fact_date, customer_id, legal_entity_id, subscription_id, product_id,
-             charge_id, meter_id, quantity, amount, currency, attributes)
+        "INSERT INTO {schema}.facts AS f ({COLUMNS})
          SELECT fact_id, tenant_id, fact_type, source_revision,
              to_timestamp(0) + event_micros * interval '1 microsecond',
              date '1970-01-01' + fact_day, customer_id, legal_entity_id, subscription_id,
@@ -134,17 +138,7 @@ pub fn upsert_many_sql(schema: &str) -> String {
              AS r(fact_id, tenant_id, fact_type, source_revision, event_micros, fact_day,
                   customer_id, legal_entity_id, subscription_id, product_id, charge_id,
                   meter_id, quantity, amount, currency, attributes)
-         ON CONFLICT (fact_id) DO UPDATE SET
-             tenant_id = EXCLUDED.tenant_id, fact_type = EXCLUDED.fact_type,
-             source_revision = EXCLUDED.source_revision, event_time = EXCLUDED.event_time,
-             fact_date = EXCLUDED.fact_date, customer_id = EXCLUDED.customer_id,
-             legal_entity_id = EXCLUDED.legal_entity_id,
-             subscription_id = EXCLUDED.subscription_id, product_id = EXCLUDED.product_id,
-             charge_id = EXCLUDED.charge_id, meter_id = EXCLUDED.meter_id,
-             quantity = EXCLUDED.quantity, amount = EXCLUDED.amount,
-             currency = EXCLUDED.currency, attributes = EXCLUDED.attributes, loaded_at = now()
-         WHERE f.source_revision < EXCLUDED.source_revision
-         RETURNING fact_id"
+         {NEWER_REVISION_WINS}"
     )
 }
 

@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 
-use backbone_core::RuntimeSettings;
 use backbone_testkit::{
     consume_until, dead_letter_reasons, produce, produce_tombstone, shared_settings, unique_group,
     RunningProcessor, TestRecord,
@@ -90,12 +89,7 @@ async fn each_kind_of_bad_enriched_usage_is_dead_lettered_under_its_reason() {
         .expect("events");
 
     let group = unique_group("usage-rater-poison");
-    let mut runtime = RuntimeSettings {
-        group_id: Some(group.clone()),
-        topic_partitions: 1,
-        ..RuntimeSettings::default()
-    };
-    runtime.state.dir = std::env::temp_dir().join("backbone-state").join(&group);
+    let runtime = runtime(&group, 1);
     let output = settings.output_topic.clone();
     let dlq = format!("{}.dlq", settings.input_topic);
     let rater = RunningProcessor::start(UsageRater::new(settings, codec.clone()), &kafka, runtime);

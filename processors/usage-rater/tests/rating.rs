@@ -126,15 +126,12 @@ async fn split_usage_adds_up_to_the_price_of_the_total_and_bad_events_are_dead_l
         .expect("events");
 
     let group = unique_group("usage-rater");
-    let mut runtime = RuntimeSettings {
-        group_id: Some(group.clone()),
-        topic_partitions: 2,
+    let runtime = RuntimeSettings {
         max_attempts: 2,
         initial_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(50),
-        ..RuntimeSettings::default()
+        ..runtime(&group, 2)
     };
-    runtime.state.dir = std::env::temp_dir().join("backbone-state").join(&group);
     let output = settings.output_topic.clone();
     let dlq = format!("{}.dlq", settings.input_topic);
     let aggregates = settings.aggregates_topic.clone();
@@ -270,14 +267,12 @@ async fn a_price_change_prices_only_the_periods_from_its_start() {
         .expect("events");
 
     let group = unique_group("usage-rater-versions");
-    let mut runtime = RuntimeSettings {
-        group_id: Some(group.clone()),
-        topic_partitions: 1,
-        ..RuntimeSettings::default()
-    };
-    runtime.state.dir = std::env::temp_dir().join("backbone-state").join(&group);
     let output = settings.output_topic.clone();
-    let rater = RunningProcessor::start(UsageRater::new(settings, codec.clone()), &kafka, runtime);
+    let rater = RunningProcessor::start(
+        UsageRater::new(settings, codec.clone()),
+        &kafka,
+        runtime(&group, 1),
+    );
     let rated = consume_until(&kafka, &output, 2, DEADLINE)
         .await
         .expect("rated lines");
