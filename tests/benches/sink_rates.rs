@@ -1,6 +1,8 @@
 //! Sinks alone, each against a topic filled before it starts: the analytics sink loading
-//! `AnalyticsFact`s into PostgreSQL, and as the baseline of the same run the sink runtime's
-//! own pass-through (the same sink's `accept`, every delivery confirmed without calling out).
+//! `AnalyticsFact`s into PostgreSQL, the billing sink creating charges and the CRM sink
+//! upserting account snapshots in the sandbox (in-process, its default latency and the CRM's
+//! rate limit), each with the baseline of the same run: the sink runtime's own pass-through
+//! (the same sink's `accept`, every delivery confirmed without calling out).
 //!
 //! Rate: from the broker timestamps of the delivery results, between the 10 % and the 90 %
 //! marks, so consumer-group joins and the last linger do not count.
@@ -17,22 +19,29 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use backbone_analytics_sink::{AnalyticsSettings, AnalyticsSink};
+use backbone_billing_sink::{BillingSettings, BillingSink};
 use backbone_core::InputRecord;
-use backbone_schemas::types::{AnalyticsFact, Destination, FactType};
+use backbone_crm_sink::{CrmSettings, CrmSink};
+use backbone_sandbox::SandboxConfig;
+use backbone_schemas::types::{
+    AccountHealthSnapshot, AnalyticsFact, BillingCharge, BillingChargeType, Contract, Destination,
+    FactType, HealthStatus,
+};
 use backbone_schemas::WireCodec;
+use backbone_sink::http::JsonApi;
 use backbone_sink::settings::split_password;
 use backbone_sink::{
     Accepted, Delivery, DeliveryError, DestinationSettings, Outcome, Rejection, Sink, SinkContext,
     SinkSettings,
 };
 use backbone_testkit::{consume_until, shared_settings};
-use support::{metadata, registry_url, RunningSink, SinkTopics};
+use support::{metadata, registry_url, RunningSink, Sandbox, SinkTopics};
 
-/// The analytics sink's `accept`, with deliveries confirmed on the spot.
-struct PassThrough(AnalyticsSink);
+/// A sink's `accept`, with deliveries confirmed on the spot.
+struct PassThrough<S>(S);
 
-impl Sink for PassThrough {
-    type Payload = <AnalyticsSink as Sink>::Payload;
+impl<S: Sink + Sync> Sink for PassThrough<S> {
+    type Payload = S::Payload;
 
     fn name(&self) -> &str {
         "pass-through"
@@ -102,10 +111,10 @@ fn analytics(topics: &SinkTopics, schema: &str) -> AnalyticsSink {
     AnalyticsSink::new(settings, &destination).expect("analytics sink")
 }
 
-/// Facts per second the sink settled, between the 10 % and 90 % marks of its results.
-async fn rate<S: Sink>(sink: S, topics: &SinkTopics, count: usize) -> f64 {
+/// Records per second the sink settled, between the 10 % and 90 % marks of its results.
+async fn rate<S: Sink>(sink: S, topics: &SinkTopics, count: usize, batch_max: usize) -> f64 {
     let settings = SinkSettings {
-        batch_max: 500,
+        batch_max,
         ..topics.settings()
     };
     let running = RunningSink::start(sink, settings);
@@ -116,12 +125,47 @@ async fn rate<S: Sink>(sink: S, topics: &SinkTopics, count: usize) -> f64 {
         Duration::from_secs(600),
     )
     .await
-    .expect("a result per fact");
+    .expect("a result per record");
     running.stop().await;
     let mut times: Vec<i64> = results.iter().filter_map(|r| r.timestamp_ms).collect();
     times.sort_unstable();
     let (low, high) = (times[count / 10], times[count * 9 / 10]);
     (count * 8 / 10) as f64 / ((high - low).max(1) as f64 / 1_000.0)
+}
+
+/// A topic of `count` records made by `record`, and the names of a second group on it for the
+/// baseline, with results and ledger of its own.
+async fn filled<T: Contract>(
+    name: &str,
+    codec: &WireCodec,
+    count: usize,
+    record: impl Fn(usize) -> (String, T),
+) -> (SinkTopics, SinkTopics) {
+    let topics = SinkTopics::create(name, 3).await;
+    let records: Vec<(String, T, Option<i64>)> = (0..count)
+        .map(|i| {
+            let (key, value) = record(i);
+            (key, value, None)
+        })
+        .collect();
+    for chunk in records.chunks(10_000) {
+        support::publish(codec, &topics.input, chunk).await;
+    }
+    let baseline = SinkTopics {
+        results: format!("{}.pass-through-results", topics.input),
+        group: format!("{}-pass-through", topics.group),
+        ledger_dir: topics.ledger_dir.join("pass-through"),
+        input: topics.input.clone(),
+    };
+    (topics, baseline)
+}
+
+fn report(sink: &str, count: usize, batch_max: usize, baseline: f64, measured: f64) {
+    println!(
+        "sinks/{sink}: {count} records, batches of {batch_max}: pass-through {baseline:.0}/s, \
+         {sink}-sink {measured:.0}/s, ratio {:.2}",
+        measured / baseline
+    );
 }
 
 #[tokio::main]
@@ -131,31 +175,126 @@ async fn main() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(100_000);
     let codec = WireCodec::new(registry_url());
-    let input = SinkTopics::create("bench-analytics", 3).await;
-    let facts: Vec<(String, AnalyticsFact, Option<i64>)> = (0..count)
-        .map(|i| (format!("bench:f-{i}"), fact(i), None))
-        .collect();
-    for chunk in facts.chunks(10_000) {
-        support::publish(&codec, &input.input, chunk).await;
-    }
-    // Two groups on the same filled topic, each writing its results apart.
-    let baseline_topics = SinkTopics {
-        results: format!("{}.pass-through-results", input.input),
-        group: format!("{}-pass-through", input.group),
-        ledger_dir: input.ledger_dir.join("pass-through"),
-        input: input.input.clone(),
-    };
+
+    let (topics, baseline_topics) = filled("bench-analytics", &codec, count, |i| {
+        (format!("bench:f-{i}"), fact(i))
+    })
+    .await;
     let schema = format!("bench_{}", std::process::id());
     let baseline = rate(
-        PassThrough(analytics(&input, &schema)),
+        PassThrough(analytics(&topics, &schema)),
         &baseline_topics,
         count,
+        500,
     )
     .await;
-    let loaded = rate(analytics(&input, &schema), &input, count).await;
-    println!(
-        "sinks/analytics: {count} facts, batches of 500: pass-through {baseline:.0} facts/s, \
-         analytics-sink into PostgreSQL {loaded:.0} facts/s, ratio {:.2}",
-        loaded / baseline
-    );
+    let loaded = rate(analytics(&topics, &schema), &topics, count, 500).await;
+    report("analytics", count, 500, baseline, loaded);
+
+    let sandbox = Sandbox::start(SandboxConfig::default()).await;
+    let records = 20_000;
+    let (topics, baseline_topics) = filled("bench-billing", &codec, records, |i| {
+        let charge = charge(i);
+        (format!("bench:{}", charge.subscription_id), charge)
+    })
+    .await;
+    let billing = |topic: &str| {
+        let settings = BillingSettings {
+            topic: topic.to_owned(),
+            ..BillingSettings::default()
+        };
+        let destination = sandbox.destination();
+        async move {
+            BillingSink::new(
+                settings,
+                JsonApi::connect(&destination).await.expect("client"),
+            )
+        }
+    };
+    let batch = SinkSettings::default().batch_max;
+    let baseline = rate(
+        PassThrough(billing(&topics.input).await),
+        &baseline_topics,
+        records,
+        batch,
+    )
+    .await;
+    let billed = rate(billing(&topics.input).await, &topics, records, batch).await;
+    report("billing", records, batch, baseline, billed);
+
+    let (topics, baseline_topics) = filled("bench-crm", &codec, records, |i| {
+        let snapshot = snapshot(i);
+        (format!("bench:{}", snapshot.customer_id), snapshot)
+    })
+    .await;
+    let crm = |topic: &str| {
+        let settings = CrmSettings {
+            topic: topic.to_owned(),
+            ..CrmSettings::default()
+        };
+        let destination = sandbox.destination();
+        async move {
+            CrmSink::new(
+                settings,
+                JsonApi::connect(&destination).await.expect("client"),
+            )
+        }
+    };
+    // As deployed (components.toml): the CRM takes 200 upserts a request.
+    let baseline = rate(
+        PassThrough(crm(&topics.input).await),
+        &baseline_topics,
+        records,
+        200,
+    )
+    .await;
+    let upserted = rate(crm(&topics.input).await, &topics, records, 200).await;
+    report("crm", records, 200, baseline, upserted);
+}
+
+fn charge(i: usize) -> BillingCharge {
+    let rating_id = format!("rt-bench-{i}");
+    BillingCharge {
+        metadata: metadata("bench", &rating_id, "backbone.billing.charge"),
+        rating_id,
+        revision: 1,
+        charge_type: BillingChargeType::Usage,
+        customer_id: format!("c-{}", i % 200),
+        subscription_id: format!("s-{}", i % 200),
+        charge_id: "api-calls".to_owned(),
+        group_key: "api".to_owned(),
+        description: "API calls".to_owned(),
+        period_start: 20_600,
+        period_end: 20_630,
+        quantity: "12".parse().expect("quantity"),
+        amount: "1.25".parse().expect("amount"),
+        currency: "EUR".to_owned(),
+        billing_account_ref: None,
+    }
+}
+
+/// Snapshot `i`: 2,000 customers, each newer snapshot of one a later `as_of`.
+fn snapshot(i: usize) -> AccountHealthSnapshot {
+    let customer_id = format!("c-{}", i % 2_000);
+    let as_of = 1_790_000_000_000_000 + i as i64;
+    AccountHealthSnapshot {
+        metadata: metadata(
+            "bench",
+            &format!("{customer_id}-{as_of}"),
+            "backbone.crm.account_health",
+        ),
+        snapshot_id: format!("ahs-{customer_id}-{as_of}"),
+        customer_id,
+        as_of,
+        crm_account_id: None,
+        health: HealthStatus::Healthy,
+        active_subscriptions: 1,
+        period_start: 20_600,
+        period_end: 20_630,
+        period_to_date_amount: "12.5".parse().expect("amount"),
+        previous_period_amount: None,
+        currency: "EUR".to_owned(),
+        usage_change_percent: None,
+        last_usage_at: Some(as_of),
+    }
 }

@@ -85,11 +85,13 @@ struct ChargeRequest {
     metadata: BTreeMap<String, String>,
 }
 
-/// Charges in creation order, and which one each key created.
+/// Charges in creation order, which one each key created, and the charges holding each
+/// metadata pair (a billing API answers a lookup by metadata from an index, not a scan).
 #[derive(Default)]
 pub(crate) struct Ledger {
     charges: Vec<StoredCharge>,
     by_key: HashMap<String, Created>,
+    by_metadata: HashMap<(String, String), Vec<usize>>,
 }
 
 struct Created {
@@ -171,6 +173,10 @@ pub(crate) async fn create(
     };
     let reply = created_reply(&stored);
     let index = ledger.charges.len();
+    for pair in &stored.metadata {
+        let pair = (pair.0.clone(), pair.1.clone());
+        ledger.by_metadata.entry(pair).or_default().push(index);
+    }
     ledger.charges.push(stored);
     ledger.by_key.insert(
         key.to_owned(),
@@ -252,14 +258,21 @@ pub(crate) async fn list(
         wanted.push((key, value));
     }
     let ledger = lock(&app.billing);
-    let charges: Vec<&StoredCharge> = ledger
-        .charges
-        .iter()
-        .filter(|charge| {
-            wanted
-                .iter()
-                .all(|(key, value)| charge.metadata.get(*key) == Some(*value))
-        })
-        .collect();
+    let holds_all = |charge: &&StoredCharge| {
+        wanted
+            .iter()
+            .all(|(key, value)| charge.metadata.get(*key) == Some(*value))
+    };
+    let charges: Vec<&StoredCharge> = match wanted.first() {
+        None => ledger.charges.iter().collect(),
+        Some((key, value)) => ledger
+            .by_metadata
+            .get(&((*key).to_owned(), (*value).clone()))
+            .into_iter()
+            .flatten()
+            .map(|&index| &ledger.charges[index])
+            .filter(holds_all)
+            .collect(),
+    };
     Json(json!({ "charges": charges })).into_response()
 }
