@@ -147,6 +147,13 @@ fn receivables(batches: &[PostedBatch]) -> BTreeMap<(String, String), i128> {
     totals
 }
 
+/// Every batch balances, and the ERP holds `euros` of receivables for `le-eu`, nothing else.
+fn assert_le_eu_receivables(batches: &[PostedBatch], euros: &str, what: &str) {
+    check_balanced(batches);
+    let expected = BTreeMap::from([(("le-eu".to_owned(), "EUR".to_owned()), micros(euros))]);
+    assert_eq!(receivables(batches), expected, "{what}");
+}
+
 #[tokio::test]
 async fn postings_become_balanced_batches_then_adjustments_and_replays_post_nothing_twice() {
     let sandbox = Sandbox::start(SandboxConfig::default()).await;
@@ -316,12 +323,7 @@ async fn postings_that_do_not_balance_are_dead_lettered_on_arrival() {
         .map(|offset| (offset, "unbalanced_posting".to_owned()))
         .collect();
     assert_eq!(reasons, expected);
-    check_balanced(&batches);
-    assert_eq!(
-        receivables(&batches),
-        BTreeMap::from([(("le-eu".to_owned(), "EUR".to_owned()), micros("9.5"))]),
-        "only the valid posting reached the ERP"
-    );
+    assert_le_eu_receivables(&batches, "9.5", "only the valid posting reached the ERP");
 }
 
 /// The ERP posts a batch but every answer is lost on the way back, so the sink never hears that
@@ -389,12 +391,7 @@ async fn a_batch_whose_answer_was_lost_is_found_in_the_erp_and_a_newcomer_adjust
         "{outcomes:?}, {summary:?}"
     );
     let batches = sandbox.client.batches().await.expect("batches");
-    check_balanced(&batches);
-    assert_eq!(
-        receivables(&batches),
-        BTreeMap::from([(("le-eu".to_owned(), "EUR".to_owned()), micros("35"))]),
-        "every posting once"
-    );
+    assert_le_eu_receivables(&batches, "35", "every posting once");
     let shapes: Vec<(String, usize)> = batches
         .iter()
         .map(|b| (format!("{:?}", b.batch_type), b.lines.len()))
@@ -449,12 +446,7 @@ async fn a_partition_moved_to_an_instance_without_the_ledger_posts_nothing_twice
         "nothing refused: {outcomes:?}, {summary:?}"
     );
     let batches = sandbox.client.batches().await.expect("batches");
-    check_balanced(&batches);
-    assert_eq!(
-        receivables(&batches),
-        BTreeMap::from([(("le-eu".to_owned(), "EUR".to_owned()), micros("35"))]),
-        "every posting once"
-    );
+    assert_le_eu_receivables(&batches, "35", "every posting once");
     let shapes: Vec<(String, usize, Option<&str>)> = batches
         .iter()
         .map(|b| {
