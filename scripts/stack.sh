@@ -335,7 +335,7 @@ start_postgres() {
 # naming the log and showing its last lines, if the process dies or the timeout passes.
 answers() {
   case "$1" in
-    http://*) curl -fsS -o /dev/null --max-time 1 "$1" ;;
+    http://*) curl -fsS -o /dev/null --max-time 1 "$1" 2>/dev/null ;;
     # pg_isready does not log in; the maintenance database exists before `backbone` does.
     postgres://*) "$PG_BIN/pg_isready" -q -t 1 -d "${1%/*}/postgres" ;;
     *) "$REPO/scripts/kafka-ready" "$1" 1 >/dev/null 2>&1 ;;
