@@ -52,6 +52,9 @@ pub mod headers {
     pub const ORIGIN_OFFSET: &str = "backbone.origin.offset";
     /// Its timestamp there, milliseconds since the epoch.
     pub const ORIGIN_TIMESTAMP: &str = "backbone.origin.timestamp";
+    /// Tenant of the record: its key's part before the first `:` (every topic's key is
+    /// `<tenant_id>:<id>`); absent when the key is absent, not UTF-8 or has no such part.
+    pub const TENANT: &str = "backbone.dlq.tenant";
 
     /// Kafka Connect's dead-letter context headers, written alongside ours.
     pub mod connect {
@@ -135,6 +138,9 @@ impl DeadLetter<'_> {
         if let Some(ts) = input.timestamp_ms {
             add(headers::ORIGIN_TIMESTAMP, ts.to_string());
         }
+        if let Some(tenant) = tenant_of_key(input.key) {
+            add(headers::TENANT, tenant.to_owned());
+        }
         add(headers::connect::TOPIC, input.topic.to_owned());
         add(headers::connect::PARTITION, input.partition.to_string());
         add(headers::connect::OFFSET, input.offset.to_string());
@@ -159,6 +165,15 @@ impl DeadLetter<'_> {
     }
 }
 
+/// The tenant a record key names: the part before its first `:`, if the key is UTF-8 and that
+/// part is not empty.
+pub fn tenant_of_key(key: Option<&[u8]>) -> Option<&str> {
+    let key = std::str::from_utf8(key?).ok()?;
+    key.split_once(':')
+        .map(|(tenant, _)| tenant)
+        .filter(|tenant| !tenant.is_empty())
+}
+
 /// Formats `time` as RFC 3339 UTC with millisecond precision.
 pub fn rfc3339(time: SystemTime) -> String {
     backbone_calendar::format_rfc3339_ms(backbone_calendar::ms_of(time))
@@ -177,6 +192,15 @@ mod tests {
     }
 
     #[test]
+    fn the_tenant_is_the_keys_part_before_its_first_colon() {
+        assert_eq!(tenant_of_key(Some(b"acme:c-1:x")), Some("acme"));
+        assert_eq!(tenant_of_key(Some(b"acme")), None, "no colon, no tenant");
+        assert_eq!(tenant_of_key(Some(b":c-1")), None);
+        assert_eq!(tenant_of_key(Some(b"\xff:c-1")), None);
+        assert_eq!(tenant_of_key(None), None);
+    }
+
+    #[test]
     fn dead_letter_keeps_payload_and_says_where_it_came_from() {
         let original = vec![
             ("traceparent".to_owned(), Some(b"00-abc".to_vec())),
@@ -187,7 +211,7 @@ mod tests {
             partition: 2,
             offset: 41,
             timestamp_ms: Some(1_000),
-            key: Some(b"k"),
+            key: Some(b"acme:c-1"),
             value: Some(b"{bad"),
             headers: &original,
         };
@@ -203,7 +227,7 @@ mod tests {
         };
         let record = letter.to_record(UNIX_EPOCH);
         assert_eq!(record.topic, "usage.events.dlq");
-        assert_eq!(record.key.as_deref(), Some(&b"k"[..]));
+        assert_eq!(record.key.as_deref(), Some(&b"acme:c-1"[..]));
         assert_eq!(record.value.as_deref(), Some(&b"{bad"[..]));
         let get = |name: &str| {
             record
@@ -219,6 +243,7 @@ mod tests {
             "null stays null"
         );
         assert_eq!(get(headers::REASON).as_deref(), Some("malformed_json"));
+        assert_eq!(get(headers::TENANT).as_deref(), Some("acme"));
         assert_eq!(get(headers::ORIGIN_PARTITION).as_deref(), Some("2"));
         assert_eq!(get(headers::ORIGIN_OFFSET).as_deref(), Some("41"));
         assert_eq!(get(headers::ORIGIN_TIMESTAMP).as_deref(), Some("1000"));

@@ -129,7 +129,7 @@ pub enum Command {
     Dlq(DlqCommand),
     /// Republish records: from a DLQ to where each failed, or from any topic with --to.
     #[command(after_help = RUN_EXAMPLES)]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Move a consumer group's offsets on a topic (preview unless --execute).
     #[command(after_help = RESET_EXAMPLES)]
     ResetOffsets(ResetArgs),
@@ -142,7 +142,9 @@ pub enum Command {
 pub enum DlqCommand {
     /// Failed records grouped by error class and reason: counts, first and last failure,
     /// source topics.
-    #[command(after_help = "Example:\n  replay dlq list usage.events.dlq --json")]
+    #[command(
+        after_help = "Examples:\n  replay dlq list usage.events.dlq --json\n  replay dlq list billing.charges.dlq --tenant acme"
+    )]
     List(ListArgs),
     /// Records as JSON: values decoded through the registry, every header.
     #[command(
@@ -156,6 +158,10 @@ pub enum DlqCommand {
 pub struct ListArgs {
     /// The dead-letter topic.
     pub dlq_topic: String,
+    /// Only dead letters of this tenant, the part of their key before the first `:` (repeat
+    /// for any of several).
+    #[arg(long, value_name = "TENANT")]
+    pub tenant: Vec<String>,
     /// JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -206,6 +212,10 @@ pub struct RunArgs {
     /// Only records with this key (repeat for any of several).
     #[arg(long, value_name = "KEY")]
     pub key: Vec<String>,
+    /// Only records of this tenant, the part of their key before the first `:` (repeat for
+    /// any of several).
+    #[arg(long, value_name = "TENANT")]
+    pub tenant: Vec<String>,
     /// Only dead letters of this error class, e.g. permanent or transient (repeatable).
     #[arg(long, value_name = "CLASS")]
     pub error_class: Vec<String>,
@@ -395,7 +405,7 @@ pub async fn execute(cli: Cli) -> Result<(), ReplayError> {
     let mut out = std::io::stdout();
     match cli.command {
         Command::Dlq(DlqCommand::List(args)) => {
-            let summary = dlq::list(&ctx, &args.dlq_topic).await?;
+            let summary = dlq::list(&ctx, &args.dlq_topic, &args.tenant).await?;
             if args.json {
                 writeln!(out, "{}", to_json(&summary))?;
             } else {
@@ -419,7 +429,7 @@ pub async fn execute(cli: Cli) -> Result<(), ReplayError> {
                 eprintln!("`{}` holds no records", args.dlq_topic);
             }
         }
-        Command::Run(args) => run(&ctx, args, &mut out).await?,
+        Command::Run(args) => run(&ctx, *args, &mut out).await?,
         Command::ResetOffsets(args) => reset(&ctx, args, &mut out).await?,
         Command::Audit(args) => {
             let mut entries = audit::list(&ctx).await?;
@@ -456,6 +466,7 @@ async fn run(
         partition: args.partition,
         offsets: args.offsets,
         keys: args.key,
+        tenants: args.tenant,
         error_classes: args.error_class,
         reasons: args.reason,
         headers: args.header,
@@ -649,10 +660,7 @@ mod tests {
         assert!(err.to_string().contains("--rate"), "{err}");
         let ok =
             Cli::try_parse_from(["replay", "run", "--replay-id", "r-1"]).expect("resume by id");
-        assert!(matches!(
-            ok.command,
-            Command::Run(RunArgs { source: None, .. })
-        ));
+        assert!(matches!(ok.command, Command::Run(args) if args.source.is_none()));
         assert!(
             Cli::try_parse_from(["replay", "run"]).is_err(),
             "a source or an id"

@@ -126,15 +126,26 @@ impl Grouping {
     }
 }
 
-/// Reads all of `topic` and groups its records.
-pub async fn list(ctx: &Context, topic: &str) -> Result<DlqSummary, ReplayError> {
+/// Reads all of `topic` and groups its records, of `tenants` only when any are given.
+pub async fn list(
+    ctx: &Context,
+    topic: &str,
+    tenants: &[String],
+) -> Result<DlqSummary, ReplayError> {
+    let filter = Filter {
+        tenants: tenants.to_vec(),
+        ..Filter::default()
+    };
     let described = ctx.describe(topic, "dead-letter").await?;
     let spans = described.spans(None);
     let mut scanner = Scanner::start_in(ctx, topic, spans, ScanOrder::Interleaved);
     let mut grouping = Grouping::default();
     while let Some(item) = scanner.next().await {
         if let Scanned::Records(records) = item? {
-            records.iter().for_each(|r| grouping.add(r));
+            records
+                .iter()
+                .filter(|r| filter.matches(r))
+                .for_each(|r| grouping.add(r));
         }
     }
     Ok(grouping.finish(topic))

@@ -4,10 +4,11 @@
 //! A record's time is its `backbone.dlq.failed_at` header when it has one (a dead letter: the
 //! time it failed is what an incident is about), otherwise its Kafka timestamp. `--since` is
 //! inclusive, `--until` exclusive. `--offsets A..B` is inclusive at both ends. Repeated
-//! `--key`, `--error-class` and `--reason` flags select any of their values; repeated `--header`
-//! flags must all match. `--limit` keeps the first N matching records in partition order.
+//! `--key`, `--tenant`, `--error-class` and `--reason` flags select any of their values; repeated
+//! `--header` flags must all match. A record's tenant is its key's part before the first `:`
+//! (every topic's key is `<tenant_id>:<id>`; dead letters keep their input's key). `--limit` keeps the first N matching records in partition order.
 
-use backbone_core::dead_letter::headers as dlq;
+use backbone_core::dead_letter::{headers as dlq, tenant_of_key};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ReplayError;
@@ -30,6 +31,9 @@ pub struct FilterArgs {
     /// `--key`, any of.
     #[serde(default)]
     pub keys: Vec<String>,
+    /// `--tenant`, any of.
+    #[serde(default)]
+    pub tenants: Vec<String>,
     /// `--error-class`, any of.
     #[serde(default)]
     pub error_classes: Vec<String>,
@@ -62,6 +66,9 @@ impl FilterArgs {
         }
         for v in &self.keys {
             add("--key", v);
+        }
+        for v in &self.tenants {
+            add("--tenant", v);
         }
         for v in &self.error_classes {
             add("--error-class", v);
@@ -170,6 +177,9 @@ pub struct Filter {
     pub offsets: Option<OffsetRange>,
     /// Keys, any of.
     pub keys: Vec<String>,
+    /// Tenants, any of.
+    #[serde(default)]
+    pub tenants: Vec<String>,
     /// Error classes, any of.
     pub error_classes: Vec<String>,
     /// Reasons, any of.
@@ -262,6 +272,7 @@ impl Filter {
             partition: args.partition,
             offsets,
             keys: args.keys.clone(),
+            tenants: non_empty("--tenant", &args.tenants)?,
             error_classes: non_empty("--error-class", &args.error_classes)?,
             reasons: non_empty("--reason", &args.reasons)?,
             headers,
@@ -309,6 +320,12 @@ impl Filter {
                 return false;
             }
         }
+        if !self.tenants.is_empty() {
+            let tenant = tenant_of_key(record.key.as_deref());
+            if !tenant.is_some_and(|t| self.tenants.iter().any(|w| w == t)) {
+                return false;
+            }
+        }
         let any_of = |wanted: &[String], header: &str| {
             wanted.is_empty()
                 || record
@@ -345,6 +362,40 @@ mod tests {
 
     fn parse(args: FilterArgs) -> Result<Filter, ReplayError> {
         Filter::parse(&args, 1_709_210_096_789)
+    }
+
+    #[test]
+    fn tenants_are_the_keys_part_before_the_first_colon() {
+        let filter = parse(FilterArgs {
+            tenants: vec!["acme".into(), "initech".into()],
+            ..FilterArgs::default()
+        })
+        .expect("filter");
+        let keyed = |key: Option<&[u8]>| SourceRecord {
+            key: key.map(<[u8]>::to_vec),
+            ..record(0, 1, &[])
+        };
+        assert!(filter.matches(&keyed(Some(b"acme:s-1"))));
+        assert!(filter.matches(&keyed(Some(b"initech:c-9"))));
+        assert!(!filter.matches(&keyed(Some(b"globex:s-1"))));
+        assert!(
+            !filter.matches(&keyed(Some(b"acmecorp:s-1"))),
+            "the whole part, not a prefix"
+        );
+        assert!(!filter.matches(&keyed(Some(b"acme"))), "no tenant part");
+        assert!(!filter.matches(&keyed(None)));
+        assert!(parse(FilterArgs::default())
+            .expect("none")
+            .matches(&keyed(None)));
+        let blank = parse(FilterArgs {
+            tenants: vec![" ".into()],
+            ..FilterArgs::default()
+        })
+        .expect_err("blank tenant");
+        assert!(
+            blank.to_string().starts_with("malformed filter --tenant"),
+            "{blank}"
+        );
     }
 
     #[test]

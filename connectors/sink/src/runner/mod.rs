@@ -447,7 +447,7 @@ pub(crate) fn destination_label(destination: backbone_schemas::types::Destinatio
 
 /// The tenant of a `<tenant>:<id>` key.
 fn tenant_of(key: Option<&[u8]>) -> String {
-    key.map(String::from_utf8_lossy)
-        .and_then(|k| k.split_once(':').map(|(tenant, _)| tenant.to_owned()))
+    backbone_core::dead_letter::tenant_of_key(key)
+        .map(str::to_owned)
         .unwrap_or_default()
 }
