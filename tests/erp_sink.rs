@@ -385,11 +385,12 @@ async fn a_batch_whose_answer_was_lost_is_found_in_the_erp_and_a_newcomer_adjust
         .map(|r| r.outcome)
         .collect();
     let summary = sink.stop().await;
-    assert_eq!(
-        outcomes.last(),
-        Some(&DeliveryOutcome::Delivered),
-        "{outcomes:?}, {summary:?}"
-    );
+    // Results are read across partitions, in no set order: counted.
+    let delivered = outcomes
+        .iter()
+        .filter(|o| **o == DeliveryOutcome::Delivered)
+        .count();
+    assert_eq!(delivered, 1, "the newcomer: {outcomes:?}, {summary:?}");
     let batches = sandbox.client.batches().await.expect("batches");
     assert_le_eu_receivables(&batches, "35", "every posting once");
     let shapes: Vec<(String, usize)> = batches
