@@ -25,7 +25,7 @@ use rdkafka::producer::FutureRecord;
 use serde_json::{json, Map, Value as JsonValue};
 
 use crate::convert::{rfc3339_micros, FieldError};
-use crate::keys::{ProducerKey, Refused};
+use crate::keys::{self, ProducerKey, Refused};
 use crate::limits::Throttled;
 use crate::{Gateway, Route};
 
@@ -444,10 +444,7 @@ async fn contract_id(gateway: &Gateway, route: &Route) -> Result<u32, String> {
 
 /// A trace for an event that brought none: a fresh trace id and span id, sampled.
 fn new_traceparent() -> String {
-    let mut bytes = [0u8; 24];
-    if getrandom::fill(&mut bytes).is_err() {
-        bytes = [1; 24];
-    }
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    // Without randomness, a fixed but valid trace (W3C forbids only all-zero ids).
+    let hex = keys::hex(&keys::random_bytes::<24>().unwrap_or([1; 24]));
     format!("00-{}-{}-01", &hex[..32], &hex[32..])
 }

@@ -257,13 +257,13 @@ fn secret_hash(secret: &str) -> String {
     format!("sha256:{}", hex(&Sha256::digest(secret.as_bytes())))
 }
 
-fn random_bytes<const N: usize>() -> Result<[u8; N], KeyError> {
+pub(crate) fn random_bytes<const N: usize>() -> Result<[u8; N], KeyError> {
     let mut bytes = [0u8; N];
     getrandom::fill(&mut bytes).map_err(|e| KeyError::Random(e.to_string()))?;
     Ok(bytes)
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     let mut text = String::with_capacity(bytes.len() * 2);
     for byte in bytes {
         let _ = write!(text, "{byte:02x}");

@@ -169,6 +169,9 @@ pub enum IngestError {
     /// The contracts compiled in do not parse (a build defect).
     #[error("contracts: {0}")]
     Contracts(String),
+    /// The metrics could not be registered (a build defect).
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
     /// The producer could not be made.
     #[error("kafka producer: {0}")]
     Producer(#[from] rdkafka::error::KafkaError),
@@ -269,7 +272,7 @@ pub async fn serve(
         config.ingest.produce_timeout.as_millis().to_string(),
     );
     let keys = KeySet::load(&config.ingest.keys_file)?;
-    let metrics = IngestMetrics::new().map_err(|e| IngestError::Contracts(e.to_string()))?;
+    let metrics = IngestMetrics::new()?;
     let gateway = Arc::new(Gateway {
         settings: config.ingest.clone(),
         keys: RwLock::new(Arc::new(keys)),
