@@ -21,5 +21,5 @@ pub use access::{BasicAuth, RegistryAccess};
 pub use contracts::{ContractError, ContractSet};
 pub use manifest::{Manifest, TopicContract};
 pub use outputs::{OutputContracts, OutputError};
-pub use registry::{RegistryClient, RegistryError};
+pub use registry::{Registration, RegistryClient, RegistryError};
 pub use wire::{WireCodec, WireError};

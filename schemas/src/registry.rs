@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::access::{BasicAuth, RegistryAccess};
@@ -107,6 +107,15 @@ pub struct RegisteredVersion {
     pub version: u32,
     /// The schema's text.
     pub schema: String,
+}
+
+/// One subject version a schema id is registered as.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct Registration {
+    /// The subject.
+    pub subject: String,
+    /// Version number within the subject.
+    pub version: u32,
 }
 
 /// A client of one registry.
@@ -222,6 +231,25 @@ impl RegistryClient {
             .await
         {
             Ok(text) => Ok(Some(self.parse::<Found>("schema by id", &text)?.schema)),
+            Err(err) if err.code() == Some(SCHEMA_NOT_FOUND) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Every subject and version schema `id` is registered under; `None` when the registry
+    /// has no such id.
+    pub async fn registrations(&self, id: u32) -> Result<Option<Vec<Registration>>, RegistryError> {
+        let number = id.to_string();
+        match self
+            .call(
+                Method::GET,
+                &["schemas", "ids", &number, "versions"],
+                None,
+                None,
+            )
+            .await
+        {
+            Ok(text) => self.parse("registrations of an id", &text).map(Some),
             Err(err) if err.code() == Some(SCHEMA_NOT_FOUND) => Ok(None),
             Err(err) => Err(err),
         }

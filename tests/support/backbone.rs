@@ -251,6 +251,8 @@ pub struct Deployment {
     /// with exactly-once delivery, only the transactions keep a redone input from counting
     /// twice.
     pub downstream_dedup: bool,
+    /// Settings of one stage that differ from its local ones: binary, key, value.
+    pub settings: Vec<(&'static str, String, String)>,
     running: BTreeMap<&'static str, Running>,
     kept: bool,
 }
@@ -321,6 +323,7 @@ impl Deployment {
             ports,
             delivery: Delivery::EffectivelyOnce,
             downstream_dedup: true,
+            settings: Vec::new(),
             running: BTreeMap::new(),
             kept: false,
         }
@@ -337,12 +340,12 @@ impl Deployment {
         self.kept = true;
     }
 
-    /// The metrics address of `binary`.
     /// The ingest gateway's keys file (`backbone_ingest::keys::create` makes keys in it).
     pub fn ingest_keys_file(&self) -> PathBuf {
         self.dir.join("ingest-keys.jsonl")
     }
 
+    /// The metrics address of `binary`.
     pub fn metrics_address(&self, binary: &str) -> String {
         format!("127.0.0.1:{}", self.ports[binary])
     }
@@ -417,6 +420,9 @@ impl Deployment {
                 set(&mut env, &env_var(key), t.name(topic).to_owned());
             }
             for (key, value) in &stage.local {
+                set(&mut env, &env_var(key), value.clone());
+            }
+            for (_, key, value) in self.settings.iter().filter(|(b, ..)| *b == binary) {
                 set(&mut env, &env_var(key), value.clone());
             }
             if let (Some(key), false) = (&stage.dedup, self.downstream_dedup) {

@@ -1,6 +1,7 @@
 //! The command line: clap definitions, with examples in every `--help`, and [`execute`], which
 //! runs a parsed command and prints its result.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -18,6 +19,8 @@ use crate::filter::{Filter, FilterArgs, OffsetRange};
 use crate::offsets::{self, ResetTarget};
 use crate::progress::ProgressMode;
 use crate::republish::{self, RunOptions};
+use crate::time::{parse_instant, INSTANT_FORMS};
+use crate::trace::{self, TopicNames, TraceRequest, Traced, Window, TRACED_TOPICS};
 use crate::{audit, dlq, Context, AUDIT_TOPIC, CHECKPOINT_TOPIC};
 
 const EXAMPLES: &str = "\
@@ -135,6 +138,63 @@ pub enum Command {
     ResetOffsets(ResetArgs),
     /// List replays and resets from the audit topic.
     Audit(AuditArgs),
+    /// Where did an event go? Follows one usage event (or rated line) through every stage
+    /// and sink, from topic data alone.
+    #[command(after_help = TRACE_EXAMPLES)]
+    Trace(TraceArgs),
+}
+
+const TRACE_EXAMPLES: &str = "\
+Examples:
+  # One usage event of tenant acme, published in the last 24 hours
+  replay trace --tenant acme --event-id e-20261205-0042
+
+  # Published last week by the api-gateway producer; as JSON for tools
+  replay trace --tenant acme --event-id e-17 --source api-gateway --since 2026-11-28 --until 2026-11-29 --json
+
+  # A charge the billing system shows (a charge id is the rated line's id)
+  replay trace --tenant acme --charge-id r-5f0c2a91
+
+The event is looked for between --since and --until on usage.events (and its DLQ); what it
+caused is looked for from then until --within later. Every step names its record (topic,
+partition, offset), its time and its schema id and version. Exit status 3: never seen.";
+
+/// `replay trace`.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("traced").required(true).args(["event_id", "rating_id"])))]
+pub struct TraceArgs {
+    /// The tenant.
+    #[arg(long)]
+    pub tenant: String,
+    /// The usage event's id (`metadata.event_id`).
+    #[arg(long, value_name = "ID")]
+    pub event_id: Option<String>,
+    /// Its producer (`metadata.source`), needed when several producers use the id.
+    #[arg(long, value_name = "SOURCE", requires = "event_id")]
+    pub source: Option<String>,
+    /// A rated line's id, which its charge, posting and fact carry as well.
+    #[arg(long, alias = "charge-id", value_name = "ID")]
+    pub rating_id: Option<String>,
+    /// Look for it from this time: RFC 3339, a date, or a duration ago [default: 24h].
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Look for it before this time [default: now].
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+    /// How long after it was published its consequences are looked for (a sink outage may
+    /// hold them up).
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub within: Duration,
+    /// The deployed name of a topic, where it is not the component list's (repeat):
+    /// `usage.events=prod.usage.events`.
+    #[arg(long = "topic", value_name = "NAME=DEPLOYED")]
+    pub topics: Vec<String>,
+    /// The enricher's consumer group, whose changelog holds parked events.
+    #[arg(long, default_value = "enricher", value_name = "GROUP")]
+    pub enricher_group: String,
+    /// JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `replay dlq ...`.
@@ -446,9 +506,87 @@ pub async fn execute(cli: Cli) -> Result<(), ReplayError> {
                 audit::print_table(&entries, &mut out)?;
             }
         }
+        Command::Trace(args) => {
+            let request = trace_request(&args, backbone_calendar::now_ms())?;
+            let found = trace::trace(&ctx, &request).await?;
+            if args.json {
+                writeln!(out, "{}", to_json(&found))?;
+            } else {
+                trace::print_table(&found, &mut out)?;
+            }
+            if !found.found {
+                out.flush()?;
+                return Err(ReplayError::NeverSeen {
+                    what: match &request.subject {
+                        Traced::Event { event_id, .. } => format!("event `{event_id}`"),
+                        Traced::Rating { rating_id } => format!("rated line `{rating_id}`"),
+                    },
+                    tenant: request.tenant,
+                    since: found.searched_since,
+                    until: found.searched_until,
+                });
+            }
+        }
     }
     out.flush()?;
     Ok(())
+}
+
+/// The trace `args` ask for, with instants relative to `now_ms`.
+fn trace_request(args: &TraceArgs, now_ms: i64) -> Result<TraceRequest, ReplayError> {
+    let instant = |flag: &'static str, text: &str| {
+        parse_instant(text, now_ms).ok_or_else(|| ReplayError::invalid(flag, text, INSTANT_FORMS))
+    };
+    let since_ms = match &args.since {
+        Some(text) => instant("--since", text)?,
+        None => now_ms - 24 * 3_600_000,
+    };
+    let until_ms = match &args.until {
+        Some(text) => instant("--until", text)?,
+        // A little past now: a record stamped by a clock ahead of ours is still found.
+        None => now_ms + 60_000,
+    };
+    if until_ms <= since_ms {
+        let until = args.until.as_deref().unwrap_or("now");
+        return Err(ReplayError::invalid(
+            "--until",
+            until,
+            "a time after --since",
+        ));
+    }
+    let mut renamed = BTreeMap::new();
+    for pair in &args.topics {
+        let expected = format!("NAME=DEPLOYED, NAME one of {}", TRACED_TOPICS.join(", "));
+        match pair.split_once('=') {
+            Some((name, deployed)) if TRACED_TOPICS.contains(&name) && !deployed.is_empty() => {
+                renamed.insert(name.to_owned(), deployed.to_owned());
+            }
+            _ => return Err(ReplayError::invalid("--topic", pair, expected)),
+        }
+    }
+    let subject = match (&args.event_id, &args.rating_id) {
+        (Some(event_id), _) => Traced::Event {
+            event_id: event_id.clone(),
+            source: args.source.clone(),
+        },
+        (None, Some(rating_id)) => Traced::Rating {
+            rating_id: rating_id.clone(),
+        },
+        (None, None) => {
+            return Err(ReplayError::invalid(
+                "--event-id",
+                "",
+                "an event id or --rating-id",
+            ))
+        }
+    };
+    Ok(TraceRequest {
+        tenant: args.tenant.clone(),
+        subject,
+        window: Window { since_ms, until_ms },
+        within_ms: i64::try_from(args.within.as_millis()).unwrap_or(i64::MAX),
+        topics: TopicNames::new(renamed, &args.enricher_group),
+    })
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> String {

@@ -161,6 +161,18 @@ pub enum ReplayError {
         /// The replay id.
         replay_id: String,
     },
+    /// `replay trace` found no record of what it was given.
+    #[error("never seen: no record of {what} of tenant `{tenant}` from {since} to {until}; an older one needs an earlier --since")]
+    NeverSeen {
+        /// What was traced, like ``event `e-1` ``.
+        what: String,
+        /// The tenant.
+        tenant: String,
+        /// Where the search began, RFC 3339.
+        since: String,
+        /// Where it ended.
+        until: String,
+    },
     /// Anything else, with what was being done.
     #[error("{what}: {message}")]
     Other {
@@ -181,6 +193,7 @@ impl ReplayError {
         match self {
             Self::MalformedFilter { .. } | Self::InvalidFlag { .. } => 2,
             Self::Interrupted { .. } => 130,
+            Self::NeverSeen { .. } => 3,
             _ => 1,
         }
     }

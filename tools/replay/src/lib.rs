@@ -20,6 +20,7 @@ pub mod render;
 pub mod republish;
 pub mod scan;
 pub mod time;
+pub mod trace;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
