@@ -25,6 +25,7 @@ cargo bench -p backbone-core --bench passthrough
 cargo bench -p backbone-e2e --bench stages
 cargo bench -p backbone-e2e --bench latency
 cargo bench -p backbone-replay --bench replay
+cargo bench -p backbone-replay --bench trace
 cargo bench -p backbone-e2e --bench load
 # Sinks alone against a filled topic; the test-support helpers they use read the BACKBONE_TEST_*
 # variables.

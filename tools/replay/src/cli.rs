@@ -804,4 +804,64 @@ mod tests {
             "a source or an id"
         );
     }
+
+    #[test]
+    fn a_trace_names_what_it_traces_and_refuses_unusable_flags() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["replay", "trace", "--tenant", "acme"];
+            all.extend(args);
+            match Cli::try_parse_from(all).expect("arguments").command {
+                Command::Trace(args) => args,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert!(
+            Cli::try_parse_from(["replay", "trace", "--tenant", "acme"]).is_err(),
+            "an event or a rating id"
+        );
+        let now = 1_800_000_000_000;
+        let request = trace_request(&parse(&["--event-id", "e-1"]), now).expect("request");
+        assert_eq!(request.window.since_ms, now - 24 * 3_600_000);
+        assert_eq!(request.topics.of("usage.events"), "usage.events");
+        assert_eq!(request.topics.enricher_changelog, "enricher.changelog");
+        let request = trace_request(
+            &parse(&[
+                "--charge-id",
+                "rtg-1",
+                "--topic",
+                "usage.rated=prod.usage.rated",
+                "--enricher-group",
+                "prod-enricher",
+            ]),
+            now,
+        )
+        .expect("request");
+        assert_eq!(
+            request.subject,
+            Traced::Rating {
+                rating_id: "rtg-1".into()
+            }
+        );
+        assert_eq!(request.topics.dlq("usage.rated"), "prod.usage.rated.dlq");
+        assert_eq!(request.topics.enricher_changelog, "prod-enricher.changelog");
+        let err = trace_request(
+            &parse(&["--event-id", "e", "--topic", "usage.rates=x"]),
+            now,
+        )
+        .expect_err("unknown topic");
+        assert!(
+            err.to_string()
+                .starts_with("invalid --topic \"usage.rates=x\": expected NAME=DEPLOYED"),
+            "{err}"
+        );
+        let err = trace_request(
+            &parse(&["--event-id", "e", "--since", "2h", "--until", "3h"]),
+            now,
+        )
+        .expect_err("until before since");
+        assert!(err.to_string().contains("--until"), "{err}");
+        let err = trace_request(&parse(&["--event-id", "e", "--since", "soon"]), now)
+            .expect_err("bad time");
+        assert!(err.to_string().contains("--since \"soon\""), "{err}");
+    }
 }
