@@ -23,6 +23,7 @@ build: setup
 up: build
 	@scripts/stack.sh up
 	@scripts/stack.sh gateway
+	@scripts/stack.sh backbone
 
 down:
 	@scripts/stack.sh down

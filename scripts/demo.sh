@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make demo`: brings up the embedded stack (unless it already runs), runs the demo job,
-# and stops what it started.
+# and stops what it started. After `make up` the job runs against the running backbone and
+# leaves it running.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -31,4 +32,6 @@ fi
   --postgres-url "postgres://backbone:backbone@127.0.0.1:$POSTGRES_PORT/backbone" \
   --log-dir "$STACK_DIR/logs" \
   --state-dir "$STACK_DIR/data/state" \
-  --outbox-dir "$STACK_DIR/data/erp-outbox"
+  --outbox-dir "$STACK_DIR/data/erp-outbox" \
+  --run-dir "$STACK_DIR/run" \
+  --sandbox-listen "127.0.0.1:${BACKBONE_SANDBOX_PORT:-8090}"

@@ -3,13 +3,20 @@
 #   stack.sh up | down | status | reset   (reset: stop; delete the broker's and PostgreSQL's data)
 #   stack.sh registry-url   the registry's URL with the development credentials in it
 #   stack.sh gateway   (after up) the manifest's topics and contracts, then the ingest gateway
-#                      with a development key for tenant `demo` (make up runs both)
+#                      with a development key for tenant `demo`
+#   stack.sh backbone  (after up) the processors, the sandbox, the sinks, the lag monitor and the
+#                      drift reconciler (`demo up`), then Prometheus scraping them all with the
+#                      project's alert rules (make up runs up, gateway and backbone)
 # Settings (environment):
 #   BACKBONE_STACK_DIR   state, logs and pid files (default: <repo>/.backbone/stack)
 #   BACKBONE_KAFKA_PORT  broker port (default: 9092)
 #   BACKBONE_REGISTRY_PORT  schema registry port (default: 8081)
 #   BACKBONE_POSTGRES_PORT  PostgreSQL port, the analytics sink's store (default: 5432)
 #   BACKBONE_INGEST_PORT  the ingest gateway's port (default: 8088)
+#   BACKBONE_SANDBOX_PORT  the sandbox's billing, CRM and ERP APIs (default: 8090)
+#   BACKBONE_FIRST_METRICS_PORT  the backbone's metrics endpoints, one port each from this
+#                        (default: 19460)
+#   BACKBONE_PROMETHEUS_PORT  Prometheus (default: 9090)
 #   BACKBONE_KAFKA_CONTROLLER_PORT  the broker's controller port (default: broker port + 1)
 #   BACKBONE_TOOLS_DIR   where setup installed the tools (default: ~/.cache/backbone)
 # PostgreSQL also takes TLS, with a certificate made at first start; clients that
@@ -25,6 +32,9 @@ KAFKA_PORT=${BACKBONE_KAFKA_PORT:-9092}
 REGISTRY_PORT=${BACKBONE_REGISTRY_PORT:-8081}
 POSTGRES_PORT=${BACKBONE_POSTGRES_PORT:-5432}
 INGEST_PORT=${BACKBONE_INGEST_PORT:-8088}
+SANDBOX_PORT=${BACKBONE_SANDBOX_PORT:-8090}
+FIRST_METRICS_PORT=${BACKBONE_FIRST_METRICS_PORT:-19460}
+PROMETHEUS_PORT=${BACKBONE_PROMETHEUS_PORT:-9090}
 # A local-test-only credential: the server listens on 127.0.0.1 and holds only test data.
 POSTGRES_URL=postgres://backbone:backbone@127.0.0.1:$POSTGRES_PORT/backbone
 KAFKA_CONTROLLER_PORT=${BACKBONE_KAFKA_CONTROLLER_PORT:-$((KAFKA_PORT + 1))}
@@ -203,6 +213,126 @@ start_gateway() {
   await_ready ingest "http://127.0.0.1:$INGEST_PORT/health" 60
   say "ingest up on http://127.0.0.1:$INGEST_PORT/v1/events, log $LOG_DIR/ingest.log;" \
     "development key for tenant demo in $SECRETS_DIR/ingest-dev-key"
+}
+
+# Services of this script; every other pid file in the run directory is a process `demo up`
+# started.
+SERVICES=" broker registry postgres ingest prometheus "
+
+backbone_processes() {
+  local file name
+  for file in "$RUN_DIR"/*.pid; do
+    [ -e "$file" ] || continue
+    name=$(basename "$file" .pid)
+    [[ $SERVICES == *" $name "* ]] || echo "$name"
+  done
+}
+
+start_backbone() {
+  pid_of registry >/dev/null || { say "the registry is not running: run 'stack.sh up' first" >&2; exit 1; }
+  mkdir -p "$DATA_DIR/state" "$DATA_DIR/erp-outbox"
+  "$BIN_DIR/demo" \
+    --bootstrap-servers "127.0.0.1:$KAFKA_PORT" \
+    --registry-url "http://127.0.0.1:$REGISTRY_PORT" \
+    --registry-username "$REGISTRY_USER" \
+    --registry-password-file "$SECRETS_DIR/registry-password" \
+    --postgres-url "$POSTGRES_URL" \
+    --sandbox-listen "127.0.0.1:$SANDBOX_PORT" \
+    --log-dir "$LOG_DIR" \
+    --state-dir "$DATA_DIR/state" \
+    --outbox-dir "$DATA_DIR/erp-outbox" \
+    --run-dir "$RUN_DIR" \
+    --first-port "$FIRST_METRICS_PORT" \
+    up | sed 's/^/stack: /'
+  # Master data of tenant `demo` (the gateway's development key): accounts cust-0 to cust-2,
+  # each with a running subscription sub-cust-N, a rate card pricing api_calls, GL mappings; the
+  # same records on every run, so publishing them again changes nothing.
+  BACKBONE__KAFKA__BOOTSTRAP_SERVERS=127.0.0.1:$KAFKA_PORT \
+  BACKBONE__SCHEMA_REGISTRY__URL=http://127.0.0.1:$REGISTRY_PORT \
+  BACKBONE__SCHEMA_REGISTRY__USERNAME=$REGISTRY_USER \
+  BACKBONE__SCHEMA_REGISTRY__PASSWORD_FILE=$SECRETS_DIR/registry-password \
+    "$BIN_DIR/loadgen" --tenant demo --customers 3 --plans 1 --events 0 \
+    --expected "$DATA_DIR/demo-master-data.json" >>"$LOG_DIR/loadgen.log" 2>&1
+  say "master data of tenant demo published: customers cust-0, cust-1, cust-2 (log $LOG_DIR/loadgen.log)"
+  start_prometheus
+}
+
+# Prometheus (the machine's package) with the project's alert rules, scraping every metrics
+# endpoint of the run directory under the job names of deploy/prometheus/prometheus.yml.
+start_prometheus() {
+  local pid bin dir job targets
+  if pid=$(pid_of prometheus); then
+    say "prometheus already running (pid $pid) on http://127.0.0.1:$PROMETHEUS_PORT"
+    return
+  fi
+  bin=${BACKBONE_PROMETHEUS_BIN:-$(command -v prometheus || echo /usr/bin/prometheus)}
+  if [ ! -x "$bin" ]; then
+    say "PROMETHEUS IS NOT INSTALLED (make setup installs the Debian package): the backbone runs, nothing scrapes it" >&2
+    return
+  fi
+  if port_in_use "$PROMETHEUS_PORT"; then
+    say "port 127.0.0.1:$PROMETHEUS_PORT is taken by another process; set BACKBONE_PROMETHEUS_PORT" >&2
+    exit 1
+  fi
+  dir=$DATA_DIR/prometheus
+  mkdir -p "$dir"
+  {
+    echo "# Written by stack.sh backbone: the processes of $RUN_DIR."
+    echo "global: {scrape_interval: 5s, evaluation_interval: 5s}"
+    echo "rule_files: [\"$REPO/deploy/prometheus/rules.yml\"]"
+    echo "scrape_configs:"
+    echo "  - {job_name: prometheus, static_configs: [{targets: [\"127.0.0.1:$PROMETHEUS_PORT\"]}]}"
+    for job in backbone-processors backbone-sinks backbone-monitor backbone-drift; do
+      targets=$(cat "$RUN_DIR"/*.metrics 2>/dev/null | awk -v job="$job" '$2 == job {printf "%s\"127.0.0.1:%s\"", (n++ ? ", " : ""), $1}')
+      [ -n "$targets" ] && echo "  - {job_name: $job, static_configs: [{targets: [$targets]}]}"
+    done
+    pid_of ingest >/dev/null &&
+      echo "  - {job_name: backbone-ingest, static_configs: [{targets: [\"127.0.0.1:$INGEST_PORT\"]}]}"
+  } >"$dir/prometheus.yml"
+  setsid "$bin" --config.file="$dir/prometheus.yml" --storage.tsdb.path="$dir/tsdb" \
+    --web.listen-address="127.0.0.1:$PROMETHEUS_PORT" >>"$LOG_DIR/prometheus.log" 2>&1 </dev/null &
+  echo $! >"$RUN_DIR/prometheus.pid"
+  await_ready prometheus "http://127.0.0.1:$PROMETHEUS_PORT/-/ready" 60
+  say "prometheus up on http://127.0.0.1:$PROMETHEUS_PORT, scraping $(grep -c job_name "$dir/prometheus.yml") jobs" \
+    "with deploy/prometheus/rules.yml; log $LOG_DIR/prometheus.log"
+}
+
+# One status line per process of the backbone: pid, port, readiness, consumer lag (its group's,
+# from the lag monitor), log.
+backbone_status() {
+  local name pid port state lag monitor_port="" metrics=""
+  [ -f "$RUN_DIR/monitor.metrics" ] && monitor_port=$(awk '{print $1}' "$RUN_DIR/monitor.metrics")
+  [ -n "$monitor_port" ] && metrics=$(curl -s --max-time 2 "http://127.0.0.1:$monitor_port/metrics" || true)
+  for name in $(backbone_processes); do
+    if [ "$name" = sandbox ]; then
+      port=$SANDBOX_PORT
+    else
+      port=$(awk '{print $1}' "$RUN_DIR/$name.metrics" 2>/dev/null || echo "?")
+    fi
+    if ! pid=$(pid_of "$name"); then
+      say "$(printf '%-15s' "$name") stopped  log $LOG_DIR/$name.log"
+      continue
+    fi
+    state="not ready"
+    if curl -fs -o /dev/null --max-time 1 "http://127.0.0.1:$port/ready" 2>/dev/null ||
+      { [ "$name" = sandbox ] && curl -fs -o /dev/null --max-time 1 "http://127.0.0.1:$port/health"; }; then
+      state=ready
+    fi
+    lag=$(awk -v group="group=\"$name\"" '/^backbone_monitor_consumer_lag_records\{/ && index($0, group) {sum += $NF; n++}
+      END {if (n) printf "%d", sum; else printf "-"}' <<<"$metrics")
+    say "$(printf '%-15s' "$name") running  pid $pid  port $port  $state  lag $lag  log $LOG_DIR/$name.log"
+  done
+  if pid=$(pid_of prometheus); then
+    say "prometheus      running  pid $pid  http://127.0.0.1:$PROMETHEUS_PORT  log $LOG_DIR/prometheus.log"
+  fi
+}
+
+stop_backbone() {
+  local name
+  for name in $(backbone_processes); do
+    stop_service "$name"
+  done
+  stop_service prometheus
 }
 
 # The binaries of the PostgreSQL major version that created the cluster, or of the newest
@@ -414,6 +544,7 @@ status() {
   else
     say "ingest   stopped  (would listen on http://127.0.0.1:$INGEST_PORT; stack.sh gateway starts it)"
   fi
+  backbone_status
 }
 
 case "${1:-}" in
@@ -423,18 +554,21 @@ case "${1:-}" in
     start_postgres
     ;;
   down)
+    stop_backbone
     stop_service ingest
     stop_service registry
     stop_service broker
     stop_service postgres
     ;;
   gateway) start_gateway ;;
+  backbone) start_backbone ;;
   status) status ;;
   registry-url)
     [ -s "$SECRETS_DIR/registry-password" ] || { say "no registry credentials yet: run up first" >&2; exit 1; }
     echo "http://$REGISTRY_USER:$(cat "$SECRETS_DIR/registry-password")@127.0.0.1:$REGISTRY_PORT"
     ;;
   reset)
+    stop_backbone
     stop_service ingest
     stop_service registry
     stop_service broker
@@ -442,7 +576,7 @@ case "${1:-}" in
     rm -rf "$DATA_DIR" "$PG_HOME" "$TLS_DIR" "$SECRETS_DIR"
     ;;
   *)
-    echo "usage: $0 up|gateway|down|status|reset|registry-url" >&2
+    echo "usage: $0 up|gateway|backbone|down|status|reset|registry-url" >&2
     exit 2
     ;;
 esac

@@ -38,3 +38,8 @@ export BACKBONE_TEST_REGISTRY_URL
 
 echo "test: cargo test"
 cargo test --workspace "$@"
+# The whole backbone as `make up` runs it, unless the tests were narrowed down.
+if [ $# -eq 0 ]; then
+  echo "test: make up, make status and one event by hand (scripts/up-check.sh)"
+  "$REPO/scripts/up-check.sh"
+fi

@@ -14,7 +14,7 @@ use backbone_sink::settings::split_password;
 use tokio_postgres::NoTls;
 
 /// Token the demo's sandbox expects and its sinks send.
-const TOKEN: &str = "demo-sandbox-token";
+pub const TOKEN: &str = "demo-sandbox-token";
 
 /// How to start one process of the back office.
 pub struct Launch {

@@ -5,13 +5,16 @@
 //! went in, what came out, what was dropped as a duplicate and what was dead-lettered, and the
 //! billed totals, the ERP postings and the CRM's latest snapshots against loadgen's expectation.
 //! It ends in the back office: the sinks deliver to the sandbox's billing, CRM and ERP APIs and
-//! to PostgreSQL, and the demo prints what each system holds (see [`back_office`]).
+//! to PostgreSQL, and the demo prints what each system holds (see [`back_office`]). When the
+//! backbone already runs (`demo up`, which `make up` calls, starts it and leaves it running; see
+//! [`launch`]), the job runs against it and leaves it running.
 
 mod back_office;
+mod launch;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
@@ -22,10 +25,9 @@ use backbone_loadgen::{Destinations, LoadSpec, Workload};
 use backbone_schemas::types::{
     AccountHealthSnapshot, Amount, AnalyticsFact, BillingCharge, Contract, LedgerPosting,
 };
-use backbone_schemas::WireCodec;
-use clap::Parser;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use backbone_schemas::{Manifest, WireCodec};
+use clap::{Parser, Subcommand};
+use launch::{Stack, Stage};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -45,7 +47,6 @@ const ANALYTICS: &str = "analytics.facts";
 const CRM: &str = "crm.account-health";
 const ERP: &str = "erp.postings";
 const BY_CUSTOMER: &str = "usage.rated-by-customer";
-const PARTITIONS: i32 = 3;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -95,23 +96,24 @@ struct Args {
     /// How long to wait for the pipeline to finish, in seconds.
     #[arg(long, default_value_t = 180)]
     timeout_secs: u64,
+    /// Where `demo up` leaves each process's pid and metrics port; a run attaches to the
+    /// processes found there.
+    #[arg(long, default_value = ".backbone/stack/run")]
+    run_dir: PathBuf,
+    /// `demo up`: the first of the ports the processes' metrics endpoints take, one each.
+    #[arg(long, default_value_t = 19460)]
+    first_port: u16,
+    /// Leave out to run the demo job.
+    #[command(subcommand)]
+    command: Option<DemoCommand>,
 }
 
-/// One processor of the pipeline, run as its own process.
-struct Stage {
-    name: String,
-    child: Child,
-}
-
-impl Drop for Stage {
-    /// A demo that fails half-way takes its processors with it: left running, they would hold
-    /// their state and group membership against the next run.
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+/// What to do instead of the demo job.
+#[derive(Debug, Subcommand)]
+enum DemoCommand {
+    /// Start the whole backbone (processors, sandbox, sinks, monitor, drift) and leave it
+    /// running.
+    Up,
 }
 
 #[tokio::main]
@@ -134,6 +136,7 @@ async fn run(args: Args) -> Result<()> {
     );
     register_contracts(&args.registry)?;
     let dlq = |topic: &str| format!("{topic}.dlq");
+    let manifest = Manifest::embedded().context("the contracts manifest")?;
     // Every topic of the component list, and its dead letters.
     let topics: Vec<String> = backbone_components::all()
         .iter()
@@ -144,7 +147,7 @@ async fn run(args: Args) -> Result<()> {
         .collect();
     let specs: Vec<TopicSpec> = topics
         .iter()
-        .map(|t| TopicSpec::new(t.clone(), PARTITIONS))
+        .map(|t| TopicSpec::new(t.clone(), partitions_of(&manifest, t)))
         .collect();
     ensure_topics(&settings, &specs, Duration::from_secs(30))
         .await
@@ -157,39 +160,41 @@ async fn run(args: Args) -> Result<()> {
 
     std::fs::create_dir_all(&args.log_dir)
         .with_context(|| format!("creating log directory {}", args.log_dir.display()))?;
-    let mut stages = Vec::new();
-    // The processors of components.toml, on their deployed topics, with its local settings
-    // (a short park timeout, so the demo sees expiries within seconds).
-    for processor in backbone_components::processors() {
-        let mut env = client_env(&args);
-        env.push((
-            "BACKBONE__RUNTIME__STATE__DIR".to_owned(),
-            args.state_dir.to_string_lossy().into_owned(),
-        ));
-        env.extend(back_office::local_settings(processor));
-        stages.push(spawn(&args, &processor.name, &env)?);
+    let stack = Stack {
+        bootstrap_servers: &args.bootstrap_servers,
+        registry: &args.registry,
+        sandbox_listen: &args.sandbox_listen,
+        postgres_url: &args.postgres_url,
+        state_dir: &args.state_dir,
+        outbox_dir: &args.outbox_dir,
+    };
+    if matches!(args.command, Some(DemoCommand::Up)) {
+        let processes = launch::processes(&stack, args.first_port);
+        launch::start_detached(&processes, &args.run_dir, &args.log_dir)?;
+        launch::await_ready(&processes, Duration::from_secs(120)).await?;
+        println!("the backbone runs: `make status` lists it, `make down` stops it");
+        return Ok(());
     }
-
-    let launches = back_office::launches(
-        &args.sandbox_listen,
-        &args.postgres_url,
-        &args.state_dir,
-        &args.outbox_dir,
-    );
-    for launch in launches {
-        let mut env = if launch.kafka_client {
-            client_env(&args)
-        } else {
-            Vec::new()
-        };
-        env.extend(launch.env);
-        stages.push(spawn(&args, &launch.name, &env)?);
-        if !launch.kafka_client {
-            back_office::await_sandbox(
-                &args.sandbox_listen,
-                Instant::now() + Duration::from_secs(30),
-            )
-            .await?;
+    let processes = launch::processes(&stack, 0);
+    let mut stages = Vec::new();
+    if processes
+        .iter()
+        .all(|p| launch::running(&args.run_dir, &p.name).is_some())
+    {
+        println!(
+            "using the running backbone (`make up`; pid files in {})",
+            args.run_dir.display()
+        );
+    } else {
+        for process in &processes {
+            stages.push(Stage::start(process, &args.log_dir)?);
+            if process.job.is_none() {
+                back_office::await_sandbox(
+                    &args.sandbox_listen,
+                    Instant::now() + Duration::from_secs(30),
+                )
+                .await?;
+            }
         }
     }
 
@@ -269,7 +274,7 @@ async fn run(args: Args) -> Result<()> {
         if Instant::now() >= deadline {
             bail!("events without an account never left the enricher's parking");
         }
-        for partition in 0..PARTITIONS {
+        for partition in 0..partitions_of(&manifest, ACCOUNTS) {
             producer
                 .send(
                     FutureRecord::to(ACCOUNTS)
@@ -387,7 +392,7 @@ async fn run(args: Args) -> Result<()> {
         Err(err) => Err(err),
     };
     for stage in stages.iter_mut().rev() {
-        stop(stage)?;
+        stage.stop()?;
     }
 
     let mut billed: BTreeMap<String, i128> = BTreeMap::new();
@@ -543,7 +548,10 @@ async fn run(args: Args) -> Result<()> {
         "  metrics: every process serves /metrics (its log names the address); lag: `monitor`, drift gauges: `drift serve`"
     );
     println!(
-        "  dashboards: `docker compose up` runs the stack with Prometheus on http://127.0.0.1:9090 and Grafana on http://127.0.0.1:3000 (deploy/, docs/observability.md)"
+        "  left running: `make up` runs the whole backbone with Prometheus on http://127.0.0.1:9090; `make status` lists it"
+    );
+    println!(
+        "  dashboards: `docker compose up` adds Grafana on http://127.0.0.1:3000 (deploy/, docs/observability.md)"
     );
     println!("\nevery record accounted for, every charge once, totals as expected in billing, ERP, CRM and analytics: OK");
     Ok(())
@@ -564,27 +572,26 @@ async fn decode_all<T: Contract + serde::de::DeserializeOwned>(
     Ok(decoded)
 }
 
+/// The partitions the manifest gives `topic` (or the topic a DLQ is of); a topic it does not
+/// list is internal to a stage (`usage.validated`, the fanout's repartition topic), partitioned
+/// like the usage it carries, so that a stage's inputs stay co-partitioned however the topics
+/// came to exist (`contracts apply`, or this).
+fn partitions_of(manifest: &Manifest, topic: &str) -> i32 {
+    let base = topic.strip_suffix(".dlq").unwrap_or(topic);
+    manifest
+        .topic(base)
+        .or_else(|| manifest.topic(USAGE))
+        .map_or(12, |t| t.partitions)
+}
+
 /// One line of a summary: a label, and its figure right-aligned.
 fn figure(label: &str, value: String) {
     println!("  {label:<56}{value:>14}");
 }
 
-/// A binary built next to this one.
-fn sibling(name: &str) -> Result<PathBuf> {
-    let exe = std::env::current_exe().context("locating the demo binary")?;
-    let binary = exe.with_file_name(name);
-    if !binary.exists() {
-        bail!(
-            "binary {} not found; build it with `cargo build --bins`",
-            binary.display()
-        );
-    }
-    Ok(binary)
-}
-
 fn register_contracts(registry: &RegistryArgs) -> Result<()> {
     println!("registering the contracts from schemas/manifest.toml:");
-    let status = Command::new(sibling("contracts")?)
+    let status = Command::new(launch::sibling("contracts")?)
         .arg("register")
         .envs(registry.env())
         .stdout(Stdio::null())
@@ -592,59 +599,6 @@ fn register_contracts(registry: &RegistryArgs) -> Result<()> {
         .context("running `contracts register`")?;
     if !status.success() {
         bail!("`contracts register` failed with {status}");
-    }
-    Ok(())
-}
-
-/// The environment every Kafka client of the demo shares: broker, registry, and a metrics
-/// endpoint on a port of its own (many processes on one host).
-fn client_env(args: &Args) -> Vec<(String, String)> {
-    let mut env = vec![
-        (
-            "BACKBONE__KAFKA__BOOTSTRAP_SERVERS".to_owned(),
-            args.bootstrap_servers.clone(),
-        ),
-        (
-            "BACKBONE__OBSERVABILITY__LISTEN".to_owned(),
-            "127.0.0.1:0".to_owned(),
-        ),
-    ];
-    env.extend(args.registry.env());
-    env
-}
-
-fn spawn(args: &Args, name: &str, extra: &[(String, String)]) -> Result<Stage> {
-    let binary = sibling(name)?;
-    let log = args.log_dir.join(format!("{name}.log"));
-    let file =
-        std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-    let mut command = Command::new(&binary);
-    command
-        .stdin(Stdio::null())
-        .stdout(file.try_clone()?)
-        .stderr(file);
-    for (key, value) in extra {
-        command.env(key, value);
-    }
-    let child = command
-        .spawn()
-        .with_context(|| format!("starting {}", binary.display()))?;
-    println!("started {name} (pid {}), log {}", child.id(), log.display());
-    Ok(Stage {
-        name: name.to_owned(),
-        child,
-    })
-}
-
-fn stop(stage: &mut Stage) -> Result<()> {
-    let pid = Pid::from_raw(i32::try_from(stage.child.id()).context("pid out of range")?);
-    kill(pid, Signal::SIGTERM).with_context(|| format!("stopping {}", stage.name))?;
-    let status = stage
-        .child
-        .wait()
-        .with_context(|| format!("waiting for {}", stage.name))?;
-    if !status.success() {
-        bail!("{} exited with {status}; see its log", stage.name);
     }
     Ok(())
 }
