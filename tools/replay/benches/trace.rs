@@ -68,11 +68,10 @@ async fn fill(kafka: &KafkaSettings, codec: &WireCodec, topic: &str, end_ms: i64
     let mut pending = VecDeque::new();
     for n in 0..RECORDS {
         let at = end_ms - SPAN_MS + n * SPAN_MS / RECORDS;
-        let tenant = format!("t{}", n % TENANTS);
-        let name = if n == RECORDS - 1 {
-            "e-last".to_owned()
+        let (tenant, name) = if n == RECORDS - 1 {
+            ("t0".to_owned(), "e-last".to_owned())
         } else {
-            format!("e-{n}")
+            (format!("t{}", n % TENANTS), format!("e-{n}"))
         };
         let value = encode_framed(id, &event(&tenant, &name, at)).expect("encode");
         let key = format!("{tenant}:c-1");
