@@ -331,6 +331,7 @@ stop_backbone() {
   local name
   for name in $(backbone_processes); do
     stop_service "$name"
+    rm -f "$RUN_DIR/$name.metrics"
   done
   stop_service prometheus
 }
