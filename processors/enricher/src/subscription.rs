@@ -38,10 +38,15 @@ pub(crate) fn pick(
     let tenant = &usage.metadata.tenant_id;
     let mut pricing = Vec::new();
     for (_, value) in state.global_prefix(SUBSCRIPTIONS, format!("{tenant}:").as_bytes())? {
-        // Another customer's undecodable subscription is not this event's fault.
-        let Ok(subscription) = codec.decode_shared::<Subscription>(&value, Subscription::schema())
-        else {
-            continue;
+        let subscription = match codec.decode_shared::<Subscription>(&value, Subscription::schema())
+        {
+            Ok(subscription) => subscription,
+            // A schema id not resolved yet (the first subscription read since start): the
+            // runtime resolves it and runs the event again, rather than parking it until some
+            // other record comes.
+            Err(err) if err.is_transient() => return Err(err.into()),
+            // Another customer's undecodable subscription is not this event's fault.
+            Err(_) => continue,
         };
         if subscription.customer_id != usage.customer_id || !rated(&subscription) {
             continue;

@@ -159,3 +159,54 @@ async fn an_event_naming_no_subscription_is_billed_under_the_one_pricing_its_met
     assert_eq!(enriched.len(), 2, "nothing else enriched");
     enricher.stop(DEADLINE).await;
 }
+
+/// An event naming no subscription, read by an enricher that has decoded no subscription since
+/// it started, with nothing after it: the subscriptions' schema is not resolved yet when the
+/// event is looked at. It is resolved and the event billed, not parked until some later record
+/// of the customer tries it again (found by `make up`: the first event sent by hand waited for
+/// ever).
+#[tokio::test]
+async fn an_event_naming_no_subscription_is_billed_without_waiting_for_another_record() {
+    let fixture = Fixture::new(Duration::from_secs(600)).await;
+    let s = &fixture.settings;
+    fixture
+        .publish(
+            &s.rate_cards_topic,
+            "acme:pro:1",
+            &rate_card("pro", &["fonts"]),
+        )
+        .await;
+    let mut value = subscription("s-1", "c-1");
+    value.plan_id = "pro".into();
+    fixture
+        .publish(&s.subscriptions_topic, "acme:s-1", &value)
+        .await;
+    fixture
+        .publish(&s.accounts_topic, "acme:c-1", &account("c-1"))
+        .await;
+    let group = unique_group("enricher-cold");
+    let enricher = fixture.start_cold(&group);
+    // The account is in partition state before the event comes.
+    await_committed(&fixture.kafka, &group, &s.accounts_topic, 1, DEADLINE).await;
+    fixture
+        .publish_usage(&UsageEvent {
+            subscription_id: None,
+            ..usage("e-1", "c-1", "unused")
+        })
+        .await;
+    let enriched = consume_while(
+        &fixture.kafka,
+        &s.output_topic,
+        DEADLINE,
+        "e-1 enriched".to_owned(),
+        |records| !records.is_empty(),
+    )
+    .await
+    .expect("e-1 enriched, not parked");
+    let billed_under = fixture.enriched(&enriched).await;
+    assert_eq!(
+        billed_under,
+        BTreeMap::from([("s-1".to_owned(), vec!["e-1".to_owned()])])
+    );
+    enricher.stop(DEADLINE).await;
+}
