@@ -9,7 +9,7 @@
 //! - secrets travel as files, config files and mounts exist;
 //! - each binary's config file loads through that binary's own config loader, with the
 //!   environment compose gives it (unknown keys are refused there, so a wrong key fails here);
-//! - every alert has `for`, a severity, a summary and a runbook entry; every dashboard panel
+//! - every alert has `for`, a severity, a summary and a runbook (`docs/runbooks/<alert>.md`); every dashboard panel
 //!   queries the provisioned Prometheus with plain PromQL that `promtool` accepts, over metric
 //!   names the binaries export.
 //!
@@ -1060,31 +1060,9 @@ fn rules() -> Vec<Rule> {
     rules
 }
 
-/// GitHub's heading anchor: lower case, spaces to dashes, punctuation dropped.
-fn anchors(markdown: &str) -> BTreeSet<String> {
-    markdown
-        .lines()
-        .filter_map(|line| line.strip_prefix('#'))
-        .map(|heading| {
-            heading
-                .trim_start_matches('#')
-                .trim()
-                .to_lowercase()
-                .chars()
-                .filter_map(|c| match c {
-                    ' ' => Some('-'),
-                    c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
-                    _ => None,
-                })
-                .collect()
-        })
-        .collect()
-}
-
 #[test]
 fn every_alert_has_a_duration_a_severity_a_summary_and_a_runbook() {
     let rules = rules();
-    let doc_anchors = anchors(&read("docs/observability.md"));
     let alerts: Vec<&Rule> = rules.iter().filter(|r| r.alert.is_some()).collect();
     assert!(alerts.len() >= 6, "{} alerts", alerts.len());
     for rule in &alerts {
@@ -1103,20 +1081,26 @@ fn every_alert_has_a_duration_a_severity_a_summary_and_a_runbook() {
                 "{name}: the {annotation} shows no label or value"
             );
         }
-        let runbook = text(&rule.raw["annotations"]["runbook"]).unwrap_or_default();
-        let anchor = runbook
-            .strip_prefix("docs/observability.md#")
-            .unwrap_or_else(|| {
-                panic!("{name}: runbook {runbook:?} is not a docs/observability.md anchor")
-            });
+        // The runbook: docs/runbooks/<alert>.md, saying what it means, how to diagnose and
+        // how to recover (tests/observability.rs runs its commands).
+        let url = text(&rule.raw["annotations"]["runbook_url"]).unwrap_or_default();
         assert_eq!(
-            anchor,
-            name.to_lowercase(),
-            "{name}: the runbook anchor is its name"
+            url,
+            format!("docs/runbooks/{name}.md"),
+            "{name}: runbook_url names its runbook"
         );
+        let runbook = read(&url);
+        for section in ["## What it means", "## Diagnose", "## Recover"] {
+            assert!(runbook.contains(section), "{url}: no `{section}`");
+        }
         assert!(
-            doc_anchors.contains(anchor),
-            "{name}: docs/observability.md has no section {anchor}"
+            runbook.starts_with(&format!("# {name}\n")),
+            "{url} is titled by its alert"
+        );
+        let runbooks = read("docs/runbooks/README.md");
+        assert!(
+            runbooks.contains(&format!("[{name}]({name}.md)")),
+            "docs/runbooks/README.md lists {name}"
         );
     }
     for (metric, why) in [

@@ -2,7 +2,8 @@
 //! and the drift reconciler run as their own processes; Prometheus (the Debian package) loads
 //! the repository's alert rules and scrapes them all. Every PromQL expression of every
 //! dashboard panel answers with series, every alert rule evaluates, and journals the ERP
-//! acknowledges but drops show up as drift and fire the drift alert.
+//! acknowledges but drops show up as drift and fire the drift alert. Then every command of
+//! every runbook (docs/runbooks) runs against that backbone and succeeds.
 
 #[path = "support/backbone.rs"]
 mod backbone;
@@ -16,7 +17,7 @@ use std::time::Duration;
 use backbone::{free_port, Deployment};
 use backbone_calendar::{day_of_micros, format_date, now_micros};
 use backbone_ingest::keys::{self, NewKey};
-use backbone_loadgen::{LoadSpec, Workload, LEGAL_ENTITY, METER};
+use backbone_loadgen::{LoadSpec, Payload, Workload, LEGAL_ENTITY, METER};
 use backbone_sandbox::SandboxConfig;
 use backbone_schemas::WireCodec;
 use backbone_testkit::ChildProcess;
@@ -395,5 +396,160 @@ async fn prometheus_answers_every_dashboard_and_alert_query_and_dropped_journals
                 "alert {name} reads `{metric}`, which has no series"
             );
         }
+    }
+
+    // Every command of every runbook, against this backbone.
+    let charges = sandbox.client.charges().await.expect("charges");
+    let rating_id = charges
+        .iter()
+        .find(|c| c.tenant_id == tenant)
+        .and_then(|c| c.metadata.get("rating_id").cloned())
+        .expect("a charge of the tenant");
+    let event_id = workload
+        .usage
+        .iter()
+        .find_map(|r| match &r.payload {
+            Payload::Event(e) if e.quantity.unscaled() > 0 => Some(e.metadata.event_id.clone()),
+            _ => None,
+        })
+        .expect("an event");
+    let reason = ["invalid_quantity", "wrong_magic_byte", "unknown_schema_id"]
+        .into_iter()
+        .find(|r| workload.expected.dead_letters.contains_key(*r))
+        .expect("poison the validator dead-letters");
+    let filled = Placeholders {
+        tenant: &tenant,
+        event_id: &event_id,
+        rating_id: &rating_id,
+        reason,
+    };
+    run_runbooks(&deployment, &filled).await;
+}
+
+/// What a runbook's placeholders stand for in this run.
+struct Placeholders<'a> {
+    tenant: &'a str,
+    event_id: &'a str,
+    rating_id: &'a str,
+    reason: &'a str,
+}
+
+/// The commands of the runbooks' `sh` blocks, with their file.
+fn runbook_commands() -> Vec<(String, String)> {
+    let mut commands = Vec::new();
+    let dir = repo().join("docs/runbooks");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("docs/runbooks")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "md"))
+        .collect();
+    files.sort();
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("runbook");
+        let name = file
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let mut in_sh = false;
+        for line in text.lines() {
+            match line.trim() {
+                "```sh" => in_sh = true,
+                "```" => in_sh = false,
+                command if in_sh && !command.is_empty() && !command.starts_with('#') => {
+                    commands.push((name.clone(), command.to_owned()));
+                }
+                _ => {}
+            }
+        }
+    }
+    commands
+}
+
+/// Runs every runbook command against `deployment`: placeholders filled in, the component list's
+/// topic and group names turned into the deployment's, each tool given the deployment's broker,
+/// registry and settings. Each must exit 0.
+async fn run_runbooks(deployment: &Deployment, filled: &Placeholders<'_>) {
+    let commands = runbook_commands();
+    assert!(commands.len() >= 20, "runbook commands: {commands:?}");
+    let hour_ago = backbone_calendar::format_rfc3339_ms(backbone_calendar::now_ms() - 3_600_000);
+    let mut ran = BTreeSet::new();
+    for (file, command) in &commands {
+        let line = command
+            .replace("<tenant>", filled.tenant)
+            .replace("<event-id>", filled.event_id)
+            .replace("<rating-id>", filled.rating_id)
+            .replace("<reason>", filled.reason)
+            .replace("<group>", &deployment.group("crm-sink"))
+            .replace("<topic>", "usage.events")
+            .replace("<processor>", "usage-validator")
+            .replace("<time>", &hour_ago)
+            .replace("<you>", "runbook-test");
+        assert!(
+            !line.contains('<'),
+            "{file}: a placeholder nobody fills in: {command}"
+        );
+        let mut words: Vec<String> = line
+            .split_whitespace()
+            .map(|word| {
+                let (base, dlq) = word
+                    .strip_suffix(".dlq")
+                    .map_or((word, ""), |base| (base, ".dlq"));
+                match deployment.topics.by_name.get(base) {
+                    Some(deployed) => format!("{deployed}{dlq}"),
+                    None => word.to_owned(),
+                }
+            })
+            .collect();
+        let program = words.remove(0);
+        let mut env: Vec<(String, String)> = match program.as_str() {
+            "replay" => vec![
+                (
+                    "BACKBONE__KAFKA__BOOTSTRAP_SERVERS".into(),
+                    deployment.kafka.bootstrap_servers.clone(),
+                ),
+                ("BACKBONE__SCHEMA_REGISTRY__URL".into(), registry_url()),
+            ],
+            "make" => Vec::new(),
+            binary => deployment.env(binary),
+        };
+        if words.first().is_some_and(|w| w == "trace") {
+            for topic in backbone_replay::trace::TRACED_TOPICS {
+                words.push("--topic".into());
+                words.push(format!("{topic}={}", deployment.topics.name(topic)));
+            }
+            words.push("--enricher-group".into());
+            words.push(deployment.group("enricher"));
+        }
+        let path = if program == "make" {
+            PathBuf::from("make")
+        } else {
+            backbone::workspace_binary(&program)
+        };
+        env.push(("USER".into(), "runbook-test".into()));
+        let output = tokio::time::timeout(
+            DEADLINE,
+            tokio::process::Command::new(&path)
+                .args(&words)
+                .envs(env)
+                .current_dir(repo())
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{file}: `{line}` did not finish"))
+        .unwrap_or_else(|e| panic!("{file}: `{line}` does not start: {e}"));
+        assert!(
+            output.status.success(),
+            "{file}: `{program} {}` failed with {}:\n{}\n{}",
+            words.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        ran.insert(program);
+    }
+    for tool in ["replay", "monitor", "drift", "make"] {
+        assert!(ran.contains(tool), "no runbook runs {tool}: {ran:?}");
     }
 }
