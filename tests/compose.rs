@@ -9,7 +9,8 @@
 //! - secrets travel as files, config files and mounts exist;
 //! - each binary's config file loads through that binary's own config loader, with the
 //!   environment compose gives it (unknown keys are refused there, so a wrong key fails here);
-//! - every alert has `for`, a severity, a summary and a runbook (`docs/runbooks/<alert>.md`); every dashboard panel
+//! - every alert has `for`, a severity, a summary and a runbook (`docs/runbooks/<alert>.md`); the
+//!   drift dashboard filters by a tenant variable; every dashboard panel
 //!   queries the provisioned Prometheus with plain PromQL that `promtool` accepts, over metric
 //!   names the binaries export.
 //!
@@ -1192,6 +1193,23 @@ fn panels() -> Vec<Panel> {
             Some(uid.as_str()),
             "{name}: the variable defaults to the provisioned Prometheus"
         );
+        let tenant = variables.iter().find(|v| v["name"] == "tenant");
+        let has_tenant = tenant.is_some();
+        if let Some(tenant) = tenant {
+            assert_eq!(
+                tenant["type"], "query",
+                "{name}: the tenant variable's type"
+            );
+            assert_eq!(
+                tenant["datasource"]["uid"], "${datasource}",
+                "{name}: the tenant variable asks the datasource variable"
+            );
+            assert_eq!(tenant["includeAll"], true, "{name}: all tenants by default");
+            assert_eq!(
+                tenant["allValue"], ".*",
+                "{name}: `All` matches every tenant"
+            );
+        }
         let list = board["panels"]
             .as_array()
             .unwrap_or_else(|| panic!("{name}: no panels"));
@@ -1231,6 +1249,13 @@ fn panels() -> Vec<Panel> {
                     !expr.is_empty(),
                     "{name} / {title}: a query without an expression"
                 );
+                // The one template variable a query may use is the board's tenant filter,
+                // checked below as PromQL with every tenant selected.
+                let expr = if has_tenant {
+                    expr.replace("\"$tenant\"", "\".*\"")
+                } else {
+                    expr
+                };
                 assert!(
                     !expr.contains('$'),
                     "{name} / {title}: {expr} uses a template variable"
@@ -1304,6 +1329,20 @@ fn every_dashboard_panel_queries_the_provisioned_prometheus() {
         let text = format!("{}\n{board}", queries(dashboard));
         for need in needs {
             assert!(text.contains(need), "{dashboard}: nothing shows {need}");
+        }
+    }
+    // The drift board filters every per-tenant figure by its tenant variable.
+    for panel in panels.iter().filter(|p| p.dashboard == "backbone-drift") {
+        for expr in &panel.exprs {
+            for metric in ["backbone_drift_relative", "backbone_drift_difference"] {
+                let filtered = format!("{metric}{{tenant=~\".*\"}}");
+                assert_eq!(
+                    expr.matches(metric).count(),
+                    expr.matches(&filtered).count(),
+                    "{}: `{expr}` shows {metric} of every tenant, whatever is selected",
+                    panel.title
+                );
+            }
         }
     }
 }

@@ -367,7 +367,8 @@ async fn prometheus_answers_every_dashboard_and_alert_query_and_dropped_journals
         let expr = &expr
             .replace("$__rate_interval", "1m")
             .replace("$__interval", "1m")
-            .replace("$__range", "5m");
+            .replace("$__range", "5m")
+            .replace("\"$tenant\"", "\".*\"");
         let series = eventually(
             Duration::from_secs(60),
             &format!("{panel}: {expr}"),
