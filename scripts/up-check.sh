@@ -72,4 +72,4 @@ traced() {
 TIMEOUT=60 within traced || fail "event $id never reached the billing system; the trace says:
 $("$BIN_DIR/replay" --bootstrap-servers "127.0.0.1:${BACKBONE_KAFKA_PORT:-9092}" \
   --registry-url "http://127.0.0.1:${BACKBONE_REGISTRY_PORT:-8081}" trace --tenant demo --event-id "$id" 2>&1)"
-echo "up-check: every process ready, 11 endpoints scraped with the alert rules, event $id delivered to billing"
+echo "up-check: every process ready, 11 endpoints scraped with the alert rules, event $id delivered to billing (${SECONDS}s)"
