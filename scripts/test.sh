@@ -37,6 +37,9 @@ BACKBONE_TEST_REGISTRY_URL=$("$REPO/scripts/stack.sh" registry-url)
 export BACKBONE_TEST_REGISTRY_URL
 
 echo "test: cargo test"
+# Most tests wait on brokers and child processes rather than compute: three at a time in each
+# test binary keep two cores busy (two at a time left them idle a third of the run).
+export RUST_TEST_THREADS=${RUST_TEST_THREADS:-3}
 cargo test --workspace "$@"
 # The whole backbone as `make up` runs it, unless the tests were narrowed down.
 if [ $# -eq 0 ]; then

@@ -19,7 +19,6 @@ use backbone_calendar::{day_of_micros, format_date, now_micros};
 use backbone_ingest::keys::{self, NewKey};
 use backbone_loadgen::{LoadSpec, Payload, Workload, LEGAL_ENTITY, METER};
 use backbone_sandbox::SandboxConfig;
-use backbone_schemas::WireCodec;
 use backbone_testkit::ChildProcess;
 use serde_json::Value;
 use sinks::{eventually, registry_url, Sandbox};
@@ -242,17 +241,7 @@ async fn prometheus_answers_every_dashboard_and_alert_query_and_dropped_journals
         poison_share: 0.03,
         now_micros: now_micros(),
     });
-    let codec = WireCodec::new(registry_url());
-    let producer: rdkafka::producer::FutureProducer = deployment
-        .kafka
-        .producer_config()
-        .create()
-        .expect("producer");
-    let t = deployment.topics.clone();
-    workload
-        .publish(&producer, &codec, t.destinations(), 0)
-        .await
-        .expect("publish the workload");
+    deployment.publish(&workload).await;
 
     // The ingest gateway beside the pipeline: a batch of two events for one of the workload's
     // customers and one the contract refuses, so its accepted and rejected series exist.

@@ -209,17 +209,9 @@ async fn a_trace_follows_billed_duplicate_dead_lettered_parked_and_unknown_event
         .expect("an event with a negative quantity");
     let late_account = workload.accounts.remove(0);
 
+    deployment.publish(&workload).await;
     let codec = WireCodec::new(registry_url());
-    let producer: rdkafka::producer::FutureProducer = deployment
-        .kafka
-        .producer_config()
-        .create()
-        .expect("producer");
     let t = deployment.topics.clone();
-    workload
-        .publish(&producer, &codec, t.destinations(), 0)
-        .await
-        .expect("publish the workload");
 
     // Where each event is on the usage topic, as the test reads it.
     let published = consume_until(&deployment.kafka, &t.usage, workload.usage.len(), DEADLINE)

@@ -543,6 +543,18 @@ impl Deployment {
         env
     }
 
+    /// Publishes `workload` into this deployment, as fast as the broker takes it: master data,
+    /// then usage, encoded through the registry.
+    pub async fn publish(&self, workload: &backbone_loadgen::Workload) {
+        let codec = backbone_schemas::WireCodec::new(self.registry_url.as_str());
+        let producer: rdkafka::producer::FutureProducer =
+            self.kafka.producer_config().create().expect("producer");
+        workload
+            .publish(&producer, &codec, self.topics.destinations(), 0)
+            .await
+            .expect("publish the workload");
+    }
+
     /// Starts `binary` (again, after a kill).
     pub fn start(&mut self, binary: &'static str) {
         let env = self.env(binary);

@@ -9,6 +9,9 @@
 //! `BACKBONE_BENCH_BOOTSTRAP=127.0.0.1:9092 cargo bench -p backbone-replay --bench replay`.
 //! Each side runs three times, alternating, and the best run of each is kept.
 
+#[path = "baseline.rs"]
+mod baseline;
+
 use std::collections::HashSet;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
@@ -20,12 +23,10 @@ use backbone_replay::dlq::is_dlq_header;
 use backbone_replay::progress::ProgressMode;
 use backbone_replay::republish::{self, headers as replay_headers, RunOptions};
 use backbone_replay::Context;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{Offset, TopicPartitionList};
 
 const RECORDS: usize = 100_000;
 const PARTITIONS: i32 = 3;
@@ -114,20 +115,7 @@ async fn fill_dlq(kafka: &KafkaSettings, origin: &str, dlq: &str) {
 async fn plain_copy(kafka: &KafkaSettings, from: &str, to: &str) -> f64 {
     let started = Instant::now();
     let producer: FutureProducer = kafka.producer_config().create().expect("producer");
-    let mut config = kafka.admin_config();
-    config
-        .set("group.id", "bench.replay.copy")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("fetch.wait.max.ms", "50");
-    let consumer: BaseConsumer = config.create().expect("consumer");
-    let mut assignment = TopicPartitionList::new();
-    for partition in 0..PARTITIONS {
-        assignment
-            .add_partition_offset(from, partition, Offset::Beginning)
-            .expect("assignment");
-    }
-    consumer.assign(&assignment).expect("assign");
+    let consumer = baseline::from_start(kafka, "bench.replay.copy", from, PARTITIONS);
     let mut ended = HashSet::new();
     let mut pending = std::collections::VecDeque::new();
     let mut copied = 0usize;

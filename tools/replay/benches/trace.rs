@@ -10,6 +10,9 @@
 //! cargo bench -p backbone-replay --bench trace`. Each is run three times, alternating, and
 //! the best run of each kept.
 
+#[path = "baseline.rs"]
+mod baseline;
+
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -21,11 +24,9 @@ use backbone_replay::Context;
 use backbone_schemas::types::{EventMetadata, Quantity, TraceContext, UsageEvent};
 use backbone_schemas::wire::encode_framed;
 use backbone_schemas::WireCodec;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{Offset, TopicPartitionList};
 
 const RECORDS: i64 = 1_000_000;
 const PARTITIONS: i32 = 3;
@@ -103,19 +104,7 @@ async fn fill(kafka: &KafkaSettings, codec: &WireCodec, topic: &str, end_ms: i64
 /// The baseline: every record of `topic` read to the end. Returns seconds.
 fn plain_read(kafka: &KafkaSettings, topic: &str) -> f64 {
     let started = Instant::now();
-    let mut config = kafka.admin_config();
-    config
-        .set("group.id", "bench.trace.read")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true");
-    let consumer: BaseConsumer = config.create().expect("consumer");
-    let mut assignment = TopicPartitionList::new();
-    for partition in 0..PARTITIONS {
-        assignment
-            .add_partition_offset(topic, partition, Offset::Beginning)
-            .expect("assignment");
-    }
-    consumer.assign(&assignment).expect("assign");
+    let consumer = baseline::from_start(kafka, "bench.trace.read", topic, PARTITIONS);
     let (mut ended, mut read) = (HashSet::new(), 0i64);
     while ended.len() < usize::try_from(PARTITIONS).expect("partitions") {
         match consumer.poll(Duration::from_millis(100)) {
