@@ -259,7 +259,12 @@ async fn a_trace_follows_billed_duplicate_dead_lettered_parked_and_unknown_event
     for what in ["accepted", "enriched", "windowed"] {
         assert_eq!(with_what(&all, what).len(), 1, "{what}: {trace:#}");
     }
-    assert!(with_what(&all, "parked").is_empty(), "{trace:#}");
+    // Its account may have been read after it (another topic): then it was parked and left.
+    assert_eq!(
+        with_what(&all, "parked").len(),
+        with_what(&all, "released").len(),
+        "{trace:#}"
+    );
     let rated = with_what(&all, "rated");
     assert_eq!(rated.len(), 1, "{trace:#}");
     let rating_id = rated[0]["id"].as_str().expect("a rating id").to_owned();
@@ -291,6 +296,14 @@ async fn a_trace_follows_billed_duplicate_dead_lettered_parked_and_unknown_event
     assert_eq!(erp_result.len(), 1, "{trace:#}");
     assert_eq!(erp_result[0]["id"], posted[0], "the ERP batch: {trace:#}");
     for step in &all {
+        // The enricher's changelog holds JSON, not the wire format.
+        if step["topic"]
+            .as_str()
+            .is_some_and(|t| t.ends_with(".changelog"))
+        {
+            assert!(step["schema"].is_null(), "{step:#}");
+            continue;
+        }
         // The validator forwards the event byte for byte, under the usage topic's schema.
         let topic = match step["what"].as_str() {
             Some("accepted") => t.usage.as_str(),
