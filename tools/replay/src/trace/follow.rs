@@ -1,16 +1,15 @@
-//! The hops of a trace, each reading the topics of one step of the pipeline from the time of
-//! the records the hop before found: the event's copies and the validator's letters; what the
-//! validator, enricher and rater made of it (found by its idempotency-key header); the rated
-//! lines and window; the charge, posting, fact and snapshot of each line; and the sinks'
-//! results and letters for those records.
+//! The first hops of a trace, each reading the topics of one step of the pipeline from the time
+//! of the records the hop before found: the event's copies and the validator's letters; the
+//! validator's output and the enricher's letters (by the idempotency-key header the validator
+//! adds), the enricher's parking (its changelog), its output and the rater's letters (decoded);
+//! the rated lines and the window. What came of the lines is [`super::downstream`]'s.
 
 use std::collections::BTreeSet;
 
 use backbone_calendar::{format_date, format_rfc3339_ms};
 use backbone_core::dead_letter::headers as dlq;
 use backbone_schemas::types::{
-    AccountHealthSnapshot, AnalyticsFact, BillingCharge, Contract, DeliveryResult, EnrichedUsage,
-    LedgerPosting, RatedUsage, UsageEvent, UsageWindowAggregate,
+    Contract, EnrichedUsage, RatedUsage, UsageEvent, UsageWindowAggregate,
 };
 use backbone_schemas::WireCodec;
 use backbone_usage_validator::{idempotency_key, IDEMPOTENCY_KEY_HEADER};
@@ -39,7 +38,7 @@ struct ParkedEvent {
 }
 
 /// A source record a later step names: topic, partition, offset.
-type Origin = (String, i32, i64);
+pub(super) type Origin = (String, i32, i64);
 
 /// Follows `request` through the backbone.
 pub async fn trace(ctx: &Context, request: &TraceRequest) -> Result<Trace, ReplayError> {
@@ -74,19 +73,19 @@ pub async fn trace(ctx: &Context, request: &TraceRequest) -> Result<Trace, Repla
     })
 }
 
-struct Tracer<'a> {
-    ctx: &'a Context,
-    codec: WireCodec,
-    schemas: Schemas,
-    topics: &'a TopicNames,
-    tenant: &'a str,
-    within_ms: i64,
-    read: u64,
-    missing: BTreeSet<String>,
-    steps: Vec<Step>,
+pub(super) struct Tracer<'a> {
+    pub(super) ctx: &'a Context,
+    pub(super) codec: WireCodec,
+    pub(super) schemas: Schemas,
+    pub(super) topics: &'a TopicNames,
+    pub(super) tenant: &'a str,
+    pub(super) within_ms: i64,
+    pub(super) read: u64,
+    pub(super) missing: BTreeSet<String>,
+    pub(super) steps: Vec<Step>,
 }
 
-fn has_key_prefix(record: &SourceRecord, prefix: &str) -> bool {
+pub(super) fn has_key_prefix(record: &SourceRecord, prefix: &str) -> bool {
     record
         .key
         .as_deref()
@@ -97,17 +96,17 @@ fn has_key(record: &SourceRecord, key: &str) -> bool {
     record.key.as_deref() == Some(key.as_bytes())
 }
 
-fn time_of(record: &SourceRecord) -> i64 {
+pub(super) fn time_of(record: &SourceRecord) -> i64 {
     record.timestamp_ms.unwrap_or(i64::MAX)
 }
 
 /// Micros since the epoch as RFC 3339.
-fn micros(at: i64) -> String {
+pub(super) fn micros(at: i64) -> String {
     format_rfc3339_ms(at.div_euclid(1000))
 }
 
 /// An Avro enum's symbol, as the contract spells it.
-fn symbol<T: serde::Serialize>(value: &T) -> String {
+pub(super) fn symbol<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_value(value)
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))
@@ -124,7 +123,7 @@ fn letter_detail(letter: &SourceRecord) -> String {
 }
 
 /// The record a dead letter came from, from its origin headers.
-fn origin_of(letter: &SourceRecord) -> Option<Origin> {
+pub(super) fn origin_of(letter: &SourceRecord) -> Option<Origin> {
     Some((
         letter.header(dlq::ORIGIN_TOPIC)?.to_owned(),
         letter.header(dlq::ORIGIN_PARTITION)?.parse().ok()?,
@@ -134,7 +133,7 @@ fn origin_of(letter: &SourceRecord) -> Option<Origin> {
 
 impl Tracer<'_> {
     /// Records read from `topic` within `window` that `keep` accepts, counting what was read.
-    fn absorb(&mut self, topic: &str, reading: Reading) -> Vec<SourceRecord> {
+    pub(super) fn absorb(&mut self, topic: &str, reading: Reading) -> Vec<SourceRecord> {
         self.read += reading.read;
         if reading.missing {
             self.missing.insert(topic.to_owned());
@@ -143,7 +142,7 @@ impl Tracer<'_> {
     }
 
     /// The window of what a record stamped at `from_ms` may have caused.
-    fn after(&self, from_ms: i64) -> Window {
+    pub(super) fn after(&self, from_ms: i64) -> Window {
         Window {
             since_ms: from_ms.saturating_sub(SLACK_MS),
             until_ms: from_ms.saturating_add(self.within_ms),
@@ -156,7 +155,7 @@ impl Tracer<'_> {
     }
 
     /// Records of `records` that decode as `T` and that `wanted` accepts.
-    async fn decoded<T: Contract>(
+    pub(super) async fn decoded<T: Contract>(
         &self,
         records: Vec<SourceRecord>,
         wanted: impl Fn(&T) -> bool,
@@ -172,7 +171,7 @@ impl Tracer<'_> {
         found
     }
 
-    async fn step(
+    pub(super) async fn step(
         &mut self,
         by: &str,
         what: &str,
@@ -201,7 +200,7 @@ impl Tracer<'_> {
         });
     }
 
-    async fn letter(&mut self, topic: &str, letter: &SourceRecord, stage: &str) {
+    pub(super) async fn letter(&mut self, topic: &str, letter: &SourceRecord, stage: &str) {
         let by = letter.header(dlq::PROCESSOR).unwrap_or(stage).to_owned();
         let detail = letter_detail(letter);
         self.step(&by, "dead-lettered", topic, letter, None, detail)
@@ -549,210 +548,5 @@ impl Tracer<'_> {
             lines.push((time_of(&record), line));
         }
         self.fanned_out(&lines).await
-    }
-
-    /// What the fanout made of `lines` and what the sinks did with it.
-    async fn fanned_out(&mut self, lines: &[(i64, RatedUsage)]) -> Result<(), ReplayError> {
-        let Some(start) = lines.iter().map(|(at, _)| *at).min() else {
-            return Ok(());
-        };
-        let t = self.topics;
-        let tenant = self.tenant;
-        let ids: BTreeSet<&str> = lines.iter().map(|(_, l)| l.rating_id.as_str()).collect();
-        let subscriptions: BTreeSet<String> = lines
-            .iter()
-            .map(|(_, l)| format!("{tenant}:{}", l.subscription_id))
-            .collect();
-        let entities: BTreeSet<String> = lines
-            .iter()
-            .map(|(_, l)| format!("{tenant}:{}", l.legal_entity_id))
-            .collect();
-        let facts: BTreeSet<String> = ids.iter().map(|id| format!("{tenant}:fact-{id}")).collect();
-        let customers: BTreeSet<String> = lines
-            .iter()
-            .map(|(_, l)| format!("{tenant}:{}", l.customer_id))
-            .collect();
-        let key_in = |set: &BTreeSet<String>, r: &SourceRecord| {
-            r.key
-                .as_deref()
-                .and_then(|k| std::str::from_utf8(k).ok())
-                .is_some_and(|k| set.contains(k))
-        };
-        let down = self.after(start);
-        let billing = t.of("billing.charges");
-        let erp = t.of("erp.postings");
-        let analytics = t.of("analytics.facts");
-        let crm = t.of("crm.account-health");
-        let fanout_dlq = t.dlq("usage.rated");
-        let (charges, postings, facts_read, snapshots, fanout_letters) = tokio::try_join!(
-            read(self.ctx, &billing, down, |r| key_in(&subscriptions, r)),
-            read(self.ctx, &erp, down, |r| key_in(&entities, r)),
-            read(self.ctx, &analytics, down, |r| key_in(&facts, r)),
-            read(self.ctx, &crm, down, |r| key_in(&customers, r)),
-            read(self.ctx, &fanout_dlq, down, |r| key_in(&subscriptions, r)),
-        )?;
-        let charges = self.absorb(&billing, charges);
-        let postings = self.absorb(&erp, postings);
-        let facts_read = self.absorb(&analytics, facts_read);
-        let snapshots = self.absorb(&crm, snapshots);
-        let fanout_letters = self.absorb(&fanout_dlq, fanout_letters);
-
-        let mut made: BTreeSet<Origin> = BTreeSet::new();
-        for (letter, _) in self
-            .decoded(fanout_letters, |l: &RatedUsage| {
-                ids.contains(l.rating_id.as_str())
-            })
-            .await
-        {
-            self.letter(&fanout_dlq, &letter, "fanout").await;
-        }
-        for (record, charge) in self
-            .decoded(charges, |c: &BillingCharge| {
-                ids.contains(c.rating_id.as_str())
-            })
-            .await
-        {
-            let detail = format!(
-                "{} {} {} to subscription {}, period {} to {}",
-                symbol(&charge.charge_type),
-                charge.amount,
-                charge.currency,
-                charge.subscription_id,
-                format_date(charge.period_start),
-                format_date(charge.period_end)
-            );
-            let id = Some(charge.rating_id.clone());
-            self.step("fanout", "charge", &billing, &record, id, detail)
-                .await;
-            made.insert((billing.clone(), record.partition, record.offset));
-        }
-        for (record, posting) in self
-            .decoded(postings, |p: &LedgerPosting| {
-                ids.contains(p.rating_id.as_str())
-            })
-            .await
-        {
-            let detail = format!(
-                "{} {} to legal entity {}, posting date {}, {} lines (mapping {})",
-                posting.amount,
-                posting.currency,
-                posting.legal_entity_id,
-                format_date(posting.posting_date),
-                posting.lines.len(),
-                posting.mapping_id
-            );
-            let id = Some(posting.rating_id.clone());
-            self.step("fanout", "posting", &erp, &record, id, detail)
-                .await;
-            made.insert((erp.clone(), record.partition, record.offset));
-        }
-        for (record, fact) in self.decoded(facts_read, |_: &AnalyticsFact| true).await {
-            let amount = fact.amount.map(|a| a.to_string()).unwrap_or_default();
-            let detail = format!(
-                "{} fact, revision {}, {amount} {}",
-                symbol(&fact.fact_type),
-                fact.source_revision,
-                fact.currency.unwrap_or_default()
-            );
-            let id = Some(fact.fact_id.clone());
-            self.step("fanout", "fact", &analytics, &record, id, detail)
-                .await;
-            made.insert((analytics.clone(), record.partition, record.offset));
-        }
-        // The customer's first snapshot stamped after the line that includes its usage.
-        let occurred: i64 = lines
-            .iter()
-            .map(|(_, l)| l.metadata.occurred_at)
-            .max()
-            .unwrap_or(i64::MAX);
-        let snapshot = self
-            .decoded(snapshots, |s: &AccountHealthSnapshot| s.as_of >= occurred)
-            .await
-            .into_iter()
-            .filter(|(r, _)| time_of(r) >= start)
-            .min_by_key(|(r, _)| time_of(r));
-        if let Some((record, snapshot)) = snapshot {
-            let detail = format!(
-                "{} as of {}: {} {} this period",
-                symbol(&snapshot.health),
-                micros(snapshot.as_of),
-                snapshot.period_to_date_amount,
-                snapshot.currency
-            );
-            let id = Some(snapshot.snapshot_id.clone());
-            self.step("fanout", "snapshot", &crm, &record, id, detail)
-                .await;
-            made.insert((crm.clone(), record.partition, record.offset));
-        }
-        self.delivered(&made, start).await
-    }
-
-    /// The sinks' results and dead letters for the records in `made`.
-    async fn delivered(&mut self, made: &BTreeSet<Origin>, start: i64) -> Result<(), ReplayError> {
-        if made.is_empty() {
-            return Ok(());
-        }
-        let t = self.topics;
-        let prefix = format!("{}:", self.tenant);
-        let results_topic = t.of("delivery.results");
-        let names = [
-            "billing.charges",
-            "erp.postings",
-            "analytics.facts",
-            "crm.account-health",
-        ];
-        let [billing, erp, analytics, crm] = names.map(|n| t.dlq(n));
-        let down = self.after(start);
-        let from_made = |r: &SourceRecord| origin_of(r).is_some_and(|o| made.contains(&o));
-        let (results, a, b, c, d) = tokio::try_join!(
-            read(self.ctx, &results_topic, down, |r| has_key_prefix(
-                r, &prefix
-            )),
-            read(self.ctx, &billing, down, from_made),
-            read(self.ctx, &erp, down, from_made),
-            read(self.ctx, &analytics, down, from_made),
-            read(self.ctx, &crm, down, from_made),
-        )?;
-        let results = self.absorb(&results_topic, results);
-        for (topic, letters) in [(billing, a), (erp, b), (analytics, c), (crm, d)] {
-            for letter in self.absorb(&topic, letters) {
-                self.letter(&topic, &letter, "sink").await;
-            }
-        }
-        let mut results = self
-            .decoded(results, |r: &DeliveryResult| {
-                made.contains(&(r.source_topic.clone(), r.source_partition, r.source_offset))
-            })
-            .await;
-        results.sort_by_key(|(record, _)| time_of(record));
-        for (record, result) in results {
-            let mut detail = format!(
-                "{} {}@{} to {}, attempts {}",
-                result.source_topic,
-                result.source_partition,
-                result.source_offset,
-                symbol(&result.destination),
-                result.attempts
-            );
-            if let Some(reference) = &result.destination_reference {
-                detail.push_str(&format!(", reference {reference}"));
-            }
-            if let Some(code) = &result.error_code {
-                let message = result.error_message.as_deref().unwrap_or_default();
-                detail.push_str(&format!(", {code}: {message}"));
-            }
-            let what = symbol(&result.outcome).to_lowercase().replace('_', "-");
-            let id = Some(result.delivery_key.clone());
-            self.step(
-                &result.metadata.source,
-                &what,
-                &results_topic,
-                &record,
-                id,
-                detail,
-            )
-            .await;
-        }
-        Ok(())
     }
 }

@@ -5,11 +5,13 @@
 //! became, and what each sink did with them (or their dead letters).
 //!
 //! Each hop reads only a time window (the broker's time index gives the offsets) and keeps
-//! records by a byte test before decoding: the usage topic by its `<tenant>:` key prefix; the
-//! topics after the validator by the idempotency-key header it adds; rated lines, charges,
-//! postings and snapshots by the key the previous hop names; delivery results and sink dead
+//! records by a byte test before decoding: the usage, enriched and rated topics by their
+//! `<tenant>:` key prefix; the validator's output and the enricher's letters by the
+//! idempotency-key header the validator adds; rated lines of a subscription, charges, postings,
+//! facts and snapshots by the key the previous hop names; delivery results and sink dead
 //! letters by the source record they name. How the windows are chosen is in docs/replay.md.
 
+mod downstream;
 mod follow;
 mod read;
 mod render;
