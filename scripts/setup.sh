@@ -18,6 +18,7 @@ APT_PACKAGES=(
   openssl                                                 # test certificates (TLS tests)
   wrk                                                     # HTTP load on the ingest gateway (make bench)
   kcat                                                    # records with raw header names (poison tests)
+  gdb                                                     # thread stacks of a stage the chaos test finds stuck
 )
 
 say() { echo "setup: $*"; }

@@ -332,6 +332,43 @@ fn progress(deployment: &Deployment) -> String {
     report.join(", ")
 }
 
+/// The thread stacks of every stage still running, each in `<deployment dir>/<binary>.stacks`
+/// (gdb, attached for a moment): a stage that runs and makes no progress shows where it waits.
+/// Says where they are, or why there are none.
+fn dump_stacks(deployment: &mut Deployment) -> String {
+    let mut written = Vec::new();
+    for binary in stages() {
+        let Some(pid) = deployment
+            .pid(binary)
+            .filter(|_| deployment.is_running(binary))
+        else {
+            continue;
+        };
+        let output = std::process::Command::new("gdb")
+            .args([
+                "-p",
+                &pid.to_string(),
+                "-batch",
+                "-ex",
+                "thread apply all bt",
+            ])
+            .output();
+        match output {
+            Ok(output) => {
+                let path = deployment.dir.join(format!("{binary}.stacks"));
+                if std::fs::write(&path, &output.stdout).is_ok() {
+                    written.push(path.display().to_string());
+                }
+            }
+            Err(err) => return format!("no thread stacks: gdb does not run ({err})"),
+        }
+    }
+    format!(
+        "thread stacks of the running stages: {}",
+        written.join(", ")
+    )
+}
+
 /// Polls `check` until it gives a value, meanwhile restarting any process that exited on its
 /// own, as a supervisor would. After `deadline` the test fails with `what`, the last thing
 /// `check` saw, and where each stage stands.
@@ -353,12 +390,14 @@ where
             Ok(value) => return value,
             Err(seen) => seen,
         };
-        assert!(
-            started.elapsed() < deadline,
-            "timed out after {deadline:?} waiting for {what}: {seen}; stages (committed of records): {}; restarted after exiting on their own: {:?}",
-            progress(deployment),
-            mayhem.revived,
-        );
+        if started.elapsed() >= deadline {
+            let stacks = dump_stacks(deployment);
+            panic!(
+                "timed out after {deadline:?} waiting for {what}: {seen}; stages (committed of records): {}; restarted after exiting on their own: {:?}; {stacks}",
+                progress(deployment),
+                mayhem.revived,
+            );
+        }
         // Some checks read whole topics: twice a second is often enough.
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
