@@ -21,7 +21,7 @@ use backbone_replay::checkpoint;
 use backbone_replay::republish::headers as replay_headers;
 use backbone_replay::Context;
 use backbone_sandbox::SandboxConfig;
-use backbone_schemas::types::{BillingCharge, BillingChargeType, EventMetadata, TraceContext};
+use backbone_schemas::types::BillingCharge;
 use backbone_schemas::wire::frame;
 use backbone_schemas::WireCodec;
 use backbone_sink::http::JsonApi;
@@ -319,41 +319,8 @@ async fn dlq_list_counts_failures_by_class_and_reason() {
     );
 }
 
-fn metadata(event_id: &str) -> EventMetadata {
-    EventMetadata {
-        tenant_id: "acme".to_owned(),
-        event_id: event_id.to_owned(),
-        source: "fanout".to_owned(),
-        r#type: "backbone.billing.charge".to_owned(),
-        occurred_at: 1_790_000_000_000_000,
-        produced_at: 1_790_000_000_000_000,
-        trace: TraceContext {
-            traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned(),
-            tracestate: None,
-        },
-        schema_version: None,
-    }
-}
-
 fn charge(i: usize, currency: &str) -> BillingCharge {
-    let rating_id = format!("rt-replay-{i:04}");
-    BillingCharge {
-        metadata: metadata(&rating_id),
-        rating_id,
-        revision: 1,
-        charge_type: BillingChargeType::Usage,
-        customer_id: format!("c-{}", i % 5),
-        subscription_id: format!("s-{}", i % 5),
-        charge_id: "api-calls".to_owned(),
-        group_key: "api".to_owned(),
-        description: "API calls".to_owned(),
-        period_start: 20_600,
-        period_end: 20_630,
-        quantity: format!("{}", i + 1).parse().expect("quantity"),
-        amount: format!("{}.25", i + 1).parse().expect("amount"),
-        currency: currency.to_owned(),
-        billing_account_ref: None,
-    }
+    support::api_charge("acme", format!("rt-replay-{i:04}"), i, 5, currency)
 }
 
 #[tokio::test]

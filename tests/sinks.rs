@@ -15,8 +15,7 @@ use backbone_crm_sink::{CrmSettings, CrmSink};
 use backbone_sandbox::SandboxConfig;
 use backbone_sandbox::{Faults, System};
 use backbone_schemas::types::{
-    AccountHealthSnapshot, Amount, BillingCharge, BillingChargeType, DeliveryOutcome,
-    DeliveryResult, HealthStatus,
+    AccountHealthSnapshot, Amount, BillingCharge, DeliveryOutcome, DeliveryResult, HealthStatus,
 };
 use backbone_schemas::WireCodec;
 use backbone_sink::http::JsonApi;
@@ -32,24 +31,7 @@ use support::{eventually, metadata, registry_url, results, RunningSink, Sandbox,
 const DEADLINE: Duration = Duration::from_secs(120);
 
 fn charge(i: usize, currency: &str) -> BillingCharge {
-    let rating_id = format!("rt-{i:04}");
-    BillingCharge {
-        metadata: metadata("acme", &rating_id, "backbone.billing.charge"),
-        rating_id,
-        revision: 1,
-        charge_type: BillingChargeType::Usage,
-        customer_id: format!("c-{}", i % 9),
-        subscription_id: format!("s-{}", i % 9),
-        charge_id: "api-calls".to_owned(),
-        group_key: "api".to_owned(),
-        description: "API calls".to_owned(),
-        period_start: 20_600,
-        period_end: 20_630,
-        quantity: format!("{}", i + 1).parse().expect("quantity"),
-        amount: format!("{}.25", i + 1).parse().expect("amount"),
-        currency: currency.to_owned(),
-        billing_account_ref: None,
-    }
+    support::api_charge("acme", format!("rt-{i:04}"), i, 9, currency)
 }
 
 /// Encodes `charges` through the registry and produces them to `topic`, keyed by subscription;

@@ -24,8 +24,8 @@ use backbone_core::InputRecord;
 use backbone_crm_sink::{CrmSettings, CrmSink};
 use backbone_sandbox::SandboxConfig;
 use backbone_schemas::types::{
-    AccountHealthSnapshot, AnalyticsFact, BillingCharge, BillingChargeType, Contract, Destination,
-    FactType, HealthStatus,
+    AccountHealthSnapshot, AnalyticsFact, BillingCharge, Contract, Destination, FactType,
+    HealthStatus,
 };
 use backbone_schemas::WireCodec;
 use backbone_sink::http::JsonApi;
@@ -253,24 +253,7 @@ async fn main() {
 }
 
 fn charge(i: usize) -> BillingCharge {
-    let rating_id = format!("rt-bench-{i}");
-    BillingCharge {
-        metadata: metadata("bench", &rating_id, "backbone.billing.charge"),
-        rating_id,
-        revision: 1,
-        charge_type: BillingChargeType::Usage,
-        customer_id: format!("c-{}", i % 200),
-        subscription_id: format!("s-{}", i % 200),
-        charge_id: "api-calls".to_owned(),
-        group_key: "api".to_owned(),
-        description: "API calls".to_owned(),
-        period_start: 20_600,
-        period_end: 20_630,
-        quantity: "12".parse().expect("quantity"),
-        amount: "1.25".parse().expect("amount"),
-        currency: "EUR".to_owned(),
-        billing_account_ref: None,
-    }
+    support::api_charge("bench", format!("rt-bench-{i}"), i, 200, "EUR")
 }
 
 /// Snapshot `i`: 2,000 customers, each newer snapshot of one a later `as_of`.

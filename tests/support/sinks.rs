@@ -16,7 +16,9 @@ use backbone_core::metrics::RuntimeMetrics;
 use backbone_core::KafkaSettings;
 use backbone_core::Secret;
 use backbone_sandbox::{SandboxClient, SandboxConfig};
-use backbone_schemas::types::{Contract, DeliveryResult, EventMetadata, TraceContext};
+use backbone_schemas::types::{
+    BillingCharge, BillingChargeType, Contract, DeliveryResult, EventMetadata, TraceContext,
+};
 use backbone_schemas::WireCodec;
 use backbone_sink::metrics::SinkMetrics;
 use backbone_sink::settings::{CircuitSettings, RetrySettings};
@@ -308,6 +310,34 @@ where
             "timed out after {deadline:?} waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Charge number `n` of `tenant` for API calls, under `rating_id`: quantity `n + 1`, amount
+/// `n + 1.25` in `currency`, on customer and subscription `n % customers`.
+pub fn api_charge(
+    tenant: &str,
+    rating_id: String,
+    n: usize,
+    customers: usize,
+    currency: &str,
+) -> BillingCharge {
+    BillingCharge {
+        metadata: metadata(tenant, &rating_id, "backbone.billing.charge"),
+        rating_id,
+        revision: 1,
+        charge_type: BillingChargeType::Usage,
+        customer_id: format!("c-{}", n % customers),
+        subscription_id: format!("s-{}", n % customers),
+        charge_id: "api-calls".to_owned(),
+        group_key: "api".to_owned(),
+        description: "API calls".to_owned(),
+        period_start: 20_600,
+        period_end: 20_630,
+        quantity: format!("{}", n + 1).parse().expect("quantity"),
+        amount: format!("{}.25", n + 1).parse().expect("amount"),
+        currency: currency.to_owned(),
+        billing_account_ref: None,
     }
 }
 
