@@ -41,6 +41,9 @@ pub(crate) enum Trigger {
     Input { topic: String, offset: i64 },
     /// A [`Processor::wake`](crate::Processor::wake) call: nothing to commit but its writes.
     Wake,
+    /// An input of `topic` held for a paused tenant, now released: its offset committed when
+    /// it was held, and it was counted as consumed then.
+    Released { topic: String, offset: i64 },
 }
 
 /// What one resolved input (or wake) produced, for the metrics and the summary.
@@ -60,6 +63,9 @@ impl Handled {
         match &self.trigger {
             Trigger::Input { topic, offset } => format!("{topic}[{}]@{offset}", self.partition),
             Trigger::Wake => format!("the wake of partition {}", self.partition),
+            Trigger::Released { topic, offset } => {
+                format!("{topic}[{}]@{offset}, released", self.partition)
+            }
         }
     }
 
@@ -257,9 +263,16 @@ impl<C: ConsumerContext + 'static> Ledger<'_, C> {
     }
 
     fn count(&self, outcome: Handled, summary: &mut RunSummary) {
-        if let Trigger::Input { topic, .. } = &outcome.trigger {
-            self.metrics.record_consumed(topic, outcome.partition);
-            summary.consumed += 1;
+        let input = match &outcome.trigger {
+            Trigger::Input { topic, .. } => {
+                self.metrics.record_consumed(topic, outcome.partition);
+                summary.consumed += 1;
+                Some(topic)
+            }
+            Trigger::Released { topic, .. } => Some(topic),
+            Trigger::Wake => None,
+        };
+        if let Some(topic) = input {
             if outcome.duplicate {
                 self.metrics.record_duplicate(topic);
                 summary.duplicates += 1;

@@ -23,6 +23,7 @@ pub mod dead_letter;
 mod delivery;
 pub mod endpoint;
 mod global;
+mod hold;
 pub mod https;
 pub mod kafka;
 pub mod metrics;
@@ -35,6 +36,7 @@ pub mod shutdown;
 pub mod state;
 pub mod table;
 pub mod telemetry;
+pub mod tenant;
 
 pub use config::ConfigError;
 pub use global::GlobalTable;

@@ -24,6 +24,7 @@ use rdkafka::ClientContext;
 use serde::Deserialize;
 
 use crate::endpoint::Readiness;
+use crate::tenant::HeldMetrics;
 
 /// Metric family names, shared by the code that creates the series and the checks that look
 /// for them.
@@ -129,6 +130,7 @@ pub struct RuntimeMetrics {
     restore: HistogramVec,
     fatal_errors: IntCounterVec,
     readiness: Readiness,
+    held: HeldMetrics,
     /// Partitions that have a lag series, so that series of revoked partitions can be removed.
     lag_series: Mutex<BTreeSet<(String, i32)>>,
 }
@@ -246,6 +248,7 @@ impl RuntimeMetrics {
         }
         up.set(1);
         Ok(Self {
+            held: HeldMetrics::new(registry, processor)?,
             registry: registry.clone(),
             consumed,
             produced,
@@ -383,6 +386,11 @@ impl RuntimeMetrics {
     /// One unrecoverable error of `kind`, preferably one of [`fatal_kind`].
     pub fn record_fatal(&self, kind: &'static str) {
         self.fatal_errors.with_label_values(&[kind]).inc();
+    }
+
+    /// The gauges of records held for paused tenants.
+    pub fn held(&self) -> &HeldMetrics {
+        &self.held
     }
 
     /// The readiness flag served on `/ready`, tied to the `backbone_processor_ready` gauge.

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use backbone_core::config::{ConfigError, Validate};
 use backbone_core::dead_letter::DEFAULT_MAX_DEAD_LETTER_BYTES;
+use backbone_core::tenant::DEFAULT_CONTROLS_TOPIC;
 use backbone_core::Secret;
 use serde::Deserialize;
 
@@ -39,6 +40,12 @@ pub struct SinkSettings {
     pub retry: RetrySettings,
     /// When the destination counts as down.
     pub circuit: CircuitSettings,
+    /// The control topic through which an operator pauses a tenant at this sink
+    /// (`backbone_core::tenant`).
+    pub tenant_controls: String,
+    /// Most records held for paused tenants at once; past it the sink stops taking records
+    /// (every tenant waits) until a resume lets some go.
+    pub max_held: usize,
 }
 
 impl Default for SinkSettings {
@@ -55,6 +62,8 @@ impl Default for SinkSettings {
             max_dead_letter_bytes: DEFAULT_MAX_DEAD_LETTER_BYTES,
             retry: RetrySettings::default(),
             circuit: CircuitSettings::default(),
+            tenant_controls: DEFAULT_CONTROLS_TOPIC.to_owned(),
+            max_held: 100_000,
         }
     }
 }
@@ -121,6 +130,12 @@ impl Validate for SinkSettings {
         }
         if self.results_topic.is_empty() {
             return invalid("results_topic", "must name a topic");
+        }
+        if self.tenant_controls.trim().is_empty() {
+            return invalid("tenant_controls", "must name the control topic");
+        }
+        if self.max_held == 0 {
+            return invalid("max_held", "must be at least 1");
         }
         if self.topic_partitions < 1 {
             return invalid("topic_partitions", "must be at least 1");

@@ -17,21 +17,24 @@ use crate::delivery::{
 };
 use crate::endpoint::ObservabilitySettings;
 use crate::global::GlobalTables;
+use crate::hold::{self, CONTROLS_TABLE, HOLD_STORE};
 use crate::kafka::{owned_headers, ConsumerFailure, KafkaSettings, UNREADABLE_HEADERS};
 use crate::metrics::{event_age, MeteredContext, RuntimeMetrics};
 use crate::processor::{
     InputRecord, OutputRecord, Prefetch, ProcessError, Processor, Wake, TRACEPARENT,
 };
 use crate::shutdown::{sleep_until, stopped};
-use crate::state::{Assignment, ChangelogWrite, Ownership, Tasks};
+use crate::state::{Assignment, ChangelogWrite, Ownership, State, Tasks};
 
 mod error;
+mod release;
 mod settings;
 mod stage;
 mod topics;
 
 pub use error::{RefusedRecord, RunSummary, RuntimeError};
 pub use settings::{Delivery, RuntimeSettings, TransactionSettings, DEFAULT_MAX_OUTPUT_BYTES};
+use release::{Release, Sending};
 use stage::{create_producer, Stage};
 use topics::{ensure_topics, load_globals};
 
@@ -106,7 +109,17 @@ async fn run_loop<P: Processor>(
 ) -> Result<RunSummary, RuntimeError> {
     let name = processor.name().to_owned();
     let version = env!("CARGO_PKG_VERSION");
-    let spec = processor.state();
+    // A stateful processor holds a paused tenant's records in its partition state, reading
+    // the pauses from the control topic as a global table.
+    let holding = !processor.state().is_stateless();
+    let spec = if holding {
+        processor
+            .state()
+            .store(HOLD_STORE)
+            .global(CONTROLS_TABLE, &settings.tenant_controls)
+    } else {
+        processor.state()
+    };
     // The group is the deployment's identity: state directories and changelogs are named for
     // it, so two deployments of one processor never share state.
     let group = settings.group_id.clone().unwrap_or_else(|| name.clone());
@@ -155,9 +168,10 @@ async fn run_loop<P: Processor>(
         Arc::clone(metrics),
     );
     let prefetch = processor.prefetch();
-    // A processor's own dead letters (records it puts aside later, like a parked event) are
-    // held to the dead-letter limit, which the producer enforces, not to the output limit.
-    let dead_letter_topics: BTreeSet<String> = inputs.iter().map(|t| dlq_topic(t)).collect();
+    let limits = OutputLimits {
+        max_output_bytes: settings.max_output_bytes,
+        dead_letter_topics: inputs.iter().map(|t| dlq_topic(t)).collect(),
+    };
     let mut summary = RunSummary::default();
     let ledger = Ledger {
         consumer: &consumer,
@@ -186,6 +200,7 @@ async fn run_loop<P: Processor>(
     let mut last_turn: Option<oneshot::Receiver<()>> = None;
     let wake_interval = processor.wake_interval();
     let mut wake_at = wake_interval.map(|every| Instant::now() + every);
+    let mut release_at = holding.then(|| Instant::now() + RELEASE_IDLE);
     loop {
         let commit_at = stage
             .transaction
@@ -214,6 +229,35 @@ async fn run_loop<P: Processor>(
                     return Err(err);
                 }
                 wake_at = wake_interval.map(|every| Instant::now() + every);
+                continue;
+            }
+            _ = sleep_until(release_at), if release_at.is_some() => {
+                let release = Release {
+                    processor: &mut *processor,
+                    group: &group,
+                    tasks: &mut tasks,
+                    globals: globals.as_ref(),
+                    prefetch: prefetch.as_deref(),
+                    limits: &limits,
+                    metrics: metrics.held(),
+                    budget: MAX_IN_FLIGHT.saturating_sub(in_flight.len()).min(RELEASE_BUDGET),
+                };
+                let sending = Sending {
+                    stage: &mut stage,
+                    in_flight: &mut in_flight,
+                    last_turn: &mut last_turn,
+                    summary: &mut summary,
+                };
+                let released = match release.round(sending).await {
+                    Ok(released) => released,
+                    Err(err) => {
+                        stage.finish(&mut in_flight, &mut summary).await?;
+                        return Err(err);
+                    }
+                };
+                // A tenant draining comes back at once; otherwise the gauges refresh each second.
+                let pause = if released > 0 { Duration::ZERO } else { RELEASE_IDLE };
+                release_at = Some(Instant::now() + pause);
                 continue;
             }
             message = consumer.recv(), if in_flight.len() < MAX_IN_FLIGHT => message,
@@ -259,6 +303,7 @@ async fn run_loop<P: Processor>(
         let mut attempts = 0u32;
         let mut first_failed_at = None;
         let mut paused = false;
+        let mut held = false;
         let processed = loop {
             attempts += 1;
             let prepared = match &prefetch {
@@ -273,22 +318,16 @@ async fn run_loop<P: Processor>(
                     Some(err) => Err(ProcessError::permanent(UNREADABLE_HEADERS, err.to_string())),
                     None => Ok(()),
                 };
-                let mut outputs = readable
+                // A record whose headers cannot be read is not held: it could not be kept whole.
+                if holding && readable.is_ok() {
+                    held = hold::hold_if_paused(state, &group, &input, now_millis())?;
+                    if held {
+                        return Ok(Vec::new());
+                    }
+                }
+                readable
                     .and(prepared)
-                    .and_then(|()| span.in_scope(|| processor.process(&input, state)))?;
-                if let Some(trace) = input.header(TRACEPARENT) {
-                    carry_trace(&mut outputs, trace);
-                }
-                // Checked before the input's state writes apply and before any output is
-                // sent: an output the broker would refuse dead-letters its input whole.
-                let limit = settings.max_output_bytes;
-                match outputs
-                    .iter()
-                    .find(|o| o.size_bytes() > limit && !dead_letter_topics.contains(&o.topic))
-                {
-                    Some(over) => Err(output_too_large(over, limit)),
-                    None => Ok(outputs),
-                }
+                    .and_then(|()| span.in_scope(|| outputs_of(processor, &input, state, &limits)))
             });
             metrics.observe_processing(started.elapsed());
             if processed.result.is_err() && first_failed_at.is_none() {
@@ -518,6 +557,48 @@ impl<P: Processor> Woken<'_, P> {
         }
         Ok(())
     }
+}
+
+/// How long the loop waits between rounds over held records when nothing was released.
+const RELEASE_IDLE: Duration = Duration::from_secs(1);
+
+/// Most held records one round releases, so that inputs keep flowing while a tenant drains.
+const RELEASE_BUDGET: usize = 1_000;
+
+/// What any output must keep to: its size, unless it is a dead letter of the processor's own.
+pub(super) struct OutputLimits {
+    max_output_bytes: usize,
+    /// A processor's own dead letters (records it puts aside later, like a parked event) are
+    /// held to the dead-letter limit, which the producer enforces, not to the output limit.
+    dead_letter_topics: BTreeSet<String>,
+}
+
+/// The processor's outputs for `input`, each carrying the input's trace. Checked before the
+/// input's state writes apply and before any output is sent: an output the broker would
+/// refuse dead-letters its input whole.
+pub(super) fn outputs_of<P: Processor>(
+    processor: &mut P,
+    input: &InputRecord<'_>,
+    state: &mut State<'_>,
+    limits: &OutputLimits,
+) -> Result<Vec<OutputRecord>, ProcessError> {
+    let mut outputs = processor.process(input, state)?;
+    if let Some(trace) = input.header(TRACEPARENT) {
+        carry_trace(&mut outputs, trace);
+    }
+    let limit = limits.max_output_bytes;
+    match outputs
+        .iter()
+        .find(|o| o.size_bytes() > limit && !limits.dead_letter_topics.contains(&o.topic))
+    {
+        Some(over) => Err(output_too_large(over, limit)),
+        None => Ok(outputs),
+    }
+}
+
+/// Milliseconds since the epoch, by the wall clock.
+pub(super) fn now_millis() -> i64 {
+    backbone_calendar::now_micros() / 1000
 }
 
 /// Why an input whose output `over` is larger than `limit` is dead-lettered.

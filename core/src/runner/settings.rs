@@ -7,6 +7,7 @@ use serde::Deserialize;
 use crate::config::{ConfigError, Validate};
 use crate::dead_letter::DEFAULT_MAX_DEAD_LETTER_BYTES;
 use crate::state::StateSettings;
+use crate::tenant::DEFAULT_CONTROLS_TOPIC;
 
 /// How a processor's outputs, state and input offsets become durable together.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -85,6 +86,10 @@ pub struct RuntimeSettings {
     pub transaction: TransactionSettings,
     /// Where and how partition state is kept.
     pub state: StateSettings,
+    /// The control topic through which an operator pauses a tenant at this stage
+    /// (`backbone_core::tenant`); a stateful processor holds a paused tenant's records in its
+    /// partition state until the tenant is resumed.
+    pub tenant_controls: String,
 }
 
 /// librdkafka's default `message.max.bytes`, below the broker's default topic limit (1 MiB and
@@ -124,6 +129,7 @@ impl Default for RuntimeSettings {
             delivery: Delivery::default(),
             transaction: TransactionSettings::default(),
             state: StateSettings::default(),
+            tenant_controls: DEFAULT_CONTROLS_TOPIC.to_owned(),
         }
     }
 }
@@ -180,6 +186,9 @@ impl Validate for RuntimeSettings {
                 "transaction.timeout",
                 "must be longer than transaction.commit_interval, which must be more than 0s",
             ));
+        }
+        if self.tenant_controls.trim().is_empty() {
+            return Err(invalid("tenant_controls", "must name the control topic"));
         }
         self.state.validate()
     }

@@ -8,6 +8,8 @@ use backbone_state::changelog_topic;
 use crate::admin::{self, TopicSpec};
 use crate::dead_letter::{dlq_topic, dlq_topic_spec};
 use crate::global::GlobalTables;
+use crate::hold::CONTROLS_TABLE;
+use crate::tenant::controls_topic_spec;
 use crate::kafka::KafkaSettings;
 use crate::metrics::RuntimeMetrics;
 use crate::processor::Processor;
@@ -80,6 +82,9 @@ pub(super) async fn ensure_topics<P: Processor>(
             settings.max_dead_letter_bytes,
         )
     }));
+    if let Some(controls) = spec.globals().iter().find(|g| g.name == CONTROLS_TABLE) {
+        specs.push(controls_topic_spec(&controls.topic));
+    }
     if let Some(partitions) = partitions {
         specs.push(
             TopicSpec::new(changelog_topic(group), partitions)

@@ -18,7 +18,7 @@ use crate::Context;
 use backbone_calendar::format_rfc3339_ms;
 use backbone_core::table::{Align, Table};
 
-/// The two audited actions.
+/// The audited actions (`replay tenant` adds its own, `crate::tenant::action`).
 pub mod action {
     /// `replay run`.
     pub const REPLAY: &str = "replay";
@@ -238,7 +238,10 @@ pub async fn list(ctx: &Context) -> Result<Vec<AuditEntry>, ReplayError> {
 /// The target in a few words.
 pub fn describe_target(target: &Json) -> String {
     let text = |key: &str| target.get(key).and_then(Json::as_str).unwrap_or("-");
-    if target.get("group").is_some() {
+    if let Some(stages) = target.get("stages").and_then(Json::as_array) {
+        let stages: Vec<&str> = stages.iter().filter_map(Json::as_str).collect();
+        format!("tenant {} at {}", text("tenant"), stages.join(", "))
+    } else if target.get("group").is_some() {
         format!(
             "group {} on {} to {}",
             text("group"),

@@ -19,6 +19,7 @@ pub mod registry;
 pub mod render;
 pub mod republish;
 pub mod scan;
+pub mod tenant;
 pub mod time;
 pub mod trace;
 

@@ -12,6 +12,8 @@ use backbone_core::endpoint::ObservabilitySettings;
 use backbone_core::kafka::ConsumerFailure;
 use backbone_core::metrics::{fatal_kind, MeteredContext, RuntimeMetrics};
 use backbone_core::shutdown::{sleep_until, stopped};
+use backbone_core::state::StateFailure;
+use backbone_core::tenant::{controls_topic_spec, TenantControls};
 use backbone_core::{Header, KafkaSettings};
 use backbone_schemas::types::{Contract, DeliveryResult};
 use backbone_schemas::{OutputContracts, WireCodec};
@@ -26,6 +28,7 @@ use tokio::sync::watch;
 
 mod accept;
 mod deliver;
+mod hold;
 mod offsets;
 mod results;
 
@@ -35,7 +38,11 @@ use crate::metrics::SinkMetrics;
 use crate::settings::SinkSettings;
 use crate::{Delivery, Money, Outcome, Sink};
 use accept::OwnedInput;
+use hold::Holds;
 use offsets::OpenRecords;
+
+/// Longest wait for the control topic to be read at start-up.
+const CONTROLS_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Reason on the dead letters of records the destination refused.
 pub const DESTINATION_REJECTED: &str = "destination_rejected";
@@ -86,6 +93,9 @@ pub enum SinkError {
         /// What failed.
         message: String,
     },
+    /// The control topic could not be read.
+    #[error("tenant controls: {0}")]
+    Controls(#[from] backbone_core::state::StateFailure),
     /// The destination refused the credentials: fix them and restart.
     #[error("stopped: the destination refused the sink's credentials (HTTP {status}): {message}")]
     Unauthorized {
@@ -102,7 +112,11 @@ impl SinkError {
         match self {
             Self::Refused(_) | Self::Unauthorized { .. } => fatal_kind::AUTH,
             Self::Ledger(_) => fatal_kind::CONFIG,
-            Self::Kafka(_) | Self::Fatal(_) | Self::Admin(_) | Self::Publish { .. } => {
+            Self::Kafka(_)
+            | Self::Fatal(_)
+            | Self::Admin(_)
+            | Self::Publish { .. }
+            | Self::Controls(_) => {
                 fatal_kind::KAFKA
             }
         }
@@ -217,6 +231,7 @@ struct SinkLoop<'s, S: Sink> {
     circuit: CircuitBreaker,
     stop: watch::Receiver<bool>,
     open: OpenRecords<HeldRecord>,
+    holds: Holds,
     queue: Vec<Delivery<S::Payload>>,
     immediate: Vec<Immediate>,
     batch_started: Option<Instant>,
@@ -252,6 +267,21 @@ impl<'s, S: Sink> SinkLoop<'s, S> {
             ),
         })?;
         let ledger = DeliveryLedger::open(&ledger_dir)?;
+        let controls = {
+            let dir = settings.ledger_dir.join(&group).join("controls");
+            let (topic, kafka, group) = (
+                settings.tenant_controls.clone(),
+                context.kafka.clone(),
+                group.clone(),
+            );
+            admin::ensure_topics(context.kafka, &[controls_topic_spec(&topic)], Duration::from_secs(30))
+                .await?;
+            tokio::task::spawn_blocking(move || {
+                TenantControls::follow(&dir, &topic, &kafka, &group, CONTROLS_TIMEOUT)
+            })
+            .await
+            .map_err(|e| StateFailure::Restore(format!("reading tenant controls: {e}")))??
+        };
         let producer: FutureProducer = context
             .kafka
             .producer_config()
@@ -298,6 +328,7 @@ impl<'s, S: Sink> SinkLoop<'s, S> {
             sink_metrics: context.sink_metrics,
             stop,
             open: OpenRecords::default(),
+            holds: Holds::new(controls),
             queue: Vec::new(),
             immediate: Vec::new(),
             batch_started: None,
@@ -311,7 +342,8 @@ impl<'s, S: Sink> SinkLoop<'s, S> {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let linger_until = self.batch_started.map(|at| at + self.settings.linger);
-            let room = self.queue.len() < self.settings.batch_max;
+            let room = self.queue.len() < self.settings.batch_max
+                && self.holds.count() < self.settings.max_held;
             let received = tokio::select! {
                 biased;
                 _ = stopped(&mut self.stop) => break,
@@ -325,7 +357,7 @@ impl<'s, S: Sink> SinkLoop<'s, S> {
             self.forget_revoked();
             self.settle_assignment();
             let go_on = match received {
-                Some(Ok(record)) => self.accept(record).await?,
+                Some(Ok(record)) => self.take_in(record).await?,
                 Some(Err(err)) => {
                     let err = SinkError::passing(err)?;
                     tracing::warn!(sink = %self.name, error = %err, "consumer error, continuing");
@@ -333,7 +365,7 @@ impl<'s, S: Sink> SinkLoop<'s, S> {
                 }
                 None => true,
             };
-            if !go_on {
+            if !go_on || !self.release_held().await? {
                 break;
             }
             let due = self.sink.due(SystemTime::now(), &self.ledger);
@@ -364,6 +396,7 @@ impl<'s, S: Sink> SinkLoop<'s, S> {
             return;
         }
         self.open.forget(&revoked);
+        self.holds.forget(&revoked);
         self.queue
             .retain(|d| d.sources.iter().all(|s| !revoked.contains(&s.partition)));
         self.immediate.retain(|i| {
