@@ -64,7 +64,9 @@ async fn charges(sandbox: &Sandbox, tenant: &str) -> Option<BTreeMap<String, usi
     let mut counts = BTreeMap::new();
     for charge in sandbox.client.charges().await.ok()? {
         if charge.tenant_id == tenant {
-            *counts.entry(charge.identity().unwrap_or_default()).or_default() += 1;
+            *counts
+                .entry(charge.identity().unwrap_or_default())
+                .or_default() += 1;
         }
     }
     Some(counts)
@@ -119,13 +121,29 @@ async fn a_paused_tenant_is_held_in_order_while_others_are_billed_and_is_billed_
     replay(
         &deployment,
         &[
-            "tenant", "pause", "--tenant", &paused, "--stage", &rater, "--stage", &billing,
-            "--reason", "test: held", "--controls-topic", &controls, "--operator", "test",
+            "tenant",
+            "pause",
+            "--tenant",
+            &paused,
+            "--stage",
+            &rater,
+            "--stage",
+            &billing,
+            "--reason",
+            "test: held",
+            "--controls-topic",
+            &controls,
+            "--operator",
+            "test",
         ],
     )
     .await;
     let listed: Json = serde_json::from_str(
-        &replay(&deployment, &["tenant", "list", "--json", "--controls-topic", &controls]).await,
+        &replay(
+            &deployment,
+            &["tenant", "list", "--json", "--controls-topic", &controls],
+        )
+        .await,
     )
     .expect("JSON");
     let stages: Vec<&str> = listed
@@ -150,9 +168,11 @@ async fn a_paused_tenant_is_held_in_order_while_others_are_billed_and_is_billed_
     })
     .await;
     let events = held_load.usage.len() as u64;
-    eventually(DEADLINE, "every event of the paused tenant held at the rater", || async {
-        (held(&deployment, "usage-rater", &paused).await? == events).then_some(())
-    })
+    eventually(
+        DEADLINE,
+        "every event of the paused tenant held at the rater",
+        || async { (held(&deployment, "usage-rater", &paused).await? == events).then_some(()) },
+    )
     .await;
     assert_eq!(charges(&sandbox, &paused).await.expect("charges").len(), 0);
 
@@ -160,17 +180,29 @@ async fn a_paused_tenant_is_held_in_order_while_others_are_billed_and_is_billed_
     replay(
         &deployment,
         &[
-            "tenant", "resume", "--tenant", &paused, "--stage", &rater,
-            "--controls-topic", &controls, "--operator", "test",
+            "tenant",
+            "resume",
+            "--tenant",
+            &paused,
+            "--stage",
+            &rater,
+            "--controls-topic",
+            &controls,
+            "--operator",
+            "test",
         ],
     )
     .await;
     let expected = held_load.expected.billed_events;
-    eventually(DEADLINE, "the paused tenant's charges held at the billing sink", || async {
-        let at_sink = held(&deployment, "billing-sink", &paused).await?;
-        let at_rater = held(&deployment, "usage-rater", &paused).await?;
-        (at_sink == expected as u64 && at_rater == 0).then_some(())
-    })
+    eventually(
+        DEADLINE,
+        "the paused tenant's charges held at the billing sink",
+        || async {
+            let at_sink = held(&deployment, "billing-sink", &paused).await?;
+            let at_rater = held(&deployment, "usage-rater", &paused).await?;
+            (at_sink == expected as u64 && at_rater == 0).then_some(())
+        },
+    )
     .await;
     assert_eq!(charges(&sandbox, &paused).await.expect("charges").len(), 0);
 
@@ -178,8 +210,16 @@ async fn a_paused_tenant_is_held_in_order_while_others_are_billed_and_is_billed_
     replay(
         &deployment,
         &[
-            "tenant", "resume", "--tenant", &paused, "--stage", &billing,
-            "--controls-topic", &controls, "--operator", "test",
+            "tenant",
+            "resume",
+            "--tenant",
+            &paused,
+            "--stage",
+            &billing,
+            "--controls-topic",
+            &controls,
+            "--operator",
+            "test",
         ],
     )
     .await;
@@ -214,7 +254,10 @@ async fn a_paused_tenant_is_held_in_order_while_others_are_billed_and_is_billed_
     let mut sent = Vec::new();
     for record in read_all(t.usage.clone()).await {
         let value = record.value.as_deref().unwrap_or_default();
-        let event: UsageEvent = codec.decode_as(value, UsageEvent::schema()).await.expect("event");
+        let event: UsageEvent = codec
+            .decode_as(value, UsageEvent::schema())
+            .await
+            .expect("event");
         if event.metadata.tenant_id == paused {
             sent.push((i64::from(record.partition), record.offset, event));
         }
@@ -223,12 +266,18 @@ async fn a_paused_tenant_is_held_in_order_while_others_are_billed_and_is_billed_
     // The rater names its source as `<tenant>/<source>/<event id>`.
     let published = sent.into_iter().map(|(_, _, e)| {
         let m = e.metadata;
-        (e.customer_id, format!("{}/{}/{}", m.tenant_id, m.source, m.event_id))
+        (
+            e.customer_id,
+            format!("{}/{}/{}", m.tenant_id, m.source, m.event_id),
+        )
     });
     let mut rated = Vec::new();
     for record in read_all(t.rated.clone()).await {
         let value = record.value.as_deref().unwrap_or_default();
-        let line: RatedUsage = codec.decode_as(value, RatedUsage::schema()).await.expect("line");
+        let line: RatedUsage = codec
+            .decode_as(value, RatedUsage::schema())
+            .await
+            .expect("line");
         if line.metadata.tenant_id == paused {
             rated.push((i64::from(record.partition), record.offset, line));
         }
@@ -240,8 +289,15 @@ async fn a_paused_tenant_is_held_in_order_while_others_are_billed_and_is_billed_
             .map(|(_, _, l)| (l.customer_id, l.source_event_ids.join(","))),
     );
     let lines: std::collections::BTreeSet<&String> = rated.values().flatten().collect();
-    assert_eq!(lines.len(), rated.values().map(Vec::len).sum::<usize>(), "each event rated once");
+    assert_eq!(
+        lines.len(),
+        rated.values().map(Vec::len).sum::<usize>(),
+        "each event rated once"
+    );
     // Events that rate to nothing (no quantity) have no line.
     let published = per_customer(published.filter(|(_, id)| lines.contains(id)));
-    assert_eq!(rated, published, "each customer's events rated in publication order");
+    assert_eq!(
+        rated, published,
+        "each customer's events rated in publication order"
+    );
 }

@@ -72,13 +72,15 @@ fn queue(state: &State<'_>, tenant: &str) -> Result<Option<Queue>, ProcessError>
 
 /// The tenants with records held in this partition.
 pub(crate) fn held_tenants(state: &State<'_>) -> Result<BTreeSet<String>, ProcessError> {
-    Ok(state
-        .get_json(HOLD_STORE, TENANTS_KEY)?
-        .unwrap_or_default())
+    Ok(state.get_json(HOLD_STORE, TENANTS_KEY)?.unwrap_or_default())
 }
 
 /// Whether `tenant` is paused at `stage`.
-pub(crate) fn is_paused(state: &State<'_>, stage: &str, tenant: &str) -> Result<bool, ProcessError> {
+pub(crate) fn is_paused(
+    state: &State<'_>,
+    stage: &str,
+    tenant: &str,
+) -> Result<bool, ProcessError> {
     Ok(state
         .global(CONTROLS_TABLE, control_key(tenant, stage).as_bytes())?
         .is_some())

@@ -65,7 +65,9 @@ pub struct TenantControls {
 
 impl std::fmt::Debug for TenantControls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TenantControls").field("stage", &self.stage).finish_non_exhaustive()
+        f.debug_struct("TenantControls")
+            .field("stage", &self.stage)
+            .finish_non_exhaustive()
     }
 }
 
@@ -113,7 +115,9 @@ pub fn check_name(what: &str, name: &str) -> Result<(), String> {
         return Err(format!("{what} is empty"));
     }
     if let Some(bad) = name.chars().find(|c| *c == ':' || c.is_control()) {
-        return Err(format!("{what} `{name}` holds {bad:?}, which a control key cannot carry"));
+        return Err(format!(
+            "{what} `{name}` holds {bad:?}, which a control key cannot carry"
+        ));
     }
     Ok(())
 }
@@ -237,7 +241,9 @@ impl HeldMetrics {
                 .with_label_values(&[tenant])
                 .set(i64::try_from(figures.records).unwrap_or(i64::MAX));
             let age_ms = now_ms.saturating_sub(figures.oldest_held_at_ms).max(0);
-            self.oldest_age.with_label_values(&[tenant]).set(age_ms / 1000);
+            self.oldest_age
+                .with_label_values(&[tenant])
+                .set(age_ms / 1000);
         }
         *series = bounded.into_keys().collect();
     }
@@ -261,7 +267,10 @@ mod tests {
             .collect();
         assert_eq!(bounded, expected);
         // Within the limit nothing changes.
-        assert_eq!(TopTenants { limit: 5 }.bound(figures.clone(), |n| *n as i64, |a, b| a + b), figures);
+        assert_eq!(
+            TopTenants { limit: 5 }.bound(figures.clone(), |n| *n as i64, |a, b| a + b),
+            figures
+        );
     }
 
     #[test]
@@ -274,8 +283,16 @@ mod tests {
         };
         metrics.publish([("acme".to_owned(), held(3))].into(), 61_000);
         let text = crate::metrics::encode(&registry).expect("encode");
-        assert!(text.contains(r#"backbone_tenant_held_records{processor="rater",tenant="acme"} 3"#), "{text}");
-        assert!(text.contains(r#"backbone_tenant_held_oldest_age_seconds{processor="rater",tenant="acme"} 60"#), "{text}");
+        assert!(
+            text.contains(r#"backbone_tenant_held_records{processor="rater",tenant="acme"} 3"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"backbone_tenant_held_oldest_age_seconds{processor="rater",tenant="acme"} 60"#
+            ),
+            "{text}"
+        );
         metrics.publish(BTreeMap::new(), 62_000);
         let text = crate::metrics::encode(&registry).expect("encode");
         assert!(!text.contains("acme"), "{text}");

@@ -33,8 +33,8 @@ mod stage;
 mod topics;
 
 pub use error::{RefusedRecord, RunSummary, RuntimeError};
-pub use settings::{Delivery, RuntimeSettings, TransactionSettings, DEFAULT_MAX_OUTPUT_BYTES};
 use release::{Release, Sending};
+pub use settings::{Delivery, RuntimeSettings, TransactionSettings, DEFAULT_MAX_OUTPUT_BYTES};
 use stage::{create_producer, Stage};
 use topics::{ensure_topics, load_globals};
 

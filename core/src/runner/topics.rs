@@ -9,11 +9,11 @@ use crate::admin::{self, TopicSpec};
 use crate::dead_letter::{dlq_topic, dlq_topic_spec};
 use crate::global::GlobalTables;
 use crate::hold::CONTROLS_TABLE;
-use crate::tenant::controls_topic_spec;
 use crate::kafka::KafkaSettings;
 use crate::metrics::RuntimeMetrics;
 use crate::processor::Processor;
 use crate::state::{StateFailure, StateSpec};
+use crate::tenant::controls_topic_spec;
 
 use super::{RuntimeError, RuntimeSettings};
 

@@ -629,15 +629,29 @@ async fn tenant_command(
             if args.change.controls.json {
                 writeln!(out, "{}", to_json(&pauses))?;
             } else {
-                writeln!(out, "paused tenant `{}` at {}", args.change.tenant, args.change.stages.join(", "))?;
+                writeln!(
+                    out,
+                    "paused tenant `{}` at {}",
+                    args.change.tenant,
+                    args.change.stages.join(", ")
+                )?;
             }
         }
         TenantCommand::Resume(args) => {
             tenant::resume(ctx, &change(&args)).await?;
             if args.controls.json {
-                writeln!(out, "{}", serde_json::json!({ "resumed": args.tenant, "stages": args.stages }))?;
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::json!({ "resumed": args.tenant, "stages": args.stages })
+                )?;
             } else {
-                writeln!(out, "resumed tenant `{}` at {}", args.tenant, args.stages.join(", "))?;
+                writeln!(
+                    out,
+                    "resumed tenant `{}` at {}",
+                    args.tenant,
+                    args.stages.join(", ")
+                )?;
             }
         }
         TenantCommand::List(args) => {

@@ -43,7 +43,8 @@ impl Change<'_> {
         check_name("tenant", self.tenant)
             .map_err(|_| ReplayError::invalid("--tenant", self.tenant, EXPECTED))?;
         for stage in self.stages {
-            check_name("stage", stage).map_err(|_| ReplayError::invalid("--stage", stage, EXPECTED))?;
+            check_name("stage", stage)
+                .map_err(|_| ReplayError::invalid("--stage", stage, EXPECTED))?;
         }
         Ok(())
     }
@@ -100,7 +101,8 @@ async fn write(
         fastrand::u16(..)
     );
     let target = json!({ "topic": change.topic, "tenant": change.tenant, "stages": change.stages });
-    let record = |event: &str| AuditRecord::new(&id, action, event, change.operator, target.clone());
+    let record =
+        |event: &str| AuditRecord::new(&id, action, event, change.operator, target.clone());
     audit.write(&record(crate::audit::event::STARTED)).await?;
     let producer = ctx.producer()?;
     for (stage, value) in change.stages.iter().zip(values) {
@@ -113,7 +115,10 @@ async fn write(
             let mut failed = record(crate::audit::event::FAILED);
             failed.message = Some(err.to_string());
             audit.write(&failed).await?;
-            return Err(ReplayError::kafka(format!("writing to `{}`", change.topic), err));
+            return Err(ReplayError::kafka(
+                format!("writing to `{}`", change.topic),
+                err,
+            ));
         }
     }
     audit.write(&record(crate::audit::event::COMPLETED)).await
@@ -136,12 +141,14 @@ pub async fn list(ctx: &Context, topic: &str) -> Result<Vec<TenantPause>, Replay
         };
         let pause = match record.value.as_deref() {
             None => None,
-            Some(value) => Some(serde_json::from_slice(value).map_err(|e| {
-                ReplayError::Corrupt {
-                    what: format!("control record at offset {} of `{topic}`", record.offset),
-                    message: e.to_string(),
-                }
-            })?),
+            Some(value) => {
+                Some(
+                    serde_json::from_slice(value).map_err(|e| ReplayError::Corrupt {
+                        what: format!("control record at offset {} of `{topic}`", record.offset),
+                        message: e.to_string(),
+                    })?,
+                )
+            }
         };
         latest.insert(key, pause);
     }
@@ -153,17 +160,15 @@ pub fn print_table(pauses: &[TenantPause], out: &mut dyn Write) -> std::io::Resu
     if pauses.is_empty() {
         return writeln!(out, "no tenant is paused");
     }
-    let table = Table::new(
-        ["TENANT", "STAGE", "PAUSED AT", "REASON"],
-        [Align::Left; 4],
-    )
-    .with_rows(pauses.iter().map(|pause| {
-        [
-            pause.tenant.clone(),
-            pause.stage.clone(),
-            format_rfc3339_ms(pause.paused_at_ms),
-            pause.reason.clone(),
-        ]
-    }));
+    let table = Table::new(["TENANT", "STAGE", "PAUSED AT", "REASON"], [Align::Left; 4]).with_rows(
+        pauses.iter().map(|pause| {
+            [
+                pause.tenant.clone(),
+                pause.stage.clone(),
+                format_rfc3339_ms(pause.paused_at_ms),
+                pause.reason.clone(),
+            ]
+        }),
+    );
     write!(out, "{}", table.render())
 }

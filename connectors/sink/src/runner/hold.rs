@@ -96,7 +96,8 @@ impl<S: Sink> SinkLoop<'_, S> {
         // A record whose headers cannot be read is dead-lettered, not held: it is not whole.
         let holdable = record.unreadable.is_none() && !tenant.is_empty();
         if holdable
-            && (self.holds.queues.contains_key(&tenant) || self.holds.controls.is_paused(&tenant)?)
+            && (self.holds.queues.contains_key(&tenant)
+                || self.holds.controls.is_paused(&tenant)?)
         {
             // Open, so that neither it nor any later record of its partition commits.
             let placeholder = HeldRecord {
@@ -105,7 +106,8 @@ impl<S: Sink> SinkLoop<'_, S> {
                 headers: Vec::new(),
                 timestamp_ms: None,
             };
-            self.open.take(record.partition, record.offset, placeholder, 1);
+            self.open
+                .take(record.partition, record.offset, placeholder, 1);
             let now = backbone_calendar::now_ms();
             self.holds
                 .queues

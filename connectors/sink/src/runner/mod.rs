@@ -116,9 +116,7 @@ impl SinkError {
             | Self::Fatal(_)
             | Self::Admin(_)
             | Self::Publish { .. }
-            | Self::Controls(_) => {
-                fatal_kind::KAFKA
-            }
+            | Self::Controls(_) => fatal_kind::KAFKA,
         }
     }
 
@@ -274,8 +272,12 @@ impl<'s, S: Sink> SinkLoop<'s, S> {
                 context.kafka.clone(),
                 group.clone(),
             );
-            admin::ensure_topics(context.kafka, &[controls_topic_spec(&topic)], Duration::from_secs(30))
-                .await?;
+            admin::ensure_topics(
+                context.kafka,
+                &[controls_topic_spec(&topic)],
+                Duration::from_secs(30),
+            )
+            .await?;
             tokio::task::spawn_blocking(move || {
                 TenantControls::follow(&dir, &topic, &kafka, &group, CONTROLS_TIMEOUT)
             })
