@@ -288,6 +288,12 @@ impl KafkaSettings {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
+            // It joins no group, but librdkafka refuses a `max.poll.interval.ms` (which the
+            // operator's properties may lower) under the session timeout whatever the use.
+            .set(
+                "session.timeout.ms",
+                self.session_timeout.as_millis().to_string(),
+            )
             .set("isolation.level", "read_committed");
         config
     }
