@@ -1319,7 +1319,28 @@ fn every_dashboard_panel_queries_the_provisioned_prometheus() {
                 "backbone_sink_circuit_state",
             ][..],
         ),
-        ("backbone-drift", &["backbone_drift_difference", "backbone_drift_relative", "by (check)"][..]),
+        (
+            "backbone-business",
+            &[
+                "backbone_event_latency_seconds_bucket{processor=\"fanout\",topic=~\".*billing.charges.*\"}",
+                "backbone_end_to_end_latency_seconds_bucket{processor=~\"billing-sink|erp-sink\"}",
+                "backbone_sink_deliveries_total{processor=\"billing-sink\",outcome=~\"delivered|already_delivered\"}",
+                "backbone_sink_deliveries_total{processor=\"erp-sink\",outcome=~\"delivered|already_delivered\"}",
+                "increase(backbone_replayed_records_total",
+                "backbone_drift_difference{check=\"accounts_vs_crm\",tenant=~\".*\"}",
+            ][..],
+        ),
+        (
+            "backbone-drift",
+            &[
+                "backbone_drift_difference",
+                "backbone_drift_relative",
+                "by (check)",
+                "sum by (topic, source, field) (rate(backbone_contract_null_fields_total",
+                "sum by (topic, source, schema_id) (rate(backbone_contract_records_total",
+                "sum by (topic, source, reason) (rate(backbone_contract_rejections_total",
+            ][..],
+        ),
     ] {
         let board = dashboards()
             .into_iter()
@@ -1373,6 +1394,8 @@ fn dashboards_and_rules_use_only_metrics_the_binaries_export() {
         core::PROCESSOR_RETRIES,
         core::PROCESSOR_DURATION,
         core::END_TO_END_LATENCY,
+        core::EVENT_LATENCY,
+        core::REPLAYED_RECORDS,
         core::CONSUMER_LAG,
         core::TRANSACTION_COMMITS,
         core::TRANSACTION_ABORTS,
@@ -1395,6 +1418,11 @@ fn dashboards_and_rules_use_only_metrics_the_binaries_export() {
         backbone_ingest::metrics::names::EVENTS_REJECTED,
         backbone_ingest::metrics::names::REQUESTS_THROTTLED,
         backbone_ingest::metrics::names::REQUEST_DURATION,
+        backbone_core::tenant::names::HELD_RECORDS,
+        backbone_core::tenant::names::HELD_OLDEST_AGE,
+        backbone_usage_validator::contract::names::RECORDS,
+        backbone_usage_validator::contract::names::NULL_FIELDS,
+        backbone_usage_validator::contract::names::REJECTIONS,
     ]
     .into_iter()
     .collect();
@@ -1425,6 +1453,9 @@ fn dashboards_and_rules_use_only_metrics_the_binaries_export() {
         backbone_monitor::names::LAG_SECONDS,
         backbone_drift::metrics::names::DIFFERENCE,
         backbone_drift::metrics::names::RELATIVE,
+        core::EVENT_LATENCY,
+        core::REPLAYED_RECORDS,
+        backbone_usage_validator::contract::names::NULL_FIELDS,
     ] {
         assert!(used.contains(name), "{name} is shown nowhere");
     }

@@ -19,6 +19,7 @@ use backbone_calendar::{day_of_micros, format_date, now_micros};
 use backbone_ingest::keys::{self, NewKey};
 use backbone_loadgen::{LoadSpec, Payload, Workload, LEGAL_ENTITY, METER};
 use backbone_sandbox::SandboxConfig;
+use backbone_schemas::WireCodec;
 use backbone_testkit::ChildProcess;
 use serde_json::Value;
 use sinks::{eventually, registry_url, Sandbox};
@@ -33,7 +34,9 @@ fn repo() -> PathBuf {
 }
 
 /// The repository's alert rules with every `for:` cut to one second, so that a rule whose
-/// condition holds fires within the test; the expressions are untouched.
+/// condition holds fires within the test, and the contract rule's windows scaled down with
+/// it: its last 10 minutes become 15 seconds, its day before them the minute before those.
+/// Otherwise the expressions are untouched; `rules.test.yml` tests them at full scale.
 fn rules_for_test(dir: &Path) -> PathBuf {
     let text = std::fs::read_to_string(repo().join("deploy/prometheus/rules.yml"))
         .expect("deploy/prometheus/rules.yml");
@@ -41,6 +44,9 @@ fn rules_for_test(dir: &Path) -> PathBuf {
         .lines()
         .map(|line| match line.split_once("for:") {
             Some((indent, _)) if indent.trim().is_empty() => format!("{indent}for: 1s"),
+            _ if line.contains("backbone_contract_") => line
+                .replace("[1d] offset 10m", "[1m] offset 15s")
+                .replace("[10m]", "[15s]"),
             _ => line.to_owned(),
         })
         .collect();
@@ -306,6 +312,14 @@ async fn prometheus_answers_every_dashboard_and_alert_query_and_dropped_journals
     })
     .await;
 
+    // Usage to delivery is longer than charge to delivery: the event's time came with it
+    // from the usage topic through every stage.
+    let longer = "sum(backbone_event_latency_seconds_sum{processor=\"billing-sink\"}) / sum(backbone_event_latency_seconds_count{processor=\"billing-sink\"}) > sum(backbone_end_to_end_latency_seconds_sum{processor=\"billing-sink\"}) / sum(backbone_end_to_end_latency_seconds_count{processor=\"billing-sink\"})";
+    eventually(DEADLINE, "usage to delivery longer than charge to delivery", || async {
+        (!prometheus.query(longer).await.ok()?.is_empty()).then_some(())
+    })
+    .await;
+
     let drift =
         format!("backbone_drift_difference{{check=\"rated_vs_erp\",tenant=\"{tenant}\"}} < 0");
     eventually(
@@ -414,6 +428,72 @@ async fn prometheus_answers_every_dashboard_and_alert_query_and_dropped_journals
         reason,
     };
     run_runbooks(&deployment, &filled).await;
+    // The runbooks' replay sent dead letters back to the validator, which counted them.
+    let replayed = "sum(backbone_replayed_records_total{processor=\"usage-validator\"}) > 0";
+    eventually(DEADLINE, "the replayed records counted", || async {
+        (!prometheus.query(replayed).await.ok()?.is_empty()).then_some(())
+    })
+    .await;
+
+    contract_nulls_fire_their_alert(&deployment, &prometheus, &workload).await;
+}
+
+/// A producer that fills `unique_value`, then stops: the contract alert fires for that
+/// producer and field, and for no other field of it.
+async fn contract_nulls_fire_their_alert(
+    deployment: &Deployment,
+    prometheus: &Prometheus,
+    workload: &Workload,
+) {
+    let (key, template) = workload
+        .usage
+        .iter()
+        .find_map(|r| match &r.payload {
+            Payload::Event(e) if e.quantity.unscaled() > 0 => Some((r.key.clone(), (**e).clone())),
+            _ => None,
+        })
+        .expect("an event");
+    let source = format!("contract-drift-{}", now_micros());
+    let codec = WireCodec::new(registry_url());
+    let sent = std::sync::atomic::AtomicU64::new(0);
+    let send = |unique: bool| {
+        let n = sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut event = template.clone();
+        event.metadata.source.clone_from(&source);
+        event.metadata.event_id = format!("{source}-{n}");
+        event.unique_value = unique.then(|| format!("u-{n}"));
+        let (codec, topic, key) = (&codec, &deployment.topics.usage, key.clone());
+        async move { sinks::publish(codec, topic, &[(key, event, None)]).await }
+    };
+    // Its past: the minute before the last 15 seconds holds records that all had the field.
+    let past = format!(
+        "sum(rate(backbone_contract_records_total{{source=\"{source}\"}}[1m] offset 15s)) > 0"
+    );
+    eventually(DEADLINE, "a past of records with the field", || async {
+        send(true).await;
+        (!prometheus.query(&past).await.ok()?.is_empty()).then_some(())
+    })
+    .await;
+    let fired = eventually(DEADLINE, "the contract alert to fire", || async {
+        send(false).await;
+        let alerts: Vec<Value> = prometheus
+            .firing()
+            .await
+            .into_iter()
+            .filter(|a| {
+                a["labels"]["alertname"] == "BackboneContractNullsRising"
+                    && a["labels"]["source"] == source.as_str()
+            })
+            .collect();
+        (!alerts.is_empty()).then_some(alerts)
+    })
+    .await;
+    let fields: Vec<&str> = fired
+        .iter()
+        .filter_map(|a| a["labels"]["field"].as_str())
+        .collect();
+    assert_eq!(fields, ["unique_value"], "{fired:#?}");
+    assert_eq!(fired[0]["labels"]["topic"], deployment.topics.usage.as_str());
 }
 
 /// What a runbook's placeholders stand for in this run.

@@ -57,6 +57,15 @@ pub trait App: Processor + Sized {
 
     /// Builds the processor from its validated settings and the registry it reaches.
     fn build(settings: Self::Settings, registry: &RegistryAccess) -> Self;
+
+    /// Registers the processor's own series on the registry its `/metrics` serves, beside the
+    /// runtime's; none by default.
+    fn register_metrics(
+        &mut self,
+        _registry: &prometheus::Registry,
+    ) -> Result<(), prometheus::Error> {
+        Ok(())
+    }
 }
 
 /// The flags every Backbone service binary takes.
@@ -156,14 +165,17 @@ where
 
     async fn build(
         config: &mut ProcessorConfig<A::Settings>,
-        _registry: &prometheus::Registry,
+        metrics: &prometheus::Registry,
     ) -> Result<Self, String> {
         let registry = config
             .schema_registry
             .access()
             .map_err(|err| err.to_string())?;
         let settings = std::mem::take(&mut config.own.processor);
-        Ok(Self(A::build(settings, &registry)))
+        let mut app = A::build(settings, &registry);
+        app.register_metrics(metrics)
+            .map_err(|err| format!("metrics: {err}"))?;
+        Ok(Self(app))
     }
 
     async fn run(

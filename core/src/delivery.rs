@@ -55,6 +55,10 @@ pub(crate) struct Handled {
     pub(crate) dead_letter: Option<&'static str>,
     pub(crate) duplicate: bool,
     pub(crate) age: Option<Duration>,
+    /// How long ago the event entered the backbone ([`crate::processor::EVENT_TIME`]).
+    pub(crate) event_age: Option<Duration>,
+    /// Whether the input was republished by a replay.
+    pub(crate) replayed: bool,
 }
 
 impl Handled {
@@ -273,6 +277,9 @@ impl<C: ConsumerContext + 'static> Ledger<'_, C> {
             Trigger::Wake => None,
         };
         if let Some(topic) = input {
+            if outcome.replayed {
+                self.metrics.record_replayed(topic);
+            }
             if outcome.duplicate {
                 self.metrics.record_duplicate(topic);
                 summary.duplicates += 1;
@@ -288,6 +295,9 @@ impl<C: ConsumerContext + 'static> Ledger<'_, C> {
             summary.produced += n;
             if let Some(age) = outcome.age {
                 self.metrics.observe_end_to_end(topic, age);
+            }
+            if let Some(age) = outcome.event_age {
+                self.metrics.observe_event_latency(topic, age);
             }
         }
     }

@@ -44,6 +44,14 @@ pub mod names {
     /// Time from an input's event time to its output's acknowledgement, by output topic
     /// (histogram).
     pub const END_TO_END_LATENCY: &str = "backbone_end_to_end_latency_seconds";
+    /// Time from when an event entered the backbone (its [`EVENT_TIME`] header) to an output
+    /// made from it being acknowledged, or, at a sink, to its delivery settling; by topic
+    /// (histogram).
+    ///
+    /// [`EVENT_TIME`]: crate::processor::EVENT_TIME
+    pub const EVENT_LATENCY: &str = "backbone_event_latency_seconds";
+    /// Inputs a replay republished (they carry `backbone.replay.id`), by input topic.
+    pub const REPLAYED_RECORDS: &str = "backbone_replayed_records_total";
     /// Records between the committed offset and the end of each assigned partition (gauge).
     pub const CONSUMER_LAG: &str = "backbone_consumer_lag_records";
     /// Kafka transactions committed.
@@ -124,6 +132,8 @@ pub struct RuntimeMetrics {
     retries: IntCounterVec,
     processing: Histogram,
     end_to_end: HistogramVec,
+    event_latency: HistogramVec,
+    replayed: IntCounterVec,
     consumer_lag: IntGaugeVec,
     transaction_commits: IntCounter,
     transaction_aborts: IntCounter,
@@ -192,6 +202,21 @@ impl RuntimeMetrics {
             ),
             &["topic"],
         )?;
+        let event_latency = HistogramVec::new(
+            histogram(
+                names::EVENT_LATENCY,
+                "Time from when an event entered the backbone to an output made from it acknowledged (at a sink: delivered).",
+                LATENCY_BUCKETS,
+            ),
+            &["topic"],
+        )?;
+        let replayed = IntCounterVec::new(
+            opts(
+                names::REPLAYED_RECORDS,
+                "Inputs a replay republished, by input topic.",
+            ),
+            &["topic"],
+        )?;
         let consumer_lag = IntGaugeVec::new(
             opts(
                 names::CONSUMER_LAG,
@@ -235,6 +260,8 @@ impl RuntimeMetrics {
         registry.register(Box::new(retries.clone()))?;
         registry.register(Box::new(processing.clone()))?;
         registry.register(Box::new(end_to_end.clone()))?;
+        registry.register(Box::new(event_latency.clone()))?;
+        registry.register(Box::new(replayed.clone()))?;
         registry.register(Box::new(consumer_lag.clone()))?;
         registry.register(Box::new(transaction_commits.clone()))?;
         registry.register(Box::new(transaction_aborts.clone()))?;
@@ -257,6 +284,8 @@ impl RuntimeMetrics {
             retries,
             processing,
             end_to_end,
+            event_latency,
+            replayed,
             consumer_lag,
             transaction_commits,
             transaction_aborts,
@@ -273,6 +302,7 @@ impl RuntimeMetrics {
         for topic in inputs {
             self.duplicates.with_label_values(&[topic]);
             self.retries.with_label_values(&[topic]);
+            self.replayed.with_label_values(&[topic]);
         }
         for topic in outputs {
             self.produced.with_label_values(&[topic]);
@@ -319,6 +349,25 @@ impl RuntimeMetrics {
         self.end_to_end
             .with_label_values(&[topic])
             .observe(latency.as_secs_f64());
+    }
+
+    /// How long ago an event, made into a record of `topic`, entered the backbone.
+    pub fn observe_event_latency(&self, topic: &str, latency: Duration) {
+        self.event_latency
+            .with_label_values(&[topic])
+            .observe(latency.as_secs_f64());
+    }
+
+    /// Creates the event-latency series of `topics`: a processor's outputs, a sink's input.
+    pub fn register_event_topics(&self, topics: &[String]) {
+        for topic in topics {
+            self.event_latency.with_label_values(&[topic]);
+        }
+    }
+
+    /// One input of `topic` a replay republished.
+    pub fn record_replayed(&self, topic: &str) {
+        self.replayed.with_label_values(&[topic]).inc();
     }
 
     /// Sets the lag of one partition. [`MeteredContext`] keeps these current on its own.

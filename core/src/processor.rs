@@ -31,6 +31,12 @@ pub struct InputRecord<'a> {
 }
 
 impl InputRecord<'_> {
+    /// When the event this record carries entered the backbone: its [`EVENT_TIME`] header, or
+    /// this record's timestamp when it has none (it is the event's first record).
+    pub fn event_time_ms(&self) -> Option<i64> {
+        event_time_ms(self.headers, self.timestamp_ms)
+    }
+
     /// The value of the first header called `name`; `None` when there is none or it is null.
     pub fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers
@@ -132,6 +138,26 @@ impl ProcessError {
 
 /// The header carrying the W3C trace context (`traceparent`) from stage to stage.
 pub const TRACEPARENT: &str = "traceparent";
+
+/// The header carrying when an event entered the backbone, in milliseconds since the epoch
+/// (decimal text): the timestamp of its record on the first topic a stage read it from. The
+/// runtime sets it on the outputs of an input without one and carries it on from an input with
+/// one, so every record made from an event, down to its deliveries, can say how long ago the
+/// event arrived (`backbone_event_latency_seconds`).
+pub const EVENT_TIME: &str = "backbone.event.time";
+
+/// When the event of a record with `headers` and `timestamp_ms` entered the backbone: its
+/// [`EVENT_TIME`] header, or the record's timestamp when it has none.
+pub fn event_time_ms(headers: &[Header], timestamp_ms: Option<i64>) -> Option<i64> {
+    headers
+        .iter()
+        .find(|(name, _)| name == EVENT_TIME)
+        .and_then(|(_, v)| std::str::from_utf8(v.as_deref()?).ok()?.parse().ok())
+        .or(timestamp_ms)
+}
+
+/// The header a replay puts on every record it republishes: the replay's id.
+pub const REPLAY_ID: &str = "backbone.replay.id";
 
 /// Asynchronous preparation the runtime awaits before each [`Processor::process`] call, such
 /// as resolving a record's schema id into a local cache. It keeps `process` synchronous and

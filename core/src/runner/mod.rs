@@ -21,7 +21,8 @@ use crate::hold::{self, CONTROLS_TABLE, HOLD_STORE};
 use crate::kafka::{owned_headers, ConsumerFailure, KafkaSettings, UNREADABLE_HEADERS};
 use crate::metrics::{event_age, MeteredContext, RuntimeMetrics};
 use crate::processor::{
-    InputRecord, OutputRecord, Prefetch, ProcessError, Processor, Wake, TRACEPARENT,
+    InputRecord, OutputRecord, Prefetch, ProcessError, Processor, Wake, EVENT_TIME, REPLAY_ID,
+    TRACEPARENT,
 };
 use crate::shutdown::{sleep_until, stopped};
 use crate::state::{Assignment, ChangelogWrite, Ownership, State, Tasks};
@@ -154,6 +155,7 @@ async fn run_loop<P: Processor>(
     let topics: Vec<&str> = inputs.iter().map(String::as_str).collect();
     consumer.subscribe(&topics).map_err(RuntimeError::Client)?;
     metrics.register_topics(&inputs, &processor.output_topics());
+    metrics.register_event_topics(&processor.output_topics());
     // Ready once subscribed; a partition's restore flips it off until it is done.
     metrics.readiness().set_ready(true);
     tracing::info!(processor = %name, group = %group, topics = ?topics, delivery = ?settings.delivery,
@@ -391,6 +393,10 @@ async fn run_loop<P: Processor>(
             age: input
                 .timestamp_ms
                 .and_then(|ms| event_age(ms, SystemTime::now())),
+            event_age: input
+                .event_time_ms()
+                .and_then(|ms| event_age(ms, SystemTime::now())),
+            replayed: input.header(REPLAY_ID).is_some(),
         };
         let records = match processed.result {
             Ok(outputs) => outputs,
@@ -540,6 +546,8 @@ impl<P: Processor> Woken<'_, P> {
                 dead_letter: None,
                 duplicate: false,
                 age: None,
+                event_age: None,
+                replayed: false,
             };
             stage
                 .deliver(
@@ -584,7 +592,10 @@ pub(super) fn outputs_of<P: Processor>(
 ) -> Result<Vec<OutputRecord>, ProcessError> {
     let mut outputs = processor.process(input, state)?;
     if let Some(trace) = input.header(TRACEPARENT) {
-        carry_trace(&mut outputs, trace);
+        carry_header(&mut outputs, TRACEPARENT, trace);
+    }
+    if let Some(at) = input.event_time_ms() {
+        carry_header(&mut outputs, EVENT_TIME, at.to_string().as_bytes());
     }
     let limit = limits.max_output_bytes;
     match outputs
@@ -616,14 +627,12 @@ fn output_too_large(over: &OutputRecord, limit: usize) -> ProcessError {
 /// Reason of an input dead-lettered because an output of it is over `runtime.max_output_bytes`.
 pub const OUTPUT_TOO_LARGE: &str = "output_too_large";
 
-/// Gives outputs without a `traceparent` the input's, so a trace follows the event through
-/// every stage.
-fn carry_trace(outputs: &mut [OutputRecord], trace: &[u8]) {
+/// Gives outputs without header `name` the input's `value`, so that the trace and the event's
+/// time follow the event through every stage.
+fn carry_header(outputs: &mut [OutputRecord], name: &str, value: &[u8]) {
     for output in outputs {
-        if !output.headers.iter().any(|(name, _)| name == TRACEPARENT) {
-            output
-                .headers
-                .push((TRACEPARENT.to_owned(), Some(trace.to_vec())));
+        if !output.headers.iter().any(|(n, _)| n == name) {
+            output.headers.push((name.to_owned(), Some(value.to_vec())));
         }
     }
 }
@@ -666,12 +675,31 @@ mod tests {
         };
         let own = (TRACEPARENT.to_owned(), Some(b"00-own".to_vec()));
         let mut outputs = vec![record(Vec::new()), record(vec![own.clone()])];
-        carry_trace(&mut outputs, b"00-input");
+        carry_header(&mut outputs, TRACEPARENT, b"00-input");
         assert_eq!(
             outputs[0].headers,
             vec![(TRACEPARENT.to_owned(), Some(b"00-input".to_vec()))]
         );
         assert_eq!(outputs[1].headers, vec![own]);
+    }
+
+    #[test]
+    fn an_event_keeps_the_time_it_entered_the_backbone_through_every_stage() {
+        let input = |timestamp_ms, headers| InputRecord {
+            topic: "t",
+            partition: 0,
+            offset: 0,
+            timestamp_ms,
+            key: None,
+            value: None,
+            headers,
+        };
+        // Its first record: the record's own timestamp.
+        assert_eq!(input(Some(1_000), &[]).event_time_ms(), Some(1_000));
+        // Later: the time its first record carried, whatever this record's timestamp.
+        let carried = [(EVENT_TIME.to_owned(), Some(b"400".to_vec()))];
+        assert_eq!(input(Some(1_000), &carried).event_time_ms(), Some(400));
+        assert_eq!(input(None, &[]).event_time_ms(), None);
     }
 
     #[test]

@@ -12,6 +12,7 @@ use crate::dead_letter::DeadLetter;
 use crate::delivery::{Handled, InFlight, Trigger};
 use crate::global::GlobalTables;
 use crate::hold::{self, HeldRecord};
+use crate::metrics::event_age;
 use crate::processor::{Prefetch, ProcessError, Processor};
 use crate::state::{Ownership, Tasks};
 use crate::tenant::{Held, HeldMetrics};
@@ -136,6 +137,10 @@ impl<P: Processor> Release<'_, P> {
                 dead_letter: None,
                 duplicate: processed.duplicate,
                 age: None,
+                event_age: input
+                    .event_time_ms()
+                    .and_then(|ms| event_age(ms, SystemTime::now())),
+                replayed: false,
             };
             let (records, changelog) = match processed.result {
                 Ok(records) => (records, processed.changelog),

@@ -11,6 +11,8 @@
 
 use std::sync::Arc;
 
+pub mod contract;
+
 use backbone_core::app::{App, RegistryAccess};
 use backbone_core::config::{ConfigError, Validate};
 use backbone_core::{
@@ -19,6 +21,7 @@ use backbone_core::{
 };
 use backbone_schemas::types::{Contract, UsageEvent};
 use backbone_schemas::WireCodec;
+use contract::ContractMetrics;
 use serde::Deserialize;
 
 /// Header carrying the idempotency key `(tenant_id, source, event_id)` as `tenant/source/id`.
@@ -70,6 +73,9 @@ impl Validate for ValidatorSettings {
     }
 }
 
+/// Reason of a record without a value.
+const MISSING_VALUE: &str = "missing_value";
+
 /// `tenant/source/event_id`, the idempotency key downstream stages dedup on.
 pub fn idempotency_key(event: &UsageEvent) -> String {
     let m = &event.metadata;
@@ -81,6 +87,8 @@ pub fn idempotency_key(event: &UsageEvent) -> String {
 pub struct UsageValidator {
     settings: ValidatorSettings,
     codec: Arc<WireCodec>,
+    /// What each producer sends, once registered on a metrics registry.
+    contract: Option<Arc<ContractMetrics>>,
 }
 
 impl UsageValidator {
@@ -89,7 +97,30 @@ impl UsageValidator {
         Self {
             settings,
             codec: Arc::new(codec),
+            contract: None,
         }
+    }
+
+    /// Decodes and checks `value`, counting what the producer sent.
+    fn read(&self, topic: &str, value: &[u8]) -> Result<UsageEvent, ProcessError> {
+        let decoded = self
+            .codec
+            .decode_cached_as(value, UsageEvent::schema())
+            .map_err(ProcessError::from);
+        let Some(contract) = &self.contract else {
+            return decoded.and_then(|event| check(&event).map(|()| event));
+        };
+        let event = decoded.inspect_err(|err| {
+            if let ProcessError::Permanent { reason, .. } = err {
+                contract.rejected(topic, None, reason);
+            }
+        })?;
+        contract.decoded(topic, contract::schema_id(value), &event);
+        if let Err(err @ ProcessError::Permanent { reason, .. }) = check(&event) {
+            contract.rejected(topic, Some(&event), reason);
+            return Err(err);
+        }
+        Ok(event)
     }
 }
 
@@ -101,6 +132,14 @@ impl App for UsageValidator {
 
     fn build(settings: ValidatorSettings, registry: &RegistryAccess) -> Self {
         Self::new(settings, WireCodec::new(registry.clone()))
+    }
+
+    fn register_metrics(
+        &mut self,
+        registry: &prometheus::Registry,
+    ) -> Result<(), prometheus::Error> {
+        self.contract = Some(Arc::new(ContractMetrics::new(registry, Self::NAME)?));
+        Ok(())
     }
 }
 
@@ -134,14 +173,16 @@ impl Processor for UsageValidator {
         record: &InputRecord<'_>,
         state: &mut State<'_>,
     ) -> Result<Vec<OutputRecord>, ProcessError> {
-        let value = record
-            .value
-            .ok_or_else(|| ProcessError::permanent("missing_value", "record has no value"))?;
-        let event: UsageEvent = self
-            .codec
-            .decode_cached_as(value, UsageEvent::schema())
-            .map_err(ProcessError::from)?;
-        check(&event)?;
+        let Some(value) = record.value else {
+            if let Some(contract) = &self.contract {
+                contract.rejected(record.topic, None, MISSING_VALUE);
+            }
+            return Err(ProcessError::permanent(
+                MISSING_VALUE,
+                "record has no value",
+            ));
+        };
+        let event = self.read(record.topic, value)?;
         let m = &event.metadata;
         let key = IdempotencyKey {
             tenant_id: &m.tenant_id,

@@ -42,8 +42,8 @@ use backbone_calendar::{format_rfc3339_ms, now_ms};
 
 /// Headers a replay adds to every record it sends.
 pub mod headers {
-    /// The replay's id.
-    pub const ID: &str = "backbone.replay.id";
+    /// The replay's id; the stages count the records that carry it.
+    pub const ID: &str = backbone_core::processor::REPLAY_ID;
     /// When the record was republished (RFC 3339 UTC).
     pub const AT: &str = "backbone.replay.at";
     /// Who ran the replay.

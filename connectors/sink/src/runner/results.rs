@@ -7,6 +7,8 @@ use std::time::SystemTime;
 use backbone_calendar::now_micros;
 use backbone_core::dead_letter::{headers as dlq_headers, DeadLetter};
 use backbone_core::kafka::refuses_size;
+use backbone_core::metrics::event_age;
+use backbone_core::processor::{event_time_ms, REPLAY_ID};
 use backbone_core::{InputRecord, OutputRecord, TRACEPARENT};
 use backbone_rating::content_id;
 use backbone_schemas::types::{DeliveryOutcome, DeliveryResult, EventMetadata, TraceContext};
@@ -215,11 +217,16 @@ impl<S: Sink> SinkLoop<'_, S> {
         let mut partitions = BTreeSet::new();
         for &(partition, offset) in settled {
             if let Some(held) = self.open.settle(partition, offset) {
-                if let Some(age) = held
-                    .timestamp_ms
-                    .and_then(|ms| backbone_core::metrics::event_age(ms, SystemTime::now()))
-                {
+                let now = SystemTime::now();
+                let age = |ms: Option<i64>| ms.and_then(|ms| event_age(ms, now));
+                if let Some(age) = age(held.timestamp_ms) {
                     self.metrics.observe_end_to_end(&input, age);
+                }
+                if let Some(age) = age(event_time_ms(&held.headers, held.timestamp_ms)) {
+                    self.metrics.observe_event_latency(&input, age);
+                }
+                if held.headers.iter().any(|(name, _)| name == REPLAY_ID) {
+                    self.metrics.record_replayed(&input);
                 }
                 self.metrics.record_consumed(&input, partition);
                 self.summary.consumed += 1;
