@@ -315,9 +315,11 @@ async fn prometheus_answers_every_dashboard_and_alert_query_and_dropped_journals
     // Usage to delivery is longer than charge to delivery: the event's time came with it
     // from the usage topic through every stage.
     let longer = "sum(backbone_event_latency_seconds_sum{processor=\"billing-sink\"}) / sum(backbone_event_latency_seconds_count{processor=\"billing-sink\"}) > sum(backbone_end_to_end_latency_seconds_sum{processor=\"billing-sink\"}) / sum(backbone_end_to_end_latency_seconds_count{processor=\"billing-sink\"})";
-    eventually(DEADLINE, "usage to delivery longer than charge to delivery", || async {
-        (!prometheus.query(longer).await.ok()?.is_empty()).then_some(())
-    })
+    eventually(
+        DEADLINE,
+        "usage to delivery longer than charge to delivery",
+        || async { (!prometheus.query(longer).await.ok()?.is_empty()).then_some(()) },
+    )
     .await;
 
     let drift =
@@ -493,7 +495,10 @@ async fn contract_nulls_fire_their_alert(
         .filter_map(|a| a["labels"]["field"].as_str())
         .collect();
     assert_eq!(fields, ["unique_value"], "{fired:#?}");
-    assert_eq!(fired[0]["labels"]["topic"], deployment.topics.usage.as_str());
+    assert_eq!(
+        fired[0]["labels"]["topic"],
+        deployment.topics.usage.as_str()
+    );
 }
 
 /// What a runbook's placeholders stand for in this run.

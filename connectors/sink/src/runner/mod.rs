@@ -308,7 +308,9 @@ impl<'s, S: Sink> SinkLoop<'s, S> {
             std::slice::from_ref(&input),
             &[settings.results_topic.clone(), dlq_topic(&input)],
         );
-        context.metrics.register_event_topics(std::slice::from_ref(&input));
+        context
+            .metrics
+            .register_event_topics(std::slice::from_ref(&input));
         context.metrics.readiness().set_ready(true);
         let destination = destination_label(sink.destination());
         tracing::info!(sink = %name, group = %group, topic = %input, destination,
