@@ -46,6 +46,14 @@ async fn replay(deployment: &Deployment, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// `replay tenant` with `args`, through the `controls` topic; its standard output.
+async fn control(deployment: &Deployment, controls: &str, args: &[&str]) -> String {
+    let mut all = vec!["tenant"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--controls-topic", controls, "--operator", "test"]);
+    replay(deployment, &all).await
+}
+
 /// The value of the held-records gauge of `binary` for `tenant`; 0 without a series.
 async fn held(deployment: &Deployment, binary: &str, tenant: &str) -> Option<u64> {
     let url = format!("http://{}/metrics", deployment.metrics_address(binary));
@@ -118,10 +126,10 @@ async fn a_paused_tenant_is_held_in_order_while_others_are_billed_and_is_billed_
     let billing = deployment.group("billing-sink");
 
     // Paused before the stages start: each reads the pauses in force before its first record.
-    replay(
+    control(
         &deployment,
+        &controls,
         &[
-            "tenant",
             "pause",
             "--tenant",
             &paused,
@@ -131,10 +139,6 @@ async fn a_paused_tenant_is_held_in_order_while_others_are_billed_and_is_billed_
             &billing,
             "--reason",
             "test: held",
-            "--controls-topic",
-            &controls,
-            "--operator",
-            "test",
         ],
     )
     .await;
@@ -177,20 +181,10 @@ async fn a_paused_tenant_is_held_in_order_while_others_are_billed_and_is_billed_
     assert_eq!(charges(&sandbox, &paused).await.expect("charges").len(), 0);
 
     // Resumed at the rater only: its charges reach the billing sink and wait there.
-    replay(
+    control(
         &deployment,
-        &[
-            "tenant",
-            "resume",
-            "--tenant",
-            &paused,
-            "--stage",
-            &rater,
-            "--controls-topic",
-            &controls,
-            "--operator",
-            "test",
-        ],
+        &controls,
+        &["resume", "--tenant", &paused, "--stage", &rater],
     )
     .await;
     let expected = held_load.expected.billed_events;
@@ -207,20 +201,10 @@ async fn a_paused_tenant_is_held_in_order_while_others_are_billed_and_is_billed_
     assert_eq!(charges(&sandbox, &paused).await.expect("charges").len(), 0);
 
     // Resumed at the billing sink: every event billed, once.
-    replay(
+    control(
         &deployment,
-        &[
-            "tenant",
-            "resume",
-            "--tenant",
-            &paused,
-            "--stage",
-            &billing,
-            "--controls-topic",
-            &controls,
-            "--operator",
-            "test",
-        ],
+        &controls,
+        &["resume", "--tenant", &paused, "--stage", &billing],
     )
     .await;
     eventually(DEADLINE, "the paused tenant billed", || async {

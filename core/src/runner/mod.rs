@@ -498,14 +498,7 @@ impl<P: Processor> Woken<'_, P> {
         last_turn: &mut Option<oneshot::Receiver<()>>,
         summary: &mut RunSummary,
     ) -> Result<(), RuntimeError> {
-        let assigned: BTreeSet<i32> = stage
-            .consumer
-            .assignment()
-            .map_err(RuntimeError::Client)?
-            .elements()
-            .iter()
-            .map(|e| e.partition())
-            .collect();
+        let assigned = stage.assigned()?;
         if let Some(prefetch) = self.prefetch {
             // Schema ids a decode from state asked for in the last round.
             if let Err(err) = prefetch.prefetch(None).await {

@@ -1,11 +1,10 @@
 //! Rounds over the records held for paused tenants: the held-records gauges are refreshed, and
 //! a resumed tenant's records go through the processor in the order they were held.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use rdkafka::consumer::Consumer;
 use tokio::sync::oneshot;
 
 use crate::dead_letter::DeadLetter;
@@ -46,15 +45,7 @@ impl<P: Processor> Release<'_, P> {
     /// through. A record that fails for now stays at the head of its queue for the next round;
     /// one that can never pass is dead-lettered, as an input would be.
     pub(super) async fn round(mut self, mut out: Sending<'_, '_>) -> Result<usize, RuntimeError> {
-        let assigned: BTreeSet<i32> = out
-            .stage
-            .consumer
-            .assignment()
-            .map_err(RuntimeError::Client)?
-            .elements()
-            .iter()
-            .map(|e| e.partition())
-            .collect();
+        let assigned = out.stage.assigned()?;
         let mut held: BTreeMap<String, Held> = BTreeMap::new();
         let mut released = 0;
         for partition in assigned {

@@ -1,5 +1,6 @@
 //! The commit side of the loop: the clients, the open transaction and the ledger.
 
+use std::collections::BTreeSet;
 use std::sync::Mutex;
 
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -106,6 +107,18 @@ impl Stage<'_> {
             }
         }
         Ok(())
+    }
+
+    /// The partitions the consumer is assigned now.
+    pub(super) fn assigned(&self) -> Result<BTreeSet<i32>, RuntimeError> {
+        Ok(self
+            .consumer
+            .assignment()
+            .map_err(RuntimeError::Client)?
+            .elements()
+            .iter()
+            .map(|e| e.partition())
+            .collect())
     }
 
     /// Picks up what a rebalance callback committed or failed to commit.
