@@ -34,9 +34,11 @@ fn repo() -> PathBuf {
 }
 
 /// The repository's alert rules with every `for:` cut to one second, so that a rule whose
-/// condition holds fires within the test, and the contract rule's windows scaled down with
-/// it: its last 10 minutes become 15 seconds, its day before them the minute before those.
-/// Otherwise the expressions are untouched; `rules.test.yml` tests them at full scale.
+/// condition holds fires within the test, and the contract rules' windows scaled down with
+/// it: their last 10 minutes become 15 seconds, the null rule's day before them the minute
+/// before those (the new-schema rule's past, a day ending an hour ago, stays: empty in a test,
+/// every id is new). Otherwise the expressions are untouched; `rules.test.yml` tests them at
+/// full scale.
 fn rules_for_test(dir: &Path) -> PathBuf {
     let text = std::fs::read_to_string(repo().join("deploy/prometheus/rules.yml"))
         .expect("deploy/prometheus/rules.yml");

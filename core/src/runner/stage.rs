@@ -73,12 +73,16 @@ impl Stage<'_> {
                 lock(transaction)
                     .begin(self.producer)
                     .map_err(transaction_error)?;
-                let sent = enqueue(self.producer, &records, &outcome, timeout).await?;
+                let sent = enqueue(self.producer, &records, &outcome, timeout)
+                    .await
+                    .map_err(|err| fenced_or(self.producer, err))?;
                 for record in &records {
                     *outcome.produced.entry(record.topic.clone()).or_default() += 1;
                 }
                 for write in &changelog {
-                    enqueue_changelog(self.producer, write, timeout).await?;
+                    enqueue_changelog(self.producer, write, timeout)
+                        .await
+                        .map_err(|err| fenced_or(self.producer, err))?;
                 }
                 let full = {
                     let mut transaction = lock(transaction);
@@ -203,11 +207,28 @@ pub(super) fn create_producer(
 
 pub(super) fn transaction_error(err: KafkaError) -> RuntimeError {
     match err.rdkafka_error_code() {
-        Some(
-            RDKafkaErrorCode::ProducerFenced
-            | RDKafkaErrorCode::InvalidProducerEpoch
-            | RDKafkaErrorCode::Fenced,
-        ) => RuntimeError::Fenced(err),
+        Some(code) if is_fencing(code) => RuntimeError::Fenced(err),
         _ => RuntimeError::Transaction(err),
     }
+}
+
+/// A record refused inside a transaction because a newer instance fenced the producer (its
+/// fatal error says so) is that fencing, however the refusal reached us: whether the fenced
+/// instance learns it from a record or from the commit is a matter of timing.
+fn fenced_or(producer: &FutureProducer, err: RuntimeError) -> RuntimeError {
+    match (err, producer.client().fatal_error()) {
+        (RuntimeError::Produce { source, .. }, Some((code, _))) if is_fencing(code) => {
+            RuntimeError::Fenced(source)
+        }
+        (err, _) => err,
+    }
+}
+
+fn is_fencing(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::ProducerFenced
+            | RDKafkaErrorCode::InvalidProducerEpoch
+            | RDKafkaErrorCode::Fenced
+    )
 }
