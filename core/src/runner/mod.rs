@@ -112,14 +112,14 @@ async fn run_loop<P: Processor>(
     let version = env!("CARGO_PKG_VERSION");
     // A stateful processor holds a paused tenant's records in its partition state, reading
     // the pauses from the control topic as a global table.
-    let holding = !processor.state().is_stateless();
+    let declared = processor.state();
+    let holding = !declared.is_stateless();
     let spec = if holding {
-        processor
-            .state()
+        declared
             .store(HOLD_STORE)
             .global(CONTROLS_TABLE, &settings.tenant_controls)
     } else {
-        processor.state()
+        declared
     };
     // The group is the deployment's identity: state directories and changelogs are named for
     // it, so two deployments of one processor never share state.
