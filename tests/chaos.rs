@@ -372,6 +372,9 @@ fn dump_stacks(deployment: &mut Deployment) -> String {
 /// Polls `check` until it gives a value, meanwhile restarting any process that exited on its
 /// own, as a supervisor would. After `deadline` the test fails with `what`, the last thing
 /// `check` saw, and where each stage stands.
+/// How often a settle still waiting says what it sees.
+const SHOW_EVERY: Duration = Duration::from_secs(5);
+
 async fn settle<T, F, Fut>(
     deployment: &mut Deployment,
     mayhem: &mut Mayhem,
@@ -384,12 +387,28 @@ where
     Fut: Future<Output = Result<T, String>>,
 {
     let started = Instant::now();
+    let mut shown = Duration::ZERO;
     loop {
         mayhem.revived(deployment.revive());
         let seen = match check().await {
-            Ok(value) => return value,
+            Ok(value) => {
+                // Shown with --nocapture (make chaos): where a run's time goes.
+                println!(
+                    "chaos: {what} after {:.1}s",
+                    started.elapsed().as_secs_f64()
+                );
+                return value;
+            }
             Err(seen) => seen,
         };
+        if started.elapsed() >= shown + SHOW_EVERY {
+            shown = started.elapsed();
+            println!(
+                "chaos: waiting {:.0}s for {what}: {seen}; stages (committed of records): {}",
+                shown.as_secs_f64(),
+                progress(deployment)
+            );
+        }
         if started.elapsed() >= deadline {
             let stacks = dump_stacks(deployment);
             panic!(
