@@ -11,13 +11,15 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use backbone_core::state::INPUT_END;
 use backbone_core::{
     InputRecord, KafkaSettings, OutputRecord, ProcessError, Processor, RuntimeSettings, State,
     StateSpec,
 };
 use backbone_testkit::{
-    await_committed, committed_total, consume_until, consume_while, create_topic, produce,
-    shared_settings, unique_group, unique_topic, ChildProcess, RunningProcessor, Tally, TestRecord,
+    await_committed, committed_total, consume_until, consume_while, create_topic,
+    end_offsets_total, produce, shared_settings, unique_group, unique_topic, ChildProcess,
+    ConsumedRecord, RunningProcessor, Tally, TestRecord,
 };
 use counts::{check_counts, distinct, events_with_repeats};
 
@@ -168,6 +170,105 @@ async fn repeated_kill_9_leaves_the_counts_of_a_run_without_kills() {
         total as i64 + 1
     );
     check_counts(&kafka, &tally.output, events + 1).await;
+}
+
+/// A changelog record of the Tally's running totals: `account` at `count`.
+fn total_write(partition: i32, account: &str, count: u64, ends_input: bool) -> TestRecord {
+    let mut key = b"totals\0".to_vec();
+    key.extend_from_slice(account.as_bytes());
+    TestRecord {
+        key: Some(key),
+        value: count.to_be_bytes().to_vec(),
+        headers: if ends_input {
+            vec![(INPUT_END.to_owned(), Some(Vec::new()))]
+        } else {
+            Vec::new()
+        },
+        partition: Some(partition),
+        ..TestRecord::default()
+    }
+}
+
+#[tokio::test]
+async fn a_restore_keeps_whole_inputs_and_leaves_out_one_cut_short() {
+    let kafka = shared_settings();
+    let tally = Tally {
+        input: unique_topic("tally.in"),
+        output: unique_topic("tally.out"),
+        dedup: false,
+    };
+    let group = unique_group("tally");
+    let changelog = format!("{group}.changelog");
+    create_topic(&kafka, &tally.input, 2)
+        .await
+        .expect("input topic");
+    create_topic(&kafka, &changelog, 2)
+        .await
+        .expect("changelog topic");
+    // What a crashed instance left: on partition 0 an input whose last write ends it, then one
+    // cut short; on partition 1 a changelog written before inputs ended in a header, whose
+    // inputs each end in a commit marker record, then one cut short.
+    let marker = TestRecord {
+        key: Some(b"\0commit".to_vec()),
+        partition: Some(1),
+        ..TestRecord::default()
+    };
+    let left = [
+        total_write(0, "acct-a", 5, true),
+        total_write(0, "acct-b", 7, false),
+        total_write(1, "acct-c", 3, false),
+        marker,
+        total_write(1, "acct-d", 9, false),
+    ];
+    produce(&kafka, &changelog, &left).await.expect("changelog");
+    let input = |partition: i32, account: &str, event: &str| TestRecord {
+        partition: Some(partition),
+        ..TestRecord::new(account, event)
+    };
+    let inputs = [
+        input(0, "acct-a", "e1"),
+        input(0, "acct-b", "e2"),
+        input(1, "acct-c", "e3"),
+        input(1, "acct-d", "e4"),
+    ];
+    produce(&kafka, &tally.input, &inputs)
+        .await
+        .expect("inputs");
+
+    let dir = std::env::temp_dir().join("backbone-state").join(&group);
+    let mut settings = settings(&group, dir);
+    settings.topic_partitions = 2;
+    let processor = RunningProcessor::start(tally.clone(), &kafka, settings);
+    await_committed(&kafka, &group, &tally.input, 4, DEADLINE).await;
+    processor.stop(DEADLINE).await;
+
+    let written = end_offsets_total(&kafka, &tally.output).expect("output end");
+    let outputs: BTreeSet<String> =
+        consume_until(&kafka, &tally.output, written as usize, DEADLINE)
+            .await
+            .expect("outputs")
+            .iter()
+            .map(|r| String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned())
+            .collect();
+    let want: BTreeSet<String> = ["e1 6", "e2 1", "e3 4", "e4 1"].map(String::from).into();
+    assert_eq!(outputs, want, "counts on the restored totals");
+    assert_eq!(written, 4, "one output per input");
+
+    // What this instance wrote: each input's one write ends it; no marker records.
+    let logged = end_offsets_total(&kafka, &changelog).expect("changelog end");
+    let fresh: Vec<ConsumedRecord> = consume_until(&kafka, &changelog, logged as usize, DEADLINE)
+        .await
+        .expect("changelog")
+        .into_iter()
+        .filter(|r| r.offset >= if r.partition == 0 { 2 } else { 3 })
+        .collect();
+    assert_eq!(fresh.len(), 4, "one changelog write per input: {fresh:?}");
+    assert!(
+        fresh
+            .iter()
+            .all(|r| r.headers.iter().any(|(name, _)| name == INPUT_END)),
+        "every write ends its input: {fresh:?}"
+    );
 }
 
 /// Looks each input's key up in a global table of reference data and emits the value found;

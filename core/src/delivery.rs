@@ -15,7 +15,7 @@ use rdkafka::consumer::{
     StreamConsumer,
 };
 use rdkafka::error::KafkaError;
-use rdkafka::message::OwnedHeaders;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -25,7 +25,7 @@ use crate::kafka::refuses_size;
 use crate::metrics::{MeteredContext, RuntimeMetrics};
 use crate::processor::OutputRecord;
 use crate::runner::{RefusedRecord, RunSummary, RuntimeError};
-use crate::state::{Assignment, ChangelogWrite, InFlightGuard, Ownership};
+use crate::state::{Assignment, ChangelogWrite, InFlightGuard, Ownership, INPUT_END};
 
 /// Most inputs whose outputs may be awaiting the broker's acknowledgement at once.
 pub(crate) const MAX_IN_FLIGHT: usize = 10_000;
@@ -337,7 +337,7 @@ pub(crate) async fn enqueue(
     for record in records {
         let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
         for (name, value) in &record.headers {
-            headers = headers.insert(rdkafka::message::Header {
+            headers = headers.insert(Header {
                 key: name,
                 value: value.as_deref(),
             });
@@ -373,6 +373,12 @@ pub(crate) async fn enqueue_changelog(
         .key(write.key.as_slice());
     if let Some(value) = write.value.as_deref() {
         future = future.payload(value);
+    }
+    if write.ends_input {
+        future = future.headers(OwnedHeaders::new().insert(Header {
+            key: INPUT_END,
+            value: Some(&[][..]),
+        }));
     }
     send(producer, future, timeout)
         .await

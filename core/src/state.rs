@@ -21,6 +21,7 @@ use backbone_state::{
     StateError, StateView,
 };
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::Deserialize;
 
@@ -416,16 +417,12 @@ impl Ownership {
                     partition,
                     key: changelog_key(record.store, record.key),
                     value: record.value.map(<[u8]>::to_vec),
+                    ends_input: false,
                 })
                 .collect::<Vec<_>>();
-            if !changelog.is_empty() {
-                // The input's writes count only once this marker follows them.
-                changelog.push(ChangelogWrite {
-                    topic,
-                    partition,
-                    key: COMMIT_MARKER.to_vec(),
-                    value: Some(Vec::new()),
-                });
+            // The input's writes count only once its last one, so marked, is on the log.
+            if let Some(last) = changelog.last_mut() {
+                last.ends_input = true;
             }
             staged
                 .apply(&open.state)
@@ -560,7 +557,12 @@ impl Assignment {
     }
 }
 
-/// Key of the record that commits the writes before it; no store key starts with a NUL byte.
+/// Header of an input's last changelog write: that write and the ones before it count.
+pub const INPUT_END: &str = "backbone.input.end";
+
+/// Key of the record that ended each input's writes in changelogs written before
+/// [`INPUT_END`] (one record more per input); a restore still honours it, so state written
+/// by an earlier version is kept. No store key starts with a NUL byte.
 const COMMIT_MARKER: &[u8] = b"\0commit";
 
 /// A store's key in the shared changelog: the store name, a NUL byte, the key.
@@ -579,6 +581,8 @@ pub(crate) struct ChangelogWrite {
     pub(crate) partition: i32,
     pub(crate) key: Vec<u8>,
     pub(crate) value: Option<Vec<u8>>,
+    /// The last write of its input: produced with the [`INPUT_END`] header.
+    pub(crate) ends_input: bool,
 }
 
 /// What processing one record gave.
@@ -726,9 +730,9 @@ pub enum StateFailure {
     Restore(String),
 }
 
-/// Reads `topic`'s partition from `from` to its end and applies every input's writes that a
-/// commit marker follows; writes after the last marker (an input cut short by a crash) are left
-/// out. Returns the next offset.
+/// Reads `topic`'s partition from `from` to its end and applies every input's writes up to
+/// the last one that ends an input ([`INPUT_END`], or an older changelog's commit marker);
+/// writes after it (an input cut short by a crash) are left out. Returns the next offset.
 fn replay_changelog(
     consumer: &BaseConsumer,
     state: &PartitionState,
@@ -755,8 +759,16 @@ fn replay_changelog(
         .map_err(StateFailure::Kafka)?;
     consumer.assign(&list).map_err(StateFailure::Kafka)?;
     let mut pending: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
-    let mut apply = |key: &[u8], value: Option<&[u8]>| -> Result<(), StateFailure> {
-        if key == COMMIT_MARKER {
+    let mut apply = |message: &BorrowedMessage<'_>| -> Result<(), StateFailure> {
+        let key = message.key().unwrap_or_default();
+        if key != COMMIT_MARKER {
+            pending.push((key.to_vec(), message.payload().map(<[u8]>::to_vec)));
+        }
+        let ends = key == COMMIT_MARKER
+            || message
+                .headers()
+                .is_some_and(|headers| headers.iter().any(|h| h.key == INPUT_END));
+        if ends {
             for (key, value) in pending.drain(..) {
                 let at = key.iter().position(|b| *b == 0).unwrap_or(0);
                 let store = std::str::from_utf8(&key[..at]).map_err(|_| {
@@ -764,8 +776,6 @@ fn replay_changelog(
                 })?;
                 state.restore(store, &key[at + 1..], value.as_deref())?;
             }
-        } else {
-            pending.push((key.to_vec(), value.map(<[u8]>::to_vec)));
         }
         Ok(())
     };
@@ -779,7 +789,7 @@ fn replay_changelog(
         }
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(message)) => {
-                apply(message.key().unwrap_or_default(), message.payload())?;
+                apply(&message)?;
                 next = message.offset() + 1;
                 replayed += 1;
             }
@@ -807,7 +817,7 @@ fn replay_changelog(
     // Some brokers under-report the end as the first offset of the last batch: take the rest of
     // a batch the client already fetched.
     while let Some(Ok(message)) = consumer.poll(Duration::ZERO) {
-        apply(message.key().unwrap_or_default(), message.payload())?;
+        apply(&message)?;
         next = message.offset() + 1;
         replayed += 1;
     }
