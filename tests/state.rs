@@ -7,7 +7,7 @@
 #[path = "support/counts.rs"]
 mod counts;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -254,7 +254,8 @@ async fn a_restore_keeps_whole_inputs_and_leaves_out_one_cut_short() {
     assert_eq!(outputs, want, "counts on the restored totals");
     assert_eq!(written, 4, "one output per input");
 
-    // What this instance wrote: each input's one write ends it; no marker records.
+    // What this instance wrote: no marker records, and each partition's last write ends its
+    // inputs (the tally here writes one total per input; several inputs may share one end).
     let logged = end_offsets_total(&kafka, &changelog).expect("changelog end");
     let fresh: Vec<ConsumedRecord> = consume_until(&kafka, &changelog, logged as usize, DEADLINE)
         .await
@@ -262,13 +263,99 @@ async fn a_restore_keeps_whole_inputs_and_leaves_out_one_cut_short() {
         .into_iter()
         .filter(|r| r.offset >= if r.partition == 0 { 2 } else { 3 })
         .collect();
-    assert_eq!(fresh.len(), 4, "one changelog write per input: {fresh:?}");
-    assert!(
-        fresh
+    assert_eq!(fresh.len(), 4, "one total per account: {fresh:?}");
+    for partition in [0, 1] {
+        let last = fresh
             .iter()
-            .all(|r| r.headers.iter().any(|(name, _)| name == INPUT_END)),
-        "every write ends its input: {fresh:?}"
+            .rfind(|r| r.partition == partition)
+            .expect("a write on each partition");
+        assert!(
+            last.headers.iter().any(|(name, _)| name == INPUT_END),
+            "the last write on partition {partition} ends its inputs: {fresh:?}"
+        );
+    }
+}
+
+/// The count each account's last output says, from outputs `"<event> <count>"` keyed by account.
+fn last_counts(records: &[ConsumedRecord]) -> BTreeMap<String, u64> {
+    let mut counts = BTreeMap::new();
+    for record in records {
+        let account =
+            String::from_utf8_lossy(record.key.as_deref().unwrap_or_default()).into_owned();
+        let value =
+            String::from_utf8_lossy(record.value.as_deref().unwrap_or_default()).into_owned();
+        let count = value
+            .rsplit(' ')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("an output `<event> <count>`: {value}"));
+        counts.insert(account, count);
+    }
+    counts
+}
+
+#[tokio::test]
+async fn a_backlog_writes_each_running_total_once_per_batch_and_restores_from_it() {
+    let kafka = shared_settings();
+    let tally = Tally {
+        input: unique_topic("tally.in"),
+        output: unique_topic("tally.out"),
+        dedup: false,
+    };
+    let group = unique_group("tally");
+    let changelog = format!("{group}.changelog");
+    create_topic(&kafka, &tally.input, 1)
+        .await
+        .expect("input topic");
+    let (accounts, events) = (3, 3_000);
+    let backlog: Vec<TestRecord> = (0..events)
+        .map(|n| TestRecord::new(format!("acct-{}", n % accounts), format!("e{n}")))
+        .collect();
+    produce(&kafka, &tally.input, &backlog)
+        .await
+        .expect("backlog");
+    let dir = |instance: &str| {
+        std::env::temp_dir()
+            .join("backbone-state")
+            .join(&group)
+            .join(instance)
+    };
+    let mut first = settings(&group, dir("first"));
+    first.topic_partitions = 1;
+    let processor = RunningProcessor::start(tally.clone(), &kafka, first);
+    await_committed(&kafka, &group, &tally.input, events as i64, DEADLINE).await;
+    processor.stop(DEADLINE).await;
+    let logged = end_offsets_total(&kafka, &changelog).expect("changelog end");
+    assert!(
+        logged <= events as i64 / 2,
+        "consecutive inputs share their writes: {logged} changelog records for {events} inputs"
     );
+
+    // Another instance with no local state rebuilds the totals from that changelog alone.
+    produce(
+        &kafka,
+        &tally.input,
+        &(0..accounts)
+            .map(|n| TestRecord::new(format!("acct-{n}"), format!("after-{n}")))
+            .collect::<Vec<_>>(),
+    )
+    .await
+    .expect("one more each");
+    let mut second = settings(&group, dir("second"));
+    second.topic_partitions = 1;
+    let processor = RunningProcessor::start(tally.clone(), &kafka, second);
+    let total = events + accounts;
+    await_committed(&kafka, &group, &tally.input, total as i64, DEADLINE).await;
+    processor.stop(DEADLINE).await;
+    let written = end_offsets_total(&kafka, &tally.output).expect("output end");
+    let outputs = consume_until(&kafka, &tally.output, written as usize, DEADLINE)
+        .await
+        .expect("outputs");
+    assert_eq!(written as usize, total, "one output per input");
+    let want: BTreeMap<String, u64> = (0..accounts)
+        .map(|n| (format!("acct-{n}"), (events / accounts + 1) as u64))
+        .collect();
+    assert_eq!(last_counts(&outputs), want, "totals after the restore");
 }
 
 /// Looks each input's key up in a global table of reference data and emits the value found;

@@ -21,11 +21,12 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::oneshot;
 
+use crate::changelog::{ChangelogWrite, Turn, INPUT_END};
 use crate::kafka::refuses_size;
 use crate::metrics::{MeteredContext, RuntimeMetrics};
 use crate::processor::OutputRecord;
 use crate::runner::{RefusedRecord, RunSummary, RuntimeError};
-use crate::state::{Assignment, ChangelogWrite, InFlightGuard, Ownership, INPUT_END};
+use crate::state::{Assignment, InFlightGuard, Ownership};
 
 /// Most inputs whose outputs may be awaiting the broker's acknowledgement at once.
 pub(crate) const MAX_IN_FLIGHT: usize = 10_000;
@@ -201,22 +202,22 @@ impl Pending {
             // An error on the earlier input stops the run; waiting longer would not help.
             let _ = turn.await;
         }
-        let mut writes = Vec::with_capacity(changelog.len());
-        if !changelog.is_empty() {
-            if ownership.is_revoked() {
-                ownership.diverge();
-            } else {
-                for write in &changelog {
-                    writes.push((
-                        write.topic.clone(),
-                        enqueue_changelog(&producer, write, timeout).await?,
-                    ));
-                }
+        match ownership.changelog_turn(changelog) {
+            Turn::Free => {
+                let _ = next_turn.send(());
             }
-        }
-        let _ = next_turn.send(());
-        for (topic, delivery) in writes {
-            acknowledged(topic, delivery).await?;
+            Turn::Wait { flushed, topic } => {
+                let _ = next_turn.send(());
+                flushed.await.unwrap_or(Err(RuntimeError::Produce {
+                    topic,
+                    source: KafkaError::Canceled,
+                }))?;
+            }
+            Turn::Flush(flush) => {
+                let produced = produce_batch(&producer, &flush.writes, timeout, next_turn).await;
+                flush.done(&produced);
+                produced?;
+            }
         }
         drop(guard);
         Ok(Settled {
@@ -224,6 +225,28 @@ impl Pending {
             ownership: Some(ownership),
         })
     }
+}
+
+/// Enqueues a partition's batch of changelog writes, gives the next input its turn, then waits
+/// for the acknowledgements.
+async fn produce_batch(
+    producer: &FutureProducer,
+    writes: &[ChangelogWrite],
+    timeout: Duration,
+    next_turn: oneshot::Sender<()>,
+) -> Result<(), RuntimeError> {
+    let mut enqueued = Vec::with_capacity(writes.len());
+    for write in writes {
+        enqueued.push((
+            write.topic.clone(),
+            enqueue_changelog(producer, write, timeout).await?,
+        ));
+    }
+    let _ = next_turn.send(());
+    for (topic, delivery) in enqueued {
+        acknowledged(topic, delivery).await?;
+    }
+    Ok(())
 }
 
 async fn acknowledged(topic: String, delivery: DeliveryFuture) -> Result<(), RuntimeError> {

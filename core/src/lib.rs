@@ -16,6 +16,7 @@
 pub mod admin;
 pub mod app;
 pub mod certificates;
+mod changelog;
 pub mod config;
 pub mod connect;
 mod contracts;

@@ -21,15 +21,17 @@ use backbone_state::{
     StateError, StateView,
 };
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::message::{BorrowedMessage, Headers};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::Offset;
 use serde::Deserialize;
 
 pub use backbone_state::{IdempotencyKey, DEFAULT_TTL};
 
+pub use crate::changelog::INPUT_END;
+
+use crate::changelog::{changelog_key, replay_changelog, Batch, ChangelogWrite, Turn};
 use crate::config::{ConfigError, Validate};
 use crate::global::{GlobalTable, GlobalView};
-use crate::kafka::{is_connection_lost, KafkaSettings};
+use crate::kafka::KafkaSettings;
 use crate::metrics::RuntimeMetrics;
 use crate::processor::ProcessError;
 
@@ -320,9 +322,13 @@ pub(crate) struct Ownership {
     /// Set when local writes were applied whose changelog records were not produced.
     diverged: AtomicBool,
     in_flight: AtomicUsize,
+    /// Inputs tracked whose changelog turn has not come yet.
+    before_turn: AtomicUsize,
     /// Global-table updates at the last successful wake; `u64::MAX` before the first.
     woken_at: AtomicU64,
     state: Mutex<Option<OpenState>>,
+    /// Changelog writes of settled inputs not yet produced.
+    changelog: Mutex<Batch>,
 }
 
 /// A restored partition state and its dedup sweep position.
@@ -338,8 +344,10 @@ impl Default for Ownership {
             revoked: AtomicBool::default(),
             diverged: AtomicBool::default(),
             in_flight: AtomicUsize::default(),
+            before_turn: AtomicUsize::default(),
             woken_at: AtomicU64::new(u64::MAX),
             state: Mutex::default(),
+            changelog: Mutex::default(),
         }
     }
 }
@@ -365,9 +373,26 @@ impl Ownership {
         self.diverged.store(true, Ordering::SeqCst);
     }
 
-    /// Counts one record in flight until the guard drops.
+    /// An input's changelog `writes` at its turn (consumption order): gathered with those of
+    /// the partition's inputs before and after it into one flush. A revoked partition gets no
+    /// changelog write: its new owner may already be writing.
+    pub(crate) fn changelog_turn(&self, writes: Vec<ChangelogWrite>) -> Turn {
+        let mut batch = self.changelog.lock().unwrap_or_else(|e| e.into_inner());
+        let behind = self.before_turn.fetch_sub(1, Ordering::SeqCst) - 1;
+        if self.is_revoked() {
+            if batch.abandon() || !writes.is_empty() {
+                self.diverge();
+            }
+            return Turn::Free;
+        }
+        batch.join(writes, behind)
+    }
+
+    /// Counts one record in flight until the guard drops, and as waiting for its changelog
+    /// turn until [`changelog_turn`](Self::changelog_turn).
     pub(crate) fn track(self: &Arc<Self>) -> InFlightGuard {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.before_turn.fetch_add(1, Ordering::SeqCst);
         InFlightGuard(Arc::clone(self))
     }
 
@@ -557,34 +582,6 @@ impl Assignment {
     }
 }
 
-/// Header of an input's last changelog write: that write and the ones before it count.
-pub const INPUT_END: &str = "backbone.input.end";
-
-/// Key of the record that ended each input's writes in changelogs written before
-/// [`INPUT_END`] (one record more per input); a restore still honours it, so state written
-/// by an earlier version is kept. No store key starts with a NUL byte.
-const COMMIT_MARKER: &[u8] = b"\0commit";
-
-/// A store's key in the shared changelog: the store name, a NUL byte, the key.
-fn changelog_key(store: &str, key: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(store.len() + 1 + key.len());
-    out.extend_from_slice(store.as_bytes());
-    out.push(0);
-    out.extend_from_slice(key);
-    out
-}
-
-/// One state change to produce to a changelog partition.
-#[derive(Debug, Clone)]
-pub(crate) struct ChangelogWrite {
-    pub(crate) topic: String,
-    pub(crate) partition: i32,
-    pub(crate) key: Vec<u8>,
-    pub(crate) value: Option<Vec<u8>>,
-    /// The last write of its input: produced with the [`INPUT_END`] header.
-    pub(crate) ends_input: bool,
-}
-
 /// What processing one record gave.
 pub(crate) struct Processed<T> {
     pub(crate) result: Result<T, ProcessError>,
@@ -730,98 +727,5 @@ pub enum StateFailure {
     Restore(String),
 }
 
-/// Reads `topic`'s partition from `from` to its end and applies every input's writes up to
-/// the last one that ends an input ([`INPUT_END`], or an older changelog's commit marker);
-/// writes after it (an input cut short by a crash) are left out. Returns the next offset.
-fn replay_changelog(
-    consumer: &BaseConsumer,
-    state: &PartitionState,
-    topic: &str,
-    partition: i32,
-    from: Offset,
-    timeout: Duration,
-) -> Result<i64, StateFailure> {
-    let deadline = Instant::now() + timeout;
-    let (low, high) = consumer
-        .fetch_watermarks(topic, partition, timeout)
-        .map_err(|e| {
-            StateFailure::Restore(format!("reading the end of `{topic}` [{partition}]: {e}"))
-        })?;
-    let start = match from {
-        Offset::Offset(offset) => offset.max(low),
-        _ => low,
-    };
-    if start >= high {
-        return Ok(high);
-    }
-    let mut list = TopicPartitionList::new();
-    list.add_partition_offset(topic, partition, Offset::Offset(start))
-        .map_err(StateFailure::Kafka)?;
-    consumer.assign(&list).map_err(StateFailure::Kafka)?;
-    let mut pending: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
-    let mut apply = |message: &BorrowedMessage<'_>| -> Result<(), StateFailure> {
-        let key = message.key().unwrap_or_default();
-        if key != COMMIT_MARKER {
-            pending.push((key.to_vec(), message.payload().map(<[u8]>::to_vec)));
-        }
-        let ends = key == COMMIT_MARKER
-            || message
-                .headers()
-                .is_some_and(|headers| headers.iter().any(|h| h.key == INPUT_END));
-        if ends {
-            for (key, value) in pending.drain(..) {
-                let at = key.iter().position(|b| *b == 0).unwrap_or(0);
-                let store = std::str::from_utf8(&key[..at]).map_err(|_| {
-                    StateFailure::Restore(format!("`{topic}` holds a key without a store"))
-                })?;
-                state.restore(store, &key[at + 1..], value.as_deref())?;
-            }
-        }
-        Ok(())
-    };
-    let mut next = start;
-    let mut replayed = 0u64;
-    while next < high {
-        if Instant::now() > deadline {
-            return Err(StateFailure::Restore(format!(
-                "restoring `{topic}` [{partition}] did not reach offset {high} within {timeout:?} (at {next})"
-            )));
-        }
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(message)) => {
-                apply(&message)?;
-                next = message.offset() + 1;
-                replayed += 1;
-            }
-            Some(Err(err)) if is_connection_lost(&err) => {
-                tracing::warn!(%topic, partition, error = %err, "broker unreachable while restoring; waiting for it until the restore timeout");
-            }
-            Some(Err(err)) => {
-                return Err(StateFailure::Restore(format!(
-                    "reading `{topic}` [{partition}] at {next}: {err}"
-                )))
-            }
-            None => {
-                // Transaction markers and aborted records are never returned: follow the position.
-                if let Ok(position) = consumer.position() {
-                    if let Some(Offset::Offset(at)) = position
-                        .find_partition(topic, partition)
-                        .map(|e| e.offset())
-                    {
-                        next = next.max(at);
-                    }
-                }
-            }
-        }
-    }
-    // Some brokers under-report the end as the first offset of the last batch: take the rest of
-    // a batch the client already fetched.
-    while let Some(Ok(message)) = consumer.poll(Duration::ZERO) {
-        apply(&message)?;
-        next = message.offset() + 1;
-        replayed += 1;
-    }
-    consumer.unassign().map_err(StateFailure::Kafka)?;
-    tracing::debug!(topic, partition, replayed, next, "changelog replayed");
-    Ok(next.max(high))
-}
+#[cfg(test)]
+mod tests;

@@ -11,6 +11,7 @@ use rdkafka::producer::FutureProducer;
 use rdkafka::{Message, TopicPartitionList};
 use tokio::sync::{oneshot, watch};
 
+use crate::changelog::ChangelogWrite;
 use crate::dead_letter::{dlq_topic, DeadLetter};
 use crate::delivery::{
     lock, Handled, InFlight, Ledger, RuntimeContext, Transaction, Trigger, MAX_IN_FLIGHT,
@@ -25,7 +26,7 @@ use crate::processor::{
     TRACEPARENT,
 };
 use crate::shutdown::{sleep_until, stopped};
-use crate::state::{Assignment, ChangelogWrite, Ownership, State, Tasks};
+use crate::state::{Assignment, Ownership, State, Tasks};
 
 mod error;
 mod release;
