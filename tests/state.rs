@@ -45,12 +45,7 @@ async fn counts_stay_exact_while_partitions_move_between_instances() {
     };
     let group = unique_group("tally");
     // A directory per instance, as on two hosts: state moves only through the changelogs.
-    let dir = |instance: &str| {
-        std::env::temp_dir()
-            .join("backbone-state")
-            .join(&group)
-            .join(instance)
-    };
+    let dir = |instance: &str| instance_dir(&group, instance);
     create_topic(&kafka, &tally.input, 4)
         .await
         .expect("input topic");
@@ -172,6 +167,35 @@ async fn repeated_kill_9_leaves_the_counts_of_a_run_without_kills() {
     check_counts(&kafka, &tally.output, events + 1).await;
 }
 
+/// A Tally without dedup on new topics, its input of `partitions` partitions, and its group.
+async fn plain_tally(kafka: &KafkaSettings, partitions: i32) -> (Tally, String) {
+    let tally = Tally {
+        input: unique_topic("tally.in"),
+        output: unique_topic("tally.out"),
+        dedup: false,
+    };
+    create_topic(kafka, &tally.input, partitions)
+        .await
+        .expect("input topic");
+    (tally, unique_group("tally"))
+}
+
+/// Every record `topic` holds, read once whoever writes it has stopped.
+async fn everything_on(kafka: &KafkaSettings, topic: &str) -> Vec<ConsumedRecord> {
+    let end = end_offsets_total(kafka, topic).expect("end offsets");
+    consume_until(kafka, topic, end as usize, DEADLINE)
+        .await
+        .expect("records")
+}
+
+/// The state directory of one instance of `group`, as on a host of its own.
+fn instance_dir(group: &str, instance: &str) -> PathBuf {
+    std::env::temp_dir()
+        .join("backbone-state")
+        .join(group)
+        .join(instance)
+}
+
 /// A changelog record of the Tally's running totals: `account` at `count`.
 fn total_write(partition: i32, account: &str, count: u64, ends_input: bool) -> TestRecord {
     let mut key = b"totals\0".to_vec();
@@ -192,16 +216,8 @@ fn total_write(partition: i32, account: &str, count: u64, ends_input: bool) -> T
 #[tokio::test]
 async fn a_restore_keeps_whole_inputs_and_leaves_out_one_cut_short() {
     let kafka = shared_settings();
-    let tally = Tally {
-        input: unique_topic("tally.in"),
-        output: unique_topic("tally.out"),
-        dedup: false,
-    };
-    let group = unique_group("tally");
+    let (tally, group) = plain_tally(&kafka, 2).await;
     let changelog = format!("{group}.changelog");
-    create_topic(&kafka, &tally.input, 2)
-        .await
-        .expect("input topic");
     create_topic(&kafka, &changelog, 2)
         .await
         .expect("changelog topic");
@@ -242,24 +258,19 @@ async fn a_restore_keeps_whole_inputs_and_leaves_out_one_cut_short() {
     await_committed(&kafka, &group, &tally.input, 4, DEADLINE).await;
     processor.stop(DEADLINE).await;
 
-    let written = end_offsets_total(&kafka, &tally.output).expect("output end");
-    let outputs: BTreeSet<String> =
-        consume_until(&kafka, &tally.output, written as usize, DEADLINE)
-            .await
-            .expect("outputs")
-            .iter()
-            .map(|r| String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned())
-            .collect();
+    let written = everything_on(&kafka, &tally.output).await;
+    let outputs: BTreeSet<String> = written
+        .iter()
+        .map(|r| String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned())
+        .collect();
     let want: BTreeSet<String> = ["e1 6", "e2 1", "e3 4", "e4 1"].map(String::from).into();
     assert_eq!(outputs, want, "counts on the restored totals");
-    assert_eq!(written, 4, "one output per input");
+    assert_eq!(written.len(), 4, "one output per input");
 
     // What this instance wrote: no marker records, and each partition's last write ends its
     // inputs (the tally here writes one total per input; several inputs may share one end).
-    let logged = end_offsets_total(&kafka, &changelog).expect("changelog end");
-    let fresh: Vec<ConsumedRecord> = consume_until(&kafka, &changelog, logged as usize, DEADLINE)
+    let fresh: Vec<ConsumedRecord> = everything_on(&kafka, &changelog)
         .await
-        .expect("changelog")
         .into_iter()
         .filter(|r| r.offset >= if r.partition == 0 { 2 } else { 3 })
         .collect();
@@ -297,16 +308,8 @@ fn last_counts(records: &[ConsumedRecord]) -> BTreeMap<String, u64> {
 #[tokio::test]
 async fn a_backlog_writes_each_running_total_once_per_batch_and_restores_from_it() {
     let kafka = shared_settings();
-    let tally = Tally {
-        input: unique_topic("tally.in"),
-        output: unique_topic("tally.out"),
-        dedup: false,
-    };
-    let group = unique_group("tally");
+    let (tally, group) = plain_tally(&kafka, 1).await;
     let changelog = format!("{group}.changelog");
-    create_topic(&kafka, &tally.input, 1)
-        .await
-        .expect("input topic");
     let (accounts, events) = (3, 3_000);
     let backlog: Vec<TestRecord> = (0..events)
         .map(|n| TestRecord::new(format!("acct-{}", n % accounts), format!("e{n}")))
@@ -314,13 +317,7 @@ async fn a_backlog_writes_each_running_total_once_per_batch_and_restores_from_it
     produce(&kafka, &tally.input, &backlog)
         .await
         .expect("backlog");
-    let dir = |instance: &str| {
-        std::env::temp_dir()
-            .join("backbone-state")
-            .join(&group)
-            .join(instance)
-    };
-    let mut first = settings(&group, dir("first"));
+    let mut first = settings(&group, instance_dir(&group, "first"));
     first.topic_partitions = 1;
     let processor = RunningProcessor::start(tally.clone(), &kafka, first);
     await_committed(&kafka, &group, &tally.input, events as i64, DEADLINE).await;
@@ -341,17 +338,14 @@ async fn a_backlog_writes_each_running_total_once_per_batch_and_restores_from_it
     )
     .await
     .expect("one more each");
-    let mut second = settings(&group, dir("second"));
+    let mut second = settings(&group, instance_dir(&group, "second"));
     second.topic_partitions = 1;
     let processor = RunningProcessor::start(tally.clone(), &kafka, second);
     let total = events + accounts;
     await_committed(&kafka, &group, &tally.input, total as i64, DEADLINE).await;
     processor.stop(DEADLINE).await;
-    let written = end_offsets_total(&kafka, &tally.output).expect("output end");
-    let outputs = consume_until(&kafka, &tally.output, written as usize, DEADLINE)
-        .await
-        .expect("outputs");
-    assert_eq!(written as usize, total, "one output per input");
+    let outputs = everything_on(&kafka, &tally.output).await;
+    assert_eq!(outputs.len(), total, "one output per input");
     let want: BTreeMap<String, u64> = (0..accounts)
         .map(|n| (format!("acct-{n}"), (events / accounts + 1) as u64))
         .collect();
