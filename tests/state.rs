@@ -25,10 +25,12 @@ use counts::{check_counts, distinct, events_with_repeats};
 
 const DEADLINE: Duration = Duration::from_secs(90);
 
-fn settings(group: &str, dir: PathBuf) -> RuntimeSettings {
+/// Runtime settings of an instance of `group` keeping its state in `dir`, creating its output
+/// with `partitions` partitions.
+fn settings(group: &str, dir: PathBuf, partitions: i32) -> RuntimeSettings {
     let mut settings = RuntimeSettings {
         group_id: Some(group.to_owned()),
-        topic_partitions: 4,
+        topic_partitions: partitions,
         ..RuntimeSettings::default()
     };
     settings.state.dir = dir;
@@ -56,11 +58,11 @@ async fn counts_stay_exact_while_partitions_move_between_instances() {
     produce(&kafka, &tally.input, &batch(0))
         .await
         .expect("produce");
-    let first = RunningProcessor::start(tally.clone(), &kafka, settings(&group, dir("first")));
+    let first = RunningProcessor::start(tally.clone(), &kafka, settings(&group, dir("first"), 4));
     await_committed(&kafka, &group, &tally.input, 100, DEADLINE).await;
 
     // A second instance joins mid-stream and takes half of the partitions.
-    let second = RunningProcessor::start(tally.clone(), &kafka, settings(&group, dir("second")));
+    let second = RunningProcessor::start(tally.clone(), &kafka, settings(&group, dir("second"), 4));
     produce(&kafka, &tally.input, &batch(500))
         .await
         .expect("produce");
@@ -251,9 +253,7 @@ async fn a_restore_keeps_whole_inputs_and_leaves_out_one_cut_short() {
         .await
         .expect("inputs");
 
-    let dir = std::env::temp_dir().join("backbone-state").join(&group);
-    let mut settings = settings(&group, dir);
-    settings.topic_partitions = 2;
+    let settings = settings(&group, instance_dir(&group, "only"), 2);
     let processor = RunningProcessor::start(tally.clone(), &kafka, settings);
     await_committed(&kafka, &group, &tally.input, 4, DEADLINE).await;
     processor.stop(DEADLINE).await;
@@ -317,8 +317,7 @@ async fn a_backlog_writes_each_running_total_once_per_batch_and_restores_from_it
     produce(&kafka, &tally.input, &backlog)
         .await
         .expect("backlog");
-    let mut first = settings(&group, instance_dir(&group, "first"));
-    first.topic_partitions = 1;
+    let first = settings(&group, instance_dir(&group, "first"), 1);
     let processor = RunningProcessor::start(tally.clone(), &kafka, first);
     await_committed(&kafka, &group, &tally.input, events as i64, DEADLINE).await;
     processor.stop(DEADLINE).await;
@@ -338,8 +337,7 @@ async fn a_backlog_writes_each_running_total_once_per_batch_and_restores_from_it
     )
     .await
     .expect("one more each");
-    let mut second = settings(&group, instance_dir(&group, "second"));
-    second.topic_partitions = 1;
+    let second = settings(&group, instance_dir(&group, "second"), 1);
     let processor = RunningProcessor::start(tally.clone(), &kafka, second);
     let total = events + accounts;
     await_committed(&kafka, &group, &tally.input, total as i64, DEADLINE).await;
