@@ -867,6 +867,105 @@ async fn a_sink_killed_mid_batch_and_restarted_charges_each_record_once() {
     assert_eq!(settled.len(), 300, "every input record has a result");
 }
 
+/// A throttled charge waits out its `Retry-After` beside the sink, which goes on delivering the
+/// charges read after it; its offset holds the partition's commit until it settles, so a
+/// restart delivers it, once, and answers the charges after it from the ledger.
+#[tokio::test]
+async fn charges_after_a_throttled_one_go_out_while_it_waits_and_its_offset_holds_the_commit() {
+    const COUNT: usize = 300;
+    let sandbox = Sandbox::start(SandboxConfig::default()).await;
+    sandbox
+        .client
+        .set_faults(
+            System::Billing,
+            &Faults {
+                throttle_rate: 0.05,
+                // Longer than the test: a throttled charge is still waiting when the sink stops.
+                retry_after_seconds: 600,
+                ..Faults::default()
+            },
+        )
+        .await
+        .expect("faults");
+    let topics = SinkTopics::create("billing-retry-aside", 1).await;
+    let codec = WireCodec::new(registry_url());
+    let charges: Vec<BillingCharge> = (0..COUNT).map(|i| charge(i, "EUR")).collect();
+    publish_charges(&codec, &topics.input, &charges).await;
+    let mut settings = topics.settings();
+    settings.retry.max_retry_after = Duration::from_secs(600);
+    let batch_max = settings.batch_max;
+
+    let sink = RunningSink::start(
+        billing_sink(&topics.input, &sandbox.destination()).await,
+        settings,
+    );
+    let waiting = eventually(
+        DEADLINE,
+        "every charge delivered or waiting for its retry",
+        || async {
+            let published =
+                backbone_testkit::end_offsets_total(&shared_settings(), &topics.results)
+                    .expect("results end offsets");
+            let waiting = sink.metric(names::RETRYING, None) as i64;
+            (waiting > 0 && published + waiting == COUNT as i64).then_some(waiting)
+        },
+    )
+    .await;
+    let summary = sink.stop().await;
+    let all = results(&codec, &topics.results, COUNT - waiting as usize).await;
+    let settled: BTreeSet<i64> = all.iter().map(|r| r.source_offset).collect();
+    let unsettled: Vec<i64> = (0..COUNT as i64)
+        .filter(|offset| !settled.contains(offset))
+        .collect();
+    assert_eq!(unsettled.len() as i64, waiting, "{summary:?}");
+    let first_waiting = unsettled[0];
+    assert!(
+        settled
+            .iter()
+            .any(|offset| *offset >= first_waiting + batch_max as i64),
+        "charges of later batches went out while charge {first_waiting} waited: {unsettled:?}"
+    );
+    let committed = committed_offsets(&shared_settings(), &topics.group, &topics.input)
+        .expect("committed offsets");
+    assert_eq!(
+        committed,
+        vec![(0, Some(first_waiting))],
+        "the commit stops at the first charge still waiting"
+    );
+
+    sandbox
+        .client
+        .clear_faults(System::Billing)
+        .await
+        .expect("clear faults");
+    let again = RunningSink::start(
+        billing_sink(&topics.input, &sandbox.destination()).await,
+        topics.settings(),
+    );
+    eventually(DEADLINE, "every charge committed", || async {
+        let committed = committed_offsets(&shared_settings(), &topics.group, &topics.input)
+            .expect("committed offsets");
+        (committed == vec![(0, Some(COUNT as i64))]).then_some(())
+    })
+    .await;
+    let again = again.stop().await;
+    assert_eq!(
+        again.delivered, waiting as u64,
+        "only the waiting ones: {again:?}"
+    );
+    assert_eq!(
+        again.already_delivered,
+        (COUNT as i64 - first_waiting - waiting) as u64,
+        "the charges after the first waiting one, from the ledger: {again:?}"
+    );
+    assert_eq!(charges_by_identity(&sandbox).await.len(), COUNT);
+    assert_eq!(
+        sandbox.applied("billing").await,
+        COUNT as u64,
+        "no charge applied twice"
+    );
+}
+
 fn snapshot(customer: usize, as_of: i64, amount: &str) -> AccountHealthSnapshot {
     let customer_id = format!("c-{customer}");
     AccountHealthSnapshot {

@@ -2,7 +2,8 @@
 //! `AnalyticsFact`s into PostgreSQL, the billing sink creating charges and the CRM sink
 //! upserting account snapshots in the sandbox (in-process, its default latency and the CRM's
 //! rate limit), each with the baseline of the same run: the sink runtime's own pass-through
-//! (the same sink's `accept`, every delivery confirmed without calling out).
+//! (the same sink's `accept`, every delivery confirmed without calling out). Then the billing
+//! sink again while the API throttles, fails and loses answers, against its rate without.
 //!
 //! Rate: from the broker timestamps of the delivery results, between the 10 % and the 90 %
 //! marks, so consumer-group joins and the last linger do not count.
@@ -22,7 +23,7 @@ use backbone_analytics_sink::{AnalyticsSettings, AnalyticsSink};
 use backbone_billing_sink::{BillingSettings, BillingSink};
 use backbone_core::InputRecord;
 use backbone_crm_sink::{CrmSettings, CrmSink};
-use backbone_sandbox::SandboxConfig;
+use backbone_sandbox::{Faults, SandboxConfig, System};
 use backbone_schemas::types::{
     AccountHealthSnapshot, AnalyticsFact, BillingCharge, Contract, Destination, FactType,
     HealthStatus,
@@ -221,6 +222,40 @@ async fn main() {
     .await;
     let billed = rate(billing(&topics.input).await, &topics, records, batch).await;
     report("billing", records, batch, baseline, billed);
+
+    // The same sink while the billing API throttles, fails and loses answers, as in the chaos
+    // run's background; baseline: the rate without faults just measured.
+    let faulted = 4_000;
+    let (topics, _) = filled("bench-billing-faults", &codec, faulted, |i| {
+        let charge = charge(records + i);
+        (format!("bench:{}", charge.subscription_id), charge)
+    })
+    .await;
+    sandbox
+        .client
+        .set_faults(
+            System::Billing,
+            &Faults {
+                throttle_rate: 0.05,
+                error_rate: 0.05,
+                lost_response_rate: 0.05,
+                retry_after_seconds: 1,
+                ..Faults::default()
+            },
+        )
+        .await
+        .expect("faults");
+    let through_faults = rate(billing(&topics.input).await, &topics, faulted, batch).await;
+    sandbox
+        .client
+        .clear_faults(System::Billing)
+        .await
+        .expect("clear faults");
+    println!(
+        "sinks/billing with 5 % throttled (Retry-After 1 s), 5 % failed, 5 % answers lost: \
+         {faulted} records, {through_faults:.0}/s, ratio to without faults {:.2}",
+        through_faults / billed
+    );
 
     let (topics, baseline_topics) = filled("bench-crm", &codec, records, |i| {
         let snapshot = snapshot(i);

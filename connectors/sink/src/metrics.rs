@@ -22,6 +22,8 @@ pub mod names {
     pub const CIRCUIT_STATE: &str = "backbone_sink_circuit_state";
     /// Deliveries per batch sent.
     pub const BATCH_SIZE: &str = "backbone_sink_batch_size_deliveries";
+    /// Deliveries waiting for their next attempt.
+    pub const RETRYING: &str = "backbone_sink_retrying_deliveries";
 }
 
 const DURATION_BUCKETS: &[f64] = &[
@@ -39,6 +41,7 @@ pub struct SinkMetrics {
     retries: IntCounterVec,
     circuit: IntGauge,
     batch: Histogram,
+    retrying: IntGauge,
 }
 
 impl SinkMetrics {
@@ -77,11 +80,16 @@ impl SinkMetrics {
             "Deliveries in each batch sent.",
             BATCH_BUCKETS,
         ))?;
+        let retrying = IntGauge::with_opts(opts(
+            names::RETRYING,
+            "Deliveries waiting for their next attempt.",
+        ))?;
         registry.register(Box::new(deliveries.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(retries.clone()))?;
         registry.register(Box::new(circuit.clone()))?;
         registry.register(Box::new(batch.clone()))?;
+        registry.register(Box::new(retrying.clone()))?;
         // Every series starts at zero, so that rates and alerts see the first increase.
         for outcome in ["delivered", "already_delivered", "rejected"] {
             deliveries.with_label_values(&[destination, outcome]);
@@ -99,6 +107,7 @@ impl SinkMetrics {
             retries,
             circuit,
             batch,
+            retrying,
         })
     }
 
@@ -118,6 +127,11 @@ impl SinkMetrics {
     /// Counts a retried attempt.
     pub fn record_retry(&self, reason: RetryReason) {
         self.retries.with_label_values(&[reason.as_str()]).inc();
+    }
+
+    /// Sets how many deliveries wait for a retry.
+    pub fn set_retrying(&self, count: usize) {
+        self.retrying.set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
     /// Sets the circuit gauge.

@@ -46,6 +46,9 @@ pub struct SinkSettings {
     /// Most records held for paused tenants at once; past it the sink stops taking records
     /// (every tenant waits) until a resume lets some go.
     pub max_held: usize,
+    /// Most deliveries waiting for a retry at once; past it the sink stops taking records until
+    /// some settle.
+    pub max_retrying: usize,
 }
 
 impl Default for SinkSettings {
@@ -64,6 +67,7 @@ impl Default for SinkSettings {
             circuit: CircuitSettings::default(),
             tenant_controls: DEFAULT_CONTROLS_TOPIC.to_owned(),
             max_held: 100_000,
+            max_retrying: 10_000,
         }
     }
 }
@@ -136,6 +140,9 @@ impl Validate for SinkSettings {
         }
         if self.max_held == 0 {
             return invalid("max_held", "must be at least 1");
+        }
+        if self.max_retrying == 0 {
+            return invalid("max_retrying", "must be at least 1");
         }
         if self.topic_partitions < 1 {
             return invalid("topic_partitions", "must be at least 1");

@@ -1,6 +1,8 @@
-//! Delivering a batch: retries with backoff and `Retry-After`, the circuit breaker, the ledger
-//! marks around each request, and the input paused while the destination is down.
+//! Delivering a round: one attempt per delivery behind the circuit breaker, the ledger marks
+//! around it, what the destination did not take set to wait for its backoff (`Retry-After` as
+//! a floor), and the input paused while the destination is down.
 
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -14,19 +16,32 @@ use crate::circuit::CircuitState;
 use crate::ledger::{DeliveryState, LedgerEntry};
 use crate::{Delivery, DeliveryError, Outcome, RetryReason, Sink, Source};
 
+use super::retry::Sending;
 use super::{Immediate, Round, Settled, SinkError, SinkLoop, DESTINATION_REJECTED};
 
 impl<S: Sink> SinkLoop<'_, S> {
-    /// Delivers the queue, records the outcomes, publishes results and dead letters, settles
-    /// the sources. Returns false when asked to stop mid-way (nothing of the batch settled).
+    /// Sends the queue and the retries that are due, records the outcomes, publishes results
+    /// and dead letters, settles the sources; what the destination did not take waits for its
+    /// retry meanwhile. Returns false when asked to stop mid-way (nothing of the round settled).
     pub(super) async fn flush(&mut self) -> Result<bool, SinkError> {
         self.batch_started = None;
         let queue = std::mem::take(&mut self.queue);
         let immediate = std::mem::take(&mut self.immediate);
-        let settled = match self.deliver(queue).await? {
+        let now = Instant::now();
+        let mut sending = self.retrying.take_due(now);
+        let retried: HashSet<String> = sending.iter().map(|s| s.delivery.key.clone()).collect();
+        for delivery in queue {
+            if retried.contains(&delivery.key) || self.retrying.holds(&delivery.key) {
+                self.retrying.wait(Sending::new(delivery), now);
+            } else {
+                sending.push(Sending::new(delivery));
+            }
+        }
+        let settled = match self.deliver(sending).await? {
             Round::Done(settled) => settled,
             Round::Stopped => return Ok(false),
         };
+        self.sink_metrics.set_retrying(self.retrying.len());
         let mut entries = Vec::with_capacity(settled.len());
         let mut members = Vec::new();
         for s in &settled {
@@ -133,18 +148,19 @@ impl<S: Sink> SinkLoop<'_, S> {
         Ok(true)
     }
 
-    /// Sends `queue`, retrying what is not settled, until every delivery has a final outcome or
-    /// the sink is asked to stop.
+    /// Sends `sending` once, behind the circuit breaker. Returns the deliveries that got a final
+    /// outcome; the others wait in `retrying` for their backoff (or, under an open circuit, for
+    /// the next round's wait on it).
     pub(super) async fn deliver(
         &mut self,
-        queue: Vec<Delivery<S::Payload>>,
+        sending: Vec<Sending<S::Payload>>,
     ) -> Result<Round<S::Payload>, SinkError> {
-        let mut settled = Vec::with_capacity(queue.len());
-        let mut waiting = Vec::with_capacity(queue.len());
-        for delivery in queue {
-            match self.ledger.get(&delivery.key)? {
+        let mut settled = Vec::with_capacity(sending.len());
+        let mut waiting = Vec::with_capacity(sending.len());
+        for sending in sending {
+            match self.ledger.get(&sending.delivery.key)? {
                 Some(entry) if entry.state == DeliveryState::Confirmed => settled.push(Settled {
-                    delivery,
+                    delivery: sending.delivery,
                     outcome: Outcome::AlreadyDelivered {
                         reference: entry.reference,
                     },
@@ -152,138 +168,147 @@ impl<S: Sink> SinkLoop<'_, S> {
                 }),
                 entry => {
                     let attempts = entry.map_or(0, |e| e.attempts);
-                    waiting.push((delivery, attempts));
+                    waiting.push((sending, attempts));
                 }
             }
         }
-        let mut round = 0u32;
-        while !waiting.is_empty() {
-            loop {
-                let hold = self.circuit.wait(Instant::now());
-                if hold.is_zero() {
-                    break;
-                }
-                if !self.wait_paused(hold).await? {
-                    return Ok(Round::Stopped);
-                }
+        if waiting.is_empty() {
+            return Ok(Round::Done(settled));
+        }
+        loop {
+            let hold = self.circuit.wait(Instant::now());
+            if hold.is_zero() {
+                break;
             }
-            self.sink_metrics.set_circuit(self.circuit.state());
-            // A half-open circuit sends one delivery as its probe, not the whole batch.
-            let held_back = if self.circuit.state() == CircuitState::HalfOpen && waiting.len() > 1 {
-                waiting.split_off(1)
-            } else {
-                Vec::new()
-            };
-            for (_, attempts) in &mut waiting {
-                *attempts += 1;
-            }
-            self.mark(&waiting, DeliveryState::InFlight, None)?;
-            let batch: Vec<&Delivery<S::Payload>> = waiting.iter().map(|(d, _)| d).collect();
-            let started = Instant::now();
-            let answer = self.sink.deliver(&batch).await;
-            self.sink_metrics
-                .observe_batch(started.elapsed(), batch.len());
-            drop(batch);
-            let outcomes = match answer {
-                Ok(outcomes) if outcomes.len() == waiting.len() => outcomes,
-                Ok(outcomes) => {
-                    tracing::error!(sink = %self.name, sent = waiting.len(), answered = outcomes.len(),
-                        "the sink answered a batch with the wrong number of outcomes; retrying it");
-                    vec![retry_all("outcome count mismatch"); waiting.len()]
-                }
-                Err(DeliveryError::Unauthorized { status, message }) => {
-                    tracing::error!(sink = %self.name, status, %message,
-                        "the destination refused the credentials; stopping without committing");
-                    return Err(SinkError::Unauthorized { status, message });
-                }
-                Err(DeliveryError::Transient {
-                    reason,
-                    message,
-                    after,
-                }) => vec![
-                    Outcome::Retry {
-                        reason,
-                        message,
-                        after
-                    };
-                    waiting.len()
-                ],
-            };
-            let mut progress = false;
-            let mut retry_after: Option<Duration> = None;
-            let mut last_retry = None;
-            let mut still = Vec::new();
-            for ((delivery, attempts), outcome) in waiting.into_iter().zip(outcomes) {
-                match outcome {
-                    Outcome::Retry {
-                        reason,
-                        message,
-                        after,
-                    } => {
-                        retry_after = retry_after.max(after);
-                        last_retry = Some((reason, message));
-                        still.push((delivery, attempts));
-                    }
-                    outcome => {
-                        progress = true;
-                        settled.push(Settled {
-                            delivery,
-                            outcome,
-                            attempts,
-                        });
-                    }
-                }
-            }
-            waiting = still;
-            waiting.extend(held_back);
-            if progress || waiting.is_empty() {
-                if self.circuit.success() {
-                    tracing::info!(sink = %self.name, "destination answers again; circuit closed");
-                }
-                self.resume();
-            } else if self.circuit.failure(Instant::now()) {
-                self.summary.circuit_opened += 1;
-                tracing::warn!(sink = %self.name, open_for = ?self.settings.circuit.open_for,
-                    "destination keeps failing; circuit open, input paused");
-            }
-            self.sink_metrics.set_circuit(self.circuit.state());
-            let Some((reason, message)) = last_retry else {
-                continue;
-            };
-            round += 1;
-            self.summary.retries += 1;
-            self.sink_metrics.record_retry(reason);
-            self.metrics.record_retry(self.sink.input_topic());
-            self.mark(&waiting, DeliveryState::Pending, Some((reason, &message)))?;
-            if self.circuit.state() == CircuitState::Open {
-                continue;
-            }
-            let wait = backoff::delay(&self.settings.retry, round, retry_after);
-            tracing::warn!(sink = %self.name, waiting = waiting.len(), reason = reason.as_str(),
-                %message, ?wait, "delivery not accepted, retrying");
-            if !self.wait_paused(wait).await? {
+            if !self.wait_paused(hold).await? {
                 return Ok(Round::Stopped);
             }
         }
+        self.sink_metrics.set_circuit(self.circuit.state());
+        // A half-open circuit sends one delivery as its probe, not the whole round.
+        if self.circuit.state() == CircuitState::HalfOpen {
+            for (held_back, _) in waiting.split_off(1) {
+                self.retrying.wait(held_back, Instant::now());
+            }
+        }
+        for (_, attempts) in &mut waiting {
+            *attempts += 1;
+        }
+        self.mark(
+            waiting.iter().map(|(s, a)| (s.delivery.key.as_str(), *a)),
+            DeliveryState::InFlight,
+            None,
+        )?;
+        let batch: Vec<&Delivery<S::Payload>> = waiting.iter().map(|(s, _)| &s.delivery).collect();
+        let started = Instant::now();
+        let answer = self.sink.deliver(&batch).await;
+        self.sink_metrics
+            .observe_batch(started.elapsed(), batch.len());
+        drop(batch);
+        let outcomes = match answer {
+            Ok(outcomes) if outcomes.len() == waiting.len() => outcomes,
+            Ok(outcomes) => {
+                tracing::error!(sink = %self.name, sent = waiting.len(), answered = outcomes.len(),
+                    "the sink answered a batch with the wrong number of outcomes; retrying it");
+                vec![retry_all("outcome count mismatch"); waiting.len()]
+            }
+            Err(DeliveryError::Unauthorized { status, message }) => {
+                tracing::error!(sink = %self.name, status, %message,
+                    "the destination refused the credentials; stopping without committing");
+                return Err(SinkError::Unauthorized { status, message });
+            }
+            Err(DeliveryError::Transient {
+                reason,
+                message,
+                after,
+            }) => vec![
+                Outcome::Retry {
+                    reason,
+                    message,
+                    after
+                };
+                waiting.len()
+            ],
+        };
+        let from_ledger = settled.len();
+        let mut last_retry = None;
+        let mut retries = Vec::new();
+        for ((sending, attempts), outcome) in waiting.into_iter().zip(outcomes) {
+            match outcome {
+                Outcome::Retry {
+                    reason,
+                    message,
+                    after,
+                } => {
+                    last_retry = Some((reason, message));
+                    retries.push((sending, attempts, after));
+                }
+                outcome => settled.push(Settled {
+                    delivery: sending.delivery,
+                    outcome,
+                    attempts,
+                }),
+            }
+        }
+        if retries.is_empty() || settled.len() > from_ledger {
+            if self.circuit.success() {
+                tracing::info!(sink = %self.name, "destination answers again; circuit closed");
+            }
+            self.resume();
+        } else if self.circuit.failure(Instant::now()) {
+            self.summary.circuit_opened += 1;
+            tracing::warn!(sink = %self.name, open_for = ?self.settings.circuit.open_for,
+                "destination keeps failing; circuit open, input paused");
+        }
+        self.sink_metrics.set_circuit(self.circuit.state());
+        let Some((reason, message)) = last_retry else {
+            return Ok(Round::Done(settled));
+        };
+        self.summary.retries += 1;
+        self.sink_metrics.record_retry(reason);
+        self.metrics.record_retry(self.sink.input_topic());
+        self.mark(
+            retries
+                .iter()
+                .map(|(s, a, _)| (s.delivery.key.as_str(), *a)),
+            DeliveryState::Pending,
+            Some((reason, &message)),
+        )?;
+        let now = Instant::now();
+        let mut soonest: Option<Duration> = None;
+        let count = retries.len();
+        for (sending, attempts, after) in retries {
+            // Under an open circuit the next round's wait on it is the backoff.
+            let wait = if self.circuit.state() == CircuitState::Open {
+                Duration::ZERO
+            } else {
+                backoff::delay(&self.settings.retry, attempts, after)
+            };
+            soonest = Some(soonest.map_or(wait, |s| s.min(wait)));
+            self.retrying.wait(sending, now + wait);
+        }
+        tracing::warn!(sink = %self.name, retrying = count, reason = reason.as_str(),
+            %message, soonest = ?soonest.unwrap_or_default(), "deliveries not accepted, retrying");
         Ok(Round::Done(settled))
     }
 
-    /// Writes the state of deliveries still being worked on; not synced, a crash re-sends them.
-    pub(super) fn mark(
+    /// Writes the state of deliveries still being worked on, by key and attempts; not synced, a
+    /// crash re-sends them.
+    pub(super) fn mark<'k>(
         &self,
-        waiting: &[(Delivery<S::Payload>, u32)],
+        waiting: impl IntoIterator<Item = (&'k str, u32)>,
         state: DeliveryState,
         failure: Option<(RetryReason, &str)>,
     ) -> Result<(), SinkError> {
         let entries: Vec<(&str, LedgerEntry)> = waiting
-            .iter()
-            .map(|(delivery, attempts)| {
-                let mut entry = LedgerEntry::new(state, *attempts);
+            .into_iter()
+            .map(|(key, attempts)| {
+                let mut entry = LedgerEntry::new(state, attempts);
                 if let Some((reason, message)) = failure {
                     entry.error_code = Some(reason.as_str().to_owned());
                     entry.error_message = Some(message.to_owned());
                 }
-                (delivery.key.as_str(), entry)
+                (key, entry)
             })
             .collect();
         let refs: Vec<(&str, &LedgerEntry)> = entries.iter().map(|(k, e)| (*k, e)).collect();
@@ -291,8 +316,8 @@ impl<S: Sink> SinkLoop<'_, S> {
         Ok(())
     }
 
-    /// Waits `hold` (an open circuit, a retry's backoff) with the input paused until the next
-    /// delivery makes progress. The consumer is polled meanwhile: librdkafka takes a consumer
+    /// Waits `hold` (an open circuit) with the input paused until the next delivery makes
+    /// progress. The consumer is polled meanwhile: librdkafka takes a consumer
     /// that has not polled for `max.poll.interval.ms` out of its group, and what it had not
     /// committed would be read and answered again. Returns false when asked to stop.
     pub(super) async fn wait_paused(&mut self, hold: Duration) -> Result<bool, SinkError> {

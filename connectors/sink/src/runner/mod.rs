@@ -1,5 +1,6 @@
-//! The sink loop: consume, accept, batch, deliver with retries behind the circuit breaker,
-//! record outcomes, publish results and dead letters, then store offsets.
+//! The sink loop: consume, accept, batch, deliver behind the circuit breaker, record outcomes,
+//! publish results and dead letters, then store offsets. A delivery the destination did not
+//! take waits for its retry beside the loop, which goes on with the records after it.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,6 +32,7 @@ mod deliver;
 mod hold;
 mod offsets;
 mod results;
+mod retry;
 
 use crate::circuit::CircuitBreaker;
 use crate::ledger::{DeliveryLedger, LedgerError};
@@ -40,6 +42,7 @@ use crate::{Delivery, Money, Outcome, Sink};
 use accept::OwnedInput;
 use hold::Holds;
 use offsets::OpenRecords;
+use retry::Retrying;
 
 /// Longest wait for the control topic to be read at start-up.
 const CONTROLS_TIMEOUT: Duration = Duration::from_secs(60);
@@ -231,6 +234,7 @@ struct SinkLoop<'s, S: Sink> {
     open: OpenRecords<HeldRecord>,
     holds: Holds,
     queue: Vec<Delivery<S::Payload>>,
+    retrying: Retrying<S::Payload>,
     immediate: Vec<Immediate>,
     batch_started: Option<Instant>,
     paused: bool,
@@ -335,6 +339,7 @@ impl<'s, S: Sink> SinkLoop<'s, S> {
             open: OpenRecords::default(),
             holds: Holds::new(controls),
             queue: Vec::new(),
+            retrying: Retrying::default(),
             immediate: Vec::new(),
             batch_started: None,
             paused: false,
@@ -346,13 +351,22 @@ impl<'s, S: Sink> SinkLoop<'s, S> {
         let mut tick = tokio::time::interval(self.settings.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // The input pauses while deliveries wait on an open circuit. With none left (the
+            // ledger answered them, or their partitions were revoked), the records read next
+            // make the probe; kept paused, the sink would wait for nothing.
+            if self.retrying.is_empty() && self.queue.is_empty() {
+                self.resume();
+            }
             let linger_until = self.batch_started.map(|at| at + self.settings.linger);
+            let retry_due = self.retrying.next_due();
             let room = self.queue.len() < self.settings.batch_max
-                && self.holds.count() < self.settings.max_held;
+                && self.holds.count() < self.settings.max_held
+                && self.retrying.len() < self.settings.max_retrying;
             let received = tokio::select! {
                 biased;
                 _ = stopped(&mut self.stop) => break,
                 _ = sleep_until(linger_until), if linger_until.is_some() => None,
+                _ = sleep_until(retry_due), if retry_due.is_some() => None,
                 _ = tick.tick() => None,
                 message = self.consumer.recv(), if room => {
                     Some(message.map(|m| OwnedInput::from(&m)))
@@ -373,7 +387,14 @@ impl<'s, S: Sink> SinkLoop<'s, S> {
             if !go_on || !self.release_held().await? {
                 break;
             }
-            let due = self.sink.due(SystemTime::now(), &self.ledger);
+            // A scheduled delivery is built from what the ledger holds confirmed (the ERP's
+            // adjustment takes the number after the last batch posted), so the sink is asked
+            // for one only when no delivery waits for a retry.
+            let due = if self.retrying.is_empty() {
+                self.sink.due(SystemTime::now(), &self.ledger)
+            } else {
+                Vec::new()
+            };
             let forced = !due.is_empty();
             self.queue.extend(due);
             if (!self.queue.is_empty() || !self.immediate.is_empty())
@@ -384,7 +405,12 @@ impl<'s, S: Sink> SinkLoop<'s, S> {
             let lingered = self
                 .batch_started
                 .is_some_and(|at| at.elapsed() >= self.settings.linger);
-            let send = forced || lingered || self.queue.len() >= self.settings.batch_max;
+            let retry_is_due = self
+                .retrying
+                .next_due()
+                .is_some_and(|due| due <= Instant::now());
+            let send =
+                forced || lingered || retry_is_due || self.queue.len() >= self.settings.batch_max;
             if send && !self.flush().await? {
                 break;
             }
@@ -404,6 +430,8 @@ impl<'s, S: Sink> SinkLoop<'s, S> {
         self.holds.forget(&revoked);
         self.queue
             .retain(|d| d.sources.iter().all(|s| !revoked.contains(&s.partition)));
+        self.retrying.forget(&revoked);
+        self.sink_metrics.set_retrying(self.retrying.len());
         self.immediate.retain(|i| {
             let partition = match i {
                 Immediate::DeadLetter { partition, .. }
