@@ -26,7 +26,9 @@ use serde::{Deserialize, Serialize};
 pub struct BillingSettings {
     /// Topic of `BillingCharge`s.
     pub topic: String,
-    /// Requests in flight at once within a batch.
+    /// Requests in flight at once within a batch. Each charge is two calls (lookup, post), so
+    /// the rate is about `concurrency / (2 × round trip)`: 8 held the sink to about 1,000
+    /// charges/s when a call took 4 ms (docs/BENCHMARKS.md, "Soak (2026-12-06)").
     pub concurrency: usize,
 }
 
@@ -34,7 +36,7 @@ impl Default for BillingSettings {
     fn default() -> Self {
         Self {
             topic: "billing.charges".to_owned(),
-            concurrency: 8,
+            concurrency: 32,
         }
     }
 }
