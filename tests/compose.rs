@@ -1408,6 +1408,7 @@ fn dashboards_and_rules_use_only_metrics_the_binaries_export() {
         sink::RETRIES,
         sink::CIRCUIT_STATE,
         sink::BATCH_SIZE,
+        sink::RETRYING,
         backbone_drift::metrics::names::DIFFERENCE,
         backbone_drift::metrics::names::RELATIVE,
         backbone_drift::metrics::names::LAST_RUN,
