@@ -11,6 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use backbone_billing_sink::{BillingSettings, BillingSink};
+use backbone_core::admin::{ensure_topics, TopicSpec};
 use backbone_crm_sink::{CrmSettings, CrmSink};
 use backbone_sandbox::SandboxConfig;
 use backbone_sandbox::{Faults, System};
@@ -360,6 +361,58 @@ async fn a_dead_letter_over_the_limit_stops_the_sink_without_committing() {
             assert!(
                 message.contains(&input) && message.contains("max_dead_letter_bytes"),
                 "names the input and what to raise: {message}"
+            );
+        }
+        other => panic!("expected the dead letter refused, got {other:?}"),
+    }
+    let committed = committed_offsets(&kafka, &topics.group, &topics.input).expect("offsets");
+    assert!(
+        committed.iter().all(|(_, o)| o.unwrap_or(0) == 0),
+        "nothing committed: {committed:?}"
+    );
+}
+
+/// The producer takes the dead letter (it is under `runtime.max_dead_letter_bytes`) and the
+/// broker refuses it (the dead-letter topic, made by someone else, takes less): the sink learns
+/// it from the broker's answer, after it went on reading, and still stops with nothing
+/// committed.
+#[tokio::test]
+async fn a_dead_letter_the_broker_refuses_after_taking_it_stops_the_sink_without_committing() {
+    let sandbox = Sandbox::start(SandboxConfig::default()).await;
+    let topics = SinkTopics::create("billing-broker-refuses-letter", 1).await;
+    let kafka = shared_settings();
+    ensure_topics(
+        &kafka,
+        &[TopicSpec::new(format!("{}.dlq", topics.input), 1)
+            .with_config("max.message.bytes", "2000")],
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("a small dead-letter topic");
+    // Random, so that the producer's compression does not bring it under the topic's limit.
+    let pad: String = std::iter::repeat_with(fastrand::alphanumeric)
+        .take(20_000)
+        .collect();
+    let not_wire_format = format!("{{\"pad\": \"{pad}\"}}");
+    produce(
+        &kafka,
+        &topics.input,
+        &[TestRecord::new("acme:s-1", not_wire_format)],
+    )
+    .await
+    .expect("produce");
+
+    let sink = RunningSink::start(
+        billing_sink(&topics.input, &sandbox.destination()).await,
+        topics.settings(),
+    );
+    let result = sink.finished(DEADLINE).await;
+    match &result {
+        Err(SinkError::Publish { topic, message }) => {
+            assert_eq!(topic, &format!("{}.dlq", topics.input));
+            assert!(
+                message.contains(&format!("{}[0]@0", topics.input)),
+                "names the input: {message}"
             );
         }
         other => panic!("expected the dead letter refused, got {other:?}"),

@@ -143,8 +143,7 @@ impl<S: Sink> SinkLoop<'_, S> {
                 }
             }
         }
-        self.publish(records).await?;
-        self.settle(&touched);
+        self.publish(records, touched).await?;
         Ok(true)
     }
 

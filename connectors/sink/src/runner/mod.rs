@@ -1,6 +1,7 @@
 //! The sink loop: consume, accept, batch, deliver behind the circuit breaker, record outcomes,
 //! publish results and dead letters, then store offsets. A delivery the destination did not
-//! take waits for its retry beside the loop, which goes on with the records after it.
+//! take waits for its retry beside the loop, and a flush's results for the broker's answer,
+//! while the loop goes on with the records after them.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,6 +19,7 @@ use backbone_core::tenant::{controls_topic_spec, TenantControls};
 use backbone_core::{Header, KafkaSettings};
 use backbone_schemas::types::{Contract, DeliveryResult};
 use backbone_schemas::{OutputContracts, WireCodec};
+use futures::StreamExt;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -42,6 +44,7 @@ use crate::{Delivery, Money, Outcome, Sink};
 use accept::OwnedInput;
 use hold::Holds;
 use offsets::OpenRecords;
+use results::Publishing;
 use retry::Retrying;
 
 /// Longest wait for the control topic to be read at start-up.
@@ -235,6 +238,7 @@ struct SinkLoop<'s, S: Sink> {
     holds: Holds,
     queue: Vec<Delivery<S::Payload>>,
     retrying: Retrying<S::Payload>,
+    publishing: Publishing,
     immediate: Vec<Immediate>,
     batch_started: Option<Instant>,
     paused: bool,
@@ -340,6 +344,7 @@ impl<'s, S: Sink> SinkLoop<'s, S> {
             holds: Holds::new(controls),
             queue: Vec::new(),
             retrying: Retrying::default(),
+            publishing: Publishing::new(),
             immediate: Vec::new(),
             batch_started: None,
             paused: false,
@@ -362,16 +367,21 @@ impl<'s, S: Sink> SinkLoop<'s, S> {
             let room = self.queue.len() < self.settings.batch_max
                 && self.holds.count() < self.settings.max_held
                 && self.retrying.len() < self.settings.max_retrying;
-            let received = tokio::select! {
+            let publishing = !self.publishing.is_empty();
+            let (received, acknowledged) = tokio::select! {
                 biased;
                 _ = stopped(&mut self.stop) => break,
-                _ = sleep_until(linger_until), if linger_until.is_some() => None,
-                _ = sleep_until(retry_due), if retry_due.is_some() => None,
-                _ = tick.tick() => None,
+                Some(done) = self.publishing.next(), if publishing => (None, Some(done)),
+                _ = sleep_until(linger_until), if linger_until.is_some() => (None, None),
+                _ = sleep_until(retry_due), if retry_due.is_some() => (None, None),
+                _ = tick.tick() => (None, None),
                 message = self.consumer.recv(), if room => {
-                    Some(message.map(|m| OwnedInput::from(&m)))
+                    (Some(message.map(|m| OwnedInput::from(&m))), None)
                 }
             };
+            if let Some(done) = acknowledged {
+                self.acknowledged(done?);
+            }
             // A rebalance runs inside `recv`: what it revoked goes before the record counts.
             self.forget_revoked();
             self.settle_assignment();
@@ -415,6 +425,8 @@ impl<'s, S: Sink> SinkLoop<'s, S> {
                 break;
             }
         }
+        // What the broker takes now is committed now, not delivered again by the next run.
+        self.published().await?;
         self.finish();
         tracing::info!(sink = %self.name, summary = ?self.summary, "sink stopped");
         Ok(self.summary.clone())

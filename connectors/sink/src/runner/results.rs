@@ -1,8 +1,10 @@
 //! What a settled delivery leaves behind: its `DeliveryResult`, a dead letter for a rejection,
-//! metrics, and the input offsets that became committable.
+//! metrics, and, once the broker has those, the input offsets that became committable.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::SystemTime;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, Instant, SystemTime};
 
 use backbone_calendar::now_micros;
 use backbone_core::dead_letter::{headers as dlq_headers, DeadLetter};
@@ -13,11 +15,15 @@ use backbone_core::{InputRecord, OutputRecord, TRACEPARENT};
 use backbone_rating::content_id;
 use backbone_schemas::types::{DeliveryOutcome, DeliveryResult, EventMetadata, TraceContext};
 use backbone_schemas::wire::encode_framed;
+
 use futures::future::join_all;
+use futures::stream::FuturesOrdered;
+use futures::StreamExt;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedHeaders;
-use rdkafka::producer::FutureRecord;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
 
 use crate::{Delivery, Outcome, Sink, Source};
 
@@ -173,10 +179,16 @@ impl<S: Sink> SinkLoop<'_, S> {
         .to_record(now)
     }
 
-    /// Produces `records` and waits until the broker has every one.
-    pub(super) async fn publish(&mut self, records: Vec<OutputRecord>) -> Result<(), SinkError> {
+    /// Hands `records` to the producer; once the broker has every one, the `settles` they were
+    /// made for are settled (see [`SinkLoop::acknowledged`]). The sink goes on meanwhile, with
+    /// at most [`MAX_PUBLISHING`] flushes waiting on the broker.
+    pub(super) async fn publish(
+        &mut self,
+        records: Vec<OutputRecord>,
+        settles: Vec<(i32, i64)>,
+    ) -> Result<(), SinkError> {
         let timeout = self.settings.produce_timeout;
-        let mut sends = Vec::with_capacity(records.len());
+        let mut deliveries = Vec::with_capacity(records.len());
         for record in &records {
             let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
             for (name, value) in &record.headers {
@@ -185,29 +197,63 @@ impl<S: Sink> SinkLoop<'_, S> {
                     value: value.as_deref(),
                 });
             }
-            let mut future = FutureRecord::<Vec<u8>, Vec<u8>>::to(&record.topic).headers(headers);
+            let mut future = FutureRecord::<[u8], [u8]>::to(&record.topic).headers(headers);
             if let Some(key) = &record.key {
                 future = future.key(key);
             }
             if let Some(value) = &record.value {
                 future = future.payload(value);
             }
-            sends.push(self.producer.send(future, timeout));
+            let delivery =
+                send(&self.producer, future, timeout)
+                    .await
+                    .map_err(|err| SinkError::Publish {
+                        topic: record.topic.clone(),
+                        message: not_published(record, &err),
+                    })?;
+            deliveries.push(delivery);
         }
-        let mut produced: BTreeMap<&str, u64> = BTreeMap::new();
-        for (record, sent) in records.iter().zip(join_all(sends).await) {
-            if let Err((err, _)) = sent {
-                return Err(SinkError::Publish {
-                    topic: record.topic.clone(),
-                    message: not_published(record, &err),
-                });
+        self.publishing.push_back(Box::pin(async move {
+            let mut produced: BTreeMap<String, u64> = BTreeMap::new();
+            for (record, delivery) in records.iter().zip(join_all(deliveries).await) {
+                let failed = match delivery {
+                    Ok(Ok(_)) => None,
+                    Ok(Err((err, _))) => Some(not_published(record, &err)),
+                    Err(_) => Some("the producer dropped the record before an answer".to_owned()),
+                };
+                if let Some(message) = failed {
+                    return Err(SinkError::Publish {
+                        topic: record.topic.clone(),
+                        message,
+                    });
+                }
+                *produced.entry(record.topic.clone()).or_default() += 1;
             }
-            *produced.entry(record.topic.as_str()).or_default() += 1;
-        }
-        for (topic, n) in produced {
-            self.metrics.record_produced(topic, n);
+            Ok(Acknowledged { settles, produced })
+        }));
+        while self.publishing.len() > MAX_PUBLISHING {
+            if let Some(done) = self.publishing.next().await {
+                self.acknowledged(done?);
+            }
         }
         Ok(())
+    }
+
+    /// Waits until the broker has every result and dead letter handed to it, and settles
+    /// what they were made for.
+    pub(super) async fn published(&mut self) -> Result<(), SinkError> {
+        while let Some(done) = self.publishing.next().await {
+            self.acknowledged(done?);
+        }
+        Ok(())
+    }
+
+    /// A flush's records are on the broker: count them, settle their inputs.
+    pub(super) fn acknowledged(&mut self, done: Acknowledged) {
+        for (topic, n) in &done.produced {
+            self.metrics.record_produced(topic, *n);
+        }
+        self.settle(&done.settles);
     }
 
     /// Settles one outstanding share of each `(partition, offset)` and stores what became
@@ -283,4 +329,42 @@ pub(super) fn not_published(record: &OutputRecord, err: &KafkaError) -> String {
         "the {}-byte dead letter of {topic}[{partition}]@{offset} was not taken ({err}); nothing from that input on was committed{fix}",
         record.size_bytes()
     )
+}
+
+/// Flushes whose results and dead letters may wait on the broker at once; past it a flush waits
+/// for the oldest.
+pub(super) const MAX_PUBLISHING: usize = 4;
+
+/// The results and dead letters of one flush on the broker.
+pub(super) struct Acknowledged {
+    /// The input records they settle.
+    settles: Vec<(i32, i64)>,
+    /// Records per topic.
+    produced: BTreeMap<String, u64>,
+}
+
+/// Flushes waiting on the broker, oldest first.
+pub(super) type Publishing =
+    FuturesOrdered<Pin<Box<dyn Future<Output = Result<Acknowledged, SinkError>> + Send>>>;
+
+/// Hands `record` to the producer, waiting while librdkafka's queue is full, up to `timeout`.
+async fn send(
+    producer: &FutureProducer,
+    mut record: FutureRecord<'_, [u8], [u8]>,
+    timeout: Duration,
+) -> Result<DeliveryFuture, KafkaError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match producer.send_result(record) {
+            Ok(delivery) => return Ok(delivery),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned))
+                if Instant::now() < deadline =>
+            {
+                // The sender thread drains the queue; give it a moment.
+                record = returned;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err((err, _)) => return Err(err),
+        }
+    }
 }
