@@ -13,15 +13,6 @@
 //! its outputs or state changes; a record the broker refuses all the same stops the processor
 //! without committing it.
 
-/// Every binary built on the runtime allocates through mimalloc rather than glibc's malloc: a
-/// record's path is many short-lived allocations (decoded values, encoded outputs, headers,
-/// delivery futures), and under glibc they were about a third of a stage's CPU profile
-/// (docs/BENCHMARKS.md, "Allocator"). Not in this crate's own unit tests, which link a second
-/// copy of it through the test kit.
-#[cfg(not(test))]
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 pub mod admin;
 pub mod app;
 pub mod certificates;
