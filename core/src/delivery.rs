@@ -22,7 +22,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::oneshot;
 
 use crate::changelog::{ChangelogWrite, Turn, INPUT_END};
-use crate::kafka::refuses_size;
+use crate::kafka::{hand_over, refuses_size};
 use crate::metrics::{MeteredContext, RuntimeMetrics};
 use crate::processor::OutputRecord;
 use crate::runner::{RefusedRecord, RunSummary, RuntimeError};
@@ -373,7 +373,7 @@ pub(crate) async fn enqueue(
             future = future.payload(value);
         }
         let bytes = record.size_bytes();
-        match send(producer, future, timeout).await {
+        match hand_over(producer, future, timeout).await {
             Ok(delivery) => sent.push(Sent {
                 topic: record.topic.clone(),
                 bytes,
@@ -403,33 +403,12 @@ pub(crate) async fn enqueue_changelog(
             value: Some(&[][..]),
         }));
     }
-    send(producer, future, timeout)
+    hand_over(producer, future, timeout)
         .await
         .map_err(|source| RuntimeError::Produce {
             topic: write.topic.clone(),
             source,
         })
-}
-
-async fn send(
-    producer: &FutureProducer,
-    mut future: FutureRecord<'_, [u8], [u8]>,
-    timeout: Duration,
-) -> Result<DeliveryFuture, KafkaError> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match producer.send_result(future) {
-            Ok(delivery) => return Ok(delivery),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned))
-                if Instant::now() < deadline =>
-            {
-                // librdkafka's queue is full: give its sender thread a moment to drain it.
-                future = returned;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            Err((source, _)) => return Err(source),
-        }
-    }
 }
 
 /// The open transaction of an exactly-once processor: what it holds and when it must commit.

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
 use serde::Deserialize;
@@ -462,6 +463,29 @@ pub fn refuses_size(err: &KafkaError) -> bool {
         err.rdkafka_error_code(),
         Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::MessageBatchTooLarge)
     )
+}
+
+/// Hands `record` to the producer, waiting while librdkafka's queue is full, up to `timeout`;
+/// the delivery is awaited later, through the future returned.
+pub async fn hand_over(
+    producer: &FutureProducer,
+    mut record: FutureRecord<'_, [u8], [u8]>,
+    timeout: Duration,
+) -> Result<DeliveryFuture, KafkaError> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match producer.send_result(record) {
+            Ok(delivery) => return Ok(delivery),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned))
+                if std::time::Instant::now() < deadline =>
+            {
+                // librdkafka's queue is full: give its sender thread a moment to drain it.
+                record = returned;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err((err, _)) => return Err(err),
+        }
+    }
 }
 
 /// Whether `err` says the broker cannot be reached right now (it is restarting, say): librdkafka

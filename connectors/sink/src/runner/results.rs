@@ -4,11 +4,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::pin::Pin;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::SystemTime;
 
 use backbone_calendar::now_micros;
 use backbone_core::dead_letter::{headers as dlq_headers, DeadLetter};
-use backbone_core::kafka::refuses_size;
+use backbone_core::kafka::{hand_over, refuses_size};
 use backbone_core::metrics::event_age;
 use backbone_core::processor::{event_time_ms, REPLAY_ID};
 use backbone_core::{InputRecord, OutputRecord, TRACEPARENT};
@@ -22,8 +22,7 @@ use futures::StreamExt;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedHeaders;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
-use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::producer::FutureRecord;
 
 use crate::{Delivery, Outcome, Sink, Source};
 
@@ -204,13 +203,12 @@ impl<S: Sink> SinkLoop<'_, S> {
             if let Some(value) = &record.value {
                 future = future.payload(value);
             }
-            let delivery =
-                send(&self.producer, future, timeout)
-                    .await
-                    .map_err(|err| SinkError::Publish {
-                        topic: record.topic.clone(),
-                        message: not_published(record, &err),
-                    })?;
+            let delivery = hand_over(&self.producer, future, timeout)
+                .await
+                .map_err(|err| SinkError::Publish {
+                    topic: record.topic.clone(),
+                    message: not_published(record, &err),
+                })?;
             deliveries.push(delivery);
         }
         self.publishing.push_back(Box::pin(async move {
@@ -346,25 +344,3 @@ pub(super) struct Acknowledged {
 /// Flushes waiting on the broker, oldest first.
 pub(super) type Publishing =
     FuturesOrdered<Pin<Box<dyn Future<Output = Result<Acknowledged, SinkError>> + Send>>>;
-
-/// Hands `record` to the producer, waiting while librdkafka's queue is full, up to `timeout`.
-async fn send(
-    producer: &FutureProducer,
-    mut record: FutureRecord<'_, [u8], [u8]>,
-    timeout: Duration,
-) -> Result<DeliveryFuture, KafkaError> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match producer.send_result(record) {
-            Ok(delivery) => return Ok(delivery),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned))
-                if Instant::now() < deadline =>
-            {
-                // The sender thread drains the queue; give it a moment.
-                record = returned;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            Err((err, _)) => return Err(err),
-        }
-    }
-}
