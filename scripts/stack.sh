@@ -13,7 +13,7 @@
 #   BACKBONE_REGISTRY_PORT  schema registry port (default: 8081)
 #   BACKBONE_POSTGRES_PORT  PostgreSQL port, the analytics sink's store (default: 5432)
 #   BACKBONE_INGEST_PORT  the ingest gateway's port (default: 8088)
-#   BACKBONE_SANDBOX_PORT  the sandbox's billing, CRM and ERP APIs (default: 8090)
+#   BACKBONE_SANDBOX_PORT  the sandbox's APIs (default: 8090)
 #   BACKBONE_FIRST_METRICS_PORT  the backbone's metrics endpoints, one port each from this
 #                        (default: 19460)
 #   BACKBONE_PROMETHEUS_PORT  Prometheus (default: 9090)

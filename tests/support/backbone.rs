@@ -184,6 +184,10 @@ impl Topics {
         for topic in [&t.subscriptions, &t.rate_cards, &t.gl_mappings] {
             specs.push(TopicSpec::new(topic, 1));
         }
+        // The order orchestrator's inputs, co-partitioned: orders and its steps' results.
+        for topic in ["sales.orders", "sales.order-step-results"] {
+            specs.push(stamps.spec(t.name(topic), 3));
+        }
         ensure_topics(kafka, &specs, Duration::from_secs(30))
             .await
             .expect("topics");
@@ -235,7 +239,7 @@ pub struct Deployment {
     pub kafka: KafkaSettings,
     /// Registry URL.
     pub registry_url: String,
-    /// Sandbox URL (all three systems).
+    /// Sandbox URL (every system).
     pub sandbox_url: String,
     /// PostgreSQL for the analytics sink.
     pub postgres_url: String,

@@ -75,6 +75,12 @@ pub struct Delivery<P> {
     /// Ids of the items inside the delivery (the posting lines of a journal batch), recorded in
     /// the ledger against `key` once it is confirmed, so a redelivered item can be recognised.
     pub members: Vec<String>,
+    /// The entity the delivery acts for, when its deliveries must go out one at a time and
+    /// their results reach that entity's reader: deliveries of one subject are sent in the
+    /// order they arrive, each once the one before settled, and the `DeliveryResult` is keyed
+    /// `<tenant>:<subject>`, in the partition of the entity's other records, instead of
+    /// `<tenant>:<key>`.
+    pub subject: Option<String>,
 }
 
 impl<P> Delivery<P> {
@@ -87,7 +93,20 @@ impl<P> Delivery<P> {
             money: None,
             sources: Vec::new(),
             members: Vec::new(),
+            subject: None,
         }
+    }
+
+    /// The same delivery with its results keyed by `subject` (see [`Delivery::subject`]).
+    pub fn about(mut self, subject: impl Into<String>) -> Self {
+        self.subject = Some(subject.into());
+        self
+    }
+
+    /// What orders this delivery among the others: its subject, or else its key. Deliveries
+    /// of one ordering key go out one at a time, in the order they arrived.
+    pub fn ordering_key(&self) -> &str {
+        self.subject.as_deref().unwrap_or(&self.key)
     }
 
     /// The same delivery carrying `money`.

@@ -57,6 +57,8 @@ pub enum Destination {
     Analytics,
     #[doc = concat!("The ERP.")]
     Erp,
+    #[doc = concat!("The systems an order's workflow steps call (CRM, product platform, billing, ERP, sales platform).")]
+    OrderSystems,
     #[doc = concat!("A symbol this reader does not know.")]
     #[default]
     Unknown,

@@ -59,6 +59,7 @@ mod decimal;
 mod delivery;
 mod erp;
 mod master;
+mod orders;
 mod sales;
 mod usage;
 
@@ -73,6 +74,10 @@ pub use master::{
     AccountStatus, BillingInterval, ChargeModel, CustomerAccount, Employee, EmploymentStatus,
     GlMapping, LegalEntity, MeterAggregation, PriceTier, Product, ProductType, RateCard,
     RateCharge, Subscription, SubscriptionStatus, Supplier, SupplierStatus,
+};
+pub use orders::{
+    OrderConclusion, OrderStateChange, OrderStep, OrderStepKind, OrderWorkflowState,
+    SubscriptionChange,
 };
 pub use sales::{Invoice, InvoiceLine, InvoiceStatus, OrderStatus, SalesOrder, SalesOrderLine};
 pub use usage::{EnrichedUsage, RatedUsage, RatingKind, UsageEvent, UsageWindowAggregate};
@@ -317,6 +322,14 @@ pub(crate) mod tests {
         (
             SalesOrderLine::FULL_NAME,
             sales::tests::sales_order_line_matches_its_contract,
+        ),
+        (
+            OrderStep::FULL_NAME,
+            orders::tests::order_step_matches_its_contract,
+        ),
+        (
+            OrderStateChange::FULL_NAME,
+            orders::tests::order_state_change_matches_its_contract,
         ),
         (
             Invoice::FULL_NAME,

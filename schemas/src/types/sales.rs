@@ -15,6 +15,9 @@ pub struct SalesOrder {
     pub metadata: EventMetadata,
     /// Stable id of the order within the tenant.
     pub order_id: String,
+    /// Version of the order: 1 when first confirmed, raised by each amendment.
+    #[avro(default = "1")]
+    pub revision: i32,
     /// Order number shown to the customer.
     pub order_number: String,
     /// Customer account that placed the order.
@@ -242,15 +245,15 @@ pub(crate) mod tests {
         ]
     }
 
-    #[test]
-    pub(crate) fn sales_order_matches_its_contract() {
-        check(&SalesOrder {
+    pub(crate) fn sales_order() -> SalesOrder {
+        SalesOrder {
             metadata: metadata(
                 "cpq",
                 "backbone.sales.order.confirmed",
                 "ord-1001@confirmed",
             ),
             order_id: "ord-1001".into(),
+            revision: 2,
             order_number: "SO-2026-001001".into(),
             customer_id: "cust-42".into(),
             legal_entity_id: "le-de".into(),
@@ -264,7 +267,12 @@ pub(crate) mod tests {
             subscription_id: Some("sub-42".into()),
             ship_to: Some(address()),
             external_reference: None,
-        });
+        }
+    }
+
+    #[test]
+    pub(crate) fn sales_order_matches_its_contract() {
+        check(&sales_order());
     }
 
     #[test]

@@ -1,6 +1,8 @@
-//! The admin API tests and the demo steer the sandbox with: faults, token, refused systems, ERP
-//! periods and withholding, request counts, and reset. It wants the admin token, not the APIs'.
+//! The admin API tests and the demo steer the sandbox with: faults, token, refused systems,
+//! values each system refuses, CRM customers, ERP periods and withholding, request counts, and
+//! reset. It wants the admin token, not the APIs'.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -18,7 +20,7 @@ use crate::config::FaultSettings;
 use crate::faults::{Control, Faults};
 use crate::http::{parse, Refusal};
 use crate::money::is_period;
-use crate::{billing, crm, erp, lock, Sandbox, System};
+use crate::{billing, crm, erp, lock, orders, Sandbox, System};
 
 pub(crate) fn routes() -> Router<Arc<Sandbox>> {
     Router::new()
@@ -29,6 +31,8 @@ pub(crate) fn routes() -> Router<Arc<Sandbox>> {
         )
         .route("/admin/token", put(set_token))
         .route("/admin/forbidden/{system}", put(set_forbidden))
+        .route("/admin/refused/{system}", put(set_refused))
+        .route("/admin/crm/customers", put(seed_customers))
         .route("/admin/erp/periods/{period}/close", post(close_period))
         .route("/admin/erp/withhold", put(withhold).delete(release))
         .route("/admin/stats", get(stats))
@@ -126,6 +130,25 @@ async fn set_forbidden(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Replaces the values `system` refuses with the body's list of strings; `[]` lifts them.
+async fn set_refused(
+    State(app): State<Arc<Sandbox>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Reply {
+    let system = system(&name)?;
+    let values: BTreeSet<String> = parse(&body).map_err(bad_request)?;
+    app.control().set_refused(system, values);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Adds the body's customers to the CRM, or replaces the status of those it knows.
+async fn seed_customers(State(app): State<Arc<Sandbox>>, body: Bytes) -> Reply {
+    let customers: Vec<crm::Customer> = parse(&body).map_err(bad_request)?;
+    lock(&app.customers).seed(customers).map_err(bad_request)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 async fn close_period(State(app): State<Arc<Sandbox>>, Path(period): Path<String>) -> Reply {
     if !is_period(&period) {
         return Err(bad_request(format!(
@@ -161,20 +184,32 @@ async fn stats(State(app): State<Arc<Sandbox>>) -> Json<Value> {
             stats.insert(system.to_string(), json!(control.responses(system)));
         }
     }
-    let applied = json!({
-        "billing": lock(&app.billing).applied(),
-        "crm": lock(&app.crm).applied(),
-        "erp": lock(&app.erp).applied(),
-    });
-    stats.insert("applied".to_owned(), applied);
+    // Per system: its own records, and the order steps applied through it.
+    let applied: Map<String, Value> = System::ALL
+        .into_iter()
+        .map(|system| {
+            let own = match system {
+                System::Billing => lock(&app.billing).applied() as u64,
+                System::Crm => lock(&app.crm).applied(),
+                System::Erp => lock(&app.erp).applied() as u64,
+                System::Platform | System::Sales => 0,
+            };
+            let steps = lock(&app.orders).applied(system) as u64;
+            (system.to_string(), json!(own + steps))
+        })
+        .collect();
+    stats.insert("applied".to_owned(), Value::Object(applied));
     Json(Value::Object(stats))
 }
 
-/// Back to the configured start: no data, no faults, the configured token and closed periods.
+/// Back to the configured start: no data, no faults or refused values, the configured token
+/// and closed periods.
 async fn reset(State(app): State<Arc<Sandbox>>) -> StatusCode {
     *app.control() = Control::new(&app.token, &FaultSettings::default());
     *lock(&app.billing) = billing::Ledger::default();
     *lock(&app.crm) = crm::Accounts::default();
+    *lock(&app.customers) = crm::Customers::default();
     *lock(&app.erp) = erp::Journal::new(&app.config.erp.closed_periods);
+    *lock(&app.orders) = orders::OrderSteps::default();
     StatusCode::NO_CONTENT
 }

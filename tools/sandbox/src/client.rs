@@ -7,7 +7,9 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::{Faults, PostedBatch, StoredAccount, StoredCharge, System};
+use crate::{
+    AppliedRequest, Customer, Faults, OrderApi, PostedBatch, StoredAccount, StoredCharge, System,
+};
 
 /// Client of one running sandbox. Non-2xx answers are returned as errors.
 #[derive(Debug)]
@@ -33,6 +35,11 @@ struct Accounts {
 #[derive(Deserialize)]
 struct Batches {
     batches: Vec<PostedBatch>,
+}
+
+#[derive(Deserialize)]
+struct Applied {
+    applied: Vec<AppliedRequest>,
 }
 
 impl SandboxClient {
@@ -93,6 +100,40 @@ impl SandboxClient {
             .batches)
     }
 
+    /// Every request applied through `api` in arrival order, or only those of `tenant_id`.
+    /// The sandbox does not deduplicate by business identity, so a step applied twice under
+    /// two keys shows twice here.
+    pub async fn applied(
+        &self,
+        api: OrderApi,
+        tenant_id: Option<&str>,
+    ) -> Result<Vec<AppliedRequest>, reqwest::Error> {
+        let mut request = self.reader(api.path()).build()?;
+        if let Some(tenant_id) = tenant_id {
+            request
+                .url_mut()
+                .query_pairs_mut()
+                .append_pair("tenant_id", tenant_id);
+        }
+        let response = self.http.execute(request).await?.error_for_status()?;
+        Ok(response.json::<Applied>().await?.applied)
+    }
+
+    /// Adds customers to the CRM, or replaces the status of those it knows, for
+    /// `/crm/v1/customers/lookup` to find.
+    pub async fn seed_customers(&self, customers: &[Customer]) -> Result<(), reqwest::Error> {
+        let request = self.admin(Method::PUT, "/admin/crm/customers");
+        self.send(request.json(customers)).await
+    }
+
+    /// Makes `system` answer any request holding one of `values` (as a string anywhere in its
+    /// body) with a business error in a 200, storing nothing; `&[]` lifts the refusal. Replaces
+    /// the values refused before.
+    pub async fn refuse(&self, system: System, values: &[&str]) -> Result<(), reqwest::Error> {
+        let request = self.admin(Method::PUT, &format!("/admin/refused/{system}"));
+        self.send(request.json(values)).await
+    }
+
     /// Replaces the faults of `system`; a nonzero `outage_seconds` starts an outage now.
     pub async fn set_faults(&self, system: System, faults: &Faults) -> Result<(), reqwest::Error> {
         let path = format!("/admin/faults/{system}");
@@ -105,8 +146,10 @@ impl SandboxClient {
         self.send(self.admin(Method::DELETE, &path)).await
     }
 
-    /// Delivery calls per system by HTTP status, and records applied per system:
-    /// `{"billing":{"201":10,"429":3},"crm":{},"erp":{},"applied":{"billing":10,...}}`.
+    /// Delivery calls per system by HTTP status, and records applied per system (order steps
+    /// included):
+    /// `{"billing":{"201":10,"429":3},"crm":{},"erp":{},"platform":{},"sales":{},
+    /// "applied":{"billing":10,...}}`.
     pub async fn stats(&self) -> Result<Value, reqwest::Error> {
         self.admin(Method::GET, "/admin/stats")
             .send()
@@ -116,7 +159,8 @@ impl SandboxClient {
             .await
     }
 
-    /// Clears all data and faults and restores the configured token.
+    /// Clears all data (order steps and CRM customers included), faults and refused values,
+    /// and restores the configured token.
     pub async fn reset(&self) -> Result<(), reqwest::Error> {
         self.send(self.admin(Method::POST, "/admin/reset")).await?;
         self.set_own_token(&self.configured_token);
@@ -170,16 +214,20 @@ impl SandboxClient {
         *self.token.write().unwrap_or_else(PoisonError::into_inner) = token.to_owned();
     }
 
-    async fn read<T: DeserializeOwned>(&self, path: &str) -> Result<T, reqwest::Error> {
+    /// A `GET` of `path` with the APIs' token in force.
+    fn reader(&self, path: &str) -> RequestBuilder {
         let token = self
             .token
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        let request = self
-            .http
+        self.http
             .get(format!("{}{path}", self.base_url))
-            .bearer_auth(token);
+            .bearer_auth(token)
+    }
+
+    async fn read<T: DeserializeOwned>(&self, path: &str) -> Result<T, reqwest::Error> {
+        let request = self.reader(path);
         request.send().await?.error_for_status()?.json().await
     }
 

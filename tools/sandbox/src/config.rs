@@ -1,5 +1,6 @@
 //! The sandbox's config: top-level `listen`, `token`, `token_file`, `admin_token` and
-//! `admin_token_file`, then `[billing]`, `[crm]`, `[erp]`, `[faults.<system>]` and `[tls]`.
+//! `admin_token_file`, then `[billing]`, `[crm]`, `[erp]`, `[faults.<system>]` (`billing`,
+//! `crm`, `erp`, `platform`, `sales`) and `[tls]`.
 //! Every key has a default.
 
 use std::net::SocketAddr;
@@ -22,9 +23,9 @@ pub const DEFAULT_ADMIN_TOKEN: &str = "sandbox-admin-token";
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SandboxConfig {
-    /// Address to serve the three APIs and the admin API on.
+    /// Address to serve the systems' APIs and the admin API on.
     pub listen: SocketAddr,
-    /// Bearer token every billing, CRM and ERP call must present.
+    /// Bearer token every call to a system's API must present.
     pub token: Secret,
     /// File holding the token (its trailing line ending ignored); wins over `token` when set.
     pub token_file: Option<PathBuf>,
@@ -196,6 +197,10 @@ pub struct FaultSettings {
     pub crm: Faults,
     /// Faults of the ERP API.
     pub erp: Faults,
+    /// Faults of the product platform's API.
+    pub platform: Faults,
+    /// Faults of the sales platform's callback API.
+    pub sales: Faults,
 }
 
 impl FaultSettings {
@@ -205,6 +210,8 @@ impl FaultSettings {
             System::Billing => self.billing,
             System::Crm => self.crm,
             System::Erp => self.erp,
+            System::Platform => self.platform,
+            System::Sales => self.sales,
         }
     }
 }

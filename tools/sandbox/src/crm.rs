@@ -1,5 +1,6 @@
 //! The CRM API: accounts upserted in batches by external id, the newest `as_of` winning. An
-//! equal `as_of` is stale too, so a replayed batch changes nothing.
+//! equal `as_of` is stale too, so a replayed batch changes nothing. Customers, seeded through
+//! the admin API, are looked up by id for the status an order workflow checks before it acts.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,8 +13,8 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use crate::http::{error, parse, typed};
-use crate::{lock, Sandbox};
+use crate::http::{error, json_value, parse, typed};
+use crate::{lock, Sandbox, System};
 
 /// An account as the CRM holds it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -125,4 +126,98 @@ pub(crate) async fn upsert_batch(State(app): State<Arc<Sandbox>>, body: Bytes) -
 pub(crate) async fn list(State(app): State<Arc<Sandbox>>) -> Json<Value> {
     let accounts = lock(&app.crm);
     Json(json!({"accounts": accounts.0.values().collect::<Vec<_>>()}))
+}
+
+/// A customer of a tenant and its status (`active`, `inactive` or any other word), as seeded
+/// through the admin API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Customer {
+    /// Tenant the customer belongs to.
+    pub tenant_id: String,
+    /// The customer's id within the tenant.
+    pub customer_id: String,
+    /// What a lookup answers about it.
+    pub status: String,
+}
+
+impl Customer {
+    /// A customer of `tenant_id` with `status`.
+    pub fn new(tenant_id: &str, customer_id: &str, status: &str) -> Self {
+        Self {
+            tenant_id: tenant_id.to_owned(),
+            customer_id: customer_id.to_owned(),
+            status: status.to_owned(),
+        }
+    }
+}
+
+/// Customer statuses by tenant and customer id.
+#[derive(Default)]
+pub(crate) struct Customers(BTreeMap<(String, String), String>);
+
+impl Customers {
+    /// Adds `customers` or replaces the status of those already known; the message naming the
+    /// first one with an empty field, before any is stored.
+    pub(crate) fn seed(&mut self, customers: Vec<Customer>) -> Result<(), String> {
+        for (i, customer) in customers.iter().enumerate() {
+            let fields = [
+                ("tenant_id", &customer.tenant_id),
+                ("customer_id", &customer.customer_id),
+                ("status", &customer.status),
+            ];
+            if let Some((field, _)) = fields.iter().find(|(_, value)| value.is_empty()) {
+                return Err(format!("`[{i}].{field}` must not be empty"));
+            }
+        }
+        for customer in customers {
+            let id = (customer.tenant_id, customer.customer_id);
+            self.0.insert(id, customer.status);
+        }
+        Ok(())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Lookup {
+    tenant_id: String,
+    customer_id: String,
+}
+
+/// `POST /crm/v1/customers/lookup` with `{"tenant_id","customer_id"}`: the customer's status,
+/// or 404 when the CRM does not know it. It changes nothing, but the gateway treats it as a
+/// call under test, faults and all: a workflow step depends on its answer.
+pub(crate) async fn look_up_customer(State(app): State<Arc<Sandbox>>, body: Bytes) -> Response {
+    let parsed = json_value(&body).and_then(|request| {
+        let lookup: Lookup = typed(request.clone())?;
+        let required = [
+            ("tenant_id", &lookup.tenant_id),
+            ("customer_id", &lookup.customer_id),
+        ];
+        match required.iter().find(|(_, value)| value.is_empty()) {
+            Some((field, _)) => Err(format!("`{field}` must not be empty")),
+            None => Ok((request, lookup)),
+        }
+    });
+    let (request, lookup) = match parsed {
+        Ok(parsed) => parsed,
+        Err(message) => return error(StatusCode::BAD_REQUEST, "invalid_request", message),
+    };
+    if let Some(refusal) = app.control().business_refusal(System::Crm, &request) {
+        return refusal;
+    }
+    let customers = lock(&app.customers);
+    let id = (lookup.tenant_id, lookup.customer_id);
+    match customers.0.get(&id) {
+        Some(status) => {
+            let body = json!({"customer_id": id.1, "status": status});
+            (StatusCode::OK, Json(body)).into_response()
+        }
+        None => error(
+            StatusCode::NOT_FOUND,
+            "customer_not_found",
+            format!("no customer `{}` in tenant `{}`", id.1, id.0),
+        ),
+    }
 }

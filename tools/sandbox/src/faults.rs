@@ -1,18 +1,21 @@
 //! Fault injection and the gateway in front of each system: authentication, outages, latency,
-//! throttling, transient errors and lost responses, plus the per-status request counts.
+//! throttling, transient errors and lost responses, plus the per-status request counts, and
+//! the values each system refuses as a business error.
 //!
 //! Faults act on delivery calls (`POST`) only. Reads (`GET`) need the token but are never
 //! faulted or counted: they are the window tests look through, not a path under test.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
 use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
 
 use backbone_core::Secret;
 
@@ -67,10 +70,11 @@ impl Faults {
     }
 }
 
-/// Runtime state of the gateway: the token, and per system its faults and counts.
+/// Runtime state of the gateway: the token, and per system its faults, refused values and
+/// counts.
 pub(crate) struct Control {
     pub(crate) token: Secret,
-    systems: [SystemControl; 3],
+    systems: [SystemControl; System::ALL.len()],
 }
 
 #[derive(Default)]
@@ -81,6 +85,8 @@ struct SystemControl {
     /// Start of the current one-second rate-limit window and calls counted in it.
     window: Option<(Instant, u32)>,
     responses: BTreeMap<u16, u64>,
+    /// Values whose presence anywhere in a request body makes the system refuse it.
+    refused: BTreeSet<String>,
 }
 
 impl Control {
@@ -122,6 +128,23 @@ impl Control {
 
     pub(crate) fn set_forbidden(&mut self, system: System, forbidden: bool) {
         self.system(system).forbidden = forbidden;
+    }
+
+    /// Replaces the values `system` refuses; none lifts the refusal.
+    pub(crate) fn set_refused(&mut self, system: System, values: BTreeSet<String>) {
+        self.system(system).refused = values;
+    }
+
+    /// The answer of `system` to a request whose `body` holds a refused string value (keys
+    /// are not looked at): a business error in a 200, as the systems an order workflow calls
+    /// answer them, so a caller must read the body and not only the status. `None` when the
+    /// body holds no refused value.
+    pub(crate) fn business_refusal(&mut self, system: System, body: &Value) -> Option<Response> {
+        let value = first_refused(body, &self.system(system).refused)?;
+        tracing::debug!(%system, value, "refused value");
+        let error = json!({"code": "refused", "message": format!("{value} is refused")});
+        let body = json!({"status": "failed", "error": error});
+        Some((StatusCode::OK, Json(body)).into_response())
     }
 
     /// Counts of delivery calls of `system` by HTTP status.
@@ -196,7 +219,7 @@ impl Gate {
         }
         let limit = match self.system {
             System::Crm => self.app.config.crm.rate_limit_per_second,
-            System::Billing | System::Erp => 0,
+            System::Billing | System::Erp | System::Platform | System::Sales => 0,
         };
         if self.app.control().over_rate_limit(self.system, limit) {
             return self.throttle(1, "rate limit exceeded");
@@ -272,6 +295,19 @@ impl Gate {
             .headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_seconds));
         response
+    }
+}
+
+/// The first string in `value`, searched depth first through arrays and object values, that
+/// `refused` holds.
+fn first_refused<'a>(value: &'a Value, refused: &BTreeSet<String>) -> Option<&'a str> {
+    match value {
+        Value::String(text) => refused.contains(text).then_some(text.as_str()),
+        Value::Array(items) => items.iter().find_map(|item| first_refused(item, refused)),
+        Value::Object(fields) => fields
+            .values()
+            .find_map(|field| first_refused(field, refused)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => None,
     }
 }
 

@@ -6,8 +6,8 @@ use axum::Json;
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
-/// An `{"error":{"code","message"}}` answer, the shape of the billing, CRM, gateway and
-/// admin layers' refusals.
+/// An `{"error":{"code","message"}}` answer, the shape of the billing, CRM, order-step,
+/// gateway and admin layers' refusals.
 pub(crate) struct Refusal {
     status: StatusCode,
     code: &'static str,

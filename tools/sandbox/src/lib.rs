@@ -1,11 +1,19 @@
-//! One HTTP server standing in for the external systems our sinks deliver to: a billing API
-//! (payment-API-style idempotency keys), a CRM (batched upserts by external id, newest wins)
-//! and an ERP (journal batches by external id, balanced and control-totalled per currency).
+//! One HTTP server standing in for the external systems our sinks and workflows call: a billing
+//! API (payment-API-style idempotency keys), a CRM (batched upserts by external id, newest
+//! wins, and customer lookups), an ERP (journal batches by external id, balanced and
+//! control-totalled per currency), the product platform (entitlements) and the sales
+//! platform's callback API (order confirmations).
 //!
-//! Faults are injected per system (errors, throttling, latency, outages and responses lost
-//! after the request was applied), configured at start or through the `/admin` API (its own
-//! token), and every stored record can be read back, so tests and the demo can prove
-//! that retries happened and nothing was applied twice. [`SandboxClient`] drives both APIs.
+//! The steps of a quote-to-cash order (entitlements and their revocation, subscription
+//! changes, ERP sales orders, order confirmations) share one shape: an applied request under
+//! an `Idempotency-Key`, stored as sent, so a test counts what was applied per business
+//! identity (see [`OrderApi`]).
+//!
+//! Faults are injected per system (errors, throttling, latency, outages, responses lost
+//! after the request was applied, and refused values answered as business errors),
+//! configured at start or through the `/admin` API (its own token), and every stored record
+//! can be read back, so tests and the demo can prove that retries happened and nothing was
+//! applied twice. [`SandboxClient`] drives both APIs.
 
 mod admin;
 mod billing;
@@ -16,6 +24,7 @@ mod erp;
 pub mod faults;
 mod http;
 mod money;
+mod orders;
 
 use std::fmt;
 use std::future::Future;
@@ -32,9 +41,10 @@ use tokio::net::TcpListener;
 pub use billing::StoredCharge;
 pub use client::SandboxClient;
 pub use config::SandboxConfig;
-pub use crm::StoredAccount;
+pub use crm::{Customer, StoredAccount};
 pub use erp::{ControlTotal, JournalLine, PostedBatch};
 pub use faults::Faults;
+pub use orders::{AppliedRequest, OrderApi};
 
 /// One of the simulated external systems.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -45,18 +55,30 @@ pub enum System {
     Crm,
     /// The ERP API under `/erp`.
     Erp,
+    /// The product platform's API under `/platform`.
+    Platform,
+    /// The sales platform's callback API under `/sales`.
+    Sales,
 }
 
 impl System {
     /// Every system, in the order the admin API lists them.
-    pub const ALL: [System; 3] = [System::Billing, System::Crm, System::Erp];
+    pub const ALL: [System; 5] = [
+        System::Billing,
+        System::Crm,
+        System::Erp,
+        System::Platform,
+        System::Sales,
+    ];
 
-    /// The name used in paths and config keys: `billing`, `crm` or `erp`.
+    /// The name used in paths and config keys: `billing`, `crm`, `erp`, `platform` or `sales`.
     pub fn name(self) -> &'static str {
         match self {
             System::Billing => "billing",
             System::Crm => "crm",
             System::Erp => "erp",
+            System::Platform => "platform",
+            System::Sales => "sales",
         }
     }
 }
@@ -74,7 +96,9 @@ impl FromStr for System {
         System::ALL
             .into_iter()
             .find(|system| system.name() == name)
-            .ok_or_else(|| format!("unknown system `{name}`; expected billing, crm or erp"))
+            .ok_or_else(|| {
+                format!("unknown system `{name}`; expected billing, crm, erp, platform or sales")
+            })
     }
 }
 
@@ -88,7 +112,9 @@ struct Sandbox {
     control: Mutex<faults::Control>,
     billing: Mutex<billing::Ledger>,
     crm: Mutex<crm::Accounts>,
+    customers: Mutex<crm::Customers>,
     erp: Mutex<erp::Journal>,
+    orders: Mutex<orders::OrderSteps>,
 }
 
 /// Locks `mutex`, going on after a panic elsewhere: each critical section leaves the state
@@ -103,7 +129,9 @@ impl Sandbox {
             control: Mutex::new(faults::Control::new(&token, &config.faults)),
             billing: Mutex::default(),
             crm: Mutex::default(),
+            customers: Mutex::default(),
             erp: Mutex::new(erp::Journal::new(&config.erp.closed_periods)),
+            orders: Mutex::default(),
             config,
             token,
             admin_token,
@@ -153,14 +181,15 @@ fn router(app: Arc<Sandbox>) -> Router {
         };
         routes.route_layer(from_fn_with_state(gate, faults::gate))
     };
-    let billing = Router::new().route(
+    let billing = orders::routes(System::Billing).route(
         "/billing/v1/charges",
         post(billing::create).get(billing::list),
     );
     let crm = Router::new()
         .route("/crm/v1/accounts/batch", post(crm::upsert_batch))
-        .route("/crm/v1/accounts", get(crm::list));
-    let erp = Router::new()
+        .route("/crm/v1/accounts", get(crm::list))
+        .route("/crm/v1/customers/lookup", post(crm::look_up_customer));
+    let erp = orders::routes(System::Erp)
         .route(
             "/erp/v1/journal-batches",
             post(erp::post_batch).get(erp::list),
@@ -170,6 +199,8 @@ fn router(app: Arc<Sandbox>) -> Router {
         .merge(gated(System::Billing, billing))
         .merge(gated(System::Crm, crm))
         .merge(gated(System::Erp, erp))
+        .merge(gated(System::Platform, orders::routes(System::Platform)))
+        .merge(gated(System::Sales, orders::routes(System::Sales)))
         .route("/health", get(|| async { "ok" }))
         .merge(admin::routes().route_layer(from_fn_with_state(Arc::clone(&app), admin::gate)))
         .with_state(app)

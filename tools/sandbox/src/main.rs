@@ -7,7 +7,8 @@ use backbone_core::app::ServiceArgs;
 use backbone_sandbox::SandboxConfig;
 use clap::Parser;
 
-/// Simulated billing, CRM and ERP APIs with fault injection, for tests and the demo.
+/// Simulated billing, CRM, ERP, product-platform and sales-platform APIs with fault injection,
+/// for tests and the demo.
 #[derive(Debug, Parser)]
 #[command(name = "sandbox", version)]
 struct Args {

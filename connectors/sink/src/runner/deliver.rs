@@ -29,11 +29,17 @@ impl<S: Sink> SinkLoop<'_, S> {
         let immediate = std::mem::take(&mut self.immediate);
         let now = Instant::now();
         let mut sending = self.retrying.take_due(now);
-        let retried: HashSet<String> = sending.iter().map(|s| s.delivery.key.clone()).collect();
+        // One delivery per ordering key goes out in a round; a later one waits its turn.
+        let mut busy: HashSet<String> = sending
+            .iter()
+            .map(|s| s.delivery.ordering_key().to_owned())
+            .collect();
         for delivery in queue {
-            if retried.contains(&delivery.key) || self.retrying.holds(&delivery.key) {
+            let key = delivery.ordering_key();
+            if busy.contains(key) || self.retrying.holds(key) {
                 self.retrying.wait(Sending::new(delivery), now);
             } else {
+                busy.insert(key.to_owned());
                 sending.push(Sending::new(delivery));
             }
         }
@@ -130,6 +136,7 @@ impl<S: Sink> SinkLoop<'_, S> {
                         money: money.clone(),
                         sources: Vec::new(),
                         members: Vec::new(),
+                        subject: None,
                     };
                     let source = Source {
                         partition: *partition,

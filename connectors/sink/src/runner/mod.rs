@@ -519,6 +519,7 @@ pub(crate) fn destination_label(destination: backbone_schemas::types::Destinatio
         Destination::Crm => "crm",
         Destination::Analytics => "analytics",
         Destination::Erp => "erp",
+        Destination::OrderSystems => "order_systems",
         Destination::Unknown => "unknown",
     }
 }

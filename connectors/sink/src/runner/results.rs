@@ -139,7 +139,14 @@ impl<S: Sink> SinkLoop<'_, S> {
             message: err.to_string(),
         })?;
         Ok(OutputRecord {
-            key: Some(format!("{}:{}", delivery.tenant_id, delivery.key).into_bytes()),
+            key: Some(
+                format!(
+                    "{}:{}",
+                    delivery.tenant_id,
+                    delivery.subject.as_ref().unwrap_or(&delivery.key)
+                )
+                .into_bytes(),
+            ),
             topic,
             value: Some(bytes),
             headers: Vec::new(),

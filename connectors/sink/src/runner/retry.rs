@@ -2,9 +2,9 @@
 //! here through its backoff while the sink goes on with the records after it; its sources stay
 //! open meanwhile, so no offset at or past them is committed until it settles.
 //!
-//! Deliveries of one key keep their order: only the oldest of a key is ever sent, and a newer
-//! one waits behind it until it settles (the ledger then answers the newer one if it is the
-//! same delivery again).
+//! Deliveries of one ordering key (`Delivery::ordering_key`: its subject, or else its key)
+//! keep their order: only the oldest of a key is ever sent, and a newer one waits behind it
+//! until it settles (the ledger then answers the newer one if it is the same delivery again).
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -17,7 +17,7 @@ use crate::Delivery;
 pub(super) struct Retrying<P> {
     /// By arrival: the delivery and when it may go again.
     waiting: BTreeMap<u64, (Delivery<P>, Instant)>,
-    /// How many deliveries of each key wait.
+    /// How many deliveries of each ordering key wait.
     keys: HashMap<String, usize>,
     /// Arrival number of the delivery that arrives next.
     next: u64,
@@ -64,7 +64,7 @@ impl<P> Retrying<P> {
         self.waiting.is_empty()
     }
 
-    /// Whether a delivery of `key` is waiting.
+    /// Whether a delivery of ordering key `key` is waiting.
     pub fn holds(&self, key: &str) -> bool {
         self.keys.contains_key(key)
     }
@@ -76,7 +76,10 @@ impl<P> Retrying<P> {
             self.next - 1
         });
         self.next_due.set(None);
-        *self.keys.entry(sending.delivery.key.clone()).or_default() += 1;
+        *self
+            .keys
+            .entry(sending.delivery.ordering_key().to_owned())
+            .or_default() += 1;
         self.waiting.insert(arrival, (sending.delivery, due));
     }
 
@@ -101,7 +104,7 @@ impl<P> Retrying<P> {
         due.into_iter()
             .filter_map(|arrival| {
                 let (delivery, _) = self.waiting.remove(&arrival)?;
-                self.let_go(&delivery.key);
+                self.let_go(delivery.ordering_key());
                 Some(Sending {
                     delivery,
                     arrival: Some(arrival),
@@ -122,7 +125,7 @@ impl<P> Retrying<P> {
             });
         self.waiting = kept;
         for (_, (delivery, _)) in gone {
-            self.let_go(&delivery.key);
+            self.let_go(delivery.ordering_key());
         }
     }
 
@@ -140,7 +143,7 @@ impl<P> Retrying<P> {
         let mut seen = HashSet::new();
         self.waiting
             .iter()
-            .filter(move |(_, (delivery, _))| seen.insert(delivery.key.as_str()))
+            .filter(move |(_, (delivery, _))| seen.insert(delivery.ordering_key()))
             .map(|(arrival, (_, due))| (*arrival, *due))
     }
 }
@@ -202,6 +205,30 @@ mod tests {
         assert_eq!(keys(&retrying.take_due(later)), ["k"]);
         assert_eq!(retrying.len(), 1);
         assert_eq!(keys(&retrying.take_due(later)), ["k"]);
+        assert!(retrying.is_empty());
+    }
+
+    #[test]
+    fn deliveries_of_one_subject_keep_their_order_whatever_their_keys() {
+        let now = Instant::now();
+        let later = now + Duration::from_secs(5);
+        let mut retrying = Retrying::default();
+        retrying.wait(
+            Sending::new(delivery("ord-1:1:provision", 0).about("ord-1")),
+            later,
+        );
+        retrying.wait(
+            Sending::new(delivery("ord-1:1:revoke", 0).about("ord-1")),
+            now,
+        );
+        retrying.wait(
+            Sending::new(delivery("ord-2:1:provision", 0).about("ord-2")),
+            now,
+        );
+        assert!(retrying.holds("ord-1"));
+        assert_eq!(keys(&retrying.take_due(now)), ["ord-2:1:provision"]);
+        assert_eq!(keys(&retrying.take_due(later)), ["ord-1:1:provision"]);
+        assert_eq!(keys(&retrying.take_due(later)), ["ord-1:1:revoke"]);
         assert!(retrying.is_empty());
     }
 

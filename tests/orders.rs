@@ -1,0 +1,513 @@
+//! The quote-to-cash workflow on the test broker: the order orchestrator and the order step
+//! sink as processes, the sandbox's CRM, product platform, billing, ERP and sales platform over
+//! HTTP. What each system did is counted at the sandbox per business identity (order,
+//! revision, and what the step did), never per idempotency key, against expectations written
+//! out from the scenario.
+
+#[path = "support/backbone.rs"]
+mod backbone;
+#[path = "support/sinks.rs"]
+mod sinks;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use backbone::Deployment;
+use backbone_calendar::now_micros;
+use backbone_sandbox::{AppliedRequest, Customer, Faults, OrderApi, SandboxConfig, System};
+use backbone_schemas::types::{
+    Contract, OrderStateChange, OrderStatus, OrderWorkflowState, SalesOrder, SalesOrderLine,
+    Subscription, SubscriptionStatus,
+};
+use backbone_schemas::WireCodec;
+use backbone_testkit::{committed_total, consume_until, end_offsets_total, shared_settings};
+use sinks::{eventually, metadata, publish, registry_url, Sandbox};
+
+const ORCHESTRATOR: &str = "order-orchestrator";
+const STEP_SINK: &str = "order-step-sink";
+const DEADLINE: Duration = Duration::from_secs(180);
+
+/// Order `id`'s `revision` in `status`, by `customer`: a set-up line and, when `plan` names
+/// one, a subscription line to that plan.
+fn order(
+    tenant: &str,
+    id: &str,
+    revision: i32,
+    status: OrderStatus,
+    customer: &str,
+    plan: Option<&str>,
+) -> SalesOrder {
+    let line = |n: i32, product: &str, service: bool| SalesOrderLine {
+        line_number: n,
+        product_id: product.to_owned(),
+        description: None,
+        quantity: format!("{revision}").parse().expect("quantity"),
+        unit_price: "100".parse().expect("price"),
+        discount_amount: None,
+        line_amount: format!("{}", 100 * revision).parse().expect("amount"),
+        tax_code: None,
+        service_start: service.then_some(20_800),
+        service_end: None,
+    };
+    let mut lines = vec![line(1, "setup-workshop", false)];
+    if let Some(plan) = plan {
+        lines.push(line(2, plan, true));
+    }
+    let status_name = format!("{status:?}").to_lowercase();
+    SalesOrder {
+        metadata: metadata(
+            tenant,
+            &format!("{id}@{revision}:{status_name}"),
+            "backbone.sales.order",
+        ),
+        order_id: id.to_owned(),
+        revision,
+        order_number: format!("SO-{id}"),
+        customer_id: customer.to_owned(),
+        legal_entity_id: "le-de".to_owned(),
+        status,
+        ordered_at: 1_790_000_000_000_000,
+        currency: "EUR".to_owned(),
+        net_amount: format!(
+            "{}",
+            100 * revision * i32::try_from(lines.len()).unwrap_or(1)
+        )
+        .parse()
+        .expect("net"),
+        lines,
+        tax_amount: "0".parse().expect("tax"),
+        total_amount: "0".parse().expect("total"),
+        subscription_id: None,
+        ship_to: None,
+        external_reference: None,
+    }
+}
+
+/// A deployment running only the order workflow, against `sandbox`.
+async fn orders_deployment(name: &str, sandbox: &Sandbox) -> Deployment {
+    // The order workflow writes nothing to PostgreSQL.
+    let mut deployment =
+        Deployment::create(name, &sandbox.url, "postgres://unused", &registry_url()).await;
+    deployment.start(ORCHESTRATOR);
+    deployment.start(STEP_SINK);
+    deployment
+}
+
+async fn publish_orders(deployment: &Deployment, codec: &WireCodec, orders: &[SalesOrder]) {
+    let values: Vec<(String, SalesOrder, Option<i64>)> = orders
+        .iter()
+        .map(|o| {
+            (
+                format!("{}:{}", o.metadata.tenant_id, o.order_id),
+                o.clone(),
+                None,
+            )
+        })
+        .collect();
+    publish(codec, deployment.topics.name("sales.orders"), &values).await;
+}
+
+/// Every record on `topic` now, decoded as `T`.
+async fn read_all<T: Contract + serde::de::DeserializeOwned>(
+    codec: &WireCodec,
+    topic: &str,
+) -> Vec<T> {
+    let settings = shared_settings();
+    let end = end_offsets_total(&settings, topic).expect("end offsets");
+    let records = consume_until(
+        &settings,
+        topic,
+        usize::try_from(end).unwrap_or(0),
+        DEADLINE,
+    )
+    .await
+    .expect("records");
+    let mut values = Vec::with_capacity(records.len());
+    for record in records {
+        let value = record.value.expect("a value");
+        values.push(codec.decode_as(&value, T::schema()).await.expect("decode"));
+    }
+    values
+}
+
+/// The state each order's workflow is in, by its latest change (one partition holds an order,
+/// read in offset order).
+async fn final_states(
+    codec: &WireCodec,
+    deployment: &Deployment,
+) -> BTreeMap<String, (i32, OrderWorkflowState)> {
+    let changes: Vec<OrderStateChange> =
+        read_all(codec, deployment.topics.name("sales.order-status")).await;
+    changes
+        .into_iter()
+        .map(|c| (c.order_id, (c.revision, c.state)))
+        .collect()
+}
+
+/// Waits until the orchestrator and the step sink have read everything on their inputs: no
+/// step is running or retrying, no result is unread.
+async fn settled(deployment: &Deployment) {
+    let settings = shared_settings();
+    let inputs = [
+        (ORCHESTRATOR, "sales.orders"),
+        (ORCHESTRATOR, "sales.order-step-results"),
+        (STEP_SINK, "sales.order-steps"),
+    ];
+    eventually(DEADLINE, "the order workflow to settle", || async {
+        inputs
+            .iter()
+            .all(|(binary, topic)| {
+                let topic = deployment.topics.name(topic);
+                let end = end_offsets_total(&settings, topic).unwrap_or(-1);
+                committed_total(&settings, &deployment.group(binary), topic) == end
+            })
+            .then_some(())
+    })
+    .await;
+}
+
+/// How often each business identity was applied through `api`: `(order, revision)` plus, for
+/// subscription changes, the change, for the ERP the order status, for confirmations the
+/// conclusion.
+async fn applied(sandbox: &Sandbox, api: OrderApi) -> BTreeMap<String, usize> {
+    let requests: Vec<AppliedRequest> = sandbox.client.applied(api, None).await.expect("applied");
+    let mut counts = BTreeMap::new();
+    for request in requests {
+        let body = &request.body;
+        let detail = ["change", "status", "conclusion"]
+            .iter()
+            .find_map(|field| body[field].as_str())
+            .map(|d| format!(":{d}"))
+            .unwrap_or_default();
+        let identity = format!(
+            "{}:{}{detail}",
+            body["order_id"].as_str().unwrap_or("?"),
+            body["revision"]
+        );
+        *counts.entry(identity).or_default() += 1;
+    }
+    counts
+}
+
+fn once(identities: &[&str]) -> BTreeMap<String, usize> {
+    identities.iter().map(|i| ((*i).to_owned(), 1)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn orders_end_fulfilled_upgraded_or_cancelled_through_faults_and_kills_each_effect_once() {
+    let sandbox = Sandbox::start(SandboxConfig::default()).await;
+    let tenant = format!("q2c-{}", now_micros());
+    sandbox
+        .client
+        .seed_customers(&[Customer::new(&tenant, "c-1", "active")])
+        .await
+        .expect("customers");
+    // Every system drops, loses and throttles calls: each step is retried, some after they
+    // were applied (a lost answer), under the same key.
+    let faults = Faults {
+        error_rate: 0.15,
+        lost_response_rate: 0.15,
+        throttle_rate: 0.1,
+        retry_after_seconds: 1,
+        ..Faults::default()
+    };
+    for system in [
+        System::Crm,
+        System::Platform,
+        System::Billing,
+        System::Erp,
+        System::Sales,
+    ] {
+        sandbox
+            .client
+            .set_faults(system, &faults)
+            .await
+            .expect("faults");
+    }
+    let codec = WireCodec::new(registry_url().as_str());
+    let mut deployment = orders_deployment("orders", &sandbox).await;
+    let subscribing: Vec<String> = (1..=6).map(|n| format!("o-{n}")).collect();
+    let mut first: Vec<SalesOrder> = subscribing
+        .iter()
+        .map(|id| {
+            order(
+                &tenant,
+                id,
+                1,
+                OrderStatus::Confirmed,
+                "c-1",
+                Some("plan-pro"),
+            )
+        })
+        .collect();
+    for id in ["o-7", "o-8"] {
+        first.push(order(&tenant, id, 1, OrderStatus::Confirmed, "c-1", None));
+    }
+    // Placed, not confirmed: nothing to do yet.
+    first.push(order(
+        &tenant,
+        "o-9",
+        1,
+        OrderStatus::Placed,
+        "c-1",
+        Some("plan-pro"),
+    ));
+    publish_orders(&deployment, &codec, &first).await;
+
+    // Both crash mid-way, once some steps were applied, and start again.
+    eventually(DEADLINE, "some entitlements provisioned", || async {
+        (sandbox
+            .client
+            .applied(OrderApi::Entitlements, None)
+            .await
+            .ok()?
+            .len()
+            >= 3)
+            .then_some(())
+    })
+    .await;
+    deployment.kill(ORCHESTRATOR);
+    deployment.kill(STEP_SINK);
+    deployment.start(STEP_SINK);
+    deployment.start(ORCHESTRATOR);
+
+    let fulfilled = |states: &BTreeMap<String, (i32, OrderWorkflowState)>, id: &str, revision| {
+        states.get(id) == Some(&(revision, OrderWorkflowState::Fulfilled))
+    };
+    eventually(DEADLINE, "the first orders fulfilled", || async {
+        let states = final_states(&codec, &deployment).await;
+        (1..=8)
+            .all(|n| fulfilled(&states, &format!("o-{n}"), 1))
+            .then_some(())
+    })
+    .await;
+    // An upgrade of o-1, a cancellation of o-2, and o-3 again as it was (a repeat).
+    let mut upgrade = order(
+        &tenant,
+        "o-1",
+        2,
+        OrderStatus::Confirmed,
+        "c-1",
+        Some("plan-max"),
+    );
+    upgrade.metadata.event_id = "o-1@2".to_owned();
+    publish_orders(
+        &deployment,
+        &codec,
+        &[
+            upgrade,
+            order(
+                &tenant,
+                "o-2",
+                1,
+                OrderStatus::Cancelled,
+                "c-1",
+                Some("plan-pro"),
+            ),
+            order(
+                &tenant,
+                "o-3",
+                1,
+                OrderStatus::Confirmed,
+                "c-1",
+                Some("plan-pro"),
+            ),
+        ],
+    )
+    .await;
+    eventually(
+        DEADLINE,
+        "the upgrade and the cancellation to end",
+        || async {
+            let states = final_states(&codec, &deployment).await;
+            (fulfilled(&states, "o-1", 2)
+                && states.get("o-2") == Some(&(1, OrderWorkflowState::Cancelled)))
+            .then_some(())
+        },
+    )
+    .await;
+    settled(&deployment).await;
+
+    let states = final_states(&codec, &deployment).await;
+    let mut expected: BTreeMap<String, (i32, OrderWorkflowState)> = (3..=8)
+        .map(|n| (format!("o-{n}"), (1, OrderWorkflowState::Fulfilled)))
+        .collect();
+    expected.insert("o-1".into(), (2, OrderWorkflowState::Fulfilled));
+    expected.insert("o-2".into(), (1, OrderWorkflowState::Cancelled));
+    assert_eq!(
+        states, expected,
+        "o-9 was never confirmed and has no workflow"
+    );
+
+    let all: Vec<String> = (1..=8).map(|n| format!("o-{n}:1")).collect();
+    let mut provisioned: Vec<&str> = all.iter().map(String::as_str).collect();
+    provisioned.push("o-1:2");
+    assert_eq!(
+        applied(&sandbox, OrderApi::Entitlements).await,
+        once(&provisioned)
+    );
+    assert_eq!(
+        applied(&sandbox, OrderApi::EntitlementRevocations).await,
+        once(&["o-2:1"])
+    );
+    assert_eq!(
+        applied(&sandbox, OrderApi::SubscriptionChanges).await,
+        once(&[
+            "o-1:1:create",
+            "o-1:2:amend",
+            "o-2:1:create",
+            "o-2:1:cancel",
+            "o-3:1:create",
+            "o-4:1:create",
+            "o-5:1:create",
+            "o-6:1:create",
+        ])
+    );
+    let mut recorded: Vec<String> = (1..=8).map(|n| format!("o-{n}:1:confirmed")).collect();
+    recorded.extend(["o-1:2:confirmed".to_owned(), "o-2:1:cancelled".to_owned()]);
+    let recorded: Vec<&str> = recorded.iter().map(String::as_str).collect();
+    assert_eq!(
+        applied(&sandbox, OrderApi::SalesOrders).await,
+        once(&recorded)
+    );
+    let mut confirmed: Vec<String> = (1..=8).map(|n| format!("o-{n}:1:fulfilled")).collect();
+    confirmed.extend(["o-1:2:fulfilled".to_owned(), "o-2:1:cancelled".to_owned()]);
+    let confirmed: Vec<&str> = confirmed.iter().map(String::as_str).collect();
+    assert_eq!(
+        applied(&sandbox, OrderApi::OrderConfirmations).await,
+        once(&confirmed)
+    );
+
+    // Usage rating follows the subscriptions: the newest record of each.
+    let subscriptions: Vec<Subscription> =
+        read_all(&codec, deployment.topics.name("master.subscriptions")).await;
+    let newest: BTreeMap<String, (String, SubscriptionStatus)> = subscriptions
+        .into_iter()
+        .map(|s| (s.subscription_id, (s.plan_id, s.status)))
+        .collect();
+    let mut expected: BTreeMap<String, (String, SubscriptionStatus)> = (3..=6)
+        .map(|n| {
+            (
+                format!("sub-o-{n}"),
+                ("plan-pro".to_owned(), SubscriptionStatus::Active),
+            )
+        })
+        .collect();
+    expected.insert(
+        "sub-o-1".into(),
+        ("plan-max".into(), SubscriptionStatus::Active),
+    );
+    expected.insert(
+        "sub-o-2".into(),
+        ("plan-pro".into(), SubscriptionStatus::Cancelled),
+    );
+    assert_eq!(newest, expected);
+    let stats = sandbox.client.stats().await.expect("stats");
+    assert!(
+        stats.to_string().contains("504"),
+        "answers were lost, so steps were retried after they were applied: {stats}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_step_refused_for_good_undoes_what_the_order_did_and_parks_it_with_the_reason() {
+    let sandbox = Sandbox::start(SandboxConfig::default()).await;
+    let tenant = format!("q2c-{}", now_micros());
+    sandbox
+        .client
+        .seed_customers(&[
+            Customer::new(&tenant, "c-1", "active"),
+            Customer::new(&tenant, "c-gone", "inactive"),
+        ])
+        .await
+        .expect("customers");
+    // The ERP refuses this order number: a business error in a 200.
+    sandbox
+        .client
+        .refuse(System::Erp, &["SO-o-refused"])
+        .await
+        .expect("refuse");
+    let codec = WireCodec::new(registry_url().as_str());
+    let deployment = orders_deployment("orders-refused", &sandbox).await;
+    publish_orders(
+        &deployment,
+        &codec,
+        &[
+            order(
+                &tenant,
+                "o-refused",
+                1,
+                OrderStatus::Confirmed,
+                "c-1",
+                Some("plan-pro"),
+            ),
+            order(
+                &tenant,
+                "o-inactive",
+                1,
+                OrderStatus::Confirmed,
+                "c-gone",
+                Some("plan-pro"),
+            ),
+            order(
+                &tenant,
+                "o-fine",
+                1,
+                OrderStatus::Confirmed,
+                "c-1",
+                Some("plan-pro"),
+            ),
+        ],
+    )
+    .await;
+    eventually(DEADLINE, "every order to end", || async {
+        let states = final_states(&codec, &deployment).await;
+        (states.get("o-refused") == Some(&(1, OrderWorkflowState::Parked))
+            && states.get("o-inactive") == Some(&(1, OrderWorkflowState::Parked))
+            && states.get("o-fine") == Some(&(1, OrderWorkflowState::Fulfilled)))
+        .then_some(())
+    })
+    .await;
+    settled(&deployment).await;
+
+    let parked: Vec<OrderStateChange> =
+        read_all(&codec, deployment.topics.name("sales.order-exceptions")).await;
+    let reasons: BTreeMap<String, String> = parked
+        .into_iter()
+        .map(|p| (p.order_id, p.reason.unwrap_or_default()))
+        .collect();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(
+        reasons["o-refused"].starts_with("record_order: refused"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons["o-inactive"].starts_with("check_customer: customer_not_active"),
+        "{reasons:?}"
+    );
+    // o-refused was provisioned and subscribed, then both undone; o-inactive did nothing.
+    assert_eq!(
+        applied(&sandbox, OrderApi::Entitlements).await,
+        once(&["o-fine:1", "o-refused:1"])
+    );
+    assert_eq!(
+        applied(&sandbox, OrderApi::EntitlementRevocations).await,
+        once(&["o-refused:1"])
+    );
+    assert_eq!(
+        applied(&sandbox, OrderApi::SubscriptionChanges).await,
+        once(&[
+            "o-fine:1:create",
+            "o-refused:1:create",
+            "o-refused:1:revert"
+        ])
+    );
+    assert_eq!(
+        applied(&sandbox, OrderApi::SalesOrders).await,
+        once(&["o-fine:1:confirmed"])
+    );
+    assert_eq!(
+        applied(&sandbox, OrderApi::OrderConfirmations).await,
+        once(&["o-fine:1:fulfilled"])
+    );
+}
