@@ -83,11 +83,17 @@ fn order(
     }
 }
 
-/// A deployment running only the order workflow, against `sandbox`.
-async fn orders_deployment(name: &str, sandbox: &Sandbox) -> Deployment {
+/// A deployment running only the order workflow, against `sandbox`, the orchestrator with
+/// `settings` (key, value) besides its local ones.
+async fn orders_deployment(name: &str, sandbox: &Sandbox, settings: &[(&str, &str)]) -> Deployment {
     // The order workflow writes nothing to PostgreSQL.
     let mut deployment =
         Deployment::create(name, &sandbox.url, "postgres://unused", &registry_url()).await;
+    for (key, value) in settings {
+        deployment
+            .settings
+            .push((ORCHESTRATOR, (*key).to_owned(), (*value).to_owned()));
+    }
     deployment.start(ORCHESTRATOR);
     deployment.start(STEP_SINK);
     deployment
@@ -113,7 +119,11 @@ async fn read_all<T: Contract + serde::de::DeserializeOwned>(
     topic: &str,
 ) -> Vec<T> {
     let settings = shared_settings();
-    let end = end_offsets_total(&settings, topic).expect("end offsets");
+    // A topic the orchestrator just created may not have settled metadata yet.
+    let end = eventually(DEADLINE, "the topic's end offsets", || async {
+        end_offsets_total(&settings, topic).ok()
+    })
+    .await;
     let records = consume_until(
         &settings,
         topic,
@@ -225,7 +235,7 @@ async fn orders_end_fulfilled_upgraded_or_cancelled_through_faults_and_kills_eac
             .expect("faults");
     }
     let codec = WireCodec::new(registry_url().as_str());
-    let mut deployment = orders_deployment("orders", &sandbox).await;
+    let mut deployment = orders_deployment("orders", &sandbox, &[]).await;
     let subscribing: Vec<String> = (1..=6).map(|n| format!("o-{n}")).collect();
     let mut first: Vec<SalesOrder> = subscribing
         .iter()
@@ -428,7 +438,7 @@ async fn a_step_refused_for_good_undoes_what_the_order_did_and_parks_it_with_the
         .await
         .expect("refuse");
     let codec = WireCodec::new(registry_url().as_str());
-    let deployment = orders_deployment("orders-refused", &sandbox).await;
+    let deployment = orders_deployment("orders-refused", &sandbox, &[]).await;
     publish_orders(
         &deployment,
         &codec,
@@ -509,5 +519,149 @@ async fn a_step_refused_for_good_undoes_what_the_order_did_and_parks_it_with_the
     assert_eq!(
         applied(&sandbox, OrderApi::OrderConfirmations).await,
         once(&["o-fine:1:fulfilled"])
+    );
+}
+
+/// `replay orders` with `args` against `deployment`'s topics: its exit code and output.
+async fn replay_orders(deployment: &Deployment, args: &[&str]) -> (i32, String) {
+    let output = tokio::process::Command::new(backbone::workspace_binary("replay"))
+        .args(["--bootstrap-servers", &deployment.kafka.bootstrap_servers])
+        .args(["--registry-url", &registry_url(), "orders"])
+        .args(args)
+        .args(["--status-topic", deployment.topics.name("sales.order-status")])
+        .args(["--approvals-topic", deployment.topics.name("sales.order-approvals")])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("replay starts");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.code().unwrap_or(-1), text)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn orders_over_the_limit_wait_for_a_decision_and_run_when_approved_only() {
+    let sandbox = Sandbox::start(SandboxConfig::default()).await;
+    let tenant = format!("q2c-{}", now_micros());
+    sandbox
+        .client
+        .seed_customers(&[Customer::new(&tenant, "c-1", "active")])
+        .await
+        .expect("customers");
+    let codec = WireCodec::new(registry_url().as_str());
+    let deployment = orders_deployment(
+        "orders-approvals",
+        &sandbox,
+        &[
+            ("processor.approval.min_total", "1000"),
+            ("processor.approval.timeout", "3s"),
+        ],
+    )
+    .await;
+    let big = |id: &str| {
+        let mut order = order(&tenant, id, 1, OrderStatus::Confirmed, "c-1", Some("plan-pro"));
+        order.total_amount = "5000".parse().expect("total");
+        order
+    };
+    let mut small = order(&tenant, "o-small", 1, OrderStatus::Confirmed, "c-1", Some("plan-pro"));
+    small.total_amount = "999.99".parse().expect("total");
+    publish_orders(
+        &deployment,
+        &codec,
+        &[big("o-approved"), big("o-rejected"), big("o-undecided"), small],
+    )
+    .await;
+    let awaiting = (1, OrderWorkflowState::AwaitingApproval);
+    eventually(DEADLINE, "the big orders to wait and the small one to run", || async {
+        let states = final_states(&codec, &deployment).await;
+        (states.get("o-approved") == Some(&awaiting)
+            && states.get("o-rejected") == Some(&awaiting)
+            && states.get("o-small") == Some(&(1, OrderWorkflowState::Fulfilled)))
+        .then_some(())
+    })
+    .await;
+    let (code, listed) = replay_orders(&deployment, &["pending", "--tenant", &tenant, "--json"]).await;
+    assert_eq!(code, 0, "{listed}");
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&listed).expect("JSON");
+    let ids: Vec<&str> = listed.iter().filter_map(|w| w["order_id"].as_str()).collect();
+    for id in ["o-approved", "o-rejected"] {
+        assert!(ids.contains(&id), "{id} pending: {listed:?}");
+    }
+    assert!(!ids.contains(&"o-small"), "{listed:?}");
+
+    let order_of = |id: &str| format!("{tenant}:{id}");
+    // A decision on a revision that is not waiting is refused, naming the flag.
+    let (code, said) = replay_orders(
+        &deployment,
+        &["approve", "--order", &order_of("o-approved"), "--revision", "2", "--by", "tester"],
+    )
+    .await;
+    assert_eq!(code, 2, "{said}");
+    assert!(said.contains("--order") && said.contains("revision waiting for approval, 1"), "{said}");
+    let (code, said) = replay_orders(
+        &deployment,
+        &["reject", "--order", &order_of("o-rejected"), "--revision", "1", "--by", "tester"],
+    )
+    .await;
+    assert_eq!(code, 2, "a rejection without a reason: {said}");
+    for args in [
+        vec!["approve", "--order", &order_of("o-approved"), "--revision", "1", "--by", "tester"],
+        vec![
+            "reject", "--order", &order_of("o-rejected"), "--revision", "1", "--by", "tester",
+            "--reason", "discount above policy",
+        ],
+    ] {
+        let (code, said) = replay_orders(&deployment, &args).await;
+        assert_eq!(code, 0, "{said}");
+    }
+    eventually(DEADLINE, "every order to end", || async {
+        let states = final_states(&codec, &deployment).await;
+        (states.get("o-approved") == Some(&(1, OrderWorkflowState::Fulfilled))
+            && states.get("o-rejected") == Some(&(1, OrderWorkflowState::Rejected))
+            && states.get("o-undecided") == Some(&(1, OrderWorkflowState::Rejected)))
+        .then_some(())
+    })
+    .await;
+    settled(&deployment).await;
+
+    let changes: Vec<OrderStateChange> =
+        read_all(&codec, deployment.topics.name("sales.order-status")).await;
+    let undecided: Vec<OrderWorkflowState> = changes
+        .iter()
+        .filter(|c| c.order_id == "o-undecided")
+        .map(|c| c.state)
+        .collect();
+    assert_eq!(
+        undecided,
+        [
+            OrderWorkflowState::AwaitingApproval,
+            OrderWorkflowState::Escalated,
+            OrderWorkflowState::InProgress,
+            OrderWorkflowState::Rejected
+        ],
+        "escalated after one timeout, rejected (confirm_order running) after two"
+    );
+    let rejected_reason = changes
+        .iter()
+        .find(|c| c.order_id == "o-rejected" && c.state == OrderWorkflowState::Rejected)
+        .and_then(|c| c.reason.clone())
+        .unwrap_or_default();
+    assert!(rejected_reason.contains("by tester: discount above policy"), "{rejected_reason}");
+    // Only the approved and the small order were provisioned; every order heard how it ended.
+    assert_eq!(
+        applied(&sandbox, OrderApi::Entitlements).await,
+        once(&["o-approved:1", "o-small:1"])
+    );
+    assert_eq!(
+        applied(&sandbox, OrderApi::OrderConfirmations).await,
+        once(&[
+            "o-approved:1:fulfilled",
+            "o-rejected:1:rejected",
+            "o-small:1:fulfilled",
+            "o-undecided:1:rejected"
+        ])
     );
 }

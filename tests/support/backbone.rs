@@ -184,8 +184,8 @@ impl Topics {
         for topic in [&t.subscriptions, &t.rate_cards, &t.gl_mappings] {
             specs.push(TopicSpec::new(topic, 1));
         }
-        // The order orchestrator's inputs, co-partitioned: orders and its steps' results.
-        for topic in ["sales.orders", "sales.order-step-results"] {
+        // The order orchestrator's inputs, co-partitioned: orders, its steps' results, decisions.
+        for topic in ["sales.orders", "sales.order-step-results", "sales.order-approvals"] {
             specs.push(stamps.spec(t.name(topic), 3));
         }
         ensure_topics(kafka, &specs, Duration::from_secs(30))

@@ -11,13 +11,17 @@
 //! reason, and a subscription change to `master.subscriptions`, where usage rating reads it.
 //! docs/orchestration.md has the state machine.
 
+mod approval;
+#[cfg(test)]
+mod fixtures;
 mod metrics;
 mod records;
+mod store;
 mod workflow;
 
+pub use approval::ApprovalSettings;
 pub use metrics::{names, OrderMetrics};
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,29 +32,19 @@ use backbone_core::{
     InputRecord, OutputRecord, Prefetch, ProcessError, Processor, State, StateSpec, Wake,
 };
 use backbone_schemas::types::{
-    Contract, DeliveryOutcome, DeliveryResult, OrderStateChange, OrderStep, OrderWorkflowState,
-    SalesOrder, Subscription,
+    ApprovalDecision, Contract, DeliveryOutcome, DeliveryResult, OrderApproval, OrderStateChange,
+    OrderStep, OrderWorkflowState, SalesOrder, Subscription,
 };
-use backbone_schemas::wire::{decode_body, encode_body, encode_framed};
+use backbone_schemas::wire::encode_framed;
 use backbone_schemas::{OutputContracts, WireCodec};
 use serde::Deserialize;
 
 use crate::records::{order_key, parse_delivery_key};
-use crate::workflow::{arrival, Arrival, Effect, Phase, Workflow};
+use crate::store::{store_order, stored_order, Due, ORDERS, PENDING, WORKFLOWS};
+use crate::workflow::{arrival, Arrival, Effect, Phase, Timeouts, Workflow};
 
 /// The `source` of every record the orchestrator writes.
 pub(crate) const SOURCE: &str = "order-orchestrator";
-
-/// Order key → its workflow.
-const WORKFLOWS: &str = "workflows";
-/// Order key → the order revision its workflow acts for (Avro, the contract's schema).
-const ORDERS: &str = "orders";
-/// Order key → the revision waiting for the running step to finish.
-const PENDING: &str = "pending";
-/// One key, [`RUNNING_KEY`]: every order with a step running and when it started, so that a
-/// wake finds the steps past their timeout without reading every workflow.
-const RUNNING: &str = "running";
-const RUNNING_KEY: &[u8] = b"running";
 
 /// The `[processor]` config section.
 #[derive(Debug, Clone, Deserialize)]
@@ -60,6 +54,8 @@ pub struct OrchestratorSettings {
     pub orders_topic: String,
     /// The step sink's results, keyed `<tenant>:<order_id>`, co-partitioned with the orders.
     pub results_topic: String,
+    /// Approvers' decisions, keyed `<tenant>:<order_id>`, co-partitioned with the orders.
+    pub approvals_topic: String,
     /// Where step commands go.
     pub steps_topic: String,
     /// Where every workflow state change goes.
@@ -71,9 +67,12 @@ pub struct OrchestratorSettings {
     /// How long a step may go without a result before the workflow gives up on it.
     #[serde(with = "humantime_serde")]
     pub step_timeout: Duration,
-    /// How often each partition's running steps are checked against the timeout.
+    /// How often each partition's running steps and waiting approvals are checked against
+    /// their timeouts.
     #[serde(with = "humantime_serde")]
     pub timeout_check_interval: Duration,
+    /// Which orders wait for a person's approval, and for how long.
+    pub approval: ApprovalSettings,
 }
 
 impl Default for OrchestratorSettings {
@@ -81,12 +80,14 @@ impl Default for OrchestratorSettings {
         Self {
             orders_topic: "sales.orders".to_owned(),
             results_topic: "sales.order-step-results".to_owned(),
+            approvals_topic: "sales.order-approvals".to_owned(),
             steps_topic: "sales.order-steps".to_owned(),
             status_topic: "sales.order-status".to_owned(),
             exceptions_topic: "sales.order-exceptions".to_owned(),
             subscriptions_topic: "master.subscriptions".to_owned(),
             step_timeout: Duration::from_secs(300),
             timeout_check_interval: Duration::from_secs(1),
+            approval: ApprovalSettings::default(),
         }
     }
 }
@@ -96,6 +97,7 @@ impl Validate for OrchestratorSettings {
         let topics = [
             ("orders_topic", &self.orders_topic),
             ("results_topic", &self.results_topic),
+            ("approvals_topic", &self.approvals_topic),
             ("steps_topic", &self.steps_topic),
             ("status_topic", &self.status_topic),
             ("exceptions_topic", &self.exceptions_topic),
@@ -120,7 +122,7 @@ impl Validate for OrchestratorSettings {
                 return Err(invalid(key, "must be above zero"));
             }
         }
-        Ok(())
+        self.approval.validate()
     }
 }
 
@@ -164,8 +166,12 @@ impl OrderOrchestrator {
         }
     }
 
-    fn timeout_ms(&self) -> i64 {
-        i64::try_from(self.settings.step_timeout.as_millis()).unwrap_or(i64::MAX)
+    fn timeouts(&self) -> Timeouts {
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4);
+        Timeouts {
+            step_ms: ms(self.settings.step_timeout),
+            approval_ms: ms(self.settings.approval.timeout),
+        }
     }
 }
 
@@ -197,6 +203,7 @@ impl Processor for OrderOrchestrator {
         vec![
             self.settings.orders_topic.clone(),
             self.settings.results_topic.clone(),
+            self.settings.approvals_topic.clone(),
         ]
     }
 
@@ -214,7 +221,7 @@ impl Processor for OrderOrchestrator {
             .store(WORKFLOWS)
             .store(ORDERS)
             .store(PENDING)
-            .store(RUNNING)
+            .store(store::DUE)
     }
 
     fn prefetch(&self) -> Option<Arc<dyn Prefetch>> {
@@ -230,6 +237,8 @@ impl Processor for OrderOrchestrator {
         let now_ms = record.timestamp_ms.unwrap_or_else(now_ms);
         if record.topic == self.settings.results_topic {
             self.step_result(record, state, now_ms)
+        } else if record.topic == self.settings.approvals_topic {
+            self.decision(record, state, now_ms)
         } else {
             self.order(record, state, now_ms)
         }
@@ -239,42 +248,45 @@ impl Processor for OrderOrchestrator {
         Some(self.settings.timeout_check_interval)
     }
 
-    /// Gives up on the steps running past the step timeout, by the wall clock: a step whose
-    /// result never comes has no record to time it out.
+    /// Gives up on the steps running past the step timeout and on the decisions waiting past
+    /// the approval timeout, by the wall clock: what never comes has no record to time it out.
     fn wake(
         &mut self,
         wake: &Wake,
         state: &mut State<'_>,
     ) -> Result<Vec<OutputRecord>, ProcessError> {
         let now_ms = now_ms();
-        let running = running(state)?;
+        let due = Due::read(state)?;
         if let Some(metrics) = &self.metrics {
-            metrics.set_running(
+            let waiting = due.approvals_waiting();
+            metrics.set_partition(
                 wake.partition,
-                running.len(),
+                metrics::PartitionCounts {
+                    running: due.len() - waiting.len(),
+                    awaiting_approval: waiting.len(),
+                    oldest_approval_ms: waiting.into_iter().min(),
+                },
                 self.settings.timeout_check_interval * 3,
             );
         }
-        let timeout_ms = self.timeout_ms();
-        let due: Vec<String> = running
-            .into_iter()
-            .filter(|(_, started_ms)| now_ms - started_ms >= timeout_ms)
-            .map(|(key, _)| key)
-            .collect();
+        let timeouts = self.timeouts();
         let mut outputs = Vec::new();
-        for key in due {
+        for key in due.passed(now_ms) {
             let (Some(mut workflow), Some(order)) = (
                 state.get_json::<Workflow>(WORKFLOWS, key.as_bytes())?,
                 stored_order(state, ORDERS, &key)?,
             ) else {
                 continue;
             };
-            if let (Some(metrics), Some(step)) = (&self.metrics, workflow.running()) {
-                metrics.step_result(step.name(), "timed_out", None);
+            if let Some(metrics) = &self.metrics {
+                match workflow.running() {
+                    Some(step) => metrics.step_result(step.name(), "timed_out", None),
+                    None => metrics.approval("timed_out"),
+                }
             }
             let was = workflow.phase.clone();
-            let effects = workflow.time_out(now_ms, timeout_ms);
-            tracing::warn!(order = %key, "an order step had no result within the step timeout");
+            let effects = workflow.time_out(now_ms, timeouts);
+            tracing::warn!(order = %key, "an order waited past its timeout for a step's result or a decision");
             outputs.extend(self.apply(state, &key, &order, &was, workflow, effects, now_ms)?);
         }
         Ok(outputs)
@@ -326,12 +338,54 @@ impl OrderOrchestrator {
         before: Option<&Workflow>,
         now_ms: i64,
     ) -> Result<Vec<OutputRecord>, ProcessError> {
-        let Some((workflow, effects)) = Workflow::start(order, before, now_ms) else {
+        let approval = self.settings.approval.needed_for(order);
+        let Some((workflow, effects)) = Workflow::start(order, before, approval, now_ms) else {
             return Ok(Vec::new());
         };
         store_order(state, ORDERS, key, order)?;
         let was = workflow.phase.clone();
         self.apply(state, key, order, &was, workflow, effects, now_ms)
+    }
+
+    /// An approver's decision on the revision waiting for one.
+    fn decision(
+        &self,
+        record: &InputRecord<'_>,
+        state: &mut State<'_>,
+        now_ms: i64,
+    ) -> Result<Vec<OutputRecord>, ProcessError> {
+        let approval: OrderApproval = self.decode(record)?;
+        let key = format!("{}:{}", approval.metadata.tenant_id, approval.order_id);
+        check_key(record, &key)?;
+        let decision = match approval.decision {
+            ApprovalDecision::Approve => Ok(()),
+            ApprovalDecision::Reject => Err(format!(
+                "rejected by {}: {}",
+                approval.decided_by,
+                approval.reason.as_deref().unwrap_or("no reason given")
+            )),
+            ApprovalDecision::Unknown => {
+                return Err(ProcessError::permanent(
+                    "unknown_decision",
+                    format!("the decision on `{key}` is one this reader does not know"),
+                ))
+            }
+        };
+        let (Some(mut workflow), Some(order)) = (
+            state.get_json::<Workflow>(WORKFLOWS, key.as_bytes())?,
+            stored_order(state, ORDERS, &key)?,
+        ) else {
+            return Ok(Vec::new());
+        };
+        let was = workflow.phase.clone();
+        let effects = workflow.decide(approval.revision, decision, now_ms);
+        if let (Some(metrics), false) = (&self.metrics, effects.is_empty()) {
+            metrics.approval(match approval.decision {
+                ApprovalDecision::Approve => "approved",
+                _ => "rejected",
+            });
+        }
+        self.apply(state, &key, &order, &was, workflow, effects, now_ms)
     }
 
     /// A step's result, from the step sink: moves the workflow on if it is the running step's.
@@ -431,6 +485,9 @@ impl OrderOrchestrator {
                 } => {
                     if let Some(metrics) = &self.metrics {
                         metrics.state_entered(state_name(entered));
+                        if entered == OrderWorkflowState::Escalated {
+                            metrics.approval("escalated");
+                        }
                         if entered == OrderWorkflowState::Compensating
                             && matches!(was, Phase::Running(_))
                         {
@@ -475,7 +532,7 @@ impl OrderOrchestrator {
                 Effect::StartPending => start_pending = true,
             }
         }
-        set_running(state, key, &workflow)?;
+        Due::set(state, key, &workflow, self.timeouts())?;
         state.put_json(WORKFLOWS, key.as_bytes(), &workflow)?;
         if start_pending {
             if let Some(pending) = stored_order(state, PENDING, key)? {
@@ -535,63 +592,14 @@ fn check_key(record: &InputRecord<'_>, key: &str) -> Result<(), ProcessError> {
 
 fn state_name(state: OrderWorkflowState) -> &'static str {
     match state {
+        OrderWorkflowState::AwaitingApproval => "awaiting_approval",
+        OrderWorkflowState::Escalated => "escalated",
         OrderWorkflowState::InProgress => "in_progress",
         OrderWorkflowState::Compensating => "compensating",
         OrderWorkflowState::Fulfilled => "fulfilled",
         OrderWorkflowState::Cancelled => "cancelled",
+        OrderWorkflowState::Rejected => "rejected",
         OrderWorkflowState::Parked => "parked",
         OrderWorkflowState::Unknown => "unknown",
     }
-}
-
-fn running(state: &State<'_>) -> Result<BTreeMap<String, i64>, ProcessError> {
-    Ok(state.get_json(RUNNING, RUNNING_KEY)?.unwrap_or_default())
-}
-
-/// Keeps the index of running steps in step with `workflow`.
-fn set_running(state: &mut State<'_>, key: &str, workflow: &Workflow) -> Result<(), ProcessError> {
-    let mut index = running(state)?;
-    let before = index.get(key).copied();
-    let now = workflow.running().map(|_| workflow.started_ms);
-    if before == now {
-        return Ok(());
-    }
-    match now {
-        Some(started_ms) => index.insert(key.to_owned(), started_ms),
-        None => index.remove(key),
-    };
-    state.put_json(RUNNING, RUNNING_KEY, &index)
-}
-
-fn store_order(
-    state: &mut State<'_>,
-    store: &str,
-    key: &str,
-    order: &SalesOrder,
-) -> Result<(), ProcessError> {
-    let body = order
-        .to_avro()
-        .and_then(|value| encode_body(SalesOrder::schema(), value))
-        .map_err(|e| ProcessError::Fatal {
-            kind: "state",
-            detail: format!("encoding order `{key}` for store `{store}`: {e}"),
-        })?;
-    state.put(store, key.as_bytes(), &body)
-}
-
-fn stored_order(
-    state: &State<'_>,
-    store: &str,
-    key: &str,
-) -> Result<Option<SalesOrder>, ProcessError> {
-    let Some(body) = state.get(store, key.as_bytes())? else {
-        return Ok(None);
-    };
-    decode_body(0, SalesOrder::schema(), &body)
-        .and_then(|value| SalesOrder::from_avro(&value))
-        .map(Some)
-        .map_err(|e| ProcessError::Fatal {
-            kind: "state",
-            detail: format!("store `{store}` holds an unreadable order `{key}`: {e}"),
-        })
 }

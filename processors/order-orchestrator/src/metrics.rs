@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use backbone_core::metrics::PROCESSOR_LABEL;
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
 
 /// Metric names, as dashboards and alerts use them.
@@ -21,6 +21,21 @@ pub mod names {
     pub const COMPENSATIONS: &str = "backbone_order_compensations_total";
     /// Workflows with a step running, over the partitions this instance holds.
     pub const IN_PROGRESS: &str = "backbone_orders_in_progress";
+    /// Approval outcomes: `approved`, `rejected`, `escalated`, `timed_out`.
+    pub const APPROVALS: &str = "backbone_order_approvals_total";
+    /// Orders waiting for approval, over the partitions this instance holds.
+    pub const APPROVALS_WAITING: &str = "backbone_order_approvals_waiting";
+    /// How long the oldest order waiting for approval has waited.
+    pub const APPROVAL_OLDEST_AGE: &str = "backbone_order_approval_oldest_age_seconds";
+}
+
+/// What one partition's wake counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PartitionCounts {
+    pub running: usize,
+    pub awaiting_approval: usize,
+    /// Since when (record time, ms) the oldest order waiting for approval waits.
+    pub oldest_approval_ms: Option<i64>,
 }
 
 /// The series, registered once.
@@ -31,8 +46,11 @@ pub struct OrderMetrics {
     step_seconds: HistogramVec,
     compensations: IntCounter,
     in_progress: IntGauge,
-    /// Workflows running per partition, as each partition's last wake counted them, and when.
-    running: Mutex<HashMap<i32, (usize, Instant)>>,
+    approvals: IntCounterVec,
+    approvals_waiting: IntGauge,
+    approval_oldest_age: Gauge,
+    /// What each partition's last wake counted, and when.
+    partitions: Mutex<HashMap<i32, (PartitionCounts, Instant)>>,
 }
 
 impl OrderMetrics {
@@ -73,6 +91,24 @@ impl OrderMetrics {
             names::IN_PROGRESS,
             "Order workflows with a step running, over the partitions this instance holds.",
         ))?;
+        let approvals = IntCounterVec::new(
+            opts(
+                names::APPROVALS,
+                "Order approval outcomes: approved, rejected, escalated, timed_out.",
+            ),
+            &["outcome"],
+        )?;
+        let approvals_waiting = IntGauge::with_opts(opts(
+            names::APPROVALS_WAITING,
+            "Orders waiting for a person's approval, over the partitions this instance holds.",
+        ))?;
+        let approval_oldest_age = Gauge::with_opts(opts(
+            names::APPROVAL_OLDEST_AGE,
+            "How long the oldest order waiting for approval has waited; 0 when none waits.",
+        ))?;
+        registry.register(Box::new(approvals.clone()))?;
+        registry.register(Box::new(approvals_waiting.clone()))?;
+        registry.register(Box::new(approval_oldest_age.clone()))?;
         registry.register(Box::new(state_changes.clone()))?;
         registry.register(Box::new(step_results.clone()))?;
         registry.register(Box::new(step_seconds.clone()))?;
@@ -84,7 +120,10 @@ impl OrderMetrics {
             step_seconds,
             compensations,
             in_progress,
-            running: Mutex::new(HashMap::new()),
+            approvals,
+            approvals_waiting,
+            approval_oldest_age,
+            partitions: Mutex::new(HashMap::new()),
         })
     }
 
@@ -105,19 +144,37 @@ impl OrderMetrics {
         self.compensations.inc();
     }
 
-    /// `partition` has `running` workflows with a step running. A partition not counted for
-    /// `stale_after` has moved to another instance (wakes count every assigned partition) and
-    /// no longer adds to the gauge.
-    pub(crate) fn set_running(&self, partition: i32, running: usize, stale_after: Duration) {
-        let mut counts = self
-            .running
+    pub(crate) fn approval(&self, outcome: &str) {
+        self.approvals.with_label_values(&[outcome]).inc();
+    }
+
+    /// What `partition`'s wake counted. A partition not counted for `stale_after` has moved
+    /// to another instance (wakes count every assigned partition) and no longer adds up.
+    pub(crate) fn set_partition(
+        &self,
+        partition: i32,
+        counts: PartitionCounts,
+        stale_after: Duration,
+    ) {
+        let mut partitions = self
+            .partitions
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = Instant::now();
-        counts.insert(partition, (running, now));
-        counts.retain(|_, (_, at)| now.duration_since(*at) <= stale_after);
-        let total: usize = counts.values().map(|(n, _)| n).sum();
-        self.in_progress
-            .set(i64::try_from(total).unwrap_or(i64::MAX));
+        partitions.insert(partition, (counts, now));
+        partitions.retain(|_, (_, at)| now.duration_since(*at) <= stale_after);
+        let sum = |count: fn(&PartitionCounts) -> usize| {
+            let total: usize = partitions.values().map(|(c, _)| count(c)).sum();
+            i64::try_from(total).unwrap_or(i64::MAX)
+        };
+        self.in_progress.set(sum(|c| c.running));
+        self.approvals_waiting.set(sum(|c| c.awaiting_approval));
+        let oldest = partitions
+            .values()
+            .filter_map(|(c, _)| c.oldest_approval_ms)
+            .min();
+        let age_ms = oldest.map_or(0, |since| backbone_calendar::now_ms() - since);
+        self.approval_oldest_age
+            .set(Duration::from_millis(u64::try_from(age_ms).unwrap_or(0)).as_secs_f64());
     }
 }

@@ -9,7 +9,9 @@
 //! for good (or not answered within the step timeout) undoes the steps done, newest first,
 //! and parks the order for a person. A newer revision or a cancellation arriving meanwhile waits
 //! until the running step has its result and then takes over; the revision it replaces stops
-//! there, never interleaved with it.
+//! there, never interleaved with it. A confirmed order the approval rules pick waits for a
+//! person's decision first: approved, it runs; rejected (or undecided after twice the approval
+//! timeout, escalated after once) it is confirmed to the sales platform as rejected.
 
 use backbone_schemas::types::{
     OrderConclusion, OrderStatus, OrderStepKind, OrderWorkflowState, SalesOrder, SubscriptionChange,
@@ -55,8 +57,21 @@ pub(crate) enum Phase {
         /// Why the workflow failed.
         reason: String,
     },
+    /// Waiting for a person's decision since `since_ms` (record time).
+    AwaitingApproval {
+        since_ms: i64,
+        /// Whether the approval timeout passed once already.
+        escalated: bool,
+    },
     /// The revision's workflow is over.
     Ended(OrderWorkflowState),
+}
+
+/// How long the workflow waits for a step's result, and for a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Timeouts {
+    pub step_ms: i64,
+    pub approval_ms: i64,
 }
 
 /// One order's workflow, as kept in partition state.
@@ -77,6 +92,9 @@ pub(crate) struct Workflow {
     /// A newer revision (or a cancellation) waiting for the running step to finish; its order
     /// is kept beside the workflow.
     pub pending: Option<i32>,
+    /// Why the revision was not approved, once it was not: it is confirmed as rejected.
+    #[serde(default)]
+    pub rejection: Option<String>,
 }
 
 /// What the workflow asks the processor to publish.
@@ -155,12 +173,11 @@ pub(crate) fn arrival(
         .and_then(|p| Some(rank(p.revision, kind_of(p)?)))
         .unwrap_or((i32::MIN, false))
         .max(rank(workflow.revision, workflow.kind));
-    if incoming <= known {
-        Arrival::Seen
-    } else if matches!(workflow.phase, Phase::Ended(_)) {
-        Arrival::Start
-    } else {
-        Arrival::Wait
+    match workflow.phase {
+        _ if incoming <= known => Arrival::Seen,
+        // Nothing was done for a revision waiting for approval: the newer one replaces it.
+        Phase::Ended(_) | Phase::AwaitingApproval { .. } => Arrival::Start,
+        _ => Arrival::Wait,
     }
 }
 
@@ -191,10 +208,12 @@ fn undo(step: OrderStepKind) -> Option<OrderStepKind> {
 
 impl Workflow {
     /// The workflow of `order` (confirmed or cancelled), after `before` (the order's previous
-    /// workflow, if any), starting at `now_ms`; `None` for an order of another status.
+    /// workflow, if any), starting at `now_ms`; `None` for an order of another status. A
+    /// confirmed order with an `approval` reason waits for a decision first.
     pub(crate) fn start(
         order: &SalesOrder,
         before: Option<&Workflow>,
+        approval: Option<String>,
         now_ms: i64,
     ) -> Option<(Workflow, Vec<Effect>)> {
         let kind = kind_of(order)?;
@@ -218,9 +237,71 @@ impl Workflow {
             started_ms: now_ms,
             subscribed,
             pending: None,
+            rejection: None,
         };
+        if let (Kind::Fulfil, Some(reason)) = (kind, approval) {
+            workflow.phase = Phase::AwaitingApproval {
+                since_ms: now_ms,
+                escalated: false,
+            };
+            let waiting = Effect::State {
+                state: OrderWorkflowState::AwaitingApproval,
+                step: None,
+                reason: Some(reason),
+            };
+            return Some((workflow, vec![waiting]));
+        }
         let effects = workflow.begin(first, now_ms);
         Some((workflow, effects))
+    }
+
+    /// A person's decision on `revision`: approved, the workflow runs; rejected, the order is
+    /// confirmed as rejected. A decision on a revision not waiting changes nothing.
+    pub(crate) fn decide(
+        &mut self,
+        revision: i32,
+        decision: Result<(), String>,
+        now_ms: i64,
+    ) -> Vec<Effect> {
+        if revision != self.revision || !matches!(self.phase, Phase::AwaitingApproval { .. }) {
+            return Vec::new();
+        }
+        match decision {
+            Ok(()) => {
+                let first = forward(self.kind, self.subscription_change)[0];
+                self.phase = Phase::Running(first);
+                self.begin(first, now_ms)
+            }
+            Err(reason) => self.reject(reason, now_ms),
+        }
+    }
+
+    /// When the workflow gives up waiting next (for a step's result or a decision).
+    pub(crate) fn due_ms(&self, timeouts: Timeouts) -> Option<i64> {
+        match &self.phase {
+            Phase::Running(_) | Phase::Compensating { .. } => {
+                Some(self.started_ms.saturating_add(timeouts.step_ms))
+            }
+            Phase::AwaitingApproval {
+                since_ms,
+                escalated,
+            } => Some(since_ms.saturating_add(timeouts.approval_ms * (1 + i64::from(*escalated)))),
+            Phase::Ended(_) => None,
+        }
+    }
+
+    /// Since when the revision waits for approval; `None` when it does not.
+    pub(crate) fn awaiting_approval_since(&self) -> Option<i64> {
+        match self.phase {
+            Phase::AwaitingApproval { since_ms, .. } => Some(since_ms),
+            _ => None,
+        }
+    }
+
+    fn reject(&mut self, reason: String, now_ms: i64) -> Vec<Effect> {
+        self.rejection = Some(reason);
+        self.phase = Phase::Running(OrderStepKind::ConfirmOrder);
+        self.begin(OrderStepKind::ConfirmOrder, now_ms)
     }
 
     /// Whether `step` of `revision`'s `kind` of workflow is the step running now.
@@ -232,7 +313,7 @@ impl Workflow {
     pub(crate) fn running(&self) -> Option<OrderStepKind> {
         match &self.phase {
             Phase::Running(step) | Phase::Compensating { step, .. } => Some(*step),
-            Phase::Ended(_) => None,
+            Phase::AwaitingApproval { .. } | Phase::Ended(_) => None,
         }
     }
 
@@ -262,19 +343,40 @@ impl Workflow {
                 "{reason}; undoing it failed at {}: {refusal}",
                 step.name()
             )),
-            (Phase::Ended(_), _) => Vec::new(),
+            (Phase::AwaitingApproval { .. } | Phase::Ended(_), _) => Vec::new(),
         }
     }
 
-    /// Gives up on the running step if it started `timeout_ms` or more before `now_ms`. A step
-    /// not answered may have acted, so a forward one is undone with the others.
-    pub(crate) fn time_out(&mut self, now_ms: i64, timeout_ms: i64) -> Vec<Effect> {
+    /// Gives up waiting once [`due_ms`](Self::due_ms) has come: on a step's result (a step not
+    /// answered may have acted, so a forward one is undone with the others), or on a decision
+    /// (escalated the first time, rejected the second).
+    pub(crate) fn time_out(&mut self, now_ms: i64, timeouts: Timeouts) -> Vec<Effect> {
+        if self.due_ms(timeouts).is_none_or(|due| now_ms < due) {
+            return Vec::new();
+        }
+        if let Phase::AwaitingApproval {
+            since_ms,
+            escalated,
+        } = self.phase
+        {
+            let waited = format!("no decision within {} s", (now_ms - since_ms) / 1000);
+            if escalated {
+                return self.reject(waited, now_ms);
+            }
+            self.phase = Phase::AwaitingApproval {
+                since_ms,
+                escalated: true,
+            };
+            return vec![Effect::State {
+                state: OrderWorkflowState::Escalated,
+                step: None,
+                reason: Some(waited),
+            }];
+        }
         let Some(step) = self.running() else {
             return Vec::new();
         };
-        if now_ms - self.started_ms < timeout_ms {
-            return Vec::new();
-        }
+        let timeout_ms = timeouts.step_ms;
         let reason = format!("{}: no result within {} s", step.name(), timeout_ms / 1000);
         match self.phase.clone() {
             Phase::Running(_) => {
@@ -286,16 +388,19 @@ impl Workflow {
             Phase::Compensating { reason: first, .. } => {
                 self.end_parked(format!("{first}; undoing it failed: {reason}"))
             }
-            Phase::Ended(_) => Vec::new(),
+            Phase::AwaitingApproval { .. } | Phase::Ended(_) => Vec::new(),
         }
     }
 
     fn begin(&mut self, step: OrderStepKind, now_ms: i64) -> Vec<Effect> {
         self.started_ms = now_ms;
-        let conclusion = (step == OrderStepKind::ConfirmOrder).then_some(match self.kind {
-            Kind::Fulfil => OrderConclusion::Fulfilled,
-            Kind::Cancel => OrderConclusion::Cancelled,
-        });
+        let conclusion = (step == OrderStepKind::ConfirmOrder).then_some(
+            match (self.kind, &self.rejection) {
+                (_, Some(_)) => OrderConclusion::Rejected,
+                (Kind::Fulfil, None) => OrderConclusion::Fulfilled,
+                (Kind::Cancel, None) => OrderConclusion::Cancelled,
+            },
+        );
         let (state, reason) = match &self.phase {
             Phase::Compensating { reason, .. } => {
                 (OrderWorkflowState::Compensating, Some(reason.clone()))
@@ -350,11 +455,13 @@ impl Workflow {
                 effects.extend(self.begin(next, now_ms));
             }
             None => {
-                let state = match self.kind {
-                    Kind::Fulfil => OrderWorkflowState::Fulfilled,
-                    Kind::Cancel => OrderWorkflowState::Cancelled,
+                let state = match (self.kind, &self.rejection) {
+                    (_, Some(_)) => OrderWorkflowState::Rejected,
+                    (Kind::Fulfil, None) => OrderWorkflowState::Fulfilled,
+                    (Kind::Cancel, None) => OrderWorkflowState::Cancelled,
                 };
-                effects.extend(self.end(state, None));
+                let reason = self.rejection.clone();
+                effects.extend(self.end(state, reason));
             }
         }
         effects
@@ -401,229 +508,4 @@ impl Workflow {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use backbone_schemas::types::{EventMetadata, SalesOrderLine, TraceContext};
-
-    fn order(revision: i32, status: OrderStatus, subscribes: bool) -> SalesOrder {
-        let line = |n: i32, product: &str, service: bool| SalesOrderLine {
-            line_number: n,
-            product_id: product.into(),
-            description: None,
-            quantity: "1".parse().expect("quantity"),
-            unit_price: "10".parse().expect("price"),
-            discount_amount: None,
-            line_amount: "10".parse().expect("amount"),
-            tax_code: None,
-            service_start: service.then_some(20_400),
-            service_end: None,
-        };
-        SalesOrder {
-            metadata: EventMetadata {
-                tenant_id: "t1".into(),
-                event_id: format!("ord-1@{revision}"),
-                source: "cpq".into(),
-                r#type: "backbone.sales.order".into(),
-                occurred_at: 0,
-                produced_at: 0,
-                trace: TraceContext {
-                    traceparent: String::new(),
-                    tracestate: None,
-                },
-                schema_version: None,
-            },
-            order_id: "ord-1".into(),
-            revision,
-            order_number: "SO-1".into(),
-            customer_id: "c1".into(),
-            legal_entity_id: "le-1".into(),
-            status,
-            ordered_at: 0,
-            currency: "EUR".into(),
-            lines: vec![line(1, "setup", false), line(2, "plan-pro", subscribes)],
-            net_amount: "20".parse().expect("net"),
-            tax_amount: "0".parse().expect("tax"),
-            total_amount: "20".parse().expect("total"),
-            subscription_id: None,
-            ship_to: None,
-            external_reference: None,
-        }
-    }
-
-    fn steps(effects: &[Effect]) -> Vec<OrderStepKind> {
-        effects
-            .iter()
-            .filter_map(|e| match e {
-                Effect::Step { step, .. } => Some(*step),
-                _ => None,
-            })
-            .collect()
-    }
-
-    /// Runs the workflow to its end, every step answered by `answer`; the steps commanded.
-    fn run(
-        workflow: &mut Workflow,
-        first: Vec<Effect>,
-        answer: impl Fn(OrderStepKind) -> Result<(), String>,
-    ) -> Vec<OrderStepKind> {
-        let mut commanded = steps(&first);
-        while let Some(step) = workflow.running() {
-            let effects =
-                workflow.result((workflow.revision, workflow.kind, step), answer(step), 0);
-            commanded.extend(steps(&effects));
-        }
-        commanded
-    }
-
-    use OrderStepKind::*;
-
-    #[test]
-    fn a_confirmed_order_runs_every_step_once_in_order() {
-        let (mut workflow, first) =
-            Workflow::start(&order(1, OrderStatus::Confirmed, true), None, 0).expect("start");
-        let commanded = run(&mut workflow, first, |_| Ok(()));
-        assert_eq!(
-            commanded,
-            [
-                CheckCustomer,
-                ProvisionEntitlements,
-                ChangeSubscription,
-                RecordOrder,
-                ConfirmOrder
-            ]
-        );
-        assert_eq!(workflow.phase, Phase::Ended(OrderWorkflowState::Fulfilled));
-        assert!(workflow.subscribed);
-    }
-
-    #[test]
-    fn a_one_off_order_changes_no_subscription() {
-        let (mut workflow, first) =
-            Workflow::start(&order(1, OrderStatus::Confirmed, false), None, 0).expect("start");
-        let commanded = run(&mut workflow, first, |_| Ok(()));
-        assert_eq!(
-            commanded,
-            [
-                CheckCustomer,
-                ProvisionEntitlements,
-                RecordOrder,
-                ConfirmOrder
-            ]
-        );
-    }
-
-    #[test]
-    fn a_refusal_undoes_the_steps_done_newest_first_then_parks() {
-        let (mut workflow, first) =
-            Workflow::start(&order(1, OrderStatus::Confirmed, true), None, 0).expect("start");
-        let commanded = run(&mut workflow, first, |step| match step {
-            RecordOrder => Err("closed_period: the period is closed".into()),
-            _ => Ok(()),
-        });
-        assert_eq!(
-            commanded,
-            [
-                CheckCustomer,
-                ProvisionEntitlements,
-                ChangeSubscription,
-                RecordOrder,
-                RevertSubscription,
-                RevokeEntitlements
-            ]
-        );
-        assert_eq!(workflow.phase, Phase::Ended(OrderWorkflowState::Parked));
-        assert!(workflow.done.is_empty());
-    }
-
-    #[test]
-    fn a_step_timed_out_is_undone_with_the_others_and_its_late_result_ignored() {
-        let (mut workflow, _) =
-            Workflow::start(&order(1, OrderStatus::Confirmed, true), None, 0).expect("start");
-        workflow.result((1, Kind::Fulfil, CheckCustomer), Ok(()), 10);
-        assert!(workflow.time_out(999, 1_000).is_empty(), "not yet due");
-        let effects = workflow.time_out(1_010, 1_000);
-        assert_eq!(steps(&effects), [RevokeEntitlements]);
-        assert!(workflow
-            .result((1, Kind::Fulfil, ProvisionEntitlements), Ok(()), 1_020)
-            .is_empty());
-        let effects = workflow.result((1, Kind::Fulfil, RevokeEntitlements), Ok(()), 1_030);
-        assert!(effects.iter().any(|e| matches!(e, Effect::Park { reason } if reason.contains("provision_entitlements: no result"))));
-    }
-
-    #[test]
-    fn a_cancellation_while_a_step_runs_waits_for_its_result_then_undoes_the_order() {
-        let (mut workflow, _) =
-            Workflow::start(&order(1, OrderStatus::Confirmed, true), None, 0).expect("start");
-        workflow.result((1, Kind::Fulfil, CheckCustomer), Ok(()), 0);
-        workflow.result((1, Kind::Fulfil, ProvisionEntitlements), Ok(()), 0);
-        let cancelled = order(1, OrderStatus::Cancelled, true);
-        assert_eq!(arrival(Some(&workflow), None, &cancelled), Arrival::Wait);
-        workflow.pending = Some(1);
-        assert_eq!(
-            arrival(Some(&workflow), Some(&cancelled), &cancelled),
-            Arrival::Seen,
-            "the same cancellation again"
-        );
-        let effects = workflow.result((1, Kind::Fulfil, ChangeSubscription), Ok(()), 0);
-        assert!(effects.contains(&Effect::StartPending));
-        assert!(steps(&effects).is_empty(), "the confirmed revision stops");
-        let (mut cancelling, first) =
-            Workflow::start(&cancelled, Some(&workflow), 0).expect("start");
-        assert_eq!(
-            run(&mut cancelling, first, |_| Ok(())),
-            [
-                RevokeEntitlements,
-                ChangeSubscription,
-                RecordOrder,
-                ConfirmOrder
-            ]
-        );
-        assert_eq!(
-            cancelling.subscription_change,
-            Some(SubscriptionChange::Cancel)
-        );
-        assert_eq!(
-            cancelling.phase,
-            Phase::Ended(OrderWorkflowState::Cancelled)
-        );
-    }
-
-    #[test]
-    fn a_cancellation_after_fulfilment_cancels_the_subscription() {
-        let (mut workflow, first) =
-            Workflow::start(&order(1, OrderStatus::Confirmed, true), None, 0).expect("start");
-        run(&mut workflow, first, |_| Ok(()));
-        let cancelled = order(1, OrderStatus::Cancelled, true);
-        assert_eq!(arrival(Some(&workflow), None, &cancelled), Arrival::Start);
-        let (mut cancelling, first) =
-            Workflow::start(&cancelled, Some(&workflow), 0).expect("start");
-        assert_eq!(
-            run(&mut cancelling, first, |_| Ok(())),
-            [
-                RevokeEntitlements,
-                ChangeSubscription,
-                RecordOrder,
-                ConfirmOrder
-            ]
-        );
-        assert!(!cancelling.subscribed);
-    }
-
-    #[test]
-    fn an_amendment_after_fulfilment_amends_the_subscription_and_a_repeat_is_seen() {
-        let (mut workflow, first) =
-            Workflow::start(&order(1, OrderStatus::Confirmed, true), None, 0).expect("start");
-        run(&mut workflow, first, |_| Ok(()));
-        let amended = order(2, OrderStatus::Confirmed, true);
-        assert_eq!(arrival(Some(&workflow), None, &amended), Arrival::Start);
-        let (upgrade, _) = Workflow::start(&amended, Some(&workflow), 0).expect("start");
-        assert_eq!(upgrade.subscription_change, Some(SubscriptionChange::Amend));
-        for repeat in [order(1, OrderStatus::Confirmed, true), amended] {
-            assert_eq!(arrival(Some(&upgrade), None, &repeat), Arrival::Seen);
-        }
-        assert_eq!(
-            arrival(Some(&upgrade), None, &order(3, OrderStatus::Placed, true)),
-            Arrival::NotActionable
-        );
-    }
-}
+mod tests;

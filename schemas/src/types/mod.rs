@@ -76,8 +76,8 @@ pub use master::{
     RateCharge, Subscription, SubscriptionStatus, Supplier, SupplierStatus,
 };
 pub use orders::{
-    OrderConclusion, OrderStateChange, OrderStep, OrderStepKind, OrderWorkflowState,
-    SubscriptionChange,
+    ApprovalDecision, OrderApproval, OrderConclusion, OrderStateChange, OrderStep, OrderStepKind,
+    OrderWorkflowState, SubscriptionChange,
 };
 pub use sales::{Invoice, InvoiceLine, InvoiceStatus, OrderStatus, SalesOrder, SalesOrderLine};
 pub use usage::{EnrichedUsage, RatedUsage, RatingKind, UsageEvent, UsageWindowAggregate};
@@ -330,6 +330,10 @@ pub(crate) mod tests {
         (
             OrderStateChange::FULL_NAME,
             orders::tests::order_state_change_matches_its_contract,
+        ),
+        (
+            OrderApproval::FULL_NAME,
+            orders::tests::order_approval_matches_its_contract,
         ),
         (
             Invoice::FULL_NAME,

@@ -119,6 +119,8 @@ pub enum OrderConclusion {
     Fulfilled,
     #[doc = concat!("Cancelled, what was done undone.")]
     Cancelled,
+    #[doc = concat!("Not approved: nothing was done.")]
+    Rejected,
     #[doc = concat!("A symbol this reader does not know.")]
     #[default]
     Unknown,
@@ -139,7 +141,8 @@ pub struct OrderStateChange {
     /// The step started, in lower case; none in a final state.
     #[avro(default = "null")]
     pub step: Option<String>,
-    /// Why the workflow is compensating or parked; none otherwise.
+    /// Why the workflow waits for approval, is escalated, compensating, rejected or parked;
+    /// none otherwise.
     #[avro(default = "null")]
     pub reason: Option<String>,
     /// Customer account that placed the order.
@@ -161,6 +164,10 @@ impl Contract for OrderStateChange {
 #[avro(namespace = "backbone.sales")]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum OrderWorkflowState {
+    #[doc = concat!("Waiting for a person's approval.")]
+    AwaitingApproval,
+    #[doc = concat!("Still waiting for approval after the approval timeout: escalated.")]
+    Escalated,
     #[doc = concat!("A step is running.")]
     InProgress,
     #[doc = concat!("A step failed for good; the steps done are being undone.")]
@@ -169,8 +176,47 @@ pub enum OrderWorkflowState {
     Fulfilled,
     #[doc = concat!("Cancelled, what was done undone.")]
     Cancelled,
+    #[doc = concat!("Not approved, by a person or for want of a decision: nothing was done.")]
+    Rejected,
     #[doc = concat!("Stopped for a person: in the exception queue with its reason.")]
     Parked,
+    #[doc = concat!("A symbol this reader does not know.")]
+    #[default]
+    Unknown,
+}
+
+/// A person's decision on an order revision waiting for approval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "backbone.sales")]
+pub struct OrderApproval {
+    /// Envelope.
+    pub metadata: EventMetadata,
+    /// Order decided on.
+    pub order_id: String,
+    /// Order revision decided on.
+    pub revision: i32,
+    /// What the approver decided.
+    pub decision: ApprovalDecision,
+    /// The approver's user name.
+    pub decided_by: String,
+    /// Why, in the approver's words.
+    #[avro(default = "null")]
+    pub reason: Option<String>,
+}
+
+impl Contract for OrderApproval {
+    const FULL_NAME: &'static str = "backbone.sales.OrderApproval";
+}
+
+/// What the approver decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "backbone.sales")]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ApprovalDecision {
+    #[doc = concat!("Go ahead.")]
+    Approve,
+    #[doc = concat!("Do not.")]
+    Reject,
     #[doc = concat!("A symbol this reader does not know.")]
     #[default]
     Unknown,
@@ -234,6 +280,18 @@ pub(crate) mod tests {
             legal_entity_id: "le-de".into(),
             currency: "EUR".into(),
             total_amount: dec("3210.54287"),
+        });
+    }
+
+    #[test]
+    pub(crate) fn order_approval_matches_its_contract() {
+        check(&OrderApproval {
+            metadata: metadata("orders", "backbone.sales.order.approval", "ord-1001:2:approve"),
+            order_id: "ord-1001".into(),
+            revision: 2,
+            decision: ApprovalDecision::Reject,
+            decided_by: "a.approver".into(),
+            reason: Some("discount above policy".into()),
         });
     }
 

@@ -146,6 +146,9 @@ pub enum Command {
     /// the pauses in force.
     #[command(subcommand)]
     Tenant(TenantCommand),
+    /// The orders waiting for approval; approve or reject one.
+    #[command(subcommand)]
+    Orders(crate::orders::OrdersCommand),
 }
 
 const TENANT_EXAMPLES: &str = "\
@@ -583,6 +586,7 @@ pub async fn execute(cli: Cli) -> Result<(), ReplayError> {
             }
         }
         Command::Tenant(command) => tenant_command(&ctx, command, &mut out).await?,
+        Command::Orders(command) => crate::orders::command(&ctx, command, &mut out).await?,
         Command::Trace(args) => {
             let request = trace_request(&args, backbone_calendar::now_ms())?;
             let found = trace::trace(&ctx, &request).await?;

@@ -14,6 +14,7 @@ pub mod dlq;
 pub mod error;
 pub mod filter;
 pub mod offsets;
+pub mod orders;
 pub mod progress;
 pub mod registry;
 pub mod render;
