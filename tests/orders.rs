@@ -528,8 +528,14 @@ async fn replay_orders(deployment: &Deployment, args: &[&str]) -> (i32, String) 
         .args(["--bootstrap-servers", &deployment.kafka.bootstrap_servers])
         .args(["--registry-url", &registry_url(), "orders"])
         .args(args)
-        .args(["--status-topic", deployment.topics.name("sales.order-status")])
-        .args(["--approvals-topic", deployment.topics.name("sales.order-approvals")])
+        .args([
+            "--status-topic",
+            deployment.topics.name("sales.order-status"),
+        ])
+        .args([
+            "--approvals-topic",
+            deployment.topics.name("sales.order-approvals"),
+        ])
         .kill_on_drop(true)
         .output()
         .await
@@ -562,31 +568,58 @@ async fn orders_over_the_limit_wait_for_a_decision_and_run_when_approved_only() 
     )
     .await;
     let big = |id: &str| {
-        let mut order = order(&tenant, id, 1, OrderStatus::Confirmed, "c-1", Some("plan-pro"));
+        let mut order = order(
+            &tenant,
+            id,
+            1,
+            OrderStatus::Confirmed,
+            "c-1",
+            Some("plan-pro"),
+        );
         order.total_amount = "5000".parse().expect("total");
         order
     };
-    let mut small = order(&tenant, "o-small", 1, OrderStatus::Confirmed, "c-1", Some("plan-pro"));
+    let mut small = order(
+        &tenant,
+        "o-small",
+        1,
+        OrderStatus::Confirmed,
+        "c-1",
+        Some("plan-pro"),
+    );
     small.total_amount = "999.99".parse().expect("total");
     publish_orders(
         &deployment,
         &codec,
-        &[big("o-approved"), big("o-rejected"), big("o-undecided"), small],
+        &[
+            big("o-approved"),
+            big("o-rejected"),
+            big("o-undecided"),
+            small,
+        ],
     )
     .await;
     let awaiting = (1, OrderWorkflowState::AwaitingApproval);
-    eventually(DEADLINE, "the big orders to wait and the small one to run", || async {
-        let states = final_states(&codec, &deployment).await;
-        (states.get("o-approved") == Some(&awaiting)
-            && states.get("o-rejected") == Some(&awaiting)
-            && states.get("o-small") == Some(&(1, OrderWorkflowState::Fulfilled)))
-        .then_some(())
-    })
+    eventually(
+        DEADLINE,
+        "the big orders to wait and the small one to run",
+        || async {
+            let states = final_states(&codec, &deployment).await;
+            (states.get("o-approved") == Some(&awaiting)
+                && states.get("o-rejected") == Some(&awaiting)
+                && states.get("o-small") == Some(&(1, OrderWorkflowState::Fulfilled)))
+            .then_some(())
+        },
+    )
     .await;
-    let (code, listed) = replay_orders(&deployment, &["pending", "--tenant", &tenant, "--json"]).await;
+    let (code, listed) =
+        replay_orders(&deployment, &["pending", "--tenant", &tenant, "--json"]).await;
     assert_eq!(code, 0, "{listed}");
     let listed: Vec<serde_json::Value> = serde_json::from_str(&listed).expect("JSON");
-    let ids: Vec<&str> = listed.iter().filter_map(|w| w["order_id"].as_str()).collect();
+    let ids: Vec<&str> = listed
+        .iter()
+        .filter_map(|w| w["order_id"].as_str())
+        .collect();
     for id in ["o-approved", "o-rejected"] {
         assert!(ids.contains(&id), "{id} pending: {listed:?}");
     }
@@ -596,22 +629,56 @@ async fn orders_over_the_limit_wait_for_a_decision_and_run_when_approved_only() 
     // A decision on a revision that is not waiting is refused, naming the flag.
     let (code, said) = replay_orders(
         &deployment,
-        &["approve", "--order", &order_of("o-approved"), "--revision", "2", "--by", "tester"],
+        &[
+            "approve",
+            "--order",
+            &order_of("o-approved"),
+            "--revision",
+            "2",
+            "--by",
+            "tester",
+        ],
     )
     .await;
     assert_eq!(code, 2, "{said}");
-    assert!(said.contains("--order") && said.contains("revision waiting for approval, 1"), "{said}");
+    assert!(
+        said.contains("--order") && said.contains("revision waiting for approval, 1"),
+        "{said}"
+    );
     let (code, said) = replay_orders(
         &deployment,
-        &["reject", "--order", &order_of("o-rejected"), "--revision", "1", "--by", "tester"],
+        &[
+            "reject",
+            "--order",
+            &order_of("o-rejected"),
+            "--revision",
+            "1",
+            "--by",
+            "tester",
+        ],
     )
     .await;
     assert_eq!(code, 2, "a rejection without a reason: {said}");
     for args in [
-        vec!["approve", "--order", &order_of("o-approved"), "--revision", "1", "--by", "tester"],
         vec![
-            "reject", "--order", &order_of("o-rejected"), "--revision", "1", "--by", "tester",
-            "--reason", "discount above policy",
+            "approve",
+            "--order",
+            &order_of("o-approved"),
+            "--revision",
+            "1",
+            "--by",
+            "tester",
+        ],
+        vec![
+            "reject",
+            "--order",
+            &order_of("o-rejected"),
+            "--revision",
+            "1",
+            "--by",
+            "tester",
+            "--reason",
+            "discount above policy",
         ],
     ] {
         let (code, said) = replay_orders(&deployment, &args).await;
@@ -649,7 +716,10 @@ async fn orders_over_the_limit_wait_for_a_decision_and_run_when_approved_only() 
         .find(|c| c.order_id == "o-rejected" && c.state == OrderWorkflowState::Rejected)
         .and_then(|c| c.reason.clone())
         .unwrap_or_default();
-    assert!(rejected_reason.contains("by tester: discount above policy"), "{rejected_reason}");
+    assert!(
+        rejected_reason.contains("by tester: discount above policy"),
+        "{rejected_reason}"
+    );
     // Only the approved and the small order were provisioned; every order heard how it ended.
     assert_eq!(
         applied(&sandbox, OrderApi::Entitlements).await,

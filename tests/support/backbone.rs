@@ -185,7 +185,11 @@ impl Topics {
             specs.push(TopicSpec::new(topic, 1));
         }
         // The order orchestrator's inputs, co-partitioned: orders, its steps' results, decisions.
-        for topic in ["sales.orders", "sales.order-step-results", "sales.order-approvals"] {
+        for topic in [
+            "sales.orders",
+            "sales.order-step-results",
+            "sales.order-approvals",
+        ] {
             specs.push(stamps.spec(t.name(topic), 3));
         }
         ensure_topics(kafka, &specs, Duration::from_secs(30))

@@ -45,11 +45,17 @@ impl ApprovalSettings {
             return Err(invalid("timeout", "must be above zero"));
         }
         if self.min_total.is_some_and(|t| t <= Amount::ZERO) {
-            return Err(invalid("min_total", "must be above zero (leave it out for no threshold)"));
+            return Err(invalid(
+                "min_total",
+                "must be above zero (leave it out for no threshold)",
+            ));
         }
         if let Some(percent) = self.min_discount_percent {
             if percent <= Percent::ZERO || percent > "100".parse().unwrap_or(Percent::ZERO) {
-                return Err(invalid("min_discount_percent", "must be above 0 and at most 100"));
+                return Err(invalid(
+                    "min_discount_percent",
+                    "must be above 0 and at most 100",
+                ));
             }
         }
         Ok(())
@@ -68,9 +74,8 @@ impl ApprovalSettings {
         // discount / list ≥ min / 100, in unscaled integers: both amounts have the amount
         // scale and the percent its own, so each side carries the other's scale.
         let reached = discount.unscaled() * 100 * PERCENT_ONE >= min.unscaled() * list.unscaled();
-        (list > Amount::ZERO && reached).then(|| {
-            format!("discount {discount} of list price {list} is at or above {min} %")
-        })
+        (list > Amount::ZERO && reached)
+            .then(|| format!("discount {discount} of list price {list} is at or above {min} %"))
     }
 }
 
@@ -136,12 +141,20 @@ mod tests {
     #[test]
     fn an_order_waits_from_the_total_or_the_discount_share_on() {
         let rules = settings(Some("10000"), Some("20"));
-        assert!(rules.needed_for(&order("9999.99", &[("9999.99", None)])).is_none());
-        assert!(rules.needed_for(&order("10000", &[("10000", None)])).is_some());
+        assert!(rules
+            .needed_for(&order("9999.99", &[("9999.99", None)]))
+            .is_none());
+        assert!(rules
+            .needed_for(&order("10000", &[("10000", None)]))
+            .is_some());
         // 20 off a list price of 100: exactly 20 %.
-        assert!(rules.needed_for(&order("80", &[("80", Some("20"))])).is_some());
+        assert!(rules
+            .needed_for(&order("80", &[("80", Some("20"))]))
+            .is_some());
         // 19.99 off 100: below.
-        assert!(rules.needed_for(&order("80.01", &[("80.01", Some("19.99"))])).is_none());
+        assert!(rules
+            .needed_for(&order("80.01", &[("80.01", Some("19.99"))]))
+            .is_none());
         // Summed over the lines: 10 + 15 off 125.
         let two = order("100", &[("40", Some("10")), ("60", Some("15"))]);
         assert!(rules.needed_for(&two).is_some());
@@ -152,8 +165,14 @@ mod tests {
     fn thresholds_out_of_range_are_refused_naming_the_key() {
         for (rules, key) in [
             (settings(Some("0"), None), "processor.approval.min_total"),
-            (settings(None, Some("0")), "processor.approval.min_discount_percent"),
-            (settings(None, Some("100.5")), "processor.approval.min_discount_percent"),
+            (
+                settings(None, Some("0")),
+                "processor.approval.min_discount_percent",
+            ),
+            (
+                settings(None, Some("100.5")),
+                "processor.approval.min_discount_percent",
+            ),
         ] {
             let err = rules.validate().expect_err("refused");
             assert!(err.to_string().contains(key), "{err}");

@@ -50,4 +50,3 @@ pub(crate) fn order(revision: i32, status: OrderStatus, subscribes: bool) -> Sal
         external_reference: None,
     }
 }
-

@@ -66,7 +66,10 @@ impl Due {
 
     /// Since when each order waiting for approval waits.
     pub(crate) fn approvals_waiting(&self) -> Vec<i64> {
-        self.0.values().filter_map(|d| d.approval_since_ms).collect()
+        self.0
+            .values()
+            .filter_map(|d| d.approval_since_ms)
+            .collect()
     }
 
     /// The orders whose wait ended by `now_ms`.

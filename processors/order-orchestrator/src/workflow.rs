@@ -394,13 +394,12 @@ impl Workflow {
 
     fn begin(&mut self, step: OrderStepKind, now_ms: i64) -> Vec<Effect> {
         self.started_ms = now_ms;
-        let conclusion = (step == OrderStepKind::ConfirmOrder).then_some(
-            match (self.kind, &self.rejection) {
+        let conclusion =
+            (step == OrderStepKind::ConfirmOrder).then_some(match (self.kind, &self.rejection) {
                 (_, Some(_)) => OrderConclusion::Rejected,
                 (Kind::Fulfil, None) => OrderConclusion::Fulfilled,
                 (Kind::Cancel, None) => OrderConclusion::Cancelled,
-            },
-        );
+            });
         let (state, reason) = match &self.phase {
             Phase::Compensating { reason, .. } => {
                 (OrderWorkflowState::Compensating, Some(reason.clone()))

@@ -286,7 +286,11 @@ pub(crate) mod tests {
     #[test]
     pub(crate) fn order_approval_matches_its_contract() {
         check(&OrderApproval {
-            metadata: metadata("orders", "backbone.sales.order.approval", "ord-1001:2:approve"),
+            metadata: metadata(
+                "orders",
+                "backbone.sales.order.approval",
+                "ord-1001:2:approve",
+            ),
             order_id: "ord-1001".into(),
             revision: 2,
             decision: ApprovalDecision::Reject,

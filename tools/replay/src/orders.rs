@@ -10,8 +10,8 @@ use std::io::Write;
 use backbone_calendar::{format_rfc3339_ms, now_micros};
 use backbone_core::table::{Align, Table};
 use backbone_schemas::types::{
-    ApprovalDecision, Contract, EventMetadata, OrderApproval, OrderStateChange,
-    OrderWorkflowState, TraceContext,
+    ApprovalDecision, Contract, EventMetadata, OrderApproval, OrderStateChange, OrderWorkflowState,
+    TraceContext,
 };
 use backbone_schemas::WireCodec;
 use clap::{Args, Subcommand};
@@ -136,7 +136,11 @@ pub async fn command(
         OrdersCommand::Pending(args) => {
             let waiting = pending(ctx, &args.topics.status_topic, args.tenant.as_deref()).await?;
             if args.topics.json {
-                writeln!(out, "{}", serde_json::to_string(&waiting).unwrap_or_default())?;
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string(&waiting).unwrap_or_default()
+                )?;
             } else {
                 print_table(&waiting, out)?;
             }
@@ -246,7 +250,11 @@ async fn decide(
             Some(w) => format!("the revision waiting for approval, {}", w.revision),
             None => "an order waiting for approval (see `replay orders pending`)".to_owned(),
         };
-        return Err(ReplayError::invalid("--order", &format!("{}@{}", args.order, args.revision), expected));
+        return Err(ReplayError::invalid(
+            "--order",
+            &format!("{}@{}", args.order, args.revision),
+            expected,
+        ));
     };
     let name = symbol(decision).to_lowercase();
     let now = now_micros();
@@ -289,7 +297,11 @@ async fn decide(
         _ => action::REJECT,
     };
     let audit = AuditLog::open(ctx).await?;
-    let id = format!("o-{}-{:04x}", format_rfc3339_ms(now / 1000), fastrand::u16(..));
+    let id = format!(
+        "o-{}-{:04x}",
+        format_rfc3339_ms(now / 1000),
+        fastrand::u16(..)
+    );
     let target = json!({
         "topic": topic, "tenant": tenant, "order_id": order_id, "revision": args.revision,
         "reason": args.reason,
@@ -329,7 +341,15 @@ pub fn print_table(waiting: &[Waiting], out: &mut dyn Write) -> std::io::Result<
         return writeln!(out, "no order waits for approval");
     }
     let table = Table::new(
-        ["TENANT", "ORDER", "REVISION", "STATE", "WAITING SINCE", "TOTAL", "REASON"],
+        [
+            "TENANT",
+            "ORDER",
+            "REVISION",
+            "STATE",
+            "WAITING SINCE",
+            "TOTAL",
+            "REASON",
+        ],
         [
             Align::Left,
             Align::Left,

@@ -21,8 +21,7 @@ fn run(
 ) -> Vec<OrderStepKind> {
     let mut commanded = steps(&first);
     while let Some(step) = workflow.running() {
-        let effects =
-            workflow.result((workflow.revision, workflow.kind, step), answer(step), 0);
+        let effects = workflow.result((workflow.revision, workflow.kind, step), answer(step), 0);
         commanded.extend(steps(&effects));
     }
     commanded
@@ -54,18 +53,30 @@ fn awaiting() -> Workflow {
     )
     .expect("start");
     assert_eq!(states(&effects), [OrderWorkflowState::AwaitingApproval]);
-    assert!(steps(&effects).is_empty(), "nothing is done before the decision");
+    assert!(
+        steps(&effects).is_empty(),
+        "nothing is done before the decision"
+    );
     workflow
 }
 
 #[test]
 fn an_approved_order_runs_its_steps() {
     let mut workflow = awaiting();
-    assert!(workflow.decide(2, Ok(()), 10).is_empty(), "another revision");
+    assert!(
+        workflow.decide(2, Ok(()), 10).is_empty(),
+        "another revision"
+    );
     let first = workflow.decide(1, Ok(()), 10);
     assert_eq!(
         run(&mut workflow, first, |_| Ok(())),
-        [CheckCustomer, ProvisionEntitlements, ChangeSubscription, RecordOrder, ConfirmOrder]
+        [
+            CheckCustomer,
+            ProvisionEntitlements,
+            ChangeSubscription,
+            RecordOrder,
+            ConfirmOrder
+        ]
     );
     assert_eq!(workflow.phase, Phase::Ended(OrderWorkflowState::Fulfilled));
 }
@@ -76,10 +87,13 @@ fn a_rejected_order_is_confirmed_rejected_and_nothing_else_is_done() {
     let first = workflow.decide(1, Err("discount above policy".into()), 10);
     let commanded = run(&mut workflow, first.clone(), |_| Ok(()));
     assert_eq!(commanded, [ConfirmOrder]);
-    assert!(first.iter().any(|e| matches!(e, Effect::Step {
-        conclusion: Some(OrderConclusion::Rejected),
-        ..
-    })));
+    assert!(first.iter().any(|e| matches!(
+        e,
+        Effect::Step {
+            conclusion: Some(OrderConclusion::Rejected),
+            ..
+        }
+    )));
     assert_eq!(workflow.phase, Phase::Ended(OrderWorkflowState::Rejected));
 }
 
@@ -92,7 +106,10 @@ fn an_undecided_order_is_escalated_then_rejected_and_a_late_approval_still_count
     assert_eq!(states(&escalated), [OrderWorkflowState::Escalated]);
     assert_eq!(workflow.due_ms(TIMEOUTS), Some(10_000));
     let mut approved_late = workflow.clone();
-    assert_eq!(steps(&approved_late.decide(1, Ok(()), 6_000)), [CheckCustomer]);
+    assert_eq!(
+        steps(&approved_late.decide(1, Ok(()), 6_000)),
+        [CheckCustomer]
+    );
     let rejected = workflow.time_out(10_000, TIMEOUTS);
     assert_eq!(steps(&rejected), [ConfirmOrder]);
     assert_eq!(run(&mut workflow, rejected, |_| Ok(())), [ConfirmOrder]);
