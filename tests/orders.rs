@@ -563,7 +563,7 @@ async fn orders_over_the_limit_wait_for_a_decision_and_run_when_approved_only() 
         &sandbox,
         &[
             ("processor.approval.min_total", "1000"),
-            ("processor.approval.timeout", "3s"),
+            ("processor.approval.timeout", "15s"),
         ],
     )
     .await;

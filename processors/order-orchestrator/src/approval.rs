@@ -95,18 +95,45 @@ fn discount_and_list(order: &SalesOrder) -> Option<(Amount, Amount)> {
     Some((discount, list))
 }
 
-/// A decimal from TOML text (`"10000"`), absent when the key is left out.
+/// A decimal from TOML text (`"10000.50"`) or a whole number (`10000`, as an environment
+/// override reads); absent when the key is left out. A float is refused: it may already have
+/// lost the digits written.
 fn decimal_text<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
 where
     D: Deserializer<'de>,
     T: std::str::FromStr,
     T::Err: std::fmt::Display,
 {
-    let text = String::deserialize(deserializer)?;
-    text.trim()
-        .parse()
-        .map(Some)
-        .map_err(|e| serde::de::Error::custom(format!("`{text}` is not a decimal: {e}")))
+    struct Text<T>(std::marker::PhantomData<T>);
+
+    impl<T> serde::de::Visitor<'_> for Text<T>
+    where
+        T: std::str::FromStr,
+        T::Err: std::fmt::Display,
+    {
+        type Value = Option<T>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a decimal as text, like \"10000.50\", or a whole number")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Self::Value, E> {
+            text.trim()
+                .parse()
+                .map(Some)
+                .map_err(|e| E::custom(format!("`{text}` is not a decimal: {e}")))
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Self::Value, E> {
+            self.visit_str(&n.to_string())
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Self::Value, E> {
+            self.visit_str(&n.to_string())
+        }
+    }
+
+    deserializer.deserialize_any(Text(std::marker::PhantomData))
 }
 
 #[cfg(test)]
@@ -159,6 +186,18 @@ mod tests {
         let two = order("100", &[("40", Some("10")), ("60", Some("15"))]);
         assert!(rules.needed_for(&two).is_some());
         assert!(settings(None, None).needed_for(&two).is_none());
+    }
+
+    #[test]
+    fn thresholds_read_as_text_or_whole_numbers_never_as_floats() {
+        let read = |toml_text: &str| toml::from_str::<ApprovalSettings>(toml_text);
+        let text = read("min_total = \"10000.50\"").expect("text");
+        assert_eq!(text.min_total, Some("10000.5".parse().expect("amount")));
+        let whole = read("min_total = 10000").expect("whole number");
+        assert_eq!(whole.min_total, Some("10000".parse().expect("amount")));
+        let err = read("min_total = 0.1").expect_err("a float");
+        assert!(err.to_string().contains("a decimal as text"), "{err}");
+        assert!(read("min_total = \"ten\"").is_err());
     }
 
     #[test]
