@@ -1300,6 +1300,10 @@ fn every_dashboard_panel_queries_the_provisioned_prometheus() {
                 "sum by (processor, topic, reason) (rate(backbone_dlq_records_total",
                 "sum by (producer) (rate(backbone_ingest_events_accepted_total",
                 "histogram_quantile(0.99, sum by (producer, le) (rate(backbone_ingest_request_duration_seconds_bucket",
+                "sum by (state) (rate(backbone_order_state_changes_total",
+                "histogram_quantile(0.99, sum by (step, le) (rate(backbone_order_step_seconds_bucket",
+                "sum(backbone_order_approvals_waiting)",
+                "max(backbone_order_approval_oldest_age_seconds)",
             ][..],
         ),
         (
@@ -1385,6 +1389,7 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
 #[test]
 fn dashboards_and_rules_use_only_metrics_the_binaries_export() {
     use backbone_core::metrics::names as core;
+    use backbone_order_orchestrator::names as orders;
     use backbone_sink::metrics::names as sink;
     let exported: BTreeSet<&str> = [
         core::CONSUMER_RECORDS,
@@ -1409,6 +1414,14 @@ fn dashboards_and_rules_use_only_metrics_the_binaries_export() {
         sink::CIRCUIT_STATE,
         sink::BATCH_SIZE,
         sink::RETRYING,
+        orders::STATE_CHANGES,
+        orders::STEP_RESULTS,
+        orders::STEP_SECONDS,
+        orders::COMPENSATIONS,
+        orders::IN_PROGRESS,
+        orders::APPROVALS,
+        orders::APPROVALS_WAITING,
+        orders::APPROVAL_OLDEST_AGE,
         backbone_drift::metrics::names::DIFFERENCE,
         backbone_drift::metrics::names::RELATIVE,
         backbone_drift::metrics::names::LAST_RUN,

@@ -735,3 +735,93 @@ async fn orders_over_the_limit_wait_for_a_decision_and_run_when_approved_only() 
         ])
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_order_cancelled_while_its_provisioning_is_retried_is_undone_once_it_is_provisioned() {
+    let sandbox = Sandbox::start(SandboxConfig::default()).await;
+    let tenant = format!("q2c-{}", now_micros());
+    sandbox
+        .client
+        .seed_customers(&[Customer::new(&tenant, "c-1", "active")])
+        .await
+        .expect("customers");
+    // The product platform is down: provisioning is retried until it is back.
+    let down = Faults {
+        outage_seconds: 600,
+        ..Faults::default()
+    };
+    sandbox
+        .client
+        .set_faults(System::Platform, &down)
+        .await
+        .expect("outage");
+    let codec = WireCodec::new(registry_url().as_str());
+    let deployment = orders_deployment("orders-cancelled", &sandbox, &[]).await;
+    publish_orders(
+        &deployment,
+        &codec,
+        &[order(
+            &tenant,
+            "o-1",
+            1,
+            OrderStatus::Confirmed,
+            "c-1",
+            Some("plan-pro"),
+        )],
+    )
+    .await;
+    let provisioning = (1, OrderWorkflowState::InProgress);
+    eventually(DEADLINE, "provisioning to be retried", || async {
+        let states = final_states(&codec, &deployment).await;
+        let retried = sandbox.answered("platform", 503).await >= 2;
+        (states.get("o-1") == Some(&provisioning) && retried).then_some(())
+    })
+    .await;
+    publish_orders(
+        &deployment,
+        &codec,
+        &[order(
+            &tenant,
+            "o-1",
+            1,
+            OrderStatus::Cancelled,
+            "c-1",
+            Some("plan-pro"),
+        )],
+    )
+    .await;
+    sandbox
+        .client
+        .clear_faults(System::Platform)
+        .await
+        .expect("the platform is back");
+    eventually(DEADLINE, "the order to end cancelled", || async {
+        let states = final_states(&codec, &deployment).await;
+        (states.get("o-1") == Some(&(1, OrderWorkflowState::Cancelled))).then_some(())
+    })
+    .await;
+    settled(&deployment).await;
+
+    // Provisioned once (its retry landed), then revoked once; the subscription was never
+    // created, so there is nothing to cancel; the ERP and the sales platform hear of the
+    // cancellation only.
+    assert_eq!(
+        applied(&sandbox, OrderApi::Entitlements).await,
+        once(&["o-1:1"])
+    );
+    assert_eq!(
+        applied(&sandbox, OrderApi::EntitlementRevocations).await,
+        once(&["o-1:1"])
+    );
+    assert!(applied(&sandbox, OrderApi::SubscriptionChanges)
+        .await
+        .is_empty());
+    assert_eq!(
+        applied(&sandbox, OrderApi::SalesOrders).await,
+        once(&["o-1:1:cancelled"])
+    );
+    assert_eq!(
+        applied(&sandbox, OrderApi::OrderConfirmations).await,
+        once(&["o-1:1:cancelled"])
+    );
+}

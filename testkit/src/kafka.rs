@@ -351,9 +351,14 @@ where
                 headers: backbone_core::kafka::owned_headers(&message).unwrap_or_default(),
             }),
             // A broker going away is news, not the end: the consumer reconnects by itself
-            // (tests kill brokers on purpose).
+            // (tests kill brokers on purpose). While a partition's leadership moves, or a new
+            // topic's metadata reaches every broker, a broker answers for a moment that it does
+            // not lead or know the partition; the consumer asks again by itself.
             Some(Err(KafkaError::MessageConsumption(
-                RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown,
+                RDKafkaErrorCode::BrokerTransportFailure
+                | RDKafkaErrorCode::AllBrokersDown
+                | RDKafkaErrorCode::UnknownTopicOrPartition
+                | RDKafkaErrorCode::NotLeaderForPartition,
             )))
             | None => {}
             Some(Err(err)) => return Err(err.into()),
