@@ -813,6 +813,25 @@ async fn an_order_cancelled_while_its_provisioning_is_retried_is_undone_once_it_
         applied(&sandbox, OrderApi::EntitlementRevocations).await,
         once(&["o-1:1"])
     );
+    let first = |requests: Vec<AppliedRequest>| requests.first().map(|r| r.sequence);
+    let provisioned = first(
+        sandbox
+            .client
+            .applied(OrderApi::Entitlements, None)
+            .await
+            .expect("applied"),
+    );
+    let revoked = first(
+        sandbox
+            .client
+            .applied(OrderApi::EntitlementRevocations, None)
+            .await
+            .expect("applied"),
+    );
+    assert!(
+        provisioned < revoked,
+        "the revocation came after the provisioning it undoes"
+    );
     assert!(applied(&sandbox, OrderApi::SubscriptionChanges)
         .await
         .is_empty());

@@ -91,11 +91,18 @@ pub struct AppliedRequest {
     pub idempotency_key: String,
     /// The body, kept as sent; the business identity a test counts by is in it.
     pub body: Value,
+    /// Its place among the requests every order API applied, from 1: the order in which the
+    /// systems acted, across APIs.
+    pub sequence: u64,
 }
 
-/// The applied requests of every order API, and which one each key applied.
+/// The applied requests of every order API, which one each key applied, and how many were
+/// applied in all.
 #[derive(Default)]
-pub(crate) struct OrderSteps([Steps; OrderApi::ALL.len()]);
+pub(crate) struct OrderSteps {
+    apis: [Steps; OrderApi::ALL.len()],
+    applied: u64,
+}
 
 /// The applied requests of one API in arrival order, and the index each key applied.
 #[derive(Default)]
@@ -110,7 +117,7 @@ impl OrderSteps {
         OrderApi::ALL
             .into_iter()
             .filter(|api| api.system() == system)
-            .map(|api| self.0[api as usize].applied.len())
+            .map(|api| self.apis[api as usize].applied.len())
             .sum()
     }
 }
@@ -155,7 +162,8 @@ async fn apply(
     // Decided before the store is locked, so the two locks are never held together.
     let refusal = app.control().business_refusal(api.system(), &request);
     let mut orders = lock(&app.orders);
-    let steps = &mut orders.0[api as usize];
+    let sequence = orders.applied + 1;
+    let steps = &mut orders.apis[api as usize];
     if let Some(&index) = steps.by_key.get(key) {
         let first = &steps.applied[index];
         if first.body != request {
@@ -181,8 +189,10 @@ async fn apply(
         id,
         idempotency_key: key.to_owned(),
         body: request,
+        sequence,
     });
     steps.by_key.insert(key.to_owned(), index);
+    orders.applied = sequence;
     reply
 }
 
@@ -218,7 +228,7 @@ async fn list(
     }
     let tenant = query.get("tenant_id").map(String::as_str);
     let orders = lock(&app.orders);
-    let applied: Vec<&AppliedRequest> = orders.0[api as usize]
+    let applied: Vec<&AppliedRequest> = orders.apis[api as usize]
         .applied
         .iter()
         .filter(|step| tenant.is_none_or(|tenant| step.body["tenant_id"] == tenant))
