@@ -7,6 +7,8 @@
 
 #[path = "support/backbone.rs"]
 mod backbone;
+#[path = "support/orders.rs"]
+mod orders;
 #[path = "support/sinks.rs"]
 mod sinks;
 
@@ -19,6 +21,7 @@ use backbone_calendar::{day_of_micros, format_date, now_micros};
 use backbone_ingest::keys::{self, NewKey};
 use backbone_loadgen::{LoadSpec, Payload, Workload, LEGAL_ENTITY, METER};
 use backbone_sandbox::SandboxConfig;
+use backbone_schemas::types::OrderStatus;
 use backbone_schemas::WireCodec;
 use backbone_testkit::ChildProcess;
 use serde_json::Value;
@@ -232,6 +235,16 @@ async fn prometheus_answers_every_dashboard_and_alert_query_and_dropped_journals
         .expect("BACKBONE_TEST_POSTGRES_URL; `make test` starts PostgreSQL");
     let mut deployment =
         Deployment::create("observed", &sandbox.url, &postgres, &registry_url()).await;
+    // An order over 1,000 waits for approval, is escalated after a second and rejected after
+    // two: the order panels' series, without a person deciding.
+    for (key, value) in [
+        ("processor.approval.min_total", "1000"),
+        ("processor.approval.timeout", "1s"),
+    ] {
+        deployment
+            .settings
+            .push(("order-orchestrator", key.to_owned(), value.to_owned()));
+    }
     deployment.start_pipeline();
     deployment.start("monitor");
     deployment.start("drift");
@@ -250,6 +263,21 @@ async fn prometheus_answers_every_dashboard_and_alert_query_and_dropped_journals
         now_micros: now_micros(),
     });
     deployment.publish(&workload).await;
+    let mut big = orders::order(
+        &tenant,
+        "o-observed",
+        1,
+        OrderStatus::Confirmed,
+        "c-observed",
+        Some("plan-observed"),
+    );
+    big.total_amount = "5000".parse().expect("total");
+    orders::publish_orders(
+        &deployment,
+        &WireCodec::new(registry_url().as_str()),
+        &[big],
+    )
+    .await;
 
     // The ingest gateway beside the pipeline: a batch of two events for one of the workload's
     // customers and one the contract refuses, so its accepted and rejected series exist.

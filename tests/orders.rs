@@ -6,6 +6,8 @@
 
 #[path = "support/backbone.rs"]
 mod backbone;
+#[path = "support/orders.rs"]
+mod orders;
 #[path = "support/sinks.rs"]
 mod sinks;
 
@@ -16,72 +18,17 @@ use backbone::Deployment;
 use backbone_calendar::now_micros;
 use backbone_sandbox::{AppliedRequest, Customer, Faults, OrderApi, SandboxConfig, System};
 use backbone_schemas::types::{
-    Contract, OrderStateChange, OrderStatus, OrderWorkflowState, SalesOrder, SalesOrderLine,
-    Subscription, SubscriptionStatus,
+    Contract, OrderStateChange, OrderStatus, OrderWorkflowState, SalesOrder, Subscription,
+    SubscriptionStatus,
 };
 use backbone_schemas::WireCodec;
 use backbone_testkit::{committed_total, consume_until, end_offsets_total, shared_settings};
-use sinks::{eventually, metadata, publish, registry_url, Sandbox};
+use orders::{order, publish_orders};
+use sinks::{eventually, registry_url, Sandbox};
 
 const ORCHESTRATOR: &str = "order-orchestrator";
 const STEP_SINK: &str = "order-step-sink";
 const DEADLINE: Duration = Duration::from_secs(180);
-
-/// Order `id`'s `revision` in `status`, by `customer`: a set-up line and, when `plan` names
-/// one, a subscription line to that plan.
-fn order(
-    tenant: &str,
-    id: &str,
-    revision: i32,
-    status: OrderStatus,
-    customer: &str,
-    plan: Option<&str>,
-) -> SalesOrder {
-    let line = |n: i32, product: &str, service: bool| SalesOrderLine {
-        line_number: n,
-        product_id: product.to_owned(),
-        description: None,
-        quantity: format!("{revision}").parse().expect("quantity"),
-        unit_price: "100".parse().expect("price"),
-        discount_amount: None,
-        line_amount: format!("{}", 100 * revision).parse().expect("amount"),
-        tax_code: None,
-        service_start: service.then_some(20_800),
-        service_end: None,
-    };
-    let mut lines = vec![line(1, "setup-workshop", false)];
-    if let Some(plan) = plan {
-        lines.push(line(2, plan, true));
-    }
-    let status_name = format!("{status:?}").to_lowercase();
-    SalesOrder {
-        metadata: metadata(
-            tenant,
-            &format!("{id}@{revision}:{status_name}"),
-            "backbone.sales.order",
-        ),
-        order_id: id.to_owned(),
-        revision,
-        order_number: format!("SO-{id}"),
-        customer_id: customer.to_owned(),
-        legal_entity_id: "le-de".to_owned(),
-        status,
-        ordered_at: 1_790_000_000_000_000,
-        currency: "EUR".to_owned(),
-        net_amount: format!(
-            "{}",
-            100 * revision * i32::try_from(lines.len()).unwrap_or(1)
-        )
-        .parse()
-        .expect("net"),
-        lines,
-        tax_amount: "0".parse().expect("tax"),
-        total_amount: "0".parse().expect("total"),
-        subscription_id: None,
-        ship_to: None,
-        external_reference: None,
-    }
-}
 
 /// A deployment running only the order workflow, against `sandbox`, the orchestrator with
 /// `settings` (key, value) besides its local ones.
@@ -97,20 +44,6 @@ async fn orders_deployment(name: &str, sandbox: &Sandbox, settings: &[(&str, &st
     deployment.start(ORCHESTRATOR);
     deployment.start(STEP_SINK);
     deployment
-}
-
-async fn publish_orders(deployment: &Deployment, codec: &WireCodec, orders: &[SalesOrder]) {
-    let values: Vec<(String, SalesOrder, Option<i64>)> = orders
-        .iter()
-        .map(|o| {
-            (
-                format!("{}:{}", o.metadata.tenant_id, o.order_id),
-                o.clone(),
-                None,
-            )
-        })
-        .collect();
-    publish(codec, deployment.topics.name("sales.orders"), &values).await;
 }
 
 /// Every record on `topic` now, decoded as `T`.
@@ -199,19 +132,29 @@ async fn applied(sandbox: &Sandbox, api: OrderApi) -> BTreeMap<String, usize> {
     counts
 }
 
+/// A sandbox knowing the `customers` (id, status) of a tenant of its own, and the tenant.
+async fn sandbox_with(customers: &[(&str, &str)]) -> (Sandbox, String) {
+    let sandbox = Sandbox::start(SandboxConfig::default()).await;
+    let tenant = format!("q2c-{}", now_micros());
+    let seeded: Vec<Customer> = customers
+        .iter()
+        .map(|(id, status)| Customer::new(&tenant, id, status))
+        .collect();
+    sandbox
+        .client
+        .seed_customers(&seeded)
+        .await
+        .expect("customers");
+    (sandbox, tenant)
+}
+
 fn once(identities: &[&str]) -> BTreeMap<String, usize> {
     identities.iter().map(|i| ((*i).to_owned(), 1)).collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn orders_end_fulfilled_upgraded_or_cancelled_through_faults_and_kills_each_effect_once() {
-    let sandbox = Sandbox::start(SandboxConfig::default()).await;
-    let tenant = format!("q2c-{}", now_micros());
-    sandbox
-        .client
-        .seed_customers(&[Customer::new(&tenant, "c-1", "active")])
-        .await
-        .expect("customers");
+    let (sandbox, tenant) = sandbox_with(&[("c-1", "active")]).await;
     // Every system drops, loses and throttles calls: each step is retried, some after they
     // were applied (a lost answer), under the same key.
     let faults = Faults {
@@ -421,16 +364,7 @@ async fn orders_end_fulfilled_upgraded_or_cancelled_through_faults_and_kills_eac
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_step_refused_for_good_undoes_what_the_order_did_and_parks_it_with_the_reason() {
-    let sandbox = Sandbox::start(SandboxConfig::default()).await;
-    let tenant = format!("q2c-{}", now_micros());
-    sandbox
-        .client
-        .seed_customers(&[
-            Customer::new(&tenant, "c-1", "active"),
-            Customer::new(&tenant, "c-gone", "inactive"),
-        ])
-        .await
-        .expect("customers");
+    let (sandbox, tenant) = sandbox_with(&[("c-1", "active"), ("c-gone", "inactive")]).await;
     // The ERP refuses this order number: a business error in a 200.
     sandbox
         .client
@@ -550,13 +484,7 @@ async fn replay_orders(deployment: &Deployment, args: &[&str]) -> (i32, String) 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn orders_over_the_limit_wait_for_a_decision_and_run_when_approved_only() {
-    let sandbox = Sandbox::start(SandboxConfig::default()).await;
-    let tenant = format!("q2c-{}", now_micros());
-    sandbox
-        .client
-        .seed_customers(&[Customer::new(&tenant, "c-1", "active")])
-        .await
-        .expect("customers");
+    let (sandbox, tenant) = sandbox_with(&[("c-1", "active")]).await;
     let codec = WireCodec::new(registry_url().as_str());
     let deployment = orders_deployment(
         "orders-approvals",
@@ -738,13 +666,7 @@ async fn orders_over_the_limit_wait_for_a_decision_and_run_when_approved_only() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_order_cancelled_while_its_provisioning_is_retried_is_undone_once_it_is_provisioned() {
-    let sandbox = Sandbox::start(SandboxConfig::default()).await;
-    let tenant = format!("q2c-{}", now_micros());
-    sandbox
-        .client
-        .seed_customers(&[Customer::new(&tenant, "c-1", "active")])
-        .await
-        .expect("customers");
+    let (sandbox, tenant) = sandbox_with(&[("c-1", "active")]).await;
     // The product platform is down: provisioning is retried until it is back.
     let down = Faults {
         outage_seconds: 600,
