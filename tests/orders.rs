@@ -766,3 +766,89 @@ async fn an_order_cancelled_while_its_provisioning_is_retried_is_undone_once_it_
         once(&["o-1:1:cancelled"])
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn both_processes_killed_as_each_step_starts_leave_every_effect_applied_once() {
+    let (sandbox, tenant) = sandbox_with(&[("c-1", "active")]).await;
+    // Every call takes 300 ms, so a kill as a step starts lands before its command is read or
+    // while its call is in flight.
+    let slow = Faults {
+        latency_ms: 300,
+        ..Faults::default()
+    };
+    for system in [
+        System::Crm,
+        System::Platform,
+        System::Billing,
+        System::Erp,
+        System::Sales,
+    ] {
+        sandbox
+            .client
+            .set_faults(system, &slow)
+            .await
+            .expect("faults");
+    }
+    let codec = WireCodec::new(registry_url().as_str());
+    let mut deployment = orders_deployment("orders-kills", &sandbox, &[]).await;
+    publish_orders(
+        &deployment,
+        &codec,
+        &[order(
+            &tenant,
+            "o-1",
+            1,
+            OrderStatus::Confirmed,
+            "c-1",
+            Some("plan-pro"),
+        )],
+    )
+    .await;
+    let status = deployment.topics.name("sales.order-status").to_owned();
+    for step in [
+        "check_customer",
+        "provision_entitlements",
+        "change_subscription",
+        "record_order",
+        "confirm_order",
+    ] {
+        eventually(DEADLINE, &format!("{step} to start"), || async {
+            let changes: Vec<OrderStateChange> = read_all(&codec, &status).await;
+            changes
+                .iter()
+                .any(|c| c.step.as_deref() == Some(step))
+                .then_some(())
+        })
+        .await;
+        deployment.kill(ORCHESTRATOR);
+        deployment.kill(STEP_SINK);
+        deployment.start(STEP_SINK);
+        deployment.start(ORCHESTRATOR);
+    }
+    eventually(DEADLINE, "the order to be fulfilled", || async {
+        let states = final_states(&codec, &deployment).await;
+        (states.get("o-1") == Some(&(1, OrderWorkflowState::Fulfilled))).then_some(())
+    })
+    .await;
+    settled(&deployment).await;
+
+    assert_eq!(
+        applied(&sandbox, OrderApi::Entitlements).await,
+        once(&["o-1:1"])
+    );
+    assert_eq!(
+        applied(&sandbox, OrderApi::SubscriptionChanges).await,
+        once(&["o-1:1:create"])
+    );
+    assert_eq!(
+        applied(&sandbox, OrderApi::SalesOrders).await,
+        once(&["o-1:1:confirmed"])
+    );
+    assert_eq!(
+        applied(&sandbox, OrderApi::OrderConfirmations).await,
+        once(&["o-1:1:fulfilled"])
+    );
+    assert!(applied(&sandbox, OrderApi::EntitlementRevocations)
+        .await
+        .is_empty());
+}
