@@ -148,6 +148,23 @@ async fn sandbox_with(customers: &[(&str, &str)]) -> (Sandbox, String) {
     (sandbox, tenant)
 }
 
+/// Sets `faults` on every system an order's steps call.
+async fn fault_every_system(sandbox: &Sandbox, faults: &Faults) {
+    for system in [
+        System::Crm,
+        System::Platform,
+        System::Billing,
+        System::Erp,
+        System::Sales,
+    ] {
+        sandbox
+            .client
+            .set_faults(system, faults)
+            .await
+            .expect("faults");
+    }
+}
+
 fn once(identities: &[&str]) -> BTreeMap<String, usize> {
     identities.iter().map(|i| ((*i).to_owned(), 1)).collect()
 }
@@ -164,19 +181,7 @@ async fn orders_end_fulfilled_upgraded_or_cancelled_through_faults_and_kills_eac
         retry_after_seconds: 1,
         ..Faults::default()
     };
-    for system in [
-        System::Crm,
-        System::Platform,
-        System::Billing,
-        System::Erp,
-        System::Sales,
-    ] {
-        sandbox
-            .client
-            .set_faults(system, &faults)
-            .await
-            .expect("faults");
-    }
+    fault_every_system(&sandbox, &faults).await;
     let codec = WireCodec::new(registry_url().as_str());
     let mut deployment = orders_deployment("orders", &sandbox, &[]).await;
     let subscribing: Vec<String> = (1..=6).map(|n| format!("o-{n}")).collect();
@@ -776,19 +781,7 @@ async fn both_processes_killed_as_each_step_starts_leave_every_effect_applied_on
         latency_ms: 300,
         ..Faults::default()
     };
-    for system in [
-        System::Crm,
-        System::Platform,
-        System::Billing,
-        System::Erp,
-        System::Sales,
-    ] {
-        sandbox
-            .client
-            .set_faults(system, &slow)
-            .await
-            .expect("faults");
-    }
+    fault_every_system(&sandbox, &slow).await;
     let codec = WireCodec::new(registry_url().as_str());
     let mut deployment = orders_deployment("orders-kills", &sandbox, &[]).await;
     publish_orders(

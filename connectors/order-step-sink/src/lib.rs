@@ -142,10 +142,7 @@ impl StepCall {
                     .subscription_change
                     .ok_or_else(|| missing("subscription_change"))?;
                 let plan = step.plan_id.as_deref().ok_or_else(|| missing("plan_id"))?;
-                let subscription = order
-                    .subscription_id
-                    .clone()
-                    .unwrap_or_else(|| format!("sub-{}", order.order_id));
+                let subscription = order.subscription_or_own();
                 let (kind, reverts) = match step.step {
                     OrderStepKind::RevertSubscription => {
                         ("revert".to_owned(), Some(symbol(change)))

@@ -590,7 +590,8 @@ fn check_key(record: &InputRecord<'_>, key: &str) -> Result<(), ProcessError> {
     ))
 }
 
-fn state_name(state: OrderWorkflowState) -> &'static str {
+/// The state as metric labels and event ids spell it.
+pub(crate) fn state_name(state: OrderWorkflowState) -> &'static str {
     match state {
         OrderWorkflowState::AwaitingApproval => "awaiting_approval",
         OrderWorkflowState::Escalated => "escalated",

@@ -89,10 +89,7 @@ pub(crate) fn state_change(
     reason: Option<String>,
     at_micros: i64,
 ) -> OrderStateChange {
-    let state_name = serde_json::to_value(state)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_lowercase))
-        .unwrap_or_default();
+    let state_name = crate::state_name(state);
     let event_id = format!(
         "{}:{}:{}:{state_name}:{}",
         order_key(order),
@@ -132,7 +129,7 @@ pub(crate) fn subscription(
     let period = PeriodPlan::new(start, anchor, BillingInterval::Monthly)
         .ok()?
         .period_of(start);
-    let id = subscription_id(order);
+    let id = order.subscription_or_own();
     let status = match change {
         SubscriptionChange::Cancel => SubscriptionStatus::Cancelled,
         _ => SubscriptionStatus::Active,
@@ -158,14 +155,6 @@ pub(crate) fn subscription(
         ends_at: (status == SubscriptionStatus::Cancelled).then_some(at_micros),
         trial_ends_at: None,
     })
-}
-
-/// The order's subscription: the one it names, else one named after the order.
-pub(crate) fn subscription_id(order: &SalesOrder) -> String {
-    order
-        .subscription_id
-        .clone()
-        .unwrap_or_else(|| format!("sub-{}", order.order_id))
 }
 
 #[cfg(test)]

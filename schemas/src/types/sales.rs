@@ -51,6 +51,16 @@ impl Contract for SalesOrder {
     const FULL_NAME: &'static str = "backbone.sales.SalesOrder";
 }
 
+impl SalesOrder {
+    /// The subscription the order creates or changes: the one it names, else one named after
+    /// the order, `sub-<order_id>`.
+    pub fn subscription_or_own(&self) -> String {
+        self.subscription_id
+            .clone()
+            .unwrap_or_else(|| format!("sub-{}", self.order_id))
+    }
+}
+
 /// Lifecycle state of a sales order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, AvroSchema)]
 #[avro(namespace = "backbone.sales")]

@@ -1,62 +1,18 @@
 //! The order workflow's APIs (applied requests under an `Idempotency-Key`, customer lookups),
 //! served in-process on a free port and driven over real HTTP.
 
+mod support;
+
 use backbone_core::config::load_from;
 use backbone_sandbox::config::DEFAULT_ADMIN_TOKEN;
-use backbone_sandbox::{serve, Customer, Faults, OrderApi, SandboxClient, SandboxConfig, System};
-use reqwest::RequestBuilder;
+use backbone_sandbox::{Customer, Faults, OrderApi, SandboxConfig, System};
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 
-const TOKEN: &str = "sandbox-token";
+use support::{start, Answer, Running, TOKEN};
+
 const LOOKUP: &str = "/crm/v1/customers/lookup";
 
-/// A sandbox serving until dropped.
-struct Running {
-    base: String,
-    http: reqwest::Client,
-    client: SandboxClient,
-    _stop: oneshot::Sender<()>,
-}
-
-/// The parts of an answer the tests look at.
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    replayed: bool,
-    body: Value,
-}
-
-impl Answer {
-    fn code(&self) -> &str {
-        self.body["error"]["code"].as_str().unwrap_or_default()
-    }
-}
-
-async fn start(config: SandboxConfig) -> Running {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("local address"));
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(serve(listener, config, async move {
-        let _ = stopped.await;
-    }));
-    Running {
-        client: SandboxClient::new(&base),
-        http: reqwest::Client::new(),
-        base,
-        _stop: stop,
-    }
-}
-
 impl Running {
-    fn post(&self, path: &str, body: &Value) -> RequestBuilder {
-        self.http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(TOKEN)
-            .json(body)
-    }
-
     /// `body` applied through `api` under `key`.
     async fn apply(&self, api: OrderApi, key: &str, body: &Value) -> Answer {
         let request = self.post(api.path(), body).header("Idempotency-Key", key);
@@ -66,22 +22,6 @@ impl Running {
     async fn look_up(&self, tenant_id: &str, customer_id: &str) -> Answer {
         let body = json!({"tenant_id": tenant_id, "customer_id": customer_id});
         self.send(self.post(LOOKUP, &body)).await
-    }
-
-    async fn send(&self, request: RequestBuilder) -> Answer {
-        let response = request.send().await.expect("the sandbox answers");
-        let replayed = response
-            .headers()
-            .get("idempotent-replayed")
-            .is_some_and(|value| value == "true");
-        let status = response.status().as_u16();
-        let text = response.text().await.expect("a body");
-        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        Answer {
-            status,
-            replayed,
-            body,
-        }
     }
 
     async fn applied(&self, api: OrderApi) -> Vec<backbone_sandbox::AppliedRequest> {

@@ -1,99 +1,25 @@
 //! The sandbox served in-process on a free port and driven over real HTTP.
 
+mod support;
+
 use std::time::{Duration, Instant};
 
 use backbone_core::config::load_from;
 use backbone_sandbox::config::DEFAULT_ADMIN_TOKEN;
-use backbone_sandbox::{serve, Faults, SandboxClient, SandboxConfig, System};
+use backbone_sandbox::{Faults, SandboxConfig, System};
 use reqwest::RequestBuilder;
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 
-const TOKEN: &str = "sandbox-token";
+use support::{start, Answer, Running, TOKEN};
+
 const CHARGES: &str = "/billing/v1/charges";
 const ACCOUNTS: &str = "/crm/v1/accounts/batch";
 const BATCHES: &str = "/erp/v1/journal-batches";
 const LINES_SEARCH: &str = "/erp/v1/journal-lines/search";
 
-/// A sandbox serving until dropped.
-struct Running {
-    base: String,
-    http: reqwest::Client,
-    client: SandboxClient,
-    _stop: oneshot::Sender<()>,
-}
-
-/// The parts of an answer the tests look at.
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    retry_after: Option<String>,
-    replayed: bool,
-    body: Value,
-}
-
-impl Answer {
-    fn code(&self) -> &str {
-        let error = &self.body["error"];
-        error["code"]
-            .as_str()
-            .or_else(|| self.body["errors"][0]["code"].as_str())
-            .unwrap_or_default()
-    }
-
-    fn message(&self) -> String {
-        self.body.to_string()
-    }
-}
-
-async fn start(config: SandboxConfig) -> Running {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("local address"));
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(serve(listener, config, async move {
-        let _ = stopped.await;
-    }));
-    Running {
-        client: SandboxClient::new(&base),
-        http: reqwest::Client::new(),
-        base,
-        _stop: stop,
-    }
-}
-
 impl Running {
-    fn post(&self, path: &str, body: &Value) -> RequestBuilder {
-        self.http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(TOKEN)
-            .json(body)
-    }
-
     fn charge(&self, key: &str, body: &Value) -> RequestBuilder {
         self.post(CHARGES, body).header("Idempotency-Key", key)
-    }
-
-    async fn send(&self, request: RequestBuilder) -> Answer {
-        let response = request.send().await.expect("the sandbox answers");
-        let header = |name: &str| {
-            response
-                .headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        };
-        let retry_after = header("retry-after");
-        let replayed = header("idempotent-replayed").as_deref() == Some("true");
-        let status = response.status().as_u16();
-        let text = response.text().await.expect("a body");
-        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        Answer {
-            status,
-            retry_after,
-            replayed,
-            body,
-        }
     }
 }
 
