@@ -41,12 +41,14 @@ done
 grep -Eq "^stack: prometheus +running" <<<"$status" || fail "prometheus is not running:"$'\n'"$status"
 
 prometheus=http://127.0.0.1:$BACKBONE_PROMETHEUS_PORT
-# Processors, sinks, monitor, drift and the gateway: 11 targets, each scraped.
+# Processors, sinks, monitor, drift and the gateway: every component with a metrics port in
+# components.toml is a target, each scraped.
+targets=$(grep -c '^metrics = ' "$REPO/components.toml")
 scraped() {
   curl -fsS "$prometheus/api/v1/query" --data-urlencode 'query=sum(up{job=~"backbone-.*"})' |
-    grep -q '"value":\[[0-9.]*,"11"\]'
+    grep -q "\"value\":\[[0-9.]*,\"$targets\"\]"
 }
-TIMEOUT=60 within scraped || fail "Prometheus does not scrape the 11 endpoints: $(curl -s "$prometheus/api/v1/targets")"
+TIMEOUT=60 within scraped || fail "Prometheus does not scrape the $targets endpoints: $(curl -s "$prometheus/api/v1/targets")"
 curl -fsS "$prometheus/api/v1/rules" | grep -q '"name":"BackboneConsumerLagGrowing"' ||
   fail "Prometheus has not loaded deploy/prometheus/rules.yml"
 
@@ -72,4 +74,4 @@ traced() {
 TIMEOUT=60 within traced || fail "event $id never reached the billing system; the trace says:
 $("$BIN_DIR/replay" --bootstrap-servers "127.0.0.1:${BACKBONE_KAFKA_PORT:-9092}" \
   --registry-url "http://127.0.0.1:${BACKBONE_REGISTRY_PORT:-8081}" trace --tenant demo --event-id "$id" 2>&1)"
-echo "up-check: every process ready, 11 endpoints scraped with the alert rules, event $id delivered to billing (${SECONDS}s)"
+echo "up-check: every process ready, $targets endpoints scraped with the alert rules, event $id delivered to billing (${SECONDS}s)"
