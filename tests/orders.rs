@@ -773,15 +773,15 @@ async fn an_order_cancelled_while_its_provisioning_is_retried_is_undone_once_it_
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn both_processes_killed_as_each_step_starts_leave_every_effect_applied_once() {
+async fn both_processes_killed_as_each_step_is_applied_and_before_it_is_answered_apply_each_once() {
     let (sandbox, tenant) = sandbox_with(&[("c-1", "active")]).await;
-    // Every call takes 300 ms, so a kill as a step starts lands before its command is read or
-    // while its call is in flight.
-    let slow = Faults {
-        latency_ms: 300,
+    // Every call is answered a second after it is applied: a kill in that second leaves a step
+    // the system did but the sink never heard of, which the restarted sink sends again.
+    let late = Faults {
+        answer_delay_ms: 1_000,
         ..Faults::default()
     };
-    fault_every_system(&sandbox, &slow).await;
+    fault_every_system(&sandbox, &late).await;
     let codec = WireCodec::new(registry_url().as_str());
     let mut deployment = orders_deployment("orders-kills", &sandbox, &[]).await;
     publish_orders(
@@ -798,23 +798,33 @@ async fn both_processes_killed_as_each_step_starts_leave_every_effect_applied_on
     )
     .await;
     let status = deployment.topics.name("sales.order-status").to_owned();
-    for step in [
-        "check_customer",
-        "provision_entitlements",
-        "change_subscription",
-        "record_order",
-        "confirm_order",
+    // The customer check is a read: the kill lands as it starts. Each later step is killed
+    // as soon as its system has applied it.
+    eventually(DEADLINE, "check_customer to start", || async {
+        let changes: Vec<OrderStateChange> = read_all(&codec, &status).await;
+        changes
+            .iter()
+            .any(|c| c.step.as_deref() == Some("check_customer"))
+            .then_some(())
+    })
+    .await;
+    deployment.kill(ORCHESTRATOR);
+    deployment.kill(STEP_SINK);
+    deployment.start(STEP_SINK);
+    deployment.start(ORCHESTRATOR);
+    for api in [
+        OrderApi::Entitlements,
+        OrderApi::SubscriptionChanges,
+        OrderApi::SalesOrders,
+        OrderApi::OrderConfirmations,
     ] {
-        eventually(DEADLINE, &format!("{step} to start"), || async {
-            let changes: Vec<OrderStateChange> = read_all(&codec, &status).await;
-            changes
-                .iter()
-                .any(|c| c.step.as_deref() == Some(step))
-                .then_some(())
+        eventually(DEADLINE, &format!("{api:?} to be applied"), || async {
+            let requests = sandbox.client.applied(api, None).await.ok()?;
+            (!requests.is_empty()).then_some(())
         })
         .await;
-        deployment.kill(ORCHESTRATOR);
         deployment.kill(STEP_SINK);
+        deployment.kill(ORCHESTRATOR);
         deployment.start(STEP_SINK);
         deployment.start(ORCHESTRATOR);
     }

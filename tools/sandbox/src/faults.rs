@@ -36,8 +36,11 @@ pub struct Faults {
     pub throttle_rate: f64,
     /// `Retry-After` of throttled calls.
     pub retry_after_seconds: u64,
-    /// Delay added to every call.
+    /// Delay added to every call, before it is applied.
     pub latency_ms: u64,
+    /// Delay between applying a call and answering it: a caller that crashes meanwhile never
+    /// learns the call was applied.
+    pub answer_delay_ms: u64,
     /// When above 0, every call is answered 503 for this long from when the faults are set.
     /// Read back, it is the time the outage still has to run.
     pub outage_seconds: u64,
@@ -51,6 +54,7 @@ impl Default for Faults {
             throttle_rate: 0.0,
             retry_after_seconds: 1,
             latency_ms: 0,
+            answer_delay_ms: 0,
             outage_seconds: 0,
         }
     }
@@ -190,7 +194,7 @@ pub(crate) struct Gate {
 }
 
 /// Middleware running the gateway's checks around a system's handlers, in the order real
-/// gateways apply them: auth, outage, latency, throttling, errors, the call, a lost response.
+/// gateways apply them: auth, outage, latency, throttling, errors, the call, a late or lost response.
 pub(crate) async fn gate(State(gate): State<Gate>, request: Request, next: Next) -> Response {
     // A search is a read, though POSTed for the length of what it asks about.
     let delivery = request.method() == Method::POST && !request.uri().path().ends_with("/search");
@@ -235,6 +239,9 @@ impl Gate {
             );
         }
         let response = next.run(request).await;
+        if faults.answer_delay_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(faults.answer_delay_ms)).await;
+        }
         // Whatever the system answered, applied or not, the caller never hears it.
         if fastrand::f64() < faults.lost_response_rate {
             return self.refuse(
