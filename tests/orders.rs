@@ -487,6 +487,51 @@ async fn replay_orders(deployment: &Deployment, args: &[&str]) -> (i32, String) 
     (output.status.code().unwrap_or(-1), text)
 }
 
+/// `replay orders serve` against `deployment`'s topics, with one approver, `tester`: the
+/// process (killed when dropped), its base URL and the approver's token.
+async fn approvals_api(deployment: &Deployment) -> (tokio::process::Child, String, String) {
+    use std::os::unix::fs::PermissionsExt;
+    use tokio::io::AsyncBufReadExt;
+    let token = format!("{:032x}", fastrand::u128(..));
+    let file = std::env::temp_dir().join(format!(
+        "approvers-{}",
+        deployment.topics.name("sales.order-status")
+    ));
+    std::fs::write(&file, format!("tester {token}\n")).expect("approvers file");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("mode");
+    let mut child = tokio::process::Command::new(backbone::workspace_binary("replay"))
+        .args(["--bootstrap-servers", &deployment.kafka.bootstrap_servers])
+        .args(["--registry-url", &registry_url(), "orders", "serve"])
+        .args(["--listen", "127.0.0.1:0"])
+        .arg("--approvers-file")
+        .arg(&file)
+        .args([
+            "--status-topic",
+            deployment.topics.name("sales.order-status"),
+        ])
+        .args([
+            "--approvals-topic",
+            deployment.topics.name("sales.order-approvals"),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("replay orders serve starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let first = tokio::time::timeout(DEADLINE, lines.next_line())
+        .await
+        .expect("the API to say where it serves")
+        .expect("stdout")
+        .expect("a line");
+    let url = first
+        .split_whitespace()
+        .find(|word| word.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no address in {first:?}"))
+        .to_owned();
+    (child, url, token)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn orders_over_the_limit_wait_for_a_decision_and_run_when_approved_only() {
     let (sandbox, tenant) = sandbox_with(&[("c-1", "active")]).await;
@@ -575,7 +620,8 @@ async fn orders_over_the_limit_wait_for_a_decision_and_run_when_approved_only() 
     .await;
     assert_eq!(code, 2, "{said}");
     assert!(
-        said.contains("--order") && said.contains("revision waiting for approval, 1"),
+        said.contains("revision 2 is not waiting")
+            && said.contains("the revision waiting for approval is 1"),
         "{said}"
     );
     let (code, said) = replay_orders(
@@ -592,8 +638,9 @@ async fn orders_over_the_limit_wait_for_a_decision_and_run_when_approved_only() 
     )
     .await;
     assert_eq!(code, 2, "a rejection without a reason: {said}");
-    for args in [
-        vec![
+    let (code, said) = replay_orders(
+        &deployment,
+        &[
             "approve",
             "--order",
             &order_of("o-approved"),
@@ -602,21 +649,60 @@ async fn orders_over_the_limit_wait_for_a_decision_and_run_when_approved_only() 
             "--by",
             "tester",
         ],
-        vec![
-            "reject",
-            "--order",
-            &order_of("o-rejected"),
-            "--revision",
-            "1",
-            "--by",
-            "tester",
-            "--reason",
-            "discount above policy",
-        ],
-    ] {
-        let (code, said) = replay_orders(&deployment, &args).await;
-        assert_eq!(code, 0, "{said}");
-    }
+    )
+    .await;
+    assert_eq!(code, 0, "{said}");
+
+    // The same queue over HTTP: only an approver's token opens it, and the approver it
+    // belongs to is who decided.
+    let (_api, url, token) = approvals_api(&deployment).await;
+    let http = reqwest::Client::new();
+    let pending_url = format!("{url}/v1/orders/pending?tenant={tenant}");
+    let anonymous = http.get(&pending_url).send().await.expect("answer");
+    assert_eq!(anonymous.status(), 401);
+    let forged = http
+        .get(&pending_url)
+        .bearer_auth(format!("{token}x"))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(forged.status(), 401);
+    let listed: Vec<serde_json::Value> = http
+        .get(&pending_url)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("answer")
+        .json()
+        .await
+        .expect("JSON");
+    let ids: Vec<&str> = listed
+        .iter()
+        .filter_map(|w| w["order_id"].as_str())
+        .collect();
+    assert!(ids.contains(&"o-rejected"), "{listed:?}");
+    let reject = |revision: i32, reason: Option<&str>| {
+        http.post(format!("{url}/v1/orders/{tenant}/o-rejected/reject"))
+            .bearer_auth(&token)
+            .json(&serde_json::json!({ "revision": revision, "reason": reason }))
+            .send()
+    };
+    let unexplained = reject(1, None).await.expect("answer");
+    assert_eq!(unexplained.status(), 422);
+    let not_waiting = reject(2, Some("wrong revision")).await.expect("answer");
+    assert_eq!(not_waiting.status(), 409);
+    let said = not_waiting.text().await.expect("body");
+    assert!(
+        said.contains("the revision waiting for approval is 1"),
+        "{said}"
+    );
+    let rejected = reject(1, Some("discount above policy"))
+        .await
+        .expect("answer");
+    let status = rejected.status();
+    let said = rejected.text().await.expect("body");
+    assert_eq!(status, 200, "{said}");
+    assert!(said.contains("\"by\":\"tester\""), "{said}");
     eventually(DEADLINE, "every order to end", || async {
         let states = final_states(&codec, &deployment).await;
         (states.get("o-approved") == Some(&(1, OrderWorkflowState::Fulfilled))

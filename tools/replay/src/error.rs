@@ -173,6 +173,19 @@ pub enum ReplayError {
         /// Where it ended.
         until: String,
     },
+    /// A decision names an order revision that does not wait for one.
+    #[error("order `{order}` revision {revision} is not waiting for approval; {}", match waiting {
+        Some(w) => format!("the revision waiting for approval is {w}"),
+        None => "no revision of it is (see `replay orders pending`)".to_owned(),
+    })]
+    NotWaiting {
+        /// `<tenant>:<order id>`.
+        order: String,
+        /// The revision named.
+        revision: i32,
+        /// The revision of the order that waits, if one does.
+        waiting: Option<i32>,
+    },
     /// Anything else, with what was being done.
     #[error("{what}: {message}")]
     Other {
@@ -191,7 +204,7 @@ impl ReplayError {
     /// by Ctrl-C (as a shell reports a SIGINT), 1 for everything else.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::MalformedFilter { .. } | Self::InvalidFlag { .. } => 2,
+            Self::MalformedFilter { .. } | Self::InvalidFlag { .. } | Self::NotWaiting { .. } => 2,
             Self::Interrupted { .. } => 130,
             Self::NeverSeen { .. } => 3,
             _ => 1,

@@ -15,7 +15,7 @@ use backbone_schemas::types::{
 };
 use backbone_schemas::WireCodec;
 use clap::{Args, Subcommand};
-use rdkafka::producer::FutureRecord;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Serialize;
 use serde_json::json;
 
@@ -23,6 +23,8 @@ use crate::audit::{AuditLog, AuditRecord};
 use crate::error::ReplayError;
 use crate::scan::Scanner;
 use crate::Context;
+
+mod http;
 
 /// The audited actions.
 pub mod action {
@@ -60,10 +62,13 @@ pub enum OrdersCommand {
     /// platform is told it was rejected (--reason is required).
     #[command(after_help = EXAMPLES)]
     Reject(DecisionArgs),
+    /// Serve the same over HTTP, for the approvers' tools (docs/orchestration.md, "Approvals").
+    #[command(after_help = http::EXAMPLES)]
+    Serve(http::ServeArgs),
 }
 
 /// The topics every `replay orders` command reads or writes.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct OrderTopics {
     /// The order orchestrator's status topic (its `processor.status_topic`).
     #[arg(long, value_name = "TOPIC", default_value = "sales.order-status")]
@@ -71,9 +76,6 @@ pub struct OrderTopics {
     /// The topic it reads decisions from (its `processor.approvals_topic`).
     #[arg(long, value_name = "TOPIC", default_value = "sales.order-approvals")]
     pub approvals_topic: String,
-    /// JSON instead of a table (pending) or a sentence (approve, reject).
-    #[arg(long)]
-    pub json: bool,
 }
 
 /// `replay orders pending`.
@@ -82,6 +84,9 @@ pub struct PendingArgs {
     /// Only this tenant's orders.
     #[arg(long)]
     pub tenant: Option<String>,
+    /// JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
     /// The topics.
     #[command(flatten)]
     pub topics: OrderTopics,
@@ -102,6 +107,9 @@ pub struct DecisionArgs {
     /// Why; required to reject.
     #[arg(long)]
     pub reason: Option<String>,
+    /// JSON instead of a sentence.
+    #[arg(long)]
+    pub json: bool,
     /// The topics.
     #[command(flatten)]
     pub topics: OrderTopics,
@@ -135,7 +143,7 @@ pub async fn command(
     match command {
         OrdersCommand::Pending(args) => {
             let waiting = pending(ctx, &args.topics.status_topic, args.tenant.as_deref()).await?;
-            if args.topics.json {
+            if args.json {
                 writeln!(
                     out,
                     "{}",
@@ -145,8 +153,13 @@ pub async fn command(
                 print_table(&waiting, out)?;
             }
         }
-        OrdersCommand::Approve(args) => decide(ctx, &args, ApprovalDecision::Approve, out).await?,
-        OrdersCommand::Reject(args) => decide(ctx, &args, ApprovalDecision::Reject, out).await?,
+        OrdersCommand::Approve(args) => {
+            decide_command(ctx, &args, ApprovalDecision::Approve, out).await?
+        }
+        OrdersCommand::Reject(args) => {
+            decide_command(ctx, &args, ApprovalDecision::Reject, out).await?
+        }
+        OrdersCommand::Serve(args) => http::serve(ctx, args, out).await?,
     }
     Ok(())
 }
@@ -221,8 +234,42 @@ fn symbol<T: Serialize>(value: T) -> String {
         .unwrap_or_default()
 }
 
-/// Publishes `decision` on the revision `args` names, once it is seen waiting; audited.
-async fn decide(
+/// A person's decision on one order revision.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    /// The tenant.
+    pub tenant: String,
+    /// The order.
+    pub order_id: String,
+    /// The revision decided on.
+    pub revision: i32,
+    /// Approve or reject.
+    pub decision: ApprovalDecision,
+    /// Who decides.
+    pub by: String,
+    /// Why.
+    pub reason: Option<String>,
+}
+
+/// A decision published, as the CLI and the HTTP API answer it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Decided {
+    /// `<tenant>:<order id>`.
+    pub order: String,
+    /// The revision decided on.
+    pub revision: i32,
+    /// `approve` or `reject`.
+    pub decision: String,
+    /// Who decided.
+    pub by: String,
+    /// What the customer owes, and in what currency.
+    pub total: String,
+    /// When the revision began to wait, RFC 3339.
+    pub waiting_since: String,
+}
+
+/// `replay orders approve | reject`: the flags checked, the decision published and told.
+async fn decide_command(
     ctx: &Context,
     args: &DecisionArgs,
     decision: ApprovalDecision,
@@ -240,28 +287,65 @@ async fn decide(
             "why the order is rejected: the sales platform and the audit show it",
         ));
     }
-    let waiting = pending(ctx, &args.topics.status_topic, Some(tenant)).await?;
+    let decision = Decision {
+        tenant: tenant.to_owned(),
+        order_id: order_id.to_owned(),
+        revision: args.revision,
+        decision,
+        by: args.by.clone(),
+        reason: args.reason.clone(),
+    };
+    let decided = decide(ctx, &ctx.producer()?, &args.topics, &decision).await?;
+    if args.json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string(&decided).unwrap_or_default()
+        )?;
+    } else {
+        writeln!(
+            out,
+            "{}d order `{}` revision {} ({}, waiting since {})",
+            decided.decision, decided.order, decided.revision, decided.total, decided.waiting_since
+        )?;
+    }
+    Ok(())
+}
+
+/// Publishes `decision` through `producer` once its revision is seen waiting; audited.
+pub async fn decide(
+    ctx: &Context,
+    producer: &FutureProducer,
+    topics: &OrderTopics,
+    decision: &Decision,
+) -> Result<Decided, ReplayError> {
+    let Decision {
+        tenant,
+        order_id,
+        revision,
+        ..
+    } = decision;
+    let key = format!("{tenant}:{order_id}");
+    let waiting = pending(ctx, &topics.status_topic, Some(tenant)).await?;
     let Some(found) = waiting
         .iter()
-        .find(|w| w.order_id == order_id && w.revision == args.revision)
+        .find(|w| &w.order_id == order_id && w.revision == *revision)
     else {
-        let other = waiting.iter().find(|w| w.order_id == order_id);
-        let expected = match other {
-            Some(w) => format!("the revision waiting for approval, {}", w.revision),
-            None => "an order waiting for approval (see `replay orders pending`)".to_owned(),
-        };
-        return Err(ReplayError::invalid(
-            "--order",
-            &format!("{}@{}", args.order, args.revision),
-            expected,
-        ));
+        return Err(ReplayError::NotWaiting {
+            order: key,
+            revision: *revision,
+            waiting: waiting
+                .iter()
+                .find(|w| &w.order_id == order_id)
+                .map(|w| w.revision),
+        });
     };
-    let name = symbol(decision).to_lowercase();
+    let name = symbol(decision.decision).to_lowercase();
     let now = now_micros();
     let approval = OrderApproval {
         metadata: EventMetadata {
-            tenant_id: tenant.to_owned(),
-            event_id: format!("{order_id}:{}:{name}", args.revision),
+            tenant_id: tenant.clone(),
+            event_id: format!("{order_id}:{revision}:{name}"),
             source: "replay".to_owned(),
             r#type: "backbone.sales.order.approval".to_owned(),
             occurred_at: now,
@@ -277,13 +361,13 @@ async fn decide(
             },
             schema_version: None,
         },
-        order_id: order_id.to_owned(),
-        revision: args.revision,
-        decision,
-        decided_by: args.by.clone(),
-        reason: args.reason.clone(),
+        order_id: order_id.clone(),
+        revision: *revision,
+        decision: decision.decision,
+        decided_by: decision.by.clone(),
+        reason: decision.reason.clone(),
     };
-    let topic = &args.topics.approvals_topic;
+    let topic = &topics.approvals_topic;
     let codec = WireCodec::new(ctx.registry.clone());
     let value = codec
         .encode_contract(&format!("{topic}-value"), &approval)
@@ -292,7 +376,7 @@ async fn decide(
             what: format!("encoding the decision for `{topic}`"),
             message: e.to_string(),
         })?;
-    let action = match decision {
+    let action = match decision.decision {
         ApprovalDecision::Approve => action::APPROVE,
         _ => action::REJECT,
     };
@@ -303,36 +387,29 @@ async fn decide(
         fastrand::u16(..)
     );
     let target = json!({
-        "topic": topic, "tenant": tenant, "order_id": order_id, "revision": args.revision,
-        "reason": args.reason,
+        "topic": topic, "tenant": tenant, "order_id": order_id, "revision": revision,
+        "reason": decision.reason,
     });
-    let record = |event: &str| AuditRecord::new(&id, action, event, &args.by, target.clone());
+    let record = |event: &str| AuditRecord::new(&id, action, event, &decision.by, target.clone());
     audit.write(&record(crate::audit::event::STARTED)).await?;
-    let key = format!("{tenant}:{order_id}");
     let sent = FutureRecord::<[u8], [u8]>::to(topic)
         .key(key.as_bytes())
         .payload(&value);
-    if let Err((err, _)) = ctx.producer()?.send(sent, ctx.timeout).await {
+    if let Err((err, _)) = producer.send(sent, ctx.timeout).await {
         let mut failed = record(crate::audit::event::FAILED);
         failed.message = Some(err.to_string());
         audit.write(&failed).await?;
         return Err(ReplayError::kafka(format!("writing to `{topic}`"), err));
     }
     audit.write(&record(crate::audit::event::COMPLETED)).await?;
-    if args.topics.json {
-        writeln!(
-            out,
-            "{}",
-            json!({ "order": key, "revision": args.revision, "decision": name, "by": args.by })
-        )?;
-    } else {
-        writeln!(
-            out,
-            "{name}d order `{key}` revision {} ({}, waiting since {})",
-            args.revision, found.total, found.since
-        )?;
-    }
-    Ok(())
+    Ok(Decided {
+        order: key,
+        revision: *revision,
+        decision: name,
+        by: decision.by.clone(),
+        total: found.total.clone(),
+        waiting_since: found.since.clone(),
+    })
 }
 
 /// The waiting orders as a table.
