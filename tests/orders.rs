@@ -87,6 +87,19 @@ async fn final_states(
         .collect()
 }
 
+/// The newest record of each subscription on `master.subscriptions`: its plan and status.
+async fn newest_subscriptions(
+    codec: &WireCodec,
+    deployment: &Deployment,
+) -> BTreeMap<String, (String, SubscriptionStatus)> {
+    let subscriptions: Vec<Subscription> =
+        read_all(codec, deployment.topics.name("master.subscriptions")).await;
+    subscriptions
+        .into_iter()
+        .map(|s| (s.subscription_id, (s.plan_id, s.status)))
+        .collect()
+}
+
 /// Waits until the orchestrator and the step sink have read everything on their inputs: no
 /// step is running or retrying, no result is unread.
 async fn settled(deployment: &Deployment) {
@@ -337,12 +350,7 @@ async fn orders_end_fulfilled_upgraded_or_cancelled_through_faults_and_kills_eac
     );
 
     // Usage rating follows the subscriptions: the newest record of each.
-    let subscriptions: Vec<Subscription> =
-        read_all(&codec, deployment.topics.name("master.subscriptions")).await;
-    let newest: BTreeMap<String, (String, SubscriptionStatus)> = subscriptions
-        .into_iter()
-        .map(|s| (s.subscription_id, (s.plan_id, s.status)))
-        .collect();
+    let newest = newest_subscriptions(&codec, &deployment).await;
     let mut expected: BTreeMap<String, (String, SubscriptionStatus)> = (3..=6)
         .map(|n| {
             (
@@ -458,6 +466,20 @@ async fn a_step_refused_for_good_undoes_what_the_order_did_and_parks_it_with_the
     assert_eq!(
         applied(&sandbox, OrderApi::OrderConfirmations).await,
         once(&["o-fine:1:fulfilled"])
+    );
+    // Usage is not rated under the subscription billing undid.
+    assert_eq!(
+        newest_subscriptions(&codec, &deployment).await,
+        BTreeMap::from([
+            (
+                "sub-o-fine".to_owned(),
+                ("plan-pro".to_owned(), SubscriptionStatus::Active)
+            ),
+            (
+                "sub-o-refused".to_owned(),
+                ("plan-pro".to_owned(), SubscriptionStatus::Cancelled)
+            ),
+        ])
     );
 }
 

@@ -517,17 +517,13 @@ impl OrderOrchestrator {
                     outputs.push(self.output(&self.settings.exceptions_topic, key, &parked)?);
                 }
                 Effect::Subscribed(change) => {
-                    if let Some(subscription) = records::subscription(order, change, at_micros) {
-                        let subscription_key = format!(
-                            "{}:{}",
-                            order.metadata.tenant_id, subscription.subscription_id
-                        );
-                        outputs.push(self.output(
-                            &self.settings.subscriptions_topic,
-                            &subscription_key,
-                            &subscription,
-                        )?);
-                    }
+                    let subscription = records::subscription(order, change, at_micros);
+                    outputs.extend(self.subscription_output(order, subscription)?);
+                }
+                Effect::SubscriptionRestored(plan) => {
+                    let subscription =
+                        records::restored_subscription(order, plan.as_deref(), at_micros);
+                    outputs.extend(self.subscription_output(order, subscription)?);
                 }
                 Effect::StartPending => start_pending = true,
             }
@@ -553,6 +549,24 @@ impl OrderOrchestrator {
             .value
             .ok_or_else(|| ProcessError::permanent("missing_value", "record has no value"))?;
         Ok(self.outputs.codec().decode_cached_as(value, T::schema())?)
+    }
+
+    /// `subscription`'s master record, keyed `<tenant>:<subscription id>` as the enricher's
+    /// table reads it.
+    fn subscription_output(
+        &self,
+        order: &SalesOrder,
+        subscription: Option<Subscription>,
+    ) -> Result<Option<OutputRecord>, ProcessError> {
+        subscription
+            .map(|subscription| {
+                let key = format!(
+                    "{}:{}",
+                    order.metadata.tenant_id, subscription.subscription_id
+                );
+                self.output(&self.settings.subscriptions_topic, &key, &subscription)
+            })
+            .transpose()
     }
 
     fn output<T: Contract + serde::Serialize>(

@@ -118,7 +118,47 @@ pub(crate) fn subscription(
     change: SubscriptionChange,
     at_micros: i64,
 ) -> Option<Subscription> {
-    let plan_id = plan_of(order)?;
+    let status = match change {
+        SubscriptionChange::Cancel => SubscriptionStatus::Cancelled,
+        _ => SubscriptionStatus::Active,
+    };
+    subscription_on(order, plan_of(order)?, status, "", at_micros)
+}
+
+/// The subscription as it was before `order` changed it: on `plan`, or cancelled (on the
+/// order's plan) when there was none.
+pub(crate) fn restored_subscription(
+    order: &SalesOrder,
+    plan: Option<&str>,
+    at_micros: i64,
+) -> Option<Subscription> {
+    match plan {
+        Some(plan) => subscription_on(
+            order,
+            plan,
+            SubscriptionStatus::Active,
+            ":restored",
+            at_micros,
+        ),
+        None => subscription_on(
+            order,
+            plan_of(order)?,
+            SubscriptionStatus::Cancelled,
+            ":restored",
+            at_micros,
+        ),
+    }
+}
+
+/// The master record of `order`'s subscription on `plan_id` in `status`; `event` tells records
+/// of one order revision apart.
+fn subscription_on(
+    order: &SalesOrder,
+    plan_id: &str,
+    status: SubscriptionStatus,
+    event: &str,
+    at_micros: i64,
+) -> Option<Subscription> {
     let start = order
         .lines
         .iter()
@@ -130,14 +170,10 @@ pub(crate) fn subscription(
         .ok()?
         .period_of(start);
     let id = order.subscription_or_own();
-    let status = match change {
-        SubscriptionChange::Cancel => SubscriptionStatus::Cancelled,
-        _ => SubscriptionStatus::Active,
-    };
     Some(Subscription {
         metadata: metadata(
             order,
-            format!("{id}@{}:{}", order.order_id, order.revision),
+            format!("{id}@{}:{}{event}", order.order_id, order.revision),
             "backbone.master.subscription",
             at_micros,
         ),

@@ -95,6 +95,13 @@ pub(crate) struct Workflow {
     /// Why the revision was not approved, once it was not: it is confirmed as rejected.
     #[serde(default)]
     pub rejection: Option<String>,
+    /// The plan this revision's subscription change moves the subscription to.
+    #[serde(default)]
+    pub new_plan: Option<String>,
+    /// The plan the subscription was on before this revision (none when there was no
+    /// subscription): what undoing its change goes back to.
+    #[serde(default)]
+    pub previous_plan: Option<String>,
 }
 
 /// What the workflow asks the processor to publish.
@@ -116,6 +123,9 @@ pub(crate) enum Effect {
     Park { reason: String },
     /// The subscription changed: publish its master record.
     Subscribed(SubscriptionChange),
+    /// A subscription change was undone: publish the master record of the plan it had before,
+    /// or a cancelled one when there was no subscription before.
+    SubscriptionRestored(Option<String>),
     /// The revision's workflow ended and a pending one waits: start it.
     StartPending,
 }
@@ -207,6 +217,17 @@ fn undo(step: OrderStepKind) -> Option<OrderStepKind> {
 }
 
 impl Workflow {
+    /// The plan the order's subscription is on as this workflow leaves it, if it has one.
+    fn current_plan(&self) -> Option<String> {
+        if !self.subscribed {
+            None
+        } else if self.done.contains(&OrderStepKind::ChangeSubscription) {
+            self.new_plan.clone()
+        } else {
+            self.previous_plan.clone()
+        }
+    }
+
     /// The workflow of `order` (confirmed or cancelled), after `before` (the order's previous
     /// workflow, if any), starting at `now_ms`; `None` for an order of another status. A
     /// confirmed order with an `approval` reason waits for a decision first.
@@ -238,6 +259,10 @@ impl Workflow {
             subscribed,
             pending: None,
             rejection: None,
+            new_plan: subscription_change
+                .filter(|c| *c != SubscriptionChange::Cancel)
+                .and(plan_of(order).map(str::to_owned)),
+            previous_plan: before.and_then(Workflow::current_plan),
         };
         if let (Kind::Fulfil, Some(reason)) = (kind, approval) {
             workflow.phase = Phase::AwaitingApproval {
@@ -336,8 +361,14 @@ impl Workflow {
                 self.fail(format!("{}: {reason}", step.name()), now_ms)
             }
             (Phase::Compensating { reason, .. }, Ok(())) => {
+                let mut effects = Vec::new();
+                if step == OrderStepKind::RevertSubscription {
+                    self.subscribed = self.previous_plan.is_some();
+                    effects.push(Effect::SubscriptionRestored(self.previous_plan.clone()));
+                }
                 self.done.pop();
-                self.compensate(reason, now_ms)
+                effects.extend(self.compensate(reason, now_ms));
+                effects
             }
             (Phase::Compensating { reason, .. }, Err(refusal)) => self.end_parked(format!(
                 "{reason}; undoing it failed at {}: {refusal}",

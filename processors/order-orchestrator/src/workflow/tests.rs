@@ -19,12 +19,28 @@ fn run(
     first: Vec<Effect>,
     answer: impl Fn(OrderStepKind) -> Result<(), String>,
 ) -> Vec<OrderStepKind> {
-    let mut commanded = steps(&first);
+    steps(&run_all(workflow, first, answer))
+}
+
+/// Runs the workflow to its end, every step answered by `answer`; every effect, in order.
+fn run_all(
+    workflow: &mut Workflow,
+    first: Vec<Effect>,
+    answer: impl Fn(OrderStepKind) -> Result<(), String>,
+) -> Vec<Effect> {
+    let mut all = first;
     while let Some(step) = workflow.running() {
-        let effects = workflow.result((workflow.revision, workflow.kind, step), answer(step), 0);
-        commanded.extend(steps(&effects));
+        all.extend(workflow.result((workflow.revision, workflow.kind, step), answer(step), 0));
     }
-    commanded
+    all
+}
+
+fn subscription_effects(effects: &[Effect]) -> Vec<Effect> {
+    effects
+        .iter()
+        .filter(|e| matches!(e, Effect::Subscribed(_) | Effect::SubscriptionRestored(_)))
+        .cloned()
+        .collect()
 }
 
 use OrderStepKind::*;
@@ -272,5 +288,64 @@ fn an_amendment_after_fulfilment_amends_the_subscription_and_a_repeat_is_seen() 
     assert_eq!(
         arrival(Some(&upgrade), None, &order(3, OrderStatus::Placed, true)),
         Arrival::NotActionable
+    );
+}
+
+#[test]
+fn undoing_a_subscription_change_puts_back_the_subscription_it_changed() {
+    let erp_refuses = |step| match step {
+        RecordOrder => Err("closed_period".to_owned()),
+        _ => Ok(()),
+    };
+    // A new subscription undone: the order leaves none behind.
+    let (mut created, first) =
+        Workflow::start(&order(1, OrderStatus::Confirmed, true), None, None, 0).expect("start");
+    let effects = run_all(&mut created, first, erp_refuses);
+    assert_eq!(
+        subscription_effects(&effects),
+        [
+            Effect::Subscribed(SubscriptionChange::Create),
+            Effect::SubscriptionRestored(None)
+        ]
+    );
+    assert!(!created.subscribed);
+    let (again, _) = Workflow::start(
+        &order(2, OrderStatus::Confirmed, true),
+        Some(&created),
+        None,
+        0,
+    )
+    .expect("start");
+    assert_eq!(again.subscription_change, Some(SubscriptionChange::Create));
+
+    // An upgrade undone: the plan before it.
+    let (mut fulfilled, first) =
+        Workflow::start(&order(1, OrderStatus::Confirmed, true), None, None, 0).expect("start");
+    run(&mut fulfilled, first, |_| Ok(()));
+    let mut upgrade = order(2, OrderStatus::Confirmed, true);
+    upgrade.lines[1].product_id = "plan-max".into();
+    let (mut upgrading, first) =
+        Workflow::start(&upgrade, Some(&fulfilled), None, 0).expect("start");
+    let effects = run_all(&mut upgrading, first, erp_refuses);
+    assert_eq!(
+        subscription_effects(&effects),
+        [
+            Effect::Subscribed(SubscriptionChange::Amend),
+            Effect::SubscriptionRestored(Some("plan-pro".into()))
+        ]
+    );
+    assert!(upgrading.subscribed);
+    // Undone again later, the subscription goes back to the same plan.
+    let (mut retried, first) = Workflow::start(
+        &order(3, OrderStatus::Confirmed, true),
+        Some(&upgrading),
+        None,
+        0,
+    )
+    .expect("start");
+    let effects = run_all(&mut retried, first, erp_refuses);
+    assert_eq!(
+        subscription_effects(&effects).last(),
+        Some(&Effect::SubscriptionRestored(Some("plan-pro".into())))
     );
 }
