@@ -6,181 +6,27 @@
 
 #[path = "support/backbone.rs"]
 mod backbone;
+#[path = "support/order_workflow.rs"]
+mod order_workflow;
 #[path = "support/orders.rs"]
 mod orders;
 #[path = "support/sinks.rs"]
 mod sinks;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use backbone::Deployment;
-use backbone_calendar::now_micros;
-use backbone_sandbox::{AppliedRequest, Customer, Faults, OrderApi, SandboxConfig, System};
+use backbone_sandbox::{AppliedRequest, Faults, OrderApi, System};
 use backbone_schemas::types::{
-    Contract, OrderStateChange, OrderStatus, OrderWorkflowState, SalesOrder, Subscription,
-    SubscriptionStatus,
+    OrderStateChange, OrderStatus, OrderWorkflowState, SalesOrder, SubscriptionStatus,
 };
 use backbone_schemas::WireCodec;
-use backbone_testkit::{committed_total, consume_until, end_offsets_total, shared_settings};
+use order_workflow::{
+    applied, fault_every_system, final_states, newest_subscriptions, once, orders_deployment,
+    read_all, sandbox_with, settled, DEADLINE, ORCHESTRATOR, STEP_SINK,
+};
 use orders::{order, publish_orders};
-use sinks::{eventually, registry_url, Sandbox};
-
-const ORCHESTRATOR: &str = "order-orchestrator";
-const STEP_SINK: &str = "order-step-sink";
-const DEADLINE: Duration = Duration::from_secs(180);
-
-/// A deployment running only the order workflow, against `sandbox`, the orchestrator with
-/// `settings` (key, value) besides its local ones.
-async fn orders_deployment(name: &str, sandbox: &Sandbox, settings: &[(&str, &str)]) -> Deployment {
-    // The order workflow writes nothing to PostgreSQL.
-    let mut deployment =
-        Deployment::create(name, &sandbox.url, "postgres://unused", &registry_url()).await;
-    for (key, value) in settings {
-        deployment
-            .settings
-            .push((ORCHESTRATOR, (*key).to_owned(), (*value).to_owned()));
-    }
-    deployment.start(ORCHESTRATOR);
-    deployment.start(STEP_SINK);
-    deployment
-}
-
-/// Every record on `topic` now, decoded as `T`.
-async fn read_all<T: Contract + serde::de::DeserializeOwned>(
-    codec: &WireCodec,
-    topic: &str,
-) -> Vec<T> {
-    let settings = shared_settings();
-    // A topic the orchestrator just created may not have settled metadata yet.
-    let end = eventually(DEADLINE, "the topic's end offsets", || async {
-        end_offsets_total(&settings, topic).ok()
-    })
-    .await;
-    let records = consume_until(
-        &settings,
-        topic,
-        usize::try_from(end).unwrap_or(0),
-        DEADLINE,
-    )
-    .await
-    .expect("records");
-    let mut values = Vec::with_capacity(records.len());
-    for record in records {
-        let value = record.value.expect("a value");
-        values.push(codec.decode_as(&value, T::schema()).await.expect("decode"));
-    }
-    values
-}
-
-/// The state each order's workflow is in, by its latest change (one partition holds an order,
-/// read in offset order).
-async fn final_states(
-    codec: &WireCodec,
-    deployment: &Deployment,
-) -> BTreeMap<String, (i32, OrderWorkflowState)> {
-    let changes: Vec<OrderStateChange> =
-        read_all(codec, deployment.topics.name("sales.order-status")).await;
-    changes
-        .into_iter()
-        .map(|c| (c.order_id, (c.revision, c.state)))
-        .collect()
-}
-
-/// The newest record of each subscription on `master.subscriptions`: its plan and status.
-async fn newest_subscriptions(
-    codec: &WireCodec,
-    deployment: &Deployment,
-) -> BTreeMap<String, (String, SubscriptionStatus)> {
-    let subscriptions: Vec<Subscription> =
-        read_all(codec, deployment.topics.name("master.subscriptions")).await;
-    subscriptions
-        .into_iter()
-        .map(|s| (s.subscription_id, (s.plan_id, s.status)))
-        .collect()
-}
-
-/// Waits until the orchestrator and the step sink have read everything on their inputs: no
-/// step is running or retrying, no result is unread.
-async fn settled(deployment: &Deployment) {
-    let settings = shared_settings();
-    let inputs = [
-        (ORCHESTRATOR, "sales.orders"),
-        (ORCHESTRATOR, "sales.order-step-results"),
-        (STEP_SINK, "sales.order-steps"),
-    ];
-    eventually(DEADLINE, "the order workflow to settle", || async {
-        inputs
-            .iter()
-            .all(|(binary, topic)| {
-                let topic = deployment.topics.name(topic);
-                let end = end_offsets_total(&settings, topic).unwrap_or(-1);
-                committed_total(&settings, &deployment.group(binary), topic) == end
-            })
-            .then_some(())
-    })
-    .await;
-}
-
-/// How often each business identity was applied through `api`: `(order, revision)` plus, for
-/// subscription changes, the change, for the ERP the order status, for confirmations the
-/// conclusion.
-async fn applied(sandbox: &Sandbox, api: OrderApi) -> BTreeMap<String, usize> {
-    let requests: Vec<AppliedRequest> = sandbox.client.applied(api, None).await.expect("applied");
-    let mut counts = BTreeMap::new();
-    for request in requests {
-        let body = &request.body;
-        let detail = ["change", "status", "conclusion"]
-            .iter()
-            .find_map(|field| body[field].as_str())
-            .map(|d| format!(":{d}"))
-            .unwrap_or_default();
-        let identity = format!(
-            "{}:{}{detail}",
-            body["order_id"].as_str().unwrap_or("?"),
-            body["revision"]
-        );
-        *counts.entry(identity).or_default() += 1;
-    }
-    counts
-}
-
-/// A sandbox knowing the `customers` (id, status) of a tenant of its own, and the tenant.
-async fn sandbox_with(customers: &[(&str, &str)]) -> (Sandbox, String) {
-    let sandbox = Sandbox::start(SandboxConfig::default()).await;
-    let tenant = format!("q2c-{}", now_micros());
-    let seeded: Vec<Customer> = customers
-        .iter()
-        .map(|(id, status)| Customer::new(&tenant, id, status))
-        .collect();
-    sandbox
-        .client
-        .seed_customers(&seeded)
-        .await
-        .expect("customers");
-    (sandbox, tenant)
-}
-
-/// Sets `faults` on every system an order's steps call.
-async fn fault_every_system(sandbox: &Sandbox, faults: &Faults) {
-    for system in [
-        System::Crm,
-        System::Platform,
-        System::Billing,
-        System::Erp,
-        System::Sales,
-    ] {
-        sandbox
-            .client
-            .set_faults(system, faults)
-            .await
-            .expect("faults");
-    }
-}
-
-fn once(identities: &[&str]) -> BTreeMap<String, usize> {
-    identities.iter().map(|i| ((*i).to_owned(), 1)).collect()
-}
+use sinks::{eventually, registry_url};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn orders_end_fulfilled_upgraded_or_cancelled_through_faults_and_kills_each_effect_once() {
