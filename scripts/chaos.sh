@@ -7,6 +7,8 @@
 #   BACKBONE_CHAOS_EXACTLY_ONCE_SECONDS (default 60), BACKBONE_CHAOS_EXACTLY_ONCE_EVENTS
 #     (default 3000): the exactly-once run
 #   BACKBONE_CHAOS_BROKER_RESTARTS=0 leaves the brokers alone
+#   BACKBONE_CHAOS_ORDERS (default 300), BACKBONE_CHAOS_ORDER_KILLS (default 16): the
+#     quote-to-cash run (tests/orders_chaos.rs), on the stack's broker
 #   BACKBONE_CHAOS_SEED (default 42): the workload and the chaos driver's choices
 #   BACKBONE_CHAOS_KAFKA_PORT, BACKBONE_CHAOS_REGISTRY_PORT, BACKBONE_CHAOS_POSTGRES_PORT: the
 #     stack that serves the registry and PostgreSQL
@@ -24,6 +26,8 @@ export BACKBONE_CHAOS_SECONDS=${BACKBONE_CHAOS_SECONDS:-180}
 export BACKBONE_CHAOS_EVENTS=${BACKBONE_CHAOS_EVENTS:-8000}
 export BACKBONE_CHAOS_EXACTLY_ONCE_SECONDS=${BACKBONE_CHAOS_EXACTLY_ONCE_SECONDS:-60}
 export BACKBONE_CHAOS_EXACTLY_ONCE_EVENTS=${BACKBONE_CHAOS_EXACTLY_ONCE_EVENTS:-3000}
+export BACKBONE_CHAOS_ORDERS=${BACKBONE_CHAOS_ORDERS:-300}
+export BACKBONE_CHAOS_ORDER_KILLS=${BACKBONE_CHAOS_ORDER_KILLS:-16}
 case "${BACKBONE_CHAOS_BROKER_RESTARTS:-1}" in
   0 | 1) ;;
   *) echo "BACKBONE_CHAOS_BROKER_RESTARTS must be 1 or 0, not '$BACKBONE_CHAOS_BROKER_RESTARTS'" >&2; exit 2 ;;
@@ -35,4 +39,4 @@ cargo build --workspace --bins --quiet
 # The stack's registry wants its development credentials; they exist once it is up.
 BACKBONE_TEST_REGISTRY_URL=$("$REPO/scripts/stack.sh" registry-url)
 export BACKBONE_TEST_REGISTRY_URL
-cargo test -p backbone-e2e --test chaos -- --nocapture
+cargo test -p backbone-e2e --test chaos --test orders_chaos -- --nocapture

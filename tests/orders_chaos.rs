@@ -342,11 +342,13 @@ async fn many_orders_through_outages_and_kills_end_as_their_stories_say() {
     let seed = setting("BACKBONE_CHAOS_SEED", 42);
     let mut rng = fastrand::Rng::with_seed(seed);
     let (sandbox, tenant) = sandbox_with(&[("c-1", "active"), ("c-gone", "inactive")]).await;
+    // Answers come 100 ms after a call is applied, so kills land between the two too.
     let background = Faults {
         error_rate: 0.1,
         lost_response_rate: 0.1,
         throttle_rate: 0.05,
         retry_after_seconds: 1,
+        answer_delay_ms: 100,
         ..Faults::default()
     };
     fault_every_system(&sandbox, &background).await;
