@@ -16,7 +16,8 @@ mod sinks;
 use std::collections::BTreeMap;
 
 use backbone::Deployment;
-use backbone_sandbox::{AppliedRequest, Faults, OrderApi, System};
+use backbone_calendar::now_micros;
+use backbone_sandbox::{AppliedRequest, Faults, OrderApi, SandboxConfig, System};
 use backbone_schemas::types::{
     OrderStateChange, OrderStatus, OrderWorkflowState, SalesOrder, SubscriptionStatus,
 };
@@ -26,7 +27,7 @@ use order_workflow::{
     read_all, sandbox_with, settled, DEADLINE, ORCHESTRATOR, STEP_SINK,
 };
 use orders::{order, publish_orders};
-use sinks::{eventually, registry_url};
+use sinks::{eventually, registry_url, Sandbox};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn orders_end_fulfilled_upgraded_or_cancelled_through_faults_and_kills_each_effect_once() {
@@ -808,4 +809,61 @@ async fn both_processes_killed_as_each_step_is_applied_and_before_it_is_answered
     assert!(applied(&sandbox, OrderApi::EntitlementRevocations)
         .await
         .is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_system_at_an_address_of_its_own_gets_its_steps_there_and_only_there() {
+    let (gateway, tenant) = sandbox_with(&[("c-1", "active")]).await;
+    let erp = Sandbox::start(SandboxConfig::default()).await;
+    let codec = WireCodec::new(registry_url().as_str());
+    let mut deployment = Deployment::create(
+        "orders-systems",
+        &gateway.url,
+        "postgres://unused",
+        &registry_url(),
+    )
+    .await;
+    let token = std::env::temp_dir().join(format!("erp-token-{}", now_micros()));
+    std::fs::write(&token, "sandbox-token\n").expect("token file");
+    for (key, value) in [
+        ("sink.systems.erp.url", erp.url.clone()),
+        (
+            "sink.systems.erp.credential_file",
+            token.display().to_string(),
+        ),
+    ] {
+        deployment.settings.push((STEP_SINK, key.to_owned(), value));
+    }
+    deployment.start(ORCHESTRATOR);
+    deployment.start(STEP_SINK);
+    publish_orders(
+        &deployment,
+        &codec,
+        &[order(
+            &tenant,
+            "o-1",
+            1,
+            OrderStatus::Confirmed,
+            "c-1",
+            Some("plan-pro"),
+        )],
+    )
+    .await;
+    eventually(DEADLINE, "the order to be fulfilled", || async {
+        let states = final_states(&codec, &deployment).await;
+        (states.get("o-1") == Some(&(1, OrderWorkflowState::Fulfilled))).then_some(())
+    })
+    .await;
+    settled(&deployment).await;
+
+    assert_eq!(
+        applied(&erp, OrderApi::SalesOrders).await,
+        once(&["o-1:1:confirmed"])
+    );
+    assert!(applied(&gateway, OrderApi::SalesOrders).await.is_empty());
+    assert_eq!(
+        applied(&gateway, OrderApi::Entitlements).await,
+        once(&["o-1:1"])
+    );
+    assert!(applied(&erp, OrderApi::Entitlements).await.is_empty());
 }

@@ -11,6 +11,8 @@
 //! dead-lettered with the answer and its result tells the orchestrator, which undoes what the
 //! order's earlier steps did.
 
+use std::collections::BTreeMap;
+
 use backbone_calendar::format_date;
 use backbone_core::config::{ConfigError, Validate};
 use backbone_core::InputRecord;
@@ -26,6 +28,10 @@ use futures::{stream, StreamExt, TryStreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::systems::{OrderSystem, SystemDestination};
+
+pub mod systems;
+
 /// The `[sink]` section.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -34,6 +40,9 @@ pub struct OrderStepSettings {
     pub topic: String,
     /// Requests in flight at once within a batch (each of another order).
     pub concurrency: usize,
+    /// Systems at addresses of their own (`crm`, `platform`, `billing`, `erp`, `sales`); the
+    /// others are called at the `[destination]`.
+    pub systems: BTreeMap<OrderSystem, SystemDestination>,
 }
 
 impl Default for OrderStepSettings {
@@ -41,6 +50,7 @@ impl Default for OrderStepSettings {
         Self {
             topic: "sales.order-steps".to_owned(),
             concurrency: 8,
+            systems: BTreeMap::new(),
         }
     }
 }
@@ -54,7 +64,7 @@ impl Validate for OrderStepSettings {
                 message: "must be at least 1".to_owned(),
             });
         }
-        Ok(())
+        systems::validate(&self.systems)
     }
 }
 
@@ -63,25 +73,12 @@ impl Validate for OrderStepSettings {
 pub struct StepCall {
     /// The step.
     pub step: OrderStepKind,
-    /// The API path it is posted to.
+    /// The system it is carried out by.
+    pub system: OrderSystem,
+    /// The API path it is posted to there.
     pub path: &'static str,
     /// The JSON body.
     pub body: Value,
-}
-
-/// The path each step is posted to, under the destination's base URL.
-pub fn path(step: OrderStepKind) -> Option<&'static str> {
-    Some(match step {
-        OrderStepKind::CheckCustomer => "/crm/v1/customers/lookup",
-        OrderStepKind::ProvisionEntitlements => "/platform/v1/entitlements",
-        OrderStepKind::RevokeEntitlements => "/platform/v1/entitlement-revocations",
-        OrderStepKind::ChangeSubscription | OrderStepKind::RevertSubscription => {
-            "/billing/v1/subscription-changes"
-        }
-        OrderStepKind::RecordOrder => "/erp/v1/sales-orders",
-        OrderStepKind::ConfirmOrder => "/sales/v1/order-confirmations",
-        OrderStepKind::Unknown => return None,
-    })
 }
 
 /// A symbol's wire name in lower case (`CREATE` → `create`).
@@ -123,7 +120,8 @@ impl StepCall {
                 ),
             )
         };
-        let path = path(step.step).ok_or_else(|| missing("step this reader knows"))?;
+        let (system, path) =
+            OrderSystem::route(step.step).ok_or_else(|| missing("step this reader knows"))?;
         let identity = json!({
             "tenant_id": order.metadata.tenant_id,
             "order_id": order.order_id,
@@ -183,6 +181,7 @@ impl StepCall {
         }
         Ok(Self {
             step: step.step,
+            system,
             path,
             body,
         })
@@ -193,19 +192,19 @@ impl StepCall {
 #[derive(Debug)]
 pub struct OrderStepSink {
     settings: OrderStepSettings,
-    api: JsonApi,
+    apis: BTreeMap<OrderSystem, JsonApi>,
 }
 
 impl OrderStepSink {
-    /// A sink posting to `api`.
-    pub fn new(settings: OrderStepSettings, api: JsonApi) -> Self {
-        Self { settings, api }
+    /// A sink posting each system's steps to its API in `apis`, which holds every system.
+    pub fn new(settings: OrderStepSettings, apis: BTreeMap<OrderSystem, JsonApi>) -> Self {
+        Self { settings, apis }
     }
 
     async fn post(&self, delivery: &Delivery<StepCall>) -> Result<Outcome, DeliveryError> {
         let call = &delivery.payload;
-        let answer = match self
-            .api
+        let api = &self.apis[&call.system];
+        let answer = match api
             .send(call.path, &[("Idempotency-Key", &delivery.key)], &call.body)
             .await?
         {
@@ -297,6 +296,11 @@ impl SinkApp for OrderStepSink {
         settings: OrderStepSettings,
         destination: &DestinationSettings,
     ) -> anyhow::Result<Self> {
-        Ok(Self::new(settings, JsonApi::connect(destination).await?))
+        let mut apis = BTreeMap::new();
+        for system in OrderSystem::ALL {
+            let own = systems::destination_of(system, &settings.systems, destination);
+            apis.insert(system, JsonApi::connect(&own).await?);
+        }
+        Ok(Self::new(settings, apis))
     }
 }
