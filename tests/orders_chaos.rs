@@ -50,19 +50,42 @@ enum Story {
     CancelledAtOnce,
     /// By a customer the CRM has as inactive: parked before anything is done.
     InactiveCustomer,
+    /// Refused by the product platform: nothing done, nothing to undo, parked.
+    RefusedByPlatform,
+    /// Refused by billing: provisioning undone, parked.
+    RefusedByBilling,
     /// Refused by the ERP: provisioning and subscription undone, parked.
     RefusedByErp,
+    /// Refused by the sales platform: provisioning and subscription undone (the ERP keeps its
+    /// record: it has no undo), parked.
+    RefusedBySales,
 }
 
-const STORIES: [Story; 7] = [
+const STORIES: [Story; 10] = [
     Story::OneOff,
     Story::Subscribes,
     Story::Upgraded,
     Story::CancelledLater,
     Story::CancelledAtOnce,
     Story::InactiveCustomer,
+    Story::RefusedByPlatform,
+    Story::RefusedByBilling,
     Story::RefusedByErp,
+    Story::RefusedBySales,
 ];
+
+impl Story {
+    /// The system refusing the story's order, and the value of its body it refuses.
+    fn refusal(self, id: &str) -> Option<(System, String)> {
+        match self {
+            Story::RefusedByPlatform => Some((System::Platform, id.to_owned())),
+            Story::RefusedByBilling => Some((System::Billing, id.to_owned())),
+            Story::RefusedByErp => Some((System::Erp, format!("SO-{id}"))),
+            Story::RefusedBySales => Some((System::Sales, id.to_owned())),
+            _ => None,
+        }
+    }
+}
 
 /// An order's expected end: its final revision and state, and per system API the business
 /// identities applied (each exactly once) beyond which nothing may be applied; `optional`
@@ -157,10 +180,28 @@ fn expected(id: &str, story: Story) -> Expected {
             SubscriptionChanges,
             &[at("1:create"), at("1:cancel")].concat(),
         ),
-        Story::InactiveCustomer => Expected {
+        Story::InactiveCustomer | Story::RefusedByPlatform => Expected {
             end: Some((1, Parked)),
             ..Expected::default()
         },
+        Story::RefusedByBilling => Expected {
+            end: Some((1, Parked)),
+            ..Expected::default()
+        }
+        .applied(Entitlements, &at("1"))
+        .applied(EntitlementRevocations, &at("1")),
+        Story::RefusedBySales => Expected {
+            end: Some((1, Parked)),
+            subscription: Some(("plan-pro", SubscriptionStatus::Cancelled)),
+            ..Expected::default()
+        }
+        .applied(Entitlements, &at("1"))
+        .applied(EntitlementRevocations, &at("1"))
+        .applied(
+            SubscriptionChanges,
+            &[at("1:create"), at("1:revert")].concat(),
+        )
+        .applied(SalesOrders, &at("1:confirmed")),
         Story::RefusedByErp => Expected {
             end: Some((1, Parked)),
             subscription: Some(("plan-pro", SubscriptionStatus::Cancelled)),
@@ -362,17 +403,20 @@ async fn many_orders_through_outages_and_kills_end_as_their_stories_say() {
             (format!("o-{n:04}"), story)
         })
         .collect();
-    let refused: Vec<String> = stories
-        .iter()
-        .filter(|(_, s)| **s == Story::RefusedByErp)
-        .map(|(id, _)| format!("SO-{id}"))
-        .collect();
-    let refused: Vec<&str> = refused.iter().map(String::as_str).collect();
-    sandbox
-        .client
-        .refuse(System::Erp, &refused)
-        .await
-        .expect("refuse");
+    let mut refused: BTreeMap<System, Vec<String>> = BTreeMap::new();
+    for (id, story) in &stories {
+        if let Some((system, value)) = story.refusal(id) {
+            refused.entry(system).or_default().push(value);
+        }
+    }
+    for (system, values) in &refused {
+        let values: Vec<&str> = values.iter().map(String::as_str).collect();
+        sandbox
+            .client
+            .refuse(*system, &values)
+            .await
+            .expect("refuse");
+    }
 
     let codec = WireCodec::new(registry_url().as_str());
     let mut deployment = orders_deployment("orders-chaos", &sandbox, &[]).await;
