@@ -24,9 +24,9 @@ use backbone_schemas::types::{
 use backbone_schemas::WireCodec;
 use order_workflow::{
     applied, fault_every_system, final_states, newest_subscriptions, once, orders_deployment,
-    read_all, sandbox_with, settled, DEADLINE, ORCHESTRATOR, STEP_SINK,
+    read_all, sandbox_with, settled, until_state, DEADLINE, ORCHESTRATOR, STEP_SINK,
 };
-use orders::{order, publish_orders};
+use orders::{order, publish_orders, subscribing};
 use sinks::{eventually, registry_url, Sandbox};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -44,8 +44,8 @@ async fn orders_end_fulfilled_upgraded_or_cancelled_through_faults_and_kills_eac
     fault_every_system(&sandbox, &faults).await;
     let codec = WireCodec::new(registry_url().as_str());
     let mut deployment = orders_deployment("orders", &sandbox, &[]).await;
-    let subscribing: Vec<String> = (1..=6).map(|n| format!("o-{n}")).collect();
-    let mut first: Vec<SalesOrder> = subscribing
+    let subscribers: Vec<String> = (1..=6).map(|n| format!("o-{n}")).collect();
+    let mut first: Vec<SalesOrder> = subscribers
         .iter()
         .map(|id| {
             order(
@@ -122,14 +122,7 @@ async fn orders_end_fulfilled_upgraded_or_cancelled_through_faults_and_kills_eac
                 "c-1",
                 Some("plan-pro"),
             ),
-            order(
-                &tenant,
-                "o-3",
-                1,
-                OrderStatus::Confirmed,
-                "c-1",
-                Some("plan-pro"),
-            ),
+            subscribing(&tenant, "o-3"),
         ],
     )
     .await;
@@ -237,14 +230,7 @@ async fn a_step_refused_for_good_undoes_what_the_order_did_and_parks_it_with_the
         &deployment,
         &codec,
         &[
-            order(
-                &tenant,
-                "o-refused",
-                1,
-                OrderStatus::Confirmed,
-                "c-1",
-                Some("plan-pro"),
-            ),
+            subscribing(&tenant, "o-refused"),
             order(
                 &tenant,
                 "o-inactive",
@@ -253,14 +239,7 @@ async fn a_step_refused_for_good_undoes_what_the_order_did_and_parks_it_with_the
                 "c-gone",
                 Some("plan-pro"),
             ),
-            order(
-                &tenant,
-                "o-fine",
-                1,
-                OrderStatus::Confirmed,
-                "c-1",
-                Some("plan-pro"),
-            ),
+            subscribing(&tenant, "o-fine"),
         ],
     )
     .await;
@@ -409,8 +388,8 @@ async fn orders_over_the_limit_wait_for_a_decision_and_run_when_approved_only() 
         "orders-approvals",
         &sandbox,
         &[
-            ("processor.approval.min_total", "1000"),
-            ("processor.approval.timeout", "15s"),
+            (ORCHESTRATOR, "processor.approval.min_total", "1000"),
+            (ORCHESTRATOR, "processor.approval.timeout", "15s"),
         ],
     )
     .await;
@@ -426,14 +405,7 @@ async fn orders_over_the_limit_wait_for_a_decision_and_run_when_approved_only() 
         order.total_amount = "5000".parse().expect("total");
         order
     };
-    let mut small = order(
-        &tenant,
-        "o-small",
-        1,
-        OrderStatus::Confirmed,
-        "c-1",
-        Some("plan-pro"),
-    );
+    let mut small = subscribing(&tenant, "o-small");
     small.total_amount = "999.99".parse().expect("total");
     publish_orders(
         &deployment,
@@ -639,19 +611,7 @@ async fn an_order_cancelled_while_its_provisioning_is_retried_is_undone_once_it_
         .expect("outage");
     let codec = WireCodec::new(registry_url().as_str());
     let deployment = orders_deployment("orders-cancelled", &sandbox, &[]).await;
-    publish_orders(
-        &deployment,
-        &codec,
-        &[order(
-            &tenant,
-            "o-1",
-            1,
-            OrderStatus::Confirmed,
-            "c-1",
-            Some("plan-pro"),
-        )],
-    )
-    .await;
+    publish_orders(&deployment, &codec, &[subscribing(&tenant, "o-1")]).await;
     let provisioning = (1, OrderWorkflowState::InProgress);
     eventually(DEADLINE, "provisioning to be retried", || async {
         let states = final_states(&codec, &deployment).await;
@@ -677,10 +637,12 @@ async fn an_order_cancelled_while_its_provisioning_is_retried_is_undone_once_it_
         .clear_faults(System::Platform)
         .await
         .expect("the platform is back");
-    eventually(DEADLINE, "the order to end cancelled", || async {
-        let states = final_states(&codec, &deployment).await;
-        (states.get("o-1") == Some(&(1, OrderWorkflowState::Cancelled))).then_some(())
-    })
+    until_state(
+        &codec,
+        &deployment,
+        "o-1",
+        (1, OrderWorkflowState::Cancelled),
+    )
     .await;
     settled(&deployment).await;
 
@@ -739,19 +701,7 @@ async fn both_processes_killed_as_each_step_is_applied_and_before_it_is_answered
     fault_every_system(&sandbox, &late).await;
     let codec = WireCodec::new(registry_url().as_str());
     let mut deployment = orders_deployment("orders-kills", &sandbox, &[]).await;
-    publish_orders(
-        &deployment,
-        &codec,
-        &[order(
-            &tenant,
-            "o-1",
-            1,
-            OrderStatus::Confirmed,
-            "c-1",
-            Some("plan-pro"),
-        )],
-    )
-    .await;
+    publish_orders(&deployment, &codec, &[subscribing(&tenant, "o-1")]).await;
     let status = deployment.topics.name("sales.order-status").to_owned();
     // The customer check is a read: the kill lands as it starts. Each later step is killed
     // as soon as its system has applied it.
@@ -783,10 +733,12 @@ async fn both_processes_killed_as_each_step_is_applied_and_before_it_is_answered
         deployment.start(STEP_SINK);
         deployment.start(ORCHESTRATOR);
     }
-    eventually(DEADLINE, "the order to be fulfilled", || async {
-        let states = final_states(&codec, &deployment).await;
-        (states.get("o-1") == Some(&(1, OrderWorkflowState::Fulfilled))).then_some(())
-    })
+    until_state(
+        &codec,
+        &deployment,
+        "o-1",
+        (1, OrderWorkflowState::Fulfilled),
+    )
     .await;
     settled(&deployment).await;
 
@@ -816,43 +768,28 @@ async fn a_system_at_an_address_of_its_own_gets_its_steps_there_and_only_there()
     let (gateway, tenant) = sandbox_with(&[("c-1", "active")]).await;
     let erp = Sandbox::start(SandboxConfig::default()).await;
     let codec = WireCodec::new(registry_url().as_str());
-    let mut deployment = Deployment::create(
-        "orders-systems",
-        &gateway.url,
-        "postgres://unused",
-        &registry_url(),
-    )
-    .await;
     let token = std::env::temp_dir().join(format!("erp-token-{}", now_micros()));
     std::fs::write(&token, "sandbox-token\n").expect("token file");
-    for (key, value) in [
-        ("sink.systems.erp.url", erp.url.clone()),
-        (
-            "sink.systems.erp.credential_file",
-            token.display().to_string(),
-        ),
-    ] {
-        deployment.settings.push((STEP_SINK, key.to_owned(), value));
-    }
-    deployment.start(ORCHESTRATOR);
-    deployment.start(STEP_SINK);
-    publish_orders(
-        &deployment,
-        &codec,
-        &[order(
-            &tenant,
-            "o-1",
-            1,
-            OrderStatus::Confirmed,
-            "c-1",
-            Some("plan-pro"),
-        )],
+    let deployment = orders_deployment(
+        "orders-systems",
+        &gateway,
+        &[
+            (STEP_SINK, "sink.systems.erp.url", &erp.url),
+            (
+                STEP_SINK,
+                "sink.systems.erp.credential_file",
+                &token.display().to_string(),
+            ),
+        ],
     )
     .await;
-    eventually(DEADLINE, "the order to be fulfilled", || async {
-        let states = final_states(&codec, &deployment).await;
-        (states.get("o-1") == Some(&(1, OrderWorkflowState::Fulfilled))).then_some(())
-    })
+    publish_orders(&deployment, &codec, &[subscribing(&tenant, "o-1")]).await;
+    until_state(
+        &codec,
+        &deployment,
+        "o-1",
+        (1, OrderWorkflowState::Fulfilled),
+    )
     .await;
     settled(&deployment).await;
 

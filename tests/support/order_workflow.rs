@@ -20,20 +20,20 @@ pub const ORCHESTRATOR: &str = "order-orchestrator";
 pub const STEP_SINK: &str = "order-step-sink";
 pub const DEADLINE: Duration = Duration::from_secs(180);
 
-/// A deployment running only the order workflow, against `sandbox`, the orchestrator with
-/// `settings` (key, value) besides its local ones.
+/// A deployment running only the order workflow against `sandbox`, with `settings` (binary,
+/// key, value) besides the binaries' local ones.
 pub async fn orders_deployment(
     name: &str,
     sandbox: &Sandbox,
-    settings: &[(&str, &str)],
+    settings: &[(&'static str, &str, &str)],
 ) -> Deployment {
     // The order workflow writes nothing to PostgreSQL.
     let mut deployment =
         Deployment::create(name, &sandbox.url, "postgres://unused", &registry_url()).await;
-    for (key, value) in settings {
+    for (binary, key, value) in settings {
         deployment
             .settings
-            .push((ORCHESTRATOR, (*key).to_owned(), (*value).to_owned()));
+            .push((*binary, (*key).to_owned(), (*value).to_owned()));
     }
     deployment.start(ORCHESTRATOR);
     deployment.start(STEP_SINK);
@@ -174,4 +174,22 @@ pub async fn fault_every_system(sandbox: &Sandbox, faults: &Faults) {
 
 pub fn once(identities: &[&str]) -> BTreeMap<String, usize> {
     identities.iter().map(|i| ((*i).to_owned(), 1)).collect()
+}
+
+/// Waits until order `id`'s latest state change is `end` (revision and state).
+pub async fn until_state(
+    codec: &WireCodec,
+    deployment: &Deployment,
+    id: &str,
+    end: (i32, OrderWorkflowState),
+) {
+    eventually(
+        DEADLINE,
+        &format!("order {id} to reach {end:?}"),
+        || async {
+            let states = final_states(codec, deployment).await;
+            (states.get(id) == Some(&end)).then_some(())
+        },
+    )
+    .await;
 }

@@ -62,6 +62,18 @@ pub fn order(
     }
 }
 
+/// Order `id`'s first revision, confirmed, by customer `c-1`, subscribing to `plan-pro`.
+pub fn subscribing(tenant: &str, id: &str) -> SalesOrder {
+    order(
+        tenant,
+        id,
+        1,
+        OrderStatus::Confirmed,
+        "c-1",
+        Some("plan-pro"),
+    )
+}
+
 /// Publishes `orders` to `deployment`'s order topic, keyed `<tenant>:<order_id>`.
 pub async fn publish_orders(deployment: &Deployment, codec: &WireCodec, orders: &[SalesOrder]) {
     let values: Vec<(String, SalesOrder, Option<i64>)> = orders
