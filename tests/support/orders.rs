@@ -1,4 +1,6 @@
 //! Sales orders for the tests of the order workflow, and their publishing into a deployment.
+// Each test binary uses part of them.
+#![allow(dead_code)]
 
 use backbone_schemas::types::{OrderStatus, SalesOrder, SalesOrderLine};
 use backbone_schemas::WireCodec;
