@@ -1,13 +1,18 @@
 //! Dates and instants as Backbone's contracts carry them: a `date` is a day number (days since
 //! 1970-01-01), a `timestamp-micros` microseconds since the epoch, both in the proleptic
-//! Gregorian calendar in UTC. The one copy of the calendar arithmetic in the workspace, and
-//! the one reading of the wall clock as a number.
+//! Gregorian calendar in UTC; [`Zone`] gives the local day of an instant in a legal entity's
+//! time zone. The one copy of the calendar arithmetic in the workspace, and the one reading of
+//! the wall clock as a number.
 //!
 //! Day numbers convert to dates with Howard Hinnant's `days_from_civil` / `civil_from_days`
 //! algorithms (public domain, <https://howardhinnant.github.io/date_algorithms.html>): years
 //! counted from March, so that the leap day ends them, in eras of 400 years.
 
 use std::time::{SystemTime, UNIX_EPOCH};
+
+pub mod zone;
+
+pub use zone::{Zone, ZoneError};
 
 /// Microseconds in a day.
 pub const DAY_MICROS: i64 = 86_400_000_000;
