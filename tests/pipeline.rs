@@ -138,6 +138,7 @@ struct Topics {
     accounts: String,
     subscriptions: String,
     rate_cards: String,
+    legal_entities: String,
     gl_mappings: String,
     enriched: String,
     rated: String,
@@ -157,6 +158,7 @@ impl Topics {
             accounts: unique_topic("master.customer-accounts"),
             subscriptions: unique_topic("master.subscriptions"),
             rate_cards: unique_topic("master.rate-cards"),
+            legal_entities: unique_topic("master.legal-entities"),
             gl_mappings: unique_topic("master.gl-mappings"),
             enriched: unique_topic("usage.enriched"),
             rated: unique_topic("usage.rated"),
@@ -170,7 +172,12 @@ impl Topics {
         for topic in [&t.usage, &t.accounts, &t.enriched, &t.rated, &t.windows] {
             create_topic(kafka, topic, 3).await.expect("topic");
         }
-        for topic in [&t.subscriptions, &t.rate_cards, &t.gl_mappings] {
+        for topic in [
+            &t.subscriptions,
+            &t.rate_cards,
+            &t.legal_entities,
+            &t.gl_mappings,
+        ] {
             create_topic(kafka, topic, 1).await.expect("topic");
         }
         t
@@ -193,6 +200,7 @@ impl Stages {
                     accounts_topic: t.accounts.clone(),
                     subscriptions_topic: t.subscriptions.clone(),
                     rate_cards_topic: t.rate_cards.clone(),
+                    legal_entities_topic: t.legal_entities.clone(),
                     output_topic: t.enriched.clone(),
                     park_timeout,
                     ..EnricherSettings::default()

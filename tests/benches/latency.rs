@@ -25,7 +25,7 @@ use backbone_schemas::types::{
     BillingCharge, Contract, EnrichedUsage, LedgerPosting, RatedUsage, UsageEvent,
 };
 use backbone_schemas::WireCodec;
-use backbone_testkit::{consume_until, ConsumedRecord, Forward, RunningProcessor};
+use backbone_testkit::{consume_until, create_topic, ConsumedRecord, Forward, RunningProcessor};
 use backbone_usage_rater::{RaterSettings, UsageRater};
 use backbone_usage_validator::{UsageValidator, ValidatorSettings};
 use rdkafka::producer::FutureProducer;
@@ -194,6 +194,10 @@ async fn baseline(bench: &Bench, workload: &Workload) -> Vec<i64> {
 async fn pipeline(bench: &Bench, workload: &Workload) -> Vec<(&'static str, Vec<i64>)> {
     let (accounts, subscriptions, rate_cards, gl_mappings) = bench.master("pipeline");
     let t = |name: &str| bench.topic(&format!("pipeline.{name}"));
+    let legal_entities = t("legal-entities");
+    create_topic(&bench.kafka, &legal_entities, 1)
+        .await
+        .expect("topic");
     let (raw, validated, enriched, rated, windows) = (
         t("usage.events"),
         t("usage.validated"),
@@ -236,6 +240,7 @@ async fn pipeline(bench: &Bench, workload: &Workload) -> Vec<(&'static str, Vec<
                     accounts_topic: accounts.clone(),
                     subscriptions_topic: subscriptions.clone(),
                     rate_cards_topic: rate_cards.clone(),
+                    legal_entities_topic: legal_entities.clone(),
                     output_topic: enriched.clone(),
                     ..EnricherSettings::default()
                 },

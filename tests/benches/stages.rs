@@ -90,6 +90,7 @@ async fn main() {
         "master.subscriptions",
         "master.rate-cards",
         "master.gl-mappings",
+        "master.legal-entities",
         "usage.enriched",
         "usage.rated",
         "usage.window-aggregates",
@@ -190,6 +191,7 @@ async fn main() {
             accounts_topic: accounts.clone(),
             subscriptions_topic: subscriptions.clone(),
             rate_cards_topic: rate_cards.clone(),
+            legal_entities_topic: topic("master.legal-entities"),
             output_topic: topic("usage.enriched"),
             ..EnricherSettings::default()
         },

@@ -3,7 +3,13 @@
 //!
 //! Inputs: validated usage and the customer accounts, both keyed `<tenant>:<customer>` and
 //! co-partitioned, so an account lives in the partition state of the usage it enriches.
-//! Subscriptions and rate cards are global tables (keyed by subscription and plan).
+//! Subscriptions, rate cards and legal entities are global tables (keyed by subscription, plan
+//! and legal entity).
+//!
+//! Billing period: the one of the subscription holding the event's local day in the time zone
+//! of the subscription's legal entity (`LegalEntity.time_zone`); UTC for an entity the table
+//! does not hold. An entity whose time zone is not an IANA zone dead-letters its usage as
+//! `invalid_legal_entity`, to be replayed once the record is fixed.
 //!
 //! Park and release: a usage event whose account or subscription is not known yet is parked in
 //! partition state, behind any earlier parked event of the same customer (order is kept). Parked
@@ -26,7 +32,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use backbone_calendar::now_ms;
+use backbone_calendar::{now_ms, Zone};
 use backbone_core::app::{App, RegistryAccess};
 use backbone_core::config::{ConfigError, Validate};
 use backbone_core::dead_letter::DeadLetter;
@@ -35,8 +41,8 @@ use backbone_core::{
 };
 use backbone_rating::{card_for_period, rate_card_prefix, BillingPeriod, PeriodPlan};
 use backbone_schemas::types::{
-    AccountStatus, Contract, CustomerAccount, EnrichedUsage, EventMetadata, RateCard, Subscription,
-    UsageEvent,
+    AccountStatus, Contract, CustomerAccount, EnrichedUsage, EventMetadata, LegalEntity, RateCard,
+    Subscription, UsageEvent,
 };
 use backbone_schemas::wire::encode_framed;
 use backbone_schemas::{OutputContracts, WireCodec, WireError};
@@ -47,7 +53,7 @@ use crate::parking::{Parked, PARKED, PARKED_INDEX};
 const ACCOUNTS: &str = "accounts";
 const SUBSCRIPTIONS: &str = "subscriptions";
 const RATE_CARDS: &str = "rate_cards";
-use backbone_calendar::DAY_MICROS;
+const LEGAL_ENTITIES: &str = "legal_entities";
 
 /// The `[processor]` config section.
 #[derive(Debug, Clone, Deserialize)]
@@ -61,6 +67,9 @@ pub struct EnricherSettings {
     pub subscriptions_topic: String,
     /// Rate cards, keyed `<tenant>:<plan>`.
     pub rate_cards_topic: String,
+    /// Legal entities, keyed `<tenant>:<legal entity>`: their time zone decides an event's
+    /// local day, and so its billing period.
+    pub legal_entities_topic: String,
     /// Where enriched usage goes, keyed `<tenant>:<subscription>`.
     pub output_topic: String,
     /// How long an event may wait for its master data before it is dead-lettered.
@@ -78,6 +87,7 @@ impl Default for EnricherSettings {
             accounts_topic: "master.customer-accounts".to_owned(),
             subscriptions_topic: "master.subscriptions".to_owned(),
             rate_cards_topic: "master.rate-cards".to_owned(),
+            legal_entities_topic: "master.legal-entities".to_owned(),
             output_topic: "usage.enriched".to_owned(),
             park_timeout: Duration::from_secs(3600),
             park_retry_interval: Duration::from_secs(1),
@@ -92,6 +102,7 @@ impl Validate for EnricherSettings {
             ("accounts_topic", &self.accounts_topic),
             ("subscriptions_topic", &self.subscriptions_topic),
             ("rate_cards_topic", &self.rate_cards_topic),
+            ("legal_entities_topic", &self.legal_entities_topic),
             ("output_topic", &self.output_topic),
         ] {
             if value.trim().is_empty() {
@@ -190,6 +201,7 @@ impl Processor for Enricher {
             .store(PARKED_INDEX)
             .global(SUBSCRIPTIONS, &self.settings.subscriptions_topic)
             .global(RATE_CARDS, &self.settings.rate_cards_topic)
+            .global(LEGAL_ENTITIES, &self.settings.legal_entities_topic)
     }
 
     fn prefetch(&self) -> Option<Arc<dyn Prefetch>> {
@@ -483,9 +495,7 @@ impl Enricher {
                 ),
             ));
         }
-        let period = period_of(&subscription, m.occurred_at).map_err(|e| {
-            ProcessError::permanent("contract_violation", format!("subscription `{key}`: {e}"))
-        })?;
+        let period = period_of(state, self.codec(), &subscription, m.occurred_at)?;
         let cards = rate_cards(state, self.codec(), &m.tenant_id, &subscription.plan_id)?;
         // The rater waits for a card not known yet; the version is what it finds then.
         let rate_card_version = card_for_period(&cards, &subscription.plan_id, period.start)
@@ -526,20 +536,52 @@ impl Enricher {
 /// Master data that does not decode is no fault of the usage, but the usage cannot be enriched
 /// with it: dead-lettered under the master data's own reason, naming the record, to be replayed
 /// once the record is fixed. An unreachable registry stays an outage.
-/// The billing period of `subscription` that the instant `occurred_at` (µs) falls in.
+/// The billing period of `subscription` holding the instant `occurred_at` (µs): the one of its
+/// local day in the time zone of the subscription's legal entity.
 pub(crate) fn period_of(
+    state: &State<'_>,
+    codec: &WireCodec,
     subscription: &Subscription,
     occurred_at: i64,
-) -> Result<BillingPeriod, String> {
+) -> Result<BillingPeriod, ProcessError> {
+    let key = format!(
+        "{}:{}",
+        subscription.metadata.tenant_id, subscription.subscription_id
+    );
     let plan = PeriodPlan::new(
         subscription.current_period_start,
         subscription.billing_anchor_day,
         subscription.billing_interval,
     )
-    .map_err(|e| e.to_string())?;
-    let day = i32::try_from(occurred_at.div_euclid(DAY_MICROS))
-        .map_err(|_| "occurred_at is out of range".to_owned())?;
+    .map_err(|e| {
+        ProcessError::permanent("contract_violation", format!("subscription `{key}`: {e}"))
+    })?;
+    let zone = zone_of(state, codec, subscription)?;
+    let day = zone
+        .day_of(occurred_at)
+        .map_err(|e| ProcessError::permanent("contract_violation", format!("occurred_at: {e}")))?;
     Ok(plan.period_of(day))
+}
+
+/// The time zone of `subscription`'s legal entity; UTC when the table does not hold it.
+fn zone_of(
+    state: &State<'_>,
+    codec: &WireCodec,
+    subscription: &Subscription,
+) -> Result<Zone, ProcessError> {
+    let key = format!(
+        "{}:{}",
+        subscription.metadata.tenant_id, subscription.legal_entity_id
+    );
+    let Some(value) = state.global(LEGAL_ENTITIES, key.as_bytes())? else {
+        return Ok(Zone::utc());
+    };
+    let entity: Arc<LegalEntity> = codec
+        .decode_shared(&value, LegalEntity::schema())
+        .map_err(|e| invalid_master_data("invalid_legal_entity", &key, e))?;
+    Zone::named(&entity.time_zone).map_err(|e| {
+        ProcessError::permanent("invalid_legal_entity", format!("legal entity `{key}`: {e}"))
+    })
 }
 
 /// Every version of `plan_id`'s rate card the table holds; one that does not decode stops the

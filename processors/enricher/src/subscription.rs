@@ -54,8 +54,11 @@ pub(crate) fn pick(
         let plan = &subscription.plan_id;
         let cards = crate::rate_cards(state, codec, tenant, plan)?;
         // A subscription whose period the event cannot fall in prices nothing for it.
-        let Ok(period) = crate::period_of(&subscription, usage.metadata.occurred_at) else {
-            continue;
+        let period = match crate::period_of(state, codec, &subscription, usage.metadata.occurred_at)
+        {
+            Ok(period) => period,
+            Err(ProcessError::Permanent { .. }) => continue,
+            Err(outage) => return Err(outage),
         };
         let Some(card) = card_for_period(&cards, plan, period.start) else {
             return Ok(Pick::Waiting(format!(

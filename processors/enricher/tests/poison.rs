@@ -36,6 +36,7 @@ async fn bad_master_data_and_usage_are_dead_lettered_under_their_reasons() {
         accounts_topic: unique_topic("master.customer-accounts"),
         subscriptions_topic: unique_topic("master.subscriptions"),
         rate_cards_topic: unique_topic("master.rate-cards"),
+        legal_entities_topic: unique_topic("master.legal-entities"),
         output_topic: unique_topic("usage.enriched"),
         park_timeout: Duration::from_secs(3600),
         ..EnricherSettings::default()
@@ -45,6 +46,7 @@ async fn bad_master_data_and_usage_are_dead_lettered_under_their_reasons() {
         &settings.accounts_topic,
         &settings.subscriptions_topic,
         &settings.rate_cards_topic,
+        &settings.legal_entities_topic,
     ] {
         create_topic(&kafka, topic, 1).await.expect("topic");
     }
