@@ -1,0 +1,336 @@
+//! One subscription's billing period as the processor keeps it until it is closed: what was
+//! charged in it, line by line, and the invoice it becomes. Pure: no state, no clock.
+
+use std::collections::BTreeSet;
+
+use backbone_calendar::format_date;
+use backbone_schemas::types::{
+    Amount, BillingCharge, BillingChargeType, EventMetadata, Invoice, InvoiceLine, InvoiceStatus,
+    Quantity, TraceContext,
+};
+use serde::{Deserialize, Serialize};
+
+/// A line of the period: one charge's usage, or one closed period's correction of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Line {
+    /// The charge (rate card charge id).
+    pub charge_id: String,
+    /// What the customer reads.
+    pub description: String,
+    /// Whether the line corrects an earlier period.
+    pub adjustment: bool,
+    /// The period it corrects, start and end day, when known (a charge that came after its
+    /// period closed); the rater's adjustments say it in their own description only.
+    pub corrects: Option<(i32, i32)>,
+    /// Quantity for the period to date, as the latest charge said (unscaled, 9 digits).
+    pub quantity: i128,
+    /// The sum of the charges' amounts (unscaled, 6 digits).
+    pub amount: i128,
+    /// Every rating id summed into the line.
+    pub rating_ids: BTreeSet<String>,
+}
+
+/// A subscription's billing period, open until closed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeriodBook {
+    /// The tenant.
+    pub tenant: String,
+    /// The subscription billed.
+    pub subscription_id: String,
+    /// Its customer.
+    pub customer_id: String,
+    /// The legal entity invoicing.
+    pub legal_entity_id: String,
+    /// The currency of its charges.
+    pub currency: String,
+    /// First day of the period.
+    pub start: i32,
+    /// First day after it.
+    pub end: i32,
+    /// The lines, in the order first charged, usage and adjustments.
+    pub lines: Vec<Line>,
+    /// `rating_id:revision` of every charge booked: a redelivered charge is booked once.
+    pub booked: BTreeSet<String>,
+    /// Once the invoice is out, nothing is booked here again.
+    pub closed: bool,
+}
+
+/// What booking a charge did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Booked {
+    /// Added to a line.
+    Added,
+    /// This charge (rating id and revision) was booked before.
+    Repeat,
+}
+
+impl PeriodBook {
+    /// An empty book for `charge`'s subscription and the period `start..end`.
+    pub fn open(
+        tenant: &str,
+        charge: &BillingCharge,
+        legal_entity_id: &str,
+        start: i32,
+        end: i32,
+    ) -> Self {
+        Self {
+            tenant: tenant.to_owned(),
+            subscription_id: charge.subscription_id.clone(),
+            customer_id: charge.customer_id.clone(),
+            legal_entity_id: legal_entity_id.to_owned(),
+            currency: charge.currency.clone(),
+            start,
+            end,
+            lines: Vec::new(),
+            booked: BTreeSet::new(),
+            closed: false,
+        }
+    }
+
+    /// Books `charge`; `corrects` names the closed period it corrects when it came after that
+    /// period closed. A charge the rater made an adjustment is one too.
+    pub fn book(&mut self, charge: &BillingCharge, corrects: Option<(i32, i32)>) -> Booked {
+        let adjustment = corrects.is_some() || charge.charge_type == BillingChargeType::Adjustment;
+        if !self
+            .booked
+            .insert(format!("{}:{}", charge.rating_id, charge.revision))
+        {
+            return Booked::Repeat;
+        }
+        let at = self.lines.iter().position(|l| {
+            l.charge_id == charge.charge_id && l.adjustment == adjustment && l.corrects == corrects
+        });
+        let line = match at {
+            Some(at) => &mut self.lines[at],
+            None => {
+                let description = match (adjustment, corrects) {
+                    (_, Some((start, end))) => format!(
+                        "{}: correction of {} to {}",
+                        charge.charge_id,
+                        format_date(start),
+                        format_date(end - 1)
+                    ),
+                    (true, None) => {
+                        format!("{}: correction of an earlier period", charge.charge_id)
+                    }
+                    (false, None) => charge.charge_id.clone(),
+                };
+                self.lines.push(Line {
+                    charge_id: charge.charge_id.clone(),
+                    description,
+                    adjustment,
+                    corrects,
+                    quantity: 0,
+                    amount: 0,
+                    rating_ids: BTreeSet::new(),
+                });
+                self.lines.last_mut().expect("just pushed")
+            }
+        };
+        line.amount += charge.amount.unscaled();
+        // A usage charge says the quantity to date; an adjustment's quantity is the corrected
+        // period's, so it is summed as its amount is.
+        line.quantity = if adjustment {
+            line.quantity + charge.quantity.unscaled()
+        } else {
+            charge.quantity.unscaled().max(line.quantity)
+        };
+        line.rating_ids.insert(charge.rating_id.clone());
+        Booked::Added
+    }
+
+    /// The invoice id: one per subscription and period, the same however often it is made.
+    pub fn invoice_id(&self) -> String {
+        format!("inv-{}-{}", self.subscription_id, format_date(self.start))
+    }
+
+    /// The period's invoice as a draft (no number yet), issued on `issue_date`, due
+    /// `payment_days` later; `at_micros` stamps it.
+    pub fn draft(
+        &self,
+        issue_date: i32,
+        payment_days: i32,
+        at_micros: i64,
+    ) -> Result<Invoice, String> {
+        let amount = |unscaled: i128| {
+            Amount::from_unscaled(unscaled)
+                .map_err(|e| format!("invoice {}: {e}", self.invoice_id()))
+        };
+        let mut lines = Vec::with_capacity(self.lines.len());
+        let mut subtotal = 0i128;
+        for (n, line) in self.lines.iter().enumerate() {
+            subtotal += line.amount;
+            let (period_start, period_end) = line.corrects.unwrap_or((self.start, self.end));
+            lines.push(InvoiceLine {
+                line_number: i32::try_from(n + 1).unwrap_or(i32::MAX),
+                description: line.description.clone(),
+                product_id: None,
+                charge_id: Some(line.charge_id.clone()),
+                quantity: Quantity::from_unscaled(line.quantity)
+                    .map_err(|e| format!("invoice {}: {e}", self.invoice_id()))?,
+                unit_price: None,
+                amount: amount(line.amount)?,
+                tax_amount: amount(0)?,
+                period_start: Some(period_start),
+                period_end: Some(period_end),
+                rating_ids: line.rating_ids.iter().cloned().collect(),
+            });
+        }
+        Ok(Invoice {
+            metadata: EventMetadata {
+                tenant_id: self.tenant.clone(),
+                event_id: format!("{}:draft", self.invoice_id()),
+                source: crate::SOURCE.to_owned(),
+                r#type: "backbone.sales.invoice".to_owned(),
+                occurred_at: at_micros,
+                produced_at: at_micros,
+                trace: TraceContext {
+                    traceparent: traceparent(&self.invoice_id()),
+                    tracestate: None,
+                },
+                schema_version: None,
+            },
+            invoice_id: self.invoice_id(),
+            invoice_number: String::new(),
+            customer_id: self.customer_id.clone(),
+            legal_entity_id: self.legal_entity_id.clone(),
+            status: InvoiceStatus::Draft,
+            currency: self.currency.clone(),
+            issue_date,
+            due_date: issue_date + payment_days,
+            lines,
+            subtotal_amount: amount(subtotal)?,
+            tax_amount: amount(0)?,
+            total_amount: amount(subtotal)?,
+            subscription_id: Some(self.subscription_id.clone()),
+            order_id: None,
+            period_start: Some(self.start),
+            period_end: Some(self.end),
+            billing_email: None,
+            billing_address: None,
+        })
+    }
+}
+
+/// A W3C trace id derived from `id`: the invoice's records share one trace, the same on
+/// every replay.
+fn traceparent(id: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    id.hash(&mut hasher);
+    let high = hasher.finish();
+    "invoice".hash(&mut hasher);
+    let low = hasher.finish();
+    format!("00-{high:016x}{low:016x}-{:016x}-01", low | 1)
+}
+
+/// Invoice number `sequence` of a legal entity: its id and the number, zero-padded.
+pub fn invoice_number(legal_entity_id: &str, sequence: u64) -> String {
+    format!("{legal_entity_id}-{sequence:06}")
+}
+
+/// The period key: tenant, subscription and start day, ordered by start.
+pub fn period_key(tenant: &str, subscription_id: &str, start: i32) -> String {
+    format!("{tenant}:{subscription_id}:{}", format_date(start))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use backbone_calendar::parse_date;
+
+    fn charge(
+        rating_id: &str,
+        revision: i64,
+        charge_id: &str,
+        quantity: &str,
+        amount: &str,
+    ) -> BillingCharge {
+        BillingCharge {
+            metadata: EventMetadata {
+                tenant_id: "acme".into(),
+                event_id: rating_id.into(),
+                source: "fanout".into(),
+                r#type: "backbone.billing.charge".into(),
+                occurred_at: 0,
+                produced_at: 0,
+                trace: TraceContext {
+                    traceparent: String::new(),
+                    tracestate: None,
+                },
+                schema_version: None,
+            },
+            rating_id: rating_id.into(),
+            revision,
+            charge_type: BillingChargeType::Usage,
+            customer_id: "c-1".into(),
+            subscription_id: "s-1".into(),
+            charge_id: charge_id.into(),
+            group_key: String::new(),
+            description: String::new(),
+            period_start: 0,
+            period_end: 0,
+            quantity: quantity.parse().expect("quantity"),
+            amount: amount.parse().expect("amount"),
+            currency: "EUR".into(),
+            billing_account_ref: None,
+        }
+    }
+
+    #[test]
+    fn charges_sum_per_line_once_each_and_corrections_keep_lines_of_their_own() {
+        let (nov, dec) = (
+            parse_date("2026-11-01").expect("date"),
+            parse_date("2026-12-01").expect("date"),
+        );
+        let oct = parse_date("2026-10-01").expect("date");
+        let first = charge("r-1", 1, "fonts", "10", "5");
+        let mut book = PeriodBook::open("acme", &first, "acme-de", nov, dec);
+        assert_eq!(book.book(&first, None), Booked::Added);
+        assert_eq!(book.book(&first, None), Booked::Repeat, "a redelivery");
+        assert_eq!(
+            book.book(&charge("r-1", 2, "fonts", "12", "1"), None),
+            Booked::Added
+        );
+        book.book(&charge("r-2", 1, "storage", "3", "0.75"), None);
+        book.book(&charge("r-3", 1, "fonts", "2", "1"), Some((oct, nov)));
+        let invoice = book.draft(dec, 30, 0).expect("invoice");
+        let lines: Vec<(String, String, String, Vec<String>)> = invoice
+            .lines
+            .iter()
+            .map(|l| {
+                (
+                    l.description.clone(),
+                    l.quantity.to_string(),
+                    l.amount.to_string(),
+                    l.rating_ids.clone(),
+                )
+            })
+            .collect();
+        let line = |d: &str, q: &str, a: &str, ids: &[&str]| {
+            (
+                d.to_owned(),
+                q.parse::<Quantity>().expect("q").to_string(),
+                a.parse::<Amount>().expect("a").to_string(),
+                ids.iter().map(|i| (*i).to_owned()).collect::<Vec<_>>(),
+            )
+        };
+        assert_eq!(
+            lines,
+            [
+                line("fonts", "12", "6", &["r-1"]),
+                line("storage", "3", "0.75", &["r-2"]),
+                line(
+                    "fonts: correction of 2026-10-01 to 2026-10-31",
+                    "2",
+                    "1",
+                    &["r-3"]
+                ),
+            ]
+        );
+        assert_eq!(invoice.total_amount, "7.75".parse().expect("total"));
+        assert_eq!(invoice.invoice_id, "inv-s-1-2026-11-01");
+        assert_eq!(invoice.due_date, dec + 30);
+        assert_eq!(invoice.lines[2].period_start, Some(oct));
+    }
+}

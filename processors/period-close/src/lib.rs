@@ -1,0 +1,406 @@
+//! `period-close`: closes each subscription's billing period once it has ended in its legal
+//! entity's time zone and a grace period for late usage has passed, and issues the period's
+//! invoice (docs/period-close.md).
+//!
+//! - Input `billing.charges` (keyed `<tenant>:<subscription>`): each charge is booked in its
+//!   period's book (partition state, store `periods`), once per rating id and revision. A charge
+//!   of a period already closed is booked in the next open one as a correction: a closed
+//!   invoice is never edited.
+//! - Closing, by the wall clock (checked every `processor.close_check_interval`): at the start
+//!   of the period's end day in the entity's `time_zone` (`master.legal-entities`; UTC for an
+//!   entity the table does not hold) plus `processor.grace`, the book becomes a draft `Invoice`,
+//!   re-keyed by legal entity onto `processor.drafts_topic`.
+//! - Numbering: read back from the drafts topic, so that one partition holds all of a legal
+//!   entity's drafts, each is numbered from the entity's sequence in arrival order
+//!   (`<legal entity>-000001`, ...) and issued on `sales.invoices`. A draft numbered before
+//!   (a redelivery, a close run again after a crash) keeps its number and is not issued again.
+
+mod book;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backbone_calendar::{now_micros, Zone};
+use backbone_core::app::{App, RegistryAccess};
+use backbone_core::config::{ConfigError, Validate};
+use backbone_core::{
+    InputRecord, OutputRecord, Prefetch, ProcessError, Processor, State, StateSpec, Wake,
+};
+use backbone_rating::PeriodPlan;
+use backbone_schemas::types::{
+    BillingCharge, Contract, Invoice, InvoiceStatus, LegalEntity, Subscription,
+};
+use backbone_schemas::wire::encode_framed;
+use backbone_schemas::{OutputContracts, WireCodec};
+use serde::{Deserialize, Serialize};
+
+use crate::book::{invoice_number, period_key, Booked, PeriodBook};
+
+/// The `source` of every record the processor writes.
+pub(crate) const SOURCE: &str = "period-close";
+
+const PERIODS: &str = "periods";
+const DUE: &str = "due";
+const SEQUENCES: &str = "sequences";
+const NUMBERED: &str = "numbered";
+const SUBSCRIPTIONS: &str = "subscriptions";
+const LEGAL_ENTITIES: &str = "legal_entities";
+/// The one key of the `due` store.
+const DUE_KEY: &[u8] = b"due";
+
+/// The `[processor]` config section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PeriodCloseSettings {
+    /// Billing charges, keyed `<tenant>:<subscription>`.
+    pub charges_topic: String,
+    /// Subscriptions, keyed `<tenant>:<subscription>`: the periods that follow a closed one.
+    pub subscriptions_topic: String,
+    /// Legal entities, keyed `<tenant>:<legal entity>`: the time zone periods end in.
+    pub legal_entities_topic: String,
+    /// Draft invoices re-keyed by legal entity, written and read back for numbering.
+    pub drafts_topic: String,
+    /// Where issued invoices go, keyed `<tenant>:<invoice>`.
+    pub invoices_topic: String,
+    /// How long after a period's end late usage is still booked in it.
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+    /// Days from issue to due date.
+    pub payment_days: u16,
+    /// How often each partition's periods are checked against their close.
+    #[serde(with = "humantime_serde")]
+    pub close_check_interval: Duration,
+}
+
+impl Default for PeriodCloseSettings {
+    fn default() -> Self {
+        Self {
+            charges_topic: "billing.charges".to_owned(),
+            subscriptions_topic: "master.subscriptions".to_owned(),
+            legal_entities_topic: "master.legal-entities".to_owned(),
+            drafts_topic: "sales.invoice-drafts".to_owned(),
+            invoices_topic: "sales.invoices".to_owned(),
+            grace: Duration::from_secs(2 * 86_400),
+            payment_days: 30,
+            close_check_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Validate for PeriodCloseSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let topics = [
+            ("charges_topic", &self.charges_topic),
+            ("subscriptions_topic", &self.subscriptions_topic),
+            ("legal_entities_topic", &self.legal_entities_topic),
+            ("drafts_topic", &self.drafts_topic),
+            ("invoices_topic", &self.invoices_topic),
+        ];
+        for (at, (key, topic)) in topics.iter().enumerate() {
+            if topic.trim().is_empty() {
+                return Err(invalid(key, "must not be empty"));
+            }
+            if let Some((other, _)) = topics[..at].iter().find(|(_, t)| t == topic) {
+                return Err(invalid(
+                    key,
+                    &format!("must differ from processor.{other} (both are `{topic}`)"),
+                ));
+            }
+        }
+        if self.close_check_interval.is_zero() {
+            return Err(invalid("close_check_interval", "must be above zero"));
+        }
+        Ok(())
+    }
+}
+
+fn invalid(key: &str, message: &str) -> ConfigError {
+    ConfigError::Invalid {
+        key: format!("processor.{key}"),
+        message: message.to_owned(),
+    }
+}
+
+/// When each open period of a partition closes (µs), by period key.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Due(BTreeMap<String, i64>);
+
+impl Due {
+    fn read(state: &State<'_>) -> Result<Self, ProcessError> {
+        Ok(state.get_json(DUE, DUE_KEY)?.unwrap_or_default())
+    }
+}
+
+/// The processor.
+#[derive(Debug, Clone)]
+pub struct PeriodClose {
+    settings: PeriodCloseSettings,
+    outputs: Arc<OutputContracts>,
+}
+
+impl PeriodClose {
+    /// A period close decoding and encoding through `codec`.
+    pub fn new(settings: PeriodCloseSettings, codec: WireCodec) -> Self {
+        let outputs = Arc::new(OutputContracts::new(
+            codec,
+            vec![(settings.invoices_topic.clone(), Invoice::FULL_NAME)],
+        ));
+        Self { settings, outputs }
+    }
+
+    fn codec(&self) -> &WireCodec {
+        self.outputs.codec()
+    }
+
+    fn decode<T: Contract + serde::de::DeserializeOwned>(
+        &self,
+        record: &InputRecord<'_>,
+    ) -> Result<T, ProcessError> {
+        let value = record
+            .value
+            .ok_or_else(|| ProcessError::permanent("tombstone", "a record without a value"))?;
+        Ok(self.codec().decode_cached_as(value, T::schema())?)
+    }
+
+    /// An invoice on `topic` under `key`, framed with the invoice contract's id (drafts are
+    /// invoices too).
+    fn invoice_output(
+        &self,
+        topic: &str,
+        key: &str,
+        invoice: &Invoice,
+    ) -> Result<OutputRecord, ProcessError> {
+        let id = self.outputs.id(&self.settings.invoices_topic)?;
+        let value = encode_framed(id, invoice)
+            .map_err(|e| ProcessError::permanent("contract_violation", e.to_string()))?;
+        Ok(OutputRecord {
+            topic: topic.to_owned(),
+            key: Some(key.as_bytes().to_vec()),
+            value: Some(value),
+            headers: Vec::new(),
+        })
+    }
+
+    fn subscription(
+        &self,
+        state: &State<'_>,
+        tenant: &str,
+        id: &str,
+    ) -> Result<Arc<Subscription>, ProcessError> {
+        let key = format!("{tenant}:{id}");
+        let value = state
+            .global(SUBSCRIPTIONS, key.as_bytes())?
+            .ok_or_else(|| {
+                ProcessError::permanent("unknown_subscription", format!("no subscription `{key}`"))
+            })?;
+        Ok(self.codec().decode_shared(&value, Subscription::schema())?)
+    }
+
+    fn zone(&self, state: &State<'_>, tenant: &str, entity: &str) -> Result<Zone, ProcessError> {
+        let key = format!("{tenant}:{entity}");
+        let Some(value) = state.global(LEGAL_ENTITIES, key.as_bytes())? else {
+            return Ok(Zone::utc());
+        };
+        let entity: Arc<LegalEntity> = self.codec().decode_shared(&value, LegalEntity::schema())?;
+        Zone::named(&entity.time_zone).map_err(|e| {
+            ProcessError::permanent("invalid_legal_entity", format!("legal entity `{key}`: {e}"))
+        })
+    }
+
+    /// Books a charge in its period, or in the next open one when its period is closed.
+    fn charge(
+        &self,
+        record: &InputRecord<'_>,
+        state: &mut State<'_>,
+    ) -> Result<Vec<OutputRecord>, ProcessError> {
+        let charge: BillingCharge = self.decode(record)?;
+        let tenant = charge.metadata.tenant_id.clone();
+        let subscription = self.subscription(state, &tenant, &charge.subscription_id)?;
+        let plan = PeriodPlan::new(
+            subscription.current_period_start,
+            subscription.billing_anchor_day,
+            subscription.billing_interval,
+        )
+        .map_err(|e| {
+            ProcessError::permanent(
+                "contract_violation",
+                format!("subscription `{tenant}:{}`: {e}", charge.subscription_id),
+            )
+        })?;
+        let mut period = (charge.period_start, charge.period_end);
+        let mut corrects = None;
+        let mut due = Due::read(state)?;
+        loop {
+            let key = period_key(&tenant, &charge.subscription_id, period.0);
+            let mut book = match state.get_json::<PeriodBook>(PERIODS, key.as_bytes())? {
+                Some(book) => book,
+                None => {
+                    let entity = &subscription.legal_entity_id;
+                    let zone = self.zone(state, &tenant, entity)?;
+                    let end = zone.start_of(period.1).map_err(|e| {
+                        ProcessError::permanent("contract_violation", e.to_string())
+                    })?;
+                    let grace = i64::try_from(self.settings.grace.as_micros()).unwrap_or(i64::MAX);
+                    due.0.insert(key.clone(), end.saturating_add(grace));
+                    PeriodBook::open(&tenant, &charge, entity, period.0, period.1)
+                }
+            };
+            if book.closed {
+                if book
+                    .booked
+                    .contains(&format!("{}:{}", charge.rating_id, charge.revision))
+                {
+                    return Ok(Vec::new());
+                }
+                let next = plan.period_of(book.end);
+                corrects = corrects.or(Some((book.start, book.end)));
+                period = (next.start, next.end);
+                continue;
+            }
+            if book.book(&charge, corrects) == Booked::Added {
+                state.put_json(PERIODS, key.as_bytes(), &book)?;
+                state.put_json(DUE, DUE_KEY, &due)?;
+            }
+            return Ok(Vec::new());
+        }
+    }
+
+    /// Numbers a draft from its legal entity's sequence and issues it.
+    fn draft(
+        &self,
+        record: &InputRecord<'_>,
+        state: &mut State<'_>,
+    ) -> Result<Vec<OutputRecord>, ProcessError> {
+        let draft: Invoice = self.decode(record)?;
+        let tenant = draft.metadata.tenant_id.clone();
+        if state.get(NUMBERED, draft.invoice_id.as_bytes())?.is_some() {
+            return Ok(Vec::new());
+        }
+        let entity_key = format!("{tenant}:{}", draft.legal_entity_id);
+        let sequence = state
+            .get_json::<u64>(SEQUENCES, entity_key.as_bytes())?
+            .unwrap_or(0)
+            + 1;
+        state.put_json(SEQUENCES, entity_key.as_bytes(), &sequence)?;
+        let number = invoice_number(&draft.legal_entity_id, sequence);
+        state.put_json(NUMBERED, draft.invoice_id.as_bytes(), &number)?;
+        let mut issued = draft;
+        issued.invoice_number = number;
+        issued.status = InvoiceStatus::Issued;
+        issued.metadata.event_id = format!("{}:issued", issued.invoice_id);
+        let at = record.timestamp_ms.map_or_else(now_micros, |ms| ms * 1_000);
+        issued.metadata.produced_at = at;
+        tracing::info!(invoice = %issued.invoice_id, number = %issued.invoice_number, total = %issued.total_amount, "invoice issued");
+        let key = format!("{tenant}:{}", issued.invoice_id);
+        Ok(vec![self.invoice_output(
+            &self.settings.invoices_topic,
+            &key,
+            &issued,
+        )?])
+    }
+}
+
+impl App for PeriodClose {
+    const NAME: &'static str = "period-close";
+    const ABOUT: &'static str =
+        "Closes each subscription's billing period in its legal entity's time zone and issues its invoice";
+    type Settings = PeriodCloseSettings;
+
+    fn build(settings: PeriodCloseSettings, registry: &RegistryAccess) -> Self {
+        Self::new(settings, WireCodec::new(registry.clone()))
+    }
+}
+
+impl Processor for PeriodClose {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+
+    fn input_topics(&self) -> Vec<String> {
+        vec![
+            self.settings.charges_topic.clone(),
+            self.settings.drafts_topic.clone(),
+        ]
+    }
+
+    fn output_topics(&self) -> Vec<String> {
+        vec![
+            self.settings.drafts_topic.clone(),
+            self.settings.invoices_topic.clone(),
+        ]
+    }
+
+    fn state(&self) -> StateSpec {
+        StateSpec::stateless()
+            .store(PERIODS)
+            .store(DUE)
+            .store(SEQUENCES)
+            .store(NUMBERED)
+            .global(SUBSCRIPTIONS, &self.settings.subscriptions_topic)
+            .global(LEGAL_ENTITIES, &self.settings.legal_entities_topic)
+    }
+
+    fn prefetch(&self) -> Option<Arc<dyn Prefetch>> {
+        Some(self.outputs.clone())
+    }
+
+    fn process(
+        &mut self,
+        record: &InputRecord<'_>,
+        state: &mut State<'_>,
+    ) -> Result<Vec<OutputRecord>, ProcessError> {
+        if record.topic == self.settings.drafts_topic {
+            self.draft(record, state)
+        } else {
+            self.charge(record, state)
+        }
+    }
+
+    fn wake_interval(&self) -> Option<Duration> {
+        Some(self.settings.close_check_interval)
+    }
+
+    /// Closes the partition's periods whose close has come by the wall clock: a period with
+    /// no late record has nothing else to close it.
+    fn wake(
+        &mut self,
+        _wake: &Wake,
+        state: &mut State<'_>,
+    ) -> Result<Vec<OutputRecord>, ProcessError> {
+        let now = now_micros();
+        let mut due = Due::read(state)?;
+        let closing: Vec<String> = due
+            .0
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(key, _)| key.clone())
+            .collect();
+        if closing.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut outputs = Vec::new();
+        for key in closing {
+            due.0.remove(&key);
+            let Some(mut book) = state.get_json::<PeriodBook>(PERIODS, key.as_bytes())? else {
+                continue;
+            };
+            if book.closed {
+                continue;
+            }
+            let draft = book
+                .draft(book.end, i32::from(self.settings.payment_days), now)
+                .map_err(|e| ProcessError::permanent("contract_violation", e))?;
+            let entity_key = format!("{}:{}", book.tenant, book.legal_entity_id);
+            outputs.push(self.invoice_output(&self.settings.drafts_topic, &entity_key, &draft)?);
+            tracing::info!(period = %key, invoice = %draft.invoice_id, "period closed");
+            // The lines are on the invoice now; the charges booked stay, so that a redelivered
+            // one is not booked again in the next period.
+            book.closed = true;
+            book.lines.clear();
+            state.put_json(PERIODS, key.as_bytes(), &book)?;
+        }
+        state.put_json(DUE, DUE_KEY, &due)?;
+        Ok(outputs)
+    }
+}
