@@ -181,7 +181,12 @@ impl Topics {
         .into_iter()
         .map(|topic| stamps.spec(topic, 3))
         .collect();
-        for topic in [&t.subscriptions, &t.rate_cards, &t.gl_mappings] {
+        for topic in [
+            &t.subscriptions,
+            &t.rate_cards,
+            &t.gl_mappings,
+            t.name("master.legal-entities"),
+        ] {
             specs.push(TopicSpec::new(topic, 1));
         }
         // The order orchestrator's inputs, co-partitioned: orders, its steps' results, decisions.

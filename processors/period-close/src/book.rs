@@ -22,7 +22,8 @@ pub struct Line {
     /// The period it corrects, start and end day, when known (a charge that came after its
     /// period closed); the rater's adjustments say it in their own description only.
     pub corrects: Option<(i32, i32)>,
-    /// Quantity for the period to date, as the latest charge said (unscaled, 9 digits).
+    /// Quantity for the period to date, the largest a charge of the line said (unscaled, 9
+    /// digits).
     pub quantity: i128,
     /// The sum of the charges' amounts (unscaled, 6 digits).
     pub amount: i128,
@@ -128,13 +129,9 @@ impl PeriodBook {
             }
         };
         line.amount += charge.amount.unscaled();
-        // A usage charge says the quantity to date; an adjustment's quantity is the corrected
-        // period's, so it is summed as its amount is.
-        line.quantity = if adjustment {
-            line.quantity + charge.quantity.unscaled()
-        } else {
-            charge.quantity.unscaled().max(line.quantity)
-        };
+        // A charge says its quantity for the period to date (an adjustment, the corrected
+        // period's): the line shows the largest.
+        line.quantity = charge.quantity.unscaled().max(line.quantity);
         line.rating_ids.insert(charge.rating_id.clone());
         Booked::Added
     }

@@ -122,7 +122,8 @@ fn invalid(key: &str, message: &str) -> ConfigError {
     }
 }
 
-/// When each open period of a partition closes (µs), by period key.
+/// When each open period of a partition ends (µs, the start of its end day in the legal
+/// entity's time zone), by period key; it closes `grace` later, by the grace configured then.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Due(BTreeMap<String, i64>);
 
@@ -241,8 +242,7 @@ impl PeriodClose {
                     let end = zone.start_of(period.1).map_err(|e| {
                         ProcessError::permanent("contract_violation", e.to_string())
                     })?;
-                    let grace = i64::try_from(self.settings.grace.as_micros()).unwrap_or(i64::MAX);
-                    due.0.insert(key.clone(), end.saturating_add(grace));
+                    due.0.insert(key.clone(), end);
                     PeriodBook::open(&tenant, &charge, entity, period.0, period.1)
                 }
             };
@@ -369,11 +369,12 @@ impl Processor for PeriodClose {
         state: &mut State<'_>,
     ) -> Result<Vec<OutputRecord>, ProcessError> {
         let now = now_micros();
+        let grace = i64::try_from(self.settings.grace.as_micros()).unwrap_or(i64::MAX);
         let mut due = Due::read(state)?;
         let closing: Vec<String> = due
             .0
             .iter()
-            .filter(|(_, at)| **at <= now)
+            .filter(|(_, end)| end.saturating_add(grace) <= now)
             .map(|(key, _)| key.clone())
             .collect();
         if closing.is_empty() {

@@ -1,0 +1,341 @@
+//! Period close on the test broker: usage through the validator, the enricher, the rater and
+//! fanout, and `period-close` invoicing each billing period of a subscription whose legal
+//! entity keeps Berlin time. The invoices' lines and totals are written out here from the
+//! usage and the price, not computed by anything of the backbone.
+
+#[path = "support/backbone.rs"]
+mod backbone;
+#[path = "support/sinks.rs"]
+mod sinks;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use backbone::Deployment;
+use backbone_calendar::{days_from_civil, format_date, now_micros, parse_rfc3339_ms};
+use backbone_schemas::types::{
+    AccountStatus, Amount, BillingCharge, BillingInterval, ChargeModel, Contract, CustomerAccount,
+    Invoice, InvoiceStatus, LegalEntity, MeterAggregation, RateCard, RateCharge, Subscription,
+    SubscriptionStatus, UsageEvent,
+};
+use backbone_schemas::WireCodec;
+use backbone_testkit::{committed_total, consume_until, end_offsets_total, shared_settings};
+use sinks::{eventually, metadata, publish, registry_url};
+
+const DEADLINE: Duration = Duration::from_secs(180);
+const CLOSE: &str = "period-close";
+const TENANT: &str = "acme";
+
+fn micros(text: &str) -> i64 {
+    parse_rfc3339_ms(text).expect("instant") * 1_000
+}
+
+/// A grace that makes the period ending at `end_micros` close `after` from now.
+fn grace_closing_in(end_micros: i64, after: Duration) -> String {
+    let close = now_micros() + i64::try_from(after.as_micros()).expect("µs");
+    format!("{}s", (close - end_micros) / 1_000_000)
+}
+
+async fn master_data(deployment: &Deployment, codec: &WireCodec) {
+    let t = &deployment.topics;
+    let meta = |id: &str, kind: &str| metadata(TENANT, id, kind);
+    let entity = LegalEntity {
+        metadata: meta("le-berlin", "backbone.master.legal-entity"),
+        legal_entity_id: "le-berlin".into(),
+        name: "Acme GmbH".into(),
+        country_code: "DE".into(),
+        functional_currency: "EUR".into(),
+        time_zone: "Europe/Berlin".into(),
+        fiscal_year_start_month: 1,
+        tax_id: None,
+        registered_address: None,
+    };
+    publish(
+        codec,
+        t.name("master.legal-entities"),
+        &[(format!("{TENANT}:le-berlin"), entity, None)],
+    )
+    .await;
+    let account = CustomerAccount {
+        metadata: meta("c-1", "backbone.master.customer-account"),
+        customer_id: "c-1".into(),
+        name: "Customer 1".into(),
+        status: AccountStatus::Active,
+        currency: "EUR".into(),
+        legal_entity_id: "le-berlin".into(),
+        country_code: "DE".into(),
+        billing_contact_name: None,
+        billing_email: None,
+        billing_address: None,
+        tax_id: None,
+        crm_account_id: None,
+        erp_customer_id: None,
+    };
+    publish(
+        codec,
+        t.name("master.customer-accounts"),
+        &[(format!("{TENANT}:c-1"), account, None)],
+    )
+    .await;
+    let subscription = Subscription {
+        metadata: meta("s-1", "backbone.master.subscription"),
+        subscription_id: "s-1".into(),
+        customer_id: "c-1".into(),
+        plan_id: "p-1".into(),
+        status: SubscriptionStatus::Active,
+        currency: "EUR".into(),
+        legal_entity_id: "le-berlin".into(),
+        billing_interval: BillingInterval::Monthly,
+        billing_anchor_day: 1,
+        current_period_start: days_from_civil(2026, 11, 1),
+        current_period_end: days_from_civil(2026, 12, 1),
+        started_at: 0,
+        ends_at: None,
+        trial_ends_at: None,
+    };
+    publish(
+        codec,
+        t.name("master.subscriptions"),
+        &[(format!("{TENANT}:s-1"), subscription, None)],
+    )
+    .await;
+    let card = RateCard {
+        metadata: meta("p-1@1", "backbone.master.rate-card"),
+        plan_id: "p-1".into(),
+        version: 1,
+        name: "Plan 1".into(),
+        currency: "EUR".into(),
+        effective_from: 0,
+        effective_to: None,
+        charges: vec![RateCharge {
+            charge_id: "calls".into(),
+            name: "API calls".into(),
+            meter_id: "api-calls".into(),
+            aggregation: MeterAggregation::Sum,
+            charge_model: ChargeModel::Unit,
+            flat_amount: None,
+            unit_price: Some("0.5".parse().expect("price")),
+            package_size: None,
+            percentage: None,
+            free_units: None,
+            minimum_spend: None,
+            maximum_spend: None,
+            tiers: Vec::new(),
+            group_by: Vec::new(),
+        }],
+    };
+    publish(
+        codec,
+        t.name("master.rate-cards"),
+        &[(format!("{TENANT}:p-1:1"), card, None)],
+    )
+    .await;
+}
+
+async fn publish_usage(deployment: &Deployment, codec: &WireCodec, events: &[(&str, &str, &str)]) {
+    let values: Vec<(String, UsageEvent, Option<i64>)> = events
+        .iter()
+        .map(|(id, at, quantity)| {
+            let mut meta = metadata(TENANT, id, "backbone.usage.recorded");
+            meta.source = "api".into();
+            meta.occurred_at = micros(at);
+            meta.produced_at = now_micros();
+            let event = UsageEvent {
+                metadata: meta,
+                customer_id: "c-1".into(),
+                subscription_id: Some("s-1".into()),
+                meter_id: "api-calls".into(),
+                quantity: quantity.parse().expect("quantity"),
+                unit: "call".into(),
+                dimensions: None,
+                unique_value: None,
+            };
+            (format!("{TENANT}:c-1"), event, None)
+        })
+        .collect();
+    publish(codec, deployment.topics.name("usage.events"), &values).await;
+}
+
+/// Every record on `topic` now, decoded.
+async fn read_all<T: Contract + serde::de::DeserializeOwned>(
+    codec: &WireCodec,
+    topic: &str,
+) -> Vec<T> {
+    let settings = shared_settings();
+    let end = end_offsets_total(&settings, topic).unwrap_or(0);
+    let records = consume_until(
+        &settings,
+        topic,
+        usize::try_from(end).unwrap_or(0),
+        DEADLINE,
+    )
+    .await
+    .expect("records");
+    let mut values = Vec::new();
+    for record in records {
+        let value = record.value.expect("a value");
+        values.push(codec.decode_as(&value, T::schema()).await.expect("decode"));
+    }
+    values
+}
+
+/// The issued invoices, by period start.
+async fn invoices(codec: &WireCodec, deployment: &Deployment) -> BTreeMap<String, Vec<Invoice>> {
+    let mut by_period: BTreeMap<String, Vec<Invoice>> = BTreeMap::new();
+    for invoice in read_all::<Invoice>(codec, deployment.topics.name("sales.invoices")).await {
+        let start = invoice.period_start.map(format_date).unwrap_or_default();
+        by_period.entry(start).or_default().push(invoice);
+    }
+    by_period
+}
+
+/// An invoice's lines as (description, amount, rating ids named), and its number and total.
+fn summary(invoice: &Invoice) -> (String, Vec<(String, Amount, usize)>, Amount) {
+    let lines = invoice
+        .lines
+        .iter()
+        .map(|l| (l.description.clone(), l.amount, l.rating_ids.len()))
+        .collect();
+    (invoice.invoice_number.clone(), lines, invoice.total_amount)
+}
+
+fn amount(text: &str) -> Amount {
+    text.parse().expect("amount")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn periods_close_at_midnight_in_berlin_and_late_usage_corrects_the_next_invoice() {
+    let codec = WireCodec::new(registry_url().as_str());
+    let mut deployment = Deployment::create(
+        "period-close",
+        "http://127.0.0.1:9",
+        "postgres://unused",
+        &registry_url(),
+    )
+    .await;
+    // October's events are over a month old: the rater takes them.
+    deployment
+        .settings
+        .push(("usage-rater", "processor.late_window".into(), "120d".into()));
+    // Only the billing route: the invoices are made of its charges.
+    for route in ["analytics", "crm", "erp"] {
+        deployment
+            .settings
+            .push(("fanout", format!("processor.routes.{route}"), String::new()));
+    }
+    // October ends at midnight in Berlin, 23:00 UTC; it closes half a minute from now.
+    let october_end = micros("2026-10-31T23:00:00Z");
+    deployment.settings.push((
+        CLOSE,
+        "processor.grace".into(),
+        grace_closing_in(october_end, Duration::from_secs(30)),
+    ));
+    master_data(&deployment, &codec).await;
+    // Half an hour either side of midnight in Berlin (UTC+1 then): October, then November.
+    publish_usage(
+        &deployment,
+        &codec,
+        &[
+            ("e-oct", "2026-10-31T22:30:00Z", "10"),
+            ("e-nov", "2026-10-31T23:30:00Z", "4"),
+        ],
+    )
+    .await;
+    for stage in [
+        "usage-validator",
+        "enricher",
+        "usage-rater",
+        "fanout",
+        CLOSE,
+    ] {
+        deployment.start(stage);
+    }
+
+    let october = eventually(DEADLINE, "October's invoice", || async {
+        invoices(&codec, &deployment).await.remove("2026-10-01")
+    })
+    .await;
+    assert_eq!(october.len(), 1, "{october:?}");
+    let october = &october[0];
+    assert_eq!(october.status, InvoiceStatus::Issued);
+    assert_eq!(october.period_end, Some(days_from_civil(2026, 11, 1)));
+    assert_eq!(
+        summary(october),
+        (
+            "le-berlin-000001".to_owned(),
+            vec![("calls".to_owned(), amount("5"), 1)],
+            amount("5")
+        ),
+        "10 calls at 0.50 on October's invoice; the call half an hour later is November's"
+    );
+
+    // A call of 20 October arrives after October closed: it corrects November's invoice.
+    publish_usage(
+        &deployment,
+        &codec,
+        &[("e-late", "2026-10-20T12:00:00Z", "6")],
+    )
+    .await;
+    let charges = deployment.topics.name("billing.charges").to_owned();
+    let group = deployment.group(CLOSE);
+    eventually(DEADLINE, "the three charges booked", || async {
+        let settings = shared_settings();
+        let end = end_offsets_total(&settings, &charges).ok()?;
+        (end == 3 && committed_total(&settings, &group, &charges) == end).then_some(())
+    })
+    .await;
+    // Killed, and started again with a grace that closes November now.
+    deployment.kill(CLOSE);
+    let november_end = micros("2026-11-30T23:00:00Z");
+    deployment.settings.push((
+        CLOSE,
+        "processor.grace".into(),
+        grace_closing_in(november_end, Duration::from_secs(5)),
+    ));
+    deployment.start(CLOSE);
+    let november = eventually(DEADLINE, "November's invoice", || async {
+        invoices(&codec, &deployment).await.remove("2026-11-01")
+    })
+    .await;
+    assert_eq!(november.len(), 1, "{november:?}");
+    assert_eq!(
+        summary(&november[0]),
+        (
+            "le-berlin-000002".to_owned(),
+            vec![
+                ("calls".to_owned(), amount("2"), 1),
+                (
+                    "calls: correction of an earlier period".to_owned(),
+                    amount("3"),
+                    1
+                ),
+            ],
+            amount("5")
+        ),
+        "4 calls of November and the 6 late calls of October at 0.50"
+    );
+
+    // Every charge is on exactly one invoice, and no invoice was issued twice.
+    let charged: Vec<BillingCharge> = read_all(&codec, &charges).await;
+    let total: i128 = charged.iter().map(|c| c.amount.unscaled()).sum();
+    let invoiced: i128 = [october, &november[0]]
+        .iter()
+        .map(|i| i.total_amount.unscaled())
+        .sum();
+    assert_eq!(total, invoiced);
+    let on_invoices: Vec<String> = [october, &november[0]]
+        .iter()
+        .flat_map(|i| i.lines.iter().flat_map(|l| l.rating_ids.clone()))
+        .collect();
+    let mut rating_ids: Vec<String> = charged.iter().map(|c| c.rating_id.clone()).collect();
+    rating_ids.sort();
+    let mut on_invoices_sorted = on_invoices.clone();
+    on_invoices_sorted.sort();
+    assert_eq!(on_invoices_sorted, rating_ids);
+    let all = invoices(&codec, &deployment).await;
+    assert_eq!(
+        all.values().map(Vec::len).sum::<usize>(),
+        2,
+        "one invoice per period, whatever the restart: {all:?}"
+    );
+}
