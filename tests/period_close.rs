@@ -338,4 +338,26 @@ async fn periods_close_at_midnight_in_berlin_and_late_usage_corrects_the_next_in
         2,
         "one invoice per period, whatever the restart: {all:?}"
     );
+    // The restarted process issued one, November's, and holds no open period with charges
+    // but December's none.
+    let url = format!("http://{}/metrics", deployment.metrics_address(CLOSE));
+    let scraped = reqwest::get(&url)
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let value = |series: &str| -> Option<f64> {
+        scraped
+            .lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    };
+    assert_eq!(
+        value("backbone_invoices_issued_total{legal_entity=\"le-berlin\""),
+        Some(1.0),
+        "{scraped}"
+    );
+    assert_eq!(value("backbone_periods_open{"), Some(0.0), "{scraped}");
 }

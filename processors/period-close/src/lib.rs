@@ -16,6 +16,9 @@
 //!   (a redelivery, a close run again after a crash) keeps its number and is not issued again.
 
 mod book;
+mod metrics;
+
+pub use metrics::names;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -36,6 +39,7 @@ use backbone_schemas::{OutputContracts, WireCodec};
 use serde::{Deserialize, Serialize};
 
 use crate::book::{invoice_number, period_key, Booked, PeriodBook};
+use crate::metrics::PeriodMetrics;
 
 /// The `source` of every record the processor writes.
 pub(crate) const SOURCE: &str = "period-close";
@@ -138,6 +142,7 @@ impl Due {
 pub struct PeriodClose {
     settings: PeriodCloseSettings,
     outputs: Arc<OutputContracts>,
+    metrics: Option<Arc<PeriodMetrics>>,
 }
 
 impl PeriodClose {
@@ -147,7 +152,11 @@ impl PeriodClose {
             codec,
             vec![(settings.invoices_topic.clone(), Invoice::FULL_NAME)],
         ));
-        Self { settings, outputs }
+        Self {
+            settings,
+            outputs,
+            metrics: None,
+        }
     }
 
     fn codec(&self) -> &WireCodec {
@@ -259,6 +268,9 @@ impl PeriodClose {
                 continue;
             }
             if book.book(&charge, corrects) == Booked::Added {
+                if let (Some(metrics), Some(_)) = (&self.metrics, corrects) {
+                    metrics.correction();
+                }
                 state.put_json(PERIODS, key.as_bytes(), &book)?;
                 state.put_json(DUE, DUE_KEY, &due)?;
             }
@@ -292,6 +304,9 @@ impl PeriodClose {
         let at = record.timestamp_ms.map_or_else(now_micros, |ms| ms * 1_000);
         issued.metadata.produced_at = at;
         tracing::info!(invoice = %issued.invoice_id, number = %issued.invoice_number, total = %issued.total_amount, "invoice issued");
+        if let Some(metrics) = &self.metrics {
+            metrics.issued(&issued.legal_entity_id);
+        }
         let key = format!("{tenant}:{}", issued.invoice_id);
         Ok(vec![self.invoice_output(
             &self.settings.invoices_topic,
@@ -309,6 +324,14 @@ impl App for PeriodClose {
 
     fn build(settings: PeriodCloseSettings, registry: &RegistryAccess) -> Self {
         Self::new(settings, WireCodec::new(registry.clone()))
+    }
+
+    fn register_metrics(
+        &mut self,
+        registry: &prometheus::Registry,
+    ) -> Result<(), prometheus::Error> {
+        self.metrics = Some(Arc::new(PeriodMetrics::new(registry, Self::NAME)?));
+        Ok(())
     }
 }
 
@@ -365,7 +388,7 @@ impl Processor for PeriodClose {
     /// no late record has nothing else to close it.
     fn wake(
         &mut self,
-        _wake: &Wake,
+        wake: &Wake,
         state: &mut State<'_>,
     ) -> Result<Vec<OutputRecord>, ProcessError> {
         let now = now_micros();
@@ -377,12 +400,9 @@ impl Processor for PeriodClose {
             .filter(|(_, end)| end.saturating_add(grace) <= now)
             .map(|(key, _)| key.clone())
             .collect();
-        if closing.is_empty() {
-            return Ok(Vec::new());
-        }
         let mut outputs = Vec::new();
-        for key in closing {
-            due.0.remove(&key);
+        for key in &closing {
+            due.0.remove(key);
             let Some(mut book) = state.get_json::<PeriodBook>(PERIODS, key.as_bytes())? else {
                 continue;
             };
@@ -401,7 +421,13 @@ impl Processor for PeriodClose {
             book.lines.clear();
             state.put_json(PERIODS, key.as_bytes(), &book)?;
         }
-        state.put_json(DUE, DUE_KEY, &due)?;
+        if !closing.is_empty() {
+            state.put_json(DUE, DUE_KEY, &due)?;
+        }
+        if let Some(metrics) = &self.metrics {
+            let stale_after = self.settings.close_check_interval * 3;
+            metrics.set_open(wake.partition, due.0.len(), stale_after);
+        }
         Ok(outputs)
     }
 }

@@ -1,0 +1,83 @@
+//! Period close's own series, beside the runtime's: invoices issued, corrections booked, and
+//! the periods still open.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use backbone_core::metrics::PROCESSOR_LABEL;
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+/// Metric names, as dashboards and alerts use them.
+pub mod names {
+    /// Invoices issued, by legal entity.
+    pub const INVOICES_ISSUED: &str = "backbone_invoices_issued_total";
+    /// Charges booked in a later period than their own, because theirs had closed.
+    pub const CORRECTIONS: &str = "backbone_period_corrections_total";
+    /// Billing periods with charges and no invoice yet, over the partitions this instance holds.
+    pub const PERIODS_OPEN: &str = "backbone_periods_open";
+}
+
+/// The series, registered once.
+#[derive(Debug)]
+pub struct PeriodMetrics {
+    invoices_issued: IntCounterVec,
+    corrections: IntCounter,
+    periods_open: IntGauge,
+    /// Each partition's open periods at its last close check, and when.
+    partitions: Mutex<HashMap<i32, (usize, Instant)>>,
+}
+
+impl PeriodMetrics {
+    /// Registers the series on `registry`, labelled with `processor` as the runtime's are.
+    pub fn new(registry: &Registry, processor: &str) -> Result<Self, prometheus::Error> {
+        let opts =
+            |name: &str, help: &str| Opts::new(name, help).const_label(PROCESSOR_LABEL, processor);
+        let invoices_issued = IntCounterVec::new(
+            opts(names::INVOICES_ISSUED, "Invoices issued, by legal entity."),
+            &["legal_entity"],
+        )?;
+        let corrections = IntCounter::with_opts(opts(
+            names::CORRECTIONS,
+            "Charges booked in a later billing period than their own, which had closed.",
+        ))?;
+        let periods_open = IntGauge::with_opts(opts(
+            names::PERIODS_OPEN,
+            "Billing periods with charges and no invoice yet, in the partitions held.",
+        ))?;
+        registry.register(Box::new(invoices_issued.clone()))?;
+        registry.register(Box::new(corrections.clone()))?;
+        registry.register(Box::new(periods_open.clone()))?;
+        Ok(Self {
+            invoices_issued,
+            corrections,
+            periods_open,
+            partitions: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub(crate) fn issued(&self, legal_entity: &str) {
+        self.invoices_issued
+            .with_label_values(&[legal_entity])
+            .inc();
+    }
+
+    pub(crate) fn correction(&self) {
+        self.corrections.inc();
+    }
+
+    /// `open` periods in `partition` now; a partition not checked for `stale_after` is no
+    /// longer held and drops out of the sum.
+    pub(crate) fn set_open(&self, partition: i32, open: usize, stale_after: Duration) {
+        let mut partitions = self
+            .partitions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = Instant::now();
+        partitions.insert(partition, (open, now));
+        partitions.retain(|_, (_, at)| now.duration_since(*at) <= stale_after);
+        let total: usize = partitions.values().map(|(open, _)| open).sum();
+        self.periods_open
+            .set(i64::try_from(total).unwrap_or(i64::MAX));
+    }
+}
