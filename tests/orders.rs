@@ -24,10 +24,10 @@ use backbone_schemas::types::{
 use backbone_schemas::WireCodec;
 use order_workflow::{
     applied, fault_every_system, final_states, newest_subscriptions, once, orders_deployment,
-    read_all, sandbox_with, settled, until_state, DEADLINE, ORCHESTRATOR, STEP_SINK,
+    sandbox_with, settled, until_state, DEADLINE, ORCHESTRATOR, STEP_SINK,
 };
 use orders::{order, publish_orders, subscribing};
-use sinks::{eventually, registry_url, Sandbox};
+use sinks::{eventually, read_all, registry_url, Sandbox};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn orders_end_fulfilled_upgraded_or_cancelled_through_faults_and_kills_each_effect_once() {

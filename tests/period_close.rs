@@ -14,13 +14,13 @@ use std::time::Duration;
 use backbone::Deployment;
 use backbone_calendar::{days_from_civil, format_date, now_micros, parse_rfc3339_ms};
 use backbone_schemas::types::{
-    AccountStatus, Amount, BillingCharge, BillingInterval, ChargeModel, Contract, CustomerAccount,
-    Invoice, InvoiceStatus, LegalEntity, MeterAggregation, RateCard, RateCharge, Subscription,
+    AccountStatus, Amount, BillingCharge, BillingInterval, ChargeModel, CustomerAccount, Invoice,
+    InvoiceStatus, LegalEntity, MeterAggregation, RateCard, RateCharge, Subscription,
     SubscriptionStatus, UsageEvent,
 };
 use backbone_schemas::WireCodec;
-use backbone_testkit::{committed_total, consume_until, end_offsets_total, shared_settings};
-use sinks::{eventually, metadata, publish, registry_url};
+use backbone_testkit::{committed_total, end_offsets_total, shared_settings};
+use sinks::{eventually, metadata, publish, read_all, registry_url};
 
 const DEADLINE: Duration = Duration::from_secs(180);
 const CLOSE: &str = "period-close";
@@ -154,29 +154,6 @@ async fn publish_usage(deployment: &Deployment, codec: &WireCodec, events: &[(&s
         })
         .collect();
     publish(codec, deployment.topics.name("usage.events"), &values).await;
-}
-
-/// Every record on `topic` now, decoded.
-async fn read_all<T: Contract + serde::de::DeserializeOwned>(
-    codec: &WireCodec,
-    topic: &str,
-) -> Vec<T> {
-    let settings = shared_settings();
-    let end = end_offsets_total(&settings, topic).unwrap_or(0);
-    let records = consume_until(
-        &settings,
-        topic,
-        usize::try_from(end).unwrap_or(0),
-        DEADLINE,
-    )
-    .await
-    .expect("records");
-    let mut values = Vec::new();
-    for record in records {
-        let value = record.value.expect("a value");
-        values.push(codec.decode_as(&value, T::schema()).await.expect("decode"));
-    }
-    values
 }
 
 /// The issued invoices, by period start.

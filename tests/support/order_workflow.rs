@@ -8,13 +8,13 @@ use std::time::Duration;
 use backbone_calendar::now_micros;
 use backbone_sandbox::{AppliedRequest, Customer, Faults, OrderApi, SandboxConfig, System};
 use backbone_schemas::types::{
-    Contract, OrderStateChange, OrderWorkflowState, Subscription, SubscriptionStatus,
+    OrderStateChange, OrderWorkflowState, Subscription, SubscriptionStatus,
 };
 use backbone_schemas::WireCodec;
-use backbone_testkit::{committed_total, consume_until, end_offsets_total, shared_settings};
+use backbone_testkit::{committed_total, end_offsets_total, shared_settings};
 
 use crate::backbone::Deployment;
-use crate::sinks::{eventually, registry_url, Sandbox};
+use crate::sinks::{eventually, read_all, registry_url, Sandbox};
 
 pub const ORCHESTRATOR: &str = "order-orchestrator";
 pub const STEP_SINK: &str = "order-step-sink";
@@ -38,33 +38,6 @@ pub async fn orders_deployment(
     deployment.start(ORCHESTRATOR);
     deployment.start(STEP_SINK);
     deployment
-}
-
-/// Every record on `topic` now, decoded as `T`.
-pub async fn read_all<T: Contract + serde::de::DeserializeOwned>(
-    codec: &WireCodec,
-    topic: &str,
-) -> Vec<T> {
-    let settings = shared_settings();
-    // A topic the orchestrator just created may not have settled metadata yet.
-    let end = eventually(DEADLINE, "the topic's end offsets", || async {
-        end_offsets_total(&settings, topic).ok()
-    })
-    .await;
-    let records = consume_until(
-        &settings,
-        topic,
-        usize::try_from(end).unwrap_or(0),
-        DEADLINE,
-    )
-    .await
-    .expect("records");
-    let mut values = Vec::with_capacity(records.len());
-    for record in records {
-        let value = record.value.expect("a value");
-        values.push(codec.decode_as(&value, T::schema()).await.expect("decode"));
-    }
-    values
 }
 
 /// The state each order's workflow is in, by its latest change (one partition holds an order,

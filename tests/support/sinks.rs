@@ -25,7 +25,9 @@ use backbone_sink::settings::{CircuitSettings, RetrySettings};
 use backbone_sink::{
     run, DestinationSettings, RunContext, Sink, SinkError, SinkSettings, SinkSummary,
 };
-use backbone_testkit::{shared_settings, unique_group, unique_topic, TestCa};
+use backbone_testkit::{
+    consume_until, end_offsets_total, shared_settings, unique_group, unique_topic, TestCa,
+};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -395,4 +397,33 @@ pub async fn publish<T: Contract>(
         .await
         .expect("produce");
     records
+}
+
+/// Every record on `topic` now, decoded as `T`.
+pub async fn read_all<T: Contract + serde::de::DeserializeOwned>(
+    codec: &WireCodec,
+    topic: &str,
+) -> Vec<T> {
+    let settings = shared_settings();
+    // A topic a process just created may not have settled metadata yet.
+    let end = eventually(
+        Duration::from_secs(180),
+        "the topic's end offsets",
+        || async { end_offsets_total(&settings, topic).ok() },
+    )
+    .await;
+    let records = consume_until(
+        &settings,
+        topic,
+        usize::try_from(end).unwrap_or(0),
+        Duration::from_secs(180),
+    )
+    .await
+    .expect("records");
+    let mut values = Vec::with_capacity(records.len());
+    for record in records {
+        let value = record.value.expect("a value");
+        values.push(codec.decode_as(&value, T::schema()).await.expect("decode"));
+    }
+    values
 }
