@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 
 use backbone::Deployment;
 use backbone_calendar::now_micros;
-use backbone_sandbox::{AppliedRequest, Faults, OrderApi, SandboxConfig, System};
+use backbone_sandbox::{AppliedApi, AppliedRequest, Faults, SandboxConfig, System};
 use backbone_schemas::types::{
     OrderStateChange, OrderStatus, OrderWorkflowState, SalesOrder, SubscriptionStatus,
 };
@@ -76,7 +76,7 @@ async fn orders_end_fulfilled_upgraded_or_cancelled_through_faults_and_kills_eac
     eventually(DEADLINE, "some entitlements provisioned", || async {
         (sandbox
             .client
-            .applied(OrderApi::Entitlements, None)
+            .applied(AppliedApi::Entitlements, None)
             .await
             .ok()?
             .len()
@@ -154,15 +154,15 @@ async fn orders_end_fulfilled_upgraded_or_cancelled_through_faults_and_kills_eac
     let mut provisioned: Vec<&str> = all.iter().map(String::as_str).collect();
     provisioned.push("o-1:2");
     assert_eq!(
-        applied(&sandbox, OrderApi::Entitlements).await,
+        applied(&sandbox, AppliedApi::Entitlements).await,
         once(&provisioned)
     );
     assert_eq!(
-        applied(&sandbox, OrderApi::EntitlementRevocations).await,
+        applied(&sandbox, AppliedApi::EntitlementRevocations).await,
         once(&["o-2:1"])
     );
     assert_eq!(
-        applied(&sandbox, OrderApi::SubscriptionChanges).await,
+        applied(&sandbox, AppliedApi::SubscriptionChanges).await,
         once(&[
             "o-1:1:create",
             "o-1:2:amend",
@@ -178,14 +178,14 @@ async fn orders_end_fulfilled_upgraded_or_cancelled_through_faults_and_kills_eac
     recorded.extend(["o-1:2:confirmed".to_owned(), "o-2:1:cancelled".to_owned()]);
     let recorded: Vec<&str> = recorded.iter().map(String::as_str).collect();
     assert_eq!(
-        applied(&sandbox, OrderApi::SalesOrders).await,
+        applied(&sandbox, AppliedApi::SalesOrders).await,
         once(&recorded)
     );
     let mut confirmed: Vec<String> = (1..=8).map(|n| format!("o-{n}:1:fulfilled")).collect();
     confirmed.extend(["o-1:2:fulfilled".to_owned(), "o-2:1:cancelled".to_owned()]);
     let confirmed: Vec<&str> = confirmed.iter().map(String::as_str).collect();
     assert_eq!(
-        applied(&sandbox, OrderApi::OrderConfirmations).await,
+        applied(&sandbox, AppliedApi::OrderConfirmations).await,
         once(&confirmed)
     );
 
@@ -270,15 +270,15 @@ async fn a_step_refused_for_good_undoes_what_the_order_did_and_parks_it_with_the
     );
     // o-refused was provisioned and subscribed, then both undone; o-inactive did nothing.
     assert_eq!(
-        applied(&sandbox, OrderApi::Entitlements).await,
+        applied(&sandbox, AppliedApi::Entitlements).await,
         once(&["o-fine:1", "o-refused:1"])
     );
     assert_eq!(
-        applied(&sandbox, OrderApi::EntitlementRevocations).await,
+        applied(&sandbox, AppliedApi::EntitlementRevocations).await,
         once(&["o-refused:1"])
     );
     assert_eq!(
-        applied(&sandbox, OrderApi::SubscriptionChanges).await,
+        applied(&sandbox, AppliedApi::SubscriptionChanges).await,
         once(&[
             "o-fine:1:create",
             "o-refused:1:create",
@@ -286,11 +286,11 @@ async fn a_step_refused_for_good_undoes_what_the_order_did_and_parks_it_with_the
         ])
     );
     assert_eq!(
-        applied(&sandbox, OrderApi::SalesOrders).await,
+        applied(&sandbox, AppliedApi::SalesOrders).await,
         once(&["o-fine:1:confirmed"])
     );
     assert_eq!(
-        applied(&sandbox, OrderApi::OrderConfirmations).await,
+        applied(&sandbox, AppliedApi::OrderConfirmations).await,
         once(&["o-fine:1:fulfilled"])
     );
     // Usage is not rated under the subscription billing undid.
@@ -582,11 +582,11 @@ async fn orders_over_the_limit_wait_for_a_decision_and_run_when_approved_only() 
     );
     // Only the approved and the small order were provisioned; every order heard how it ended.
     assert_eq!(
-        applied(&sandbox, OrderApi::Entitlements).await,
+        applied(&sandbox, AppliedApi::Entitlements).await,
         once(&["o-approved:1", "o-small:1"])
     );
     assert_eq!(
-        applied(&sandbox, OrderApi::OrderConfirmations).await,
+        applied(&sandbox, AppliedApi::OrderConfirmations).await,
         once(&[
             "o-approved:1:fulfilled",
             "o-rejected:1:rejected",
@@ -650,25 +650,25 @@ async fn an_order_cancelled_while_its_provisioning_is_retried_is_undone_once_it_
     // created, so there is nothing to cancel; the ERP and the sales platform hear of the
     // cancellation only.
     assert_eq!(
-        applied(&sandbox, OrderApi::Entitlements).await,
+        applied(&sandbox, AppliedApi::Entitlements).await,
         once(&["o-1:1"])
     );
     assert_eq!(
-        applied(&sandbox, OrderApi::EntitlementRevocations).await,
+        applied(&sandbox, AppliedApi::EntitlementRevocations).await,
         once(&["o-1:1"])
     );
     let first = |requests: Vec<AppliedRequest>| requests.first().map(|r| r.sequence);
     let provisioned = first(
         sandbox
             .client
-            .applied(OrderApi::Entitlements, None)
+            .applied(AppliedApi::Entitlements, None)
             .await
             .expect("applied"),
     );
     let revoked = first(
         sandbox
             .client
-            .applied(OrderApi::EntitlementRevocations, None)
+            .applied(AppliedApi::EntitlementRevocations, None)
             .await
             .expect("applied"),
     );
@@ -676,15 +676,15 @@ async fn an_order_cancelled_while_its_provisioning_is_retried_is_undone_once_it_
         provisioned < revoked,
         "the revocation came after the provisioning it undoes"
     );
-    assert!(applied(&sandbox, OrderApi::SubscriptionChanges)
+    assert!(applied(&sandbox, AppliedApi::SubscriptionChanges)
         .await
         .is_empty());
     assert_eq!(
-        applied(&sandbox, OrderApi::SalesOrders).await,
+        applied(&sandbox, AppliedApi::SalesOrders).await,
         once(&["o-1:1:cancelled"])
     );
     assert_eq!(
-        applied(&sandbox, OrderApi::OrderConfirmations).await,
+        applied(&sandbox, AppliedApi::OrderConfirmations).await,
         once(&["o-1:1:cancelled"])
     );
 }
@@ -718,10 +718,10 @@ async fn both_processes_killed_as_each_step_is_applied_and_before_it_is_answered
     deployment.start(STEP_SINK);
     deployment.start(ORCHESTRATOR);
     for api in [
-        OrderApi::Entitlements,
-        OrderApi::SubscriptionChanges,
-        OrderApi::SalesOrders,
-        OrderApi::OrderConfirmations,
+        AppliedApi::Entitlements,
+        AppliedApi::SubscriptionChanges,
+        AppliedApi::SalesOrders,
+        AppliedApi::OrderConfirmations,
     ] {
         eventually(DEADLINE, &format!("{api:?} to be applied"), || async {
             let requests = sandbox.client.applied(api, None).await.ok()?;
@@ -743,22 +743,22 @@ async fn both_processes_killed_as_each_step_is_applied_and_before_it_is_answered
     settled(&deployment).await;
 
     assert_eq!(
-        applied(&sandbox, OrderApi::Entitlements).await,
+        applied(&sandbox, AppliedApi::Entitlements).await,
         once(&["o-1:1"])
     );
     assert_eq!(
-        applied(&sandbox, OrderApi::SubscriptionChanges).await,
+        applied(&sandbox, AppliedApi::SubscriptionChanges).await,
         once(&["o-1:1:create"])
     );
     assert_eq!(
-        applied(&sandbox, OrderApi::SalesOrders).await,
+        applied(&sandbox, AppliedApi::SalesOrders).await,
         once(&["o-1:1:confirmed"])
     );
     assert_eq!(
-        applied(&sandbox, OrderApi::OrderConfirmations).await,
+        applied(&sandbox, AppliedApi::OrderConfirmations).await,
         once(&["o-1:1:fulfilled"])
     );
-    assert!(applied(&sandbox, OrderApi::EntitlementRevocations)
+    assert!(applied(&sandbox, AppliedApi::EntitlementRevocations)
         .await
         .is_empty());
 }
@@ -794,13 +794,13 @@ async fn a_system_at_an_address_of_its_own_gets_its_steps_there_and_only_there()
     settled(&deployment).await;
 
     assert_eq!(
-        applied(&erp, OrderApi::SalesOrders).await,
+        applied(&erp, AppliedApi::SalesOrders).await,
         once(&["o-1:1:confirmed"])
     );
-    assert!(applied(&gateway, OrderApi::SalesOrders).await.is_empty());
+    assert!(applied(&gateway, AppliedApi::SalesOrders).await.is_empty());
     assert_eq!(
-        applied(&gateway, OrderApi::Entitlements).await,
+        applied(&gateway, AppliedApi::Entitlements).await,
         once(&["o-1:1"])
     );
-    assert!(applied(&erp, OrderApi::Entitlements).await.is_empty());
+    assert!(applied(&erp, AppliedApi::Entitlements).await.is_empty());
 }

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use backbone::Deployment;
-use backbone_sandbox::{Faults, OrderApi, System};
+use backbone_sandbox::{AppliedApi, Faults, System};
 use backbone_schemas::types::{OrderStatus, OrderWorkflowState, SalesOrder, SubscriptionStatus};
 use backbone_schemas::WireCodec;
 use order_workflow::{
@@ -94,14 +94,14 @@ impl Story {
 #[derive(Debug, Default)]
 struct Expected {
     end: Option<(i32, OrderWorkflowState)>,
-    applied: BTreeMap<OrderApi, Vec<String>>,
-    optional: BTreeMap<OrderApi, Vec<String>>,
+    applied: BTreeMap<AppliedApi, Vec<String>>,
+    optional: BTreeMap<AppliedApi, Vec<String>>,
     /// The newest `master.subscriptions` record of `sub-<id>`: plan and status.
     subscription: Option<(&'static str, SubscriptionStatus)>,
 }
 
 impl Expected {
-    fn applied(mut self, api: OrderApi, identities: &[String]) -> Self {
+    fn applied(mut self, api: AppliedApi, identities: &[String]) -> Self {
         self.applied
             .entry(api)
             .or_default()
@@ -109,7 +109,7 @@ impl Expected {
         self
     }
 
-    fn optional(mut self, api: OrderApi, identities: &[String]) -> Self {
+    fn optional(mut self, api: AppliedApi, identities: &[String]) -> Self {
         self.optional
             .entry(api)
             .or_default()
@@ -121,7 +121,7 @@ impl Expected {
 /// What `story` must leave behind for order `id`, written out from the workflow's contract in
 /// docs/orchestration.md.
 fn expected(id: &str, story: Story) -> Expected {
-    use OrderApi::*;
+    use AppliedApi::*;
     use OrderWorkflowState::*;
     let at = |suffix: &str| vec![format!("{id}:{suffix}")];
     let fulfilled_once = |e: Expected| {
@@ -323,7 +323,7 @@ impl Driver {
 /// Every effect the sandbox applied, through every order API.
 async fn applied_total(sandbox: &sinks::Sandbox) -> usize {
     let mut total = 0;
-    for api in OrderApi::ALL {
+    for api in AppliedApi::ALL {
         total += sandbox
             .client
             .applied(api, None)
@@ -482,7 +482,7 @@ async fn many_orders_through_outages_and_kills_end_as_their_stories_say() {
 
     // Every identity each system applied, against the stories.
     let mut wrong = Vec::new();
-    for api in OrderApi::ALL {
+    for api in AppliedApi::ALL {
         let mut counts = applied(&sandbox, api).await;
         for (id, expected) in &expectations {
             for identity in expected.applied.get(&api).into_iter().flatten() {
@@ -515,7 +515,7 @@ async fn many_orders_through_outages_and_kills_end_as_their_stories_say() {
         wrong.join("\n")
     );
     // A cancellation that let the subscription be created cancelled it too.
-    let subscription_changes = applied(&sandbox, OrderApi::SubscriptionChanges).await;
+    let subscription_changes = applied(&sandbox, AppliedApi::SubscriptionChanges).await;
     for (id, story) in &stories {
         if *story == Story::CancelledAtOnce {
             let created = subscription_changes.contains_key(&format!("{id}:1:create"));

@@ -1,7 +1,8 @@
 //! Period close on the test broker: usage through the validator, the enricher, the rater and
-//! fanout, and `period-close` invoicing each billing period of a subscription whose legal
-//! entity keeps Berlin time. The invoices' lines and totals are written out here from the
-//! usage and the price, not computed by anything of the backbone.
+//! fanout, `period-close` invoicing each billing period of a subscription whose legal entity
+//! keeps Berlin time, and `invoice-sink` delivering the invoices to the sandbox's billing and
+//! ERP. The invoices' lines and totals are written out here from the usage and the price, not
+//! computed by anything of the backbone; deliveries are counted at the sandbox per invoice.
 
 #[path = "support/backbone.rs"]
 mod backbone;
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use backbone::Deployment;
 use backbone_calendar::{days_from_civil, format_date, now_micros, parse_rfc3339_ms};
+use backbone_sandbox::{AppliedApi, SandboxConfig};
 use backbone_schemas::types::{
     AccountStatus, Amount, BillingCharge, BillingInterval, ChargeModel, CustomerAccount, Invoice,
     InvoiceStatus, LegalEntity, MeterAggregation, RateCard, RateCharge, Subscription,
@@ -20,10 +22,11 @@ use backbone_schemas::types::{
 };
 use backbone_schemas::WireCodec;
 use backbone_testkit::{committed_total, end_offsets_total, shared_settings};
-use sinks::{eventually, metadata, publish, read_all, registry_url};
+use sinks::{eventually, metadata, publish, read_all, registry_url, Sandbox};
 
 const DEADLINE: Duration = Duration::from_secs(180);
 const CLOSE: &str = "period-close";
+const DELIVERY: &str = "invoice-sink";
 const TENANT: &str = "acme";
 
 fn micros(text: &str) -> i64 {
@@ -183,9 +186,10 @@ fn amount(text: &str) -> Amount {
 #[tokio::test(flavor = "multi_thread")]
 async fn periods_close_at_midnight_in_berlin_and_late_usage_corrects_the_next_invoice() {
     let codec = WireCodec::new(registry_url().as_str());
+    let sandbox = Sandbox::start(SandboxConfig::default()).await;
     let mut deployment = Deployment::create(
         "period-close",
-        "http://127.0.0.1:9",
+        &sandbox.url,
         "postgres://unused",
         &registry_url(),
     )
@@ -245,6 +249,9 @@ async fn periods_close_at_midnight_in_berlin_and_late_usage_corrects_the_next_in
         ),
         "10 calls at 0.50 on October's invoice; the call half an hour later is November's"
     );
+
+    // The invoices topic exists now: its sink starts.
+    deployment.start(DELIVERY);
 
     // A call of 20 October arrives after October closed: it corrects November's invoice.
     publish_usage(
@@ -337,4 +344,53 @@ async fn periods_close_at_midnight_in_berlin_and_late_usage_corrects_the_next_in
         "{scraped}"
     );
     assert_eq!(value("backbone_periods_open{"), Some(0.0), "{scraped}");
+
+    // Billing and the ERP each got each invoice once, numbered: read once the sink has
+    // settled every invoice.
+    let issued = deployment.topics.name("sales.invoices").to_owned();
+    let sink_group = deployment.group(DELIVERY);
+    eventually(
+        DEADLINE,
+        "the invoice sink to settle both invoices",
+        || async {
+            let settings = shared_settings();
+            let end = end_offsets_total(&settings, &issued).ok()?;
+            (end == 2 && committed_total(&settings, &sink_group, &issued) == end).then_some(())
+        },
+    )
+    .await;
+    for api in [AppliedApi::Invoices, AppliedApi::ErpInvoices] {
+        let delivered = sandbox.client.applied(api, None).await.expect("applied");
+        let mut by_invoice: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for request in &delivered {
+            by_invoice
+                .entry(
+                    request.body["invoice_id"]
+                        .as_str()
+                        .unwrap_or("?")
+                        .to_owned(),
+                )
+                .or_default()
+                .push(
+                    request.body["invoice_number"]
+                        .as_str()
+                        .unwrap_or("?")
+                        .to_owned(),
+                );
+        }
+        assert_eq!(
+            by_invoice,
+            BTreeMap::from([
+                (
+                    "inv-s-1-2026-10-01".to_owned(),
+                    vec!["le-berlin-000001".to_owned()]
+                ),
+                (
+                    "inv-s-1-2026-11-01".to_owned(),
+                    vec!["le-berlin-000002".to_owned()]
+                ),
+            ]),
+            "{api:?}"
+        );
+    }
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use backbone_calendar::now_micros;
-use backbone_sandbox::{AppliedRequest, Customer, Faults, OrderApi, SandboxConfig, System};
+use backbone_sandbox::{AppliedApi, AppliedRequest, Customer, Faults, SandboxConfig, System};
 use backbone_schemas::types::{
     OrderStateChange, OrderWorkflowState, Subscription, SubscriptionStatus,
 };
@@ -92,7 +92,7 @@ pub async fn settled(deployment: &Deployment) {
 /// How often each business identity was applied through `api`: `(order, revision)` plus, for
 /// subscription changes, the change, for the ERP the order status, for confirmations the
 /// conclusion.
-pub async fn applied(sandbox: &Sandbox, api: OrderApi) -> BTreeMap<String, usize> {
+pub async fn applied(sandbox: &Sandbox, api: AppliedApi) -> BTreeMap<String, usize> {
     let requests: Vec<AppliedRequest> = sandbox.client.applied(api, None).await.expect("applied");
     let mut counts = BTreeMap::new();
     for request in requests {

@@ -212,17 +212,7 @@ impl OrderStepSink {
             Reply::Settled(outcome) => return Ok(outcome),
         };
         let body = &answer.body;
-        // A business error in a 200: refused for good, as a 4xx would be.
-        if body["status"] == "failed" {
-            return Ok(Outcome::Rejected {
-                code: body["error"]["code"]
-                    .as_str()
-                    .unwrap_or("failed")
-                    .to_owned(),
-                message: body["error"]["message"].as_str().unwrap_or("").to_owned(),
-            });
-        }
-        if call.step == OrderStepKind::CheckCustomer {
+        if call.step == OrderStepKind::CheckCustomer && body["status"] != "failed" {
             let status = body["status"].as_str().unwrap_or("");
             return Ok(if status == "active" {
                 Outcome::Delivered {
@@ -238,12 +228,7 @@ impl OrderStepSink {
                 }
             });
         }
-        let reference = body["id"].as_str().map(str::to_owned);
-        if answer.header_is("Idempotent-Replayed", "true") {
-            Ok(Outcome::AlreadyDelivered { reference })
-        } else {
-            Ok(Outcome::Delivered { reference })
-        }
+        Ok(answer.applied_outcome())
     }
 }
 

@@ -59,6 +59,29 @@ impl Answer {
             .is_some_and(|v| v.eq_ignore_ascii_case(value))
     }
 
+    /// The outcome a successful answer of an API that applies a request once per idempotency
+    /// key means: a business error in the body (`"status": "failed"`) is a rejection, as a 4xx
+    /// would be; a replayed answer (`Idempotent-Replayed: true`) says it was delivered before;
+    /// else delivered now. The reference is the body's `id`.
+    pub fn applied_outcome(&self) -> Outcome {
+        let body = &self.body;
+        if body["status"] == "failed" {
+            return Outcome::Rejected {
+                code: body["error"]["code"]
+                    .as_str()
+                    .unwrap_or("failed")
+                    .to_owned(),
+                message: body["error"]["message"].as_str().unwrap_or("").to_owned(),
+            };
+        }
+        let reference = body["id"].as_str().map(str::to_owned);
+        if self.header_is("Idempotent-Replayed", "true") {
+            Outcome::AlreadyDelivered { reference }
+        } else {
+            Outcome::Delivered { reference }
+        }
+    }
+
     /// The outcome this answer means when its status is not a success: a throttle or server
     /// failure is retried, a refused credential stops the sink, any other 4xx is a rejection.
     /// Success statuses give `None`: what they mean depends on the API.

@@ -59,6 +59,8 @@ pub enum Destination {
     Erp,
     #[doc = concat!("The systems an order's workflow steps call (CRM, product platform, billing, ERP, sales platform).")]
     OrderSystems,
+    #[doc = concat!("The systems an issued invoice goes to (billing and the ERP).")]
+    InvoiceSystems,
     #[doc = concat!("A symbol this reader does not know.")]
     #[default]
     Unknown,

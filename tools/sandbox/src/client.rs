@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::{
-    AppliedRequest, Customer, Faults, OrderApi, PostedBatch, StoredAccount, StoredCharge, System,
+    AppliedApi, AppliedRequest, Customer, Faults, PostedBatch, StoredAccount, StoredCharge, System,
 };
 
 /// Client of one running sandbox. Non-2xx answers are returned as errors.
@@ -105,7 +105,7 @@ impl SandboxClient {
     /// two keys shows twice here.
     pub async fn applied(
         &self,
-        api: OrderApi,
+        api: AppliedApi,
         tenant_id: Option<&str>,
     ) -> Result<Vec<AppliedRequest>, reqwest::Error> {
         let mut request = self.reader(api.path()).build()?;

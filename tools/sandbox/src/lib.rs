@@ -7,7 +7,7 @@
 //! The steps of a quote-to-cash order (entitlements and their revocation, subscription
 //! changes, ERP sales orders, order confirmations) share one shape: an applied request under
 //! an `Idempotency-Key`, stored as sent, so a test counts what was applied per business
-//! identity (see [`OrderApi`]).
+//! identity (see [`AppliedApi`]).
 //!
 //! Faults are injected per system (errors, throttling, latency, outages, responses lost
 //! after the request was applied, and refused values answered as business errors),
@@ -44,7 +44,7 @@ pub use config::SandboxConfig;
 pub use crm::{Customer, StoredAccount};
 pub use erp::{ControlTotal, JournalLine, PostedBatch};
 pub use faults::Faults;
-pub use orders::{AppliedRequest, OrderApi};
+pub use orders::{AppliedApi, AppliedRequest};
 
 /// One of the simulated external systems.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

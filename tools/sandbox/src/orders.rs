@@ -1,6 +1,7 @@
-//! The steps of a quote-to-cash order, each an applied request under an `Idempotency-Key`:
-//! entitlements provisioned and revoked on the product platform, subscription changes in
-//! billing, sales orders in the ERP and order confirmations to the sales platform.
+//! Requests applied once per `Idempotency-Key`: the steps of a quote-to-cash order
+//! (entitlements provisioned and revoked on the product platform, subscription changes in
+//! billing, sales orders in the ERP, order confirmations to the sales platform) and issued
+//! invoices (to billing and to the ERP).
 //!
 //! A key seen again with the same body replays the first answer; with another body it is
 //! refused. Keys are remembered for as long as the sandbox runs. The sandbox does not
@@ -24,9 +25,10 @@ use serde_json::{json, Value};
 use crate::http::{error, json_value};
 use crate::{lock, Sandbox, System};
 
-/// One of the APIs an order workflow applies its steps through.
+/// One of the APIs that apply each request once per idempotency key: those an order workflow
+/// applies its steps through, and those issued invoices are delivered to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum OrderApi {
+pub enum AppliedApi {
     /// Provisions the entitlements of an order's lines, on the product platform.
     Entitlements,
     /// Revokes an order's entitlements, on the product platform.
@@ -37,47 +39,57 @@ pub enum OrderApi {
     SalesOrders,
     /// Tells the sales platform how an order ended.
     OrderConfirmations,
+    /// Delivers an issued invoice to billing.
+    Invoices,
+    /// Delivers an issued invoice to the ERP.
+    ErpInvoices,
 }
 
-impl OrderApi {
-    /// Every order API, in declaration order.
-    pub const ALL: [OrderApi; 5] = [
-        OrderApi::Entitlements,
-        OrderApi::EntitlementRevocations,
-        OrderApi::SubscriptionChanges,
-        OrderApi::SalesOrders,
-        OrderApi::OrderConfirmations,
+impl AppliedApi {
+    /// Every such API, in declaration order.
+    pub const ALL: [AppliedApi; 7] = [
+        AppliedApi::Entitlements,
+        AppliedApi::EntitlementRevocations,
+        AppliedApi::SubscriptionChanges,
+        AppliedApi::SalesOrders,
+        AppliedApi::OrderConfirmations,
+        AppliedApi::Invoices,
+        AppliedApi::ErpInvoices,
     ];
 
     /// The path steps are `POST`ed to and read back from with `GET`.
     pub fn path(self) -> &'static str {
         match self {
-            OrderApi::Entitlements => "/platform/v1/entitlements",
-            OrderApi::EntitlementRevocations => "/platform/v1/entitlement-revocations",
-            OrderApi::SubscriptionChanges => "/billing/v1/subscription-changes",
-            OrderApi::SalesOrders => "/erp/v1/sales-orders",
-            OrderApi::OrderConfirmations => "/sales/v1/order-confirmations",
+            AppliedApi::Entitlements => "/platform/v1/entitlements",
+            AppliedApi::EntitlementRevocations => "/platform/v1/entitlement-revocations",
+            AppliedApi::SubscriptionChanges => "/billing/v1/subscription-changes",
+            AppliedApi::SalesOrders => "/erp/v1/sales-orders",
+            AppliedApi::OrderConfirmations => "/sales/v1/order-confirmations",
+            AppliedApi::Invoices => "/billing/v1/invoices",
+            AppliedApi::ErpInvoices => "/erp/v1/invoices",
         }
     }
 
     /// The system serving it, whose faults and refused values apply.
     pub fn system(self) -> System {
         match self {
-            OrderApi::Entitlements | OrderApi::EntitlementRevocations => System::Platform,
-            OrderApi::SubscriptionChanges => System::Billing,
-            OrderApi::SalesOrders => System::Erp,
-            OrderApi::OrderConfirmations => System::Sales,
+            AppliedApi::Entitlements | AppliedApi::EntitlementRevocations => System::Platform,
+            AppliedApi::SubscriptionChanges | AppliedApi::Invoices => System::Billing,
+            AppliedApi::SalesOrders | AppliedApi::ErpInvoices => System::Erp,
+            AppliedApi::OrderConfirmations => System::Sales,
         }
     }
 
     /// What the ids it assigns start with.
     fn id_prefix(self) -> &'static str {
         match self {
-            OrderApi::Entitlements => "ent",
-            OrderApi::EntitlementRevocations => "rev",
-            OrderApi::SubscriptionChanges => "subchg",
-            OrderApi::SalesOrders => "so",
-            OrderApi::OrderConfirmations => "conf",
+            AppliedApi::Entitlements => "ent",
+            AppliedApi::EntitlementRevocations => "rev",
+            AppliedApi::SubscriptionChanges => "subchg",
+            AppliedApi::SalesOrders => "so",
+            AppliedApi::OrderConfirmations => "conf",
+            AppliedApi::Invoices => "inv",
+            AppliedApi::ErpInvoices => "erpinv",
         }
     }
 }
@@ -91,16 +103,16 @@ pub struct AppliedRequest {
     pub idempotency_key: String,
     /// The body, kept as sent; the business identity a test counts by is in it.
     pub body: Value,
-    /// Its place among the requests every order API applied, from 1: the order in which the
+    /// Its place among the requests every such API applied, from 1: the order in which the
     /// systems acted, across APIs.
     pub sequence: u64,
 }
 
-/// The applied requests of every order API, which one each key applied, and how many were
+/// The applied requests of every such API, which one each key applied, and how many were
 /// applied in all.
 #[derive(Default)]
 pub(crate) struct OrderSteps {
-    apis: [Steps; OrderApi::ALL.len()],
+    apis: [Steps; AppliedApi::ALL.len()],
     applied: u64,
 }
 
@@ -112,9 +124,9 @@ struct Steps {
 }
 
 impl OrderSteps {
-    /// Requests applied through the order APIs `system` serves.
+    /// Requests applied through the APIs `system` serves.
     pub(crate) fn applied(&self, system: System) -> usize {
-        OrderApi::ALL
+        AppliedApi::ALL
             .into_iter()
             .filter(|api| api.system() == system)
             .map(|api| self.apis[api as usize].applied.len())
@@ -122,9 +134,9 @@ impl OrderSteps {
     }
 }
 
-/// The `POST` and `GET` routes of the order APIs `system` serves, for its gateway to wrap.
+/// The `POST` and `GET` routes of the APIs `system` serves, for its gateway to wrap.
 pub(crate) fn routes(system: System) -> Router<Arc<Sandbox>> {
-    OrderApi::ALL
+    AppliedApi::ALL
         .into_iter()
         .filter(|api| api.system() == system)
         .fold(Router::new(), |routes, api| {
@@ -139,7 +151,7 @@ pub(crate) fn routes(system: System) -> Router<Arc<Sandbox>> {
 }
 
 async fn apply(
-    api: OrderApi,
+    api: AppliedApi,
     State(app): State<Arc<Sandbox>>,
     headers: HeaderMap,
     body: Bytes,
@@ -215,7 +227,7 @@ fn applied_reply(id: &str) -> Response {
 /// Every request applied through `api` in arrival order; with `tenant_id=<id>`, only that
 /// tenant's.
 async fn list(
-    api: OrderApi,
+    api: AppliedApi,
     State(app): State<Arc<Sandbox>>,
     Query(query): Query<BTreeMap<String, String>>,
 ) -> Response {

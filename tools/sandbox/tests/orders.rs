@@ -5,7 +5,7 @@ mod support;
 
 use backbone_core::config::load_from;
 use backbone_sandbox::config::DEFAULT_ADMIN_TOKEN;
-use backbone_sandbox::{Customer, Faults, OrderApi, SandboxConfig, System};
+use backbone_sandbox::{AppliedApi, Customer, Faults, SandboxConfig, System};
 use serde_json::{json, Value};
 
 use support::{start, Answer, Running, TOKEN};
@@ -14,7 +14,7 @@ const LOOKUP: &str = "/crm/v1/customers/lookup";
 
 impl Running {
     /// `body` applied through `api` under `key`.
-    async fn apply(&self, api: OrderApi, key: &str, body: &Value) -> Answer {
+    async fn apply(&self, api: AppliedApi, key: &str, body: &Value) -> Answer {
         let request = self.post(api.path(), body).header("Idempotency-Key", key);
         self.send(request).await
     }
@@ -24,7 +24,7 @@ impl Running {
         self.send(self.post(LOOKUP, &body)).await
     }
 
-    async fn applied(&self, api: OrderApi) -> Vec<backbone_sandbox::AppliedRequest> {
+    async fn applied(&self, api: AppliedApi) -> Vec<backbone_sandbox::AppliedRequest> {
         self.client.applied(api, None).await.expect("applied")
     }
 }
@@ -45,11 +45,11 @@ fn applied(id: &str) -> Value {
 async fn a_key_replays_its_first_answer_and_is_stored_once() {
     let sandbox = start(SandboxConfig::default()).await;
     let first_ids = [
-        (OrderApi::Entitlements, "ent_000001"),
-        (OrderApi::EntitlementRevocations, "rev_000001"),
-        (OrderApi::SubscriptionChanges, "subchg_000001"),
-        (OrderApi::SalesOrders, "so_000001"),
-        (OrderApi::OrderConfirmations, "conf_000001"),
+        (AppliedApi::Entitlements, "ent_000001"),
+        (AppliedApi::EntitlementRevocations, "rev_000001"),
+        (AppliedApi::SubscriptionChanges, "subchg_000001"),
+        (AppliedApi::SalesOrders, "so_000001"),
+        (AppliedApi::OrderConfirmations, "conf_000001"),
     ];
     for (api, id) in first_ids {
         let first = sandbox.apply(api, "key-1", &step("o-1")).await;
@@ -81,7 +81,7 @@ async fn a_key_replays_its_first_answer_and_is_stored_once() {
 #[tokio::test]
 async fn a_new_key_applies_an_equal_body_again() {
     let sandbox = start(SandboxConfig::default()).await;
-    let api = OrderApi::SubscriptionChanges;
+    let api = AppliedApi::SubscriptionChanges;
     let first = sandbox.apply(api, "key-1", &step("o-1")).await;
     let second = sandbox.apply(api, "key-2", &step("o-1")).await;
     assert_eq!(first.body, applied("subchg_000001"));
@@ -121,7 +121,7 @@ async fn a_new_key_applies_an_equal_body_again() {
 #[tokio::test]
 async fn a_key_reused_with_another_body_is_refused() {
     let sandbox = start(SandboxConfig::default()).await;
-    let api = OrderApi::SalesOrders;
+    let api = AppliedApi::SalesOrders;
     assert_eq!(sandbox.apply(api, "key-1", &step("o-1")).await.status, 200);
     let reused = sandbox.apply(api, "key-1", &step("o-2")).await;
     assert_eq!(
@@ -134,7 +134,7 @@ async fn a_key_reused_with_another_body_is_refused() {
 #[tokio::test]
 async fn a_step_wants_a_key_and_a_tenant() {
     let sandbox = start(SandboxConfig::default()).await;
-    let api = OrderApi::Entitlements;
+    let api = AppliedApi::Entitlements;
     let no_key = sandbox.send(sandbox.post(api.path(), &step("o-1"))).await;
     assert_eq!(
         (no_key.status, no_key.code()),
@@ -165,7 +165,7 @@ async fn a_step_wants_a_key_and_a_tenant() {
 #[tokio::test]
 async fn a_refused_value_fails_in_a_200_and_the_key_applies_once_lifted() {
     let sandbox = start(SandboxConfig::default()).await;
-    let api = OrderApi::SubscriptionChanges;
+    let api = AppliedApi::SubscriptionChanges;
     sandbox
         .client
         .refuse(System::Billing, &["plan-pro"])
@@ -184,7 +184,7 @@ async fn a_refused_value_fails_in_a_200_and_the_key_applies_once_lifted() {
     let answer = sandbox.apply(api, "key-2", &keyed).await;
     assert_eq!(answer.body, applied("subchg_000001"));
     let answer = sandbox
-        .apply(OrderApi::Entitlements, "key-1", &step("o-1"))
+        .apply(AppliedApi::Entitlements, "key-1", &step("o-1"))
         .await;
     assert_eq!(answer.body, applied("ent_000001"));
 
@@ -284,7 +284,7 @@ async fn a_platform_outage_answers_503_and_applies_nothing() {
         .set_faults(System::Platform, &outage)
         .await
         .expect("set faults");
-    for api in [OrderApi::Entitlements, OrderApi::EntitlementRevocations] {
+    for api in [AppliedApi::Entitlements, AppliedApi::EntitlementRevocations] {
         let down = sandbox.apply(api, "key-1", &step("o-1")).await;
         assert_eq!((down.status, down.code()), (503, "service_unavailable"));
         assert!(
@@ -293,7 +293,7 @@ async fn a_platform_outage_answers_503_and_applies_nothing() {
         );
     }
     let sales = sandbox
-        .apply(OrderApi::OrderConfirmations, "key-1", &step("o-1"))
+        .apply(AppliedApi::OrderConfirmations, "key-1", &step("o-1"))
         .await;
     assert_eq!(sales.status, 200, "other systems are not affected");
     let stats = sandbox.client.stats().await.expect("stats");
@@ -305,7 +305,7 @@ async fn a_platform_outage_answers_503_and_applies_nothing() {
         .await
         .expect("clear faults");
     let up = sandbox
-        .apply(OrderApi::Entitlements, "key-1", &step("o-1"))
+        .apply(AppliedApi::Entitlements, "key-1", &step("o-1"))
         .await;
     assert_eq!(up.body, applied("ent_000001"));
 }
@@ -322,7 +322,7 @@ async fn a_lost_response_is_applied_and_the_retry_replays_it() {
         .set_faults(System::Sales, &lose)
         .await
         .expect("set faults");
-    let api = OrderApi::OrderConfirmations;
+    let api = AppliedApi::OrderConfirmations;
     let lost = sandbox.apply(api, "key-1", &step("o-1")).await;
     assert_eq!((lost.status, lost.code()), (504, "gateway_timeout"));
     assert_eq!(
@@ -344,7 +344,7 @@ async fn a_lost_response_is_applied_and_the_retry_replays_it() {
 #[tokio::test]
 async fn reset_clears_steps_customers_and_refused_values() {
     let sandbox = start(SandboxConfig::default()).await;
-    let api = OrderApi::SalesOrders;
+    let api = AppliedApi::SalesOrders;
     assert_eq!(sandbox.apply(api, "key-1", &step("o-1")).await.status, 200);
     sandbox
         .client
@@ -388,7 +388,7 @@ async fn the_new_systems_are_named_in_the_admin_api_and_the_config() {
         .await;
     assert_eq!(forbidden.status, 204);
     let answer = sandbox
-        .apply(OrderApi::OrderConfirmations, "key-1", &step("o-1"))
+        .apply(AppliedApi::OrderConfirmations, "key-1", &step("o-1"))
         .await;
     assert_eq!((answer.status, answer.code()), (403, "forbidden"));
 

@@ -520,6 +520,7 @@ pub(crate) fn destination_label(destination: backbone_schemas::types::Destinatio
         Destination::Analytics => "analytics",
         Destination::Erp => "erp",
         Destination::OrderSystems => "order_systems",
+        Destination::InvoiceSystems => "invoice_systems",
         Destination::Unknown => "unknown",
     }
 }
