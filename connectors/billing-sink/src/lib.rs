@@ -14,10 +14,9 @@ use backbone_sink::app::SinkApp;
 use backbone_sink::http::{JsonApi, Reply};
 use backbone_sink::settings::require_topic;
 use backbone_sink::{
-    decode, require_key, Accepted, Delivery, DeliveryError, DestinationSettings, Money, Outcome,
-    Rejection, Sink, SinkContext,
+    decode, one_request_each, require_key, Accepted, Delivery, DeliveryError, DestinationSettings,
+    Money, Outcome, Rejection, Sink, SinkContext,
 };
-use futures::{stream, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
 /// The `[sink]` section.
@@ -218,12 +217,7 @@ impl Sink for BillingSink {
         &self,
         batch: &[&Delivery<ChargeRequest>],
     ) -> Result<Vec<Outcome>, DeliveryError> {
-        // `concurrency` requests in flight at all times, answers in the batch's order.
-        let posts: Vec<_> = batch.iter().map(|delivery| self.post(delivery)).collect();
-        stream::iter(posts)
-            .buffered(self.settings.concurrency)
-            .try_collect()
-            .await
+        one_request_each(batch, self.settings.concurrency, |d| self.post(d)).await
     }
 }
 

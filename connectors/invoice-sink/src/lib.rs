@@ -13,10 +13,9 @@ use backbone_sink::app::SinkApp;
 use backbone_sink::http::{JsonApi, Reply};
 use backbone_sink::settings::require_topic;
 use backbone_sink::{
-    decode, require_key, Accepted, Delivery, DeliveryError, DestinationSettings, Outcome,
-    Rejection, Sink, SinkContext,
+    decode, one_request_each, require_key, Accepted, Delivery, DeliveryError, DestinationSettings,
+    Outcome, Rejection, Sink, SinkContext,
 };
-use futures::{stream, StreamExt, TryStreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -178,11 +177,7 @@ impl Sink for InvoiceSink {
         &self,
         batch: &[&Delivery<InvoiceCall>],
     ) -> Result<Vec<Outcome>, DeliveryError> {
-        let posts: Vec<_> = batch.iter().map(|delivery| self.post(delivery)).collect();
-        stream::iter(posts)
-            .buffered(self.settings.concurrency)
-            .try_collect()
-            .await
+        one_request_each(batch, self.settings.concurrency, |d| self.post(d)).await
     }
 }
 

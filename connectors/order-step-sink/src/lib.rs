@@ -21,10 +21,9 @@ use backbone_sink::app::SinkApp;
 use backbone_sink::http::{JsonApi, Reply};
 use backbone_sink::settings::require_topic;
 use backbone_sink::{
-    decode, require_key, Accepted, Delivery, DeliveryError, DestinationSettings, Outcome,
-    Rejection, Sink, SinkContext,
+    decode, one_request_each, require_key, Accepted, Delivery, DeliveryError, DestinationSettings,
+    Outcome, Rejection, Sink, SinkContext,
 };
-use futures::{stream, StreamExt, TryStreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -262,11 +261,7 @@ impl Sink for OrderStepSink {
     }
 
     async fn deliver(&self, batch: &[&Delivery<StepCall>]) -> Result<Vec<Outcome>, DeliveryError> {
-        let posts: Vec<_> = batch.iter().map(|delivery| self.post(delivery)).collect();
-        stream::iter(posts)
-            .buffered(self.settings.concurrency)
-            .try_collect()
-            .await
+        one_request_each(batch, self.settings.concurrency, |d| self.post(d)).await
     }
 }
 

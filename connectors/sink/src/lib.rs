@@ -149,6 +149,25 @@ impl<P> Accepted<P> {
     }
 }
 
+/// Outcomes of one request per delivery of `batch`, `concurrency` in flight at all times,
+/// in the batch's order: the `deliver` of a sink whose destination takes one record a request.
+pub async fn one_request_each<'a, P, F, Fut>(
+    batch: &[&'a Delivery<P>],
+    concurrency: usize,
+    post: F,
+) -> Result<Vec<Outcome>, DeliveryError>
+where
+    F: Fn(&'a Delivery<P>) -> Fut,
+    Fut: std::future::Future<Output = Result<Outcome, DeliveryError>>,
+{
+    use futures::{stream, StreamExt, TryStreamExt};
+    let posts: Vec<Fut> = batch.iter().map(|delivery| post(delivery)).collect();
+    stream::iter(posts)
+        .buffered(concurrency)
+        .try_collect()
+        .await
+}
+
 /// Rejects `record` when the field `field` it is delivered under, `value`, is empty: without
 /// a key the destination cannot recognise a resend.
 pub fn require_key(record: &InputRecord<'_>, field: &str, value: &str) -> Result<(), Rejection> {
