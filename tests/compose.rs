@@ -1304,7 +1304,7 @@ fn every_dashboard_panel_queries_the_provisioned_prometheus() {
                 "histogram_quantile(0.99, sum by (step, le) (rate(backbone_order_step_seconds_bucket",
                 "sum(backbone_order_approvals_waiting)",
                 "max(backbone_order_approval_oldest_age_seconds)",
-                "sum by (legal_entity) (increase(backbone_invoices_issued_total",
+                "sum(increase(backbone_invoices_issued_total",
                 "sum(backbone_periods_open)",
                 "sum(increase(backbone_period_corrections_total",
             ][..],

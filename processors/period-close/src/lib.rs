@@ -305,7 +305,7 @@ impl PeriodClose {
         issued.metadata.produced_at = at;
         tracing::info!(invoice = %issued.invoice_id, number = %issued.invoice_number, total = %issued.total_amount, "invoice issued");
         if let Some(metrics) = &self.metrics {
-            metrics.issued(&issued.legal_entity_id);
+            metrics.issued();
         }
         let key = format!("{tenant}:{}", issued.invoice_id);
         Ok(vec![self.invoice_output(

@@ -6,11 +6,11 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use backbone_core::metrics::PROCESSOR_LABEL;
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{IntCounter, IntGauge, Opts, Registry};
 
 /// Metric names, as dashboards and alerts use them.
 pub mod names {
-    /// Invoices issued, by legal entity.
+    /// Invoices issued.
     pub const INVOICES_ISSUED: &str = "backbone_invoices_issued_total";
     /// Charges booked in a later period than their own, because theirs had closed.
     pub const CORRECTIONS: &str = "backbone_period_corrections_total";
@@ -21,7 +21,7 @@ pub mod names {
 /// The series, registered once.
 #[derive(Debug)]
 pub struct PeriodMetrics {
-    invoices_issued: IntCounterVec,
+    invoices_issued: IntCounter,
     corrections: IntCounter,
     periods_open: IntGauge,
     /// Each partition's open periods at its last close check, and when.
@@ -33,10 +33,10 @@ impl PeriodMetrics {
     pub fn new(registry: &Registry, processor: &str) -> Result<Self, prometheus::Error> {
         let opts =
             |name: &str, help: &str| Opts::new(name, help).const_label(PROCESSOR_LABEL, processor);
-        let invoices_issued = IntCounterVec::new(
-            opts(names::INVOICES_ISSUED, "Invoices issued, by legal entity."),
-            &["legal_entity"],
-        )?;
+        // Unlabelled, so that the series is there (at 0) before the first invoice: a legal
+        // entity's invoices are counted on `sales.invoices` itself.
+        let invoices_issued =
+            IntCounter::with_opts(opts(names::INVOICES_ISSUED, "Invoices issued."))?;
         let corrections = IntCounter::with_opts(opts(
             names::CORRECTIONS,
             "Charges booked in a later billing period than their own, which had closed.",
@@ -56,10 +56,8 @@ impl PeriodMetrics {
         })
     }
 
-    pub(crate) fn issued(&self, legal_entity: &str) {
-        self.invoices_issued
-            .with_label_values(&[legal_entity])
-            .inc();
+    pub(crate) fn issued(&self) {
+        self.invoices_issued.inc();
     }
 
     pub(crate) fn correction(&self) {
