@@ -88,14 +88,16 @@ impl PeriodBook {
         }
     }
 
+    /// Whether `charge` (its rating id and revision) was booked here.
+    pub fn has_booked(&self, charge: &BillingCharge) -> bool {
+        self.booked.contains(&booking(charge))
+    }
+
     /// Books `charge`; `corrects` names the closed period it corrects when it came after that
     /// period closed. A charge the rater made an adjustment is one too.
     pub fn book(&mut self, charge: &BillingCharge, corrects: Option<(i32, i32)>) -> Booked {
         let adjustment = corrects.is_some() || charge.charge_type == BillingChargeType::Adjustment;
-        if !self
-            .booked
-            .insert(format!("{}:{}", charge.rating_id, charge.revision))
-        {
+        if !self.booked.insert(booking(charge)) {
             return Booked::Repeat;
         }
         let at = self.lines.iter().position(|l| {
@@ -207,6 +209,11 @@ impl PeriodBook {
             billing_address: None,
         })
     }
+}
+
+/// How a booked charge is remembered: its rating id and revision.
+fn booking(charge: &BillingCharge) -> String {
+    format!("{}:{}", charge.rating_id, charge.revision)
 }
 
 /// A W3C trace id derived from `id`: the invoice's records share one trace, the same on

@@ -226,7 +226,63 @@ impl PeriodClose {
     ) -> Result<Vec<OutputRecord>, ProcessError> {
         let charge: BillingCharge = self.decode(record)?;
         let tenant = charge.metadata.tenant_id.clone();
-        let subscription = self.subscription(state, &tenant, &charge.subscription_id)?;
+        let mut period = (charge.period_start, charge.period_end);
+        let mut corrects = None;
+        loop {
+            let key = period_key(&tenant, &charge.subscription_id, period.0);
+            // Master data is read only for a period seen the first time, or to find the next
+            // one: most charges land in a book that is open already.
+            let (mut book, opened_ending) =
+                match state.get_json::<PeriodBook>(PERIODS, key.as_bytes())? {
+                    Some(book) => (book, None),
+                    None => {
+                        let subscription =
+                            self.subscription(state, &tenant, &charge.subscription_id)?;
+                        let entity = &subscription.legal_entity_id;
+                        let end = self
+                            .zone(state, &tenant, entity)?
+                            .start_of(period.1)
+                            .map_err(|e| {
+                                ProcessError::permanent("contract_violation", e.to_string())
+                            })?;
+                        let book = PeriodBook::open(&tenant, &charge, entity, period.0, period.1);
+                        (book, Some(end))
+                    }
+                };
+            if book.closed {
+                if book.has_booked(&charge) {
+                    return Ok(Vec::new());
+                }
+                let next = self.next_period(state, &tenant, &charge, book.end)?;
+                corrects = corrects.or(Some((book.start, book.end)));
+                period = next;
+                continue;
+            }
+            if book.book(&charge, corrects) == Booked::Added {
+                if let (Some(metrics), Some(_)) = (&self.metrics, corrects) {
+                    metrics.correction();
+                }
+                state.put_json(PERIODS, key.as_bytes(), &book)?;
+                if let Some(end) = opened_ending {
+                    let mut due = Due::read(state)?;
+                    due.0.insert(key, end);
+                    state.put_json(DUE, DUE_KEY, &due)?;
+                }
+            }
+            return Ok(Vec::new());
+        }
+    }
+
+    /// The billing period of `charge`'s subscription that begins on `day`, the end of a closed
+    /// one.
+    fn next_period(
+        &self,
+        state: &State<'_>,
+        tenant: &str,
+        charge: &BillingCharge,
+        day: i32,
+    ) -> Result<(i32, i32), ProcessError> {
+        let subscription = self.subscription(state, tenant, &charge.subscription_id)?;
         let plan = PeriodPlan::new(
             subscription.current_period_start,
             subscription.billing_anchor_day,
@@ -238,44 +294,8 @@ impl PeriodClose {
                 format!("subscription `{tenant}:{}`: {e}", charge.subscription_id),
             )
         })?;
-        let mut period = (charge.period_start, charge.period_end);
-        let mut corrects = None;
-        let mut due = Due::read(state)?;
-        loop {
-            let key = period_key(&tenant, &charge.subscription_id, period.0);
-            let mut book = match state.get_json::<PeriodBook>(PERIODS, key.as_bytes())? {
-                Some(book) => book,
-                None => {
-                    let entity = &subscription.legal_entity_id;
-                    let zone = self.zone(state, &tenant, entity)?;
-                    let end = zone.start_of(period.1).map_err(|e| {
-                        ProcessError::permanent("contract_violation", e.to_string())
-                    })?;
-                    due.0.insert(key.clone(), end);
-                    PeriodBook::open(&tenant, &charge, entity, period.0, period.1)
-                }
-            };
-            if book.closed {
-                if book
-                    .booked
-                    .contains(&format!("{}:{}", charge.rating_id, charge.revision))
-                {
-                    return Ok(Vec::new());
-                }
-                let next = plan.period_of(book.end);
-                corrects = corrects.or(Some((book.start, book.end)));
-                period = (next.start, next.end);
-                continue;
-            }
-            if book.book(&charge, corrects) == Booked::Added {
-                if let (Some(metrics), Some(_)) = (&self.metrics, corrects) {
-                    metrics.correction();
-                }
-                state.put_json(PERIODS, key.as_bytes(), &book)?;
-                state.put_json(DUE, DUE_KEY, &due)?;
-            }
-            return Ok(Vec::new());
-        }
+        let next = plan.period_of(day);
+        Ok((next.start, next.end))
     }
 
     /// Numbers a draft from its legal entity's sequence and issues it.
