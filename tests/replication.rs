@@ -73,6 +73,7 @@ async fn await_outputs(kafka: &KafkaSettings, topic: &str, events: usize, what: 
 async fn kill_leader(
     cluster: &mut KafkaCluster,
     kafka: &KafkaSettings,
+    running: &mut RunningProcessor,
     (topic, partition): (&str, i32),
     (output, events): (&str, usize),
 ) -> i32 {
@@ -80,7 +81,14 @@ async fn kill_leader(
     assert_eq!(replicas, 3, "{topic} has three replicas");
     let broker = cluster.node(node).expect("the leader is one of ours");
     broker.crash().expect("kill -9 the leader");
-    await_outputs(kafka, output, events, &format!("with node {node} down")).await;
+    running
+        .during(await_outputs(
+            kafka,
+            output,
+            events,
+            &format!("with node {node} down"),
+        ))
+        .await;
     let broker = cluster.node(node).expect("the node");
     tokio::task::block_in_place(|| broker.restart()).expect("the node restarts on its data");
     node
@@ -123,8 +131,15 @@ async fn leaders_of_a_changelog_and_an_output_partition_die_and_nothing_is_lost_
         90,
         Duration::from_millis(200),
     );
-    let running = RunningProcessor::start(tally.clone(), &kafka, settings(&group));
-    await_outputs(&kafka, &tally.output, 300, "before the first kill").await;
+    let mut running = RunningProcessor::start(tally.clone(), &kafka, settings(&group));
+    running
+        .during(await_outputs(
+            &kafka,
+            &tally.output,
+            300,
+            "before the first kill",
+        ))
+        .await;
 
     let changelog = format!("{group}.changelog");
     for topic in [&changelog, &tally.output] {
@@ -139,6 +154,7 @@ async fn leaders_of_a_changelog_and_an_output_partition_die_and_nothing_is_lost_
     let first = kill_leader(
         &mut cluster,
         &kafka,
+        &mut running,
         (&changelog, 0),
         (&tally.output, 1_000),
     )
@@ -146,6 +162,7 @@ async fn leaders_of_a_changelog_and_an_output_partition_die_and_nothing_is_lost_
     let second = kill_leader(
         &mut cluster,
         &kafka,
+        &mut running,
         (&tally.output, 0),
         (&tally.output, 1_800),
     )

@@ -256,10 +256,18 @@ impl Drop for KafkaBroker {
         // Killed first: a node must not write into a directory being deleted.
         self.process.take();
         if std::thread::panicking() {
+            // The node's own warnings, printed too: where the test ran (CI), the kept
+            // directory goes with the machine.
+            let log = std::fs::read_to_string(self.log()).unwrap_or_default();
+            let warnings: Vec<&str> = log
+                .lines()
+                .filter(|line| line.contains(" WARN ") || line.contains(" ERROR "))
+                .collect();
             eprintln!(
-                "kafka node {} kept for the post-mortem: {}",
+                "kafka node {} kept for the post-mortem: {}; its last warnings:\n{}",
                 self.node_id,
-                self.dir.display()
+                self.dir.display(),
+                warnings[warnings.len().saturating_sub(15)..].join("\n")
             );
         } else {
             let _ = std::fs::remove_dir_all(&self.dir);

@@ -505,9 +505,14 @@ pub fn produce_paced(
     let (settings, topic) = (settings.clone(), topic.to_owned());
     tokio::spawn(async move {
         let mut pace = tokio::time::interval(every);
-        for part in records.chunks(chunk.max(1)) {
+        for (sent, part) in records.chunks(chunk.max(1)).enumerate() {
             pace.tick().await;
-            produce(&settings, &topic, part).await?;
+            // Said at once: the test learns of the error only when it awaits the task, and a
+            // wait for outputs that never come would otherwise time out without the cause.
+            if let Err(err) = produce(&settings, &topic, part).await {
+                eprintln!("publishing to {topic} stopped after {sent} chunks: {err}");
+                return Err(err);
+            }
         }
         Ok(())
     })

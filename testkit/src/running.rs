@@ -1,5 +1,6 @@
 //! A processor running in the test's own process, on the shared runtime.
 
+use std::future::Future;
 use std::time::Duration;
 
 use backbone_core::{run, KafkaSettings, Processor, RunSummary, RuntimeError, RuntimeSettings};
@@ -29,6 +30,15 @@ impl RunningProcessor {
             .await
         });
         Self { stop, handle }
+    }
+
+    /// Awaits `wait` while the run goes on; panics with the run's outcome if it ends first, so
+    /// that a wait for progress from a processor that has failed says why instead of timing out.
+    pub async fn during<T>(&mut self, wait: impl Future<Output = T>) -> T {
+        tokio::select! {
+            value = wait => value,
+            ended = &mut self.handle => panic!("the processor's run ended while the test waited on it: {ended:?}"),
+        }
     }
 
     /// Asks for a graceful stop and returns what the run did; panics if it failed or took
