@@ -362,3 +362,30 @@ async fn records_compressed_with_any_codec_by_another_client_are_read_and_writte
         .collect();
     assert_eq!(values, expected);
 }
+
+/// The end of a partition whose topic is being created is waited for, not refused: a broker
+/// answers that it does not know a partition until its leader has taken it on, and a
+/// processor reads the ends of the topics it has just created (changelog, global tables).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_end_of_a_partition_still_being_created_is_waited_for() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let kafka = shared_settings();
+    let topic = unique_topic("being-created");
+    let consumer: BaseConsumer = kafka.admin_config().create().expect("client");
+    assert!(
+        consumer
+            .fetch_watermarks(&topic, 0, Duration::from_secs(5))
+            .is_err(),
+        "the broker refuses a partition it does not know"
+    );
+    let asking = {
+        let (kafka, topic) = (kafka.clone(), topic.clone());
+        tokio::task::spawn_blocking(move || {
+            let consumer: BaseConsumer = kafka.admin_config().create().expect("client");
+            backbone_core::kafka::watermarks(&consumer, &topic, 0, DEADLINE)
+        })
+    };
+    create_topic(&kafka, &topic, 1).await.expect("topic");
+    let ends = asking.await.expect("the asking thread");
+    assert_eq!(ends.expect("the ends, once the partition exists"), (0, 0));
+}

@@ -180,9 +180,8 @@ pub(crate) fn replay_changelog(
     timeout: Duration,
 ) -> Result<i64, StateFailure> {
     let deadline = Instant::now() + timeout;
-    let (low, high) = consumer
-        .fetch_watermarks(topic, partition, timeout)
-        .map_err(|e| {
+    let (low, high) =
+        crate::kafka::watermarks(consumer, topic, partition, timeout).map_err(|e| {
             StateFailure::Restore(format!("reading the end of `{topic}` [{partition}]: {e}"))
         })?;
     let start = match from {

@@ -86,14 +86,15 @@ impl GlobalTables {
                     ))
                 })?;
             for partition in 0..i32::try_from(partitions).unwrap_or(i32::MAX) {
-                let (_, high) = consumer
-                    .fetch_watermarks(&table.topic, partition, timeout)
-                    .map_err(|e| {
-                        StateFailure::Restore(format!(
-                            "reading the end of `{}` [{partition}]: {e}",
-                            table.topic
-                        ))
-                    })?;
+                let (_, high) =
+                    crate::kafka::watermarks(&consumer, &table.topic, partition, timeout).map_err(
+                        |e| {
+                            StateFailure::Restore(format!(
+                                "reading the end of `{}` [{partition}]: {e}",
+                                table.topic
+                            ))
+                        },
+                    )?;
                 assignment
                     .add_partition_offset(&table.topic, partition, Offset::Beginning)
                     .map_err(StateFailure::Kafka)?;

@@ -497,6 +497,42 @@ pub(crate) fn is_connection_lost(err: &rdkafka::error::KafkaError) -> bool {
     )
 }
 
+/// `partition`'s low and high watermarks, asked again for up to `timeout` while the broker
+/// does not know the partition or its leader yet: a topic created a moment ago is in one
+/// broker's metadata before its leader has taken it on, and librdkafka gives those answers
+/// back at once rather than retrying them.
+pub fn watermarks<C: rdkafka::consumer::Consumer>(
+    consumer: &C,
+    topic: &str,
+    partition: i32,
+    timeout: Duration,
+) -> Result<(i64, i64), KafkaError> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match consumer.fetch_watermarks(topic, partition, left) {
+            Err(err) if is_not_ready(&err) && !left.is_zero() => {
+                std::thread::sleep(Duration::from_millis(100).min(left));
+            }
+            answer => return answer,
+        }
+    }
+}
+
+/// A partition not yet led, or a broker not yet (or no longer) reachable: worth asking again.
+fn is_not_ready(err: &KafkaError) -> bool {
+    is_connection_lost(err)
+        || matches!(
+            err.rdkafka_error_code(),
+            Some(
+                RDKafkaErrorCode::UnknownTopicOrPartition
+                    | RDKafkaErrorCode::UnknownPartition
+                    | RDKafkaErrorCode::NotLeaderForPartition
+                    | RDKafkaErrorCode::LeaderNotAvailable
+            )
+        )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

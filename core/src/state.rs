@@ -656,8 +656,7 @@ impl Tasks {
             let consumer: BaseConsumer = config.create().map_err(StateFailure::Kafka)?;
             let names: Vec<&str> = stores.iter().map(String::as_str).collect();
             let (mut state, mut restore) = PartitionState::open(&dir, &names)?;
-            let (_, high) = consumer
-                .fetch_watermarks(&topic, partition, timeout)
+            let (_, high) = crate::kafka::watermarks(&consumer, &topic, partition, timeout)
                 .map_err(|e| {
                     StateFailure::Restore(format!("reading the end of `{topic}` [{partition}]: {e}"))
                 })?;
