@@ -12,12 +12,12 @@ mod sinks;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use backbone::Deployment;
+use backbone::{workspace_binary, Deployment};
 use backbone_calendar::{days_from_civil, format_date, now_micros, parse_rfc3339_ms};
 use backbone_sandbox::{AppliedApi, SandboxConfig};
 use backbone_schemas::types::{
-    AccountStatus, Amount, BillingCharge, BillingInterval, ChargeModel, CustomerAccount, Invoice,
-    InvoiceStatus, LegalEntity, MeterAggregation, RateCard, RateCharge, Subscription,
+    AccountStatus, Amount, BillingCharge, BillingInterval, ChargeModel, CustomerAccount, GlMapping,
+    Invoice, InvoiceStatus, LegalEntity, MeterAggregation, RateCard, RateCharge, Subscription,
     SubscriptionStatus, UsageEvent,
 };
 use backbone_schemas::WireCodec;
@@ -102,6 +102,25 @@ async fn master_data(deployment: &Deployment, codec: &WireCodec) {
         &[(format!("{TENANT}:s-1"), subscription, None)],
     )
     .await;
+    let mapping = GlMapping {
+        metadata: meta("m-berlin", "backbone.master.gl-mapping"),
+        mapping_id: "m-berlin".into(),
+        legal_entity_id: "le-berlin".into(),
+        product_id: None,
+        charge_id: None,
+        revenue_account: "4000".into(),
+        receivable_account: "1200".into(),
+        deferred_revenue_account: "2500".into(),
+        tax_account: "3800".into(),
+        effective_from: 0,
+        effective_to: None,
+    };
+    publish(
+        codec,
+        &t.gl_mappings,
+        &[(format!("{TENANT}:m-berlin"), mapping, None)],
+    )
+    .await;
     let card = RateCard {
         metadata: meta("p-1@1", "backbone.master.rate-card"),
         plan_id: "p-1".into(),
@@ -183,6 +202,39 @@ fn amount(text: &str) -> Amount {
     text.parse().expect("amount")
 }
 
+/// Runs `month-end --period <period>` on the deployment's topics with `grace`: its exit code
+/// and what it printed.
+fn month_end(deployment: &Deployment, period: &str, grace: &str) -> (Option<i32>, String) {
+    let output = std::process::Command::new(workspace_binary("month-end"))
+        .args(["--period", period])
+        .envs(deployment.env("month-end"))
+        .env("BACKBONE__MONTH_END__GRACE", grace)
+        .output()
+        .expect("month-end runs");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.code(), said)
+}
+
+/// Every file of a batch directory, by name.
+fn batch_files(dir: &std::path::Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| {
+            let path = entry.expect("entry").path();
+            let name = path
+                .file_name()
+                .expect("name")
+                .to_string_lossy()
+                .into_owned();
+            (name, std::fs::read(&path).expect("file"))
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn periods_close_at_midnight_in_berlin_and_late_usage_corrects_the_next_invoice() {
     let codec = WireCodec::new(registry_url().as_str());
@@ -206,11 +258,10 @@ async fn periods_close_at_midnight_in_berlin_and_late_usage_corrects_the_next_in
     }
     // October ends at midnight in Berlin, 23:00 UTC; it closes half a minute from now.
     let october_end = micros("2026-10-31T23:00:00Z");
-    deployment.settings.push((
-        CLOSE,
-        "processor.grace".into(),
-        grace_closing_in(october_end, Duration::from_secs(30)),
-    ));
+    let october_grace = grace_closing_in(october_end, Duration::from_secs(30));
+    deployment
+        .settings
+        .push((CLOSE, "processor.grace".into(), october_grace.clone()));
     master_data(&deployment, &codec).await;
     // Half an hour either side of midnight in Berlin (UTC+1 then): October, then November.
     publish_usage(
@@ -248,6 +299,50 @@ async fn periods_close_at_midnight_in_berlin_and_late_usage_corrects_the_next_in
             amount("5")
         ),
         "10 calls at 0.50 on October's invoice; the call half an hour later is November's"
+    );
+
+    // The month-end batch: refused while November is open, then October's for le-berlin,
+    // written out here from October's invoice; a second run writes nothing and finds the
+    // same bytes, and a run into an empty outbox writes them again.
+    let (code, said) = month_end(&deployment, "2026-11", &october_grace);
+    assert_eq!(code, Some(3), "{said}");
+    assert!(
+        said.contains("period 2026-11 of legal entity acme/le-berlin closes at"),
+        "{said}"
+    );
+    let (code, said) = month_end(&deployment, "2026-10", &october_grace);
+    assert_eq!(code, Some(0), "{said}");
+    let batch_dir = deployment.dir.join("outbox/acme/le-berlin/2026-10/001");
+    let first = batch_files(&batch_dir);
+    let text = |name: &str| String::from_utf8(first[name].clone()).expect("text");
+    assert_eq!(
+        text("invoices.csv").lines().skip(1).collect::<Vec<_>>(),
+        ["le-berlin-000001,inv-s-1-2026-10-01,c-1,s-1,2026-11-01,2026-12-01,2026-10-01,2026-11-01,EUR,5.000000,0.000000,5.000000"],
+        "{said}"
+    );
+    assert_eq!(
+        text("revenue.csv"),
+        "gl_account,kind,currency,amount\n4000,revenue,EUR,5.000000\n"
+    );
+    assert_eq!(
+        text("receivables.csv"),
+        "customer_id,gl_account,currency,amount\nc-1,1200,EUR,5.000000\n"
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&first["manifest.json"]).expect("manifest");
+    assert_eq!(manifest["kind"], "period");
+    assert_eq!(manifest["control_totals"][0]["invoiced"], "5.000000");
+    assert_eq!(manifest["control_totals"][0]["receivables"], "5.000000");
+    let (code, said) = month_end(&deployment, "2026-10", &october_grace);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("unchanged (1 batches"), "{said}");
+    std::fs::remove_dir_all(deployment.dir.join("outbox")).expect("outbox emptied");
+    let (code, said) = month_end(&deployment, "2026-10", &october_grace);
+    assert_eq!(code, Some(0), "{said}");
+    assert_eq!(
+        batch_files(&batch_dir),
+        first,
+        "the batch again, byte for byte"
     );
 
     // The invoices topic exists now: its sink starts.

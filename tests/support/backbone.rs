@@ -382,7 +382,8 @@ impl Deployment {
                 self.registry_url.clone(),
             );
         }
-        let listen = self.metrics_address(binary);
+        // A tool run once (month-end) listens nowhere.
+        let listen = || self.metrics_address(binary);
         let state = self.dir.join("state").to_string_lossy().into_owned();
         let stage = backbone_components::named(binary).filter(|c| c.is_stage());
         if stage.is_some() || binary == PASS_THROUGH {
@@ -397,7 +398,7 @@ impl Deployment {
                 "200ms".to_owned(),
             );
             set(&mut env, "BACKBONE__RUNTIME__GROUP_ID", self.group(binary));
-            set(&mut env, "BACKBONE__OBSERVABILITY__LISTEN", listen.clone());
+            set(&mut env, "BACKBONE__OBSERVABILITY__LISTEN", listen());
             set(
                 &mut env,
                 "BACKBONE__OBSERVABILITY__STATISTICS_INTERVAL",
@@ -496,7 +497,25 @@ impl Deployment {
                 );
                 set(&mut env, "BACKBONE__MONITOR__DISCOVER", "false".to_owned());
                 set(&mut env, "BACKBONE__MONITOR__INTERVAL", "1s".to_owned());
-                set(&mut env, "BACKBONE__MONITOR__LISTEN", listen);
+                set(&mut env, "BACKBONE__MONITOR__LISTEN", listen());
+            }
+            "month-end" => {
+                for (key, topic) in [
+                    ("INVOICES_TOPIC", t.name("sales.invoices")),
+                    ("LEGAL_ENTITIES_TOPIC", t.name("master.legal-entities")),
+                    ("GL_MAPPINGS_TOPIC", t.gl_mappings.as_str()),
+                ] {
+                    set(
+                        &mut env,
+                        &format!("BACKBONE__MONTH_END__{key}"),
+                        topic.to_owned(),
+                    );
+                }
+                set(
+                    &mut env,
+                    "BACKBONE__MONTH_END__OUTBOX",
+                    self.dir.join("outbox").to_string_lossy().into_owned(),
+                );
             }
             "drift" => {
                 set(
@@ -536,10 +555,10 @@ impl Deployment {
                     self.sandbox_url.clone(),
                 );
                 set(&mut env, "BACKBONE__DRIFT__INTERVAL", "1s".to_owned());
-                set(&mut env, "BACKBONE__DRIFT__LISTEN", listen);
+                set(&mut env, "BACKBONE__DRIFT__LISTEN", listen());
             }
             "ingest" => {
-                set(&mut env, "BACKBONE__INGEST__LISTEN", listen);
+                set(&mut env, "BACKBONE__INGEST__LISTEN", listen());
                 set(
                     &mut env,
                     "BACKBONE__INGEST__KEYS_FILE",

@@ -8,31 +8,6 @@ use backbone_schemas::types::{Amount, GlMapping, LedgerPosting, PostingLine, Rat
 use crate::envelope;
 use backbone_calendar::day_of_micros;
 
-/// The mapping that applies to a line of `charge_id` in `legal_entity_id` on `day`: a mapping
-/// for the charge beats the entity's default (no product, no charge); among equals the lowest
-/// `mapping_id` wins, so every instance picks the same one. Rated lines name no product, so a
-/// mapping restricted to a product never applies to them.
-pub fn select_mapping<'m, M: AsRef<GlMapping>>(
-    mappings: &'m [M],
-    legal_entity_id: &str,
-    charge_id: &str,
-    day: i32,
-) -> Option<&'m GlMapping> {
-    mappings
-        .iter()
-        .map(AsRef::as_ref)
-        .filter(|m| {
-            m.legal_entity_id == legal_entity_id
-                && m.product_id.is_none()
-                && m.charge_id.as_deref().is_none_or(|c| c == charge_id)
-                && m.effective_from <= day
-                && m.effective_to.is_none_or(|to| day < to)
-        })
-        .min_by(|a, b| {
-            (a.charge_id.is_none(), &a.mapping_id).cmp(&(b.charge_id.is_none(), &b.mapping_id))
-        })
-}
-
 /// The posting of `line` under `mapping`: receivable debited and revenue credited, the other
 /// way round for a negative amount. `None` for a line that moves no money.
 pub fn posting(
@@ -144,7 +119,7 @@ mod tests {
             .map(Arc::new)
             .collect();
         let pick =
-            |day| select_mapping(&all, "le-eu", "api-calls", day).map(|m| m.mapping_id.as_str());
+            |day| GlMapping::select(&all, "le-eu", "api-calls", day).map(|m| m.mapping_id.as_str());
         assert_eq!(pick(DAY), Some("c"));
         assert_eq!(pick(DAY + 1), Some("d"), "the charge mapping has ended");
         assert_eq!(
@@ -152,9 +127,9 @@ mod tests {
             Some("d"),
             "the charge mapping has not started"
         );
-        assert_eq!(select_mapping(&all, "le-xx", "api-calls", DAY), None);
+        assert_eq!(GlMapping::select(&all, "le-xx", "api-calls", DAY), None);
         assert_eq!(
-            select_mapping(&all, "le-eu", "storage", DAY).map(|m| m.mapping_id.as_str()),
+            GlMapping::select(&all, "le-eu", "storage", DAY).map(|m| m.mapping_id.as_str()),
             Some("d")
         );
     }

@@ -208,7 +208,7 @@ impl Fanout {
             let mappings = self.gl_mappings(tenant, state)?;
             let day = day_of_micros(line.metadata.occurred_at);
             let mapping =
-                ledger::select_mapping(&mappings, &line.legal_entity_id, &line.charge_id, day)
+                GlMapping::select(&mappings, &line.legal_entity_id, &line.charge_id, day)
                     .ok_or_else(|| {
                         ProcessError::permanent(
                             "unknown_gl_mapping",

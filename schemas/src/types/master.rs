@@ -148,6 +148,39 @@ impl Contract for GlMapping {
     const FULL_NAME: &'static str = "backbone.master.GlMapping";
 }
 
+impl GlMapping {
+    /// The mapping that applies to a line of `charge_id` in `legal_entity_id` on `day`: a
+    /// mapping for the charge beats the entity's default (no product, no charge); among equals
+    /// the lowest `mapping_id` wins, so every reader picks the same one. Usage lines name no
+    /// product, so a mapping restricted to a product never applies to them.
+    pub fn select<'m, M: AsRef<GlMapping>>(
+        mappings: &'m [M],
+        legal_entity_id: &str,
+        charge_id: &str,
+        day: i32,
+    ) -> Option<&'m GlMapping> {
+        mappings
+            .iter()
+            .map(AsRef::as_ref)
+            .filter(|m| {
+                m.legal_entity_id == legal_entity_id
+                    && m.product_id.is_none()
+                    && m.charge_id.as_deref().is_none_or(|c| c == charge_id)
+                    && m.effective_from <= day
+                    && m.effective_to.is_none_or(|to| day < to)
+            })
+            .min_by(|a, b| {
+                (a.charge_id.is_none(), &a.mapping_id).cmp(&(b.charge_id.is_none(), &b.mapping_id))
+            })
+    }
+}
+
+impl AsRef<GlMapping> for GlMapping {
+    fn as_ref(&self) -> &GlMapping {
+        self
+    }
+}
+
 /// A group company that contracts with customers and keeps its own books; its time zone and
 /// fiscal calendar set period boundaries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
