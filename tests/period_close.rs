@@ -21,7 +21,7 @@ use backbone_schemas::types::{
     SubscriptionStatus, UsageEvent,
 };
 use backbone_schemas::WireCodec;
-use backbone_testkit::{committed_total, end_offsets_total, shared_settings};
+use backbone_testkit::{committed_total, create_topic, end_offsets_total, shared_settings};
 use sinks::{eventually, metadata, publish, read_all, registry_url, Sandbox};
 
 const DEADLINE: Duration = Duration::from_secs(180);
@@ -205,10 +205,20 @@ fn amount(text: &str) -> Amount {
 /// Runs `month-end --period <period>` on the deployment's topics with `grace`: its exit code
 /// and what it printed.
 fn month_end(deployment: &Deployment, period: &str, grace: &str) -> (Option<i32>, String) {
+    month_end_into(deployment, period, grace, &deployment.dir.join("outbox"))
+}
+
+fn month_end_into(
+    deployment: &Deployment,
+    period: &str,
+    grace: &str,
+    outbox: &std::path::Path,
+) -> (Option<i32>, String) {
     let output = std::process::Command::new(workspace_binary("month-end"))
         .args(["--period", period])
         .envs(deployment.env("month-end"))
         .env("BACKBONE__MONTH_END__GRACE", grace)
+        .env("BACKBONE__MONTH_END__OUTBOX", outbox)
         .output()
         .expect("month-end runs");
     let said = format!(
@@ -273,6 +283,20 @@ async fn periods_close_at_midnight_in_berlin_and_late_usage_corrects_the_next_in
         ],
     )
     .await;
+    // A month-end run that takes October as closed before period-close has issued its invoice
+    // (no grace, period-close not started yet) writes October's batch with no invoice; the
+    // invoice becomes an adjusting batch below.
+    let invoices_topic = deployment.topics.name("sales.invoices").to_owned();
+    create_topic(&shared_settings(), &invoices_topic, 3)
+        .await
+        .expect("invoices topic");
+    let early = deployment.dir.join("early-outbox");
+    let (code, said) = month_end_into(&deployment, "2026-10", "0s", &early);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        said.contains("2026-10 batch 001 (period): 0 invoices"),
+        "{said}"
+    );
     for stage in [
         "usage-validator",
         "enricher",
@@ -343,6 +367,16 @@ async fn periods_close_at_midnight_in_berlin_and_late_usage_corrects_the_next_in
         batch_files(&batch_dir),
         first,
         "the batch again, byte for byte"
+    );
+    let (code, said) = month_end_into(&deployment, "2026-10", &october_grace, &early);
+    assert_eq!(code, Some(0), "{said}");
+    let adjusting = batch_files(&early.join("acme/le-berlin/2026-10/002"));
+    assert_eq!(adjusting["invoices.csv"], first["invoices.csv"], "{said}");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&adjusting["manifest.json"]).expect("manifest");
+    assert_eq!(
+        (manifest["kind"].as_str(), manifest["sequence"].as_u64()),
+        (Some("adjusting"), Some(2))
     );
 
     // The invoices topic exists now: its sink starts.

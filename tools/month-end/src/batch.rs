@@ -109,6 +109,15 @@ pub enum BatchKind {
     Adjusting,
 }
 
+impl std::fmt::Display for BatchKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Period => "period",
+            Self::Adjusting => "adjusting",
+        })
+    }
+}
+
 /// A file of a batch and its content.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchFile {

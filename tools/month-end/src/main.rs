@@ -73,7 +73,7 @@ fn report(outcomes: &[Outcome]) {
                     .map(|t| format!("{} {} invoiced", t.currency, t.invoiced))
                     .collect();
                 println!(
-                    "{}/{} {} batch {:03} ({:?}): {} invoices{}{} -> {}",
+                    "{}/{} {} batch {:03} ({}): {} invoices{}{} -> {}",
                     manifest.entity.tenant,
                     manifest.entity.legal_entity_id,
                     manifest.period,
