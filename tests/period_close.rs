@@ -16,9 +16,9 @@ use backbone::{workspace_binary, Deployment};
 use backbone_calendar::{days_from_civil, format_date, now_micros, parse_rfc3339_ms};
 use backbone_sandbox::{AppliedApi, SandboxConfig};
 use backbone_schemas::types::{
-    AccountStatus, Amount, BillingCharge, BillingInterval, ChargeModel, CustomerAccount, GlMapping,
-    Invoice, InvoiceStatus, LegalEntity, MeterAggregation, RateCard, RateCharge, Subscription,
-    SubscriptionStatus, UsageEvent,
+    AccountStatus, Amount, BatchType, BillingCharge, BillingInterval, ChargeModel, CustomerAccount,
+    GlMapping, Invoice, InvoiceStatus, JournalBatch, LegalEntity, MeterAggregation, RateCard,
+    RateCharge, Subscription, SubscriptionStatus, UsageEvent,
 };
 use backbone_schemas::WireCodec;
 use backbone_testkit::{committed_total, create_topic, end_offsets_total, shared_settings};
@@ -290,6 +290,10 @@ async fn periods_close_at_midnight_in_berlin_and_late_usage_corrects_the_next_in
     create_topic(&shared_settings(), &invoices_topic, 3)
         .await
         .expect("invoices topic");
+    let journals = deployment.topics.name("erp.journal-batches").to_owned();
+    create_topic(&shared_settings(), &journals, 3)
+        .await
+        .expect("journal batches topic");
     let early = deployment.dir.join("early-outbox");
     let (code, said) = month_end_into(&deployment, "2026-10", "0s", &early);
     assert_eq!(code, Some(0), "{said}");
@@ -378,6 +382,55 @@ async fn periods_close_at_midnight_in_berlin_and_late_usage_corrects_the_next_in
         (manifest["kind"].as_str(), manifest["sequence"].as_u64()),
         (Some("adjusting"), Some(2))
     );
+
+    // Each batch written was published as the ERP side's journal, balanced: October's batch
+    // twice (written, and written again into the emptied outbox) under one id, the adjusting
+    // batch once; the unchanged run and the batch without invoices published nothing.
+    let published: Vec<JournalBatch> = read_all(&codec, &journals).await;
+    let posted = |batch: &JournalBatch| {
+        let mut lines: Vec<(String, String, String, Option<String>)> = batch
+            .lines
+            .iter()
+            .map(|l| {
+                (
+                    l.gl_account.clone(),
+                    l.debit.to_string(),
+                    l.credit.to_string(),
+                    l.customer_id.clone(),
+                )
+            })
+            .collect();
+        lines.sort();
+        (batch.batch_type, lines, batch.adjusts_batch_id.is_some())
+    };
+    let expected_lines = vec![
+        (
+            "1200".to_owned(),
+            "5.000000".to_owned(),
+            "0.000000".to_owned(),
+            Some("c-1".to_owned()),
+        ),
+        (
+            "4000".to_owned(),
+            "0.000000".to_owned(),
+            "5.000000".to_owned(),
+            None,
+        ),
+    ];
+    assert_eq!(
+        published.iter().map(posted).collect::<Vec<_>>(),
+        [
+            (BatchType::Regular, expected_lines.clone(), false),
+            (BatchType::Regular, expected_lines.clone(), false),
+            (BatchType::Adjustment, expected_lines, false),
+        ],
+        "{published:?}"
+    );
+    assert_eq!(
+        published[0], published[1],
+        "the same batch, the same record"
+    );
+    assert_ne!(published[0].batch_id, published[2].batch_id);
 
     // The invoices topic exists now: its sink starts.
     deployment.start(DELIVERY);

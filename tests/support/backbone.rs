@@ -504,6 +504,7 @@ impl Deployment {
                     ("INVOICES_TOPIC", t.name("sales.invoices")),
                     ("LEGAL_ENTITIES_TOPIC", t.name("master.legal-entities")),
                     ("GL_MAPPINGS_TOPIC", t.gl_mappings.as_str()),
+                    ("JOURNAL_BATCHES_TOPIC", t.name("erp.journal-batches")),
                 ] {
                     set(
                         &mut env,

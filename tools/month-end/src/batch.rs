@@ -127,13 +127,33 @@ pub struct BatchFile {
     pub bytes: Vec<u8>,
 }
 
-/// A batch as it is written: its files, the manifest last.
+/// A batch as it is written: its files, the manifest last, and its postings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Batch {
     /// What the manifest says.
     pub manifest: Manifest,
     /// The data files and then `manifest.json`.
     pub files: Vec<BatchFile>,
+    /// The rows of `receivables.csv` and `revenue.csv` as journal lines, receivables first.
+    pub journal: Vec<JournalLine>,
+    /// Distinct rating ids on the batch's invoice lines, per currency.
+    pub rating_ids: BTreeMap<String, usize>,
+}
+
+/// One side of the batch's journal, in unscaled amounts (scale 6): a receivable is debited
+/// and revenue or tax credited, the other way round for a negative amount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalLine {
+    /// GL account.
+    pub gl_account: String,
+    /// The customer, on receivable lines.
+    pub customer_id: Option<String>,
+    /// ISO 4217 code.
+    pub currency: String,
+    /// Debit, unscaled.
+    pub debit: i128,
+    /// Credit, unscaled.
+    pub credit: i128,
 }
 
 /// `manifest.json`: what the batch is, what it covers, its files and control totals.
@@ -321,6 +341,42 @@ pub fn build(
             })
         })
         .collect::<Result<Vec<_>, MonthEndError>>()?;
+    let side =
+        |account: &str, customer: Option<&str>, currency: &str, amount: i128, debit: bool| {
+            // A negative amount goes on the other side, so both sides stay positive.
+            let debit = debit == (amount >= 0);
+            JournalLine {
+                gl_account: account.to_owned(),
+                customer_id: customer.map(str::to_owned),
+                currency: currency.to_owned(),
+                debit: if debit { amount.abs() } else { 0 },
+                credit: if debit { 0 } else { amount.abs() },
+            }
+        };
+    let journal =
+        receivables
+            .iter()
+            .map(|((customer, account, currency), amount)| {
+                side(account, Some(customer), currency, *amount, true)
+            })
+            .chain(revenue.iter().map(|((account, _, currency), amount)| {
+                side(account, None, currency, *amount, false)
+            }))
+            .collect();
+    let mut rated: BTreeMap<String, std::collections::BTreeSet<&str>> = BTreeMap::new();
+    for invoice in &invoices {
+        let ids = rated.entry(invoice.currency.clone()).or_default();
+        ids.extend(
+            invoice
+                .lines
+                .iter()
+                .flat_map(|l| l.rating_ids.iter().map(String::as_str)),
+        );
+    }
+    let rating_ids = rated
+        .into_iter()
+        .map(|(currency, ids)| (currency, ids.len()))
+        .collect();
     let mut ids: Vec<String> = invoices.iter().map(|i| i.invoice_id.clone()).collect();
     ids.sort();
     let manifest = Manifest {
@@ -360,7 +416,12 @@ pub fn build(
         name: MANIFEST,
         bytes: manifest_bytes,
     });
-    Ok(Batch { manifest, files })
+    Ok(Batch {
+        manifest,
+        files,
+        journal,
+        rating_ids,
+    })
 }
 
 /// An invoice's lines must add up to its subtotal, tax to its tax, and both to its total.

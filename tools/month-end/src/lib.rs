@@ -9,6 +9,7 @@
 //! issued since are a new adjusting batch, never an edit of a written one.
 
 pub mod batch;
+pub mod journal;
 pub mod outbox;
 pub mod read;
 
@@ -19,8 +20,11 @@ use std::time::Duration;
 use backbone_calendar::{format_rfc3339_ms, Zone};
 use backbone_core::config::{ConfigError, Validate};
 use backbone_core::KafkaSettings;
-use backbone_schemas::types::{Contract, GlMapping, Invoice, InvoiceStatus, LegalEntity};
+use backbone_schemas::types::{
+    Contract, GlMapping, Invoice, InvoiceStatus, JournalBatch, LegalEntity,
+};
 use backbone_schemas::WireCodec;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Deserialize;
 
 use crate::batch::{build, Entity, Manifest, Period};
@@ -139,6 +143,8 @@ pub struct MonthEndSettings {
     pub legal_entities_topic: String,
     /// GL mappings (master data): revenue, receivable and tax accounts.
     pub gl_mappings_topic: String,
+    /// Where each batch written is published as the ERP side's journal.
+    pub journal_batches_topic: String,
     /// Where batches are dropped.
     pub outbox: PathBuf,
     /// Late usage's grace after a period's end: `period-close`'s `processor.grace`.
@@ -155,6 +161,7 @@ impl Default for MonthEndSettings {
             invoices_topic: "sales.invoices".to_owned(),
             legal_entities_topic: "master.legal-entities".to_owned(),
             gl_mappings_topic: "master.gl-mappings".to_owned(),
+            journal_batches_topic: "erp.journal-batches".to_owned(),
             outbox: PathBuf::from("outbox"),
             grace: Duration::from_secs(2 * 86_400),
             read_timeout: Duration::from_secs(30),
@@ -193,18 +200,52 @@ fn tenant_of(key: &str) -> &str {
     key.split_once(':').map_or(key, |(tenant, _)| tenant)
 }
 
+fn codec(config: &MonthEndConfig) -> Result<WireCodec, MonthEndError> {
+    let access = config
+        .schema_registry
+        .access()
+        .map_err(|e| MonthEndError::Input {
+            what: "schema_registry".to_owned(),
+            message: e.to_string(),
+        })?;
+    Ok(WireCodec::new(access))
+}
+
+/// Sends `journal` to the journal-batches topic, keyed by tenant and legal entity so that one
+/// entity's batches stay in order, and waits for the broker to take it.
+async fn publish(
+    config: &MonthEndConfig,
+    producer: &FutureProducer,
+    codec: &WireCodec,
+    entity: &Entity,
+    journal: &JournalBatch,
+) -> Result<(), MonthEndError> {
+    let topic = &config.month_end.journal_batches_topic;
+    let value = codec
+        .encode_contract(&format!("{topic}-value"), journal)
+        .await
+        .map_err(|e| {
+            MonthEndError::Kafka(format!("encoding journal batch {}: {e}", journal.batch_id))
+        })?;
+    let key = format!("{}:{}", entity.tenant, entity.legal_entity_id);
+    producer
+        .send(
+            FutureRecord::to(topic).key(&key).payload(&value),
+            config.month_end.read_timeout,
+        )
+        .await
+        .map_err(|(e, _)| {
+            MonthEndError::Kafka(format!(
+                "publishing journal batch {} to {topic}: {e}",
+                journal.batch_id
+            ))
+        })?;
+    Ok(())
+}
+
 async fn books(config: &MonthEndConfig) -> Result<Books, MonthEndError> {
     let settings = &config.month_end;
-    let codec =
-        WireCodec::new(
-            config
-                .schema_registry
-                .access()
-                .map_err(|e| MonthEndError::Input {
-                    what: "schema_registry".to_owned(),
-                    message: e.to_string(),
-                })?,
-        );
+    let codec = codec(config)?;
     let (kafka, topics, timeout) = (
         config.kafka.clone(),
         [
@@ -294,6 +335,7 @@ pub async fn run_period(
         }
     }
     let grace = i64::try_from(config.month_end.grace.as_micros()).unwrap_or(i64::MAX);
+    let mut windows = BTreeMap::new();
     for entity in of_period.keys() {
         let zone_name = books
             .entities
@@ -303,12 +345,22 @@ pub async fn run_period(
             what: format!("legal entity {}/{}", entity.tenant, entity.legal_entity_id),
             message: e.to_string(),
         })?;
-        let end = zone
-            .start_of(period.end())
-            .map_err(|e| MonthEndError::Input {
+        let day_start = |day: i32| {
+            zone.start_of(day).map_err(|e| MonthEndError::Input {
                 what: format!("period {period}"),
                 message: e.to_string(),
-            })?;
+            })
+        };
+        let end = day_start(period.end())?;
+        windows.insert(
+            entity.clone(),
+            journal::Window {
+                period_start: period.start(),
+                period_end: period.end(),
+                start: day_start(period.start())?,
+                end,
+            },
+        );
         let closes_at = end.saturating_add(grace);
         if now_micros < closes_at {
             return Err(MonthEndError::NotClosed {
@@ -319,6 +371,12 @@ pub async fn run_period(
             });
         }
     }
+    let producer: FutureProducer = config
+        .kafka
+        .producer_config()
+        .create()
+        .map_err(|e| MonthEndError::Kafka(e.to_string()))?;
+    let codec = codec(config)?;
     let mut outcomes = Vec::new();
     for (entity, invoices) in of_period {
         let mappings: Vec<GlMapping> = books
@@ -349,6 +407,14 @@ pub async fn run_period(
         if written.is_empty() || !new.is_empty() {
             let sequence = u32::try_from(written.len() + 1).unwrap_or(u32::MAX);
             let batch = build(&entity, period, sequence, &new, &mappings)?;
+            // Published before the batch is in place: a run stopped between the two writes the
+            // batch next time and publishes it again under the same id, which readers take
+            // once; the other order could leave a batch that is never published.
+            let window = windows[&entity];
+            let earlier: Vec<&Manifest> = written.iter().map(|w| &w.manifest).collect();
+            for journal in journal::journal_batches(&batch, &earlier, window)? {
+                publish(config, &producer, &codec, &entity, &journal).await?;
+            }
             let dir = outbox::write(&dir, &batch)?;
             outcomes.push(Outcome::Written {
                 dir,
