@@ -435,7 +435,7 @@ fn check_sums(invoice: &Invoice) -> Result<(), MonthEndError> {
     );
     if lines != subtotal || tax != invoice_tax || subtotal + invoice_tax != total {
         return Err(MonthEndError::Unbalanced {
-            invoice: invoice.invoice_id.clone(),
+            what: format!("invoice {}", invoice.invoice_id),
             message: format!(
                 "lines {} and line tax {} against subtotal {}, tax {}, total {}",
                 amount_text(lines)?,

@@ -88,6 +88,24 @@ pub fn journal_batches(
                 customer_id: side.customer_id.clone(),
             });
         }
+        let (debits, credits): (i128, i128) = (
+            sides.iter().map(|l| l.debit).sum(),
+            sides.iter().map(|l| l.credit).sum(),
+        );
+        // The contract's rule, and the ERP's: a batch whose sides differ is not sent.
+        if debits != credits {
+            return Err(MonthEndError::Unbalanced {
+                what: format!(
+                    "the {currency} journal of {tenant}/{entity} {}",
+                    manifest.period
+                ),
+                message: format!(
+                    "debits {} against credits {}",
+                    amount(debits)?,
+                    amount(credits)?
+                ),
+            });
+        }
         let line_count = i32::try_from(lines.len()).unwrap_or(i32::MAX);
         batches.push(JournalBatch {
             metadata: EventMetadata {
@@ -119,8 +137,8 @@ pub fn journal_batches(
             control_totals: vec![ControlTotal {
                 currency: currency.clone(),
                 line_count,
-                total_debits: amount(sides.iter().map(|l| l.debit).sum())?,
-                total_credits: amount(sides.iter().map(|l| l.credit).sum())?,
+                total_debits: amount(debits)?,
+                total_credits: amount(credits)?,
             }],
             source_rating_count: i64::try_from(*rated).unwrap_or(i64::MAX),
             lines,

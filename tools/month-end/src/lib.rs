@@ -79,11 +79,11 @@ pub enum MonthEndError {
         /// Issue date.
         day: String,
     },
-    /// An invoice whose amounts do not add up.
-    #[error("invoice {invoice} does not add up: {message}")]
+    /// An invoice or a journal whose amounts do not add up.
+    #[error("{what} does not add up: {message}")]
     Unbalanced {
-        /// Invoice id.
-        invoice: String,
+        /// `invoice <id>`, or which journal.
+        what: String,
         /// The sums.
         message: String,
     },

@@ -6,9 +6,10 @@ use std::path::PathBuf;
 
 use backbone_calendar::days_from_civil;
 use backbone_month_end::batch::{build, BatchKind, Entity, Period};
+use backbone_month_end::journal::{journal_batches, Window};
 use backbone_month_end::{outbox, MonthEndError};
 use backbone_schemas::types::{
-    Amount, EventMetadata, GlMapping, Invoice, InvoiceLine, InvoiceStatus, TraceContext,
+    Amount, BatchType, EventMetadata, GlMapping, Invoice, InvoiceLine, InvoiceStatus, TraceContext,
 };
 
 fn metadata() -> EventMetadata {
@@ -199,7 +200,7 @@ fn an_unmapped_line_or_an_invoice_that_does_not_add_up_stops_the_batch() {
     )
     .expect_err("unbalanced");
     assert!(
-        matches!(&err, MonthEndError::Unbalanced { invoice, .. } if invoice == "inv-w"),
+        matches!(&err, MonthEndError::Unbalanced { what, .. } if what == "invoice inv-w"),
         "{err}"
     );
 }
@@ -266,4 +267,116 @@ fn a_period_is_a_month_and_anything_else_is_refused_by_name() {
         let err = Period::parse(bad).expect_err(bad);
         assert!(err.to_string().contains(bad), "{err}");
     }
+}
+
+fn window() -> Window {
+    Window {
+        period_start: days_from_civil(2026, 10, 1),
+        period_end: days_from_civil(2026, 11, 1),
+        start: 1_790_000_000_000_000,
+        end: 1_792_000_000_000_000,
+    }
+}
+
+#[test]
+fn the_journal_of_a_batch_balances_per_currency_and_a_credit_note_changes_sides() {
+    let a = invoice(
+        "inv-a",
+        "le-1-000001",
+        "c-1",
+        vec![line(1, "calls", "5"), line(2, "storage", "2.5")],
+    );
+    let mut credit = invoice(
+        "inv-c",
+        "le-1-000002",
+        "c-2",
+        vec![line(1, "calls", "-1.5")],
+    );
+    credit.currency = "USD".into();
+    let mappings = [
+        mapping("m-default", None, "4000"),
+        mapping("m-storage", Some("storage"), "4100"),
+    ];
+    let batch = build(&entity(), october(), 1, &[&a, &credit], &mappings).expect("batch");
+    let journals = journal_batches(&batch, &[], window()).expect("journal");
+    let shape: Vec<(
+        String,
+        BatchType,
+        Vec<(String, String, String)>,
+        String,
+        String,
+    )> = journals
+        .iter()
+        .map(|j| {
+            (
+                j.control_totals[0].currency.clone(),
+                j.batch_type,
+                j.lines
+                    .iter()
+                    .map(|l| {
+                        (
+                            l.gl_account.clone(),
+                            l.debit.to_string(),
+                            l.credit.to_string(),
+                        )
+                    })
+                    .collect(),
+                j.control_totals[0].total_debits.to_string(),
+                j.control_totals[0].total_credits.to_string(),
+            )
+        })
+        .collect();
+    let text = |s: &str| s.to_owned();
+    assert_eq!(
+        shape,
+        [
+            (
+                text("EUR"),
+                BatchType::Regular,
+                vec![
+                    (text("1200"), text("7.500000"), text("0.000000")),
+                    (text("4000"), text("0.000000"), text("5.000000")),
+                    (text("4100"), text("0.000000"), text("2.500000")),
+                ],
+                text("7.500000"),
+                text("7.500000"),
+            ),
+            (
+                text("USD"),
+                BatchType::Regular,
+                vec![
+                    (text("1200"), text("0.000000"), text("1.500000")),
+                    (text("4000"), text("1.500000"), text("0.000000")),
+                ],
+                text("1.500000"),
+                text("1.500000"),
+            ),
+        ]
+    );
+    assert_eq!(journals[0].source_rating_count, 2);
+    assert_eq!(journals[0].posting_date, days_from_civil(2026, 10, 31));
+    // The same batch gives the same ids; an adjusting batch names the batch it adjusts.
+    let again = journal_batches(&batch, &[], window()).expect("journal");
+    assert_eq!(journals, again);
+    let later = invoice("inv-l", "le-1-000003", "c-1", vec![line(1, "calls", "1")]);
+    let adjusting = build(&entity(), october(), 2, &[&later], &mappings).expect("batch");
+    let adjusted = journal_batches(&adjusting, &[&batch.manifest], window()).expect("journal");
+    assert_eq!(adjusted[0].batch_type, BatchType::Adjustment);
+    assert_eq!(
+        adjusted[0].adjusts_batch_id.as_deref(),
+        Some(journals[0].batch_id.as_str())
+    );
+    assert_ne!(adjusted[0].batch_id, journals[0].batch_id);
+    let mut lopsided = batch.clone();
+    lopsided.journal[0].debit += 1;
+    let err = journal_batches(&lopsided, &[], window()).expect_err("unbalanced");
+    assert!(
+        err.to_string()
+            .contains("EUR journal of acme/le-1 2026-10 does not add up"),
+        "{err}"
+    );
+    assert!(build(&entity(), october(), 1, &[], &mappings)
+        .and_then(|empty| journal_batches(&empty, &[], window()))
+        .expect("empty")
+        .is_empty());
 }
