@@ -269,6 +269,15 @@ fn a_period_is_a_month_and_anything_else_is_refused_by_name() {
     }
 }
 
+/// A journal batch's currency, type, lines (account, debit, credit) and control totals.
+type JournalShape = (
+    String,
+    BatchType,
+    Vec<(String, String, String)>,
+    String,
+    String,
+);
+
 fn window() -> Window {
     Window {
         period_start: days_from_civil(2026, 10, 1),
@@ -299,13 +308,7 @@ fn the_journal_of_a_batch_balances_per_currency_and_a_credit_note_changes_sides(
     ];
     let batch = build(&entity(), october(), 1, &[&a, &credit], &mappings).expect("batch");
     let journals = journal_batches(&batch, &[], window()).expect("journal");
-    let shape: Vec<(
-        String,
-        BatchType,
-        Vec<(String, String, String)>,
-        String,
-        String,
-    )> = journals
+    let shape: Vec<JournalShape> = journals
         .iter()
         .map(|j| {
             (
