@@ -8,6 +8,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
 
 use crate::kafka::{KafkaSettings, Replication};
 
@@ -71,6 +72,12 @@ pub enum AdminError {
         timeout: Duration,
         /// The last error.
         source: KafkaError,
+    },
+    /// A topic to read does not exist.
+    #[error("topic `{topic}` does not exist")]
+    Missing {
+        /// The topic concerned.
+        topic: String,
     },
     /// A topic was created but did not appear in metadata in time.
     #[error("topic `{topic}` did not appear in metadata within {timeout:?}")]
@@ -155,6 +162,46 @@ pub async fn ensure_topics(
                 timeout,
             })
         })
+}
+
+/// Every partition of `topics`, each from its first offset: the assignment of a reader that
+/// takes topics whole (a tool reading master data or a period's records). A topic the broker
+/// does not know is an error naming it.
+pub fn whole_topics<C: Consumer>(
+    consumer: &C,
+    servers: &str,
+    topics: &[&str],
+    timeout: Duration,
+) -> Result<TopicPartitionList, AdminError> {
+    let mut assignment = TopicPartitionList::new();
+    for topic in topics {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), timeout)
+            .map_err(|source| AdminError::Unreachable {
+                servers: servers.to_owned(),
+                timeout,
+                source,
+            })?;
+        let partitions = metadata
+            .topics()
+            .first()
+            .filter(|t| t.error().is_none())
+            .map_or(0, |t| t.partitions().len());
+        if partitions == 0 {
+            return Err(AdminError::Missing {
+                topic: (*topic).to_owned(),
+            });
+        }
+        for partition in 0..i32::try_from(partitions).unwrap_or(i32::MAX) {
+            assignment
+                .add_partition_offset(topic, partition, Offset::Beginning)
+                .map_err(|source| AdminError::Kafka {
+                    topic: (*topic).to_owned(),
+                    source,
+                })?;
+        }
+    }
+    Ok(assignment)
 }
 
 /// Partition count of `topic`, or `None` when the broker does not know it.

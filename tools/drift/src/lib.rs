@@ -22,7 +22,7 @@ use backbone_core::KafkaSettings;
 use backbone_schemas::types::{Contract, CustomerAccount, EnrichedUsage, GlMapping, RatedUsage};
 use backbone_schemas::WireCodec;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::Message;
 use serde::Deserialize;
 
 use crate::books::{format_unscaled, Books, Check, DriftLine};
@@ -201,32 +201,13 @@ impl TopicReader {
         let consumer: BaseConsumer = config
             .create()
             .map_err(|e| DriftError::Kafka(e.to_string()))?;
-        let mut assignment = TopicPartitionList::new();
-        for topic in settings.topics() {
-            let metadata = consumer
-                .fetch_metadata(Some(topic), Duration::from_secs(10))
-                .map_err(|e| {
-                    DriftError::Kafka(format!(
-                        "broker at {} did not answer: {e}",
-                        kafka.bootstrap_servers
-                    ))
-                })?;
-            let partitions = metadata
-                .topics()
-                .first()
-                .filter(|t| t.error().is_none())
-                .map(|t| t.partitions().len())
-                .unwrap_or(0);
-            if partitions == 0 {
-                return Err(DriftError::Kafka(format!("topic `{topic}` does not exist")));
-            }
-            for partition in 0..partitions {
-                let partition = i32::try_from(partition).unwrap_or(i32::MAX);
-                assignment
-                    .add_partition_offset(topic, partition, Offset::Beginning)
-                    .map_err(|e| DriftError::Kafka(e.to_string()))?;
-            }
-        }
+        let assignment = backbone_core::admin::whole_topics(
+            &consumer,
+            &kafka.bootstrap_servers,
+            &settings.topics(),
+            Duration::from_secs(10),
+        )
+        .map_err(|e| DriftError::Kafka(e.to_string()))?;
         consumer
             .assign(&assignment)
             .map_err(|e| DriftError::Kafka(e.to_string()))?;

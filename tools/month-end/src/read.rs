@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use backbone_core::KafkaSettings;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::Message;
 
 use crate::MonthEndError;
 
@@ -35,36 +35,16 @@ pub fn to_end(
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed");
     let consumer: BaseConsumer = config.create().map_err(kafka_error)?;
-    let mut assignment = TopicPartitionList::new();
+    let assignment =
+        backbone_core::admin::whole_topics(&consumer, &kafka.bootstrap_servers, topics, timeout)
+            .map_err(|e| MonthEndError::Kafka(e.to_string()))?;
     let mut ends = Vec::new();
-    for topic in topics {
-        let metadata = consumer.fetch_metadata(Some(topic), timeout).map_err(|e| {
-            MonthEndError::Kafka(format!(
-                "broker at {} did not answer: {e}",
-                kafka.bootstrap_servers
-            ))
-        })?;
-        let partitions = metadata
-            .topics()
-            .first()
-            .filter(|t| t.error().is_none())
-            .map(|t| t.partitions().len())
-            .unwrap_or(0);
-        if partitions == 0 {
-            return Err(MonthEndError::Kafka(format!(
-                "topic `{topic}` does not exist"
-            )));
-        }
-        for partition in 0..i32::try_from(partitions).unwrap_or(i32::MAX) {
-            assignment
-                .add_partition_offset(topic, partition, Offset::Beginning)
-                .map_err(kafka_error)?;
-            let (_, high) = consumer
-                .fetch_watermarks(topic, partition, timeout)
-                .map_err(kafka_error)?;
-            if high > 0 {
-                ends.push((topic.to_string(), partition, high));
-            }
+    for element in assignment.elements() {
+        let (topic, partition) = (element.topic(), element.partition());
+        let (_, high) = backbone_core::kafka::watermarks(&consumer, topic, partition, timeout)
+            .map_err(kafka_error)?;
+        if high > 0 {
+            ends.push((topic.to_owned(), partition, high));
         }
     }
     consumer.assign(&assignment).map_err(kafka_error)?;
