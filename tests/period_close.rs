@@ -21,7 +21,9 @@ use backbone_schemas::types::{
     RateCharge, Subscription, SubscriptionStatus, UsageEvent,
 };
 use backbone_schemas::WireCodec;
-use backbone_testkit::{committed_total, create_topic, end_offsets_total, shared_settings};
+use backbone_testkit::{
+    committed_total, create_topic, end_offsets_total, shared_settings, ChildProcess,
+};
 use sinks::{eventually, metadata, publish, read_all, registry_url, Sandbox};
 
 const DEADLINE: Duration = Duration::from_secs(180);
@@ -431,6 +433,49 @@ async fn periods_close_at_midnight_in_berlin_and_late_usage_corrects_the_next_in
         "the same batch, the same record"
     );
     assert_ne!(published[0].batch_id, published[2].batch_id);
+
+    // Timer mode, on an outbox of its own: October's batch at once, November waited for, and
+    // a SIGTERM between two ticks ends it with status 0.
+    let timed = deployment.dir.join("timer-outbox");
+    let log = deployment.dir.join("month-end-timer.log");
+    let env: Vec<(String, String)> = deployment
+        .env("month-end")
+        .into_iter()
+        .chain([
+            (
+                "BACKBONE__MONTH_END__GRACE".to_owned(),
+                october_grace.clone(),
+            ),
+            (
+                "BACKBONE__MONTH_END__OUTBOX".to_owned(),
+                timed.to_string_lossy().into_owned(),
+            ),
+        ])
+        .collect();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut timer = ChildProcess::spawn(
+        &workspace_binary("month-end"),
+        &["--every", "1h"],
+        &env,
+        Some(&log),
+    )
+    .expect("month-end --every");
+    let said = eventually(DEADLINE, "the timer's first tick", || async {
+        let said = std::fs::read_to_string(&log).unwrap_or_default();
+        said.contains("2026-11: waiting").then_some(said)
+    })
+    .await;
+    assert!(
+        said.contains("2026-10 batch 001 (period): 1 invoices"),
+        "{said}"
+    );
+    assert_eq!(
+        batch_files(&timed.join("acme/le-berlin/2026-10/001")),
+        first,
+        "the timer's batch is the same batch"
+    );
+    let status = timer.stop(DEADLINE).expect("stops on SIGTERM");
+    assert!(status.success(), "{status:?}");
 
     // The invoices topic exists now: its sink starts.
     deployment.start(DELIVERY);
