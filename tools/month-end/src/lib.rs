@@ -150,7 +150,7 @@ pub struct MonthEndSettings {
     /// Late usage's grace after a period's end: `period-close`'s `processor.grace`.
     #[serde(with = "humantime_serde")]
     pub grace: Duration,
-    /// How long the read waits for the broker.
+    /// How long a read or a send waits for the broker.
     #[serde(with = "humantime_serde")]
     pub read_timeout: Duration,
 }

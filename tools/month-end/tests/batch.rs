@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use backbone_calendar::days_from_civil;
-use backbone_month_end::batch::{build, BatchKind, Entity, Period};
+use backbone_month_end::batch::{build, Batch, BatchKind, Entity, Period};
 use backbone_month_end::journal::{journal_batches, Window};
 use backbone_month_end::{outbox, MonthEndError};
 use backbone_schemas::types::{
@@ -96,13 +96,24 @@ fn entity() -> Entity {
     }
 }
 
-fn file<'b>(batch: &'b backbone_month_end::batch::Batch, name: &str) -> &'b str {
+fn file<'b>(batch: &'b Batch, name: &str) -> &'b str {
     let file = batch.files.iter().find(|f| f.name == name).expect(name);
     std::str::from_utf8(&file.bytes).expect("text")
 }
 
 fn october() -> Period {
     Period::parse("2026-10").expect("period")
+}
+
+/// Batch `sequence` of October from `invoices`, every line on the entity's default accounts.
+fn october_batch(sequence: u32, invoices: &[&Invoice]) -> Result<Batch, MonthEndError> {
+    build(
+        &entity(),
+        october(),
+        sequence,
+        invoices,
+        &[mapping("m", None, "4000")],
+    )
 }
 
 #[test]
@@ -164,14 +175,7 @@ fn the_same_invoices_give_the_same_bytes_and_totals_written_out_by_hand() {
 fn a_field_with_a_comma_or_a_quote_is_quoted() {
     let mut a = invoice("inv-a", "le-1-000001", "c-1", vec![line(1, "calls", "1")]);
     a.customer_id = "Müller, \"GmbH\"".into();
-    let batch = build(
-        &entity(),
-        october(),
-        2,
-        &[&a],
-        &[mapping("m", None, "4000")],
-    )
-    .expect("batch");
+    let batch = october_batch(2, &[&a]).expect("batch");
     assert_eq!(batch.manifest.kind, BatchKind::Adjusting);
     assert!(
         file(&batch, "invoices.csv").contains(",\"Müller, \"\"GmbH\"\"\","),
@@ -191,14 +195,7 @@ fn an_unmapped_line_or_an_invoice_that_does_not_add_up_stops_the_batch() {
     );
     let mut wrong = invoice("inv-w", "le-1-000002", "c-1", vec![line(1, "calls", "1")]);
     wrong.total_amount = amount("2");
-    let err = build(
-        &entity(),
-        october(),
-        1,
-        &[&wrong],
-        &[mapping("m", None, "4000")],
-    )
-    .expect_err("unbalanced");
+    let err = october_batch(1, &[&wrong]).expect_err("unbalanced");
     assert!(
         matches!(&err, MonthEndError::Unbalanced { what, .. } if what == "invoice inv-w"),
         "{err}"
@@ -215,14 +212,7 @@ fn scratch(name: &str) -> PathBuf {
 fn the_outbox_takes_a_batch_whole_and_clears_what_a_killed_run_left() {
     let dir = scratch("outbox");
     let a = invoice("inv-a", "le-1-000001", "c-1", vec![line(1, "calls", "1")]);
-    let batch = build(
-        &entity(),
-        october(),
-        1,
-        &[&a],
-        &[mapping("m", None, "4000")],
-    )
-    .expect("batch");
+    let batch = october_batch(1, &[&a]).expect("batch");
     // What a run killed mid-write leaves: a hidden directory with part of a batch.
     std::fs::create_dir_all(dir.join(".002.partial")).expect("partial");
     std::fs::write(dir.join(".002.partial/invoices.csv"), "cut short").expect("partial file");
