@@ -123,12 +123,14 @@ async fn outputs_state_and_offsets_commit_together_and_state_survives_losing_the
     produce(&kafka, &tally.input, &with_duplicates(20, 3, 0, 0))
         .await
         .expect("produce");
-    let running = RunningProcessor::start(
+    let mut running = RunningProcessor::start(
         tally.clone(),
         &kafka,
         exactly_once(&group, &transactional_id, dir.clone()),
     );
-    await_committed(&kafka, &group, &tally.input, 80).await;
+    running
+        .during(await_committed(&kafka, &group, &tally.input, 80))
+        .await;
     let summary = running.stop(DEADLINE).await;
     assert_eq!(
         (summary.consumed, summary.produced, summary.duplicates),
@@ -142,12 +144,14 @@ async fn outputs_state_and_offsets_commit_together_and_state_survives_losing_the
     produce(&kafka, &tally.input, &with_duplicates(6, 1, 60, 40))
         .await
         .expect("produce");
-    let running = RunningProcessor::start(
+    let mut running = RunningProcessor::start(
         tally.clone(),
         &kafka,
         exactly_once(&group, &transactional_id, dir),
     );
-    await_committed(&kafka, &group, &tally.input, 104).await;
+    running
+        .during(await_committed(&kafka, &group, &tally.input, 104))
+        .await;
     let summary = running.stop(DEADLINE).await;
     assert_eq!(
         (summary.consumed, summary.produced, summary.duplicates),

@@ -58,11 +58,15 @@ async fn counts_stay_exact_while_partitions_move_between_instances() {
     produce(&kafka, &tally.input, &batch(0))
         .await
         .expect("produce");
-    let first = RunningProcessor::start(tally.clone(), &kafka, settings(&group, dir("first"), 4));
-    await_committed(&kafka, &group, &tally.input, 100, DEADLINE).await;
+    let mut first =
+        RunningProcessor::start(tally.clone(), &kafka, settings(&group, dir("first"), 4));
+    first
+        .during(await_committed(&kafka, &group, &tally.input, 100, DEADLINE))
+        .await;
 
     // A second instance joins mid-stream and takes half of the partitions.
-    let second = RunningProcessor::start(tally.clone(), &kafka, settings(&group, dir("second"), 4));
+    let mut second =
+        RunningProcessor::start(tally.clone(), &kafka, settings(&group, dir("second"), 4));
     produce(&kafka, &tally.input, &batch(500))
         .await
         .expect("produce");
@@ -73,7 +77,15 @@ async fn counts_stay_exact_while_partitions_move_between_instances() {
     produce(&kafka, &tally.input, &batch(1000))
         .await
         .expect("produce");
-    await_committed(&kafka, &group, &tally.input, 3 * per_batch, DEADLINE).await;
+    second
+        .during(await_committed(
+            &kafka,
+            &group,
+            &tally.input,
+            3 * per_batch,
+            DEADLINE,
+        ))
+        .await;
     let second_summary = second.stop(DEADLINE).await;
     assert!(
         first_summary.consumed > 0 && second_summary.consumed > 0,
@@ -254,8 +266,10 @@ async fn a_restore_keeps_whole_inputs_and_leaves_out_one_cut_short() {
         .expect("inputs");
 
     let settings = settings(&group, instance_dir(&group, "only"), 2);
-    let processor = RunningProcessor::start(tally.clone(), &kafka, settings);
-    await_committed(&kafka, &group, &tally.input, 4, DEADLINE).await;
+    let mut processor = RunningProcessor::start(tally.clone(), &kafka, settings);
+    processor
+        .during(await_committed(&kafka, &group, &tally.input, 4, DEADLINE))
+        .await;
     processor.stop(DEADLINE).await;
 
     let written = everything_on(&kafka, &tally.output).await;
@@ -318,8 +332,16 @@ async fn a_backlog_writes_each_running_total_once_per_batch_and_restores_from_it
         .await
         .expect("backlog");
     let first = settings(&group, instance_dir(&group, "first"), 1);
-    let processor = RunningProcessor::start(tally.clone(), &kafka, first);
-    await_committed(&kafka, &group, &tally.input, events as i64, DEADLINE).await;
+    let mut processor = RunningProcessor::start(tally.clone(), &kafka, first);
+    processor
+        .during(await_committed(
+            &kafka,
+            &group,
+            &tally.input,
+            events as i64,
+            DEADLINE,
+        ))
+        .await;
     processor.stop(DEADLINE).await;
     let logged = end_offsets_total(&kafka, &changelog).expect("changelog end");
     assert!(
@@ -338,9 +360,17 @@ async fn a_backlog_writes_each_running_total_once_per_batch_and_restores_from_it
     .await
     .expect("one more each");
     let second = settings(&group, instance_dir(&group, "second"), 1);
-    let processor = RunningProcessor::start(tally.clone(), &kafka, second);
+    let mut processor = RunningProcessor::start(tally.clone(), &kafka, second);
     let total = events + accounts;
-    await_committed(&kafka, &group, &tally.input, total as i64, DEADLINE).await;
+    processor
+        .during(await_committed(
+            &kafka,
+            &group,
+            &tally.input,
+            total as i64,
+            DEADLINE,
+        ))
+        .await;
     processor.stop(DEADLINE).await;
     let outputs = everything_on(&kafka, &tally.output).await;
     assert_eq!(outputs.len(), total, "one output per input");
