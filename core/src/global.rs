@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use backbone_state::PartitionState;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::{Message, Offset};
 
 use crate::admin;
 use crate::kafka::{is_connection_lost, KafkaSettings};
@@ -74,32 +74,19 @@ impl GlobalTables {
             .restore_consumer_config(&format!("{group}.global"))
             .create()
             .map_err(StateFailure::Kafka)?;
-        let mut assignment = TopicPartitionList::new();
+        let topics: Vec<&str> = tables.iter().map(|t| t.topic.as_str()).collect();
+        let assignment = admin::whole_topics(&consumer, &kafka.bootstrap_servers, &topics, timeout)
+            .map_err(|e| StateFailure::Restore(format!("global tables: {e}")))?;
         let mut ends: BTreeMap<(String, i32), i64> = BTreeMap::new();
-        for table in tables {
-            let partitions = admin::partition_count(kafka, &table.topic, timeout)
-                .map_err(|e| StateFailure::Restore(e.to_string()))?
-                .ok_or_else(|| {
+        for element in assignment.elements() {
+            let (topic, partition) = (element.topic(), element.partition());
+            let (_, high) = crate::kafka::watermarks(&consumer, topic, partition, timeout)
+                .map_err(|e| {
                     StateFailure::Restore(format!(
-                        "global table `{}`: topic `{}` does not exist",
-                        table.name, table.topic
+                        "reading the end of `{topic}` [{partition}]: {e}"
                     ))
                 })?;
-            for partition in 0..i32::try_from(partitions).unwrap_or(i32::MAX) {
-                let (_, high) =
-                    crate::kafka::watermarks(&consumer, &table.topic, partition, timeout).map_err(
-                        |e| {
-                            StateFailure::Restore(format!(
-                                "reading the end of `{}` [{partition}]: {e}",
-                                table.topic
-                            ))
-                        },
-                    )?;
-                assignment
-                    .add_partition_offset(&table.topic, partition, Offset::Beginning)
-                    .map_err(StateFailure::Kafka)?;
-                ends.insert((table.topic.clone(), partition), high);
-            }
+            ends.insert((topic.to_owned(), partition), high);
         }
         consumer.assign(&assignment).map_err(StateFailure::Kafka)?;
         let by_topic: BTreeMap<String, String> = tables

@@ -243,9 +243,8 @@ async fn publish(
     Ok(())
 }
 
-async fn books(config: &MonthEndConfig) -> Result<Books, MonthEndError> {
+async fn books(config: &MonthEndConfig, codec: &WireCodec) -> Result<Books, MonthEndError> {
     let settings = &config.month_end;
-    let codec = codec(config)?;
     let (kafka, topics, timeout) = (
         config.kafka.clone(),
         [
@@ -316,7 +315,8 @@ pub async fn run_period(
     period: Period,
     now_micros: i64,
 ) -> Result<Vec<Outcome>, MonthEndError> {
-    let books = books(config).await?;
+    let codec = codec(config)?;
+    let books = books(config, &codec).await?;
     let mut of_period: BTreeMap<Entity, Vec<&Invoice>> = books
         .entities
         .keys()
@@ -376,7 +376,6 @@ pub async fn run_period(
         .producer_config()
         .create()
         .map_err(|e| MonthEndError::Kafka(e.to_string()))?;
-    let codec = codec(config)?;
     let mut outcomes = Vec::new();
     for (entity, invoices) in of_period {
         let mappings: Vec<GlMapping> = books
