@@ -31,7 +31,7 @@ use backbone_schemas::types::{Amount, AnalyticsFact, BillingCharge, Contract, Cu
 use backbone_schemas::WireCodec;
 use backbone_testkit::{
     committed_offsets, consume_while, end_offsets_total, reference_price, ConsumedRecord,
-    KafkaBroker,
+    KafkaBroker, TestkitError,
 };
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -315,21 +315,37 @@ fn positions(kafka: &KafkaSettings, stages: &[(String, Vec<String>)]) -> Vec<i64
 }
 
 /// Where every stage stands: per binary, the input records its group has committed of those
-/// in its input topics.
+/// in its input topics; where the broker does not say, why (a group whose committed offsets
+/// stay unreadable is one its consumer cannot start from either).
 fn progress(deployment: &Deployment) -> String {
     let mut report = Vec::new();
     for stage in backbone_components::stages() {
         let binary = stage.name.as_str();
-        let (mut committed, mut end) = (0, 0);
+        let (mut committed, mut end) = (Ok(0), Ok(0));
         for topic in stage.inputs.values().map(|t| deployment.topics.name(t)) {
-            committed += committed_offsets(&deployment.kafka, &deployment.group(binary), topic)
-                .map(|offsets| offsets.iter().filter_map(|(_, o)| *o).sum::<i64>())
-                .unwrap_or(-1);
-            end += end_offsets_total(&deployment.kafka, topic).unwrap_or(-1);
+            let group = deployment.group(binary);
+            let offsets = committed_offsets(&deployment.kafka, &group, topic)
+                .map(|offsets| offsets.iter().filter_map(|(_, o)| *o).sum::<i64>());
+            committed = add_or_say(committed, offsets, topic);
+            end = add_or_say(end, end_offsets_total(&deployment.kafka, topic), topic);
         }
-        report.push(format!("{binary} {committed}/{end}"));
+        let shown = |total: Result<i64, String>| {
+            total.map_or_else(|why| format!("? ({why})"), |n| n.to_string())
+        };
+        report.push(format!("{binary} {}/{}", shown(committed), shown(end)));
     }
     report.join(", ")
+}
+
+/// A running total, or the first reason it could not be taken.
+fn add_or_say(
+    total: Result<i64, String>,
+    part: Result<i64, TestkitError>,
+    topic: &str,
+) -> Result<i64, String> {
+    let total = total?;
+    part.map(|part| total + part)
+        .map_err(|err| format!("{topic}: {err}"))
 }
 
 /// The thread stacks of every stage still running, each in `<deployment dir>/<binary>.stacks`
@@ -369,12 +385,12 @@ fn dump_stacks(deployment: &mut Deployment) -> String {
     )
 }
 
-/// Polls `check` until it gives a value, meanwhile restarting any process that exited on its
-/// own, as a supervisor would. After `deadline` the test fails with `what`, the last thing
-/// `check` saw, and where each stage stands.
 /// How often a settle still waiting says what it sees.
 const SHOW_EVERY: Duration = Duration::from_secs(5);
 
+/// Polls `check` until it gives a value, meanwhile restarting any process that exited on its
+/// own, as a supervisor would. After `deadline` the test fails with `what`, the last thing
+/// `check` saw, and where each stage stands.
 async fn settle<T, F, Fut>(
     deployment: &mut Deployment,
     mayhem: &mut Mayhem,

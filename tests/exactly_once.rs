@@ -2,19 +2,26 @@
 //! together, state survives the loss of the local store through its changelog, a newer
 //! instance with the same transactional id fences the older one, and a processor killed with
 //! open transactions leaves their records aborted: a `read_committed` reader sees every output
-//! once, a `read_uncommitted` one sees the aborted copies too.
+//! once, a `read_uncommitted` one sees the aborted copies too. A group held by another
+//! producer's open transaction shows as waiting until that transaction ends.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use backbone_core::endpoint::ObservabilitySettings;
+use backbone_core::metrics::{names, RuntimeMetrics};
 use backbone_core::runner::TransactionSettings;
-use backbone_core::{Delivery, KafkaSettings, RuntimeError, RuntimeSettings};
+use backbone_core::{run_with, Delivery, KafkaSettings, RuntimeError, RuntimeSettings};
 use backbone_testkit::{
     committed_offsets, committed_total, consume_until, consume_while, create_topic, produce,
     produce_paced, shared_settings, tally_counts, unique_group, unique_topic, ChildProcess,
     ConsumedRecord, KafkaBroker, RunningProcessor, SteadyStream, Tally, TestRecord,
 };
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::{Offset, TopicPartitionList};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -502,4 +509,116 @@ async fn broker_restarts_under_open_transactions_leave_every_count_once() {
         "one output per input"
     );
     println!("broker restarts: 3, processor restarts after stopping on its own: {revived}");
+}
+
+/// The value of `processor`'s partitions-waiting gauge, if the series exists.
+fn partitions_waiting(metrics: &RuntimeMetrics) -> Option<f64> {
+    let text = metrics.encode().expect("metrics encode");
+    text.lines()
+        .find(|line| line.starts_with(&format!("{}{{", names::CONSUMER_PARTITIONS_WAITING)))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+/// Polls the gauge until it reads `expected`, at most `DEADLINE`.
+async fn await_waiting(metrics: &RuntimeMetrics, expected: f64, what: &str) {
+    let started = Instant::now();
+    loop {
+        let seen = partitions_waiting(metrics);
+        if seen == Some(expected) {
+            return;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "{what}: partitions waiting {seen:?}, not {expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A transaction left open with offsets of the group (an instance killed mid-commit, a broker
+/// that has not completed it) makes the broker answer that the group's committed offsets are
+/// unstable. librdkafka then asks again, silently, and the processor sits idle with no lag to
+/// show. The runtime counts such a partition as waiting until the transaction ends, and then
+/// the processor starts where the offsets say.
+#[tokio::test]
+async fn a_partition_held_by_an_open_transaction_is_counted_waiting_until_it_ends() {
+    let kafka = shared_settings();
+    let tally = Tally {
+        input: unique_topic("tally.in"),
+        output: unique_topic("tally.out"),
+        dedup: false,
+    };
+    let group = unique_group("held");
+    create_topic(&kafka, &tally.input, 1)
+        .await
+        .expect("input topic");
+    produce(&kafka, &tally.input, &events(0, 10))
+        .await
+        .expect("produce");
+
+    // Another producer commits offset 4 for the group inside a transaction it keeps open.
+    let holder: FutureProducer = kafka
+        .transactional_producer_config(&unique_group("holder"), Duration::from_secs(300))
+        .create()
+        .expect("holder");
+    let cut = Duration::from_secs(30);
+    holder.init_transactions(cut).expect("init");
+    holder.begin_transaction().expect("begin");
+    let mut config = kafka.admin_config();
+    config.set("group.id", &group);
+    let group_view: BaseConsumer = config.create().expect("group view");
+    let mut offsets = TopicPartitionList::new();
+    offsets
+        .add_partition_offset(&tally.input, 0, Offset::Offset(4))
+        .expect("offset");
+    holder
+        .send_offsets_to_transaction(
+            &offsets,
+            &group_view.group_metadata().expect("group metadata"),
+            cut,
+        )
+        .expect("offsets into the open transaction");
+
+    let metrics =
+        Arc::new(RuntimeMetrics::new(&prometheus::Registry::new(), "held").expect("metrics"));
+    let observability = ObservabilitySettings {
+        statistics_interval: Duration::from_millis(200),
+        ..ObservabilitySettings::default()
+    };
+    let settings = exactly_once(&group, &unique_group("held-txn"), state_dir(&group));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = {
+        let (kafka, metrics, tally) = (kafka.clone(), Arc::clone(&metrics), tally.clone());
+        tokio::spawn(async move {
+            run_with(
+                tally,
+                &kafka,
+                &settings,
+                &observability,
+                metrics,
+                async move {
+                    let _ = stopped.await;
+                },
+            )
+            .await
+        })
+    };
+    await_waiting(&metrics, 1.0, "while the transaction holds the group").await;
+    let unreadable = committed_offsets(&kafka, &group, &tally.input);
+    assert!(
+        unreadable.is_err(),
+        "the group's offsets stay unreadable meanwhile: {unreadable:?}"
+    );
+
+    // Committed, the transaction's offset is where the processor starts: inputs 4 to 9.
+    holder.commit_transaction(cut).expect("commit");
+    await_waiting(&metrics, 0.0, "after the transaction committed").await;
+    await_committed(&kafka, &group, &tally.input, 10).await;
+    let _ = stop.send(());
+    let summary = run
+        .await
+        .expect("the run's task")
+        .expect("the run succeeds");
+    assert_eq!(summary.consumed, 6, "inputs from the held offset on");
 }

@@ -11,20 +11,21 @@
 //! These methods only count. The runtime's log line for a notable event (a dead letter, a
 //! retry, a fatal error) sits next to the metric call at the one place that handles the event.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::collections::BTreeSet;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::{
     Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use rdkafka::consumer::ConsumerContext;
-use rdkafka::ClientContext;
-use serde::Deserialize;
 
 use crate::endpoint::Readiness;
 use crate::tenant::HeldMetrics;
+
+mod statistics;
+
+pub use statistics::{consumer_lags, MeteredContext, PartitionLag};
 
 /// Metric family names, shared by the code that creates the series and the checks that look
 /// for them.
@@ -54,6 +55,10 @@ pub mod names {
     pub const REPLAYED_RECORDS: &str = "backbone_replayed_records_total";
     /// Records between the committed offset and the end of each assigned partition (gauge).
     pub const CONSUMER_LAG: &str = "backbone_consumer_lag_records";
+    /// Assigned partitions whose fetch has not started: their starting offset is not known
+    /// yet (gauge). Above 0 for long, the group's committed offsets are unreadable, which an
+    /// open transaction holding offsets of the group causes.
+    pub const CONSUMER_PARTITIONS_WAITING: &str = "backbone_consumer_partitions_waiting";
     /// Kafka transactions committed.
     pub const TRANSACTION_COMMITS: &str = "backbone_transaction_commits_total";
     /// Kafka transactions aborted.
@@ -135,6 +140,7 @@ pub struct RuntimeMetrics {
     event_latency: HistogramVec,
     replayed: IntCounterVec,
     consumer_lag: IntGaugeVec,
+    partitions_waiting: IntGauge,
     transaction_commits: IntCounter,
     transaction_aborts: IntCounter,
     restore: HistogramVec,
@@ -224,6 +230,10 @@ impl RuntimeMetrics {
             ),
             &["topic", "partition"],
         )?;
+        let partitions_waiting = IntGauge::with_opts(opts(
+            names::CONSUMER_PARTITIONS_WAITING,
+            "Assigned partitions whose fetch has not started: their starting offset is not known yet.",
+        ))?;
         let transaction_commits = IntCounter::with_opts(opts(
             names::TRANSACTION_COMMITS,
             "Kafka transactions committed.",
@@ -263,6 +273,7 @@ impl RuntimeMetrics {
         registry.register(Box::new(event_latency.clone()))?;
         registry.register(Box::new(replayed.clone()))?;
         registry.register(Box::new(consumer_lag.clone()))?;
+        registry.register(Box::new(partitions_waiting.clone()))?;
         registry.register(Box::new(transaction_commits.clone()))?;
         registry.register(Box::new(transaction_aborts.clone()))?;
         registry.register(Box::new(restore.clone()))?;
@@ -287,6 +298,7 @@ impl RuntimeMetrics {
             event_latency,
             replayed,
             consumer_lag,
+            partitions_waiting,
             transaction_commits,
             transaction_aborts,
             restore,
@@ -408,6 +420,12 @@ impl RuntimeMetrics {
         });
     }
 
+    /// How many assigned partitions wait for their starting offset.
+    pub fn set_partitions_waiting(&self, count: usize) {
+        self.partitions_waiting
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
     fn tracked_lags(&self) -> std::sync::MutexGuard<'_, BTreeSet<(String, i32)>> {
         // The set stays consistent even if a holder panicked: every update is one insert or
         // one removal.
@@ -499,108 +517,10 @@ pub fn missing_required_metrics(exposition: &str) -> Vec<&'static str> {
         .collect()
 }
 
-/// The lag of one assigned partition in a statistics report.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PartitionLag {
-    /// Topic.
-    pub topic: String,
-    /// Partition.
-    pub partition: i32,
-    /// Records between the committed offset and the partition's end; `None` while librdkafka
-    /// does not know (no committed offset or watermark yet).
-    pub lag: Option<i64>,
-}
-
-/// The parts of librdkafka's statistics JSON (its STATISTICS.md) that lag needs. Parsing only
-/// these keeps the callback cheap and independent of fields other librdkafka versions change.
-#[derive(Deserialize)]
-struct Statistics {
-    #[serde(default)]
-    topics: BTreeMap<String, TopicStatistics>,
-}
-
-#[derive(Deserialize)]
-struct TopicStatistics {
-    #[serde(default)]
-    partitions: BTreeMap<String, PartitionStatistics>,
-}
-
-#[derive(Deserialize)]
-struct PartitionStatistics {
-    partition: i32,
-    #[serde(default)]
-    fetch_state: String,
-    #[serde(default = "unknown_lag")]
-    consumer_lag: i64,
-}
-
-fn unknown_lag() -> i64 {
-    -1
-}
-
-/// The lag of every partition assigned to this consumer, from one librdkafka statistics JSON
-/// report. A partition counts as assigned while it is being fetched: its `fetch_state` is
-/// neither `none` (never assigned) nor `stopping`/`stopped` (revoked). A paused partition keeps
-/// fetch state `active`, so its lag keeps being reported while it grows. The internal
-/// unassigned partition (-1) is skipped.
-///
-/// `consumer_lag` counts from the committed offset (not `consumer_lag_stored`, from the stored
-/// one): it is the work a new owner would redo after a crash, the figure other lag tools show,
-/// and at most one commit interval staler.
-pub fn consumer_lags(statistics_json: &[u8]) -> Result<Vec<PartitionLag>, serde_json::Error> {
-    let statistics: Statistics = serde_json::from_slice(statistics_json)?;
-    let mut lags = Vec::new();
-    for (topic, topic_statistics) in statistics.topics {
-        for partition in topic_statistics.partitions.into_values() {
-            let fetching = !matches!(
-                partition.fetch_state.as_str(),
-                "" | "none" | "stopping" | "stopped"
-            );
-            if partition.partition < 0 || !fetching {
-                continue;
-            }
-            lags.push(PartitionLag {
-                topic: topic.clone(),
-                partition: partition.partition,
-                lag: (partition.consumer_lag >= 0).then_some(partition.consumer_lag),
-            });
-        }
-    }
-    Ok(lags)
-}
-
-/// A consumer context that keeps `backbone_consumer_lag_records` current from librdkafka's
-/// statistics callback, for `StreamConsumer<MeteredContext>`. Statistics are emitted every
-/// `statistics.interval.ms` (see `ObservabilitySettings::enable_statistics`); they cost no
-/// extra broker requests, unlike comparing committed offsets with fetched watermarks.
-/// Everything else keeps rdkafka's default behaviour.
-#[derive(Debug, Clone)]
-pub struct MeteredContext {
-    metrics: Arc<RuntimeMetrics>,
-}
-
-impl MeteredContext {
-    /// A context updating `metrics`.
-    pub fn new(metrics: Arc<RuntimeMetrics>) -> Self {
-        Self { metrics }
-    }
-}
-
-impl ClientContext for MeteredContext {
-    fn stats_raw(&self, statistics: &[u8]) {
-        match consumer_lags(statistics) {
-            Ok(lags) => self.metrics.update_lags(&lags),
-            Err(err) => {
-                tracing::warn!(error = %err, "unreadable librdkafka statistics, consumer lag not updated")
-            }
-        }
-    }
-}
-
-impl ConsumerContext for MeteredContext {}
-
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     type Labels = BTreeMap<String, String>;
@@ -651,7 +571,7 @@ mod tests {
     }
 
     /// The value of the one sample of `name` whose labels include `labels`.
-    fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    pub(super) fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         let matching: Vec<f64> = samples(text)
             .into_iter()
             .filter(|(n, l, _)| {
@@ -666,7 +586,7 @@ mod tests {
         matching.first().copied()
     }
 
-    fn metrics() -> RuntimeMetrics {
+    pub(super) fn metrics() -> RuntimeMetrics {
         RuntimeMetrics::new(&Registry::new(), "usage-rater").unwrap()
     }
 
@@ -836,119 +756,5 @@ mod tests {
         assert_eq!(event_age(7_500, now), Some(Duration::from_millis(2_500)));
         assert_eq!(event_age(11_000, now), Some(Duration::ZERO));
         assert_eq!(event_age(-1, now), None);
-    }
-
-    /// A consumer's statistics report shaped after librdkafka's STATISTICS.md, trimmed to a
-    /// realistic subset: partition 0 fetching with a known lag, 1 fetching before its first
-    /// commit, 2 revoked with a stale lag, 3 never assigned, and the internal UA partition.
-    fn statistics_sample(lag_0: i64, state_0: &str, lag_1: i64) -> String {
-        let partition = |id: i32, fetch_state: &str, committed: i64, lag: i64| {
-            format!(
-                r#""{id}": {{
-                  "partition": {id}, "broker": 1, "leader": 1, "desired": false,
-                  "unknown": false, "msgq_cnt": 0, "msgq_bytes": 0, "xmit_msgq_cnt": 0,
-                  "xmit_msgq_bytes": 0, "fetchq_cnt": 0, "fetchq_size": 0,
-                  "fetch_state": "{fetch_state}", "query_offset": -2, "next_offset": 120,
-                  "app_offset": 120, "stored_offset": 120, "stored_leader_epoch": -1,
-                  "committed_offset": {committed}, "committed_leader_epoch": -1,
-                  "eof_offset": -1001, "lo_offset": 0, "hi_offset": 162, "ls_offset": 162,
-                  "consumer_lag": {lag}, "consumer_lag_stored": 42, "leader_epoch": 0,
-                  "txmsgs": 0, "txbytes": 0, "rxmsgs": 120, "rxbytes": 9600, "msgs": 120,
-                  "rx_ver_drops": 0, "msgs_inflight": 0, "next_ack_seq": 0,
-                  "next_err_seq": 0, "acked_msgid": 0
-                }}"#
-            )
-        };
-        format!(
-            r#"{{
-              "name": "rdkafka#consumer-1", "client_id": "rdkafka", "type": "consumer",
-              "ts": 5016483227792, "time": 1527060869, "age": 12000000, "replyq": 0,
-              "msg_cnt": 0, "msg_size": 0, "msg_max": 100000, "msg_size_max": 1073741824,
-              "simple_cnt": 0, "metadata_cache_cnt": 1,
-              "brokers": {{
-                "127.0.0.1:9092/1": {{
-                  "name": "127.0.0.1:9092/1", "nodeid": 1, "nodename": "127.0.0.1:9092",
-                  "source": "configured", "state": "UP", "stateage": 8005652,
-                  "toppars": {{ "usage.events-0": {{ "topic": "usage.events", "partition": 0 }} }}
-                }}
-              }},
-              "topics": {{
-                "usage.events": {{
-                  "topic": "usage.events", "age": 11000, "metadata_age": 1000,
-                  "batchsize": {{ "min": 0, "max": 0, "avg": 0, "sum": 0, "cnt": 0 }},
-                  "partitions": {{
-                    {p0},
-                    {p1},
-                    {p2},
-                    {p3},
-                    {ua}
-                  }}
-                }}
-              }},
-              "cgrp": {{
-                "state": "up", "stateage": 11000, "join_state": "steady",
-                "rebalance_age": 9000, "rebalance_cnt": 1, "rebalance_reason": "",
-                "assignment_size": 2
-              }}
-            }}"#,
-            p0 = partition(0, state_0, 120, lag_0),
-            p1 = partition(1, "active", -1001, lag_1),
-            p2 = partition(2, "stopped", 100, 62),
-            p3 = partition(3, "none", -1001, -1),
-            ua = partition(-1, "none", -1001, -1),
-        )
-    }
-
-    #[test]
-    fn statistics_give_the_lag_of_assigned_partitions() {
-        let lags = consumer_lags(statistics_sample(42, "active", -1).as_bytes()).unwrap();
-        let lag = |partition, lag| PartitionLag {
-            topic: "usage.events".into(),
-            partition,
-            lag,
-        };
-        assert_eq!(lags, [lag(0, Some(42)), lag(1, None)]);
-    }
-
-    #[test]
-    fn metered_context_fits_a_stream_consumer() {
-        fn create(
-            config: &rdkafka::ClientConfig,
-            metrics: Arc<RuntimeMetrics>,
-        ) -> rdkafka::error::KafkaResult<rdkafka::consumer::StreamConsumer<MeteredContext>>
-        {
-            config.create_with_context(MeteredContext::new(metrics))
-        }
-        let _ = create;
-    }
-
-    #[test]
-    fn statistics_callback_keeps_lag_gauges_current() {
-        let metrics = Arc::new(metrics());
-        let context = MeteredContext::new(Arc::clone(&metrics));
-        let lag_of = |partition: &str| {
-            value(
-                &metrics.encode().unwrap(),
-                names::CONSUMER_LAG,
-                &[("topic", "usage.events"), ("partition", partition)],
-            )
-        };
-
-        context.stats_raw(statistics_sample(42, "active", -1).as_bytes());
-        assert_eq!(lag_of("0"), Some(42.0));
-        assert_eq!(lag_of("1"), None, "lag not known yet");
-        assert_eq!(lag_of("2"), None, "revoked partitions report nothing");
-
-        context.stats_raw(statistics_sample(40, "active", 5).as_bytes());
-        assert_eq!(lag_of("0"), Some(40.0));
-        assert_eq!(lag_of("1"), Some(5.0));
-
-        // An unknown lag keeps the last value; a revoked partition's series goes.
-        context.stats_raw(statistics_sample(40, "stopped", -1).as_bytes());
-        assert_eq!(lag_of("0"), None);
-        assert_eq!(lag_of("1"), Some(5.0));
-
-        context.stats_raw(b"{not json");
-        assert_eq!(lag_of("1"), Some(5.0));
     }
 }
