@@ -1405,6 +1405,7 @@ fn dashboards_and_rules_use_only_metrics_the_binaries_export() {
         core::EVENT_LATENCY,
         core::REPLAYED_RECORDS,
         core::CONSUMER_LAG,
+        core::CONSUMER_PARTITIONS_WAITING,
         core::TRANSACTION_COMMITS,
         core::TRANSACTION_ABORTS,
         core::STATE_RESTORE_DURATION,
