@@ -193,9 +193,15 @@ impl LagMonitor {
         let mut lags = Vec::new();
         for group in self.groups()? {
             let mut config = self.kafka.admin_config();
+            // Under read_committed (librdkafka's default) the fetch asks for stable offsets
+            // only, and the broker withholds a group's offsets while a transaction holding
+            // some is open: the measure would wait, then fail for every group. Without that
+            // flag it gets the offsets committed so far, so a group stuck behind such a
+            // transaction shows its lag growing.
             config
                 .set("group.id", &group)
-                .set("enable.auto.commit", "false");
+                .set("enable.auto.commit", "false")
+                .set("isolation.level", "read_uncommitted");
             let consumer: BaseConsumer = config.create().map_err(|e| error(&self.kafka, e))?;
             let committed = consumer
                 .committed_offsets(partitions.clone(), TIMEOUT)

@@ -8,6 +8,7 @@ use backbone_testkit::{
     create_topic, produce, shared_settings, unique_group, unique_topic, TestRecord,
 };
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
 #[tokio::test]
@@ -81,4 +82,72 @@ async fn a_stopped_group_shows_its_lag_in_records_and_seconds() {
         names::LAG_RECORDS
     );
     assert!(text.contains(&series), "{series} in\n{text}");
+}
+
+/// A transaction holding offsets of a group (an exactly-once instance between sending its
+/// offsets and committing, or one killed there) does not blind the monitor: it measures the
+/// group from its last committed offsets, so a group stuck behind such a transaction shows
+/// its lag growing.
+#[tokio::test]
+async fn a_group_with_offsets_in_an_open_transaction_is_measured_from_its_committed_ones() {
+    let kafka = shared_settings();
+    let topic = unique_topic("monitor");
+    let group = unique_group("monitor");
+    create_topic(&kafka, &topic, 1).await.expect("topic");
+    let records: Vec<TestRecord> = (0..10)
+        .map(|i| TestRecord::new(format!("k-{i}"), format!("v-{i}")))
+        .collect();
+    produce(&kafka, &topic, &records).await.expect("produce");
+
+    let mut config = kafka.admin_config();
+    config
+        .set("group.id", &group)
+        .set("enable.auto.commit", "false");
+    let consumer: BaseConsumer = config.create().expect("consumer");
+    let at = |offset| {
+        let mut offsets = TopicPartitionList::new();
+        offsets
+            .add_partition_offset(&topic, 0, Offset::Offset(offset))
+            .expect("offset");
+        offsets
+    };
+    consumer
+        .commit(&at(3), CommitMode::Sync)
+        .expect("commit the group's offsets");
+    let holder: FutureProducer = kafka
+        .transactional_producer_config(&unique_group("holder"), Duration::from_secs(300))
+        .create()
+        .expect("holder");
+    let cut = Duration::from_secs(30);
+    holder.init_transactions(cut).expect("init");
+    holder.begin_transaction().expect("begin");
+    holder
+        .send_offsets_to_transaction(
+            &at(8),
+            &consumer.group_metadata().expect("group metadata"),
+            cut,
+        )
+        .expect("offsets into the open transaction");
+
+    let settings = MonitorSettings {
+        groups: vec![group.clone()],
+        discover: false,
+        ..MonitorSettings::default()
+    };
+    let monitor = LagMonitor::new(&kafka, &settings).expect("monitor");
+    let lags = tokio::task::spawn_blocking(move || monitor.measure())
+        .await
+        .expect("task")
+        .expect("measured while the transaction is open");
+    let ours: Vec<(i64, i64)> = lags
+        .iter()
+        .filter(|l| l.group == group)
+        .map(|l| (l.committed, l.end))
+        .collect();
+    assert_eq!(
+        ours,
+        [(3, 10)],
+        "from the committed offset, not the pending one"
+    );
+    holder.abort_transaction(cut).expect("abort");
 }
