@@ -15,13 +15,12 @@ use backbone_core::metrics::{names, RuntimeMetrics};
 use backbone_core::runner::TransactionSettings;
 use backbone_core::{run_with, Delivery, KafkaSettings, RuntimeError, RuntimeSettings};
 use backbone_testkit::{
-    committed_offsets, committed_total, consume_until, consume_while, create_topic, produce,
-    produce_paced, shared_settings, tally_counts, unique_group, unique_topic, ChildProcess,
-    ConsumedRecord, KafkaBroker, RunningProcessor, SteadyStream, Tally, TestRecord,
+    committed_offsets, committed_total, consume_until, consume_while, create_topic,
+    hold_offset_open, produce, produce_paced, shared_settings, tally_counts, unique_group,
+    unique_topic, ChildProcess, ConsumedRecord, KafkaBroker, RunningProcessor, SteadyStream, Tally,
+    TestRecord,
 };
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{FutureProducer, Producer};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::producer::Producer;
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -558,27 +557,7 @@ async fn a_partition_held_by_an_open_transaction_is_counted_waiting_until_it_end
         .expect("produce");
 
     // Another producer commits offset 4 for the group inside a transaction it keeps open.
-    let holder: FutureProducer = kafka
-        .transactional_producer_config(&unique_group("holder"), Duration::from_secs(300))
-        .create()
-        .expect("holder");
-    let cut = Duration::from_secs(30);
-    holder.init_transactions(cut).expect("init");
-    holder.begin_transaction().expect("begin");
-    let mut config = kafka.admin_config();
-    config.set("group.id", &group);
-    let group_view: BaseConsumer = config.create().expect("group view");
-    let mut offsets = TopicPartitionList::new();
-    offsets
-        .add_partition_offset(&tally.input, 0, Offset::Offset(4))
-        .expect("offset");
-    holder
-        .send_offsets_to_transaction(
-            &offsets,
-            &group_view.group_metadata().expect("group metadata"),
-            cut,
-        )
-        .expect("offsets into the open transaction");
+    let holder = hold_offset_open(&kafka, &group, &tally.input, 0, 4).expect("offset held open");
 
     let metrics =
         Arc::new(RuntimeMetrics::new(&prometheus::Registry::new(), "held").expect("metrics"));
@@ -612,7 +591,9 @@ async fn a_partition_held_by_an_open_transaction_is_counted_waiting_until_it_end
     );
 
     // Committed, the transaction's offset is where the processor starts: inputs 4 to 9.
-    holder.commit_transaction(cut).expect("commit");
+    holder
+        .commit_transaction(Duration::from_secs(30))
+        .expect("commit");
     await_waiting(&metrics, 0.0, "after the transaction committed").await;
     await_committed(&kafka, &group, &tally.input, 10).await;
     let _ = stop.send(());

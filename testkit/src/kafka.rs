@@ -10,7 +10,7 @@ use backbone_core::KafkaSettings;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
@@ -384,6 +384,37 @@ pub fn end_offsets_total(settings: &KafkaSettings, topic: &str) -> Result<i64, T
         total += high;
     }
     Ok(total)
+}
+
+/// A transactional producer of its own that has put `offset` of `group` on `topic`'s
+/// `partition` into a transaction it keeps open: until the caller commits or aborts it, the
+/// broker answers that the group's committed offsets there are unstable, as it does for an
+/// exactly-once instance killed between sending its offsets and committing.
+pub fn hold_offset_open(
+    settings: &KafkaSettings,
+    group: &str,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> Result<FutureProducer, TestkitError> {
+    let holder: FutureProducer = settings
+        .transactional_producer_config(&unique_group("holder"), Duration::from_secs(300))
+        .create()?;
+    holder.init_transactions(Duration::from_secs(30))?;
+    holder.begin_transaction()?;
+    let mut config = settings.admin_config();
+    config.set("group.id", group);
+    let member: BaseConsumer = config.create()?;
+    let group_metadata = member
+        .group_metadata()
+        .ok_or_else(|| TestkitError::Process {
+            program: "hold_offset_open".into(),
+            message: format!("no group metadata for `{group}`"),
+        })?;
+    let mut offsets = TopicPartitionList::new();
+    offsets.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+    holder.send_offsets_to_transaction(&offsets, &group_metadata, Duration::from_secs(30))?;
+    Ok(holder)
 }
 
 /// Committed offsets of `group` on every partition of `topic` (`None` where nothing is

@@ -3,13 +3,28 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use backbone_monitor::{names, LagGauges, LagMonitor, MonitorSettings};
+use backbone_core::KafkaSettings;
+use backbone_monitor::{names, LagGauges, LagMonitor, MonitorError, MonitorSettings, PartitionLag};
 use backbone_testkit::{
-    create_topic, produce, shared_settings, unique_group, unique_topic, TestRecord,
+    create_topic, hold_offset_open, produce, shared_settings, unique_group, unique_topic,
+    TestRecord,
 };
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::producer::Producer;
 use rdkafka::{Offset, TopicPartitionList};
+
+/// One measure of `group` alone: the shared test broker holds every other test's groups too.
+async fn measure(kafka: &KafkaSettings, group: &str) -> Result<Vec<PartitionLag>, MonitorError> {
+    let settings = MonitorSettings {
+        groups: vec![group.to_owned()],
+        discover: false,
+        ..MonitorSettings::default()
+    };
+    let monitor = LagMonitor::new(kafka, &settings)?;
+    tokio::task::spawn_blocking(move || monitor.measure())
+        .await
+        .expect("task")
+}
 
 #[tokio::test]
 async fn a_stopped_group_shows_its_lag_in_records_and_seconds() {
@@ -49,17 +64,7 @@ async fn a_stopped_group_shows_its_lag_in_records_and_seconds() {
         .expect("commit the group's offsets");
     drop(consumer);
 
-    let settings = MonitorSettings {
-        groups: vec![group.clone()],
-        // The shared test broker holds every other test's groups too.
-        discover: false,
-        ..MonitorSettings::default()
-    };
-    let monitor = LagMonitor::new(&kafka, &settings).expect("monitor");
-    let lags = tokio::task::spawn_blocking(move || monitor.measure())
-        .await
-        .expect("task")
-        .expect("measure");
+    let lags = measure(&kafka, &group).await.expect("measure");
     let ours: Vec<_> = lags.iter().filter(|l| l.group == group).collect();
     assert_eq!(ours.len(), 2, "{ours:?}");
     let p0 = ours.iter().find(|l| l.partition == 0).expect("partition 0");
@@ -114,30 +119,10 @@ async fn a_group_with_offsets_in_an_open_transaction_is_measured_from_its_commit
     consumer
         .commit(&at(3), CommitMode::Sync)
         .expect("commit the group's offsets");
-    let holder: FutureProducer = kafka
-        .transactional_producer_config(&unique_group("holder"), Duration::from_secs(300))
-        .create()
-        .expect("holder");
-    let cut = Duration::from_secs(30);
-    holder.init_transactions(cut).expect("init");
-    holder.begin_transaction().expect("begin");
-    holder
-        .send_offsets_to_transaction(
-            &at(8),
-            &consumer.group_metadata().expect("group metadata"),
-            cut,
-        )
-        .expect("offsets into the open transaction");
+    let holder = hold_offset_open(&kafka, &group, &topic, 0, 8).expect("offset held open");
 
-    let settings = MonitorSettings {
-        groups: vec![group.clone()],
-        discover: false,
-        ..MonitorSettings::default()
-    };
-    let monitor = LagMonitor::new(&kafka, &settings).expect("monitor");
-    let lags = tokio::task::spawn_blocking(move || monitor.measure())
+    let lags = measure(&kafka, &group)
         .await
-        .expect("task")
         .expect("measured while the transaction is open");
     let ours: Vec<(i64, i64)> = lags
         .iter()
@@ -149,5 +134,7 @@ async fn a_group_with_offsets_in_an_open_transaction_is_measured_from_its_commit
         [(3, 10)],
         "from the committed offset, not the pending one"
     );
-    holder.abort_transaction(cut).expect("abort");
+    holder
+        .abort_transaction(Duration::from_secs(30))
+        .expect("abort");
 }
