@@ -405,12 +405,8 @@ pub fn hold_offset_open(
     let mut config = settings.admin_config();
     config.set("group.id", group);
     let member: BaseConsumer = config.create()?;
-    let group_metadata = member
-        .group_metadata()
-        .ok_or_else(|| TestkitError::Process {
-            program: "hold_offset_open".into(),
-            message: format!("no group metadata for `{group}`"),
-        })?;
+    // Set just above: a consumer with a `group.id` always has group metadata.
+    let group_metadata = member.group_metadata().expect("group metadata");
     let mut offsets = TopicPartitionList::new();
     offsets.add_partition_offset(topic, partition, Offset::Offset(offset))?;
     holder.send_offsets_to_transaction(&offsets, &group_metadata, Duration::from_secs(30))?;

@@ -25,7 +25,7 @@ use crate::tenant::HeldMetrics;
 
 mod statistics;
 
-pub use statistics::{consumer_lags, MeteredContext, PartitionLag};
+pub use statistics::{MeteredContext, PartitionLag};
 
 /// Metric family names, shared by the code that creates the series and the checks that look
 /// for them.

@@ -101,12 +101,6 @@ fn read(statistics_json: &[u8]) -> Result<ConsumerReport, serde_json::Error> {
     Ok(report)
 }
 
-/// The lag of every partition assigned to this consumer and fetching, from one librdkafka
-/// statistics JSON report (see [`read`] for what counts).
-pub fn consumer_lags(statistics_json: &[u8]) -> Result<Vec<PartitionLag>, serde_json::Error> {
-    read(statistics_json).map(|report| report.lags)
-}
-
 /// Since when an assigned partition has waited for its starting offset, and whether that was
 /// logged.
 #[derive(Debug)]
