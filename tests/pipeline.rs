@@ -230,6 +230,7 @@ impl Stages {
                     rated_topic: t.rated.clone(),
                     aggregates_topic: t.windows.clone(),
                     gl_mappings_topic: t.gl_mappings.clone(),
+                    legal_entities_topic: t.legal_entities.clone(),
                     by_customer_topic: t.by_customer.clone(),
                     routes: Routes {
                         billing: t.billing.clone(),

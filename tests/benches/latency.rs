@@ -267,6 +267,7 @@ async fn pipeline(bench: &Bench, workload: &Workload) -> Vec<(&'static str, Vec<
                     rated_topic: rated.clone(),
                     aggregates_topic: windows.clone(),
                     gl_mappings_topic: gl_mappings.clone(),
+                    legal_entities_topic: legal_entities.clone(),
                     by_customer_topic: t("usage.rated-by-customer"),
                     routes: Routes {
                         billing: billing.clone(),

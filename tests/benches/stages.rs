@@ -236,6 +236,7 @@ async fn main() {
             rated_topic: topic("usage.rated"),
             aggregates_topic: topic("usage.window-aggregates"),
             gl_mappings_topic: gl_mappings.clone(),
+            legal_entities_topic: topic("master.legal-entities"),
             by_customer_topic: topic("usage.rated-by-customer"),
             routes: Routes {
                 billing: topic("billing.charges"),

@@ -542,6 +542,11 @@ impl Deployment {
                 );
                 set(
                     &mut env,
+                    "BACKBONE__DRIFT__LEGAL_ENTITIES_TOPIC",
+                    t.name("master.legal-entities").to_owned(),
+                );
+                set(
+                    &mut env,
                     "BACKBONE__DRIFT__BILLING_URL",
                     self.sandbox_url.clone(),
                 );

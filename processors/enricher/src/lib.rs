@@ -32,20 +32,21 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use backbone_calendar::{now_ms, Zone};
+use backbone_calendar::now_ms;
 use backbone_core::app::{App, RegistryAccess};
 use backbone_core::config::{ConfigError, Validate};
 use backbone_core::dead_letter::DeadLetter;
 use backbone_core::{
     InputRecord, OutputRecord, Prefetch, ProcessError, Processor, State, StateSpec, Wake,
 };
+use backbone_master_data::{legal_entity_zone, undecodable};
 use backbone_rating::{card_for_period, rate_card_prefix, BillingPeriod, PeriodPlan};
 use backbone_schemas::types::{
-    AccountStatus, Contract, CustomerAccount, EnrichedUsage, EventMetadata, LegalEntity, RateCard,
-    Subscription, UsageEvent,
+    AccountStatus, Contract, CustomerAccount, EnrichedUsage, EventMetadata, RateCard, Subscription,
+    UsageEvent,
 };
 use backbone_schemas::wire::encode_framed;
-use backbone_schemas::{OutputContracts, WireCodec, WireError};
+use backbone_schemas::{OutputContracts, WireCodec};
 use serde::Deserialize;
 
 use crate::parking::{Parked, PARKED, PARKED_INDEX};
@@ -464,7 +465,7 @@ impl Enricher {
         let subscription: Arc<Subscription> = self
             .codec()
             .decode_shared(&subscription, Subscription::schema())
-            .map_err(|e| invalid_master_data("invalid_subscription", &key, e))?;
+            .map_err(|e| undecodable("invalid_subscription", &key, e))?;
         if subscription.customer_id != usage.customer_id {
             return Err(ProcessError::permanent(
                 "subscription_mismatch",
@@ -533,9 +534,6 @@ impl Enricher {
     }
 }
 
-/// Master data that does not decode is no fault of the usage, but the usage cannot be enriched
-/// with it: dead-lettered under the master data's own reason, naming the record, to be replayed
-/// once the record is fixed. An unreachable registry stays an outage.
 /// The billing period of `subscription` holding the instant `occurred_at` (µs): the one of its
 /// local day in the time zone of the subscription's legal entity.
 pub(crate) fn period_of(
@@ -556,32 +554,17 @@ pub(crate) fn period_of(
     .map_err(|e| {
         ProcessError::permanent("contract_violation", format!("subscription `{key}`: {e}"))
     })?;
-    let zone = zone_of(state, codec, subscription)?;
+    let zone = legal_entity_zone(
+        state,
+        LEGAL_ENTITIES,
+        codec,
+        &subscription.metadata.tenant_id,
+        &subscription.legal_entity_id,
+    )?;
     let day = zone
         .day_of(occurred_at)
         .map_err(|e| ProcessError::permanent("contract_violation", format!("occurred_at: {e}")))?;
     Ok(plan.period_of(day))
-}
-
-/// The time zone of `subscription`'s legal entity; UTC when the table does not hold it.
-fn zone_of(
-    state: &State<'_>,
-    codec: &WireCodec,
-    subscription: &Subscription,
-) -> Result<Zone, ProcessError> {
-    let key = format!(
-        "{}:{}",
-        subscription.metadata.tenant_id, subscription.legal_entity_id
-    );
-    let Some(value) = state.global(LEGAL_ENTITIES, key.as_bytes())? else {
-        return Ok(Zone::utc());
-    };
-    let entity: Arc<LegalEntity> = codec
-        .decode_shared(&value, LegalEntity::schema())
-        .map_err(|e| invalid_master_data("invalid_legal_entity", &key, e))?;
-    Zone::named(&entity.time_zone).map_err(|e| {
-        ProcessError::permanent("invalid_legal_entity", format!("legal entity `{key}`: {e}"))
-    })
 }
 
 /// Every version of `plan_id`'s rate card the table holds; one that does not decode stops the
@@ -599,20 +582,9 @@ pub(crate) fn rate_cards(
         .map(|(key, value)| {
             codec
                 .decode_shared(&value, RateCard::schema())
-                .map_err(|e| {
-                    invalid_master_data("invalid_rate_card", &String::from_utf8_lossy(&key), e)
-                })
+                .map_err(|e| undecodable("invalid_rate_card", &String::from_utf8_lossy(&key), e))
         })
         .collect()
-}
-
-pub(crate) fn invalid_master_data(reason: &'static str, key: &str, err: WireError) -> ProcessError {
-    match ProcessError::from(err) {
-        ProcessError::Permanent { detail, .. } => {
-            ProcessError::permanent(reason, format!("`{key}` does not decode: {detail}"))
-        }
-        outage => outage,
-    }
 }
 
 fn customer_key(usage: &UsageEvent) -> String {

@@ -6,13 +6,15 @@ use backbone_core::ProcessError;
 use backbone_schemas::types::{Amount, GlMapping, LedgerPosting, PostingLine, RatedUsage};
 
 use crate::envelope;
-use backbone_calendar::day_of_micros;
 
-/// The posting of `line` under `mapping`: receivable debited and revenue credited, the other
-/// way round for a negative amount. `None` for a line that moves no money.
+/// The posting of `line` under `mapping` on `posting_date`, the local day of the usage in its
+/// legal entity's time zone, whose month is the accounting period: receivable debited and
+/// revenue credited, the other way round for a negative amount. `None` for a line that moves
+/// no money.
 pub fn posting(
     line: &RatedUsage,
     mapping: &GlMapping,
+    posting_date: i32,
 ) -> Result<Option<LedgerPosting>, ProcessError> {
     let amount = line.delta_amount;
     if amount.unscaled() == 0 {
@@ -20,7 +22,6 @@ pub fn posting(
     }
     let size = Amount::from_unscaled(amount.unscaled().abs())
         .map_err(|e| ProcessError::permanent("contract_violation", e.to_string()))?;
-    let posting_date = day_of_micros(line.metadata.occurred_at);
     let (period_start, period_end) = month_bounds(posting_date);
     let (year, month, _) = civil_from_days(posting_date);
     let description = format!(
@@ -137,7 +138,7 @@ mod tests {
     #[test]
     fn a_posting_balances_and_a_negative_amount_reverses_the_sides() {
         let gl = mapping("d", "le-eu", None, 0, None);
-        let charge = posting(&line("sub-1", "12.500000", MIDNIGHT + 5, DAY), &gl)
+        let charge = posting(&line("sub-1", "12.500000", MIDNIGHT + 5, DAY), &gl, DAY)
             .expect("posting")
             .expect("a non-zero amount posts");
         let sides: Vec<(&str, String, String)> = charge
@@ -160,14 +161,14 @@ mod tests {
         );
         assert_eq!(charge.lines[0].customer_id.as_deref(), Some("cust-1"));
         assert_eq!((charge.posting_date, charge.period_start), (DAY, DAY - 26));
-        let credit = posting(&line("sub-1", "-3.000000", MIDNIGHT, DAY), &gl)
+        let credit = posting(&line("sub-1", "-3.000000", MIDNIGHT, DAY), &gl, DAY)
             .expect("posting")
             .expect("a negative amount posts");
         assert_eq!(credit.lines[0].credit.to_string(), "3.000000");
         assert_eq!(credit.lines[1].debit.to_string(), "3.000000");
         assert_eq!(credit.amount.to_string(), "-3.000000");
         assert_eq!(
-            posting(&line("sub-1", "0", MIDNIGHT, DAY), &gl).expect("posting"),
+            posting(&line("sub-1", "0", MIDNIGHT, DAY), &gl, DAY).expect("posting"),
             None
         );
     }

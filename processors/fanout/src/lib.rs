@@ -8,7 +8,8 @@
 //!   row per rated line (`fact-<rating_id>`) and per window (`aggregate_id`, its revision as the
 //!   source revision, so the newest figures win on upsert).
 //! - `RatedUsage` → `LedgerPosting` (ERP route): receivable against revenue for the line's legal
-//!   entity, accounts from the GL mapping master data (a global table); see [`ledger`].
+//!   entity, accounts from the GL mapping master data, dated by the event's day in the entity's
+//!   time zone (both global tables); see [`ledger`].
 //! - `RatedUsage` → `AccountHealthSnapshot` (CRM route): rated lines arrive keyed by
 //!   subscription, a customer's health needs all of its subscriptions, so each line is first
 //!   re-keyed by customer onto a repartition topic the fanout reads back; per customer, partition
@@ -30,6 +31,7 @@ use backbone_core::config::{ConfigError, Validate};
 use backbone_core::{
     IdempotencyKey, InputRecord, OutputRecord, Prefetch, ProcessError, Processor, State, StateSpec,
 };
+use backbone_master_data::{legal_entity_zone, undecodable};
 use backbone_schemas::types::{
     AccountHealthSnapshot, AnalyticsFact, BillingCharge, BillingChargeType, Contract,
     EventMetadata, FactType, GlMapping, LedgerPosting, RatedUsage, RatingKind,
@@ -46,6 +48,8 @@ use backbone_calendar::day_of_micros;
 const ACCOUNTS: &str = "accounts";
 /// Global table of the ERP route: GL mappings keyed `<tenant>:<mapping_id>`.
 const GL_MAPPINGS: &str = "gl_mappings";
+/// Global table of the ERP route: legal entities keyed `<tenant>:<legal entity>`.
+const LEGAL_ENTITIES: &str = "legal_entities";
 
 /// Destination topics; an empty name turns the route off.
 #[derive(Debug, Clone, Deserialize)]
@@ -88,6 +92,9 @@ pub struct FanoutSettings {
     pub aggregates_topic: String,
     /// GL mappings (compacted master data), read by the ERP route.
     pub gl_mappings_topic: String,
+    /// Legal entities (compacted master data), read by the ERP route: a posting is dated by the
+    /// event's day in its entity's time zone.
+    pub legal_entities_topic: String,
     /// Repartition topic of the CRM route: rated lines re-keyed by customer.
     pub by_customer_topic: String,
     /// Where each destination's records go (`[processor.routes]`).
@@ -103,6 +110,7 @@ impl Default for FanoutSettings {
             rated_topic: "usage.rated".to_owned(),
             aggregates_topic: "usage.window-aggregates".to_owned(),
             gl_mappings_topic: "master.gl-mappings".to_owned(),
+            legal_entities_topic: "master.legal-entities".to_owned(),
             by_customer_topic: "usage.rated-by-customer".to_owned(),
             routes: Routes::default(),
             dedup: true,
@@ -118,6 +126,7 @@ impl Validate for FanoutSettings {
         ];
         if !self.routes.erp.is_empty() {
             required.push(("gl_mappings_topic", &self.gl_mappings_topic));
+            required.push(("legal_entities_topic", &self.legal_entities_topic));
         }
         if !self.routes.crm.is_empty() {
             required.push(("by_customer_topic", &self.by_customer_topic));
@@ -206,7 +215,16 @@ impl Fanout {
         }
         if !routes.erp.is_empty() {
             let mappings = self.gl_mappings(tenant, state)?;
-            let day = day_of_micros(line.metadata.occurred_at);
+            let zone = legal_entity_zone(
+                state,
+                LEGAL_ENTITIES,
+                self.outputs.codec(),
+                tenant,
+                &line.legal_entity_id,
+            )?;
+            let day = zone.day_of(line.metadata.occurred_at).map_err(|e| {
+                ProcessError::permanent("contract_violation", format!("occurred_at: {e}"))
+            })?;
             let mapping =
                 GlMapping::select(&mappings, &line.legal_entity_id, &line.charge_id, day)
                     .ok_or_else(|| {
@@ -218,7 +236,7 @@ impl Fanout {
                             ),
                         )
                     })?;
-            if let Some(posting) = ledger::posting(line, mapping)? {
+            if let Some(posting) = ledger::posting(line, mapping, day)? {
                 let key = format!("{tenant}:{}", line.legal_entity_id);
                 outputs.push(self.output(&routes.erp, key, &posting)?);
             }
@@ -246,15 +264,11 @@ impl Fanout {
             .global_prefix(GL_MAPPINGS, format!("{tenant}:").as_bytes())?
             .iter()
             .map(|(key, value)| {
-                codec.decode_shared(value, GlMapping::schema()).map_err(
-                    |e| match ProcessError::from(e) {
-                        ProcessError::Permanent { detail, .. } => ProcessError::permanent(
-                            "invalid_gl_mapping",
-                            format!("GL mapping `{}`: {detail}", String::from_utf8_lossy(key)),
-                        ),
-                        other => other,
-                    },
-                )
+                codec
+                    .decode_shared(value, GlMapping::schema())
+                    .map_err(|e| {
+                        undecodable("invalid_gl_mapping", &String::from_utf8_lossy(key), e)
+                    })
             })
             .collect()
     }
@@ -349,7 +363,9 @@ impl Processor for Fanout {
             }
         }
         if !self.settings.routes.erp.is_empty() {
-            spec = spec.global(GL_MAPPINGS, &self.settings.gl_mappings_topic);
+            spec = spec
+                .global(GL_MAPPINGS, &self.settings.gl_mappings_topic)
+                .global(LEGAL_ENTITIES, &self.settings.legal_entities_topic);
         }
         spec
     }
@@ -613,6 +629,10 @@ pub(crate) mod tests {
             fanout.state().is_stateless(),
             "billing, analytics and ERP need no partition state"
         );
-        assert_eq!(fanout.state().globals().len(), 1);
+        assert_eq!(
+            fanout.state().globals().len(),
+            2,
+            "GL mappings and legal entities"
+        );
     }
 }

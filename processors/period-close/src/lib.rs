@@ -24,16 +24,15 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backbone_calendar::{now_micros, Zone};
+use backbone_calendar::now_micros;
 use backbone_core::app::{App, RegistryAccess};
 use backbone_core::config::{ConfigError, Validate};
 use backbone_core::{
     InputRecord, OutputRecord, Prefetch, ProcessError, Processor, State, StateSpec, Wake,
 };
+use backbone_master_data::legal_entity_zone;
 use backbone_rating::PeriodPlan;
-use backbone_schemas::types::{
-    BillingCharge, Contract, Invoice, InvoiceStatus, LegalEntity, Subscription,
-};
+use backbone_schemas::types::{BillingCharge, Contract, Invoice, InvoiceStatus, Subscription};
 use backbone_schemas::wire::encode_framed;
 use backbone_schemas::{OutputContracts, WireCodec};
 use serde::{Deserialize, Serialize};
@@ -207,17 +206,6 @@ impl PeriodClose {
         Ok(self.codec().decode_shared(&value, Subscription::schema())?)
     }
 
-    fn zone(&self, state: &State<'_>, tenant: &str, entity: &str) -> Result<Zone, ProcessError> {
-        let key = format!("{tenant}:{entity}");
-        let Some(value) = state.global(LEGAL_ENTITIES, key.as_bytes())? else {
-            return Ok(Zone::utc());
-        };
-        let entity: Arc<LegalEntity> = self.codec().decode_shared(&value, LegalEntity::schema())?;
-        Zone::named(&entity.time_zone).map_err(|e| {
-            ProcessError::permanent("invalid_legal_entity", format!("legal entity `{key}`: {e}"))
-        })
-    }
-
     /// Books a charge in its period, or in the next open one when its period is closed.
     fn charge(
         &self,
@@ -232,23 +220,23 @@ impl PeriodClose {
             let key = period_key(&tenant, &charge.subscription_id, period.0);
             // Master data is read only for a period seen the first time, or to find the next
             // one: most charges land in a book that is open already.
-            let (mut book, opened_ending) =
-                match state.get_json::<PeriodBook>(PERIODS, key.as_bytes())? {
-                    Some(book) => (book, None),
-                    None => {
-                        let subscription =
-                            self.subscription(state, &tenant, &charge.subscription_id)?;
-                        let entity = &subscription.legal_entity_id;
-                        let end = self
-                            .zone(state, &tenant, entity)?
-                            .start_of(period.1)
-                            .map_err(|e| {
-                                ProcessError::permanent("contract_violation", e.to_string())
-                            })?;
-                        let book = PeriodBook::open(&tenant, &charge, entity, period.0, period.1);
-                        (book, Some(end))
-                    }
-                };
+            let (mut book, opened_ending) = match state
+                .get_json::<PeriodBook>(PERIODS, key.as_bytes())?
+            {
+                Some(book) => (book, None),
+                None => {
+                    let subscription =
+                        self.subscription(state, &tenant, &charge.subscription_id)?;
+                    let entity = &subscription.legal_entity_id;
+                    let zone =
+                        legal_entity_zone(state, LEGAL_ENTITIES, self.codec(), &tenant, entity)?;
+                    let end = zone.start_of(period.1).map_err(|e| {
+                        ProcessError::permanent("contract_violation", e.to_string())
+                    })?;
+                    let book = PeriodBook::open(&tenant, &charge, entity, period.0, period.1);
+                    (book, Some(end))
+                }
+            };
             if book.closed {
                 if book.has_booked(&charge) {
                     return Ok(Vec::new());

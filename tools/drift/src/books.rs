@@ -4,7 +4,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use backbone_schemas::types::{CustomerAccount, EnrichedUsage, GlMapping, RatedUsage};
+use backbone_calendar::Zone;
+use backbone_schemas::types::{CustomerAccount, EnrichedUsage, GlMapping, LegalEntity, RatedUsage};
 
 /// The four comparisons.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -163,7 +164,8 @@ pub struct HeldJournalLine {
 struct RatedMoney {
     tenant: String,
     billing_period: String,
-    accounting_period: String,
+    /// The usage's instant (µs): its day in the legal entity's time zone dates the posting.
+    occurred_at: i64,
     legal_entity: String,
     currency: String,
     amount: i128,
@@ -186,6 +188,8 @@ pub struct Books {
     accounts: BTreeSet<String>,
     /// Receivable GL accounts per `<tenant>:<legal entity>`.
     receivables: BTreeMap<String, BTreeSet<String>>,
+    /// Time zone names per `<tenant>:<legal entity>`, as master data says now.
+    time_zones: HashMap<String, String>,
 }
 
 fn month(days: i32) -> String {
@@ -222,13 +226,12 @@ impl Books {
             .extend(line.source_event_ids.iter().cloned());
         self.rated_customers
             .insert(format!("{tenant}:{}", line.customer_id));
-        let posting_day = backbone_calendar::day_of_micros(line.metadata.occurred_at);
         self.rated.insert(
             line.rating_id.clone(),
             RatedMoney {
                 tenant,
                 billing_period: month(line.period_start),
-                accounting_period: month(posting_day),
+                occurred_at: line.metadata.occurred_at,
                 legal_entity: line.legal_entity_id.clone(),
                 currency: line.currency.clone(),
                 amount: line.delta_amount.unscaled(),
@@ -247,6 +250,37 @@ impl Books {
                 self.accounts.remove(key);
             }
         }
+    }
+
+    /// A legal entity from master data; `None` is a tombstone for `key`.
+    pub fn legal_entity(&mut self, key: &str, entity: Option<&LegalEntity>) {
+        match entity {
+            Some(e) => {
+                let key = format!("{}:{}", e.metadata.tenant_id, e.legal_entity_id);
+                self.time_zones.insert(key, e.time_zone.clone());
+            }
+            None => {
+                self.time_zones.remove(key);
+            }
+        }
+    }
+
+    /// The accounting month of `money`, as the fanout dates its posting: the month of the
+    /// usage's local day in its legal entity's time zone; UTC for an entity master data does
+    /// not hold, and for one whose zone is no IANA zone (the fanout posts nothing for it, so
+    /// its money shows as missing from the ERP in the UTC month).
+    fn accounting_period(&self, money: &RatedMoney, zones: &mut HashMap<String, Zone>) -> String {
+        let key = format!("{}:{}", money.tenant, money.legal_entity);
+        let zone = zones.entry(key).or_insert_with_key(|key| {
+            self.time_zones
+                .get(key)
+                .and_then(|name| Zone::named(name).ok())
+                .unwrap_or_else(Zone::utc)
+        });
+        let day = zone
+            .day_of(money.occurred_at)
+            .unwrap_or_else(|_| backbone_calendar::day_of_micros(money.occurred_at));
+        month(day)
     }
 
     /// A GL mapping: its receivable account counts as receivables for its entity.
@@ -281,6 +315,7 @@ impl Books {
             add(key.clone(), *quantity, rated);
         }
 
+        let mut zones = HashMap::new();
         for money in self.rated.values() {
             add(
                 DriftKey {
@@ -297,7 +332,7 @@ impl Books {
                 DriftKey {
                     check: Check::RatedVsErp,
                     tenant: money.tenant.clone(),
-                    period: money.accounting_period.clone(),
+                    period: self.accounting_period(money, &mut zones),
                     legal_entity: money.legal_entity.clone(),
                     currency: money.currency.clone(),
                 },
@@ -495,6 +530,62 @@ mod tests {
         let erp = only(&erp, Check::RatedVsErp);
         assert_eq!(erp.len(), 1);
         assert_eq!(erp[0].difference(), 0);
+    }
+
+    #[test]
+    fn the_erp_side_is_expected_in_the_month_of_the_local_day_of_the_legal_entity() {
+        // 2025-11-30 23:30 UTC: 2025-12-01 00:30 in Berlin.
+        let mut late = line("r-1", "4");
+        late.metadata.occurred_at = 20_422 * backbone_calendar::DAY_MICROS + 84_600_000_000;
+        let mut books = Books::default();
+        books.rated(&late);
+        books
+            .receivables
+            .insert("acme:le-eu".into(), BTreeSet::from(["1210".to_owned()]));
+        let held = Holdings {
+            journal_lines: vec![HeldJournalLine {
+                tenant: "acme".into(),
+                legal_entity: "le-eu".into(),
+                period: "2025-12".into(),
+                gl_account: "1210".into(),
+                currency: "EUR".into(),
+                net: 4_000_000,
+            }],
+            ..Holdings::default()
+        };
+        let by_period = |books: &Books| -> Vec<(String, i128)> {
+            only(&books.reconcile(&held), Check::RatedVsErp)
+                .iter()
+                .map(|l| (l.key.period.clone(), l.difference()))
+                .collect()
+        };
+        // No record of the entity: its days are UTC days, and the posting is a month off.
+        assert_eq!(
+            by_period(&books),
+            [
+                ("2025-11".to_owned(), -4_000_000),
+                ("2025-12".to_owned(), 4_000_000)
+            ]
+        );
+        let entity = LegalEntity {
+            metadata: late.metadata.clone(),
+            legal_entity_id: "le-eu".into(),
+            name: "Acme GmbH".into(),
+            country_code: "DE".into(),
+            functional_currency: "EUR".into(),
+            time_zone: "Europe/Berlin".into(),
+            fiscal_year_start_month: 1,
+            tax_id: None,
+            registered_address: None,
+        };
+        books.legal_entity("acme:le-eu", Some(&entity));
+        assert_eq!(by_period(&books), [("2025-12".to_owned(), 0)]);
+        books.legal_entity("acme:le-eu", None);
+        assert_eq!(
+            by_period(&books).len(),
+            2,
+            "the tombstone makes it UTC again"
+        );
     }
 
     #[test]

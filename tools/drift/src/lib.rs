@@ -3,7 +3,7 @@
 //! does not.
 //!
 //! One side comes from the backbone's topics (usage the rater accepted and dead-lettered, rated
-//! lines, customer accounts, GL mappings), the other from the systems' read APIs (the billing
+//! lines, customer accounts, GL mappings, legal entities), the other from the systems' read APIs (the billing
 //! system's charges, the ERP's journals, the CRM's accounts); see [`books`] for the checks.
 //! `drift report` prints one reconciliation as a table; `drift serve` keeps following the
 //! topics and exports the differences as gauges for Prometheus.
@@ -19,7 +19,9 @@ use std::time::Duration;
 
 use backbone_core::config::{ConfigError, Validate};
 use backbone_core::KafkaSettings;
-use backbone_schemas::types::{Contract, CustomerAccount, EnrichedUsage, GlMapping, RatedUsage};
+use backbone_schemas::types::{
+    Contract, CustomerAccount, EnrichedUsage, GlMapping, LegalEntity, RatedUsage,
+};
 use backbone_schemas::WireCodec;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::Message;
@@ -64,6 +66,8 @@ pub struct DriftSettings {
     pub accounts_topic: String,
     /// GL mappings (master data): which accounts are receivables.
     pub gl_mappings_topic: String,
+    /// Legal entities (master data): their time zones date the ERP's postings.
+    pub legal_entities_topic: String,
     /// The billing system's API.
     pub billing_url: String,
     /// The CRM's API.
@@ -89,6 +93,7 @@ impl Default for DriftSettings {
             rated_topic: "usage.rated".to_owned(),
             accounts_topic: "master.customer-accounts".to_owned(),
             gl_mappings_topic: "master.gl-mappings".to_owned(),
+            legal_entities_topic: "master.legal-entities".to_owned(),
             billing_url: "http://127.0.0.1:8090".to_owned(),
             crm_url: "http://127.0.0.1:8090".to_owned(),
             erp_url: "http://127.0.0.1:8090".to_owned(),
@@ -134,13 +139,14 @@ impl DriftSettings {
         )
     }
 
-    fn topics(&self) -> [&str; 5] {
+    fn topics(&self) -> [&str; 6] {
         [
             &self.enriched_topic,
             &self.enriched_dlq_topic,
             &self.rated_topic,
             &self.accounts_topic,
             &self.gl_mappings_topic,
+            &self.legal_entities_topic,
         ]
     }
 }
@@ -290,6 +296,8 @@ impl TopicReader {
         let Some(value) = message.payload() else {
             if topic == self.settings.accounts_topic {
                 books.account(&key, None);
+            } else if topic == self.settings.legal_entities_topic {
+                books.legal_entity(&key, None);
             }
             return Ok(read);
         };
@@ -330,6 +338,13 @@ impl TopicReader {
                 .await
                 .map_err(|e| decode_error(e.to_string()))?;
             books.gl_mapping(&mapping);
+        } else if topic == s.legal_entities_topic {
+            let entity: LegalEntity = self
+                .codec
+                .decode_as(value, LegalEntity::schema())
+                .await
+                .map_err(|e| decode_error(e.to_string()))?;
+            books.legal_entity(&key, Some(&entity));
         }
         Ok(read)
     }
