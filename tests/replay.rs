@@ -1335,6 +1335,7 @@ async fn rejected_charges_replayed_after_the_fix_are_billed_exactly_once_even_wh
             let own = BillingSettings {
                 topic: input,
                 concurrency: 4,
+                ..BillingSettings::default()
             };
             RunningSink::start(BillingSink::new(own, api), settings)
         }

@@ -86,6 +86,7 @@ async fn billing_sink(topic: &str, destination: &DestinationSettings) -> Billing
     let settings = BillingSettings {
         topic: topic.to_owned(),
         concurrency: 8,
+        ..BillingSettings::default()
     };
     BillingSink::new(
         settings,
@@ -536,6 +537,63 @@ async fn a_lost_ledger_and_expired_keys_bill_nothing_twice() {
         (both.get("Delivered"), both.get("AlreadyDelivered")),
         (Some(&charges.len()), Some(&charges.len())),
         "{both:?}"
+    );
+}
+
+#[tokio::test]
+async fn only_a_charge_older_than_the_api_may_remember_its_key_is_looked_up_first() {
+    // The billing API keeps keys for its default day; the sink looks up charges whose usage is
+    // older than twelve hours. Half the charges occurred a minute ago, half months ago.
+    let sandbox = Sandbox::start(SandboxConfig::default()).await;
+    let topics = SinkTopics::create("billing-lookup-after", 2).await;
+    let codec = WireCodec::new(registry_url());
+    let mut charges: Vec<BillingCharge> = (0..20).map(|i| charge(i, "EUR")).collect();
+    let a_minute_ago = backbone_calendar::now_micros() - 60_000_000;
+    for young in &mut charges[..10] {
+        young.metadata.occurred_at = a_minute_ago;
+    }
+    publish_charges(&codec, &topics.input, &charges).await;
+
+    let sink = RunningSink::start(
+        billing_sink(&topics.input, &sandbox.destination()).await,
+        topics.settings(),
+    );
+    results(&codec, &topics.results, charges.len()).await;
+    sink.stop().await;
+    // The ledger is lost and the topic replayed by a new group: every charge comes again.
+    std::fs::remove_dir_all(&topics.ledger_dir).expect("delete the ledger");
+    let settings = SinkSettings {
+        group_id: Some(unique_group("billing-lookup-after-replay")),
+        ..topics.settings()
+    };
+    let sink = RunningSink::start(
+        billing_sink(&topics.input, &sandbox.destination()).await,
+        settings,
+    );
+    let both = results(&codec, &topics.results, 2 * charges.len()).await;
+    sink.stop().await;
+
+    assert_eq!(charges_by_identity(&sandbox).await.len(), charges.len());
+    assert_eq!(
+        sandbox.applied("billing").await,
+        20,
+        "no charge created twice"
+    );
+    // The first run posted all 20 (the old ones after a lookup found nothing). On the replay
+    // the old ones were found by their lookup and not posted; the young ones were posted
+    // again, straight away, and answered from their keys.
+    let stats = sandbox.client.stats().await.expect("stats");
+    assert_eq!(stats["billing"]["201"], 30, "{stats}");
+    let counted = outcomes(&both);
+    assert_eq!(
+        (counted.get("Delivered"), counted.get("AlreadyDelivered")),
+        (Some(&charges.len()), Some(&charges.len())),
+        "{counted:?}"
+    );
+    assert_eq!(
+        backbone_testkit::end_offsets_total(&shared_settings(), &topics.results).expect("end"),
+        2 * i64::try_from(charges.len()).expect("count"),
+        "one result per charge and run"
     );
 }
 

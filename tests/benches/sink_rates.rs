@@ -2,8 +2,10 @@
 //! `AnalyticsFact`s into PostgreSQL, the billing sink creating charges and the CRM sink
 //! upserting account snapshots in the sandbox (in-process, its default latency and the CRM's
 //! rate limit), each with the baseline of the same run: the sink runtime's own pass-through
-//! (the same sink's `accept`, every delivery confirmed without calling out). Then the billing
-//! sink again while the API throttles, fails and loses answers, against its rate without.
+//! (the same sink's `accept`, every delivery confirmed without calling out). The billing sink's
+//! charges are months old, so each is looked up before it is posted; then it runs again on live
+//! usage (posted without a lookup), and while the API throttles, fails and loses answers, each
+//! against its rate on the old charges.
 //!
 //! Rate: from the broker timestamps of the delivery results, between the 10 % and the 90 %
 //! marks, so consumer-group joins and the last linger do not count.
@@ -222,6 +224,23 @@ async fn main() {
     .await;
     let billed = rate(billing(&topics.input).await, &topics, records, batch).await;
     report("billing", records, batch, baseline, billed);
+
+    // The same sink on live usage: a charge whose usage occurred within `sink.lookup_after` is
+    // posted without the lookup (the charges above are months old, so each is looked up
+    // first); baseline: the rate just measured.
+    let now = backbone_calendar::now_micros();
+    let (topics, _) = filled("bench-billing-live", &codec, records, |i| {
+        let mut charge = charge(2 * records + i);
+        charge.metadata.occurred_at = now;
+        (format!("bench:{}", charge.subscription_id), charge)
+    })
+    .await;
+    let live = rate(billing(&topics.input).await, &topics, records, batch).await;
+    println!(
+        "sinks/billing on live usage, posted without a lookup: {records} records, {live:.0}/s, \
+         ratio to old usage looked up first {:.2}",
+        live / billed
+    );
 
     // The same sink while the billing API throttles, fails and loses answers, as in the chaos
     // run's background; baseline: the rate without faults just measured.

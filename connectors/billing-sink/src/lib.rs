@@ -3,10 +3,17 @@
 //! charge's `rating_id`. A retried request after a lost answer, or a replay of the topic, is
 //! answered with the first response and counted as already delivered; a key reused with a
 //! different body is a rejection an operator must look at.
+//!
+//! Billing APIs forget idempotency keys after a while (a day is common), so a charge that may
+//! have been posted longer ago than that is first looked up by its business identity: the
+//! check-then-create pattern. A charge is never posted before its usage occurred, so one whose
+//! usage is younger than `sink.lookup_after` can only have been posted within that time, and
+//! its key alone is enough: it costs one call instead of two.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
-use backbone_calendar::format_date;
+use backbone_calendar::{format_date, now_micros};
 use backbone_core::config::{ConfigError, Validate};
 use backbone_core::InputRecord;
 use backbone_schemas::types::{BillingCharge, Destination};
@@ -25,10 +32,18 @@ use serde::{Deserialize, Serialize};
 pub struct BillingSettings {
     /// Topic of `BillingCharge`s.
     pub topic: String,
-    /// Requests in flight at once within a batch. Each charge is two calls (lookup, post), so
-    /// the rate is about `concurrency / (2 × round trip)`: 8 held the sink to about 1,000
-    /// charges/s when a call took 4 ms (docs/BENCHMARKS.md, "Soak (2026-12-06)").
+    /// Requests in flight at once within a batch. A charge is one call, or two when it is
+    /// looked up first, so the rate is about `concurrency / (calls × round trip)`: 8 held the
+    /// sink to about 1,000 charges/s at two calls of 4 ms (docs/BENCHMARKS.md, "Soak
+    /// (2026-12-06)").
     pub concurrency: usize,
+    /// A charge whose usage occurred longer ago than this is looked up by its business identity
+    /// before it is posted, since the billing API may have forgotten the idempotency key of an
+    /// earlier post. Keep it below the API's key retention, with room for clock skew between
+    /// the usage's producers and the API: half of it is a safe choice. `0s` looks up every
+    /// charge.
+    #[serde(with = "humantime_serde")]
+    pub lookup_after: Duration,
 }
 
 impl Default for BillingSettings {
@@ -36,6 +51,8 @@ impl Default for BillingSettings {
         Self {
             topic: "billing.charges".to_owned(),
             concurrency: 32,
+            // Half of the 24 hours many billing and payment APIs keep a key for.
+            lookup_after: Duration::from_secs(12 * 3600),
         }
     }
 }
@@ -84,6 +101,16 @@ pub struct ChargeRequest {
     pub metadata: BTreeMap<String, String>,
 }
 
+/// A charge on its way: the request, and when its usage occurred (µs), which decides whether it
+/// is looked up first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Charge {
+    /// The body to post.
+    pub request: ChargeRequest,
+    /// The charge's `occurred_at`: its usage's.
+    pub occurred_at: i64,
+}
+
 impl ChargeRequest {
     /// The request for `charge`.
     pub fn from_charge(charge: &BillingCharge) -> Self {
@@ -126,12 +153,10 @@ impl BillingSink {
 
     /// The charge the billing system already holds for this delivery's business identity, as
     /// an outcome; `None` when it holds none.
-    async fn find(
-        &self,
-        delivery: &Delivery<ChargeRequest>,
-    ) -> Result<Option<Outcome>, DeliveryError> {
+    async fn find(&self, delivery: &Delivery<Charge>) -> Result<Option<Outcome>, DeliveryError> {
         let query: Vec<(String, &str)> = delivery
             .payload
+            .request
             .metadata
             .iter()
             .map(|(key, value)| (format!("metadata[{key}]"), value.as_str()))
@@ -147,19 +172,28 @@ impl BillingSink {
         }))
     }
 
-    async fn post(&self, delivery: &Delivery<ChargeRequest>) -> Result<Outcome, DeliveryError> {
+    /// Whether the billing API may have forgotten the key of an earlier post of `charge`.
+    fn may_be_forgotten(&self, charge: &Charge) -> bool {
+        // A usage dated ahead of this clock is as young as one that occurred now.
+        let age = now_micros().saturating_sub(charge.occurred_at);
+        u128::try_from(age).is_ok_and(|age| age >= self.settings.lookup_after.as_micros())
+    }
+
+    async fn post(&self, delivery: &Delivery<Charge>) -> Result<Outcome, DeliveryError> {
         // Asked first, by business identity: a charge created before this sink's ledger was
         // lost, or by another instance before the partition moved, is found even after the
         // billing system forgot the idempotency key that created it.
-        if let Some(found) = self.find(delivery).await? {
-            return Ok(found);
+        if self.may_be_forgotten(&delivery.payload) {
+            if let Some(found) = self.find(delivery).await? {
+                return Ok(found);
+            }
         }
         let answer = match self
             .api
             .send(
                 "/billing/v1/charges",
                 &[("Idempotency-Key", &delivery.key)],
-                &delivery.payload,
+                &delivery.payload.request,
             )
             .await?
         {
@@ -180,7 +214,7 @@ impl BillingSink {
 }
 
 impl Sink for BillingSink {
-    type Payload = ChargeRequest;
+    type Payload = Charge;
 
     fn name(&self) -> &str {
         Self::NAME
@@ -198,7 +232,7 @@ impl Sink for BillingSink {
         &mut self,
         record: &InputRecord<'_>,
         context: &SinkContext<'_>,
-    ) -> Result<Accepted<ChargeRequest>, Rejection> {
+    ) -> Result<Accepted<Charge>, Rejection> {
         let charge: BillingCharge = decode(record, context.codec)?;
         require_key(record, "rating_id", &charge.rating_id)?;
         let money = Money {
@@ -208,15 +242,15 @@ impl Sink for BillingSink {
         Ok(Accepted::one(
             charge.rating_id.clone(),
             charge.metadata.tenant_id.clone(),
-            ChargeRequest::from_charge(&charge),
+            Charge {
+                request: ChargeRequest::from_charge(&charge),
+                occurred_at: charge.metadata.occurred_at,
+            },
             Some(money),
         ))
     }
 
-    async fn deliver(
-        &self,
-        batch: &[&Delivery<ChargeRequest>],
-    ) -> Result<Vec<Outcome>, DeliveryError> {
+    async fn deliver(&self, batch: &[&Delivery<Charge>]) -> Result<Vec<Outcome>, DeliveryError> {
         one_request_each(batch, self.settings.concurrency, |d| self.post(d)).await
     }
 }
