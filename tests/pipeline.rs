@@ -26,9 +26,9 @@ use backbone_schemas::types::{
 };
 use backbone_schemas::WireCodec;
 use backbone_testkit::{
-    await_committed, consume_until, consume_while, create_topic, end_offsets_total, produce,
-    reference_price, shared_settings, unique_group, unique_topic, ConsumedRecord, RunningProcessor,
-    SaslMechanism, SecuredBroker, TestRecord,
+    await_committed, consume_all, consume_until, consume_while, create_topic, end_offsets_total,
+    produce, reference_price, shared_settings, unique_group, unique_topic, ConsumedRecord,
+    RunningProcessor, SaslMechanism, SecuredBroker, TestRecord,
 };
 use backbone_usage_rater::{RaterSettings, UsageRater};
 use backbone_usage_validator::{UsageValidator, ValidatorSettings};
@@ -189,6 +189,7 @@ struct Stages {
     enricher: RunningProcessor,
     rater: RunningProcessor,
     fanout: RunningProcessor,
+    fanout_group: String,
 }
 
 impl Stages {
@@ -224,6 +225,8 @@ impl Stages {
             kafka,
             runtime("usage-rater"),
         );
+        let fanout_runtime = runtime("fanout");
+        let fanout_group = fanout_runtime.group_id.clone().expect("group");
         let fanout = RunningProcessor::start(
             Fanout::new(
                 FanoutSettings {
@@ -243,12 +246,24 @@ impl Stages {
                 codec.clone(),
             ),
             kafka,
-            runtime("fanout"),
+            fanout_runtime,
         );
         Stages {
             enricher,
             rater,
             fanout,
+            fanout_group,
+        }
+    }
+
+    /// Waits until the fanout has committed every input up to the end, so that everything it
+    /// writes once per batch (snapshots, facts) is on its topics: a batch's inputs commit only
+    /// once its outputs are acknowledged. Rated lines first: the fanout's repartition topic is
+    /// complete once they are.
+    async fn fanout_caught_up(&self, kafka: &KafkaSettings, t: &Topics) {
+        for topic in [&t.rated, &t.windows, &t.by_customer] {
+            let end = end_offsets_total(kafka, topic).expect("end offsets");
+            await_committed(kafka, &self.fanout_group, topic, end, DEADLINE).await;
         }
     }
 
@@ -322,21 +337,19 @@ async fn ledger(
     net
 }
 
-/// Reads `count` CRM snapshots, checks their ids are distinct, and keeps the latest per
+/// Reads every CRM snapshot, checks their ids are distinct, and keeps the latest per
 /// customer: its current and previous period amounts together.
 async fn latest_spend(
     kafka: &KafkaSettings,
     codec: &WireCodec,
     topic: &str,
-    count: usize,
 ) -> BTreeMap<String, i128> {
-    let records = consume_until(kafka, topic, count, DEADLINE)
+    let records = consume_all(kafka, topic, DEADLINE)
         .await
         .expect("CRM snapshots");
     let snapshots: Vec<AccountHealthSnapshot> = decode_all(codec, &records).await;
-    assert_eq!(snapshots.len(), count, "one snapshot per rated line");
     let ids: BTreeSet<&str> = snapshots.iter().map(|s| s.snapshot_id.as_str()).collect();
-    assert_eq!(ids.len(), count, "snapshot ids repeat");
+    assert_eq!(ids.len(), snapshots.len(), "snapshot ids repeat");
     let mut latest: BTreeMap<String, &AccountHealthSnapshot> = BTreeMap::new();
     for snapshot in &snapshots {
         let entry = latest
@@ -505,8 +518,8 @@ async fn every_charge_once_and_totals_equal_the_price_of_the_usage() {
     let billing = consume_until(&kafka, &t.billing, distinct_events, DEADLINE)
         .await
         .expect("billing charges");
-    // One fact per rated line and one per window revision: both are one per distinct event.
-    let analytics = consume_until(&kafka, &t.analytics, 2 * distinct_events, DEADLINE)
+    stages.fanout_caught_up(&kafka, &t).await;
+    let analytics = consume_all(&kafka, &t.analytics, DEADLINE)
         .await
         .expect("analytics facts");
     let charges: Vec<BillingCharge> = decode_all(&codec, &billing).await;
@@ -517,7 +530,7 @@ async fn every_charge_once_and_totals_equal_the_price_of_the_usage() {
         "one charge per distinct event"
     );
     let net = ledger(&kafka, &codec, &t.erp, &charges).await;
-    let spend = latest_spend(&kafka, &codec, &t.crm, distinct_events).await;
+    let spend = latest_spend(&kafka, &codec, &t.crm).await;
     stages.stop().await;
     assert_eq!(
         net,
@@ -545,7 +558,10 @@ async fn every_charge_once_and_totals_equal_the_price_of_the_usage() {
             "{subscription}: charges add up to the price of {total} calls"
         );
     }
-    let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
+    // One fact per rated line; a window's facts are its revisions (the fanout writes only the
+    // newest of a batch), and the newest of each adds up to the usage.
+    let mut rated = BTreeSet::new();
+    let mut windows: BTreeMap<String, (i64, i128)> = BTreeMap::new();
     for record in &analytics {
         let fact: AnalyticsFact = codec
             .decode_as(
@@ -554,15 +570,25 @@ async fn every_charge_once_and_totals_equal_the_price_of_the_usage() {
             )
             .await
             .expect("decode fact");
-        let kind = match fact.fact_type {
-            FactType::RatedUsage => "rated",
-            FactType::UsageWindow => "window",
-            _ => "other",
-        };
-        *kinds.entry(kind.to_owned()).or_default() += 1;
+        let quantity = fact.quantity.map_or(0, |q| q.unscaled());
+        match fact.fact_type {
+            FactType::RatedUsage => assert!(rated.insert(fact.fact_id), "a rated fact twice"),
+            FactType::UsageWindow => {
+                let newest = windows.entry(fact.fact_id).or_default();
+                if fact.source_revision > newest.0 {
+                    *newest = (fact.source_revision, quantity);
+                }
+            }
+            other => panic!("a fact of type {other:?}"),
+        }
     }
-    assert_eq!(kinds.get("rated"), Some(&distinct_events));
-    assert_eq!(kinds.get("window"), Some(&distinct_events));
+    assert_eq!(rated.len(), distinct_events);
+    let usage: i128 = totals.values().map(|t| i128::from(*t)).sum();
+    assert_eq!(
+        windows.values().map(|(_, q)| q).sum::<i128>(),
+        usage * 1_000_000_000,
+        "the windows' newest figures add up to the usage"
+    );
 }
 
 /// Dead-letter reasons on `topic` once at least `count` letters arrived.
@@ -704,7 +730,8 @@ async fn loadgen_expectations_hold(kafka: KafkaSettings) {
     let charges: Vec<BillingCharge> = decode_all(&codec, &billing).await;
     let billed = billed_per_subscription(&charges);
     let net = ledger(&kafka, &codec, &t.erp, &charges).await;
-    let spend = latest_spend(&kafka, &codec, &t.crm, expected.billed_events).await;
+    stages.fanout_caught_up(&kafka, &t).await;
+    let spend = latest_spend(&kafka, &codec, &t.crm).await;
     let validated = validator.stop(DEADLINE).await;
     stages.stop().await;
     assert_eq!(validated.duplicates as usize, expected.duplicates);

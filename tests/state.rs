@@ -380,6 +380,82 @@ async fn a_backlog_writes_each_running_total_once_per_batch_and_restores_from_it
     assert_eq!(last_counts(&outputs), want, "totals after the restore");
 }
 
+/// The tally, its running totals declared a table topic: readers need only each account's last.
+struct TableTally(Tally);
+
+impl Processor for TableTally {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+
+    fn input_topics(&self) -> Vec<String> {
+        self.0.input_topics()
+    }
+
+    fn output_topics(&self) -> Vec<String> {
+        self.0.output_topics()
+    }
+
+    fn table_topics(&self) -> Vec<String> {
+        self.0.output_topics()
+    }
+
+    fn state(&self) -> StateSpec {
+        self.0.state()
+    }
+
+    fn process(
+        &mut self,
+        record: &InputRecord<'_>,
+        state: &mut State<'_>,
+    ) -> Result<Vec<OutputRecord>, ProcessError> {
+        self.0.process(record, state)
+    }
+}
+
+#[tokio::test]
+async fn a_backlog_writes_each_key_of_a_table_topic_once_per_batch_at_its_newest() {
+    let kafka = shared_settings();
+    let (tally, group) = plain_tally(&kafka, 1).await;
+    let (accounts, events) = (3, 3_000);
+    let backlog: Vec<TestRecord> = (0..events)
+        .map(|n| TestRecord::new(format!("acct-{}", n % accounts), format!("e{n}")))
+        .collect();
+    produce(&kafka, &tally.input, &backlog)
+        .await
+        .expect("backlog");
+    let output = tally.output.clone();
+    let mut processor = RunningProcessor::start(
+        TableTally(tally.clone()),
+        &kafka,
+        settings(&group, instance_dir(&group, "only"), 1),
+    );
+    processor
+        .during(await_committed(
+            &kafka,
+            &group,
+            &tally.input,
+            events as i64,
+            DEADLINE,
+        ))
+        .await;
+    processor.stop(DEADLINE).await;
+    let outputs = everything_on(&kafka, &output).await;
+    assert!(
+        outputs.len() <= events / 2,
+        "a batch writes each account once: {} outputs for {events} inputs",
+        outputs.len()
+    );
+    let want: BTreeMap<String, u64> = (0..accounts)
+        .map(|n| (format!("acct-{n}"), (events / accounts) as u64))
+        .collect();
+    assert_eq!(
+        last_counts(&outputs),
+        want,
+        "each account's last is its total"
+    );
+}
+
 /// Looks each input's key up in a global table of reference data and emits the value found;
 /// an unknown key is dead-lettered.
 struct Lookup {

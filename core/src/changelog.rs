@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 use backbone_state::PartitionState;
 
 use crate::kafka::is_connection_lost;
+use crate::processor::OutputRecord;
 use crate::runner::RuntimeError;
 use crate::state::StateFailure;
 
@@ -54,19 +55,36 @@ pub(crate) struct ChangelogWrite {
     pub(crate) ends_input: bool,
 }
 
-/// What the inputs waiting on a flush hear: acknowledged, or why not.
-type Flushed = oneshot::Sender<Result<(), RuntimeError>>;
+/// What an input waiting on a flush hears.
+#[derive(Debug)]
+pub(crate) enum Heard {
+    /// The batch holding its writes was acknowledged (or dropped with its partition).
+    Done,
+    /// It is the last input of the batch gathered while the one before was on its way: it
+    /// produces it ([`Ownership::take_flush`](crate::state::Ownership::take_flush)).
+    FlushNow,
+}
+
+/// What the inputs waiting on a flush hear, or why it failed.
+type Flushed = oneshot::Sender<Result<Heard, RuntimeError>>;
 
 /// The writes of a partition's consecutive inputs (effectively-once) not yet produced: each
-/// key once, at its newest value, since the batch is restored whole or not at all. An input
-/// joins at its turn (consumption order) and waits while more of the partition's inputs are
-/// in flight behind it; the last of them flushes for all.
+/// key once, at its newest value, since the batch is restored whole or not at all; and the
+/// same for their table outputs (a table topic's readers need only each key's newest
+/// record). An input joins at its turn (consumption order) and waits while more of the
+/// partition's inputs are in flight behind it, or while the partition's last flush is on its
+/// way to the broker (a group commit: the inputs arriving meanwhile make the next batch, which
+/// the last of them produces once that flush is acknowledged); otherwise it flushes for all.
 #[derive(Default)]
 pub(crate) struct Batch {
     writes: Vec<ChangelogWrite>,
     at: HashMap<Vec<u8>, usize>,
+    table: Vec<OutputRecord>,
+    table_at: HashMap<(String, Vec<u8>), usize>,
     inputs: usize,
     waiting: Vec<Flushed>,
+    /// A flush of this partition is on its way and not acknowledged yet.
+    flushing: bool,
 }
 
 /// What an input does with its changelog writes at its turn.
@@ -75,7 +93,7 @@ pub(crate) enum Turn {
     Free,
     /// Joined a batch a later input flushes: its offset waits for that.
     Wait {
-        flushed: oneshot::Receiver<Result<(), RuntimeError>>,
+        flushed: oneshot::Receiver<Result<Heard, RuntimeError>>,
         topic: String,
     },
     /// Produces the batch (the last write marked as its end), then tells those waiting.
@@ -83,10 +101,15 @@ pub(crate) enum Turn {
 }
 
 impl Batch {
-    /// Adds an input's `writes`; `behind` counts the partition's inputs in flight whose turn
-    /// is still to come.
-    pub(crate) fn join(&mut self, writes: Vec<ChangelogWrite>, behind: usize) -> Turn {
-        if writes.is_empty() && self.inputs == 0 {
+    /// Adds an input's changelog `writes` and keyed `table` outputs; `behind` counts the
+    /// partition's inputs in flight whose turn is still to come.
+    pub(crate) fn join(
+        &mut self,
+        writes: Vec<ChangelogWrite>,
+        table: Vec<OutputRecord>,
+        behind: usize,
+    ) -> Turn {
+        if writes.is_empty() && table.is_empty() && self.inputs == 0 {
             return Turn::Free;
         }
         for write in writes {
@@ -98,15 +121,33 @@ impl Batch {
                 }
             }
         }
+        for record in table {
+            let key = (record.topic.clone(), record.key.clone().unwrap_or_default());
+            match self.table_at.get(&key) {
+                Some(&at) => self.table[at] = record,
+                None => {
+                    self.table_at.insert(key, self.table.len());
+                    self.table.push(record);
+                }
+            }
+        }
         self.inputs += 1;
-        if behind > 0 && self.inputs < MAX_BATCH_INPUTS {
+        // While a flush is on its way the next one waits for it, however large it grows (the
+        // loop's in-flight limit bounds it): two flushes of a partition on their way at once
+        // could reach the broker out of order and leave an older value last.
+        if self.flushing || (behind > 0 && self.inputs < MAX_BATCH_INPUTS) {
             let (tx, rx) = oneshot::channel();
             self.waiting.push(tx);
             return Turn::Wait {
                 flushed: rx,
-                topic: self.writes[0].topic.clone(),
+                topic: self.topic(),
             };
         }
+        Turn::Flush(self.take())
+    }
+
+    /// What is gathered, as a flush on its way.
+    pub(crate) fn take(&mut self) -> Flush {
         let mut writes = std::mem::take(&mut self.writes);
         for write in &mut writes {
             write.ends_input = false;
@@ -116,23 +157,51 @@ impl Batch {
         }
         let flush = Flush {
             writes,
+            table: std::mem::take(&mut self.table),
             waiting: std::mem::take(&mut self.waiting),
         };
         self.at.clear();
+        self.table_at.clear();
         self.inputs = 0;
-        Turn::Flush(flush)
+        self.flushing = true;
+        flush
+    }
+
+    /// A flush was acknowledged: the inputs gathered meanwhile are handed to the last of them
+    /// to produce, or, with none, the next input flushes on its own.
+    pub(crate) fn flushed(&mut self) {
+        while let Some(last) = self.waiting.pop() {
+            if last.send(Ok(Heard::FlushNow)).is_ok() {
+                return;
+            }
+        }
+        self.flushing = false;
+    }
+
+    /// A topic the batch writes to, to name in an error.
+    fn topic(&self) -> String {
+        self.writes
+            .first()
+            .map(|w| &w.topic)
+            .or_else(|| self.table.first().map(|r| &r.topic))
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Drops what is gathered (the partition was revoked; its next owner restores from the
-    /// changelog) and lets the inputs waiting go, uncommitted. Whether anything was dropped.
+    /// changelog and processes the uncommitted inputs again, table outputs and all) and lets
+    /// the inputs waiting go, uncommitted. Whether changelog writes were dropped.
     pub(crate) fn abandon(&mut self) -> bool {
         let dropped = !self.writes.is_empty();
         for waiting in self.waiting.drain(..) {
-            let _ = waiting.send(Ok(()));
+            let _ = waiting.send(Ok(Heard::Done));
         }
         self.writes.clear();
         self.at.clear();
+        self.table.clear();
+        self.table_at.clear();
         self.inputs = 0;
+        self.flushing = false;
         dropped
     }
 }
@@ -140,6 +209,7 @@ impl Batch {
 /// A batch to produce and the inputs waiting for it.
 pub(crate) struct Flush {
     pub(crate) writes: Vec<ChangelogWrite>,
+    pub(crate) table: Vec<OutputRecord>,
     waiting: Vec<Flushed>,
 }
 
@@ -148,7 +218,7 @@ impl Flush {
     pub(crate) fn done(self, result: &Result<(), RuntimeError>) {
         for waiting in self.waiting {
             let heard = match result {
-                Ok(()) => Ok(()),
+                Ok(()) => Ok(Heard::Done),
                 Err(RuntimeError::Produce { topic, source }) => Err(RuntimeError::Produce {
                     topic: topic.clone(),
                     source: source.clone(),
@@ -158,7 +228,9 @@ impl Flush {
                     topic: self
                         .writes
                         .first()
-                        .map(|w| w.topic.clone())
+                        .map(|w| &w.topic)
+                        .or_else(|| self.table.first().map(|r| &r.topic))
+                        .cloned()
                         .unwrap_or_default(),
                     source: KafkaError::Canceled,
                 }),

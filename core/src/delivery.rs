@@ -21,7 +21,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::oneshot;
 
-use crate::changelog::{ChangelogWrite, Turn, INPUT_END};
+use crate::changelog::{ChangelogWrite, Flush, Heard, Turn, INPUT_END};
 use crate::kafka::{hand_over, refuses_size};
 use crate::metrics::{MeteredContext, RuntimeMetrics};
 use crate::processor::OutputRecord;
@@ -151,6 +151,8 @@ pub(crate) struct Pending {
     pub(crate) outcome: Handled,
     pub(crate) deliveries: Vec<Sent>,
     pub(crate) changelog: Vec<ChangelogWrite>,
+    /// Outputs to table topics, written with the changelog batch: each key once.
+    pub(crate) table: Vec<OutputRecord>,
     pub(crate) producer: FutureProducer,
     pub(crate) timeout: Duration,
     pub(crate) ownership: Arc<Ownership>,
@@ -168,9 +170,9 @@ pub(crate) struct Settled {
 }
 
 impl Pending {
-    /// Waits for the outputs, then produces the changelog writes and waits for them: a crash
-    /// in between leaves the input uncommitted and its state unrecorded, so the redelivery
-    /// produces both again. Changelog writes are enqueued in consumption order (each input
+    /// Waits for the outputs, then produces the changelog writes and table outputs and waits
+    /// for them: a crash in between leaves the input uncommitted and its state unrecorded, so
+    /// the redelivery produces all of them again. Changelog writes are enqueued in consumption order (each input
     /// waits for the previous one's turn), so that a partition's changelog holds its inputs'
     /// writes in the order the state saw them. A partition revoked meanwhile gets no changelog
     /// write from here: its new owner may already be writing.
@@ -179,6 +181,7 @@ impl Pending {
             mut outcome,
             deliveries,
             changelog,
+            table,
             producer,
             timeout,
             ownership,
@@ -202,21 +205,32 @@ impl Pending {
             // An error on the earlier input stops the run; waiting longer would not help.
             let _ = turn.await;
         }
-        match ownership.changelog_turn(changelog) {
+        match ownership.changelog_turn(changelog, table) {
             Turn::Free => {
                 let _ = next_turn.send(());
             }
             Turn::Wait { flushed, topic } => {
                 let _ = next_turn.send(());
-                flushed.await.unwrap_or(Err(RuntimeError::Produce {
+                let heard = flushed.await.unwrap_or(Err(RuntimeError::Produce {
                     topic,
                     source: KafkaError::Canceled,
                 }))?;
+                if let Heard::FlushNow = heard {
+                    if let Some(flush) = ownership.take_flush() {
+                        let produced =
+                            produce_batch(&producer, &flush, &mut outcome, timeout, None).await;
+                        flush.done(&produced);
+                        produced?;
+                        ownership.flushed();
+                    }
+                }
             }
             Turn::Flush(flush) => {
-                let produced = produce_batch(&producer, &flush.writes, timeout, next_turn).await;
+                let produced =
+                    produce_batch(&producer, &flush, &mut outcome, timeout, Some(next_turn)).await;
                 flush.done(&produced);
                 produced?;
+                ownership.flushed();
             }
         }
         drop(guard);
@@ -227,22 +241,31 @@ impl Pending {
     }
 }
 
-/// Enqueues a partition's batch of changelog writes, gives the next input its turn, then waits
-/// for the acknowledgements.
+/// Enqueues a partition's batch of table outputs and changelog writes, gives the next input
+/// its turn (unless it had it already), then waits for the acknowledgements. The table outputs
+/// count as produced by `outcome`, the input that flushes.
 async fn produce_batch(
     producer: &FutureProducer,
-    writes: &[ChangelogWrite],
+    flush: &Flush,
+    outcome: &mut Handled,
     timeout: Duration,
-    next_turn: oneshot::Sender<()>,
+    next_turn: Option<oneshot::Sender<()>>,
 ) -> Result<(), RuntimeError> {
-    let mut enqueued = Vec::with_capacity(writes.len());
-    for write in writes {
+    let table = enqueue(producer, &flush.table, outcome, timeout).await?;
+    let mut enqueued = Vec::with_capacity(flush.writes.len());
+    for write in &flush.writes {
         enqueued.push((
             write.topic.clone(),
             enqueue_changelog(producer, write, timeout).await?,
         ));
     }
-    let _ = next_turn.send(());
+    if let Some(next_turn) = next_turn {
+        let _ = next_turn.send(());
+    }
+    for sent in table {
+        acknowledged(sent.topic.clone(), sent.delivery).await?;
+        *outcome.produced.entry(sent.topic).or_default() += 1;
+    }
     for (topic, delivery) in enqueued {
         acknowledged(topic, delivery).await?;
     }

@@ -185,6 +185,16 @@ pub trait Processor: Send {
     /// inputs so that a stateful processor can re-key records to the key its state needs.
     fn output_topics(&self) -> Vec<String>;
 
+    /// Output topics written as a table's changes: each record is its key's newest value, and
+    /// readers need only the last one (an aggregate's running figures, an account's health).
+    /// Under effectively-once delivery the runtime writes each key of these topics once per
+    /// batch of a partition's consecutive inputs, at the batch's newest value, with the batch's
+    /// changelog writes, as Kafka Streams' record cache does for a table's updates; the batch's
+    /// inputs commit once it is acknowledged. Exactly-once writes every record. None by default.
+    fn table_topics(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// The state kept per partition (stores, dedup); none by default. The runtime restores it
     /// from its changelogs before a partition's first record.
     fn state(&self) -> StateSpec {

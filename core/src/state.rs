@@ -28,12 +28,12 @@ pub use backbone_state::{IdempotencyKey, DEFAULT_TTL};
 
 pub use crate::changelog::INPUT_END;
 
-use crate::changelog::{changelog_key, replay_changelog, Batch, ChangelogWrite, Turn};
+use crate::changelog::{changelog_key, replay_changelog, Batch, ChangelogWrite, Flush, Turn};
 use crate::config::{ConfigError, Validate};
 use crate::global::{GlobalTable, GlobalView};
 use crate::kafka::KafkaSettings;
 use crate::metrics::RuntimeMetrics;
-use crate::processor::ProcessError;
+use crate::processor::{OutputRecord, ProcessError};
 
 /// The store holding input dedup marks when a processor asks for dedup.
 pub const DEDUP_STORE: &str = "dedup";
@@ -373,10 +373,14 @@ impl Ownership {
         self.diverged.store(true, Ordering::SeqCst);
     }
 
-    /// An input's changelog `writes` at its turn (consumption order): gathered with those of
-    /// the partition's inputs before and after it into one flush. A revoked partition gets no
-    /// changelog write: its new owner may already be writing.
-    pub(crate) fn changelog_turn(&self, writes: Vec<ChangelogWrite>) -> Turn {
+    /// An input's changelog `writes` and table outputs at its turn (consumption order):
+    /// gathered with those of the partition's inputs before and after it into one flush. A
+    /// revoked partition gets no changelog write: its new owner may already be writing.
+    pub(crate) fn changelog_turn(
+        &self,
+        writes: Vec<ChangelogWrite>,
+        table: Vec<OutputRecord>,
+    ) -> Turn {
         let mut batch = self.changelog.lock().unwrap_or_else(|e| e.into_inner());
         let behind = self.before_turn.fetch_sub(1, Ordering::SeqCst) - 1;
         if self.is_revoked() {
@@ -385,7 +389,28 @@ impl Ownership {
             }
             return Turn::Free;
         }
-        batch.join(writes, behind)
+        batch.join(writes, table, behind)
+    }
+
+    /// The batch gathered while the partition's last flush was on its way, for the input told
+    /// to produce it; `None` for a revoked partition, whose new owner may already be writing.
+    pub(crate) fn take_flush(&self) -> Option<Flush> {
+        let mut batch = self.changelog.lock().unwrap_or_else(|e| e.into_inner());
+        if self.is_revoked() {
+            if batch.abandon() {
+                self.diverge();
+            }
+            return None;
+        }
+        Some(batch.take())
+    }
+
+    /// The partition's flush was acknowledged: the next one may go.
+    pub(crate) fn flushed(&self) {
+        self.changelog
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .flushed();
     }
 
     /// Counts one record in flight until the guard drops, and as waiting for its changelog

@@ -386,6 +386,17 @@ pub fn end_offsets_total(settings: &KafkaSettings, topic: &str) -> Result<i64, T
     Ok(total)
 }
 
+/// Every record `topic` holds now, read up to its end offsets: for a topic written without
+/// transactions, where every offset is a record. Nothing written after the call is read.
+pub async fn consume_all(
+    settings: &KafkaSettings,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<ConsumedRecord>, TestkitError> {
+    let end = usize::try_from(end_offsets_total(settings, topic)?).unwrap_or(0);
+    consume_until(settings, topic, end, timeout).await
+}
+
 /// A transactional producer of its own that has put `offset` of `group` on `topic`'s
 /// `partition` into a transaction it keeps open: until the caller commits or aborts it, the
 /// broker answers that the group's committed offsets there are unstable, as it does for an

@@ -19,7 +19,7 @@ mod tls;
 pub use broker::{run_python_client, KafkaBroker, KafkaCluster};
 pub use forward::Forward;
 pub use kafka::{
-    await_committed, committed_offsets, committed_total, consume_until, consume_while,
+    await_committed, committed_offsets, committed_total, consume_all, consume_until, consume_while,
     create_topic, dead_letter_reasons, end_offsets_total, hold_offset_open, produce, produce_paced,
     produce_tombstone, produce_with_raw_header_name, shared_settings, unique_group, unique_topic,
     ConsumedRecord, SteadyStream, TestRecord,

@@ -181,12 +181,14 @@ async fn run_loop<P: Processor>(
         metrics,
         store_offsets: !exactly_once,
     };
+    let table_topics: BTreeSet<String> = processor.table_topics().into_iter().collect();
     let mut stage = Stage {
         consumer: &consumer,
         producer: &producer,
         transaction: transaction.as_deref(),
         settings,
         ledger: &ledger,
+        table_topics: &table_topics,
     };
     // Dropped before the consumer, whose close revokes (and would commit) the partitions.
     let mut on_error = DivergeOnError {

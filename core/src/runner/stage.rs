@@ -13,6 +13,7 @@ use crate::delivery::{
     enqueue, enqueue_changelog, lock, InFlight, Ledger, Pending, RuntimeContext, Transaction,
 };
 use crate::kafka::KafkaSettings;
+use crate::processor::OutputRecord;
 
 use super::{Delivered, Delivery, RunSummary, RuntimeError, RuntimeSettings};
 
@@ -23,6 +24,8 @@ pub(super) struct Stage<'a> {
     pub(super) transaction: Option<&'a Mutex<Transaction>>,
     pub(super) settings: &'a RuntimeSettings,
     pub(super) ledger: &'a Ledger<'a, RuntimeContext>,
+    /// The processor's [`table_topics`](crate::Processor::table_topics).
+    pub(super) table_topics: &'a BTreeSet<String>,
 }
 
 impl Stage<'_> {
@@ -53,7 +56,8 @@ impl Stage<'_> {
     }
 
     /// Hands records and changelog writes to the producer: into the open transaction
-    /// (exactly-once), or in flight until acknowledged, changelog after outputs (effectively-once).
+    /// (exactly-once), or in flight until acknowledged, changelog after outputs (effectively-once;
+    /// a table topic's records go with the changelog batch, each key once).
     pub(super) async fn deliver(
         &mut self,
         delivered: Delivered,
@@ -94,12 +98,17 @@ impl Stage<'_> {
                 }
             }
             None => {
+                let (table, records): (Vec<OutputRecord>, Vec<OutputRecord>) =
+                    records.into_iter().partition(|record| {
+                        record.key.is_some() && self.table_topics.contains(&record.topic)
+                    });
                 let deliveries = enqueue(self.producer, &records, &outcome, timeout).await?;
                 let (next_turn, turn) = oneshot::channel();
                 let pending = Pending {
                     outcome,
                     deliveries,
                     changelog,
+                    table,
                     producer: self.producer.clone(),
                     timeout,
                     guard: ownership.track(),

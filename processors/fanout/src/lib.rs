@@ -354,6 +354,17 @@ impl Processor for Fanout {
         topics
     }
 
+    /// An account's health and a window's fact are each superseded by the next of their key;
+    /// a rated line's fact has a key of its own, so it goes out whatever the batch.
+    fn table_topics(&self) -> Vec<String> {
+        let routes = &self.settings.routes;
+        [&routes.crm, &routes.analytics]
+            .into_iter()
+            .filter(|t| !t.is_empty())
+            .cloned()
+            .collect()
+    }
+
     fn state(&self) -> StateSpec {
         let mut spec = StateSpec::stateless();
         if !self.settings.routes.crm.is_empty() {
