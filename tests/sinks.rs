@@ -475,6 +475,35 @@ async fn a_crm_snapshot_without_a_customer_is_dead_lettered_on_arrival() {
     );
 }
 
+/// Runs the billing sink over `charges` (published to `topics.input`), then loses its ledger
+/// and replays the topic from the start with a new group, as after an offset reset or a
+/// partition's new owner without the old one's ledger; the results of both runs.
+async fn billed_then_replayed_without_ledger(
+    sandbox: &Sandbox,
+    topics: &SinkTopics,
+    codec: &WireCodec,
+    charges: &[BillingCharge],
+) -> Vec<DeliveryResult> {
+    let sink = RunningSink::start(
+        billing_sink(&topics.input, &sandbox.destination()).await,
+        topics.settings(),
+    );
+    results(codec, &topics.results, charges.len()).await;
+    sink.stop().await;
+    std::fs::remove_dir_all(&topics.ledger_dir).expect("delete the ledger");
+    let settings = SinkSettings {
+        group_id: Some(unique_group("billing-replay")),
+        ..topics.settings()
+    };
+    let sink = RunningSink::start(
+        billing_sink(&topics.input, &sandbox.destination()).await,
+        settings,
+    );
+    let both = results(codec, &topics.results, 2 * charges.len()).await;
+    sink.stop().await;
+    both
+}
+
 #[tokio::test]
 async fn a_lost_ledger_and_expired_keys_bill_nothing_twice() {
     // The billing system forgets every idempotency key at once, as a real one does after a
@@ -487,25 +516,7 @@ async fn a_lost_ledger_and_expired_keys_bill_nothing_twice() {
     let charges: Vec<BillingCharge> = (0..30).map(|i| charge(i, "EUR")).collect();
     publish_charges(&codec, &topics.input, &charges).await;
 
-    let sink = RunningSink::start(
-        billing_sink(&topics.input, &sandbox.destination()).await,
-        topics.settings(),
-    );
-    results(&codec, &topics.results, charges.len()).await;
-    sink.stop().await;
-    // The disk is lost, and the topic is replayed from the start (a new group, as after an
-    // offset reset or a partition's new owner without the old one's ledger).
-    std::fs::remove_dir_all(&topics.ledger_dir).expect("delete the ledger");
-    let settings = SinkSettings {
-        group_id: Some(unique_group("billing-lost-ledger-replay")),
-        ..topics.settings()
-    };
-    let sink = RunningSink::start(
-        billing_sink(&topics.input, &sandbox.destination()).await,
-        settings,
-    );
-    let second = results(&codec, &topics.results, 2 * charges.len()).await;
-    sink.stop().await;
+    let second = billed_then_replayed_without_ledger(&sandbox, &topics, &codec, &charges).await;
 
     let held = charges_by_identity(&sandbox).await;
     assert_eq!(held.len(), charges.len(), "every charge once");
@@ -554,24 +565,7 @@ async fn only_a_charge_older_than_the_api_may_remember_its_key_is_looked_up_firs
     }
     publish_charges(&codec, &topics.input, &charges).await;
 
-    let sink = RunningSink::start(
-        billing_sink(&topics.input, &sandbox.destination()).await,
-        topics.settings(),
-    );
-    results(&codec, &topics.results, charges.len()).await;
-    sink.stop().await;
-    // The ledger is lost and the topic replayed by a new group: every charge comes again.
-    std::fs::remove_dir_all(&topics.ledger_dir).expect("delete the ledger");
-    let settings = SinkSettings {
-        group_id: Some(unique_group("billing-lookup-after-replay")),
-        ..topics.settings()
-    };
-    let sink = RunningSink::start(
-        billing_sink(&topics.input, &sandbox.destination()).await,
-        settings,
-    );
-    let both = results(&codec, &topics.results, 2 * charges.len()).await;
-    sink.stop().await;
+    let both = billed_then_replayed_without_ledger(&sandbox, &topics, &codec, &charges).await;
 
     assert_eq!(charges_by_identity(&sandbox).await.len(), charges.len());
     assert_eq!(

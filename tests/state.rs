@@ -319,18 +319,21 @@ fn last_counts(records: &[ConsumedRecord]) -> BTreeMap<String, u64> {
     counts
 }
 
+/// `events` inputs on `topic` before anything runs, event `n` of account `acct-<n % accounts>`.
+async fn produce_backlog(kafka: &KafkaSettings, topic: &str, accounts: usize, events: usize) {
+    let backlog: Vec<TestRecord> = (0..events)
+        .map(|n| TestRecord::new(format!("acct-{}", n % accounts), format!("e{n}")))
+        .collect();
+    produce(kafka, topic, &backlog).await.expect("backlog");
+}
+
 #[tokio::test]
 async fn a_backlog_writes_each_running_total_once_per_batch_and_restores_from_it() {
     let kafka = shared_settings();
     let (tally, group) = plain_tally(&kafka, 1).await;
     let changelog = format!("{group}.changelog");
     let (accounts, events) = (3, 3_000);
-    let backlog: Vec<TestRecord> = (0..events)
-        .map(|n| TestRecord::new(format!("acct-{}", n % accounts), format!("e{n}")))
-        .collect();
-    produce(&kafka, &tally.input, &backlog)
-        .await
-        .expect("backlog");
+    produce_backlog(&kafka, &tally.input, accounts, events).await;
     let first = settings(&group, instance_dir(&group, "first"), 1);
     let mut processor = RunningProcessor::start(tally.clone(), &kafka, first);
     processor
@@ -418,12 +421,7 @@ async fn a_backlog_writes_each_key_of_a_table_topic_once_per_batch_at_its_newest
     let kafka = shared_settings();
     let (tally, group) = plain_tally(&kafka, 1).await;
     let (accounts, events) = (3, 3_000);
-    let backlog: Vec<TestRecord> = (0..events)
-        .map(|n| TestRecord::new(format!("acct-{}", n % accounts), format!("e{n}")))
-        .collect();
-    produce(&kafka, &tally.input, &backlog)
-        .await
-        .expect("backlog");
+    produce_backlog(&kafka, &tally.input, accounts, events).await;
     let output = tally.output.clone();
     let mut processor = RunningProcessor::start(
         TableTally(tally.clone()),
