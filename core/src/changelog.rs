@@ -140,7 +140,7 @@ impl Batch {
             self.waiting.push(tx);
             return Turn::Wait {
                 flushed: rx,
-                topic: self.topic(),
+                topic: first_topic(&self.writes, &self.table),
             };
         }
         Turn::Flush(self.take())
@@ -178,16 +178,6 @@ impl Batch {
         self.flushing = false;
     }
 
-    /// A topic the batch writes to, to name in an error.
-    fn topic(&self) -> String {
-        self.writes
-            .first()
-            .map(|w| &w.topic)
-            .or_else(|| self.table.first().map(|r| &r.topic))
-            .cloned()
-            .unwrap_or_default()
-    }
-
     /// Drops what is gathered (the partition was revoked; its next owner restores from the
     /// changelog and processes the uncommitted inputs again, table outputs and all) and lets
     /// the inputs waiting go, uncommitted. Whether changelog writes were dropped.
@@ -204,6 +194,16 @@ impl Batch {
         self.flushing = false;
         dropped
     }
+}
+
+/// A topic a batch writes to, to name in an error.
+fn first_topic(writes: &[ChangelogWrite], table: &[OutputRecord]) -> String {
+    writes
+        .first()
+        .map(|w| &w.topic)
+        .or_else(|| table.first().map(|r| &r.topic))
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// A batch to produce and the inputs waiting for it.
@@ -225,13 +225,7 @@ impl Flush {
                 }),
                 // Producing a batch fails only as a produce does.
                 Err(_) => Err(RuntimeError::Produce {
-                    topic: self
-                        .writes
-                        .first()
-                        .map(|w| &w.topic)
-                        .or_else(|| self.table.first().map(|r| &r.topic))
-                        .cloned()
-                        .unwrap_or_default(),
+                    topic: first_topic(&self.writes, &self.table),
                     source: KafkaError::Canceled,
                 }),
             };

@@ -172,9 +172,9 @@ pub(crate) struct Settled {
 impl Pending {
     /// Waits for the outputs, then produces the changelog writes and table outputs and waits
     /// for them: a crash in between leaves the input uncommitted and its state unrecorded, so
-    /// the redelivery produces all of them again. Changelog writes are enqueued in consumption order (each input
-    /// waits for the previous one's turn), so that a partition's changelog holds its inputs'
-    /// writes in the order the state saw them. A partition revoked meanwhile gets no changelog
+    /// the redelivery produces all of them again. Changelog writes are enqueued in consumption
+    /// order (each input waits for the previous one's turn), so that a partition's changelog
+    /// holds its inputs' writes in the order the state saw them. A partition revoked meanwhile gets no changelog
     /// write from here: its new owner may already be writing.
     pub(crate) async fn settle(self) -> Result<Settled, RuntimeError> {
         let Pending {
@@ -205,6 +205,11 @@ impl Pending {
             // An error on the earlier input stops the run; waiting longer would not help.
             let _ = turn.await;
         }
+        let batched = Batched {
+            producer: &producer,
+            ownership: &ownership,
+            timeout,
+        };
         match ownership.changelog_turn(changelog, table) {
             Turn::Free => {
                 let _ = next_turn.send(());
@@ -217,20 +222,12 @@ impl Pending {
                 }))?;
                 if let Heard::FlushNow = heard {
                     if let Some(flush) = ownership.take_flush() {
-                        let produced =
-                            produce_batch(&producer, &flush, &mut outcome, timeout, None).await;
-                        flush.done(&produced);
-                        produced?;
-                        ownership.flushed();
+                        batched.flush(flush, &mut outcome, None).await?;
                     }
                 }
             }
             Turn::Flush(flush) => {
-                let produced =
-                    produce_batch(&producer, &flush, &mut outcome, timeout, Some(next_turn)).await;
-                flush.done(&produced);
-                produced?;
-                ownership.flushed();
+                batched.flush(flush, &mut outcome, Some(next_turn)).await?;
             }
         }
         drop(guard);
@@ -238,6 +235,30 @@ impl Pending {
             outcome,
             ownership: Some(ownership),
         })
+    }
+}
+
+/// Where a partition's batches go.
+struct Batched<'a> {
+    producer: &'a FutureProducer,
+    ownership: &'a Ownership,
+    timeout: Duration,
+}
+
+impl Batched<'_> {
+    /// Produces `flush`, tells the inputs waiting for it how it went, and lets the partition's
+    /// next batch go once it is acknowledged.
+    async fn flush(
+        &self,
+        flush: Flush,
+        outcome: &mut Handled,
+        next_turn: Option<oneshot::Sender<()>>,
+    ) -> Result<(), RuntimeError> {
+        let produced = produce_batch(self.producer, &flush, outcome, self.timeout, next_turn).await;
+        flush.done(&produced);
+        produced?;
+        self.ownership.flushed();
+        Ok(())
     }
 }
 

@@ -383,23 +383,29 @@ impl Ownership {
     ) -> Turn {
         let mut batch = self.changelog.lock().unwrap_or_else(|e| e.into_inner());
         let behind = self.before_turn.fetch_sub(1, Ordering::SeqCst) - 1;
-        if self.is_revoked() {
-            if batch.abandon() || !writes.is_empty() {
-                self.diverge();
-            }
+        if self.abandoned_if_revoked(&mut batch, !writes.is_empty()) {
             return Turn::Free;
         }
         batch.join(writes, table, behind)
+    }
+
+    /// Whether the partition was revoked; if so its batch is dropped, and its local state
+    /// marked diverged when changelog writes (gathered, or `more_writes`) are lost with it.
+    fn abandoned_if_revoked(&self, batch: &mut Batch, more_writes: bool) -> bool {
+        if !self.is_revoked() {
+            return false;
+        }
+        if batch.abandon() || more_writes {
+            self.diverge();
+        }
+        true
     }
 
     /// The batch gathered while the partition's last flush was on its way, for the input told
     /// to produce it; `None` for a revoked partition, whose new owner may already be writing.
     pub(crate) fn take_flush(&self) -> Option<Flush> {
         let mut batch = self.changelog.lock().unwrap_or_else(|e| e.into_inner());
-        if self.is_revoked() {
-            if batch.abandon() {
-                self.diverge();
-            }
+        if self.abandoned_if_revoked(&mut batch, false) {
             return None;
         }
         Some(batch.take())

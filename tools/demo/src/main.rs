@@ -322,7 +322,7 @@ async fn run(args: Args) -> Result<()> {
     // The fanout writes a customer's snapshots and a window's facts once per batch of its
     // inputs, so their count is not known ahead: both topics are complete once the fanout has
     // committed every input, each batch's outputs having been acknowledged first.
-    fanout_caught_up(&settings, deadline)?;
+    fanout_caught_up(&settings, deadline).await?;
     let snapshots = read_new(
         &settings,
         CRM,
@@ -610,7 +610,7 @@ struct Seen {
 }
 
 /// Waits until the fanout's group has committed its inputs up to their ends.
-fn fanout_caught_up(settings: &KafkaSettings, deadline: Instant) -> Result<()> {
+async fn fanout_caught_up(settings: &KafkaSettings, deadline: Instant) -> Result<()> {
     let consumer: BaseConsumer = settings.consumer_config("fanout").create()?;
     loop {
         let mut behind = 0;
@@ -637,7 +637,7 @@ fn fanout_caught_up(settings: &KafkaSettings, deadline: Instant) -> Result<()> {
         if Instant::now() >= deadline {
             bail!("timed out waiting for the fanout: {behind} inputs not committed");
         }
-        std::thread::sleep(Duration::from_millis(500));
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
