@@ -786,6 +786,7 @@ async fn proof_under_fire(run: Run) {
             accounts_topic: t.accounts.clone(),
             gl_mappings_topic: t.gl_mappings.clone(),
             legal_entities_topic: t.name("master.legal-entities").to_owned(),
+            invoices_topic: t.name("sales.invoices").to_owned(),
             billing_url: sandbox.url.clone(),
             crm_url: sandbox.url.clone(),
             erp_url: sandbox.url.clone(),

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use backbone::{workspace_binary, Deployment};
 use backbone_calendar::{days_from_civil, format_date, now_micros, parse_rfc3339_ms};
+use backbone_drift::books::Check;
 use backbone_sandbox::{AppliedApi, SandboxConfig};
 use backbone_schemas::types::{
     AccountStatus, Amount, BatchType, BillingCharge, BillingInterval, ChargeModel, CustomerAccount,
@@ -22,7 +23,8 @@ use backbone_schemas::types::{
 };
 use backbone_schemas::WireCodec;
 use backbone_testkit::{
-    committed_total, create_topic, end_offsets_total, shared_settings, ChildProcess,
+    committed_total, consume_all, create_topic, end_offsets_total, produce, shared_settings,
+    ChildProcess, TestRecord,
 };
 use sinks::{eventually, metadata, publish, read_all, registry_url, Sandbox};
 
@@ -489,12 +491,33 @@ async fn periods_close_at_midnight_in_berlin_and_late_usage_corrects_the_next_in
     .await;
     let charges = deployment.topics.name("billing.charges").to_owned();
     let group = deployment.group(CLOSE);
-    eventually(DEADLINE, "the three charges booked", || async {
-        let settings = shared_settings();
-        let end = end_offsets_total(&settings, &charges).ok()?;
-        (end == 3 && committed_total(&settings, &group, &charges) == end).then_some(())
-    })
-    .await;
+    let booked = |count: i64| {
+        let (charges, group) = (charges.clone(), group.clone());
+        async move {
+            let settings = shared_settings();
+            let end = end_offsets_total(&settings, &charges).ok()?;
+            (end == count && committed_total(&settings, &group, &charges) == end).then_some(())
+        }
+    };
+    eventually(DEADLINE, "the three charges booked", || booked(3)).await;
+    // The fanout delivers each charge again, as after a crash before its commit: October's
+    // (its period closed) and November's and the late one (booked in November) are each
+    // booked once.
+    let again: Vec<TestRecord> = consume_all(&shared_settings(), &charges, DEADLINE)
+        .await
+        .expect("charges")
+        .into_iter()
+        .map(|r| TestRecord {
+            key: r.key,
+            value: r.value.expect("a charge"),
+            partition: Some(r.partition),
+            ..TestRecord::default()
+        })
+        .collect();
+    produce(&shared_settings(), &charges, &again)
+        .await
+        .expect("charges again");
+    eventually(DEADLINE, "the charges delivered again taken", || booked(6)).await;
     // Killed, and started again with a grace that closes November now.
     deployment.kill(CLOSE);
     let november_end = micros("2026-11-30T23:00:00Z");
@@ -527,7 +550,13 @@ async fn periods_close_at_midnight_in_berlin_and_late_usage_corrects_the_next_in
     );
 
     // Every charge is on exactly one invoice, and no invoice was issued twice.
-    let charged: Vec<BillingCharge> = read_all(&codec, &charges).await;
+    let charged: BTreeMap<(String, i64), BillingCharge> = read_all(&codec, &charges)
+        .await
+        .into_iter()
+        .map(|c: BillingCharge| ((c.rating_id.clone(), c.revision), c))
+        .collect();
+    assert_eq!(charged.len(), 3, "{charged:?}");
+    let charged: Vec<BillingCharge> = charged.into_values().collect();
     let total: i128 = charged.iter().map(|c| c.amount.unscaled()).sum();
     let invoiced: i128 = [october, &november[0]]
         .iter()
@@ -571,6 +600,51 @@ async fn periods_close_at_midnight_in_berlin_and_late_usage_corrects_the_next_in
         "{scraped}"
     );
     assert_eq!(value("backbone_periods_open{"), Some(0.0), "{scraped}");
+
+    // Drift finds each month's invoice lines equal to the rated lines they name: October's
+    // call, and November's with the late call rated into November as an adjustment.
+    let t = &deployment.topics;
+    let config = backbone_drift::DriftConfig {
+        kafka: deployment.kafka.clone(),
+        schema_registry: backbone_core::schema_registry::SchemaRegistrySettings::at(registry_url()),
+        drift: backbone_drift::DriftSettings {
+            enriched_topic: t.enriched.clone(),
+            enriched_dlq_topic: format!("{}.dlq", t.enriched),
+            rated_topic: t.rated.clone(),
+            accounts_topic: t.accounts.clone(),
+            gl_mappings_topic: t.gl_mappings.clone(),
+            legal_entities_topic: t.name("master.legal-entities").to_owned(),
+            invoices_topic: t.name("sales.invoices").to_owned(),
+            billing_url: sandbox.url.clone(),
+            crm_url: sandbox.url.clone(),
+            erp_url: sandbox.url.clone(),
+            ..backbone_drift::DriftSettings::default()
+        },
+    };
+    let drift: Vec<(String, String, i128, i128)> = backbone_drift::reconcile_once(&config)
+        .await
+        .expect("drift")
+        .into_iter()
+        .filter(|l| l.key.check == Check::RatedVsInvoiced)
+        .map(|l| (l.key.period, l.key.legal_entity, l.expected, l.observed))
+        .collect();
+    assert_eq!(
+        drift,
+        [
+            (
+                "2026-10".to_owned(),
+                "le-berlin".to_owned(),
+                5_000_000,
+                5_000_000
+            ),
+            (
+                "2026-11".to_owned(),
+                "le-berlin".to_owned(),
+                5_000_000,
+                5_000_000
+            ),
+        ]
+    );
 
     // Billing and the ERP each got each invoice once, numbered: read once the sink has
     // settled every invoice.

@@ -219,6 +219,18 @@ impl<'a> State<'a> {
         self.view(store)?.get(store, key).map_err(state_failure)
     }
 
+    /// Every entry of `store` whose key starts with `prefix`, in key order, this record's and
+    /// its batch's writes included.
+    pub fn entries_with_prefix(
+        &self,
+        store: &str,
+        prefix: &[u8],
+    ) -> Result<Vec<backbone_state::Entry>, ProcessError> {
+        self.view(store)?
+            .entries_with_prefix(store, prefix)
+            .map_err(state_failure)
+    }
+
     /// Sets `key` to `value` in `store`.
     pub fn put(&mut self, store: &str, key: &[u8], value: &[u8]) -> Result<(), ProcessError> {
         self.view_mut(store)?

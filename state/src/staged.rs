@@ -1,11 +1,11 @@
 //! Writes staged by `process`, their changelog records, and reads that see them.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use rocksdb::WriteBatch;
 
-use crate::{PartitionState, StateError};
+use crate::{Entry, PartitionState, StateError};
 
 /// The state writes of one uncommitted batch, per store.
 ///
@@ -83,6 +83,25 @@ impl StagedWrites {
             key: &w.key,
             value: w.value.as_deref(),
         })
+    }
+
+    /// What is staged in `store` for keys starting with `prefix`, in the order first staged.
+    fn staged_with_prefix<'s>(
+        &'s self,
+        store: &str,
+        prefix: &'s [u8],
+    ) -> impl Iterator<Item = (&'s [u8], StagedValue<'s>)> + 's {
+        let store = self.stores.iter().position(|s| s == store);
+        self.writes
+            .iter()
+            .filter(move |w| Some(w.store) == store && w.key.starts_with(prefix))
+            .map(|w| {
+                let value = match &w.value {
+                    Some(value) => StagedValue::Put(value),
+                    None => StagedValue::Delete,
+                };
+                (w.key.as_slice(), value)
+            })
     }
 
     /// The number of staged writes (after coalescing).
@@ -184,6 +203,27 @@ impl<'a> StateView<'a> {
             }
             None => Ok(self.state.get(store, key)?.map(Cow::Owned)),
         }
+    }
+
+    /// Every entry of `store` whose key starts with `prefix`, as this batch sees it, in key
+    /// order: the committed ones with the batch's own writes and deletes laid over them.
+    pub fn entries_with_prefix(
+        &self,
+        store: &str,
+        prefix: &[u8],
+    ) -> Result<Vec<Entry>, StateError> {
+        let mut entries: BTreeMap<Vec<u8>, Vec<u8>> = self
+            .state
+            .entries_with_prefix(store, prefix)?
+            .into_iter()
+            .collect();
+        for (key, value) in self.staged.staged_with_prefix(store, prefix) {
+            match value {
+                StagedValue::Put(value) => entries.insert(key.to_vec(), value.to_vec()),
+                StagedValue::Delete => entries.remove(key),
+            };
+        }
+        Ok(entries.into_iter().collect())
     }
 
     /// Stages `key = value` in `store`.

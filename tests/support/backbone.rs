@@ -181,6 +181,8 @@ impl Topics {
         .into_iter()
         .map(|topic| stamps.spec(topic, 3))
         .collect();
+        // Drift reads the invoices, whether period-close runs or not.
+        specs.push(stamps.spec(t.name("sales.invoices"), 3));
         for topic in [
             &t.subscriptions,
             &t.rate_cards,
@@ -544,6 +546,11 @@ impl Deployment {
                     &mut env,
                     "BACKBONE__DRIFT__LEGAL_ENTITIES_TOPIC",
                     t.name("master.legal-entities").to_owned(),
+                );
+                set(
+                    &mut env,
+                    "BACKBONE__DRIFT__INVOICES_TOPIC",
+                    t.name("sales.invoices").to_owned(),
                 );
                 set(
                     &mut env,

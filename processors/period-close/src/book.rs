@@ -1,5 +1,9 @@
 //! One subscription's billing period as the processor keeps it until it is closed: what was
 //! charged in it, line by line, and the invoice it becomes. Pure: no state, no clock.
+//!
+//! Which charges a line sums is not kept here but beside the book, one mark per charge (see the
+//! crate root): a book that grew with every charge would cost more to read and write the longer
+//! its period ran.
 
 use std::collections::BTreeSet;
 
@@ -27,8 +31,6 @@ pub struct Line {
     pub quantity: i128,
     /// The sum of the charges' amounts (unscaled, 6 digits).
     pub amount: i128,
-    /// Every rating id summed into the line.
-    pub rating_ids: BTreeSet<String>,
 }
 
 /// A subscription's billing period, open until closed.
@@ -50,19 +52,8 @@ pub struct PeriodBook {
     pub end: i32,
     /// The lines, in the order first charged, usage and adjustments.
     pub lines: Vec<Line>,
-    /// `rating_id:revision` of every charge booked: a redelivered charge is booked once.
-    pub booked: BTreeSet<String>,
     /// Once the invoice is out, nothing is booked here again.
     pub closed: bool,
-}
-
-/// What booking a charge did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Booked {
-    /// Added to a line.
-    Added,
-    /// This charge (rating id and revision) was booked before.
-    Repeat,
 }
 
 impl PeriodBook {
@@ -83,28 +74,20 @@ impl PeriodBook {
             start,
             end,
             lines: Vec::new(),
-            booked: BTreeSet::new(),
             closed: false,
         }
     }
 
-    /// Whether `charge` (its rating id and revision) was booked here.
-    pub fn has_booked(&self, charge: &BillingCharge) -> bool {
-        self.booked.contains(&booking(charge))
-    }
-
-    /// Books `charge`; `corrects` names the closed period it corrects when it came after that
-    /// period closed. A charge the rater made an adjustment is one too.
-    pub fn book(&mut self, charge: &BillingCharge, corrects: Option<(i32, i32)>) -> Booked {
+    /// Books `charge`, once (the caller knows whether it was booked before), and answers the
+    /// index of the line it went to; `corrects` names the closed period it corrects when it came
+    /// after that period closed. A charge the rater made an adjustment is one too.
+    pub fn book(&mut self, charge: &BillingCharge, corrects: Option<(i32, i32)>) -> usize {
         let adjustment = corrects.is_some() || charge.charge_type == BillingChargeType::Adjustment;
-        if !self.booked.insert(booking(charge)) {
-            return Booked::Repeat;
-        }
         let at = self.lines.iter().position(|l| {
             l.charge_id == charge.charge_id && l.adjustment == adjustment && l.corrects == corrects
         });
-        let line = match at {
-            Some(at) => &mut self.lines[at],
+        let at = match at {
+            Some(at) => at,
             None => {
                 let description = match (adjustment, corrects) {
                     (_, Some((start, end))) => format!(
@@ -125,17 +108,16 @@ impl PeriodBook {
                     corrects,
                     quantity: 0,
                     amount: 0,
-                    rating_ids: BTreeSet::new(),
                 });
-                self.lines.last_mut().expect("just pushed")
+                self.lines.len() - 1
             }
         };
+        let line = &mut self.lines[at];
         line.amount += charge.amount.unscaled();
         // A charge says its quantity for the period to date (an adjustment, the corrected
         // period's): the line shows the largest.
         line.quantity = charge.quantity.unscaled().max(line.quantity);
-        line.rating_ids.insert(charge.rating_id.clone());
-        Booked::Added
+        at
     }
 
     /// The invoice id: one per subscription and period, the same however often it is made.
@@ -144,9 +126,11 @@ impl PeriodBook {
     }
 
     /// The period's invoice as a draft (no number yet), issued on `issue_date`, due
-    /// `payment_days` later; `at_micros` stamps it.
+    /// `payment_days` later; `at_micros` stamps it. `rating_ids` holds, per line, the rating
+    /// ids of the charges booked into it.
     pub fn draft(
         &self,
+        rating_ids: &[BTreeSet<String>],
         issue_date: i32,
         payment_days: i32,
         at_micros: i64,
@@ -172,7 +156,10 @@ impl PeriodBook {
                 tax_amount: amount(0)?,
                 period_start: Some(period_start),
                 period_end: Some(period_end),
-                rating_ids: line.rating_ids.iter().cloned().collect(),
+                rating_ids: rating_ids
+                    .get(n)
+                    .map(|ids| ids.iter().cloned().collect())
+                    .unwrap_or_default(),
             });
         }
         Ok(Invoice {
@@ -209,11 +196,6 @@ impl PeriodBook {
             billing_address: None,
         })
     }
-}
-
-/// How a booked charge is remembered: its rating id and revision.
-fn booking(charge: &BillingCharge) -> String {
-    format!("{}:{}", charge.rating_id, charge.revision)
 }
 
 /// A W3C trace id derived from `id`: the invoice's records share one trace, the same on
@@ -282,7 +264,7 @@ mod tests {
     }
 
     #[test]
-    fn charges_sum_per_line_once_each_and_corrections_keep_lines_of_their_own() {
+    fn charges_sum_per_line_and_corrections_keep_lines_of_their_own() {
         let (nov, dec) = (
             parse_date("2026-11-01").expect("date"),
             parse_date("2026-12-01").expect("date"),
@@ -290,15 +272,17 @@ mod tests {
         let oct = parse_date("2026-10-01").expect("date");
         let first = charge("r-1", 1, "fonts", "10", "5");
         let mut book = PeriodBook::open("acme", &first, "acme-de", nov, dec);
-        assert_eq!(book.book(&first, None), Booked::Added);
-        assert_eq!(book.book(&first, None), Booked::Repeat, "a redelivery");
-        assert_eq!(
+        let lines = [
+            book.book(&first, None),
             book.book(&charge("r-1", 2, "fonts", "12", "1"), None),
-            Booked::Added
-        );
-        book.book(&charge("r-2", 1, "storage", "3", "0.75"), None);
-        book.book(&charge("r-3", 1, "fonts", "2", "1"), Some((oct, nov)));
-        let invoice = book.draft(dec, 30, 0).expect("invoice");
+            book.book(&charge("r-2", 1, "storage", "3", "0.75"), None),
+            book.book(&charge("r-3", 1, "fonts", "2", "1"), Some((oct, nov))),
+        ];
+        assert_eq!(lines, [0, 0, 1, 2]);
+        let ids = |ids: &[&str]| ids.iter().map(|i| (*i).to_owned()).collect::<BTreeSet<_>>();
+        let invoice = book
+            .draft(&[ids(&["r-1"]), ids(&["r-2"]), ids(&["r-3"])], dec, 30, 0)
+            .expect("invoice");
         let lines: Vec<(String, String, String, Vec<String>)> = invoice
             .lines
             .iter()

@@ -3,9 +3,11 @@
 //! invoice (docs/period-close.md).
 //!
 //! - Input `billing.charges` (keyed `<tenant>:<subscription>`): each charge is booked in its
-//!   period's book (partition state, store `periods`), once per rating id and revision. A charge
-//!   of a period already closed is booked in the next open one as a correction: a closed
-//!   invoice is never edited.
+//!   period's book (partition state, store `periods`), once per rating id and revision: a mark
+//!   per charge booked (store `booked`, keyed by the period and the charge) says so and names
+//!   its line, so that a charge costs the same however many its period holds. A charge of a
+//!   period already closed is booked in the next open one as a correction: a closed invoice is
+//!   never edited.
 //! - Closing, by the wall clock (checked every `processor.close_check_interval`): at the start
 //!   of the period's end day in the entity's `time_zone` (`master.legal-entities`; UTC for an
 //!   entity the table does not hold) plus `processor.grace`, the book becomes a draft `Invoice`,
@@ -20,7 +22,7 @@ mod metrics;
 
 pub use metrics::names;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,13 +39,14 @@ use backbone_schemas::wire::encode_framed;
 use backbone_schemas::{OutputContracts, WireCodec};
 use serde::{Deserialize, Serialize};
 
-use crate::book::{invoice_number, period_key, Booked, PeriodBook};
+use crate::book::{invoice_number, period_key, PeriodBook};
 use crate::metrics::PeriodMetrics;
 
 /// The `source` of every record the processor writes.
 pub(crate) const SOURCE: &str = "period-close";
 
 const PERIODS: &str = "periods";
+const BOOKED: &str = "booked";
 const DUE: &str = "due";
 const SEQUENCES: &str = "sequences";
 const NUMBERED: &str = "numbered";
@@ -134,6 +137,45 @@ impl Due {
     fn read(state: &State<'_>) -> Result<Self, ProcessError> {
         Ok(state.get_json(DUE, DUE_KEY)?.unwrap_or_default())
     }
+}
+
+/// A charge booked in a period: the line it went to, and its rating id for the invoice line.
+#[derive(Debug, Serialize, Deserialize)]
+struct Mark {
+    line: usize,
+    rating_id: String,
+}
+
+/// The keys of a period's marks start with this: its period key and a separator no key holds.
+fn marks_of(period: &str) -> Vec<u8> {
+    [period.as_bytes(), b"\0"].concat()
+}
+
+/// The key of `charge`'s mark in `period`: by rating id and revision, as each revision of a
+/// rating is a charge of its own.
+fn mark_key(period: &str, charge: &BillingCharge) -> Vec<u8> {
+    let mut key = marks_of(period);
+    key.extend_from_slice(format!("{}:{}", charge.rating_id, charge.revision).as_bytes());
+    key
+}
+
+/// The rating ids booked into each of `book`'s lines, read from its marks.
+fn rating_ids(
+    state: &State<'_>,
+    period: &str,
+    book: &PeriodBook,
+) -> Result<Vec<BTreeSet<String>>, ProcessError> {
+    let mut lines = vec![BTreeSet::new(); book.lines.len()];
+    for (_, value) in state.entries_with_prefix(BOOKED, &marks_of(period))? {
+        let mark: Mark = serde_json::from_slice(&value).map_err(|e| ProcessError::Fatal {
+            kind: "state",
+            detail: format!("store `{BOOKED}` holds an unreadable mark of `{period}`: {e}"),
+        })?;
+        if let Some(ids) = lines.get_mut(mark.line) {
+            ids.insert(mark.rating_id);
+        }
+    }
+    Ok(lines)
 }
 
 /// The processor.
@@ -237,25 +279,27 @@ impl PeriodClose {
                     (book, Some(end))
                 }
             };
+            let mark = mark_key(&key, &charge);
+            if state.get(BOOKED, &mark)?.is_some() {
+                return Ok(Vec::new());
+            }
             if book.closed {
-                if book.has_booked(&charge) {
-                    return Ok(Vec::new());
-                }
                 let next = self.next_period(state, &tenant, &charge, book.end)?;
                 corrects = corrects.or(Some((book.start, book.end)));
                 period = next;
                 continue;
             }
-            if book.book(&charge, corrects) == Booked::Added {
-                if let (Some(metrics), Some(_)) = (&self.metrics, corrects) {
-                    metrics.correction();
-                }
-                state.put_json(PERIODS, key.as_bytes(), &book)?;
-                if let Some(end) = opened_ending {
-                    let mut due = Due::read(state)?;
-                    due.0.insert(key, end);
-                    state.put_json(DUE, DUE_KEY, &due)?;
-                }
+            let line = book.book(&charge, corrects);
+            if let (Some(metrics), Some(_)) = (&self.metrics, corrects) {
+                metrics.correction();
+            }
+            let rating_id = charge.rating_id.clone();
+            state.put_json(BOOKED, &mark, &Mark { line, rating_id })?;
+            state.put_json(PERIODS, key.as_bytes(), &book)?;
+            if let Some(end) = opened_ending {
+                let mut due = Due::read(state)?;
+                due.0.insert(key, end);
+                state.put_json(DUE, DUE_KEY, &due)?;
             }
             return Ok(Vec::new());
         }
@@ -365,6 +409,7 @@ impl Processor for PeriodClose {
     fn state(&self) -> StateSpec {
         StateSpec::stateless()
             .store(PERIODS)
+            .store(BOOKED)
             .store(DUE)
             .store(SEQUENCES)
             .store(NUMBERED)
@@ -417,14 +462,20 @@ impl Processor for PeriodClose {
             if book.closed {
                 continue;
             }
+            let rating_ids = rating_ids(state, key, &book)?;
             let draft = book
-                .draft(book.end, i32::from(self.settings.payment_days), now)
+                .draft(
+                    &rating_ids,
+                    book.end,
+                    i32::from(self.settings.payment_days),
+                    now,
+                )
                 .map_err(|e| ProcessError::permanent("contract_violation", e))?;
             let entity_key = format!("{}:{}", book.tenant, book.legal_entity_id);
             outputs.push(self.invoice_output(&self.settings.drafts_topic, &entity_key, &draft)?);
             tracing::info!(period = %key, invoice = %draft.invoice_id, "period closed");
-            // The lines are on the invoice now; the charges booked stay, so that a redelivered
-            // one is not booked again in the next period.
+            // The lines are on the invoice now; the marks stay, so that a redelivered charge is
+            // not booked again in the next period.
             book.closed = true;
             book.lines.clear();
             state.put_json(PERIODS, key.as_bytes(), &book)?;

@@ -67,6 +67,37 @@ fn staged_writes_are_invisible_to_get_until_applied_and_visible_through_the_view
 }
 
 #[test]
+fn a_prefix_read_through_the_view_lays_the_batch_over_the_committed_entries() {
+    let tmp = TempDir::new("prefix");
+    let (state, _) = open(tmp.path());
+    let mut staged = StagedWrites::new();
+    {
+        let mut view = StateView::new(&state, &mut staged);
+        for (key, value) in [("p/1", "a"), ("p/2", "b"), ("p/3", "c"), ("q/1", "x")] {
+            view.put("totals", key.as_bytes(), value.as_bytes())
+                .unwrap();
+        }
+    }
+    staged.apply(&state).unwrap();
+    let mut view = StateView::new(&state, &mut staged);
+    view.delete("totals", b"p/2").unwrap();
+    view.put("totals", b"p/3", b"C").unwrap();
+    view.put("totals", b"p/0", b"new").unwrap();
+    view.put("dedup", b"p/9", b"other store").unwrap();
+    let entries = view.entries_with_prefix("totals", b"p/").unwrap();
+    let text: Vec<(&str, &str)> = entries
+        .iter()
+        .map(|(k, v)| {
+            (
+                std::str::from_utf8(k).unwrap(),
+                std::str::from_utf8(v).unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(text, [("p/0", "new"), ("p/1", "a"), ("p/3", "C")]);
+}
+
+#[test]
 fn changelog_records_coalesce_per_key_in_first_staged_order() {
     let mut staged = StagedWrites::new();
     staged.put("totals", b"x", b"1");

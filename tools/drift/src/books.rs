@@ -2,12 +2,14 @@
 //! topics) against what the external systems hold (from their read APIs), per check, tenant,
 //! period, legal entity and currency.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use backbone_calendar::Zone;
-use backbone_schemas::types::{CustomerAccount, EnrichedUsage, GlMapping, LegalEntity, RatedUsage};
+use backbone_schemas::types::{
+    CustomerAccount, EnrichedUsage, GlMapping, Invoice, InvoiceStatus, LegalEntity, RatedUsage,
+};
 
-/// The four comparisons.
+/// The five comparisons.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Check {
     /// Quantity of usage the rater accepted against the quantity of usage it rated.
@@ -18,15 +20,19 @@ pub enum Check {
     RatedVsErp,
     /// Customers with rated usage and an account in master data against accounts in the CRM.
     AccountsVsCrm,
+    /// Amount rated against amount on the issued invoices' lines, by the rating ids the lines
+    /// name.
+    RatedVsInvoiced,
 }
 
 impl Check {
     /// Every check, in report order.
-    pub const ALL: [Check; 4] = [
+    pub const ALL: [Check; 5] = [
         Check::UsageVsRated,
         Check::RatedVsBilled,
         Check::RatedVsErp,
         Check::AccountsVsCrm,
+        Check::RatedVsInvoiced,
     ];
 
     /// The `check` label.
@@ -36,6 +42,7 @@ impl Check {
             Check::RatedVsBilled => "rated_vs_billed",
             Check::RatedVsErp => "rated_vs_erp",
             Check::AccountsVsCrm => "accounts_vs_crm",
+            Check::RatedVsInvoiced => "rated_vs_invoiced",
         }
     }
 
@@ -43,7 +50,7 @@ impl Check {
     pub fn scale(self) -> u32 {
         match self {
             Check::UsageVsRated => 9,
-            Check::RatedVsBilled | Check::RatedVsErp => 6,
+            Check::RatedVsBilled | Check::RatedVsErp | Check::RatedVsInvoiced => 6,
             Check::AccountsVsCrm => 0,
         }
     }
@@ -163,6 +170,9 @@ pub struct HeldJournalLine {
 #[derive(Debug, Clone)]
 struct RatedMoney {
     tenant: String,
+    subscription: String,
+    /// First day of the billing period the line was rated into.
+    period_start: i32,
     billing_period: String,
     /// The usage's instant (µs): its day in the legal entity's time zone dates the posting.
     occurred_at: i64,
@@ -190,6 +200,29 @@ pub struct Books {
     receivables: BTreeMap<String, BTreeSet<String>>,
     /// Time zone names per `<tenant>:<legal entity>`, as master data says now.
     time_zones: HashMap<String, String>,
+    /// Issued invoices of billing periods by invoice id (a redelivered one replaces itself).
+    invoices: BTreeMap<String, InvoicedPeriod>,
+}
+
+/// What an issued invoice of a billing period says.
+#[derive(Debug, Clone)]
+struct InvoicedPeriod {
+    tenant: String,
+    subscription: String,
+    legal_entity: String,
+    currency: String,
+    /// First day of the period invoiced.
+    period_start: i32,
+    lines: Vec<InvoicedLine>,
+}
+
+/// An invoice line: the month of the period it bills or corrects, its amount, the rating ids
+/// it sums.
+#[derive(Debug, Clone)]
+struct InvoicedLine {
+    period: String,
+    amount: i128,
+    rating_ids: Vec<String>,
 }
 
 fn month(days: i32) -> String {
@@ -230,6 +263,8 @@ impl Books {
             line.rating_id.clone(),
             RatedMoney {
                 tenant,
+                subscription: line.subscription_id.clone(),
+                period_start: line.period_start,
                 billing_period: month(line.period_start),
                 occurred_at: line.metadata.occurred_at,
                 legal_entity: line.legal_entity_id.clone(),
@@ -281,6 +316,109 @@ impl Books {
             .day_of(money.occurred_at)
             .unwrap_or_else(|_| backbone_calendar::day_of_micros(money.occurred_at));
         month(day)
+    }
+
+    /// An invoice on `sales.invoices`: an issued invoice of a subscription's billing period
+    /// counts; drafts and invoices of orders do not.
+    pub fn invoice(&mut self, invoice: &Invoice) {
+        let (Some(subscription), Some(period_start)) =
+            (&invoice.subscription_id, invoice.period_start)
+        else {
+            return;
+        };
+        if invoice.status != InvoiceStatus::Issued {
+            return;
+        }
+        let lines = invoice
+            .lines
+            .iter()
+            .map(|line| InvoicedLine {
+                period: month(line.period_start.unwrap_or(period_start)),
+                amount: line.amount.unscaled(),
+                rating_ids: line.rating_ids.clone(),
+            })
+            .collect();
+        self.invoices.insert(
+            format!("{}:{}", invoice.metadata.tenant_id, invoice.invoice_id),
+            InvoicedPeriod {
+                tenant: invoice.metadata.tenant_id.clone(),
+                subscription: subscription.clone(),
+                legal_entity: invoice.legal_entity_id.clone(),
+                currency: invoice.currency.clone(),
+                period_start,
+                lines,
+            },
+        );
+    }
+
+    /// `rated_vs_invoiced`: each invoice line's amount against the rated lines it names (a
+    /// rating id on a second line counts for nothing there, so invoicing it twice shows), and
+    /// each rated line on no invoice once a later period of its subscription was invoiced: by
+    /// then it should be on its own period's invoice or, late, on that later one. Keyed by the
+    /// month of the period a line bills (or, for a correction, corrects) and by the rated
+    /// line's period, which are the same month for a line invoiced right.
+    fn rated_vs_invoiced(&self, add: &mut impl FnMut(DriftKey, i128, i128)) {
+        let key = |tenant: &str, period: &str, legal_entity: &str, currency: &str| DriftKey {
+            check: Check::RatedVsInvoiced,
+            tenant: tenant.to_owned(),
+            period: period.to_owned(),
+            legal_entity: legal_entity.to_owned(),
+            currency: currency.to_owned(),
+        };
+        let mut invoiced: HashSet<&str> = HashSet::new();
+        let mut latest: HashMap<(&str, &str), i32> = HashMap::new();
+        for invoice in self.invoices.values() {
+            let at = latest
+                .entry((&invoice.tenant, &invoice.subscription))
+                .or_insert(invoice.period_start);
+            *at = (*at).max(invoice.period_start);
+            for line in &invoice.lines {
+                add(
+                    key(
+                        &invoice.tenant,
+                        &line.period,
+                        &invoice.legal_entity,
+                        &invoice.currency,
+                    ),
+                    0,
+                    line.amount,
+                );
+                for id in &line.rating_ids {
+                    if !invoiced.insert(id) {
+                        continue;
+                    }
+                    if let Some(money) = self.rated.get(id) {
+                        add(
+                            key(
+                                &money.tenant,
+                                &money.billing_period,
+                                &money.legal_entity,
+                                &money.currency,
+                            ),
+                            money.amount,
+                            0,
+                        );
+                    }
+                }
+            }
+        }
+        for (id, money) in &self.rated {
+            let due = latest
+                .get(&(money.tenant.as_str(), money.subscription.as_str()))
+                .is_some_and(|&start| start > money.period_start);
+            if due && !invoiced.contains(id.as_str()) {
+                add(
+                    key(
+                        &money.tenant,
+                        &money.billing_period,
+                        &money.legal_entity,
+                        &money.currency,
+                    ),
+                    money.amount,
+                    0,
+                );
+            }
+        }
     }
 
     /// A GL mapping: its receivable account counts as receivables for its entity.
@@ -379,6 +517,8 @@ impl Books {
             );
         }
 
+        self.rated_vs_invoiced(&mut add);
+
         // Only customers with rated usage reach the CRM; among them, those master data knows.
         let mut per_tenant: BTreeMap<&str, (i128, i128)> = BTreeMap::new();
         for customer in self.rated_customers.intersection(&self.accounts) {
@@ -417,7 +557,9 @@ impl Books {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use backbone_schemas::types::{Amount, EventMetadata, Quantity, RatingKind, TraceContext};
+    use backbone_schemas::types::{
+        Amount, EventMetadata, InvoiceLine, Quantity, RatingKind, TraceContext,
+    };
 
     const NOV_15: i64 = 20_407 * backbone_calendar::DAY_MICROS;
 
@@ -586,6 +728,113 @@ mod tests {
             2,
             "the tombstone makes it UTC again"
         );
+    }
+
+    /// An issued invoice of s-1 for the period starting `start`, one line per
+    /// (amount, rating ids).
+    fn invoice(start: i32, lines: &[(&str, &[&str])]) -> Invoice {
+        let amount = |text: &str| text.parse::<Amount>().expect("amount");
+        Invoice {
+            metadata: line("inv", "0").metadata,
+            invoice_id: format!("inv-s-1-{start}"),
+            invoice_number: format!("le-eu-{start}"),
+            customer_id: "c-1".into(),
+            legal_entity_id: "le-eu".into(),
+            status: InvoiceStatus::Issued,
+            currency: "EUR".into(),
+            issue_date: start + 30,
+            due_date: start + 60,
+            lines: lines
+                .iter()
+                .enumerate()
+                .map(|(n, (total, ids))| InvoiceLine {
+                    line_number: i32::try_from(n + 1).expect("few"),
+                    description: "api".into(),
+                    product_id: None,
+                    charge_id: Some("api".into()),
+                    quantity: Quantity::ZERO,
+                    unit_price: None,
+                    amount: amount(total),
+                    tax_amount: Amount::ZERO,
+                    period_start: Some(start),
+                    period_end: Some(start + 30),
+                    rating_ids: ids.iter().map(|i| (*i).to_owned()).collect(),
+                })
+                .collect(),
+            subtotal_amount: Amount::ZERO,
+            tax_amount: Amount::ZERO,
+            total_amount: Amount::ZERO,
+            subscription_id: Some("s-1".into()),
+            order_id: None,
+            period_start: Some(start),
+            period_end: Some(start + 30),
+            billing_email: None,
+            billing_address: None,
+        }
+    }
+
+    #[test]
+    fn invoice_lines_answer_for_the_rated_lines_they_name_and_a_later_invoice_for_the_rest() {
+        let invoiced = |books: &Books| -> Vec<(String, i128, i128)> {
+            only(
+                &books.reconcile(&Holdings::default()),
+                Check::RatedVsInvoiced,
+            )
+            .iter()
+            .map(|l| (l.key.period.clone(), l.expected, l.observed))
+            .collect()
+        };
+        let mut books = Books::default();
+        for (id, delta) in [("r-1", "1.5"), ("r-2", "2.25"), ("r-3", "4")] {
+            books.rated(&line(id, delta));
+        }
+        assert!(invoiced(&books).is_empty(), "nothing invoiced yet");
+        // November's invoice names r-1 and r-2; r-3 may still come as a correction.
+        books.invoice(&invoice(20_393, &[("3.75", &["r-1", "r-2"])]));
+        assert_eq!(
+            invoiced(&books),
+            [("2025-11".to_owned(), 3_750_000, 3_750_000)]
+        );
+        // December's is out without it: r-3 is missing from the invoices.
+        books.invoice(&invoice(20_423, &[]));
+        assert_eq!(
+            invoiced(&books),
+            [("2025-11".to_owned(), 7_750_000, 3_750_000)]
+        );
+        // A correction line on December's invoice, in November's month, names r-3; and an
+        // invoice line whose amount is not its rated lines' shows.
+        let mut december = invoice(20_423, &[("4", &["r-3"])]);
+        december.lines[0].period_start = Some(20_393);
+        books.invoice(&december);
+        assert_eq!(
+            invoiced(&books),
+            [("2025-11".to_owned(), 7_750_000, 7_750_000)]
+        );
+        books.invoice(&invoice(20_393, &[("3.70", &["r-1", "r-2"])]));
+        assert_eq!(
+            invoiced(&books),
+            [("2025-11".to_owned(), 7_750_000, 7_700_000)],
+            "the newest record of an invoice replaces it"
+        );
+        // r-1 invoiced a second time, on another invoice: its amount is on no rated line.
+        books.invoice(&invoice(20_393, &[("3.75", &["r-1", "r-2"])]));
+        let mut again = invoice(20_454, &[("1.5", &["r-1"])]);
+        again.lines[0].period_start = Some(20_393);
+        books.invoice(&again);
+        assert_eq!(
+            invoiced(&books),
+            [("2025-11".to_owned(), 7_750_000, 9_250_000)]
+        );
+        // A draft or an order's invoice is not a period's invoice.
+        let mut books = Books::default();
+        books.rated(&line("r-1", "1.5"));
+        let mut draft = invoice(20_393, &[("9", &["r-1"])]);
+        draft.status = InvoiceStatus::Draft;
+        books.invoice(&draft);
+        let mut order = invoice(20_393, &[("9", &["r-1"])]);
+        order.subscription_id = None;
+        books.invoice(&order);
+        assert!(invoiced(&books).is_empty());
     }
 
     #[test]

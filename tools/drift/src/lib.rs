@@ -3,8 +3,9 @@
 //! does not.
 //!
 //! One side comes from the backbone's topics (usage the rater accepted and dead-lettered, rated
-//! lines, customer accounts, GL mappings, legal entities), the other from the systems' read APIs (the billing
-//! system's charges, the ERP's journals, the CRM's accounts); see [`books`] for the checks.
+//! lines, customer accounts, GL mappings, legal entities, issued invoices), the other from the
+//! systems' read APIs (the billing system's charges, the ERP's journals, the CRM's accounts) or,
+//! for the invoices, from the rated lines; see [`books`] for the checks.
 //! `drift report` prints one reconciliation as a table; `drift serve` keeps following the
 //! topics and exports the differences as gauges for Prometheus.
 
@@ -20,7 +21,7 @@ use std::time::Duration;
 use backbone_core::config::{ConfigError, Validate};
 use backbone_core::KafkaSettings;
 use backbone_schemas::types::{
-    Contract, CustomerAccount, EnrichedUsage, GlMapping, LegalEntity, RatedUsage,
+    Contract, CustomerAccount, EnrichedUsage, GlMapping, Invoice, LegalEntity, RatedUsage,
 };
 use backbone_schemas::WireCodec;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -68,6 +69,8 @@ pub struct DriftSettings {
     pub gl_mappings_topic: String,
     /// Legal entities (master data): their time zones date the ERP's postings.
     pub legal_entities_topic: String,
+    /// Issued invoices: their lines against the rated lines they name.
+    pub invoices_topic: String,
     /// The billing system's API.
     pub billing_url: String,
     /// The CRM's API.
@@ -94,6 +97,7 @@ impl Default for DriftSettings {
             accounts_topic: "master.customer-accounts".to_owned(),
             gl_mappings_topic: "master.gl-mappings".to_owned(),
             legal_entities_topic: "master.legal-entities".to_owned(),
+            invoices_topic: "sales.invoices".to_owned(),
             billing_url: "http://127.0.0.1:8090".to_owned(),
             crm_url: "http://127.0.0.1:8090".to_owned(),
             erp_url: "http://127.0.0.1:8090".to_owned(),
@@ -139,7 +143,7 @@ impl DriftSettings {
         )
     }
 
-    fn topics(&self) -> [&str; 6] {
+    fn topics(&self) -> [&str; 7] {
         [
             &self.enriched_topic,
             &self.enriched_dlq_topic,
@@ -147,6 +151,7 @@ impl DriftSettings {
             &self.accounts_topic,
             &self.gl_mappings_topic,
             &self.legal_entities_topic,
+            &self.invoices_topic,
         ]
     }
 }
@@ -345,6 +350,13 @@ impl TopicReader {
                 .await
                 .map_err(|e| decode_error(e.to_string()))?;
             books.legal_entity(&key, Some(&entity));
+        } else if topic == s.invoices_topic {
+            let invoice: Invoice = self
+                .codec
+                .decode_as(value, Invoice::schema())
+                .await
+                .map_err(|e| decode_error(e.to_string()))?;
+            books.invoice(&invoice);
         }
         Ok(read)
     }

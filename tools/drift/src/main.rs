@@ -19,7 +19,8 @@ use clap::{Parser, Subcommand};
     about = "Compares what was accepted, rated, billed, journalled and shown in the CRM",
     after_help = "Checks: usage_vs_rated (quantity the rater accepted vs rated), rated_vs_billed \
 (rated amount vs the billing system's charges), rated_vs_erp (rated amount vs receivables in \
-ERP journals), accounts_vs_crm (customers with rated usage in master data vs CRM accounts).\n\n\
+ERP journals), accounts_vs_crm (customers with rated usage in master data vs CRM accounts), \
+rated_vs_invoiced (rated amount vs the lines of issued invoices that name it).\n\n\
 Examples:\n  drift report\n  drift report --json --fail-on-drift\n  drift serve   # gauges on \
 drift.listen, every drift.interval"
 )]
