@@ -776,23 +776,7 @@ async fn proof_under_fire(run: Run) {
     .await;
 
     // Drift is zero on every check.
-    let config = backbone_drift::DriftConfig {
-        kafka: deployment.kafka.clone(),
-        schema_registry: backbone_core::schema_registry::SchemaRegistrySettings::at(registry_url()),
-        drift: backbone_drift::DriftSettings {
-            enriched_topic: t.enriched.clone(),
-            enriched_dlq_topic: format!("{}.dlq", t.enriched),
-            rated_topic: t.rated.clone(),
-            accounts_topic: t.accounts.clone(),
-            gl_mappings_topic: t.gl_mappings.clone(),
-            legal_entities_topic: t.name("master.legal-entities").to_owned(),
-            invoices_topic: t.name("sales.invoices").to_owned(),
-            billing_url: sandbox.url.clone(),
-            crm_url: sandbox.url.clone(),
-            erp_url: sandbox.url.clone(),
-            ..backbone_drift::DriftSettings::default()
-        },
-    };
+    let config = deployment.drift_config();
     let drift = {
         let lines = settle(
             &mut deployment,

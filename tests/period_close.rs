@@ -603,24 +603,7 @@ async fn periods_close_at_midnight_in_berlin_and_late_usage_corrects_the_next_in
 
     // Drift finds each month's invoice lines equal to the rated lines they name: October's
     // call, and November's with the late call rated into November as an adjustment.
-    let t = &deployment.topics;
-    let config = backbone_drift::DriftConfig {
-        kafka: deployment.kafka.clone(),
-        schema_registry: backbone_core::schema_registry::SchemaRegistrySettings::at(registry_url()),
-        drift: backbone_drift::DriftSettings {
-            enriched_topic: t.enriched.clone(),
-            enriched_dlq_topic: format!("{}.dlq", t.enriched),
-            rated_topic: t.rated.clone(),
-            accounts_topic: t.accounts.clone(),
-            gl_mappings_topic: t.gl_mappings.clone(),
-            legal_entities_topic: t.name("master.legal-entities").to_owned(),
-            invoices_topic: t.name("sales.invoices").to_owned(),
-            billing_url: sandbox.url.clone(),
-            crm_url: sandbox.url.clone(),
-            erp_url: sandbox.url.clone(),
-            ..backbone_drift::DriftSettings::default()
-        },
-    };
+    let config = deployment.drift_config();
     let drift: Vec<(String, String, i128, i128)> = backbone_drift::reconcile_once(&config)
         .await
         .expect("drift")

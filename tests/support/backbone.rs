@@ -365,6 +365,31 @@ impl Deployment {
         format!("127.0.0.1:{}", self.ports[binary])
     }
 
+    /// The drift reconciler's configuration for this deployment's topics and sandbox, to run it
+    /// in the test's own process.
+    pub fn drift_config(&self) -> backbone_drift::DriftConfig {
+        let t = &self.topics;
+        backbone_drift::DriftConfig {
+            kafka: self.kafka.clone(),
+            schema_registry: backbone_core::schema_registry::SchemaRegistrySettings::at(
+                self.registry_url.clone(),
+            ),
+            drift: backbone_drift::DriftSettings {
+                enriched_topic: t.enriched.clone(),
+                enriched_dlq_topic: format!("{}.dlq", t.enriched),
+                rated_topic: t.rated.clone(),
+                accounts_topic: t.accounts.clone(),
+                gl_mappings_topic: t.gl_mappings.clone(),
+                legal_entities_topic: t.name("master.legal-entities").to_owned(),
+                invoices_topic: t.name("sales.invoices").to_owned(),
+                billing_url: self.sandbox_url.clone(),
+                crm_url: self.sandbox_url.clone(),
+                erp_url: self.sandbox_url.clone(),
+                ..backbone_drift::DriftSettings::default()
+            },
+        }
+    }
+
     /// Every binary's configuration, as environment overrides. A stage runs on its defaults,
     /// its component entry's topics (this deployment's names) and local settings, and the
     /// deployment's broker, registry, group, state and destination.

@@ -181,6 +181,20 @@ struct RatedMoney {
     amount: i128,
 }
 
+impl RatedMoney {
+    /// The key of `check` for this money: its tenant, billing period's month, entity and
+    /// currency.
+    fn key(&self, check: Check) -> DriftKey {
+        DriftKey {
+            check,
+            tenant: self.tenant.clone(),
+            period: self.billing_period.clone(),
+            legal_entity: self.legal_entity.clone(),
+            currency: self.currency.clone(),
+        }
+    }
+}
+
 /// What the backbone's topics say, accumulated record by record.
 #[derive(Debug, Default)]
 pub struct Books {
@@ -358,13 +372,6 @@ impl Books {
     /// month of the period a line bills (or, for a correction, corrects) and by the rated
     /// line's period, which are the same month for a line invoiced right.
     fn rated_vs_invoiced(&self, add: &mut impl FnMut(DriftKey, i128, i128)) {
-        let key = |tenant: &str, period: &str, legal_entity: &str, currency: &str| DriftKey {
-            check: Check::RatedVsInvoiced,
-            tenant: tenant.to_owned(),
-            period: period.to_owned(),
-            legal_entity: legal_entity.to_owned(),
-            currency: currency.to_owned(),
-        };
         let mut invoiced: HashSet<&str> = HashSet::new();
         let mut latest: HashMap<(&str, &str), i32> = HashMap::new();
         for invoice in self.invoices.values() {
@@ -373,31 +380,20 @@ impl Books {
                 .or_insert(invoice.period_start);
             *at = (*at).max(invoice.period_start);
             for line in &invoice.lines {
-                add(
-                    key(
-                        &invoice.tenant,
-                        &line.period,
-                        &invoice.legal_entity,
-                        &invoice.currency,
-                    ),
-                    0,
-                    line.amount,
-                );
+                let key = DriftKey {
+                    check: Check::RatedVsInvoiced,
+                    tenant: invoice.tenant.clone(),
+                    period: line.period.clone(),
+                    legal_entity: invoice.legal_entity.clone(),
+                    currency: invoice.currency.clone(),
+                };
+                add(key, 0, line.amount);
                 for id in &line.rating_ids {
                     if !invoiced.insert(id) {
                         continue;
                     }
                     if let Some(money) = self.rated.get(id) {
-                        add(
-                            key(
-                                &money.tenant,
-                                &money.billing_period,
-                                &money.legal_entity,
-                                &money.currency,
-                            ),
-                            money.amount,
-                            0,
-                        );
+                        add(money.key(Check::RatedVsInvoiced), money.amount, 0);
                     }
                 }
             }
@@ -407,16 +403,7 @@ impl Books {
                 .get(&(money.tenant.as_str(), money.subscription.as_str()))
                 .is_some_and(|&start| start > money.period_start);
             if due && !invoiced.contains(id.as_str()) {
-                add(
-                    key(
-                        &money.tenant,
-                        &money.billing_period,
-                        &money.legal_entity,
-                        &money.currency,
-                    ),
-                    money.amount,
-                    0,
-                );
+                add(money.key(Check::RatedVsInvoiced), money.amount, 0);
             }
         }
     }
@@ -455,17 +442,7 @@ impl Books {
 
         let mut zones = HashMap::new();
         for money in self.rated.values() {
-            add(
-                DriftKey {
-                    check: Check::RatedVsBilled,
-                    tenant: money.tenant.clone(),
-                    period: money.billing_period.clone(),
-                    legal_entity: money.legal_entity.clone(),
-                    currency: money.currency.clone(),
-                },
-                money.amount,
-                0,
-            );
+            add(money.key(Check::RatedVsBilled), money.amount, 0);
             add(
                 DriftKey {
                     check: Check::RatedVsErp,
