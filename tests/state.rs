@@ -327,6 +327,25 @@ async fn produce_backlog(kafka: &KafkaSettings, topic: &str, accounts: usize, ev
     produce(kafka, topic, &backlog).await.expect("backlog");
 }
 
+/// Runs `processor` as the one instance `instance` of `group` (state of its own) until the
+/// group has committed `inputs` records of `input`, then stops it.
+async fn run_until_committed<P: Processor + Sync + 'static>(
+    processor: P,
+    group: &str,
+    instance: &str,
+    input: &str,
+    inputs: usize,
+) {
+    let kafka = shared_settings();
+    let settings = settings(group, instance_dir(group, instance), 1);
+    let mut running = RunningProcessor::start(processor, &kafka, settings);
+    let committed = i64::try_from(inputs).expect("a test's count");
+    running
+        .during(await_committed(&kafka, group, input, committed, DEADLINE))
+        .await;
+    running.stop(DEADLINE).await;
+}
+
 #[tokio::test]
 async fn a_backlog_writes_each_running_total_once_per_batch_and_restores_from_it() {
     let kafka = shared_settings();
@@ -334,18 +353,7 @@ async fn a_backlog_writes_each_running_total_once_per_batch_and_restores_from_it
     let changelog = format!("{group}.changelog");
     let (accounts, events) = (3, 3_000);
     produce_backlog(&kafka, &tally.input, accounts, events).await;
-    let first = settings(&group, instance_dir(&group, "first"), 1);
-    let mut processor = RunningProcessor::start(tally.clone(), &kafka, first);
-    processor
-        .during(await_committed(
-            &kafka,
-            &group,
-            &tally.input,
-            events as i64,
-            DEADLINE,
-        ))
-        .await;
-    processor.stop(DEADLINE).await;
+    run_until_committed(tally.clone(), &group, "first", &tally.input, events).await;
     let logged = end_offsets_total(&kafka, &changelog).expect("changelog end");
     assert!(
         logged <= events as i64 / 2,
@@ -362,19 +370,8 @@ async fn a_backlog_writes_each_running_total_once_per_batch_and_restores_from_it
     )
     .await
     .expect("one more each");
-    let second = settings(&group, instance_dir(&group, "second"), 1);
-    let mut processor = RunningProcessor::start(tally.clone(), &kafka, second);
     let total = events + accounts;
-    processor
-        .during(await_committed(
-            &kafka,
-            &group,
-            &tally.input,
-            total as i64,
-            DEADLINE,
-        ))
-        .await;
-    processor.stop(DEADLINE).await;
+    run_until_committed(tally.clone(), &group, "second", &tally.input, total).await;
     let outputs = everything_on(&kafka, &tally.output).await;
     assert_eq!(outputs.len(), total, "one output per input");
     let want: BTreeMap<String, u64> = (0..accounts)
@@ -422,23 +419,15 @@ async fn a_backlog_writes_each_key_of_a_table_topic_once_per_batch_at_its_newest
     let (tally, group) = plain_tally(&kafka, 1).await;
     let (accounts, events) = (3, 3_000);
     produce_backlog(&kafka, &tally.input, accounts, events).await;
-    let output = tally.output.clone();
-    let mut processor = RunningProcessor::start(
+    run_until_committed(
         TableTally(tally.clone()),
-        &kafka,
-        settings(&group, instance_dir(&group, "only"), 1),
-    );
-    processor
-        .during(await_committed(
-            &kafka,
-            &group,
-            &tally.input,
-            events as i64,
-            DEADLINE,
-        ))
-        .await;
-    processor.stop(DEADLINE).await;
-    let outputs = everything_on(&kafka, &output).await;
+        &group,
+        "only",
+        &tally.input,
+        events,
+    )
+    .await;
+    let outputs = everything_on(&kafka, &tally.output).await;
     assert!(
         outputs.len() <= events / 2,
         "a batch writes each account once: {} outputs for {events} inputs",
