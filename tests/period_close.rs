@@ -601,34 +601,6 @@ async fn periods_close_at_midnight_in_berlin_and_late_usage_corrects_the_next_in
     );
     assert_eq!(value("backbone_periods_open{"), Some(0.0), "{scraped}");
 
-    // Drift finds each month's invoice lines equal to the rated lines they name: October's
-    // call, and November's with the late call rated into November as an adjustment.
-    let config = deployment.drift_config();
-    let drift: Vec<(String, String, i128, i128)> = backbone_drift::reconcile_once(&config)
-        .await
-        .expect("drift")
-        .into_iter()
-        .filter(|l| l.key.check == Check::RatedVsInvoiced)
-        .map(|l| (l.key.period, l.key.legal_entity, l.expected, l.observed))
-        .collect();
-    assert_eq!(
-        drift,
-        [
-            (
-                "2026-10".to_owned(),
-                "le-berlin".to_owned(),
-                5_000_000,
-                5_000_000
-            ),
-            (
-                "2026-11".to_owned(),
-                "le-berlin".to_owned(),
-                5_000_000,
-                5_000_000
-            ),
-        ]
-    );
-
     // Billing and the ERP each got each invoice once, numbered: read once the sink has
     // settled every invoice.
     let issued = deployment.topics.name("sales.invoices").to_owned();
@@ -677,4 +649,65 @@ async fn periods_close_at_midnight_in_berlin_and_late_usage_corrects_the_next_in
             "{api:?}"
         );
     }
+
+    // Drift finds each month's invoice lines equal to the rated lines they name (October's
+    // call, and November's with the late call rated into November as an adjustment), and
+    // the ERP holding each issued invoice once.
+    let config = deployment.drift_config();
+    let drift = |check: Check| {
+        let config = &config;
+        async move {
+            backbone_drift::reconcile_once(config)
+                .await
+                .expect("drift")
+                .into_iter()
+                .filter(|l| l.key.check == check)
+                .map(|l| (l.key.period, l.key.legal_entity, l.expected, l.observed))
+                .collect::<Vec<_>>()
+        }
+    };
+    let month = |period: &str, expected: i128, observed: i128| {
+        (
+            period.to_owned(),
+            "le-berlin".to_owned(),
+            expected,
+            observed,
+        )
+    };
+    let both_months = [
+        month("2026-10", 5_000_000, 5_000_000),
+        month("2026-11", 5_000_000, 5_000_000),
+    ];
+    assert_eq!(drift(Check::RatedVsInvoiced).await, both_months);
+    assert_eq!(drift(Check::InvoicedVsErp).await, both_months);
+
+    // October's invoice reaches the ERP a second time under a key of its own, as from a sink
+    // that lost its ledger and keyed the delivery anew: the ERP holds it twice, and drift
+    // says so.
+    let erp = sandbox
+        .client
+        .applied(AppliedApi::ErpInvoices, None)
+        .await
+        .expect("applied");
+    let october_body = erp
+        .iter()
+        .find(|r| r.body["invoice_id"] == "inv-s-1-2026-10-01")
+        .map(|r| r.body.clone())
+        .expect("October's invoice at the ERP");
+    reqwest::Client::new()
+        .post(format!("{}{}", sandbox.url, AppliedApi::ErpInvoices.path()))
+        .bearer_auth("sandbox-token")
+        .header("Idempotency-Key", "a-key-of-its-own")
+        .json(&october_body)
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .expect("posted again");
+    assert_eq!(
+        drift(Check::InvoicedVsErp).await,
+        [
+            month("2026-10", 5_000_000, 10_000_000),
+            month("2026-11", 5_000_000, 5_000_000),
+        ]
+    );
 }

@@ -9,7 +9,7 @@ use backbone_schemas::types::{
     CustomerAccount, EnrichedUsage, GlMapping, Invoice, InvoiceStatus, LegalEntity, RatedUsage,
 };
 
-/// The five comparisons.
+/// The six comparisons.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Check {
     /// Quantity of usage the rater accepted against the quantity of usage it rated.
@@ -23,16 +23,20 @@ pub enum Check {
     /// Amount rated against amount on the issued invoices' lines, by the rating ids the lines
     /// name.
     RatedVsInvoiced,
+    /// Totals of the issued invoices against the totals of the invoices the ERP received: the
+    /// receivables finance books from them.
+    InvoicedVsErp,
 }
 
 impl Check {
     /// Every check, in report order.
-    pub const ALL: [Check; 5] = [
+    pub const ALL: [Check; 6] = [
         Check::UsageVsRated,
         Check::RatedVsBilled,
         Check::RatedVsErp,
         Check::AccountsVsCrm,
         Check::RatedVsInvoiced,
+        Check::InvoicedVsErp,
     ];
 
     /// The `check` label.
@@ -43,6 +47,7 @@ impl Check {
             Check::RatedVsErp => "rated_vs_erp",
             Check::AccountsVsCrm => "accounts_vs_crm",
             Check::RatedVsInvoiced => "rated_vs_invoiced",
+            Check::InvoicedVsErp => "invoiced_vs_erp",
         }
     }
 
@@ -50,7 +55,10 @@ impl Check {
     pub fn scale(self) -> u32 {
         match self {
             Check::UsageVsRated => 9,
-            Check::RatedVsBilled | Check::RatedVsErp | Check::RatedVsInvoiced => 6,
+            Check::RatedVsBilled
+            | Check::RatedVsErp
+            | Check::RatedVsInvoiced
+            | Check::InvoicedVsErp => 6,
             Check::AccountsVsCrm => 0,
         }
     }
@@ -132,6 +140,8 @@ pub struct Holdings {
     pub journal_lines: Vec<HeldJournalLine>,
     /// CRM accounts by external id `<tenant>:<customer>`.
     pub crm_accounts: BTreeSet<String>,
+    /// Invoices of billing periods the ERP received, each as often as it holds it.
+    pub erp_invoices: Vec<HeldInvoice>,
 }
 
 /// A charge the billing system holds.
@@ -164,6 +174,21 @@ pub struct HeldJournalLine {
     pub currency: String,
     /// Debit minus credit, unscaled at 6 places.
     pub net: i128,
+}
+
+/// An invoice of a billing period a system received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldInvoice {
+    /// Tenant.
+    pub tenant: String,
+    /// Legal entity that issued it.
+    pub legal_entity: String,
+    /// Month of the first day of the period it bills, `YYYY-MM`.
+    pub period: String,
+    /// Currency.
+    pub currency: String,
+    /// Its total, unscaled at 6 places: what the customer owes.
+    pub total: i128,
 }
 
 /// Where a rated line's money belongs.
@@ -227,6 +252,8 @@ struct InvoicedPeriod {
     currency: String,
     /// First day of the period invoiced.
     period_start: i32,
+    /// Its total, unscaled at 6 places.
+    total: i128,
     lines: Vec<InvoicedLine>,
 }
 
@@ -360,9 +387,48 @@ impl Books {
                 legal_entity: invoice.legal_entity_id.clone(),
                 currency: invoice.currency.clone(),
                 period_start,
+                total: invoice.total_amount.unscaled(),
                 lines,
             },
         );
+    }
+
+    /// `invoiced_vs_erp`: each issued invoice's total once against each invoice the ERP holds,
+    /// so one it lost and one it holds twice both show. Keyed by the month the invoice's
+    /// period starts in.
+    fn invoiced_vs_erp(&self, held: &[HeldInvoice], add: &mut impl FnMut(DriftKey, i128, i128)) {
+        let key = |tenant: &str, period: String, legal_entity: &str, currency: &str| DriftKey {
+            check: Check::InvoicedVsErp,
+            tenant: tenant.to_owned(),
+            period,
+            legal_entity: legal_entity.to_owned(),
+            currency: currency.to_owned(),
+        };
+        for invoice in self.invoices.values() {
+            let period = month(invoice.period_start);
+            add(
+                key(
+                    &invoice.tenant,
+                    period,
+                    &invoice.legal_entity,
+                    &invoice.currency,
+                ),
+                invoice.total,
+                0,
+            );
+        }
+        for invoice in held {
+            add(
+                key(
+                    &invoice.tenant,
+                    invoice.period.clone(),
+                    &invoice.legal_entity,
+                    &invoice.currency,
+                ),
+                0,
+                invoice.total,
+            );
+        }
     }
 
     /// `rated_vs_invoiced`: each invoice line's amount against the rated lines it names (a
@@ -495,6 +561,7 @@ impl Books {
         }
 
         self.rated_vs_invoiced(&mut add);
+        self.invoiced_vs_erp(&held.erp_invoices, &mut add);
 
         // Only customers with rated usage reach the CRM; among them, those master data knows.
         let mut per_tenant: BTreeMap<&str, (i128, i128)> = BTreeMap::new();
@@ -711,6 +778,11 @@ mod tests {
     /// (amount, rating ids).
     fn invoice(start: i32, lines: &[(&str, &[&str])]) -> Invoice {
         let amount = |text: &str| text.parse::<Amount>().expect("amount");
+        let total = lines
+            .iter()
+            .map(|(text, _)| amount(text))
+            .try_fold(Amount::ZERO, |sum, a| sum.checked_add(a))
+            .expect("total");
         Invoice {
             metadata: line("inv", "0").metadata,
             invoice_id: format!("inv-s-1-{start}"),
@@ -738,9 +810,9 @@ mod tests {
                     rating_ids: ids.iter().map(|i| (*i).to_owned()).collect(),
                 })
                 .collect(),
-            subtotal_amount: Amount::ZERO,
+            subtotal_amount: total,
             tax_amount: Amount::ZERO,
-            total_amount: Amount::ZERO,
+            total_amount: total,
             subscription_id: Some("s-1".into()),
             order_id: None,
             period_start: Some(start),
@@ -812,6 +884,73 @@ mod tests {
         order.subscription_id = None;
         books.invoice(&order);
         assert!(invoiced(&books).is_empty());
+    }
+
+    #[test]
+    fn the_erp_holds_each_issued_invoice_once() {
+        let mut books = Books::default();
+        books.invoice(&invoice(20_393, &[("3.75", &["r-1", "r-2"])]));
+        books.invoice(&invoice(20_423, &[("4", &["r-3"])]));
+        let mut draft = invoice(20_423, &[("9", &[])]);
+        draft.invoice_id = "inv-draft".into();
+        draft.status = InvoiceStatus::Draft;
+        books.invoice(&draft);
+        let held = |period: &str, legal_entity: &str, total: i128| HeldInvoice {
+            tenant: "acme".into(),
+            legal_entity: legal_entity.into(),
+            period: period.into(),
+            currency: "EUR".into(),
+            total,
+        };
+        let erp = |invoices: Vec<HeldInvoice>| -> Vec<(String, String, i128, i128)> {
+            let held = Holdings {
+                erp_invoices: invoices,
+                ..Holdings::default()
+            };
+            only(&books.reconcile(&held), Check::InvoicedVsErp)
+                .iter()
+                .map(|l| {
+                    let k = &l.key;
+                    (
+                        k.period.clone(),
+                        k.legal_entity.clone(),
+                        l.expected,
+                        l.observed,
+                    )
+                })
+                .collect()
+        };
+        let line = |period: &str, legal_entity: &str, expected: i128, observed: i128| {
+            (
+                period.to_owned(),
+                legal_entity.to_owned(),
+                expected,
+                observed,
+            )
+        };
+        assert_eq!(
+            erp(vec![
+                held("2025-11", "le-eu", 3_750_000),
+                held("2025-12", "le-eu", 4_000_000)
+            ]),
+            [
+                line("2025-11", "le-eu", 3_750_000, 3_750_000),
+                line("2025-12", "le-eu", 4_000_000, 4_000_000)
+            ]
+        );
+        // December's lost, November's received twice, and one under another entity.
+        assert_eq!(
+            erp(vec![
+                held("2025-11", "le-eu", 3_750_000),
+                held("2025-11", "le-eu", 3_750_000),
+                held("2025-12", "le-us", 4_000_000),
+            ]),
+            [
+                line("2025-11", "le-eu", 3_750_000, 7_500_000),
+                line("2025-12", "le-eu", 4_000_000, 0),
+                line("2025-12", "le-us", 0, 4_000_000),
+            ]
+        );
     }
 
     #[test]

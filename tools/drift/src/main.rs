@@ -20,7 +20,8 @@ use clap::{Parser, Subcommand};
     after_help = "Checks: usage_vs_rated (quantity the rater accepted vs rated), rated_vs_billed \
 (rated amount vs the billing system's charges), rated_vs_erp (rated amount vs receivables in \
 ERP journals), accounts_vs_crm (customers with rated usage in master data vs CRM accounts), \
-rated_vs_invoiced (rated amount vs the lines of issued invoices that name it).\n\n\
+rated_vs_invoiced (rated amount vs the lines of issued invoices that name it), invoiced_vs_erp \
+(issued invoices' totals vs the invoices the ERP received).\n\n\
 Examples:\n  drift report\n  drift report --json --fail-on-drift\n  drift serve   # gauges on \
 drift.listen, every drift.interval"
 )]

@@ -1,4 +1,4 @@
-//! Where drift reads what the back-office systems hold. [`BackOffice`] is the three reads a
+//! Where drift reads what the back-office systems hold. [`BackOffice`] is the four reads a
 //! reconciliation needs; [`SandboxApis`] implements them over the sandbox's read API, and a
 //! deployment against real systems implements the same trait over theirs.
 //!
@@ -14,6 +14,9 @@
 //!   tenant, legal entity and period (`YYYY-MM`), the line's GL account and currency, and its
 //!   debit minus its credit.
 //! - **CRM accounts**: the external ids (`<tenant>:<customer>`) of the accounts the CRM holds.
+//! - **invoices** (ERP): every invoice of a billing period the ERP received, as often as it
+//!   holds it, with its tenant, legal entity, currency, total and the first day of the period
+//!   it bills (`YYYY-MM-DD`). Invoices of orders (no period) are not read.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -23,7 +26,7 @@ use backbone_schemas::types::Amount;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use crate::books::{HeldCharge, HeldJournalLine, Holdings};
+use crate::books::{HeldCharge, HeldInvoice, HeldJournalLine, Holdings};
 use crate::DriftError;
 
 /// The reads of the three back-office systems a reconciliation needs.
@@ -36,6 +39,8 @@ pub trait BackOffice {
     ) -> impl Future<Output = Result<Vec<HeldJournalLine>, DriftError>> + Send;
     /// The external ids of the CRM's accounts.
     fn crm_accounts(&self) -> impl Future<Output = Result<BTreeSet<String>, DriftError>> + Send;
+    /// Every invoice of a billing period the ERP received.
+    fn erp_invoices(&self) -> impl Future<Output = Result<Vec<HeldInvoice>, DriftError>> + Send;
 }
 
 /// What the three systems hold, read through `systems`.
@@ -44,11 +49,12 @@ pub async fn holdings(systems: &impl BackOffice) -> Result<Holdings, DriftError>
         charges: systems.charges().await?,
         journal_lines: systems.journal_lines().await?,
         crm_accounts: systems.crm_accounts().await?,
+        erp_invoices: systems.erp_invoices().await?,
     })
 }
 
 /// The sandbox's read API (`GET /billing/v1/charges`, `/erp/v1/journal-batches`,
-/// `/crm/v1/accounts`, bearer token), one base URL per system.
+/// `/erp/v1/invoices`, `/crm/v1/accounts`, bearer token), one base URL per system.
 #[derive(Debug, Clone)]
 pub struct SandboxApis {
     /// The billing system.
@@ -142,6 +148,26 @@ struct Account {
     external_id: String,
 }
 
+#[derive(Deserialize)]
+struct AppliedInvoices {
+    applied: Vec<AppliedInvoice>,
+}
+
+#[derive(Deserialize)]
+struct AppliedInvoice {
+    body: InvoiceBody,
+}
+
+/// The fields of an invoice as `invoice-sink` sends it that drift reads.
+#[derive(Deserialize)]
+struct InvoiceBody {
+    tenant_id: String,
+    legal_entity_id: String,
+    currency: String,
+    period_start: Option<String>,
+    total_amount: String,
+}
+
 /// An exact decimal as an integer at six decimals; text that is none reads as zero, as the
 /// systems never write one.
 fn unscaled(text: &str) -> i128 {
@@ -179,6 +205,26 @@ impl BackOffice for SandboxApis {
                     gl_account: line.gl_account,
                     currency: line.currency,
                     net: unscaled(&line.debit) - unscaled(&line.credit),
+                })
+            })
+            .collect())
+    }
+
+    async fn erp_invoices(&self) -> Result<Vec<HeldInvoice>, DriftError> {
+        let url = format!("{}/erp/v1/invoices", self.erp_url);
+        let read: AppliedInvoices = self.read("the ERP", url).await?;
+        Ok(read
+            .applied
+            .into_iter()
+            .filter_map(|applied| {
+                let invoice = applied.body;
+                let period = invoice.period_start?.get(..7)?.to_owned();
+                Some(HeldInvoice {
+                    tenant: invoice.tenant_id,
+                    legal_entity: invoice.legal_entity_id,
+                    period,
+                    currency: invoice.currency,
+                    total: unscaled(&invoice.total_amount),
                 })
             })
             .collect())
