@@ -27,7 +27,9 @@ use backbone_core::{Delivery, KafkaSettings};
 use backbone_drift::books::Check;
 use backbone_loadgen::{LoadSpec, Workload};
 use backbone_sandbox::{Faults, SandboxConfig, System};
-use backbone_schemas::types::{Amount, AnalyticsFact, BillingCharge, Contract, CustomerAccount};
+use backbone_schemas::types::{
+    Amount, AnalyticsFact, BillingCharge, Contract, CustomerAccount, JournalBatch,
+};
 use backbone_schemas::WireCodec;
 use backbone_testkit::{
     committed_offsets, consume_while, end_offsets_total, reference_price, ConsumedRecord,
@@ -771,6 +773,44 @@ async fn proof_under_fire(run: Run) {
             Err(format!(
                 "held {receivables:?}, expected {expected_ledger:?}, erp-sink dead letters {rejected:?}"
             ))
+        },
+    )
+    .await;
+    // Every batch the ERP holds is announced on the journal-batch topic, the kills and the
+    // lost answers notwithstanding, and nothing else is: awaited, as a batch posted just
+    // before a kill is announced when its postings come again.
+    let journal_batches = t.name("erp.journal-batches").to_owned();
+    settle(
+        &mut deployment,
+        &mut mayhem,
+        Duration::from_secs(120),
+        "the ERP's batches to be announced",
+        || async {
+            let held: BTreeSet<String> = sandbox
+                .client
+                .batches()
+                .await
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .filter(|b| b.tenant_id == tenant)
+                .map(|b| b.external_id)
+                .collect();
+            let mut announced = BTreeSet::new();
+            for record in read_all(&kafka, &journal_batches).await {
+                let value = record.value.as_deref().unwrap_or_default();
+                let batch: JournalBatch = codec
+                    .decode_as(value, JournalBatch::schema())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if batch.metadata.tenant_id == tenant {
+                    announced.insert(batch.batch_id);
+                }
+            }
+            if announced == held {
+                Ok(())
+            } else {
+                Err(format!("announced {announced:?}, the ERP holds {held:?}"))
+            }
         },
     )
     .await;

@@ -2,7 +2,8 @@
 //! totals match the postings they came from; a late posting becomes an adjustment; a batch for
 //! a closed period is dead-lettered with the ERP's answer; a replay posts nothing twice; the
 //! ERP is asked before each batch, so a lost answer, a lost disk or a partition moved to
-//! another instance posts nothing twice and never reuses a posted batch's id.
+//! another instance posts nothing twice and never reuses a posted batch's id. Every batch the
+//! ERP holds is announced as a `JournalBatch` as it was posted, the lost answer's too.
 
 #[path = "support/sinks.rs"]
 mod support;
@@ -15,13 +16,14 @@ use backbone_calendar::now_ms;
 use backbone_erp_sink::{ErpSettings, ErpSink};
 use backbone_sandbox::{Faults, PostedBatch, SandboxConfig, System};
 use backbone_schemas::types::DeliveryOutcome;
-use backbone_schemas::types::{Amount, LedgerPosting, PostingLine};
+use backbone_schemas::types::{Amount, JournalBatch, LedgerPosting, PostingLine};
 use backbone_schemas::WireCodec;
 use backbone_sink::http::JsonApi;
 use backbone_sink::{SinkSettings, DESTINATION_REJECTED};
 use backbone_testkit::{consume_until, dead_letter_reasons, shared_settings};
 use support::{
-    eventually, metadata, publish, registry_url, results, RunningSink, Sandbox, SinkTopics,
+    eventually, metadata, publish, read_all, registry_url, results, RunningSink, Sandbox,
+    SinkTopics,
 };
 
 const DEADLINE: Duration = Duration::from_secs(120);
@@ -81,12 +83,18 @@ fn posting(
     }
 }
 
+/// Where the sink reading `input` announces its batches.
+fn journal_topic(input: &str) -> String {
+    format!("{input}-journal-batches")
+}
+
 async fn erp_sink(topic: &str, sandbox: &Sandbox) -> ErpSink {
     let settings = ErpSettings {
         topic: topic.to_owned(),
         window: Duration::from_secs(2),
         grace: Duration::from_secs(1),
         outbox_dir: None,
+        journal_batches_topic: journal_topic(topic),
     };
     ErpSink::new(
         settings,
@@ -145,6 +153,48 @@ fn receivables(batches: &[PostedBatch]) -> BTreeMap<(String, String), i128> {
         }
     }
     totals
+}
+
+/// A batch's kind and lines (account, debit, credit, reference), as the ERP and the
+/// announcement both carry them.
+type BatchShape = (String, Vec<(String, i128, i128, Option<String>)>);
+
+/// Each batch the ERP holds is announced on the journal-batch topic of the sink reading
+/// `input` as it was posted: every copy of a batch id alike, and no id the ERP lacks. Read to
+/// the topic's end.
+async fn assert_announced_as_held(codec: &WireCodec, input: &str, held: &[PostedBatch]) {
+    let erp: BTreeMap<String, BatchShape> = held
+        .iter()
+        .map(|b| {
+            let lines = b.lines.iter().map(|l| {
+                let (debit, credit) = (micros(&l.debit), micros(&l.credit));
+                (l.gl_account.clone(), debit, credit, l.reference.clone())
+            });
+            let shape = (format!("{:?}", b.batch_type), lines.collect());
+            (b.external_id.clone(), shape)
+        })
+        .collect();
+    let mut announced: BTreeMap<String, BatchShape> = BTreeMap::new();
+    for batch in read_all::<JournalBatch>(codec, &journal_topic(input)).await {
+        let lines = batch.lines.iter().map(|l| {
+            let (debit, credit) = (l.debit.unscaled(), l.credit.unscaled());
+            (
+                l.gl_account.clone(),
+                debit,
+                credit,
+                l.source_rating_id.clone(),
+            )
+        });
+        let shape: BatchShape = (format!("{:?}", batch.batch_type), lines.collect());
+        if let Some(earlier) = announced.insert(batch.batch_id.clone(), shape.clone()) {
+            assert_eq!(
+                earlier, shape,
+                "batch {} announced again alike",
+                batch.batch_id
+            );
+        }
+    }
+    assert_eq!(announced, erp, "the batches announced are the ERP's");
 }
 
 /// Every batch balances, and the ERP holds `euros` of receivables for `le-eu`, nothing else.
@@ -276,7 +326,9 @@ async fn postings_become_balanced_batches_then_adjustments_and_replays_post_noth
         posted,
         "no batch posted twice"
     );
-    check_balanced(&sandbox.client.batches().await.expect("batches"));
+    let held = sandbox.client.batches().await.expect("batches");
+    check_balanced(&held);
+    assert_announced_as_held(&codec, &topics.input, &held).await;
     drop(records);
 }
 
@@ -402,6 +454,9 @@ async fn a_batch_whose_answer_was_lost_is_found_in_the_erp_and_a_newcomer_adjust
         [("Regular".to_owned(), 4), ("Adjustment".to_owned(), 2)],
         "the batch as first sent, then the newcomer's adjustment"
     );
+    // The ERP never answered for the first batch: it is announced as rebuilt from the
+    // postings it holds.
+    assert_announced_as_held(&codec, &topics.input, &batches).await;
 }
 
 /// Two instances, each with its own disk. The first posts a window; the partition moves to the
@@ -464,4 +519,5 @@ async fn a_partition_moved_to_an_instance_without_the_ledger_posts_nothing_twice
         ],
         "the first window, then the newcomer's adjustment of it"
     );
+    assert_announced_as_held(&codec, &topics.input, &batches).await;
 }

@@ -12,24 +12,32 @@
 //! window becomes an adjustment batch. That ledger is local to one instance, so before each
 //! batch the sink also asks the ERP which of its postings it holds and whether its id is taken:
 //! a lost answer, a lost disk or a partition moved to another instance posts nothing twice.
+//!
+//! Every batch the ERP holds is announced on `erp.journal-batches` as the `JournalBatch` it
+//! was posted as, keyed `<tenant>:<legal entity>`: after the ERP answers `posted` or
+//! `duplicate`, and, when the postings come again and the ERP already holds them (the sink
+//! stopped between the ERP's answer and its commit), rebuilt from those postings under the
+//! batch id the ERP holds them by. Readers take a batch id once.
 
 pub mod journal;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use backbone_calendar::format_date;
 use backbone_calendar::micros_of;
 use backbone_core::config::{ConfigError, Validate};
 use backbone_core::InputRecord;
-use backbone_schemas::types::{Amount, Destination, JournalBatch, LedgerPosting};
+use backbone_schemas::types::{Amount, Contract, Destination, JournalBatch, LedgerPosting};
 use backbone_sink::app::SinkApp;
 use backbone_sink::http::{JsonApi, Reply};
 use backbone_sink::settings::require_topic;
 use backbone_sink::{
-    decode, Accepted, Delivery, DeliveryError, DeliveryLedger, DeliveryState, DestinationSettings,
-    Money, Outcome, Rejection, RetryReason, Sink, SinkContext, Source,
+    decode, Accepted, AnnounceError, Announcements, Announcer, Delivery, DeliveryError,
+    DeliveryLedger, DeliveryState, DestinationSettings, Money, Outcome, Rejection, RetryReason,
+    Sink, SinkContext, Source,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -50,6 +58,8 @@ pub struct ErpSettings {
     pub grace: Duration,
     /// Also write each batch as `<batch_id>.csv` here, for ERPs that import files.
     pub outbox_dir: Option<PathBuf>,
+    /// Where each batch the ERP holds is announced as a `JournalBatch`.
+    pub journal_batches_topic: String,
 }
 
 impl Default for ErpSettings {
@@ -59,6 +69,7 @@ impl Default for ErpSettings {
             window: Duration::from_secs(60),
             grace: Duration::from_secs(10),
             outbox_dir: None,
+            journal_batches_topic: "erp.journal-batches".to_owned(),
         }
     }
 }
@@ -72,6 +83,9 @@ impl Validate for ErpSettings {
             })
         };
         require_topic(&self.topic)?;
+        if self.journal_batches_topic.is_empty() {
+            return invalid("journal_batches_topic", "must name a topic".to_owned());
+        }
         if self.window < Duration::from_millis(100) {
             return invalid(
                 "window",
@@ -208,12 +222,26 @@ impl JournalRequest {
     }
 }
 
+/// How many batch numbers past the ledger's a redelivered window's batches are looked for
+/// among those the ERP holds: a window gets one number more per adjustment, a handful.
+const SEQUENCES_SEARCHED: u32 = 64;
+
+/// A posting the ERP holds a line of: the batch holding it, by its external id and document.
+#[derive(Debug, Clone)]
+struct HeldPosting {
+    batch_id: String,
+    document: String,
+}
+
 /// The ERP sink.
 #[derive(Debug)]
 pub struct ErpSink {
     settings: ErpSettings,
     api: JsonApi,
     windows: Windows,
+    /// Per delivery key, the batches the ERP holds of the delivery's window, from `deliver`
+    /// until `announce` takes them.
+    held_batches: Mutex<HashMap<String, Vec<JournalBatch>>>,
 }
 
 impl ErpSink {
@@ -224,26 +252,31 @@ impl ErpSink {
             settings,
             api,
             windows: Windows::new(length),
+            held_batches: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Posts `pending`, after asking the ERP what it already holds. The ledger on this
-    /// instance's disk is not the record of what was posted, the ERP is: a posting it holds
-    /// (from before a lost disk, or from another instance before the partition moved) is
-    /// left out, and a batch id it holds is not reused, since it would answer `duplicate`
-    /// for content it never received.
-    async fn post(&self, pending: &PendingBatch) -> Result<Outcome, DeliveryError> {
+    /// Posts `pending`, after asking the ERP what it already holds, and says which batches of
+    /// the window the ERP holds once it answered. The ledger on this instance's disk is not
+    /// the record of what was posted, the ERP is: a posting it holds (from before a lost disk,
+    /// or from another instance before the partition moved) is left out, and a batch id it
+    /// holds is not reused, since it would answer `duplicate` for content it never received.
+    async fn post(
+        &self,
+        pending: &PendingBatch,
+    ) -> Result<(Outcome, Vec<JournalBatch>), DeliveryError> {
+        let settled = |outcome| Ok((outcome, Vec::new()));
         let held = match self.held_postings(&pending.window).await? {
             Ok(held) => held,
-            Err(outcome) => return Ok(outcome),
+            Err(outcome) => return settled(outcome),
         };
+        let mut held_batches = self.held_batches_of(pending, &held);
         let mut window = pending.window.clone();
-        if let Some(reference) = held.values().next() {
+        if let Some(first) = held.values().next() {
             window.postings.retain(|id, _| !held.contains_key(id));
             if window.postings.is_empty() {
-                return Ok(Outcome::AlreadyDelivered {
-                    reference: Some(reference.clone()),
-                });
+                let reference = Some(first.document.clone());
+                return Ok((Outcome::AlreadyDelivered { reference }, held_batches));
             }
         }
         let mut sequence = pending.sequence;
@@ -251,7 +284,7 @@ impl ErpSink {
             match self.batch_held(&pending.key.batch_id(sequence)).await? {
                 Ok(false) => break,
                 Ok(true) => sequence += 1,
-                Err(outcome) => return Ok(outcome),
+                Err(outcome) => return settled(outcome),
             }
         }
         let length = self.windows.length();
@@ -265,7 +298,7 @@ impl ErpSink {
         ) {
             Ok(batch) => batch,
             Err(err) => {
-                return Ok(Outcome::Rejected {
+                return settled(Outcome::Rejected {
                     code: "unbuildable_batch".to_owned(),
                     message: err.to_string(),
                 })
@@ -273,7 +306,7 @@ impl ErpSink {
         };
         if let Some(dir) = &self.settings.outbox_dir {
             if let Err(err) = write_csv(dir, &batch) {
-                return Ok(Outcome::Retry {
+                return settled(Outcome::Retry {
                     reason: RetryReason::Unavailable,
                     message: format!("outbox `{}`: {err}", dir.display()),
                     after: None,
@@ -287,20 +320,56 @@ impl ErpSink {
             .await?
         {
             Reply::Answer(answer) => answer,
-            Reply::Settled(outcome) => return Ok(outcome),
+            Reply::Settled(outcome) => return settled(outcome),
         };
-        Ok(posting_outcome(
-            &answer.body,
-            &answer.error_code(),
-            &answer.error_message(),
-        ))
+        let outcome = posting_outcome(&answer.body, &answer.error_code(), &answer.error_message());
+        held_batches.push(batch);
+        Ok((outcome, held_batches))
     }
 
-    /// The window's postings the ERP holds lines of, each with the document holding it.
+    /// The window's batches the ERP holds postings of, each rebuilt from those postings under
+    /// its number: as they were posted when every posting of the batch came again. A posting
+    /// held under another window's batch (its record was produced again, so it arrived in a
+    /// new window) is announced with that window's.
+    fn held_batches_of(
+        &self,
+        pending: &PendingBatch,
+        held: &BTreeMap<String, HeldPosting>,
+    ) -> Vec<JournalBatch> {
+        let ids: BTreeSet<&str> = held.values().map(|h| h.batch_id.as_str()).collect();
+        let mut batches = Vec::new();
+        for sequence in 0..pending.sequence.saturating_add(SEQUENCES_SEARCHED) {
+            if batches.len() == ids.len() {
+                break;
+            }
+            let id = pending.key.batch_id(sequence);
+            if !ids.contains(id.as_str()) {
+                continue;
+            }
+            let mut window = pending.window.clone();
+            window
+                .postings
+                .retain(|rating_id, _| held.get(rating_id).is_some_and(|h| h.batch_id == id));
+            let length = self.windows.length();
+            if let Ok(batch) = build_batch(
+                &pending.key,
+                &window,
+                sequence,
+                length,
+                Self::NAME,
+                pending.closed_at,
+            ) {
+                batches.push(batch);
+            }
+        }
+        batches
+    }
+
+    /// The window's postings the ERP holds lines of, each with the batch holding it.
     async fn held_postings(
         &self,
         window: &OpenWindow,
-    ) -> Result<Result<BTreeMap<String, String>, Outcome>, DeliveryError> {
+    ) -> Result<Result<BTreeMap<String, HeldPosting>, Outcome>, DeliveryError> {
         let search = json!({ "references": window.postings.keys().collect::<Vec<_>>() });
         let answer = match self
             .api
@@ -317,8 +386,14 @@ impl ErpSink {
             .iter()
             .filter_map(|line| {
                 let reference = line["reference"].as_str()?;
-                let document = line["document_number"].as_str().unwrap_or_default();
-                Some((reference.to_owned(), document.to_owned()))
+                let held = HeldPosting {
+                    batch_id: line["external_id"].as_str().unwrap_or_default().to_owned(),
+                    document: line["document_number"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                };
+                Some((reference.to_owned(), held))
             })
             .collect()))
     }
@@ -560,7 +635,16 @@ impl Sink for ErpSink {
         let mut outcomes = Vec::with_capacity(batch.len());
         for delivery in batch {
             outcomes.push(match &delivery.payload {
-                JournalDelivery::Batch(journal) => self.post(journal).await?,
+                JournalDelivery::Batch(journal) => {
+                    let (outcome, held) = self.post(journal).await?;
+                    if let Outcome::Delivered { .. } | Outcome::AlreadyDelivered { .. } = outcome {
+                        self.held_batches
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .insert(delivery.key.clone(), held);
+                    }
+                    outcome
+                }
                 JournalDelivery::Unbuildable(reason) => Outcome::Rejected {
                     code: "unbuildable_batch".to_owned(),
                     message: reason.clone(),
@@ -568,6 +652,31 @@ impl Sink for ErpSink {
             });
         }
         Ok(outcomes)
+    }
+
+    fn announcements(&self) -> Option<Announcements> {
+        Some(Announcements {
+            topic: self.settings.journal_batches_topic.clone(),
+            contract: JournalBatch::FULL_NAME,
+        })
+    }
+
+    fn announce(
+        &self,
+        delivery: &Delivery<JournalDelivery>,
+        announcer: &mut Announcer<'_>,
+    ) -> Result<(), AnnounceError> {
+        let held = self
+            .held_batches
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&delivery.key)
+            .unwrap_or_default();
+        for batch in &held {
+            let key = format!("{}:{}", batch.metadata.tenant_id, batch.legal_entity_id);
+            announcer.announce(&key, batch)?;
+        }
+        Ok(())
     }
 }
 

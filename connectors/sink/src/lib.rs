@@ -15,7 +15,10 @@
 //!   destination's `Retry-After`; a [`circuit`] breaker pauses the input partitions while the
 //!   destination keeps failing and probes before closing;
 //! - rejections dead-lettered with the destination's answer; a refused credential stops the
-//!   sink with its alert metric raised, and nothing is dead-lettered or committed.
+//!   sink with its alert metric raised, and nothing is dead-lettered or committed;
+//! - what a sink announces of a delivery the destination took ([`Sink::announce`]) on the
+//!   broker before the delivery is confirmed in the ledger, so a crash announces it again
+//!   rather than never.
 
 pub mod app;
 pub mod backoff;
@@ -29,9 +32,10 @@ pub mod settings;
 use std::future::Future;
 use std::time::{Duration, SystemTime};
 
-use backbone_core::InputRecord;
-use backbone_schemas::types::{Amount, Destination};
-use backbone_schemas::WireCodec;
+use backbone_core::{InputRecord, OutputRecord};
+use backbone_schemas::types::{Amount, Contract, Destination};
+use backbone_schemas::wire::encode_framed;
+use backbone_schemas::{OutputContracts, WireCodec};
 
 pub use ledger::{DeliveryLedger, DeliveryState, LedgerEntry, LedgerError};
 pub use runner::{run, RunContext, SinkError, SinkSummary, DESTINATION_REJECTED};
@@ -55,6 +59,67 @@ pub struct Source {
     pub offset: i64,
     /// Money this record contributes to the delivery.
     pub money: Option<Money>,
+}
+
+/// Where a sink announces what destinations took: one topic, values of one contract.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Announcements {
+    /// The topic.
+    pub topic: String,
+    /// Full name of the values' contract ([`Contract::FULL_NAME`]).
+    pub contract: &'static str,
+}
+
+/// Collects the records a sink announces for a delivery, encoded as the announcements'
+/// contract.
+pub struct Announcer<'a> {
+    contracts: &'a OutputContracts,
+    topic: &'a str,
+    records: Vec<OutputRecord>,
+}
+
+/// An announcement that could not be encoded.
+#[derive(Debug, thiserror::Error)]
+#[error("announcing on `{topic}`: {message}")]
+pub struct AnnounceError {
+    /// The announcements' topic.
+    pub topic: String,
+    /// What failed.
+    pub message: String,
+}
+
+impl<'a> Announcer<'a> {
+    pub(crate) fn new(contracts: &'a OutputContracts, topic: &'a str) -> Self {
+        Self {
+            contracts,
+            topic,
+            records: Vec::new(),
+        }
+    }
+
+    /// Announces `value` under `key`.
+    pub fn announce<T: Contract>(&mut self, key: &str, value: &T) -> Result<(), AnnounceError> {
+        let failed = |message: String| AnnounceError {
+            topic: self.topic.to_owned(),
+            message,
+        };
+        let id = self
+            .contracts
+            .id(self.topic)
+            .map_err(|e| failed(e.to_string()))?;
+        let bytes = encode_framed(id, value).map_err(|e| failed(e.to_string()))?;
+        self.records.push(OutputRecord {
+            topic: self.topic.to_owned(),
+            key: Some(key.as_bytes().to_vec()),
+            value: Some(bytes),
+            headers: Vec::new(),
+        });
+        Ok(())
+    }
+
+    pub(crate) fn into_records(self) -> Vec<OutputRecord> {
+        self.records
+    }
 }
 
 /// One request to the destination, under its idempotency key.
@@ -329,6 +394,26 @@ pub trait Sink: Send + 'static {
         &self,
         batch: &[&Delivery<Self::Payload>],
     ) -> impl Future<Output = Result<Vec<Outcome>, DeliveryError>> + Send;
+
+    /// Where the sink announces what the destination took ([`Sink::announce`]); none by
+    /// default.
+    fn announcements(&self) -> Option<Announcements> {
+        None
+    }
+
+    /// Announces what the destination holds of `delivery`, which it has just answered as
+    /// delivered or already delivered; nothing by default. The runtime waits for the broker
+    /// to have the records before it confirms the delivery in the ledger, so a crash in
+    /// between redelivers the input and announces again: readers take an announcement's
+    /// identity once.
+    fn announce(
+        &self,
+        delivery: &Delivery<Self::Payload>,
+        announcer: &mut Announcer<'_>,
+    ) -> Result<(), AnnounceError> {
+        let _ = (delivery, announcer);
+        Ok(())
+    }
 }
 
 /// Decodes a record's value as contract `T`; an undecodable value or a tombstone is a

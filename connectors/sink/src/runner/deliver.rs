@@ -48,6 +48,13 @@ impl<S: Sink> SinkLoop<'_, S> {
             Round::Stopped => return Ok(false),
         };
         self.sink_metrics.set_retrying(self.retrying.len());
+        // On the broker before the ledger says confirmed: a confirmed delivery is never sent
+        // or announced again.
+        let announced = self.announced(&settled)?;
+        if !announced.is_empty() {
+            self.publish(announced, Vec::new()).await?;
+            self.published().await?;
+        }
         let mut entries = Vec::with_capacity(settled.len());
         let mut members = Vec::new();
         for s in &settled {

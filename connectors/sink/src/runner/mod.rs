@@ -40,7 +40,7 @@ use crate::circuit::CircuitBreaker;
 use crate::ledger::{DeliveryLedger, LedgerError};
 use crate::metrics::SinkMetrics;
 use crate::settings::SinkSettings;
-use crate::{Delivery, Money, Outcome, Sink};
+use crate::{Announcements, Delivery, Money, Outcome, Sink};
 use accept::OwnedInput;
 use hold::Holds;
 use offsets::OpenRecords;
@@ -229,6 +229,7 @@ struct SinkLoop<'s, S: Sink> {
     consumer: StreamConsumer<SinkConsumerContext>,
     producer: FutureProducer,
     contracts: OutputContracts,
+    announcements: Option<Announcements>,
     ledger: DeliveryLedger,
     metrics: Arc<RuntimeMetrics>,
     sink_metrics: Arc<SinkMetrics>,
@@ -255,7 +256,8 @@ impl<'s, S: Sink> SinkLoop<'s, S> {
         let settings = context.settings.clone();
         let group = settings.group_id.clone().unwrap_or_else(|| name.clone());
         let input = sink.input_topic().to_owned();
-        let specs = [
+        let announcements = sink.announcements();
+        let mut specs = vec![
             dlq_topic_spec(
                 dlq_topic(&input),
                 settings.topic_partitions,
@@ -263,6 +265,16 @@ impl<'s, S: Sink> SinkLoop<'s, S> {
             ),
             TopicSpec::new(settings.results_topic.clone(), settings.topic_partitions),
         ];
+        let mut outputs = vec![settings.results_topic.clone(), dlq_topic(&input)];
+        let mut contracts = vec![(settings.results_topic.clone(), DeliveryResult::FULL_NAME)];
+        if let Some(announced) = &announcements {
+            specs.push(TopicSpec::new(
+                announced.topic.clone(),
+                settings.topic_partitions,
+            ));
+            outputs.push(announced.topic.clone());
+            contracts.push((announced.topic.clone(), announced.contract));
+        }
         admin::ensure_topics(context.kafka, &specs, Duration::from_secs(30)).await?;
         let ledger_dir = settings.ledger_dir.join(&group).join("ledger");
         std::fs::create_dir_all(&ledger_dir).map_err(|err| SinkError::Publish {
@@ -312,10 +324,9 @@ impl<'s, S: Sink> SinkLoop<'s, S> {
         let consumer: StreamConsumer<SinkConsumerContext> =
             consumer_config.create_with_context(consumer_context)?;
         consumer.subscribe(&[input.as_str()])?;
-        context.metrics.register_topics(
-            std::slice::from_ref(&input),
-            &[settings.results_topic.clone(), dlq_topic(&input)],
-        );
+        context
+            .metrics
+            .register_topics(std::slice::from_ref(&input), &outputs);
         context
             .metrics
             .register_event_topics(std::slice::from_ref(&input));
@@ -323,10 +334,7 @@ impl<'s, S: Sink> SinkLoop<'s, S> {
         let destination = destination_label(sink.destination());
         tracing::info!(sink = %name, group = %group, topic = %input, destination,
             ledger = %ledger_dir.display(), "sink started");
-        let contracts = OutputContracts::new(
-            context.codec,
-            vec![(settings.results_topic.clone(), DeliveryResult::FULL_NAME)],
-        );
+        let contracts = OutputContracts::new(context.codec, contracts);
         Ok(Self {
             sink,
             name,
@@ -336,6 +344,7 @@ impl<'s, S: Sink> SinkLoop<'s, S> {
             consumer,
             producer,
             contracts,
+            announcements,
             ledger,
             metrics: context.metrics,
             sink_metrics: context.sink_metrics,

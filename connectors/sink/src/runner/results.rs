@@ -24,9 +24,9 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::FutureRecord;
 
-use crate::{Delivery, Outcome, Sink, Source};
+use crate::{Announcer, Delivery, Outcome, Sink, Source};
 
-use super::{HeldRecord, SinkError, SinkLoop};
+use super::{HeldRecord, Settled, SinkError, SinkLoop};
 
 impl<S: Sink> SinkLoop<'_, S> {
     pub(super) fn count(&mut self, outcome: &Outcome) {
@@ -46,6 +46,28 @@ impl<S: Sink> SinkLoop<'_, S> {
             Outcome::Retry { .. } => return,
         };
         self.sink_metrics.record_delivery(self.destination, label);
+    }
+
+    /// What the sink announces of the deliveries the destination took.
+    pub(super) fn announced(
+        &self,
+        settled: &[Settled<S::Payload>],
+    ) -> Result<Vec<OutputRecord>, SinkError> {
+        let Some(announcements) = &self.announcements else {
+            return Ok(Vec::new());
+        };
+        let mut announcer = Announcer::new(&self.contracts, &announcements.topic);
+        for s in settled {
+            if let Outcome::Delivered { .. } | Outcome::AlreadyDelivered { .. } = s.outcome {
+                self.sink
+                    .announce(&s.delivery, &mut announcer)
+                    .map_err(|err| SinkError::Publish {
+                        topic: err.topic,
+                        message: err.message,
+                    })?;
+            }
+        }
+        Ok(announcer.into_records())
     }
 
     pub(super) fn held(&self, partition: i32, offset: i64) -> Option<&HeldRecord> {
