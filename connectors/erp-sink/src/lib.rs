@@ -20,13 +20,14 @@
 //! batch id the ERP holds them by. Readers take a batch id once.
 
 pub mod journal;
+mod outbox;
+pub mod request;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-use backbone_calendar::format_date;
 use backbone_calendar::micros_of;
 use backbone_core::config::{ConfigError, Validate};
 use backbone_core::InputRecord;
@@ -39,10 +40,12 @@ use backbone_sink::{
     DeliveryLedger, DeliveryState, DestinationSettings, Money, Outcome, Rejection, RetryReason,
     Sink, SinkContext, Source,
 };
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::journal::{build_batch, HeldAt, OpenWindow, WindowKey, Windows};
+use crate::journal::{build_batch, HeldAt, JournalError, OpenWindow, WindowKey, Windows};
+use crate::outbox::write_csv;
+use crate::request::JournalRequest;
 
 /// The `[sink]` section.
 #[derive(Debug, Clone, Deserialize)]
@@ -125,103 +128,6 @@ pub struct PendingBatch {
     pub closed_at: i64,
 }
 
-/// The body of `POST /erp/v1/journal-batches`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct JournalRequest {
-    /// The batch id: the ERP's external id.
-    pub external_id: String,
-    /// Tenant.
-    pub tenant_id: String,
-    /// Legal entity whose books are posted to.
-    pub legal_entity_id: String,
-    /// Accounting period, `YYYY-MM`.
-    pub period: String,
-    /// `YYYY-MM-DD`.
-    pub posting_date: String,
-    /// `REGULAR` or `ADJUSTMENT`.
-    pub batch_type: String,
-    /// The regular batch an adjustment corrects.
-    pub adjusts: Option<String>,
-    /// The journal lines.
-    pub lines: Vec<JournalLine>,
-    /// Per currency: lines, debits and credits, checked by the ERP against the lines.
-    pub control_totals: Vec<JournalControlTotal>,
-}
-
-/// One line of a [`JournalRequest`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct JournalLine {
-    /// 1-based position.
-    pub line_number: i32,
-    /// GL account.
-    pub gl_account: String,
-    /// Debit, exact decimal string.
-    pub debit: String,
-    /// Credit, exact decimal string.
-    pub credit: String,
-    /// ISO 4217 code.
-    pub currency: String,
-    /// Line text.
-    pub description: String,
-    /// The posting the line comes from (its `rating_id`), by which the ERP finds it.
-    pub reference: Option<String>,
-}
-
-/// A control total of a [`JournalRequest`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct JournalControlTotal {
-    /// ISO 4217 code.
-    pub currency: String,
-    /// Lines in that currency.
-    pub line_count: i32,
-    /// Sum of their debits.
-    pub total_debits: String,
-    /// Sum of their credits.
-    pub total_credits: String,
-}
-
-impl JournalRequest {
-    /// The request for `batch`.
-    pub fn from_batch(batch: &JournalBatch) -> Self {
-        let period = format_date(batch.period_start);
-        Self {
-            external_id: batch.batch_id.clone(),
-            tenant_id: batch.metadata.tenant_id.clone(),
-            legal_entity_id: batch.legal_entity_id.clone(),
-            period: period[..7].to_owned(),
-            posting_date: format_date(batch.posting_date),
-            batch_type: serde_json::to_value(batch.batch_type)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default(),
-            adjusts: batch.adjusts_batch_id.clone(),
-            lines: batch
-                .lines
-                .iter()
-                .map(|line| JournalLine {
-                    line_number: line.line_number,
-                    gl_account: line.gl_account.clone(),
-                    debit: line.debit.to_string(),
-                    credit: line.credit.to_string(),
-                    currency: line.currency.clone(),
-                    description: line.description.clone(),
-                    reference: line.source_rating_id.clone(),
-                })
-                .collect(),
-            control_totals: batch
-                .control_totals
-                .iter()
-                .map(|total| JournalControlTotal {
-                    currency: total.currency.clone(),
-                    line_count: total.line_count,
-                    total_debits: total.total_debits.to_string(),
-                    total_credits: total.total_credits.to_string(),
-                })
-                .collect(),
-        }
-    }
-}
-
 /// How many batch numbers past the ledger's a redelivered window's batches are looked for
 /// among those the ERP holds: a window gets one number more per adjustment, a handful.
 const SEQUENCES_SEARCHED: u32 = 64;
@@ -287,15 +193,7 @@ impl ErpSink {
                 Err(outcome) => return settled(outcome),
             }
         }
-        let length = self.windows.length();
-        let batch = match build_batch(
-            &pending.key,
-            &window,
-            sequence,
-            length,
-            Self::NAME,
-            pending.closed_at,
-        ) {
+        let batch = match self.batch_of(pending, &window, sequence) {
             Ok(batch) => batch,
             Err(err) => {
                 return settled(Outcome::Rejected {
@@ -350,19 +248,29 @@ impl ErpSink {
             window
                 .postings
                 .retain(|rating_id, _| held.get(rating_id).is_some_and(|h| h.batch_id == id));
-            let length = self.windows.length();
-            if let Ok(batch) = build_batch(
-                &pending.key,
-                &window,
-                sequence,
-                length,
-                Self::NAME,
-                pending.closed_at,
-            ) {
+            if let Ok(batch) = self.batch_of(pending, &window, sequence) {
                 batches.push(batch);
             }
         }
         batches
+    }
+
+    /// The batch numbered `sequence` of `pending`'s window holding `window`'s postings.
+    fn batch_of(
+        &self,
+        pending: &PendingBatch,
+        window: &OpenWindow,
+        sequence: u32,
+    ) -> Result<JournalBatch, JournalError> {
+        let length = self.windows.length();
+        build_batch(
+            &pending.key,
+            window,
+            sequence,
+            length,
+            Self::NAME,
+            pending.closed_at,
+        )
     }
 
     /// The window's postings the ERP holds lines of, each with the batch holding it.
@@ -436,53 +344,6 @@ fn posting_outcome(body: &Value, code: &str, message: &str) -> Outcome {
             message: message.to_owned(),
         },
         _ => unreadable(body),
-    }
-}
-
-/// Writes `batch` as `<batch_id>.csv` in `dir`, through a temporary file renamed into place so
-/// an importer never reads half a file. Rewriting the same batch gives the same file.
-fn write_csv(dir: &Path, batch: &JournalBatch) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let mut text = String::from(
-        "batch_id,legal_entity_id,period_start,posting_date,batch_type,adjusts_batch_id,line_number,gl_account,debit,credit,currency,description,source_rating_id,customer_id\n",
-    );
-    let batch_type = serde_json::to_value(batch.batch_type)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default();
-    for line in &batch.lines {
-        let fields = [
-            batch.batch_id.clone(),
-            batch.legal_entity_id.clone(),
-            format_date(batch.period_start),
-            format_date(batch.posting_date),
-            batch_type.clone(),
-            batch.adjusts_batch_id.clone().unwrap_or_default(),
-            line.line_number.to_string(),
-            line.gl_account.clone(),
-            line.debit.to_string(),
-            line.credit.to_string(),
-            line.currency.clone(),
-            line.description.clone(),
-            line.source_rating_id.clone().unwrap_or_default(),
-            line.customer_id.clone().unwrap_or_default(),
-        ];
-        let row: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
-        text.push_str(&row.join(","));
-        text.push('\n');
-    }
-    let path = dir.join(format!("{}.csv", batch.batch_id));
-    let partial = dir.join(format!(".{}.csv.partial", batch.batch_id));
-    std::fs::write(&partial, text)?;
-    std::fs::rename(partial, path)
-}
-
-/// RFC 4180 quoting: a field with a comma, quote or line break is quoted, quotes doubled.
-fn csv_field(field: &str) -> String {
-    if field.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", field.replace('"', "\"\""))
-    } else {
-        field.to_owned()
     }
 }
 
@@ -735,12 +596,5 @@ mod tests {
             posting_outcome(&json!({}), "", ""),
             Outcome::Retry { .. }
         ));
-    }
-
-    #[test]
-    fn csv_fields_are_quoted_when_needed() {
-        assert_eq!(csv_field("plain"), "plain");
-        assert_eq!(csv_field("a,b"), "\"a,b\"");
-        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
     }
 }
