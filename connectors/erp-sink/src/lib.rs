@@ -287,23 +287,7 @@ impl ErpSink {
             Reply::Answer(answer) => answer,
             Reply::Settled(outcome) => return Ok(Err(outcome)),
         };
-        let Some(lines) = answer.body["lines"].as_array() else {
-            return Ok(Err(unreadable(&answer.body)));
-        };
-        Ok(Ok(lines
-            .iter()
-            .filter_map(|line| {
-                let reference = line["reference"].as_str()?;
-                let held = HeldPosting {
-                    batch_id: line["external_id"].as_str().unwrap_or_default().to_owned(),
-                    document: line["document_number"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_owned(),
-                };
-                Some((reference.to_owned(), held))
-            })
-            .collect()))
+        Ok(held_lines(&answer.body).ok_or_else(|| unreadable(&answer.body)))
     }
 
     /// Whether the ERP holds a batch under `external_id`.
@@ -318,6 +302,26 @@ impl ErpSink {
             None => Ok(Err(unreadable(&answer.body))),
         }
     }
+}
+
+/// The postings a journal-lines search answer says the ERP holds, each with its batch; `None`
+/// when a line lacks the batch's external id, without which a held batch cannot be announced.
+fn held_lines(body: &Value) -> Option<BTreeMap<String, HeldPosting>> {
+    let mut held = BTreeMap::new();
+    for line in body["lines"].as_array()? {
+        let Some(reference) = line["reference"].as_str() else {
+            continue;
+        };
+        let posting = HeldPosting {
+            batch_id: line["external_id"].as_str()?.to_owned(),
+            document: line["document_number"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        };
+        held.insert(reference.to_owned(), posting);
+    }
+    Some(held)
 }
 
 /// An answer without the fields the ERP's API promises: retried, as an ERP in trouble.
@@ -560,6 +564,16 @@ impl SinkApp for ErpSink {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_search_answer_must_name_the_batch_of_each_line() {
+        let line = |external_id: Option<&str>| json!({"reference": "rt-1", "external_id": external_id, "document_number": "JE-000001"});
+        let held = held_lines(&json!({"lines": [line(Some("jb-1"))]})).expect("readable");
+        assert_eq!(held["rt-1"].batch_id, "jb-1");
+        assert_eq!(held["rt-1"].document, "JE-000001");
+        assert!(held_lines(&json!({"lines": [line(None)]})).is_none());
+        assert!(held_lines(&json!({})).is_none());
+    }
 
     #[test]
     fn business_errors_inside_200_are_rejections() {
