@@ -822,6 +822,14 @@ mod tests {
         }
     }
 
+    /// `invoice` with its lines correcting the period starting `corrected`.
+    fn correcting(corrected: i32, mut invoice: Invoice) -> Invoice {
+        for line in &mut invoice.lines {
+            line.period_start = Some(corrected);
+        }
+        invoice
+    }
+
     #[test]
     fn invoice_lines_answer_for_the_rated_lines_they_name_and_a_later_invoice_for_the_rest() {
         let invoiced = |books: &Books| -> Vec<(String, i128, i128)> {
@@ -852,9 +860,7 @@ mod tests {
         );
         // A correction line on December's invoice, in November's month, names r-3; and an
         // invoice line whose amount is not its rated lines' shows.
-        let mut december = invoice(20_423, &[("4", &["r-3"])]);
-        december.lines[0].period_start = Some(20_393);
-        books.invoice(&december);
+        books.invoice(&correcting(20_393, invoice(20_423, &[("4", &["r-3"])])));
         assert_eq!(
             invoiced(&books),
             [("2025-11".to_owned(), 7_750_000, 7_750_000)]
@@ -867,9 +873,7 @@ mod tests {
         );
         // r-1 invoiced a second time, on another invoice: its amount is on no rated line.
         books.invoice(&invoice(20_393, &[("3.75", &["r-1", "r-2"])]));
-        let mut again = invoice(20_454, &[("1.5", &["r-1"])]);
-        again.lines[0].period_start = Some(20_393);
-        books.invoice(&again);
+        books.invoice(&correcting(20_393, invoice(20_454, &[("1.5", &["r-1"])])));
         assert_eq!(
             invoiced(&books),
             [("2025-11".to_owned(), 7_750_000, 9_250_000)]

@@ -20,9 +20,7 @@ use std::time::Duration;
 
 use backbone_core::config::{ConfigError, Validate};
 use backbone_core::KafkaSettings;
-use backbone_schemas::types::{
-    Contract, CustomerAccount, EnrichedUsage, GlMapping, Invoice, LegalEntity, RatedUsage,
-};
+use backbone_schemas::types::{Contract, EnrichedUsage};
 use backbone_schemas::WireCodec;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::Message;
@@ -287,12 +285,10 @@ impl TopicReader {
         let message = message.map_err(|e| DriftError::Kafka(e.to_string()))?;
         let read = 1;
         let topic = message.topic().to_owned();
-        let (partition, offset) = (message.partition(), message.offset());
-        let decode_error = |message: String| DriftError::Decode {
-            topic: topic.clone(),
-            partition,
-            offset,
-            message,
+        let at = Place {
+            topic: &topic,
+            partition: message.partition(),
+            offset: message.offset(),
         };
         let key = message
             .key()
@@ -310,11 +306,7 @@ impl TopicReader {
         if topic == s.enriched_topic || topic == s.enriched_dlq_topic {
             // A record the validator or enricher could not decode never reached here; one
             // that does not decode is the DLQ's own business, not a drift.
-            let Ok(event) = self
-                .codec
-                .decode_as::<EnrichedUsage>(value, EnrichedUsage::schema())
-                .await
-            else {
+            let Ok(event) = self.decode::<EnrichedUsage>(value, &at).await else {
                 return Ok(read);
             };
             if topic == s.enriched_topic {
@@ -323,43 +315,38 @@ impl TopicReader {
                 books.rejected_by_rater(&event);
             }
         } else if topic == s.rated_topic {
-            let line: RatedUsage = self
-                .codec
-                .decode_as(value, RatedUsage::schema())
-                .await
-                .map_err(|e| decode_error(e.to_string()))?;
-            books.rated(&line);
+            books.rated(&self.decode(value, &at).await?);
         } else if topic == s.accounts_topic {
-            let account: CustomerAccount = self
-                .codec
-                .decode_as(value, CustomerAccount::schema())
-                .await
-                .map_err(|e| decode_error(e.to_string()))?;
-            books.account(&key, Some(&account));
+            books.account(&key, Some(&self.decode(value, &at).await?));
         } else if topic == s.gl_mappings_topic {
-            let mapping: GlMapping = self
-                .codec
-                .decode_as(value, GlMapping::schema())
-                .await
-                .map_err(|e| decode_error(e.to_string()))?;
-            books.gl_mapping(&mapping);
+            books.gl_mapping(&self.decode(value, &at).await?);
         } else if topic == s.legal_entities_topic {
-            let entity: LegalEntity = self
-                .codec
-                .decode_as(value, LegalEntity::schema())
-                .await
-                .map_err(|e| decode_error(e.to_string()))?;
-            books.legal_entity(&key, Some(&entity));
+            books.legal_entity(&key, Some(&self.decode(value, &at).await?));
         } else if topic == s.invoices_topic {
-            let invoice: Invoice = self
-                .codec
-                .decode_as(value, Invoice::schema())
-                .await
-                .map_err(|e| decode_error(e.to_string()))?;
-            books.invoice(&invoice);
+            books.invoice(&self.decode(value, &at).await?);
         }
         Ok(read)
     }
+
+    /// `value` decoded as contract `T`, or the error naming where it was read.
+    async fn decode<T: Contract>(&self, value: &[u8], at: &Place<'_>) -> Result<T, DriftError> {
+        self.codec
+            .decode_as(value, T::schema())
+            .await
+            .map_err(|e| DriftError::Decode {
+                topic: at.topic.to_owned(),
+                partition: at.partition,
+                offset: at.offset,
+                message: e.to_string(),
+            })
+    }
+}
+
+/// Where a record was read.
+struct Place<'a> {
+    topic: &'a str,
+    partition: i32,
+    offset: i64,
 }
 
 impl DriftSettings {
