@@ -95,6 +95,7 @@ async fn erp_sink(topic: &str, sandbox: &Sandbox) -> ErpSink {
         grace: Duration::from_secs(1),
         outbox_dir: None,
         journal_batches_topic: journal_topic(topic),
+        ..ErpSettings::default()
     };
     ErpSink::new(
         settings,
@@ -102,6 +103,7 @@ async fn erp_sink(topic: &str, sandbox: &Sandbox) -> ErpSink {
             .await
             .expect("ERP client"),
     )
+    .expect("settings")
 }
 
 /// Sum of `text` decimals as unscaled micro-units.

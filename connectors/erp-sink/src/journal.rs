@@ -16,6 +16,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use backbone_rating::content_id;
+
+use crate::route::ErpTarget;
 use backbone_schemas::types::{
     Amount, BatchType, ControlTotal, EventMetadata, JournalBatch, LedgerPosting, PostingLine,
 };
@@ -33,22 +35,29 @@ pub struct WindowKey {
     pub period_start: i32,
     /// Start of the arrival window, microseconds since the epoch.
     pub window_start: i64,
+    /// The ERP that keeps the entity's books on the postings' dates.
+    pub erp: ErpTarget,
 }
 
 impl WindowKey {
     /// The id of this window's batch number `sequence` (0 is the regular batch).
     pub fn batch_id(&self, sequence: u32) -> String {
-        content_id(
-            "jb-",
-            &[
-                &self.tenant_id,
-                &self.legal_entity_id,
-                &self.currency,
-                &self.period_start.to_string(),
-                &self.window_start.to_string(),
-                &sequence.to_string(),
-            ],
-        )
+        let period_start = self.period_start.to_string();
+        let window_start = self.window_start.to_string();
+        let sequence = sequence.to_string();
+        let mut fields = vec![
+            self.tenant_id.as_str(),
+            &self.legal_entity_id,
+            &self.currency,
+            &period_start,
+            &window_start,
+            &sequence,
+        ];
+        // The cloud ERP's batches keep the ids they had before there were two ERPs.
+        if self.erp == ErpTarget::Legacy {
+            fields.push("legacy");
+        }
+        content_id("jb-", &fields)
     }
 }
 
@@ -107,9 +116,15 @@ impl Windows {
         }
     }
 
-    /// The key of the window `posting` falls in, by its arrival time.
-    pub fn key_for(&self, posting: &LedgerPosting, arrived_micros: i64) -> WindowKey {
+    /// The key of the window `posting`, routed to `erp`, falls in by its arrival time.
+    pub fn key_for(
+        &self,
+        posting: &LedgerPosting,
+        erp: ErpTarget,
+        arrived_micros: i64,
+    ) -> WindowKey {
         WindowKey {
+            erp,
             tenant_id: posting.metadata.tenant_id.clone(),
             legal_entity_id: posting.legal_entity_id.clone(),
             currency: posting.currency.clone(),
@@ -350,7 +365,7 @@ mod tests {
         let mut windows = Windows::new(MINUTE);
         let p1 = posting("r-2", "10.50");
         let p2 = posting("r-1", "4.25");
-        let key = windows.key_for(&p1, 5 * MINUTE + 3);
+        let key = windows.key_for(&p1, ErpTarget::Cloud, 5 * MINUTE + 3);
         assert_eq!(key.window_start, 5 * MINUTE);
         windows.hold(
             key.clone(),
@@ -417,7 +432,7 @@ mod tests {
             let mut windows = Windows::new(MINUTE);
             for (offset, (id, value)) in ids.iter().enumerate() {
                 let p = posting(id, value);
-                let key = windows.key_for(&p, 0);
+                let key = windows.key_for(&p, ErpTarget::Cloud, 0);
                 windows.hold(
                     key,
                     HeldAt {
@@ -442,7 +457,7 @@ mod tests {
     fn later_sequences_are_adjustments_of_the_regular_batch() {
         let mut windows = Windows::new(MINUTE);
         let p = posting("r-9", "-3");
-        let key = windows.key_for(&p, 0);
+        let key = windows.key_for(&p, ErpTarget::Cloud, 0);
         windows.hold(
             key,
             HeldAt {
@@ -475,7 +490,7 @@ mod tests {
             .enumerate()
         {
             let p = posting(id, "1");
-            let key = windows.key_for(&p, arrived);
+            let key = windows.key_for(&p, ErpTarget::Cloud, arrived);
             windows.hold(key, at(offset as i64), p, arrived, reading);
         }
         let closed = windows.close(reading, 10_000_000);
@@ -501,10 +516,10 @@ mod tests {
             offset,
         };
         let p = posting("r-1", "5");
-        let first = windows.key_for(&p, 10);
+        let first = windows.key_for(&p, ErpTarget::Cloud, 10);
         windows.hold(first.clone(), at(0), p.clone(), 10, 10);
         // The same posting produced again three minutes later, and another one with it.
-        let later = windows.key_for(&p, 3 * MINUTE);
+        let later = windows.key_for(&p, ErpTarget::Cloud, 3 * MINUTE);
         assert_ne!(first, later);
         windows.hold(later.clone(), at(1), p, 3 * MINUTE, 3 * MINUTE);
         let q = posting("r-2", "7");
@@ -522,7 +537,7 @@ mod tests {
         let mut windows = Windows::new(MINUTE);
         for (partition, id) in [(0, "a"), (1, "b")] {
             let p = posting(id, "1");
-            let key = windows.key_for(&p, 0);
+            let key = windows.key_for(&p, ErpTarget::Cloud, 0);
             windows.hold(
                 key,
                 HeldAt {

@@ -20,8 +20,10 @@
 //! batch id the ERP holds them by. Readers take a batch id once.
 
 pub mod journal;
+pub mod legacy;
 mod outbox;
 pub mod request;
+pub mod route;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -44,8 +46,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::journal::{build_batch, HeldAt, JournalError, OpenWindow, WindowKey, Windows};
+use crate::legacy::{legacy_file, Answer, LegacyErp, LegacySettings};
 use crate::outbox::write_csv;
 use crate::request::JournalRequest;
+use crate::route::{ErpTarget, Route, Routes};
 
 /// The `[sink]` section.
 #[derive(Debug, Clone, Deserialize)]
@@ -63,6 +67,12 @@ pub struct ErpSettings {
     pub outbox_dir: Option<PathBuf>,
     /// Where each batch the ERP holds is announced as a `JournalBatch`.
     pub journal_batches_topic: String,
+    /// The ERP of postings no route covers.
+    pub default_erp: ErpTarget,
+    /// Legal entities' ERPs by date (`[[sink.routes]]`): a cutover is a second route.
+    pub routes: Vec<Route>,
+    /// The legacy ERP's file exchange, required when a route or the default reaches it.
+    pub legacy: Option<LegacySettings>,
 }
 
 impl Default for ErpSettings {
@@ -73,6 +83,9 @@ impl Default for ErpSettings {
             grace: Duration::from_secs(10),
             outbox_dir: None,
             journal_batches_topic: "erp.journal-batches".to_owned(),
+            default_erp: ErpTarget::Cloud,
+            routes: Vec::new(),
+            legacy: None,
         }
     }
 }
@@ -100,7 +113,16 @@ impl Validate for ErpSettings {
                 return invalid("outbox_dir", "must be a directory path".to_owned());
             }
         }
-        Ok(())
+        let routes = Routes::new(self.default_erp, &self.routes)?;
+        match &self.legacy {
+            Some(legacy) => legacy.validate(),
+            None if routes.reaches(ErpTarget::Legacy) => invalid(
+                "legacy",
+                "postings are routed to the legacy ERP, whose file exchange is not configured"
+                    .to_owned(),
+            ),
+            None => Ok(()),
+        }
     }
 }
 
@@ -144,6 +166,10 @@ struct HeldPosting {
 pub struct ErpSink {
     settings: ErpSettings,
     api: JsonApi,
+    routes: Routes,
+    legacy: Option<LegacyErp>,
+    /// Per delivery key, the legacy batch file it dropped and awaits the answer to.
+    dropped: Mutex<HashMap<String, String>>,
     windows: Windows,
     /// Per delivery key, the batches the ERP holds of the delivery's window, from `deliver`
     /// until `announce` takes them.
@@ -151,15 +177,20 @@ pub struct ErpSink {
 }
 
 impl ErpSink {
-    /// A sink posting through `api`.
-    pub fn new(settings: ErpSettings, api: JsonApi) -> Self {
+    /// A sink posting through `api` to the cloud ERP and through `settings.legacy` to the
+    /// legacy one; settings that do not validate are refused.
+    pub fn new(settings: ErpSettings, api: JsonApi) -> Result<Self, ConfigError> {
+        settings.validate()?;
         let length = i64::try_from(settings.window.as_micros()).unwrap_or(i64::MAX);
-        Self {
+        Ok(Self {
+            routes: Routes::new(settings.default_erp, &settings.routes)?,
+            legacy: settings.legacy.clone().map(LegacyErp::new),
+            dropped: Mutex::new(HashMap::new()),
             settings,
             api,
             windows: Windows::new(length),
             held_batches: Mutex::new(HashMap::new()),
-        }
+        })
     }
 
     /// Posts `pending`, after asking the ERP what it already holds, and says which batches of
@@ -223,6 +254,129 @@ impl ErpSink {
         let outcome = posting_outcome(&answer.body, &answer.error_code(), &answer.error_message());
         held_batches.push(batch);
         Ok((outcome, held_batches))
+    }
+
+    /// Drops `pending` as a file for the legacy ERP and reads the ERP's answer; asked again
+    /// until it answers. Its acknowledgements are the record of what it holds, as the cloud
+    /// ERP's search is: each call reads the answers to the window's batch numbers, leaves out
+    /// the postings they hold, and drops a file for the rest under the first number no file
+    /// went under. A file not answered yet is awaited whichever delivery dropped it, so a sink
+    /// that stopped between the drop and the answer drops nothing twice when it comes back.
+    fn drop_legacy(
+        &self,
+        key: &str,
+        pending: &PendingBatch,
+        legacy: &LegacyErp,
+    ) -> (Outcome, Vec<JournalBatch>) {
+        let settled = |outcome| (outcome, Vec::new());
+        let awaiting = |id: &str| {
+            self.dropped_file(key, Some(id.to_owned()));
+            settled(Outcome::Retry {
+                reason: RetryReason::Awaiting,
+                message: format!("the legacy ERP has not answered batch file {id}.csv yet"),
+                after: Some(legacy.poll()),
+            })
+        };
+        let last = pending.sequence.saturating_add(SEQUENCES_SEARCHED);
+        let mut held = BTreeMap::new();
+        let mut taken = BTreeSet::new();
+        let mut rejections = HashMap::new();
+        for sequence in 0..last {
+            let id = pending.key.batch_id(sequence);
+            match legacy.answer(&id) {
+                Ok(Some(Answer::Held {
+                    document,
+                    references,
+                })) => {
+                    for reference in references {
+                        if pending.window.postings.contains_key(&reference) {
+                            let batch_id = id.clone();
+                            let document = document.clone();
+                            held.insert(reference, HeldPosting { batch_id, document });
+                        }
+                    }
+                }
+                Ok(Some(Answer::Rejected { code, message })) => {
+                    rejections.insert(id, (code, message));
+                }
+                Ok(None) if legacy.waiting(&id) => return awaiting(&id),
+                Ok(None) => continue,
+                Err(err) => {
+                    return settled(Outcome::Retry {
+                        reason: RetryReason::Unavailable,
+                        message: err.to_string(),
+                        after: None,
+                    })
+                }
+            }
+            taken.insert(sequence);
+        }
+        let dropped = self.dropped_file(key, None);
+        let held_batches = self.held_batches_of(pending, &held);
+        let mut window = pending.window.clone();
+        window.postings.retain(|id, _| !held.contains_key(id));
+        if window.postings.is_empty() {
+            let document_of = |id: &String| {
+                held.values()
+                    .find(|h| &h.batch_id == id)
+                    .map(|h| h.document.clone())
+            };
+            let outcome = match dropped.as_ref().and_then(document_of) {
+                Some(document) => Outcome::Delivered {
+                    reference: Some(document),
+                },
+                None => Outcome::AlreadyDelivered {
+                    reference: held.values().next().map(|h| h.document.clone()),
+                },
+            };
+            return (outcome, held_batches);
+        }
+        if let Some((code, message)) = dropped.and_then(|id| rejections.remove(&id)) {
+            return settled(Outcome::Rejected { code, message });
+        }
+        let Some(sequence) = (pending.sequence..last).find(|s| !taken.contains(s)) else {
+            return settled(Outcome::Rejected {
+                code: "unbuildable_batch".to_owned(),
+                message: format!(
+                    "window {:?}: the legacy ERP answered batch numbers up to {last}",
+                    pending.key
+                ),
+            });
+        };
+        let file = self
+            .batch_of(pending, &window, sequence)
+            .map_err(|err| ("unbuildable_batch", err.to_string()))
+            .and_then(|batch| {
+                let text = legacy_file(&batch, legacy.accounts())
+                    .map_err(|err| ("unmapped_account", err.to_string()))?;
+                Ok((batch.batch_id, text))
+            });
+        match file {
+            Ok((id, text)) => match legacy.drop_batch(&id, &text) {
+                Ok(()) => awaiting(&id),
+                Err(err) => settled(Outcome::Retry {
+                    reason: RetryReason::Unavailable,
+                    message: format!("dropping batch file {id}.csv for the legacy ERP: {err}"),
+                    after: None,
+                }),
+            },
+            Err((code, message)) => settled(Outcome::Rejected {
+                code: code.to_owned(),
+                message,
+            }),
+        }
+    }
+
+    /// Sets (`Some`) or takes (`None`) the legacy batch file the delivery under `key` awaits.
+    fn dropped_file(&self, key: &str, id: Option<String>) -> Option<String> {
+        let mut dropped = self
+            .dropped
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match id {
+            Some(id) => dropped.insert(key.to_owned(), id),
+            None => dropped.remove(key),
+        }
     }
 
     /// The window's batches the ERP holds postings of, each rebuilt from those postings under
@@ -417,7 +571,10 @@ impl Sink for ErpSink {
             .timestamp_ms
             .map(|ms| ms.saturating_mul(1_000))
             .unwrap_or_else(|| micros_of(SystemTime::now()));
-        let key = self.windows.key_for(&posting, arrived);
+        let erp = self
+            .routes
+            .target(&posting.legal_entity_id, posting.posting_date);
+        let key = self.windows.key_for(&posting, erp, arrived);
         let at = HeldAt {
             partition: record.partition,
             offset: record.offset,
@@ -501,7 +658,12 @@ impl Sink for ErpSink {
         for delivery in batch {
             outcomes.push(match &delivery.payload {
                 JournalDelivery::Batch(journal) => {
-                    let (outcome, held) = self.post(journal).await?;
+                    let (outcome, held) = match (&self.legacy, journal.key.erp) {
+                        (Some(legacy), ErpTarget::Legacy) => {
+                            self.drop_legacy(&delivery.key, journal, legacy)
+                        }
+                        _ => self.post(journal).await?,
+                    };
                     if let Outcome::Delivered { .. } | Outcome::AlreadyDelivered { .. } = outcome {
                         self.held_batches
                             .lock()
@@ -556,7 +718,7 @@ impl SinkApp for ErpSink {
         settings: ErpSettings,
         destination: &DestinationSettings,
     ) -> anyhow::Result<Self> {
-        Ok(Self::new(settings, JsonApi::connect(destination).await?))
+        Ok(Self::new(settings, JsonApi::connect(destination).await?)?)
     }
 }
 

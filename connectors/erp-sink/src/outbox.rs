@@ -1,5 +1,7 @@
-//! The file drop: each batch also as a CSV file, for ERPs that import files.
+//! File drops: each batch also as a CSV file, for ERPs that import files, and the write that
+//! puts any file in place whole.
 
+use std::io::Write;
 use std::path::Path;
 
 use backbone_calendar::format_date;
@@ -8,7 +10,6 @@ use backbone_schemas::types::JournalBatch;
 /// Writes `batch` as `<batch_id>.csv` in `dir`, through a temporary file renamed into place so
 /// an importer never reads half a file. Rewriting the same batch gives the same file.
 pub(crate) fn write_csv(dir: &Path, batch: &JournalBatch) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
     let mut text = String::from(
         "batch_id,legal_entity_id,period_start,posting_date,batch_type,adjusts_batch_id,line_number,gl_account,debit,credit,currency,description,source_rating_id,customer_id\n",
     );
@@ -37,10 +38,18 @@ pub(crate) fn write_csv(dir: &Path, batch: &JournalBatch) -> std::io::Result<()>
         text.push_str(&row.join(","));
         text.push('\n');
     }
-    let path = dir.join(format!("{}.csv", batch.batch_id));
-    let partial = dir.join(format!(".{}.csv.partial", batch.batch_id));
-    std::fs::write(&partial, text)?;
-    std::fs::rename(partial, path)
+    drop_file(dir, &format!("{}.csv", batch.batch_id), &text)
+}
+
+/// Writes `text` as `name` in `dir` through a hidden temporary file, synced, then renamed into
+/// place, so an importer never reads half a file and a crash leaves none.
+pub(crate) fn drop_file(dir: &Path, name: &str, text: &str) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let partial = dir.join(format!(".{name}.partial"));
+    let mut file = std::fs::File::create(&partial)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(partial, dir.join(name))
 }
 
 /// RFC 4180 quoting: a field with a comma, quote or line break is quoted, quotes doubled.

@@ -308,6 +308,10 @@ pub enum RetryReason {
     Unavailable,
     /// No answer in time: the request may or may not have been applied.
     Timeout,
+    /// The destination took the delivery and answers later (a file dropped for an importer
+    /// that writes an acknowledgement): asked again after the outcome's `after`, at that
+    /// pace, and not counted against the destination by the circuit breaker.
+    Awaiting,
 }
 
 impl RetryReason {
@@ -317,6 +321,7 @@ impl RetryReason {
             Self::Throttled => "throttled",
             Self::Unavailable => "unavailable",
             Self::Timeout => "timeout",
+            Self::Awaiting => "awaiting",
         }
     }
 }

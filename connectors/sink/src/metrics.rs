@@ -98,6 +98,7 @@ impl SinkMetrics {
             RetryReason::Throttled,
             RetryReason::Unavailable,
             RetryReason::Timeout,
+            RetryReason::Awaiting,
         ] {
             retries.with_label_values(&[reason.as_str()]);
         }

@@ -1,6 +1,6 @@
 //! The sandbox's config: top-level `listen`, `token`, `token_file`, `admin_token` and
 //! `admin_token_file`, then `[billing]`, `[crm]`, `[erp]`, `[faults.<system>]` (`billing`,
-//! `crm`, `erp`, `platform`, `sales`) and `[tls]`.
+//! `crm`, `erp`, `platform`, `sales`), `[tls]` and `[legacy_erp]`.
 //! Every key has a default.
 
 use std::net::SocketAddr;
@@ -13,6 +13,7 @@ use backbone_core::Secret;
 use serde::Deserialize;
 
 use crate::faults::Faults;
+use crate::legacy_erp::LegacyErpSettings;
 use crate::money::is_period;
 use crate::System;
 
@@ -44,6 +45,8 @@ pub struct SandboxConfig {
     pub faults: FaultSettings,
     /// Serve HTTPS with this certificate instead of plain HTTP (`[tls]`).
     pub tls: Option<TlsFiles>,
+    /// Run the legacy ERP's file import (`[legacy_erp]`).
+    pub legacy_erp: Option<LegacyErpSettings>,
 }
 
 impl Default for SandboxConfig {
@@ -59,6 +62,7 @@ impl Default for SandboxConfig {
             erp: ErpSettings::default(),
             faults: FaultSettings::default(),
             tls: None,
+            legacy_erp: None,
         }
     }
 }
@@ -123,6 +127,32 @@ impl Validate for SandboxConfig {
                 "erp.closed_periods",
                 format!("expected periods like \"2024-01\", got {bad:?}"),
             ));
+        }
+        if let Some(legacy) = &self.legacy_erp {
+            for (key, dir) in [("drop_dir", &legacy.drop_dir), ("ack_dir", &legacy.ack_dir)] {
+                if dir.as_os_str().is_empty() {
+                    return Err(invalid(
+                        &format!("legacy_erp.{key}"),
+                        "must be a directory path".into(),
+                    ));
+                }
+            }
+            if legacy.poll.is_zero() {
+                return Err(invalid(
+                    "legacy_erp.poll",
+                    "must be longer than zero".into(),
+                ));
+            }
+            if let Some(bad) = legacy
+                .closed_periods
+                .iter()
+                .find(|p| p.len() != 6 || !p.bytes().all(|b| b.is_ascii_digit()))
+            {
+                return Err(invalid(
+                    "legacy_erp.closed_periods",
+                    format!("expected periods like \"202611\", got {bad:?}"),
+                ));
+            }
         }
         for system in System::ALL {
             if let Some(field) = self.faults.get(system).invalid_rate() {

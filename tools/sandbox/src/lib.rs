@@ -14,6 +14,9 @@
 //! configured at start or through the `/admin` API (its own token), and every stored record
 //! can be read back, so tests and the demo can prove that retries happened and nothing was
 //! applied twice. [`SandboxClient`] drives both APIs.
+//!
+//! Beside the APIs, a legacy ERP that only imports files ([`LegacyErp`]) runs when
+//! `[legacy_erp]` is configured.
 
 mod admin;
 mod billing;
@@ -23,6 +26,7 @@ mod crm;
 mod erp;
 pub mod faults;
 mod http;
+pub mod legacy_erp;
 mod money;
 mod orders;
 
@@ -44,6 +48,7 @@ pub use config::SandboxConfig;
 pub use crm::{Customer, StoredAccount};
 pub use erp::{ControlTotal, JournalLine, PostedBatch};
 pub use faults::Faults;
+pub use legacy_erp::{ImportedBatch, ImportedRow, LegacyErp, LegacyErpSettings};
 pub use orders::{AppliedApi, AppliedRequest};
 
 /// One of the simulated external systems.
@@ -161,16 +166,25 @@ pub async fn serve(
         })?),
         None => None,
     };
+    let importer = config.legacy_erp.clone().map(|settings| {
+        let erp = LegacyErp::new(settings);
+        tokio::spawn(async move { erp.run().await })
+    });
     let app = Arc::new(Sandbox::new(config, token, admin_token));
-    tracing::info!(address = %listener.local_addr()?, https = acceptor.is_some(), "sandbox serving");
-    match acceptor {
+    tracing::info!(address = %listener.local_addr()?, https = acceptor.is_some(),
+        legacy_erp = importer.is_some(), "sandbox serving");
+    let served = match acceptor {
         Some(acceptor) => https::serve(listener, acceptor, router(app), shutdown).await,
         None => {
             axum::serve(listener, router(app))
                 .with_graceful_shutdown(shutdown)
                 .await
         }
+    };
+    if let Some(importer) = importer {
+        importer.abort();
     }
+    served
 }
 
 fn router(app: Arc<Sandbox>) -> Router {

@@ -246,6 +246,7 @@ impl<S: Sink> SinkLoop<'_, S> {
         let from_ledger = settled.len();
         let mut last_retry = None;
         let mut retries = Vec::new();
+        let mut awaiting_only = true;
         for ((sending, attempts), outcome) in waiting.into_iter().zip(outcomes) {
             match outcome {
                 Outcome::Retry {
@@ -253,8 +254,9 @@ impl<S: Sink> SinkLoop<'_, S> {
                     message,
                     after,
                 } => {
+                    awaiting_only &= reason == RetryReason::Awaiting;
                     last_retry = Some((reason, message));
-                    retries.push((sending, attempts, after));
+                    retries.push((sending, attempts, reason, after));
                 }
                 outcome => settled.push(Settled {
                     delivery: sending.delivery,
@@ -268,6 +270,8 @@ impl<S: Sink> SinkLoop<'_, S> {
                 tracing::info!(sink = %self.name, "destination answers again; circuit closed");
             }
             self.resume();
+        } else if awaiting_only {
+            // Nothing failed: the destination has the deliveries and answers later.
         } else if self.circuit.failure(Instant::now()) {
             self.summary.circuit_opened += 1;
             tracing::warn!(sink = %self.name, open_for = ?self.settings.circuit.open_for,
@@ -283,16 +287,18 @@ impl<S: Sink> SinkLoop<'_, S> {
         self.mark(
             retries
                 .iter()
-                .map(|(s, a, _)| (s.delivery.key.as_str(), *a)),
+                .map(|(s, a, _, _)| (s.delivery.key.as_str(), *a)),
             DeliveryState::Pending,
             Some((reason, &message)),
         )?;
         let now = Instant::now();
         let mut soonest: Option<Duration> = None;
         let count = retries.len();
-        for (sending, attempts, after) in retries {
+        for (sending, attempts, reason, after) in retries {
             // Under an open circuit the next round's wait on it is the backoff.
-            let wait = if self.circuit.state() == CircuitState::Open {
+            let wait = if reason == RetryReason::Awaiting {
+                after.unwrap_or(self.settings.retry.initial_backoff)
+            } else if self.circuit.state() == CircuitState::Open {
                 Duration::ZERO
             } else {
                 backoff::delay(&self.settings.retry, attempts, after)
@@ -300,8 +306,13 @@ impl<S: Sink> SinkLoop<'_, S> {
             soonest = Some(soonest.map_or(wait, |s| s.min(wait)));
             self.retrying.wait(sending, now + wait);
         }
-        tracing::warn!(sink = %self.name, retrying = count, reason = reason.as_str(),
-            %message, soonest = ?soonest.unwrap_or_default(), "deliveries not accepted, retrying");
+        if awaiting_only {
+            tracing::debug!(sink = %self.name, awaiting = count, %message,
+                soonest = ?soonest.unwrap_or_default(), "deliveries awaiting the destination's answer");
+        } else {
+            tracing::warn!(sink = %self.name, retrying = count, reason = reason.as_str(),
+                %message, soonest = ?soonest.unwrap_or_default(), "deliveries not accepted, retrying");
+        }
         Ok(Round::Done(settled))
     }
 

@@ -1,0 +1,300 @@
+//! The legacy ERP: it has no API. It imports the batch files dropped in a directory, in its
+//! own semicolon layout (`H` header, `L` rows with a debit or credit each, `T` trailer with
+//! row count and totals), and answers each with `<batch id>.ack` in its acknowledgement
+//! directory:
+//!
+//! ```text
+//! A;<batch id>;<ACCEPTED|DUPLICATE|REJECTED>;<document>;<code>;<message>
+//! R;<reference>
+//! ```
+//!
+//! It holds a batch id once: a file whose id it holds is answered `DUPLICATE` with the
+//! document and references it holds. It refuses a file it cannot read, one whose trailer does
+//! not match its rows, one whose debits and credits differ, one posting to an account outside
+//! its chart, or one for a closed period; a refused file leaves nothing in its books. An
+//! imported file moves to `imported/` in the drop directory, a refused one to `rejected/`.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::lock;
+use crate::money::Amount;
+
+/// The `[legacy_erp]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LegacyErpSettings {
+    /// Where batch files are dropped.
+    pub drop_dir: PathBuf,
+    /// Where the acknowledgements go.
+    pub ack_dir: PathBuf,
+    /// How often the drop directory is read.
+    #[serde(with = "humantime_serde", default = "default_poll")]
+    pub poll: Duration,
+    /// The chart of accounts: codes a row may post to. Empty takes any.
+    #[serde(default)]
+    pub accounts: BTreeSet<String>,
+    /// Periods (`YYYYMM`, as the layout writes them) refused as closed.
+    #[serde(default)]
+    pub closed_periods: BTreeSet<String>,
+}
+
+fn default_poll() -> Duration {
+    Duration::from_millis(500)
+}
+
+/// One row of an imported batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportedRow {
+    /// The legacy account code.
+    pub account: String,
+    /// `D` or `C`.
+    pub side: String,
+    /// The amount, as written.
+    pub amount: String,
+    /// Currency.
+    pub currency: String,
+    /// The sender's reference.
+    pub reference: String,
+}
+
+/// A batch the legacy ERP holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportedBatch {
+    /// The sender's batch id.
+    pub batch_id: String,
+    /// Tenant.
+    pub tenant_id: String,
+    /// Legal entity.
+    pub legal_entity_id: String,
+    /// Period, `YYYYMM`.
+    pub period: String,
+    /// Posting date, `YYYYMMDD`.
+    pub posting_date: String,
+    /// `REG` or `ADJ`.
+    pub kind: String,
+    /// The rows.
+    pub rows: Vec<ImportedRow>,
+    /// The document number it became, `LJ-000001` onwards.
+    pub document: String,
+}
+
+/// Why a file is refused: the acknowledgement's code and message.
+struct Refusal(&'static str, String);
+
+/// The legacy ERP's books and its two directories.
+pub struct LegacyErp {
+    settings: LegacyErpSettings,
+    books: Mutex<Books>,
+}
+
+#[derive(Default)]
+struct Books {
+    batches: Vec<ImportedBatch>,
+    by_id: HashMap<String, usize>,
+}
+
+impl LegacyErp {
+    /// An ERP with empty books.
+    pub fn new(settings: LegacyErpSettings) -> Self {
+        Self {
+            settings,
+            books: Mutex::default(),
+        }
+    }
+
+    /// The batches it holds, in the order it imported them.
+    pub fn batches(&self) -> Vec<ImportedBatch> {
+        lock(&self.books).batches.clone()
+    }
+
+    /// Imports every file waiting in the drop directory, by name, and answers each; returns
+    /// how many it answered.
+    pub fn import_waiting(&self) -> io::Result<usize> {
+        let mut names: Vec<String> = Vec::new();
+        for entry in std::fs::read_dir(&self.settings.drop_dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if entry.file_type()?.is_file() && !name.starts_with('.') && name.ends_with(".csv") {
+                names.push(name);
+            }
+        }
+        names.sort();
+        for name in &names {
+            self.import(&self.settings.drop_dir.join(name))?;
+        }
+        Ok(names.len())
+    }
+
+    /// Reads the drop directory every `poll`, for as long as the task runs.
+    pub async fn run(&self) {
+        loop {
+            if let Err(err) = self.import_waiting() {
+                tracing::warn!(error = %err, "legacy ERP: cannot import from the drop directory");
+            }
+            tokio::time::sleep(self.settings.poll).await;
+        }
+    }
+
+    fn import(&self, path: &Path) -> io::Result<()> {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let named_id = name.trim_end_matches(".csv").to_owned();
+        let text = std::fs::read_to_string(path)?;
+        let ack_path = self.settings.ack_dir.join(format!("{named_id}.ack"));
+        // Answered before a crash kept the file from moving: it is not imported twice.
+        if ack_path.exists() {
+            return move_into(path, "imported");
+        }
+        let (ack, place) = match self.book(&named_id, &text) {
+            Ok((status, batch)) => {
+                let mut ack = format!("A;{named_id};{status};{};;\n", batch.document);
+                for reference in batch
+                    .rows
+                    .iter()
+                    .map(|r| &r.reference)
+                    .collect::<BTreeSet<_>>()
+                {
+                    ack.push_str(&format!("R;{reference}\n"));
+                }
+                (ack, "imported")
+            }
+            Err(Refusal(code, message)) => (
+                format!(
+                    "A;{named_id};REJECTED;;{code};{}\n",
+                    message.replace('\n', " ")
+                ),
+                "rejected",
+            ),
+        };
+        std::fs::create_dir_all(&self.settings.ack_dir)?;
+        let partial = self
+            .settings
+            .ack_dir
+            .join(format!(".{named_id}.ack.partial"));
+        std::fs::write(&partial, ack)?;
+        std::fs::rename(partial, ack_path)?;
+        move_into(path, place)
+    }
+
+    /// Books the file's batch, or says why not; a batch id held already is a duplicate.
+    fn book(&self, named_id: &str, text: &str) -> Result<(&'static str, ImportedBatch), Refusal> {
+        let (mut batch, debits, credits) =
+            parse(text).map_err(|reason| Refusal("malformed_file", reason))?;
+        if batch.batch_id != named_id {
+            return Err(Refusal(
+                "malformed_file",
+                format!(
+                    "the file is named {named_id} and holds batch {}",
+                    batch.batch_id
+                ),
+            ));
+        }
+        if debits != credits {
+            return Err(Refusal(
+                "unbalanced",
+                format!("debits {debits} and credits {credits} differ"),
+            ));
+        }
+        let mut books = lock(&self.books);
+        if let Some(&at) = books.by_id.get(&batch.batch_id) {
+            return Ok(("DUPLICATE", books.batches[at].clone()));
+        }
+        if let Some(row) = batch.rows.iter().find(|row| {
+            !self.settings.accounts.is_empty() && !self.settings.accounts.contains(&row.account)
+        }) {
+            return Err(Refusal(
+                "unknown_account",
+                format!("account {} is not in the chart of accounts", row.account),
+            ));
+        }
+        if self.settings.closed_periods.contains(&batch.period) {
+            return Err(Refusal(
+                "closed_period",
+                format!("period {} is closed", batch.period),
+            ));
+        }
+        let at = books.batches.len();
+        batch.document = format!("LJ-{:06}", at + 1);
+        books.by_id.insert(batch.batch_id.clone(), at);
+        books.batches.push(batch.clone());
+        Ok(("ACCEPTED", batch))
+    }
+}
+
+/// Moves the file at `path` into the subdirectory `place` of its directory.
+fn move_into(path: &Path, place: &str) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new(".")).join(place);
+    std::fs::create_dir_all(&dir)?;
+    std::fs::rename(path, dir.join(path.file_name().unwrap_or_default()))
+}
+
+/// Reads a batch file: its header, rows and trailer, the trailer checked against the rows;
+/// with the rows' debits and credits.
+fn parse(text: &str) -> Result<(ImportedBatch, Amount, Amount), String> {
+    let mut lines = text.lines();
+    let head: Vec<&str> = lines.next().unwrap_or_default().split(';').collect();
+    if head.len() != 8 || head[0] != "H" {
+        return Err("the first row is not a header `H;...` of 8 fields".to_owned());
+    }
+    let mut batch = ImportedBatch {
+        batch_id: head[1].to_owned(),
+        tenant_id: head[2].to_owned(),
+        legal_entity_id: head[3].to_owned(),
+        period: head[4].to_owned(),
+        posting_date: head[5].to_owned(),
+        kind: head[6].to_owned(),
+        rows: Vec::new(),
+        document: String::new(),
+    };
+    let (mut debits, mut credits) = (Amount::default(), Amount::default());
+    let amount = |text: &str| {
+        text.parse::<Amount>()
+            .map_err(|_| format!("amount `{text}`"))
+    };
+    for (n, line) in lines.enumerate() {
+        let fields: Vec<&str> = line.splitn(8, ';').collect();
+        match fields.first() {
+            Some(&"L") if fields.len() == 8 => {
+                let value = amount(fields[4])?;
+                let total = match fields[3] {
+                    "D" => &mut debits,
+                    "C" => &mut credits,
+                    side => return Err(format!("row {}: side `{side}`", n + 2)),
+                };
+                *total = total.checked_add(value).ok_or("totals overflow")?;
+                batch.rows.push(ImportedRow {
+                    account: fields[2].to_owned(),
+                    side: fields[3].to_owned(),
+                    amount: fields[4].to_owned(),
+                    currency: fields[5].to_owned(),
+                    reference: fields[6].to_owned(),
+                });
+            }
+            Some(&"T") if fields.len() == 4 => {
+                let rows: usize = fields[1].parse().map_err(|_| "trailer row count")?;
+                if rows != batch.rows.len()
+                    || amount(fields[2])? != debits
+                    || amount(fields[3])? != credits
+                {
+                    return Err(format!(
+                        "the trailer says {rows} rows, {} and {}; the rows are {}, {debits} and {credits}",
+                        fields[2],
+                        fields[3],
+                        batch.rows.len()
+                    ));
+                }
+                return Ok((batch, debits, credits));
+            }
+            _ => return Err(format!("row {} is neither `L` nor `T`: {line}", n + 2)),
+        }
+    }
+    Err("the file has no trailer `T;...`".to_owned())
+}
