@@ -20,6 +20,8 @@ use backbone_sandbox::{LegacyErp, LegacyErpSettings, SandboxConfig};
 use backbone_schemas::types::{Amount, JournalBatch, LedgerPosting, PostingLine};
 use backbone_schemas::WireCodec;
 use backbone_sink::http::JsonApi;
+use backbone_sink::metrics::names::RETRIES;
+use backbone_sink::SinkSummary;
 use backbone_testkit::{consume_until, end_offsets_total, shared_settings};
 use support::{
     eventually, metadata, publish, read_all, registry_url, RunningSink, Sandbox, SinkTopics,
@@ -189,8 +191,10 @@ async fn a_mid_month_cutover_posts_each_posting_to_one_erp_once() {
         erp_sink(&topics, &sandbox, root, "800001").await,
         topics.settings(),
     );
-    eventually(DEADLINE, "Berlin's pre-cutover batch file", || async {
-        (!waiting_files(root).is_empty()).then_some(())
+    // The sink asks for the answer a few times before the ERP imports the file.
+    eventually(DEADLINE, "the sink awaiting the legacy ERP", || async {
+        let polls = sink.metric(RETRIES, Some(("reason", "awaiting")));
+        (polls >= 5.0 && !waiting_files(root).is_empty()).then_some(())
     })
     .await;
     assert_eq!(
@@ -223,7 +227,7 @@ async fn a_mid_month_cutover_posts_each_posting_to_one_erp_once() {
             .count(),
         1
     );
-    sink.stop().await;
+    awaited_without_tripping(sink.stop().await);
 
     // Fixed mapping; the dead letters replayed. The sink stops after dropping the file and
     // before the answer; the next instance takes the answer.
@@ -236,7 +240,7 @@ async fn a_mid_month_cutover_posts_each_posting_to_one_erp_once() {
         (!waiting_files(root).is_empty()).then_some(())
     })
     .await;
-    sink.stop().await;
+    awaited_without_tripping(sink.stop().await);
     let sink = RunningSink::start(
         erp_sink(&topics, &sandbox, root, "800000").await,
         topics.settings(),
@@ -260,7 +264,7 @@ async fn a_mid_month_cutover_posts_each_posting_to_one_erp_once() {
             .then_some(())
     })
     .await;
-    sink.stop().await;
+    awaited_without_tripping(sink.stop().await);
     let accounts: BTreeSet<&str> = books[0].rows.iter().map(|r| r.account.as_str()).collect();
     assert_eq!(
         accounts,
@@ -295,6 +299,11 @@ async fn a_mid_month_cutover_posts_each_posting_to_one_erp_once() {
         announced, posted,
         "what both ERPs hold is announced, batch by batch"
     );
+}
+
+/// A sink awaiting the legacy ERP's answers did not count them as the destination failing.
+fn awaited_without_tripping(summary: SinkSummary) {
+    assert_eq!(summary.circuit_opened, 0, "{summary:?}");
 }
 
 /// Replays every dead letter on `dlq` with the `replay` tool.

@@ -310,6 +310,92 @@ impl LegacyErp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use backbone_calendar::days_from_civil;
+    use backbone_schemas::types::{ControlTotal, EventMetadata, PostingLine, TraceContext};
+
+    fn amount(text: &str) -> Amount {
+        text.parse().expect("amount")
+    }
+
+    fn line(n: i32, account: &str, debit: &str, credit: &str, text: &str) -> PostingLine {
+        PostingLine {
+            line_number: n,
+            gl_account: account.into(),
+            debit: amount(debit),
+            credit: amount(credit),
+            currency: "EUR".into(),
+            description: text.into(),
+            source_rating_id: Some("rt-1".into()),
+            customer_id: None,
+        }
+    }
+
+    fn batch(lines: Vec<PostingLine>) -> JournalBatch {
+        JournalBatch {
+            metadata: EventMetadata {
+                tenant_id: "acme".into(),
+                event_id: "jb-1".into(),
+                source: "erp-sink".into(),
+                r#type: "backbone.erp.journal_batch".into(),
+                occurred_at: 0,
+                produced_at: 0,
+                trace: TraceContext {
+                    traceparent: String::new(),
+                    tracestate: None,
+                },
+                schema_version: None,
+            },
+            batch_id: "jb-1".into(),
+            legal_entity_id: "le-berlin".into(),
+            period_start: days_from_civil(2026, 11, 1),
+            period_end: days_from_civil(2026, 11, 30),
+            window_start: 0,
+            window_end: 0,
+            batch_type: BatchType::Adjustment,
+            posting_date: days_from_civil(2026, 11, 9),
+            line_count: 2,
+            control_totals: vec![ControlTotal {
+                currency: "EUR".into(),
+                line_count: 2,
+                total_debits: amount("12.5"),
+                total_credits: amount("12.5"),
+            }],
+            source_rating_count: 1,
+            lines,
+            adjusts_batch_id: Some("jb-0".into()),
+        }
+    }
+
+    #[test]
+    fn a_batch_is_written_in_the_legacy_layout_with_its_codes() {
+        let accounts = BTreeMap::from([
+            ("1200".to_owned(), "140000".to_owned()),
+            ("4000".to_owned(), "800000".to_owned()),
+        ]);
+        let file = legacy_file(
+            &batch(vec![
+                line(1, "1200", "12.5", "0", "usage; day 9"),
+                line(2, "4000", "0", "12.5", "usage\nday 9"),
+            ]),
+            &accounts,
+        )
+        .expect("written");
+        assert_eq!(
+            file,
+            "H;jb-1;acme;le-berlin;202611;20261109;ADJ;jb-0\n\
+             L;1;140000;D;12.500000;EUR;rt-1;usage  day 9\n\
+             L;2;800000;C;12.500000;EUR;rt-1;usage day 9\n\
+             T;2;12.500000;12.500000\n"
+        );
+        let unmapped = legacy_file(&batch(vec![line(1, "4711", "1", "0", "x")]), &accounts);
+        assert_eq!(
+            unmapped,
+            Err(LayoutError::UnmappedAccount {
+                batch_id: "jb-1".into(),
+                account: "4711".into()
+            })
+        );
+    }
 
     #[test]
     fn an_acknowledgement_holds_references_or_a_reason() {

@@ -16,7 +16,8 @@ pub mod names {
     pub const DELIVERIES: &str = "backbone_sink_deliveries_total";
     /// Time from sending a batch to its answer.
     pub const DELIVERY_DURATION: &str = "backbone_sink_delivery_duration_seconds";
-    /// Attempts retried, by `reason` (`throttled`, `unavailable`, `timeout`).
+    /// Attempts retried, by `reason` (`throttled`, `unavailable`, `timeout`, `awaiting`: a
+    /// destination that answers later was asked again).
     pub const RETRIES: &str = "backbone_sink_retries_total";
     /// Circuit breaker: 0 closed, 1 open, 2 half-open.
     pub const CIRCUIT_STATE: &str = "backbone_sink_circuit_state";

@@ -298,3 +298,109 @@ fn parse(text: &str) -> Result<(ImportedBatch, Amount, Amount), String> {
     }
     Err("the file has no trailer `T;...`".to_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn erp(name: &str) -> (LegacyErp, PathBuf) {
+        let root = std::env::temp_dir()
+            .join("backbone-sandbox-legacy-erp")
+            .join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let settings = LegacyErpSettings {
+            drop_dir: root.join("drop"),
+            ack_dir: root.join("acks"),
+            poll: default_poll(),
+            accounts: ["140000", "800000"].map(String::from).into(),
+            closed_periods: ["202610".to_owned()].into(),
+        };
+        std::fs::create_dir_all(&settings.drop_dir).expect("drop directory");
+        (LegacyErp::new(settings), root)
+    }
+
+    fn drop(root: &Path, id: &str, period: &str, rows: &[&str], trailer: &str) {
+        let mut text = format!("H;{id};acme;le-berlin;{period};{period}15;REG;\n");
+        for row in rows {
+            text.push_str(row);
+            text.push('\n');
+        }
+        text.push_str(trailer);
+        text.push('\n');
+        std::fs::write(root.join("drop").join(format!("{id}.csv")), text).expect("drop");
+    }
+
+    fn ack(root: &Path, id: &str) -> String {
+        std::fs::read_to_string(root.join("acks").join(format!("{id}.ack"))).expect("ack")
+    }
+
+    const DEBIT: &str = "L;1;140000;D;5.00;EUR;rt-1;usage";
+    const CREDIT: &str = "L;2;800000;C;5.00;EUR;rt-1;usage";
+
+    #[test]
+    fn each_file_is_answered_and_a_batch_id_is_held_once() {
+        let (erp, root) = erp("answers");
+        drop(&root, "jb-ok", "202611", &[DEBIT, CREDIT], "T;2;5.00;5.00");
+        drop(
+            &root,
+            "jb-trailer",
+            "202611",
+            &[DEBIT, CREDIT],
+            "T;2;5.00;4.00",
+        );
+        drop(
+            &root,
+            "jb-unbalanced",
+            "202611",
+            &[DEBIT, "L;2;800000;C;4.00;EUR;rt-1;x"],
+            "T;2;5.00;4.00",
+        );
+        drop(
+            &root,
+            "jb-account",
+            "202611",
+            &[DEBIT, "L;2;800001;C;5.00;EUR;rt-1;x"],
+            "T;2;5.00;5.00",
+        );
+        drop(
+            &root,
+            "jb-closed",
+            "202610",
+            &[DEBIT, CREDIT],
+            "T;2;5.00;5.00",
+        );
+        assert_eq!(erp.import_waiting().expect("import"), 5);
+        assert_eq!(
+            ack(&root, "jb-ok"),
+            "A;jb-ok;ACCEPTED;LJ-000001;;\nR;rt-1\n"
+        );
+        for (id, code) in [
+            ("jb-trailer", "malformed_file"),
+            ("jb-unbalanced", "unbalanced"),
+            ("jb-account", "unknown_account"),
+            ("jb-closed", "closed_period"),
+        ] {
+            let answer = ack(&root, id);
+            assert!(
+                answer.starts_with(&format!("A;{id};REJECTED;;{code};")),
+                "{answer}"
+            );
+            assert!(root
+                .join("drop/rejected")
+                .join(format!("{id}.csv"))
+                .exists());
+        }
+        assert_eq!(erp.batches().len(), 1, "refused files leave nothing");
+
+        // The same batch id again, as a sender that lost the answer sends it.
+        std::fs::remove_file(root.join("acks/jb-ok.ack")).expect("lose the answer");
+        drop(&root, "jb-ok", "202611", &[DEBIT, CREDIT], "T;2;5.00;5.00");
+        assert_eq!(erp.import_waiting().expect("import"), 1);
+        assert_eq!(
+            ack(&root, "jb-ok"),
+            "A;jb-ok;DUPLICATE;LJ-000001;;\nR;rt-1\n"
+        );
+        assert_eq!(erp.batches().len(), 1, "held once");
+        assert_eq!(erp.import_waiting().expect("nothing waits"), 0);
+    }
+}
