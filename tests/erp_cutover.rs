@@ -3,16 +3,25 @@
 //! (its own layout and account codes) and acknowledgement file, the cloud ERP by its journal
 //! API. A file the legacy ERP rejects is dead-lettered with its answer and, once the mapping
 //! is fixed, replayed; a sink that stops between a drop and its answer drops nothing twice.
-//! Counted per posting across both ERPs: each is in exactly one, once.
+//! Counted per posting across both ERPs: each is in exactly one, once. Then usage of a Berlin
+//! customer half an hour either side of the cutover's midnight, through the whole pipeline
+//! with the legacy ERP answering on its own and erp-sink killed after a drop: drift between the
+//! rated lines and both ERPs' receivables is zero.
 
+#[path = "support/backbone.rs"]
+mod backbone;
+#[path = "support/berlin.rs"]
+mod berlin;
 #[path = "support/sinks.rs"]
-mod support;
+mod sinks;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use backbone::Deployment;
 use backbone_calendar::{days_from_civil, now_ms};
+use backbone_drift::books::Check;
 use backbone_erp_sink::legacy::LegacySettings;
 use backbone_erp_sink::route::{ErpTarget, Route};
 use backbone_erp_sink::{ErpSettings, ErpSink};
@@ -23,7 +32,7 @@ use backbone_sink::http::JsonApi;
 use backbone_sink::metrics::names::RETRIES;
 use backbone_sink::SinkSummary;
 use backbone_testkit::{consume_until, end_offsets_total, shared_settings};
-use support::{
+use sinks::{
     eventually, metadata, publish, read_all, registry_url, RunningSink, Sandbox, SinkTopics,
 };
 
@@ -163,6 +172,7 @@ async fn a_mid_month_cutover_posts_each_posting_to_one_erp_once() {
         poll: Duration::from_millis(100),
         accounts: ["140000", "800000"].map(String::from).into(),
         closed_periods: BTreeSet::new(),
+        export_file: None,
     });
     let codec = WireCodec::new(registry_url());
 
@@ -320,4 +330,164 @@ async fn replay(dlq: &str) {
         .await
         .expect("replay runs");
     assert!(output.status.success(), "replay failed: {output:?}");
+}
+
+/// The sandbox's legacy ERP answering on its own every `poll`, exporting its journal; its
+/// chart holds the codes the mapping below sends.
+fn legacy_erp_config(root: &Path) -> backbone_sandbox::LegacyErpSettings {
+    let (drop_dir, ack_dir) = exchange(root);
+    LegacyErpSettings {
+        drop_dir,
+        ack_dir,
+        poll: Duration::from_millis(500),
+        accounts: ["140000", "800000"].map(String::from).into(),
+        closed_periods: BTreeSet::new(),
+        export_file: Some(root.join("journal.csv")),
+    }
+}
+
+/// The mapping table of the GL accounts of `berlin::master_data` to the legacy codes.
+fn legacy_accounts() -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("1200".to_owned(), "140000".to_owned()),
+        ("4000".to_owned(), "800000".to_owned()),
+    ])
+}
+
+#[tokio::test]
+async fn drift_is_zero_across_a_cutover_at_midnight_in_berlin() {
+    let codec = WireCodec::new(registry_url());
+    let root = std::env::temp_dir()
+        .join("backbone-legacy-erp")
+        .join(backbone_testkit::unique_group("cutover-drift"));
+    let sandbox = Sandbox::start(SandboxConfig {
+        legacy_erp: Some(legacy_erp_config(&root)),
+        ..SandboxConfig::default()
+    })
+    .await;
+    let mut deployment = Deployment::create(
+        "erp-cutover",
+        &sandbox.url,
+        "postgres://unused",
+        &registry_url(),
+    )
+    .await;
+    // November's usage is weeks old: the rater takes it.
+    deployment
+        .settings
+        .push(("usage-rater", "processor.late_window".into(), "120d".into()));
+    for route in ["analytics", "crm"] {
+        deployment
+            .settings
+            .push(("fanout", format!("processor.routes.{route}"), String::new()));
+    }
+    let (drop_dir, ack_dir) = exchange(&root);
+    let accounts: Vec<String> = legacy_accounts()
+        .iter()
+        .map(|(account, code)| format!("\"{account}\" = \"{code}\""))
+        .collect();
+    for (key, value) in [
+        ("sink.window", "2s".to_owned()),
+        ("sink.grace", "1s".to_owned()),
+        (
+            "sink.routes",
+            format!(
+                "[{{ legal_entity_id = \"le-berlin\", erp = \"legacy\", effective_from = \"2020-01-01\" }}, \
+                 {{ legal_entity_id = \"le-berlin\", erp = \"cloud\", effective_from = \"2026-11-{CUTOVER_DAY}\" }}]"
+            ),
+        ),
+        (
+            "sink.legacy",
+            format!(
+                "{{ drop_dir = {:?}, ack_dir = {:?}, poll = \"200ms\", accounts = {{ {} }} }}",
+                drop_dir.display().to_string(),
+                ack_dir.display().to_string(),
+                accounts.join(", ")
+            ),
+        ),
+    ] {
+        deployment.settings.push(("erp-sink", key.into(), value));
+    }
+    berlin::master_data(&deployment, &codec).await;
+    // Berlin is UTC+1 in November: 23:30 on the 15th is the legacy ERP's, 00:30 on the 16th
+    // the cloud ERP's.
+    berlin::publish_usage(
+        &deployment,
+        &codec,
+        &[
+            ("e-before", "2026-11-15T22:30:00Z", "10"),
+            ("e-after", "2026-11-15T23:30:00Z", "4"),
+        ],
+    )
+    .await;
+    for stage in [
+        "usage-validator",
+        "enricher",
+        "usage-rater",
+        "fanout",
+        "erp-sink",
+    ] {
+        deployment.start(stage);
+    }
+    // Killed once its file waits for the legacy ERP; whether the ERP answered before the
+    // kill or after the restart, the posting is in its books once.
+    eventually(DEADLINE, "the pre-cutover batch file", || async {
+        (!waiting_files(&root).is_empty()).then_some(())
+    })
+    .await;
+    deployment.kill("erp-sink");
+    deployment.start("erp-sink");
+
+    let mut config = deployment.drift_config();
+    config.drift.legacy_erp = Some(backbone_drift::legacy_erp::LegacyErpSettings {
+        journal_file: root.join("journal.csv"),
+        accounts: legacy_accounts(),
+    });
+    let euros = |text: &str| text.parse::<Amount>().expect("amount").unscaled();
+    // 10 calls at 0.50 and 4 calls at 0.50, written out here.
+    let berlin_november = eventually(DEADLINE, "the receivables of both ERPs", || async {
+        let lines = backbone_drift::reconcile_once(&config).await.ok()?;
+        let line = lines.into_iter().find(|l| {
+            l.key.check == Check::RatedVsErp
+                && l.key.legal_entity == "le-berlin"
+                && l.key.period == "2026-11"
+        })?;
+        (line.observed >= euros("7")).then_some(line)
+    })
+    .await;
+    assert_eq!(
+        (berlin_november.expected, berlin_november.observed),
+        (euros("7"), euros("7")),
+        "drift zero across the cutover"
+    );
+    let cloud: Vec<(String, String)> = sandbox
+        .client
+        .batches()
+        .await
+        .expect("cloud batches")
+        .iter()
+        .flat_map(|b| b.lines.iter())
+        .filter(|l| l.gl_account == "1200")
+        .map(|l| (l.debit.clone(), l.credit.clone()))
+        .collect();
+    assert_eq!(
+        cloud.len(),
+        1,
+        "one receivable line in the cloud ERP: {cloud:?}"
+    );
+    assert_eq!(euros(&cloud[0].0), euros("2"), "the call after midnight");
+    let legacy = std::fs::read_to_string(root.join("journal.csv")).expect("legacy journal");
+    let receivables: Vec<&str> = legacy
+        .lines()
+        .filter(|row| row.contains(";140000;"))
+        .collect();
+    assert_eq!(
+        receivables.len(),
+        1,
+        "one receivable row in the legacy ERP: {legacy}"
+    );
+    assert!(
+        receivables[0].contains(";202611;140000;D;5.000000;EUR;"),
+        "the call before midnight: {legacy}"
+    );
 }

@@ -10,6 +10,7 @@
 //! topics and exports the differences as gauges for Prometheus.
 
 pub mod books;
+pub mod legacy_erp;
 pub mod metrics;
 pub mod systems;
 
@@ -27,6 +28,7 @@ use rdkafka::Message;
 use serde::Deserialize;
 
 use crate::books::{format_unscaled, Books, Check, DriftLine};
+use crate::legacy_erp::{LegacyErpSettings, LegacyJournal};
 
 /// The config file: `[kafka]`, `[schema_registry]` and `[drift]`.
 #[derive(Debug, Default, Deserialize)]
@@ -79,6 +81,8 @@ pub struct DriftSettings {
     pub credential: backbone_core::Secret,
     /// File holding the token; wins over `credential`.
     pub credential_file: Option<std::path::PathBuf>,
+    /// The legacy ERP's journal export, for entities whose books it keeps (`[drift.legacy_erp]`).
+    pub legacy_erp: Option<LegacyErpSettings>,
     /// How often `serve` reconciles.
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
@@ -101,6 +105,7 @@ impl Default for DriftSettings {
             erp_url: "http://127.0.0.1:8090".to_owned(),
             credential: backbone_core::Secret::new("sandbox-token"),
             credential_file: None,
+            legacy_erp: None,
             interval: Duration::from_secs(15),
             listen: SocketAddr::from(([127, 0, 0, 1], 9471)),
         }
@@ -126,6 +131,9 @@ impl Validate for DriftSettings {
                 key: "drift.interval".to_owned(),
                 message: "must be at least 1s".to_owned(),
             });
+        }
+        if let Some(legacy) = &self.legacy_erp {
+            LegacyJournal::new(legacy)?;
         }
         self.token().map(|_| ())
     }
@@ -357,12 +365,16 @@ impl DriftSettings {
             url: String::new(),
             message: e.to_string(),
         })?;
-        Ok(SandboxApis::new(
-            &self.billing_url,
-            &self.erp_url,
-            &self.crm_url,
-            token,
-        ))
+        let legacy = match &self.legacy_erp {
+            Some(settings) => Some(
+                LegacyJournal::new(settings).map_err(|err| DriftError::Config(err.to_string()))?,
+            ),
+            None => None,
+        };
+        Ok(
+            SandboxApis::new(&self.billing_url, &self.erp_url, &self.crm_url, token)
+                .with_legacy_erp(legacy),
+        )
     }
 }
 

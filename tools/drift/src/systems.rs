@@ -10,9 +10,10 @@
 //!   keeps the idempotency key on the charge (as metadata, or as the key it lists charges by)
 //!   can be read this way; one that forgets the key after it expires cannot be reconciled per
 //!   charge.
-//! - **journal lines** (ERP): every line of every journal batch posted, with the batch's
-//!   tenant, legal entity and period (`YYYY-MM`), the line's GL account and currency, and its
-//!   debit minus its credit.
+//! - **journal lines** (ERP): every line of every journal batch posted, in whichever ERP
+//!   keeps the entity's books (the cloud ERP's API, and the legacy ERP's journal export when
+//!   configured, [`crate::legacy_erp`]), with the batch's tenant, legal entity and period
+//!   (`YYYY-MM`), the line's GL account and currency, and its debit minus its credit.
 //! - **CRM accounts**: the external ids (`<tenant>:<customer>`) of the accounts the CRM holds.
 //! - **invoices** (ERP): every invoice of a billing period the ERP received, as often as it
 //!   holds it, with its tenant, legal entity, currency, total and the first day of the period
@@ -27,6 +28,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use crate::books::{HeldCharge, HeldInvoice, HeldJournalLine, Holdings};
+use crate::legacy_erp::LegacyJournal;
 use crate::DriftError;
 
 /// The reads of the three back-office systems a reconciliation needs.
@@ -65,6 +67,8 @@ pub struct SandboxApis {
     pub crm_url: String,
     /// The bearer token.
     pub token: Secret,
+    /// The legacy ERP's journal export, read beside the ERP's API.
+    legacy_erp: Option<LegacyJournal>,
     http: reqwest::Client,
 }
 
@@ -76,8 +80,15 @@ impl SandboxApis {
             erp_url: erp_url.trim_end_matches('/').to_owned(),
             crm_url: crm_url.trim_end_matches('/').to_owned(),
             token,
+            legacy_erp: None,
             http: reqwest::Client::new(),
         }
+    }
+
+    /// Also reads the journal lines of the legacy ERP from its export, when given.
+    pub fn with_legacy_erp(mut self, legacy_erp: Option<LegacyJournal>) -> Self {
+        self.legacy_erp = legacy_erp;
+        self
     }
 
     async fn read<T: DeserializeOwned>(
@@ -194,6 +205,10 @@ impl BackOffice for SandboxApis {
     async fn journal_lines(&self) -> Result<Vec<HeldJournalLine>, DriftError> {
         let url = format!("{}/erp/v1/journal-batches", self.erp_url);
         let read: Batches = self.read("the ERP", url).await?;
+        let legacy = match &self.legacy_erp {
+            Some(journal) => journal.lines()?,
+            None => Vec::new(),
+        };
         Ok(read
             .batches
             .into_iter()
@@ -207,6 +222,7 @@ impl BackOffice for SandboxApis {
                     net: unscaled(&line.debit) - unscaled(&line.credit),
                 })
             })
+            .chain(legacy)
             .collect())
     }
 

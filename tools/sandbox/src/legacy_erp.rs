@@ -13,6 +13,8 @@
 //! not match its rows, one whose debits and credits differ, one posting to an account outside
 //! its chart, or one for a closed period; a refused file leaves nothing in its books. An
 //! imported file moves to `imported/` in the drop directory, a refused one to `rejected/`.
+//! After each import it can export its whole journal to a file, as legacy systems export to
+//! reconciliation.
 
 use std::collections::{BTreeSet, HashMap};
 use std::io;
@@ -42,6 +44,11 @@ pub struct LegacyErpSettings {
     /// Periods (`YYYYMM`, as the layout writes them) refused as closed.
     #[serde(default)]
     pub closed_periods: BTreeSet<String>,
+    /// Where the ERP exports its journal after each import, for reconciliation: a header,
+    /// then `document;batch_id;tenant;legal_entity;period;account;side;amount;currency;reference`
+    /// per row it holds.
+    #[serde(default)]
+    pub export_file: Option<PathBuf>,
 }
 
 fn default_poll() -> Duration {
@@ -155,6 +162,7 @@ impl LegacyErp {
         }
         let (ack, place) = match self.book(&named_id, &text) {
             Ok((status, batch)) => {
+                self.export()?;
                 let mut ack = format!("A;{named_id};{status};{};;\n", batch.document);
                 for reference in batch
                     .rows
@@ -226,6 +234,38 @@ impl LegacyErp {
         books.by_id.insert(batch.batch_id.clone(), at);
         books.batches.push(batch.clone());
         Ok(("ACCEPTED", batch))
+    }
+}
+
+impl LegacyErp {
+    /// Writes the journal export, whole, when one is configured.
+    fn export(&self) -> io::Result<()> {
+        let Some(file) = &self.settings.export_file else {
+            return Ok(());
+        };
+        let mut text = String::from(
+            "document;batch_id;tenant;legal_entity;period;account;side;amount;currency;reference\n",
+        );
+        for batch in &lock(&self.books).batches {
+            for row in &batch.rows {
+                text.push_str(&format!(
+                    "{};{};{};{};{};{};{};{};{};{}\n",
+                    batch.document,
+                    batch.batch_id,
+                    batch.tenant_id,
+                    batch.legal_entity_id,
+                    batch.period,
+                    row.account,
+                    row.side,
+                    row.amount,
+                    row.currency,
+                    row.reference
+                ));
+            }
+        }
+        let partial = file.with_extension("partial");
+        std::fs::write(&partial, text)?;
+        std::fs::rename(partial, file)
     }
 }
 
@@ -314,6 +354,7 @@ mod tests {
             poll: default_poll(),
             accounts: ["140000", "800000"].map(String::from).into(),
             closed_periods: ["202610".to_owned()].into(),
+            export_file: Some(root.join("journal.csv")),
         };
         std::fs::create_dir_all(&settings.drop_dir).expect("drop directory");
         (LegacyErp::new(settings), root)
@@ -391,6 +432,12 @@ mod tests {
                 .exists());
         }
         assert_eq!(erp.batches().len(), 1, "refused files leave nothing");
+        assert_eq!(
+            std::fs::read_to_string(root.join("journal.csv")).expect("export"),
+            "document;batch_id;tenant;legal_entity;period;account;side;amount;currency;reference\n\
+             LJ-000001;jb-ok;acme;le-berlin;202611;140000;D;5.00;EUR;rt-1\n\
+             LJ-000001;jb-ok;acme;le-berlin;202611;800000;C;5.00;EUR;rt-1\n"
+        );
 
         // The same batch id again, as a sender that lost the answer sends it.
         std::fs::remove_file(root.join("acks/jb-ok.ack")).expect("lose the answer");
