@@ -301,7 +301,7 @@ pub fn build_batch(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use backbone_schemas::types::TraceContext;
 
@@ -316,7 +316,8 @@ mod tests {
         text.parse().expect("amount")
     }
 
-    fn posting(rating_id: &str, value: &str) -> LedgerPosting {
+    /// A posting of `value` EUR for `le-eu`, receivable 1200 against revenue 4000.
+    pub(crate) fn posting(rating_id: &str, value: &str) -> LedgerPosting {
         let a = amount(value);
         // As the fanout writes them: the customer on the receivable line only.
         let line = |n: i32, account: &str, debit: Amount, credit: Amount| PostingLine {

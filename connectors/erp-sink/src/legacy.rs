@@ -1,20 +1,7 @@
 //! The legacy ERP: it has no API, it imports files. A batch is dropped as one file in the
-//! ERP's own layout, with its own account codes, and the ERP answers each file with an
+//! ERP's own layout ([`crate::layout`]), and the ERP answers each file with an
 //! acknowledgement file that accepts it (naming the document it became and the references it
-//! holds) or rejects it (with a code and a reason).
-//!
-//! The batch file, `<batch_id>.csv`, semicolon-separated, one record per row:
-//!
-//! ```text
-//! H;<batch id>;<tenant>;<legal entity>;<YYYYMM>;<posting date YYYYMMDD>;<REG|ADJ>;<adjusted batch id>
-//! L;<row>;<account>;<D|C>;<amount>;<currency>;<reference>;<text>
-//! T;<rows>;<total debits>;<total credits>
-//! ```
-//!
-//! One `L` row per side of a journal line: a line with a debit and a credit gives two. Text
-//! loses any `;` and line break, which the layout cannot carry.
-//!
-//! The acknowledgement, `<batch id>.ack`:
+//! holds) or rejects it (with a code and a reason). `<batch id>.ack`:
 //!
 //! ```text
 //! A;<batch id>;<ACCEPTED|DUPLICATE|REJECTED>;<document>;<code>;<message>
@@ -23,17 +10,19 @@
 //!
 //! with an `R` row per reference the ERP holds under that batch id (none for a rejection).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use backbone_calendar::civil_from_days;
 use backbone_core::config::ConfigError;
-use backbone_schemas::types::{Amount, BatchType, JournalBatch};
+use backbone_schemas::types::JournalBatch;
+use backbone_sink::{Outcome, RetryReason};
 use serde::Deserialize;
 
+use crate::layout::legacy_file;
 use crate::outbox::drop_file;
+use crate::{ErpSink, HeldPosting, PendingBatch, SEQUENCES_SEARCHED};
 
 /// The `[sink.legacy]` section.
 #[derive(Debug, Clone, Deserialize)]
@@ -87,115 +76,6 @@ impl LegacySettings {
         }
         Ok(())
     }
-}
-
-/// Why a batch cannot be written in the legacy layout.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum LayoutError {
-    /// The mapping table has no code for an account the batch posts to.
-    #[error("batch {batch_id}: GL account `{account}` has no legacy code in sink.legacy.accounts")]
-    UnmappedAccount {
-        /// The batch.
-        batch_id: String,
-        /// The account.
-        account: String,
-    },
-    /// A field the layout cannot carry.
-    #[error("batch {batch_id}: {field} `{value}` cannot be written in the legacy layout")]
-    Unwritable {
-        /// The batch.
-        batch_id: String,
-        /// Which field.
-        field: &'static str,
-        /// Its value.
-        value: String,
-    },
-}
-
-/// `batch` in the legacy layout, its accounts mapped through `accounts`.
-pub fn legacy_file(
-    batch: &JournalBatch,
-    accounts: &BTreeMap<String, String>,
-) -> Result<String, LayoutError> {
-    let id = &batch.batch_id;
-    let plain = |field: &'static str, value: &str| {
-        if value.contains([';', '\n', '\r']) {
-            Err(LayoutError::Unwritable {
-                batch_id: id.clone(),
-                field,
-                value: value.to_owned(),
-            })
-        } else {
-            Ok(value.to_owned())
-        }
-    };
-    let (year, month, _) = civil_from_days(batch.period_start);
-    let (py, pm, pd) = civil_from_days(batch.posting_date);
-    let kind = match batch.batch_type {
-        BatchType::Regular => "REG",
-        BatchType::Adjustment => "ADJ",
-        other => {
-            return Err(LayoutError::Unwritable {
-                batch_id: id.clone(),
-                field: "batch type",
-                value: format!("{other:?}"),
-            })
-        }
-    };
-    let mut text = format!(
-        "H;{};{};{};{year:04}{month:02};{py:04}{pm:02}{pd:02};{kind};{}\n",
-        plain("batch id", id)?,
-        plain("tenant", &batch.metadata.tenant_id)?,
-        plain("legal entity", &batch.legal_entity_id)?,
-        plain(
-            "adjusted batch id",
-            batch.adjusts_batch_id.as_deref().unwrap_or("")
-        )?,
-    );
-    let mut rows = 0u64;
-    for line in &batch.lines {
-        let code = accounts
-            .get(&line.gl_account)
-            .ok_or_else(|| LayoutError::UnmappedAccount {
-                batch_id: id.clone(),
-                account: line.gl_account.clone(),
-            })?;
-        let reference = plain("reference", line.source_rating_id.as_deref().unwrap_or(""))?;
-        let currency = plain("currency", &line.currency)?;
-        let description: String = line
-            .description
-            .chars()
-            .map(|c| {
-                if matches!(c, ';' | '\n' | '\r') {
-                    ' '
-                } else {
-                    c
-                }
-            })
-            .collect();
-        let mut sides = Vec::new();
-        if line.debit != Amount::ZERO || line.credit == Amount::ZERO {
-            sides.push(("D", line.debit));
-        }
-        if line.credit != Amount::ZERO {
-            sides.push(("C", line.credit));
-        }
-        for (side, amount) in sides {
-            rows += 1;
-            text.push_str(&format!(
-                "L;{rows};{code};{side};{amount};{currency};{reference};{description}\n"
-            ));
-        }
-    }
-    // A batch of the sink is in one currency: its one control total is the file's.
-    let (debits, credits) = batch
-        .control_totals
-        .first()
-        .map_or((Amount::ZERO, Amount::ZERO), |t| {
-            (t.total_debits, t.total_credits)
-        });
-    text.push_str(&format!("T;{rows};{debits};{credits}\n"));
-    Ok(text)
 }
 
 /// The ERP's answer to one file.
@@ -307,94 +187,349 @@ impl LegacyErp {
     }
 }
 
+impl ErpSink {
+    /// Drops `pending` as a file for the legacy ERP and reads the ERP's answer; asked again
+    /// until it answers. Its acknowledgements are the record of what it holds, as the cloud
+    /// ERP's search is: each call reads the answers to the window's batch numbers, leaves out
+    /// the postings they hold, and drops a file for the rest under the first number no file
+    /// went under. A file not answered yet is awaited whichever delivery dropped it, so a sink
+    /// that stopped between the drop and the answer drops nothing twice when it comes back.
+    pub(crate) fn drop_legacy(
+        &self,
+        key: &str,
+        pending: &PendingBatch,
+        legacy: &LegacyErp,
+    ) -> (Outcome, Vec<JournalBatch>) {
+        let settled = |outcome| (outcome, Vec::new());
+        let awaiting = |id: &str| {
+            self.dropped_file(key, Some(id.to_owned()));
+            settled(Outcome::Retry {
+                reason: RetryReason::Awaiting,
+                message: format!("the legacy ERP has not answered batch file {id}.csv yet"),
+                after: Some(legacy.poll()),
+            })
+        };
+        let last = pending.sequence.saturating_add(SEQUENCES_SEARCHED);
+        let mut held = BTreeMap::new();
+        let mut taken = BTreeSet::new();
+        let mut rejections = HashMap::new();
+        for sequence in 0..last {
+            let id = pending.key.batch_id(sequence);
+            match legacy.answer(&id) {
+                Ok(Some(Answer::Held {
+                    document,
+                    references,
+                })) => {
+                    for reference in references {
+                        if pending.window.postings.contains_key(&reference) {
+                            let batch_id = id.clone();
+                            let document = document.clone();
+                            held.insert(reference, HeldPosting { batch_id, document });
+                        }
+                    }
+                }
+                Ok(Some(Answer::Rejected { code, message })) => {
+                    rejections.insert(id, (code, message));
+                }
+                Ok(None) if legacy.waiting(&id) => return awaiting(&id),
+                Ok(None) => continue,
+                Err(err) => {
+                    return settled(Outcome::Retry {
+                        reason: RetryReason::Unavailable,
+                        message: err.to_string(),
+                        after: None,
+                    })
+                }
+            }
+            taken.insert(sequence);
+        }
+        let dropped = self.dropped_file(key, None);
+        let held_batches = self.held_batches_of(pending, &held);
+        let mut window = pending.window.clone();
+        window.postings.retain(|id, _| !held.contains_key(id));
+        if window.postings.is_empty() {
+            let document_of = |id: &String| {
+                held.values()
+                    .find(|h| &h.batch_id == id)
+                    .map(|h| h.document.clone())
+            };
+            let outcome = match dropped.as_ref().and_then(document_of) {
+                Some(document) => Outcome::Delivered {
+                    reference: Some(document),
+                },
+                None => Outcome::AlreadyDelivered {
+                    reference: held.values().next().map(|h| h.document.clone()),
+                },
+            };
+            return (outcome, held_batches);
+        }
+        if let Some((code, message)) = dropped.and_then(|id| rejections.remove(&id)) {
+            return settled(Outcome::Rejected { code, message });
+        }
+        let Some(sequence) = (pending.sequence..last).find(|s| !taken.contains(s)) else {
+            return settled(Outcome::Rejected {
+                code: "unbuildable_batch".to_owned(),
+                message: format!(
+                    "window {:?}: the legacy ERP answered batch numbers up to {last}",
+                    pending.key
+                ),
+            });
+        };
+        let file = self
+            .batch_of(pending, &window, sequence)
+            .map_err(|err| ("unbuildable_batch", err.to_string()))
+            .and_then(|batch| {
+                let text = legacy_file(&batch, legacy.accounts())
+                    .map_err(|err| ("unmapped_account", err.to_string()))?;
+                Ok((batch.batch_id, text))
+            });
+        match file {
+            Ok((id, text)) => match legacy.drop_batch(&id, &text) {
+                Ok(()) => awaiting(&id),
+                Err(err) => settled(Outcome::Retry {
+                    reason: RetryReason::Unavailable,
+                    message: format!("dropping batch file {id}.csv for the legacy ERP: {err}"),
+                    after: None,
+                }),
+            },
+            Err((code, message)) => settled(Outcome::Rejected {
+                code: code.to_owned(),
+                message,
+            }),
+        }
+    }
+
+    /// Sets (`Some`) or takes (`None`) the legacy batch file the delivery under `key` awaits.
+    fn dropped_file(&self, key: &str, id: Option<String>) -> Option<String> {
+        let mut dropped = self
+            .dropped
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match id {
+            Some(id) => dropped.insert(key.to_owned(), id),
+            None => dropped.remove(key),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use backbone_calendar::days_from_civil;
-    use backbone_schemas::types::{ControlTotal, EventMetadata, PostingLine, TraceContext};
+    use crate::journal::tests::posting;
+    use crate::journal::{OpenWindow, WindowKey};
+    use crate::route::ErpTarget;
+    use crate::ErpSettings;
+    use backbone_sink::http::JsonApi;
+    use backbone_sink::DestinationSettings;
 
-    fn amount(text: &str) -> Amount {
-        text.parse().expect("amount")
-    }
-
-    fn line(n: i32, account: &str, debit: &str, credit: &str, text: &str) -> PostingLine {
-        PostingLine {
-            line_number: n,
-            gl_account: account.into(),
-            debit: amount(debit),
-            credit: amount(credit),
-            currency: "EUR".into(),
-            description: text.into(),
-            source_rating_id: Some("rt-1".into()),
-            customer_id: None,
-        }
-    }
-
-    fn batch(lines: Vec<PostingLine>) -> JournalBatch {
-        JournalBatch {
-            metadata: EventMetadata {
-                tenant_id: "acme".into(),
-                event_id: "jb-1".into(),
-                source: "erp-sink".into(),
-                r#type: "backbone.erp.journal_batch".into(),
-                occurred_at: 0,
-                produced_at: 0,
-                trace: TraceContext {
-                    traceparent: String::new(),
-                    tracestate: None,
-                },
-                schema_version: None,
-            },
-            batch_id: "jb-1".into(),
-            legal_entity_id: "le-berlin".into(),
-            period_start: days_from_civil(2026, 11, 1),
-            period_end: days_from_civil(2026, 11, 30),
-            window_start: 0,
-            window_end: 0,
-            batch_type: BatchType::Adjustment,
-            posting_date: days_from_civil(2026, 11, 9),
-            line_count: 2,
-            control_totals: vec![ControlTotal {
-                currency: "EUR".into(),
-                line_count: 2,
-                total_debits: amount("12.5"),
-                total_credits: amount("12.5"),
-            }],
-            source_rating_count: 1,
-            lines,
-            adjusts_batch_id: Some("jb-0".into()),
-        }
-    }
-
-    #[test]
-    fn a_batch_is_written_in_the_legacy_layout_with_its_codes() {
-        let accounts = BTreeMap::from([
-            ("1200".to_owned(), "140000".to_owned()),
-            ("4000".to_owned(), "800000".to_owned()),
-        ]);
-        let file = legacy_file(
-            &batch(vec![
-                line(1, "1200", "12.5", "0", "usage; day 9"),
-                line(2, "4000", "0", "12.5", "usage\nday 9"),
+    /// The sink's view of a legacy ERP whose directories are under `root`.
+    async fn erp_sink(root: &Path) -> (ErpSink, LegacyErp) {
+        let legacy = LegacySettings {
+            drop_dir: root.join("drop"),
+            ack_dir: root.join("acks"),
+            poll: Duration::from_secs(1),
+            accounts: BTreeMap::from([
+                ("1200".to_owned(), "140000".to_owned()),
+                ("4000".to_owned(), "800000".to_owned()),
             ]),
-            &accounts,
-        )
-        .expect("written");
-        assert_eq!(
-            file,
-            "H;jb-1;acme;le-berlin;202611;20261109;ADJ;jb-0\n\
-             L;1;140000;D;12.500000;EUR;rt-1;usage  day 9\n\
-             L;2;800000;C;12.500000;EUR;rt-1;usage day 9\n\
-             T;2;12.500000;12.500000\n"
-        );
-        let unmapped = legacy_file(&batch(vec![line(1, "4711", "1", "0", "x")]), &accounts);
-        assert_eq!(
-            unmapped,
-            Err(LayoutError::UnmappedAccount {
-                batch_id: "jb-1".into(),
-                account: "4711".into()
+        };
+        let settings = ErpSettings {
+            default_erp: ErpTarget::Legacy,
+            legacy: Some(legacy.clone()),
+            ..ErpSettings::default()
+        };
+        // The cloud ERP is never called here.
+        let api = JsonApi::connect(&DestinationSettings::default())
+            .await
+            .expect("client");
+        let sink = ErpSink::new(settings, api).expect("settings");
+        (sink, LegacyErp::new(legacy))
+    }
+
+    fn root(name: &str) -> PathBuf {
+        let root = std::env::temp_dir()
+            .join("backbone-erp-sink-legacy")
+            .join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        root
+    }
+
+    /// Window `n` of `le-eu` holding the postings `(rating id, value)`.
+    fn pending(n: i64, postings: &[(&str, &str)]) -> PendingBatch {
+        let mut window = OpenWindow::default();
+        for (id, value) in postings {
+            window.postings.insert((*id).to_owned(), posting(id, value));
+        }
+        PendingBatch {
+            key: WindowKey {
+                tenant_id: "acme".into(),
+                legal_entity_id: "le-eu".into(),
+                currency: "EUR".into(),
+                period_start: 20_484,
+                window_start: n * 60_000_000,
+                erp: ErpTarget::Legacy,
+            },
+            window,
+            sequence: 0,
+            closed_at: 0,
+        }
+    }
+
+    /// The ERP's answer to batch `id`, its file taken out of the drop directory as it does.
+    fn answer(root: &Path, id: &str, text: &str) {
+        std::fs::create_dir_all(root.join("acks")).expect("acks");
+        std::fs::write(root.join("acks").join(format!("{id}.ack")), text).expect("ack");
+        let _ = std::fs::remove_file(root.join("drop").join(format!("{id}.csv")));
+    }
+
+    fn dropped(root: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(root.join("drop"))
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| !n.starts_with('.'))
+                    .collect()
             })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    fn awaiting(outcome: &Outcome) -> bool {
+        matches!(
+            outcome,
+            Outcome::Retry {
+                reason: RetryReason::Awaiting,
+                ..
+            }
+        )
+    }
+
+    #[tokio::test]
+    async fn a_file_is_dropped_once_and_its_answer_settles_the_delivery() {
+        let root = root("answered");
+        let (sink, legacy) = erp_sink(&root).await;
+        let batch = pending(1, &[("rt-1", "2.5"), ("rt-2", "1")]);
+        let id = batch.key.batch_id(0);
+        let (first, _) = sink.drop_legacy("d-1", &batch, &legacy);
+        let (second, _) = sink.drop_legacy("d-1", &batch, &legacy);
+        assert!(
+            awaiting(&first) && awaiting(&second),
+            "{first:?} {second:?}"
         );
+        assert_eq!(
+            dropped(&root),
+            [format!("{id}.csv")],
+            "one file, dropped once"
+        );
+
+        answer(
+            &root,
+            &id,
+            &format!("A;{id};ACCEPTED;LJ-000007;;\nR;rt-1\nR;rt-2\n"),
+        );
+        let (outcome, held) = sink.drop_legacy("d-1", &batch, &legacy);
+        assert_eq!(
+            outcome,
+            Outcome::Delivered {
+                reference: Some("LJ-000007".into())
+            }
+        );
+        assert_eq!(
+            held.iter().map(|b| b.batch_id.as_str()).collect::<Vec<_>>(),
+            [id.as_str()]
+        );
+        // An instance that never dropped it (a restart) finds it held.
+        let (restarted, _) = erp_sink(&root).await;
+        let (outcome, held) = restarted.drop_legacy("d-1", &batch, &legacy);
+        assert_eq!(
+            outcome,
+            Outcome::AlreadyDelivered {
+                reference: Some("LJ-000007".into())
+            }
+        );
+        assert_eq!(held.len(), 1, "announced again");
+    }
+
+    #[tokio::test]
+    async fn a_file_waiting_from_another_instance_is_awaited_not_dropped_again() {
+        let root = root("adopted");
+        let (sink, legacy) = erp_sink(&root).await;
+        let batch = pending(1, &[("rt-1", "2.5")]);
+        assert!(awaiting(&sink.drop_legacy("d-1", &batch, &legacy).0));
+        let first = batch.key.batch_id(0);
+        let waiting = root.join("drop").join(format!("{first}.csv"));
+        let before = std::fs::read_to_string(&waiting).expect("the waiting file");
+        // The window came back with one posting more after a restart: the waiting file is
+        // answered first, then the newcomer goes out under the next number.
+        let (restarted, _) = erp_sink(&root).await;
+        let grown = pending(1, &[("rt-1", "2.5"), ("rt-3", "4")]);
+        assert!(awaiting(&restarted.drop_legacy("d-1", &grown, &legacy).0));
+        assert_eq!(dropped(&root).len(), 1);
+        assert_eq!(
+            std::fs::read_to_string(&waiting).expect("still waiting"),
+            before,
+            "the waiting file is left as it is"
+        );
+        answer(
+            &root,
+            &first,
+            &format!("A;{first};ACCEPTED;LJ-000001;;\nR;rt-1\n"),
+        );
+        assert!(awaiting(&restarted.drop_legacy("d-1", &grown, &legacy).0));
+        let next = batch.key.batch_id(1);
+        assert_eq!(dropped(&root), [format!("{next}.csv")]);
+        let file =
+            std::fs::read_to_string(root.join("drop").join(format!("{next}.csv"))).expect("file");
+        assert!(
+            file.contains(";rt-3;") && !file.contains(";rt-1;"),
+            "{file}"
+        );
+        assert!(file.contains(";ADJ;"), "an adjustment of the first: {file}");
+    }
+
+    #[tokio::test]
+    async fn a_rejection_is_the_deliverys_when_it_awaited_it_and_else_gets_one_more_file() {
+        let root = root("rejected");
+        let (sink, legacy) = erp_sink(&root).await;
+        let batch = pending(2, &[("rt-1", "2.5")]);
+        let id = batch.key.batch_id(0);
+        assert!(awaiting(&sink.drop_legacy("d-2", &batch, &legacy).0));
+        answer(
+            &root,
+            &id,
+            &format!("A;{id};REJECTED;;closed_period;period 202611 is closed\n"),
+        );
+        let (outcome, _) = sink.drop_legacy("d-2", &batch, &legacy);
+        assert_eq!(
+            outcome,
+            Outcome::Rejected {
+                code: "closed_period".into(),
+                message: "period 202611 is closed".into()
+            }
+        );
+        // The same window at an instance that did not await the answer: number 0 is taken,
+        // the postings go out once more under number 1.
+        let (restarted, _) = erp_sink(&root).await;
+        assert!(awaiting(&restarted.drop_legacy("d-2", &batch, &legacy).0));
+        assert_eq!(dropped(&root), [format!("{}.csv", batch.key.batch_id(1))]);
+    }
+
+    #[tokio::test]
+    async fn an_account_the_table_does_not_map_rejects_the_batch_without_a_file() {
+        let root = root("unmapped");
+        let (sink, legacy) = erp_sink(&root).await;
+        let mut batch = pending(3, &[("rt-1", "2.5")]);
+        for window in batch.window.postings.values_mut() {
+            window.lines[1].gl_account = "4711".into();
+        }
+        let (outcome, _) = sink.drop_legacy("d-3", &batch, &legacy);
+        assert!(
+            matches!(&outcome, Outcome::Rejected { code, message } if code == "unmapped_account" && message.contains("4711")),
+            "{outcome:?}"
+        );
+        assert!(dropped(&root).is_empty());
     }
 
     #[test]

@@ -19,7 +19,9 @@
 //! stopped between the ERP's answer and its commit), rebuilt from those postings under the
 //! batch id the ERP holds them by. Readers take a batch id once.
 
+mod cloud;
 pub mod journal;
+pub mod layout;
 pub mod legacy;
 mod outbox;
 pub mod request;
@@ -35,20 +37,17 @@ use backbone_core::config::{ConfigError, Validate};
 use backbone_core::InputRecord;
 use backbone_schemas::types::{Amount, Contract, Destination, JournalBatch, LedgerPosting};
 use backbone_sink::app::SinkApp;
-use backbone_sink::http::{JsonApi, Reply};
+use backbone_sink::http::JsonApi;
 use backbone_sink::settings::require_topic;
 use backbone_sink::{
     decode, Accepted, AnnounceError, Announcements, Announcer, Delivery, DeliveryError,
-    DeliveryLedger, DeliveryState, DestinationSettings, Money, Outcome, Rejection, RetryReason,
-    Sink, SinkContext, Source,
+    DeliveryLedger, DeliveryState, DestinationSettings, Money, Outcome, Rejection, Sink,
+    SinkContext, Source,
 };
 use serde::Deserialize;
-use serde_json::{json, Value};
 
 use crate::journal::{build_batch, HeldAt, JournalError, OpenWindow, WindowKey, Windows};
-use crate::legacy::{legacy_file, Answer, LegacyErp, LegacySettings};
-use crate::outbox::write_csv;
-use crate::request::JournalRequest;
+use crate::legacy::{LegacyErp, LegacySettings};
 use crate::route::{ErpTarget, Route, Routes};
 
 /// The `[sink]` section.
@@ -193,192 +192,6 @@ impl ErpSink {
         })
     }
 
-    /// Posts `pending`, after asking the ERP what it already holds, and says which batches of
-    /// the window the ERP holds once it answered. The ledger on this instance's disk is not
-    /// the record of what was posted, the ERP is: a posting it holds (from before a lost disk,
-    /// or from another instance before the partition moved) is left out, and a batch id it
-    /// holds is not reused, since it would answer `duplicate` for content it never received.
-    async fn post(
-        &self,
-        pending: &PendingBatch,
-    ) -> Result<(Outcome, Vec<JournalBatch>), DeliveryError> {
-        let settled = |outcome| Ok((outcome, Vec::new()));
-        let held = match self.held_postings(&pending.window).await? {
-            Ok(held) => held,
-            Err(outcome) => return settled(outcome),
-        };
-        let mut held_batches = self.held_batches_of(pending, &held);
-        let mut window = pending.window.clone();
-        if let Some(first) = held.values().next() {
-            window.postings.retain(|id, _| !held.contains_key(id));
-            if window.postings.is_empty() {
-                let reference = Some(first.document.clone());
-                return Ok((Outcome::AlreadyDelivered { reference }, held_batches));
-            }
-        }
-        let mut sequence = pending.sequence;
-        loop {
-            match self.batch_held(&pending.key.batch_id(sequence)).await? {
-                Ok(false) => break,
-                Ok(true) => sequence += 1,
-                Err(outcome) => return settled(outcome),
-            }
-        }
-        let batch = match self.batch_of(pending, &window, sequence) {
-            Ok(batch) => batch,
-            Err(err) => {
-                return settled(Outcome::Rejected {
-                    code: "unbuildable_batch".to_owned(),
-                    message: err.to_string(),
-                })
-            }
-        };
-        if let Some(dir) = &self.settings.outbox_dir {
-            if let Err(err) = write_csv(dir, &batch) {
-                return settled(Outcome::Retry {
-                    reason: RetryReason::Unavailable,
-                    message: format!("outbox `{}`: {err}", dir.display()),
-                    after: None,
-                });
-            }
-        }
-        let request = JournalRequest::from_batch(&batch);
-        let answer = match self
-            .api
-            .send("/erp/v1/journal-batches", &[], &request)
-            .await?
-        {
-            Reply::Answer(answer) => answer,
-            Reply::Settled(outcome) => return settled(outcome),
-        };
-        let outcome = posting_outcome(&answer.body, &answer.error_code(), &answer.error_message());
-        held_batches.push(batch);
-        Ok((outcome, held_batches))
-    }
-
-    /// Drops `pending` as a file for the legacy ERP and reads the ERP's answer; asked again
-    /// until it answers. Its acknowledgements are the record of what it holds, as the cloud
-    /// ERP's search is: each call reads the answers to the window's batch numbers, leaves out
-    /// the postings they hold, and drops a file for the rest under the first number no file
-    /// went under. A file not answered yet is awaited whichever delivery dropped it, so a sink
-    /// that stopped between the drop and the answer drops nothing twice when it comes back.
-    fn drop_legacy(
-        &self,
-        key: &str,
-        pending: &PendingBatch,
-        legacy: &LegacyErp,
-    ) -> (Outcome, Vec<JournalBatch>) {
-        let settled = |outcome| (outcome, Vec::new());
-        let awaiting = |id: &str| {
-            self.dropped_file(key, Some(id.to_owned()));
-            settled(Outcome::Retry {
-                reason: RetryReason::Awaiting,
-                message: format!("the legacy ERP has not answered batch file {id}.csv yet"),
-                after: Some(legacy.poll()),
-            })
-        };
-        let last = pending.sequence.saturating_add(SEQUENCES_SEARCHED);
-        let mut held = BTreeMap::new();
-        let mut taken = BTreeSet::new();
-        let mut rejections = HashMap::new();
-        for sequence in 0..last {
-            let id = pending.key.batch_id(sequence);
-            match legacy.answer(&id) {
-                Ok(Some(Answer::Held {
-                    document,
-                    references,
-                })) => {
-                    for reference in references {
-                        if pending.window.postings.contains_key(&reference) {
-                            let batch_id = id.clone();
-                            let document = document.clone();
-                            held.insert(reference, HeldPosting { batch_id, document });
-                        }
-                    }
-                }
-                Ok(Some(Answer::Rejected { code, message })) => {
-                    rejections.insert(id, (code, message));
-                }
-                Ok(None) if legacy.waiting(&id) => return awaiting(&id),
-                Ok(None) => continue,
-                Err(err) => {
-                    return settled(Outcome::Retry {
-                        reason: RetryReason::Unavailable,
-                        message: err.to_string(),
-                        after: None,
-                    })
-                }
-            }
-            taken.insert(sequence);
-        }
-        let dropped = self.dropped_file(key, None);
-        let held_batches = self.held_batches_of(pending, &held);
-        let mut window = pending.window.clone();
-        window.postings.retain(|id, _| !held.contains_key(id));
-        if window.postings.is_empty() {
-            let document_of = |id: &String| {
-                held.values()
-                    .find(|h| &h.batch_id == id)
-                    .map(|h| h.document.clone())
-            };
-            let outcome = match dropped.as_ref().and_then(document_of) {
-                Some(document) => Outcome::Delivered {
-                    reference: Some(document),
-                },
-                None => Outcome::AlreadyDelivered {
-                    reference: held.values().next().map(|h| h.document.clone()),
-                },
-            };
-            return (outcome, held_batches);
-        }
-        if let Some((code, message)) = dropped.and_then(|id| rejections.remove(&id)) {
-            return settled(Outcome::Rejected { code, message });
-        }
-        let Some(sequence) = (pending.sequence..last).find(|s| !taken.contains(s)) else {
-            return settled(Outcome::Rejected {
-                code: "unbuildable_batch".to_owned(),
-                message: format!(
-                    "window {:?}: the legacy ERP answered batch numbers up to {last}",
-                    pending.key
-                ),
-            });
-        };
-        let file = self
-            .batch_of(pending, &window, sequence)
-            .map_err(|err| ("unbuildable_batch", err.to_string()))
-            .and_then(|batch| {
-                let text = legacy_file(&batch, legacy.accounts())
-                    .map_err(|err| ("unmapped_account", err.to_string()))?;
-                Ok((batch.batch_id, text))
-            });
-        match file {
-            Ok((id, text)) => match legacy.drop_batch(&id, &text) {
-                Ok(()) => awaiting(&id),
-                Err(err) => settled(Outcome::Retry {
-                    reason: RetryReason::Unavailable,
-                    message: format!("dropping batch file {id}.csv for the legacy ERP: {err}"),
-                    after: None,
-                }),
-            },
-            Err((code, message)) => settled(Outcome::Rejected {
-                code: code.to_owned(),
-                message,
-            }),
-        }
-    }
-
-    /// Sets (`Some`) or takes (`None`) the legacy batch file the delivery under `key` awaits.
-    fn dropped_file(&self, key: &str, id: Option<String>) -> Option<String> {
-        let mut dropped = self
-            .dropped
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match id {
-            Some(id) => dropped.insert(key.to_owned(), id),
-            None => dropped.remove(key),
-        }
-    }
-
     /// The window's batches the ERP holds postings of, each rebuilt from those postings under
     /// its number: as they were posted when every posting of the batch came again. A posting
     /// held under another window's batch (its record was produced again, so it arrived in a
@@ -425,83 +238,6 @@ impl ErpSink {
             Self::NAME,
             pending.closed_at,
         )
-    }
-
-    /// The window's postings the ERP holds lines of, each with the batch holding it.
-    async fn held_postings(
-        &self,
-        window: &OpenWindow,
-    ) -> Result<Result<BTreeMap<String, HeldPosting>, Outcome>, DeliveryError> {
-        let search = json!({ "references": window.postings.keys().collect::<Vec<_>>() });
-        let answer = match self
-            .api
-            .send("/erp/v1/journal-lines/search", &[], &search)
-            .await?
-        {
-            Reply::Answer(answer) => answer,
-            Reply::Settled(outcome) => return Ok(Err(outcome)),
-        };
-        Ok(held_lines(&answer.body).ok_or_else(|| unreadable(&answer.body)))
-    }
-
-    /// Whether the ERP holds a batch under `external_id`.
-    async fn batch_held(&self, external_id: &str) -> Result<Result<bool, Outcome>, DeliveryError> {
-        let query = [("external_id", external_id)];
-        let answer = match self.api.fetch("/erp/v1/journal-batches", &query).await? {
-            Reply::Answer(answer) => answer,
-            Reply::Settled(outcome) => return Ok(Err(outcome)),
-        };
-        match answer.body["batches"].as_array() {
-            Some(batches) => Ok(Ok(!batches.is_empty())),
-            None => Ok(Err(unreadable(&answer.body))),
-        }
-    }
-}
-
-/// The postings a journal-lines search answer says the ERP holds, each with its batch; `None`
-/// when a line lacks the batch's external id, without which a held batch cannot be announced.
-fn held_lines(body: &Value) -> Option<BTreeMap<String, HeldPosting>> {
-    let mut held = BTreeMap::new();
-    for line in body["lines"].as_array()? {
-        let Some(reference) = line["reference"].as_str() else {
-            continue;
-        };
-        let posting = HeldPosting {
-            batch_id: line["external_id"].as_str()?.to_owned(),
-            document: line["document_number"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
-        };
-        held.insert(reference.to_owned(), posting);
-    }
-    Some(held)
-}
-
-/// An answer without the fields the ERP's API promises: retried, as an ERP in trouble.
-fn unreadable(body: &Value) -> Outcome {
-    Outcome::Retry {
-        reason: RetryReason::Unavailable,
-        message: format!("unreadable ERP answer: {body}"),
-        after: None,
-    }
-}
-
-/// What a 2xx answer of the ERP means: its `status` field decides, since business errors come
-/// back with HTTP 200.
-fn posting_outcome(body: &Value, code: &str, message: &str) -> Outcome {
-    let reference = body
-        .get("document_number")
-        .and_then(Value::as_str)
-        .map(str::to_owned);
-    match body.get("status").and_then(Value::as_str) {
-        Some("posted") => Outcome::Delivered { reference },
-        Some("duplicate") => Outcome::AlreadyDelivered { reference },
-        Some("error") => Outcome::Rejected {
-            code: code.to_owned(),
-            message: message.to_owned(),
-        },
-        _ => unreadable(body),
     }
 }
 
@@ -719,58 +455,5 @@ impl SinkApp for ErpSink {
         destination: &DestinationSettings,
     ) -> anyhow::Result<Self> {
         Ok(Self::new(settings, JsonApi::connect(destination).await?)?)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn a_search_answer_must_name_the_batch_of_each_line() {
-        let line = |external_id: Option<&str>| json!({"reference": "rt-1", "external_id": external_id, "document_number": "JE-000001"});
-        let held = held_lines(&json!({"lines": [line(Some("jb-1"))]})).expect("readable");
-        assert_eq!(held["rt-1"].batch_id, "jb-1");
-        assert_eq!(held["rt-1"].document, "JE-000001");
-        assert!(held_lines(&json!({"lines": [line(None)]})).is_none());
-        assert!(held_lines(&json!({})).is_none());
-    }
-
-    #[test]
-    fn business_errors_inside_200_are_rejections() {
-        assert_eq!(
-            posting_outcome(
-                &json!({"status": "error", "errors": [{"code": "unbalanced", "message": "EUR off by 1"}]}),
-                "unbalanced",
-                "EUR off by 1"
-            ),
-            Outcome::Rejected {
-                code: "unbalanced".into(),
-                message: "EUR off by 1".into()
-            }
-        );
-        assert_eq!(
-            posting_outcome(
-                &json!({"status": "posted", "document_number": "JE-000001"}),
-                "",
-                ""
-            ),
-            Outcome::Delivered {
-                reference: Some("JE-000001".into())
-            }
-        );
-        assert!(matches!(
-            posting_outcome(
-                &json!({"status": "duplicate", "document_number": "JE-000001"}),
-                "",
-                ""
-            ),
-            Outcome::AlreadyDelivered { .. }
-        ));
-        assert!(matches!(
-            posting_outcome(&json!({}), "", ""),
-            Outcome::Retry { .. }
-        ));
     }
 }
