@@ -373,9 +373,11 @@ async fn drift_is_zero_across_a_cutover_at_midnight_in_berlin() {
     )
     .await;
     // November's usage is weeks old: the rater takes it.
-    deployment
-        .settings
-        .push(("usage-rater", "processor.late_window".into(), "120d".into()));
+    deployment.settings.push((
+        "usage-rater",
+        "processor.late_window".into(),
+        "3650d".into(),
+    ));
     for route in ["analytics", "crm"] {
         deployment
             .settings
@@ -408,6 +410,13 @@ async fn drift_is_zero_across_a_cutover_at_midnight_in_berlin() {
     ] {
         deployment.settings.push(("erp-sink", key.into(), value));
     }
+    let grace = berlin::grace_closing_in(
+        berlin::micros("2026-11-30T23:00:00Z"),
+        Duration::from_secs(30),
+    );
+    deployment
+        .settings
+        .push(("period-close", "processor.grace".into(), grace));
     berlin::master_data(&deployment, &codec).await;
     // Berlin is UTC+1 in November: 23:30 on the 15th is the legacy ERP's, 00:30 on the 16th
     // the cloud ERP's.
@@ -420,19 +429,26 @@ async fn drift_is_zero_across_a_cutover_at_midnight_in_berlin() {
         ],
     )
     .await;
+    // November ends at midnight in Berlin, 23:00 UTC on the 30th; it closes half a minute
+    // from now, with both calls booked, and its invoice goes to the cloud ERP.
     for stage in [
         "usage-validator",
         "enricher",
         "usage-rater",
         "fanout",
         "erp-sink",
+        "period-close",
+        "invoice-sink",
     ] {
         deployment.start(stage);
     }
-    // Killed once its file waits for the legacy ERP; whether the ERP answered before the
-    // kill or after the restart, the posting is in its books once.
+    // Killed once its file is dropped: waiting for the legacy ERP, or answered already (the
+    // ERP reads its directory every half second); either way the posting is in its books
+    // once.
     eventually(DEADLINE, "the pre-cutover batch file", || async {
-        (!waiting_files(&root).is_empty()).then_some(())
+        let answered =
+            std::fs::read_dir(exchange(&root).1).is_ok_and(|mut acks| acks.next().is_some());
+        (answered || !waiting_files(&root).is_empty()).then_some(())
     })
     .await;
     deployment.kill("erp-sink");
@@ -444,20 +460,36 @@ async fn drift_is_zero_across_a_cutover_at_midnight_in_berlin() {
         accounts: legacy_accounts(),
     });
     let euros = |text: &str| text.parse::<Amount>().expect("amount").unscaled();
-    // 10 calls at 0.50 and 4 calls at 0.50, written out here.
-    let berlin_november = eventually(DEADLINE, "the receivables of both ERPs", || async {
-        let lines = backbone_drift::reconcile_once(&config).await.ok()?;
-        let line = lines.into_iter().find(|l| {
-            l.key.check == Check::RatedVsErp
-                && l.key.legal_entity == "le-berlin"
-                && l.key.period == "2026-11"
-        })?;
-        (line.observed >= euros("7")).then_some(line)
-    })
+    // 10 calls at 0.50 and 4 calls at 0.50, written out here: the rated lines against both
+    // ERPs' receivables, against November's invoice, and the invoice against the ERP's.
+    let checks = [
+        Check::RatedVsErp,
+        Check::RatedVsInvoiced,
+        Check::InvoicedVsErp,
+    ];
+    let berlin_november = eventually(
+        DEADLINE,
+        "the receivables of both ERPs and the invoice",
+        || async {
+            let lines = backbone_drift::reconcile_once(&config).await.ok()?;
+            let ours: BTreeMap<Check, (i128, i128)> = lines
+                .into_iter()
+                .filter(|l| l.key.legal_entity == "le-berlin" && l.key.period == "2026-11")
+                .filter(|l| checks.contains(&l.key.check))
+                .map(|l| (l.key.check, (l.expected, l.observed)))
+                .collect();
+            (ours.len() == checks.len()
+                && ours.values().all(|(_, observed)| *observed >= euros("7")))
+            .then_some(ours)
+        },
+    )
     .await;
     assert_eq!(
-        (berlin_november.expected, berlin_november.observed),
-        (euros("7"), euros("7")),
+        berlin_november,
+        checks
+            .into_iter()
+            .map(|c| (c, (euros("7"), euros("7"))))
+            .collect(),
         "drift zero across the cutover"
     );
     let cloud: Vec<(String, String)> = sandbox

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use backbone::{workspace_binary, Deployment};
-use backbone_calendar::{days_from_civil, format_date, now_micros};
+use backbone_calendar::{days_from_civil, format_date};
 use backbone_drift::books::Check;
 use backbone_sandbox::{AppliedApi, SandboxConfig};
 use backbone_schemas::types::{
@@ -26,18 +26,12 @@ use backbone_testkit::{
     committed_total, consume_all, create_topic, end_offsets_total, produce, shared_settings,
     ChildProcess, TestRecord,
 };
-use berlin::{master_data, micros, publish_usage};
+use berlin::{grace_closing_in, master_data, micros, publish_usage};
 use sinks::{eventually, read_all, registry_url, Sandbox};
 
 const DEADLINE: Duration = Duration::from_secs(180);
 const CLOSE: &str = "period-close";
 const DELIVERY: &str = "invoice-sink";
-
-/// A grace that makes the period ending at `end_micros` close `after` from now.
-fn grace_closing_in(end_micros: i64, after: Duration) -> String {
-    let close = now_micros() + i64::try_from(after.as_micros()).expect("µs");
-    format!("{}s", (close - end_micros) / 1_000_000)
-}
 
 /// The issued invoices, by period start.
 async fn invoices(codec: &WireCodec, deployment: &Deployment) -> BTreeMap<String, Vec<Invoice>> {

@@ -3,6 +3,8 @@
 //! (anchored on the 1st), a GL mapping (revenue 4000, receivables 1200) and a plan at 0.50 EUR
 //! per API call.
 
+use std::time::Duration;
+
 use backbone_calendar::{days_from_civil, now_micros, parse_rfc3339_ms};
 use backbone_schemas::types::{
     AccountStatus, BillingInterval, ChargeModel, CustomerAccount, GlMapping, LegalEntity,
@@ -19,6 +21,12 @@ pub const TENANT: &str = "acme";
 /// An RFC 3339 instant in microseconds.
 pub fn micros(text: &str) -> i64 {
     parse_rfc3339_ms(text).expect("instant") * 1_000
+}
+
+/// A grace that makes the period ending at `end_micros` close `after` from now.
+pub fn grace_closing_in(end_micros: i64, after: Duration) -> String {
+    let close = now_micros() + i64::try_from(after.as_micros()).expect("µs");
+    format!("{}s", (close - end_micros) / 1_000_000)
 }
 
 /// Publishes the master data above on the deployment's topics.
