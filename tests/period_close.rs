@@ -263,7 +263,7 @@ async fn periods_close_at_midnight_in_berlin_and_late_usage_corrects_the_next_in
             "1200".to_owned(),
             "5.000000".to_owned(),
             "0.000000".to_owned(),
-            Some("c-1".to_owned()),
+            None,
         ),
         (
             "4000".to_owned(),

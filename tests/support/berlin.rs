@@ -3,6 +3,9 @@
 //! (anchored on the 1st), a GL mapping (revenue 4000, receivables 1200) and a plan at 0.50 EUR
 //! per API call.
 
+// Each test binary that includes this module uses part of it.
+#![allow(dead_code)]
+
 use std::time::Duration;
 
 use backbone_calendar::{days_from_civil, now_micros, parse_rfc3339_ms};

@@ -134,7 +134,8 @@ pub struct Batch {
     pub manifest: Manifest,
     /// The data files and then `manifest.json`.
     pub files: Vec<BatchFile>,
-    /// The rows of `receivables.csv` and `revenue.csv` as journal lines, receivables first.
+    /// The batch as journal lines, receivables first: one per receivable account and currency
+    /// (the customers are in `receivables.csv`), then the rows of `revenue.csv`.
     pub journal: Vec<JournalLine>,
     /// Distinct rating ids on the batch's invoice lines, per currency.
     pub rating_ids: BTreeMap<String, usize>,
@@ -146,8 +147,6 @@ pub struct Batch {
 pub struct JournalLine {
     /// GL account.
     pub gl_account: String,
-    /// The customer, on receivable lines.
-    pub customer_id: Option<String>,
     /// ISO 4217 code.
     pub currency: String,
     /// Debit, unscaled.
@@ -341,28 +340,31 @@ pub fn build(
             })
         })
         .collect::<Result<Vec<_>, MonthEndError>>()?;
-    let side =
-        |account: &str, customer: Option<&str>, currency: &str, amount: i128, debit: bool| {
-            // A negative amount goes on the other side, so both sides stay positive.
-            let debit = debit == (amount >= 0);
-            JournalLine {
-                gl_account: account.to_owned(),
-                customer_id: customer.map(str::to_owned),
-                currency: currency.to_owned(),
-                debit: if debit { amount.abs() } else { 0 },
-                credit: if debit { 0 } else { amount.abs() },
-            }
-        };
-    let journal =
-        receivables
-            .iter()
-            .map(|((customer, account, currency), amount)| {
-                side(account, Some(customer), currency, *amount, true)
-            })
-            .chain(revenue.iter().map(|((account, _, currency), amount)| {
-                side(account, None, currency, *amount, false)
-            }))
-            .collect();
+    let side = |account: &str, currency: &str, amount: i128, debit: bool| {
+        // A negative amount goes on the other side, so both sides stay positive.
+        let debit = debit == (amount >= 0);
+        JournalLine {
+            gl_account: account.to_owned(),
+            currency: currency.to_owned(),
+            debit: if debit { amount.abs() } else { 0 },
+            credit: if debit { 0 } else { amount.abs() },
+        }
+    };
+    // The journal is the general ledger's: a receivable account's total, whatever the number
+    // of customers, so its record stays far below the broker's message size limit.
+    let mut receivable_accounts: BTreeMap<(&str, &str), i128> = BTreeMap::new();
+    for ((_, account, currency), amount) in &receivables {
+        *receivable_accounts.entry((account, currency)).or_default() += amount;
+    }
+    let journal = receivable_accounts
+        .iter()
+        .map(|((account, currency), amount)| side(account, currency, *amount, true))
+        .chain(
+            revenue
+                .iter()
+                .map(|((account, _, currency), amount)| side(account, currency, *amount, false)),
+        )
+        .collect();
     let mut rated: BTreeMap<String, std::collections::BTreeSet<&str>> = BTreeMap::new();
     for invoice in &invoices {
         let ids = rated.entry(invoice.currency.clone()).or_default();

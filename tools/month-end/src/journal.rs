@@ -85,7 +85,7 @@ pub fn journal_batches(
                 currency: currency.clone(),
                 description: format!("Month-end {} {entity}", manifest.period),
                 source_rating_id: None,
-                customer_id: side.customer_id.clone(),
+                customer_id: None,
             });
         }
         let (debits, credits): (i128, i128) = (

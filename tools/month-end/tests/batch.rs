@@ -285,6 +285,8 @@ fn the_journal_of_a_batch_balances_per_currency_and_a_credit_note_changes_sides(
         "c-1",
         vec![line(1, "calls", "5"), line(2, "storage", "2.5")],
     );
+    // Another customer's: one receivable line per account, the customers' sum.
+    let b = invoice("inv-b", "le-1-000003", "c-3", vec![line(1, "calls", "1")]);
     let mut credit = invoice(
         "inv-c",
         "le-1-000002",
@@ -296,7 +298,7 @@ fn the_journal_of_a_batch_balances_per_currency_and_a_credit_note_changes_sides(
         mapping("m-default", None, "4000"),
         mapping("m-storage", Some("storage"), "4100"),
     ];
-    let batch = build(&entity(), october(), 1, &[&a, &credit], &mappings).expect("batch");
+    let batch = build(&entity(), october(), 1, &[&a, &b, &credit], &mappings).expect("batch");
     let journals = journal_batches(&batch, &[], window()).expect("journal");
     let shape: Vec<JournalShape> = journals
         .iter()
@@ -327,12 +329,12 @@ fn the_journal_of_a_batch_balances_per_currency_and_a_credit_note_changes_sides(
                 text("EUR"),
                 BatchType::Regular,
                 vec![
-                    (text("1200"), text("7.500000"), text("0.000000")),
-                    (text("4000"), text("0.000000"), text("5.000000")),
+                    (text("1200"), text("8.500000"), text("0.000000")),
+                    (text("4000"), text("0.000000"), text("6.000000")),
                     (text("4100"), text("0.000000"), text("2.500000")),
                 ],
-                text("7.500000"),
-                text("7.500000"),
+                text("8.500000"),
+                text("8.500000"),
             ),
             (
                 text("USD"),
@@ -351,7 +353,7 @@ fn the_journal_of_a_batch_balances_per_currency_and_a_credit_note_changes_sides(
     // The same batch gives the same ids; an adjusting batch names the batch it adjusts.
     let again = journal_batches(&batch, &[], window()).expect("journal");
     assert_eq!(journals, again);
-    let later = invoice("inv-l", "le-1-000003", "c-1", vec![line(1, "calls", "1")]);
+    let later = invoice("inv-l", "le-1-000004", "c-1", vec![line(1, "calls", "1")]);
     let adjusting = build(&entity(), october(), 2, &[&later], &mappings).expect("batch");
     let adjusted = journal_batches(&adjusting, &[&batch.manifest], window()).expect("journal");
     assert_eq!(adjusted[0].batch_type, BatchType::Adjustment);
