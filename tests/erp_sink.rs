@@ -89,7 +89,13 @@ fn journal_topic(input: &str) -> String {
 }
 
 async fn erp_sink(topic: &str, sandbox: &Sandbox) -> ErpSink {
+    erp_sink_with(topic, sandbox, ErpSettings::default().max_batch_postings).await
+}
+
+/// [`erp_sink`] with batches of at most `max_batch_postings` postings.
+async fn erp_sink_with(topic: &str, sandbox: &Sandbox, max_batch_postings: usize) -> ErpSink {
     let settings = ErpSettings {
+        max_batch_postings,
         topic: topic.to_owned(),
         window: Duration::from_secs(2),
         grace: Duration::from_secs(1),
@@ -521,5 +527,39 @@ async fn a_partition_moved_to_an_instance_without_the_ledger_posts_nothing_twice
         ],
         "the first window, then the newcomer's adjustment of it"
     );
+    assert_announced_as_held(&codec, &topics.input, &batches).await;
+}
+
+#[tokio::test]
+async fn a_window_over_the_batch_limit_posts_in_parts_each_posting_once() {
+    let sandbox = Sandbox::start(SandboxConfig::default()).await;
+    let topics = SinkTopics::create("erp-parts", 1).await;
+    let codec = WireCodec::new(registry_url());
+    let now = now_ms();
+    let values: Vec<_> = (0..25)
+        .map(|i| {
+            let p = posting(i, "le-eu", "EUR", "2", (2026, 11));
+            ("acme:le-eu".to_owned(), p, Some(now))
+        })
+        .collect();
+    publish(&codec, &topics.input, &values).await;
+    let sink = RunningSink::start(
+        erp_sink_with(&topics.input, &sandbox, 10).await,
+        topics.settings(),
+    );
+    results(&codec, &topics.results, values.len()).await;
+    sink.stop().await;
+    let batches = sandbox.client.batches().await.expect("batches");
+    let mut sizes: Vec<usize> = batches.iter().map(|b| b.lines.len()).collect();
+    sizes.sort_unstable();
+    assert_eq!(
+        sizes,
+        [10, 20, 20],
+        "25 postings, two lines each, in parts of 10"
+    );
+    assert!(batches
+        .iter()
+        .all(|b| format!("{:?}", b.batch_type) == "Regular" && b.adjusts.is_none()));
+    assert_le_eu_receivables(&batches, "50", "every posting once");
     assert_announced_as_held(&codec, &topics.input, &batches).await;
 }

@@ -8,6 +8,12 @@
 //! that arrive for a window already posted make `ADJUSTMENT` batches 1, 2, ... that reference
 //! it, because a posted batch is never edited.
 //!
+//! A window holds at most `max_batch_postings` postings per part; the next ones start its next
+//! part, a batch of its own (an id with the part number). A batch stays within what an ERP
+//! takes in one journal and what the broker takes as one record when it is announced: a
+//! minute's postings at a thousand usage events a second are 60,000, a record of several
+//! megabytes, and the broker's default limit is one.
+//!
 //! The same input does not always give the same set: a window the wall clock closed can gain
 //! postings later (a producer holds records back while the broker is away, and they keep the
 //! times they were made at). The sink asks the ERP before each batch what it holds, so the
@@ -37,6 +43,9 @@ pub struct WindowKey {
     pub window_start: i64,
     /// The ERP that keeps the entity's books on the postings' dates.
     pub erp: ErpTarget,
+    /// Which part of the window: a window holds at most a batch's worth of postings, and the
+    /// next ones start the next part.
+    pub part: u32,
 }
 
 impl WindowKey {
@@ -53,9 +62,14 @@ impl WindowKey {
             &window_start,
             &sequence,
         ];
-        // The cloud ERP's batches keep the ids they had before there were two ERPs.
+        // The cloud ERP's batches, and a window's first part, keep the ids they had before
+        // there were two ERPs and parts.
         if self.erp == ErpTarget::Legacy {
             fields.push("legacy");
+        }
+        let part = format!("part-{}", self.part);
+        if self.part > 0 {
+            fields.push(&part);
         }
         content_id("jb-", &fields)
     }
@@ -104,15 +118,18 @@ pub struct Windows {
     clocks: BTreeMap<i32, PartitionClock>,
     /// Window length in microseconds.
     length: i64,
+    /// Most postings one part of a window holds.
+    max_postings: usize,
 }
 
 impl Windows {
-    /// Windows of `length_micros` each.
-    pub fn new(length_micros: i64) -> Self {
+    /// Windows of `length_micros` each, in parts of at most `max_postings` postings.
+    pub fn new(length_micros: i64, max_postings: usize) -> Self {
         Self {
             open: BTreeMap::new(),
             clocks: BTreeMap::new(),
             length: length_micros.max(1),
+            max_postings: max_postings.max(1),
         }
     }
 
@@ -125,6 +142,7 @@ impl Windows {
     ) -> WindowKey {
         WindowKey {
             erp,
+            part: 0,
             tenant_id: posting.metadata.tenant_id.clone(),
             legal_entity_id: posting.legal_entity_id.clone(),
             currency: posting.currency.clone(),
@@ -150,11 +168,14 @@ impl Windows {
         clock.stream_time = clock.stream_time.max(arrived_micros);
         clock.last_held_at = now_micros;
         let id = posting.rating_id.clone();
-        let key = self
+        let key = match self
             .open
             .iter()
             .find(|(_, window)| window.postings.contains_key(&id))
-            .map_or(key, |(held_in, _)| held_in.clone());
+        {
+            Some((held_in, _)) => held_in.clone(),
+            None => self.part_with_room(key),
+        };
         let window = self.open.entry(key).or_default();
         window.partition = at.partition;
         window.period_end = posting.period_end;
@@ -163,6 +184,18 @@ impl Windows {
         if first {
             window.postings.insert(id, posting);
         }
+    }
+
+    /// `key`'s first part with room for a posting more, the window's parts filled in order.
+    fn part_with_room(&self, mut key: WindowKey) -> WindowKey {
+        while self
+            .open
+            .get(&key)
+            .is_some_and(|window| window.postings.len() >= self.max_postings)
+        {
+            key.part += 1;
+        }
+        key
     }
 
     /// Takes out every window that has closed by `now_micros` (wall clock) with `grace_micros`
@@ -363,7 +396,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_window_closes_after_its_grace_and_balances() {
-        let mut windows = Windows::new(MINUTE);
+        let mut windows = Windows::new(MINUTE, 1_000);
         let p1 = posting("r-2", "10.50");
         let p2 = posting("r-1", "4.25");
         let key = windows.key_for(&p1, ErpTarget::Cloud, 5 * MINUTE + 3);
@@ -430,7 +463,7 @@ pub(crate) mod tests {
     #[test]
     fn the_same_postings_in_any_order_give_the_same_batch() {
         let build = |ids: &[(&str, &str)]| {
-            let mut windows = Windows::new(MINUTE);
+            let mut windows = Windows::new(MINUTE, 1_000);
             for (offset, (id, value)) in ids.iter().enumerate() {
                 let p = posting(id, value);
                 let key = windows.key_for(&p, ErpTarget::Cloud, 0);
@@ -456,7 +489,7 @@ pub(crate) mod tests {
 
     #[test]
     fn later_sequences_are_adjustments_of_the_regular_batch() {
-        let mut windows = Windows::new(MINUTE);
+        let mut windows = Windows::new(MINUTE, 1_000);
         let p = posting("r-9", "-3");
         let key = windows.key_for(&p, ErpTarget::Cloud, 0);
         windows.hold(
@@ -479,7 +512,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_backlog_closes_its_windows_by_stream_time() {
-        let mut windows = Windows::new(MINUTE);
+        let mut windows = Windows::new(MINUTE, 1_000);
         let reading = 100 * MINUTE;
         let at = |offset| HeldAt {
             partition: 0,
@@ -511,7 +544,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_later_copy_of_a_held_posting_joins_the_window_that_holds_it() {
-        let mut windows = Windows::new(MINUTE);
+        let mut windows = Windows::new(MINUTE, 1_000);
         let at = |offset| HeldAt {
             partition: 0,
             offset,
@@ -535,7 +568,7 @@ pub(crate) mod tests {
 
     #[test]
     fn forgetting_a_partition_drops_its_postings() {
-        let mut windows = Windows::new(MINUTE);
+        let mut windows = Windows::new(MINUTE, 1_000);
         for (partition, id) in [(0, "a"), (1, "b")] {
             let p = posting(id, "1");
             let key = windows.key_for(&p, ErpTarget::Cloud, 0);
@@ -555,5 +588,103 @@ pub(crate) mod tests {
         windows.forget(&[0]);
         assert_eq!(windows.held(), 0);
         assert!(windows.close(i64::MAX / 2, 0).is_empty());
+    }
+
+    fn hold_all(windows: &mut Windows, postings: &[LedgerPosting]) {
+        for (offset, p) in (0..).zip(postings) {
+            let key = windows.key_for(p, ErpTarget::Cloud, MINUTE);
+            let at = HeldAt {
+                partition: 0,
+                offset,
+            };
+            windows.hold(key, at, p.clone(), MINUTE, MINUTE);
+        }
+    }
+
+    #[test]
+    fn a_window_over_the_limit_closes_in_parts_each_a_batch_of_its_own() {
+        let mut windows = Windows::new(MINUTE, 2);
+        let postings: Vec<LedgerPosting> = ["r-1", "r-2", "r-3", "r-4", "r-5"]
+            .iter()
+            .map(|id| posting(id, "1"))
+            .collect();
+        hold_all(&mut windows, &postings);
+        // A copy of a held posting joins its part, whatever part is filling.
+        hold_all(&mut windows, &postings[..1]);
+        let closed = windows.close(i64::MAX / 2, 0);
+        let parts: Vec<(u32, Vec<&str>)> = closed
+            .iter()
+            .map(|(key, window)| {
+                let ids = window.postings.keys().map(String::as_str).collect();
+                (key.part, ids)
+            })
+            .collect();
+        assert_eq!(
+            parts,
+            [
+                (0, vec!["r-1", "r-2"]),
+                (1, vec!["r-3", "r-4"]),
+                (2, vec!["r-5"])
+            ]
+        );
+        assert_eq!(
+            closed[0].1.sources.len(),
+            3,
+            "the copy is a source of part 0"
+        );
+        let ids: BTreeSet<String> = closed.iter().map(|(key, _)| key.batch_id(0)).collect();
+        assert_eq!(ids.len(), 3, "a batch id per part");
+    }
+
+    #[test]
+    fn a_first_part_keeps_the_ids_batches_had_before_parts_and_two_erps() {
+        // Ids written down before either existed: the ERP already holds batches under them.
+        let key = WindowKey {
+            tenant_id: "acme".into(),
+            legal_entity_id: "le-eu".into(),
+            currency: "EUR".into(),
+            period_start: 20_484,
+            window_start: 300_000_000,
+            erp: ErpTarget::Cloud,
+            part: 0,
+        };
+        assert_eq!(key.batch_id(0), "jb-20e43099ce8d8cbfa93c3a70a8a5b9ff");
+        assert_eq!(key.batch_id(1), "jb-ab4892ac9f0d45e8176ab2d03ea778c1");
+        let second = WindowKey {
+            part: 1,
+            ..key.clone()
+        };
+        let legacy = WindowKey {
+            erp: ErpTarget::Legacy,
+            ..key.clone()
+        };
+        let ids = BTreeSet::from([key.batch_id(0), second.batch_id(0), legacy.batch_id(0)]);
+        assert_eq!(ids.len(), 3);
+    }
+
+    #[test]
+    fn a_full_part_is_announced_in_a_record_the_broker_takes() {
+        // A default part of long-winded postings, encoded as the announcement is.
+        let max = crate::ErpSettings::default().max_batch_postings;
+        let mut windows = Windows::new(MINUTE, max);
+        let postings: Vec<LedgerPosting> = (0..max)
+            .map(|i| {
+                let mut p = posting(&format!("rtg-{i:032x}"), "123456.789012");
+                for line in &mut p.lines {
+                    line.gl_account = format!("{}-accounts-receivable-trade", line.gl_account);
+                    line.description = format!("Usage api-calls-per-region 2026-11 sub-{i:040}");
+                    line.customer_id = Some(format!("customer-{i:040}"));
+                }
+                p
+            })
+            .collect();
+        hold_all(&mut windows, &postings);
+        let closed = windows.close(i64::MAX / 2, 0);
+        assert_eq!(closed.len(), 1, "one part");
+        let batch =
+            build_batch(&closed[0].0, &closed[0].1, 0, MINUTE, "erp-sink", 0).expect("batch");
+        let bytes = backbone_schemas::wire::encode_framed(1, &batch).expect("encoded");
+        // The broker's default `message.max.bytes` is 1,048,588.
+        assert!(bytes.len() < 1_000_000, "{} bytes", bytes.len());
     }
 }

@@ -368,6 +368,7 @@ mod tests {
                 period_start: 20_484,
                 window_start: n * 60_000_000,
                 erp: ErpTarget::Legacy,
+                part: 0,
             },
             window,
             sequence: 0,

@@ -66,6 +66,8 @@ pub struct ErpSettings {
     pub outbox_dir: Option<PathBuf>,
     /// Where each batch the ERP holds is announced as a `JournalBatch`.
     pub journal_batches_topic: String,
+    /// Most postings in one batch; a window with more posts in parts.
+    pub max_batch_postings: usize,
     /// The ERP of postings no route covers.
     pub default_erp: ErpTarget,
     /// Legal entities' ERPs by date (`[[sink.routes]]`): a cutover is a second route.
@@ -82,6 +84,7 @@ impl Default for ErpSettings {
             grace: Duration::from_secs(10),
             outbox_dir: None,
             journal_batches_topic: "erp.journal-batches".to_owned(),
+            max_batch_postings: 1_000,
             default_erp: ErpTarget::Cloud,
             routes: Vec::new(),
             legacy: None,
@@ -100,6 +103,9 @@ impl Validate for ErpSettings {
         require_topic(&self.topic)?;
         if self.journal_batches_topic.is_empty() {
             return invalid("journal_batches_topic", "must name a topic".to_owned());
+        }
+        if self.max_batch_postings == 0 {
+            return invalid("max_batch_postings", "must be at least 1".to_owned());
         }
         if self.window < Duration::from_millis(100) {
             return invalid(
@@ -185,9 +191,9 @@ impl ErpSink {
             routes: Routes::new(settings.default_erp, &settings.routes)?,
             legacy: settings.legacy.clone().map(LegacyErp::new),
             dropped: Mutex::new(HashMap::new()),
+            windows: Windows::new(length, settings.max_batch_postings),
             settings,
             api,
-            windows: Windows::new(length),
             held_batches: Mutex::new(HashMap::new()),
         })
     }
