@@ -70,32 +70,6 @@ fn invoice(n: usize) -> Invoice {
     }
 }
 
-/// The environment of a run of October's batch into `outbox`.
-fn environment(deployment: &Deployment, outbox: &Path) -> Vec<(String, String)> {
-    let mut env = deployment.env("month-end");
-    env.push(("BACKBONE__MONTH_END__GRACE".to_owned(), "0s".to_owned()));
-    env.push((
-        "BACKBONE__MONTH_END__OUTBOX".to_owned(),
-        outbox.to_string_lossy().into_owned(),
-    ));
-    env
-}
-
-/// Runs October's batch into `outbox` to its end; its exit status and what it said.
-fn run(deployment: &Deployment, outbox: &Path) -> (Option<i32>, String) {
-    let output = std::process::Command::new(workspace_binary("month-end"))
-        .args(["--period", "2026-10"])
-        .envs(environment(deployment, outbox))
-        .output()
-        .expect("month-end runs");
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.code(), said)
-}
-
 /// Every file under `dir`, by path relative to it, hidden ones included.
 fn files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     let mut found = BTreeMap::new();
@@ -142,7 +116,7 @@ async fn month_end_killed_mid_write_leaves_no_batch_and_the_next_run_writes_it_w
     publish(&codec, deployment.topics.name("sales.invoices"), &invoices).await;
 
     let reference = deployment.dir.join("never-killed");
-    let (code, said) = run(&deployment, &reference);
+    let (code, said) = deployment.run_month_end("2026-10", "0s", &reference);
     assert_eq!(code, Some(0), "{said}");
     let whole = files(&reference);
     let batch = Path::new("acme/le-berlin/2026-10/001");
@@ -155,7 +129,7 @@ async fn month_end_killed_mid_write_leaves_no_batch_and_the_next_run_writes_it_w
     for attempt in 0..ATTEMPTS {
         let outbox = deployment.dir.join(format!("killed-{attempt}"));
         let month = outbox.join("acme/le-berlin/2026-10");
-        let env = environment(&deployment, &outbox);
+        let env = deployment.month_end_env("0s", &outbox);
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let mut child = ChildProcess::spawn(
             &workspace_binary("month-end"),
@@ -183,7 +157,7 @@ async fn month_end_killed_mid_write_leaves_no_batch_and_the_next_run_writes_it_w
             "attempt {attempt}: killed with {} files of the batch written",
             files(&outbox).len()
         );
-        let (code, said) = run(&deployment, &outbox);
+        let (code, said) = deployment.run_month_end("2026-10", "0s", &outbox);
         assert_eq!(code, Some(0), "{said}");
         assert_eq!(
             files(&outbox),

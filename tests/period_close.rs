@@ -60,28 +60,7 @@ fn amount(text: &str) -> Amount {
 /// Runs `month-end --period <period>` on the deployment's topics with `grace`: its exit code
 /// and what it printed.
 fn month_end(deployment: &Deployment, period: &str, grace: &str) -> (Option<i32>, String) {
-    month_end_into(deployment, period, grace, &deployment.dir.join("outbox"))
-}
-
-fn month_end_into(
-    deployment: &Deployment,
-    period: &str,
-    grace: &str,
-    outbox: &std::path::Path,
-) -> (Option<i32>, String) {
-    let output = std::process::Command::new(workspace_binary("month-end"))
-        .args(["--period", period])
-        .envs(deployment.env("month-end"))
-        .env("BACKBONE__MONTH_END__GRACE", grace)
-        .env("BACKBONE__MONTH_END__OUTBOX", outbox)
-        .output()
-        .expect("month-end runs");
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.code(), said)
+    deployment.run_month_end(period, grace, &deployment.dir.join("outbox"))
 }
 
 /// Every file of a batch directory, by name.
@@ -150,7 +129,7 @@ async fn periods_close_at_midnight_in_berlin_and_late_usage_corrects_the_next_in
         .await
         .expect("journal batches topic");
     let early = deployment.dir.join("early-outbox");
-    let (code, said) = month_end_into(&deployment, "2026-10", "0s", &early);
+    let (code, said) = deployment.run_month_end("2026-10", "0s", &early);
     assert_eq!(code, Some(0), "{said}");
     assert!(
         said.contains("2026-10 batch 001 (period): 0 invoices"),
@@ -227,7 +206,7 @@ async fn periods_close_at_midnight_in_berlin_and_late_usage_corrects_the_next_in
         first,
         "the batch again, byte for byte"
     );
-    let (code, said) = month_end_into(&deployment, "2026-10", &october_grace, &early);
+    let (code, said) = deployment.run_month_end("2026-10", &october_grace, &early);
     assert_eq!(code, Some(0), "{said}");
     let adjusting = batch_files(&early.join("acme/le-berlin/2026-10/002"));
     assert_eq!(adjusting["invoices.csv"], first["invoices.csv"], "{said}");
@@ -291,20 +270,7 @@ async fn periods_close_at_midnight_in_berlin_and_late_usage_corrects_the_next_in
     // a SIGTERM between two ticks ends it with status 0.
     let timed = deployment.dir.join("timer-outbox");
     let log = deployment.dir.join("month-end-timer.log");
-    let env: Vec<(String, String)> = deployment
-        .env("month-end")
-        .into_iter()
-        .chain([
-            (
-                "BACKBONE__MONTH_END__GRACE".to_owned(),
-                october_grace.clone(),
-            ),
-            (
-                "BACKBONE__MONTH_END__OUTBOX".to_owned(),
-                timed.to_string_lossy().into_owned(),
-            ),
-        ])
-        .collect();
+    let env = deployment.month_end_env(&october_grace, &timed);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let mut timer = ChildProcess::spawn(
         &workspace_binary("month-end"),

@@ -390,6 +390,35 @@ impl Deployment {
         }
     }
 
+    /// `month-end`'s environment for a run into `outbox` that takes a month as closed `grace`
+    /// after its end.
+    pub fn month_end_env(&self, grace: &str, outbox: &Path) -> Vec<(String, String)> {
+        let mut env = self.env("month-end");
+        set(&mut env, "BACKBONE__MONTH_END__GRACE", grace.to_owned());
+        set(
+            &mut env,
+            "BACKBONE__MONTH_END__OUTBOX",
+            outbox.to_string_lossy().into_owned(),
+        );
+        env
+    }
+
+    /// Runs `month-end --period <period>` into `outbox` with `grace` to its end: its exit
+    /// status and what it printed.
+    pub fn run_month_end(&self, period: &str, grace: &str, outbox: &Path) -> (Option<i32>, String) {
+        let output = std::process::Command::new(workspace_binary("month-end"))
+            .args(["--period", period])
+            .envs(self.month_end_env(grace, outbox))
+            .output()
+            .expect("month-end runs");
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.code(), said)
+    }
+
     /// Every binary's configuration, as environment overrides. A stage runs on its defaults,
     /// its component entry's topics (this deployment's names) and local settings, and the
     /// deployment's broker, registry, group, state and destination.
