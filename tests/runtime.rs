@@ -389,3 +389,57 @@ async fn the_end_of_a_partition_still_being_created_is_waited_for() {
     let ends = asking.await.expect("the asking thread");
     assert_eq!(ends.expect("the ends, once the partition exists"), (0, 0));
 }
+
+/// A topic the runtime has just created is asked for again while the broker does not know it
+/// yet (on a cluster, the broker a new client asks can learn of it last), and one never
+/// created is named once the patience is spent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_just_created_is_waited_for_and_one_never_created_is_named() {
+    use rdkafka::consumer::BaseConsumer;
+    let kafka = shared_settings();
+    let topic = unique_topic("just-created");
+    let (missed, missing_seen) = tokio::sync::oneshot::channel();
+    let asking = {
+        let (kafka, topic) = (kafka.clone(), topic.clone());
+        tokio::task::spawn_blocking(move || {
+            let consumer: BaseConsumer = kafka.admin_config().create().expect("client");
+            let servers = &kafka.bootstrap_servers;
+            let first = backbone_core::admin::whole_topics(
+                &consumer,
+                servers,
+                &[&topic],
+                Duration::from_secs(5),
+            );
+            assert!(first.is_err(), "the broker does not know it yet");
+            let _ = missed.send(());
+            backbone_core::admin::whole_topics_created(
+                &consumer,
+                servers,
+                &[&topic],
+                Duration::from_secs(5),
+                DEADLINE,
+            )
+            .map(|assignment| assignment.count())
+        })
+    };
+    // Created once the client has been told it is not there, while it asks again.
+    missing_seen.await.expect("the first answer");
+    create_topic(&kafka, &topic, 2).await.expect("topic");
+    let partitions = asking.await.expect("the asking thread");
+    assert_eq!(
+        partitions.expect("both partitions, once the topic exists"),
+        2
+    );
+
+    let missing = unique_topic("never-created");
+    let consumer: BaseConsumer = kafka.admin_config().create().expect("client");
+    let err = backbone_core::admin::whole_topics_created(
+        &consumer,
+        &kafka.bootstrap_servers,
+        &[&missing],
+        Duration::from_secs(5),
+        Duration::from_secs(1),
+    )
+    .expect_err("a topic that is not there");
+    assert!(err.to_string().contains(&missing), "{err}");
+}

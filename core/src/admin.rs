@@ -52,6 +52,9 @@ impl TopicSpec {
 /// The topic config that says how many replicas must hold a write.
 const MIN_INSYNC_REPLICAS: &str = "min.insync.replicas";
 
+/// How long a topic the broker did not know is waited on before it is asked for again.
+const ASKED_AGAIN_AFTER: Duration = Duration::from_millis(50);
+
 /// Why topics could not be made ready.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -204,6 +207,27 @@ pub fn whole_topics<C: Consumer>(
     Ok(assignment)
 }
 
+/// [`whole_topics`] of topics the caller has just made sure exist: one the broker asked does
+/// not know is asked for again for up to `patience`, since a cluster's brokers learn of a new
+/// topic one after the other and a new client may ask one that has not yet.
+pub fn whole_topics_created<C: Consumer>(
+    consumer: &C,
+    servers: &str,
+    topics: &[&str],
+    timeout: Duration,
+    patience: Duration,
+) -> Result<TopicPartitionList, AdminError> {
+    let deadline = Instant::now() + patience;
+    loop {
+        match whole_topics(consumer, servers, topics, timeout) {
+            Err(AdminError::Missing { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(ASKED_AGAIN_AFTER);
+            }
+            found => return found,
+        }
+    }
+}
+
 /// Partition count of `topic`, or `None` when the broker does not know it.
 pub fn partition_count(
     settings: &KafkaSettings,
@@ -257,7 +281,7 @@ fn wait_visible(
                     timeout,
                 });
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(ASKED_AGAIN_AFTER);
         }
     }
     Ok(())

@@ -22,6 +22,11 @@ use crate::admin;
 use crate::kafka::{is_connection_lost, KafkaSettings};
 use crate::state::StateFailure;
 
+/// How long a global table's topic the broker does not know is asked for before the restore
+/// fails naming it: long enough for a cluster to spread a new topic, short enough that a
+/// topic that is not there stops the start soon.
+const NEW_TOPIC_PATIENCE: Duration = Duration::from_secs(30);
+
 /// A global table: its name (the store the processor reads) and its source topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GlobalTable {
@@ -75,8 +80,16 @@ impl GlobalTables {
             .create()
             .map_err(StateFailure::Kafka)?;
         let topics: Vec<&str> = tables.iter().map(|t| t.topic.as_str()).collect();
-        let assignment = admin::whole_topics(&consumer, &kafka.bootstrap_servers, &topics, timeout)
-            .map_err(|e| StateFailure::Restore(format!("global tables: {e}")))?;
+        // The runtime has just made sure the topics exist (the control topic) or reads them
+        // as they are (master data): a broker that has not learnt of one yet is given a while.
+        let assignment = admin::whole_topics_created(
+            &consumer,
+            &kafka.bootstrap_servers,
+            &topics,
+            timeout,
+            NEW_TOPIC_PATIENCE.min(timeout),
+        )
+        .map_err(|e| StateFailure::Restore(format!("global tables: {e}")))?;
         let mut ends: BTreeMap<(String, i32), i64> = BTreeMap::new();
         for element in assignment.elements() {
             let (topic, partition) = (element.topic(), element.partition());
