@@ -1,9 +1,14 @@
 //! `erp-sink`: ledger postings become balanced journal batches in the ERP, on the finance
 //! team's schedule rather than one request per usage line.
 //!
-//! Postings are held per legal entity, currency, accounting period and arrival window (see
-//! [`journal`]); their offsets stay uncommitted while they are held, so a crash loses nothing.
-//! A window closes `grace` after its end and becomes one `JournalBatch`, posted under its
+//! Each posting goes to the ERP that keeps its legal entity's books on its posting date
+//! ([`route`]): the cloud ERP's journal API ([`cloud`]) or a legacy ERP that imports files and
+//! answers with acknowledgement files ([`legacy`], [`layout`]).
+//!
+//! Postings are held per legal entity, currency, accounting period, ERP and arrival window, in
+//! parts of at most `max_batch_postings` (see [`journal`]); their offsets stay uncommitted
+//! while they are held, so a crash loses nothing.
+//! A window closes `grace` after its end and becomes one `JournalBatch` per part, posted under its
 //! `batch_id` as the ERP's external id. The ERP answers a batch it already holds as a
 //! duplicate; its business errors (unbalanced, closed period), which it reports inside HTTP 200
 //! bodies as real ERPs do, are rejections that dead-letter the batch's postings with the
