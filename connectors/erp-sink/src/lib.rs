@@ -2,7 +2,7 @@
 //! team's schedule rather than one request per usage line.
 //!
 //! Each posting goes to the ERP that keeps its legal entity's books on its posting date
-//! ([`route`]): the cloud ERP's journal API ([`cloud`]) or a legacy ERP that imports files and
+//! ([`route`]): the cloud ERP's journal API (`cloud.rs`) or a legacy ERP that imports files and
 //! answers with acknowledgement files ([`legacy`], [`layout`]).
 //!
 //! Postings are held per legal entity, currency, accounting period, ERP and arrival window, in
