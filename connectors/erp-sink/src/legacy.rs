@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use backbone_core::config::ConfigError;
@@ -183,7 +183,7 @@ impl LegacyErp {
     }
 
     fn file_path(&self, batch_id: &str) -> PathBuf {
-        Path::new(&self.settings.drop_dir).join(format!("{batch_id}.csv"))
+        self.settings.drop_dir.join(format!("{batch_id}.csv"))
     }
 }
 
@@ -321,6 +321,7 @@ mod tests {
     use crate::ErpSettings;
     use backbone_sink::http::JsonApi;
     use backbone_sink::DestinationSettings;
+    use std::path::Path;
 
     /// The sink's view of a legacy ERP whose directories are under `root`.
     async fn erp_sink(root: &Path) -> (ErpSink, LegacyErp) {

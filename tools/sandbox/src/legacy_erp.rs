@@ -154,15 +154,18 @@ impl LegacyErp {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let named_id = name.trim_end_matches(".csv").to_owned();
-        let text = std::fs::read_to_string(path)?;
         let ack_path = self.settings.ack_dir.join(format!("{named_id}.ack"));
         // Answered before a crash kept the file from moving: it is not imported twice.
         if ack_path.exists() {
             return move_into(path, "imported");
         }
+        let text = std::fs::read_to_string(path)?;
         let (ack, place) = match self.book(&named_id, &text) {
             Ok((status, batch)) => {
-                self.export()?;
+                // A duplicate leaves the books as they were, and the export with them.
+                if status == "ACCEPTED" {
+                    self.export()?;
+                }
                 let mut ack = format!("A;{named_id};{status};{};;\n", batch.document);
                 for reference in batch
                     .rows
