@@ -395,8 +395,8 @@ async fn periods_close_at_midnight_in_berlin_and_late_usage_corrects_the_next_in
         2,
         "one invoice per period, whatever the restart: {all:?}"
     );
-    // The restarted process issued one, November's, and holds no open period with charges
-    // but December's none.
+    // The restarted process issued one, November's, and holds one open period: December's,
+    // opened when November closed, as the subscription goes on.
     let url = format!("http://{}/metrics", deployment.metrics_address(CLOSE));
     let scraped = reqwest::get(&url)
         .await
@@ -416,7 +416,7 @@ async fn periods_close_at_midnight_in_berlin_and_late_usage_corrects_the_next_in
         Some(1.0),
         "{scraped}"
     );
-    assert_eq!(value("backbone_periods_open{"), Some(0.0), "{scraped}");
+    assert_eq!(value("backbone_periods_open{"), Some(1.0), "{scraped}");
 
     // Billing and the ERP each got each invoice once, numbered: read once the sink has
     // settled every invoice.

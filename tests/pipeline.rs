@@ -420,6 +420,7 @@ async fn publish_api_plan(kafka: &KafkaSettings, codec: &WireCodec, t: &Topics) 
         effective_from: days_from_civil(2020, 1, 1),
         effective_to: None,
         charges: vec![api_calls()],
+        recurring_fees: Vec::new(),
     };
     publish(
         kafka,

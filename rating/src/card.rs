@@ -66,6 +66,7 @@ mod tests {
             effective_from: from,
             effective_to: to,
             charges: Vec::new(),
+            recurring_fees: Vec::new(),
         })
     }
 

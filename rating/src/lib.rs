@@ -13,9 +13,11 @@
 //! - [`RatingKey::rating_id`]: the content-derived id of a line, the same on every replay.
 //! - [`PeriodPlan`]: billing periods anchored to the subscription.
 //! - [`card_for_period`]: the rate-card version that prices a period.
+//! - [`fee_for`]: a recurring fee for a period, pro rata by the days it was billable.
 
 mod card;
 mod error;
+mod fee;
 mod line;
 mod meter;
 mod period;
@@ -23,6 +25,7 @@ mod price;
 
 pub use card::{card_for_period, rate_card_key, rate_card_prefix};
 pub use error::RatingError;
+pub use fee::{billable_days, fee_for};
 pub use line::{content_id, rate, Delta, RatingKey};
 pub use meter::{Accumulator, MeterEvent};
 pub use period::{BillingPeriod, PeriodError, PeriodPlan};

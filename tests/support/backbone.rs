@@ -137,7 +137,8 @@ impl Topics {
     }
 
     /// Fresh names for every topic of the component list, the inputs created (co-partitioned
-    /// usage in 3, master data in 1), the usage and output topics stamped by `stamps`.
+    /// usage and the master data read as a stream in 3, other master data in 1), the usage and
+    /// output topics stamped by `stamps`.
     pub async fn create(kafka: &KafkaSettings, stamps: Stamps) -> Topics {
         let mut by_name = BTreeMap::new();
         for component in backbone_components::all() {
@@ -170,6 +171,7 @@ impl Topics {
             &t.usage,
             &t.validated,
             &t.accounts,
+            &t.subscriptions,
             &t.enriched,
             &t.rated,
             &t.windows,
@@ -184,7 +186,6 @@ impl Topics {
         // Drift reads the invoices, whether period-close runs or not.
         specs.push(stamps.spec(t.name("sales.invoices"), 3));
         for topic in [
-            &t.subscriptions,
             &t.rate_cards,
             &t.gl_mappings,
             t.name("master.legal-entities"),

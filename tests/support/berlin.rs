@@ -139,6 +139,7 @@ pub async fn master_data(deployment: &Deployment, codec: &WireCodec) {
             tiers: Vec::new(),
             group_by: Vec::new(),
         }],
+        recurring_fees: Vec::new(),
     };
     publish(
         codec,

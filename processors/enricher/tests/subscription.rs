@@ -44,6 +44,7 @@ fn rate_card(plan: &str, meters: &[&str]) -> RateCard {
                 group_by: Vec::new(),
             })
             .collect(),
+        recurring_fees: Vec::new(),
     }
 }
 

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use backbone_calendar::format_date;
 use backbone_schemas::types::{
     Amount, BillingCharge, BillingChargeType, EventMetadata, Invoice, InvoiceLine, InvoiceStatus,
-    Quantity, TraceContext,
+    Quantity, Subscription, TraceContext,
 };
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +31,19 @@ pub struct Line {
     pub quantity: i128,
     /// The sum of the charges' amounts (unscaled, 6 digits).
     pub amount: i128,
+}
+
+/// A recurring fee of the plan as the period's invoice bills it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeeLine {
+    /// The fee's name, as the rate card gives it.
+    pub name: String,
+    /// The product it sells, for its GL mapping.
+    pub product_id: Option<String>,
+    /// What it bills for the period.
+    pub amount: Amount,
+    /// The days of the period billed, when not all of them.
+    pub part: Option<(i32, i32)>,
 }
 
 /// A subscription's billing period, open until closed.
@@ -57,20 +70,14 @@ pub struct PeriodBook {
 }
 
 impl PeriodBook {
-    /// An empty book for `charge`'s subscription and the period `start..end`.
-    pub fn open(
-        tenant: &str,
-        charge: &BillingCharge,
-        legal_entity_id: &str,
-        start: i32,
-        end: i32,
-    ) -> Self {
+    /// An empty book for `subscription`'s period `start..end`.
+    pub fn open(tenant: &str, subscription: &Subscription, start: i32, end: i32) -> Self {
         Self {
             tenant: tenant.to_owned(),
-            subscription_id: charge.subscription_id.clone(),
-            customer_id: charge.customer_id.clone(),
-            legal_entity_id: legal_entity_id.to_owned(),
-            currency: charge.currency.clone(),
+            subscription_id: subscription.subscription_id.clone(),
+            customer_id: subscription.customer_id.clone(),
+            legal_entity_id: subscription.legal_entity_id.clone(),
+            currency: subscription.currency.clone(),
             start,
             end,
             lines: Vec::new(),
@@ -126,10 +133,11 @@ impl PeriodBook {
     }
 
     /// The period's invoice as a draft (no number yet), issued on `issue_date`, due
-    /// `payment_days` later; `at_micros` stamps it. `rating_ids` holds, per line, the rating
-    /// ids of the charges booked into it.
+    /// `payment_days` later; `at_micros` stamps it. Its lines are `fees` first, then the
+    /// book's; `rating_ids` holds, per book line, the rating ids of the charges booked into it.
     pub fn draft(
         &self,
+        fees: &[FeeLine],
         rating_ids: &[BTreeSet<String>],
         issue_date: i32,
         payment_days: i32,
@@ -139,13 +147,36 @@ impl PeriodBook {
             Amount::from_unscaled(unscaled)
                 .map_err(|e| format!("invoice {}: {e}", self.invoice_id()))
         };
-        let mut lines = Vec::with_capacity(self.lines.len());
+        let mut lines = Vec::with_capacity(fees.len() + self.lines.len());
         let mut subtotal = 0i128;
+        let number = |lines: &Vec<InvoiceLine>| i32::try_from(lines.len() + 1).unwrap_or(i32::MAX);
+        for fee in fees {
+            subtotal += fee.amount.unscaled();
+            let description = match fee.part {
+                Some((days, of)) => format!("{}, {days} of {of} days", fee.name),
+                None => fee.name.clone(),
+            };
+            lines.push(InvoiceLine {
+                line_number: number(&lines),
+                description,
+                product_id: fee.product_id.clone(),
+                charge_id: None,
+                // One fee, as a fixed fee's line counts it.
+                quantity: Quantity::from_unscaled(1_000_000_000)
+                    .map_err(|e| format!("invoice {}: {e}", self.invoice_id()))?,
+                unit_price: None,
+                amount: fee.amount,
+                tax_amount: amount(0)?,
+                period_start: Some(self.start),
+                period_end: Some(self.end),
+                rating_ids: Vec::new(),
+            });
+        }
         for (n, line) in self.lines.iter().enumerate() {
             subtotal += line.amount;
             let (period_start, period_end) = line.corrects.unwrap_or((self.start, self.end));
             lines.push(InvoiceLine {
-                line_number: i32::try_from(n + 1).unwrap_or(i32::MAX),
+                line_number: number(&lines),
                 description: line.description.clone(),
                 product_id: None,
                 charge_id: Some(line.charge_id.clone()),
@@ -225,6 +256,41 @@ mod tests {
     use super::*;
     use backbone_calendar::parse_date;
 
+    fn metadata(event_id: &str) -> EventMetadata {
+        EventMetadata {
+            tenant_id: "acme".into(),
+            event_id: event_id.into(),
+            source: "test".into(),
+            r#type: "backbone.test".into(),
+            occurred_at: 0,
+            produced_at: 0,
+            trace: TraceContext {
+                traceparent: String::new(),
+                tracestate: None,
+            },
+            schema_version: None,
+        }
+    }
+
+    fn subscription() -> Subscription {
+        Subscription {
+            metadata: metadata("s-1@1"),
+            subscription_id: "s-1".into(),
+            customer_id: "c-1".into(),
+            plan_id: "pro".into(),
+            status: backbone_schemas::types::SubscriptionStatus::Active,
+            currency: "EUR".into(),
+            legal_entity_id: "acme-de".into(),
+            billing_interval: backbone_schemas::types::BillingInterval::Monthly,
+            billing_anchor_day: 1,
+            current_period_start: 0,
+            current_period_end: 0,
+            started_at: 0,
+            ends_at: None,
+            trial_ends_at: None,
+        }
+    }
+
     fn charge(
         rating_id: &str,
         revision: i64,
@@ -233,19 +299,7 @@ mod tests {
         amount: &str,
     ) -> BillingCharge {
         BillingCharge {
-            metadata: EventMetadata {
-                tenant_id: "acme".into(),
-                event_id: rating_id.into(),
-                source: "fanout".into(),
-                r#type: "backbone.billing.charge".into(),
-                occurred_at: 0,
-                produced_at: 0,
-                trace: TraceContext {
-                    traceparent: String::new(),
-                    tracestate: None,
-                },
-                schema_version: None,
-            },
+            metadata: metadata(rating_id),
             rating_id: rating_id.into(),
             revision,
             charge_type: BillingChargeType::Usage,
@@ -264,14 +318,14 @@ mod tests {
     }
 
     #[test]
-    fn charges_sum_per_line_and_corrections_keep_lines_of_their_own() {
+    fn fees_come_first_then_charges_summed_per_line_and_corrections_on_lines_of_their_own() {
         let (nov, dec) = (
             parse_date("2026-11-01").expect("date"),
             parse_date("2026-12-01").expect("date"),
         );
         let oct = parse_date("2026-10-01").expect("date");
         let first = charge("r-1", 1, "fonts", "10", "5");
-        let mut book = PeriodBook::open("acme", &first, "acme-de", nov, dec);
+        let mut book = PeriodBook::open("acme", &subscription(), nov, dec);
         let lines = [
             book.book(&first, None),
             book.book(&charge("r-1", 2, "fonts", "12", "1"), None),
@@ -280,8 +334,22 @@ mod tests {
         ];
         assert_eq!(lines, [0, 0, 1, 2]);
         let ids = |ids: &[&str]| ids.iter().map(|i| (*i).to_owned()).collect::<BTreeSet<_>>();
+        let fees = [
+            FeeLine {
+                name: "Platform fee".into(),
+                product_id: Some("platform".into()),
+                amount: "20.322581".parse().expect("fee"),
+                part: Some((21, 30)),
+            },
+            FeeLine {
+                name: "Support".into(),
+                product_id: None,
+                amount: "5".parse().expect("fee"),
+                part: None,
+            },
+        ];
         let invoice = book
-            .draft(&[ids(&["r-1"]), ids(&["r-2"]), ids(&["r-3"])], dec, 30, 0)
+            .draft(&fees, &[ids(&["r-1"]), ids(&["r-2"]), ids(&["r-3"])], dec, 30, 0)
             .expect("invoice");
         let lines: Vec<(String, String, String, Vec<String>)> = invoice
             .lines
@@ -306,6 +374,8 @@ mod tests {
         assert_eq!(
             lines,
             [
+                line("Platform fee, 21 of 30 days", "1", "20.322581", &[]),
+                line("Support", "1", "5", &[]),
                 line("fonts", "12", "6", &["r-1"]),
                 line("storage", "3", "0.75", &["r-2"]),
                 line(
@@ -316,9 +386,20 @@ mod tests {
                 ),
             ]
         );
-        assert_eq!(invoice.total_amount, "7.75".parse().expect("total"));
+        assert_eq!(invoice.total_amount, "33.072581".parse().expect("total"));
+        assert_eq!(
+            invoice.lines.iter().map(|l| l.line_number).collect::<Vec<_>>(),
+            [1, 2, 3, 4, 5]
+        );
+        let fee = &invoice.lines[0];
+        assert_eq!(
+            (fee.product_id.as_deref(), fee.charge_id.as_deref()),
+            (Some("platform"), None)
+        );
+        assert_eq!(invoice.lines[2].charge_id.as_deref(), Some("fonts"));
         assert_eq!(invoice.invoice_id, "inv-s-1-2026-11-01");
         assert_eq!(invoice.due_date, dec + 30);
-        assert_eq!(invoice.lines[2].period_start, Some(oct));
+        assert_eq!(invoice.lines[4].period_start, Some(oct));
+        assert_eq!(invoice.lines[0].period_start, Some(nov));
     }
 }

@@ -2,6 +2,10 @@
 //! entity's time zone and a grace period for late usage has passed, and issues the period's
 //! invoice (docs/period-close.md).
 //!
+//! - Input `master.subscriptions`, co-partitioned with the charges: a subscription's current
+//!   period gets a book (empty) when first read, so that a period without usage closes too and
+//!   bills the plan's recurring fees; each close opens the next period while the subscription
+//!   goes on. The same topic is also a global table, read for any subscription's details.
 //! - Input `billing.charges` (keyed `<tenant>:<subscription>`): each charge is booked in its
 //!   period's book (partition state, store `periods`), once per rating id and revision: a mark
 //!   per charge booked (store `booked`, keyed by the period and the charge) says so and names
@@ -10,14 +14,18 @@
 //!   never edited.
 //! - Closing, by the wall clock (checked every `processor.close_check_interval`): at the start
 //!   of the period's end day in the entity's `time_zone` (`master.legal-entities`; UTC for an
-//!   entity the table does not hold) plus `processor.grace`, the book becomes a draft `Invoice`,
-//!   re-keyed by legal entity onto `processor.drafts_topic`.
+//!   entity the table does not hold) plus `processor.grace`, the book becomes a draft `Invoice`:
+//!   the recurring fees of the rate card in effect on the period's start (`master.rate-cards`),
+//!   pro rata by the days the subscription was billable, then the charges' lines. It is
+//!   re-keyed by legal entity onto `processor.drafts_topic`. A period with neither closes
+//!   without an invoice.
 //! - Numbering: read back from the drafts topic, so that one partition holds all of a legal
 //!   entity's drafts, each is numbered from the entity's sequence in arrival order
 //!   (`<legal entity>-000001`, ...) and issued on `sales.invoices`. A draft numbered before
 //!   (a redelivery, a close run again after a crash) keeps its number and is not issued again.
 
 mod book;
+mod fees;
 mod metrics;
 
 pub use metrics::names;
@@ -26,14 +34,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use backbone_calendar::now_micros;
+use backbone_calendar::{now_micros, Zone};
 use backbone_core::app::{App, RegistryAccess};
 use backbone_core::config::{ConfigError, Validate};
 use backbone_core::{
     InputRecord, OutputRecord, Prefetch, ProcessError, Processor, State, StateSpec, Wake,
 };
 use backbone_master_data::legal_entity_zone;
-use backbone_rating::PeriodPlan;
+use backbone_rating::{BillingPeriod, PeriodPlan};
 use backbone_schemas::types::{BillingCharge, Contract, Invoice, InvoiceStatus, Subscription};
 use backbone_schemas::wire::encode_framed;
 use backbone_schemas::{OutputContracts, WireCodec};
@@ -51,9 +59,11 @@ const DUE: &str = "due";
 const SEQUENCES: &str = "sequences";
 const NUMBERED: &str = "numbered";
 const SUBSCRIPTIONS: &str = "subscriptions";
+const RATE_CARDS: &str = "rate_cards";
 const LEGAL_ENTITIES: &str = "legal_entities";
-/// The one key of the `due` store.
-const DUE_KEY: &[u8] = b"due";
+/// The key under which the `due` store held all of a partition's due times in one map, as
+/// it did before each period had a key of its own: read once more and spread out.
+const DUE_MAP_KEY: &[u8] = b"due";
 
 /// The `[processor]` config section.
 #[derive(Debug, Clone, Deserialize)]
@@ -61,8 +71,11 @@ const DUE_KEY: &[u8] = b"due";
 pub struct PeriodCloseSettings {
     /// Billing charges, keyed `<tenant>:<subscription>`.
     pub charges_topic: String,
-    /// Subscriptions, keyed `<tenant>:<subscription>`: the periods that follow a closed one.
+    /// Subscriptions, keyed `<tenant>:<subscription>`, co-partitioned with the charges: the
+    /// periods to close, with or without usage, and the periods that follow a closed one.
     pub subscriptions_topic: String,
+    /// Rate cards, keyed `<tenant>:<plan>:<version>`: the plans' recurring fees.
+    pub rate_cards_topic: String,
     /// Legal entities, keyed `<tenant>:<legal entity>`: the time zone periods end in.
     pub legal_entities_topic: String,
     /// Draft invoices re-keyed by legal entity, written and read back for numbering.
@@ -84,6 +97,7 @@ impl Default for PeriodCloseSettings {
         Self {
             charges_topic: "billing.charges".to_owned(),
             subscriptions_topic: "master.subscriptions".to_owned(),
+            rate_cards_topic: "master.rate-cards".to_owned(),
             legal_entities_topic: "master.legal-entities".to_owned(),
             drafts_topic: "sales.invoice-drafts".to_owned(),
             invoices_topic: "sales.invoices".to_owned(),
@@ -99,6 +113,7 @@ impl Validate for PeriodCloseSettings {
         let topics = [
             ("charges_topic", &self.charges_topic),
             ("subscriptions_topic", &self.subscriptions_topic),
+            ("rate_cards_topic", &self.rate_cards_topic),
             ("legal_entities_topic", &self.legal_entities_topic),
             ("drafts_topic", &self.drafts_topic),
             ("invoices_topic", &self.invoices_topic),
@@ -130,12 +145,47 @@ fn invalid(key: &str, message: &str) -> ConfigError {
 
 /// When each open period of a partition ends (µs, the start of its end day in the legal
 /// entity's time zone), by period key; it closes `grace` later, by the grace configured then.
-#[derive(Debug, Default, Serialize, Deserialize)]
+/// One entry per period (store `due`), so that opening a period writes its own key only.
+#[derive(Debug, Default)]
 struct Due(BTreeMap<String, i64>);
 
 impl Due {
-    fn read(state: &State<'_>) -> Result<Self, ProcessError> {
-        Ok(state.get_json(DUE, DUE_KEY)?.unwrap_or_default())
+    fn read(state: &mut State<'_>) -> Result<Self, ProcessError> {
+        let unreadable = |key: &[u8], e: serde_json::Error| ProcessError::Fatal {
+            kind: "state",
+            detail: format!(
+                "store `{DUE}` holds an unreadable entry `{}`: {e}",
+                String::from_utf8_lossy(key)
+            ),
+        };
+        let mut due = BTreeMap::new();
+        let mut spread = None;
+        for (key, value) in state.entries_with_prefix(DUE, b"")? {
+            if key == DUE_MAP_KEY {
+                let map: BTreeMap<String, i64> =
+                    serde_json::from_slice(&value).map_err(|e| unreadable(&key, e))?;
+                spread = Some(map);
+            } else {
+                let end: i64 = serde_json::from_slice(&value).map_err(|e| unreadable(&key, e))?;
+                due.insert(String::from_utf8_lossy(&key).into_owned(), end);
+            }
+        }
+        if let Some(map) = spread {
+            for (key, end) in map {
+                state.put_json(DUE, key.as_bytes(), &end)?;
+                due.insert(key, end);
+            }
+            state.delete(DUE, DUE_MAP_KEY)?;
+        }
+        Ok(Self(due))
+    }
+
+    fn insert(state: &mut State<'_>, period: &str, end: i64) -> Result<(), ProcessError> {
+        state.put_json(DUE, period.as_bytes(), &end)
+    }
+
+    fn remove(state: &mut State<'_>, period: &str) -> Result<(), ProcessError> {
+        state.delete(DUE, period.as_bytes())
     }
 }
 
@@ -176,6 +226,25 @@ fn rating_ids(
         }
     }
     Ok(lines)
+}
+
+/// The billing period of `subscription` that holds `day` (the end of a closed one).
+fn next_period(subscription: &Subscription, day: i32) -> Result<BillingPeriod, ProcessError> {
+    let plan = PeriodPlan::new(
+        subscription.current_period_start,
+        subscription.billing_anchor_day,
+        subscription.billing_interval,
+    )
+    .map_err(|e| {
+        ProcessError::permanent(
+            "contract_violation",
+            format!(
+                "subscription `{}:{}`: {e}",
+                subscription.metadata.tenant_id, subscription.subscription_id
+            ),
+        )
+    })?;
+    Ok(plan.period_of(day))
 }
 
 /// The processor.
@@ -233,19 +302,103 @@ impl PeriodClose {
         })
     }
 
+    /// Subscription `id` of `tenant` from the global table, when it holds it.
+    fn known_subscription(
+        &self,
+        state: &State<'_>,
+        tenant: &str,
+        id: &str,
+    ) -> Result<Option<Arc<Subscription>>, ProcessError> {
+        let key = format!("{tenant}:{id}");
+        state
+            .global(SUBSCRIPTIONS, key.as_bytes())?
+            .map(|value| Ok(self.codec().decode_shared(&value, Subscription::schema())?))
+            .transpose()
+    }
+
     fn subscription(
         &self,
         state: &State<'_>,
         tenant: &str,
         id: &str,
     ) -> Result<Arc<Subscription>, ProcessError> {
-        let key = format!("{tenant}:{id}");
-        let value = state
-            .global(SUBSCRIPTIONS, key.as_bytes())?
-            .ok_or_else(|| {
-                ProcessError::permanent("unknown_subscription", format!("no subscription `{key}`"))
-            })?;
-        Ok(self.codec().decode_shared(&value, Subscription::schema())?)
+        self.known_subscription(state, tenant, id)?.ok_or_else(|| {
+            ProcessError::permanent(
+                "unknown_subscription",
+                format!("no subscription `{tenant}:{id}`"),
+            )
+        })
+    }
+
+    fn zone(&self, state: &State<'_>, tenant: &str, entity: &str) -> Result<Zone, ProcessError> {
+        legal_entity_zone(state, LEGAL_ENTITIES, self.codec(), tenant, entity)
+    }
+
+    /// An empty book of `subscription`'s `period`, and when the period ends: the start of its
+    /// end day in the legal entity's time zone.
+    fn new_book(
+        &self,
+        state: &State<'_>,
+        tenant: &str,
+        subscription: &Subscription,
+        period: BillingPeriod,
+    ) -> Result<(PeriodBook, i64), ProcessError> {
+        let zone = self.zone(state, tenant, &subscription.legal_entity_id)?;
+        let end = zone
+            .start_of(period.end)
+            .map_err(|e| ProcessError::permanent("contract_violation", e.to_string()))?;
+        let book = PeriodBook::open(tenant, subscription, period.start, period.end);
+        Ok((book, end))
+    }
+
+    /// Opens `subscription`'s `period` unless it has a book, open or closed.
+    fn open_period(
+        &self,
+        state: &mut State<'_>,
+        tenant: &str,
+        subscription: &Subscription,
+        period: BillingPeriod,
+    ) -> Result<(), ProcessError> {
+        let key = period_key(tenant, &subscription.subscription_id, period.start);
+        if state.get(PERIODS, key.as_bytes())?.is_some() {
+            return Ok(());
+        }
+        let (book, end) = self.new_book(state, tenant, subscription, period)?;
+        state.put_json(PERIODS, key.as_bytes(), &book)?;
+        Due::insert(state, &key, end)
+    }
+
+    /// Opens the current period of a subscription as it arrives, so that the period closes
+    /// (with the plan's fees) whether or not it has usage.
+    fn subscribed(
+        &self,
+        record: &InputRecord<'_>,
+        state: &mut State<'_>,
+    ) -> Result<Vec<OutputRecord>, ProcessError> {
+        if record.value.is_none() {
+            // A subscription removed: its open periods close as they are.
+            return Ok(Vec::new());
+        }
+        let subscription: Subscription = self.decode(record)?;
+        let tenant = subscription.metadata.tenant_id.clone();
+        let period = BillingPeriod {
+            start: subscription.current_period_start,
+            end: subscription.current_period_end,
+        };
+        if period.end <= period.start {
+            return Err(ProcessError::permanent(
+                "contract_violation",
+                format!(
+                    "subscription `{tenant}:{}`: its current period ends before it starts",
+                    subscription.subscription_id
+                ),
+            ));
+        }
+        let zone = self.zone(state, &tenant, &subscription.legal_entity_id)?;
+        if fees::continues_on(&subscription, &zone, period.start)? {
+            self.open_period(state, &tenant, &subscription, period)?;
+        }
+        Ok(Vec::new())
     }
 
     /// Books a charge in its period, or in the next open one when its period is closed.
@@ -256,10 +409,13 @@ impl PeriodClose {
     ) -> Result<Vec<OutputRecord>, ProcessError> {
         let charge: BillingCharge = self.decode(record)?;
         let tenant = charge.metadata.tenant_id.clone();
-        let mut period = (charge.period_start, charge.period_end);
+        let mut period = BillingPeriod {
+            start: charge.period_start,
+            end: charge.period_end,
+        };
         let mut corrects = None;
         loop {
-            let key = period_key(&tenant, &charge.subscription_id, period.0);
+            let key = period_key(&tenant, &charge.subscription_id, period.start);
             // Master data is read only for a period seen the first time, or to find the next
             // one: most charges land in a book that is open already.
             let (mut book, opened_ending) = match state
@@ -269,13 +425,7 @@ impl PeriodClose {
                 None => {
                     let subscription =
                         self.subscription(state, &tenant, &charge.subscription_id)?;
-                    let entity = &subscription.legal_entity_id;
-                    let zone =
-                        legal_entity_zone(state, LEGAL_ENTITIES, self.codec(), &tenant, entity)?;
-                    let end = zone.start_of(period.1).map_err(|e| {
-                        ProcessError::permanent("contract_violation", e.to_string())
-                    })?;
-                    let book = PeriodBook::open(&tenant, &charge, entity, period.0, period.1);
+                    let (book, end) = self.new_book(state, &tenant, &subscription, period)?;
                     (book, Some(end))
                 }
             };
@@ -284,9 +434,9 @@ impl PeriodClose {
                 return Ok(Vec::new());
             }
             if book.closed {
-                let next = self.next_period(state, &tenant, &charge, book.end)?;
+                let subscription = self.subscription(state, &tenant, &charge.subscription_id)?;
                 corrects = corrects.or(Some((book.start, book.end)));
-                period = next;
+                period = next_period(&subscription, book.end)?;
                 continue;
             }
             let line = book.book(&charge, corrects);
@@ -297,37 +447,83 @@ impl PeriodClose {
             state.put_json(BOOKED, &mark, &Mark { line, rating_id })?;
             state.put_json(PERIODS, key.as_bytes(), &book)?;
             if let Some(end) = opened_ending {
-                let mut due = Due::read(state)?;
-                due.0.insert(key, end);
-                state.put_json(DUE, DUE_KEY, &due)?;
+                Due::insert(state, &key, end)?;
             }
             return Ok(Vec::new());
         }
     }
 
-    /// The billing period of `charge`'s subscription that begins on `day`, the end of a closed
-    /// one.
-    fn next_period(
+    /// Closes the period `key`: its draft invoice, if it bills anything, and the next period
+    /// opened while the subscription goes on. Everything that can fail is done before the
+    /// first write, so that a period that cannot close leaves the partition's state as it was.
+    fn close(
         &self,
-        state: &State<'_>,
-        tenant: &str,
-        charge: &BillingCharge,
-        day: i32,
-    ) -> Result<(i32, i32), ProcessError> {
-        let subscription = self.subscription(state, tenant, &charge.subscription_id)?;
-        let plan = PeriodPlan::new(
-            subscription.current_period_start,
-            subscription.billing_anchor_day,
-            subscription.billing_interval,
-        )
-        .map_err(|e| {
-            ProcessError::permanent(
-                "contract_violation",
-                format!("subscription `{tenant}:{}`: {e}", charge.subscription_id),
-            )
-        })?;
-        let next = plan.period_of(day);
-        Ok((next.start, next.end))
+        state: &mut State<'_>,
+        key: &str,
+        now: i64,
+    ) -> Result<Option<OutputRecord>, ProcessError> {
+        let Some(mut book) = state.get_json::<PeriodBook>(PERIODS, key.as_bytes())? else {
+            Due::remove(state, key)?;
+            return Ok(None);
+        };
+        if book.closed {
+            Due::remove(state, key)?;
+            return Ok(None);
+        }
+        let subscription = self.known_subscription(state, &book.tenant, &book.subscription_id)?;
+        let zone = self.zone(state, &book.tenant, &book.legal_entity_id)?;
+        let (fees, next) = match &subscription {
+            Some(subscription) => {
+                let fees = fees::fee_lines(
+                    state,
+                    self.codec(),
+                    RATE_CARDS,
+                    &zone,
+                    subscription,
+                    &book,
+                )?;
+                let next = if fees::continues_on(subscription, &zone, book.end)? {
+                    let period = next_period(subscription, book.end)?;
+                    Some(self.new_book(state, &book.tenant, subscription, period)?)
+                } else {
+                    None
+                };
+                (fees, next)
+            }
+            None => (Vec::new(), None),
+        };
+        let draft = if fees.is_empty() && book.lines.is_empty() {
+            tracing::debug!(period = %key, "period closed with nothing to bill");
+            None
+        } else {
+            let rating_ids = rating_ids(state, key, &book)?;
+            let draft = book
+                .draft(
+                    &fees,
+                    &rating_ids,
+                    book.end,
+                    i32::from(self.settings.payment_days),
+                    now,
+                )
+                .map_err(|e| ProcessError::permanent("contract_violation", e))?;
+            let entity_key = format!("{}:{}", book.tenant, book.legal_entity_id);
+            tracing::info!(period = %key, invoice = %draft.invoice_id, "period closed");
+            Some(self.invoice_output(&self.settings.drafts_topic, &entity_key, &draft)?)
+        };
+        Due::remove(state, key)?;
+        // The lines are on the invoice now; the marks stay, so that a redelivered charge is
+        // not booked again in the next period.
+        book.closed = true;
+        book.lines.clear();
+        state.put_json(PERIODS, key.as_bytes(), &book)?;
+        if let Some((next, end)) = next {
+            let next_key = period_key(&book.tenant, &book.subscription_id, next.start);
+            if state.get(PERIODS, next_key.as_bytes())?.is_none() {
+                state.put_json(PERIODS, next_key.as_bytes(), &next)?;
+                Due::insert(state, &next_key, end)?;
+            }
+        }
+        Ok(draft)
     }
 
     /// Numbers a draft from its legal entity's sequence and issues it.
@@ -396,6 +592,7 @@ impl Processor for PeriodClose {
         vec![
             self.settings.charges_topic.clone(),
             self.settings.drafts_topic.clone(),
+            self.settings.subscriptions_topic.clone(),
         ]
     }
 
@@ -414,6 +611,7 @@ impl Processor for PeriodClose {
             .store(SEQUENCES)
             .store(NUMBERED)
             .global(SUBSCRIPTIONS, &self.settings.subscriptions_topic)
+            .global(RATE_CARDS, &self.settings.rate_cards_topic)
             .global(LEGAL_ENTITIES, &self.settings.legal_entities_topic)
     }
 
@@ -428,6 +626,8 @@ impl Processor for PeriodClose {
     ) -> Result<Vec<OutputRecord>, ProcessError> {
         if record.topic == self.settings.drafts_topic {
             self.draft(record, state)
+        } else if record.topic == self.settings.subscriptions_topic {
+            self.subscribed(record, state)
         } else {
             self.charge(record, state)
         }
@@ -446,46 +646,29 @@ impl Processor for PeriodClose {
     ) -> Result<Vec<OutputRecord>, ProcessError> {
         let now = now_micros();
         let grace = i64::try_from(self.settings.grace.as_micros()).unwrap_or(i64::MAX);
-        let mut due = Due::read(state)?;
-        let closing: Vec<String> = due
-            .0
-            .iter()
-            .filter(|(_, end)| end.saturating_add(grace) <= now)
-            .map(|(key, _)| key.clone())
-            .collect();
+        let due = Due::read(state)?;
         let mut outputs = Vec::new();
-        for key in &closing {
-            due.0.remove(key);
-            let Some(mut book) = state.get_json::<PeriodBook>(PERIODS, key.as_bytes())? else {
-                continue;
-            };
-            if book.closed {
+        for (key, end) in &due.0 {
+            if end.saturating_add(grace) > now {
                 continue;
             }
-            let rating_ids = rating_ids(state, key, &book)?;
-            let draft = book
-                .draft(
-                    &rating_ids,
-                    book.end,
-                    i32::from(self.settings.payment_days),
-                    now,
-                )
-                .map_err(|e| ProcessError::permanent("contract_violation", e))?;
-            let entity_key = format!("{}:{}", book.tenant, book.legal_entity_id);
-            outputs.push(self.invoice_output(&self.settings.drafts_topic, &entity_key, &draft)?);
-            tracing::info!(period = %key, invoice = %draft.invoice_id, "period closed");
-            // The lines are on the invoice now; the marks stay, so that a redelivered charge is
-            // not booked again in the next period.
-            book.closed = true;
-            book.lines.clear();
-            state.put_json(PERIODS, key.as_bytes(), &book)?;
-        }
-        if !closing.is_empty() {
-            state.put_json(DUE, DUE_KEY, &due)?;
+            match self.close(state, key, now) {
+                Ok(draft) => outputs.extend(draft),
+                Err(err @ ProcessError::Fatal { .. }) => return Err(err),
+                // One period that cannot close (its rate card does not decode, say) holds up
+                // no other: it is tried again at the next check.
+                Err(err) => {
+                    tracing::warn!(period = %key, error = %err, "period not closed; tried again at the next check");
+                    if let Some(metrics) = &self.metrics {
+                        metrics.close_failed();
+                    }
+                }
+            }
         }
         if let Some(metrics) = &self.metrics {
             let stale_after = self.settings.close_check_interval * 3;
-            metrics.set_open(wake.partition, due.0.len(), stale_after);
+            let open = state.entries_with_prefix(DUE, b"")?.len();
+            metrics.set_open(wake.partition, open, stale_after);
         }
         Ok(outputs)
     }

@@ -14,8 +14,11 @@ pub mod names {
     pub const INVOICES_ISSUED: &str = "backbone_invoices_issued_total";
     /// Charges booked in a later period than their own, because theirs had closed.
     pub const CORRECTIONS: &str = "backbone_period_corrections_total";
-    /// Billing periods with charges and no invoice yet, over the partitions this instance holds.
+    /// Billing periods not closed yet, over the partitions this instance holds.
     pub const PERIODS_OPEN: &str = "backbone_periods_open";
+    /// Close checks at which a period due to close could not (its rate card does not decode,
+    /// say); it is tried again at the next.
+    pub const CLOSE_FAILURES: &str = "backbone_period_close_failures_total";
 }
 
 /// The series, registered once.
@@ -24,6 +27,7 @@ pub struct PeriodMetrics {
     invoices_issued: IntCounter,
     corrections: IntCounter,
     periods_open: IntGauge,
+    close_failures: IntCounter,
     /// Each partition's open periods at its last close check, and when.
     partitions: Mutex<HashMap<i32, (usize, Instant)>>,
 }
@@ -43,15 +47,21 @@ impl PeriodMetrics {
         ))?;
         let periods_open = IntGauge::with_opts(opts(
             names::PERIODS_OPEN,
-            "Billing periods with charges and no invoice yet, in the partitions held.",
+            "Billing periods not closed yet, in the partitions held.",
+        ))?;
+        let close_failures = IntCounter::with_opts(opts(
+            names::CLOSE_FAILURES,
+            "Close checks at which a billing period due to close could not; tried again at the next.",
         ))?;
         registry.register(Box::new(invoices_issued.clone()))?;
         registry.register(Box::new(corrections.clone()))?;
         registry.register(Box::new(periods_open.clone()))?;
+        registry.register(Box::new(close_failures.clone()))?;
         Ok(Self {
             invoices_issued,
             corrections,
             periods_open,
+            close_failures,
             partitions: Mutex::new(HashMap::new()),
         })
     }
@@ -62,6 +72,10 @@ impl PeriodMetrics {
 
     pub(crate) fn correction(&self) {
         self.corrections.inc();
+    }
+
+    pub(crate) fn close_failed(&self) {
+        self.close_failures.inc();
     }
 
     /// `open` periods in `partition` now; a partition not checked for `stale_after` is no

@@ -149,29 +149,46 @@ impl Contract for GlMapping {
 }
 
 impl GlMapping {
-    /// The mapping that applies to a line of `charge_id` in `legal_entity_id` on `day`: a
-    /// mapping for the charge beats the entity's default (no product, no charge); among equals
-    /// the lowest `mapping_id` wins, so every reader picks the same one. Usage lines name no
-    /// product, so a mapping restricted to a product never applies to them.
+    /// The mapping that applies to a usage line of `charge_id` in `legal_entity_id` on `day`
+    /// ([`GlMapping::select_line`] with no product: usage lines name none, so a mapping
+    /// restricted to a product never applies to them).
     pub fn select<'m, M: AsRef<GlMapping>>(
         mappings: &'m [M],
         legal_entity_id: &str,
         charge_id: &str,
         day: i32,
     ) -> Option<&'m GlMapping> {
+        Self::select_line(mappings, legal_entity_id, None, Some(charge_id), day)
+    }
+
+    /// The mapping that applies to a line selling `product_id` under `charge_id` (either may
+    /// be none: a recurring fee names a product and no charge) in `legal_entity_id` on `day`.
+    /// The most specific wins: product and charge, then charge, then product, then the
+    /// entity's default; among equals the lowest `mapping_id`, so every reader picks the same.
+    pub fn select_line<'m, M: AsRef<GlMapping>>(
+        mappings: &'m [M],
+        legal_entity_id: &str,
+        product_id: Option<&str>,
+        charge_id: Option<&str>,
+        day: i32,
+    ) -> Option<&'m GlMapping> {
+        let rank = |m: &GlMapping| match (m.product_id.is_some(), m.charge_id.is_some()) {
+            (true, true) => 0,
+            (false, true) => 1,
+            (true, false) => 2,
+            (false, false) => 3,
+        };
         mappings
             .iter()
             .map(AsRef::as_ref)
             .filter(|m| {
                 m.legal_entity_id == legal_entity_id
-                    && m.product_id.is_none()
-                    && m.charge_id.as_deref().is_none_or(|c| c == charge_id)
+                    && m.product_id.as_deref().is_none_or(|p| Some(p) == product_id)
+                    && m.charge_id.as_deref().is_none_or(|c| Some(c) == charge_id)
                     && m.effective_from <= day
                     && m.effective_to.is_none_or(|to| day < to)
             })
-            .min_by(|a, b| {
-                (a.charge_id.is_none(), &a.mapping_id).cmp(&(b.charge_id.is_none(), &b.mapping_id))
-            })
+            .min_by(|a, b| (rank(a), &a.mapping_id).cmp(&(rank(b), &b.mapping_id)))
     }
 }
 
@@ -296,10 +313,33 @@ pub struct RateCard {
     pub effective_to: Option<i32>,
     /// The plan's charges, each pricing one meter.
     pub charges: Vec<RateCharge>,
+    /// Fixed fees billed every period whatever the usage.
+    #[avro(default = "[]")]
+    pub recurring_fees: Vec<RecurringFee>,
 }
 
 impl Contract for RateCard {
     const FULL_NAME: &'static str = "backbone.master.RateCard";
+}
+
+/// A fixed fee a plan bills every billing period, pro rata by days for a period the
+/// subscription was billable for part of.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "backbone.master")]
+pub struct RecurringFee {
+    /// Id of the fee, stable across card versions and unique within the plan.
+    pub fee_id: String,
+    /// Fee name shown on invoices.
+    pub name: String,
+    /// Product the fee sells, which selects its GL mapping; none for the entity's default.
+    #[avro(default = "null")]
+    pub product_id: Option<String>,
+    /// Amount per full billing period, in the card's currency.
+    pub amount: Amount,
+}
+
+impl Contract for RecurringFee {
+    const FULL_NAME: &'static str = "backbone.master.RecurringFee";
 }
 
 /// One charge of a rate card: how a meter's usage is aggregated over the period and priced.
@@ -588,6 +628,44 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn the_most_specific_mapping_of_a_line_wins_product_and_charge_then_charge_then_product() {
+        let mapping = |id: &str, product: Option<&str>, charge: Option<&str>| GlMapping {
+            metadata: metadata("erp", "backbone.master.gl-mapping.changed", id),
+            mapping_id: id.into(),
+            legal_entity_id: "le-de".into(),
+            product_id: product.map(Into::into),
+            charge_id: charge.map(Into::into),
+            revenue_account: format!("4{id}"),
+            receivable_account: "1400".into(),
+            deferred_revenue_account: "0990".into(),
+            tax_account: "1776".into(),
+            effective_from: OCT_1,
+            effective_to: None,
+        };
+        let all = [
+            mapping("z-default", None, None),
+            mapping("y-product", Some("platform"), None),
+            mapping("x-charge", None, Some("api")),
+            mapping("w-both", Some("platform"), Some("api")),
+        ];
+        let pick = |product, charge| {
+            GlMapping::select_line(&all, "le-de", product, charge, NOV_1)
+                .map(|m| m.mapping_id.as_str())
+        };
+        assert_eq!(pick(Some("platform"), Some("api")), Some("w-both"));
+        assert_eq!(pick(Some("seats"), Some("api")), Some("x-charge"));
+        assert_eq!(pick(Some("platform"), None), Some("y-product"), "a fee's product");
+        assert_eq!(pick(Some("seats"), None), Some("z-default"));
+        assert_eq!(pick(None, None), Some("z-default"));
+        assert_eq!(
+            GlMapping::select(&all, "le-de", "api", NOV_1).map(|m| m.mapping_id.as_str()),
+            Some("x-charge"),
+            "a usage line names no product"
+        );
+        assert_eq!(GlMapping::select_line(&all, "le-de", None, None, OCT_1 - 1), None);
+    }
+
+    #[test]
     pub(crate) fn legal_entity_matches_its_contract() {
         check(&LegalEntity {
             metadata: metadata("erp", "backbone.master.legal-entity.changed", "le-de@v3"),
@@ -669,6 +747,20 @@ pub(crate) mod tests {
             effective_from: NOV_1,
             effective_to: None,
             charges: vec![graduated_charge(), graduated_charge()],
+            recurring_fees: vec![
+                RecurringFee {
+                    fee_id: "platform".into(),
+                    name: "Platform fee".into(),
+                    product_id: Some("platform".into()),
+                    amount: dec("49.000001"),
+                },
+                RecurringFee {
+                    fee_id: "support".into(),
+                    name: "Support".into(),
+                    product_id: None,
+                    amount: dec("-1"),
+                },
+            ],
         });
     }
 
@@ -690,6 +782,16 @@ pub(crate) mod tests {
             maximum_spend: None,
             tiers: vec![],
             group_by: vec![],
+        });
+    }
+
+    #[test]
+    pub(crate) fn recurring_fee_matches_its_contract() {
+        check(&RecurringFee {
+            fee_id: "seats".into(),
+            name: "Seat bundle".into(),
+            product_id: None,
+            amount: dec("0.000001"),
         });
     }
 

@@ -73,7 +73,7 @@ pub use erp::{BatchType, ControlTotal, JournalBatch, LedgerPosting, PostingLine}
 pub use master::{
     AccountStatus, BillingInterval, ChargeModel, CustomerAccount, Employee, EmploymentStatus,
     GlMapping, LegalEntity, MeterAggregation, PriceTier, Product, ProductType, RateCard,
-    RateCharge, Subscription, SubscriptionStatus, Supplier, SupplierStatus,
+    RateCharge, RecurringFee, Subscription, SubscriptionStatus, Supplier, SupplierStatus,
 };
 pub use orders::{
     ApprovalDecision, OrderApproval, OrderConclusion, OrderStateChange, OrderStep, OrderStepKind,
@@ -290,6 +290,10 @@ pub(crate) mod tests {
         (
             RateCharge::FULL_NAME,
             master::tests::rate_charge_matches_its_contract,
+        ),
+        (
+            RecurringFee::FULL_NAME,
+            master::tests::recurring_fee_matches_its_contract,
         ),
         (
             Subscription::FULL_NAME,

@@ -370,9 +370,12 @@ impl Books {
         if invoice.status != InvoiceStatus::Issued {
             return;
         }
+        // A recurring fee's line names no charge and answers for no rated line: the invoice's
+        // total (`invoiced_vs_erp`) holds it, the rated lines do not.
         let lines = invoice
             .lines
             .iter()
+            .filter(|line| line.charge_id.is_some())
             .map(|line| InvoicedLine {
                 period: month(line.period_start.unwrap_or(period_start)),
                 amount: line.amount.unscaled(),
@@ -877,6 +880,17 @@ mod tests {
         assert_eq!(
             invoiced(&books),
             [("2025-11".to_owned(), 7_750_000, 9_250_000)]
+        );
+        // A recurring fee on an invoice is no rated line's.
+        let mut books = Books::default();
+        books.rated(&line("r-1", "1.5"));
+        let mut with_fee = invoice(20_393, &[("30", &[]), ("1.5", &["r-1"])]);
+        with_fee.lines[0].charge_id = None;
+        with_fee.lines[0].product_id = Some("platform".into());
+        books.invoice(&with_fee);
+        assert_eq!(
+            invoiced(&books),
+            [("2025-11".to_owned(), 1_500_000, 1_500_000)]
         );
         // A draft or an order's invoice is not a period's invoice.
         let mut books = Books::default();

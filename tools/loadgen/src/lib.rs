@@ -192,6 +192,7 @@ impl Workload {
                 effective_from: 0,
                 effective_to: None,
                 charges: vec![plan_charge(p)],
+                recurring_fees: Vec::new(),
             })
             .collect();
         let customers: Vec<String> = (0..spec.customers.max(1))

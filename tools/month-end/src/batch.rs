@@ -259,18 +259,19 @@ pub fn build(
             invoice.total_amount,
         );
         for line in &invoice.lines {
-            let charge = line.charge_id.as_deref().unwrap_or("");
-            let mapping = GlMapping::select(
+            let mapping = GlMapping::select_line(
                 mappings,
                 &entity.legal_entity_id,
-                charge,
+                line.product_id.as_deref(),
+                line.charge_id.as_deref(),
                 invoice.issue_date,
             )
             .ok_or_else(|| MonthEndError::Unmapped {
                 invoice: invoice.invoice_id.clone(),
                 line: line.line_number,
                 legal_entity: entity.legal_entity_id.clone(),
-                charge: charge.to_owned(),
+                product: line.product_id.clone().unwrap_or_default(),
+                charge: line.charge_id.clone().unwrap_or_default(),
                 day: format_date(invoice.issue_date),
             })?;
             let currency = invoice.currency.clone();

@@ -66,7 +66,7 @@ pub enum MonthEndError {
         closes_at: String,
     },
     /// An invoice line no GL mapping covers.
-    #[error("invoice {invoice} line {line}: no GL mapping of legal entity {legal_entity} covers charge {charge:?} on {day}")]
+    #[error("invoice {invoice} line {line}: no GL mapping of legal entity {legal_entity} covers product {product:?}, charge {charge:?} on {day}")]
     Unmapped {
         /// Invoice id.
         invoice: String,
@@ -74,6 +74,8 @@ pub enum MonthEndError {
         line: i32,
         /// Legal entity.
         legal_entity: String,
+        /// Product id of the line (empty for none).
+        product: String,
         /// Charge id of the line (empty for none).
         charge: String,
         /// Issue date.

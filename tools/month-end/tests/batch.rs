@@ -172,6 +172,29 @@ fn the_same_invoices_give_the_same_bytes_and_totals_written_out_by_hand() {
 }
 
 #[test]
+fn a_recurring_fee_is_credited_to_the_revenue_account_of_its_product() {
+    let mut fee = line(2, "calls", "30");
+    fee.charge_id = None;
+    fee.product_id = Some("platform".into());
+    fee.rating_ids.clear();
+    let a = invoice("inv-a", "le-1-000001", "c-1", vec![line(1, "calls", "1"), fee]);
+    let mut platform = mapping("p", None, "4500");
+    platform.product_id = Some("platform".into());
+    let mappings = [mapping("d", None, "4000"), platform];
+    let batch = build(&entity(), october(), 1, &[&a], &mappings).expect("batch");
+    assert_eq!(
+        file(&batch, "revenue.csv"),
+        "gl_account,kind,currency,amount\n4000,revenue,EUR,1.000000\n4500,revenue,EUR,30.000000\n"
+    );
+    let only_calls = [mapping("c", Some("calls"), "4000")];
+    let err = build(&entity(), october(), 1, &[&a], &only_calls).expect_err("fee unmapped");
+    assert!(
+        matches!(&err, MonthEndError::Unmapped { line: 2, product, charge, .. } if product == "platform" && charge.is_empty()),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_field_with_a_comma_or_a_quote_is_quoted() {
     let mut a = invoice("inv-a", "le-1-000001", "c-1", vec![line(1, "calls", "1")]);
     a.customer_id = "Müller, \"GmbH\"".into();
