@@ -17,7 +17,11 @@ pub fn billable_days(period: BillingPeriod, from: i32, until: Option<i32>) -> i3
 /// What `fee` bills for `days` of `period`: its whole amount for the whole period, else its
 /// amount times `days` over the period's length, rounded once, half away from zero, to the
 /// amount's 6 digits (the rounding of every price).
-pub fn fee_for(fee: &RecurringFee, period: BillingPeriod, days: i32) -> Result<Amount, RatingError> {
+pub fn fee_for(
+    fee: &RecurringFee,
+    period: BillingPeriod,
+    days: i32,
+) -> Result<Amount, RatingError> {
     let length = period.end - period.start;
     if length <= 0 {
         return Err(RatingError::BadValue {
@@ -71,11 +75,23 @@ mod tests {
     fn the_days_billed_are_those_of_the_period_the_subscription_was_billable() {
         let (oct_1, nov_1) = (october().start, october().end);
         assert_eq!(billable_days(october(), oct_1 - 40, None), 31);
-        assert_eq!(billable_days(october(), oct_1 + 10, None), 21, "from the 11th");
-        assert_eq!(billable_days(october(), oct_1, Some(oct_1 + 19)), 19, "to the 19th");
+        assert_eq!(
+            billable_days(october(), oct_1 + 10, None),
+            21,
+            "from the 11th"
+        );
+        assert_eq!(
+            billable_days(october(), oct_1, Some(oct_1 + 19)),
+            19,
+            "to the 19th"
+        );
         assert_eq!(billable_days(october(), oct_1 + 5, Some(oct_1 + 7)), 2);
         assert_eq!(billable_days(october(), nov_1, None), 0, "starts after it");
-        assert_eq!(billable_days(october(), oct_1 - 9, Some(oct_1)), 0, "ended before it");
+        assert_eq!(
+            billable_days(october(), oct_1 - 9, Some(oct_1)),
+            0,
+            "ended before it"
+        );
         assert_eq!(billable_days(october(), oct_1 + 9, Some(oct_1 + 3)), 0);
     }
 
@@ -86,12 +102,20 @@ mod tests {
                 .expect("fee")
                 .to_string()
         };
-        assert_eq!(amount("30", 31), "30.000000", "a whole period, the whole fee");
+        assert_eq!(
+            amount("30", 31),
+            "30.000000",
+            "a whole period, the whole fee"
+        );
         // 30 × 21 / 31 = 20.3225806…
         assert_eq!(amount("30", 21), "20.322581");
         assert_eq!(amount("0.000001", 16), "0.000001", "0.516… rounds up");
         assert_eq!(amount("0.000001", 15), "0.000000", "0.483… rounds down");
-        assert_eq!(amount("-0.000001", 16), "-0.000001", "a discount rounds alike");
+        assert_eq!(
+            amount("-0.000001", 16),
+            "-0.000001",
+            "a discount rounds alike"
+        );
         let november = BillingPeriod {
             start: october().end,
             end: days_from_civil(2026, 12, 1),

@@ -349,7 +349,13 @@ mod tests {
             },
         ];
         let invoice = book
-            .draft(&fees, &[ids(&["r-1"]), ids(&["r-2"]), ids(&["r-3"])], dec, 30, 0)
+            .draft(
+                &fees,
+                &[ids(&["r-1"]), ids(&["r-2"]), ids(&["r-3"])],
+                dec,
+                30,
+                0,
+            )
             .expect("invoice");
         let lines: Vec<(String, String, String, Vec<String>)> = invoice
             .lines
@@ -388,7 +394,11 @@ mod tests {
         );
         assert_eq!(invoice.total_amount, "33.072581".parse().expect("total"));
         assert_eq!(
-            invoice.lines.iter().map(|l| l.line_number).collect::<Vec<_>>(),
+            invoice
+                .lines
+                .iter()
+                .map(|l| l.line_number)
+                .collect::<Vec<_>>(),
             [1, 2, 3, 4, 5]
         );
         let fee = &invoice.lines[0];

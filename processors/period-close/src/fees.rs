@@ -17,7 +17,10 @@ use crate::book::{FeeLine, PeriodBook};
 
 /// The first day the subscription is billable (its start, or its trial's end) and the day
 /// after its last (none while open-ended), as local days of `zone`.
-fn billable_span(subscription: &Subscription, zone: &Zone) -> Result<(i32, Option<i32>), ProcessError> {
+fn billable_span(
+    subscription: &Subscription,
+    zone: &Zone,
+) -> Result<(i32, Option<i32>), ProcessError> {
     let day = |micros: i64| {
         zone.day_of(micros).map_err(|e| {
             ProcessError::permanent(
@@ -28,7 +31,9 @@ fn billable_span(subscription: &Subscription, zone: &Zone) -> Result<(i32, Optio
     };
     let from = subscription
         .trial_ends_at
-        .map_or(subscription.started_at, |trial| trial.max(subscription.started_at));
+        .map_or(subscription.started_at, |trial| {
+            trial.max(subscription.started_at)
+        });
     // The day of an end at midnight is not a day of the subscription; any later instant is.
     let until = subscription
         .ends_at
@@ -74,12 +79,14 @@ pub(crate) fn fee_lines(
     let prefix = rate_card_prefix(&book.tenant, &subscription.plan_id);
     let mut versions: Vec<Arc<RateCard>> = Vec::new();
     for (key, bytes) in state.global_prefix(cards, prefix.as_bytes())? {
-        let card = codec.decode_shared(&bytes, RateCard::schema()).map_err(|e| {
-            ProcessError::permanent(
-                "invalid_rate_card",
-                format!("`{}` does not decode: {e}", String::from_utf8_lossy(&key)),
-            )
-        })?;
+        let card = codec
+            .decode_shared(&bytes, RateCard::schema())
+            .map_err(|e| {
+                ProcessError::permanent(
+                    "invalid_rate_card",
+                    format!("`{}` does not decode: {e}", String::from_utf8_lossy(&key)),
+                )
+            })?;
         versions.push(card);
     }
     let Some(card) = card_for_period(&versions, &subscription.plan_id, book.start) else {

@@ -418,17 +418,16 @@ impl PeriodClose {
             let key = period_key(&tenant, &charge.subscription_id, period.start);
             // Master data is read only for a period seen the first time, or to find the next
             // one: most charges land in a book that is open already.
-            let (mut book, opened_ending) = match state
-                .get_json::<PeriodBook>(PERIODS, key.as_bytes())?
-            {
-                Some(book) => (book, None),
-                None => {
-                    let subscription =
-                        self.subscription(state, &tenant, &charge.subscription_id)?;
-                    let (book, end) = self.new_book(state, &tenant, &subscription, period)?;
-                    (book, Some(end))
-                }
-            };
+            let (mut book, opened_ending) =
+                match state.get_json::<PeriodBook>(PERIODS, key.as_bytes())? {
+                    Some(book) => (book, None),
+                    None => {
+                        let subscription =
+                            self.subscription(state, &tenant, &charge.subscription_id)?;
+                        let (book, end) = self.new_book(state, &tenant, &subscription, period)?;
+                        (book, Some(end))
+                    }
+                };
             let mark = mark_key(&key, &charge);
             if state.get(BOOKED, &mark)?.is_some() {
                 return Ok(Vec::new());
@@ -474,14 +473,8 @@ impl PeriodClose {
         let zone = self.zone(state, &book.tenant, &book.legal_entity_id)?;
         let (fees, next) = match &subscription {
             Some(subscription) => {
-                let fees = fees::fee_lines(
-                    state,
-                    self.codec(),
-                    RATE_CARDS,
-                    &zone,
-                    subscription,
-                    &book,
-                )?;
+                let fees =
+                    fees::fee_lines(state, self.codec(), RATE_CARDS, &zone, subscription, &book)?;
                 let next = if fees::continues_on(subscription, &zone, book.end)? {
                     let period = next_period(subscription, book.end)?;
                     Some(self.new_book(state, &book.tenant, subscription, period)?)
@@ -522,6 +515,9 @@ impl PeriodClose {
                 state.put_json(PERIODS, next_key.as_bytes(), &next)?;
                 Due::insert(state, &next_key, end)?;
             }
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics.closed();
         }
         Ok(draft)
     }

@@ -14,6 +14,8 @@ pub mod names {
     pub const INVOICES_ISSUED: &str = "backbone_invoices_issued_total";
     /// Charges booked in a later period than their own, because theirs had closed.
     pub const CORRECTIONS: &str = "backbone_period_corrections_total";
+    /// Billing periods closed, with an invoice or with nothing to bill.
+    pub const PERIODS_CLOSED: &str = "backbone_periods_closed_total";
     /// Billing periods not closed yet, over the partitions this instance holds.
     pub const PERIODS_OPEN: &str = "backbone_periods_open";
     /// Close checks at which a period due to close could not (its rate card does not decode,
@@ -27,6 +29,7 @@ pub struct PeriodMetrics {
     invoices_issued: IntCounter,
     corrections: IntCounter,
     periods_open: IntGauge,
+    periods_closed: IntCounter,
     close_failures: IntCounter,
     /// Each partition's open periods at its last close check, and when.
     partitions: Mutex<HashMap<i32, (usize, Instant)>>,
@@ -49,6 +52,10 @@ impl PeriodMetrics {
             names::PERIODS_OPEN,
             "Billing periods not closed yet, in the partitions held.",
         ))?;
+        let periods_closed = IntCounter::with_opts(opts(
+            names::PERIODS_CLOSED,
+            "Billing periods closed, with an invoice or with nothing to bill.",
+        ))?;
         let close_failures = IntCounter::with_opts(opts(
             names::CLOSE_FAILURES,
             "Close checks at which a billing period due to close could not; tried again at the next.",
@@ -56,11 +63,13 @@ impl PeriodMetrics {
         registry.register(Box::new(invoices_issued.clone()))?;
         registry.register(Box::new(corrections.clone()))?;
         registry.register(Box::new(periods_open.clone()))?;
+        registry.register(Box::new(periods_closed.clone()))?;
         registry.register(Box::new(close_failures.clone()))?;
         Ok(Self {
             invoices_issued,
             corrections,
             periods_open,
+            periods_closed,
             close_failures,
             partitions: Mutex::new(HashMap::new()),
         })
@@ -72,6 +81,10 @@ impl PeriodMetrics {
 
     pub(crate) fn correction(&self) {
         self.corrections.inc();
+    }
+
+    pub(crate) fn closed(&self) {
+        self.periods_closed.inc();
     }
 
     pub(crate) fn close_failed(&self) {

@@ -183,7 +183,9 @@ impl GlMapping {
             .map(AsRef::as_ref)
             .filter(|m| {
                 m.legal_entity_id == legal_entity_id
-                    && m.product_id.as_deref().is_none_or(|p| Some(p) == product_id)
+                    && m.product_id
+                        .as_deref()
+                        .is_none_or(|p| Some(p) == product_id)
                     && m.charge_id.as_deref().is_none_or(|c| Some(c) == charge_id)
                     && m.effective_from <= day
                     && m.effective_to.is_none_or(|to| day < to)
@@ -654,7 +656,11 @@ pub(crate) mod tests {
         };
         assert_eq!(pick(Some("platform"), Some("api")), Some("w-both"));
         assert_eq!(pick(Some("seats"), Some("api")), Some("x-charge"));
-        assert_eq!(pick(Some("platform"), None), Some("y-product"), "a fee's product");
+        assert_eq!(
+            pick(Some("platform"), None),
+            Some("y-product"),
+            "a fee's product"
+        );
         assert_eq!(pick(Some("seats"), None), Some("z-default"));
         assert_eq!(pick(None, None), Some("z-default"));
         assert_eq!(
@@ -662,7 +668,10 @@ pub(crate) mod tests {
             Some("x-charge"),
             "a usage line names no product"
         );
-        assert_eq!(GlMapping::select_line(&all, "le-de", None, None, OCT_1 - 1), None);
+        assert_eq!(
+            GlMapping::select_line(&all, "le-de", None, None, OCT_1 - 1),
+            None
+        );
     }
 
     #[test]

@@ -272,7 +272,7 @@ pub fn build(
                 legal_entity: entity.legal_entity_id.clone(),
                 product: line.product_id.clone().unwrap_or_default(),
                 charge: line.charge_id.clone().unwrap_or_default(),
-                day: format_date(invoice.issue_date),
+                day: invoice.issue_date,
             })?;
             let currency = invoice.currency.clone();
             *revenue

@@ -66,7 +66,7 @@ pub enum MonthEndError {
         closes_at: String,
     },
     /// An invoice line no GL mapping covers.
-    #[error("invoice {invoice} line {line}: no GL mapping of legal entity {legal_entity} covers product {product:?}, charge {charge:?} on {day}")]
+    #[error("invoice {invoice} line {line}: no GL mapping of legal entity {legal_entity} covers product {product:?}, charge {charge:?} on {}", backbone_calendar::format_date(*day))]
     Unmapped {
         /// Invoice id.
         invoice: String,
@@ -78,8 +78,8 @@ pub enum MonthEndError {
         product: String,
         /// Charge id of the line (empty for none).
         charge: String,
-        /// Issue date.
-        day: String,
+        /// Issue date, in days since the epoch.
+        day: i32,
     },
     /// An invoice or a journal whose amounts do not add up.
     #[error("{what} does not add up: {message}")]

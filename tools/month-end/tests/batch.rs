@@ -177,7 +177,12 @@ fn a_recurring_fee_is_credited_to_the_revenue_account_of_its_product() {
     fee.charge_id = None;
     fee.product_id = Some("platform".into());
     fee.rating_ids.clear();
-    let a = invoice("inv-a", "le-1-000001", "c-1", vec![line(1, "calls", "1"), fee]);
+    let a = invoice(
+        "inv-a",
+        "le-1-000001",
+        "c-1",
+        vec![line(1, "calls", "1"), fee],
+    );
     let mut platform = mapping("p", None, "4500");
     platform.product_id = Some("platform".into());
     let mappings = [mapping("d", None, "4000"), platform];
