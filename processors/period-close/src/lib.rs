@@ -25,12 +25,13 @@
 //!   (a redelivery, a close run again after a crash) keeps its number and is not issued again.
 
 mod book;
+mod due;
 mod fees;
+mod marks;
 mod metrics;
 
 pub use metrics::names;
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,25 +46,24 @@ use backbone_rating::{BillingPeriod, PeriodPlan};
 use backbone_schemas::types::{BillingCharge, Contract, Invoice, InvoiceStatus, Subscription};
 use backbone_schemas::wire::encode_framed;
 use backbone_schemas::{OutputContracts, WireCodec};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::book::{invoice_number, period_key, PeriodBook};
+use crate::due::Due;
+use crate::marks::{mark_key, rating_ids, Mark};
 use crate::metrics::PeriodMetrics;
 
 /// The `source` of every record the processor writes.
 pub(crate) const SOURCE: &str = "period-close";
 
 const PERIODS: &str = "periods";
-const BOOKED: &str = "booked";
-const DUE: &str = "due";
+const BOOKED: &str = marks::STORE;
+const DUE: &str = due::STORE;
 const SEQUENCES: &str = "sequences";
 const NUMBERED: &str = "numbered";
 const SUBSCRIPTIONS: &str = "subscriptions";
 const RATE_CARDS: &str = "rate_cards";
 const LEGAL_ENTITIES: &str = "legal_entities";
-/// The key under which the `due` store held all of a partition's due times in one map, as
-/// it did before each period had a key of its own: read once more and spread out.
-const DUE_MAP_KEY: &[u8] = b"due";
 
 /// The `[processor]` config section.
 #[derive(Debug, Clone, Deserialize)]
@@ -141,91 +141,6 @@ fn invalid(key: &str, message: &str) -> ConfigError {
         key: format!("processor.{key}"),
         message: message.to_owned(),
     }
-}
-
-/// When each open period of a partition ends (µs, the start of its end day in the legal
-/// entity's time zone), by period key; it closes `grace` later, by the grace configured then.
-/// One entry per period (store `due`), so that opening a period writes its own key only.
-#[derive(Debug, Default)]
-struct Due(BTreeMap<String, i64>);
-
-impl Due {
-    fn read(state: &mut State<'_>) -> Result<Self, ProcessError> {
-        let unreadable = |key: &[u8], e: serde_json::Error| ProcessError::Fatal {
-            kind: "state",
-            detail: format!(
-                "store `{DUE}` holds an unreadable entry `{}`: {e}",
-                String::from_utf8_lossy(key)
-            ),
-        };
-        let mut due = BTreeMap::new();
-        let mut spread = None;
-        for (key, value) in state.entries_with_prefix(DUE, b"")? {
-            if key == DUE_MAP_KEY {
-                let map: BTreeMap<String, i64> =
-                    serde_json::from_slice(&value).map_err(|e| unreadable(&key, e))?;
-                spread = Some(map);
-            } else {
-                let end: i64 = serde_json::from_slice(&value).map_err(|e| unreadable(&key, e))?;
-                due.insert(String::from_utf8_lossy(&key).into_owned(), end);
-            }
-        }
-        if let Some(map) = spread {
-            for (key, end) in map {
-                state.put_json(DUE, key.as_bytes(), &end)?;
-                due.insert(key, end);
-            }
-            state.delete(DUE, DUE_MAP_KEY)?;
-        }
-        Ok(Self(due))
-    }
-
-    fn insert(state: &mut State<'_>, period: &str, end: i64) -> Result<(), ProcessError> {
-        state.put_json(DUE, period.as_bytes(), &end)
-    }
-
-    fn remove(state: &mut State<'_>, period: &str) -> Result<(), ProcessError> {
-        state.delete(DUE, period.as_bytes())
-    }
-}
-
-/// A charge booked in a period: the line it went to, and its rating id for the invoice line.
-#[derive(Debug, Serialize, Deserialize)]
-struct Mark {
-    line: usize,
-    rating_id: String,
-}
-
-/// The keys of a period's marks start with this: its period key and a separator no key holds.
-fn marks_of(period: &str) -> Vec<u8> {
-    [period.as_bytes(), b"\0"].concat()
-}
-
-/// The key of `charge`'s mark in `period`: by rating id and revision, as each revision of a
-/// rating is a charge of its own.
-fn mark_key(period: &str, charge: &BillingCharge) -> Vec<u8> {
-    let mut key = marks_of(period);
-    key.extend_from_slice(format!("{}:{}", charge.rating_id, charge.revision).as_bytes());
-    key
-}
-
-/// The rating ids booked into each of `book`'s lines, read from its marks.
-fn rating_ids(
-    state: &State<'_>,
-    period: &str,
-    book: &PeriodBook,
-) -> Result<Vec<BTreeSet<String>>, ProcessError> {
-    let mut lines = vec![BTreeSet::new(); book.lines.len()];
-    for (_, value) in state.entries_with_prefix(BOOKED, &marks_of(period))? {
-        let mark: Mark = serde_json::from_slice(&value).map_err(|e| ProcessError::Fatal {
-            kind: "state",
-            detail: format!("store `{BOOKED}` holds an unreadable mark of `{period}`: {e}"),
-        })?;
-        if let Some(ids) = lines.get_mut(mark.line) {
-            ids.insert(mark.rating_id);
-        }
-    }
-    Ok(lines)
 }
 
 /// The billing period of `subscription` that holds `day` (the end of a closed one).
