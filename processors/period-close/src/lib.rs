@@ -29,6 +29,7 @@ mod due;
 mod fees;
 mod marks;
 mod metrics;
+mod reading;
 
 pub use metrics::names;
 
@@ -52,6 +53,7 @@ use crate::book::{invoice_number, period_key, PeriodBook};
 use crate::due::Due;
 use crate::marks::{mark_key, rating_ids, Mark};
 use crate::metrics::PeriodMetrics;
+use crate::reading::Reading;
 
 /// The `source` of every record the processor writes.
 pub(crate) const SOURCE: &str = "period-close";
@@ -168,6 +170,7 @@ pub struct PeriodClose {
     settings: PeriodCloseSettings,
     outputs: Arc<OutputContracts>,
     metrics: Option<Arc<PeriodMetrics>>,
+    reading: Reading,
 }
 
 impl PeriodClose {
@@ -181,6 +184,7 @@ impl PeriodClose {
             settings,
             outputs,
             metrics: None,
+            reading: Reading::default(),
         }
     }
 
@@ -540,6 +544,8 @@ impl Processor for PeriodClose {
         } else if record.topic == self.settings.subscriptions_topic {
             self.subscribed(record, state)
         } else {
+            let at = record.timestamp_ms.map_or_else(now_micros, |ms| ms * 1_000);
+            self.reading.read(record.partition, at);
             self.charge(record, state)
         }
     }
@@ -548,19 +554,22 @@ impl Processor for PeriodClose {
         Some(self.settings.close_check_interval)
     }
 
-    /// Closes the partition's periods whose close has come by the wall clock: a period with
-    /// no late record has nothing else to close it.
+    /// Closes the partition's periods whose close has come by the wall clock, once the
+    /// partition's charges are read up to it (`reading.rs`): a period with no late record has
+    /// nothing else to close it.
     fn wake(
         &mut self,
         wake: &Wake,
         state: &mut State<'_>,
     ) -> Result<Vec<OutputRecord>, ProcessError> {
         let now = now_micros();
+        let first = wake.global_updates_then.is_none();
+        let read_to = self.reading.check(wake.partition, first, now);
         let grace = i64::try_from(self.settings.grace.as_micros()).unwrap_or(i64::MAX);
         let due = Due::read(state)?;
         let mut outputs = Vec::new();
         for (key, end) in &due.0 {
-            if end.saturating_add(grace) > now {
+            if end.saturating_add(grace) > read_to {
                 continue;
             }
             match self.close(state, key, now) {
