@@ -14,7 +14,8 @@
 //!   never edited.
 //! - Closing, by the wall clock (checked every `processor.close_check_interval`): at the start
 //!   of the period's end day in the entity's `time_zone` (`master.legal-entities`; UTC for an
-//!   entity the table does not hold) plus `processor.grace`, the book becomes a draft `Invoice`:
+//!   entity the table does not hold) plus `processor.grace`, once the partition's charges are
+//!   read up to that instant (`reading.rs`), the book becomes a draft `Invoice`:
 //!   the recurring fees of the rate card in effect on the period's start (`master.rate-cards`),
 //!   pro rata by the days the subscription was billable, then the charges' lines. It is
 //!   re-keyed by legal entity onto `processor.drafts_topic`. A period with neither closes
