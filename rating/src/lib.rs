@@ -26,7 +26,9 @@ mod price;
 pub use card::{card_for_period, rate_card_key, rate_card_prefix};
 pub use error::RatingError;
 pub use fee::{billable_days, fee_for};
-pub use line::{content_id, rate, Delta, RatingKey};
+pub use line::{
+    content_id, rate, window_aggregate_id, window_start, Delta, RatingKey, WINDOW_MICROS,
+};
 pub use meter::{Accumulator, MeterEvent};
 pub use period::{BillingPeriod, PeriodError, PeriodPlan};
 pub use price::price;

@@ -88,6 +88,34 @@ impl RatingKey<'_> {
     }
 }
 
+/// Length of a usage window (µs): an hour.
+pub const WINDOW_MICROS: i64 = 3_600_000_000;
+
+/// The start of the usage window holding the instant `at` (µs since the epoch).
+pub fn window_start(at: i64) -> i64 {
+    at.div_euclid(WINDOW_MICROS) * WINDOW_MICROS
+}
+
+/// The id of the hourly usage window of `meter_id` of a subscription that starts at
+/// `window_start` (µs since the epoch): every revision of the window has it.
+pub fn window_aggregate_id(
+    tenant_id: &str,
+    subscription_id: &str,
+    meter_id: &str,
+    window_start: i64,
+) -> String {
+    RatingKey {
+        tenant_id,
+        subscription_id,
+        charge_id: "",
+        group_key: meter_id,
+        period_start: 0,
+        input: &window_start.to_string(),
+    }
+    .rating_id()
+    .replacen("rtg-", "agg-", 1)
+}
+
 /// `prefix` and the first 32 hex digits of SHA-256 over the length-prefixed `fields`: an id that
 /// the same content always reproduces, so a replay yields the ids downstream already knows.
 pub fn content_id(prefix: &str, fields: &[&str]) -> String {

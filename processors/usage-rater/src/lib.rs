@@ -32,7 +32,8 @@ use backbone_core::{
     IdempotencyKey, InputRecord, OutputRecord, Prefetch, ProcessError, Processor, State, StateSpec,
 };
 use backbone_rating::{
-    card_for_period, rate, rate_card_key, rate_card_prefix, Accumulator, MeterEvent, RatingKey,
+    card_for_period, rate, rate_card_key, rate_card_prefix, window_aggregate_id, window_start,
+    Accumulator, MeterEvent, RatingKey, WINDOW_MICROS,
 };
 use backbone_schemas::types::{
     Contract, EnrichedUsage, EventMetadata, Quantity, RateCard, RateCharge, RatedUsage, RatingKind,
@@ -52,7 +53,6 @@ const UNIQUE: &str = "unique";
 const WINDOWS: &str = "windows";
 /// The latest period rated per subscription: what counts as open.
 const PERIODS: &str = "periods";
-const HOUR_MICROS: i64 = 3_600_000_000;
 use backbone_calendar::DAY_MICROS;
 
 /// The `[processor]` config section.
@@ -173,6 +173,12 @@ impl Processor for UsageRater {
         ]
     }
 
+    /// A window's revision is superseded by the next of its key: only the newest of a batch
+    /// goes out. Each rated line has an id of its own, so every one goes out.
+    fn table_topics(&self) -> Vec<String> {
+        vec![self.settings.aggregates_topic.clone()]
+    }
+
     fn state(&self) -> StateSpec {
         let spec = StateSpec::stateless()
             .store(ACCUMULATORS)
@@ -251,9 +257,11 @@ impl Processor for UsageRater {
             });
         }
         let window = self.window(state, &enriched)?;
+        // Keyed by the window: its revisions are a table's changes (`table_topics`).
+        let window_key = format!("{}:{}", m.tenant_id, window.aggregate_id);
         outputs.push(OutputRecord {
             topic: self.settings.aggregates_topic.clone(),
-            key,
+            key: Some(window_key.into_bytes()),
             value: Some(encode(aggregate_id, &window)?),
             headers: Vec::new(),
         });
@@ -482,7 +490,7 @@ impl UsageRater {
     ) -> Result<UsageWindowAggregate, ProcessError> {
         let usage = &enriched.usage;
         let m = &usage.metadata;
-        let start = m.occurred_at.div_euclid(HOUR_MICROS) * HOUR_MICROS;
+        let start = window_start(m.occurred_at);
         let key = join(&[
             &m.tenant_id,
             &enriched.subscription_id,
@@ -501,23 +509,19 @@ impl UsageRater {
             Quantity::from_unscaled(unscaled)
                 .map_err(|e| ProcessError::permanent("rating_error", e.to_string()))
         };
-        let aggregate_id = RatingKey {
-            tenant_id: &m.tenant_id,
-            subscription_id: &enriched.subscription_id,
-            charge_id: "",
-            group_key: &usage.meter_id,
-            period_start: 0,
-            input: &start.to_string(),
-        }
-        .rating_id()
-        .replacen("rtg-", "agg-", 1);
+        let aggregate_id = window_aggregate_id(
+            &m.tenant_id,
+            &enriched.subscription_id,
+            &usage.meter_id,
+            start,
+        );
         Ok(UsageWindowAggregate {
             metadata: EventMetadata {
                 tenant_id: m.tenant_id.clone(),
                 event_id: format!("{aggregate_id}-{}", figures.revision),
                 source: Self::NAME.to_owned(),
                 r#type: "backbone.usage.window-aggregated".to_owned(),
-                occurred_at: start + HOUR_MICROS,
+                occurred_at: start + WINDOW_MICROS,
                 produced_at: enriched.metadata.produced_at,
                 trace: enriched.metadata.trace.clone(),
                 schema_version: None,
@@ -529,7 +533,7 @@ impl UsageRater {
             meter_id: usage.meter_id.clone(),
             unit: usage.unit.clone(),
             window_start: start,
-            window_end: start + HOUR_MICROS,
+            window_end: start + WINDOW_MICROS,
             event_count: i64::try_from(figures.events).unwrap_or(i64::MAX),
             quantity_sum: quantity(figures.sum)?,
             quantity_min: quantity(figures.min.unwrap_or(0))?,

@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 
 use backbone_calendar::{format_date, format_rfc3339_ms};
 use backbone_core::dead_letter::headers as dlq;
+use backbone_rating::{window_aggregate_id, window_start};
 use backbone_schemas::types::{
     Contract, EnrichedUsage, RatedUsage, UsageEvent, UsageWindowAggregate,
 };
@@ -451,10 +452,18 @@ impl Tracer<'_> {
         let t = self.topics;
         let (rated_topic, windows_topic) = (t.of("usage.rated"), t.of("usage.window-aggregates"));
         let key = format!("{}:{}", self.tenant, enrichment.subscription_id);
+        let usage = &enrichment.usage;
+        let window = window_aggregate_id(
+            self.tenant,
+            &enrichment.subscription_id,
+            &usage.meter_id,
+            window_start(usage.metadata.occurred_at),
+        );
+        let window_key = format!("{}:{window}", self.tenant);
         let down = self.after(enriched_at);
         let (rated, windows) = tokio::try_join!(
             read(self.ctx, &rated_topic, down, |r| has_key(r, &key)),
-            read(self.ctx, &windows_topic, down, |r| has_key(r, &key)),
+            read(self.ctx, &windows_topic, down, |r| has_key(r, &window_key)),
         )?;
         let rated = self.absorb(&rated_topic, rated);
         let windows = self.absorb(&windows_topic, windows);
@@ -468,13 +477,8 @@ impl Tracer<'_> {
             self.rated_step(&rated_topic, &record, &line).await;
             found.push((time_of(&record), line));
         }
-        let usage = &enrichment.usage;
         let counted = self
-            .decoded(windows, |w: &UsageWindowAggregate| {
-                w.meter_id == usage.meter_id
-                    && w.window_start <= usage.metadata.occurred_at
-                    && usage.metadata.occurred_at < w.window_end
-            })
+            .decoded(windows, |w: &UsageWindowAggregate| w.aggregate_id == window)
             .await;
         if let (Some((record, first)), Some((_, last))) = (counted.first(), counted.last()) {
             let detail = format!(
