@@ -17,9 +17,8 @@ use std::time::Duration;
 use backbone::Deployment;
 use backbone_calendar::{days_from_civil, format_date};
 use backbone_schemas::types::{
-    Amount, BillingCharge, BillingChargeType, BillingInterval, ChargeModel, GlMapping, Invoice,
-    LegalEntity, MeterAggregation, RateCard, RateCharge, RecurringFee, Subscription,
-    SubscriptionStatus,
+    Amount, BillingCharge, BillingChargeType, BillingInterval, GlMapping, Invoice, RateCard,
+    RecurringFee, Subscription, SubscriptionStatus,
 };
 use backbone_schemas::WireCodec;
 use backbone_testkit::{committed_total, create_topic, end_offsets_total, shared_settings};
@@ -54,36 +53,20 @@ fn subscription(id: &str, status: SubscriptionStatus, started_at: &str) -> Subsc
     }
 }
 
-/// The entity, its GL mappings (revenue 4000 by default, 4500 for the platform product), a
-/// plan with a platform fee of 30.00 and a support fee of 10.00 a month, and five
-/// subscriptions.
+/// Berlin's entity, customer, usage plan and default GL mapping (revenue 4000, `berlin.rs`),
+/// then a GL mapping of the platform product (revenue 4500), a plan with a platform fee of 30.00
+/// and a support fee of 10.00 a month, and five subscriptions of it.
 async fn master_data(deployment: &Deployment, codec: &WireCodec) {
+    berlin::master_data(deployment, codec).await;
     let t = &deployment.topics;
     let meta = |id: &str, kind: &str| metadata(TENANT, id, kind);
-    let entity = LegalEntity {
-        metadata: meta("le-berlin", "backbone.master.legal-entity"),
+    let platform = GlMapping {
+        metadata: meta("m-platform", "backbone.master.gl-mapping"),
+        mapping_id: "m-platform".into(),
         legal_entity_id: "le-berlin".into(),
-        name: "Acme GmbH".into(),
-        country_code: "DE".into(),
-        functional_currency: "EUR".into(),
-        time_zone: "Europe/Berlin".into(),
-        fiscal_year_start_month: 1,
-        tax_id: None,
-        registered_address: None,
-    };
-    publish(
-        codec,
-        t.name("master.legal-entities"),
-        &[(format!("{TENANT}:le-berlin"), entity, None)],
-    )
-    .await;
-    let mapping = |id: &str, product: Option<&str>, revenue: &str| GlMapping {
-        metadata: meta(id, "backbone.master.gl-mapping"),
-        mapping_id: id.into(),
-        legal_entity_id: "le-berlin".into(),
-        product_id: product.map(Into::into),
+        product_id: Some("platform".into()),
         charge_id: None,
-        revenue_account: revenue.into(),
+        revenue_account: "4500".into(),
         receivable_account: "1200".into(),
         deferred_revenue_account: "2500".into(),
         tax_account: "3800".into(),
@@ -93,18 +76,7 @@ async fn master_data(deployment: &Deployment, codec: &WireCodec) {
     publish(
         codec,
         &t.gl_mappings,
-        &[
-            (
-                format!("{TENANT}:m-default"),
-                mapping("m-default", None, "4000"),
-                None,
-            ),
-            (
-                format!("{TENANT}:m-platform"),
-                mapping("m-platform", Some("platform"), "4500"),
-                None,
-            ),
-        ],
+        &[(format!("{TENANT}:m-platform"), platform, None)],
     )
     .await;
     let card = RateCard {
@@ -115,22 +87,7 @@ async fn master_data(deployment: &Deployment, codec: &WireCodec) {
         currency: "EUR".into(),
         effective_from: 0,
         effective_to: None,
-        charges: vec![RateCharge {
-            charge_id: "calls".into(),
-            name: "API calls".into(),
-            meter_id: "api-calls".into(),
-            aggregation: MeterAggregation::Sum,
-            charge_model: ChargeModel::Unit,
-            flat_amount: None,
-            unit_price: Some("0.5".parse().expect("price")),
-            package_size: None,
-            percentage: None,
-            free_units: None,
-            minimum_spend: None,
-            maximum_spend: None,
-            tiers: Vec::new(),
-            group_by: Vec::new(),
-        }],
+        charges: Vec::new(),
         recurring_fees: vec![
             RecurringFee {
                 fee_id: "platform".into(),
@@ -392,7 +349,8 @@ async fn recurring_fees_bill_every_period_pro_rata_by_the_days_billable_in_berli
     // Killed, and started again with a grace that closes November now: the periods opened
     // when October closed, with no usage and no new subscription record, bill a whole month.
     // Four of them: the paused subscription goes on (it may resume), the one that ended on
-    // 19 October does not.
+    // 19 October does not. A fifth period closes too, with nothing to bill: November of
+    // `berlin.rs`'s subscription, whose plan has no fee and which had no usage.
     deployment.kill(CLOSE);
     let november_end = micros("2026-11-30T23:00:00Z");
     deployment.settings.push((
@@ -402,7 +360,7 @@ async fn recurring_fees_bill_every_period_pro_rata_by_the_days_billable_in_berli
     ));
     deployment.start(CLOSE);
     let november_ids = ["s-full", "s-new", "s-trial"].map(|s| id(s, 11));
-    let all = settled(&codec, &deployment, &november_ids, 4.0).await;
+    let all = settled(&codec, &deployment, &november_ids, 5.0).await;
     let november: Vec<String> = all
         .keys()
         .filter(|k| k.ends_with("2026-11-01"))
