@@ -19,6 +19,9 @@
 //!    record is joined to its billing charge through the rated line's `source_event_ids` and
 //!    `rating_id`. Each side is warmed up with `WARM_UP_EVENTS` events first, so that group
 //!    joins and the first restore of each partition's state stay out of the figures.
+//!    `BACKBONE_LOAD_DELIVERY=exactly-once` runs the processors of this part in transactions
+//!    (each its own `transactional_id`); the records per event then include the transactions'
+//!    commit markers, which take offsets as records do.
 //! 3. Peak RSS (`VmHWM`) of every process in both runs.
 //! 4. The usage-validator alone over `KEYS` distinct events, its dedup store holding every
 //!    idempotency key: its peak RSS.
@@ -320,6 +323,17 @@ async fn throughput(bench: &Bench, memory: &mut Memory) -> Throughput {
     memory.note("throughput", &d, PASS_THROUGH);
     d.stop(PASS_THROUGH, STOP);
 
+    if let Some(delivery) = delivery() {
+        for binary in processors() {
+            d.settings
+                .push((binary, "runtime.delivery".into(), delivery.clone()));
+            d.settings.push((
+                binary,
+                "runtime.transaction.transactional_id".into(),
+                format!("{binary}-load-throughput"),
+            ));
+        }
+    }
     for binary in processors() {
         d.start(binary);
     }
@@ -574,6 +588,17 @@ struct Parts {
     keys: bool,
 }
 
+/// The processors' delivery in the throughput part, from `BACKBONE_LOAD_DELIVERY`; their
+/// default (effectively-once) when unset.
+fn delivery() -> Option<String> {
+    let delivery = std::env::var("BACKBONE_LOAD_DELIVERY").ok()?;
+    assert!(
+        matches!(delivery.as_str(), "effectively-once" | "exactly-once"),
+        "BACKBONE_LOAD_DELIVERY: `{delivery}` is not a delivery; expected effectively-once or exactly-once"
+    );
+    Some(delivery)
+}
+
 impl Parts {
     fn from_env() -> Self {
         let Ok(list) = std::env::var("BACKBONE_LOAD_PARTS") else {
@@ -646,7 +671,10 @@ async fn main() {
         started.elapsed().as_secs_f64()
     );
     if let Some(throughput) = throughput {
-        println!("\nthroughput: {EVENTS} usage events pre-published; rate on the output between the 10% and 90% marks");
+        println!(
+            "\nthroughput: {EVENTS} usage events pre-published, processors {}; rate on the output between the 10% and 90% marks",
+            delivery().unwrap_or_else(|| "effectively-once".to_owned())
+        );
         println!("| path | records/s | vs. pass-through |");
         println!("|---|---|---|");
         println!(
