@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use backbone_core::state::INPUT_END;
 use backbone_core::{
-    InputRecord, KafkaSettings, OutputRecord, ProcessError, Processor, RuntimeSettings, State,
-    StateSpec,
+    Delivery, InputRecord, KafkaSettings, OutputRecord, ProcessError, Processor, RuntimeSettings,
+    State, StateSpec,
 };
 use backbone_testkit::{
     await_committed, committed_total, consume_until, consume_while, create_topic,
@@ -202,6 +202,33 @@ async fn everything_on(kafka: &KafkaSettings, topic: &str) -> Vec<ConsumedRecord
         .expect("records")
 }
 
+/// Every record of the one-partition `topic` up to an end marker written now, the marker left
+/// out: under exactly-once, commit markers take offsets, so the end offset is no record count.
+async fn everything_committed(kafka: &KafkaSettings, topic: &str) -> Vec<ConsumedRecord> {
+    let end = unique_group("end");
+    produce(kafka, topic, &[TestRecord::new(END_MARKER, end.as_str())])
+        .await
+        .expect("end marker");
+    let read = consume_while(
+        kafka,
+        topic,
+        DEADLINE,
+        format!("{topic} up to its end marker"),
+        move |read| {
+            read.iter()
+                .any(|r| r.value.as_deref() == Some(end.as_bytes()))
+        },
+    )
+    .await
+    .expect("records up to the end marker");
+    read.into_iter()
+        .filter(|r| r.key.as_deref() != Some(END_MARKER.as_bytes()))
+        .collect()
+}
+
+/// Key of the end markers [`everything_committed`] writes.
+const END_MARKER: &str = "backbone.test.end";
+
 /// The state directory of one instance of `group`, as on a host of its own.
 fn instance_dir(group: &str, instance: &str) -> PathBuf {
     std::env::temp_dir()
@@ -336,8 +363,19 @@ async fn run_until_committed<P: Processor + Sync + 'static>(
     input: &str,
     inputs: usize,
 ) {
-    let kafka = shared_settings();
     let settings = settings(group, instance_dir(group, instance), 1);
+    run_with_until_committed(processor, settings, input, inputs).await;
+}
+
+async fn run_with_until_committed<P: Processor + Sync + 'static>(
+    processor: P,
+    settings: RuntimeSettings,
+    input: &str,
+    inputs: usize,
+) {
+    let kafka = shared_settings();
+    let group = settings.group_id.clone().expect("a group");
+    let group = group.as_str();
     let mut running = RunningProcessor::start(processor, &kafka, settings);
     let committed = i64::try_from(inputs).expect("a test's count");
     running
@@ -440,6 +478,70 @@ async fn a_backlog_writes_each_key_of_a_table_topic_once_per_batch_at_its_newest
         last_counts(&outputs),
         want,
         "each account's last is its total"
+    );
+}
+
+#[tokio::test]
+async fn a_transaction_writes_each_running_total_and_table_key_once_and_a_restore_reads_them() {
+    let kafka = shared_settings();
+    let (tally, group) = plain_tally(&kafka, 1).await;
+    let changelog = format!("{group}.changelog");
+    let (accounts, events) = (3, 3_000);
+    produce_backlog(&kafka, &tally.input, accounts, events).await;
+    let exactly_once = |instance: &str| {
+        let mut settings = settings(&group, instance_dir(&group, instance), 1);
+        settings.delivery = Delivery::ExactlyOnce;
+        settings.transaction.transactional_id = Some(format!("{group}-{instance}"));
+        settings
+    };
+    run_with_until_committed(
+        TableTally(tally.clone()),
+        exactly_once("first"),
+        &tally.input,
+        events,
+    )
+    .await;
+    // The changelog's end counts the transactions' commit markers too.
+    let logged = end_offsets_total(&kafka, &changelog).expect("changelog end");
+    assert!(
+        logged <= events as i64 / 2,
+        "a transaction writes each running total once: {logged} changelog records for {events} inputs"
+    );
+    let outputs = everything_committed(&kafka, &tally.output).await;
+    assert!(
+        outputs.len() <= events / 2,
+        "a transaction writes each account's total once: {} outputs for {events} inputs",
+        outputs.len()
+    );
+    let want = |each: usize| -> BTreeMap<String, u64> {
+        (0..accounts)
+            .map(|n| (format!("acct-{n}"), each as u64))
+            .collect()
+    };
+    assert_eq!(last_counts(&outputs), want(events / accounts));
+
+    // Another instance with no local state rebuilds the totals from that changelog alone.
+    produce(
+        &kafka,
+        &tally.input,
+        &(0..accounts)
+            .map(|n| TestRecord::new(format!("acct-{n}"), format!("after-{n}")))
+            .collect::<Vec<_>>(),
+    )
+    .await
+    .expect("one more each");
+    run_with_until_committed(
+        TableTally(tally.clone()),
+        exactly_once("second"),
+        &tally.input,
+        events + accounts,
+    )
+    .await;
+    let outputs = everything_committed(&kafka, &tally.output).await;
+    assert_eq!(
+        last_counts(&outputs),
+        want(events / accounts + 1),
+        "totals after the restore"
     );
 }
 

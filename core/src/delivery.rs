@@ -5,20 +5,18 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::stream::{FuturesOrdered, StreamExt};
-use futures::FutureExt;
 use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, ConsumerGroupMetadata, Rebalance,
-    StreamConsumer,
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::ClientContext;
 use tokio::sync::oneshot;
 
 use crate::changelog::{ChangelogWrite, Flush, Heard, Turn, INPUT_END};
@@ -27,6 +25,7 @@ use crate::metrics::{MeteredContext, RuntimeMetrics};
 use crate::processor::OutputRecord;
 use crate::runner::{RefusedRecord, RunSummary, RuntimeError};
 use crate::state::{Assignment, InFlightGuard, Ownership};
+use crate::transaction::{lock, Transaction};
 
 /// Most inputs whose outputs may be awaiting the broker's acknowledgement at once.
 pub(crate) const MAX_IN_FLIGHT: usize = 10_000;
@@ -100,7 +99,7 @@ impl Handled {
 
 /// Why a record was refused for good: sending it again cannot succeed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RefusalKind {
+pub(crate) enum RefusalKind {
     /// Over librdkafka's `message.max.bytes` or the topic's `max.message.bytes`.
     TooLarge,
     /// The broker's validation refused it (a record without a key on a compacted topic).
@@ -108,7 +107,7 @@ enum RefusalKind {
 }
 
 impl RefusalKind {
-    fn of(err: &KafkaError) -> Option<Self> {
+    pub(crate) fn of(err: &KafkaError) -> Option<Self> {
         if refuses_size(err) {
             Some(Self::TooLarge)
         } else if err.rdkafka_error_code() == Some(RDKafkaErrorCode::InvalidRecord) {
@@ -455,163 +454,6 @@ pub(crate) async fn enqueue_changelog(
         })
 }
 
-/// The open transaction of an exactly-once processor: what it holds and when it must commit.
-#[derive(Debug, Default)]
-pub(crate) struct Transaction {
-    open: bool,
-    started: Option<Instant>,
-    /// Next offset to consume, per input partition.
-    offsets: BTreeMap<(String, i32), i64>,
-    outcomes: Vec<Handled>,
-    /// The records of each input in `outcomes` (by index): read only when the commit fails, to
-    /// name the input of a record the broker refused for good.
-    sent: Vec<(usize, Sent)>,
-    /// Committed by the rebalance callback, not yet counted by the loop.
-    committed: Vec<Handled>,
-    /// A commit in the rebalance callback failed: the loop stops with it.
-    failure: Option<KafkaError>,
-    /// The last failed commit's record the broker refused for good, as the error naming its
-    /// input.
-    refused: Option<RuntimeError>,
-}
-
-/// The first record of a failed transaction whose acknowledgement says the broker refused it
-/// for good (too large, invalid), as the error naming its input; `None` when none did or the
-/// acknowledgements are not in yet.
-fn refused_record(outcomes: &[Handled], sent: Vec<(usize, Sent)>) -> Option<RuntimeError> {
-    for (index, mut record) in sent {
-        if let Some(Ok(Err((source, _)))) = (&mut record.delivery).now_or_never() {
-            if RefusalKind::of(&source).is_some() {
-                return Some(
-                    outcomes
-                        .get(index)?
-                        .not_taken(&record.topic, record.bytes, source),
-                );
-            }
-        }
-    }
-    None
-}
-
-impl Transaction {
-    /// Begins a transaction unless one is open.
-    pub(crate) fn begin(&mut self, producer: &FutureProducer) -> Result<(), KafkaError> {
-        if !self.open {
-            producer.begin_transaction()?;
-            self.open = true;
-            self.started = Some(Instant::now());
-        }
-        Ok(())
-    }
-
-    /// Adds a resolved input and the records made from it: its offset commits with the
-    /// transaction.
-    pub(crate) fn add(&mut self, outcome: Handled, sent: Vec<Sent>) {
-        let index = self.outcomes.len();
-        self.sent.extend(sent.into_iter().map(|s| (index, s)));
-        if let Trigger::Input { topic, offset } = &outcome.trigger {
-            self.offsets
-                .insert((topic.clone(), outcome.partition), offset + 1);
-        }
-        self.outcomes.push(outcome);
-    }
-
-    /// Inputs in the open transaction.
-    pub(crate) fn len(&self) -> usize {
-        self.outcomes.len()
-    }
-
-    /// When the open transaction must commit at the latest.
-    pub(crate) fn due(&self, interval: Duration) -> Option<Instant> {
-        self.started.filter(|_| self.open).map(|at| at + interval)
-    }
-
-    /// Commits the open transaction with the input offsets; returns its inputs for counting.
-    /// On failure the transaction is aborted where librdkafka allows it.
-    pub(crate) fn commit(
-        &mut self,
-        producer: &FutureProducer,
-        group: Option<ConsumerGroupMetadata>,
-        timeout: Duration,
-    ) -> Result<Vec<Handled>, KafkaError> {
-        if !self.open {
-            return Ok(Vec::new());
-        }
-        let result = self.send_offsets_and_commit(producer, group, timeout);
-        self.open = false;
-        self.started = None;
-        self.offsets.clear();
-        let outcomes = std::mem::take(&mut self.outcomes);
-        let sent = std::mem::take(&mut self.sent);
-        match result {
-            Ok(()) => Ok(outcomes),
-            Err(err) => {
-                self.refused = refused_record(&outcomes, sent);
-                if let KafkaError::Transaction(rd) = &err {
-                    // A fatal error (fenced) leaves nothing to abort: the broker already did.
-                    if rd.txn_requires_abort() && !rd.is_fatal() {
-                        if let Err(abort) = producer.abort_transaction(timeout) {
-                            tracing::warn!(error = %abort, "aborting the failed transaction failed");
-                        }
-                    }
-                }
-                Err(err)
-            }
-        }
-    }
-
-    fn send_offsets_and_commit(
-        &self,
-        producer: &FutureProducer,
-        group: Option<ConsumerGroupMetadata>,
-        timeout: Duration,
-    ) -> Result<(), KafkaError> {
-        let group = group.ok_or(KafkaError::Canceled)?;
-        let mut offsets = TopicPartitionList::new();
-        for ((topic, partition), next) in &self.offsets {
-            offsets.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
-        }
-        producer.send_offsets_to_transaction(&offsets, &group, timeout)?;
-        producer.commit_transaction(timeout)
-    }
-
-    /// The error naming the input of a record the last failed commit's broker refused, if any.
-    pub(crate) fn take_refused(&mut self) -> Option<RuntimeError> {
-        self.refused.take()
-    }
-
-    /// Aborts the open transaction, if any, and forgets it: the run is ending on an error, and
-    /// the consumer's close must not commit what it half holds.
-    pub(crate) fn abandon(&mut self, producer: &FutureProducer, timeout: Duration) {
-        if !self.open {
-            return;
-        }
-        if let Err(err) = producer.abort_transaction(timeout) {
-            tracing::warn!(error = %err, "aborting the abandoned transaction failed; the broker aborts it at its timeout");
-        }
-        self.open = false;
-        self.started = None;
-        self.offsets.clear();
-        self.outcomes.clear();
-    }
-
-    /// Inputs committed by the rebalance callback since the last call.
-    pub(crate) fn take_committed(&mut self) -> Vec<Handled> {
-        std::mem::take(&mut self.committed)
-    }
-
-    /// The rebalance callback's commit failure, if any.
-    pub(crate) fn take_failure(&mut self) -> Option<KafkaError> {
-        self.failure.take()
-    }
-}
-
-/// Locks `transaction`, surviving a panic elsewhere (the data stays consistent: every change
-/// is a single assignment).
-pub(crate) fn lock(transaction: &Mutex<Transaction>) -> MutexGuard<'_, Transaction> {
-    transaction.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// The consumer context of the runtime: lag metrics from statistics, and the hand-over of
 /// revoked partitions. librdkafka calls the rebalance callback from inside the consumer's poll,
 /// on the loop's own task, so nothing the loop does runs concurrently with it.
@@ -639,14 +481,13 @@ impl ConsumerContext for RuntimeContext {
         };
         match &self.transaction {
             Some(transaction) => {
-                let mut transaction = lock(transaction);
-                match transaction.commit(&self.producer, consumer.group_metadata(), self.timeout) {
-                    Ok(outcomes) => transaction.committed.extend(outcomes),
-                    Err(err) => {
-                        tracing::warn!(error = %err, "committing the transaction on revocation failed");
-                        self.assignment.diverge_all();
-                        transaction.failure = Some(err);
-                    }
+                let committed = lock(transaction).commit_on_revoke(
+                    &self.producer,
+                    consumer.group_metadata(),
+                    self.timeout,
+                );
+                if committed.is_err() {
+                    self.assignment.diverge_all();
                 }
             }
             None => {

@@ -38,6 +38,7 @@ pub mod state;
 pub mod table;
 pub mod telemetry;
 pub mod tenant;
+mod transaction;
 
 pub use config::ConfigError;
 pub use global::GlobalTable;

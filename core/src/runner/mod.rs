@@ -13,9 +13,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::changelog::ChangelogWrite;
 use crate::dead_letter::{dlq_topic, DeadLetter};
-use crate::delivery::{
-    lock, Handled, InFlight, Ledger, RuntimeContext, Transaction, Trigger, MAX_IN_FLIGHT,
-};
+use crate::delivery::{Handled, InFlight, Ledger, RuntimeContext, Trigger, MAX_IN_FLIGHT};
 use crate::endpoint::ObservabilitySettings;
 use crate::global::GlobalTables;
 use crate::hold::{self, CONTROLS_TABLE, HOLD_STORE};
@@ -27,6 +25,7 @@ use crate::processor::{
 };
 use crate::shutdown::{sleep_until, stopped};
 use crate::state::{Assignment, Ownership, State, Tasks};
+use crate::transaction::{lock, Transaction};
 
 mod error;
 mod release;

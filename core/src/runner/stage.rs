@@ -9,11 +9,10 @@ use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use tokio::sync::oneshot;
 
-use crate::delivery::{
-    enqueue, enqueue_changelog, lock, InFlight, Ledger, Pending, RuntimeContext, Transaction,
-};
+use crate::delivery::{enqueue, InFlight, Ledger, Pending, RuntimeContext};
 use crate::kafka::KafkaSettings;
 use crate::processor::OutputRecord;
+use crate::transaction::{lock, Transaction};
 
 use super::{Delivered, Delivery, RunSummary, RuntimeError, RuntimeSettings};
 
@@ -55,9 +54,10 @@ impl Stage<'_> {
         }
     }
 
-    /// Hands records and changelog writes to the producer: into the open transaction
-    /// (exactly-once), or in flight until acknowledged, changelog after outputs (effectively-once;
-    /// a table topic's records go with the changelog batch, each key once).
+    /// Hands records and changelog writes to the producer: into the open transaction, the
+    /// changelog writes and a table topic's records held for its commit, each key once
+    /// (exactly-once); or in flight until acknowledged, changelog after outputs
+    /// (effectively-once; a table topic's records go with the changelog batch, each key once).
     pub(super) async fn deliver(
         &mut self,
         delivered: Delivered,
@@ -72,6 +72,9 @@ impl Stage<'_> {
             ownership,
         } = delivered;
         let timeout = self.settings.produce_timeout;
+        let (table, records): (Vec<OutputRecord>, Vec<OutputRecord>) = records
+            .into_iter()
+            .partition(|record| record.key.is_some() && self.table_topics.contains(&record.topic));
         match self.transaction {
             Some(transaction) => {
                 lock(transaction)
@@ -83,13 +86,9 @@ impl Stage<'_> {
                 for record in &records {
                     *outcome.produced.entry(record.topic.clone()).or_default() += 1;
                 }
-                for write in &changelog {
-                    enqueue_changelog(self.producer, write, timeout)
-                        .await
-                        .map_err(|err| fenced_or(self.producer, err))?;
-                }
                 let full = {
                     let mut transaction = lock(transaction);
+                    transaction.hold(changelog, table);
                     transaction.add(outcome, sent);
                     transaction.len() >= self.settings.transaction.max_records
                 };
@@ -98,10 +97,6 @@ impl Stage<'_> {
                 }
             }
             None => {
-                let (table, records): (Vec<OutputRecord>, Vec<OutputRecord>) =
-                    records.into_iter().partition(|record| {
-                        record.key.is_some() && self.table_topics.contains(&record.topic)
-                    });
                 let deliveries = enqueue(self.producer, &records, &outcome, timeout).await?;
                 let (next_turn, turn) = oneshot::channel();
                 let pending = Pending {
