@@ -190,7 +190,8 @@ pub trait Processor: Send {
     /// Under effectively-once delivery the runtime writes each key of these topics once per
     /// batch of a partition's consecutive inputs, at the batch's newest value, with the batch's
     /// changelog writes, as Kafka Streams' record cache does for a table's updates; the batch's
-    /// inputs commit once it is acknowledged. Exactly-once writes every record. None by default.
+    /// inputs commit once it is acknowledged. Exactly-once holds them for the transaction and
+    /// writes each key once before it commits. None by default.
     fn table_topics(&self) -> Vec<String> {
         Vec::new()
     }
