@@ -20,8 +20,9 @@
 //!    `rating_id`. Each side is warmed up with `WARM_UP_EVENTS` events first, so that group
 //!    joins and the first restore of each partition's state stay out of the figures.
 //!    `BACKBONE_LOAD_DELIVERY=exactly-once` runs the processors of this part in transactions
-//!    (each its own `transactional_id`); the records per event then include the transactions'
-//!    commit markers, which take offsets as records do.
+//!    (each its own `transactional_id`, no dedup marks after the validator, as the chaos run's
+//!    exactly-once deployment); the records per event then include the transactions' commit
+//!    markers, which take offsets as records do.
 //! 3. Peak RSS (`VmHWM`) of every process in both runs.
 //! 4. The usage-validator alone over `KEYS` distinct events, its dedup store holding every
 //!    idempotency key: its peak RSS.
@@ -324,6 +325,9 @@ async fn throughput(bench: &Bench, memory: &mut Memory) -> Throughput {
     d.stop(PASS_THROUGH, STOP);
 
     if let Some(delivery) = delivery() {
+        // As deployed under exactly-once: transactions, not dedup marks, keep a stage's redone
+        // work from reaching the next twice, so the stages after the validator keep none.
+        d.downstream_dedup = delivery != "exactly-once";
         for binary in processors() {
             d.settings
                 .push((binary, "runtime.delivery".into(), delivery.clone()));
