@@ -47,9 +47,8 @@ impl Stage<'_> {
                 self.ledger.metrics.record_transaction(false);
                 // A record the broker refused for good names its input, as it does without
                 // transactions; any other failure is the transaction's.
-                Err(lock(transaction)
-                    .take_refused()
-                    .unwrap_or_else(|| transaction_error(err)))
+                let refused = lock(transaction).take_refused();
+                Err(refused.unwrap_or_else(|| commit_error(self.producer, err)))
             }
         }
     }
@@ -138,7 +137,7 @@ impl Stage<'_> {
             };
             if let Some(err) = failure {
                 self.ledger.metrics.record_transaction(false);
-                return Err(transaction_error(err));
+                return Err(commit_error(self.producer, err));
             }
             self.ledger.record_committed(committed, summary);
         }
@@ -213,6 +212,16 @@ pub(super) fn transaction_error(err: KafkaError) -> RuntimeError {
     match err.rdkafka_error_code() {
         Some(code) if is_fencing(code) => RuntimeError::Fenced(err),
         _ => RuntimeError::Transaction(err),
+    }
+}
+
+/// A failed commit: the fencing when the producer's fatal error says a newer instance fenced it
+/// (the held writes the commit sends meet it as a fatal error of their own), else the
+/// transaction's failure.
+fn commit_error(producer: &FutureProducer, err: KafkaError) -> RuntimeError {
+    match producer.client().fatal_error() {
+        Some((code, _)) if is_fencing(code) => RuntimeError::Fenced(err),
+        _ => transaction_error(err),
     }
 }
 
