@@ -202,6 +202,19 @@ async fn everything_on(kafka: &KafkaSettings, topic: &str) -> Vec<ConsumedRecord
         .expect("records")
 }
 
+/// One more input for each of `accounts` accounts.
+async fn one_more_each(kafka: &KafkaSettings, input: &str, accounts: usize) {
+    produce(
+        kafka,
+        input,
+        &(0..accounts)
+            .map(|n| TestRecord::new(format!("acct-{n}"), format!("after-{n}")))
+            .collect::<Vec<_>>(),
+    )
+    .await
+    .expect("one more each");
+}
+
 /// Every record of the one-partition `topic` up to an end marker written now, the marker left
 /// out: under exactly-once, commit markers take offsets, so the end offset is no record count.
 async fn everything_committed(kafka: &KafkaSettings, topic: &str) -> Vec<ConsumedRecord> {
@@ -399,15 +412,7 @@ async fn a_backlog_writes_each_running_total_once_per_batch_and_restores_from_it
     );
 
     // Another instance with no local state rebuilds the totals from that changelog alone.
-    produce(
-        &kafka,
-        &tally.input,
-        &(0..accounts)
-            .map(|n| TestRecord::new(format!("acct-{n}"), format!("after-{n}")))
-            .collect::<Vec<_>>(),
-    )
-    .await
-    .expect("one more each");
+    one_more_each(&kafka, &tally.input, accounts).await;
     let total = events + accounts;
     run_until_committed(tally.clone(), &group, "second", &tally.input, total).await;
     let outputs = everything_on(&kafka, &tally.output).await;
@@ -521,15 +526,7 @@ async fn a_transaction_writes_each_running_total_and_table_key_once_and_a_restor
     assert_eq!(last_counts(&outputs), want(events / accounts));
 
     // Another instance with no local state rebuilds the totals from that changelog alone.
-    produce(
-        &kafka,
-        &tally.input,
-        &(0..accounts)
-            .map(|n| TestRecord::new(format!("acct-{n}"), format!("after-{n}")))
-            .collect::<Vec<_>>(),
-    )
-    .await
-    .expect("one more each");
+    one_more_each(&kafka, &tally.input, accounts).await;
     run_with_until_committed(
         TableTally(tally.clone()),
         exactly_once("second"),
